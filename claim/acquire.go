@@ -3,6 +3,7 @@ package claim
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"time"
 )
 
@@ -17,13 +18,18 @@ type ClaimNotifier interface {
 // retries the claim, so the retry lands after the substrate expired it.
 const expirySlack = 5 * time.Millisecond
 
+// unknownRecheck bounds a wait when the backend cannot report how long the
+// holder's lease has left (HeldError.Remaining == 0).
+const unknownRecheck = time.Second
+
 // Acquire blocks until it holds a lease on key for ttl, ctx is done, or the
 // backend fails. It subscribes to key first, then tries to claim; while the
 // key is held it waits for a wake-up (the holder's release, pushed or
 // polled by the backend) or for the holder's lease to run out, whichever
 // comes first, and tries again. It never polls a push backend and never
 // waits past the holder's lease, so a crashed holder delays it by at most
-// one lease. Cancelling ctx returns ctx's error promptly; no lease is held
+// one lease (by at most a second more if the backend cannot report the
+// holder's remaining lease time). Cancelling ctx returns ctx's error promptly; no lease is held
 // then. Safe for concurrent use.
 func Acquire(ctx context.Context, b ClaimNotifier, key string, ttl time.Duration) (Lease, error) {
 	if err := CheckKey(key); err != nil {
@@ -53,11 +59,13 @@ func Acquire(ctx context.Context, b ClaimNotifier, key string, ttl time.Duration
 				return Lease{}, err
 			}
 		}
-		wait := held.Remaining
-		if wait <= 0 {
-			wait = ttl
+		wait := held.Remaining + expirySlack
+		if held.Remaining <= 0 {
+			// The backend cannot tell when the holder's lease ends:
+			// re-check at least every unknownRecheck (jittered).
+			wait = min(ttl, unknownRecheck)
+			wait -= time.Duration(rand.Int64N(int64(wait/4) + 1))
 		}
-		wait += expirySlack
 		if timer == nil {
 			timer = time.NewTimer(wait)
 		} else {

@@ -54,7 +54,8 @@ type Claimer interface {
 	// carrying the remaining lifetime of the current lease when the
 	// substrate can tell) if another lease is live. It never blocks waiting
 	// for the key. ttl is rounded up to the backend's granularity and
-	// minimum (Features); the returned Lease says what was granted.
+	// minimum (Features); the returned Lease says what was granted. A ttl
+	// <= 0 is an error (neither ErrHeld nor a lease).
 	TryClaim(ctx context.Context, key string, ttl time.Duration) (Lease, error)
 
 	// Extend renews the caller's own lease for ttl from now and returns the
