@@ -1,0 +1,254 @@
+// Package poll is the notifier of the backends whose substrate cannot push
+// (DynamoDB, memcached). A Poller is a hub.Substrate: the hub asks it for
+// one subscription per key per Backend, however many waiters that Backend
+// has, and the Poller runs one loop per such key that reads a cheap state
+// token, with jittered exponential backoff (a few milliseconds at first,
+// capped) that never sleeps past the holder's known lease expiry, and
+// wakes the key's subscribers on the first read that sees the token change.
+//
+// The backend defines the token so that every Release and Notify changes
+// it (a per-key counter they bump), as do takeover and expiry (the holder
+// and its fencing token, or whether the lease is still live). Subscribe
+// reads the first state before it returns, so any release that lands after
+// Subscribe returns differs from that state and is seen by a later read:
+// "subscribe, check, wait" never loses a wake-up. Wake-ups can be spurious
+// (a claim by someone else also changes the token); receivers re-check.
+package poll
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// State is what one read of a key saw.
+type State struct {
+	// Token summarises the key's state. A read whose Token differs from
+	// the previous read's wakes the key's subscribers.
+	Token string
+	// Expires is when the state will change by itself (the holder's lease
+	// expiry as far as the backend can tell), or zero if nothing is due.
+	// The poller never sleeps past it.
+	Expires time.Time
+}
+
+// Reader reads the state of key. It is called from Subscribe (with the
+// subscriber's context) and from the key's loop.
+type Reader func(ctx context.Context, key string) (State, error)
+
+// Defaults for Options.
+const (
+	DefaultMin         = 2 * time.Millisecond
+	DefaultMax         = 50 * time.Millisecond
+	DefaultReadTimeout = 5 * time.Second
+)
+
+// Options tune a Poller. nil, and every zero field, means the default.
+type Options struct {
+	// Min is the first polling interval after a change (default 2 ms).
+	Min time.Duration
+	// Max caps the interval (default 50 ms): the longest a release goes
+	// unnoticed, and the rate (1/Max per key per Backend) at which an idle
+	// wait reads the substrate.
+	Max time.Duration
+	// ReadTimeout bounds each read of the loop (default 5 s).
+	ReadTimeout time.Duration
+	// Rand returns a uniform random number in [0, 1) for jitter; nil
+	// means math/rand/v2.Float64.
+	Rand func() float64
+}
+
+func (o *Options) withDefaults() Options {
+	var r Options
+	if o != nil {
+		r = *o
+	}
+	if r.Min <= 0 {
+		r.Min = DefaultMin
+	}
+	if r.Max <= 0 {
+		r.Max = DefaultMax
+	}
+	if r.Max < r.Min {
+		r.Max = r.Min
+	}
+	if r.ReadTimeout <= 0 {
+		r.ReadTimeout = DefaultReadTimeout
+	}
+	if r.Rand == nil {
+		r.Rand = rand.Float64
+	}
+	return r
+}
+
+// Backoff computes polling intervals: Min after Reset, doubling up to Max,
+// each scaled by a random factor in [1/2, 1], and cut short at a known
+// expiry. The zero value is not usable; set Min, Max and Rand.
+type Backoff struct {
+	Min, Max time.Duration
+	Rand     func() float64
+	cur      time.Duration
+}
+
+// Reset makes the next interval start again from Min.
+func (b *Backoff) Reset() { b.cur = 0 }
+
+// Next returns how long to sleep before the next read, and whether the
+// sleep was cut short to end at expires. The interval (before jitter) is
+// Min after Reset and doubles at every call up to Max; the sleep is a
+// random fraction in [1/2, 1] of it, so it lies in [Min/2, Max]. If
+// expires is after now, the sleep never ends later than expires.
+func (b *Backoff) Next(now, expires time.Time) (time.Duration, bool) {
+	if b.cur <= 0 {
+		b.cur = b.Min
+	} else {
+		b.cur = min(2*b.cur, b.Max)
+	}
+	f := b.Rand()
+	if f < 0 || f >= 1 {
+		f = 0
+	}
+	d := b.cur/2 + time.Duration(f*float64(b.cur-b.cur/2))
+	if !expires.IsZero() {
+		if left := expires.Sub(now); left > 0 && left <= d {
+			return left, true
+		}
+	}
+	return d, false
+}
+
+// Poller implements hub.Substrate by polling. It is safe for concurrent
+// use.
+type Poller struct {
+	read Reader
+	wake func(key string)
+	opt  Options
+
+	mu     sync.Mutex
+	keys   map[string]context.CancelFunc
+	closed bool
+	wg     sync.WaitGroup
+	nloops int // loops started, for tests
+}
+
+// New returns a Poller that reads with read and calls wake(key) when a
+// key's state changed, or when a read failed (so that waiters re-check and
+// see the error themselves).
+func New(read Reader, wake func(key string), opt *Options) *Poller {
+	return &Poller{read: read, wake: wake, opt: opt.withDefaults(), keys: map[string]context.CancelFunc{}}
+}
+
+// Subscribe reads key's state and starts its loop. The read is done before
+// Subscribe returns: a change after it is always seen. A failed read is
+// returned and starts nothing. It fails with claim.ErrClosed after Close.
+func (p *Poller) Subscribe(ctx context.Context, key string) error {
+	if p.isClosed() {
+		return claim.ErrClosed
+	}
+	st, err := p.read(ctx, key)
+	if err != nil {
+		return err
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		cancel()
+		return claim.ErrClosed
+	}
+	if old := p.keys[key]; old != nil {
+		old() // cannot happen through hub; never leave a loop behind
+	}
+	p.keys[key] = cancel
+	p.nloops++
+	p.wg.Add(1)
+	p.mu.Unlock()
+	go p.loop(lctx, key, st)
+	return nil
+}
+
+// Unsubscribe stops key's loop. It does not wait for a read in flight:
+// a stale loop can at most deliver one spurious wake-up.
+func (p *Poller) Unsubscribe(key string) {
+	p.mu.Lock()
+	cancel := p.keys[key]
+	delete(p.keys, key)
+	p.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+}
+
+// Close stops every loop and waits for them to return (at most one read
+// each, bounded by ReadTimeout). Later Subscribe calls fail with
+// claim.ErrClosed. Idempotent.
+func (p *Poller) Close() {
+	p.mu.Lock()
+	p.closed = true
+	for k, cancel := range p.keys {
+		cancel()
+		delete(p.keys, k)
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// Len returns the number of keys being polled.
+func (p *Poller) Len() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.keys)
+}
+
+func (p *Poller) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+func (p *Poller) loop(ctx context.Context, key string, st State) {
+	defer p.wg.Done()
+	bo := Backoff{Min: p.opt.Min, Max: p.opt.Max, Rand: p.opt.Rand}
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	failing := false
+	for {
+		d, atExpiry := bo.Next(time.Now(), st.Expires)
+		timer.Reset(d)
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, p.opt.ReadTimeout)
+		ns, err := p.read(rctx, key)
+		cancel()
+		if ctx.Err() != nil {
+			return
+		}
+		if err != nil {
+			// Wake once per failing streak: waiters re-check and meet
+			// the error themselves. The last good state stays the
+			// reference, so a change hidden by the failures wakes too.
+			if !failing && !errors.Is(err, claim.ErrClosed) {
+				p.wake(key)
+			}
+			failing = true
+			continue
+		}
+		failing = false
+		if ns.Token != st.Token {
+			p.wake(key)
+			bo.Reset()
+		} else if atExpiry {
+			// Due to change and did not yet (server-side expiry lags
+			// the holder's clock): look again soon.
+			bo.Reset()
+		}
+		st = ns
+	}
+}

@@ -1,0 +1,287 @@
+package poll
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/hub"
+)
+
+func TestBackoffBounds(t *testing.T) {
+	const lo, hi = 2 * time.Millisecond, 50 * time.Millisecond
+	now := time.Unix(1000, 0)
+	for _, f := range []float64{0, 0.25, 0.5, 0.999999, -1, 1, 7} {
+		b := Backoff{Min: lo, Max: hi, Rand: func() float64 { return f }}
+		cur := lo
+		for i := 0; i < 20; i++ {
+			d, cut := b.Next(now, time.Time{})
+			if cut {
+				t.Fatalf("rand %v step %d: cut short with no expiry", f, i)
+			}
+			if d < cur/2 || d > cur {
+				t.Fatalf("rand %v step %d: sleep %s outside [%s, %s]", f, i, d, cur/2, cur)
+			}
+			if d < lo/2 || d > hi {
+				t.Fatalf("rand %v step %d: sleep %s outside [Min/2, Max]", f, i, d)
+			}
+			cur = min(2*cur, hi)
+		}
+		b.Reset()
+		if d, _ := b.Next(now, time.Time{}); d > lo {
+			t.Fatalf("rand %v: after Reset, sleep %s > Min", f, d)
+		}
+	}
+	// The exact sequence with rand 0: half of Min, doubling, capped.
+	b := Backoff{Min: lo, Max: hi, Rand: func() float64 { return 0 }}
+	want := []time.Duration{1, 2, 4, 8, 16, 25, 25}
+	for i, w := range want {
+		if d, _ := b.Next(now, time.Time{}); d != w*time.Millisecond {
+			t.Fatalf("step %d: %s, want %s", i, d, w*time.Millisecond)
+		}
+	}
+}
+
+func TestBackoffNeverPastExpiry(t *testing.T) {
+	now := time.Unix(1000, 0)
+	b := Backoff{Min: time.Second, Max: time.Hour, Rand: func() float64 { return 0.9 }}
+	for i := 0; i < 30; i++ {
+		exp := now.Add(time.Duration(i) * 100 * time.Millisecond)
+		d, cut := b.Next(now, exp)
+		if i > 0 && now.Add(d).After(exp) {
+			t.Fatalf("step %d: sleep %s ends after the expiry %s away", i, d, exp.Sub(now))
+		}
+		if cut != (i > 0 && d == exp.Sub(now)) {
+			t.Fatalf("step %d: cut = %v, sleep %s, expiry in %s", i, cut, d, exp.Sub(now))
+		}
+	}
+	// An expiry in the past (or now) is ignored.
+	b.Reset()
+	if d, cut := b.Next(now, now.Add(-time.Second)); cut || d < 500*time.Millisecond {
+		t.Fatalf("past expiry: sleep %s, cut %v", d, cut)
+	}
+}
+
+// fake is a substrate whose state the test sets.
+type fake struct {
+	mu      sync.Mutex
+	token   string
+	expires time.Time
+	err     error
+	reads   int
+	readAt  []time.Time
+	wakes   map[string]int
+}
+
+func (f *fake) read(ctx context.Context, key string) (State, error) {
+	if err := ctx.Err(); err != nil {
+		return State{}, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads++
+	f.readAt = append(f.readAt, time.Now())
+	if f.err != nil {
+		return State{}, f.err
+	}
+	return State{Token: f.token, Expires: f.expires}, nil
+}
+
+func (f *fake) wake(key string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.wakes[key]++
+}
+
+func (f *fake) set(token string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.token, f.err = token, err
+}
+
+func (f *fake) counts(key string) (reads, wakes int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.reads, f.wakes[key]
+}
+
+func newFake() *fake { return &fake{token: "a", wakes: map[string]int{}} }
+
+func TestPollerWakesOnChange(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		p := New(f.read, f.wake, &Options{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
+		defer p.Close()
+		if err := p.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		if r, _ := f.counts("k"); r != 1 {
+			t.Fatalf("Subscribe returned after %d reads, want 1 (the initial state)", r)
+		}
+		// Unchanged state: no wake-up, and the read rate settles at the cap.
+		time.Sleep(10 * time.Second)
+		r, w := f.counts("k")
+		if w != 0 {
+			t.Fatalf("%d wake-ups without a change", w)
+		}
+		// In 10 s: at least one read per Max, at most one per Max/2 plus
+		// the ramp-up from Min.
+		if r < 10*20 || r > 10*40+10 {
+			t.Fatalf("%d reads in 10 s with Max 50 ms, want within [200, 410]", r)
+		}
+		f.set("b", nil)
+		time.Sleep(51 * time.Millisecond) // one full interval at the cap
+		if _, w := f.counts("k"); w != 1 {
+			t.Fatalf("%d wake-ups after one change, want 1", w)
+		}
+		time.Sleep(time.Second)
+		if _, w := f.counts("k"); w != 1 {
+			t.Fatalf("%d wake-ups after one change and a second of quiet, want 1", w)
+		}
+		// A second change is seen too.
+		f.set("c", nil)
+		time.Sleep(51 * time.Millisecond)
+		if _, w := f.counts("k"); w != 2 {
+			t.Fatalf("%d wake-ups after two changes, want 2", w)
+		}
+	})
+}
+
+func TestPollerReadsAtExpiry(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		start := time.Now()
+		f.expires = start.Add(7 * time.Millisecond)
+		// Min and Max far longer than the lease: only the expiry can
+		// bring the second read forward.
+		p := New(f.read, f.wake, &Options{Min: time.Minute, Max: time.Hour})
+		defer p.Close()
+		if err := p.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(time.Second)
+		f.mu.Lock()
+		at := append([]time.Time(nil), f.readAt...)
+		f.mu.Unlock()
+		if len(at) != 2 {
+			t.Fatalf("%d reads, want 2 (subscribe, expiry)", len(at))
+		}
+		if got := at[1].Sub(start); got != 7*time.Millisecond {
+			t.Fatalf("second read %s after start, want exactly at the expiry (7ms)", got)
+		}
+	})
+}
+
+func TestPollerErrors(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		p := New(f.read, f.wake, nil)
+		defer p.Close()
+		f.set("a", errors.New("down"))
+		if err := p.Subscribe(context.Background(), "k"); err == nil {
+			t.Fatal("Subscribe with a failing read succeeded")
+		}
+		if p.Len() != 0 {
+			t.Fatalf("failed Subscribe left %d loops", p.Len())
+		}
+		f.set("a", nil)
+		if err := p.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		f.set("a", errors.New("down"))
+		time.Sleep(5 * time.Second)
+		if _, w := f.counts("k"); w != 1 {
+			t.Fatalf("%d wake-ups during one failing streak, want 1", w)
+		}
+		// Recovery with the same state: nothing to report.
+		f.set("a", nil)
+		time.Sleep(time.Second)
+		if _, w := f.counts("k"); w != 1 {
+			t.Fatalf("%d wake-ups after recovering unchanged, want 1", w)
+		}
+		// A change hidden by failures wakes when reads succeed again.
+		f.set("a", errors.New("down"))
+		time.Sleep(time.Second)
+		f.set("b", nil)
+		time.Sleep(time.Second)
+		if _, w := f.counts("k"); w != 3 {
+			t.Fatalf("%d wake-ups, want 3 (two streaks, one change)", w)
+		}
+	})
+}
+
+func TestPollerUnsubscribeAndClose(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		p := New(f.read, f.wake, nil)
+		for _, k := range []string{"a", "b"} {
+			if err := p.Subscribe(context.Background(), k); err != nil {
+				t.Fatal(err)
+			}
+		}
+		p.Unsubscribe("a")
+		if p.Len() != 1 {
+			t.Fatalf("Len = %d after one Unsubscribe, want 1", p.Len())
+		}
+		p.Close()
+		synctest.Wait()
+		r, _ := f.counts("")
+		time.Sleep(10 * time.Second)
+		if r2, _ := f.counts(""); r2 != r {
+			t.Fatalf("%d reads after Close", r2-r)
+		}
+		if err := p.Subscribe(context.Background(), "c"); !errors.Is(err, claim.ErrClosed) {
+			t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
+		}
+		p.Close() // idempotent
+	})
+}
+
+// TestOneLoopPerKey: through the hub, any number of subscribers of a key in
+// one Backend share one loop, and one change wakes them all.
+func TestOneLoopPerKey(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		var h *hub.Hub
+		p := New(f.read, func(k string) { h.Wake(k) }, nil)
+		h = hub.New(p)
+		var subs []claim.Subscription
+		for i := 0; i < 25; i++ {
+			s, err := h.Subscribe(context.Background(), "k")
+			if err != nil {
+				t.Fatal(err)
+			}
+			subs = append(subs, s)
+		}
+		p.mu.Lock()
+		n := p.nloops
+		p.mu.Unlock()
+		if n != 1 {
+			t.Fatalf("%d loops for one key, want 1", n)
+		}
+		if r, _ := f.counts("k"); r != 1 {
+			t.Fatalf("%d reads for 25 subscriptions, want 1", r)
+		}
+		f.set("b", nil)
+		time.Sleep(100 * time.Millisecond)
+		for i, s := range subs {
+			select {
+			case <-s.C():
+			default:
+				t.Fatalf("subscriber %d not woken", i)
+			}
+		}
+		for _, s := range subs {
+			s.Close()
+		}
+		if p.Len() != 0 {
+			t.Fatalf("last subscriber left, %d loops remain", p.Len())
+		}
+		h.Close()
+		p.Close()
+	})
+}
