@@ -1,0 +1,667 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// notifier owns a Backend's pub/sub connections: one dedicated connection
+// (a go-redis PubSub) per server, or per master node on a cluster, shared by
+// every key and topic channel of the Backend.
+//
+// Liveness is proved with barriers: after writing SUBSCRIBE for a channel,
+// the writer sends PING with a numbered payload on the same connection. The
+// server answers in order, so the PONG proves the SUBSCRIBE before it is
+// live, and Subscribe returns only then. When a connection fails (a read or
+// write error, a health-check PING unanswered for a whole interval, an
+// unsolicited unsubscribe after a slot migration), the shard's receiver
+// closes it, opens a new one, subscribes every channel again and sends a
+// barrier; when that barrier returns, every channel that was live before
+// the gap wakes its subscribers (they re-check), so a release published
+// during the outage is never lost.
+type notifier struct {
+	b      *Backend
+	health time.Duration
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	shards map[string]*shard      // by node address ("" when not a cluster)
+	chans  map[string]*chanState  // by channel name, in whichever shard
+}
+
+// chanState is one channel this Backend subscribes to: a key's channel
+// (woken through the hub) or a topic's (delivered to its topic subs).
+type chanState struct {
+	name      string
+	key       string // key channel; "" for a topic channel
+	topics    map[*topicSub]struct{}
+	sh        *shard
+	ready     chan struct{} // closed at the first confirmation, or on failure
+	err       error
+	confirmed bool // ready closed
+}
+
+// shard is one pub/sub connection and its channels. n.mu guards every
+// field but sem.
+type shard struct {
+	addr   string
+	sem    chan struct{} // held while writing (un)subscriptions or rebuilding
+	kick   chan struct{} // a PubSub appeared: the idle receiver starts reading
+	ps     *goredis.PubSub
+	chans  map[string]*chanState
+	queue  []barrier
+	unsub  map[string]int // UNSUBSCRIBEs written whose confirmation is due
+	nextID uint64
+}
+
+type barrier struct {
+	id uint64
+	st *chanState
+}
+
+const (
+	barrierPrefix = "stampede-barrier:"
+	healthPayload = "stampede-health"
+	leaveTimeout  = time.Second
+	maxBackoff    = 2 * time.Second
+)
+
+func newNotifier(b *Backend, health time.Duration) *notifier {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &notifier{b: b, health: health, ctx: ctx, cancel: cancel,
+		shards: map[string]*shard{}, chans: map[string]*chanState{}}
+}
+
+func (s *shard) lock(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *shard) unlock() { <-s.sem }
+
+// shardFor returns the shard that must carry channel name.
+func (n *notifier) shardFor(ctx context.Context, name string) (*shard, error) {
+	addr := ""
+	if n.b.cc != nil {
+		c, err := n.b.cc.MasterForKey(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		addr = c.Options().Addr
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, claim.ErrClosed
+	}
+	s := n.shards[addr]
+	if s == nil {
+		s = &shard{addr: addr, sem: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+			chans: map[string]*chanState{}, unsub: map[string]int{}}
+		n.shards[addr] = s
+		n.wg.Add(1)
+		go n.run(s)
+	}
+	return s, nil
+}
+
+// ensureLocked returns s's PubSub, creating it (without dialling) if needed.
+func (n *notifier) ensureLocked(s *shard) *goredis.PubSub {
+	if s.ps == nil {
+		if n.b.cc != nil {
+			s.ps = n.b.cc.SSubscribe(n.ctx)
+		} else {
+			s.ps = n.b.rdb.Subscribe(n.ctx)
+		}
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	return s.ps
+}
+
+// write sends SUBSCRIBE (SSUBSCRIBE on a cluster: one command per channel,
+// as a sharded subscription must stay within one slot).
+func (n *notifier) write(ctx context.Context, ps *goredis.PubSub, names ...string) error {
+	if n.b.cc == nil {
+		return ps.Subscribe(ctx, names...)
+	}
+	for _, name := range names {
+		if err := ps.SSubscribe(ctx, name); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ping enqueues sts behind a new barrier and sends it; s.sem must be held.
+func (n *notifier) ping(ctx context.Context, s *shard, ps *goredis.PubSub, sts []*chanState) error {
+	n.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	for _, st := range sts {
+		s.queue = append(s.queue, barrier{id: id, st: st})
+	}
+	n.mu.Unlock()
+	return ps.Ping(ctx, barrierPrefix+strconv.FormatUint(id, 10))
+}
+
+// join subscribes to channel name for a key (key != "") or a topic sub, and
+// returns once the subscription is confirmed by the server.
+func (n *notifier) join(ctx context.Context, name, key string, ts *topicSub) error {
+	for {
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			return claim.ErrClosed
+		}
+		if st := n.chans[name]; st != nil && ts != nil {
+			st.topics[ts] = struct{}{}
+			n.mu.Unlock()
+			return n.await(ctx, st, ts)
+		}
+		n.mu.Unlock()
+		s, err := n.shardFor(ctx, name)
+		if err != nil {
+			return err
+		}
+		if err := s.lock(ctx); err != nil {
+			return err
+		}
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			s.unlock()
+			return claim.ErrClosed
+		}
+		if st := n.chans[name]; st != nil {
+			n.mu.Unlock()
+			s.unlock()
+			if ts == nil {
+				return errors.New("duplicate subscription") // the hub prevents this
+			}
+			continue // another topic sub subscribed meanwhile: join it
+		}
+		st := &chanState{name: name, key: key, topics: map[*topicSub]struct{}{}, sh: s, ready: make(chan struct{})}
+		if ts != nil {
+			st.topics[ts] = struct{}{}
+		}
+		n.chans[name] = st
+		s.chans[name] = st
+		ps := n.ensureLocked(s)
+		n.mu.Unlock()
+		err = n.write(ctx, ps, name)
+		if err == nil {
+			err = n.ping(ctx, s, ps, []*chanState{st})
+		}
+		s.unlock()
+		if err != nil {
+			n.leave(name, ts)
+			return err
+		}
+		return n.await(ctx, st, ts)
+	}
+}
+
+func (n *notifier) await(ctx context.Context, st *chanState, ts *topicSub) error {
+	select {
+	case <-st.ready:
+		n.mu.Lock()
+		err := st.err
+		n.mu.Unlock()
+		return err
+	case <-ctx.Done():
+		n.leave(st.name, ts)
+		return ctx.Err()
+	}
+}
+
+// leave drops a key's subscription, or one topic sub from a topic's; the
+// last one out writes UNSUBSCRIBE. It waits at most leaveTimeout for the
+// shard: if that passes, the channel is forgotten locally and stays
+// subscribed on the server until the next reconnect (harmless: messages
+// for unknown channels are ignored).
+func (n *notifier) leave(name string, ts *topicSub) {
+	for {
+		n.mu.Lock()
+		st := n.chans[name]
+		if st == nil {
+			n.mu.Unlock()
+			return
+		}
+		if ts != nil {
+			if _, ok := st.topics[ts]; !ok {
+				n.mu.Unlock()
+				return
+			}
+			if len(st.topics) > 1 {
+				delete(st.topics, ts)
+				n.mu.Unlock()
+				return
+			}
+		}
+		s := st.sh
+		n.mu.Unlock()
+		ctx, cancel := context.WithTimeout(n.ctx, leaveTimeout)
+		locked := s.lock(ctx) == nil
+		n.mu.Lock()
+		if n.chans[name] != st || st.sh != s {
+			n.mu.Unlock()
+			if locked {
+				s.unlock()
+			}
+			cancel()
+			continue // moved to another shard meanwhile: start over
+		}
+		if ts != nil && len(st.topics) > 1 {
+			delete(st.topics, ts) // another sub joined meanwhile
+			n.mu.Unlock()
+			if locked {
+				s.unlock()
+			}
+			cancel()
+			return
+		}
+		delete(n.chans, name)
+		delete(s.chans, name)
+		if !st.confirmed {
+			st.confirmed = true
+			st.err = claim.ErrClosed
+			close(st.ready)
+		}
+		ps := s.ps
+		if locked && ps != nil {
+			s.unsub[name]++
+		}
+		n.mu.Unlock()
+		if locked && ps != nil {
+			if n.b.cc != nil {
+				_ = ps.SUnsubscribe(ctx, name)
+			} else {
+				_ = ps.Unsubscribe(ctx, name)
+			}
+		}
+		if locked {
+			s.unlock()
+		}
+		cancel()
+		return
+	}
+}
+
+// run is the receiver of one shard: it reads the shard's PubSub, wakes
+// subscribers, checks health, and rebuilds the connection after any gap.
+func (n *notifier) run(s *shard) {
+	defer n.wg.Done()
+	broken, failures, healthSent := false, 0, false
+	for {
+		if n.ctx.Err() != nil {
+			return
+		}
+		if broken {
+			if failures > 1 {
+				d := min(maxBackoff, 25*time.Millisecond<<min(failures-2, 10))
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-n.ctx.Done():
+					t.Stop()
+					return
+				}
+			}
+			if err := n.rebuild(s); err != nil {
+				failures++
+				continue
+			}
+			broken, healthSent = false, false
+		}
+		n.mu.Lock()
+		ps := s.ps
+		n.mu.Unlock()
+		if ps == nil {
+			select {
+			case <-s.kick:
+			case <-n.ctx.Done():
+				return
+			}
+			continue
+		}
+		msg, err := ps.ReceiveTimeout(n.ctx, n.health)
+		if err != nil {
+			if n.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !healthSent {
+				healthSent = true
+				if ps.Ping(n.ctx, healthPayload) == nil {
+					continue
+				}
+			}
+			broken = true
+			failures++
+			continue
+		}
+		healthSent = false
+		switch m := msg.(type) {
+		case *goredis.Message:
+			n.deliver(s, m.Channel, m.Payload)
+		case *goredis.Pong:
+			if id, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
+				if v, err := strconv.ParseUint(id, 10, 64); err == nil {
+					n.confirm(s, v)
+					failures = 0
+				}
+			}
+		case *goredis.Subscription:
+			if (m.Kind == "unsubscribe" || m.Kind == "sunsubscribe") && n.unsolicited(s, m.Channel) {
+				broken = true
+				failures++
+			}
+		}
+	}
+}
+
+// rebuild replaces s's connection: closes it, re-places channels whose
+// slot moved (cluster), subscribes the rest on a new connection and sends a
+// barrier. Channels confirmed before wake their subscribers when it
+// returns (in confirm). If it fails, subscriptions never confirmed fail.
+func (n *notifier) rebuild(s *shard) (err error) {
+	if err := s.lock(n.ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
+	n.mu.Lock()
+	old := s.ps
+	s.ps, s.queue, s.unsub = nil, nil, map[string]int{}
+	sts := make([]*chanState, 0, len(s.chans))
+	for _, st := range s.chans {
+		sts = append(sts, st)
+	}
+	n.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	if n.b.cc != nil {
+		sts = n.replace(s, sts)
+	}
+	if len(sts) == 0 {
+		return nil
+	}
+	defer func() {
+		if err != nil {
+			n.failPending(s)
+		}
+	}()
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return claim.ErrClosed
+	}
+	ps := n.ensureLocked(s)
+	n.mu.Unlock()
+	names := make([]string, len(sts))
+	for i, st := range sts {
+		names[i] = st.name
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
+	defer cancel()
+	if err = n.write(ctx, ps, names...); err == nil {
+		err = n.ping(ctx, s, ps, sts)
+	}
+	return err
+}
+
+// replace moves channels whose slot now lives on another master to that
+// master's shard, and returns those that stay. s.sem is held.
+func (n *notifier) replace(s *shard, sts []*chanState) []*chanState {
+	stay := sts[:0]
+	for _, st := range sts {
+		t, err := n.shardFor(n.ctx, st.name)
+		if err != nil || t == s {
+			stay = append(stay, st)
+			continue
+		}
+		n.mu.Lock()
+		if n.chans[st.name] == st {
+			delete(s.chans, st.name)
+			st.sh = t
+			t.chans[st.name] = st
+		}
+		n.mu.Unlock()
+		n.wg.Add(1)
+		go n.adopt(t, st) // t.sem is taken there, never while holding s.sem
+	}
+	return stay
+}
+
+// adopt subscribes a channel that moved to shard t (cluster resharding).
+func (n *notifier) adopt(t *shard, st *chanState) {
+	defer n.wg.Done()
+	if t.lock(n.ctx) != nil {
+		return
+	}
+	defer t.unlock()
+	n.mu.Lock()
+	if n.closed || n.chans[st.name] != st || st.sh != t {
+		n.mu.Unlock()
+		return
+	}
+	ps := n.ensureLocked(t)
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
+	defer cancel()
+	if n.write(ctx, ps, st.name) == nil {
+		_ = n.ping(ctx, t, ps, []*chanState{st})
+	}
+	// On failure t's receiver sees the broken connection and rebuilds,
+	// st included.
+}
+
+// failPending fails the subscriptions of s not yet confirmed, so their
+// Subscribe returns instead of waiting for a server that is down; the
+// confirmed ones stay and are retried by the next rebuild.
+func (n *notifier) failPending(s *shard) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, st := range s.chans {
+		if !st.confirmed {
+			st.confirmed = true
+			st.err = errors.New("pub/sub connection failed before the subscription was confirmed")
+			close(st.ready)
+			delete(s.chans, name)
+			delete(n.chans, name)
+		}
+	}
+}
+
+// confirm handles barrier id: every channel queued behind it is live.
+func (n *notifier) confirm(s *shard, id uint64) {
+	var wake []string
+	var reset []*topicSub
+	n.mu.Lock()
+	for len(s.queue) > 0 && s.queue[0].id <= id {
+		st := s.queue[0].st
+		s.queue = s.queue[1:]
+		if n.chans[st.name] != st || st.sh != s {
+			continue
+		}
+		if !st.confirmed {
+			st.confirmed = true
+			close(st.ready)
+			continue
+		}
+		// Confirmed again after a gap: anything may have been missed.
+		if st.key != "" {
+			wake = append(wake, st.key)
+		}
+		for ts := range st.topics {
+			reset = append(reset, ts)
+		}
+	}
+	n.mu.Unlock()
+	for _, k := range wake {
+		n.b.hub.Wake(k)
+	}
+	for _, ts := range reset {
+		ts.push(nil)
+	}
+}
+
+func (n *notifier) deliver(s *shard, channel, payload string) {
+	n.mu.Lock()
+	st := n.chans[channel]
+	if st == nil || st.sh != s {
+		n.mu.Unlock()
+		return
+	}
+	key := st.key
+	var subs []*topicSub
+	for ts := range st.topics {
+		subs = append(subs, ts)
+	}
+	n.mu.Unlock()
+	if key != "" {
+		n.b.hub.Wake(key)
+	}
+	for _, ts := range subs {
+		ts.push([]byte(payload))
+	}
+}
+
+// unsolicited reports whether an unsubscribe confirmation for channel was
+// not asked for (a cluster slot migrated away): the shard must rebuild.
+func (n *notifier) unsolicited(s *shard, channel string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s.unsub[channel] > 0 {
+		if s.unsub[channel]--; s.unsub[channel] == 0 {
+			delete(s.unsub, channel)
+		}
+		return false
+	}
+	st := n.chans[channel]
+	return st != nil && st.sh == s
+}
+
+// close tears everything down; pending joins fail with ErrClosed.
+func (n *notifier) close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	var pss []*goredis.PubSub
+	for _, s := range n.shards {
+		if s.ps != nil {
+			pss = append(pss, s.ps)
+		}
+	}
+	var subs []*topicSub
+	for _, st := range n.chans {
+		if !st.confirmed {
+			st.confirmed = true
+			st.err = claim.ErrClosed
+			close(st.ready)
+		}
+		for ts := range st.topics {
+			subs = append(subs, ts)
+		}
+	}
+	n.mu.Unlock()
+	n.cancel()
+	for _, ps := range pss {
+		_ = ps.Close()
+	}
+	n.wg.Wait()
+	// A rebuild racing close may have made one more PubSub.
+	n.mu.Lock()
+	for _, s := range n.shards {
+		if s.ps != nil {
+			_ = s.ps.Close()
+			s.ps = nil
+		}
+	}
+	n.mu.Unlock()
+	for _, ts := range subs {
+		ts.stop()
+	}
+}
+
+// connections returns the number of pub/sub connections (shards) in use.
+func (n *notifier) connections() int {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	c := 0
+	for _, s := range n.shards {
+		if s.ps != nil {
+			c++
+		}
+	}
+	return c
+}
+
+// topicSub is one SubscribeTopic: its handler runs on its own goroutine.
+type topicSub struct {
+	handle   func([]byte, bool)
+	queue    chan []byte // nil entry: reset
+	overflow atomic.Bool // messages were dropped: reset after the queue
+	stopped  chan struct{}
+	done     chan struct{}
+	once     sync.Once
+}
+
+func newTopicSub(handle func([]byte, bool)) *topicSub {
+	t := &topicSub{handle: handle, queue: make(chan []byte, 1024),
+		stopped: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(t.done)
+		for {
+			select {
+			case <-t.stopped:
+				return
+			case m := <-t.queue:
+				t.handle(m, m == nil)
+				if t.overflow.Swap(false) {
+					t.handle(nil, true)
+				}
+			}
+		}
+	}()
+	return t
+}
+
+// push queues msg (nil: a reset); a subscriber too slow to keep up loses
+// messages and gets a reset instead.
+func (t *topicSub) push(msg []byte) {
+	select {
+	case t.queue <- msg:
+	case <-t.stopped:
+	default:
+		t.overflow.Store(true)
+	}
+}
+
+func (t *topicSub) stop() {
+	t.once.Do(func() { close(t.stopped) })
+	<-t.done
+}

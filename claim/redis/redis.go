@@ -1,0 +1,653 @@
+// Package redis is the claim backend for Redis (standalone, Sentinel or
+// Cluster) on go-redis v9: leases by a Lua SET-if-absent with PX, fencing
+// tokens from a per-key INCR counter, wake-ups by pub/sub.
+//
+// # URLs
+//
+//	redis://[USER[:PASSWORD]@]HOST[:PORT][/DB][?PARAMS]
+//	rediss://...   the same over TLS (server name checked against HOST)
+//
+// PORT defaults to 6379 and DB to 0. Parameters: prefix (key prefix,
+// default "stampede"), maxvalue (bytes, default 512 MiB), health_check
+// (pub/sub ping interval, default 3s), and go-redis client settings:
+// client_name, pool_size, min_idle_conns, max_retries (default 0: no
+// retries, one attempt per call), protocol (2 or 3), dial_timeout,
+// read_timeout, write_timeout, skip_verify (rediss only; testing only),
+// cluster (true: a Redis Cluster client seeded with HOST and addrs) and
+// addrs (more seed HOST:PORT addresses, comma-separated). An unknown
+// parameter is an error. For Sentinel, ACL files, client certificates or
+// anything else, build the client yourself and call New.
+//
+// # Semantics
+//
+// Every operation is one Lua script on keys sharing one hash slot, so it
+// is atomic and works on Redis Cluster: for key K the backend uses
+// PREFIX:{E}:lock, PREFIX:{E}:fence and PREFIX:{E}:val, and the channel
+// PREFIX:{E}:ch, where E is K itself ("=" + K) when it is at most 255
+// bytes without braces, else "#" + base64url(SHA-256(K)).
+//
+// TryClaim runs one script: if the lock key is absent it INCRs the key's
+// fence counter and sets the lock to "TOKEN:HOLDER" with PX TTL; otherwise
+// it returns the lock's PTTL (HeldError.Remaining). The fence counter has
+// no expiry and survives release and expiry, so tokens strictly increase
+// for as long as the server keeps its data. Without persistence a restart
+// of Redis (or a failover to a replica that had not yet received the last
+// INCR) loses counters and tokens can repeat: Features.DurableFence is
+// false. With appendonly yes and appendfsync always, counters and locks
+// survive a restart. The fence counters are small keys without TTL, one
+// per key ever claimed.
+//
+// Extend (PEXPIRE), Release (DEL then PUBLISH) and Commit (SET of the value
+// key, PX when ttl > 0) each compare the lock's "TOKEN:HOLDER" first, in
+// the same script: a stale holder changes nothing and gets ErrLost. Commit
+// is therefore atomic with the lease check. Leases and values have
+// millisecond granularity and a 1 ms minimum; expiry is judged by the
+// server's clock, and the local Deadline (taken before the request was
+// sent) is never later than the server's expiry if clocks run at the same
+// rate.
+//
+// Notify: Release and Notify publish on the key's channel (SPUBLISH on a
+// *ClusterClient, so a release reaches only the key's shard, not every
+// node; PUBLISH otherwise). Each Backend keeps one dedicated pub/sub
+// connection (one per master node on a cluster), with one subscription per
+// key however many local waiters. Subscribe returns once the server has
+// confirmed the SUBSCRIBE. When the pub/sub connection drops, or a
+// health-check PING goes unanswered, the Backend reconnects, subscribes
+// again and then wakes every waiter to re-check, so a release published
+// during the outage is never lost; topic subscribers get a reset.
+//
+// Clients: New takes the user's own *Client (standalone or Sentinel
+// failover) or *ClusterClient; *Ring is refused (its pub/sub cannot follow
+// keys across shards). go-redis retries failed commands MaxRetries times
+// by default; every method here is safe under such a retry, but one
+// attempt per call (MaxRetries: -1) gives the clearest errors.
+//
+// # Errors
+//
+// ErrHeld (*HeldError with Remaining), ErrLost, ErrNotFound, ErrTooLarge,
+// ErrInvalidKey and ErrClosed from package claim, wrapped as
+// "redis: OP KEY: ...", with go-redis's error underneath for I/O failures.
+// Passwords never appear in errors.
+package redis
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/hub"
+)
+
+// Scheme and TLSScheme are the URL schemes this package registers.
+const (
+	Scheme    = "redis"
+	TLSScheme = "rediss"
+)
+
+// Defaults for Options' zero fields.
+const (
+	DefaultPrefix              = "stampede"
+	DefaultMaxValueLen         = 512 << 20 // Redis's proto-max-bulk-len default
+	DefaultHealthCheckInterval = 3 * time.Second
+)
+
+func init() {
+	claim.Register(Scheme, &URLOpener{})
+	claim.Register(TLSScheme, &URLOpener{})
+}
+
+// Options configure a Backend. nil means defaults; every zero field is a
+// default.
+type Options struct {
+	// Prefix starts every key and channel name (default "stampede"). It
+	// must not contain '{' or '}' (the hash tag that keeps a key's names in
+	// one cluster slot follows it). Processes sharing keys must agree on it.
+	Prefix string
+	// MaxValueLen is the largest value Commit and Set accept (default 512
+	// MiB, Redis's proto-max-bulk-len default; set it to the server's).
+	MaxValueLen int
+	// HealthCheckInterval: when the pub/sub connection has been silent this
+	// long, the Backend pings it; with no answer within another interval
+	// the connection is replaced and waiters re-check (default 3s).
+	HealthCheckInterval time.Duration
+	// CloseClient makes Close also close the go-redis client (default
+	// false: the caller owns it). Backends opened by URL close theirs.
+	CloseClient bool
+}
+
+// Backend is a claim.Backend and claim.Broadcaster on one go-redis client.
+// It is safe for concurrent use.
+type Backend struct {
+	rdb     goredis.UniversalClient
+	cc      *goredis.ClusterClient // non-nil: sharded pub/sub
+	prefix  string
+	maxVal  int
+	closeRC bool
+	enc     claim.KeyEncoder
+	hub     *hub.Hub
+	n       *notifier
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var (
+	_ claim.Backend     = (*Backend)(nil)
+	_ claim.Broadcaster = (*Backend)(nil)
+)
+
+// New returns a Backend on client: a *goredis.Client (standalone or
+// Sentinel failover) or *goredis.ClusterClient (sharded pub/sub, Redis 7
+// or later). It does no I/O. Close does not close client unless
+// opt.CloseClient is set.
+func New(client goredis.UniversalClient, opt *Options) (*Backend, error) {
+	if client == nil {
+		return nil, errors.New("redis: New: nil client")
+	}
+	if _, ok := client.(*goredis.Ring); ok {
+		return nil, errors.New("redis: New: *Ring is not supported (use a *ClusterClient)")
+	}
+	var o Options
+	if opt != nil {
+		o = *opt
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if strings.ContainsAny(o.Prefix, "{}") {
+		return nil, fmt.Errorf("redis: New: prefix %q must not contain '{' or '}'", o.Prefix)
+	}
+	if o.MaxValueLen <= 0 {
+		o.MaxValueLen = DefaultMaxValueLen
+	}
+	if o.HealthCheckInterval <= 0 {
+		o.HealthCheckInterval = DefaultHealthCheckInterval
+	}
+	b := &Backend{
+		rdb:     client,
+		prefix:  o.Prefix,
+		maxVal:  o.MaxValueLen,
+		closeRC: o.CloseClient,
+		enc:     newEncoder(),
+	}
+	b.cc, _ = client.(*goredis.ClusterClient)
+	b.n = newNotifier(b, o.HealthCheckInterval)
+	b.hub = hub.New(substrate{b})
+	return b, nil
+}
+
+// Client returns the go-redis client the Backend uses.
+func (b *Backend) Client() goredis.UniversalClient { return b.rdb }
+
+// Features implements claim.Backend.
+func (b *Backend) Features() claim.Features {
+	return claim.Features{
+		Name:           Scheme,
+		Notify:         claim.Push,
+		AtomicCommit:   true,
+		DurableFence:   false,
+		MinTTL:         time.Millisecond,
+		TTLGranularity: time.Millisecond,
+		MaxValueLen:    b.maxVal,
+		Broadcast:      true,
+	}
+}
+
+// newEncoder keeps keys of up to 255 bytes without braces readable.
+func newEncoder() claim.KeyEncoder {
+	return claim.KeyEncoder{MaxLen: 256, Safe: func(c byte) bool { return c != '{' && c != '}' }}
+}
+
+// names of one key: every name shares the hash tag {E}.
+func (b *Backend) base(key string) string { return b.prefix + ":{" + b.enc.Encode(key) + "}" }
+
+func (b *Backend) lockKey(key string) string  { return b.base(key) + ":lock" }
+func (b *Backend) fenceKey(key string) string { return b.base(key) + ":fence" }
+func (b *Backend) valKey(key string) string   { return b.base(key) + ":val" }
+func (b *Backend) channel(key string) string  { return b.base(key) + ":ch" }
+func (b *Backend) topicChannel(topic string) string {
+	return b.prefix + ":{" + b.enc.Encode(topic) + "}:topic"
+}
+
+func (b *Backend) publishCmd() string {
+	if b.cc != nil {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+func (b *Backend) check(ctx context.Context, op, key string) error {
+	if err := claim.CheckKey(key); err != nil {
+		return fmt.Errorf("redis: %s: %w", op, err)
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return fmt.Errorf("redis: %s %q: %w", op, key, claim.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("redis: %s %q: %w", op, key, err)
+	}
+	return nil
+}
+
+func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		return fmt.Errorf("redis: %s %q: negative ttl %s", op, key, ttl)
+	}
+	if err := claim.CheckValue(val, b.maxVal); err != nil {
+		return fmt.Errorf("redis: %s %q: %w", op, key, err)
+	}
+	return nil
+}
+
+// millis rounds d up to whole milliseconds (at least 1).
+func millis(d time.Duration) int64 {
+	return max(1, int64((d+time.Millisecond-1)/time.Millisecond))
+}
+
+func holderID() string {
+	var r [12]byte
+	_, _ = rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}
+
+func stamp(l claim.Lease) string { return strconv.FormatUint(l.Token, 10) + ":" + l.Holder }
+
+var (
+	claimScript = goredis.NewScript(`
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then return {0, pttl} end
+local tok = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], string.format('%d', tok) .. ':' .. ARGV[1], 'PX', ARGV[2])
+return {1, tok}`)
+	extendScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`)
+	releaseScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call(ARGV[3], ARGV[2], 'release')
+return 1`)
+	commitScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+return 1`)
+)
+
+// TryClaim implements claim.Claimer: one script round trip.
+func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
+	if err := b.check(ctx, "claim", key); err != nil {
+		return claim.Lease{}, err
+	}
+	if ttl <= 0 {
+		return claim.Lease{}, fmt.Errorf("redis: claim %q: ttl must be positive, got %s", key, ttl)
+	}
+	ms := millis(ttl)
+	holder := holderID()
+	start := time.Now()
+	res, err := claimScript.Run(ctx, b.rdb, []string{b.lockKey(key), b.fenceKey(key)}, holder, ms).Int64Slice()
+	if err != nil {
+		return claim.Lease{}, fmt.Errorf("redis: claim %q: %w", key, err)
+	}
+	if len(res) != 2 {
+		return claim.Lease{}, fmt.Errorf("redis: claim %q: unexpected script reply %v", key, res)
+	}
+	if res[0] == 0 {
+		return claim.Lease{}, fmt.Errorf("redis: claim %q: %w", key,
+			&claim.HeldError{Key: key, Remaining: time.Duration(max(0, res[1])) * time.Millisecond})
+	}
+	granted := time.Duration(ms) * time.Millisecond
+	return claim.Lease{Key: key, Holder: holder, Token: uint64(res[1]), TTL: granted, Deadline: start.Add(granted)}, nil
+}
+
+// Extend implements claim.Claimer.
+func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) (claim.Lease, error) {
+	if err := b.check(ctx, "extend", l.Key); err != nil {
+		return claim.Lease{}, err
+	}
+	if ttl <= 0 {
+		return claim.Lease{}, fmt.Errorf("redis: extend %q: ttl must be positive, got %s", l.Key, ttl)
+	}
+	start := time.Now()
+	if l.Expired(start) {
+		return claim.Lease{}, fmt.Errorf("redis: extend %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	ms := millis(ttl)
+	ok, err := extendScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, stamp(l), ms).Int64()
+	if err != nil {
+		return claim.Lease{}, fmt.Errorf("redis: extend %q: %w", l.Key, err)
+	}
+	if ok != 1 {
+		return claim.Lease{}, fmt.Errorf("redis: extend %q: %w", l.Key, claim.ErrLost)
+	}
+	l.TTL = time.Duration(ms) * time.Millisecond
+	l.Deadline = start.Add(l.TTL)
+	return l, nil
+}
+
+// Release implements claim.Claimer: compare, delete and publish in one
+// script.
+func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
+	if err := b.check(ctx, "release", l.Key); err != nil {
+		return err
+	}
+	ok, err := releaseScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, stamp(l), b.channel(l.Key), b.publishCmd()).Int64()
+	if err != nil {
+		return fmt.Errorf("redis: release %q: %w", l.Key, err)
+	}
+	if ok != 1 {
+		return fmt.Errorf("redis: release %q: %w", l.Key, claim.ErrLost)
+	}
+	return nil
+}
+
+// Commit implements claim.Claimer: compare and SET in one script.
+func (b *Backend) Commit(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "commit", l.Key); err != nil {
+		return err
+	}
+	if err := b.checkValue("commit", l.Key, value, ttl); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("redis: commit %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	var ms int64
+	if ttl > 0 {
+		ms = millis(ttl)
+	}
+	ok, err := commitScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key), b.valKey(l.Key)}, stamp(l), value, ms).Int64()
+	if err != nil {
+		return fmt.Errorf("redis: commit %q: %w", l.Key, err)
+	}
+	if ok != 1 {
+		return fmt.Errorf("redis: commit %q: %w", l.Key, claim.ErrLost)
+	}
+	return nil
+}
+
+// Get implements claim.Store.
+func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := b.check(ctx, "get", key); err != nil {
+		return nil, err
+	}
+	v, err := b.rdb.Get(ctx, b.valKey(key)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, fmt.Errorf("redis: get %q: %w", key, claim.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("redis: get %q: %w", key, err)
+	}
+	return v, nil
+}
+
+// Set implements claim.Store.
+func (b *Backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "set", key); err != nil {
+		return err
+	}
+	if err := b.checkValue("set", key, value, ttl); err != nil {
+		return err
+	}
+	var exp time.Duration
+	if ttl > 0 {
+		exp = time.Duration(millis(ttl)) * time.Millisecond
+	}
+	if err := b.rdb.Set(ctx, b.valKey(key), value, exp).Err(); err != nil {
+		return fmt.Errorf("redis: set %q: %w", key, err)
+	}
+	return nil
+}
+
+// Delete implements claim.Store.
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	if err := b.check(ctx, "delete", key); err != nil {
+		return err
+	}
+	if err := b.rdb.Del(ctx, b.valKey(key)).Err(); err != nil {
+		return fmt.Errorf("redis: delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// Subscribe implements claim.Notifier. It returns once the server has
+// confirmed the subscription (one round trip for the first subscriber of
+// key in this Backend; none for later ones while it is live).
+func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
+	if err := b.check(ctx, "subscribe", key); err != nil {
+		return nil, err
+	}
+	s, err := b.hub.Subscribe(ctx, key)
+	if err != nil {
+		return nil, fmt.Errorf("redis: subscribe %q: %w", key, err)
+	}
+	return s, nil
+}
+
+// Notify implements claim.Notifier.
+func (b *Backend) Notify(ctx context.Context, key string) error {
+	if err := b.check(ctx, "notify", key); err != nil {
+		return err
+	}
+	if err := b.publish(ctx, b.channel(key), "notify"); err != nil {
+		return fmt.Errorf("redis: notify %q: %w", key, err)
+	}
+	return nil
+}
+
+func (b *Backend) publish(ctx context.Context, channel string, msg any) error {
+	if b.cc != nil {
+		return b.cc.SPublish(ctx, channel, msg).Err()
+	}
+	return b.rdb.Publish(ctx, channel, msg).Err()
+}
+
+// Subscriptions returns how many keys this Backend holds a server-side
+// subscription for (one per key however many local subscribers).
+func (b *Backend) Subscriptions() int { return b.hub.Len() }
+
+// PubSubConns returns how many pub/sub connections the Backend has open
+// (at most one, or one per master node on a cluster).
+func (b *Backend) PubSubConns() int { return b.n.connections() }
+
+type substrate struct{ b *Backend }
+
+func (s substrate) Subscribe(ctx context.Context, key string) error {
+	return s.b.n.join(ctx, s.b.channel(key), key, nil)
+}
+
+func (s substrate) Unsubscribe(key string) { s.b.n.leave(s.b.channel(key), nil) }
+
+// Publish implements claim.Broadcaster: PUBLISH (SPUBLISH on a cluster) on
+// the topic's channel under the prefix.
+func (b *Backend) Publish(ctx context.Context, topic string, msg []byte) error {
+	if err := b.check(ctx, "publish", topic); err != nil {
+		return err
+	}
+	if err := b.publish(ctx, b.topicChannel(topic), msg); err != nil {
+		return fmt.Errorf("redis: publish %q: %w", topic, err)
+	}
+	return nil
+}
+
+// SubscribeTopic implements claim.Broadcaster. It returns once the server
+// has confirmed the subscription. After a reconnect, handle is called with
+// reset true.
+func (b *Backend) SubscribeTopic(ctx context.Context, topic string, handle func(msg []byte, reset bool)) (func(), error) {
+	if err := b.check(ctx, "subscribe-topic", topic); err != nil {
+		return nil, err
+	}
+	if handle == nil {
+		return nil, fmt.Errorf("redis: subscribe-topic %q: nil handler", topic)
+	}
+	ts := newTopicSub(handle)
+	name := b.topicChannel(topic)
+	if err := b.n.join(ctx, name, "", ts); err != nil {
+		ts.stop()
+		return nil, fmt.Errorf("redis: subscribe-topic %q: %w", topic, err)
+	}
+	return func() {
+		b.n.leave(name, ts)
+		ts.stop()
+	}, nil
+}
+
+// Close implements claim.Backend: it closes the pub/sub connections and
+// every Subscription, and the client too if Options.CloseClient. Leases
+// are not released. Idempotent.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.n.close()
+	b.hub.Close()
+	if b.closeRC {
+		if err := b.rdb.Close(); err != nil {
+			return fmt.Errorf("redis: close: %w", err)
+		}
+	}
+	return nil
+}
+
+// URLOpener opens redis:// and rediss:// URLs (see the package doc). It
+// never dials: the client connects on first use.
+type URLOpener struct{}
+
+// OpenBackendURL implements claim.URLOpener.
+func (*URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, error) {
+	uo, opt, err := parseURL(u)
+	if err != nil {
+		return nil, err
+	}
+	var rdb goredis.UniversalClient
+	if uo.cluster {
+		rdb = goredis.NewClusterClient(uo.cluster2())
+	} else {
+		rdb = goredis.NewClient(&uo.Options)
+	}
+	b, err := New(rdb, opt)
+	if err != nil {
+		_ = rdb.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+type urlOptions struct {
+	goredis.Options
+	cluster bool
+	addrs   []string
+}
+
+func (o *urlOptions) cluster2() *goredis.ClusterOptions {
+	return &goredis.ClusterOptions{
+		Addrs: o.addrs, ClientName: o.ClientName, Protocol: o.Protocol,
+		Username: o.Username, Password: o.Password, MaxRetries: o.MaxRetries,
+		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
+		PoolSize: o.PoolSize, MinIdleConns: o.MinIdleConns, TLSConfig: o.TLSConfig,
+	}
+}
+
+// parseURL maps a URL to go-redis options and Options. Its errors name
+// parameters and values, never the URL or its password.
+func parseURL(u *url.URL) (*urlOptions, *Options, error) {
+	if u.Scheme != Scheme && u.Scheme != TLSScheme {
+		return nil, nil, fmt.Errorf("redis: URL scheme %q: want %s or %s", u.Scheme, Scheme, TLSScheme)
+	}
+	p := claim.NewParams(u)
+	opt := &Options{
+		Prefix:              p.String("prefix", ""),
+		MaxValueLen:         p.Int("maxvalue", 0),
+		HealthCheckInterval: p.Duration("health_check", 0),
+		CloseClient:         true,
+	}
+	o := &urlOptions{}
+	o.ClientName = p.String("client_name", "")
+	o.PoolSize = p.Int("pool_size", 0)
+	o.MinIdleConns = p.Int("min_idle_conns", 0)
+	o.MaxRetries = p.Int("max_retries", 0)
+	o.Protocol = p.Int("protocol", 3)
+	o.DialTimeout = p.Duration("dial_timeout", 0)
+	o.ReadTimeout = p.Duration("read_timeout", 0)
+	o.WriteTimeout = p.Duration("write_timeout", 0)
+	skipVerify := p.Bool("skip_verify", false)
+	o.cluster = p.Bool("cluster", false)
+	addrs := p.String("addrs", "")
+	if err := p.Err(); err != nil {
+		return nil, nil, fmt.Errorf("redis: %w", err)
+	}
+	if o.MaxRetries == 0 {
+		o.MaxRetries = -1 // go-redis: -1 disables retries
+	}
+	if o.Protocol != 2 && o.Protocol != 3 {
+		return nil, nil, fmt.Errorf("redis: URL parameter protocol=%d: want 2 or 3", o.Protocol)
+	}
+	if strings.ContainsAny(opt.Prefix, "{}") {
+		return nil, nil, fmt.Errorf("redis: URL parameter prefix=%q: must not contain '{' or '}'", opt.Prefix)
+	}
+	host, port := u.Hostname(), u.Port()
+	if host == "" {
+		host = "localhost"
+	}
+	if port == "" {
+		port = "6379"
+	}
+	o.Addr = net.JoinHostPort(host, port)
+	if u.User != nil {
+		o.Username = u.User.Username()
+		o.Password, _ = u.User.Password()
+	}
+	if path := strings.Trim(u.Path, "/"); path != "" {
+		db, err := strconv.Atoi(path)
+		if err != nil || db < 0 {
+			return nil, nil, fmt.Errorf("redis: URL path %q: want /DB, a database number", u.Path)
+		}
+		o.DB = db
+	}
+	if u.Scheme == TLSScheme {
+		o.TLSConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: skipVerify}
+	} else if skipVerify {
+		return nil, nil, errors.New("redis: URL parameter skip_verify applies to rediss:// only")
+	}
+	if addrs != "" && !o.cluster {
+		return nil, nil, errors.New("redis: URL parameter addrs needs cluster=true")
+	}
+	if o.cluster {
+		if o.DB != 0 {
+			return nil, nil, errors.New("redis: a cluster has only database 0")
+		}
+		o.addrs = []string{o.Addr}
+		for _, a := range strings.Split(addrs, ",") {
+			if a = strings.TrimSpace(a); a != "" {
+				if _, _, err := net.SplitHostPort(a); err != nil {
+					return nil, nil, fmt.Errorf("redis: URL parameter addrs: %q is not HOST:PORT", a)
+				}
+				o.addrs = append(o.addrs, a)
+			}
+		}
+	}
+	return o, opt, nil
+}
