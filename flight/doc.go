@@ -1,0 +1,84 @@
+// Package flight is a tiered, stampede-proof cache on any claim.Backend:
+// when many callers in many processes miss the same key at once, the
+// loader runs once and everyone else gets its answer.
+//
+//	b, _ := claim.Open(ctx, "redis://localhost:6379/0") // or memory.New(nil, nil)
+//	c, _ := flight.New[Company](b, &flight.Options[Company]{Name: "companies"})
+//	defer c.Close()
+//	co, err := c.Get(ctx, "Apple Inc.", func(ctx context.Context, key string) (Company, error) {
+//		return db.UpsertCompany(ctx, key) // called once per key, fleet-wide
+//	})
+//
+// # Tiers
+//
+// A Get goes down the tiers until one answers, and the answer fills the
+// tiers above it:
+//
+//  1. the key is normalised (Options.Normalize, default NormalizeKey:
+//     "Apple Inc.", "APPLE INC" and "apple  inc" are one key);
+//  2. L1, this process's bounded in-memory cache (otter), with a TTL;
+//  3. the key's in-process flight: the first caller of a key starts it,
+//     later callers in the process join it (Result.Shared); the flight
+//     runs on its own goroutine, so a caller leaving on its context
+//     cancels nothing;
+//  4. L2, the backend's store: a hit fills L1;
+//  5. on an L2 miss the flight subscribes to the key's wake-ups and
+//     tries the claim. The holder re-reads L2 (a value published in
+//     between is adopted), runs the loader while claim.KeepAlive renews
+//     its lease, commits the value fenced by the lease, and releases the
+//     claim, which wakes every waiting process; they read the value from
+//     L2 (SourceRemote). A holder that dies is taken over when its lease
+//     expires; a holder whose lease was lost has its commit refused and
+//     keeps its value to its own callers.
+//
+// Result.Source tells each caller which tier answered: SourceL1,
+// SourceL2, SourceLoaded (this process called the loader), SourceRemote
+// (another process did), SourceStale, SourceFallback. Stats counts them.
+//
+// # What is guaranteed, and what is not
+//
+// One loader call per key per fleet while the value is absent, as long as
+// holders live: a holder that crashes, or loses its lease (a pause longer
+// than Options.LeaseTTL), lets another process load again, so loaders
+// should be idempotent. A loader error is given to every caller coalesced
+// on it in that process and is not cached; processes waiting on that
+// holder then try the claim, so the next one loads (one at a time, never
+// a herd). A not-found (ErrNotFound) is cached only with
+// Options.NegativeTTL. Every wait is bounded by the caller's context,
+// Options.WaitTimeout and the holder's lease; every load by
+// Options.LoadTimeout. A panic or runtime.Goexit in the loader reaches
+// every coalesced caller as an error (*PanicError, ErrGoexit); the claim
+// is released on every path.
+//
+// Freshness is judged with the writer's wall clock (the L2 envelope
+// records when the value was written), so processes whose clocks differ
+// by Δ disagree about expiry by Δ.
+//
+// # Stale values and early refresh
+//
+// With Options.StaleTTL, a value past its TTL is kept that much longer
+// and returned at once (SourceStale) while one refresh runs fleet-wide
+// (stale-while-revalidate). With Options.EarlyRefresh, fresh hits refresh
+// the value in the background shortly before it expires, with the XFetch
+// probability (Vattani, Chierichetti, Lowenstein, VLDB 2015) computed
+// from the measured load time. Both refreshes go through the claim, so
+// one process refreshes and the others adopt its value.
+//
+// # Invalidation
+//
+// Invalidate deletes the key from L2, drops it from this process's L1,
+// notifies the key's waiters, and, when the backend implements
+// claim.Broadcaster, publishes the key on the topic "flight:" + Name so
+// every process drops it from L1 (a subscriber that missed messages drops
+// its whole L1). Without a Broadcaster, other processes serve their L1
+// copy until it expires: Options.L1TTL is the staleness bound then.
+//
+// # Backend failures
+//
+// By default a Cache fails open: if the backend cannot be reached, the
+// loader is called without the claim (still once per key per process,
+// with at most Options.MaxFailOpenLoads loads at a time) and the value
+// is kept in L1 only. With Options.FailClosed, Get returns an error
+// wrapping ErrBackend instead. L2 values that do not decode, or were
+// written under another schema (Options.Schema), are misses, logged.
+package flight

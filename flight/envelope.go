@@ -1,0 +1,188 @@
+package flight
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Codec encodes values for L2. Implementations must be safe for concurrent
+// use. JSON is the default; gob, protobuf or msgpack adapters are a few
+// lines each.
+type Codec interface {
+	Marshal(v any) ([]byte, error)
+	Unmarshal(data []byte, v any) error
+}
+
+// JSON is the default Codec (encoding/json).
+type JSON struct{}
+
+// Marshal implements Codec.
+func (JSON) Marshal(v any) ([]byte, error) { return json.Marshal(v) }
+
+// Unmarshal implements Codec.
+func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+
+// The L2 envelope: every value flight writes to the backend is
+//
+//	byte 0      magic 0xF1
+//	byte 1      envelope version (1)
+//	byte 2      flags (bit 0: not found, a cached negative answer)
+//	bytes 3-10  written: Unix nanoseconds, big endian
+//	bytes 11-18 fresh: nanoseconds after written the value is fresh
+//	bytes 19-26 load: nanoseconds the load took (for early refresh)
+//	uvarint     length of the schema, then the schema
+//	rest        the value, encoded by the Codec (empty when not found)
+//
+// A value that does not parse, or has another schema, is a miss.
+const (
+	envMagic      = 0xF1
+	envVersion    = 1
+	envHeaderLen  = 27
+	flagNotFound  = 1
+	maxSchemaLen  = 1 << 10
+	knownEnvFlags = flagNotFound
+)
+
+var (
+	errCorrupt = errors.New("flight: corrupt L2 value")
+	errSchema  = errors.New("flight: L2 value has another schema")
+)
+
+// envelope is a decoded L2 value's header; payload is the codec's bytes.
+type envelope struct {
+	notFound bool
+	written  time.Time
+	fresh    time.Duration
+	load     time.Duration
+	schema   string
+	payload  []byte
+}
+
+func appendEnvelope(dst []byte, e envelope) []byte {
+	var flags byte
+	if e.notFound {
+		flags |= flagNotFound
+	}
+	dst = append(dst, envMagic, envVersion, flags)
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.written.UnixNano()))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.fresh))
+	dst = binary.BigEndian.AppendUint64(dst, uint64(e.load))
+	dst = binary.AppendUvarint(dst, uint64(len(e.schema)))
+	dst = append(dst, e.schema...)
+	return append(dst, e.payload...)
+}
+
+// parseEnvelope decodes the header. It never panics; any malformed input
+// is errCorrupt. The payload aliases b.
+func parseEnvelope(b []byte) (envelope, error) {
+	var e envelope
+	if len(b) < envHeaderLen || b[0] != envMagic {
+		return e, errCorrupt
+	}
+	if b[1] != envVersion {
+		return e, fmt.Errorf("%w: envelope version %d", errCorrupt, b[1])
+	}
+	flags := b[2]
+	if flags&^knownEnvFlags != 0 {
+		return e, fmt.Errorf("%w: unknown flags %#x", errCorrupt, flags)
+	}
+	e.notFound = flags&flagNotFound != 0
+	written := int64(binary.BigEndian.Uint64(b[3:]))
+	fresh := int64(binary.BigEndian.Uint64(b[11:]))
+	load := int64(binary.BigEndian.Uint64(b[19:]))
+	if fresh < 0 || load < 0 {
+		return e, fmt.Errorf("%w: negative duration", errCorrupt)
+	}
+	e.written = time.Unix(0, written)
+	e.fresh = time.Duration(fresh)
+	e.load = time.Duration(load)
+	n, k := binary.Uvarint(b[envHeaderLen:])
+	if k <= 0 || n > maxSchemaLen || uint64(len(b)-envHeaderLen-k) < n {
+		return e, fmt.Errorf("%w: bad schema length", errCorrupt)
+	}
+	rest := b[envHeaderLen+k:]
+	e.schema = string(rest[:n])
+	e.payload = rest[n:]
+	if e.notFound && len(e.payload) != 0 {
+		return e, fmt.Errorf("%w: not-found value with a payload", errCorrupt)
+	}
+	return e, nil
+}
+
+// entry is one value as flight keeps it in L1 and hands it to callers.
+type entry[V any] struct {
+	value    V
+	notFound bool
+	written  time.Time     // when the load finished (writer's clock)
+	freshTil time.Time     // fresh until
+	staleTil time.Time     // may be served stale until
+	load     time.Duration // how long the load took
+}
+
+type freshness uint8
+
+const (
+	expired freshness = iota
+	fresh
+	stale
+)
+
+func (e *entry[V]) state(now time.Time) freshness {
+	switch {
+	case now.Before(e.freshTil):
+		return fresh
+	case now.Before(e.staleTil):
+		return stale
+	}
+	return expired
+}
+
+// encode builds the L2 bytes of e.
+func (c *Cache[V]) encode(e *entry[V]) ([]byte, error) {
+	var payload []byte
+	if !e.notFound {
+		p, err := c.cfg.Codec.Marshal(e.value)
+		if err != nil {
+			return nil, fmt.Errorf("flight: encode: %w", err)
+		}
+		payload = p
+	}
+	env := envelope{
+		notFound: e.notFound,
+		written:  e.written,
+		fresh:    e.freshTil.Sub(e.written),
+		load:     e.load,
+		schema:   c.cfg.Schema,
+		payload:  payload,
+	}
+	return appendEnvelope(make([]byte, 0, envHeaderLen+2+len(env.schema)+len(payload)), env), nil
+}
+
+// decode parses L2 bytes into an entry. Any failure (corrupt envelope,
+// other schema, codec error) is an error; callers treat it as a miss.
+func (c *Cache[V]) decode(b []byte) (*entry[V], error) {
+	env, err := parseEnvelope(b)
+	if err != nil {
+		return nil, err
+	}
+	if env.schema != c.cfg.Schema {
+		return nil, fmt.Errorf("%w: %q, want %q", errSchema, env.schema, c.cfg.Schema)
+	}
+	e := &entry[V]{
+		notFound: env.notFound,
+		written:  env.written,
+		freshTil: env.written.Add(env.fresh),
+		load:     env.load,
+	}
+	e.staleTil = e.freshTil
+	if !e.notFound {
+		e.staleTil = e.freshTil.Add(c.cfg.StaleTTL)
+		if err := c.cfg.Codec.Unmarshal(env.payload, &e.value); err != nil {
+			return nil, fmt.Errorf("%w: codec: %v", errCorrupt, err)
+		}
+	}
+	return e, nil
+}

@@ -1,0 +1,495 @@
+package flight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"math/rand/v2"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/maypok86/otter/v2"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// Errors returned by Get and Fetch. Loader errors are returned wrapped
+// ("flight: load \"key\": ..."), so errors.Is and errors.As see the
+// loader's own error.
+var (
+	// ErrNotFound is what a loader returns (wrapped or not) to say the key
+	// has no value; Get returns it for a cached not-found too.
+	ErrNotFound = errors.New("flight: not found")
+	// ErrInvalidKey: the key normalises to "".
+	ErrInvalidKey = errors.New("flight: invalid key")
+	// ErrNoLoader: Get was given no LoadFunc and Options.Loader is nil.
+	ErrNoLoader = errors.New("flight: no loader")
+	// ErrLoadTimeout: the loader did not return within Options.LoadTimeout.
+	ErrLoadTimeout = errors.New("flight: load timed out")
+	// ErrWaitTimeout: another process held the key's claim for longer than
+	// Options.WaitTimeout without publishing a value.
+	ErrWaitTimeout = errors.New("flight: timed out waiting for the holder")
+	// ErrBackend: the backend could not be reached and Options.FailClosed
+	// is set. The backend's error is wrapped too.
+	ErrBackend = errors.New("flight: backend unavailable")
+	// ErrClosed: the Cache was closed.
+	ErrClosed = errors.New("flight: cache closed")
+	// ErrGoexit: the loader called runtime.Goexit.
+	ErrGoexit = errors.New("flight: loader called runtime.Goexit")
+)
+
+// PanicError is the error every coalesced caller gets when the loader
+// panicked. The panic does not crash the process (the loader runs on a
+// goroutine of the Cache, where nobody could recover it).
+type PanicError struct {
+	Value any    // the value passed to panic
+	Stack []byte // the loader's stack at the panic
+}
+
+func (e *PanicError) Error() string { return fmt.Sprintf("flight: loader panicked: %v", e.Value) }
+
+// Unwrap returns the panic value if it is an error.
+func (e *PanicError) Unwrap() error {
+	if err, ok := e.Value.(error); ok {
+		return err
+	}
+	return nil
+}
+
+var debugStack = debug.Stack
+
+func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
+
+// expirySlack is added to the holder's remaining lease before a waiter
+// retries the claim, so the retry lands after the backend expired it.
+const expirySlack = 5 * time.Millisecond
+
+// Result is an answer with its provenance.
+type Result[V any] struct {
+	Value  V
+	Source Source
+	// Key is the normalised key.
+	Key string
+	// Shared is true if this caller joined a flight (an L2 read, a wait or
+	// a load) that another caller in this process had started.
+	Shared bool
+	// Written is when the value was loaded (zero for a fallback).
+	Written time.Time
+}
+
+// Cache is a tiered, stampede-proof cache of V on a claim.Backend: an
+// in-process L1, the backend's store as L2, and the loader as L3, with
+// one loader call per key across every process sharing the backend. It
+// is safe for concurrent use. Close it when done.
+type Cache[V any] struct {
+	b     claim.Backend
+	cfg   config[V]
+	log   *slog.Logger
+	l1    *otter.Cache[string, *entry[V]]
+	timed bool // entries need a freshness check on L1 hits
+	stats counters
+
+	mu      sync.Mutex
+	flights map[string]*flight[V]
+	closed  atomic.Bool
+
+	root      context.Context
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	sem       chan struct{}
+	stopTopic func()
+}
+
+// flight is the in-process future of one key: every caller of the key in
+// this process waits on it, one goroutine resolves it.
+type flight[V any] struct {
+	key  string
+	load LoadFunc[V]
+	// after: an L2 value written at or before it is not fresh enough (a
+	// refresh of that value was asked for). Zero: any fresh value does.
+	after time.Time
+	bg    bool
+
+	// stale is an old value callers may be given; it is set before
+	// pending is closed, which happens when the flight found no fresh
+	// value and starts waiting for a holder or loading.
+	stale       *entry[V]
+	pending     chan struct{}
+	pendingDone bool // only the flight's goroutine touches it
+
+	done chan struct{}
+	res  *entry[V]
+	src  Source
+	err  error
+}
+
+// New returns a Cache of V on b. b is not closed by the Cache. If b
+// implements claim.Broadcaster, the Cache subscribes to its invalidation
+// topic (a failure is logged and leaves only L1 TTLs to expire other
+// processes' copies).
+func New[V any](b claim.Backend, opt *Options[V]) (*Cache[V], error) {
+	if b == nil {
+		return nil, errors.New("flight: nil backend")
+	}
+	c := &Cache[V]{b: b, cfg: opt.withDefaults(), flights: map[string]*flight[V]{}}
+	c.log = c.cfg.Logger.With("cache", c.cfg.Name)
+	c.timed = c.cfg.StaleTTL > 0 || c.cfg.EarlyRefresh > 0
+	c.sem = make(chan struct{}, c.cfg.MaxFailOpenLoads)
+	if c.cfg.L1Size > 0 {
+		l1TTL := c.cfg.L1TTL
+		l1, err := otter.New(&otter.Options[string, *entry[V]]{
+			MaximumSize: c.cfg.L1Size,
+			ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, *entry[V]]) time.Duration {
+				d := time.Until(en.Value.staleTil)
+				if d > l1TTL {
+					d = l1TTL
+				}
+				if d <= 0 {
+					d = 1
+				}
+				return d
+			}),
+		})
+		if err != nil {
+			return nil, fmt.Errorf("flight: L1: %w", err)
+		}
+		c.l1 = l1
+	}
+	c.root, c.cancel = context.WithCancel(context.Background())
+	if bc, ok := b.(claim.Broadcaster); ok {
+		ctx, cancel := context.WithTimeout(c.root, c.cfg.OpTimeout)
+		stop, err := bc.SubscribeTopic(ctx, c.cfg.topic, c.onInvalidate)
+		cancel()
+		if err != nil {
+			c.log.Error("flight: cannot subscribe to invalidations; other processes' invalidations reach this one only through L1 expiry", "err", err)
+		} else {
+			c.stopTopic = stop
+		}
+	}
+	return c, nil
+}
+
+// Get returns the value of key: from L1, else from L2, else from load
+// (or Options.Loader if load is nil), called once per key across every
+// process sharing the backend. See Fetch for where the answer came from.
+//
+// Get blocks until the value is known, ctx is done, or the policy says to
+// answer at once (Policy). Leaving on ctx never cancels the load, which
+// goes on for the other callers and fills the cache. Callers of one key in
+// one process share one load (the first caller's load function and
+// context values, never its cancellation). A not-found is returned as an
+// error wrapping ErrNotFound.
+func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (V, error) {
+	r, err := c.Fetch(ctx, key, load, opts...)
+	return r.Value, err
+}
+
+// Fetch is Get, also telling where the answer came from (Result.Source)
+// and whether this caller shared another caller's flight.
+func (c *Cache[V]) Fetch(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (Result[V], error) {
+	r, err := c.fetch(ctx, key, load, opts)
+	c.stats.count(r.Source, err)
+	return r, err
+}
+
+func (c *Cache[V]) fetch(ctx context.Context, key string, load LoadFunc[V], opts []CallOption) (Result[V], error) {
+	if c.closed.Load() {
+		return Result[V]{}, ErrClosed
+	}
+	k := c.cfg.Normalize(key)
+	if k == "" {
+		return Result[V]{}, fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
+	}
+	cc := callConfig{policy: c.cfg.Wait}
+	for _, o := range opts {
+		o.apply(&cc)
+	}
+	var fb V
+	if cc.fallback != nil {
+		v, ok := cc.fallback.(V)
+		if !ok {
+			return Result[V]{Key: k}, fmt.Errorf("flight: fallback of type %T for a cache of %T", cc.fallback, fb)
+		}
+		fb = v
+	}
+	if load == nil {
+		if load = c.cfg.Loader; load == nil {
+			return Result[V]{Key: k}, ErrNoLoader
+		}
+	}
+	var old *entry[V]
+	if c.l1 != nil {
+		if e, ok := c.l1.GetIfPresent(k); ok {
+			if !c.timed {
+				// L1 entries expire at the end of their TTL.
+				return hit(k, e, SourceL1, false)
+			}
+			now := time.Now()
+			switch e.state(now) {
+			case fresh:
+				if c.cfg.EarlyRefresh > 0 && c.earlyRefreshDue(e, now) {
+					c.refresh(k, e, load)
+				}
+				return hit(k, e, SourceL1, false)
+			case stale:
+				if cc.policy != Fresh {
+					c.refresh(k, e, load)
+					return hit(k, e, SourceStale, false)
+				}
+				old = e
+			}
+		}
+	}
+	return c.join(ctx, k, load, cc.policy, fb, old)
+}
+
+// hit is the answer from entry e.
+func hit[V any](k string, e *entry[V], src Source, shared bool) (Result[V], error) {
+	if e.notFound {
+		return Result[V]{Source: src, Key: k, Shared: shared, Written: e.written}, ErrNotFound
+	}
+	return Result[V]{Value: e.value, Source: src, Key: k, Shared: shared, Written: e.written}, nil
+}
+
+// earlyRefreshDue is XFetch: refresh when now − δ·β·ln(rand) ≥ expiry,
+// with δ the measured load time.
+func (c *Cache[V]) earlyRefreshDue(e *entry[V], now time.Time) bool {
+	if e.load <= 0 || e.notFound {
+		return false
+	}
+	gap := -float64(e.load) * c.cfg.EarlyRefresh * math.Log(rand.Float64())
+	return gap >= float64(e.freshTil.Sub(now))
+}
+
+// join makes the caller wait on the key's flight, starting it if there is
+// none.
+func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, fb V, old *entry[V]) (Result[V], error) {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return Result[V]{Key: k}, ErrClosed
+	}
+	f, shared := c.flights[k]
+	if shared {
+		c.stats.coalesced.Add(1)
+	} else {
+		// A flight for k may have finished between our L1 miss and now:
+		// it filled L1 before leaving the map, so look again.
+		if c.l1 != nil {
+			if e, ok := c.l1.GetIfPresent(k); ok && e.state(time.Now()) == fresh {
+				c.mu.Unlock()
+				return hit(k, e, SourceL1, false)
+			}
+		}
+		f = c.newFlightLocked(k, load, old)
+	}
+	c.mu.Unlock()
+	if !shared {
+		go c.run(context.WithoutCancel(ctx), f)
+	}
+	return c.await(ctx, f, p, fb, shared)
+}
+
+// newFlightLocked registers a flight; c.mu must be held and the Cache
+// open. The caller starts c.run.
+func (c *Cache[V]) newFlightLocked(k string, load LoadFunc[V], old *entry[V]) *flight[V] {
+	f := &flight[V]{key: k, load: load, stale: old, pending: make(chan struct{}), done: make(chan struct{})}
+	c.flights[k] = f
+	c.wg.Add(1)
+	return f
+}
+
+// refresh starts a background flight for k unless one is running: the
+// stale-while-revalidate and early refresh path. Its result replaces e
+// in L1; it runs once fleet-wide through the claim.
+func (c *Cache[V]) refresh(k string, e *entry[V], load LoadFunc[V]) {
+	c.mu.Lock()
+	if _, running := c.flights[k]; running || c.closed.Load() {
+		c.mu.Unlock()
+		return
+	}
+	f := c.newFlightLocked(k, load, e)
+	f.after, f.bg = e.written, true
+	c.mu.Unlock()
+	c.stats.refreshes.Add(1)
+	go c.run(c.root, f)
+}
+
+func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, fb V, shared bool) (Result[V], error) {
+	var pending <-chan struct{}
+	if p != Fresh {
+		pending = f.pending
+	}
+	for {
+		select {
+		case <-f.done:
+			return c.result(f, shared)
+		case <-pending:
+			pending = nil
+			select {
+			case <-f.done:
+				return c.result(f, shared)
+			default:
+			}
+			if s := f.stale; s != nil && !s.notFound && s.state(time.Now()) != expired {
+				return hit(f.key, s, SourceStale, shared)
+			}
+			if p == Fallback {
+				return Result[V]{Value: fb, Source: SourceFallback, Key: f.key, Shared: shared}, nil
+			}
+		case <-ctx.Done():
+			return Result[V]{Key: f.key, Shared: shared}, ctx.Err()
+		}
+	}
+}
+
+func (c *Cache[V]) result(f *flight[V], shared bool) (Result[V], error) {
+	if f.err != nil {
+		r := Result[V]{Key: f.key, Shared: shared}
+		if isNotFound(f.err) {
+			r.Source = f.src
+		}
+		return r, f.err
+	}
+	return hit(f.key, f.res, f.src, shared)
+}
+
+// run resolves flight f on its own goroutine, detached from every caller:
+// ctx keeps the first caller's values, not its cancellation, and is
+// cancelled by Close. Whatever happens (a panic or Goexit in our code or
+// the codec included), f is finished and every caller released.
+func (c *Cache[V]) run(ctx context.Context, f *flight[V]) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(c.root, cancel)
+	defer func() {
+		stop()
+		cancel()
+	}()
+	var (
+		e   *entry[V]
+		src Source
+		err error
+	)
+	normal := false
+	defer func() {
+		if !normal {
+			if p := recover(); p != nil {
+				err = &PanicError{Value: p, Stack: debug.Stack()}
+			} else {
+				err = ErrGoexit
+			}
+			e, src = nil, SourceNone
+			c.log.Error("flight: resolving a key failed abnormally", "key", f.key, "err", err)
+		}
+		c.finish(f, e, src, err)
+	}()
+	e, src, err = c.resolve(ctx, f)
+	normal = true
+}
+
+// finish publishes f's outcome: L1 first, then out of the map, then the
+// callers, so a caller that misses L1 either finds the flight or finds
+// its value in L1 (see join).
+func (c *Cache[V]) finish(f *flight[V], e *entry[V], src Source, err error) {
+	if e != nil && c.l1 != nil && time.Now().Before(e.staleTil) && !c.closed.Load() {
+		c.l1.Set(f.key, e)
+	}
+	f.res, f.src, f.err = e, src, err
+	c.mu.Lock()
+	if c.flights[f.key] == f {
+		delete(c.flights, f.key)
+	}
+	c.mu.Unlock()
+	c.markPending(f)
+	close(f.done)
+}
+
+func (c *Cache[V]) markPending(f *flight[V]) {
+	if !f.pendingDone {
+		f.pendingDone = true
+		close(f.pending)
+	}
+}
+
+// Invalidate removes key from L2 and from this process's L1, then drops
+// it from every other process's L1: through the backend's Broadcaster if
+// it has one, else only as their L1 entries expire (Options.L1TTL). It
+// also notifies the key, so processes waiting on it re-check. A load of
+// key already under way when Invalidate runs may still publish its value.
+func (c *Cache[V]) Invalidate(ctx context.Context, key string) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	k := c.cfg.Normalize(key)
+	if k == "" {
+		return fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
+	}
+	bk := c.cfg.prefix + k
+	var errs []error
+	if err := c.b.Delete(ctx, bk); err != nil {
+		errs = append(errs, fmt.Errorf("flight: invalidate %q: %w", k, err))
+	}
+	c.dropL1(k)
+	if bc, ok := c.b.(claim.Broadcaster); ok {
+		if err := bc.Publish(ctx, c.cfg.topic, []byte(k)); err != nil {
+			errs = append(errs, fmt.Errorf("flight: invalidate %q: publish: %w", k, err))
+		}
+	}
+	if err := c.b.Notify(ctx, bk); err != nil {
+		errs = append(errs, fmt.Errorf("flight: invalidate %q: notify: %w", k, err))
+	}
+	return errors.Join(errs...)
+}
+
+func (c *Cache[V]) dropL1(k string) {
+	if c.l1 != nil {
+		c.l1.Invalidate(k)
+		c.stats.invalidated.Add(1)
+	}
+}
+
+// onInvalidate handles the invalidation topic: a message is a normalised
+// key; a reset (messages may have been missed) drops the whole L1.
+func (c *Cache[V]) onInvalidate(msg []byte, reset bool) {
+	if c.l1 == nil {
+		return
+	}
+	if reset {
+		c.l1.InvalidateAll()
+		c.stats.invalidated.Add(1)
+		c.log.Debug("flight: invalidation stream reset: L1 dropped")
+		return
+	}
+	c.dropL1(string(msg))
+}
+
+// Close stops the Cache: flights under way end (their callers get
+// ErrClosed or the context error), background refreshes stop, the
+// invalidation subscription ends and L1 is dropped. It waits for the
+// Cache's goroutines, except loaders that ignore their context, which are
+// abandoned. Later calls return ErrClosed. The backend is not closed.
+// Idempotent.
+func (c *Cache[V]) Close() error {
+	c.mu.Lock()
+	if c.closed.Load() {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed.Store(true)
+	c.mu.Unlock()
+	c.cancel()
+	c.wg.Wait()
+	if c.stopTopic != nil {
+		c.stopTopic()
+	}
+	if c.l1 != nil {
+		c.l1.InvalidateAll()
+		c.l1.StopAllGoroutines()
+	}
+	return nil
+}

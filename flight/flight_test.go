@@ -1,0 +1,773 @@
+package flight
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// The scenarios the design comes from.
+func TestScenarios(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	a, pa := newCache(f, &Options[string]{Loader: ld.load})
+
+	// One process asks twice: the second is an L1 hit, no backend call.
+	r := fetchOK(t, a, ctx, "Apple Inc.", nil)
+	wantSource(t, r, SourceLoaded)
+	before := pa.calls()
+	r2 := fetchOK(t, a, ctx, "apple  inc", nil)
+	wantSource(t, r2, SourceL1)
+	if r2.Value != r.Value || pa.calls() != before {
+		t.Fatalf("second ask: %q (backend calls %d -> %d), want %q from L1 alone", r2.Value, before, pa.calls(), r.Value)
+	}
+
+	// A then B: B hits L2 and fills its L1.
+	b, pb := newCache(f, &Options[string]{Loader: ld.load})
+	wantSource(t, fetchOK(t, b, ctx, "APPLE INC.", nil), SourceL2)
+	before = pb.calls()
+	wantSource(t, fetchOK(t, b, ctx, "Apple Inc", nil), SourceL1)
+	if pb.calls() != before {
+		t.Fatal("B's second ask reached the backend")
+	}
+
+	// Restart: a new process has an empty L1; L2 answers.
+	a.Close()
+	a2, _ := newCache(f, &Options[string]{Loader: ld.load})
+	r = fetchOK(t, a2, ctx, "apple inc", nil)
+	wantSource(t, r, SourceL2)
+
+	// L2 gone: the loader answers again (idempotently, in the real world).
+	if err := pa.Delete(ctx, "default:apple inc"); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := newCache(f, &Options[string]{Loader: ld.load})
+	wantSource(t, fetchOK(t, c, ctx, "Apple Inc.", nil), SourceLoaded)
+	if n := ld.count("apple inc"); n != 2 {
+		t.Fatalf("loader calls after L2 loss: %d, want 2", n)
+	}
+
+	// Thundering herd across processes: one load.
+	var caches []*Cache[string]
+	for range 4 {
+		c, _ := newCache(f, &Options[string]{Loader: ld.load})
+		caches = append(caches, c)
+	}
+	var wg sync.WaitGroup
+	for _, c := range caches {
+		for range 50 {
+			wg.Go(func() {
+				if _, err := c.Get(ctx, "Globex Corp", nil); err != nil {
+					t.Error(err)
+				}
+			})
+		}
+	}
+	wg.Wait()
+	if n := ld.count("globex corp"); n != 1 {
+		t.Fatalf("herd: %d loader calls, want 1", n)
+	}
+}
+
+// herd runs procs × callers concurrent Gets of each key and checks there
+// was one loader call per key, and every caller got that call's value.
+func herd(t *testing.T, procs, callers int, keys []string) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.delay = 5 * time.Millisecond
+	var caches []*Cache[string]
+	for range procs {
+		c, _ := newCache(f, &Options[string]{Loader: ld.load})
+		caches = append(caches, c)
+	}
+	start := make(chan struct{})
+	var (
+		mu  sync.Mutex
+		got = map[string]map[string]int{}
+		wg  sync.WaitGroup
+	)
+	for i, c := range caches {
+		for j := range callers {
+			key := keys[(i+j)%len(keys)]
+			wg.Go(func() {
+				<-start
+				v, err := c.Get(ctx, key, nil)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				mu.Lock()
+				if got[key] == nil {
+					got[key] = map[string]int{}
+				}
+				got[key][v]++
+				mu.Unlock()
+			})
+		}
+	}
+	close(start)
+	wg.Wait()
+	for _, k := range keys {
+		if n := ld.count(k); n != 1 {
+			t.Errorf("key %q: %d loader calls, want 1", k, n)
+		}
+		if len(got[k]) != 1 {
+			t.Errorf("key %q: callers saw %d different values: %v", k, len(got[k]), got[k])
+		}
+	}
+	var st Stats
+	for _, c := range caches {
+		s := c.Stats()
+		st.Loads += s.Loads
+		st.Requests += s.Requests
+		st.Commits += s.Commits
+	}
+	if st.Loads != uint64(len(keys)) || st.Commits != uint64(len(keys)) || st.Requests != uint64(procs*callers) {
+		t.Errorf("fleet stats: %d loads, %d commits, %d requests; want %d, %d, %d", st.Loads, st.Commits, st.Requests, len(keys), len(keys), procs*callers)
+	}
+}
+
+func TestHerdOneKey(t *testing.T) {
+	for run := range 3 {
+		t.Run(fmt.Sprint(run), func(t *testing.T) { herd(t, 8, 1000, []string{"one key"}) })
+	}
+}
+
+func TestHerdManyKeys(t *testing.T) {
+	keys := make([]string, 64)
+	for i := range keys {
+		keys[i] = fmt.Sprintf("key %d", i)
+	}
+	herd(t, 8, 1000, keys)
+}
+
+// The holder's process stops mid-load (no renewals, no release): a
+// waiter takes over after the lease; the value is loaded twice and
+// committed once; the stale holder's late commit is refused.
+func TestHolderDies(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	lease := 200 * time.Millisecond
+	gate := make(chan struct{})
+	started := make(chan struct{})
+	a, pa := newCache(f, &Options[string]{LeaseTTL: lease, noKeepAlive: true})
+	b, pb := newCache(f, &Options[string]{LeaseTTL: lease})
+
+	type res struct {
+		r   Result[string]
+		err error
+	}
+	aDone := make(chan res, 1)
+	go func() {
+		r, err := a.Fetch(ctx, "k", func(ctx context.Context, key string) (string, error) {
+			close(started)
+			<-gate // a stopped process: ignores its context, never renews
+			return "from A", nil
+		})
+		aDone <- res{r, err}
+	}()
+	<-started
+	r, err := b.Fetch(ctx, "k", func(context.Context, string) (string, error) { return "from B", nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Value != "from B" || r.Source != SourceLoaded {
+		t.Fatalf("B got %q from %v, want its own load", r.Value, r.Source)
+	}
+	if st := b.Stats(); st.Takeovers != 1 || st.Waits != 1 || st.Commits != 1 {
+		t.Fatalf("B stats %+v: want 1 wait, 1 takeover, 1 commit", st)
+	}
+	close(gate)
+	ar := <-aDone
+	if ar.err != nil || ar.r.Value != "from A" {
+		t.Fatalf("A got %q, %v; want its own value", ar.r.Value, ar.err)
+	}
+	if st := a.Stats(); st.LostCommits != 1 || st.Commits != 0 {
+		t.Fatalf("A stats %+v: want its commit refused", st)
+	}
+	if pa.commits.Load() != 0 || pb.commits.Load() != 1 {
+		t.Fatalf("commits A=%d B=%d, want 0 and 1", pa.commits.Load(), pb.commits.Load())
+	}
+	c, _ := newCache(f, &Options[string]{})
+	r = fetchOK(t, c, ctx, "k", func(context.Context, string) (string, error) { return "", errTest })
+	if r.Value != "from B" || r.Source != SourceL2 {
+		t.Fatalf("L2 holds %q (%v), want B's value", r.Value, r.Source)
+	}
+}
+
+// A crashed process: its backend client is closed (memory leases outlive
+// it, like a dead process's), so it neither renews nor releases.
+func TestHolderCrashes(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	lease := 200 * time.Millisecond
+	started := make(chan struct{})
+	gate := make(chan struct{})
+	a, pa := newCache(f, &Options[string]{LeaseTTL: lease})
+	b, _ := newCache(f, &Options[string]{LeaseTTL: lease})
+	aDone := make(chan error, 1)
+	go func() {
+		_, err := a.Get(ctx, "k", func(ctx context.Context, _ string) (string, error) {
+			close(started)
+			<-gate
+			return "from A", nil
+		})
+		aDone <- err
+	}()
+	<-started
+	pa.Backend.Close()
+	v, err := b.Get(ctx, "k", func(context.Context, string) (string, error) { return "from B", nil })
+	if err != nil || v != "from B" {
+		t.Fatalf("B: %q, %v", v, err)
+	}
+	close(gate)
+	<-aDone
+	if st := b.Stats(); st.Takeovers != 1 {
+		t.Fatalf("B stats %+v: want a takeover", st)
+	}
+}
+
+func TestLeaderCancelled(t *testing.T) {
+	type ctxKey struct{}
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{})
+	gate := make(chan struct{})
+	started := make(chan struct{})
+	var loadCtxErr error
+	var loadVal any
+	load := func(ctx context.Context, key string) (string, error) {
+		close(started)
+		<-gate
+		loadCtxErr, loadVal = ctx.Err(), ctx.Value(ctxKey{})
+		return "v", nil
+	}
+	lctx, cancel := context.WithCancel(context.WithValue(context.Background(), ctxKey{}, "leader"))
+	leader := make(chan error, 1)
+	go func() {
+		_, err := c.Get(lctx, "k", load)
+		leader <- err
+	}()
+	<-started
+	var wg sync.WaitGroup
+	errs := make(chan error, 10)
+	for range 10 {
+		wg.Go(func() {
+			r, err := c.Fetch(context.Background(), "k", load)
+			if err == nil && (r.Value != "v" || !r.Shared) {
+				err = fmt.Errorf("got %q shared=%v", r.Value, r.Shared)
+			}
+			errs <- err
+		})
+	}
+	eventually(t, "followers joined", func() bool { return c.Stats().Coalesced == 10 })
+	cancel()
+	if err := <-leader; !errors.Is(err, context.Canceled) {
+		t.Fatalf("leader: %v, want context.Canceled", err)
+	}
+	close(gate)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if loadCtxErr != nil || loadVal != "leader" {
+		t.Fatalf("load context: err %v, value %v; want live, with the leader's values", loadCtxErr, loadVal)
+	}
+}
+
+// released checks no lease is left on the key: another process can claim it.
+func released(t *testing.T, f *fleet, key string) {
+	t.Helper()
+	p := f.proc()
+	l, err := p.TryClaim(context.Background(), key, time.Second)
+	if err != nil {
+		t.Fatalf("claim %q still held: %v", key, err)
+	}
+	p.Release(context.Background(), l)
+}
+
+func TestLoaderPanicAndGoexit(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		fail  func()
+		check func(error) bool
+	}{
+		{"panic", func() { panic("boom") }, func(err error) bool {
+			var pe *PanicError
+			return errors.As(err, &pe) && pe.Value == "boom" && len(pe.Stack) > 0
+		}},
+		{"panic error", func() { panic(errTest) }, func(err error) bool { return errors.Is(err, errTest) }},
+		{"goexit", runtime.Goexit, func(err error) bool { return errors.Is(err, ErrGoexit) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFleet(t)
+			c, _ := newCache(f, &Options[string]{})
+			gate := make(chan struct{})
+			load := func(context.Context, string) (string, error) {
+				<-gate
+				tc.fail()
+				return "unreachable", nil
+			}
+			var wg sync.WaitGroup
+			errs := make(chan error, 20)
+			for range 20 {
+				wg.Go(func() {
+					_, err := c.Get(context.Background(), "k", load)
+					errs <- err
+				})
+			}
+			eventually(t, "callers joined", func() bool { return c.Stats().Coalesced == 19 })
+			close(gate)
+			wg.Wait()
+			close(errs)
+			for err := range errs {
+				if !tc.check(err) {
+					t.Fatalf("caller got %v", err)
+				}
+			}
+			released(t, f, "default:k")
+			v, err := c.Get(context.Background(), "k", func(context.Context, string) (string, error) { return "ok", nil })
+			if err != nil || v != "ok" {
+				t.Fatalf("after the failure: %q, %v", v, err)
+			}
+			if st := c.Stats(); st.Loads != 2 || st.LoadErrors != 1 || st.Errors != 20 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
+}
+
+func TestHungLoader(t *testing.T) {
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{LoadTimeout: 50 * time.Millisecond})
+	gate := make(chan struct{})
+	defer close(gate)
+	_, err := c.Get(context.Background(), "k", func(context.Context, string) (string, error) {
+		<-gate // ignores its context
+		return "late", nil
+	})
+	if !errors.Is(err, ErrLoadTimeout) {
+		t.Fatalf("got %v, want ErrLoadTimeout", err)
+	}
+	released(t, f, "default:k")
+}
+
+func TestLoaderError(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{})
+	_, err := c.Get(ctx, "k", func(context.Context, string) (string, error) { return "", errTest })
+	if !errors.Is(err, errTest) {
+		t.Fatalf("got %v", err)
+	}
+	// Errors are not cached.
+	v, err := c.Get(ctx, "k", func(context.Context, string) (string, error) { return "v", nil })
+	if err != nil || v != "v" {
+		t.Fatalf("got %q, %v", v, err)
+	}
+}
+
+func TestCorruptL2(t *testing.T) {
+	ctx := context.Background()
+	for name, data := range map[string][]byte{
+		"garbage":    []byte("not an envelope"),
+		"empty":      {},
+		"truncated":  appendEnvelope(nil, envelope{schema: "string", payload: []byte(`"x"`)})[:20],
+		"bad json":   appendEnvelope(nil, envelope{written: time.Now(), fresh: time.Hour, schema: "string", payload: []byte(`{`)}),
+		"other type": appendEnvelope(nil, envelope{written: time.Now(), fresh: time.Hour, schema: "string", payload: []byte(`42`)}),
+		"old schema": appendEnvelope(nil, envelope{written: time.Now(), fresh: time.Hour, schema: "v0", payload: []byte(`"old"`)}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFleet(t)
+			c, p := newCache(f, &Options[string]{})
+			if err := p.Set(ctx, "default:k", data, 0); err != nil {
+				t.Fatal(err)
+			}
+			r := fetchOK(t, c, ctx, "k", func(context.Context, string) (string, error) { return "fresh", nil })
+			if r.Value != "fresh" || r.Source != SourceLoaded {
+				t.Fatalf("got %q from %v", r.Value, r.Source)
+			}
+			if st := c.Stats(); st.DecodeErrors == 0 {
+				t.Fatal("decode error not counted")
+			}
+		})
+	}
+}
+
+func TestSchemaChange(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	v1, _ := newCache(f, &Options[string]{Schema: "v1"})
+	v2, _ := newCache(f, &Options[string]{Schema: "v2"})
+	fetchOK(t, v1, ctx, "k", func(context.Context, string) (string, error) { return "one", nil })
+	r := fetchOK(t, v2, ctx, "k", func(context.Context, string) (string, error) { return "two", nil })
+	if r.Value != "two" || r.Source != SourceLoaded {
+		t.Fatalf("v2 read %q from %v; want a miss and its own load", r.Value, r.Source)
+	}
+}
+
+func TestNegativeCaching(t *testing.T) {
+	ctx := context.Background()
+	notFound := func(calls *int) LoadFunc[string] {
+		return func(context.Context, string) (string, error) {
+			*calls++
+			return "", fmt.Errorf("no such company: %w", ErrNotFound)
+		}
+	}
+	t.Run("cached", func(t *testing.T) {
+		f := newFleet(t)
+		calls := 0
+		a, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour, Loader: notFound(&calls)})
+		b, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour, Loader: notFound(&calls)})
+		for i, c := range []*Cache[string]{a, a, b} {
+			r, err := c.Fetch(ctx, "nobody", nil)
+			if !errors.Is(err, ErrNotFound) {
+				t.Fatalf("ask %d: %v, want ErrNotFound", i, err)
+			}
+			if want := []Source{SourceLoaded, SourceL1, SourceL2}[i]; r.Source != want {
+				t.Fatalf("ask %d from %v, want %v", i, r.Source, want)
+			}
+		}
+		if calls != 1 {
+			t.Fatalf("%d loader calls, want 1", calls)
+		}
+		if st := a.Stats(); st.Errors != 0 || st.Loaded != 1 || st.L1Hits != 1 {
+			t.Fatalf("stats %+v", st)
+		}
+	})
+	t.Run("not cached by default", func(t *testing.T) {
+		f := newFleet(t)
+		calls := 0
+		a, _ := newCache(f, &Options[string]{Loader: notFound(&calls)})
+		for range 2 {
+			if _, err := a.Get(ctx, "nobody", nil); !errors.Is(err, ErrNotFound) {
+				t.Fatal(err)
+			}
+		}
+		if calls != 2 {
+			t.Fatalf("%d loader calls, want 2", calls)
+		}
+	})
+}
+
+func TestStaleWhileRevalidate(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	opt := func() *Options[string] {
+		return &Options[string]{Loader: ld.load, TTL: 30 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
+	}
+	var caches []*Cache[string]
+	for range 4 {
+		c, _ := newCache(f, opt())
+		caches = append(caches, c)
+	}
+	first := fetchOK(t, caches[0], ctx, "k", nil).Value
+	for _, c := range caches[1:] {
+		fetchOK(t, c, ctx, "k", nil)
+	}
+	time.Sleep(40 * time.Millisecond) // past the TTL: every copy is stale
+	ld.gate = make(chan struct{})
+	var wg sync.WaitGroup
+	for _, c := range caches {
+		for range 10 {
+			wg.Go(func() {
+				r, err := c.Fetch(ctx, "k", nil)
+				if err != nil || r.Source != SourceStale || r.Value != first {
+					t.Errorf("got %q from %v (%v), want the stale %q at once", r.Value, r.Source, err, first)
+				}
+			})
+		}
+	}
+	wg.Wait() // nobody waited for the refresh: it is still gated
+	close(ld.gate)
+	for _, c := range caches {
+		idle(t, c)
+	}
+	if n := ld.count("k"); n != 2 {
+		t.Fatalf("%d loads, want 2 (one refresh fleet-wide)", n)
+	}
+	for _, c := range caches {
+		r := fetchOK(t, c, ctx, "k", nil)
+		if r.Value == first {
+			t.Fatalf("still stale after the refresh: %q from %v", r.Value, r.Source)
+		}
+	}
+	// The Fresh policy waits for a fresh value.
+	time.Sleep(40 * time.Millisecond)
+	r := fetchOK(t, caches[0], ctx, "k", nil, WithPolicy(Fresh))
+	if r.Source == SourceStale {
+		t.Fatalf("Fresh policy got a stale value")
+	}
+}
+
+func TestEarlyRefresh(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.delay = time.Millisecond
+	// A huge β makes every fresh hit refresh.
+	a, _ := newCache(f, &Options[string]{Loader: ld.load, EarlyRefresh: 1e12})
+	b, _ := newCache(f, &Options[string]{Loader: ld.load, EarlyRefresh: 1e12})
+	first := fetchOK(t, a, ctx, "k", nil)
+	wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceL1) // triggers a refresh
+	idle(t, a)
+	if n := ld.count("k"); n != 2 {
+		t.Fatalf("%d loads, want 2", n)
+	}
+	r := fetchOK(t, a, ctx, "k", nil)
+	if r.Value == first.Value {
+		t.Fatal("refresh did not replace the value in L1")
+	}
+	idle(t, a)
+	r = fetchOK(t, b, ctx, "k", nil)
+	if r.Source != SourceL2 {
+		t.Fatalf("B: %v", r.Source)
+	}
+	if st := a.Stats(); st.Refreshes < 1 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestInvalidate(t *testing.T) {
+	ctx := context.Background()
+	t.Run("broadcast", func(t *testing.T) {
+		f := newFleet(t)
+		ld := newLoader()
+		var caches []*Cache[string]
+		for range 4 {
+			c, _ := newCache(f, &Options[string]{Loader: ld.load, L1TTL: time.Hour})
+			fetchOK(t, c, ctx, "k", nil)
+			caches = append(caches, c)
+		}
+		if err := caches[0].Invalidate(ctx, "K."); err != nil {
+			t.Fatal(err)
+		}
+		for i, c := range caches {
+			eventually(t, fmt.Sprintf("process %d dropped the key", i), func() bool {
+				_, ok := c.l1.GetIfPresent("k")
+				return !ok
+			})
+		}
+		for _, c := range caches {
+			r := fetchOK(t, c, ctx, "k", nil)
+			if r.Value != "v2:k" {
+				t.Fatalf("after invalidation: %q from %v", r.Value, r.Source)
+			}
+		}
+		if n := ld.count("k"); n != 2 {
+			t.Fatalf("%d loads, want 2", n)
+		}
+	})
+	t.Run("no broadcaster", func(t *testing.T) {
+		f := newFleet(t)
+		ld := newLoader()
+		a := openCache(t, claim.Backend(noBroadcast{f.proc()}), &Options[string]{Loader: ld.load, L1TTL: time.Hour})
+		b := openCache(t, claim.Backend(noBroadcast{f.proc()}), &Options[string]{Loader: ld.load, L1TTL: time.Hour})
+		fetchOK(t, a, ctx, "k", nil)
+		fetchOK(t, b, ctx, "k", nil)
+		if err := a.Invalidate(ctx, "k"); err != nil {
+			t.Fatal(err)
+		}
+		wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceLoaded)
+		// B keeps its L1 copy until its L1 TTL: documented.
+		r := fetchOK(t, b, ctx, "k", nil)
+		if r.Source != SourceL1 || r.Value != "v1:k" {
+			t.Fatalf("B: %q from %v", r.Value, r.Source)
+		}
+	})
+}
+
+func TestFallbackPolicy(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.gate = make(chan struct{})
+	c, _ := newCache(f, &Options[string]{Loader: ld.load})
+	r, err := c.Fetch(ctx, "k", nil, WithFallback("guess"))
+	if err != nil || r.Value != "guess" || r.Source != SourceFallback {
+		t.Fatalf("got %q from %v, %v", r.Value, r.Source, err)
+	}
+	if _, err := c.Fetch(ctx, "k", nil, WithFallback(42)); err == nil {
+		t.Fatal("a fallback of the wrong type was accepted")
+	}
+	close(ld.gate)
+	idle(t, c)
+	wantSource(t, fetchOK(t, c, ctx, "k", nil), SourceL1)
+	if ld.count("k") != 1 {
+		t.Fatal("the background load did not fill the cache")
+	}
+}
+
+func TestFailOpen(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.delay = 5 * time.Millisecond
+	c, p := newCache(f, &Options[string]{Loader: ld.load})
+	p.Backend.Close() // unreachable
+	var wg sync.WaitGroup
+	for range 100 {
+		wg.Go(func() {
+			r, err := c.Fetch(ctx, "k", nil)
+			if err != nil || r.Source != SourceLoaded {
+				t.Errorf("fail open: %q from %v, %v", r.Value, r.Source, err)
+			}
+		})
+	}
+	wg.Wait()
+	if n := ld.count("k"); n != 1 {
+		t.Fatalf("%d loads, want 1 (coalesced in-process)", n)
+	}
+	if st := c.Stats(); st.FailOpen != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+
+	closed, p2 := newCache(f, &Options[string]{Loader: ld.load, FailClosed: true})
+	p2.Backend.Close()
+	if _, err := closed.Get(ctx, "k", nil); !errors.Is(err, ErrBackend) || !errors.Is(err, claim.ErrClosed) {
+		t.Fatalf("fail closed: %v", err)
+	}
+}
+
+func TestWaitTimeout(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	gate := make(chan struct{})
+	started := make(chan struct{})
+	a, _ := newCache(f, &Options[string]{})
+	b, _ := newCache(f, &Options[string]{WaitTimeout: 50 * time.Millisecond})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Get(ctx, "k", func(context.Context, string) (string, error) {
+			close(started)
+			<-gate
+			return "a", nil
+		})
+	}()
+	<-started
+	_, err := b.Get(ctx, "k", func(context.Context, string) (string, error) { return "b", nil })
+	if !errors.Is(err, ErrWaitTimeout) {
+		t.Fatalf("got %v, want ErrWaitTimeout", err)
+	}
+	close(gate)
+	<-done
+}
+
+func TestCallerContext(t *testing.T) {
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{})
+	gate := make(chan struct{})
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	_, err := c.Get(ctx, "k", func(context.Context, string) (string, error) { <-gate; return "v", nil })
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("got %v", err)
+	}
+	close(gate)
+	idle(t, c)
+	// The load went on and filled the cache.
+	wantSource(t, fetchOK(t, c, context.Background(), "k", func(context.Context, string) (string, error) { return "", errTest }), SourceL1)
+}
+
+func TestKeyNormalisation(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	c, _ := newCache(f, &Options[string]{Loader: ld.load})
+	for _, k := range []string{"Apple Inc.", "Apple Inc", "APPLE INC.", "apple  inc", " apple\tinc! "} {
+		fetchOK(t, c, ctx, k, nil)
+	}
+	if ld.total.Load() != 1 {
+		t.Fatalf("%d loads, want 1", ld.total.Load())
+	}
+	if _, err := c.Get(ctx, " ...", nil); !errors.Is(err, ErrInvalidKey) {
+		t.Fatalf("got %v, want ErrInvalidKey", err)
+	}
+	id, _ := newCache(f, &Options[string]{Loader: ld.load, Normalize: Identity, Name: "raw"})
+	fetchOK(t, id, ctx, "Apple Inc.", nil)
+	fetchOK(t, id, ctx, "apple inc", nil)
+	if ld.total.Load() != 3 {
+		t.Fatalf("Identity: %d loads, want 3", ld.total.Load())
+	}
+}
+
+func TestClose(t *testing.T) {
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{})
+	gate := make(chan struct{})
+	defer close(gate)
+	errc := make(chan error, 1)
+	go func() {
+		_, err := c.Get(context.Background(), "k", func(ctx context.Context, _ string) (string, error) {
+			select {
+			case <-gate:
+			case <-ctx.Done():
+			}
+			return "", ctx.Err()
+		})
+		errc <- err
+	}()
+	eventually(t, "load started", func() bool { return c.Stats().Loads == 1 })
+	c.Close()
+	if err := <-errc; err == nil {
+		t.Fatal("a Get running across Close succeeded")
+	}
+	if _, err := c.Get(context.Background(), "k", func(context.Context, string) (string, error) { return "", nil }); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+	if _, err := c.Get(context.Background(), "k", nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: %v", err)
+	}
+}
+
+func TestNoLoaderAndNoL1(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	c, p := newCache(f, &Options[string]{L1Size: -1})
+	if _, err := c.Get(ctx, "k", nil); !errors.Is(err, ErrNoLoader) {
+		t.Fatalf("got %v", err)
+	}
+	load := func(context.Context, string) (string, error) { return "v", nil }
+	wantSource(t, fetchOK(t, c, ctx, "k", load), SourceLoaded)
+	before := p.gets.Load()
+	wantSource(t, fetchOK(t, c, ctx, "k", load), SourceL2)
+	if p.gets.Load() != before+1 {
+		t.Fatal("without L1, a hit should cost one L2 read")
+	}
+}
+
+// Backend round trips of one process for one key do not grow with its
+// number of callers.
+func TestRoundTrips(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.gate = make(chan struct{})
+	ld.called = make(chan string, 1)
+	holder, ph := newCache(f, &Options[string]{Loader: ld.load})
+	waiter, pw := newCache(f, &Options[string]{Loader: ld.load})
+	var wg sync.WaitGroup
+	wg.Go(func() { fetchOK(t, holder, ctx, "k", nil) })
+	<-ld.called
+	for range 100 {
+		wg.Go(func() { wantSource(t, fetchOK(t, waiter, ctx, "k", nil), SourceRemote) })
+	}
+	eventually(t, "waiter waits", func() bool { return waiter.Stats().Waits == 1 && waiter.Stats().Coalesced == 99 })
+	close(ld.gate)
+	wg.Wait()
+	if h, w := ph.calls()+ph.commits.Load(), pw.calls(); h > 5 || w > 3 {
+		t.Fatalf("round trips (get+claim+commit): holder %d, waiter %d", h, w)
+	}
+}

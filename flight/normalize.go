@@ -1,0 +1,115 @@
+package flight
+
+import (
+	"strings"
+	"unicode"
+	"unicode/utf8"
+
+	"golang.org/x/text/cases"
+	"golang.org/x/text/unicode/norm"
+)
+
+// NormalizeKey is the default key normaliser. It makes "Apple Inc.",
+// "Apple Inc", "APPLE INC." and "apple  inc" one key, the same in every
+// process and every version of this package built with the same Unicode
+// tables. In order, repeated until the result no longer changes:
+//
+//  1. invalid UTF-8 bytes become U+FFFD;
+//  2. Unicode compatibility composition (NFKC), full case folding
+//     (golang.org/x/text/cases.Fold), then NFKC again, so "ﬁ", "FI" and
+//     "fi" agree, as do "Straße" and "STRASSE", and precomposed and
+//     decomposed accents;
+//  3. every run of white space (unicode.IsSpace, after NFKC also the
+//     no-break and other wide spaces) becomes one ASCII space, and leading
+//     and trailing space is dropped;
+//  4. trailing punctuation (unicode.IsPunct: . , ! ? ; : ' " - _ ) ] and
+//     the like, not symbols such as $ + or %) is dropped, with the space
+//     before it.
+//
+// Inner punctuation stays ("AT&T" is not "ATT", "a.b" is not "a b"). A key
+// that normalises to "" (only spaces and punctuation) is invalid. Keys
+// that are already normal ASCII are returned as they are, without
+// allocating.
+func NormalizeKey(s string) string {
+	if isNormalASCII(s) {
+		return s
+	}
+	for range 4 {
+		n := normalizeOnce(s)
+		if n == s {
+			break
+		}
+		s = n
+	}
+	return s
+}
+
+// Identity is a Normalize function that keeps keys exactly as given.
+func Identity(s string) string { return s }
+
+// isNormalASCII reports whether s is printable ASCII that NormalizeKey
+// would return unchanged: no upper case, no control characters, single
+// inner spaces, no leading or trailing space, no trailing punctuation.
+func isNormalASCII(s string) bool {
+	if s == "" {
+		return true
+	}
+	prevSpace := true // no leading space
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ' ':
+			if prevSpace {
+				return false
+			}
+			prevSpace = true
+			continue
+		case c < 0x20 || c >= 0x7f || ('A' <= c && c <= 'Z'):
+			return false
+		}
+		prevSpace = false
+	}
+	return !prevSpace && !asciiPunct(s[len(s)-1])
+}
+
+// asciiPunct is unicode.IsPunct for an ASCII byte.
+func asciiPunct(c byte) bool {
+	switch c {
+	case '!', '"', '#', '%', '&', '\'', '(', ')', '*', ',', '-', '.', '/', ':', ';', '?', '@', '[', '\\', ']', '_', '{', '}':
+		return true
+	}
+	return false
+}
+
+func normalizeOnce(s string) string {
+	if !utf8.ValidString(s) {
+		s = strings.ToValidUTF8(s, "\uFFFD")
+	}
+	s = norm.NFKC.String(s)
+	s = cases.Fold().String(s) // a Caser is stateful: one per call
+	s = norm.NFKC.String(s)
+
+	var b strings.Builder
+	b.Grow(len(s))
+	space := false
+	for _, r := range s {
+		if unicode.IsSpace(r) {
+			space = true
+			continue
+		}
+		if space && b.Len() > 0 {
+			b.WriteByte(' ')
+		}
+		space = false
+		b.WriteRune(r)
+	}
+	out := b.String()
+	for {
+		r, size := utf8.DecodeLastRuneInString(out)
+		if size == 0 || !unicode.IsPunct(r) {
+			break
+		}
+		out = strings.TrimRightFunc(out[:len(out)-size], unicode.IsSpace)
+	}
+	return out
+}

@@ -1,0 +1,233 @@
+package flight
+
+import (
+	"context"
+	"log/slog"
+	"reflect"
+	"time"
+)
+
+// LoadFunc computes the value of a key from the system of record (L3). It
+// receives the normalised key. Its context carries the values of the
+// caller that started the load, is not cancelled when that caller leaves,
+// and is cancelled when Options.LoadTimeout passes, when the claim on the
+// key is lost, or when the Cache is closed. A LoadFunc should be
+// idempotent (an upsert): after a crash or a lost lease the key may be
+// loaded a second time. Return an error wrapping ErrNotFound to report a
+// missing value (cached for Options.NegativeTTL).
+type LoadFunc[V any] func(ctx context.Context, key string) (V, error)
+
+// Policy says what a caller does when its key has no fresh value and a
+// load is under way (in this process or in another one). Stale values are
+// those within Options.StaleTTL past their TTL.
+type Policy uint8
+
+const (
+	// Block (the default) returns a stale value at once if there is one
+	// (stale-while-revalidate) and otherwise waits for the load, bounded
+	// by the caller's context, Options.WaitTimeout and the holder's lease.
+	Block Policy = iota
+	// Fresh waits for the load even when a stale value is known.
+	Fresh
+	// Fallback answers at once, without waiting: with the stale value if
+	// there is one, else with the fallback given by WithFallback (the zero
+	// value if none), Source Fallback. The load goes on in the background
+	// and fills the cache.
+	Fallback
+)
+
+func (p Policy) String() string {
+	switch p {
+	case Fresh:
+		return "fresh"
+	case Fallback:
+		return "fallback"
+	}
+	return "block"
+}
+
+// Options configure a Cache. A nil *Options means all defaults; every zero
+// field is the documented default.
+type Options[V any] struct {
+	// Name namespaces the cache in the backend: values and claims are
+	// stored under Name + ":" + normalised key, and invalidations go to
+	// the topic "flight:" + Name. Caches of different value types on one
+	// backend need different names. Default "default".
+	Name string
+	// Loader is used by Get and Fetch when they are given a nil LoadFunc.
+	Loader LoadFunc[V]
+	// Normalize maps a caller's key to the cache key, identically in every
+	// process. Default NormalizeKey. Use Identity to keep keys as given.
+	Normalize func(string) string
+	// Codec encodes values for L2. Default JSON.
+	Codec Codec
+	// Schema names the value's encoding; an L2 value written under another
+	// schema reads as a miss (logged), never as a wrong value. Change it
+	// when V's encoding changes incompatibly. Default: V's Go type name.
+	Schema string
+
+	// L1Size bounds the in-process cache (entries). Default 10000;
+	// negative: no L1 (every Get goes to L2, still coalesced in-process).
+	L1Size int
+	// L1TTL is the longest an L1 entry lives (never past the value's own
+	// TTL). Default 1 minute. On backends without claim.Broadcaster, it is
+	// how long another process may keep serving a value after Invalidate:
+	// keep it short.
+	L1TTL time.Duration
+	// TTL is how long a loaded value stays fresh in L2. Default 10 minutes.
+	TTL time.Duration
+	// TTLJitter shortens each value's TTL by a random fraction up to
+	// TTLJitter, so keys loaded together do not expire together. Default
+	// 0.1; negative: none.
+	TTLJitter float64
+	// StaleTTL keeps values this long past their TTL as stale values:
+	// under the Block and Fallback policies a stale value is returned at
+	// once (Source Stale) while one refresh runs fleet-wide
+	// (stale-while-revalidate). Default 0: values expire at their TTL.
+	StaleTTL time.Duration
+	// NegativeTTL caches a not-found (the loader returned an error
+	// wrapping ErrNotFound) this long, in L1 and L2. Default 0: not-found
+	// is not cached.
+	NegativeTTL time.Duration
+	// EarlyRefresh is the β of probabilistic early refresh (XFetch,
+	// Vattani et al., VLDB 2015): a fresh hit refreshes the value in the
+	// background with a probability that grows as its expiry nears,
+	// scaled by the measured load time; 1 is the paper's default. The
+	// refresh runs once fleet-wide (through the claim). Default 0: off.
+	EarlyRefresh float64
+
+	// LeaseTTL is the claim's lease; the holder renews it while loading
+	// (claim.KeepAlive), so it bounds how long a crashed holder delays
+	// the others, not how long a load may take. Default 5 seconds.
+	LeaseTTL time.Duration
+	// LoadTimeout bounds one loader call. A loader that ignores its
+	// context is abandoned at the timeout (its goroutine ends when it
+	// returns; its result is dropped). Default 10 seconds.
+	LoadTimeout time.Duration
+	// WaitTimeout bounds how long a flight waits for another process's
+	// holder before giving up with ErrWaitTimeout. Default 30 seconds.
+	WaitTimeout time.Duration
+	// OpTimeout bounds each backend call. Default 2 seconds.
+	OpTimeout time.Duration
+	// Wait is the default Policy. Default Block.
+	Wait Policy
+
+	// FailClosed makes Get fail with an error wrapping ErrBackend when
+	// the backend cannot be reached. Default false (fail open): the
+	// loader is called without the claim, still coalesced in-process and
+	// capped by MaxFailOpenLoads, and the value goes to L1 only.
+	FailClosed bool
+	// MaxFailOpenLoads caps concurrent loader calls while failing open.
+	// Default 16.
+	MaxFailOpenLoads int
+
+	// Logger receives warnings (corrupt L2 values, lost commits, backend
+	// failures) and debug events. Default slog.Default().
+	Logger *slog.Logger
+
+	// noKeepAlive is a test hook: the holder does not renew its lease,
+	// like a process that stopped.
+	noKeepAlive bool
+}
+
+// config is Options with defaults applied.
+type config[V any] struct {
+	Options[V]
+	prefix string
+	topic  string
+}
+
+func (o *Options[V]) withDefaults() config[V] {
+	var c config[V]
+	if o != nil {
+		c.Options = *o
+	}
+	if c.Name == "" {
+		c.Name = "default"
+	}
+	if c.Normalize == nil {
+		c.Normalize = NormalizeKey
+	}
+	if c.Codec == nil {
+		c.Codec = JSON{}
+	}
+	if c.Schema == "" {
+		c.Schema = reflect.TypeFor[V]().String()
+	}
+	if c.L1Size == 0 {
+		c.L1Size = 10000
+	}
+	if c.L1TTL <= 0 {
+		c.L1TTL = time.Minute
+	}
+	if c.TTL <= 0 {
+		c.TTL = 10 * time.Minute
+	}
+	if c.TTLJitter == 0 {
+		c.TTLJitter = 0.1
+	}
+	if c.TTLJitter < 0 {
+		c.TTLJitter = 0
+	}
+	if c.TTLJitter > 1 {
+		c.TTLJitter = 1
+	}
+	if c.StaleTTL < 0 {
+		c.StaleTTL = 0
+	}
+	if c.NegativeTTL < 0 {
+		c.NegativeTTL = 0
+	}
+	if c.EarlyRefresh < 0 {
+		c.EarlyRefresh = 0
+	}
+	if c.LeaseTTL <= 0 {
+		c.LeaseTTL = 5 * time.Second
+	}
+	if c.LoadTimeout <= 0 {
+		c.LoadTimeout = 10 * time.Second
+	}
+	if c.WaitTimeout <= 0 {
+		c.WaitTimeout = 30 * time.Second
+	}
+	if c.OpTimeout <= 0 {
+		c.OpTimeout = 2 * time.Second
+	}
+	if c.MaxFailOpenLoads <= 0 {
+		c.MaxFailOpenLoads = 16
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	c.prefix = c.Name + ":"
+	c.topic = "flight:" + c.Name
+	return c
+}
+
+// CallOption tunes one Get or Fetch call.
+type CallOption interface{ apply(*callConfig) }
+
+type callConfig struct {
+	policy    Policy
+	hasPolicy bool
+	fallback  any
+}
+
+type policyOption Policy
+
+func (p policyOption) apply(c *callConfig) { c.policy, c.hasPolicy = Policy(p), true }
+
+// WithPolicy sets the Policy for one call.
+func WithPolicy(p Policy) CallOption { return policyOption(p) }
+
+type fallbackOption[V any] struct{ v V }
+
+func (f fallbackOption[V]) apply(c *callConfig) {
+	c.policy, c.hasPolicy = Fallback, true
+	c.fallback = f.v
+}
+
+// WithFallback makes one call use the Fallback policy with v as the
+// answer when no value (fresh or stale) is at hand. v must be of the
+// cache's value type; otherwise the call fails.
+func WithFallback[V any](v V) CallOption { return fallbackOption[V]{v} }
