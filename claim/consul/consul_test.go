@@ -1,0 +1,463 @@
+package consul_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+	"go.uber.org/goleak"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/consul"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testserver.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func open(t testing.TB, rawURL string) claim.Backend {
+	t.Helper()
+	b, err := claim.Open(context.Background(), rawURL)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// uniq returns a URL with a key prefix of the test's own.
+func uniq(t testing.TB, srv *testserver.Server) string {
+	return srv.URL() + "/test/" + strings.ReplaceAll(t.Name(), "/", "-")
+}
+
+func TestConformance(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, srv.URL()) },
+	})
+}
+
+// A renewal whose reply was lost is retried with the same lease: both
+// calls succeed, the current holder never sees ErrLost, and the lease
+// from either call keeps working.
+func TestAmbiguousExtend(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l1, err := a.Extend(ctx, l, time.Minute)
+	if err != nil {
+		t.Fatalf("first Extend: %v", err)
+	}
+	l2, err := a.Extend(ctx, l, 2*time.Minute) // the same, older lease
+	if err != nil {
+		t.Fatalf("Extend retried with the older lease: %v", err)
+	}
+	if l2.Token != l.Token || l1.Token != l.Token {
+		t.Errorf("tokens changed by Extend: %d, %d, %d", l.Token, l1.Token, l2.Token)
+	}
+	// Any of the three copies still commits, extends and (once) releases.
+	for i, x := range []claim.Lease{l, l1, l2} {
+		if err := a.Commit(ctx, x, []byte{byte('0' + i)}, 0); err != nil {
+			t.Errorf("Commit with copy %d: %v", i, err)
+		}
+	}
+	// Concurrent Extends of one lease (a keeper racing a manual renewal).
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := a.Extend(ctx, l1, time.Minute); err != nil {
+				t.Errorf("concurrent Extend: %v", err)
+				failed.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim by another client: %v, want ErrHeld", err)
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Errorf("Release with the original lease: %v", err)
+	}
+	if _, err := a.Extend(ctx, l2, time.Minute); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Extend after Release: %v, want ErrLost", err)
+	}
+}
+
+// Of many clients racing to take over one expired lease, exactly one wins.
+func TestTakeoverRace(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	u := uniq(t, srv) + "?skew=10ms"
+	const n = 8
+	cs := make([]claim.Backend, n)
+	for i := range cs {
+		cs[i] = open(t, u)
+	}
+	for round := 0; round < 5; round++ {
+		old, err := cs[0].TryClaim(ctx, "k", 20*time.Millisecond)
+		if err != nil {
+			t.Fatalf("round %d: TryClaim: %v", round, err)
+		}
+		time.Sleep(time.Until(old.Deadline) + 30*time.Millisecond)
+		var wins atomic.Int32
+		var wg sync.WaitGroup
+		leases := make(chan claim.Lease, n)
+		for _, c := range cs {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				l, err := c.TryClaim(ctx, "k", time.Minute)
+				switch {
+				case err == nil:
+					wins.Add(1)
+					leases <- l
+				case !errors.Is(err, claim.ErrHeld):
+					t.Errorf("TryClaim: %v", err)
+				}
+			}()
+		}
+		wg.Wait()
+		close(leases)
+		if w := wins.Load(); w != 1 {
+			t.Fatalf("round %d: %d clients took over one expired lease, want exactly 1", round, w)
+		}
+		l := <-leases
+		if l.Token <= old.Token {
+			t.Errorf("takeover token %d <= %d", l.Token, old.Token)
+		}
+		if err := cs[0].Release(ctx, l); err != nil {
+			t.Errorf("Release: %v", err)
+		}
+	}
+}
+
+// A waiter must not take over before the lease's recorded expiry plus
+// the clock-skew margin; HeldError.Remaining includes the margin.
+func TestSkewMargin(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv)+"?skew=2s")
+	l, err := a.TryClaim(ctx, "k", 50*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(l.Deadline) + 20*time.Millisecond)
+	_, err = b.TryClaim(ctx, "k", time.Second)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
+	}
+	if he.Remaining <= time.Second || he.Remaining > 2*time.Second {
+		t.Errorf("Remaining = %s, want about 2s (the margin)", he.Remaining)
+	}
+	// The holder itself is past its deadline: no commit.
+	if err := a.Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("late Commit: %v, want ErrLost", err)
+	}
+}
+
+// Extend does not wake subscribers; Release and Notify do.
+func TestExtendWakesNobody(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 3; i++ {
+		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case <-s.C():
+		t.Errorf("Extend woke the subscriber")
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release did not wake the subscriber")
+	}
+}
+
+// A subscriber survives a server restart: the failed blocking query
+// wakes it (the backend cannot rule out a missed release), and after the
+// restart releases and notifications reach it again.
+func TestReconnect(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Consul, nil)
+	ctx := context.Background()
+	a, b := open(t, srv.URL()), open(t, srv.URL())
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.TryClaim(ctx, "k", time.Minute); err == nil {
+		t.Errorf("TryClaim with the server down succeeded")
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-time.After(30 * time.Second):
+		t.Fatal("no wake-up after the server restarted")
+	}
+	// The -dev server came back empty; claims work again, and the
+	// blocking query is live again: the claim wakes the subscriber, and
+	// so does the release.
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryClaim after restart: %v", err)
+	}
+	for _, step := range []string{"claim", "release"} {
+		select {
+		case <-s.C():
+		case <-time.After(30 * time.Second):
+			t.Fatalf("no wake-up for the %s after the restart", step)
+		}
+		if step == "claim" {
+			if err := a.Release(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+}
+
+// A lease claimed and released between two reads of the blocking query
+// still wakes a subscriber that saw the key free.
+func TestClaimReleaseBetweenReads(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
+	for i := 0; i < 20; i++ {
+		s, err := b.Subscribe(ctx, "k")
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := a.TryClaim(ctx, "k", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := a.Release(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-s.C():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("round %d: claim+release while subscribed woke nobody", i)
+		}
+		s.Close()
+	}
+}
+
+// Values too large for Consul's transaction limit are refused before any
+// I/O with the default limit, and as ErrTooLarge (HTTP 413) when the
+// limit was raised past what the server accepts.
+func TestValueLimits(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	b := open(t, uniq(t, srv))
+	if got := b.Features().MaxValueLen; got != consul.DefaultMaxValueLen {
+		t.Errorf("MaxValueLen = %d", got)
+	}
+	big := open(t, uniq(t, srv)+"?maxvalue=700000")
+	l, err := big.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := bytes.Repeat([]byte("z"), 600000)
+	if err := big.Commit(ctx, l, v, 0); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Commit over the server's limit: %v, want ErrTooLarge", err)
+	}
+	if err := big.Set(ctx, "k", v, 0); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Set over the server's limit: %v, want ErrTooLarge", err)
+	}
+	_ = big.Release(ctx, l)
+}
+
+func TestSweep(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	b := open(t, uniq(t, srv)+"?skew=1ms")
+	if err := b.Set(ctx, "short", []byte("v"), 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(ctx, "forever", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.TryClaim(ctx, "crashed", 10*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	live, err := b.TryClaim(ctx, "live", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(50 * time.Millisecond)
+	n, err := b.(*consul.Backend).Sweep(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Errorf("Sweep deleted %d keys, want 2 (an expired value and a crashed lease)", n)
+	}
+	if _, err := b.Get(ctx, "forever"); err != nil {
+		t.Errorf("Sweep deleted a live value: %v", err)
+	}
+	if err := b.Release(ctx, live); err != nil {
+		t.Errorf("Sweep broke a live lease: %v", err)
+	}
+}
+
+func TestNew(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	cfg := capi.DefaultConfig()
+	cfg.Address = srv.Addr()
+	c, err := capi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Transport.CloseIdleConnections()
+	if _, err := consul.New(nil, nil); err == nil {
+		t.Errorf("New(nil) succeeded")
+	}
+	if _, err := consul.New(c, &consul.Options{Prefix: "a/../b"}); err == nil {
+		t.Errorf("prefix with .. accepted")
+	}
+	b, err := consul.New(c, &consul.Options{Prefix: "/mine/"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	if err := b.Set(ctx, "x", []byte("1"), 0); err != nil {
+		t.Fatal(err)
+	}
+	p, _, err := c.KV().Get("mine/v/=x", nil)
+	if err != nil || p == nil {
+		t.Fatalf("value not under the prefix: %v, %v", p, err)
+	}
+	if s := b.String(); !strings.Contains(s, "mine") {
+		t.Errorf("String() = %q", s)
+	}
+}
+
+func TestURL(t *testing.T) {
+	const secret = "s3cr3t-T0KEN"
+	bad := []string{
+		"consul://127.0.0.1:1/?token=" + secret + "&bogus=1",
+		"consul://127.0.0.1:1/?token=" + secret + "&skew=soon",
+		"consul://127.0.0.1:1/?token=" + secret + "&tls=maybe",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxvalue=-1",
+		"consul://127.0.0.1:1/a/../b?token=" + secret,
+		"consul://user:" + secret + "@127.0.0.1:1/?token=" + secret + "&token=" + secret,
+	}
+	for _, u := range bad {
+		_, err := claim.Open(context.Background(), u)
+		if err == nil {
+			t.Errorf("Open(%q) succeeded, want an error", claim.RedactURL(u))
+			continue
+		}
+		if strings.Contains(err.Error(), secret) {
+			t.Errorf("error leaks the secret: %v", err)
+		}
+	}
+	good := []string{
+		"consul://127.0.0.1:1",
+		"consul://127.0.0.1:1/app/cache?token=" + secret + "&dc=dc1&skew=0&wait=1m&maxvalue=1000",
+		"consuls://127.0.0.1:1/?insecure=true",
+		"consul://user:" + secret + "@127.0.0.1:1/?tls=true",
+	}
+	for _, u := range good {
+		b, err := claim.Open(context.Background(), u)
+		if err != nil {
+			t.Errorf("Open(%q): %v", claim.RedactURL(u), err)
+			continue
+		}
+		// Nothing listens on port 1: errors name the request, never the
+		// token or password.
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, err = b.TryClaim(ctx, "k", time.Second)
+		cancel()
+		if err == nil {
+			t.Errorf("TryClaim against a closed port succeeded")
+		} else if strings.Contains(err.Error(), secret) {
+			t.Errorf("error leaks the secret: %v", err)
+		}
+		if s := b.(interface{ String() string }).String(); strings.Contains(s, secret) {
+			t.Errorf("String leaks the secret: %s", s)
+		}
+		b.Close()
+	}
+	if got := claim.RedactURL(good[1]); strings.Contains(got, secret) {
+		t.Errorf("RedactURL = %s", got)
+	}
+}
+
+// consuls:// speaks HTTPS: against a plain-HTTP agent the request fails.
+func TestTLSScheme(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	u, _ := url.Parse(srv.URL())
+	u.Scheme = consul.SchemeTLS
+	b := open(t, u.String())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := b.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("HTTPS request to an HTTP agent: err = %v, want a transport error", err)
+	}
+}
+
+func FuzzURL(f *testing.F) {
+	f.Add("consul://h:1/p?token=abc&dc=x")
+	f.Add("consuls://u:pw@h/a/b?skew=1s&maxvalue=5")
+	f.Fuzz(func(t *testing.T, raw string) {
+		b, err := claim.Open(context.Background(), raw)
+		if err != nil {
+			if u, perr := url.Parse(raw); perr == nil {
+				if tok := u.Query().Get("token"); len(tok) > 3 && strings.Contains(err.Error(), tok) {
+					t.Errorf("error leaks the token: %v", err)
+				}
+			}
+			return
+		}
+		b.Close()
+	})
+}
