@@ -1,0 +1,441 @@
+//go:build unix
+
+package testserver
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+)
+
+// spec is what differs between kinds.
+type spec struct {
+	nports          int                                       // ports[0] is the client port
+	binary          func(ctx context.Context) (string, error) // errors wrap ErrMissing
+	prepare         func(ctx context.Context, s *Server) error
+	keepDataOnRetry bool // the data dir does not depend on the ports
+	args            func(s *Server) ([]string, error)
+	env             []string
+	asPostgres      bool
+	stopSignal      syscall.Signal
+	ready           func(ctx context.Context, s *Server) error
+	url             func(s *Server) string
+}
+
+var specs = map[Kind]*spec{
+	Redis: {
+		nports:     1,
+		binary:     lookPath("redis-server"),
+		stopSignal: syscall.SIGTERM,
+		args: func(s *Server) ([]string, error) {
+			a := []string{
+				"--port", strconv.Itoa(s.ports[0]), "--bind", "127.0.0.1",
+				"--dir", s.dataDir(), "--save", "", "--protected-mode", "no",
+				"--daemonize", "no", "--logfile", "",
+			}
+			if s.opts.AppendOnly {
+				a = append(a, "--appendonly", "yes", "--appendfsync", "always")
+			} else {
+				a = append(a, "--appendonly", "no")
+			}
+			if s.opts.Password != "" {
+				a = append(a, "--requirepass", s.opts.Password)
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyRedis,
+		url: func(s *Server) string {
+			u := url.URL{Scheme: "redis", Host: s.addr, Path: "/0"}
+			if s.opts.Password != "" {
+				u.User = url.UserPassword("", s.opts.Password)
+			}
+			return u.String()
+		},
+	},
+	Postgres: {
+		nports:          1,
+		binary:          postgresBinary,
+		prepare:         preparePostgres,
+		keepDataOnRetry: true,
+		asPostgres:      true,
+		stopSignal:      syscall.SIGINT, // fast shutdown (SIGTERM waits for clients)
+		args: func(s *Server) ([]string, error) {
+			a := []string{
+				"-D", s.dataDir(), "-p", strconv.Itoa(s.ports[0]),
+				"-k", filepath.Join(s.dir, "sock"),
+				"-c", "listen_addresses=127.0.0.1",
+				"-c", "fsync=off", "-c", "full_page_writes=off", // a process crash (Kill) loses nothing: no synchronous_commit=off
+				"-c", "max_connections=200",
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyPostgres,
+		url: func(s *Server) string {
+			return "postgres://postgres@" + s.addr + "/postgres?sslmode=disable"
+		},
+	},
+	Memcache: {
+		nports: 1,
+		binary: lookPath("memcached"),
+		// memcached keeps nothing, and takes up to a second (its clock
+		// tick) to act on SIGTERM.
+		stopSignal: syscall.SIGKILL,
+		args: func(s *Server) ([]string, error) {
+			a := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(s.ports[0]), "-U", "0", "-m", "64", "-c", "4096"}
+			if os.Geteuid() == 0 {
+				a = append(a, "-u", "root") // memcached refuses root without -u
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyMemcache,
+		url:   func(s *Server) string { return "memcache://" + s.addr },
+	},
+	Etcd: {
+		nports:     2, // client, peer
+		binary:     goTool("etcd", "server"),
+		stopSignal: syscall.SIGTERM,
+		args: func(s *Server) ([]string, error) {
+			client := "http://" + s.addr
+			peer := fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
+			a := []string{
+				"--name", "stampede", "--data-dir", s.dataDir(),
+				"--listen-client-urls", client, "--advertise-client-urls", client,
+				"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+				"--initial-cluster", "stampede=" + peer, "--initial-cluster-state", "new",
+				// 500 ms election timeout: leases down to 1 s are granted
+				// as asked (the minimum is 1.5 x election timeout).
+				"--heartbeat-interval", "50", "--election-timeout", "500",
+				"--unsafe-no-fsync", "--log-level", "warn",
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyEtcd,
+		url:   func(s *Server) string { return "etcd://" + s.addr },
+	},
+	Consul: {
+		nports:     3, // http, serf lan, server rpc
+		binary:     goTool("consul", "consul"),
+		stopSignal: syscall.SIGTERM,
+		args: func(s *Server) ([]string, error) {
+			a := []string{
+				"agent", "-dev", "-node", "stampede",
+				"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
+				"-http-port", strconv.Itoa(s.ports[0]),
+				"-serf-lan-port", strconv.Itoa(s.ports[1]),
+				"-server-port", strconv.Itoa(s.ports[2]),
+				"-https-port", "-1", "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+				"-serf-wan-port", "-1",
+				"-data-dir", s.dataDir(),
+				"-hcl", "disable_update_check = true",
+				"-log-level", "info",
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyConsul,
+		url:   func(s *Server) string { return "consul://" + s.addr },
+	},
+	Dynamo: {
+		nports:     1,
+		binary:     lookPath("node"),
+		stopSignal: syscall.SIGTERM,
+		args: func(s *Server) ([]string, error) {
+			cli, err := dynaliteCLI()
+			if err != nil {
+				return nil, err
+			}
+			a := []string{
+				cli, "--host", "127.0.0.1", "--port", strconv.Itoa(s.ports[0]),
+				"--path", s.dataDir(),
+				"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0",
+			}
+			return append(a, s.opts.Args...), nil
+		},
+		ready: readyDynamo,
+		url: func(s *Server) string {
+			return "dynamodb://stampede?region=us-east-1&endpoint=" + url.QueryEscape("http://"+s.addr)
+		},
+	},
+	ZooKeeper: {
+		nports:     1,
+		binary:     lookPath("java"),
+		stopSignal: syscall.SIGTERM,
+		args:       zookeeperArgs,
+		ready:      readyZooKeeper,
+		url:        func(s *Server) string { return "zookeeper://" + s.addr },
+	},
+}
+
+func init() {
+	// Checked here rather than in the literal: dynalite and ZooKeeper need
+	// more than the executable.
+	node := specs[Dynamo].binary
+	specs[Dynamo].binary = func(ctx context.Context) (string, error) {
+		bin, err := node(ctx)
+		if err != nil {
+			return "", err
+		}
+		if _, err := dynaliteCLI(); err != nil {
+			return "", err
+		}
+		return bin, nil
+	}
+	java := specs[ZooKeeper].binary
+	specs[ZooKeeper].binary = func(ctx context.Context) (string, error) {
+		bin, err := java(ctx)
+		if err != nil {
+			return "", err
+		}
+		if _, err := zookeeperClasspath(); err != nil {
+			return "", err
+		}
+		return bin, nil
+	}
+}
+
+func lookPath(name string) func(context.Context) (string, error) {
+	return func(context.Context) (string, error) {
+		p, err := exec.LookPath(name)
+		if err != nil {
+			return "", fmt.Errorf("%s not found on PATH: %w", name, ErrMissing)
+		}
+		return p, nil
+	}
+}
+
+// repoRoot walks up from the working directory to the directory holding
+// go.mod and tools/.
+func repoRoot() (string, error) {
+	dir, err := os.Getwd()
+	if err != nil {
+		return "", err
+	}
+	for {
+		if st, err := os.Stat(filepath.Join(dir, "tools")); err == nil && st.IsDir() {
+			if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
+				return dir, nil
+			}
+		}
+		parent := filepath.Dir(dir)
+		if parent == dir {
+			return "", fmt.Errorf("no repository root (a directory with go.mod and tools/) above the working directory: %w", ErrMissing)
+		}
+		dir = parent
+	}
+}
+
+var goTools struct {
+	mu    sync.Mutex
+	paths map[string]string
+}
+
+// goTool returns the path of the binary `go tool -n name` prints in
+// tools/<module>, building it if needed (the first Consul build takes
+// minutes: scripts/install-backends prebuilds both). Cached per process.
+func goTool(module, name string) func(context.Context) (string, error) {
+	return func(ctx context.Context) (string, error) {
+		goTools.mu.Lock()
+		defer goTools.mu.Unlock()
+		if p, ok := goTools.paths[module]; ok {
+			if _, err := os.Stat(p); err == nil {
+				return p, nil
+			}
+		}
+		root, err := repoRoot()
+		if err != nil {
+			return "", err
+		}
+		gobin, err := exec.LookPath("go")
+		if err != nil {
+			return "", fmt.Errorf("go not found on PATH (needed to build %s): %w", module, ErrMissing)
+		}
+		cmd := exec.CommandContext(ctx, gobin, "tool", "-n", name)
+		cmd.Dir = filepath.Join(root, "tools", module)
+		cmd.Env = append(os.Environ(), "GOWORK=off")
+		out, err := cmd.Output()
+		if err != nil {
+			msg := err.Error()
+			if ee, ok := err.(*exec.ExitError); ok {
+				msg = strings.TrimSpace(string(ee.Stderr))
+			}
+			return "", fmt.Errorf("go tool -n %s in tools/%s: %s: %w", name, module, msg, ErrMissing)
+		}
+		lines := strings.Split(strings.TrimSpace(string(out)), "\n")
+		p := strings.TrimSpace(lines[len(lines)-1])
+		if _, err := os.Stat(p); err != nil {
+			return "", fmt.Errorf("go tool -n %s printed %q: %v: %w", name, p, err, ErrMissing)
+		}
+		if goTools.paths == nil {
+			goTools.paths = map[string]string{}
+		}
+		goTools.paths[module] = p
+		return p, nil
+	}
+}
+
+func dynaliteCLI() (string, error) {
+	root, err := repoRoot()
+	if err != nil {
+		return "", err
+	}
+	cli := filepath.Join(root, "tools", "dynalite", "node_modules", "dynalite", "cli.js")
+	if _, err := os.Stat(cli); err != nil {
+		return "", fmt.Errorf("dynalite not installed (%s; npm ci in tools/dynalite): %w", cli, ErrMissing)
+	}
+	return cli, nil
+}
+
+// postgresBinary finds postgres and initdb on PATH, else in Debian's
+// /usr/lib/postgresql/<major>/bin (the newest).
+func postgresBinary(context.Context) (string, error) {
+	pg, err1 := exec.LookPath("postgres")
+	_, err2 := exec.LookPath("initdb")
+	if err1 == nil && err2 == nil {
+		return pg, nil
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	sort.Slice(dirs, func(i, j int) bool { return pgMajor(dirs[i]) > pgMajor(dirs[j]) })
+	for _, d := range dirs {
+		if isExec(filepath.Join(d, "postgres")) && isExec(filepath.Join(d, "initdb")) {
+			return filepath.Join(d, "postgres"), nil
+		}
+	}
+	return "", fmt.Errorf("postgres and initdb not found on PATH or in /usr/lib/postgresql/*/bin: %w", ErrMissing)
+}
+
+func pgMajor(bindir string) float64 {
+	v, _ := strconv.ParseFloat(filepath.Base(filepath.Dir(bindir)), 64)
+	return v
+}
+
+func isExec(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
+}
+
+func initdbPath(postgres string) string {
+	if p := filepath.Join(filepath.Dir(postgres), "initdb"); isExec(p) {
+		return p
+	}
+	p, _ := exec.LookPath("initdb")
+	return p
+}
+
+// preparePostgres runs initdb (as the postgres user when root) into
+// Dir()/data, with trust authentication for the postgres superuser.
+func preparePostgres(ctx context.Context, s *Server) error {
+	sock := filepath.Join(s.dir, "sock")
+	if err := os.MkdirAll(sock, 0o700); err != nil {
+		return err
+	}
+	cred, err := postgresCredential()
+	if err != nil {
+		return err
+	}
+	if cred != nil {
+		for _, d := range []string{s.dir, s.dataDir(), sock} {
+			if err := os.Chown(d, int(cred.Uid), int(cred.Gid)); err != nil {
+				return err
+			}
+		}
+	}
+	if err := os.Chmod(s.dataDir(), 0o700); err != nil {
+		return err
+	}
+	cmd := exec.CommandContext(ctx, initdbPath(s.bin),
+		"-D", s.dataDir(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N")
+	cmd.Dir = s.dir
+	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr.Credential = cred
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	return nil
+}
+
+var zkCP struct {
+	once sync.Once
+	cp   string
+	err  error
+}
+
+// zookeeperClasspath finds ZooKeeper's jars: Debian's /usr/share/java (whose
+// zookeeper.jar lists its dependencies in its manifest) plus an SLF4J
+// binding, or the lib/ directory of an upstream install ($ZOOKEEPER_HOME,
+// /usr/share/zookeeper, /opt/zookeeper).
+func zookeeperClasspath() (string, error) {
+	zkCP.once.Do(func() {
+		if _, err := os.Stat("/usr/share/java/zookeeper.jar"); err == nil {
+			cp := []string{"/usr/share/java/zookeeper.jar"}
+			for _, b := range []string{"/usr/share/java/slf4j-simple.jar", "/usr/share/java/slf4j-jdk14.jar"} {
+				if _, err := os.Stat(b); err == nil {
+					cp = append(cp, b)
+					break
+				}
+			}
+			zkCP.cp = strings.Join(cp, ":")
+			return
+		}
+		var homes []string
+		if h := os.Getenv("ZOOKEEPER_HOME"); h != "" {
+			homes = append(homes, h)
+		}
+		homes = append(homes, "/usr/share/zookeeper", "/opt/zookeeper")
+		for _, h := range homes {
+			jars, _ := filepath.Glob(filepath.Join(h, "lib", "*.jar"))
+			main, _ := filepath.Glob(filepath.Join(h, "zookeeper-*.jar"))
+			jars = append(jars, main...)
+			if len(jars) > 0 {
+				zkCP.cp = filepath.Join(h, "conf") + ":" + strings.Join(jars, ":")
+				return
+			}
+		}
+		zkCP.err = fmt.Errorf("ZooKeeper jars not found (/usr/share/java/zookeeper.jar, $ZOOKEEPER_HOME/lib): %w", ErrMissing)
+	})
+	return zkCP.cp, zkCP.err
+}
+
+// zookeeperArgs writes Dir()/zoo.cfg for the current port and returns the
+// java command line of a standalone server.
+func zookeeperArgs(s *Server) ([]string, error) {
+	cp, err := zookeeperClasspath()
+	if err != nil {
+		return nil, err
+	}
+	cfg := []string{
+		"tickTime=100", // minimum session timeout 2 x tickTime = 200 ms
+		"maxSessionTimeout=60000",
+		"dataDir=" + s.dataDir(),
+		"clientPort=" + strconv.Itoa(s.ports[0]),
+		"clientPortAddress=127.0.0.1",
+		"admin.enableServer=false",
+		"4lw.commands.whitelist=ruok,srvr,stat,mntr,conf,cons,envi,wchs",
+		"forceSync=no",
+		"maxClientCnxns=0",
+	}
+	jvm := []string{
+		"-Xmx256m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",
+		"-Djava.net.preferIPv4Stack=true",
+		"-Dzookeeper.extendedTypesEnabled=true", // TTL nodes
+		"-Dzookeeper.admin.enableServer=false",
+	}
+	for _, a := range s.opts.Args {
+		if strings.HasPrefix(a, "-") {
+			jvm = append(jvm, a)
+		} else {
+			cfg = append(cfg, a)
+		}
+	}
+	path := filepath.Join(s.dir, "zoo.cfg")
+	if err := os.WriteFile(path, []byte(strings.Join(cfg, "\n")+"\n"), 0o644); err != nil {
+		return nil, err
+	}
+	return append(jvm, "-cp", cp, "org.apache.zookeeper.server.ZooKeeperServerMain", path), nil
+}
