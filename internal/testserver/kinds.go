@@ -260,6 +260,9 @@ func goTool(module, name string) func(context.Context) (string, error) {
 		cmd.Dir = filepath.Join(root, "tools", module)
 		cmd.Env = append(os.Environ(), "GOWORK=off")
 		out, err := cmd.Output()
+		if ctx.Err() != nil {
+			return "", fmt.Errorf("go tool -n %s in tools/%s: %w", name, module, ctx.Err())
+		}
 		if err != nil {
 			msg := err.Error()
 			if ee, ok := err.(*exec.ExitError); ok {

@@ -404,6 +404,13 @@ func (s *Server) Restart(ctx context.Context) error {
 		return ErrExternal
 	}
 	s.mu.Lock()
+	if s.proc != nil {
+		if exited, _ := s.proc.exited(); exited {
+			// It died on its own: clean up what is left of it.
+			s.proc.kill()
+			s.proc = nil
+		}
+	}
 	running, removed := s.proc != nil, s.removed
 	s.mu.Unlock()
 	if running {
