@@ -375,7 +375,7 @@ func (b *Backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *c
 		return true, resp, nil
 	}
 	for _, e := range resp.Errors {
-		if e.OpIndex >= nCond {
+		if e.OpIndex >= nCond || strings.Contains(e.What, "Permission denied") {
 			return false, nil, fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What)
 		}
 	}
@@ -414,9 +414,11 @@ func handleIndex(l claim.Lease) uint64 {
 	return n
 }
 
-// TryClaim implements claim.Claimer: a create-if-absent transaction, and,
-// when the key holds an expired record, a takeover transaction conditioned
-// on the record read. At most four round trips; it never waits.
+// TryClaim implements claim.Claimer: a create-if-absent transaction (one
+// round trip when the key is free); if the key exists, a read, and, when
+// the record read has expired (plus ClockSkew), a takeover transaction
+// conditioned on it. If the key was released between the failed create and
+// the read, it tries once more. It never waits.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
 	if err := b.check("claim", key); err != nil {
 		return claim.Lease{}, err
@@ -499,11 +501,13 @@ func (b *Backend) owned(ctx context.Context, l claim.Lease) (uint64, error) {
 // fenced runs the write built by op, conditioned on the lock key's
 // ModifyIndex: first the one in l.Handle, then, if that is out of date, the
 // one read back after checking that l is still current. It returns the
-// transaction response. A lease can only be rewritten by its own holder,
-// so more than a couple of rounds means the holder is racing itself.
+// transaction response. Only the lease's own holder rewrites its record,
+// so a second round is needed only after a retried Extend, and more only
+// when the holder extends one lease from several goroutines at once (each
+// failed round is another of those calls succeeding).
 func (b *Backend) fenced(ctx context.Context, l claim.Lease, op func(idx uint64) (capi.TxnOps, int)) (*capi.TxnResponse, error) {
 	idx := handleIndex(l)
-	for round := 0; round < 4; round++ {
+	for round := 0; round < 8; round++ {
 		if idx != 0 {
 			ops, nCond := op(idx)
 			ok, resp, err := b.txn(ctx, ops, nCond)

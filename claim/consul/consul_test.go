@@ -43,14 +43,32 @@ func open(t testing.TB, rawURL string) claim.Backend {
 	return b
 }
 
-// uniq returns a URL with a key prefix of the test's own.
-func uniq(t testing.TB, srv *testserver.Server) string {
-	return srv.URL() + "/test/" + strings.ReplaceAll(t.Name(), "/", "-")
+// uniq returns the server's URL with a key prefix of the test's own and
+// the given query parameters (name=value pairs) added.
+func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Path = strings.TrimSuffix(u.Path, "/") + "/test/" + strings.ReplaceAll(t.Name(), "/", "-")
+	q := u.Query()
+	for i := 0; i+1 < len(params); i += 2 {
+		q.Set(params[i], params[i+1])
+	}
+	u.RawQuery = q.Encode()
+	return u.String()
 }
 
 func TestConformance(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, srv.URL()) },
+	})
+}
+
+func BenchmarkConformance(b *testing.B) {
+	srv := testserver.Shared(b, testserver.Consul)
+	conformance.Bench(b, conformance.Harness{
 		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, srv.URL()) },
 	})
 }
@@ -112,7 +130,7 @@ func TestAmbiguousExtend(t *testing.T) {
 func TestTakeoverRace(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	u := uniq(t, srv) + "?skew=10ms"
+	u := uniq(t, srv, "skew", "10ms")
 	const n = 8
 	cs := make([]claim.Backend, n)
 	for i := range cs {
@@ -161,7 +179,7 @@ func TestTakeoverRace(t *testing.T) {
 func TestSkewMargin(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv)+"?skew=2s")
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv, "skew", "2s"))
 	l, err := a.TryClaim(ctx, "k", 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -299,7 +317,7 @@ func TestValueLimits(t *testing.T) {
 	if got := b.Features().MaxValueLen; got != consul.DefaultMaxValueLen {
 		t.Errorf("MaxValueLen = %d", got)
 	}
-	big := open(t, uniq(t, srv)+"?maxvalue=700000")
+	big := open(t, uniq(t, srv, "maxvalue", "700000"))
 	l, err := big.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -317,7 +335,7 @@ func TestValueLimits(t *testing.T) {
 func TestSweep(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	b := open(t, uniq(t, srv)+"?skew=1ms")
+	b := open(t, uniq(t, srv, "skew", "1ms"))
 	if err := b.Set(ctx, "short", []byte("v"), 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -429,6 +447,46 @@ func TestURL(t *testing.T) {
 	}
 	if got := claim.RedactURL(good[1]); strings.Contains(got, secret) {
 		t.Errorf("RedactURL = %s", got)
+	}
+}
+
+// The token reaches Consul (an agent with ACLs, default deny) and never
+// appears in errors.
+func TestACLToken(t *testing.T) {
+	const secret = "root-S3CRET-token"
+	srv := testserver.RequireWith(t, testserver.Consul, &testserver.Options{Args: []string{
+		"-hcl", `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + secret + `" } }`,
+	}})
+	ctx := context.Background()
+	anon := open(t, srv.URL())
+	_, err := anon.TryClaim(ctx, "k", time.Minute)
+	if err == nil || errors.Is(err, claim.ErrHeld) {
+		t.Fatalf("TryClaim without a token: %v, want permission denied", err)
+	}
+	if !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("TryClaim without a token: %v", err)
+	}
+	if err := anon.Set(ctx, "k", []byte("v"), 0); err == nil {
+		t.Errorf("Set without a token succeeded")
+	}
+	root := open(t, srv.URL()+"/?token="+secret)
+	l, err := root.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatalf("TryClaim with the token: %v", err)
+	}
+	if err := root.Commit(ctx, l, []byte("v"), 0); err != nil {
+		t.Errorf("Commit with the token: %v", err)
+	}
+	if err := anon.Release(ctx, l); err == nil || errors.Is(err, claim.ErrLost) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Release without a token: %v, want permission denied (and no secret)", err)
+	}
+	if err := root.Release(ctx, l); err != nil {
+		t.Errorf("Release with the token: %v", err)
+	}
+	// A wrong token: errors do not repeat it.
+	wrong := open(t, srv.URL()+"/?token=wrong-"+secret)
+	if _, err := wrong.Get(ctx, "k"); err == nil || strings.Contains(err.Error(), secret) {
+		t.Errorf("Get with a wrong token: %v", err)
 	}
 }
 
