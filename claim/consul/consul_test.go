@@ -398,6 +398,47 @@ func TestNew(t *testing.T) {
 	}
 }
 
+// Every byte a readable key may contain survives Consul's HTTP paths
+// (Get, Set, the blocking query) and its transactions (claim, commit)
+// alike, and the key is stored readably.
+func TestReadableKeys(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	b := open(t, uniq(t, srv))
+	var all []byte
+	for c := byte(0x21); c < 0x7f; c++ {
+		if !strings.ContainsRune(`/\"<>&%?#`, rune(c)) {
+			all = append(all, c)
+		}
+	}
+	keys := []string{string(all), ".", "..", "=", "a+b c", "x;y", "~user"}
+	for _, k := range keys {
+		l, err := b.TryClaim(ctx, k, time.Minute)
+		if err != nil {
+			t.Fatalf("TryClaim(%q): %v", k, err)
+		}
+		s, err := b.Subscribe(ctx, k)
+		if err != nil {
+			t.Fatalf("Subscribe(%q): %v", k, err)
+		}
+		if err := b.Commit(ctx, l, []byte(k), 0); err != nil {
+			t.Errorf("Commit(%q): %v", k, err)
+		}
+		if v, err := b.Get(ctx, k); err != nil || string(v) != k {
+			t.Errorf("Get(%q) = %q, %v", k, v, err)
+		}
+		if err := b.Release(ctx, l); err != nil {
+			t.Errorf("Release(%q): %v", k, err)
+		}
+		select {
+		case <-s.C():
+		case <-time.After(10 * time.Second):
+			t.Errorf("Release(%q) did not wake its subscriber", k)
+		}
+		s.Close()
+	}
+}
+
 func TestURL(t *testing.T) {
 	const secret = "s3cr3t-T0KEN"
 	bad := []string{
