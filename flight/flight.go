@@ -205,8 +205,8 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, load LoadFunc[V], opts
 		return Result[V]{}, fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
 	}
 	cc := callConfig{policy: c.cfg.Wait}
-	for _, o := range opts {
-		o.apply(&cc)
+	if len(opts) > 0 {
+		cc = applyOptions(cc, opts) // out of line: &cc escapes
 	}
 	var fb V
 	if cc.fallback != nil {

@@ -759,15 +759,34 @@ func TestRoundTrips(t *testing.T) {
 	holder, ph := newCache(f, &Options[string]{Loader: ld.load})
 	waiter, pw := newCache(f, &Options[string]{Loader: ld.load})
 	var wg sync.WaitGroup
-	wg.Go(func() { fetchOK(t, holder, ctx, "k", nil) })
+	wg.Go(func() {
+		if _, err := holder.Get(ctx, "k", nil); err != nil {
+			t.Error(err)
+		}
+	})
 	<-ld.called
 	for range 100 {
-		wg.Go(func() { wantSource(t, fetchOK(t, waiter, ctx, "k", nil), SourceRemote) })
+		wg.Go(func() {
+			if r, err := waiter.Fetch(ctx, "k", nil); err != nil || r.Source != SourceRemote {
+				t.Errorf("waiter: %v, %v", r.Source, err)
+			}
+		})
 	}
 	eventually(t, "waiter waits", func() bool { return waiter.Stats().Waits == 1 && waiter.Stats().Coalesced == 99 })
 	close(ld.gate)
 	wg.Wait()
 	if h, w := ph.calls()+ph.commits.Load(), pw.calls(); h > 5 || w > 3 {
 		t.Fatalf("round trips (get+claim+commit): holder %d, waiter %d", h, w)
+	}
+}
+
+func TestL1HitDoesNotAllocate(t *testing.T) {
+	f := newFleet(t)
+	c, _ := newCache(f, &Options[string]{})
+	load := func(context.Context, string) (string, error) { return "v", nil }
+	ctx := context.Background()
+	fetchOK(t, c, ctx, "apple inc", load)
+	if n := testing.AllocsPerRun(100, func() { c.Get(ctx, "apple inc", load) }); n != 0 {
+		t.Fatalf("L1 hit: %v allocations, want 0", n)
 	}
 }

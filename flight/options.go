@@ -213,6 +213,13 @@ type callConfig struct {
 	fallback  any
 }
 
+func applyOptions(cc callConfig, opts []CallOption) callConfig {
+	for _, o := range opts {
+		o.apply(&cc)
+	}
+	return cc
+}
+
 type policyOption Policy
 
 func (p policyOption) apply(c *callConfig) { c.policy, c.hasPolicy = Policy(p), true }
