@@ -38,8 +38,8 @@ type notifier struct {
 
 	mu     sync.Mutex
 	closed bool
-	shards map[string]*shard      // by node address ("" when not a cluster)
-	chans  map[string]*chanState  // by channel name, in whichever shard
+	shards map[string]*shard     // by node address ("" when not a cluster)
+	chans  map[string]*chanState // by channel name, in whichever shard
 }
 
 // chanState is one channel this Backend subscribes to: a key's channel
@@ -75,7 +75,7 @@ type barrier struct {
 const (
 	barrierPrefix = "stampede-barrier:"
 	healthPayload = "stampede-health"
-	leaveTimeout  = time.Second
+	leaveTimeout  = 200 * time.Millisecond
 	maxBackoff    = 2 * time.Second
 )
 
@@ -401,6 +401,10 @@ func (n *notifier) rebuild(s *shard) (err error) {
 		_ = old.Close()
 	}
 	if n.b.cc != nil {
+		// The topology may have changed (failover, slot migration): ask
+		// for a fresh slot map (asynchronous; a stale one costs a MOVED
+		// error and another rebuild after a backoff).
+		n.b.cc.ReloadState(n.ctx)
 		sts = n.replace(s, sts)
 	}
 	if len(sts) == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -447,4 +448,387 @@ func TestHashSlot(t *testing.T) {
 			}
 		}
 	}
+}
+
+// proxy forwards TCP to a server and can go silent: every connection,
+// old and new, stays open but nothing is forwarded (a dead network path
+// without RST), until heal.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	silent bool
+	tries  int // connections accepted while silent
+	conns  []net.Conn
+	wg     sync.WaitGroup
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			if p.silent {
+				p.tries++
+				p.mu.Unlock()
+				continue
+			}
+			p.mu.Unlock()
+			s, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, s)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go p.pipe(c, s)
+			go p.pipe(s, c)
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.mu.Unlock()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *proxy) pipe(from, to net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if err != nil {
+			to.Close()
+			return
+		}
+		p.mu.Lock()
+		silent := p.silent
+		p.mu.Unlock()
+		if !silent {
+			if _, err := to.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+	}
+}
+
+func (p *proxy) setSilent(s bool) {
+	p.mu.Lock()
+	p.silent = s
+	p.mu.Unlock()
+}
+
+func (p *proxy) silentTries() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.tries
+}
+
+// TestSilentConnectionWakesWaiter: the pub/sub connection goes silent
+// (no error, no RST); the health check notices, the Backend reconnects
+// once the path heals, and the waiter is woken for the release it missed.
+func TestSilentConnectionWakesWaiter(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Redis)
+	ctx := context.Background()
+	px := newProxy(t, srv.Addr())
+	waiter := open(t, "redis://"+px.ln.Addr().String()+"/0?prefix=silent&health_check=100ms&dial_timeout=300ms&read_timeout=300ms&write_timeout=300ms")
+	holder := open(t, withParams(srv.URL(), "prefix=silent"))
+
+	key := "silent/k"
+	l, err := holder.TryClaim(ctx, key, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := waiter.Subscribe(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	px.setSilent(true)
+	if err := holder.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for px.silentTries() < 2 {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiter never noticed the silent connection")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	select {
+	case <-sub.C():
+		t.Fatal("woken before the subscription was live again")
+	default:
+	}
+	px.setSilent(false)
+	waitWake(t, sub, "release while the connection was silent")
+	if err := holder.Notify(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	waitWake(t, sub, "notify after the reconnect")
+}
+
+// startCluster starts a three-master Redis Cluster (no replicas) and
+// returns its addresses.
+func startCluster(t *testing.T) []string {
+	t.Helper()
+	ctx := context.Background()
+	var addrs []string
+	var nodes []*goredis.Client
+	for range 3 {
+		s := testserver.RequireWith(t, testserver.Redis, &testserver.Options{
+			Args: []string{"--cluster-enabled", "yes", "--cluster-node-timeout", "5000"}})
+		if s.External() {
+			t.Skip("STAMPEDE_TEST_REDIS_URL names one server; the cluster test starts its own")
+		}
+		c := goredis.NewClient(&goredis.Options{Addr: s.Addr(), MaxRetries: -1})
+		t.Cleanup(func() { c.Close() })
+		addrs = append(addrs, s.Addr())
+		nodes = append(nodes, c)
+	}
+	for i, c := range nodes {
+		lo, hi := i*16384/3, (i+1)*16384/3-1
+		if err := c.ClusterAddSlotsRange(ctx, lo, hi).Err(); err != nil {
+			t.Fatal(err)
+		}
+		if i > 0 {
+			host, port, _ := net.SplitHostPort(addrs[0])
+			if err := c.ClusterMeet(ctx, host, port).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, c := range nodes {
+		for {
+			info, err := c.ClusterInfo(ctx).Result()
+			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3") {
+				slots, err := c.ClusterSlots(ctx).Result()
+				if err == nil && len(slots) == 3 {
+					break
+				}
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("cluster not ready: %s", info)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return addrs
+}
+
+// TestClusterConformance runs the suite on a real three-master cluster
+// through New with the user's own *ClusterClient: scripts stay within one
+// slot and wake-ups go through sharded pub/sub.
+func TestClusterConformance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	addrs := startCluster(t)
+	newBackend := func() (*redis.Backend, error) {
+		cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
+		return redis.New(cc, &redis.Options{MaxValueLen: testMaxValue, CloseClient: true})
+	}
+	t.Run("Suite", func(t *testing.T) {
+		conformance.Run(t, conformance.Harness{
+			Open: func(ctx context.Context) (claim.Backend, error) { return newBackend() },
+		})
+	})
+	t.Run("Sharded", func(t *testing.T) {
+		ctx := context.Background()
+		a, err := newBackend()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer a.Close()
+		b, err := newBackend()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		// Keys on every master: one pub/sub connection per master, and
+		// every wake-up arrives through SSUBSCRIBE.
+		var subs []claim.Subscription
+		for i := range 30 {
+			s, err := a.Subscribe(ctx, fmt.Sprintf("sharded/%d", i))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			subs = append(subs, s)
+		}
+		if n := a.PubSubConns(); n != 3 {
+			t.Errorf("PubSubConns() = %d, want 3 (one per master)", n)
+		}
+		for i, s := range subs {
+			key := fmt.Sprintf("sharded/%d", i)
+			l, err := b.TryClaim(ctx, key, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Release(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+			waitWake(t, s, key)
+		}
+		numsub := 0
+		for _, addr := range addrs {
+			c := goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
+			n, err := c.Do(ctx, "PUBSUB", "SHARDNUMSUB", "stampede:{=sharded/0}:ch").Slice()
+			c.Close()
+			if err != nil {
+				t.Fatal(err)
+			}
+			numsub += int(n[1].(int64))
+		}
+		if numsub != 1 {
+			t.Errorf("PUBSUB SHARDNUMSUB over all masters = %d, want 1", numsub)
+		}
+	})
+}
+
+// TestClusterSlotMigration moves a subscribed key's slot to another master:
+// the old master drops the sharded subscription, the Backend re-places it
+// on the new master and wakes the waiter, and later releases reach it.
+func TestClusterSlotMigration(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a three-node cluster")
+	}
+	addrs := startCluster(t)
+	ctx := context.Background()
+	newBackend := func() *redis.Backend {
+		cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
+		b, err := redis.New(cc, &redis.Options{CloseClient: true, HealthCheckInterval: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b
+	}
+	a, b := newBackend(), newBackend()
+	key := "migrate/k"
+	names := redis.NamesForTest("stampede", key)
+	s := slot(names[0])
+	src, dst := -1, -1
+	for i := range addrs {
+		lo, hi := i*16384/3, (i+1)*16384/3-1
+		if s >= lo && s <= hi {
+			src, dst = i, (i+1)%3
+		}
+	}
+	nodes := make([]*goredis.Client, 3)
+	ids := make([]string, 3)
+	for i, addr := range addrs {
+		nodes[i] = goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
+		defer nodes[i].Close()
+		id, err := nodes[i].Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids[i] = id
+	}
+
+	sub, err := a.Subscribe(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	l, err := b.TryClaim(ctx, key, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	must := func(c *goredis.Client, args ...any) {
+		t.Helper()
+		if err := c.Do(ctx, args...).Err(); err != nil {
+			t.Fatalf("%v: %v", args, err)
+		}
+	}
+	must(nodes[dst], "CLUSTER", "SETSLOT", s, "IMPORTING", ids[src])
+	must(nodes[src], "CLUSTER", "SETSLOT", s, "MIGRATING", ids[dst])
+	keys, err := nodes[src].ClusterGetKeysInSlot(ctx, s, 100).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	host, port, _ := net.SplitHostPort(addrs[dst])
+	args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+	for _, k := range keys {
+		args = append(args, k)
+	}
+	must(nodes[src], args...)
+	for _, i := range []int{dst, src, 3 - src - dst} {
+		must(nodes[i], "CLUSTER", "SETSLOT", s, "NODE", ids[dst])
+	}
+
+	// The holder's release now runs on the new master.
+	if err := b.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	waitWake(t, sub, "release after the slot moved")
+	// Eventually the subscription lives on the new master only, and a
+	// notification there wakes the waiter.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		n, err := nodes[dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n[1].(int64) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the subscription never moved to the new master")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for len(sub.C()) > 0 {
+		<-sub.C()
+	}
+	if err := b.Notify(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	waitWake(t, sub, "notify on the new master")
+}
+
+// FuzzParseURL: any path and query either parse or fail with an error
+// that does not contain the URL's password.
+func FuzzParseURL(f *testing.F) {
+	f.Add("/0", "prefix=app&pool_size=3")
+	f.Add("/x", "bogus=1")
+	f.Add("", "cluster=true&addrs=a:1,b:2")
+	f.Add("/1", "protocol=2&dial_timeout=1s&skip_verify=true")
+	f.Fuzz(func(t *testing.T, path, query string) {
+		const pw = "s3cretpw"
+		for _, scheme := range []string{"redis", "rediss"} {
+			u := &url.URL{Scheme: scheme, User: url.UserPassword("u", pw), Host: "h:1", Path: path, RawQuery: query}
+			o, err := redis.ParseURLForTest(u)
+			if err != nil {
+				if strings.Contains(err.Error(), pw) && !strings.Contains(path+query, pw) {
+					t.Fatalf("error leaks the password: %v", err)
+				}
+				continue
+			}
+			if o.Password != pw || o.Addr != "h:1" {
+				t.Fatalf("parsed %+v", o)
+			}
+		}
+	})
 }
