@@ -832,3 +832,47 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+// TestFenceAcrossRestart: with appendonly yes + appendfsync always the
+// fence counter survives kill -9 and restart (the next token is larger);
+// without persistence it starts over, which is why DurableFence is false.
+func TestFenceAcrossRestart(t *testing.T) {
+	for _, aof := range []bool{true, false} {
+		t.Run(fmt.Sprintf("appendonly=%v", aof), func(t *testing.T) {
+			srv := testserver.RequireWith(t, testserver.Redis, &testserver.Options{AppendOnly: aof})
+			if srv.External() {
+				t.Skip("needs a server of its own to kill")
+			}
+			ctx := context.Background()
+			b := open(t, srv.URL())
+			var last uint64
+			for range 3 {
+				l, err := b.TryClaim(ctx, "fence", time.Minute)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := b.Release(ctx, l); err != nil {
+					t.Fatal(err)
+				}
+				last = l.Token
+			}
+			if err := srv.Kill(); err != nil {
+				t.Fatal(err)
+			}
+			if err := srv.Restart(ctx); err != nil {
+				t.Fatal(err)
+			}
+			b2 := open(t, srv.URL())
+			l, err := b2.TryClaim(ctx, "fence", time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if aof && l.Token <= last {
+				t.Errorf("with AOF: token after restart %d, want > %d", l.Token, last)
+			}
+			if !aof && l.Token != 1 {
+				t.Errorf("without persistence: token after restart %d; expected the counter to start over at 1", l.Token)
+			}
+		})
+	}
+}
