@@ -449,7 +449,7 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 		return claim.Lease{}, wrap("extend", l.Key, ctxErr(ctx, err))
 	}
 	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).
-		Then(clientv3.OpPut(lk, l.Holder, clientv3.WithLease(g.ID))).
+		Then(clientv3.OpGet(lk), clientv3.OpPut(lk, l.Holder, clientv3.WithLease(g.ID))).
 		Commit()
 	if err != nil || !resp.Succeeded {
 		b.revokeLater(g.ID)
@@ -458,8 +458,10 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 		}
 		return claim.Lease{}, fmt.Errorf("etcd: extend %q: %w", l.Key, claim.ErrLost)
 	}
-	if g.ID != id {
-		b.revokeLater(id) // detached from the lock key: revoking deletes nothing
+	// The lease the lock key was on is detached now: revoking it deletes
+	// nothing.
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != int64(g.ID) {
+		b.revokeLater(clientv3.LeaseID(kvs[0].Lease))
 	}
 	l.TTL = time.Duration(g.TTL) * time.Second
 	l.Deadline = start.Add(l.TTL)

@@ -110,13 +110,19 @@ func TestNew(t *testing.T) {
 	}
 }
 
-// TestMinTTL: without minttl the Backend asks the server; the test server
-// runs with a 500 ms election timeout, so its minimum is 1 s.
+// TestMinTTL: without minttl the Backend asks the server (the test server
+// runs with a 500 ms election timeout, so its minimum is 1 s; etcd's
+// default is 2 s).
 func TestMinTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
 	b := open(t, srv.URL())
-	if got := b.Features().MinTTL; got != time.Second {
-		t.Errorf("MinTTL = %s, want 1s", got)
+	g, err := b.Client().Grant(context.Background(), 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = b.Client().Revoke(context.Background(), g.ID)
+	if got, want := b.Features().MinTTL, time.Duration(g.TTL)*time.Second; got != want {
+		t.Errorf("MinTTL = %s, want %s (granted for a 1 s request)", got, want)
 	}
 	b = open(t, srv.URL()+"?minttl=3s")
 	if got := b.Features().MinTTL; got != 3*time.Second {
@@ -215,7 +221,7 @@ func TestOpenRedacts(t *testing.T) {
 // TestAuth: a server with authentication enabled, opened by URL with the
 // user's password; a wrong password fails without showing it.
 func TestAuth(t *testing.T) {
-	srv := testserver.Require(t, testserver.Etcd)
+	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	ctx := context.Background()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
@@ -383,7 +389,7 @@ func wokenWithin(s claim.Subscription, d time.Duration) bool {
 // re-watch, wake the waiter (no lost release), and keep delivering later
 // releases.
 func TestWatchCompacted(t *testing.T) {
-	srv := testserver.Require(t, testserver.Etcd)
+	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	p := newProxy(t, srv.Addr())
 	ctx := context.Background()
 	waiter := open(t, "etcd://"+p.ln.Addr().String()+"/compact?dialtimeout=5s")
@@ -480,5 +486,82 @@ func TestTopics(t *testing.T) {
 	defer mu.Unlock()
 	if strings.Join(got, ",") != "afalse,bfalse,cfalse" {
 		t.Errorf("got %v", got)
+	}
+}
+
+// TestRestart: etcd keeps leases and revisions across a crash (kill -9)
+// and restart: the holder can still release, the waiter's watch resumes
+// and sees the release, and the next token is larger (DurableFence).
+func TestRestart(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Etcd, nil)
+	ctx := context.Background()
+	holder, waiter := open(t, srv.URL()+"/restart"), open(t, srv.URL()+"/restart")
+	l, err := holder.TryClaim(ctx, "k", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := waiter.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The client reconnects by itself; a call made before it has may fail.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		err := holder.Release(ctx, l)
+		if err == nil {
+			break
+		}
+		if errors.Is(err, claim.ErrLost) || time.Now().After(deadline) {
+			t.Fatalf("Release after restart: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !wokenWithin(sub, 30*time.Second) {
+		t.Fatal("release after the restart did not wake the waiter")
+	}
+	l2, err := waiter.TryClaim(ctx, "k", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l.Token {
+		t.Errorf("token after restart %d <= %d before", l2.Token, l.Token)
+	}
+	_ = waiter.Release(ctx, l2)
+}
+
+// TestKeepAlive: claim.KeepAlive renews through Extend's keep-alive path
+// (same TTL: same etcd lease) well past the lease's TTL.
+func TestKeepAlive(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Etcd)
+	a, b := open(t, srv.URL()+"/keepalive"), open(t, srv.URL()+"/keepalive")
+	ctx := context.Background()
+	l, err := a.TryClaim(ctx, "k", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := claim.KeepAlive(ctx, a, l, nil)
+	time.Sleep(3 * l.TTL)
+	if _, err := b.TryClaim(ctx, "k", time.Second); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim past 3 TTLs of a kept-alive lease: err = %v, want ErrHeld", err)
+	}
+	cur := k.Stop()
+	if err := k.Err(); err != nil {
+		t.Fatalf("keeper: %v", err)
+	}
+	if cur.Handle != l.Handle || !cur.Deadline.After(l.Deadline) {
+		t.Errorf("renewed lease %v (handle %s, was %s): want the same etcd lease with a later deadline", cur, cur.Handle, l.Handle)
+	}
+	if err := a.Release(ctx, cur); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Extend(ctx, cur, cur.TTL); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Extend after Release: err = %v, want ErrLost", err)
 	}
 }

@@ -71,8 +71,11 @@ func (b *Backend) startWatch(ctx, wctx context.Context, from, end string) (wch c
 	if end != "" {
 		opts = append(opts, clientv3.WithRange(end))
 	}
+	// WithRequireLeader: a member cut off from its cluster's leader
+	// cancels the watch instead of silently delivering nothing; the
+	// Backend then re-watches and wakes the subscribers to re-check.
 	actx, stop := context.WithCancel(wctx)
-	wch = b.cli.Watch(actx, from, opts...)
+	wch = b.cli.Watch(clientv3.WithRequireLeader(actx), from, opts...)
 	select {
 	case r, ok := <-wch:
 		switch {
