@@ -1,0 +1,742 @@
+// Package postgres is the PostgreSQL claim backend: a lease row per key
+// claimed with one INSERT … ON CONFLICT statement, fenced by a per-key
+// counter, and LISTEN/NOTIFY for wake-ups.
+//
+// # URLs
+//
+//	postgres://user:pass@host:5432/db?sslmode=disable
+//	postgresql://…                 the same
+//
+// Query parameters starting with "stampede_" are this package's own and are
+// removed before the rest of the URL goes to pgx (pgxpool.ParseConfig), so
+// every pgx and libpq parameter (sslmode, pool_max_conns, …) works as
+// usual. An unknown "stampede_" parameter is an error. Ours:
+//
+//	stampede_schema=NAME     Options.Schema (default public)
+//	stampede_prefix=PREFIX   Options.TablePrefix (default stampede_)
+//	stampede_maxvalue=BYTES  Options.MaxValueLen (default 64 MiB)
+//	stampede_migrate=BOOL    false sets Options.SkipMigrate
+//	stampede_sweep=DURATION  Options.SweepInterval (default 1m)
+//
+// To bring your own pool (TLS, auth hooks, tracing), build a *pgxpool.Pool
+// and call New.
+//
+// # Semantics
+//
+// Two tables, PREFIXclaims (key, holder, token, expires_at) and
+// PREFIXvalues (key, value, expires_at), live in Options.Schema. They are
+// created on first use (CREATE … IF NOT EXISTS under a transaction-scoped
+// advisory lock, so processes starting together do not race), or by
+// Migrate.
+//
+// TryClaim is one statement: an INSERT … ON CONFLICT DO UPDATE that takes
+// the row only if it has no holder or its lease has expired, and bumps the
+// row's token. Expiry is judged by the server's clock (clock_timestamp()),
+// so client clocks may disagree with each other and with the server; only
+// their rates are assumed equal (Lease.Deadline is taken from the local
+// clock before the request is sent, so it is never later than the server's
+// expiry). Release clears the holder but keeps the row, so the token is a
+// per-key counter that increases strictly forever and is as durable as any
+// committed row (it survives a server restart with the default
+// synchronous_commit=on and fsync=on). Claim rows are never deleted: one
+// small row per key ever claimed. TTLs have microsecond granularity.
+//
+// Release, Extend and Commit compare the token and holder and check
+// expiry in the same statement. Commit writes the value only while the
+// lease is current, holding a share lock on the claim row, so a takeover
+// cannot interleave (Features.AtomicCommit). Release sends its NOTIFY in
+// the same statement, so the wake-up is delivered if and only if the
+// release committed.
+//
+// Each Backend opens one dedicated connection (not from the pool, so
+// waiting never takes pool connections) that LISTENs on one channel for
+// all keys; notifications carry the encoded key and are fanned out
+// locally. Subscribe returns once the LISTEN is live. When that connection
+// drops, the Backend reconnects with backoff, LISTENs again and wakes every
+// subscriber so each re-checks (and SubscribeTopic handlers get a reset).
+// Expired values are never returned, and are deleted in bounded batches
+// in the background every SweepInterval after a write.
+//
+// # Errors
+//
+// ErrHeld (a *claim.HeldError whose Remaining the server computed),
+// ErrLost, ErrNotFound, ErrTooLarge, ErrInvalidKey and ErrClosed from
+// package claim, wrapped as "postgres: OP KEY: …" with pgx's error
+// underneath where there is one. Passwords never appear in errors.
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/hub"
+)
+
+// Scheme is the URL scheme this package registers; "postgresql" is
+// registered too.
+const Scheme = "postgres"
+
+func init() {
+	claim.Register(Scheme, &URLOpener{})
+	claim.Register("postgresql", &URLOpener{})
+}
+
+// Defaults and limits.
+const (
+	// DefaultMaxValueLen is the default Options.MaxValueLen (64 MiB).
+	DefaultMaxValueLen = 64 << 20
+	// MaxValueLimit is the largest MaxValueLen accepted: a bytea value and
+	// a protocol message are limited to 1 GiB; 1 MiB is left for the rest
+	// of the message.
+	MaxValueLimit = 1<<30 - 1<<20
+	// MinTTL is the shortest lease granted.
+	MinTTL = time.Millisecond
+	// maxKeyLen bounds encoded keys (btree entries must stay well under
+	// PostgreSQL's ~2700-byte limit); longer keys are hashed.
+	maxKeyLen = 256
+	// maxIdent is PostgreSQL's identifier limit (NAMEDATALEN-1).
+	maxIdent = 63
+)
+
+// Options configure a Backend. nil means defaults; every zero field is a
+// documented default.
+type Options struct {
+	// Schema holds the tables (default "public"). It is created if it
+	// does not exist (needs CREATE on the database then).
+	Schema string
+	// TablePrefix names the tables TablePrefix+"claims" and
+	// TablePrefix+"values" (default "stampede_"). Backends with
+	// different Schema or TablePrefix share nothing, not even wake-ups.
+	TablePrefix string
+	// MaxValueLen limits values (default DefaultMaxValueLen, at most
+	// MaxValueLimit).
+	MaxValueLen int
+	// SkipMigrate, if true, never creates the tables on first use: call
+	// Migrate yourself, or create them with your migration tool.
+	SkipMigrate bool
+	// SweepInterval is the least time between two background deletions
+	// of expired values by this Backend, started after a Set or Commit
+	// (default one minute; negative: never sweep).
+	SweepInterval time.Duration
+	// SweepLimit is the most expired values one sweep deletes (default 1000).
+	SweepLimit int
+	// HealthInterval is how long the LISTEN connection may stay silent
+	// before it is pinged, so a dead connection is found (default 30s).
+	HealthInterval time.Duration
+}
+
+func (o *Options) fill() error {
+	if o.Schema == "" {
+		o.Schema = "public"
+	}
+	if o.TablePrefix == "" {
+		o.TablePrefix = "stampede_"
+	}
+	if o.MaxValueLen == 0 {
+		o.MaxValueLen = DefaultMaxValueLen
+	}
+	if o.MaxValueLen < 0 || o.MaxValueLen > MaxValueLimit {
+		return fmt.Errorf("MaxValueLen %d out of range 1..%d", o.MaxValueLen, MaxValueLimit)
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = time.Minute
+	}
+	if o.SweepLimit <= 0 {
+		o.SweepLimit = 1000
+	}
+	if o.HealthInterval <= 0 {
+		o.HealthInterval = 30 * time.Second
+	}
+	if len(o.Schema) > maxIdent || strings.ContainsRune(o.Schema, 0) {
+		return fmt.Errorf("schema %q: want at most %d bytes, no NUL", o.Schema, maxIdent)
+	}
+	if l := len(o.TablePrefix) + len("values_expires_idx"); l > maxIdent || strings.ContainsRune(o.TablePrefix, 0) {
+		return fmt.Errorf("table prefix %q: want at most %d bytes, no NUL", o.TablePrefix, maxIdent-len("values_expires_idx"))
+	}
+	return nil
+}
+
+// Backend is one client of a PostgreSQL database. It implements
+// claim.Backend and claim.Broadcaster and is safe for concurrent use.
+type Backend struct {
+	pool    *pgxpool.Pool
+	ownPool bool
+	opt     Options
+	keys    claim.KeyEncoder
+	q       queries
+	channel string
+	lockID  int64
+	hub     *hub.Hub
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	closed atomic.Bool
+
+	migrated atomic.Bool
+	migSem   chan struct{}
+
+	bgMu      sync.Mutex // guards wg.Add against Close
+	wg        sync.WaitGroup
+	lastSweep atomic.Int64
+
+	l listener // notify.go
+
+	testHookDial func() // called before each LISTEN dial, in tests
+}
+
+var (
+	_ claim.Backend     = (*Backend)(nil)
+	_ claim.Broadcaster = (*Backend)(nil)
+)
+
+type queries struct {
+	claim, extend, release, commit, get, set, del, sweep, notify string
+	exists                                                         string
+	migrate                                                        []string
+}
+
+// New returns a Backend using pool for claims and values. The pool stays
+// the caller's: Close does not close it. The LISTEN connection is made
+// separately, from pool.Config(), when the first subscription needs it.
+// New does no I/O.
+func New(pool *pgxpool.Pool, opt *Options) (*Backend, error) {
+	if pool == nil {
+		return nil, errors.New("postgres: New: nil pool")
+	}
+	var o Options
+	if opt != nil {
+		o = *opt
+	}
+	if err := o.fill(); err != nil {
+		return nil, fmt.Errorf("postgres: %w", err)
+	}
+	b := &Backend{
+		pool:   pool,
+		opt:    o,
+		keys:   claim.KeyEncoder{MaxLen: maxKeyLen, Safe: claim.PrintableASCII},
+		migSem: make(chan struct{}, 1),
+	}
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	ns := o.Schema + "." + o.TablePrefix
+	b.channel = ns + "events"
+	if len(b.channel) > maxIdent {
+		h := fnv.New128a()
+		h.Write([]byte(ns))
+		b.channel = "stampede_" + hex.EncodeToString(h.Sum(nil))
+	}
+	h := fnv.New64a()
+	h.Write([]byte("stampede-migrate:" + ns))
+	b.lockID = int64(h.Sum64())
+	b.q = buildQueries(o)
+	b.hub = hub.New(substrate{b})
+	b.l.init()
+	return b, nil
+}
+
+func buildQueries(o Options) queries {
+	id := func(name string) string { return pgx.Identifier{o.Schema, o.TablePrefix + name}.Sanitize() }
+	c, v := id("claims"), id("values")
+	exp := func(p string) string { return "clock_timestamp() + " + p + "::bigint * interval '1 microsecond'" }
+	vexp := "CASE WHEN $3::bigint > 0 THEN " + exp("$3") + " END"
+	return queries{
+		claim: `WITH ins AS (
+  INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1, $2, 1, ` + exp("$3") + `)
+  ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, token = c.token + 1, expires_at = ` + exp("$3") + `
+  WHERE c.holder IS NULL OR c.expires_at <= clock_timestamp()
+  RETURNING token)
+SELECT true, token, 0::bigint FROM ins
+UNION ALL
+SELECT false, token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+FROM ` + c + ` WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)`,
+		extend: `UPDATE ` + c + ` SET expires_at = ` + exp("$4") + `
+WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()`,
+		release: `WITH r AS (
+  UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp()
+  WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()
+  RETURNING key)
+SELECT pg_notify($4, $5) FROM r`,
+		commit: `WITH c AS (
+  SELECT 1 FROM ` + c + ` WHERE key = $1 AND token = $4 AND holder = $5 AND expires_at > clock_timestamp() FOR SHARE)
+INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
+		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())`,
+		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
+		del: `DELETE FROM ` + v + ` WHERE key = $1`,
+		sweep: `DELETE FROM ` + v + ` WHERE key = ANY(ARRAY(
+  SELECT key FROM ` + v + ` WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED))
+AND expires_at <= clock_timestamp()`,
+		notify: `SELECT pg_notify($1, $2)`,
+		exists: `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+		migrate: []string{
+			`CREATE TABLE IF NOT EXISTS ` + c + ` (
+  key text PRIMARY KEY,
+  holder text,
+  token bigint NOT NULL,
+  expires_at timestamptz NOT NULL)`,
+			`CREATE TABLE IF NOT EXISTS ` + v + ` (
+  key text PRIMARY KEY,
+  value bytea NOT NULL,
+  expires_at timestamptz)`,
+			`CREATE INDEX IF NOT EXISTS ` + pgx.Identifier{o.TablePrefix + "values_expires_idx"}.Sanitize() +
+				` ON ` + v + ` (expires_at) WHERE expires_at IS NOT NULL`,
+		},
+	}
+}
+
+// Migrate creates the schema (if missing), the tables and the index, if
+// they do not exist yet. It is idempotent and safe to run from several
+// processes at once (a transaction-scoped advisory lock serialises it).
+// Backends run it on first use unless Options.SkipMigrate is set.
+func (b *Backend) Migrate(ctx context.Context) error {
+	if b.closed.Load() {
+		return fmt.Errorf("postgres: migrate: %w", claim.ErrClosed)
+	}
+	id := func(name string) string { return pgx.Identifier{b.opt.Schema, name}.Sanitize() }
+	var ok bool
+	err := b.pool.QueryRow(ctx, b.q.exists, id(b.opt.TablePrefix+"claims"), id(b.opt.TablePrefix+"values"),
+		id(b.opt.TablePrefix+"values_expires_idx")).Scan(&ok)
+	if err == nil && !ok {
+		err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, b.lockID); err != nil {
+				return err
+			}
+			var has bool
+			if err := tx.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)`, b.opt.Schema).Scan(&has); err != nil {
+				return err
+			}
+			if !has {
+				if _, err := tx.Exec(ctx, `CREATE SCHEMA IF NOT EXISTS `+pgx.Identifier{b.opt.Schema}.Sanitize()); err != nil {
+					return err
+				}
+			}
+			for _, s := range b.q.migrate {
+				if _, err := tx.Exec(ctx, s); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return fmt.Errorf("postgres: migrate %s.%s*: %w", b.opt.Schema, b.opt.TablePrefix, err)
+	}
+	b.migrated.Store(true)
+	return nil
+}
+
+// ensure runs Migrate once, on first use.
+func (b *Backend) ensure(ctx context.Context) error {
+	if b.opt.SkipMigrate || b.migrated.Load() {
+		return nil
+	}
+	select {
+	case b.migSem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-b.migSem }()
+	if b.migrated.Load() {
+		return nil
+	}
+	return b.Migrate(ctx)
+}
+
+// URLOpener opens postgres:// and postgresql:// URLs (see the package
+// documentation). The Backend owns its pool and closes it on Close.
+type URLOpener struct{}
+
+// OpenBackendURL implements claim.URLOpener. It connects once: it creates
+// the tables if needed (or pings, with stampede_migrate=false).
+func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+	secret, _ := u.User.Password()
+	opt, connString, err := ParseURL(u)
+	if err != nil {
+		return nil, scrub("", err, secret)
+	}
+	cfg, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, scrub("postgres: parse URL", err, secret)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, scrub("postgres: open pool", err, secret)
+	}
+	b, err := New(pool, opt)
+	if err != nil {
+		pool.Close()
+		return nil, err
+	}
+	b.ownPool = true
+	if opt.SkipMigrate {
+		err = pool.Ping(ctx)
+	} else {
+		err = b.ensure(ctx)
+	}
+	if err != nil {
+		b.Close()
+		return nil, scrub("postgres: open", err, secret)
+	}
+	return b, nil
+}
+
+// scrub reports err under op, with secret masked should the driver have
+// echoed it.
+func scrub(op string, err error, secret string) error {
+	if secret != "" && strings.Contains(err.Error(), secret) {
+		msg := strings.ReplaceAll(err.Error(), secret, "xxxxx")
+		if op == "" {
+			return errors.New(msg)
+		}
+		return fmt.Errorf("%s: %s", op, msg)
+	}
+	if op == "" {
+		return err
+	}
+	return fmt.Errorf("%s: %w", op, err)
+}
+
+// ParseURL splits a postgres:// URL into this package's Options (from the
+// stampede_* query parameters) and the connection string for pgx (the URL
+// without them). An unknown stampede_* parameter is an error.
+func ParseURL(u *url.URL) (*Options, string, error) {
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		return nil, "", fmt.Errorf("postgres: URL scheme %q: want postgres or postgresql", u.Scheme)
+	}
+	q := u.Query()
+	ours := url.Values{}
+	for k, v := range q {
+		if strings.HasPrefix(k, "stampede_") {
+			ours[k] = v
+			delete(q, k)
+		}
+	}
+	p := claim.NewParams(&url.URL{RawQuery: ours.Encode()})
+	o := &Options{
+		Schema:      p.String("stampede_schema", ""),
+		TablePrefix: p.String("stampede_prefix", ""),
+		MaxValueLen: p.Int("stampede_maxvalue", 0),
+		SkipMigrate: !p.Bool("stampede_migrate", true),
+	}
+	o.SweepInterval = p.Duration("stampede_sweep", 0)
+	if err := p.Err(); err != nil {
+		return nil, "", fmt.Errorf("postgres: %w", err)
+	}
+	if _, ok := ours["stampede_sweep"]; ok && o.SweepInterval == 0 {
+		o.SweepInterval = -1 // stampede_sweep=0 disables sweeping
+	}
+	c := *u
+	c.RawQuery = q.Encode()
+	return o, c.String(), nil
+}
+
+// Features implements claim.Backend.
+func (b *Backend) Features() claim.Features {
+	return claim.Features{
+		Name:           Scheme,
+		Notify:         claim.Push,
+		AtomicCommit:   true,
+		DurableFence:   true,
+		MinTTL:         MinTTL,
+		TTLGranularity: time.Microsecond,
+		MaxValueLen:    b.opt.MaxValueLen,
+		Broadcast:      true,
+	}
+}
+
+// check validates key and the Backend's state, then makes sure the tables
+// exist; it returns the encoded key.
+func (b *Backend) check(ctx context.Context, op, key string) (string, error) {
+	if err := claim.CheckKey(key); err != nil {
+		return "", fmt.Errorf("postgres: %s: %w", op, err)
+	}
+	if b.closed.Load() {
+		return "", fmt.Errorf("postgres: %s %q: %w", op, key, claim.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	return b.keys.Encode(key), nil
+}
+
+func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		return fmt.Errorf("postgres: %s %q: negative ttl %s", op, key, ttl)
+	}
+	if err := claim.CheckValue(val, b.opt.MaxValueLen); err != nil {
+		return fmt.Errorf("postgres: %s %q: %w", op, key, err)
+	}
+	return nil
+}
+
+// micros rounds d up to whole microseconds.
+func micros(d time.Duration) int64 { return int64((d + time.Microsecond - 1) / time.Microsecond) }
+
+// leaseTTL rounds a lease TTL up to the granularity and minimum.
+func leaseTTL(ttl time.Duration) time.Duration {
+	ttl = time.Duration(micros(ttl)) * time.Microsecond
+	return max(ttl, MinTTL)
+}
+
+func holderID() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// TryClaim implements claim.Claimer: one INSERT … ON CONFLICT statement.
+func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
+	enc, err := b.check(ctx, "claim", key)
+	if err != nil {
+		return claim.Lease{}, err
+	}
+	if ttl <= 0 {
+		return claim.Lease{}, fmt.Errorf("postgres: claim %q: ttl must be positive, got %s", key, ttl)
+	}
+	if err := b.ensure(ctx); err != nil {
+		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, err)
+	}
+	ttl = leaseTTL(ttl)
+	holder := holderID()
+	start := time.Now()
+	var (
+		got    bool
+		token  int64
+		remain int64
+	)
+	err = b.pool.QueryRow(ctx, b.q.claim, enc, holder, micros(ttl)).Scan(&got, &token, &remain)
+	if errors.Is(err, pgx.ErrNoRows) {
+		// Held by a row committed after this statement's snapshot: the
+		// remaining time is not known.
+		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, &claim.HeldError{Key: key})
+	}
+	if err != nil {
+		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, err)
+	}
+	if !got {
+		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key,
+			&claim.HeldError{Key: key, Remaining: max(0, time.Duration(remain)*time.Microsecond)})
+	}
+	return claim.Lease{Key: key, Holder: holder, Token: uint64(token), TTL: ttl, Deadline: start.Add(ttl)}, nil
+}
+
+// Extend implements claim.Claimer.
+func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) (claim.Lease, error) {
+	enc, err := b.check(ctx, "extend", l.Key)
+	if err != nil {
+		return claim.Lease{}, err
+	}
+	if ttl <= 0 {
+		return claim.Lease{}, fmt.Errorf("postgres: extend %q: ttl must be positive, got %s", l.Key, ttl)
+	}
+	start := time.Now()
+	if l.Expired(start) {
+		return claim.Lease{}, fmt.Errorf("postgres: extend %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	if err := b.ensure(ctx); err != nil {
+		return claim.Lease{}, fmt.Errorf("postgres: extend %q: %w", l.Key, err)
+	}
+	ttl = leaseTTL(ttl)
+	tag, err := b.pool.Exec(ctx, b.q.extend, enc, int64(l.Token), l.Holder, micros(ttl))
+	if err != nil {
+		return claim.Lease{}, fmt.Errorf("postgres: extend %q: %w", l.Key, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return claim.Lease{}, fmt.Errorf("postgres: extend %q: %w", l.Key, claim.ErrLost)
+	}
+	l.TTL = ttl
+	l.Deadline = start.Add(ttl)
+	return l, nil
+}
+
+// Release implements claim.Claimer: compare-and-clear plus NOTIFY in one
+// statement (the token counter stays).
+func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
+	enc, err := b.check(ctx, "release", l.Key)
+	if err != nil {
+		return err
+	}
+	if err := b.ensure(ctx); err != nil {
+		return fmt.Errorf("postgres: release %q: %w", l.Key, err)
+	}
+	tag, err := b.pool.Exec(ctx, b.q.release, enc, int64(l.Token), l.Holder, b.channel, keyPayload(enc))
+	if err != nil {
+		return fmt.Errorf("postgres: release %q: %w", l.Key, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("postgres: release %q: %w", l.Key, claim.ErrLost)
+	}
+	return nil
+}
+
+// Commit implements claim.Claimer: one statement that writes the value
+// only while the lease is current.
+func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	enc, err := b.check(ctx, "commit", l.Key)
+	if err != nil {
+		return err
+	}
+	if err := b.checkValue("commit", l.Key, val, ttl); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("postgres: commit %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	if err := b.ensure(ctx); err != nil {
+		return fmt.Errorf("postgres: commit %q: %w", l.Key, err)
+	}
+	tag, err := b.pool.Exec(ctx, b.q.commit, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder)
+	if err != nil {
+		return fmt.Errorf("postgres: commit %q: %w", l.Key, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("postgres: commit %q: %w", l.Key, claim.ErrLost)
+	}
+	b.maybeSweep()
+	return nil
+}
+
+// nonNil maps nil to an empty slice (pgx sends a nil slice as NULL).
+func nonNil(v []byte) []byte {
+	if v == nil {
+		return []byte{}
+	}
+	return v
+}
+
+// Get implements claim.Store.
+func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
+	enc, err := b.check(ctx, "get", key)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.ensure(ctx); err != nil {
+		return nil, fmt.Errorf("postgres: get %q: %w", key, err)
+	}
+	var v []byte
+	err = b.pool.QueryRow(ctx, b.q.get, enc).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("postgres: get %q: %w", key, claim.ErrNotFound)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("postgres: get %q: %w", key, err)
+	}
+	return nonNil(v), nil
+}
+
+// Set implements claim.Store.
+func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	enc, err := b.check(ctx, "set", key)
+	if err != nil {
+		return err
+	}
+	if err := b.checkValue("set", key, val, ttl); err != nil {
+		return err
+	}
+	if err := b.ensure(ctx); err != nil {
+		return fmt.Errorf("postgres: set %q: %w", key, err)
+	}
+	if _, err := b.pool.Exec(ctx, b.q.set, enc, nonNil(val), micros(ttl)); err != nil {
+		return fmt.Errorf("postgres: set %q: %w", key, err)
+	}
+	b.maybeSweep()
+	return nil
+}
+
+// Delete implements claim.Store.
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	enc, err := b.check(ctx, "delete", key)
+	if err != nil {
+		return err
+	}
+	if err := b.ensure(ctx); err != nil {
+		return fmt.Errorf("postgres: delete %q: %w", key, err)
+	}
+	if _, err := b.pool.Exec(ctx, b.q.del, enc); err != nil {
+		return fmt.Errorf("postgres: delete %q: %w", key, err)
+	}
+	return nil
+}
+
+// goBackground runs f on a goroutine that Close waits for; it does
+// nothing once the Backend is closed.
+func (b *Backend) goBackground(f func()) bool {
+	b.bgMu.Lock()
+	defer b.bgMu.Unlock()
+	if b.closed.Load() {
+		return false
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+	return true
+}
+
+// maybeSweep starts a bounded deletion of expired values if none ran in
+// this Backend for SweepInterval.
+func (b *Backend) maybeSweep() {
+	if b.opt.SweepInterval < 0 {
+		return
+	}
+	now := time.Now().UnixNano()
+	last := b.lastSweep.Load()
+	if now-last < int64(b.opt.SweepInterval) || !b.lastSweep.CompareAndSwap(last, now) {
+		return
+	}
+	b.goBackground(func() {
+		ctx, cancel := context.WithTimeout(b.ctx, 30*time.Second)
+		defer cancel()
+		_, _ = b.pool.Exec(ctx, b.q.sweep, b.opt.SweepLimit)
+	})
+}
+
+// Sweep deletes up to Options.SweepLimit expired values now and returns
+// how many it deleted. Backends also sweep by themselves after writes.
+func (b *Backend) Sweep(ctx context.Context) (int64, error) {
+	if b.closed.Load() {
+		return 0, fmt.Errorf("postgres: sweep: %w", claim.ErrClosed)
+	}
+	if err := b.ensure(ctx); err != nil {
+		return 0, fmt.Errorf("postgres: sweep: %w", err)
+	}
+	tag, err := b.pool.Exec(ctx, b.q.sweep, b.opt.SweepLimit)
+	if err != nil {
+		return 0, fmt.Errorf("postgres: sweep: %w", err)
+	}
+	return tag.RowsAffected(), nil
+}
+
+// Close implements claim.Backend. It closes the LISTEN connection, ends
+// every subscription and, for a Backend opened by URL, closes its pool. A
+// pool passed to New stays open. Leases are not released.
+func (b *Backend) Close() error {
+	b.bgMu.Lock()
+	if b.closed.Swap(true) {
+		b.bgMu.Unlock()
+		return nil
+	}
+	b.bgMu.Unlock()
+	b.cancel()
+	b.wg.Wait()
+	b.hub.Close()
+	b.stopTopics()
+	if b.ownPool {
+		b.pool.Close()
+	}
+	return nil
+}

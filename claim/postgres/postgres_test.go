@@ -1,0 +1,590 @@
+package postgres
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testserver.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintf(os.Stderr, "goleak: %v\n", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func randID() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// serverURL returns the shared server's URL with extra query parameters.
+func serverURL(t testing.TB, params string) string {
+	s := testserver.Shared(t, testserver.Postgres)
+	u := s.URL()
+	if params != "" {
+		if strings.Contains(u, "?") {
+			u += "&" + params
+		} else {
+			u += "?" + params
+		}
+	}
+	return u
+}
+
+// newPool returns a pool on the shared server, closed at cleanup.
+func newPool(t testing.TB, params string) *pgxpool.Pool {
+	t.Helper()
+	p, err := pgxpool.New(context.Background(), serverURL(t, params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+// newBackend returns a Backend over its own pool, closed at cleanup.
+// params may hold stampede_* parameters; opt, if not nil, overrides them.
+func newBackend(t testing.TB, params string, opt *Options) *Backend {
+	t.Helper()
+	u, err := url.Parse(serverURL(t, params))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o, conn, err := ParseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opt != nil {
+		opt.TablePrefix = o.TablePrefix
+		o = opt
+	}
+	p, err := pgxpool.New(context.Background(), conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	b, err := New(p, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+func TestConformance(t *testing.T) {
+	u := serverURL(t, "pool_max_conns=4&stampede_prefix=conf_")
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
+	})
+}
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		in, conn string
+		want     Options
+	}{
+		{"postgres://u@h:5432/db?sslmode=disable", "postgres://u@h:5432/db?sslmode=disable", Options{}},
+		{"postgresql://u@h/db?stampede_schema=s1&pool_max_conns=3&stampede_prefix=app_",
+			"postgresql://u@h/db?pool_max_conns=3", Options{Schema: "s1", TablePrefix: "app_"}},
+		{"postgres://h/db?stampede_maxvalue=1024&stampede_migrate=false&stampede_sweep=10s",
+			"postgres://h/db", Options{MaxValueLen: 1024, SkipMigrate: true, SweepInterval: 10 * time.Second}},
+		{"postgres://h/db?stampede_sweep=0", "postgres://h/db", Options{SweepInterval: -1}},
+	} {
+		u, _ := url.Parse(tc.in)
+		o, conn, err := ParseURL(u)
+		if err != nil {
+			t.Errorf("ParseURL(%s): %v", tc.in, err)
+			continue
+		}
+		if conn != tc.conn || *o != tc.want {
+			t.Errorf("ParseURL(%s) = %+v, %q; want %+v, %q", tc.in, *o, conn, tc.want, tc.conn)
+		}
+	}
+	for _, bad := range []string{
+		"postgres://h/db?stampede_nope=1",
+		"postgres://h/db?stampede_maxvalue=-1",
+		"postgres://h/db?stampede_migrate=maybe",
+		"postgres://h/db?stampede_sweep=soon",
+		"postgres://h/db?stampede_schema=a&stampede_schema=b",
+		"mysql://h/db",
+	} {
+		u, _ := url.Parse(bad)
+		if _, _, err := ParseURL(u); err == nil {
+			t.Errorf("ParseURL(%s): no error", bad)
+		}
+	}
+}
+
+func TestOpenErrorsHideSecrets(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	const pw = "s3cr3t-Pa55"
+	for _, u := range []string{
+		"postgres://user:" + pw + "@127.0.0.1:1/db?stampede_bogus=1",
+		"postgres://user:" + pw + "@127.0.0.1:1/db?sslmode=bogus",
+		"postgresql://user:" + pw + "@127.0.0.1:1/db?connect_timeout=2",
+		"postgres://user@127.0.0.1:1/db?password=" + pw + "&connect_timeout=2",
+	} {
+		b, err := claim.Open(ctx, u)
+		if err == nil {
+			b.Close()
+			t.Errorf("Open(%s): no error", claim.RedactURL(u))
+			continue
+		}
+		if strings.Contains(err.Error(), pw) {
+			t.Errorf("Open error shows the password: %v", err)
+		}
+	}
+	// Both schemes are registered.
+	for _, s := range []string{"postgres", "postgresql"} {
+		found := false
+		for _, r := range claim.Schemes() {
+			found = found || r == s
+		}
+		if !found {
+			t.Errorf("scheme %q not registered", s)
+		}
+	}
+}
+
+func TestOptions(t *testing.T) {
+	p := newPool(t, "")
+	for _, o := range []Options{
+		{MaxValueLen: MaxValueLimit + 1},
+		{MaxValueLen: -1},
+		{Schema: strings.Repeat("s", 64)},
+		{TablePrefix: strings.Repeat("p", 50)},
+	} {
+		if _, err := New(p, &o); err == nil {
+			t.Errorf("New(%+v): no error", o)
+		}
+	}
+	b, err := New(p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	f := b.Features()
+	if f.MaxValueLen != DefaultMaxValueLen || !f.DurableFence || !f.AtomicCommit || f.Notify != claim.Push || !f.Broadcast {
+		t.Errorf("Features = %+v", f)
+	}
+	// A long schema+prefix still yields a channel name PostgreSQL accepts.
+	b2, err := New(p, &Options{Schema: strings.Repeat("s", 63), TablePrefix: strings.Repeat("p", 40)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b2.Close()
+	if len(b2.channel) > maxIdent || b2.channel == b.channel {
+		t.Errorf("channel %q", b2.channel)
+	}
+}
+
+// TestListenReconnect kills the LISTEN connection's server process while a
+// waiter waits, releases the key while that connection is down (so the
+// NOTIFY is lost), and shows the waiter still wakes: the reconnect wakes
+// every subscriber to re-check.
+func TestListenReconnect(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	prefix := "stampede_prefix=rc" + randID() + "_"
+	waiter := newBackend(t, prefix, nil)
+	holder := newBackend(t, prefix, nil)
+	gate := make(chan struct{})
+	var openGate sync.Once
+	defer openGate.Do(func() { close(gate) })
+	dialing := make(chan struct{}, 10)
+	var dials atomic.Int32
+	waiter.testHookDial = func() {
+		if dials.Add(1) > 1 { // the reconnect, not the first dial
+			dialing <- struct{}{}
+			<-gate
+		}
+	}
+	const key = "reconnect"
+	l, err := holder.TryClaim(ctx, key, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The waiter: subscribe, see the key held, wait for a wake-up, claim.
+	sub, err := waiter.Subscribe(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := waiter.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Fatalf("TryClaim on a held key: %v", err)
+	}
+	pid := waiter.listenerPID()
+	if pid == 0 {
+		t.Fatal("no live listener after Subscribe")
+	}
+	var ok bool
+	if err := holder.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(pid)).Scan(&ok); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, ok, err)
+	}
+	select {
+	case <-dialing:
+	case <-ctx.Done():
+		t.Fatal("listener did not notice the terminated connection")
+	}
+	// The listener is down: this release's NOTIFY reaches nobody here.
+	if err := holder.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+		t.Fatal("woken during the outage")
+	case <-time.After(100 * time.Millisecond):
+	}
+	openGate.Do(func() { close(gate) })
+	// Woken by the reconnect, long before the holder's hour-long lease
+	// could have let the waiter in.
+	select {
+	case <-sub.C():
+	case <-ctx.Done():
+		t.Fatal("subscriber not woken after reconnect")
+	}
+	l2, err := waiter.TryClaim(ctx, key, time.Minute)
+	if err != nil {
+		t.Fatalf("TryClaim after wake-up: %v", err)
+	}
+	if l2.Token <= l.Token {
+		t.Errorf("token %d after %d", l2.Token, l.Token)
+	}
+	if p := waiter.listenerPID(); p == 0 || p == pid {
+		t.Errorf("listener pid %d after reconnect (was %d)", p, pid)
+	}
+	// Notifications flow again on the new connection.
+	if err := holder.Notify(ctx, key); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-ctx.Done():
+		t.Fatal("no wake-up after reconnect")
+	}
+}
+
+// TestTinyPool: many waiters on a Backend whose pool has two connections.
+// Waiting takes no pool connection (the LISTEN connection is separate), so
+// the pool stays free for other work, and every waiter gets its turn.
+func TestTinyPool(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	prefix := "stampede_prefix=tp" + randID() + "_"
+	b := newBackend(t, prefix+"&pool_max_conns=2", nil)
+	other := newBackend(t, prefix, nil)
+	const key, waiters = "tiny", 40
+	l, err := other.TryClaim(ctx, key, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var waiting, done sync.WaitGroup
+	var acquired atomic.Int32
+	var maxToken atomic.Uint64
+	errs := make(chan error, waiters)
+	waiting.Add(waiters)
+	done.Add(waiters)
+	for range waiters {
+		go func() {
+			defer done.Done()
+			sub, err := b.Subscribe(ctx, key)
+			if err != nil {
+				errs <- err
+				waiting.Done()
+				return
+			}
+			defer sub.Close()
+			first := true
+			for {
+				lease, err := b.TryClaim(ctx, key, time.Minute)
+				if err == nil {
+					acquired.Add(1)
+					if lease.Token > maxToken.Load() {
+						maxToken.Store(lease.Token)
+					}
+					if first {
+						waiting.Done()
+					}
+					errs <- b.Release(ctx, lease)
+					return
+				}
+				if !errors.Is(err, claim.ErrHeld) {
+					errs <- err
+					if first {
+						waiting.Done()
+					}
+					return
+				}
+				if first {
+					waiting.Done()
+					first = false
+				}
+				select {
+				case <-sub.C():
+				case <-ctx.Done():
+					errs <- ctx.Err()
+					return
+				}
+			}
+		}()
+	}
+	waiting.Wait()
+	if n := acquired.Load(); n != 0 {
+		t.Fatalf("%d waiters acquired a held key", n)
+	}
+	// Everyone is waiting: the pool is idle and usable.
+	if s := b.pool.Stat(); s.AcquiredConns() != 0 || s.TotalConns() > 2 {
+		t.Errorf("while waiting: %d pool connections acquired, %d total", s.AcquiredConns(), s.TotalConns())
+	}
+	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
+	if err := b.Set(qctx, "tiny-other", []byte("v"), 0); err != nil {
+		t.Errorf("Set while %d waiters wait: %v", waiters, err)
+	}
+	qcancel()
+	var listeners int
+	if err := other.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(b.listenerPID())).Scan(&listeners); err != nil || listeners != 1 {
+		t.Errorf("listener connection: %d, %v", listeners, err)
+	}
+	if err := other.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	done.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	if n := acquired.Load(); n != waiters {
+		t.Errorf("%d of %d waiters acquired", n, waiters)
+	}
+	if mt := maxToken.Load(); mt != l.Token+waiters {
+		t.Errorf("last token %d, want %d", mt, l.Token+waiters)
+	}
+}
+
+// TestConcurrentMigrate starts many Backends at once on a fresh schema:
+// creating the schema and tables must not race.
+func TestConcurrentMigrate(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	schema := "mig_" + randID()
+	p := newPool(t, "pool_max_conns=10")
+	const n = 8
+	var wg sync.WaitGroup
+	errs := make(chan error, 2*n)
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// Half migrate explicitly, half on first use.
+			pool, err := pgxpool.New(ctx, serverURL(t, ""))
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer pool.Close()
+			b, err := New(pool, &Options{Schema: schema})
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer b.Close()
+			if i%2 == 0 {
+				errs <- b.Migrate(ctx)
+			} else {
+				errs <- b.Set(ctx, fmt.Sprint("k", i), []byte("v"), 0)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	var tables int
+	if err := p.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = $1`, schema).Scan(&tables); err != nil || tables != 2 {
+		t.Errorf("tables in %s: %d, %v", schema, tables, err)
+	}
+	// SkipMigrate leaves a missing table missing.
+	b, err := New(p, &Options{Schema: "nomig_" + randID(), SkipMigrate: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("Get with SkipMigrate on a missing table: %v", err)
+	}
+}
+
+// TestFenceSurvivesRestart: tokens keep increasing across a server restart.
+func TestFenceSurvivesRestart(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts its own server")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	srv := testserver.RequireWith(t, testserver.Postgres, nil)
+	open := func() claim.Backend {
+		b, err := claim.Open(ctx, srv.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	b := open()
+	var last uint64
+	for range 3 {
+		l, err := b.TryClaim(ctx, "fence", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Release(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		last = l.Token
+	}
+	b.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b = open()
+	defer b.Close()
+	l, err := b.TryClaim(ctx, "fence", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Token <= last {
+		t.Errorf("token %d after restart, last before %d", l.Token, last)
+	}
+}
+
+func TestBroadcast(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	prefix := "stampede_prefix=bc" + randID() + "_"
+	a := newBackend(t, prefix, nil)
+	b := newBackend(t, prefix, nil)
+	got := make(chan string, 10)
+	stop, err := a.SubscribeTopic(ctx, "inval", func(msg []byte, reset bool) {
+		if reset {
+			got <- "<reset>"
+			return
+		}
+		got <- string(msg)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	for _, m := range []string{"k1", "", "k\x00\xff"} {
+		if err := b.Publish(ctx, "inval", []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Publish(ctx, "other", []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case g := <-got:
+			if g != m {
+				t.Errorf("got %q, want %q", g, m)
+			}
+		case <-ctx.Done():
+			t.Fatal("message not delivered")
+		}
+	}
+	big := make([]byte, 6000)
+	if err := b.Publish(ctx, "inval", big); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Publish of %d bytes: %v, want ErrTooLarge", len(big), err)
+	}
+	// A dropped LISTEN connection is reported as a reset.
+	var ok bool
+	if err := b.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(a.listenerPID())).Scan(&ok); err != nil || !ok {
+		t.Fatalf("pg_terminate_backend: %v, %v", ok, err)
+	}
+	select {
+	case g := <-got:
+		if g != "<reset>" {
+			t.Errorf("got %q after reconnect, want a reset", g)
+		}
+	case <-ctx.Done():
+		t.Fatal("no reset after reconnect")
+	}
+}
+
+func TestSweep(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := newBackend(t, "stampede_prefix=sw"+randID()+"_", &Options{SweepInterval: -1})
+	for i := range 5 {
+		if err := b.Set(ctx, fmt.Sprint("short", i), []byte("v"), time.Millisecond); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := b.Set(ctx, "long", []byte("v"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Set(ctx, "forever", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	n, err := b.Sweep(ctx)
+	if err != nil || n != 5 {
+		t.Errorf("Sweep = %d, %v; want 5", n, err)
+	}
+	for _, k := range []string{"long", "forever"} {
+		if _, err := b.Get(ctx, k); err != nil {
+			t.Errorf("Get(%s) after sweep: %v", k, err)
+		}
+	}
+}
+
+func TestHeldRemainingFromServer(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := newBackend(t, "stampede_prefix=hr"+randID()+"_", nil)
+	l, err := b.TryClaim(ctx, "k", 10*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TryClaim(ctx, "k", time.Second)
+	var held *claim.HeldError
+	if !errors.As(err, &held) || held.Remaining <= 9*time.Minute || held.Remaining > 10*time.Minute {
+		t.Errorf("TryClaim on held key: %v", err)
+	}
+	// Sub-microsecond and tiny TTLs are rounded up.
+	l2, err := b.TryClaim(ctx, "tiny", time.Nanosecond)
+	if err != nil || l2.TTL != MinTTL {
+		t.Errorf("TryClaim(1ns) = %v, %v", l2, err)
+	}
+	_ = l
+}
