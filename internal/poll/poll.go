@@ -6,11 +6,15 @@
 // capped) that never sleeps past the holder's known lease expiry, and
 // wakes the key's subscribers on the first read that sees the token change.
 //
-// The backend defines the token so that every Release and Notify changes
-// it (a per-key counter they bump), as do takeover and expiry (the holder
-// and its fencing token, or whether the lease is still live). Subscribe
-// reads the first state before it returns, so any release that lands after
-// Subscribe returns differs from that state and is seen by a later read:
+// The backend defines the token so that it never comes back to a value it
+// had before: every claim, Release and Notify must change it for good (a
+// fencing counter bumped by every claim, a notify counter bumped by
+// Notify), and so must takeover and expiry. A token that only says "held
+// or free" is not enough: a claim and a release between two reads look
+// like no change, and a waiter that checked in between (and saw the key
+// held) would sleep through the release. Subscribe reads the first state
+// before it returns, so any release that lands after Subscribe returns
+// differs from every state read before it and is seen by a later read:
 // "subscribe, check, wait" never loses a wake-up. Wake-ups can be spurious
 // (a claim by someone else also changes the token); receivers re-check.
 package poll

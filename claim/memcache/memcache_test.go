@@ -1,0 +1,343 @@
+package memcache
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	gomemcache "github.com/bradfitz/gomemcache/memcache"
+	"go.uber.org/goleak"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testserver.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func open(t testing.TB, url string) *Backend {
+	t.Helper()
+	b, err := claim.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b.(*Backend)
+}
+
+func TestConformance(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, srv.URL())
+		},
+	})
+}
+
+func TestURL(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []string{
+		"memcache://127.0.0.1:1?nosuch=1",
+		"memcache://127.0.0.1:1?timeout=soon",
+		"memcache://127.0.0.1:1/path",
+		"memcache://?prefix=x",
+		"memcache://127.0.0.1:1?prefix=has%20space",
+		"memcache://127.0.0.1:1?item_size_max=10",
+	} {
+		if b, err := claim.Open(ctx, bad); err == nil {
+			b.Close()
+			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+	// A password never appears in an error.
+	_, err := claim.Open(ctx, "memcache://user:hunter2@127.0.0.1:1?secret_token=hunter3")
+	if err == nil || strings.Contains(err.Error(), "hunter") {
+		t.Errorf("Open with credentials: err = %v (want an error without the secrets)", err)
+	}
+	b, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&item_size_max=2097152")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	mb := b.(*Backend)
+	if mb.prefix != "app" || mb.c.Timeout != time.Second || mb.c.MaxIdleConns != 4 {
+		t.Errorf("options not applied: prefix %q timeout %s idle %d", mb.prefix, mb.c.Timeout, mb.c.MaxIdleConns)
+	}
+	if got := b.Features().MaxValueLen; got != 2<<20-itemOverhead {
+		t.Errorf("MaxValueLen = %d with item_size_max 2 MiB", got)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	b, err := New(gomemcache.New("127.0.0.1:1"), &Options{Prefix: strings.Repeat("p", 200)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, k := range []string{"a", strings.Repeat("x", 1000), "sp ace", "ctl\x01", "del\x7f", "ünï", "\xff\xfe"} {
+		for _, role := range []byte("lfnv") {
+			s := b.item(role, k)
+			if len(s) > 250 {
+				t.Errorf("key %q: item key %d bytes > 250", k, len(s))
+			}
+			for i := 0; i < len(s); i++ {
+				if s[i] <= ' ' || s[i] == 0x7f {
+					t.Errorf("key %q: item key %q has byte %#x", k, s, s[i])
+				}
+			}
+		}
+	}
+	if _, err := New(gomemcache.New("127.0.0.1:1"), &Options{Prefix: strings.Repeat("p", 201)}); err == nil {
+		t.Errorf("a 201-byte prefix was accepted")
+	}
+}
+
+func TestExptime(t *testing.T) {
+	now := time.Unix(1_800_000_000, 0)
+	for _, c := range []struct {
+		sec  int64
+		want int32
+	}{
+		{1, 1},
+		{maxRelative, maxRelative},
+		{maxRelative + 1, 1_800_000_000 + maxRelative + 1}, // absolute
+	} {
+		if got, err := exptime(c.sec, now); err != nil || got != c.want {
+			t.Errorf("exptime(%d) = %d, %v; want %d", c.sec, got, err, c.want)
+		}
+	}
+	if _, err := exptime(1<<31, now); err == nil {
+		t.Errorf("exptime past 2038 accepted")
+	}
+	for _, c := range []struct {
+		ttl  time.Duration
+		want int64
+	}{{time.Nanosecond, 1}, {time.Second, 1}, {1001 * time.Millisecond, 2}, {90 * time.Second, 90}} {
+		if got := seconds(c.ttl); got != c.want {
+			t.Errorf("seconds(%s) = %d, want %d", c.ttl, got, c.want)
+		}
+	}
+}
+
+// TestLongTTL: a lease and a value longer than 30 days are stored with an
+// absolute exptime and live.
+func TestLongTTL(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	b := open(t, srv.URL())
+	ctx := context.Background()
+	l, err := b.TryClaim(ctx, "long-ttl", 40*24*time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.TryClaim(ctx, "long-ttl", time.Second); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("a 40-day lease did not hold: %v", err)
+	}
+	if err := b.Commit(ctx, l, []byte("v"), 40*24*time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := b.Get(ctx, "long-ttl"); err != nil || string(v) != "v" {
+		t.Errorf("Get of a 40-day value = %q, %v", v, err)
+	}
+	if err := b.Release(ctx, l); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestMaxValueAtServerLimit: a value of MaxValueLen under the longest
+// item key fits the server's default 1 MiB item limit, and one byte more
+// than the server's limit is reported as ErrTooLarge even when the client
+// was told a larger limit.
+func TestMaxValueAtServerLimit(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	ctx := context.Background()
+	b, err := New(gomemcache.New(srv.Addr()), &Options{Prefix: strings.Repeat("p", 200)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	k := strings.Repeat("k", 46) // the longest readable key with this prefix
+	if n := len(b.item('v', k)); n != 250 {
+		t.Fatalf("item key %d bytes, want 250", n)
+	}
+	if err := b.Set(ctx, k, bytes.Repeat([]byte{1}, b.Features().MaxValueLen), time.Minute); err != nil {
+		t.Errorf("Set of MaxValueLen under a 250-byte key: %v", err)
+	}
+	big, err := New(gomemcache.New(srv.Addr()), &Options{ItemSizeMax: 4 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer big.Close()
+	if err := big.Set(ctx, k, make([]byte, 2<<20), 0); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Set of 2 MiB on a 1 MiB server: %v, want ErrTooLarge", err)
+	}
+}
+
+// TestReleaseIsCompareAndDelete: a stale Release finds another holder's
+// lock and leaves it; the lock's value never names the stale holder.
+func TestReleaseIsCompareAndDelete(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a, b := open(t, srv.URL()), open(t, srv.URL())
+	ctx := context.Background()
+	l1, err := a.TryClaim(ctx, "cad", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Simulate the lock vanishing under its holder (eviction, or expiry
+	// while paused) and another holder claiming.
+	if err := a.c.Delete(a.item('l', "cad")); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := b.TryClaim(ctx, "cad", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l1.Token {
+		t.Errorf("token %d after %d", l2.Token, l1.Token)
+	}
+	if err := a.Release(ctx, l1); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("stale Release: %v, want ErrLost", err)
+	}
+	if _, err := a.TryClaim(ctx, "cad", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("after a stale Release the key is not held: %v", err)
+	}
+	if err := b.Release(ctx, l2); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestFenceSurvivesEviction: a fence counter lost to eviction (or a
+// restart) comes back larger than it was.
+func TestFenceSurvivesEviction(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a := open(t, srv.URL())
+	ctx := context.Background()
+	l1, err := a.TryClaim(ctx, "evict", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, l1); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.c.Delete(a.item('f', "evict")); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := a.TryClaim(ctx, "evict", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l1.Token {
+		t.Errorf("token after the counter was lost: %d <= %d", l2.Token, l1.Token)
+	}
+	_ = a.Release(ctx, l2)
+}
+
+// slowConn delays writes that start with a given command.
+type slowConn struct {
+	net.Conn
+	delay *atomic.Int64 // nanoseconds; 0: none
+	cmd   string
+}
+
+func (c slowConn) Write(p []byte) (int, error) {
+	if d := c.delay.Load(); d > 0 && bytes.HasPrefix(p, []byte(c.cmd)) {
+		time.Sleep(time.Duration(d))
+	}
+	return c.Conn.Write(p)
+}
+
+// TestLateCommitWithdrawn: a Commit whose write is acknowledged only after
+// the lease's local deadline (a slow network) returns ErrLost and takes
+// its value back.
+func TestLateCommitWithdrawn(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	ctx := context.Background()
+	var delay atomic.Int64
+	c := gomemcache.New(srv.Addr())
+	c.Timeout = 10 * time.Second
+	c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		return slowConn{conn, &delay, "set "}, err
+	}
+	defer c.Close()
+	b, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	l, err := b.TryClaim(ctx, "late", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	delay.Store(int64(time.Until(l.Deadline) + 100*time.Millisecond))
+	err = b.Commit(ctx, l, []byte("late"), 0)
+	delay.Store(0)
+	if !errors.Is(err, claim.ErrLost) {
+		t.Fatalf("late Commit: %v, want ErrLost", err)
+	}
+	if v, err := b.Get(ctx, "late"); !errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("late Commit's value still there: %q, %v", v, err)
+	}
+}
+
+// TestServerRestart: while the server is down calls fail (and waiters are
+// woken to see it); after it comes back, empty, the backend works again
+// and fencing tokens did not go backwards.
+func TestServerRestart(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Memcache, nil)
+	ctx := context.Background()
+	b, w := open(t, srv.URL()), open(t, srv.URL())
+	l1, err := b.TryClaim(ctx, "restart", 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := w.Subscribe(ctx, "restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-time.After(15 * time.Second):
+		t.Fatal("subscriber not woken when its polls started failing")
+	}
+	if _, err := b.TryClaim(ctx, "other", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim with the server down: %v, want a connection error", err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The lock is gone with the restart: the key is free, the waiter is
+	// woken by its first good poll, and the token is larger.
+	select {
+	case <-sub.C():
+	case <-time.After(15 * time.Second):
+		t.Fatal("subscriber not woken after the server came back without the lock")
+	}
+	l2, err := b.TryClaim(ctx, "restart", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l1.Token {
+		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
+	}
+	_ = b.Release(ctx, l2)
+}
