@@ -1,0 +1,165 @@
+package conformance
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// Bench runs the backend benchmarks as sub-benchmarks of b:
+//
+//   - ClaimRelease: uncontended TryClaim + Release on one key (ns/op).
+//   - Handoff/hold=20ms, Handoff/hold=300ms: a holder holds the key for the
+//     hold time and releases it while a waiter in another client blocks in
+//     Acquire; reported as handoff-p50-µs and handoff-p99-µs, from the
+//     start of Release to Acquire returning. Each op includes the hold, so
+//     use -benchtime=Nx (e.g. 30x).
+//   - FanOut100: one Release wakes 100 subscribers spread over two
+//     clients; fanout-p50-µs is the time until the last one is woken.
+//   - StoreSetGet: Set then Get of a 100-byte value (ns/op).
+func Bench(b *testing.B, h Harness) {
+	ctx := context.Background()
+	open := func(b *testing.B) claim.Backend {
+		c, err := h.Open(ctx)
+		if err != nil {
+			b.Fatalf("open client: %v", err)
+		}
+		b.Cleanup(func() { c.Close() })
+		return c
+	}
+	ns := "bench/" + nsID() + "/"
+	b.Run("ClaimRelease", func(b *testing.B) {
+		c := open(b)
+		key := ns + "claim-release"
+		ttl := max(c.Features().MinTTL, 10*time.Second)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			l, err := c.TryClaim(ctx, key, ttl)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := c.Release(ctx, l); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
+		b.Run(fmt.Sprintf("Handoff/hold=%s", hold), func(b *testing.B) { benchHandoff(b, open(b), open(b), ns, hold) })
+	}
+	b.Run("FanOut100", func(b *testing.B) { benchFanOut(b, open(b), open(b), open(b), ns) })
+	b.Run("StoreSetGet", func(b *testing.B) {
+		c := open(b)
+		key := ns + "store"
+		val := make([]byte, 100)
+		b.ResetTimer()
+		for i := 0; i < b.N; i++ {
+			if err := c.Set(ctx, key, val, time.Minute); err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Get(ctx, key); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func percentile(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	i := int(p * float64(len(s)-1))
+	return float64(s[i].Nanoseconds()) / 1e3
+}
+
+func benchHandoff(b *testing.B, holder, waiter claim.Backend, ns string, hold time.Duration) {
+	ctx := context.Background()
+	key := fmt.Sprintf("%shandoff-%s", ns, hold)
+	ttl := max(holder.Features().MinTTL, 30*time.Second)
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		l, err := holder.TryClaim(ctx, key, ttl)
+		if err != nil {
+			b.Fatalf("TryClaim: %v", err)
+		}
+		got := make(chan time.Time, 1)
+		errc := make(chan error, 1)
+		go func() {
+			wl, err := claim.Acquire(ctx, waiter, key, ttl)
+			if err != nil {
+				errc <- err
+				return
+			}
+			got <- time.Now()
+			errc <- waiter.Release(ctx, wl)
+		}()
+		time.Sleep(hold)
+		start := time.Now()
+		if err := holder.Release(ctx, l); err != nil {
+			b.Fatalf("Release: %v", err)
+		}
+		select {
+		case t1 := <-got:
+			lat = append(lat, t1.Sub(start))
+		case err := <-errc:
+			b.Fatalf("Acquire: %v", err)
+		}
+		if err := <-errc; err != nil {
+			b.Fatalf("waiter Release: %v", err)
+		}
+	}
+	b.ReportMetric(percentile(lat, 0.5), "handoff-p50-µs")
+	b.ReportMetric(percentile(lat, 0.99), "handoff-p99-µs")
+}
+
+func benchFanOut(b *testing.B, holder, w1, w2 claim.Backend, ns string) {
+	ctx := context.Background()
+	key := ns + "fanout"
+	ttl := max(holder.Features().MinTTL, 30*time.Second)
+	var subs []claim.Subscription
+	for i := 0; i < 100; i++ {
+		c := w1
+		if i%2 == 1 {
+			c = w2
+		}
+		s, err := c.Subscribe(ctx, key)
+		if err != nil {
+			b.Fatalf("Subscribe: %v", err)
+		}
+		defer s.Close()
+		subs = append(subs, s)
+	}
+	lat := make([]time.Duration, 0, b.N)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		l, err := holder.TryClaim(ctx, key, ttl)
+		if err != nil {
+			b.Fatalf("TryClaim: %v", err)
+		}
+		for _, s := range subs { // drop wake-ups left from before
+			select {
+			case <-s.C():
+			default:
+			}
+		}
+		start := time.Now()
+		if err := holder.Release(ctx, l); err != nil {
+			b.Fatalf("Release: %v", err)
+		}
+		for j, s := range subs {
+			select {
+			case <-s.C():
+			case <-time.After(wakeBound):
+				b.Fatalf("subscriber %d not woken within %s", j, wakeBound)
+			}
+		}
+		lat = append(lat, time.Since(start))
+	}
+	b.ReportMetric(percentile(lat, 0.5), "fanout-p50-µs")
+}
