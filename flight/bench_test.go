@@ -5,6 +5,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/maypok86/otter/v2"
 	"golang.org/x/sync/singleflight"
@@ -52,14 +53,22 @@ func BenchmarkL1Hit(b *testing.B) {
 	})
 }
 
-// BenchmarkOtterGet: the raw L1 library, for comparison.
+// BenchmarkOtterGet: the raw L1 library, for comparison: bounded, then
+// bounded with a per-entry TTL as flight configures it.
 func BenchmarkOtterGet(b *testing.B) {
-	o := otter.Must(&otter.Options[string, string]{MaximumSize: 10000})
-	defer o.StopAllGoroutines()
-	o.Set("apple inc", "value")
-	b.ReportAllocs()
-	for b.Loop() {
-		o.GetIfPresent("apple inc")
+	for name, opt := range map[string]*otter.Options[string, string]{
+		"size":     {MaximumSize: 10000},
+		"size+ttl": {MaximumSize: 10000, ExpiryCalculator: otter.ExpiryWriting[string, string](time.Minute)},
+	} {
+		b.Run(name, func(b *testing.B) {
+			o := otter.Must(opt)
+			defer o.StopAllGoroutines()
+			o.Set("apple inc", "value")
+			b.ReportAllocs()
+			for b.Loop() {
+				o.GetIfPresent("apple inc")
+			}
+		})
 	}
 }
 
