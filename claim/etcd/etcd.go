@@ -8,7 +8,7 @@
 //	etcds://USER:PASSWORD@HOST[:PORT]/PREFIX?cacert=ca.pem&cert=c.pem&key=c-key.pem
 //
 // The default host is 127.0.0.1, the default port 2379, the default prefix
-// "stampede". etcds:// dials with TLS (the system roots unless cacert is
+// "stampede" (net/url rejects "h1:2379,h2": give each host its port). etcds:// dials with TLS (the system roots unless cacert is
 // given). Parameters: dialtimeout (default 5s), minttl (the server's
 // minimum lease TTL; default: asked of the server once at open), maxvalue
 // (bytes, default DefaultMaxValueLen), username and password (instead of
@@ -245,8 +245,8 @@ func (b *Backend) Features() claim.Features {
 // key however many local subscribers).
 func (b *Backend) Subscriptions() int { return b.hub.Len() }
 
-func (b *Backend) lockKey(key string) string   { return b.prefix + "/c/" + keys.Encode(key) }
-func (b *Backend) valueKey(key string) string  { return b.prefix + "/v/" + keys.Encode(key) }
+func (b *Backend) lockKey(key string) string    { return b.prefix + "/c/" + keys.Encode(key) }
+func (b *Backend) valueKey(key string) string   { return b.prefix + "/v/" + keys.Encode(key) }
 func (b *Backend) topicKey(topic string) string { return b.prefix + "/t/" + keys.Encode(topic) }
 
 // notifySuffix makes the notify key of a claim key sort right after its

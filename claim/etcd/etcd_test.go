@@ -565,3 +565,30 @@ func TestKeepAlive(t *testing.T) {
 		t.Errorf("Extend after Release: err = %v, want ErrLost", err)
 	}
 }
+
+// FuzzParseURL: parsing never panics and never puts the password in an
+// error.
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{
+		"etcd://", "etcd://u:pw@h1:1,h2:2/p?minttl=1s", "etcds://h?cacert=x&cert=y&key=z",
+		"etcd://h?password=pw&username=u", "etcd://[::1]:1/a/b/", "etcd://h?maxvalue=-1",
+	} {
+		f.Add(s, "pw")
+	}
+	f.Fuzz(func(t *testing.T, raw, secret string) {
+		if len(secret) < 4 {
+			return
+		}
+		u, err := url.Parse(raw)
+		if err != nil {
+			return
+		}
+		if u.User != nil {
+			u.User = url.UserPassword(u.User.Username(), secret)
+		}
+		_, _, err = parseURL(u)
+		if err != nil && strings.Contains(err.Error(), secret) && !strings.Contains(raw, secret) {
+			t.Errorf("error shows the password: %v", err)
+		}
+	})
+}
