@@ -1,0 +1,47 @@
+# stampede — make test is the README's test command (and what CI runs).
+SHELL := /bin/bash
+GO ?= go
+PKGS ?= ./...
+# Every backend test must find its server: a missing one fails, never skips.
+export STAMPEDE_TEST_REQUIRE ?= 1
+
+.PHONY: test test-short servers lint fmt vet staticcheck bench fuzz demo
+
+# Installs the servers when missing (no Docker needed), then runs every
+# test with the race detector against real servers on loopback.
+test: servers vet
+	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+
+# The in-process parts only (no servers): claim, memory, conformance, flight.
+test-short:
+	STAMPEDE_TEST_REQUIRE=0 $(GO) test -race -count=1 ./claim ./claim/memory ./conformance ./flight ./internal/hub ./internal/poll ./cmd/...
+
+servers:
+	@if [ -n "$${STAMPEDE_TEST_SKIP_INSTALL:-}" ]; then echo "servers: skipped (STAMPEDE_TEST_SKIP_INSTALL)"; \
+	else bash scripts/install-backends; fi
+
+lint: fmt vet staticcheck
+
+fmt:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+
+vet:
+	$(GO) vet $(PKGS)
+
+staticcheck:
+	$$(cd tools/lint && $(GO) tool -n staticcheck) $(PKGS)
+
+# Backend and cache benchmarks (see BENCHMARKS in README).
+bench: servers
+	$(GO) test -run '^$$' -bench . -benchtime=30x $(PKGS)
+
+# Short fuzz runs of every fuzz target (corpus committed under testdata/fuzz).
+fuzz:
+	@for pkg in $$($(GO) list $(PKGS)); do \
+	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
+	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
+	  done; \
+	done
+
+demo:
+	$(GO) run ./cmd/stampede demo
