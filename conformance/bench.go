@@ -88,31 +88,33 @@ func benchHandoff(b *testing.B, holder, waiter claim.Backend, ns string, hold ti
 		if err != nil {
 			b.Fatalf("TryClaim: %v", err)
 		}
-		got := make(chan time.Time, 1)
-		errc := make(chan error, 1)
+		type result struct {
+			at         time.Time
+			acq, relse error
+		}
+		res := make(chan result, 1)
 		go func() {
 			wl, err := claim.Acquire(ctx, waiter, key, ttl)
 			if err != nil {
-				errc <- err
+				res <- result{acq: err}
 				return
 			}
-			got <- time.Now()
-			errc <- waiter.Release(ctx, wl)
+			at := time.Now()
+			res <- result{at: at, relse: waiter.Release(ctx, wl)}
 		}()
 		time.Sleep(hold)
 		start := time.Now()
 		if err := holder.Release(ctx, l); err != nil {
 			b.Fatalf("Release: %v", err)
 		}
-		select {
-		case t1 := <-got:
-			lat = append(lat, t1.Sub(start))
-		case err := <-errc:
-			b.Fatalf("Acquire: %v", err)
+		r := <-res
+		if r.acq != nil {
+			b.Fatalf("Acquire: %v", r.acq)
 		}
-		if err := <-errc; err != nil {
-			b.Fatalf("waiter Release: %v", err)
+		if r.relse != nil {
+			b.Fatalf("waiter Release: %v", r.relse)
 		}
+		lat = append(lat, r.at.Sub(start))
 	}
 	b.ReportMetric(percentile(lat, 0.5), "handoff-p50-µs")
 	b.ReportMetric(percentile(lat, 0.99), "handoff-p99-µs")
