@@ -160,7 +160,11 @@ func (b *Backend) dial() (*pgx.Conn, error) {
 	ctx, cancel := context.WithTimeout(b.ctx, dialTimeout)
 	defer cancel()
 	pc := b.pool.Config()
-	cfg := pc.ConnConfig.Copy()
+	cfg := pc.ConnConfig
+	if b.opt.ListenConfig != nil {
+		cfg = b.opt.ListenConfig
+	}
+	cfg = cfg.Copy()
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "stampede-listen"
 	}

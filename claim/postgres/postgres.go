@@ -134,8 +134,14 @@ type Options struct {
 	// SweepLimit is the most expired values one sweep deletes (default 1000).
 	SweepLimit int
 	// HealthInterval is how long the LISTEN connection may stay silent
-	// before it is pinged, so a dead connection is found (default 30s).
+	// before it is pinged, so a dead connection is found; a ping
+	// unanswered for as long again replaces the connection (default 30s).
 	HealthInterval time.Duration
+	// ListenConfig, if set, is used for the LISTEN connection instead of
+	// the pool's ConnConfig: point it at the server directly when the
+	// pool goes through a transaction-pooling proxy (PgBouncer), which
+	// cannot hold a LISTEN. The pool's BeforeConnect hook is still run.
+	ListenConfig *pgx.ConnConfig
 }
 
 func (o *Options) fill() error {
@@ -286,7 +292,7 @@ AND expires_at <= clock_timestamp()`,
   key text PRIMARY KEY,
   holder text,
   token bigint NOT NULL,
-  expires_at timestamptz NOT NULL)`,
+  expires_at timestamptz NOT NULL) WITH (fillfactor = 70)`,
 			`CREATE TABLE IF NOT EXISTS ` + v + ` (
   key text PRIMARY KEY,
   value bytea NOT NULL,
@@ -362,11 +368,11 @@ type URLOpener struct{}
 // OpenBackendURL implements claim.URLOpener. It connects once: it creates
 // the tables if needed (or pings, with stampede_migrate=false).
 func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
-	secret, _ := u.User.Password()
 	opt, connString, err := ParseURL(u)
 	if err != nil {
-		return nil, scrub("", err, secret)
+		return nil, err
 	}
+	secret, _ := u.User.Password()
 	cfg, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, scrub("postgres: parse URL", err, secret)
@@ -433,7 +439,8 @@ func ParseURL(u *url.URL) (*Options, string, error) {
 	}
 	o.SweepInterval = p.Duration("stampede_sweep", 0)
 	if err := p.Err(); err != nil {
-		return nil, "", fmt.Errorf("postgres: %w", err)
+		secret, _ := u.User.Password()
+		return nil, "", scrub("postgres", err, secret)
 	}
 	if _, ok := ours["stampede_sweep"]; ok && o.SweepInterval == 0 {
 		o.SweepInterval = -1 // stampede_sweep=0 disables sweeping

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"strings"
@@ -14,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/goleak"
 
@@ -587,4 +589,185 @@ func TestHeldRemainingFromServer(t *testing.T) {
 		t.Errorf("TryClaim(1ns) = %v, %v", l2, err)
 	}
 	_ = l
+}
+
+// proxy forwards TCP connections to target. Freeze makes every connection
+// open at that moment silent without closing it: bytes are swallowed in
+// both directions, as when a network path dies without an RST.
+type proxy struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	conns  []*proxyConn
+	wg     sync.WaitGroup
+}
+
+type proxyConn struct {
+	a, b   net.Conn
+	frozen atomic.Bool
+}
+
+func newProxy(t *testing.T, target string) *proxy {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go func() {
+		defer p.wg.Done()
+		for {
+			a, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b, err := net.Dial("tcp", target)
+			if err != nil {
+				a.Close()
+				continue
+			}
+			c := &proxyConn{a: a, b: b}
+			p.mu.Lock()
+			p.conns = append(p.conns, c)
+			p.mu.Unlock()
+			p.wg.Add(2)
+			go p.pipe(c, a, b)
+			go p.pipe(c, b, a)
+		}
+	}()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *proxy) pipe(c *proxyConn, from, to net.Conn) {
+	defer p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := from.Read(buf)
+		if n > 0 && !c.frozen.Load() {
+			if _, werr := to.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			to.Close()
+			return
+		}
+	}
+}
+
+func (p *proxy) addr() string { return p.ln.Addr().String() }
+
+func (p *proxy) freeze() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.frozen.Store(true)
+	}
+	return len(p.conns)
+}
+
+func (p *proxy) close() {
+	p.ln.Close()
+	p.mu.Lock()
+	for _, c := range p.conns {
+		c.a.Close()
+		c.b.Close()
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}
+
+// TestSilentListenConnection: the LISTEN connection goes silent (no RST,
+// no error) while a waiter waits and the holder releases. The health check
+// finds the dead connection, the Backend reconnects and wakes the waiter.
+func TestSilentListenConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	srv := testserver.Shared(t, testserver.Postgres)
+	px := newProxy(t, srv.Addr())
+	prefix := "stampede_prefix=sl" + randID() + "_"
+	holder := newBackend(t, prefix, nil)
+	// The pool goes to the server directly, the LISTEN connection
+	// through the proxy.
+	lc, err := pgx.ParseConfig(strings.Replace(srv.URL(), srv.Addr(), px.addr(), 1))
+	if err != nil {
+		t.Fatal(err)
+	}
+	waiter := newBackend(t, prefix, &Options{HealthInterval: 200 * time.Millisecond, ListenConfig: lc})
+	const key = "silent"
+	l, err := holder.TryClaim(ctx, key, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := waiter.Subscribe(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if _, err := waiter.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Fatalf("TryClaim on a held key: %v", err)
+	}
+	if n := px.freeze(); n != 1 {
+		t.Fatalf("%d proxied connections, want the LISTEN connection only", n)
+	}
+	if err := holder.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-ctx.Done():
+		t.Fatal("waiter not woken after its LISTEN connection went silent")
+	}
+	if _, err := waiter.TryClaim(ctx, key, time.Minute); err != nil {
+		t.Fatalf("TryClaim after wake-up: %v", err)
+	}
+	px.mu.Lock()
+	n := len(px.conns)
+	px.mu.Unlock()
+	if n < 2 {
+		t.Errorf("%d proxied connections: the LISTEN connection was not replaced", n)
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	for _, s := range []string{
+		"postgres://u:pw@h:5432/db?sslmode=disable&stampede_prefix=a_",
+		"postgresql://h/db?stampede_schema=s&stampede_sweep=1s&stampede_migrate=false",
+		"postgres://h/db?stampede_bogus=1&x=y",
+		"postgres://u:12@h/db?stampede_maxvalue=12x",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := url.Parse(s)
+		if err != nil {
+			return
+		}
+		o, conn, err := ParseURL(u)
+		if err != nil {
+			if pw, ok := u.User.Password(); ok && pw != "" && strings.Contains(err.Error(), pw) {
+				// Unless the message holds that text anyway.
+				anon := *u
+				anon.User = nil
+				_, _, err2 := ParseURL(&anon)
+				if err2 == nil || !strings.Contains(err2.Error(), pw) {
+					t.Errorf("error shows the password: %v", err)
+				}
+			}
+			return
+		}
+		c, err := url.Parse(conn)
+		if err != nil {
+			t.Fatalf("connection string %q does not parse: %v", conn, err)
+		}
+		for k := range c.Query() {
+			if strings.HasPrefix(k, "stampede_") {
+				t.Errorf("connection string %q keeps %s", conn, k)
+			}
+		}
+		if o == nil {
+			t.Fatal("nil Options without error")
+		}
+	})
 }
