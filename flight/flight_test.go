@@ -465,7 +465,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	f := newFleet(t)
 	ld := newLoader()
 	opt := func() *Options[string] {
-		return &Options[string]{Loader: ld.load, TTL: 30 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
+		return &Options[string]{Loader: ld.load, TTL: 300 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
 	}
 	var caches []*Cache[string]
 	for range 4 {
@@ -476,7 +476,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	for _, c := range caches[1:] {
 		fetchOK(t, c, ctx, "k", nil)
 	}
-	time.Sleep(40 * time.Millisecond) // past the TTL: every copy is stale
+	time.Sleep(350 * time.Millisecond) // past the TTL: every copy is stale
 	ld.gate = make(chan struct{})
 	var wg sync.WaitGroup
 	for _, c := range caches {
@@ -504,7 +504,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		}
 	}
 	// The Fresh policy waits for a fresh value.
-	time.Sleep(40 * time.Millisecond)
+	time.Sleep(350 * time.Millisecond)
 	r := fetchOK(t, caches[0], ctx, "k", nil, WithPolicy(Fresh))
 	if r.Source == SourceStale {
 		t.Fatalf("Fresh policy got a stale value")
