@@ -132,6 +132,12 @@ type Poller struct {
 	wake func(key string)
 	opt  Options
 
+	// Reads in flight are not cut short by Unsubscribe (a request
+	// aborted mid-way costs the server more than finishing it, and
+	// crashes some emulators); Close cancels them after closeGrace.
+	reads       context.Context
+	cancelReads context.CancelFunc
+
 	mu     sync.Mutex
 	keys   map[string]context.CancelFunc
 	closed bool
@@ -139,11 +145,15 @@ type Poller struct {
 	nloops int // loops started, for tests
 }
 
+// closeGrace is how long Close lets reads in flight finish.
+const closeGrace = time.Second
+
 // New returns a Poller that reads with read and calls wake(key) when a
 // key's state changed, or when a read failed (so that waiters re-check and
 // see the error themselves).
 func New(read Reader, wake func(key string), opt *Options) *Poller {
-	return &Poller{read: read, wake: wake, opt: opt.withDefaults(), keys: map[string]context.CancelFunc{}}
+	reads, cancel := context.WithCancel(context.Background())
+	return &Poller{read: read, wake: wake, opt: opt.withDefaults(), keys: map[string]context.CancelFunc{}, reads: reads, cancelReads: cancel}
 }
 
 // Subscribe reads key's state and starts its loop. The read is done before
@@ -175,8 +185,8 @@ func (p *Poller) Subscribe(ctx context.Context, key string) error {
 	return nil
 }
 
-// Unsubscribe stops key's loop. It does not wait for a read in flight:
-// a stale loop can at most deliver one spurious wake-up.
+// Unsubscribe stops key's loop. It neither waits for nor aborts a read in
+// flight: the loop ends when it completes, without waking anyone.
 func (p *Poller) Unsubscribe(key string) {
 	p.mu.Lock()
 	cancel := p.keys[key]
@@ -187,9 +197,9 @@ func (p *Poller) Unsubscribe(key string) {
 	}
 }
 
-// Close stops every loop and waits for them to return (at most one read
-// each, bounded by ReadTimeout). Later Subscribe calls fail with
-// claim.ErrClosed. Idempotent.
+// Close stops every loop and waits for them to return: reads in flight
+// get a second to finish, then are cancelled. Later Subscribe calls fail
+// with claim.ErrClosed. Idempotent.
 func (p *Poller) Close() {
 	p.mu.Lock()
 	p.closed = true
@@ -198,7 +208,20 @@ func (p *Poller) Close() {
 		delete(p.keys, k)
 	}
 	p.mu.Unlock()
-	p.wg.Wait()
+	done := make(chan struct{})
+	go func() {
+		p.wg.Wait()
+		close(done)
+	}()
+	grace := time.NewTimer(closeGrace)
+	defer grace.Stop()
+	select {
+	case <-done:
+	case <-grace.C:
+		p.cancelReads()
+		<-done
+	}
+	p.cancelReads()
 }
 
 // Len returns the number of keys being polled.
@@ -228,7 +251,7 @@ func (p *Poller) loop(ctx context.Context, key string, st State) {
 			return
 		case <-timer.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, p.opt.ReadTimeout)
+		rctx, cancel := context.WithTimeout(p.reads, p.opt.ReadTimeout)
 		ns, err := p.read(rctx, key)
 		cancel()
 		if ctx.Err() != nil {

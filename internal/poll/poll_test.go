@@ -285,3 +285,59 @@ func TestOneLoopPerKey(t *testing.T) {
 		p.Close()
 	})
 }
+
+// TestReadsInFlight: Unsubscribe lets a read in flight finish (aborted
+// requests crash some emulators and waste the server's work); Close
+// cancels it after a grace period.
+func TestReadsInFlight(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		started := make(chan context.Context, 10)
+		finish := make(chan struct{})
+		first := true
+		read := func(ctx context.Context, key string) (State, error) {
+			if first { // Subscribe's own read
+				first = false
+				return State{Token: "a"}, nil
+			}
+			started <- ctx
+			select {
+			case <-finish:
+				return State{Token: "a"}, nil
+			case <-ctx.Done():
+				return State{}, ctx.Err()
+			}
+		}
+		p := New(read, func(string) {}, &Options{ReadTimeout: time.Hour})
+		if err := p.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		ctx := <-started
+		p.Unsubscribe("k")
+		synctest.Wait()
+		if ctx.Err() != nil {
+			t.Fatal("Unsubscribe aborted a read in flight")
+		}
+		close(finish)
+		synctest.Wait()
+		if len(started) != 0 {
+			t.Fatal("the loop read again after Unsubscribe")
+		}
+		// Close: a read that does not finish is cancelled after the grace.
+		finish = make(chan struct{})
+		first = true
+		p2 := New(read, func(string) {}, &Options{ReadTimeout: time.Hour})
+		if err := p2.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		ctx = <-started
+		t0 := time.Now()
+		p2.Close()
+		if ctx.Err() == nil {
+			t.Fatal("Close returned with a read still in flight")
+		}
+		if d := time.Since(t0); d != closeGrace {
+			t.Fatalf("Close took %s, want the grace %s", d, closeGrace)
+		}
+		p.Close()
+	})
+}

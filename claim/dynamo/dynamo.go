@@ -1,0 +1,733 @@
+// Package dynamo is the claim backend on Amazon DynamoDB, through
+// aws-sdk-go-v2: one item per key holds the lease, the fencing counter, a
+// notify counter and the value, so every operation is one conditional
+// UpdateItem, and waiters are woken by polling (DynamoDB cannot push
+// without Streams).
+//
+// # URLs
+//
+//	dynamodb://TABLE[?PARAMS]
+//
+// Parameters (each maps to one Options field; unknown ones are errors):
+//
+//	region        AWS region (default: the SDK's, e.g. AWS_REGION)
+//	endpoint      endpoint URL, e.g. http://127.0.0.1:4567 for dynalite or
+//	              DynamoDB Local (default: AWS's)
+//	create_table  true: create TABLE if missing (on-demand billing) and
+//	              enable its TTL attribute; for development (default false)
+//	prefix        key prefix (default "stampede")
+//	clock_skew    Options.ClockSkew (default 100ms)
+//	retention     Options.Retention (default 168h; 0s keeps the default,
+//	              "off" disables the TTL attribute)
+//	poll_min      first polling interval after a change (default 2ms)
+//	poll_max      polling interval cap (default 50ms)
+//
+// Credentials come from the SDK's default chain (environment, shared
+// files, IAM roles). For an endpoint on a loopback address with no
+// AWS_ACCESS_KEY_ID or AWS_PROFILE in the environment, fixed dummy
+// credentials are used instead: local emulators accept any signature.
+// The URL opener's client makes one attempt per call (no SDK retries); a
+// client given to New keeps its own retry policy.
+//
+// # Table
+//
+// The table's partition key is the string attribute "k" (no sort key).
+// Items have these attributes: k (PREFIX:KEY), h (holder id, present while
+// claimed), le (lease expiry, Unix ms, holder's clock), f (fencing
+// counter), n (notify counter), v (value, binary), ve (value expiry, Unix
+// ms; absent: none), vp (present when the value has no expiry) and exp
+// (Unix seconds, the attribute DynamoDB's TTL reaps by). To create the
+// table yourself:
+//
+//	aws dynamodb create-table --table-name TABLE --billing-mode PAY_PER_REQUEST \
+//	    --attribute-definitions AttributeName=k,AttributeType=S \
+//	    --key-schema AttributeName=k,KeyType=HASH
+//	aws dynamodb update-time-to-live --table-name TABLE \
+//	    --time-to-live-specification Enabled=true,AttributeName=exp
+//
+// Keys are mapped with claim.KeyEncoder: at most 2048 bytes including the
+// prefix, valid UTF-8 without control characters, others hashed.
+//
+// # Semantics
+//
+// TryClaim is one conditional UpdateItem (condition: no holder, or the
+// holder's lease expired) that sets the holder and its expiry and
+// increments the fence, returning the new fence: atomic, at most one live
+// lease. The item outlives releases, so the fence never goes backwards; a
+// fence is created at the current Unix time in microseconds, so even an
+// item reaped by TTL (or a recreated table) comes back with larger tokens
+// (Features.DurableFence). Release, Extend and Commit are conditional on
+// the holder id and token (Extend and Commit also on the lease being
+// unexpired); Commit writes the value into the same item in the same
+// write (Features.AtomicCommit).
+//
+// DynamoDB has no server-side clock in conditions: expiry is judged on the
+// clients' clocks. A lease's expiry is recorded by its holder (request
+// time + TTL); another client takes it over only ClockSkew (default
+// 100 ms) after that time by its own clock, and the holder's Deadline is
+// taken before the request is sent. So two holders never overlap as long
+// as the clients' clocks differ by less than ClockSkew. Keep clocks
+// synchronised (NTP, Amazon Time Sync) and raise ClockSkew if they may not
+// be. TTLs have millisecond granularity.
+//
+// The DynamoDB TTL attribute exp only reclaims space: an item is reaped
+// no earlier than Retention (default 7 days) after its lease's expiry and
+// its value's expiry (never while it holds a value stored without TTL; a
+// value whose TTL exceeds Retention may be reaped Retention after a later
+// lease ends). Leases longer than Retention are refused. dynalite does not
+// implement UpdateTimeToLive; create_table tolerates that.
+//
+// Notification polls (Features.Notify is Poll): one loop per key per
+// Backend however many waiters, one strongly consistent GetItem of the
+// lease attributes every 2 ms at first, backing off to 50 ms, never
+// sleeping past the holder's lease; a changed fence (claim, takeover), a
+// changed notify counter (Release and Notify bump it) or the lease
+// running out wakes the key's waiters. Each loop costs up to 20 read units
+// a second while it waits.
+//
+// # Errors
+//
+// ErrHeld (*claim.HeldError; Remaining from the holder's recorded expiry
+// where DynamoDB returns the item on a failed condition, 0 on dynalite),
+// ErrLost, ErrNotFound, ErrTooLarge (values over MaxValueLen, 400 KB minus
+// 4 KiB for the key and the other attributes, checked before any I/O),
+// ErrInvalidKey and ErrClosed from package claim, wrapped as
+// "dynamo: OP KEY: ..."; the SDK's errors are wrapped underneath.
+package dynamo
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"github.com/aws/smithy-go"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/hub"
+	"github.com/stampede-go/stampede/internal/poll"
+)
+
+// Scheme is the URL scheme this package registers.
+const Scheme = "dynamodb"
+
+func init() { claim.Register(Scheme, &URLOpener{}) }
+
+// Defaults and limits.
+const (
+	DefaultTable     = "stampede"
+	DefaultPrefix    = "stampede"
+	DefaultClockSkew = 100 * time.Millisecond
+	DefaultRetention = 7 * 24 * time.Hour
+	// MaxValueLen is DynamoDB's 400 KB item limit less 4 KiB for the key
+	// (at most 2048 bytes) and the other attributes.
+	MaxValueLen = 400*1024 - 4096
+	maxKeyLen   = 2048
+	// farFuture (9999-12-31) is exp for an item holding a value without
+	// expiry.
+	farFuture = 253402300799
+)
+
+// Options configure a Backend. nil means defaults; every zero field is the
+// documented default.
+type Options struct {
+	// Table is the table's name (default "stampede").
+	Table string
+	// Prefix starts every item key (default "stampede"); every process
+	// sharing keys must use the same. At most 1000 bytes.
+	Prefix string
+	// ClockSkew is the margin for the difference between clients' clocks
+	// (default 100 ms): a lease is taken over only ClockSkew after its
+	// recorded expiry.
+	ClockSkew time.Duration
+	// Retention is how long an item is kept after its lease and value
+	// expired before DynamoDB's TTL may reap it (default 7 days), and the
+	// longest lease granted. Negative: never write the TTL attribute.
+	Retention time.Duration
+	// PollMin and PollMax bound the polling interval (defaults 2 ms and
+	// 50 ms, see internal/poll).
+	PollMin, PollMax time.Duration
+}
+
+// Backend is one DynamoDB client's claim backend. It implements
+// claim.Backend; it is safe for concurrent use.
+type Backend struct {
+	c         *dynamodb.Client
+	table     string
+	prefix    string
+	enc       claim.KeyEncoder
+	skew      time.Duration
+	retention time.Duration // <= 0: no TTL attribute
+	hub       *hub.Hub
+	poller    *poll.Poller
+	closeIdle func() // for clients the URL opener made
+
+	mu     sync.Mutex
+	closed bool
+}
+
+var _ claim.Backend = (*Backend)(nil)
+
+// New returns a Backend on the table opt.Table using client, which the
+// caller configured (region, credentials, retries, endpoint) and keeps
+// owning. It does not check that the table exists; see CreateTable.
+func New(client *dynamodb.Client, opt *Options) (*Backend, error) {
+	if client == nil {
+		return nil, errors.New("dynamo: nil client")
+	}
+	var o Options
+	if opt != nil {
+		o = *opt
+	}
+	if o.Table == "" {
+		o.Table = DefaultTable
+	}
+	if o.Prefix == "" {
+		o.Prefix = DefaultPrefix
+	}
+	if len(o.Prefix) > 1000 || !utf8.ValidString(o.Prefix) {
+		return nil, fmt.Errorf("dynamo: prefix must be valid UTF-8 of at most 1000 bytes")
+	}
+	if o.ClockSkew == 0 {
+		o.ClockSkew = DefaultClockSkew
+	}
+	if o.ClockSkew < 0 {
+		return nil, fmt.Errorf("dynamo: negative clock skew %s", o.ClockSkew)
+	}
+	if o.Retention == 0 {
+		o.Retention = DefaultRetention
+	}
+	b := &Backend{
+		c:         client,
+		table:     o.Table,
+		prefix:    o.Prefix,
+		enc:       claim.KeyEncoder{MaxLen: maxKeyLen - len(o.Prefix) - 1, Safe: func(c byte) bool { return c >= ' ' && c != 0x7f }},
+		skew:      o.ClockSkew,
+		retention: o.Retention,
+	}
+	b.poller = poll.New(b.readState, func(k string) { b.hub.Wake(k) }, &poll.Options{Min: o.PollMin, Max: o.PollMax})
+	b.hub = hub.New(b.poller)
+	return b, nil
+}
+
+// URLOpener opens dynamodb:// URLs. Registration dials nothing; opening
+// dials only with create_table=true.
+type URLOpener struct{}
+
+// OpenBackendURL implements claim.URLOpener.
+func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.Port() != "" {
+		return nil, errors.New("dynamo: URL must be dynamodb://TABLE[?PARAMS]")
+	}
+	p := claim.NewParams(u)
+	region := p.String("region", "")
+	endpoint := p.String("endpoint", "")
+	create := p.Bool("create_table", false)
+	o := Options{
+		Table:     u.Host,
+		Prefix:    p.String("prefix", DefaultPrefix),
+		ClockSkew: p.Duration("clock_skew", 0),
+		PollMin:   p.Duration("poll_min", 0),
+		PollMax:   p.Duration("poll_max", 0),
+	}
+	if r := p.String("retention", ""); r == "off" {
+		o.Retention = -1
+	} else if r != "" {
+		d, err := time.ParseDuration(r)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("dynamo: URL parameter retention=%q: want a duration or off", r)
+		}
+		o.Retention = d
+	}
+	if err := p.Err(); err != nil {
+		return nil, fmt.Errorf("dynamo: %w", err)
+	}
+	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(1)}
+	if region != "" {
+		opts = append(opts, config.WithRegion(region))
+	}
+	if endpoint != "" {
+		eu, err := url.Parse(endpoint)
+		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+			return nil, fmt.Errorf("dynamo: URL parameter endpoint: want an http(s) URL")
+		}
+		if loopback(eu.Hostname()) && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
+			opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("stampede", "stampede", "")))
+		}
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dynamo: load AWS config: %w", err)
+	}
+	if cfg.Region == "" {
+		return nil, errors.New("dynamo: no region: set the region URL parameter or AWS_REGION")
+	}
+	// A transport of our own (with what the config put in the SDK's, such
+	// as AWS_CA_BUNDLE), so that Close can drop its idle connections.
+	var tr *http.Transport
+	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		tr = bc.GetTransport()
+	} else {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	cfg.HTTPClient = &http.Client{Transport: tr}
+	client := dynamodb.NewFromConfig(cfg, func(do *dynamodb.Options) {
+		if endpoint != "" {
+			do.BaseEndpoint = aws.String(endpoint)
+		}
+	})
+	b, err := New(client, &o)
+	if err != nil {
+		return nil, err
+	}
+	b.closeIdle = tr.CloseIdleConnections
+	if create {
+		if err := CreateTable(ctx, client, o.Table); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// CreateTable creates table with the key schema this package uses
+// (partition key "k", string; on-demand billing), waits until it is
+// active, and enables DynamoDB TTL on the attribute "exp". A table that
+// exists already is not an error (its schema is not checked); neither is
+// an endpoint without UpdateTimeToLive (dynalite).
+func CreateTable(ctx context.Context, client *dynamodb.Client, table string) error {
+	_, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
+		TableName:            aws.String(table),
+		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("k"), AttributeType: types.ScalarAttributeTypeS}},
+		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("k"), KeyType: types.KeyTypeHash}},
+		BillingMode:          types.BillingModePayPerRequest,
+	})
+	var inUse *types.ResourceInUseException
+	if err != nil && !errors.As(err, &inUse) {
+		return fmt.Errorf("dynamo: create table %q: %w", table, err)
+	}
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		out, err := client.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
+		if err != nil {
+			return fmt.Errorf("dynamo: describe table %q: %w", table, err)
+		}
+		if out.Table.TableStatus == types.TableStatusActive {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return fmt.Errorf("dynamo: wait for table %q: %w", table, ctx.Err())
+		}
+	}
+	_, err = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
+		TableName:               aws.String(table),
+		TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String("exp"), Enabled: aws.Bool(true)},
+	})
+	// Already enabled (ValidationException) and not implemented
+	// (dynalite: UnknownOperationException) are both fine: TTL only
+	// reclaims space.
+	_ = err
+	return nil
+}
+
+// Features implements claim.Backend.
+func (b *Backend) Features() claim.Features {
+	return claim.Features{
+		Name:           Scheme,
+		Notify:         claim.Poll,
+		AtomicCommit:   true,
+		DurableFence:   true,
+		MinTTL:         time.Millisecond,
+		TTLGranularity: time.Millisecond,
+		MaxValueLen:    MaxValueLen,
+	}
+}
+
+// Close implements claim.Backend: it stops the poll loops and closes every
+// subscription (and idle connections of a client the URL opener made).
+// Leases are not released. Idempotent.
+func (b *Backend) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	b.mu.Unlock()
+	b.hub.Close()
+	b.poller.Close()
+	if b.closeIdle != nil {
+		b.closeIdle()
+	}
+	return nil
+}
+
+func (b *Backend) check(ctx context.Context, op, key string) error {
+	if err := claim.CheckKey(key); err != nil {
+		return fmt.Errorf("dynamo: %s: %w", op, err)
+	}
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return fmt.Errorf("dynamo: %s %q: %w", op, key, claim.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("dynamo: %s %q: %w", op, key, err)
+	}
+	return nil
+}
+
+// itemKey is the partition key of key's item.
+func (b *Backend) itemKey(key string) map[string]types.AttributeValue {
+	e := b.enc.Encode(key)
+	if !utf8.ValidString(e) {
+		e = claim.KeyEncoder{Safe: func(byte) bool { return false }}.Encode(key)
+	}
+	return map[string]types.AttributeValue{"k": &types.AttributeValueMemberS{Value: b.prefix + ":" + e}}
+}
+
+func str(v string) types.AttributeValue { return &types.AttributeValueMemberS{Value: v} }
+func num(v int64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatInt(v, 10)}
+}
+func unum(v uint64) types.AttributeValue {
+	return &types.AttributeValueMemberN{Value: strconv.FormatUint(v, 10)}
+}
+
+// attr returns a number attribute of an item.
+func attr(item map[string]types.AttributeValue, name string) (int64, bool) {
+	n, ok := item[name].(*types.AttributeValueMemberN)
+	if !ok {
+		return 0, false
+	}
+	v, err := strconv.ParseInt(n.Value, 10, 64)
+	return v, err == nil
+}
+
+var nameRE = regexp.MustCompile(`#[a-z]+`)
+
+// update runs one UpdateItem on key's item. Attribute names are written
+// #name in the expressions.
+func (b *Backend) update(ctx context.Context, key, expr, cond string, vals map[string]types.AttributeValue, ret types.ReturnValue) (*dynamodb.UpdateItemOutput, error) {
+	names := map[string]string{}
+	for _, m := range nameRE.FindAllString(expr+" "+cond, -1) {
+		names[m] = m[1:]
+	}
+	in := &dynamodb.UpdateItemInput{
+		TableName:                           aws.String(b.table),
+		Key:                                 b.itemKey(key),
+		UpdateExpression:                    aws.String(expr),
+		ExpressionAttributeNames:            names,
+		ExpressionAttributeValues:           vals,
+		ReturnValues:                        ret,
+		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
+	}
+	if cond != "" {
+		in.ConditionExpression = aws.String(cond)
+	}
+	if len(vals) == 0 {
+		in.ExpressionAttributeValues = nil
+	}
+	return b.c.UpdateItem(ctx, in)
+}
+
+// conditionFailed reports whether err is a failed condition, and returns
+// the item as it was, if DynamoDB sent it.
+func conditionFailed(err error) (map[string]types.AttributeValue, bool) {
+	var ccf *types.ConditionalCheckFailedException
+	if errors.As(err, &ccf) {
+		return ccf.Item, true
+	}
+	return nil, false
+}
+
+func wrap(op, key string, err error) error {
+	var ae smithy.APIError
+	if errors.As(err, &ae) && ae.ErrorCode() == "ValidationException" && strings.Contains(strings.ToLower(ae.ErrorMessage()), "item size") {
+		err = fmt.Errorf("%w: %w", claim.ErrTooLarge, err)
+	}
+	return fmt.Errorf("dynamo: %s %q: %w", op, key, err)
+}
+
+func holderID() string {
+	var r [12]byte
+	_, _ = rand.Read(r[:])
+	return hex.EncodeToString(r[:])
+}
+
+// ms rounds a duration up to whole milliseconds.
+func ms(d time.Duration) time.Duration {
+	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
+}
+
+func (b *Backend) checkTTL(op, key string, ttl time.Duration) error {
+	if ttl <= 0 {
+		return fmt.Errorf("dynamo: %s %q: ttl must be positive, got %s", op, key, ttl)
+	}
+	if b.retention > 0 && ttl > b.retention {
+		return fmt.Errorf("dynamo: %s %q: ttl %s longer than the retention %s", op, key, ttl, b.retention)
+	}
+	return nil
+}
+
+// leaseReap sets exp for a lease write: Retention after the lease's
+// expiry, unless the item holds a value without expiry (vp).
+func (b *Backend) leaseReap(expr string, vals map[string]types.AttributeValue, le int64) string {
+	if b.retention <= 0 {
+		return expr
+	}
+	vals[":reap"] = num(le/1000 + 1 + int64(b.retention/time.Second))
+	return expr + ", #exp = if_not_exists(#vp, :reap)"
+}
+
+// TryClaim implements claim.Claimer: one conditional UpdateItem.
+func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
+	if err := b.check(ctx, "claim", key); err != nil {
+		return claim.Lease{}, err
+	}
+	if err := b.checkTTL("claim", key, ttl); err != nil {
+		return claim.Lease{}, err
+	}
+	ttl = ms(ttl)
+	holder := holderID()
+	start := time.Now()
+	le := start.Add(ttl).UnixMilli()
+	vals := map[string]types.AttributeValue{
+		":h": str(holder), ":le": num(le), ":one": num(1),
+		":base": num(start.UnixMicro()), ":cut": num(start.Add(-b.skew).UnixMilli()),
+	}
+	expr := b.leaseReap("SET #h = :h, #le = :le, #f = if_not_exists(#f, :base) + :one", vals, le)
+	out, err := b.update(ctx, key, expr, "attribute_not_exists(#h) OR #le < :cut", vals, types.ReturnValueUpdatedNew)
+	if item, ok := conditionFailed(err); ok {
+		he := &claim.HeldError{Key: key}
+		if old, ok := attr(item, "le"); ok {
+			he.Remaining = max(0, time.Until(b.expiry(old)))
+		}
+		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: %w", key, he)
+	}
+	if err != nil {
+		return claim.Lease{}, wrap("claim", key, err)
+	}
+	f, ok := out.Attributes["f"].(*types.AttributeValueMemberN)
+	if !ok {
+		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: no fence in the reply", key)
+	}
+	token, err := strconv.ParseUint(f.Value, 10, 64)
+	if err != nil {
+		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: fence %q: %w", key, f.Value, err)
+	}
+	return claim.Lease{Key: key, Holder: holder, Token: token, TTL: ttl, Deadline: start.Add(ttl)}, nil
+}
+
+// expiry is when other clients consider a lease with recorded expiry le
+// (Unix ms) expired: ClockSkew later, and strictly after (le < cut).
+func (b *Backend) expiry(le int64) time.Time {
+	return time.UnixMilli(le).Add(b.skew + time.Millisecond)
+}
+
+// current is the condition for the holder of l: same holder and token, and
+// (with :now) unexpired by the holder's clock.
+const current = "#h = :h AND #f = :tok AND #le > :now"
+
+func leaseVals(l claim.Lease, now time.Time) map[string]types.AttributeValue {
+	return map[string]types.AttributeValue{":h": str(l.Holder), ":tok": unum(l.Token), ":now": num(now.UnixMilli())}
+}
+
+// Extend implements claim.Claimer: one conditional UpdateItem of the
+// lease's expiry.
+func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) (claim.Lease, error) {
+	if err := b.check(ctx, "extend", l.Key); err != nil {
+		return claim.Lease{}, err
+	}
+	if err := b.checkTTL("extend", l.Key, ttl); err != nil {
+		return claim.Lease{}, err
+	}
+	start := time.Now()
+	if l.Expired(start) {
+		return claim.Lease{}, fmt.Errorf("dynamo: extend %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	ttl = ms(ttl)
+	le := start.Add(ttl).UnixMilli()
+	vals := leaseVals(l, start)
+	vals[":le"] = num(le)
+	expr := b.leaseReap("SET #le = :le", vals, le)
+	_, err := b.update(ctx, l.Key, expr, current, vals, types.ReturnValueNone)
+	if _, ok := conditionFailed(err); ok {
+		return claim.Lease{}, fmt.Errorf("dynamo: extend %q: %w", l.Key, claim.ErrLost)
+	}
+	if err != nil {
+		return claim.Lease{}, wrap("extend", l.Key, err)
+	}
+	l.TTL = ttl
+	l.Deadline = start.Add(ttl)
+	return l, nil
+}
+
+// Release implements claim.Claimer: one conditional UpdateItem that
+// removes the holder and bumps the notify counter.
+func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
+	if err := b.check(ctx, "release", l.Key); err != nil {
+		return err
+	}
+	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": unum(l.Token), ":one": num(1)}
+	_, err := b.update(ctx, l.Key, "REMOVE #h, #le ADD #n :one", "#h = :h AND #f = :tok", vals, types.ReturnValueNone)
+	if _, ok := conditionFailed(err); ok {
+		return fmt.Errorf("dynamo: release %q: %w", l.Key, claim.ErrLost)
+	}
+	if err != nil {
+		return wrap("release", l.Key, err)
+	}
+	return nil
+}
+
+// valueExpr returns the update expression storing val with ttl, adding
+// its values to vals.
+func (b *Backend) valueExpr(op, key string, val []byte, ttl time.Duration, now time.Time, vals map[string]types.AttributeValue) (string, error) {
+	if ttl < 0 {
+		return "", fmt.Errorf("dynamo: %s %q: negative ttl %s", op, key, ttl)
+	}
+	if err := claim.CheckValue(val, MaxValueLen); err != nil {
+		return "", fmt.Errorf("dynamo: %s %q: %w", op, key, err)
+	}
+	vals[":v"] = &types.AttributeValueMemberB{Value: append([]byte{}, val...)}
+	if ttl == 0 {
+		// vp (far future) keeps later lease writes from lowering exp.
+		vals[":vp"] = num(farFuture)
+		expr := "SET #v = :v, #vp = :vp"
+		if b.retention > 0 {
+			expr += ", #exp = :vp"
+		}
+		return expr + " REMOVE #ve", nil
+	}
+	ve := now.Add(ms(ttl)).UnixMilli()
+	vals[":ve"] = num(ve)
+	expr := "SET #v = :v, #ve = :ve"
+	if b.retention > 0 {
+		// At least Retention after the value and after any lease that
+		// can be live now (leases are at most Retention long).
+		r := max(ve/1000+1, now.Add(b.retention).Unix()) + int64(b.retention/time.Second)
+		vals[":reap"] = num(r)
+		expr += ", #exp = :reap"
+	}
+	return expr + " REMOVE #vp", nil
+}
+
+// Commit implements claim.Claimer: the value is written into the lease's
+// item by one UpdateItem conditional on the lease (atomic).
+func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "commit", l.Key); err != nil {
+		return err
+	}
+	now := time.Now()
+	vals := leaseVals(l, now)
+	expr, err := b.valueExpr("commit", l.Key, val, ttl, now, vals)
+	if err != nil {
+		return err
+	}
+	if l.Expired(now) {
+		return fmt.Errorf("dynamo: commit %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	_, err = b.update(ctx, l.Key, expr, current, vals, types.ReturnValueNone)
+	if _, ok := conditionFailed(err); ok {
+		return fmt.Errorf("dynamo: commit %q: %w", l.Key, claim.ErrLost)
+	}
+	if err != nil {
+		return wrap("commit", l.Key, err)
+	}
+	return nil
+}
+
+// Get implements claim.Store: a strongly consistent GetItem. A value past
+// its TTL (by this client's clock) is never returned.
+func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := b.check(ctx, "get", key); err != nil {
+		return nil, err
+	}
+	out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{
+		TableName:                aws.String(b.table),
+		Key:                      b.itemKey(key),
+		ConsistentRead:           aws.Bool(true),
+		ProjectionExpression:     aws.String("#v, #ve"),
+		ExpressionAttributeNames: map[string]string{"#v": "v", "#ve": "ve"},
+	})
+	if err != nil {
+		return nil, wrap("get", key, err)
+	}
+	v, ok := out.Item["v"].(*types.AttributeValueMemberB)
+	if !ok {
+		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
+	}
+	if ve, ok := attr(out.Item, "ve"); ok && time.Now().UnixMilli() >= ve {
+		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
+	}
+	if v.Value == nil {
+		return []byte{}, nil
+	}
+	return v.Value, nil
+}
+
+// Set implements claim.Store: one unconditional UpdateItem of the value
+// attributes (the key's lease and counters are left alone).
+func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "set", key); err != nil {
+		return err
+	}
+	vals := map[string]types.AttributeValue{}
+	expr, err := b.valueExpr("set", key, val, ttl, time.Now(), vals)
+	if err != nil {
+		return err
+	}
+	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
+		return wrap("set", key, err)
+	}
+	return nil
+}
+
+// Delete implements claim.Store: removes the value attributes (the item,
+// with its fence, stays).
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	if err := b.check(ctx, "delete", key); err != nil {
+		return err
+	}
+	vals := map[string]types.AttributeValue{}
+	expr := "REMOVE #v, #ve, #vp"
+	if b.retention > 0 {
+		vals[":reap"] = num(time.Now().Add(2 * b.retention).Unix())
+		expr = "SET #exp = :reap " + expr
+	}
+	_, err := b.update(ctx, key, expr, "attribute_exists(#v)", vals, types.ReturnValueNone)
+	if _, ok := conditionFailed(err); ok {
+		return nil // nothing stored
+	}
+	if err != nil {
+		return wrap("delete", key, err)
+	}
+	return nil
+}

@@ -1,0 +1,298 @@
+package dynamo
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+	"go.uber.org/goleak"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testserver.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// server returns the shared dynalite and a URL of its table, created.
+func server(t testing.TB) string {
+	t.Helper()
+	srv := testserver.Shared(t, testserver.Dynamo)
+	b, err := claim.Open(context.Background(), srv.URL()+"&create_table=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+	return srv.URL()
+}
+
+func open(t testing.TB, url string) *Backend {
+	t.Helper()
+	b, err := claim.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b.(*Backend)
+}
+
+func TestConformance(t *testing.T) {
+	url := server(t)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, url)
+		},
+	})
+}
+
+func TestURL(t *testing.T) {
+	ctx := context.Background()
+	for _, bad := range []string{
+		"dynamodb://tbl?region=us-east-1&nosuch=1",
+		"dynamodb://tbl?region=us-east-1&clock_skew=soon",
+		"dynamodb://tbl?region=us-east-1&retention=forever",
+		"dynamodb://tbl?region=us-east-1&endpoint=ftp%3A%2F%2Fx",
+		"dynamodb://tbl/path?region=us-east-1",
+		"dynamodb://tbl:80?region=us-east-1",
+		"dynamodb://?region=us-east-1",
+	} {
+		if b, err := claim.Open(ctx, bad); err == nil {
+			b.Close()
+			t.Errorf("Open(%q) succeeded", bad)
+		}
+	}
+	_, err := claim.Open(ctx, "dynamodb://user:hunter2@tbl?region=us-east-1&aws_secret_key=hunter3")
+	if err == nil || strings.Contains(err.Error(), "hunter") {
+		t.Errorf("Open with credentials: err = %v (want an error without the secrets)", err)
+	}
+	b, err := claim.Open(ctx, "dynamodb://tbl?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&prefix=app&clock_skew=1s&retention=off&poll_min=1ms&poll_max=10ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	db := b.(*Backend)
+	if db.table != "tbl" || db.prefix != "app" || db.skew != time.Second || db.retention >= 0 {
+		t.Errorf("options not applied: %+v", db)
+	}
+}
+
+func TestKeys(t *testing.T) {
+	b, err := New(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), &Options{Prefix: strings.Repeat("p", 1000)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	seen := map[string]string{}
+	for _, k := range []string{"a", strings.Repeat("x", 5000), "ctl\x01", "ünï", "\xff\xfe", "=a", "#a"} {
+		s := b.itemKey(k)["k"].(*types.AttributeValueMemberS).Value
+		if len(s) > 2048 || !strings.HasPrefix(s, b.prefix+":") {
+			t.Errorf("key %q: item key %d bytes", k, len(s))
+		}
+		if strings.ContainsFunc(s, func(r rune) bool { return r < ' ' || r == 0x7f || r == 0xfffd }) {
+			t.Errorf("key %q: item key %q not clean UTF-8", k, s)
+		}
+		if o, dup := seen[s]; dup {
+			t.Errorf("keys %q and %q collide", o, k)
+		}
+		seen[s] = k
+	}
+}
+
+// TestMaxValueUnderLongestKey: a value of MaxValueLen under a key of the
+// full 2048 bytes fits the 400 KB item, lease attributes included.
+func TestMaxValueUnderLongestKey(t *testing.T) {
+	b := open(t, server(t))
+	ctx := context.Background()
+	k := strings.Repeat("k", 2048-len(b.prefix)-2) // readable, 2048 bytes in all
+	if n := len(b.itemKey(k)["k"].(*types.AttributeValueMemberS).Value); n != 2048 {
+		t.Fatalf("item key %d bytes, want 2048", n)
+	}
+	l, err := b.TryClaim(ctx, k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx, l, bytes.Repeat([]byte{7}, MaxValueLen), time.Hour); err != nil {
+		t.Fatalf("Commit of MaxValueLen under a 2048-byte key: %v", err)
+	}
+	if err := b.Notify(ctx, k); err != nil {
+		t.Error(err)
+	}
+	if _, err := b.Extend(ctx, l, time.Minute); err != nil {
+		t.Error(err)
+	}
+	if err := b.Release(ctx, l); err != nil {
+		t.Error(err)
+	}
+	if v, err := b.Get(ctx, k); err != nil || len(v) != MaxValueLen {
+		t.Errorf("Get = %d bytes, %v", len(v), err)
+	}
+}
+
+// TestClockSkewMargin: a lease is taken over only ClockSkew after its
+// recorded expiry, and HeldError.Remaining says so where DynamoDB returns
+// the old item (dynalite does not: 0).
+func TestClockSkewMargin(t *testing.T) {
+	url := server(t)
+	a, b := open(t, url+"&clock_skew=400ms"), open(t, url+"&clock_skew=400ms")
+	ctx := context.Background()
+	l, err := a.TryClaim(ctx, "skew", 100*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(l.Deadline) + 50*time.Millisecond)
+	// Past the holder's deadline but within the margin: still held.
+	_, err = b.TryClaim(ctx, "skew", time.Second)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
+	}
+	if he.Remaining > 400*time.Millisecond {
+		t.Errorf("Remaining = %s, more than the margin left", he.Remaining)
+	}
+	time.Sleep(500 * time.Millisecond)
+	l2, err := b.TryClaim(ctx, "skew", time.Second)
+	if err != nil {
+		t.Fatalf("TryClaim after the margin: %v", err)
+	}
+	if l2.Token <= l.Token {
+		t.Errorf("token %d after %d", l2.Token, l.Token)
+	}
+	_ = b.Release(ctx, l2)
+}
+
+// TestFenceSurvivesItemLoss: tokens keep increasing after the item was
+// deleted (reaped by TTL, or the table recreated).
+func TestFenceSurvivesItemLoss(t *testing.T) {
+	b := open(t, server(t))
+	ctx := context.Background()
+	l1, err := b.TryClaim(ctx, "reaped", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Release(ctx, l1); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(b.table), Key: b.itemKey("reaped")}); err != nil {
+		t.Fatal(err)
+	}
+	l2, err := b.TryClaim(ctx, "reaped", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l1.Token {
+		t.Errorf("token after the item was lost: %d <= %d", l2.Token, l1.Token)
+	}
+	_ = b.Release(ctx, l2)
+}
+
+// TestReapAttribute: exp never falls below a live lease or a live value,
+// and an item holding a value without TTL is never reaped.
+func TestReapAttribute(t *testing.T) {
+	b := open(t, server(t)+"&retention=1h")
+	ctx := context.Background()
+	exp := func() int64 {
+		out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(b.table), Key: b.itemKey("reap"), ConsistentRead: aws.Bool(true)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		v, _ := attr(out.Item, "exp")
+		return v
+	}
+	now := time.Now().Unix()
+	l, err := b.TryClaim(ctx, "reap", 30*time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e := exp(); e < now+30*60+3600 {
+		t.Errorf("exp %d s from now, want at least lease + retention", e-now)
+	}
+	if err := b.Set(ctx, "reap", []byte("v"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if e := exp(); e < now+30*60+3600 {
+		t.Errorf("after a short Set, exp %d s from now: below the live lease + retention", e-now)
+	}
+	if err := b.Commit(ctx, l, []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Extend(ctx, l, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if e := exp(); e != farFuture {
+		t.Errorf("value without TTL, then a lease write: exp = %d, want never", e)
+	}
+	if _, err := b.TryClaim(ctx, "reap", 2*time.Hour); err == nil || errors.Is(err, claim.ErrHeld) {
+		t.Errorf("a lease longer than the retention: %v, want an error", err)
+	}
+	_ = b.Release(ctx, l)
+}
+
+// TestServerRestart: while dynalite is down calls fail (and waiters are
+// woken to see it); after it comes back with its data, the lease is still
+// held and later tokens are larger.
+func TestServerRestart(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Dynamo, nil)
+	url := srv.URL()
+	open(t, url+"&create_table=true")
+	ctx := context.Background()
+	b, w := open(t, url), open(t, url)
+	l1, err := b.TryClaim(ctx, "restart", 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := w.Subscribe(ctx, "restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-time.After(15 * time.Second):
+		t.Fatal("subscriber not woken when its polls started failing")
+	}
+	if _, err := b.TryClaim(ctx, "other", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim with the server down: %v, want a connection error", err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := w.TryClaim(ctx, "restart", time.Second); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("after restart: %v, want ErrHeld (dynalite keeps its data)", err)
+	}
+	if err := b.Release(ctx, l1); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-time.After(15 * time.Second):
+		t.Fatal("subscriber not woken by the release after the restart")
+	}
+	l2, err := w.TryClaim(ctx, "restart", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l1.Token {
+		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
+	}
+	_ = w.Release(ctx, l2)
+}
