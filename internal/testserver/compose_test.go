@@ -98,20 +98,20 @@ func TestComposeFile(t *testing.T) {
 }
 
 // TestComposeURLsDocumented: every ComposeURLs value appears verbatim in
-// README.md or docs/testing.md, next to its variable.
+// README.md, next to its variable.
 func TestComposeURLsDocumented(t *testing.T) {
 	var docs []string
 	root, err := repoRoot()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, name := range []string{"README.md", "docs/testing.md"} {
+	for _, name := range []string{"README.md"} {
 		if b, err := os.ReadFile(filepath.Join(root, name)); err == nil {
 			docs = append(docs, string(b))
 		}
 	}
 	if len(docs) == 0 {
-		t.Fatal("neither README.md nor docs/testing.md exists")
+		t.Fatal("README.md does not exist")
 	}
 	for _, k := range Kinds {
 		ok := false
@@ -121,7 +121,7 @@ func TestComposeURLsDocumented(t *testing.T) {
 			}
 		}
 		if !ok {
-			t.Errorf("%s: neither README.md nor docs/testing.md has %s and %s", k, k.EnvVar(), ComposeURLs[k])
+			t.Errorf("%s: README.md does not have %s and %s", k, k.EnvVar(), ComposeURLs[k])
 		}
 	}
 }
