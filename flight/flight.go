@@ -232,12 +232,12 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, load LoadFunc[V], opts
 			switch e.state(now) {
 			case fresh:
 				if c.cfg.EarlyRefresh > 0 && c.earlyRefreshDue(e, now) {
-					c.refresh(k, e, load)
+					c.refresh(ctx, k, e, load)
 				}
 				return hit(k, e, SourceL1, false)
 			case stale:
 				if cc.policy != Fresh {
-					c.refresh(k, e, load)
+					c.refresh(ctx, k, e, load)
 					return hit(k, e, SourceStale, false)
 				}
 				old = e
@@ -305,8 +305,9 @@ func (c *Cache[V]) newFlightLocked(k string, load LoadFunc[V], old *entry[V]) *f
 
 // refresh starts a background flight for k unless one is running: the
 // stale-while-revalidate and early refresh path. Its result replaces e
-// in L1; it runs once fleet-wide through the claim.
-func (c *Cache[V]) refresh(k string, e *entry[V], load LoadFunc[V]) {
+// in L1; it runs once fleet-wide through the claim, with ctx's values but
+// not its cancellation.
+func (c *Cache[V]) refresh(ctx context.Context, k string, e *entry[V], load LoadFunc[V]) {
 	c.mu.Lock()
 	if _, running := c.flights[k]; running || c.closed.Load() {
 		c.mu.Unlock()
@@ -316,7 +317,7 @@ func (c *Cache[V]) refresh(k string, e *entry[V], load LoadFunc[V]) {
 	f.after, f.bg = e.written, true
 	c.mu.Unlock()
 	c.stats.refreshes.Add(1)
-	go c.run(c.root, f)
+	go c.run(context.WithoutCancel(ctx), f)
 }
 
 func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, fb V, shared bool) (Result[V], error) {
