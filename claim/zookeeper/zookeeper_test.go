@@ -1,0 +1,709 @@
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+	"go.uber.org/goleak"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	testserver.StopShared()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goleak:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+func TestConformance(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	conformance.Run(t, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, srv.URL()+"/conformance")
+		},
+	})
+}
+
+func BenchmarkConformance(b *testing.B) {
+	srv := testserver.Shared(b, testserver.ZooKeeper)
+	conformance.Bench(b, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, srv.URL()+"/bench")
+		},
+	})
+}
+
+// open opens a Backend from srv's URL with the given suffix (path and
+// query), closed when the test ends.
+func open(t testing.TB, srv *testserver.Server, suffix string) *Backend {
+	t.Helper()
+	b, err := claim.Open(context.Background(), srv.URL()+suffix)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b.(*Backend)
+}
+
+// raw returns a plain zk connection to srv, closed when the test ends.
+func raw(t testing.TB, srv *testserver.Server) *zk.Conn {
+	t.Helper()
+	c, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithLogger(quiet{}), zk.WithLogInfo(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	return c
+}
+
+func ctxT(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// cut drops b's connection to ZooKeeper and refuses to reconnect until
+// heal, as a network partition would (the session stays on the server
+// until it times out).
+func cut(b *Backend) {
+	d := b.own
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dropped = true
+	if d.cur != nil {
+		d.cur.(*dropConn).Conn.Close()
+	}
+}
+
+func heal(b *Backend) {
+	d := b.own
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dropped = false
+}
+
+func woken(t *testing.T, s claim.Subscription, within time.Duration) bool {
+	t.Helper()
+	select {
+	case _, ok := <-s.C():
+		return ok
+	case <-time.After(within):
+		return false
+	}
+}
+
+// TestStaleHolderFenced proves the design point of the package doc: a
+// stale holder whose claim was taken over (or released and re-claimed, so
+// that a new lock node with version 0 again sits at the same path) cannot
+// release, extend or commit, even with a local deadline still ahead (a
+// paused process, a wrong clock): the server refuses it because its owner
+// node is gone.
+func TestStaleHolderFenced(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a, b := open(t, srv, "/fenced"), open(t, srv, "/fenced")
+	for _, how := range []string{"expired and taken over", "released and re-claimed"} {
+		key := "k-" + how
+		old, err := a.TryClaim(ctx, key, 100*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if how == "expired and taken over" {
+			time.Sleep(150 * time.Millisecond)
+		} else if err := a.Release(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		cur, err := b.TryClaim(ctx, key, time.Minute)
+		if err != nil {
+			t.Fatalf("%s: TryClaim by b: %v", how, err)
+		}
+		if err := b.Commit(ctx, cur, []byte("b"), 0); err != nil {
+			t.Fatal(err)
+		}
+		paused := old
+		paused.Deadline = time.Now().Add(time.Hour) // its clock says it still holds
+		if err := a.Commit(ctx, paused, []byte("a"), 0); !errors.Is(err, claim.ErrLost) {
+			t.Errorf("%s: stale Commit: %v, want ErrLost", how, err)
+		}
+		if _, err := a.Extend(ctx, paused, time.Minute); !errors.Is(err, claim.ErrLost) {
+			t.Errorf("%s: stale Extend: %v, want ErrLost", how, err)
+		}
+		if err := a.Release(ctx, paused); !errors.Is(err, claim.ErrLost) {
+			t.Errorf("%s: stale Release: %v, want ErrLost", how, err)
+		}
+		if v, err := a.Get(ctx, key); err != nil || string(v) != "b" {
+			t.Errorf("%s: value = %q, %v; want b's", how, v, err)
+		}
+		if _, err := a.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
+			t.Errorf("%s: b's claim did not survive: %v", how, err)
+		}
+		if err := b.Release(ctx, cur); err != nil {
+			t.Errorf("%s: b's Release: %v", how, err)
+		}
+	}
+}
+
+// TestTakeoverLosesToExtend: a claimer that judged a lease expired cannot
+// take it over if the holder's Extend landed after it read the lease.
+func TestTakeoverLosesToExtend(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a, b := open(t, srv, "/race"), open(t, srv, "/race")
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lock := b.lockPath("k")
+	s, ok, err := b.inspect(ctx, lock)
+	if err != nil || !ok || s.holder != l.Holder {
+		t.Fatalf("inspect = %+v, %v, %v", s, ok, err)
+	}
+	if _, err := a.Extend(ctx, l, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	_, _, err = b.multi(ctx, b.claimOps(lock, newHolder(), 1000, &s)...)
+	if !errors.Is(err, zk.ErrBadVersion) {
+		t.Fatalf("takeover after the holder's Extend: %v, want ErrBadVersion", err)
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Errorf("holder's Release after the failed takeover: %v", err)
+	}
+}
+
+// TestExtendWakesNobody: renewals touch only the owner node, so waiters
+// watching the lock node are not woken by every KeepAlive.
+func TestExtendWakesNobody(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a, b := open(t, srv, "/extend"), open(t, srv, "/extend")
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	for i := 0; i < 3; i++ {
+		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if woken(t, s, 200*time.Millisecond) {
+		t.Errorf("Extend woke a subscriber")
+	}
+	// Notify on a held key wakes, and leaves the claim intact.
+	if err := a.Notify(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	if !woken(t, s, 5*time.Second) {
+		t.Errorf("Notify on a held key did not wake")
+	}
+	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("after Notify, TryClaim: %v, want ErrHeld", err)
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Errorf("Release after Notify: %v", err)
+	}
+	if !woken(t, s, 5*time.Second) {
+		t.Errorf("Release did not wake")
+	}
+	if n := b.hub.Len(); n != 1 {
+		t.Errorf("%d watched keys, want 1", n)
+	}
+}
+
+// TestSessionExpiry: a holder cut off for longer than its session timeout
+// loses its leases (ZooKeeper deletes its ephemeral nodes): another client
+// claims the key at once, the holder's Extend reports ErrLost once it is
+// back, and its subscribers are woken when their watches are re-armed on
+// the new session.
+func TestSessionExpiry(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a := open(t, srv, "/expiry?session=500ms")
+	b := open(t, srv, "/expiry")
+	l, err := a.TryClaim(ctx, "held", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.Subscribe(ctx, "watched")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cut(a)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		_, err := b.TryClaim(ctx, "held", time.Minute)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, claim.ErrHeld) || time.Now().After(deadline) {
+			t.Fatalf("TryClaim while the holder's session expires: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	heal(a)
+	if !woken(t, s, 20*time.Second) {
+		t.Errorf("subscriber not woken after its session expired")
+	}
+	if _, err := a.Extend(ctx, l, time.Minute); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Extend after session expiry: %v, want ErrLost", err)
+	}
+	// The re-armed watch works on the new session.
+	if err := b.Notify(ctx, "watched"); err != nil {
+		t.Fatal(err)
+	}
+	if !woken(t, s, 5*time.Second) {
+		t.Errorf("subscriber not woken by Notify on the new session")
+	}
+}
+
+// TestReconnectKeepsLease: a short disconnection (within the session
+// timeout) loses nothing: the session, its leases and its watches survive.
+func TestReconnectKeepsLease(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a, b := open(t, srv, "/reconnect"), open(t, srv, "/reconnect")
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := a.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	cut(a)
+	time.Sleep(100 * time.Millisecond)
+	heal(a)
+	if l, err = a.Extend(ctx, l, time.Minute); err != nil {
+		t.Fatalf("Extend after reconnecting: %v", err)
+	}
+	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim by another client: %v, want ErrHeld", err)
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if !woken(t, s, 5*time.Second) {
+		t.Errorf("watch lost across a reconnection")
+	}
+}
+
+// TestFenceAcrossRestart: tokens are zxids, kept in ZooKeeper's
+// transaction log, so they keep increasing after the server is killed and
+// restarted.
+func TestFenceAcrossRestart(t *testing.T) {
+	srv := testserver.Require(t, testserver.ZooKeeper)
+	if srv.External() {
+		t.Skip("needs a server of its own to kill")
+	}
+	ctx := ctxT(t)
+	a := open(t, srv, "/restart")
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := open(t, srv, "/restart")
+	l2, err := b.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l2.Token <= l.Token {
+		t.Errorf("token after restart %d <= %d before", l2.Token, l.Token)
+	}
+	// The first client reconnects by itself.
+	if err := a.Set(ctx, "v", []byte("x"), 0); err != nil {
+		t.Errorf("Set by the client that saw the restart: %v", err)
+	}
+}
+
+// TestValueExpiry: an expired value is not returned, and the Get that
+// finds it deletes its node; a rewritten value is not deleted.
+func TestValueExpiry(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a := open(t, srv, "/values")
+	c := raw(t, srv)
+	if err := a.Set(ctx, "k", []byte("v"), 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(80 * time.Millisecond)
+	if _, err := a.Get(ctx, "k"); !errors.Is(err, claim.ErrNotFound) {
+		t.Fatalf("Get of an expired value: %v", err)
+	}
+	if ok, _, err := c.Exists(a.valuePath("k")); err != nil || ok {
+		t.Errorf("expired value node still there after Get (%v, %v)", ok, err)
+	}
+	if err := a.Set(ctx, "k", []byte("v2"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := a.Get(ctx, "k"); err != nil || string(v) != "v2" {
+		t.Errorf("Get = %q, %v", v, err)
+	}
+	// Set overwrites, with a new TTL.
+	if err := a.Set(ctx, "k", []byte("v3"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := a.Get(ctx, "k"); err != nil || string(v) != "v3" {
+		t.Errorf("Get = %q, %v", v, err)
+	}
+	// A node not written by this package is an error, not a value.
+	if _, err := c.Create(a.valuePath("alien"), []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := a.Get(ctx, "alien"); err == nil || errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("Get of a foreign node: %v, want an error", err)
+	}
+}
+
+// TestBroadcast: messages reach every subscriber in every client, in
+// order; stop ends delivery; a published message is deleted after
+// MessageLife.
+func TestBroadcast(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a := open(t, srv, "/broadcast?messagelife=300ms")
+	b := open(t, srv, "/broadcast")
+	type rec struct {
+		msg   string
+		reset bool
+	}
+	got := make(chan rec, 100)
+	stop, err := b.SubscribeTopic(ctx, "inval", func(m []byte, reset bool) { got <- rec{string(m), reset} })
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := make(chan string, 100)
+	stopOwn, err := a.SubscribeTopic(ctx, "inval", func(m []byte, reset bool) { own <- string(m) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stopOwn()
+	for i := 0; i < 5; i++ {
+		if err := a.Publish(ctx, "inval", []byte(fmt.Sprint(i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 5; i++ {
+		select {
+		case r := <-got:
+			if r.reset || r.msg != fmt.Sprint(i) {
+				t.Errorf("message %d: %+v", i, r)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("message %d not delivered", i)
+		}
+		select {
+		case m := <-own:
+			if m != fmt.Sprint(i) {
+				t.Errorf("own message %d: %q", i, m)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("own message %d not delivered", i)
+		}
+	}
+	stop()
+	stop() // idempotent
+	time.Sleep(350 * time.Millisecond)
+	if err := a.Publish(ctx, "inval", []byte("late")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case r := <-got:
+		t.Errorf("delivered after stop: %+v", r)
+	case m := <-own:
+		if m != "late" {
+			t.Errorf("own: %q", m)
+		}
+	}
+	// The first five are older than MessageLife: their deletion was
+	// started by the last Publish.
+	c := raw(t, srv)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		names, _, err := c.Children(a.root + "/t/" + keys.Encode("inval"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(names) == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("messages left: %v, want only the last", names)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := a.Publish(ctx, "", nil); !errors.Is(err, claim.ErrInvalidKey) {
+		t.Errorf("Publish to an empty topic: %v", err)
+	}
+	if err := a.Publish(ctx, "t", make([]byte, a.maxVal+1)); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Publish of an oversized message: %v", err)
+	}
+}
+
+// TestBroadcastResetAfterSessionExpiry: a subscriber whose session expired
+// may have missed messages, so it gets a reset, then later messages.
+func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a := open(t, srv, "/broadcast2")
+	b := open(t, srv, "/broadcast2?session=500ms")
+	resets := make(chan struct{}, 10)
+	msgs := make(chan string, 10)
+	stop, err := b.SubscribeTopic(ctx, "t", func(m []byte, reset bool) {
+		if reset {
+			resets <- struct{}{}
+		} else {
+			msgs <- string(m)
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
+	cut(b)
+	time.Sleep(2 * time.Second) // > session timeout
+	heal(b)
+	select {
+	case <-resets:
+	case <-time.After(20 * time.Second):
+		t.Fatal("no reset after session expiry")
+	}
+	if err := a.Publish(ctx, "t", []byte("after")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-msgs:
+		if m != "after" {
+			t.Errorf("got %q", m)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("message after the reset not delivered")
+	}
+}
+
+// TestNew: a Backend on the caller's own connection uses its prefix and
+// ACL, and Close leaves the connection (and so its leases) alone.
+func TestNew(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	c := raw(t, srv)
+	b, err := New(c, &Options{Prefix: "/mine/app/", MaxValueLen: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := b.Features()
+	if f.Name != Scheme || f.Notify != claim.Push || !f.AtomicCommit || !f.DurableFence || f.MaxValueLen != 10 || !f.Broadcast || f.MinTTL != time.Millisecond {
+		t.Errorf("Features = %+v", f)
+	}
+	l, err := b.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Commit(ctx, l, make([]byte, 11), 0); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Commit over MaxValueLen: %v", err)
+	}
+	if ok, _, err := c.Exists("/mine/app/l/=k"); err != nil || !ok {
+		t.Errorf("lock node not under the prefix: %v %v", ok, err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := c.Exists("/mine"); err != nil {
+		t.Errorf("the caller's connection was closed: %v", err)
+	}
+	other := open(t, srv, "/mine?prefix=app")
+	if _, err := other.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("lease of the closed Backend: %v, want ErrHeld", err)
+	}
+	if _, err := New(nil, nil); err == nil {
+		t.Errorf("New(nil) succeeded")
+	}
+	for _, p := range []string{"a//b", "zookeeper", "a/../b", "."} {
+		if _, err := New(c, &Options{Prefix: p}); err == nil {
+			t.Errorf("New with prefix %q succeeded", p)
+		}
+	}
+}
+
+// TestAuth: with credentials in the URL, nodes are created for that user
+// only; a client without them cannot claim or read; the password never
+// shows in errors.
+func TestAuth(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
+	ab, err := claim.Open(ctx, "zookeeper://alice:s3cr3t@"+host+"/auth")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ab.Close()
+	l, err := ab.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ab.Commit(ctx, l, []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	anon := open(t, srv, "/auth")
+	if _, err := anon.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("Get without credentials: %v, want a permission error", err)
+	}
+	if _, err := anon.TryClaim(ctx, "other", time.Minute); err == nil {
+		t.Errorf("TryClaim without credentials succeeded")
+	}
+	mallory, err := claim.Open(ctx, "zookeeper://alice:wrong@"+host+"/auth")
+	if err == nil {
+		defer mallory.Close()
+		_, err = mallory.Get(ctx, "k")
+	}
+	if err == nil || strings.Contains(err.Error(), "wrong") {
+		t.Errorf("Get with a wrong password: %v", err)
+	}
+	if v, err := ab.Get(ctx, "k"); err != nil || string(v) != "v" {
+		t.Errorf("Get with credentials = %q, %v", v, err)
+	}
+	_ = ab.Release(ctx, l)
+}
+
+func TestURL(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
+	b := open(t, srv, "/chroot/x?prefix=p/q&session=5s&maxvalue=1000&messagelife=1m&acl=open")
+	if b.root != "/chroot/x/p/q" || b.maxVal != 1000 || b.msgLife != time.Minute {
+		t.Errorf("root %q maxVal %d msgLife %s", b.root, b.maxVal, b.msgLife)
+	}
+	if l, err := b.TryClaim(ctx, "k", time.Second); err != nil {
+		t.Error(err)
+	} else {
+		_ = b.Release(ctx, l)
+	}
+	// Several hosts, one of them dead: the live one serves.
+	dead := "127.0.0.1:1"
+	m, err := claim.Open(ctx, "zookeeper://"+dead+","+host+"/multi")
+	if err != nil {
+		t.Fatalf("two hosts: %v", err)
+	}
+	if err := m.Set(ctx, "k", []byte("v"), 0); err != nil {
+		t.Errorf("Set through a two-host URL: %v", err)
+	}
+	m.Close()
+	for _, bad := range []string{
+		"zookeeper://" + host + "/x?bogus=1",
+		"zookeeper://" + host + "/x?session=soon",
+		"zookeeper://" + host + "/x?acl=everyone",
+		"zookeeper://" + host + "/x?acl=creator",
+		"zookeeper://" + host + "/zookeeper",
+		"zookeeper://" + host + "/x?prefix=a//b",
+		"zookeeper://u:hunter2@" + host + "/x?bogus=1&password=hunter2",
+	} {
+		b, err := claim.Open(ctx, bad)
+		if err == nil {
+			b.Close()
+			t.Errorf("Open(%q) succeeded", bad)
+			continue
+		}
+		if strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("Open(%q) error shows the password: %v", bad, err)
+		}
+	}
+	// An unreachable server fails within the context, without the password.
+	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if b, err := claim.Open(sctx, "zookeeper://u:hunter2@127.0.0.1:1/x"); err == nil {
+		b.Close()
+		t.Errorf("Open of an unreachable server succeeded")
+	} else if strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("error shows the password: %v", err)
+	}
+}
+
+func TestKeyEncoding(t *testing.T) {
+	for _, k := range []string{"plain", ".", "..", "a/b", strings.Repeat("x", 300), "ü", "sp ace"} {
+		e := keys.Encode(k)
+		if len(e) > maxKeyLen || strings.ContainsAny(e, "/ ") || e == "." || e == ".." {
+			t.Errorf("Encode(%q) = %q: not a valid znode name", k, e)
+		}
+	}
+	if keys.Encode("plain") != "=plain" {
+		t.Errorf("readable keys should stay readable")
+	}
+}
+
+func TestParseURL(t *testing.T) {
+	u, err := url.Parse("zookeeper://alice:pw@zk1,zk2:2182/apps/x?prefix=s&session=5s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := parseURL(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"zk1:2181", "zk2:2182"}
+	if fmt.Sprint(c.servers) != fmt.Sprint(want) || c.session != 5*time.Second || string(c.auth) != "alice:pw" ||
+		c.opt.Prefix != "apps/x/s" || len(c.opt.ACL) != 1 || c.opt.ACL[0].Scheme != "auth" {
+		t.Errorf("parseURL = %+v", c)
+	}
+	u, _ = url.Parse("zookeeper://[::1]:2183")
+	if c, err := parseURL(u); err != nil || fmt.Sprint(c.servers) != "[[::1]:2183]" {
+		t.Errorf("IPv6: %+v, %v", c, err)
+	}
+	u, _ = url.Parse("zookeeper://")
+	if c, err := parseURL(u); err != nil || fmt.Sprint(c.servers) != "[127.0.0.1:2181]" || c.opt.Prefix != DefaultPrefix || c.opt.ACL != nil {
+		t.Errorf("defaults: %+v, %v", c, err)
+	}
+}
+
+func FuzzParseURL(f *testing.F) {
+	f.Add("zookeeper://h:1,h2:2/chroot?prefix=p&session=1s")
+	f.Add("zookeeper://u:p@[::1]:2181/x?acl=creator")
+	f.Add("zookeeper:///..?prefix=zookeeper")
+	f.Fuzz(func(t *testing.T, s string) {
+		u, err := url.Parse(s)
+		if err != nil {
+			return
+		}
+		c, err := parseURL(u)
+		if err != nil {
+			if pw, ok := u.User.Password(); ok && len(pw) > 3 && strings.Contains(err.Error(), pw) {
+				t.Errorf("error shows the password: %v", err)
+			}
+			return
+		}
+		if len(c.servers) == 0 {
+			t.Errorf("no servers from %q", s)
+		}
+		if _, err := validPrefix(c.opt.Prefix); err != nil {
+			t.Errorf("accepted an invalid prefix %q", c.opt.Prefix)
+		}
+	})
+}
