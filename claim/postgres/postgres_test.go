@@ -771,3 +771,43 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+// TestSubscribeUnreachable: when the LISTEN connection cannot be made,
+// Subscribe fails with the dial error instead of hanging.
+func TestSubscribeUnreachable(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	ln.Close()
+	lc, err := pgx.ParseConfig("postgres://postgres:hunter2@" + dead + "/postgres?sslmode=disable")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := newBackend(t, "", &Options{ListenConfig: lc})
+	s, err := b.Subscribe(ctx, "k")
+	if err == nil {
+		s.Close()
+		t.Fatal("Subscribe succeeded without a LISTEN connection")
+	}
+	if ctx.Err() != nil || strings.Contains(err.Error(), "hunter2") {
+		t.Errorf("Subscribe: %v", err)
+	}
+	// Close ends the background reconnect loop (goleak checks).
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Subscribe(ctx, "k"); !errors.Is(err, claim.ErrClosed) {
+		t.Errorf("Subscribe after Close: %v", err)
+	}
+}
+
+func BenchmarkConformance(b *testing.B) {
+	u := serverURL(b, "pool_max_conns=8&stampede_prefix=bench_")
+	conformance.Bench(b, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
+	})
+}
