@@ -805,6 +805,40 @@ func TestSubscribeUnreachable(t *testing.T) {
 	}
 }
 
+// TestHealthCheckKeepsConnection: health-check pings on a quiet but
+// healthy LISTEN connection keep it (no reconnect, no spurious wake-up),
+// and notifications still arrive.
+func TestHealthCheckKeepsConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	prefix := "stampede_prefix=hc" + randID() + "_"
+	b := newBackend(t, prefix, &Options{HealthInterval: 200 * time.Millisecond})
+	other := newBackend(t, prefix, nil)
+	sub, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	pid := b.listenerPID()
+	time.Sleep(time.Second) // several health-check rounds
+	select {
+	case <-sub.C():
+		t.Fatal("spurious wake-up: the healthy connection was replaced")
+	default:
+	}
+	if p := b.listenerPID(); p != pid {
+		t.Fatalf("listener pid %d, was %d", p, pid)
+	}
+	if err := other.Notify(ctx, "k"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-ctx.Done():
+		t.Fatal("no wake-up")
+	}
+}
+
 func BenchmarkConformance(b *testing.B) {
 	u := serverURL(b, "pool_max_conns=8&stampede_prefix=bench_")
 	conformance.Bench(b, conformance.Harness{
