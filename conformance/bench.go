@@ -22,6 +22,22 @@ import (
 //     clients; fanout-p50-µs is the time until the last one is woken.
 //   - StoreSetGet: Set then Get of a 100-byte value (ns/op).
 func Bench(b *testing.B, h Harness) {
+	for _, bm := range Benchmarks(h) {
+		b.Run(bm.Name, bm.F)
+	}
+}
+
+// Benchmark is one of Bench's sub-benchmarks, for running them one at a
+// time outside go test (testing.Benchmark), as the stampede bench command
+// does to collect each one's result.
+type Benchmark struct {
+	Name string // as under Bench, e.g. "Handoff/hold=20ms"
+	F    func(b *testing.B)
+}
+
+// Benchmarks returns Bench's sub-benchmarks, in Bench's order. They share
+// one key namespace, unique to this call.
+func Benchmarks(h Harness) []Benchmark {
 	ctx := context.Background()
 	open := func(b *testing.B) claim.Backend {
 		c, err := h.Open(ctx)
@@ -32,7 +48,7 @@ func Bench(b *testing.B, h Harness) {
 		return c
 	}
 	ns := "bench/" + nsID() + "/"
-	b.Run("ClaimRelease", func(b *testing.B) {
+	bms := []Benchmark{{"ClaimRelease", func(b *testing.B) {
 		c := open(b)
 		key := ns + "claim-release"
 		ttl := max(c.Features().MinTTL, 10*time.Second)
@@ -46,25 +62,27 @@ func Bench(b *testing.B, h Harness) {
 				b.Fatal(err)
 			}
 		}
-	})
+	}}}
 	for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
-		b.Run(fmt.Sprintf("Handoff/hold=%s", hold), func(b *testing.B) { benchHandoff(b, open(b), open(b), ns, hold) })
+		bms = append(bms, Benchmark{fmt.Sprintf("Handoff/hold=%s", hold), func(b *testing.B) { benchHandoff(b, open(b), open(b), ns, hold) }})
 	}
-	b.Run("FanOut100", func(b *testing.B) { benchFanOut(b, open(b), open(b), open(b), ns) })
-	b.Run("StoreSetGet", func(b *testing.B) {
-		c := open(b)
-		key := ns + "store"
-		val := make([]byte, 100)
-		b.ResetTimer()
-		for i := 0; i < b.N; i++ {
-			if err := c.Set(ctx, key, val, time.Minute); err != nil {
-				b.Fatal(err)
+	bms = append(bms,
+		Benchmark{"FanOut100", func(b *testing.B) { benchFanOut(b, open(b), open(b), open(b), ns) }},
+		Benchmark{"StoreSetGet", func(b *testing.B) {
+			c := open(b)
+			key := ns + "store"
+			val := make([]byte, 100)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				if err := c.Set(ctx, key, val, time.Minute); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := c.Get(ctx, key); err != nil {
+					b.Fatal(err)
+				}
 			}
-			if _, err := c.Get(ctx, key); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
+		}})
+	return bms
 }
 
 func percentile(ds []time.Duration, p float64) float64 {
