@@ -214,11 +214,16 @@ func TestHolderCrashes(t *testing.T) {
 	a, pa := newCache(f, &Options[string]{LeaseTTL: lease})
 	b, _ := newCache(f, &Options[string]{LeaseTTL: lease})
 	aDone := make(chan error, 1)
+	var cause error
 	go func() {
 		_, err := a.Get(ctx, "k", func(ctx context.Context, _ string) (string, error) {
 			close(started)
-			<-gate
-			return "from A", nil
+			select {
+			case <-gate:
+			case <-ctx.Done(): // the keeper lost the lease
+				cause = context.Cause(ctx)
+			}
+			return "", ctx.Err()
 		})
 		aDone <- err
 	}()
@@ -229,9 +234,46 @@ func TestHolderCrashes(t *testing.T) {
 		t.Fatalf("B: %q, %v", v, err)
 	}
 	close(gate)
-	<-aDone
+	if err := <-aDone; err == nil {
+		t.Fatal("A's load succeeded without its lease")
+	}
+	if !errors.Is(cause, claim.ErrLost) {
+		t.Fatalf("A's loader context ended with %v, want the lost lease", cause)
+	}
 	if st := b.Stats(); st.Takeovers != 1 {
 		t.Fatalf("B stats %+v: want a takeover", st)
+	}
+}
+
+// A process whose callers use the Fallback policy answers at once while
+// another process holds the claim, and picks the value up afterwards.
+func TestFallbackAcrossProcesses(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	ld.gate = make(chan struct{})
+	ld.called = make(chan string, 1)
+	a, _ := newCache(f, &Options[string]{Loader: ld.load})
+	b, _ := newCache(f, &Options[string]{Loader: ld.load, Wait: Fallback})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		a.Get(ctx, "k", nil)
+	}()
+	<-ld.called
+	r := fetchOK(t, b, ctx, "k", nil)
+	if r.Source != SourceFallback || r.Value != "" {
+		t.Fatalf("B: %q from %v, want the zero fallback", r.Value, r.Source)
+	}
+	close(ld.gate)
+	<-done
+	idle(t, b)
+	r = fetchOK(t, b, ctx, "k", nil)
+	if r.Source != SourceL1 || r.Value != "v1:k" {
+		t.Fatalf("B afterwards: %q from %v", r.Value, r.Source)
+	}
+	if ld.total.Load() != 1 {
+		t.Fatalf("%d loads", ld.total.Load())
 	}
 }
 
