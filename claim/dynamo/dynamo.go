@@ -441,13 +441,17 @@ func (b *Backend) update(ctx context.Context, key, expr, cond string, vals map[s
 		names[m] = m[1:]
 	}
 	in := &dynamodb.UpdateItemInput{
-		TableName:                           aws.String(b.table),
-		Key:                                 b.itemKey(key),
-		UpdateExpression:                    aws.String(expr),
-		ExpressionAttributeNames:            names,
-		ExpressionAttributeValues:           vals,
-		ReturnValues:                        ret,
-		ReturnValuesOnConditionCheckFailure: types.ReturnValuesOnConditionCheckFailureAllOld,
+		TableName:                 aws.String(b.table),
+		Key:                       b.itemKey(key),
+		UpdateExpression:          aws.String(expr),
+		ExpressionAttributeNames:  names,
+		ExpressionAttributeValues: vals,
+		ReturnValues:              ret,
+	}
+	if ret == types.ReturnValueUpdatedNew {
+		// TryClaim: a failed condition returns the holder's expiry (and,
+		// alas, the whole item: there is no projection for it).
+		in.ReturnValuesOnConditionCheckFailure = types.ReturnValuesOnConditionCheckFailureAllOld
 	}
 	if cond != "" {
 		in.ConditionExpression = aws.String(cond)
@@ -591,7 +595,8 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 }
 
 // Release implements claim.Claimer: one conditional UpdateItem that
-// removes the holder and bumps the notify counter.
+// removes the holder and bumps the notify counter (for the pollers); this
+// Backend's own subscribers are woken at once.
 func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
@@ -604,6 +609,7 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return wrap("release", l.Key, err)
 	}
+	b.hub.Wake(l.Key) // this process's waiters need no poll
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
 	"os"
 	"strings"
 	"testing"
@@ -295,4 +296,40 @@ func TestServerRestart(t *testing.T) {
 		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
 	}
 	_ = w.Release(ctx, l2)
+}
+
+func BenchmarkConformance(b *testing.B) {
+	url := server(b)
+	conformance.Bench(b, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, url)
+		},
+	})
+}
+
+// FuzzOpenURL: no URL makes the opener panic, and a password in a URL
+// never reaches an error.
+func FuzzOpenURL(f *testing.F) {
+	for _, s := range []string{
+		"dynamodb://tbl?region=us-east-1",
+		"dynamodb://tbl?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&clock_skew=1s",
+		"dynamodb://u:secretpw@tbl?region=x",
+		"dynamodb://tbl?retention=off&retention=1h",
+		"dynamodb://tbl?endpoint=%zz",
+		"dynamodb://tbl?region=r&endpoint=http%3A%2F%2Fu%3Asecretpw%40h",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		b, err := claim.Open(context.Background(), raw)
+		if err == nil {
+			b.Close()
+			return
+		}
+		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+			if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Contains(err.Error(), pw) {
+				t.Errorf("error %q contains the password", err)
+			}
+		}
+	})
 }

@@ -30,7 +30,8 @@ func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription
 }
 
 // Notify implements claim.Notifier: one UpdateItem that bumps the key's
-// notify counter, which every poll loop of the key compares.
+// notify counter, which every poll loop of the key compares; this
+// Backend's own subscribers are woken at once.
 func (b *Backend) Notify(ctx context.Context, key string) error {
 	if err := b.check(ctx, "notify", key); err != nil {
 		return err
@@ -44,6 +45,7 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
 		return wrap("notify", key, err)
 	}
+	b.hub.Wake(key)
 	return nil
 }
 

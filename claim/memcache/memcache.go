@@ -386,7 +386,9 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 	// the order the leases were granted.
 	token, err := b.incr(b.item('f', key))
 	if err != nil {
-		// The lock stays until its TTL: no token, no lease.
+		// No token, no lease: free the key again if we still can (else
+		// the lock expires by its TTL).
+		_ = b.swapLock(claim.Lease{Key: key, Holder: holder}, func(it *gomemcache.Item) { it.Expiration = -1 })
 		return claim.Lease{}, wrap("claim", key, err)
 	}
 	d := time.Duration(sec) * time.Second
@@ -475,7 +477,8 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 }
 
 // Release implements claim.Claimer: gets the lock, check the holder, CAS it
-// to an already-expired item. Pollers see the lock gone.
+// to an already-expired item. Pollers see the lock gone; this Backend's
+// own subscribers are woken at once.
 func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
@@ -484,6 +487,7 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return wrap("release", l.Key, err)
 	}
+	b.hub.Wake(l.Key) // this process's waiters need no poll
 	return nil
 }
 

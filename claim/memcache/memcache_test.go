@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"net"
+	"net/url"
 	"os"
 	"strings"
 	"sync/atomic"
@@ -340,4 +341,40 @@ func TestServerRestart(t *testing.T) {
 		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
 	}
 	_ = b.Release(ctx, l2)
+}
+
+func BenchmarkConformance(b *testing.B) {
+	srv := testserver.Shared(b, testserver.Memcache)
+	conformance.Bench(b, conformance.Harness{
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, srv.URL())
+		},
+	})
+}
+
+// FuzzOpenURL: no URL makes the opener panic, and a password in a URL
+// never reaches an error.
+func FuzzOpenURL(f *testing.F) {
+	for _, s := range []string{
+		"memcache://127.0.0.1:11211",
+		"memcache://a:1,b:2?prefix=x&timeout=1s",
+		"memcache://u:secretpw@h:1",
+		"memcache://h:1?item_size_max=-1&poll_max=x",
+		"memcache://h:1/%zz",
+		"memcache://[::1]:1,[::2]:2?max_idle_conns=99999999999999999999",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		b, err := claim.Open(context.Background(), raw)
+		if err == nil {
+			b.Close()
+			return
+		}
+		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
+			if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Contains(err.Error(), pw) {
+				t.Errorf("error %q contains the password", err)
+			}
+		}
+	})
 }

@@ -29,7 +29,8 @@ func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription
 }
 
 // Notify implements claim.Notifier: incr of the key's notify counter,
-// which every poll loop of the key compares.
+// which every poll loop of the key compares; this Backend's own
+// subscribers are woken at once.
 func (b *Backend) Notify(ctx context.Context, key string) error {
 	if err := b.check(ctx, "notify", key); err != nil {
 		return err
@@ -37,6 +38,7 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	if _, err := b.incr(b.item('n', key)); err != nil {
 		return wrap("notify", key, err)
 	}
+	b.hub.Wake(key)
 	return nil
 }
 
