@@ -82,8 +82,9 @@
 // lease attributes every 2 ms at first, backing off to 50 ms, never
 // sleeping past the holder's lease; a changed fence (claim, takeover), a
 // changed notify counter (Release and Notify bump it) or the lease
-// running out wakes the key's waiters. Each loop costs up to 20 read units
-// a second while it waits.
+// running out wakes the key's waiters. Each loop makes up to 20 reads a
+// second while it waits, each billed by the whole item's size (value
+// included: 4 KB per read unit); raise PollMax for large values.
 //
 // # Errors
 //
