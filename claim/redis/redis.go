@@ -30,7 +30,8 @@
 // fence counter and sets the lock to "TOKEN:HOLDER" with PX TTL; otherwise
 // it returns the lock's PTTL (HeldError.Remaining). The fence counter has
 // no expiry and survives release and expiry, so tokens strictly increase
-// for as long as the server keeps its data. Without persistence a restart
+// for as long as the server keeps its data (exact up to 2^53: scripts see
+// numbers as doubles). Without persistence a restart
 // of Redis (or a failover to a replica that had not yet received the last
 // INCR) loses counters and tokens can repeat: Features.DurableFence is
 // false. With appendonly yes and appendfsync always, counters and locks
@@ -259,6 +260,15 @@ func millis(d time.Duration) int64 {
 	return max(1, int64((d+time.Millisecond-1)/time.Millisecond))
 }
 
+// remaining converts a PTTL reply: -1 (a lock key without expiry, set by
+// something else) is unknown (0); 0 ms left is reported as 1 ms.
+func remaining(pttl int64) time.Duration {
+	if pttl < 0 {
+		return 0
+	}
+	return time.Duration(max(1, pttl)) * time.Millisecond
+}
+
 func holderID() string {
 	var r [12]byte
 	_, _ = rand.Read(r[:])
@@ -313,7 +323,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 	}
 	if res[0] == 0 {
 		return claim.Lease{}, fmt.Errorf("redis: claim %q: %w", key,
-			&claim.HeldError{Key: key, Remaining: time.Duration(max(0, res[1])) * time.Millisecond})
+			&claim.HeldError{Key: key, Remaining: remaining(res[1])})
 	}
 	granted := time.Duration(ms) * time.Millisecond
 	return claim.Lease{Key: key, Holder: holder, Token: uint64(res[1]), TTL: granted, Deadline: start.Add(granted)}, nil
