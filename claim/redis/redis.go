@@ -20,7 +20,7 @@
 //
 // # Semantics
 //
-// Every operation is one Lua script on keys sharing one hash slot, so it
+// Every lease operation is one Lua script on keys sharing one hash slot, so it
 // is atomic and works on Redis Cluster: for key K the backend uses
 // PREFIX:{E}:lock, PREFIX:{E}:fence and PREFIX:{E}:val, and the channel
 // PREFIX:{E}:ch, where E is K itself ("=" + K) when it is at most 255
