@@ -926,3 +926,36 @@ func TestLargeTokens(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestNoIOBeforeLimits: limits and local deadlines are checked before any
+// I/O: against a port where nothing listens, the answers are ErrTooLarge,
+// ErrInvalidKey and ErrLost, never a dial error.
+func TestNoIOBeforeLimits(t *testing.T) {
+	ctx := context.Background()
+	b := open(t, "redis://127.0.0.1:1/0?maxvalue=10&dial_timeout=50ms")
+	if got := b.Features().MaxValueLen; got != 10 {
+		t.Fatalf("MaxValueLen %d", got)
+	}
+	if err := b.Set(ctx, "k", make([]byte, 11), 0); !errors.Is(err, claim.ErrTooLarge) {
+		t.Errorf("Set over the limit: %v", err)
+	}
+	expired := claim.Lease{Key: "k", Holder: "h", Token: 1, TTL: time.Millisecond, Deadline: time.Now().Add(-time.Second)}
+	if err := b.Commit(ctx, expired, []byte("v"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Commit past the deadline: %v", err)
+	}
+	if _, err := b.Extend(ctx, expired, time.Second); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Extend past the deadline: %v", err)
+	}
+	if _, err := b.TryClaim(ctx, "", time.Second); !errors.Is(err, claim.ErrInvalidKey) {
+		t.Errorf("TryClaim of an empty key: %v", err)
+	}
+	// And the default limit is Redis's proto-max-bulk-len.
+	d, err := claim.Open(ctx, "redis://127.0.0.1:1/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got := d.Features().MaxValueLen; got != 512<<20 {
+		t.Errorf("default MaxValueLen %d, want 512 MiB", got)
+	}
+}
