@@ -204,6 +204,11 @@ func (b *Backend) Publish(ctx context.Context, topic string, msg []byte) error {
 		return err
 	})
 	if err != nil {
+		if errors.Is(err, zk.ErrNoNode) { // directory deleted: re-create next time
+			b.mu.Lock()
+			delete(b.dirs, dir)
+			b.mu.Unlock()
+		}
 		return b.wrap("publish", topic, err)
 	}
 	now := time.Now()

@@ -554,7 +554,14 @@ func (b *Backend) claimOps(lock, holder string, ttlMS int64, prev *holderState) 
 type holderState struct {
 	holder       string
 	ownerVersion int32
+	ttl          int64 // ms
 	expires      int64 // leader's clock, Unix ms
+}
+
+// remaining is how long the claim has left at now (Unix ms), at most its
+// TTL (a local clock ahead of the leader's cannot stretch it).
+func (s holderState) remaining(now int64) time.Duration {
+	return time.Duration(min(s.expires-now, s.ttl)) * time.Millisecond
 }
 
 // inspect reads the claim on lock. ok is false if there is none to judge
@@ -577,7 +584,7 @@ func (b *Backend) inspect(ctx context.Context, lock string) (s holderState, ok b
 		if err != nil {
 			return fmt.Errorf("owner node of %s holds %q, not a TTL", lock, od)
 		}
-		s.ownerVersion, s.expires = ost.Version, ost.Mtime+ms
+		s.ownerVersion, s.ttl, s.expires = ost.Version, ms, ost.Mtime+ms
 		return nil
 	})
 	if errors.Is(err, zk.ErrNoNode) {
@@ -628,8 +635,8 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		if !ok {
 			continue // released meanwhile: claim afresh
 		}
-		if rem := s.expires - time.Now().UnixMilli(); rem > 0 {
-			held.Remaining = time.Duration(rem) * time.Millisecond
+		if rem := s.remaining(time.Now().UnixMilli()); rem > 0 {
+			held.Remaining = rem
 			return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: %w", key, held)
 		}
 		// Expired by our clock: ask the leader's.
@@ -644,8 +651,8 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		if err != nil {
 			return claim.Lease{}, b.wrap("claim", key, err)
 		}
-		if rem := s.expires - now; rem > 0 {
-			held.Remaining = time.Duration(rem) * time.Millisecond
+		if rem := s.remaining(now); rem > 0 {
+			held.Remaining = rem
 			return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: %w", key, held)
 		}
 		prev = &s

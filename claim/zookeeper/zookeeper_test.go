@@ -7,6 +7,7 @@ import (
 	"net/url"
 	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -52,12 +53,31 @@ func BenchmarkConformance(b *testing.B) {
 // query), closed when the test ends.
 func open(t testing.TB, srv *testserver.Server, suffix string) *Backend {
 	t.Helper()
-	b, err := claim.Open(context.Background(), srv.URL()+suffix)
+	b, err := claim.Open(context.Background(), srv.URL()+unique(t, suffix))
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
 	return b.(*Backend)
+}
+
+// runIDs keeps the namespaces of each run of a test apart on a shared
+// server (-count=N, STAMPEDE_TEST_ZOOKEEPER_URL): one ID per *testing.T.
+var runIDs sync.Map
+
+// unique turns "/name?query" into "/name-ID?query", with the same ID for
+// every call of one test run (so two clients of a test share it).
+func unique(t testing.TB, suffix string) string {
+	path, query, _ := strings.Cut(suffix, "?")
+	if path == "" {
+		return suffix
+	}
+	id, _ := runIDs.LoadOrStore(t, fmt.Sprintf("%x", time.Now().UnixNano()))
+	out := path + "-" + id.(string)
+	if query != "" {
+		out += "?" + query
+	}
+	return out
 }
 
 // raw returns a plain zk connection to srv, closed when the test ends.
@@ -443,6 +463,8 @@ func TestBroadcast(t *testing.T) {
 		if m != "late" {
 			t.Errorf("own: %q", m)
 		}
+	case <-time.After(10 * time.Second):
+		t.Errorf("message after stop not delivered to the other subscription")
 	}
 	// The first five are older than MessageLife: their deletion was
 	// started by the last Publish.
@@ -516,7 +538,8 @@ func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	c := raw(t, srv)
-	b, err := New(c, &Options{Prefix: "/mine/app/", MaxValueLen: 10})
+	mine := unique(t, "/mine")
+	b, err := New(c, &Options{Prefix: mine + "/app/", MaxValueLen: 10})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -531,16 +554,16 @@ func TestNew(t *testing.T) {
 	if err := b.Commit(ctx, l, make([]byte, 11), 0); !errors.Is(err, claim.ErrTooLarge) {
 		t.Errorf("Commit over MaxValueLen: %v", err)
 	}
-	if ok, _, err := c.Exists("/mine/app/l/=k"); err != nil || !ok {
+	if ok, _, err := c.Exists(mine + "/app/l/=k"); err != nil || !ok {
 		t.Errorf("lock node not under the prefix: %v %v", ok, err)
 	}
 	if err := b.Close(); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := c.Exists("/mine"); err != nil {
+	if _, _, err := c.Exists(mine); err != nil {
 		t.Errorf("the caller's connection was closed: %v", err)
 	}
-	other := open(t, srv, "/mine?prefix=app")
+	other := open(t, srv, "/mine?prefix=app") // same namespace: unique is stable within a run
 	if _, err := other.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("lease of the closed Backend: %v, want ErrHeld", err)
 	}
@@ -561,7 +584,7 @@ func TestAuth(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
-	ab, err := claim.Open(ctx, "zookeeper://alice:s3cr3t@"+host+"/auth")
+	ab, err := claim.Open(ctx, "zookeeper://alice:s3cr3t@"+host+unique(t, "/auth"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -580,7 +603,7 @@ func TestAuth(t *testing.T) {
 	if _, err := anon.TryClaim(ctx, "other", time.Minute); err == nil {
 		t.Errorf("TryClaim without credentials succeeded")
 	}
-	mallory, err := claim.Open(ctx, "zookeeper://alice:wrong@"+host+"/auth")
+	mallory, err := claim.Open(ctx, "zookeeper://alice:wrong@"+host+unique(t, "/auth"))
 	if err == nil {
 		defer mallory.Close()
 		_, err = mallory.Get(ctx, "k")
@@ -598,8 +621,8 @@ func TestURL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
-	b := open(t, srv, "/chroot/x?prefix=p/q&session=5s&maxvalue=1000&messagelife=1m&acl=open")
-	if b.root != "/chroot/x/p/q" || b.maxVal != 1000 || b.msgLife != time.Minute {
+	b := open(t, srv, "/chroot?prefix=x/p/q&session=5s&maxvalue=1000&messagelife=1m&acl=open")
+	if b.root != unique(t, "/chroot")+"/x/p/q" || b.maxVal != 1000 || b.msgLife != time.Minute {
 		t.Errorf("root %q maxVal %d msgLife %s", b.root, b.maxVal, b.msgLife)
 	}
 	if l, err := b.TryClaim(ctx, "k", time.Second); err != nil {
@@ -609,7 +632,7 @@ func TestURL(t *testing.T) {
 	}
 	// Several hosts, one of them dead: the live one serves.
 	dead := "127.0.0.1:1"
-	m, err := claim.Open(ctx, "zookeeper://"+dead+","+host+"/multi")
+	m, err := claim.Open(ctx, "zookeeper://"+dead+","+host+unique(t, "/multi"))
 	if err != nil {
 		t.Fatalf("two hosts: %v", err)
 	}
