@@ -151,8 +151,10 @@ var specs = map[Kind]*spec{
 			if err != nil {
 				return nil, err
 			}
+			// serve.js wraps cli.js so that a client aborting a request
+			// cannot crash the server (dynalite rethrows ECONNRESET).
 			a := []string{
-				cli, "--host", "127.0.0.1", "--port", strconv.Itoa(s.ports[0]),
+				filepath.Join(filepath.Dir(filepath.Dir(filepath.Dir(cli))), "serve.js"), "--host", "127.0.0.1", "--port", strconv.Itoa(s.ports[0]),
 				"--path", s.dataDir(),
 				"--createTableMs", "0", "--deleteTableMs", "0", "--updateTableMs", "0",
 			}
