@@ -730,3 +730,37 @@ func FuzzParseURL(f *testing.F) {
 		}
 	})
 }
+
+// TestKeepAlive: background renewals keep a short lease held well past
+// its TTL; once stopped and released, the key is free.
+func TestKeepAlive(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := ctxT(t)
+	a, b := open(t, srv, "/keepalive"), open(t, srv, "/keepalive")
+	l, err := a.TryClaim(ctx, "k", 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := claim.KeepAlive(ctx, a, l, nil)
+	for i := 0; i < 4; i++ {
+		time.Sleep(250 * time.Millisecond)
+		if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+			t.Fatalf("%s into a kept-alive 300ms lease: TryClaim %v, want ErrHeld", time.Duration(i+1)*250*time.Millisecond, err)
+		}
+	}
+	if err := k.Err(); err != nil {
+		t.Fatalf("keeper: %v", err)
+	}
+	cur := k.Stop()
+	if err := a.Commit(ctx, cur, []byte("done"), 0); err != nil {
+		t.Errorf("Commit with the renewed lease: %v", err)
+	}
+	if err := a.Release(ctx, l); err != nil { // the original copy releases too
+		t.Errorf("Release: %v", err)
+	}
+	if l2, err := b.TryClaim(ctx, "k", time.Minute); err != nil {
+		t.Errorf("TryClaim after release: %v", err)
+	} else if l2.Token <= l.Token {
+		t.Errorf("token %d <= %d", l2.Token, l.Token)
+	}
+}
