@@ -95,9 +95,10 @@ func secretParam(name string) bool {
 	return false
 }
 
-// RedactURL returns rawURL with its password and every query parameter
-// that may hold a secret (token, password, secret, auth, key, ...)
-// replaced by "xxxxx". A URL that does not parse is replaced whole.
+// RedactURL returns rawURL with its password, every query parameter that
+// may hold a secret (token, password, secret, auth, key, ...), and the
+// password of any URL-valued parameter (endpoint=http://u:pw@h) replaced by
+// "xxxxx". A URL that does not parse is replaced whole.
 func RedactURL(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
@@ -117,9 +118,16 @@ func Redact(u *url.URL) string {
 	if c.RawQuery != "" {
 		q := c.Query()
 		for k, vs := range q {
-			if secretParam(k) {
-				for i := range vs {
+			for i, v := range vs {
+				switch {
+				case secretParam(k):
 					vs[i] = "xxxxx"
+				case strings.Contains(v, "@"):
+					// A URL-valued parameter (an endpoint) may carry
+					// credentials of its own.
+					if inner, err := url.Parse(v); err == nil && inner.User != nil {
+						vs[i] = Redact(inner)
+					}
 				}
 			}
 		}

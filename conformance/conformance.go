@@ -102,9 +102,10 @@ func (t *T) Client() claim.Backend {
 func (t *T) Features() claim.Features { return t.feat }
 
 // ShortTTL is the shortest lease the checks use: the backend's minimum,
-// at least 200 ms, rounded up to its granularity.
+// at least 500 ms (a few round trips to a slow server on a loaded machine
+// must fit in it), rounded up to its granularity.
 func (t *T) ShortTTL() time.Duration {
-	d := max(t.feat.MinTTL, 200*time.Millisecond)
+	d := max(t.feat.MinTTL, 500*time.Millisecond)
 	if g := t.feat.TTLGranularity; g > 0 && d%g != 0 {
 		d += g - d%g
 	}
