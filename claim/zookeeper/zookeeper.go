@@ -63,9 +63,10 @@
 // and TTL) and the value; a reader judges expiry from the node's mtime
 // against its own clock (clocks should agree to well within the TTLs
 // used), and the first Get that finds a value expired deletes it.
-// ZooKeeper can only create TTL nodes outside a multi-op, so values never
-// read again after expiring stay until overwritten or deleted: ZooKeeper
-// keeps every node in memory; keep its L2 to small, bounded key sets.
+// TTL nodes cannot be created inside a multi-op (go-zk's Multi has no TTL
+// create, and the fenced Commit needs one), so values never read again
+// after expiring stay until overwritten or deleted: ZooKeeper keeps every
+// node in memory; keep its L2 to small, bounded key sets.
 //
 // Notification is pushed: each Backend keeps one existence watch per
 // subscribed key on its lock node, which fires on release, takeover,
