@@ -210,8 +210,8 @@ var (
 
 type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
-	exists                                                         string
-	migrate                                                        []string
+	exists                                                       string
+	migrate                                                      []string
 }
 
 // New returns a Backend using pool for claims and values. The pool stays
