@@ -67,7 +67,7 @@ func checkNormal(t *testing.T, in, out string) {
 	}
 	// Case-insensitive: upper-casing the input changes nothing (for
 	// inputs where upper-casing is itself reversible by folding).
-	if up := strings.ToUpper(in); utf8.ValidString(in) && NormalizeKey(up) != out && strings.ToLower(up) == strings.ToLower(in) && isASCII(in) {
+	if up := strings.ToUpper(in); utf8.ValidString(in) && NormalizeKey(up) != out && strings.EqualFold(up, in) && isASCII(in) {
 		t.Fatalf("NormalizeKey(%q) = %q but NormalizeKey(%q) = %q", in, out, up, NormalizeKey(up))
 	}
 }

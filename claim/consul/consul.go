@@ -464,7 +464,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 			continue // released meanwhile: try to create it again
 		}
 		if r, ok := parseRecord(cur.Value); ok {
-			left := time.UnixMilli(r.Expiry).Add(b.skew).Sub(time.Now())
+			left := time.Until(time.UnixMilli(r.Expiry).Add(b.skew))
 			if left > 0 {
 				return fail(&claim.HeldError{Key: key, Remaining: left})
 			}

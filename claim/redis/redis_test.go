@@ -636,7 +636,7 @@ func startCluster(t *testing.T) []string {
 		for {
 			info, err := c.ClusterInfo(ctx).Result()
 			if err == nil && strings.Contains(info, "cluster_state:ok") && strings.Contains(info, "cluster_known_nodes:3") {
-				slots, err := c.ClusterSlots(ctx).Result()
+				slots, err := c.ClusterShards(ctx).Result()
 				if err == nil && len(slots) == 3 {
 					break
 				}
