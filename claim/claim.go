@@ -210,3 +210,38 @@ type Broadcaster interface {
 	// The returned function stops delivery and waits for the handler.
 	SubscribeTopic(ctx context.Context, topic string, handle func(msg []byte, reset bool)) (stop func(), err error)
 }
+
+// ClaimReader is an optional interface: TryClaim that also reads the key's
+// stored value in the same atomic step, so a holder learns in one round
+// trip whether another holder committed a value between its own read and
+// its claim. If a backend does not implement it, flight calls TryClaim and
+// then Get (one more round trip) to re-check the value after winning the
+// claim.
+type ClaimReader interface {
+	// TryClaimRead is TryClaim (same rules for ttl, keys, limits, errors
+	// and Lease), and on success also returns the value stored under key
+	// as of the claim: found is false if there is none (absent or
+	// expired), and then value is nil. On a held key it returns the same
+	// error as TryClaim (a *HeldError wrapping ErrHeld) and no value.
+	// The value is read atomically with the claim: a Commit (or Set)
+	// that landed before the claim is seen, one after it is not. A
+	// holder that finds a value it can use adopts it and releases the
+	// lease. value is the caller's to keep.
+	TryClaimRead(ctx context.Context, key string, ttl time.Duration) (l Lease, value []byte, found bool, err error)
+}
+
+// CommitReleaser is an optional interface: Commit and Release as one
+// atomic step and one round trip. If a backend does not implement it,
+// flight calls Commit and then Release (one more round trip).
+type CommitReleaser interface {
+	// CommitRelease stores value under the lease's key with the given TTL
+	// (0: no expiry) and releases the lease, only if the lease is still
+	// current, as one atomic step: either both happen or neither does.
+	// If the lease is not current it returns ErrLost, writes nothing and
+	// releases nothing; past the lease's local Deadline it returns ErrLost
+	// without any I/O. Value limits are checked before any I/O
+	// (ErrTooLarge). On success it wakes every waiter subscribed to the
+	// key in every process, like Release, after the value is visible to
+	// Get. value is not retained after CommitRelease returns.
+	CommitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error
+}

@@ -2,6 +2,9 @@
 // its real server. It checks the contract of package claim (mutual
 // exclusion, fencing, expiry, stale holders, notification, the store,
 // limits, closing), with a watchdog on every check so a hang fails loudly.
+// Checks of optional interfaces (claim.ClaimReader, claim.CommitReleaser)
+// run only on backends that implement them; on others Run reports them as
+// skipped ("n/a: ...") and Test as no failure.
 //
 // A backend's test calls Run with a Harness that opens independent clients
 // of the backend, as if in separate processes:
@@ -64,6 +67,7 @@ type T struct {
 
 	mu      sync.Mutex
 	errs    []error
+	skip    string
 	clients []claim.Backend
 }
 
@@ -80,6 +84,16 @@ func (t *T) Errorf(format string, args ...any) {
 // Fatalf records a failure and ends the check's goroutine.
 func (t *T) Fatalf(format string, args ...any) {
 	t.Errorf(format, args...)
+	runtime.Goexit()
+}
+
+// Skipf ends the check as not applicable to the backend (an optional
+// interface it does not implement): Run reports the subtest as skipped
+// with the note "n/a: ...", Test counts it as no failure.
+func (t *T) Skipf(format string, args ...any) {
+	t.mu.Lock()
+	t.skip = fmt.Sprintf(format, args...)
+	t.mu.Unlock()
 	runtime.Goexit()
 }
 
@@ -162,8 +176,9 @@ func features(ctx context.Context, h Harness) (claim.Features, error) {
 	return b.Features(), nil
 }
 
-// runCheck runs one check under its watchdog and returns its failures.
-func runCheck(ctx context.Context, h Harness, f claim.Features, c check) []error {
+// runCheck runs one check under its watchdog and returns its failures,
+// and a note if the check did not apply (T.Skipf).
+func runCheck(ctx context.Context, h Harness, f claim.Features, c check) (errs []error, skip string) {
 	limit := h.timeout(f)
 	cctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
@@ -202,7 +217,7 @@ func runCheck(ctx context.Context, h Harness, f claim.Features, c check) []error
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return t.errs
+	return t.errs, t.skip
 }
 
 // Run runs every check as a parallel subtest of t.
@@ -219,8 +234,12 @@ func Run(t *testing.T, h Harness) {
 	for _, c := range checks {
 		t.Run(c.name, func(t *testing.T) {
 			t.Parallel()
-			for _, err := range runCheck(context.Background(), h, f, c) {
+			errs, skip := runCheck(context.Background(), h, f, c)
+			for _, err := range errs {
 				t.Error(err)
+			}
+			if skip != "" && len(errs) == 0 {
+				t.Skip("n/a: " + skip)
 			}
 		})
 	}
@@ -228,7 +247,9 @@ func Run(t *testing.T, h Harness) {
 
 // Test runs the named checks (every check if none is named), in parallel,
 // and returns their failures joined, each prefixed with its check's name,
-// or nil if all passed.
+// or nil if all passed. A check that does not apply to the backend (it
+// tests an optional interface the backend does not implement) is no
+// failure.
 func Test(ctx context.Context, h Harness, names ...string) error {
 	if h.Open == nil {
 		return errors.New("conformance: Harness.Open is nil")
@@ -255,7 +276,7 @@ func Test(ctx context.Context, h Harness, names ...string) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			errs := runCheck(ctx, h, f, c)
+			errs, _ := runCheck(ctx, h, f, c)
 			mu.Lock()
 			defer mu.Unlock()
 			for _, e := range errs {

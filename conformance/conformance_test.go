@@ -52,6 +52,10 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{ignoresLocalDeadline, []string{"LocalDeadline"}},
 		{noLimit, []string{"TooLarge"}},
 		{ignoresClose, []string{"Closed"}},
+		{commitReleaseWithoutTokenCheck, []string{"CommitRelease"}},
+		{commitReleaseDropsWakeups, []string{"CommitRelease"}},
+		{claimReadMissesValue, []string{"ClaimRead"}},
+		{claimReadReturnsExpired, []string{"ClaimRead"}},
 	}
 	for _, c := range cases {
 		t.Run(c.bug.String(), func(t *testing.T) {
@@ -83,6 +87,22 @@ func TestCatchesBrokenBackends(t *testing.T) {
 	})
 }
 
+// A backend without the optional interfaces passes: their checks do not
+// apply.
+func TestOptionalNotApplicable(t *testing.T) {
+	sp := memory.NewSpace(nil)
+	h := conformance.Harness{Open: func(context.Context) (claim.Backend, error) {
+		b, err := memory.New(sp, nil)
+		return plain{b}, err
+	}}
+	if err := conformance.Test(context.Background(), h, "ClaimRead", "CommitRelease"); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// plain hides a backend's optional interfaces.
+type plain struct{ claim.Backend }
+
 func TestNames(t *testing.T) {
 	err := conformance.Test(context.Background(), memHarness(), "NoSuchCheck")
 	if err == nil || !strings.Contains(err.Error(), "NoSuchCheck") {
@@ -111,6 +131,10 @@ const (
 	ignoresLocalDeadline
 	noLimit
 	ignoresClose
+	commitReleaseWithoutTokenCheck
+	commitReleaseDropsWakeups
+	claimReadMissesValue
+	claimReadReturnsExpired
 )
 
 func (b bug) String() string {
@@ -119,6 +143,8 @@ func (b bug) String() string {
 		commitWithoutTokenCheck: "commit without token check", dropsWakeups: "notify drops wake-ups",
 		repeatsTokens: "tokens repeat", neverExpires: "leases never expire", wakesOneWaiter: "wakes one waiter",
 		ignoresLocalDeadline: "ignores local deadline", noLimit: "no value limit", ignoresClose: "ignores Close",
+		commitReleaseWithoutTokenCheck: "commit-release without token check", commitReleaseDropsWakeups: "commit-release wakes nobody",
+		claimReadMissesValue: "claim-read misses the value", claimReadReturnsExpired: "claim-read returns expired values",
 	}[b]
 }
 
@@ -316,6 +342,52 @@ func (n *naive) set(key string, v []byte, ttl time.Duration) {
 	} else {
 		delete(n.vexp, key)
 	}
+}
+
+func (c *naiveClient) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	l, err := c.TryClaim(ctx, key, ttl)
+	if err != nil {
+		return l, nil, false, err
+	}
+	// Not atomic with the claim: the conformance checks cannot see the
+	// gap, so this backend's race is not one of its switchable bugs.
+	n := c.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	v, ok := n.vals[key]
+	if e, has := n.vexp[key]; ok && has && !time.Now().Before(e) && n.bugs&claimReadReturnsExpired == 0 {
+		ok = false
+	}
+	if !ok || n.bugs&claimReadMissesValue != 0 {
+		return l, nil, false, nil
+	}
+	return l, append([]byte{}, v...), true, nil
+}
+
+func (c *naiveClient) CommitRelease(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
+	if err := c.pre(ctx, l.Key); err != nil {
+		return err
+	}
+	if len(v) > naiveLimit && c.n.bugs&noLimit == 0 {
+		return &claim.TooLargeError{What: "value", Size: len(v), Limit: naiveLimit}
+	}
+	if l.Expired(time.Now()) && c.n.bugs&ignoresLocalDeadline == 0 {
+		return claim.ErrLost
+	}
+	n := c.n
+	n.mu.Lock()
+	if !n.current(l) && !(n.bugs&commitReleaseWithoutTokenCheck != 0 && n.live(l.Key)) {
+		n.mu.Unlock()
+		return claim.ErrLost
+	}
+	n.set(l.Key, v, ttl)
+	delete(n.locks, l.Key)
+	subs := append([]*naiveClient(nil), n.subs[l.Key]...)
+	n.mu.Unlock()
+	if n.bugs&commitReleaseDropsWakeups == 0 {
+		n.wake(l.Key, subs)
+	}
+	return nil
 }
 
 func (c *naiveClient) Get(ctx context.Context, key string) ([]byte, error) {

@@ -13,7 +13,9 @@
 //
 // # Semantics
 //
-// TryClaim, Extend, Release and Commit are atomic (one mutex). Fencing
+// TryClaim, Extend, Release and Commit are atomic (one mutex), and so are
+// TryClaimRead (claim and read the value) and CommitRelease (commit and
+// release), which flight uses to save a round trip each. Fencing
 // tokens come from a per-key counter that outlives releases and expiry, so
 // they are strictly increasing for the life of the Space. Expiry is judged
 // by the Space's clock (injectable through SpaceOptions.Clock); it has
@@ -119,7 +121,8 @@ func NamedSpace(name string) *Space {
 type Options struct{}
 
 // Backend is one client of a Space (one simulated process). It implements
-// claim.Backend and claim.Broadcaster.
+// claim.Backend, claim.Broadcaster, claim.ClaimReader and
+// claim.CommitReleaser.
 type Backend struct {
 	sp  *Space
 	hub *hub.Hub
@@ -130,8 +133,10 @@ type Backend struct {
 }
 
 var (
-	_ claim.Backend     = (*Backend)(nil)
-	_ claim.Broadcaster = (*Backend)(nil)
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.Broadcaster    = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
 )
 
 // New returns a new client of space (a fresh private Space if nil).
@@ -201,14 +206,25 @@ func holderID() string {
 
 // TryClaim implements claim.Claimer.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check("claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: the claim and the read of the
+// value happen under one lock of the Space.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	if err := ctx.Err(); err != nil {
-		return claim.Lease{}, err
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("memory: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("memory: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	start := time.Now()
 	sp := b.sp
@@ -216,12 +232,17 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 	defer sp.mu.Unlock()
 	now := sp.now()
 	if l, ok := sp.locks[key]; ok && now.Before(l.expires) {
-		return claim.Lease{}, fmt.Errorf("memory: claim %q: %w", key, &claim.HeldError{Key: key, Remaining: l.expires.Sub(now)})
+		return claim.Lease{}, nil, false, fmt.Errorf("memory: %s %q: %w", op, key, &claim.HeldError{Key: key, Remaining: l.expires.Sub(now)})
 	}
 	sp.fences[key]++
 	l := lock{holder: holderID(), token: sp.fences[key], expires: now.Add(ttl)}
 	sp.locks[key] = l
-	return claim.Lease{Key: key, Holder: l.holder, Token: l.token, TTL: ttl, Deadline: start.Add(ttl)}, nil
+	lease := claim.Lease{Key: key, Holder: l.holder, Token: l.token, TTL: ttl, Deadline: start.Add(ttl)}
+	if !read {
+		return lease, nil, false, nil
+	}
+	v, ok := sp.getLocked(key, now)
+	return lease, v, ok, nil
 }
 
 // current reports whether l is the live lease; sp.mu must be held.
@@ -292,26 +313,47 @@ func (sp *Space) subscribersLocked(key string) []*Backend {
 
 // Commit implements claim.Claimer.
 func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
-	if err := b.check("commit", l.Key); err != nil {
+	return b.commit(ctx, "commit", l, val, ttl, false)
+}
+
+// CommitRelease implements claim.CommitReleaser: the check, the write and
+// the release happen under one lock of the Space; subscribers are woken
+// after it.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	return b.commit(ctx, "commit-release", l, val, ttl, true)
+}
+
+func (b *Backend) commit(ctx context.Context, op string, l claim.Lease, val []byte, ttl time.Duration, release bool) error {
+	if err := b.check(op, l.Key); err != nil {
 		return err
 	}
-	if err := b.checkValue("commit", l.Key, val, ttl); err != nil {
+	if err := b.checkValue(op, l.Key, val, ttl); err != nil {
 		return err
 	}
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if l.Expired(time.Now()) {
-		return fmt.Errorf("memory: commit %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+		return fmt.Errorf("memory: %s %q: %w (local deadline passed)", op, l.Key, claim.ErrLost)
 	}
 	sp := b.sp
 	sp.mu.Lock()
-	defer sp.mu.Unlock()
 	now := sp.now()
 	if !sp.current(l, now) {
-		return fmt.Errorf("memory: commit %q: %w", l.Key, claim.ErrLost)
+		sp.mu.Unlock()
+		return fmt.Errorf("memory: %s %q: %w", op, l.Key, claim.ErrLost)
 	}
 	sp.setLocked(l.Key, val, ttl, now)
+	if !release {
+		sp.mu.Unlock()
+		return nil
+	}
+	delete(sp.locks, l.Key)
+	targets := sp.subscribersLocked(l.Key)
+	sp.mu.Unlock()
+	for _, t := range targets {
+		t.hub.Wake(l.Key)
+	}
 	return nil
 }
 
@@ -347,15 +389,24 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	sp := b.sp
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	v, ok := sp.getLocked(key, sp.now())
+	if !ok {
+		return nil, fmt.Errorf("memory: get %q: %w", key, claim.ErrNotFound)
+	}
+	return v, nil
+}
+
+// getLocked returns a copy of key's live value; sp.mu must be held.
+func (sp *Space) getLocked(key string, now time.Time) ([]byte, bool) {
 	v, ok := sp.values[key]
-	if ok && !v.expires.IsZero() && !sp.now().Before(v.expires) {
+	if ok && !v.expires.IsZero() && !now.Before(v.expires) {
 		delete(sp.values, key)
 		ok = false
 	}
 	if !ok {
-		return nil, fmt.Errorf("memory: get %q: %w", key, claim.ErrNotFound)
+		return nil, false
 	}
-	return append([]byte(nil), v.data...), nil
+	return append([]byte(nil), v.data...), true
 }
 
 // Set implements claim.Store.
