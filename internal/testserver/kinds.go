@@ -27,6 +27,7 @@ type spec struct {
 	asPostgres      bool
 	stopSignal      syscall.Signal
 	ready           func(ctx context.Context, s *Server) error
+	setup           func(ctx context.Context, s *Server) error // once, after the first start
 	url             func(s *Server) string
 }
 
@@ -37,16 +38,28 @@ var specs = map[Kind]*spec{
 		stopSignal: syscall.SIGTERM,
 		args: func(s *Server) ([]string, error) {
 			a := []string{
-				"--port", strconv.Itoa(s.ports[0]), "--bind", "127.0.0.1",
+				"--bind", "127.0.0.1",
 				"--dir", s.dataDir(), "--save", "", "--protected-mode", "no",
 				"--daemonize", "no", "--logfile", "",
+			}
+			if s.tls != nil {
+				a = append(a, "--port", "0", "--tls-port", strconv.Itoa(s.ports[0]),
+					"--tls-cert-file", s.tls.ServerCertFile, "--tls-key-file", s.tls.ServerKeyFile,
+					"--tls-ca-cert-file", s.tls.CAFile, "--tls-auth-clients", "yes")
+			} else {
+				a = append(a, "--port", strconv.Itoa(s.ports[0]))
 			}
 			if s.opts.AppendOnly {
 				a = append(a, "--appendonly", "yes", "--appendfsync", "always")
 			} else {
 				a = append(a, "--appendonly", "no")
 			}
-			if s.opts.Password != "" {
+			switch {
+			case s.opts.User != "":
+				// An ACL user; the default user (no password) is off.
+				a = append(a, "--user", "default", "off",
+					"--user", s.opts.User, "on", ">"+s.opts.Password, "~*", "&*", "+@all")
+			case s.opts.Password != "":
 				a = append(a, "--requirepass", s.opts.Password)
 			}
 			return append(a, s.opts.Args...), nil
@@ -55,7 +68,11 @@ var specs = map[Kind]*spec{
 		url: func(s *Server) string {
 			u := url.URL{Scheme: "redis", Host: s.addr, Path: "/0"}
 			if s.opts.Password != "" {
-				u.User = url.UserPassword("", s.opts.Password)
+				u.User = url.UserPassword(s.opts.User, s.opts.Password)
+			}
+			if s.tls != nil {
+				u.Scheme = "rediss"
+				u.RawQuery = tlsQuery(s.tls, "cacert", "cert", "key")
 			}
 			return u.String()
 		},
@@ -74,12 +91,27 @@ var specs = map[Kind]*spec{
 				"-c", "listen_addresses=127.0.0.1",
 				"-c", "fsync=off", "-c", "full_page_writes=off", // a process crash (Kill) loses nothing: no synchronous_commit=off
 				"-c", "max_connections=200",
+				"-c", "password_encryption=scram-sha-256",
+			}
+			if s.tls != nil {
+				a = append(a, "-c", "ssl=on",
+					"-c", "ssl_cert_file="+s.tls.ServerCertFile, "-c", "ssl_key_file="+s.tls.ServerKeyFile,
+					"-c", "ssl_ca_file="+s.tls.CAFile)
 			}
 			return append(a, s.opts.Args...), nil
 		},
 		ready: readyPostgres,
 		url: func(s *Server) string {
-			return "postgres://postgres@" + s.addr + "/postgres?sslmode=disable"
+			u := url.URL{Scheme: "postgres", Host: s.addr, Path: "/postgres", User: url.User(s.pgUser())}
+			if s.opts.Password != "" {
+				u.User = url.UserPassword(s.pgUser(), s.opts.Password)
+			}
+			if s.tls != nil {
+				u.RawQuery = "sslmode=verify-full&" + tlsQuery(s.tls, "sslrootcert", "sslcert", "sslkey")
+			} else {
+				u.RawQuery = "sslmode=disable"
+			}
+			return u.String()
 		},
 	},
 	Memcache: {
@@ -93,10 +125,20 @@ var specs = map[Kind]*spec{
 			if os.Geteuid() == 0 {
 				a = append(a, "-u", "root") // memcached refuses root without -u
 			}
+			if s.tls != nil {
+				// ssl_verify_mode=2: a client certificate is required.
+				a = append(a, "-Z", "-o", "ssl_chain_cert="+s.tls.ServerCertFile+",ssl_key="+s.tls.ServerKeyFile+
+					",ssl_ca_cert="+s.tls.CAFile+",ssl_verify_mode=2")
+			}
 			return append(a, s.opts.Args...), nil
 		},
 		ready: readyMemcache,
-		url:   func(s *Server) string { return "memcache://" + s.addr },
+		url: func(s *Server) string {
+			if s.tls != nil {
+				return "memcache://" + s.addr + "?tls=true&" + tlsQuery(s.tls, "cacert", "cert", "key")
+			}
+			return "memcache://" + s.addr
+		},
 	},
 	Etcd: {
 		nports:     2, // client, peer
@@ -104,6 +146,9 @@ var specs = map[Kind]*spec{
 		stopSignal: syscall.SIGTERM,
 		args: func(s *Server) ([]string, error) {
 			client := "http://" + s.addr
+			if s.tls != nil {
+				client = "https://" + s.addr
+			}
 			peer := fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
 			a := []string{
 				"--name", "stampede", "--data-dir", s.dataDir(),
@@ -115,32 +160,72 @@ var specs = map[Kind]*spec{
 				"--heartbeat-interval", "50", "--election-timeout", "500",
 				"--unsafe-no-fsync", "--log-level", "warn",
 			}
+			if s.tls != nil {
+				a = append(a, "--cert-file", s.tls.ServerCertFile, "--key-file", s.tls.ServerKeyFile,
+					"--client-cert-auth", "--trusted-ca-file", s.tls.CAFile)
+			}
 			return append(a, s.opts.Args...), nil
 		},
 		ready: readyEtcd,
-		url:   func(s *Server) string { return "etcd://" + s.addr },
+		setup: setupEtcd,
+		url: func(s *Server) string {
+			u := url.URL{Scheme: "etcd", Host: s.addr}
+			if s.opts.Password != "" {
+				u.User = url.UserPassword(s.etcdUser(), s.opts.Password)
+			}
+			if s.tls != nil {
+				u.Scheme = "etcds"
+				u.RawQuery = tlsQuery(s.tls, "cacert", "cert", "key")
+			}
+			return u.String()
+		},
 	},
 	Consul: {
 		nports:     3, // http, serf lan, server rpc
 		binary:     goTool("consul", "consul"),
 		stopSignal: syscall.SIGTERM,
 		args: func(s *Server) ([]string, error) {
+			http, https := strconv.Itoa(s.ports[0]), "-1"
+			if s.tls != nil {
+				http, https = "-1", http
+			}
 			a := []string{
 				"agent", "-dev", "-node", "stampede",
 				"-bind", "127.0.0.1", "-client", "127.0.0.1", "-advertise", "127.0.0.1",
-				"-http-port", strconv.Itoa(s.ports[0]),
+				"-http-port", http,
 				"-serf-lan-port", strconv.Itoa(s.ports[1]),
 				"-server-port", strconv.Itoa(s.ports[2]),
-				"-https-port", "-1", "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
+				"-https-port", https, "-dns-port", "-1", "-grpc-port", "-1", "-grpc-tls-port", "-1",
 				"-serf-wan-port", "-1",
 				"-data-dir", s.dataDir(),
 				"-hcl", "disable_update_check = true",
 				"-log-level", "info",
 			}
+			if s.tls != nil {
+				a = append(a, "-hcl", fmt.Sprintf(`tls { https { ca_file = %q, cert_file = %q, key_file = %q, verify_incoming = true } }`,
+					s.tls.CAFile, s.tls.ServerCertFile, s.tls.ServerKeyFile))
+			}
+			if s.opts.Password != "" {
+				a = append(a, "-hcl", fmt.Sprintf(`acl { enabled = true, default_policy = "deny", tokens { initial_management = %q } }`, s.opts.Password))
+			}
 			return append(a, s.opts.Args...), nil
 		},
 		ready: readyConsul,
-		url:   func(s *Server) string { return "consul://" + s.addr },
+		url: func(s *Server) string {
+			u := url.URL{Scheme: "consul", Host: s.addr}
+			q := url.Values{}
+			if s.opts.Password != "" {
+				q.Set("token", s.opts.Password)
+			}
+			if s.tls != nil {
+				u.Scheme = "consuls"
+				q.Set("cafile", s.tls.CAFile)
+				q.Set("certfile", s.tls.CertFile)
+				q.Set("keyfile", s.tls.KeyFile)
+			}
+			u.RawQuery = q.Encode()
+			return u.String()
+		},
 	},
 	Dynamo: {
 		nports:     1,
@@ -354,13 +439,39 @@ func preparePostgres(ctx context.Context, s *Server) error {
 	if err := os.Chmod(s.dataDir(), 0o700); err != nil {
 		return err
 	}
-	cmd := exec.CommandContext(ctx, initdbPath(s.bin),
-		"-D", s.dataDir(), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale", "-N")
+	args := []string{"-D", s.dataDir(), "-U", s.pgUser(), "-A", "trust", "-E", "UTF8", "--no-locale", "-N"}
+	if s.opts.Password != "" {
+		// The superuser's password, stored as SCRAM-SHA-256 (initdb's
+		// default password_encryption since PostgreSQL 14).
+		pw := filepath.Join(s.dir, "pwfile")
+		if err := os.WriteFile(pw, []byte(s.opts.Password+"\n"), 0o600); err != nil {
+			return err
+		}
+		defer os.Remove(pw)
+		if cred != nil {
+			if err := os.Chown(pw, int(cred.Uid), int(cred.Gid)); err != nil {
+				return err
+			}
+		}
+		args = append(args, "--pwfile", pw)
+	}
+	cmd := exec.CommandContext(ctx, initdbPath(s.bin), args...)
 	cmd.Dir = s.dir
 	cmd.SysProcAttr = sysProcAttr()
 	cmd.SysProcAttr.Credential = cred
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return fmt.Errorf("initdb: %v\n%s", err, out)
+	}
+	if s.pgLocalOnly() {
+		hba := filepath.Join(s.dataDir(), "pg_hba.conf")
+		if err := os.WriteFile(hba, []byte(s.pgHBA()), 0o600); err != nil {
+			return err
+		}
+		if cred != nil {
+			if err := os.Chown(hba, int(cred.Uid), int(cred.Gid)); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }

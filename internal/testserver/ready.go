@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"time"
@@ -34,13 +35,22 @@ func dial(ctx context.Context, addr string) (net.Conn, error) {
 // readyRedis sends (AUTH and) PING and wants +PONG (a loading server says
 // -LOADING).
 func readyRedis(ctx context.Context, s *Server) error {
-	c, err := dial(ctx, s.addr)
+	c, err := dialProto(ctx, s)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	r := bufio.NewReader(c)
-	if s.opts.Password != "" {
+	if s.opts.User != "" {
+		fmt.Fprintf(c, "*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n", len(s.opts.User), s.opts.User, len(s.opts.Password), s.opts.Password)
+		line, err := r.ReadString('\n')
+		if err != nil {
+			return err
+		}
+		if !strings.HasPrefix(line, "+OK") {
+			return fmt.Errorf("redis AUTH: %q", strings.TrimSpace(line))
+		}
+	} else if s.opts.Password != "" {
 		fmt.Fprintf(c, "*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n", len(s.opts.Password), s.opts.Password)
 		line, err := r.ReadString('\n')
 		if err != nil {
@@ -65,7 +75,7 @@ func readyRedis(ctx context.Context, s *Server) error {
 
 // readyMemcache sends "version" and wants "VERSION ...".
 func readyMemcache(ctx context.Context, s *Server) error {
-	c, err := dial(ctx, s.addr)
+	c, err := dialProto(ctx, s)
 	if err != nil {
 		return err
 	}
@@ -83,18 +93,34 @@ func readyMemcache(ctx context.Context, s *Server) error {
 	return nil
 }
 
-// readyPostgres opens a real session (startup message as user postgres to
+// readyPostgres opens a real session (startup message as the superuser to
 // database postgres) and wants ReadyForQuery; "the database system is
-// starting up" comes back as an ErrorResponse.
+// starting up" comes back as an ErrorResponse. A server with a password or
+// TLS is checked through its Unix socket, where pg_hba.conf trusts local
+// clients.
 func readyPostgres(ctx context.Context, s *Server) error {
-	c, err := dial(ctx, s.addr)
+	var c net.Conn
+	var err error
+	if s.pgLocalOnly() {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "unix", filepath.Join(s.dir, "sock", ".s.PGSQL."+strconv.Itoa(s.ports[0])))
+		if err == nil {
+			deadline, ok := ctx.Deadline()
+			if !ok {
+				deadline = time.Now().Add(2 * time.Second)
+			}
+			c.SetDeadline(deadline)
+		}
+	} else {
+		c, err = dial(ctx, s.addr)
+	}
 	if err != nil {
 		return err
 	}
 	defer c.Close()
 	var body []byte
 	body = binary.BigEndian.AppendUint32(body, 196608) // protocol 3.0
-	for _, kv := range []string{"user", "postgres", "database", "postgres"} {
+	for _, kv := range []string{"user", s.pgUser(), "database", "postgres"} {
 		body = append(append(body, kv...), 0)
 	}
 	body = append(body, 0)
@@ -145,8 +171,9 @@ func pgError(payload []byte) string {
 
 // httpDo makes one HTTP/1.0 request (no keep-alive, no chunking) and
 // returns the status code and body.
-func httpDo(ctx context.Context, addr, method, path string, header map[string]string, body string) (int, string, error) {
-	c, err := dial(ctx, addr)
+func httpDo(ctx context.Context, s *Server, method, path string, header map[string]string, body string) (int, string, error) {
+	addr := s.addr
+	c, err := dialProto(ctx, s)
 	if err != nil {
 		return 0, "", err
 	}
@@ -182,7 +209,7 @@ func httpDo(ctx context.Context, addr, method, path string, header map[string]st
 
 // readyEtcd wants GET /health to say {"health":"true"} (there is a leader).
 func readyEtcd(ctx context.Context, s *Server) error {
-	code, body, err := httpDo(ctx, s.addr, "GET", "/health", nil, "")
+	code, body, err := httpDo(ctx, s, "GET", "/health", nil, "")
 	if err != nil {
 		return err
 	}
@@ -194,7 +221,7 @@ func readyEtcd(ctx context.Context, s *Server) error {
 
 // readyConsul wants GET /v1/status/leader to name a leader.
 func readyConsul(ctx context.Context, s *Server) error {
-	code, body, err := httpDo(ctx, s.addr, "GET", "/v1/status/leader", nil, "")
+	code, body, err := httpDo(ctx, s, "GET", "/v1/status/leader", nil, "")
 	if err != nil {
 		return err
 	}
@@ -214,7 +241,7 @@ func readyDynamo(ctx context.Context, s *Server) error {
 		"X-Amz-Date":    "20200101T000000Z",
 		"Authorization": "AWS4-HMAC-SHA256 Credential=stampede/20200101/us-east-1/dynamodb/aws4_request, SignedHeaders=host;x-amz-date, Signature=0",
 	}
-	code, body, err := httpDo(ctx, s.addr, "POST", "/", h, "{}")
+	code, body, err := httpDo(ctx, s, "POST", "/", h, "{}")
 	if err != nil {
 		return err
 	}

@@ -113,8 +113,30 @@ type Options struct {
 	AppendOnly bool
 
 	// Password (Redis) sets requirepass; URL then carries it
-	// (redis://:PASSWORD@127.0.0.1:PORT/0).
+	// (redis://:PASSWORD@127.0.0.1:PORT/0). With User, see User. For
+	// Consul it turns ACLs on (default policy deny) with Password as the
+	// initial management token, and URL carries it as token=.
 	Password string
+
+	// User, with Password, makes the server require that user's password
+	// (URL carries both):
+	//   - Redis: an ACL user with every permission; the default user is
+	//     off, so nothing else can log in.
+	//   - PostgreSQL: the superuser is User (default "postgres" when only
+	//     Password is set), its password stored as SCRAM-SHA-256, and
+	//     pg_hba.conf accepts TCP clients only by scram-sha-256 (hostssl
+	//     only, with TLS); the readiness check uses the Unix socket.
+	//   - etcd: users root and User (same password), User with read-write
+	//     access to every key, and authentication enabled (User "root"
+	//     alone when only Password is set).
+	User string
+
+	// TLS (Redis, PostgreSQL, etcd, memcached, Consul) makes the server
+	// accept only TLS clients, with a certificate signed by a CA made for
+	// this server (Server.TLS has the files, and URL names them). Redis,
+	// etcd, memcached and Consul also require the client certificate
+	// (mutual TLS); PostgreSQL only verifies it if one is sent.
+	TLS bool
 
 	// StartTimeout bounds the wait for readiness of each start attempt.
 	// Default 60 s.
@@ -134,6 +156,8 @@ type Server struct {
 	bin   string
 	dir   string // temporary directory: data/, server.log, configs
 	ports []int  // ports[0] is the client port of Addr
+
+	tls *TLSFiles // Options.TLS
 
 	mu      sync.Mutex
 	proc    *proc // nil when not running
@@ -159,6 +183,9 @@ func Start(ctx context.Context, kind Kind, opts *Options) (*Server, error) {
 	if s.opts.StartTimeout <= 0 {
 		s.opts.StartTimeout = 60 * time.Second
 	}
+	if err := checkOptions(kind, &s.opts); err != nil {
+		return nil, fmt.Errorf("testserver: %s: %w", kind, err)
+	}
 	bin, err := sp.binary(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("testserver: %s: %w", kind, err)
@@ -174,6 +201,21 @@ func Start(ctx context.Context, kind Kind, opts *Options) (*Server, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("testserver: %s: %w", kind, err)
 	}
+	if s.opts.TLS {
+		uid, gid := -1, -1
+		if sp.asPostgres {
+			if cred, err := postgresCredential(); err != nil {
+				os.RemoveAll(dir)
+				return nil, fmt.Errorf("testserver: %s: %w", kind, err)
+			} else if cred != nil {
+				uid, gid = int(cred.Uid), int(cred.Gid)
+			}
+		}
+		if s.tls, err = makeTLS(dir, uid, gid); err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("testserver: %s: TLS files: %w", kind, err)
+		}
+	}
 	if err := s.prepare(ctx); err != nil {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("testserver: %s: %w", kind, err)
@@ -183,6 +225,12 @@ func Start(ctx context.Context, kind Kind, opts *Options) (*Server, error) {
 		s.ports = freePorts(sp.nports)
 		s.setAddr()
 		err = s.launch(ctx)
+		if err == nil && sp.setup != nil {
+			if err = sp.setup(ctx, s); err != nil {
+				s.Stop()
+				return nil, fmt.Errorf("testserver: set up %s: %w", kind, err)
+			}
+		}
 		if err == nil {
 			return s, nil
 		}
