@@ -8,10 +8,86 @@ import (
 	"github.com/stampede-go/stampede/claim"
 )
 
-// counted wraps a backend to count its round trips (the demo prints them).
+// counted wraps a backend to count its round trips: every call of a
+// Backend method is one (Subscribe included; closing a Subscription is
+// not counted). The demo prints the total (n); herd reports them per
+// method (per).
 type counted struct {
 	claim.Backend
-	n atomic.Int64
+	n   atomic.Int64
+	per [nMethods]atomic.Int64
+}
+
+// method names a counted Backend method.
+type method int
+
+const (
+	mGet method = iota
+	mSubscribe
+	mTryClaim
+	mCommit
+	mRelease
+	mExtend
+	mNotify
+	mSet
+	mDelete
+	nMethods
+)
+
+var methodNames = [nMethods]string{"get", "subscribe", "claim", "commit", "release", "extend", "notify", "set", "delete"}
+
+func (m method) String() string { return methodNames[m] }
+
+// callCounts is a snapshot of a counted's calls, by method.
+type callCounts [nMethods]int64
+
+func (c *counted) add(m method) {
+	c.n.Add(1)
+	c.per[m].Add(1)
+}
+
+// snapshot returns the calls counted so far, by method.
+func (c *counted) snapshot() callCounts {
+	var s callCounts
+	for i := range s {
+		s[i] = c.per[i].Load()
+	}
+	return s
+}
+
+// sub returns a - b.
+func (a callCounts) sub(b callCounts) callCounts {
+	for i := range a {
+		a[i] -= b[i]
+	}
+	return a
+}
+
+// plus returns a + b.
+func (a callCounts) plus(b callCounts) callCounts {
+	for i := range a {
+		a[i] += b[i]
+	}
+	return a
+}
+
+func (a callCounts) total() int64 {
+	var t int64
+	for _, n := range a {
+		t += n
+	}
+	return t
+}
+
+// byName returns the non-zero counts by method name (for JSON).
+func (a callCounts) byName() map[string]int64 {
+	m := map[string]int64{}
+	for i, n := range a {
+		if n != 0 {
+			m[methodNames[i]] = n
+		}
+	}
+	return m
 }
 
 // countedBroadcaster keeps the wrapped backend's Broadcaster visible, so
@@ -30,46 +106,46 @@ func count(b claim.Backend) (claim.Backend, *counted) {
 }
 
 func (c *counted) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	c.n.Add(1)
+	c.add(mTryClaim)
 	return c.Backend.TryClaim(ctx, key, ttl)
 }
 
 func (c *counted) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) (claim.Lease, error) {
-	c.n.Add(1)
+	c.add(mExtend)
 	return c.Backend.Extend(ctx, l, ttl)
 }
 
 func (c *counted) Release(ctx context.Context, l claim.Lease) error {
-	c.n.Add(1)
+	c.add(mRelease)
 	return c.Backend.Release(ctx, l)
 }
 
 func (c *counted) Commit(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
-	c.n.Add(1)
+	c.add(mCommit)
 	return c.Backend.Commit(ctx, l, v, ttl)
 }
 
 func (c *counted) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	c.n.Add(1)
+	c.add(mSubscribe)
 	return c.Backend.Subscribe(ctx, key)
 }
 
 func (c *counted) Notify(ctx context.Context, key string) error {
-	c.n.Add(1)
+	c.add(mNotify)
 	return c.Backend.Notify(ctx, key)
 }
 
 func (c *counted) Get(ctx context.Context, key string) ([]byte, error) {
-	c.n.Add(1)
+	c.add(mGet)
 	return c.Backend.Get(ctx, key)
 }
 
 func (c *counted) Set(ctx context.Context, key string, v []byte, ttl time.Duration) error {
-	c.n.Add(1)
+	c.add(mSet)
 	return c.Backend.Set(ctx, key, v, ttl)
 }
 
 func (c *counted) Delete(ctx context.Context, key string) error {
-	c.n.Add(1)
+	c.add(mDelete)
 	return c.Backend.Delete(ctx, key)
 }
