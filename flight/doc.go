@@ -23,13 +23,23 @@
 //     cancels nothing;
 //  4. L2, the backend's store: a hit fills L1;
 //  5. on an L2 miss the flight subscribes to the key's wake-ups and
-//     tries the claim. The holder re-reads L2 (a value published in
+//     tries the claim. The holder re-checks L2 (a value published in
 //     between is adopted), runs the loader while claim.KeepAlive renews
 //     its lease, commits the value fenced by the lease, and releases the
 //     claim, which wakes every waiting process; they read the value from
 //     L2 (SourceRemote). A holder that dies is taken over when its lease
 //     expires; a holder whose lease was lost has its commit refused and
 //     keeps its value to its own callers.
+//
+// # Round trips
+//
+// Backend round trips per process per key do not depend on the number of
+// callers in the process: an L2 hit costs 1; a waiting process 4 (get,
+// subscribe, claim, get after the wake-up); the holder 4 (get, subscribe,
+// claim+read, commit+release) when the backend implements the optional
+// claim.ClaimReader (the re-check comes with the claim) and
+// claim.CommitReleaser (commit and release in one step), else 6 (get,
+// subscribe, claim, get, commit, release), or 5 with one of the two.
 //
 // Result.Source tells each caller which tier answered: SourceL1,
 // SourceL2, SourceLoaded (this process called the loader), SourceRemote

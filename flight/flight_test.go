@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -78,9 +79,11 @@ func TestScenarios(t *testing.T) {
 
 // herd runs procs × callers concurrent Gets of each key and checks there
 // was one loader call per key, and every caller got that call's value.
-func herd(t *testing.T, procs, callers int, keys []string) {
+// slow: on backends without the one-round-trip paths.
+func herd(t *testing.T, slow bool, procs, callers int, keys []string) {
 	ctx := context.Background()
 	f := newFleet(t)
+	f.slow = slow
 	ld := newLoader()
 	ld.delay = 5 * time.Millisecond
 	var caches []*Cache[string]
@@ -137,8 +140,9 @@ func herd(t *testing.T, procs, callers int, keys []string) {
 
 func TestHerdOneKey(t *testing.T) {
 	for run := range 3 {
-		t.Run(fmt.Sprint(run), func(t *testing.T) { herd(t, 8, 1000, []string{"one key"}) })
+		t.Run(fmt.Sprint(run), func(t *testing.T) { herd(t, false, 8, 1000, []string{"one key"}) })
 	}
+	t.Run("slow", func(t *testing.T) { herd(t, true, 8, 1000, []string{"one key"}) })
 }
 
 func TestHerdManyKeys(t *testing.T) {
@@ -146,15 +150,22 @@ func TestHerdManyKeys(t *testing.T) {
 	for i := range keys {
 		keys[i] = fmt.Sprintf("key %d", i)
 	}
-	herd(t, 8, 1000, keys)
+	t.Run("fast", func(t *testing.T) { herd(t, false, 8, 1000, keys) })
+	t.Run("slow", func(t *testing.T) { herd(t, true, 8, 1000, keys) })
 }
 
 // The holder's process stops mid-load (no renewals, no release): a
 // waiter takes over after the lease; the value is loaded twice and
 // committed once; the stale holder's late commit is refused.
 func TestHolderDies(t *testing.T) {
+	t.Run("fast", func(t *testing.T) { holderDies(t, false) })
+	t.Run("slow", func(t *testing.T) { holderDies(t, true) })
+}
+
+func holderDies(t *testing.T, slow bool) {
 	ctx := context.Background()
 	f := newFleet(t)
+	f.slow = slow
 	lease := 200 * time.Millisecond
 	gate := make(chan struct{})
 	started := make(chan struct{})
@@ -791,34 +802,107 @@ func TestNoLoaderAndNoL1(t *testing.T) {
 }
 
 // Backend round trips of one process for one key do not grow with its
-// number of callers.
+// number of callers: the holder's process costs get, subscribe,
+// claim+read, commit+release (4) on a backend with claim.ClaimReader and
+// claim.CommitReleaser, and get, subscribe, claim, get, commit, release
+// (6) on one without; a waiting process costs get, subscribe, claim, get
+// (4) on either.
 func TestRoundTrips(t *testing.T) {
-	ctx := context.Background()
-	f := newFleet(t)
-	ld := newLoader()
-	ld.gate = make(chan struct{})
-	ld.called = make(chan string, 1)
-	holder, ph := newCache(f, &Options[string]{Loader: ld.load})
-	waiter, pw := newCache(f, &Options[string]{Loader: ld.load})
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if _, err := holder.Get(ctx, "k", nil); err != nil {
-			t.Error(err)
-		}
-	})
-	<-ld.called
-	for range 100 {
-		wg.Go(func() {
-			if r, err := waiter.Fetch(ctx, "k", nil); err != nil || r.Source != SourceRemote {
-				t.Errorf("waiter: %v, %v", r.Source, err)
+	for _, tc := range []struct {
+		name   string
+		slow   bool
+		holder int64
+	}{{"fast", false, 4}, {"slow", true, 6}} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			f := newFleet(t)
+			f.slow = tc.slow
+			ld := newLoader()
+			ld.gate = make(chan struct{})
+			ld.called = make(chan string, 1)
+			holder, ph := newCache(f, &Options[string]{Loader: ld.load})
+			waiter, pw := newCache(f, &Options[string]{Loader: ld.load})
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				if _, err := holder.Get(ctx, "k", nil); err != nil {
+					t.Error(err)
+				}
+			})
+			<-ld.called
+			for range 100 {
+				wg.Go(func() {
+					if r, err := waiter.Fetch(ctx, "k", nil); err != nil || r.Source != SourceRemote {
+						t.Errorf("waiter: %v, %v", r.Source, err)
+					}
+				})
+			}
+			eventually(t, "waiter waits", func() bool { return waiter.Stats().Waits == 1 && waiter.Stats().Coalesced == 99 })
+			close(ld.gate)
+			wg.Wait()
+			if h, w := ph.trips.Load(), pw.trips.Load(); h != tc.holder || w != 4 {
+				t.Fatalf("round trips: holder %d, waiter %d; want %d and 4", h, w, tc.holder)
+			}
+			if ph.commits.Load() != 1 {
+				t.Fatalf("holder commits: %d, want 1", ph.commits.Load())
 			}
 		})
 	}
-	eventually(t, "waiter waits", func() bool { return waiter.Stats().Waits == 1 && waiter.Stats().Coalesced == 99 })
-	close(ld.gate)
-	wg.Wait()
-	if h, w := ph.calls()+ph.commits.Load(), pw.calls(); h > 5 || w > 3 {
-		t.Fatalf("round trips (get+claim+commit): holder %d, waiter %d", h, w)
+}
+
+// missFirstGet answers its first Get with ErrNotFound, as if the value
+// was committed just after this process read L2 and before it claimed.
+type missFirstGet struct {
+	*proc
+	missed atomic.Bool
+}
+
+func (m *missFirstGet) Get(ctx context.Context, key string) ([]byte, error) {
+	if m.missed.CompareAndSwap(false, true) {
+		m.proc.trips.Add(1)
+		return nil, claim.ErrNotFound
+	}
+	return m.proc.Get(ctx, key)
+}
+
+// A value committed between a process's L2 read and its claim is adopted
+// by the new holder (read with the claim, or re-read after it), not loaded
+// again, and the holder releases the claim.
+func TestHolderAdoptsValueCommittedBeforeClaim(t *testing.T) {
+	for _, slow := range []bool{false, true} {
+		t.Run(map[bool]string{false: "fast", true: "slow"}[slow], func(t *testing.T) {
+			ctx := context.Background()
+			f := newFleet(t)
+			f.slow = slow
+			ld := newLoader()
+			a, _ := newCache(f, &Options[string]{Loader: ld.load})
+			wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceLoaded)
+			p := &missFirstGet{proc: f.proc()}
+			var b claim.Backend = p
+			if slow {
+				b = slowPath{p, p}
+			}
+			c := openCache(t, b, &Options[string]{Loader: ld.load})
+			r := fetchOK(t, c, ctx, "k", nil)
+			wantSource(t, r, SourceL2)
+			if n := ld.count("k"); n != 1 {
+				t.Fatalf("loader calls: %d, want 1 (the committed value adopted)", n)
+			}
+			if p.claims.Load() != 1 || p.commits.Load() != 0 {
+				t.Fatalf("claims %d, commits %d; want 1 and 0", p.claims.Load(), p.commits.Load())
+			}
+			want := int64(4) // get, subscribe, claim+read, release
+			if slow {
+				want = 5 // get, subscribe, claim, get, release
+			}
+			if n := p.trips.Load(); n != want {
+				t.Fatalf("round trips: %d, want %d", n, want)
+			}
+			l, err := p.TryClaim(ctx, "default:k", time.Second)
+			if err != nil {
+				t.Fatalf("the adopting holder kept its claim: %v", err)
+			}
+			_ = p.Release(ctx, l)
+		})
 	}
 }
 

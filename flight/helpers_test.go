@@ -23,23 +23,33 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 // proc is one simulated process: its own backend client of the shared
-// Space, with counted store reads, and its own Cache.
+// Space, with every backend round trip counted, and its own Cache.
 type proc struct {
 	*memory.Backend
 	gets, claims, commits atomic.Int64
+	trips                 atomic.Int64 // every round trip
 }
 
 func (p *proc) Get(ctx context.Context, key string) ([]byte, error) {
 	p.gets.Add(1)
+	p.trips.Add(1)
 	return p.Backend.Get(ctx, key)
 }
 
 func (p *proc) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
 	p.claims.Add(1)
+	p.trips.Add(1)
 	return p.Backend.TryClaim(ctx, key, ttl)
 }
 
+func (p *proc) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	p.claims.Add(1)
+	p.trips.Add(1)
+	return p.Backend.TryClaimRead(ctx, key, ttl)
+}
+
 func (p *proc) Commit(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
+	p.trips.Add(1)
 	err := p.Backend.Commit(ctx, l, v, ttl)
 	if err == nil {
 		p.commits.Add(1)
@@ -47,15 +57,48 @@ func (p *proc) Commit(ctx context.Context, l claim.Lease, v []byte, ttl time.Dur
 	return err
 }
 
+func (p *proc) CommitRelease(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
+	p.trips.Add(1)
+	err := p.Backend.CommitRelease(ctx, l, v, ttl)
+	if err == nil {
+		p.commits.Add(1)
+	}
+	return err
+}
+
+func (p *proc) Release(ctx context.Context, l claim.Lease) error {
+	p.trips.Add(1)
+	return p.Backend.Release(ctx, l)
+}
+
+func (p *proc) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
+	p.trips.Add(1)
+	return p.Backend.Subscribe(ctx, key)
+}
+
+func (p *proc) Notify(ctx context.Context, key string) error {
+	p.trips.Add(1)
+	return p.Backend.Notify(ctx, key)
+}
+
 func (p *proc) calls() int64 { return p.gets.Load() + p.claims.Load() }
 
 // noBroadcast hides the backend's Broadcaster, like a backend without one.
 type noBroadcast struct{ claim.Backend }
 
+// slowPath hides the backend's claim.ClaimReader and claim.CommitReleaser
+// (not its Broadcaster), like a backend without them.
+type slowPath struct {
+	claim.Backend
+	claim.Broadcaster
+}
+
 type fleet struct {
 	t     testing.TB
 	space *memory.Space
 	procs []*proc
+	// slow: caches see backends without the one-round-trip paths.
+	slow bool
 }
 
 func newFleet(t testing.TB) *fleet { return &fleet{t: t, space: memory.NewSpace(nil)} }
@@ -75,6 +118,9 @@ func (f *fleet) proc() *proc {
 // cache opens a Cache in a new simulated process.
 func newCache[V any](f *fleet, opt *Options[V]) (*Cache[V], *proc) {
 	p := f.proc()
+	if f.slow {
+		return openCache(f.t, claim.Backend(slowPath{p, p}), opt), p
+	}
 	return openCache(f.t, claim.Backend(p), opt), p
 }
 

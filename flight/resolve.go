@@ -14,7 +14,9 @@ import (
 // either waiting for the holder or loading as the holder. In the usual
 // cases it costs this process, whatever its number of callers: an L2 hit,
 // 1 backend round trip; a waiter, 4 (get, subscribe, claim, get); the
-// holder, 6 (get, subscribe, claim, get, commit, release).
+// holder, 4 (get, subscribe, claim+read, commit+release) on a backend
+// with claim.ClaimReader and claim.CommitReleaser, 6 (get, subscribe,
+// claim, get, commit, release) on one without.
 func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.WaitTimeout)
 	defer cancel()
@@ -51,13 +53,13 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	waited := false
 	for {
 		cctx, ccancel := context.WithTimeout(wctx, c.cfg.OpTimeout)
-		l, err := c.b.TryClaim(cctx, bk, c.cfg.LeaseTTL)
+		l, cur, err := c.tryClaim(cctx, bk)
 		ccancel()
 		if err == nil {
 			if waited {
 				c.stats.takeovers.Add(1)
 			}
-			return c.hold(ctx, f, bk, l)
+			return c.hold(ctx, f, bk, l, cur)
 		}
 		var held *claim.HeldError
 		if !errors.As(err, &held) {
@@ -151,30 +153,75 @@ func (c *Cache[V]) l2Get(ctx context.Context, bk string) (*entry[V], error) {
 	if err != nil {
 		return nil, err
 	}
+	return c.l2Decode(bk, b), nil
+}
+
+// l2Decode decodes an L2 value; one that fails to decode or has another
+// schema is nil (logged, counted).
+func (c *Cache[V]) l2Decode(bk string, b []byte) *entry[V] {
 	e, err := c.decode(b)
 	if err != nil {
 		c.stats.decodeErrors.Add(1)
 		c.log.Warn("flight: unreadable L2 value, treated as a miss", "key", bk, "err", err)
-		return nil, nil
+		return nil
 	}
-	return e, nil
+	return e
 }
 
-// hold is the claim holder's part: re-check L2, load under KeepAlive,
-// commit fenced by the lease, and release (which wakes every waiter) on
-// every way out, panics and Goexit included.
-func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Lease) (e *entry[V], src Source, err error) {
+// claimRead is what the claim saw in L2, when the backend reads it in
+// the same step (claim.ClaimReader).
+type claimRead struct {
+	value []byte
+	found bool
+}
+
+// tryClaim claims bk, with the value as of the claim if the backend can
+// read it in the same round trip (cur non-nil), else without (cur nil:
+// the holder must re-read L2).
+func (c *Cache[V]) tryClaim(ctx context.Context, bk string) (l claim.Lease, cur *claimRead, err error) {
+	if cr, ok := c.b.(claim.ClaimReader); ok {
+		l, v, found, err := cr.TryClaimRead(ctx, bk, c.cfg.LeaseTTL)
+		if err != nil {
+			return l, nil, err
+		}
+		return l, &claimRead{value: v, found: found}, nil
+	}
+	l, err = c.b.TryClaim(ctx, bk, c.cfg.LeaseTTL)
+	return l, nil, err
+}
+
+// hold is the claim holder's part: re-check L2 (with the value the claim
+// read, or one more Get), load under KeepAlive, commit fenced by the
+// lease, and release (which wakes every waiter) on every way out, panics
+// and Goexit included. On a backend with claim.CommitReleaser, a
+// successful load is committed and released in one round trip; every
+// other way out (an adopted value, a loader error or panic, an
+// unencodable value, a failed or refused commit) releases on its own.
+func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Lease, cur *claimRead) (e *entry[V], src Source, err error) {
 	lease := l
+	released := false
 	defer func() {
+		if released {
+			return
+		}
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.OpTimeout)
 		defer cancel()
 		if rerr := c.b.Release(rctx, lease); rerr != nil && !errors.Is(rerr, claim.ErrLost) {
 			c.log.Warn("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
 		}
 	}()
-	// Another holder may have published between our read and our claim.
-	if e, err := c.l2Get(ctx, bk); err == nil && e != nil && c.usable(f, e) == fresh {
-		return e, SourceL2, nil
+	// Another holder may have published between our read and our claim:
+	// adopt its value rather than load again.
+	var prev *entry[V]
+	if cur != nil {
+		if cur.found {
+			prev = c.l2Decode(bk, cur.value)
+		}
+	} else {
+		prev, _ = c.l2Get(ctx, bk)
+	}
+	if prev != nil && c.usable(f, prev) == fresh {
+		return prev, SourceL2, nil
 	}
 
 	lctx := ctx
@@ -199,7 +246,16 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 	}
 	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.OpTimeout)
 	defer cancel()
-	switch err := c.b.Commit(cctx, lease, data, ttl); {
+	var cerr error
+	if cr, ok := c.b.(claim.CommitReleaser); ok {
+		// Committed and released in one step, or neither: on an error
+		// the deferred Release still runs (harmless if the lease is gone).
+		cerr = cr.CommitRelease(cctx, lease, data, ttl)
+		released = cerr == nil
+	} else {
+		cerr = c.b.Commit(cctx, lease, data, ttl)
+	}
+	switch err := cerr; {
 	case err == nil:
 		c.stats.commits.Add(1)
 	case errors.Is(err, claim.ErrLost):
