@@ -12,10 +12,12 @@
 // (pub/sub ping interval, default 3s), and go-redis client settings:
 // client_name, pool_size, min_idle_conns, max_retries (default 0: no
 // retries, one attempt per call), protocol (2 or 3), dial_timeout,
-// read_timeout, write_timeout, skip_verify (rediss only; testing only),
-// cluster (true: a Redis Cluster client seeded with HOST and addrs) and
+// read_timeout, write_timeout; for rediss only: cacert (PEM file of the CA
+// to trust instead of the system roots), cert and key (PEM files of a
+// client certificate and its key), servername (default HOST) and
+// skip_verify (testing only); cluster (true: a Redis Cluster client seeded with HOST and addrs) and
 // addrs (more seed HOST:PORT addresses, comma-separated). An unknown
-// parameter is an error. For Sentinel, ACL files, client certificates or
+// parameter is an error. For Sentinel, custom dialers or
 // anything else, build the client yourself and call New.
 //
 // # Semantics
@@ -41,7 +43,9 @@
 // Extend (PEXPIRE), Release (DEL then PUBLISH) and Commit (SET of the value
 // key, PX when ttl > 0) each compare the lock's "TOKEN:HOLDER" first, in
 // the same script: a stale holder changes nothing and gets ErrLost. Commit
-// is therefore atomic with the lease check. Leases and values have
+// is therefore atomic with the lease check. TryClaimRead is the claim
+// script with a GET of the value key; CommitRelease is Commit and Release
+// in one script (compare, SET, DEL, PUBLISH). Leases and values have
 // millisecond granularity and a 1 ms minimum; expiry is judged by the
 // server's clock, and the local Deadline (taken before the request was
 // sent) is never later than the server's expiry if clocks run at the same
@@ -74,7 +78,6 @@ package redis
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -89,6 +92,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/internal/hub"
+	"github.com/stampede-go/stampede/internal/tlsfiles"
 )
 
 // Scheme and TLSScheme are the URL schemes this package registers.
@@ -128,7 +132,8 @@ type Options struct {
 	CloseClient bool
 }
 
-// Backend is a claim.Backend and claim.Broadcaster on one go-redis client.
+// Backend is a claim.Backend, claim.Broadcaster, claim.ClaimReader and
+// claim.CommitReleaser on one go-redis client.
 // It is safe for concurrent use.
 type Backend struct {
 	rdb     goredis.UniversalClient
@@ -145,8 +150,10 @@ type Backend struct {
 }
 
 var (
-	_ claim.Backend     = (*Backend)(nil)
-	_ claim.Broadcaster = (*Backend)(nil)
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.Broadcaster    = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
 )
 
 // New returns a Backend on client: a *goredis.Client (standalone or
@@ -278,11 +285,16 @@ func holderID() string {
 func stamp(l claim.Lease) string { return strconv.FormatUint(l.Token, 10) + ":" + l.Holder }
 
 var (
+	// claimScript reads the value key too when it is given (TryClaimRead).
 	claimScript = goredis.NewScript(`
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl ~= -2 then return {0, pttl} end
 local tok = redis.call('INCR', KEYS[2])
 redis.call('SET', KEYS[1], string.format('%d', tok) .. ':' .. ARGV[1], 'PX', ARGV[2])
+if KEYS[3] then
+  local v = redis.call('GET', KEYS[3])
+  if v then return {1, tok, v} end
+end
 return {1, tok}`)
 	extendScript = goredis.NewScript(`
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
@@ -301,32 +313,80 @@ else
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 end
 return 1`)
+	commitReleaseScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[1])
+redis.call(ARGV[5], ARGV[4], 'release')
+return 1`)
 )
 
 // TryClaim implements claim.Claimer: one script round trip.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check(ctx, "claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: the claim script also GETs
+// the value key, in the same script and round trip.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(ctx, op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("redis: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("redis: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	ms := millis(ttl)
 	holder := holderID()
+	keys := []string{b.lockKey(key), b.fenceKey(key)}
+	if read {
+		keys = append(keys, b.valKey(key))
+	}
 	start := time.Now()
-	res, err := claimScript.Run(ctx, b.rdb, []string{b.lockKey(key), b.fenceKey(key)}, holder, ms).Int64Slice()
+	res, err := claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
 	if err != nil {
-		return claim.Lease{}, fmt.Errorf("redis: claim %q: %w", key, err)
+		return claim.Lease{}, nil, false, fmt.Errorf("redis: %s %q: %w", op, key, err)
 	}
-	if len(res) != 2 {
-		return claim.Lease{}, fmt.Errorf("redis: claim %q: unexpected script reply %v", key, res)
+	ok, n, v, found, err := claimReply(res)
+	if err != nil {
+		return claim.Lease{}, nil, false, fmt.Errorf("redis: %s %q: %w", op, key, err)
 	}
-	if res[0] == 0 {
-		return claim.Lease{}, fmt.Errorf("redis: claim %q: %w", key,
-			&claim.HeldError{Key: key, Remaining: remaining(res[1])})
+	if !ok {
+		return claim.Lease{}, nil, false, fmt.Errorf("redis: %s %q: %w", op, key,
+			&claim.HeldError{Key: key, Remaining: remaining(n)})
 	}
 	granted := time.Duration(ms) * time.Millisecond
-	return claim.Lease{Key: key, Holder: holder, Token: uint64(res[1]), TTL: granted, Deadline: start.Add(granted)}, nil
+	l := claim.Lease{Key: key, Holder: holder, Token: uint64(n), TTL: granted, Deadline: start.Add(granted)}
+	return l, v, found, nil
+}
+
+// claimReply decodes {1, token [, value]} or {0, pttl}.
+func claimReply(res []any) (ok bool, n int64, v []byte, found bool, err error) {
+	bad := fmt.Errorf("unexpected script reply %v", res)
+	if len(res) < 2 || len(res) > 3 {
+		return false, 0, nil, false, bad
+	}
+	flag, ok1 := res[0].(int64)
+	n, ok2 := res[1].(int64)
+	if !ok1 || !ok2 {
+		return false, 0, nil, false, bad
+	}
+	if len(res) == 3 {
+		s, ok := res[2].(string)
+		if !ok {
+			return false, 0, nil, false, bad
+		}
+		v, found = []byte(s), true
+	}
+	return flag == 1, n, v, found, nil
 }
 
 // Extend implements claim.Claimer.
@@ -391,6 +451,33 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, value []byte, ttl t
 	}
 	if ok != 1 {
 		return fmt.Errorf("redis: commit %q: %w", l.Key, claim.ErrLost)
+	}
+	return nil
+}
+
+// CommitRelease implements claim.CommitReleaser: compare, SET, DEL and
+// publish in one script.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "commit-release", l.Key); err != nil {
+		return err
+	}
+	if err := b.checkValue("commit-release", l.Key, value, ttl); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("redis: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	var ms int64
+	if ttl > 0 {
+		ms = millis(ttl)
+	}
+	ok, err := commitReleaseScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key), b.valKey(l.Key)},
+		stamp(l), value, ms, b.channel(l.Key), b.publishCmd()).Int64()
+	if err != nil {
+		return fmt.Errorf("redis: commit-release %q: %w", l.Key, err)
+	}
+	if ok != 1 {
+		return fmt.Errorf("redis: commit-release %q: %w", l.Key, claim.ErrLost)
 	}
 	return nil
 }
@@ -603,7 +690,10 @@ func parseURL(u *url.URL) (*urlOptions, *Options, error) {
 	o.DialTimeout = p.Duration("dial_timeout", 0)
 	o.ReadTimeout = p.Duration("read_timeout", 0)
 	o.WriteTimeout = p.Duration("write_timeout", 0)
-	skipVerify := p.Bool("skip_verify", false)
+	tf := tlsfiles.Files{
+		CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""),
+		ServerName: p.String("servername", ""), SkipVerify: p.Bool("skip_verify", false),
+	}
 	o.cluster = p.Bool("cluster", false)
 	addrs := p.String("addrs", "")
 	if err := p.Err(); err != nil {
@@ -638,9 +728,16 @@ func parseURL(u *url.URL) (*urlOptions, *Options, error) {
 		o.DB = db
 	}
 	if u.Scheme == TLSScheme {
-		o.TLSConfig = &tls.Config{ServerName: host, MinVersion: tls.VersionTLS12, InsecureSkipVerify: skipVerify}
-	} else if skipVerify {
-		return nil, nil, errors.New("redis: URL parameter skip_verify applies to rediss:// only")
+		if tf.ServerName == "" {
+			tf.ServerName = host
+		}
+		tc, err := tf.Config()
+		if err != nil {
+			return nil, nil, fmt.Errorf("redis: URL TLS parameters: %w", err)
+		}
+		o.TLSConfig = tc
+	} else if !tf.Empty() {
+		return nil, nil, errors.New("redis: URL parameters cacert, cert, key, servername and skip_verify apply to rediss:// only")
 	}
 	if addrs != "" && !o.cluster {
 		return nil, nil, errors.New("redis: URL parameter addrs needs cluster=true")
