@@ -2,6 +2,9 @@
 // guarantee.
 //
 //	stampede demo [-backend URL] [-json]   replay the design's scenarios
+//	stampede herd [-backend URL] [-procs M] [-callers N] [-keys K] [-kill-holder] ...
+//	                                       a real multi-process stampede, counted
+//	stampede bench [-backends all|URL,...] backends side by side: tables and SVG charts
 //	stampede help [command]
 //
 // With no -backend, everything runs in this process on the embedded
