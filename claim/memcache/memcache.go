@@ -15,6 +15,10 @@
 //	max_idle_conns  idle connections kept per server (default 16)
 //	poll_min        first polling interval after a change (default 2ms)
 //	poll_max        polling interval cap (default 50ms)
+//	tls             true: connect with TLS (memcached -Z); default false
+//	cacert          PEM file of the CA to trust instead of the system roots
+//	cert, key       PEM files of a client certificate and its key
+//	servername      name to verify the server certificate against (default: HOST)
 //
 // With several servers, gomemcache spreads keys over them by hash; the
 // items of one claim may then live on different servers.
@@ -92,6 +96,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -107,6 +112,7 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/internal/hub"
 	"github.com/stampede-go/stampede/internal/poll"
+	"github.com/stampede-go/stampede/internal/tlsfiles"
 )
 
 // Scheme is the URL scheme this package registers.
@@ -237,12 +243,26 @@ func (*URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, 
 	}
 	timeout := p.Duration("timeout", DefaultTimeout)
 	idle := p.Int("max_idle_conns", DefaultMaxIdleConns)
+	useTLS := p.Bool("tls", false)
+	tf := tlsfiles.Files{CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""), ServerName: p.String("servername", "")}
 	if err := p.Err(); err != nil {
 		return nil, fmt.Errorf("memcache: %w", err)
 	}
 	c := gomemcache.New(servers...)
 	c.Timeout = timeout
 	c.MaxIdleConns = idle
+	if !useTLS && !tf.Empty() {
+		return nil, errors.New("memcache: URL parameters cacert, cert, key and servername need tls=true")
+	}
+	if useTLS {
+		tc, err := tf.Config()
+		if err != nil {
+			return nil, fmt.Errorf("memcache: URL TLS parameters: %w", err)
+		}
+		// memcached 1.6 built with TLS, started with -Z (--enable-ssl).
+		d := &tls.Dialer{Config: tc}
+		c.DialContext = d.DialContext
+	}
 	b, err := New(c, &o)
 	if err != nil {
 		return nil, err

@@ -1,0 +1,53 @@
+// Package tlsfiles builds the tls.Config of a backend URL's TLS parameters
+// (CA certificate, client certificate and key as PEM file paths), the same
+// way for every backend that takes them. Errors name files, never their
+// contents.
+package tlsfiles
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"os"
+)
+
+// Files are a URL's TLS parameters. Every zero field is a default: the
+// system roots, no client certificate, the server name taken from the
+// address dialled.
+type Files struct {
+	CA         string // PEM file of the CA certificates to trust instead of the system roots
+	Cert, Key  string // PEM files of the client certificate and its private key (both or neither)
+	ServerName string // name to verify the server's certificate against
+	SkipVerify bool   // do not verify the server's certificate (testing only)
+}
+
+// Empty reports whether no parameter was given.
+func (f Files) Empty() bool { return f == Files{} }
+
+// Config returns a tls.Config (TLS 1.2 or later) for f.
+func (f Files) Config() (*tls.Config, error) {
+	if (f.Cert == "") != (f.Key == "") {
+		return nil, errors.New("a client certificate and its key must be given together")
+	}
+	c := &tls.Config{ServerName: f.ServerName, MinVersion: tls.VersionTLS12, InsecureSkipVerify: f.SkipVerify}
+	if f.CA != "" {
+		pem, err := os.ReadFile(f.CA)
+		if err != nil {
+			return nil, fmt.Errorf("CA certificate: %w", err)
+		}
+		c.RootCAs = x509.NewCertPool()
+		if !c.RootCAs.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("CA certificate %q: no PEM certificate in it", f.CA)
+		}
+	}
+	if f.Cert != "" {
+		cert, err := tls.LoadX509KeyPair(f.Cert, f.Key)
+		if err != nil {
+			// LoadX509KeyPair's errors describe the PEM blocks, not the key.
+			return nil, fmt.Errorf("client certificate %q / key %q: %w", f.Cert, f.Key, err)
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
