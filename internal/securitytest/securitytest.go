@@ -155,6 +155,11 @@ func OverLimitNoIO(t *testing.T, dead claim.Backend, limit int, lease claim.Leas
 		if err := dead.Commit(ctx, lease, v, time.Minute); !errors.Is(err, claim.ErrTooLarge) {
 			t.Errorf("Commit of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
 		}
+		if cr, ok := dead.(claim.CommitReleaser); ok {
+			if err := cr.CommitRelease(ctx, lease, v, time.Minute); !errors.Is(err, claim.ErrTooLarge) {
+				t.Errorf("CommitRelease of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
+			}
+		}
 	}
 	if payloadLimit > 0 {
 		bc, ok := dead.(claim.Broadcaster)
