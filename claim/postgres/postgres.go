@@ -46,7 +46,13 @@
 // lease is current, holding a share lock on the claim row, so a takeover
 // cannot interleave (Features.AtomicCommit). Release sends its NOTIFY in
 // the same statement, so the wake-up is delivered if and only if the
-// release committed.
+// release committed. CommitRelease is Commit and Release in one statement
+// (the release's UPDATE locks the row, the value is written only if it
+// released, NOTIFY on commit). TryClaimRead is the claim statement with a
+// read of the value; if the claim row was released after the statement's
+// snapshot (the claim waited for the releasing transaction's row lock), a
+// second statement reads the value, so a value committed before the
+// release is never missed.
 //
 // Each Backend opens one dedicated connection (not from the pool, so
 // waiting never takes pool connections) that LISTENs on one channel for
@@ -176,7 +182,8 @@ func (o *Options) fill() error {
 }
 
 // Backend is one client of a PostgreSQL database. It implements
-// claim.Backend and claim.Broadcaster and is safe for concurrent use.
+// claim.Backend, claim.Broadcaster, claim.ClaimReader and
+// claim.CommitReleaser, and is safe for concurrent use.
 type Backend struct {
 	pool    *pgxpool.Pool
 	ownPool bool
@@ -204,12 +211,15 @@ type Backend struct {
 }
 
 var (
-	_ claim.Backend     = (*Backend)(nil)
-	_ claim.Broadcaster = (*Backend)(nil)
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.Broadcaster    = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
 )
 
 type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
+	claimRead, commitRelease                                     string
 	exists                                                       string
 	migrate                                                      []string
 }
@@ -257,15 +267,33 @@ func buildQueries(o Options) queries {
 	c, v := id("claims"), id("values")
 	exp := func(p string) string { return "clock_timestamp() + " + p + "::bigint * interval '1 microsecond'" }
 	vexp := "CASE WHEN $3::bigint > 0 THEN " + exp("$3") + " END"
-	return queries{
-		claim: `WITH ins AS (
+	ins := `ins AS (
   INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1, $2, 1, ` + exp("$3") + `)
   ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, token = c.token + 1, expires_at = ` + exp("$3") + `
   WHERE c.holder IS NULL OR c.expires_at <= clock_timestamp()
-  RETURNING token)
+  RETURNING token)`
+	held := `SELECT false, token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint`
+	commit := `INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c
+ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`
+	return queries{
+		claim: `WITH ` + ins + `
 SELECT true, token, 0::bigint FROM ins
 UNION ALL
-SELECT false, token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint
+` + held + `
+FROM ` + c + ` WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)`,
+		// claimRead also reads the value, with the statement's snapshot.
+		// The claim itself sees the latest claim row (ON CONFLICT), which
+		// may have been released after that snapshot: then a value
+		// committed before the release is invisible to the read, so the
+		// last column says whether the claim row's version in the
+		// snapshot is the one the claim replaced (no change since).
+		claimRead: `WITH snap AS (SELECT token, holder FROM ` + c + ` WHERE key = $1), ` + ins + `
+SELECT true, ins.token, 0::bigint, val.value, val.value IS NOT NULL,
+  EXISTS (SELECT 1 FROM snap WHERE snap.token + 1 = ins.token AND snap.holder IS NULL)
+  OR (ins.token = 1 AND NOT EXISTS (SELECT 1 FROM snap))
+FROM ins LEFT JOIN (SELECT value FROM ` + v + ` WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) val ON true
+UNION ALL
+` + held + `, NULL::bytea, false, true
 FROM ` + c + ` WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)`,
 		extend: `UPDATE ` + c + ` SET expires_at = ` + exp("$4") + `
 WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()`,
@@ -276,8 +304,16 @@ WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()
 SELECT pg_notify($4, $5) FROM r`,
 		commit: `WITH c AS (
   SELECT 1 FROM ` + c + ` WHERE key = $1 AND token = $4 AND holder = $5 AND expires_at > clock_timestamp() FOR SHARE)
-INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
+` + commit,
+		// commitRelease: the release's UPDATE locks the claim row; the
+		// value is written only if it released, and the NOTIFY is sent
+		// (on commit) only then.
+		commitRelease: `WITH c AS (
+  UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp()
+  WHERE key = $1 AND token = $4 AND holder = $5 AND expires_at > clock_timestamp()
+  RETURNING key),
+w AS (` + commit + `)
+SELECT pg_notify($6, $7) FROM c`,
 		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())`,
 		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)
 ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
@@ -506,38 +542,76 @@ func holderID() string {
 
 // TryClaim implements claim.Claimer: one INSERT … ON CONFLICT statement.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	enc, err := b.check(ctx, "claim", key)
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: the claim statement also
+// reads the value. If the claim row was released after the statement's
+// snapshot (a holder released while this claim waited for its row lock),
+// a value it committed is not in that snapshot, so the value is read again
+// with a second statement: one round trip, two in that race.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	enc, err := b.check(ctx, op, key)
 	if err != nil {
-		return claim.Lease{}, err
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("postgres: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	if err := b.ensure(ctx); err != nil {
-		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, err)
+		return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: %w", op, key, err)
 	}
 	ttl = leaseTTL(ttl)
 	holder := holderID()
 	start := time.Now()
 	var (
-		got    bool
-		token  int64
-		remain int64
+		got, found bool
+		snapshotOK = true
+		token      int64
+		remain     int64
+		val        []byte
 	)
-	err = b.pool.QueryRow(ctx, b.q.claim, enc, holder, micros(ttl)).Scan(&got, &token, &remain)
+	if read {
+		err = b.pool.QueryRow(ctx, b.q.claimRead, enc, holder, micros(ttl)).Scan(&got, &token, &remain, &val, &found, &snapshotOK)
+	} else {
+		err = b.pool.QueryRow(ctx, b.q.claim, enc, holder, micros(ttl)).Scan(&got, &token, &remain)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Held by a row committed after this statement's snapshot: the
 		// remaining time is not known.
-		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, &claim.HeldError{Key: key})
+		return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: %w", op, key, &claim.HeldError{Key: key})
 	}
 	if err != nil {
-		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key, err)
+		return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: %w", op, key, err)
 	}
 	if !got {
-		return claim.Lease{}, fmt.Errorf("postgres: claim %q: %w", key,
+		return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: %w", op, key,
 			&claim.HeldError{Key: key, Remaining: max(0, time.Duration(remain)*time.Microsecond)})
 	}
-	return claim.Lease{Key: key, Holder: holder, Token: uint64(token), TTL: ttl, Deadline: start.Add(ttl)}, nil
+	l := claim.Lease{Key: key, Holder: holder, Token: uint64(token), TTL: ttl, Deadline: start.Add(ttl)}
+	if !snapshotOK {
+		// The lease is ours; only the read was too early.
+		val, found = nil, true
+		err = b.pool.QueryRow(ctx, b.q.get, enc).Scan(&val)
+		if errors.Is(err, pgx.ErrNoRows) {
+			found, err = false, nil
+		}
+		if err != nil {
+			// The caller gets no lease, so give it back (best effort: if
+			// this fails too, it expires).
+			_ = b.Release(ctx, l)
+			return claim.Lease{}, nil, false, fmt.Errorf("postgres: %s %q: read after claim: %w", op, key, err)
+		}
+	}
+	if !found {
+		return l, nil, false, nil
+	}
+	return l, nonNil(val), true, nil
 }
 
 // Extend implements claim.Claimer.
@@ -611,6 +685,34 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl tim
 	}
 	if tag.RowsAffected() != 1 {
 		return fmt.Errorf("postgres: commit %q: %w", l.Key, claim.ErrLost)
+	}
+	b.maybeSweep()
+	return nil
+}
+
+// CommitRelease implements claim.CommitReleaser: one statement that
+// releases the lease (compare by token and holder), writes the value only
+// if it did, and NOTIFYs the key's waiters on commit.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	enc, err := b.check(ctx, "commit-release", l.Key)
+	if err != nil {
+		return err
+	}
+	if err := b.checkValue("commit-release", l.Key, val, ttl); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("postgres: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	if err := b.ensure(ctx); err != nil {
+		return fmt.Errorf("postgres: commit-release %q: %w", l.Key, err)
+	}
+	tag, err := b.pool.Exec(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc))
+	if err != nil {
+		return fmt.Errorf("postgres: commit-release %q: %w", l.Key, err)
+	}
+	if tag.RowsAffected() != 1 {
+		return fmt.Errorf("postgres: commit-release %q: %w", l.Key, claim.ErrLost)
 	}
 	b.maybeSweep()
 	return nil
