@@ -12,7 +12,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -225,7 +224,7 @@ var initTesting sync.Once
 func runBench(ctx context.Context, cfg benchConfig, targets []*benchTarget, filter *regexp.Regexp, progress func(string)) (*benchReport, error) {
 	initTesting.Do(testing.Init)
 	rep := &benchReport{
-		Machine: machine(), Started: time.Now(), Backends: targets,
+		Machine: benchchart.Machine(), Started: time.Now(), Backends: targets,
 		Config: map[string]any{"benchtime": cfg.BenchTime.String(), "rounds": cfg.Rounds, "herd_procs": cfg.HerdProcs, "herd_callers": cfg.HerdCallers},
 	}
 	type job struct {
@@ -559,20 +558,6 @@ func (r *benchReport) writeFiles(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644)
-}
-
-// machine describes the machine the benchmarks ran on.
-func machine() string {
-	cpu := ""
-	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for _, line := range strings.Split(string(data), "\n") {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				cpu = strings.TrimSpace(v) + ", "
-				break
-			}
-		}
-	}
-	return fmt.Sprintf("%s%d CPUs (GOMAXPROCS %d), %s/%s, %s", cpu, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
 
 // progressWriter returns a function that shows one progress line: redrawn
