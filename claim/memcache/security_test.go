@@ -1,0 +1,155 @@
+package memcache
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	gomemcache "github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/securitytest"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+// TestTLS runs against a memcached (built with TLS, started with -Z) that
+// requires a client certificate from its CA: through the URL
+// (tls=true&cacert=&cert=&key=) and through the user's own client, whose
+// DialContext hook wraps the connection in TLS. memcached's text protocol
+// has no authentication (SASL is binary-protocol only and gomemcache does
+// not speak it): TLS client certificates are the way to restrict it.
+func TestTLS(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Memcache, &testserver.Options{TLS: true})
+	t.Run("URL", func(t *testing.T) {
+		securitytest.Roundtrip(t, open(t, srv.URL()))
+	})
+	t.Run("New", func(t *testing.T) {
+		tc, err := srv.TLS().ClientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := gomemcache.New(srv.Addr())
+		d := &tls.Dialer{Config: tc}
+		c.DialContext = d.DialContext
+		defer c.Close()
+		b, err := New(c, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		securitytest.Roundtrip(t, b)
+	})
+	u, _ := url.Parse(srv.URL())
+	q := u.Query()
+	for name, params := range map[string]url.Values{
+		"plain text":            nil,
+		"no client certificate": {"tls": {"true"}, "cacert": q["cacert"]},
+		"system roots":          {"tls": {"true"}, "cert": q["cert"], "key": q["key"]},
+	} {
+		t.Run(name, func(t *testing.T) {
+			v := *u
+			v.RawQuery = params.Encode()
+			b := open(t, v.String())
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			if _, err := b.TryClaim(ctx, "k", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
+				t.Fatalf("TryClaim: %v, want a TLS error", err)
+			}
+		})
+	}
+}
+
+// TestDialHook: a client given to New connects only through its own
+// DialContext (here: to an in-test proxy, whatever address the client was
+// given), so any transport the user needs (TLS, a tunnel, a sidecar) works.
+func TestDialHook(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	p := securitytest.NewProxy(t, srv.Addr())
+	c := gomemcache.New("192.0.2.1:11211") // TEST-NET-1: unreachable
+	c.DialContext = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		var d net.Dialer
+		return d.DialContext(ctx, network, p.Addr())
+	}
+	defer c.Close()
+	b, err := New(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	securitytest.Roundtrip(t, b)
+	if p.Accepted() == 0 {
+		t.Error("the client did not dial through its DialContext")
+	}
+}
+
+// TestLimits: values up to MaxValueLen (item_size_max less 1 KiB for the
+// item's header and a 250-byte key) round-trip, one byte more is
+// ErrTooLarge before any I/O; keys around memcached's 250-byte limit are
+// hashed and stay distinct.
+func TestLimits(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	b := open(t, srv.URL())
+	limit := b.Features().MaxValueLen
+	if limit != DefaultItemSizeMax-itemOverhead {
+		t.Fatalf("MaxValueLen %d", limit)
+	}
+	securitytest.ValueLimit(t, b, limit)
+	m := b.enc.MaxLen
+	securitytest.LongKeys(t, b, []int{m - 2, m - 1, m, m + 1, 249, 250, 251, 4096})
+
+	p := securitytest.NewProxy(t, srv.Addr())
+	dead := open(t, fmt.Sprintf("memcache://%s?timeout=1s", p.Addr()))
+	l, err := dead.TryClaim(context.Background(), securitytest.Unique(t)+"k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Cut()
+	securitytest.OverLimitNoIO(t, dead, limit, l, 0)
+}
+
+// TestIsolation: two prefixes on one server never touch each other.
+func TestIsolation(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a := open(t, srv.URL()+"?prefix=app-a")
+	b := open(t, srv.URL()+"?prefix=app-b")
+	securitytest.Isolation(t, a, b)
+	c := open(t, srv.URL())
+	d := open(t, srv.URL()+"?prefix=stampede:v")
+	securitytest.Isolation(t, c, d)
+}
+
+// TestHostileValues: bytes written into L2 by someone else read as misses.
+func TestHostileValues(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	securitytest.Hostile(t, open(t, srv.URL()))
+}
+
+// FuzzKeyNames: every item key is at most 250 bytes of bytes memcached
+// accepts (no space or control character), with the default prefix and
+// with the longest prefix allowed, and two keys never share an item.
+func FuzzKeyNames(f *testing.F) {
+	f.Add("a", "b")
+	f.Add("a b", "a_b")
+	f.Add("=a", "a")
+	f.Add(strings.Repeat("k", 239), strings.Repeat("k", 240))
+	f.Add("\x00", "\n")
+	short, _ := New(gomemcache.New("127.0.0.1:1"), nil)
+	long, _ := New(gomemcache.New("127.0.0.1:1"), &Options{Prefix: strings.Repeat("p", 200)})
+	f.Fuzz(func(t *testing.T, k1, k2 string) {
+		if k1 == "" || k2 == "" {
+			return
+		}
+		for _, b := range []*Backend{short, long} {
+			names := func(k string) []string {
+				return []string{b.item('l', k), b.item('f', k), b.item('n', k), b.item('v', k)}
+			}
+			securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, safeByte)
+		}
+	})
+}
