@@ -28,8 +28,11 @@
 // ownership check of Extend are transactions comparing the lock key's
 // CreateRevision with the token and its value with the holder, so a stale
 // holder can never release, extend or overwrite a newer holder's claim;
-// Commit writes the value in that same transaction (AtomicCommit). A crashed
-// holder's lease expires by itself and etcd deletes the lock key with it.
+// Commit writes the value in that same transaction (AtomicCommit);
+// CommitRelease puts the value and deletes the lock key in one such
+// transaction, and TryClaimRead adds a get of the value key to the claim
+// transaction. A crashed holder's lease expires by itself and etcd deletes
+// the lock key with it.
 //
 // Lease TTLs are whole seconds (TTLGranularity 1s) and never shorter than
 // the server's minimum, 1.5 × its election timeout rounded up (2 s with
@@ -139,8 +142,9 @@ type Options struct {
 	MaxValueLen int
 }
 
-// Backend is one client of an etcd cluster. It implements claim.Backend
-// and claim.Broadcaster, and is safe for concurrent use.
+// Backend is one client of an etcd cluster. It implements claim.Backend,
+// claim.Broadcaster, claim.ClaimReader and claim.CommitReleaser, and is
+// safe for concurrent use.
 type Backend struct {
 	cli    *clientv3.Client
 	own    bool // Close closes cli
@@ -164,8 +168,10 @@ type Backend struct {
 }
 
 var (
-	_ claim.Backend     = (*Backend)(nil)
-	_ claim.Broadcaster = (*Backend)(nil)
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.Broadcaster    = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
 )
 
 // New returns a Backend using the caller's own configured client (TLS,
@@ -347,26 +353,42 @@ func owned(lk string, l claim.Lease) []clientv3.Cmp {
 
 // TryClaim implements claim.Claimer: a lease grant, then one transaction.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check("claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: the claim transaction also
+// gets the value key (Then: put the lock key, get the value key), so the
+// value is read at the claim's revision.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("etcd: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("etcd: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	start := time.Now()
 	g, err := b.cli.Grant(ctx, b.leaseSeconds(ttl))
 	if err != nil {
-		return claim.Lease{}, wrap("claim", key, ctxErr(ctx, err))
+		return claim.Lease{}, nil, false, wrap(op, key, ctxErr(ctx, err))
 	}
 	lk, holder := b.lockKey(key), holderID()
+	then := []clientv3.Op{clientv3.OpPut(lk, holder, clientv3.WithLease(g.ID))}
+	if read {
+		then = append(then, clientv3.OpGet(b.valueKey(key)))
+	}
 	resp, err := b.cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)).
-		Then(clientv3.OpPut(lk, holder, clientv3.WithLease(g.ID))).
+		Then(then...).
 		Else(clientv3.OpGet(lk)).
 		Commit()
 	if err != nil {
 		b.revokeLater(g.ID)
-		return claim.Lease{}, wrap("claim", key, ctxErr(ctx, err))
+		return claim.Lease{}, nil, false, wrap(op, key, ctxErr(ctx, err))
 	}
 	if !resp.Succeeded {
 		b.revokeLater(g.ID)
@@ -374,17 +396,34 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != 0 {
 			held.Remaining = b.remaining(ctx, clientv3.LeaseID(kvs[0].Lease))
 		}
-		return claim.Lease{}, fmt.Errorf("etcd: claim %q: %w", key, held)
+		return claim.Lease{}, nil, false, fmt.Errorf("etcd: %s %q: %w", op, key, held)
 	}
 	granted := time.Duration(g.TTL) * time.Second
-	return claim.Lease{
+	l := claim.Lease{
 		Key:      key,
 		Holder:   holder,
 		Token:    uint64(resp.Header.Revision), // the lock key's CreateRevision
 		TTL:      granted,
 		Deadline: start.Add(granted),
 		Handle:   handle(g.ID),
-	}, nil
+	}
+	if !read {
+		return l, nil, false, nil
+	}
+	kvs := resp.Responses[1].GetResponseRange().GetKvs()
+	if len(kvs) == 0 {
+		return l, nil, false, nil
+	}
+	v, ok, err := decodeValue(kvs[0].Value, time.Now())
+	if err != nil {
+		// The caller gets no lease: give it back (best effort).
+		_ = b.Release(ctx, l)
+		return claim.Lease{}, nil, false, fmt.Errorf("etcd: %s %q: %w", op, key, err)
+	}
+	if !ok {
+		return l, nil, false, nil
+	}
+	return l, v, true, nil
 }
 
 // remaining asks how long the holder's lease has left. etcd truncates it to
@@ -519,6 +558,42 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, value []byte, ttl t
 	if !resp.Succeeded {
 		return fmt.Errorf("etcd: commit %q: %w", l.Key, claim.ErrLost)
 	}
+	return nil
+}
+
+// CommitRelease implements claim.CommitReleaser: one transaction that, if
+// the lock key is still the lease's, puts the value and deletes the lock
+// key (the key's watchers see the delete, at the revision that wrote the
+// value). The lease, now attached to nothing, is revoked in the
+// background.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
+	if err := b.check("commit-release", l.Key); err != nil {
+		return err
+	}
+	if err := b.checkValue("commit-release", l.Key, value, ttl); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("etcd: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	id, err := parseHandle("commit-release", l)
+	if err != nil {
+		return err
+	}
+	put, gc, err := b.putValue(ctx, l.Key, value, ttl)
+	if err != nil {
+		return wrap("commit-release", l.Key, ctxErr(ctx, err))
+	}
+	lk := b.lockKey(l.Key)
+	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).Then(put, clientv3.OpDelete(lk)).Commit()
+	if err != nil {
+		b.gcFailed(gc, err)
+		return wrap("commit-release", l.Key, ctxErr(ctx, err))
+	}
+	if !resp.Succeeded {
+		return fmt.Errorf("etcd: commit-release %q: %w", l.Key, claim.ErrLost)
+	}
+	b.revokeLater(id)
 	return nil
 }
 
