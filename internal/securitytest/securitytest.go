@@ -176,12 +176,14 @@ func OverLimitNoIO(t *testing.T, dead claim.Backend, limit int, lease claim.Leas
 }
 
 // PublishLimit publishes messages of limit−1, limit and limit+1 bytes on a
-// live Broadcaster: up to limit they are delivered intact to a subscriber
-// in another client, limit+1 is ErrTooLarge.
-func PublishLimit(t *testing.T, pub, sub claim.Broadcaster, limit int) {
+// live Broadcaster, where limit is limitFor(topic) (the limit may depend on
+// the topic's length): up to limit they are delivered intact to a
+// subscriber in another client, limit+1 is ErrTooLarge.
+func PublishLimit(t *testing.T, pub, sub claim.Broadcaster, limitFor func(topic string) int) {
 	t.Helper()
 	ctx := ctxT(t)
 	topic := Unique(t) + "topic"
+	limit := limitFor(topic)
 	got := make(chan []byte, 4)
 	stop, err := sub.SubscribeTopic(ctx, topic, func(msg []byte, reset bool) {
 		if !reset {

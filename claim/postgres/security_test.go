@@ -1,0 +1,196 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/securitytest"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func openURL(t testing.TB, raw string) *Backend {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b, err := claim.Open(ctx, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b.(*Backend)
+}
+
+// TestTLSAndSCRAM runs against a PostgreSQL whose pg_hba.conf accepts TCP
+// clients only over TLS (hostssl) and only by scram-sha-256: through the
+// URL (sslmode=verify-full&sslrootcert=...) and through the user's own
+// pool given to New.
+func TestTLSAndSCRAM(t *testing.T) {
+	const user, pw = "alice", "alice-S3cret"
+	srv := testserver.RequireWith(t, testserver.Postgres, &testserver.Options{TLS: true, User: user, Password: pw})
+	t.Run("URL", func(t *testing.T) {
+		securitytest.Roundtrip(t, openURL(t, srv.URL()))
+	})
+	t.Run("New", func(t *testing.T) {
+		cfg, err := pgxpool.ParseConfig(fmt.Sprintf("postgres://%s@%s/postgres?sslmode=disable", user, srv.Addr()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc, err := srv.TLS().ClientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg.ConnConfig.TLSConfig = tc
+		cfg.ConnConfig.Password = pw
+		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer pool.Close()
+		b, err := New(pool, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		securitytest.Roundtrip(t, b)
+	})
+	u, _ := url.Parse(srv.URL())
+	q := u.Query()
+	with := func(user *url.Userinfo, params url.Values) string {
+		v := *u
+		v.User = user
+		v.RawQuery = params.Encode() + "&connect_timeout=5"
+		return v.String()
+	}
+	for name, raw := range map[string]string{
+		"wrong password": with(url.UserPassword(user, "wrong-"+pw), q),
+		"no password":    with(url.User(user), q),
+		"plain text":     with(url.UserPassword(user, pw), url.Values{"sslmode": {"disable"}}),
+		"system roots":   with(url.UserPassword(user, pw), url.Values{"sslmode": {"verify-full"}}),
+	} {
+		t.Run(name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+			defer cancel()
+			b, err := claim.Open(ctx, raw)
+			if err == nil {
+				b.Close()
+				t.Fatal("Open succeeded")
+			}
+			if strings.Contains(err.Error(), pw) {
+				t.Errorf("error shows the password: %v", err)
+			}
+		})
+	}
+}
+
+// maxPublish is the longest message Publish accepts on topic: the
+// payload "t" + encoded topic + " " + base64(message) must stay under
+// pg_notify's 8000 bytes.
+func maxPublish(b *Backend, topic string) int {
+	return (maxPayload - 2 - len(b.keys.Encode(topic))) / 4 * 3
+}
+
+// TestLimits: values up to MaxValueLen round-trip, one byte more is
+// ErrTooLarge before any I/O; Publish payloads up to pg_notify's limit
+// are delivered, one byte more is ErrTooLarge (never truncated), and the
+// server's limit really is 7999 bytes; long keys (over the 2700-byte
+// btree entry limit too) are hashed and stay distinct.
+func TestLimits(t *testing.T) {
+	const limit = 1 << 20
+	b := openURL(t, serverURL(t, fmt.Sprintf("stampede_prefix=limits_&stampede_maxvalue=%d", limit)))
+	securitytest.ValueLimit(t, b, limit)
+	b2 := openURL(t, serverURL(t, "stampede_prefix=limits_"))
+	securitytest.PublishLimit(t, b, b2, func(topic string) int { return maxPublish(b, topic) })
+	securitytest.LongKeys(t, b, []int{254, 255, 256, 257, 2704, 10000})
+
+	ctx := context.Background()
+	if _, err := b.pool.Exec(ctx, `SELECT pg_notify('limits_probe', repeat('x', $1))`, maxPayload); err != nil {
+		t.Errorf("pg_notify of %d bytes: %v", maxPayload, err)
+	}
+	if _, err := b.pool.Exec(ctx, `SELECT pg_notify('limits_probe', repeat('x', $1))`, maxPayload+1); err == nil {
+		t.Errorf("pg_notify of %d bytes succeeded: maxPayload is too small", maxPayload+1)
+	}
+
+	srv := testserver.Shared(t, testserver.Postgres)
+	p := securitytest.NewProxy(t, srv.Addr())
+	dead := openURL(t, strings.Replace(serverURL(t, fmt.Sprintf("stampede_prefix=limits_&stampede_maxvalue=%d&connect_timeout=2", limit)), srv.Addr(), p.Addr(), 1))
+	l, err := dead.TryClaim(ctx, securitytest.Unique(t)+"k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Cut()
+	securitytest.OverLimitNoIO(t, dead, limit, l, maxPublish(dead, "topic"))
+}
+
+// TestChannelNames: LISTEN silently truncates channel names to 63 bytes,
+// so two namespaces whose channel names would agree in their first 63
+// bytes must still get different channels.
+func TestChannelNames(t *testing.T) {
+	seen := map[string]Options{}
+	for _, o := range []Options{
+		{Schema: strings.Repeat("s", 40), TablePrefix: strings.Repeat("p", 30) + "a_"},
+		{Schema: strings.Repeat("s", 40), TablePrefix: strings.Repeat("p", 30) + "b_"},
+		{Schema: "public", TablePrefix: "stampede_"},
+		{Schema: "public.stampede", TablePrefix: "_"},
+	} {
+		b, err := New(&pgxpool.Pool{}, &o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b.channel) > maxIdent {
+			t.Errorf("channel %q: %d bytes, over %d", b.channel, len(b.channel), maxIdent)
+		}
+		if prev, dup := seen[b.channel]; dup {
+			t.Errorf("options %+v and %+v share channel %q", prev, o, b.channel)
+		}
+		seen[b.channel] = o
+	}
+}
+
+// TestIsolation: two table prefixes, and two schemas, on one database
+// never touch each other (tables and the LISTEN channel both differ).
+func TestIsolation(t *testing.T) {
+	securitytest.Isolation(t,
+		openURL(t, serverURL(t, "stampede_prefix=app_a_")),
+		openURL(t, serverURL(t, "stampede_prefix=app_b_")))
+	securitytest.Isolation(t,
+		openURL(t, serverURL(t, "stampede_schema=iso_one")),
+		openURL(t, serverURL(t, "stampede_schema=iso_two")))
+}
+
+// TestHostileValues: bytes written into L2 by someone else read as misses.
+func TestHostileValues(t *testing.T) {
+	securitytest.Hostile(t, openURL(t, serverURL(t, "stampede_prefix=hostile_")))
+}
+
+// FuzzKeyNames: encoded keys are at most 256 bytes of printable ASCII
+// without spaces (a text primary key, and a NOTIFY payload whose fields
+// are separated by a space), and two keys never share one.
+func FuzzKeyNames(f *testing.F) {
+	f.Add("a", "b")
+	f.Add("a b", "a_b")
+	f.Add("=a", "a")
+	f.Add(strings.Repeat("k", 255), strings.Repeat("k", 256))
+	f.Add("\x00", "ключ")
+	b, err := New(&pgxpool.Pool{}, nil)
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, k1, k2 string) {
+		if k1 == "" || k2 == "" {
+			return
+		}
+		names := func(k string) []string { return []string{b.keys.Encode(k)} }
+		securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, claim.PrintableASCII)
+		if p := keyPayload(b.keys.Encode(k1)); len(p) > maxPayload {
+			t.Fatalf("notify payload of %d bytes", len(p))
+		}
+	})
+}
+
