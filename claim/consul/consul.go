@@ -47,7 +47,9 @@
 //     one round trip; if it is out of date (a retried or concurrent Extend
 //     of the same lease), one read re-establishes it.
 //   - Commit is atomic: check-index on the lock key and set of the value
-//     key in one Consul transaction.
+//     key in one Consul transaction. CommitRelease adds the delete of the
+//     lock key to that transaction; TryClaimRead adds a get-or-empty of
+//     the value key to the claiming transaction.
 //
 // Clocks: Consul KV has no server clock, so expiry is judged on client
 // clocks. A holder records expiry = (its clock before sending) + TTL and
@@ -137,7 +139,8 @@ type Options struct {
 	WaitTime time.Duration
 }
 
-// Backend is one client of Consul. It implements claim.Backend.
+// Backend is one client of Consul. It implements claim.Backend,
+// claim.ClaimReader and claim.CommitReleaser.
 type Backend struct {
 	c       *capi.Client
 	kv      *capi.KV
@@ -156,7 +159,11 @@ type Backend struct {
 	watchers map[string]*watcher
 }
 
-var _ claim.Backend = (*Backend)(nil)
+var (
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
+)
 
 // New returns a Backend using the caller's client (its address, TLS, ACL
 // token and datacenter). Close does not close the client's connections.
@@ -420,23 +427,44 @@ func handleIndex(l claim.Lease) uint64 {
 // conditioned on it. If the key was released between the failed create and
 // the read, it tries once more. It never waits.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check("claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: TryClaim whose claiming
+// transaction also reads the value key (get-or-empty), so the value is
+// read in the same raft write as the claim; one round trip when the key
+// is free, like TryClaim.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	if err := ctx.Err(); err != nil {
-		return claim.Lease{}, err
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("consul: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("consul: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	ttl = roundTTL(ttl)
-	lk, holder := b.lockKey(key), holderID()
-	fail := func(err error) (claim.Lease, error) {
-		return claim.Lease{}, fmt.Errorf("consul: claim %q: %w", key, err)
+	lk, vk, holder := b.lockKey(key), b.valueKey(key), holderID()
+	fail := func(err error) (claim.Lease, []byte, bool, error) {
+		return claim.Lease{}, nil, false, fmt.Errorf("consul: %s %q: %w", op, key, err)
 	}
+	var (
+		val   []byte
+		found bool
+		bad   error
+	)
 	grant := func(ops capi.TxnOps, nCond int) (claim.Lease, bool, error) {
 		start := time.Now()
 		ops = append(ops, kvOp(capi.KVCAS, lk, 0, newRecord(holder, start, ttl)))
+		if read {
+			ops = append(ops, kvOp(capi.KVGetOrEmpty, vk, 0, nil))
+		}
 		ok, resp, err := b.txn(ctx, ops, nCond+1)
 		if err != nil || !ok {
 			return claim.Lease{}, false, err
@@ -445,8 +473,30 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		if w == nil {
 			return claim.Lease{}, false, errors.New("transaction result lacks the lock key")
 		}
+		if read {
+			// get-or-empty of an absent key answers the key with no
+			// value and index 0; a stored value has at least a header.
+			if p := written(resp, vk); p != nil && p.ModifyIndex != 0 {
+				v, expired, wellFormed := decodeValue(p.Value, time.Now())
+				if !wellFormed {
+					bad = fmt.Errorf("malformed stored value (%d bytes)", len(p.Value))
+				}
+				val, found = v, !expired
+			}
+		}
 		return claim.Lease{Key: key, Holder: holder, Token: w.CreateIndex, TTL: ttl,
 			Deadline: start.Add(ttl), Handle: handle(w.ModifyIndex, w.CreateIndex, holder)}, true, nil
+	}
+	got := func(l claim.Lease) (claim.Lease, []byte, bool, error) {
+		if bad != nil {
+			// The caller gets no lease: give it back (best effort).
+			_ = b.Release(ctx, l)
+			return fail(bad)
+		}
+		if !found {
+			return l, nil, false, nil
+		}
+		return l, val, true, nil
 	}
 	for attempt := 0; attempt < 2; attempt++ {
 		l, ok, err := grant(nil, 0)
@@ -454,7 +504,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 			return fail(err)
 		}
 		if ok {
-			return l, nil
+			return got(l)
 		}
 		cur, _, err := b.kv.Get(lk, qo(ctx))
 		if err != nil {
@@ -475,7 +525,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 			return fail(err)
 		}
 		if ok {
-			return l, nil
+			return got(l)
 		}
 		break // another client took it over first
 	}
@@ -600,6 +650,33 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, value []byte, ttl t
 	})
 	if err != nil {
 		return fmt.Errorf("consul: commit %q: %w", l.Key, err)
+	}
+	return nil
+}
+
+// CommitRelease implements claim.CommitReleaser: check-index on the lock
+// key, set of the value key and delete of the lock key in one transaction;
+// the delete wakes every subscriber's blocking query.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
+	if err := b.check("commit-release", l.Key); err != nil {
+		return err
+	}
+	if err := b.checkValue("commit-release", l.Key, value, ttl); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("consul: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	lk, vk := b.lockKey(l.Key), b.valueKey(l.Key)
+	v := encodeValue(value, ttl, time.Now())
+	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
+		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVSet, vk, 0, v), kvOp(capi.KVDelete, lk, 0, nil)}, 1
+	})
+	if err != nil {
+		return fmt.Errorf("consul: commit-release %q: %w", l.Key, err)
 	}
 	return nil
 }
