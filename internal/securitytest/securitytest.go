@@ -218,9 +218,10 @@ func PublishLimit(t *testing.T, pub, sub claim.Broadcaster, limitFor func(topic 
 	}
 }
 
-// LongKeys claims and stores keys of each given length, and for each a
-// second key that differs only in its last byte: every key works (long
-// keys are hashed, never refused or truncated) and the two never collide.
+// LongKeys subscribes to, claims, stores and releases keys of each given
+// length, and for each a second key that differs only in its last byte:
+// every key works, wake-ups included (long keys are hashed, never refused
+// or truncated), and the two never collide.
 func LongKeys(t *testing.T, b claim.Backend, lengths []int) {
 	t.Helper()
 	ctx := ctxT(t)
@@ -232,8 +233,14 @@ func LongKeys(t *testing.T, b claim.Backend, lengths []int) {
 		k1 := base + strings.Repeat("k", n-len(base))
 		k2 := k1[:n-1] + "j"
 		for i, k := range []string{k1, k2} {
+			sub, err := b.Subscribe(ctx, k)
+			if err != nil {
+				t.Errorf("Subscribe to a %d-byte key (#%d): %v", n, i, err)
+				continue
+			}
 			l, err := b.TryClaim(ctx, k, 20*time.Second)
 			if err != nil {
+				sub.Close()
 				t.Errorf("TryClaim of a %d-byte key (#%d): %v", n, i, err)
 				continue
 			}
@@ -243,6 +250,12 @@ func LongKeys(t *testing.T, b claim.Backend, lengths []int) {
 			if err := b.Release(ctx, l); err != nil {
 				t.Errorf("Release of a %d-byte key (#%d): %v", n, i, err)
 			}
+			select {
+			case <-sub.C():
+			case <-ctx.Done():
+				t.Errorf("Release of a %d-byte key (#%d) woke no subscriber", n, i)
+			}
+			sub.Close()
 		}
 		for i, k := range []string{k1, k2} {
 			v, err := b.Get(ctx, k)
