@@ -59,7 +59,10 @@
 // (Features.DurableFence). Release, Extend and Commit are conditional on
 // the holder id and token (Extend and Commit also on the lease being
 // unexpired); Commit writes the value into the same item in the same
-// write (Features.AtomicCommit).
+// write (Features.AtomicCommit). TryClaimRead is the claim's UpdateItem
+// returning the whole new item (ALL_NEW), value included; CommitRelease is
+// one UpdateItem conditional like Commit that writes the value, removes
+// the holder and bumps the notify counter.
 //
 // DynamoDB has no server-side clock in conditions: expiry is judged on the
 // clients' clocks. A lease's expiry is recorded by its holder (request
@@ -168,7 +171,8 @@ type Options struct {
 }
 
 // Backend is one DynamoDB client's claim backend. It implements
-// claim.Backend; it is safe for concurrent use.
+// claim.Backend, claim.ClaimReader and claim.CommitReleaser; it is safe
+// for concurrent use.
 type Backend struct {
 	c         *dynamodb.Client
 	table     string
@@ -184,7 +188,11 @@ type Backend struct {
 	closed bool
 }
 
-var _ claim.Backend = (*Backend)(nil)
+var (
+	_ claim.Backend        = (*Backend)(nil)
+	_ claim.ClaimReader    = (*Backend)(nil)
+	_ claim.CommitReleaser = (*Backend)(nil)
+)
 
 // New returns a Backend on the table opt.Table using client, which the
 // caller configured (region, credentials, retries, endpoint) and keeps
@@ -449,9 +457,10 @@ func (b *Backend) update(ctx context.Context, key, expr, cond string, vals map[s
 		ExpressionAttributeValues: vals,
 		ReturnValues:              ret,
 	}
-	if ret == types.ReturnValueUpdatedNew {
-		// TryClaim: a failed condition returns the holder's expiry (and,
-		// alas, the whole item: there is no projection for it).
+	if ret == types.ReturnValueUpdatedNew || ret == types.ReturnValueAllNew {
+		// TryClaim, TryClaimRead: a failed condition returns the holder's
+		// expiry (and, alas, the whole item: there is no projection for
+		// it).
 		in.ReturnValuesOnConditionCheckFailure = types.ReturnValuesOnConditionCheckFailureAllOld
 	}
 	if cond != "" {
@@ -514,11 +523,23 @@ func (b *Backend) leaseReap(expr string, vals map[string]types.AttributeValue, l
 
 // TryClaim implements claim.Claimer: one conditional UpdateItem.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check(ctx, "claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader: the claim's UpdateItem
+// returns the whole new item (ReturnValues ALL_NEW), value included, so
+// the value is read in the same atomic write.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(ctx, op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
-	if err := b.checkTTL("claim", key, ttl); err != nil {
-		return claim.Lease{}, err
+	if err := b.checkTTL(op, key, ttl); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	ttl = ms(ttl)
 	holder := holderID()
@@ -529,26 +550,51 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		":base": num(start.UnixMicro()), ":cut": num(start.Add(-b.skew).UnixMilli()),
 	}
 	expr := b.leaseReap("SET #h = :h, #le = :le, #f = if_not_exists(#f, :base) + :one", vals, le)
-	out, err := b.update(ctx, key, expr, "attribute_not_exists(#h) OR #le < :cut", vals, types.ReturnValueUpdatedNew)
+	ret := types.ReturnValueUpdatedNew
+	if read {
+		ret = types.ReturnValueAllNew
+	}
+	out, err := b.update(ctx, key, expr, "attribute_not_exists(#h) OR #le < :cut", vals, ret)
 	if item, ok := conditionFailed(err); ok {
 		he := &claim.HeldError{Key: key}
 		if old, ok := attr(item, "le"); ok {
 			he.Remaining = max(0, time.Until(b.expiry(old)))
 		}
-		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: %w", key, he)
+		return claim.Lease{}, nil, false, fmt.Errorf("dynamo: %s %q: %w", op, key, he)
 	}
 	if err != nil {
-		return claim.Lease{}, wrap("claim", key, err)
+		return claim.Lease{}, nil, false, wrap(op, key, err)
 	}
 	f, ok := out.Attributes["f"].(*types.AttributeValueMemberN)
 	if !ok {
-		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: no fence in the reply", key)
+		return claim.Lease{}, nil, false, fmt.Errorf("dynamo: %s %q: no fence in the reply", op, key)
 	}
 	token, err := strconv.ParseUint(f.Value, 10, 64)
 	if err != nil {
-		return claim.Lease{}, fmt.Errorf("dynamo: claim %q: fence %q: %w", key, f.Value, err)
+		return claim.Lease{}, nil, false, fmt.Errorf("dynamo: %s %q: fence %q: %w", op, key, f.Value, err)
 	}
-	return claim.Lease{Key: key, Holder: holder, Token: token, TTL: ttl, Deadline: start.Add(ttl)}, nil
+	l := claim.Lease{Key: key, Holder: holder, Token: token, TTL: ttl, Deadline: start.Add(ttl)}
+	if !read {
+		return l, nil, false, nil
+	}
+	v, found := value(out.Attributes, time.Now())
+	return l, v, found, nil
+}
+
+// value returns the value stored in item, unless absent or expired at now
+// (by this client's clock).
+func value(item map[string]types.AttributeValue, now time.Time) ([]byte, bool) {
+	v, ok := item["v"].(*types.AttributeValueMemberB)
+	if !ok {
+		return nil, false
+	}
+	if ve, ok := attr(item, "ve"); ok && now.UnixMilli() >= ve {
+		return nil, false
+	}
+	if v.Value == nil {
+		return []byte{}, true
+	}
+	return v.Value, true
 }
 
 // expiry is when other clients consider a lease with recorded expiry le
@@ -671,6 +717,38 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl tim
 	return nil
 }
 
+// CommitRelease implements claim.CommitReleaser: one UpdateItem
+// conditional on the lease (as Commit) that writes the value, removes the
+// holder and bumps the notify counter (as Release), so pollers see the
+// release and the value together; this Backend's own subscribers are
+// woken at once.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	if err := b.check(ctx, "commit-release", l.Key); err != nil {
+		return err
+	}
+	now := time.Now()
+	vals := leaseVals(l, now)
+	expr, err := b.valueExpr("commit-release", l.Key, val, ttl, now, vals)
+	if err != nil {
+		return err
+	}
+	if l.Expired(now) {
+		return fmt.Errorf("dynamo: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	// valueExpr ends with its REMOVE clause.
+	vals[":one"] = num(1)
+	expr += ", #h, #le ADD #n :one"
+	_, err = b.update(ctx, l.Key, expr, current, vals, types.ReturnValueNone)
+	if _, ok := conditionFailed(err); ok {
+		return fmt.Errorf("dynamo: commit-release %q: %w", l.Key, claim.ErrLost)
+	}
+	if err != nil {
+		return wrap("commit-release", l.Key, err)
+	}
+	b.hub.Wake(l.Key) // this process's waiters need no poll
+	return nil
+}
+
 // Get implements claim.Store: a strongly consistent GetItem. A value past
 // its TTL (by this client's clock) is never returned.
 func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
@@ -687,17 +765,11 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, wrap("get", key, err)
 	}
-	v, ok := out.Item["v"].(*types.AttributeValueMemberB)
+	v, ok := value(out.Item, time.Now())
 	if !ok {
 		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
 	}
-	if ve, ok := attr(out.Item, "ve"); ok && time.Now().UnixMilli() >= ve {
-		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
-	}
-	if v.Value == nil {
-		return []byte{}, nil
-	}
-	return v.Value, nil
+	return v, nil
 }
 
 // Set implements claim.Store: one unconditional UpdateItem of the value
