@@ -141,6 +141,7 @@ func FuzzKeyNames(f *testing.F) {
 	f.Add("\x00", "\n")
 	short, _ := New(gomemcache.New("127.0.0.1:1"), nil)
 	long, _ := New(gomemcache.New("127.0.0.1:1"), &Options{Prefix: strings.Repeat("p", 200)})
+	f.Cleanup(func() { short.Close(); long.Close() })
 	f.Fuzz(func(t *testing.T, k1, k2 string) {
 		if k1 == "" || k2 == "" {
 			return

@@ -1,0 +1,120 @@
+package dynamo
+
+import (
+	"context"
+	"net/url"
+	"strings"
+	"testing"
+	"time"
+	"unicode/utf8"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/stampede-go/stampede/internal/securitytest"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+// TestOwnClient: a client the user configured (credentials provider,
+// endpoint, retries) works through New. DynamoDB authenticates requests
+// by their SigV4 signature, which dynalite does not check: credentials
+// are the SDK's business (default chain, or the client given to New),
+// and no stampede test can prove a wrong key is refused.
+func TestOwnClient(t *testing.T) {
+	raw := server(t)
+	u, _ := url.Parse(raw)
+	endpoint := u.Query().Get("endpoint")
+	c := dynamodb.New(dynamodb.Options{
+		Region:       "us-east-1",
+		BaseEndpoint: aws.String(endpoint),
+		Credentials:  credentials.NewStaticCredentialsProvider("AKIDEXAMPLE", "secret-access-key-S3cret", ""),
+	})
+	b, err := New(c, &Options{Table: u.Host, Prefix: "own-client"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	securitytest.Roundtrip(t, b)
+}
+
+// TestLimits: values up to MaxValueLen round-trip (the item stays under
+// 400 KB), one byte more is ErrTooLarge before any I/O, and the server
+// itself refuses an item over 400 KB; keys around the 2048-byte partition
+// key limit are hashed and stay distinct.
+func TestLimits(t *testing.T) {
+	raw := server(t)
+	b := open(t, raw+"&prefix=limits")
+	securitytest.ValueLimit(t, b, MaxValueLen)
+	m := b.enc.MaxLen
+	securitytest.LongKeys(t, b, []int{m - 1, m, m + 1, 2048, 2049, 5000})
+	_, err := b.c.PutItem(context.Background(), &dynamodb.PutItemInput{
+		TableName: aws.String(b.table),
+		Item: map[string]types.AttributeValue{
+			"k": &types.AttributeValueMemberS{Value: "raw"},
+			"v": &types.AttributeValueMemberB{Value: make([]byte, 400*1024+1)},
+		},
+	})
+	if err == nil {
+		t.Error("the server accepted an item over 400 KB")
+	}
+
+	srv := testserver.Shared(t, testserver.Dynamo)
+	p := securitytest.NewProxy(t, srv.Addr())
+	dead := open(t, strings.Replace(raw, url.QueryEscape(srv.Addr()), url.QueryEscape(p.Addr()), 1)+"&prefix=limits")
+	l, err := dead.TryClaim(context.Background(), securitytest.Unique(t)+"k", 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Cut()
+	securitytest.OverLimitNoIO(t, dead, MaxValueLen, l, 0)
+}
+
+// TestIsolation: two prefixes in one table never touch each other.
+func TestIsolation(t *testing.T) {
+	raw := server(t)
+	securitytest.Isolation(t, open(t, raw+"&prefix=app-a"), open(t, raw+"&prefix=app-b"))
+	securitytest.Isolation(t, open(t, raw+"&prefix=nest"), open(t, raw+"&prefix=nest:x"))
+}
+
+// TestHostileValues: bytes written into L2 by someone else read as misses.
+func TestHostileValues(t *testing.T) {
+	securitytest.Hostile(t, open(t, server(t)+"&prefix=hostile"))
+}
+
+// FuzzKeyNames: item keys are valid UTF-8 without control characters, at
+// most 2048 bytes (DynamoDB's partition key limit) with the default and
+// with the longest prefix, and two keys never share an item.
+func FuzzKeyNames(f *testing.F) {
+	f.Add("a", "b")
+	f.Add("\xff", "\xfe")
+	f.Add("=a", "a")
+	f.Add(strings.Repeat("k", 2038), strings.Repeat("k", 2039))
+	f.Add("ünï", "uni")
+	var bs []*Backend
+	for _, p := range []string{"", strings.Repeat("p", 1000)} {
+		b, err := New(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), &Options{Prefix: p})
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Cleanup(func() { b.Close() })
+		bs = append(bs, b)
+	}
+	f.Fuzz(func(t *testing.T, k1, k2 string) {
+		if k1 == "" || k2 == "" {
+			return
+		}
+		for _, b := range bs {
+			names := func(k string) []string {
+				s := b.itemKey(k)["k"].(*types.AttributeValueMemberS).Value
+				if !utf8.ValidString(s) {
+					t.Fatalf("item key of %q is not valid UTF-8", k)
+				}
+				return []string{s}
+			}
+			securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, func(c byte) bool { return c >= ' ' && c != 0x7f })
+		}
+	})
+}
+
