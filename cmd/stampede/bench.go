@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -153,17 +154,11 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 			space := memory.NewSpace(nil)
 			ts = append(ts, &benchTarget{Name: "mem", URL: "in-process", open: func(context.Context) (claim.Backend, error) { return memory.New(space, nil) }})
 		case isKind:
-			url := os.Getenv(kind.EnvVar())
-			t := &benchTarget{Name: n}
-			if url == "" {
-				fmt.Fprintf(stderr, "bench: starting a %s test server...\n", kind)
-				srv, err := testserver.Start(ctx, kind, nil)
-				if err != nil {
-					return ts, fmt.Errorf("bench: starting %s: %w (scripts/install-backends installs the servers, or set %s)", kind, err, kind.EnvVar())
-				}
-				url = srv.URL()
-				t.stop = func() { srv.Stop() }
+			url, stop, err := kindServer(ctx, kind, stderr)
+			if err != nil {
+				return ts, fmt.Errorf("bench: %w", err)
 			}
+			t := &benchTarget{Name: n, stop: stop}
 			t.URL = claim.RedactURL(url)
 			t.open = func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, url) }
 			ts = append(ts, t)
@@ -178,7 +173,47 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 	if len(ts) == 0 {
 		return nil, fmt.Errorf("bench: -backends names no backend")
 	}
+	// Open each once: a bad URL fails now, and a backend that creates its
+	// table on first use does so before the benchmarks open clients.
+	for _, t := range ts {
+		b, err := t.open(ctx)
+		if err != nil {
+			return ts, fmt.Errorf("bench: %s: %w", t.URL, err)
+		}
+		_, err = b.Get(ctx, "bench-probe")
+		b.Close()
+		if err != nil && !errors.Is(err, claim.ErrNotFound) {
+			return ts, fmt.Errorf("bench: %s: %w", t.URL, err)
+		}
+	}
 	return ts, nil
+}
+
+// kindServer returns the URL of a server of kind: $STAMPEDE_TEST_<KIND>_URL
+// if set, else a test server started on loopback (stop stops it; nil for
+// an external server).
+//
+// For DynamoDB the URL asks for the table to be created when missing
+// (create_table=true), as the test servers start empty.
+func kindServer(ctx context.Context, kind testserver.Kind, stderr io.Writer) (url string, stop func(), err error) {
+	createTable := func(u string) string {
+		if kind == testserver.Dynamo && !strings.Contains(u, "create_table=") {
+			if strings.Contains(u, "?") {
+				return u + "&create_table=true"
+			}
+			return u + "?create_table=true"
+		}
+		return u
+	}
+	if url := os.Getenv(kind.EnvVar()); url != "" {
+		return createTable(url), nil, nil
+	}
+	fmt.Fprintf(stderr, "stampede: starting the %s test server...\n", kind)
+	srv, err := testserver.Start(ctx, kind, nil)
+	if err != nil {
+		return "", nil, fmt.Errorf("starting %s: %w (scripts/install-backends installs the servers; or set %s)", kind, err, kind.EnvVar())
+	}
+	return createTable(srv.URL()), func() { srv.Stop() }, nil
 }
 
 func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {

@@ -31,10 +31,12 @@ const (
 	mNotify
 	mSet
 	mDelete
+	mClaimRead     // claim.ClaimReader's TryClaimRead
+	mCommitRelease // claim.CommitReleaser's CommitRelease
 	nMethods
 )
 
-var methodNames = [nMethods]string{"get", "subscribe", "claim", "commit", "release", "extend", "notify", "set", "delete"}
+var methodNames = [nMethods]string{"get", "subscribe", "claim", "commit", "release", "extend", "notify", "set", "delete", "claim+read", "commit+release"}
 
 func (m method) String() string { return methodNames[m] }
 
@@ -90,19 +92,86 @@ func (a callCounts) byName() map[string]int64 {
 	return m
 }
 
-// countedBroadcaster keeps the wrapped backend's Broadcaster visible, so
-// flight's fleet-wide invalidation still works through the wrapper.
-type countedBroadcaster struct {
-	*counted
-	claim.Broadcaster
-}
-
+// count wraps b. The wrapper keeps b's optional interfaces visible
+// (claim.Broadcaster, so flight's fleet-wide invalidation still works;
+// claim.ClaimReader and claim.CommitReleaser, so flight takes the same
+// path through the wrapper as without it), counting their calls too.
 func count(b claim.Backend) (claim.Backend, *counted) {
 	c := &counted{Backend: b}
-	if bc, ok := b.(claim.Broadcaster); ok {
-		return countedBroadcaster{c, bc}, c
+	bc, isB := b.(claim.Broadcaster)
+	cr, isR := b.(claim.ClaimReader)
+	cc, isC := b.(claim.CommitReleaser)
+	r, w := claimReadCounter{c, cr}, commitReleaseCounter{c, cc}
+	type (
+		B = claim.Broadcaster
+		R = claimReadCounter
+		C = commitReleaseCounter
+	)
+	switch {
+	case isB && isR && isC:
+		return struct {
+			*counted
+			B
+			R
+			C
+		}{c, bc, r, w}, c
+	case isB && isR:
+		return struct {
+			*counted
+			B
+			R
+		}{c, bc, r}, c
+	case isB && isC:
+		return struct {
+			*counted
+			B
+			C
+		}{c, bc, w}, c
+	case isR && isC:
+		return struct {
+			*counted
+			R
+			C
+		}{c, r, w}, c
+	case isB:
+		return struct {
+			*counted
+			B
+		}{c, bc}, c
+	case isR:
+		return struct {
+			*counted
+			R
+		}{c, r}, c
+	case isC:
+		return struct {
+			*counted
+			C
+		}{c, w}, c
 	}
 	return c, c
+}
+
+// claimReadCounter counts claim.ClaimReader's calls.
+type claimReadCounter struct {
+	c *counted
+	r claim.ClaimReader
+}
+
+func (x claimReadCounter) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	x.c.add(mClaimRead)
+	return x.r.TryClaimRead(ctx, key, ttl)
+}
+
+// commitReleaseCounter counts claim.CommitReleaser's calls.
+type commitReleaseCounter struct {
+	c  *counted
+	cr claim.CommitReleaser
+}
+
+func (x commitReleaseCounter) CommitRelease(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
+	x.c.add(mCommitRelease)
+	return x.cr.CommitRelease(ctx, l, v, ttl)
 }
 
 func (c *counted) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {

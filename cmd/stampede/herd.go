@@ -33,7 +33,8 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fs := flags("herd", stderr)
 	var cfg herdConfig
-	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME); default: the embedded in-process backend (processes simulated)")
+	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME), or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper: "+
+		"$STAMPEDE_TEST_<KIND>_URL, else a test server started here); default: the embedded in-process backend (processes simulated)")
 	fs.IntVar(&cfg.Procs, "procs", 8, "processes (each its own OS process, backend client and L1)")
 	fs.IntVar(&cfg.Callers, "callers", 1000, "concurrent callers per process, released at once")
 	fs.IntVar(&cfg.Keys, "keys", 1, "distinct keys per round")
@@ -68,6 +69,18 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.KillHolder && cfg.Procs < 2 {
 		fmt.Fprintln(stderr, "stampede herd: -kill-holder needs -procs >= 2 (someone must take over)")
 		return errUsage
+	}
+	if kind, ok := benchKinds[cfg.Backend]; ok {
+		url, stop, err := kindServer(ctx, kind, stderr)
+		if err != nil {
+			return fmt.Errorf("herd: %w", err)
+		}
+		if stop != nil {
+			defer stop()
+		}
+		cfg.Backend = url
+	} else if cfg.Backend == "mem" {
+		cfg.Backend = "mem://"
 	}
 	rep, err := runHerd(ctx, cfg, stderr)
 	if err != nil {
@@ -129,8 +142,19 @@ func runHerd(ctx context.Context, cfg herdConfig, stderr io.Writer) (*herdSummar
 		case <-ctx.Done():
 		}
 	}
+	// Open one client first: a bad URL fails here, once, rather than in
+	// every worker, and a backend that creates its table or schema on
+	// first use does so before the workers race to.
+	probe, err := claim.Open(ctx, cfg.Backend)
+	if err != nil {
+		return nil, fmt.Errorf("herd: %w", err)
+	}
+	if _, err := probe.Get(ctx, cfg.Name+":probe"); err != nil && !errors.Is(err, claim.ErrNotFound) {
+		probe.Close()
+		return nil, fmt.Errorf("herd: %s: %w", claim.RedactURL(cfg.Backend), err)
+	}
+	probe.Close()
 	var ws []worker
-	var err error
 	if cfg.Sim {
 		ws, err = startSimulated(ctx, cfg, send, stderr)
 	} else {

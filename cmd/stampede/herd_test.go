@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -83,6 +85,12 @@ func oneLoadPerKey(t *testing.T, h *herdSummary) {
 		if p.Keys == 0 || p.Total > int64(6*p.Keys) {
 			t.Errorf("process %d: %d round trips for %d keys (%v), want at most 6 per key", p.Proc, p.Total, p.Keys, p.Calls)
 		}
+		// With claim.ClaimReader and claim.CommitReleaser (memory and
+		// Redis have both), holders too make 4: get, subscribe,
+		// claim+read, commit+release.
+		if p.Calls["claim"] == 0 && p.Calls["commit"] == 0 && p.Total > int64(4*p.Keys) {
+			t.Errorf("process %d: %d round trips for %d keys (%v), want at most 4 per key", p.Proc, p.Total, p.Keys, p.Calls)
+		}
 		if p.Calls["subscribe"] > int64(p.Keys) {
 			t.Errorf("process %d: %d subscriptions for %d keys, want at most one per key", p.Proc, p.Calls["subscribe"], p.Keys)
 		}
@@ -95,7 +103,7 @@ func TestHerdSimulated(t *testing.T) {
 		t.Errorf("mode %q, %d requests, want simulated, 8000", h.Mode, h.Requests)
 	}
 	oneLoadPerKey(t, h)
-	if got := h.Calls["release"]; got != 1 {
+	if got := h.Calls["release"] + h.Calls["commit+release"]; got != 1 {
 		t.Errorf("releases = %d, want 1", got)
 	}
 }
@@ -171,5 +179,48 @@ func TestHerdCommand(t *testing.T) {
 		if code := run(ctx, append([]string{"herd"}, bad...), &out, &errb); code != 2 {
 			t.Errorf("herd %s: exit %d, want 2", strings.Join(bad, " "), code)
 		}
+	}
+}
+
+// TestCountedKeepsInterfaces: the counting wrapper shows flight the same
+// optional interfaces as the backend it wraps, and counts their calls.
+func TestCountedKeepsInterfaces(t *testing.T) {
+	mem, err := memory.New(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mem.Close()
+	check := func(name string, b claim.Backend, wantB, wantR, wantC bool) {
+		w, _ := count(b)
+		_, isB := w.(claim.Broadcaster)
+		_, isR := w.(claim.ClaimReader)
+		_, isC := w.(claim.CommitReleaser)
+		if isB != wantB || isR != wantR || isC != wantC {
+			t.Errorf("%s: wrapper is Broadcaster %v, ClaimReader %v, CommitReleaser %v; want %v, %v, %v", name, isB, isR, isC, wantB, wantR, wantC)
+		}
+	}
+	check("memory", mem, true, true, true)
+	check("plain", struct{ claim.Backend }{mem}, false, false, false)
+	check("broadcaster only", struct {
+		claim.Backend
+		claim.Broadcaster
+	}{mem, mem}, true, false, false)
+	check("reader+releaser", struct {
+		claim.Backend
+		claim.ClaimReader
+		claim.CommitReleaser
+	}{mem, mem, mem}, false, true, true)
+
+	w, c := count(mem)
+	ctx := context.Background()
+	l, _, _, err := w.(claim.ClaimReader).TryClaimRead(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := w.(claim.CommitReleaser).CommitRelease(ctx, l, []byte("v"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if got := c.snapshot().byName(); got["claim+read"] != 1 || got["commit+release"] != 1 || c.n.Load() != 2 {
+		t.Errorf("counts %v (total %d), want claim+read 1, commit+release 1", got, c.n.Load())
 	}
 }
