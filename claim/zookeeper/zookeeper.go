@@ -29,7 +29,11 @@
 // Commit is multi(check o/HOLDER, write the value): a stale holder's
 // request fails on the missing owner node and changes nothing (ErrLost),
 // even if the key was re-claimed since. (The lock node's version cannot
-// serve: a re-created node starts again at version 0.)
+// serve: a re-created node starts again at version 0.) CommitRelease is
+// multi(delete o/HOLDER, write the value, delete l/ENC). A multi-op cannot
+// read, so TryClaimRead adds create+delete of the value node to the claim's
+// multi-op: one round trip that also proves the key has no value; when it
+// has one, the key is claimed without that probe and the value read after.
 //
 // The fencing token is the czxid of the claim's nodes: ZooKeeper's
 // transaction id, global, strictly increasing and persisted in its
@@ -598,39 +602,79 @@ func (b *Backend) inspect(ctx context.Context, lock string) (s holderState, ok b
 // key is held by an expired claim (judged on the leader's clock) it takes
 // it over. Claims racing it can make it re-read, at most three rounds.
 func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := b.check("claim", key); err != nil {
-		return claim.Lease{}, err
+	l, _, _, err := b.tryClaim(ctx, "claim", key, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements claim.ClaimReader. A multi-op cannot read, so
+// the claim's multi-op also creates and deletes the value node: it
+// succeeds only if the key has no value, which is then known atomically
+// with the claim in one round trip (the common case: a claim after a
+// miss). If a value node exists, that multi-op fails and changes nothing;
+// then the key is claimed without the probe and the value read after the
+// claim (a value committed before the claim is seen): three round trips.
+func (b *Backend) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, "claim-read", key, ttl, true)
+}
+
+func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duration, read bool) (claim.Lease, []byte, bool, error) {
+	if err := b.check(op, key); err != nil {
+		return claim.Lease{}, nil, false, err
 	}
 	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: ttl must be positive, got %s", key, ttl)
+		return claim.Lease{}, nil, false, fmt.Errorf("zookeeper: %s %q: ttl must be positive, got %s", op, key, ttl)
 	}
 	if err := b.prepare(ctx); err != nil {
-		return claim.Lease{}, b.wrap("claim", key, err)
+		return claim.Lease{}, nil, false, b.wrap(op, key, err)
 	}
 	ttlMS := ceilMS(ttl)
 	lock := b.lockPath(key)
 	var prev *holderState
 	held := &claim.HeldError{Key: key}
-	for range attempts {
+	probe := read // the key has no value, as far as we know
+	for round := 0; round < attempts; round++ {
 		holder := newHolder()
 		start := time.Now()
-		res, failed, err := b.multi(ctx, b.claimOps(lock, holder, ttlMS, prev)...)
+		ops := b.claimOps(lock, holder, ttlMS, prev)
+		nClaim := len(ops)
+		if probe {
+			vp := b.valuePath(key)
+			ops = append(ops, &zk.CreateRequest{Path: vp, Acl: b.acl}, &zk.DeleteRequest{Path: vp, Version: -1})
+		}
+		res, failed, err := b.multi(ctx, ops...)
 		if err == nil {
-			return claim.Lease{
-				Key: key, Holder: holder, Token: uint64(res[len(res)-1].Stat.Czxid),
+			l := claim.Lease{
+				Key: key, Holder: holder, Token: uint64(res[nClaim-1].Stat.Czxid),
 				TTL: time.Duration(ttlMS) * time.Millisecond, Deadline: start.Add(time.Duration(ttlMS) * time.Millisecond),
-			}, nil
+			}
+			if !read || probe {
+				return l, nil, false, nil // no value node at the claim
+			}
+			v, found, err := b.getValue(ctx, key)
+			if err != nil {
+				// The caller gets no lease: give it back (best effort).
+				_ = b.Release(ctx, l)
+				return claim.Lease{}, nil, false, b.wrap(op, key, err)
+			}
+			return l, v, found, nil
+		}
+		if probe && failed == nClaim && errors.Is(err, zk.ErrNodeExists) {
+			// The claim would have succeeded, but the key has a value:
+			// claim without the probe, then read it.
+			probe = false
+			round--
+			continue
 		}
 		if prev == nil && (!errors.Is(err, zk.ErrNodeExists) || failed != 0) {
-			return claim.Lease{}, b.wrap("claim", key, err)
+			return claim.Lease{}, nil, false, b.wrap(op, key, err)
 		}
 		if prev != nil && !errors.Is(err, zk.ErrNoNode) && !errors.Is(err, zk.ErrBadVersion) && !errors.Is(err, zk.ErrNodeExists) {
-			return claim.Lease{}, b.wrap("claim", key, err)
+			return claim.Lease{}, nil, false, b.wrap(op, key, err)
 		}
 		// Held, or changed under us: read the current claim.
 		s, ok, err := b.inspect(ctx, lock)
 		if err != nil {
-			return claim.Lease{}, b.wrap("claim", key, err)
+			return claim.Lease{}, nil, false, b.wrap(op, key, err)
 		}
 		prev = nil
 		if !ok {
@@ -638,7 +682,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 		}
 		if rem := s.remaining(time.Now().UnixMilli()); rem > 0 {
 			held.Remaining = rem
-			return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: %w", key, held)
+			return claim.Lease{}, nil, false, fmt.Errorf("zookeeper: %s %q: %w", op, key, held)
 		}
 		// Expired by our clock: ask the leader's.
 		var now int64
@@ -650,15 +694,15 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 			return err
 		})
 		if err != nil {
-			return claim.Lease{}, b.wrap("claim", key, err)
+			return claim.Lease{}, nil, false, b.wrap(op, key, err)
 		}
 		if rem := s.remaining(now); rem > 0 {
 			held.Remaining = rem
-			return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: %w", key, held)
+			return claim.Lease{}, nil, false, fmt.Errorf("zookeeper: %s %q: %w", op, key, held)
 		}
 		prev = &s
 	}
-	return claim.Lease{}, fmt.Errorf("zookeeper: claim %q: %w", key, held)
+	return claim.Lease{}, nil, false, fmt.Errorf("zookeeper: %s %q: %w", op, key, held)
 }
 
 // owner returns the owner node of l, or an ErrLost error if l cannot be a
@@ -811,11 +855,73 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl tim
 	return b.write(ctx, "commit", l.Key, owner, encodeValue(val, ttl), true)
 }
 
+// CommitRelease implements claim.CommitReleaser: one multi-op that
+// deletes the lease's owner node (failing, and changing nothing, if the
+// lease is not current: ErrLost), writes the value node and deletes the
+// lock node, whose watchers then see the release. Like Commit it creates
+// the value node first (after a miss it is usually absent) and sets it if
+// it exists: a second multi-op then.
+func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
+	if err := b.check("commit-release", l.Key); err != nil {
+		return err
+	}
+	if err := b.checkValue("commit-release", l.Key, val, ttl); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return b.wrap("commit-release", l.Key, err)
+	}
+	if l.Expired(time.Now()) {
+		return fmt.Errorf("zookeeper: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
+	}
+	owner, err := b.owner("commit-release", l)
+	if err != nil {
+		return err
+	}
+	if err := b.prepare(ctx); err != nil {
+		return b.wrap("commit-release", l.Key, err)
+	}
+	path, data := b.valuePath(l.Key), encodeValue(val, ttl)
+	ws := []any{
+		&zk.CreateRequest{Path: path, Data: data, Acl: b.acl},
+		&zk.SetDataRequest{Path: path, Data: data, Version: -1},
+	}
+	for range attempts {
+		for _, w := range ws {
+			_, failed, err := b.multi(ctx,
+				&zk.DeleteRequest{Path: owner, Version: -1}, w,
+				&zk.DeleteRequest{Path: b.lockPath(l.Key), Version: -1})
+			switch {
+			case err == nil:
+				return nil
+			case failed == 0 && errors.Is(err, zk.ErrNoNode):
+				return fmt.Errorf("zookeeper: commit-release %q: %w", l.Key, claim.ErrLost)
+			case failed != 1 || !errors.Is(err, zk.ErrNodeExists) && !errors.Is(err, zk.ErrNoNode):
+				return b.wrap("commit-release", l.Key, err)
+			}
+		}
+	}
+	return b.wrap("commit-release", l.Key, errors.New("value node kept changing under concurrent writers"))
+}
+
 // Get implements claim.Store.
 func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := b.check("get", key); err != nil {
 		return nil, err
 	}
+	v, found, err := b.getValue(ctx, key)
+	if err != nil {
+		return nil, b.wrap("get", key, err)
+	}
+	if !found {
+		return nil, fmt.Errorf("zookeeper: get %q: %w", key, claim.ErrNotFound)
+	}
+	return v, nil
+}
+
+// getValue reads key's value node: found is false if it is absent or
+// expired (then it is deleted, unless rewritten meanwhile).
+func (b *Backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
 	path := b.valuePath(key)
 	var data []byte
 	var st *zk.Stat
@@ -824,20 +930,20 @@ func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
 		return err
 	})
 	if errors.Is(err, zk.ErrNoNode) {
-		return nil, fmt.Errorf("zookeeper: get %q: %w", key, claim.ErrNotFound)
+		return nil, false, nil
 	}
 	if err != nil {
-		return nil, b.wrap("get", key, err)
+		return nil, false, err
 	}
 	if len(data) < valueHeader || data[0] != 1 {
-		return nil, fmt.Errorf("zookeeper: get %q: value node %s was not written by this package", key, path)
+		return nil, false, fmt.Errorf("value node %s was not written by this package", path)
 	}
 	if ms := int64(binary.BigEndian.Uint64(data[1:valueHeader])); ms > 0 && time.Now().UnixMilli() >= st.Mtime+ms {
 		// Expired: delete it unless rewritten meanwhile (best effort).
 		_ = b.do(ctx, func() error { return b.conn.Delete(path, st.Version) })
-		return nil, fmt.Errorf("zookeeper: get %q: %w", key, claim.ErrNotFound)
+		return nil, false, nil
 	}
-	return append([]byte{}, data[valueHeader:]...), nil
+	return append([]byte{}, data[valueHeader:]...), true, nil
 }
 
 // Set implements claim.Store.
