@@ -34,12 +34,21 @@ func TestDemo(t *testing.T) {
 			if s.Source == "L1" && s.BackendCalls != 0 {
 				t.Errorf("scenario %d step %d: an L1 hit made %d backend calls", i+1, j+1, s.BackendCalls)
 			}
+			// The holder: get, subscribe, claim+read, commit+release.
+			if s.Source == "loaded" && s.BackendCalls != 4 {
+				t.Errorf("scenario %d step %d: a load made %d backend calls, want 4", i+1, j+1, s.BackendCalls)
+			}
 		}
 	}
 	for i, names := range map[int]int{4: 1, 5: 9} {
 		sc := rep.Scenarios[i]
 		if sc.Herd == nil || sc.LoaderCalls != int64(names) || sc.Herd.Names != names || sc.Herd.Errors != 0 || sc.Herd.Requests != 200 {
 			t.Errorf("herd %q: %+v, %d loader calls; want %d", sc.Title, sc.Herd, sc.LoaderCalls, names)
+		}
+		// At most 4 round trips per process per name, holder and waiters
+		// alike (a process that finds the value in L2 makes fewer).
+		if sc.Herd != nil && sc.Herd.BackendCalls > int64(4*sc.Herd.Processes*names) {
+			t.Errorf("herd %q: %d backend calls, want at most 4 per process per name (%d)", sc.Title, sc.Herd.BackendCalls, 4*sc.Herd.Processes*names)
 		}
 	}
 	tot := rep.Totals
