@@ -543,6 +543,7 @@ func (r *benchReport) markdown() string {
 type chartSpec struct {
 	file, title, unit string
 	series            []seriesSpec
+	linear            bool // else a log scale: backends differ by orders of magnitude
 }
 
 type seriesSpec struct {
@@ -551,20 +552,20 @@ type seriesSpec struct {
 }
 
 var chartSpecs = []chartSpec{
-	{"claim-release.svg", "Uncontended TryClaim + Release", "µs per claim+release", []seriesSpec{{"", "ClaimRelease", nsPerOp(1e-3)}}},
+	{"claim-release.svg", "Uncontended TryClaim + Release", "µs per claim+release", []seriesSpec{{"", "ClaimRelease", nsPerOp(1e-3)}}, false},
 	{"handoff.svg", "Handoff: Release → the waiter's Acquire returns (p50)", "ms", []seriesSpec{
 		{"lock held 20 ms", "Handoff/hold=20ms", metric("handoff-p50-µs", 1e-3)},
-		{"lock held 300 ms", "Handoff/hold=300ms", metric("handoff-p50-µs", 1e-3)}}},
-	{"fanout.svg", "One Release wakes 100 waiters in 2 clients (p50, last woken)", "ms", []seriesSpec{{"", "FanOut100", metric("fanout-p50-µs", 1e-3)}}},
-	{"store.svg", "Store Set + Get, 100 bytes", "µs", []seriesSpec{{"", "StoreSetGet", nsPerOp(1e-3)}}},
-	{"flight-l1-hit.svg", "flight L1 hit", "ns per Get", []seriesSpec{{"", "FlightL1Hit", nsPerOp(1)}}},
-	{"flight-l2-hit.svg", "flight L2 hit (L1 off)", "µs per Get", []seriesSpec{{"", "FlightL2Hit", nsPerOp(1e-3)}}},
-	{"herd.svg", "Herd collapse: every caller answered (p50)", "ms", []seriesSpec{{"", "FlightHerd", metric("herd-p50-ms", 1)}}},
+		{"lock held 300 ms", "Handoff/hold=300ms", metric("handoff-p50-µs", 1e-3)}}, false},
+	{"fanout.svg", "One Release wakes 100 waiters in 2 clients (p50, last woken)", "ms", []seriesSpec{{"", "FanOut100", metric("fanout-p50-µs", 1e-3)}}, false},
+	{"store.svg", "Store Set + Get, 100 bytes", "µs", []seriesSpec{{"", "StoreSetGet", nsPerOp(1e-3)}}, false},
+	{"flight-l1-hit.svg", "flight L1 hit", "ns per Get", []seriesSpec{{"", "FlightL1Hit", nsPerOp(1)}}, true},
+	{"flight-l2-hit.svg", "flight L2 hit (L1 off)", "µs per Get", []seriesSpec{{"", "FlightL2Hit", nsPerOp(1e-3)}}, false},
+	{"herd.svg", "Herd collapse: every caller answered (p50)", "ms", []seriesSpec{{"", "FlightHerd", metric("herd-p50-ms", 1)}}, false},
 }
 
 func (r *benchReport) writeFiles(dir string) error {
 	for _, cs := range chartSpecs {
-		c := benchchart.Chart{Title: cs.title, Unit: cs.unit}
+		c := benchchart.Chart{Title: cs.title, Unit: cs.unit, Log: !cs.linear}
 		for _, t := range r.Backends {
 			c.Groups = append(c.Groups, t.Name)
 		}
