@@ -123,17 +123,29 @@ func Redact(u *url.URL) string {
 				case secretParam(k):
 					vs[i] = "xxxxx"
 				case strings.Contains(v, "@"):
-					// A URL-valued parameter (an endpoint) may carry
-					// credentials of its own.
-					if inner, err := url.Parse(v); err == nil && inner.User != nil {
-						vs[i] = Redact(inner)
-					}
+					vs[i] = redactValue(v)
 				}
 			}
 		}
 		c.RawQuery = q.Encode()
 	}
 	return c.String()
+}
+
+// redactValue redacts a parameter value holding an '@': a URL-valued
+// parameter (an endpoint) may carry credentials of its own. A well-formed
+// http://USER:PASSWORD@HOST/... keeps all but its password; anything else
+// (a URL that does not parse, or whose '@' is not the end of its user
+// info, as when a password holds '#', '/' or a space) is hidden whole.
+func redactValue(v string) string {
+	inner, err := url.Parse(v)
+	if err == nil && inner.User != nil && strings.Count(v, "@") == 1 {
+		_, rest, _ := strings.Cut(v, "://")
+		if at := strings.IndexByte(rest, '@'); at >= 0 && !strings.ContainsAny(rest[:at], "/?#") {
+			return Redact(inner)
+		}
+	}
+	return "xxxxx"
 }
 
 // Params reads a URL's query parameters for a URLOpener: every parameter
