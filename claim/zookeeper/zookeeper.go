@@ -13,8 +13,11 @@
 // acl=open gives world access). Other parameters: session (session
 // timeout, default 30s, clamped by the server to [2, 20] × its tickTime),
 // maxvalue (bytes, default DefaultMaxValueLen), messagelife (how long a
-// Publish'd message stays readable, default 30s). An unknown parameter is
-// an error. The password never appears in errors.
+// Publish'd message stays readable, default 30s), and for a TLS port
+// (secureClientPort): tls=true, cacert (PEM file of the CA to trust
+// instead of the system roots), cert and key (PEM files of a client
+// certificate and its key), servername (default: each HOST). An unknown
+// parameter is an error. The password never appears in errors.
 //
 // # Semantics
 //
@@ -93,6 +96,7 @@ package zookeeper
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/binary"
 	"encoding/hex"
 	"errors"
@@ -108,6 +112,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/internal/hub"
+	"github.com/stampede-go/stampede/internal/tlsfiles"
 )
 
 // Scheme is the URL scheme this package registers.
@@ -253,7 +258,7 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	if err != nil {
 		return nil, err
 	}
-	d := &dialer{}
+	d := &dialer{tls: c.tls}
 	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet{}), zk.WithLogInfo(false))
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper: connect: %w", err)
@@ -281,6 +286,7 @@ type urlConfig struct {
 	servers []string
 	session time.Duration
 	auth    []byte // "user:password" for digest auth, or nil
+	tls     *tls.Config
 	opt     Options
 }
 
@@ -293,8 +299,20 @@ func parseURL(u *url.URL) (urlConfig, error) {
 	}}
 	c.session = p.Duration("session", DefaultSessionTimeout)
 	acl := p.String("acl", "")
+	useTLS := p.Bool("tls", false)
+	tf := tlsfiles.Files{CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""), ServerName: p.String("servername", "")}
 	if err := p.Err(); err != nil {
 		return c, fmt.Errorf("zookeeper: %w", err)
+	}
+	if !useTLS && !tf.Empty() {
+		return c, errors.New("zookeeper: URL parameters cacert, cert, key and servername need tls=true")
+	}
+	if useTLS {
+		tc, err := tf.Config()
+		if err != nil {
+			return c, fmt.Errorf("zookeeper: URL TLS parameters: %w", err)
+		}
+		c.tls = tc
 	}
 	if u.Opaque != "" || u.Fragment != "" {
 		return c, errors.New("zookeeper: malformed URL: want zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT]")
@@ -341,6 +359,7 @@ func parseURL(u *url.URL) (urlConfig, error) {
 // locally, so that closeSession fails (and go-zk's Close returns at once)
 // and the server only sees the TCP connection go away.
 type dialer struct {
+	tls     *tls.Config // nil: plain TCP
 	mu      sync.Mutex
 	dropped bool
 	cur     net.Conn
@@ -361,6 +380,22 @@ func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, er
 	c, err := net.DialTimeout(network, addr, timeout)
 	if err != nil {
 		return nil, err
+	}
+	if d.tls != nil {
+		// ZooKeeper's secureClientPort (Netty, TLS from the first byte).
+		cfg := d.tls
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(timeout))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		_ = tc.SetDeadline(time.Time{})
+		c = tc
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
