@@ -2,8 +2,11 @@ package zookeeper
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -127,4 +130,59 @@ func FuzzKeyNames(f *testing.F) {
 		}
 		securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, func(c byte) bool { return claim.PrintableASCII(c) && c != '/' })
 	})
+}
+
+// TestTLS runs against a ZooKeeper whose client port speaks only TLS
+// (Netty, secureClientPort) and requires a client certificate from its
+// CA: through the URL (tls=true&cacert=&cert=&key=) and through the
+// user's own connection (zk.WithDialer with a TLS dialer) given to New;
+// plain text, no client certificate and an unknown CA are refused.
+func TestTLS(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.ZooKeeper, &testserver.Options{TLS: true})
+	t.Run("URL", func(t *testing.T) {
+		b, err := claim.Open(ctxT(t), srv.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		securitytest.Roundtrip(t, b)
+	})
+	t.Run("New", func(t *testing.T) {
+		tc, err := srv.TLS().ClientConfig()
+		if err != nil {
+			t.Fatal(err)
+		}
+		dial := func(network, addr string, timeout time.Duration) (net.Conn, error) {
+			return tls.DialWithDialer(&net.Dialer{Timeout: timeout}, network, addr, tc)
+		}
+		conn, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithDialer(dial), zk.WithLogInfo(false), zk.WithLogger(quiet{}))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		b, err := New(conn, &Options{Prefix: strings.TrimPrefix(unique(t, "/tls-new"), "/")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer b.Close()
+		securitytest.Roundtrip(t, b)
+	})
+	u, _ := url.Parse(srv.URL())
+	q := u.Query()
+	for name, params := range map[string]url.Values{
+		"plain text":            nil,
+		"no client certificate": {"tls": {"true"}, "cacert": q["cacert"]},
+		"system roots":          {"tls": {"true"}, "cert": q["cert"], "key": q["key"]},
+	} {
+		t.Run(name, func(t *testing.T) {
+			v := *u
+			v.RawQuery = params.Encode()
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			if b, err := claim.Open(ctx, v.String()); err == nil {
+				b.Close()
+				t.Fatal("Open succeeded")
+			}
+		})
+	}
 }

@@ -251,12 +251,17 @@ var specs = map[Kind]*spec{
 		},
 	},
 	ZooKeeper: {
-		nports:     1,
+		nports:     2, // client; with Options.TLS the client port is the TLS one and this the plain one (readiness)
 		binary:     lookPath("java"),
 		stopSignal: syscall.SIGTERM,
 		args:       zookeeperArgs,
 		ready:      readyZooKeeper,
-		url:        func(s *Server) string { return "zookeeper://" + s.addr },
+		url: func(s *Server) string {
+			if s.tls != nil {
+				return "zookeeper://" + s.addr + "?tls=true&" + tlsQuery(s.tls, "cacert", "cert", "key")
+			}
+			return "zookeeper://" + s.addr
+		},
 	},
 }
 
@@ -529,7 +534,6 @@ func zookeeperArgs(s *Server) ([]string, error) {
 		"tickTime=100", // minimum session timeout 2 x tickTime = 200 ms
 		"maxSessionTimeout=60000",
 		"dataDir=" + s.dataDir(),
-		"clientPort=" + strconv.Itoa(s.ports[0]),
 		"clientPortAddress=127.0.0.1",
 		"admin.enableServer=false",
 		"4lw.commands.whitelist=ruok,srvr,stat,mntr,conf,cons,envi,wchs",
@@ -541,6 +545,39 @@ func zookeeperArgs(s *Server) ([]string, error) {
 		"-Djava.net.preferIPv4Stack=true",
 		"-Dzookeeper.extendedTypesEnabled=true", // TTL nodes
 		"-Dzookeeper.admin.enableServer=false",
+	}
+	if s.tls == nil {
+		cfg = append(cfg, "clientPort="+strconv.Itoa(s.ports[0]))
+	} else {
+		// TLS on the client port (Netty, client certificates required);
+		// a plain port for the four-letter readiness checks only.
+		combined := filepath.Join(s.dir, "tls", "server-combined.pem")
+		cert, err := os.ReadFile(s.tls.ServerCertFile)
+		if err != nil {
+			return nil, err
+		}
+		key, err := os.ReadFile(s.tls.ServerKeyFile)
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(combined, append(cert, key...), 0o600); err != nil {
+			return nil, err
+		}
+		cfg = append(cfg,
+			"clientPort="+strconv.Itoa(s.ports[1]),
+			"secureClientPort="+strconv.Itoa(s.ports[0]),
+			"secureClientPortAddress=127.0.0.1",
+			"serverCnxnFactory=org.apache.zookeeper.server.NettyServerCnxnFactory",
+			"ssl.keyStore.location="+combined, "ssl.keyStore.type=PEM",
+			"ssl.trustStore.location="+s.tls.CAFile, "ssl.trustStore.type=PEM",
+			"ssl.clientAuth=need",
+		)
+		// Debian's zookeeper.jar manifest lists only some of Netty.
+		for _, j := range []string{"/usr/share/java/netty-codec.jar", "/usr/share/java/netty-resolver.jar"} {
+			if _, err := os.Stat(j); err == nil {
+				cp += ":" + j
+			}
+		}
 	}
 	for _, a := range s.opts.Args {
 		if strings.HasPrefix(a, "-") {

@@ -253,14 +253,18 @@ func readyDynamo(ctx context.Context, s *Server) error {
 
 // readyZooKeeper wants ruok -> imok, then srvr to report a serving server.
 func readyZooKeeper(ctx context.Context, s *Server) error {
-	out, err := fourLetter(ctx, s.addr, "ruok")
+	addr := s.addr
+	if s.tls != nil {
+		addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ports[1])) // the plain port
+	}
+	out, err := fourLetter(ctx, addr, "ruok")
 	if err != nil {
 		return err
 	}
 	if out != "imok" {
 		return fmt.Errorf("zookeeper ruok: %q", out)
 	}
-	out, err = fourLetter(ctx, s.addr, "srvr")
+	out, err = fourLetter(ctx, addr, "srvr")
 	if err != nil {
 		return err
 	}

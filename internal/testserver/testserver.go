@@ -131,11 +131,13 @@ type Options struct {
 	//     alone when only Password is set).
 	User string
 
-	// TLS (Redis, PostgreSQL, etcd, memcached, Consul) makes the server
-	// accept only TLS clients, with a certificate signed by a CA made for
-	// this server (Server.TLS has the files, and URL names them). Redis,
-	// etcd, memcached and Consul also require the client certificate
-	// (mutual TLS); PostgreSQL only verifies it if one is sent.
+	// TLS (Redis, PostgreSQL, etcd, memcached, Consul, ZooKeeper) makes
+	// the server accept only TLS clients, with a certificate signed by a
+	// CA made for this server (Server.TLS has the files, and URL names
+	// them). Redis, etcd, memcached, Consul and ZooKeeper also require the
+	// client certificate (mutual TLS); PostgreSQL only verifies it if one
+	// is sent. ZooKeeper (Netty, secureClientPort on Addr) keeps a plain
+	// port on another loopback port for its readiness checks.
 	TLS bool
 
 	// StartTimeout bounds the wait for readiness of each start attempt.

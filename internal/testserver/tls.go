@@ -60,7 +60,7 @@ func (f *TLSFiles) ClientConfig() (*tls.Config, error) {
 func (s *Server) TLS() *TLSFiles { return s.tls }
 
 // tlsKinds are the kinds Options.TLS applies to.
-var tlsKinds = map[Kind]bool{Redis: true, Postgres: true, Etcd: true, Memcache: true, Consul: true}
+var tlsKinds = map[Kind]bool{Redis: true, Postgres: true, Etcd: true, Memcache: true, Consul: true, ZooKeeper: true}
 
 // authKinds are the kinds Options.User applies to.
 var authKinds = map[Kind]bool{Redis: true, Postgres: true, Etcd: true}

@@ -26,6 +26,7 @@ func TestTLSAndAuth(t *testing.T) {
 		{Etcd, Options{TLS: true, User: "alice", Password: "alice-pw"}, "etcds", []string{"cacert", "cert", "key"}},
 		{Memcache, Options{TLS: true}, "memcache", []string{"tls", "cacert", "cert", "key"}},
 		{Consul, Options{TLS: true, Password: "mgmt-token"}, "consuls", []string{"token", "cafile", "certfile", "keyfile"}},
+		{ZooKeeper, Options{TLS: true}, "zookeeper", []string{"tls", "cacert", "cert", "key"}},
 	} {
 		t.Run(string(tc.kind), func(t *testing.T) {
 			t.Parallel()
@@ -62,10 +63,10 @@ func TestTLSAndAuth(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer c.Close()
-			probe := map[Kind]string{Redis: "PING\r\n", Memcache: "version\r\n", Etcd: "GET /health HTTP/1.0\r\n\r\n", Consul: "GET /v1/status/leader HTTP/1.0\r\n\r\n"}
+			probe := map[Kind]string{Redis: "PING\r\n", Memcache: "version\r\n", Etcd: "GET /health HTTP/1.0\r\n\r\n", Consul: "GET /v1/status/leader HTTP/1.0\r\n\r\n", ZooKeeper: "ruok"}
 			io.WriteString(c, probe[tc.kind])
 			line, _ := bufio.NewReader(c).ReadString('\n')
-			for _, ok := range []string{"+PONG", "VERSION", `"health":"true"`, "200 OK"} {
+			for _, ok := range []string{"+PONG", "VERSION", `"health":"true"`, "200 OK", "imok"} {
 				if strings.Contains(line, ok) {
 					t.Errorf("plain-text %s client answered %q", tc.kind, line)
 				}
@@ -81,6 +82,7 @@ func TestOptionsRefused(t *testing.T) {
 	}{
 		{Dynamo, Options{TLS: true}},
 		{ZooKeeper, Options{User: "u", Password: "p"}},
+		{ZooKeeper, Options{Password: "p"}},
 		{Memcache, Options{Password: "p"}},
 		{Redis, Options{User: "u"}},
 		{Redis, Options{Password: "has space"}},
