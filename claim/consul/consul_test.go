@@ -552,7 +552,14 @@ func FuzzURL(f *testing.F) {
 		if err != nil {
 			if u, perr := url.Parse(raw); perr == nil {
 				if tok := u.Query().Get("token"); len(tok) > 3 && strings.Contains(err.Error(), tok) {
-					t.Errorf("error leaks the token: %v", err)
+					// Unless the error shows that text with another
+					// token in its place (part of the host, say).
+					q := u.Query()
+					q.Set("token", "placeholder-token")
+					u.RawQuery = q.Encode()
+					if _, err2 := claim.Open(context.Background(), u.String()); err2 == nil || !strings.Contains(err2.Error(), tok) {
+						t.Errorf("error leaks the token: %v", err)
+					}
 				}
 			}
 			return
