@@ -557,7 +557,11 @@ func FuzzURL(f *testing.F) {
 					q := u.Query()
 					q.Set("token", "placeholder-token")
 					u.RawQuery = q.Encode()
-					if _, err2 := claim.Open(context.Background(), u.String()); err2 == nil || !strings.Contains(err2.Error(), tok) {
+					b2, err2 := claim.Open(context.Background(), u.String())
+					if err2 == nil {
+						b2.Close()
+					}
+					if err2 == nil || !strings.Contains(err2.Error(), tok) {
 						t.Errorf("error leaks the token: %v", err)
 					}
 				}
