@@ -278,84 +278,118 @@ func consulContenders(rawURL string) []contender {
 
 // --- measurements ------------------------------------------------------------
 
-// uncontended: lock + unlock on one client, one key, for d (after a
-// warm-up); per-op latencies.
-func uncontended(ctx context.Context, c contender, d time.Duration) ([]time.Duration, error) {
+// uncontendedRun measures lock + unlock on one client and one key, in
+// slices, so the libraries can take turns (a burst of load on a shared
+// machine then hits all of them alike).
+type uncontendedRun struct {
+	l    locker
+	key  string
+	lats []time.Duration
+}
+
+func newUncontended(ctx context.Context, c contender) (*uncontendedRun, error) {
 	l, err := c.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer l.close()
-	key := randomKey("uncontended-")
-	var lats []time.Duration
-	start := time.Now()
-	for i := 0; ; i++ {
-		t := time.Now()
-		unlock, err := l.lock(ctx, key)
-		if err != nil {
-			return nil, fmt.Errorf("lock: %w", err)
-		}
-		if err := unlock(ctx); err != nil {
-			return nil, fmt.Errorf("unlock: %w", err)
-		}
-		if i >= 20 { // warm-up: connections, scripts loaded
-			lats = append(lats, time.Since(t))
-		}
-		if time.Since(start) > d && len(lats) >= 50 {
-			return lats, nil
+	u := &uncontendedRun{l: l, key: randomKey("uncontended-")}
+	for range 20 { // warm-up: connections, scripts loaded
+		if _, err := u.once(ctx); err != nil {
+			l.close()
+			return nil, err
 		}
 	}
+	return u, nil
 }
 
-// handoff: a holder in one client holds key for hold and releases it
-// while a waiter in another client blocks in lock; the latency is from the
-// start of the release to the waiter holding the key (the protocol of
-// conformance.Bench's Handoff).
-func handoff(ctx context.Context, c contender, hold time.Duration, rounds int) ([]time.Duration, error) {
+func (u *uncontendedRun) once(ctx context.Context) (time.Duration, error) {
+	t := time.Now()
+	unlock, err := u.l.lock(ctx, u.key)
+	if err != nil {
+		return 0, fmt.Errorf("lock: %w", err)
+	}
+	if err := unlock(ctx); err != nil {
+		return 0, fmt.Errorf("unlock: %w", err)
+	}
+	return time.Since(t), nil
+}
+
+// slice runs lock + unlock for d (at least 5 times).
+func (u *uncontendedRun) slice(ctx context.Context, d time.Duration) error {
+	start := time.Now()
+	for i := 0; i < 5 || time.Since(start) < d; i++ {
+		lat, err := u.once(ctx)
+		if err != nil {
+			return err
+		}
+		u.lats = append(u.lats, lat)
+	}
+	return nil
+}
+
+func (u *uncontendedRun) close() { u.l.close() }
+
+// handoffRun: a holder in one client holds the key for the hold time and
+// releases it while a waiter in another client blocks in lock; the
+// latency is from the start of the release to the waiter holding the key
+// (the protocol of conformance.Bench's Handoff). One handoff per call of
+// once, so the libraries can take turns.
+type handoffRun struct {
+	holder, waiter locker
+	key            string
+	lats           []time.Duration
+}
+
+func newHandoff(ctx context.Context, c contender) (*handoffRun, error) {
 	holder, err := c.open(ctx)
 	if err != nil {
 		return nil, err
 	}
-	defer holder.close()
 	waiter, err := c.open(ctx)
 	if err != nil {
+		holder.close()
 		return nil, err
 	}
-	defer waiter.close()
-	key := randomKey("handoff-")
-	var lats []time.Duration
-	for range rounds {
-		unlock, err := holder.lock(ctx, key)
-		if err != nil {
-			return nil, fmt.Errorf("holder lock: %w", err)
-		}
-		type result struct {
-			at  time.Time
-			err error
-		}
-		res := make(chan result, 1)
-		go func() {
-			wctx, cancel := context.WithTimeout(ctx, time.Minute)
-			defer cancel()
-			wunlock, err := waiter.lock(wctx, key)
-			at := time.Now()
-			if err == nil {
-				err = wunlock(ctx)
-			}
-			res <- result{at, err}
-		}()
-		time.Sleep(hold)
-		start := time.Now()
-		if err := unlock(ctx); err != nil {
-			return nil, fmt.Errorf("holder unlock: %w", err)
-		}
-		r := <-res
-		if r.err != nil {
-			return nil, fmt.Errorf("waiter: %w", r.err)
-		}
-		lats = append(lats, r.at.Sub(start))
+	return &handoffRun{holder: holder, waiter: waiter, key: randomKey("handoff-")}, nil
+}
+
+func (h *handoffRun) once(ctx context.Context, hold time.Duration) error {
+	unlock, err := h.holder.lock(ctx, h.key)
+	if err != nil {
+		return fmt.Errorf("holder lock: %w", err)
 	}
-	return lats, nil
+	type result struct {
+		at  time.Time
+		err error
+	}
+	res := make(chan result, 1)
+	go func() {
+		wctx, cancel := context.WithTimeout(ctx, time.Minute)
+		defer cancel()
+		wunlock, err := h.waiter.lock(wctx, h.key)
+		at := time.Now()
+		if err == nil {
+			err = wunlock(ctx)
+		}
+		res <- result{at, err}
+	}()
+	time.Sleep(hold)
+	start := time.Now()
+	if err := unlock(ctx); err != nil {
+		<-res
+		return fmt.Errorf("holder unlock: %w", err)
+	}
+	r := <-res
+	if r.err != nil {
+		return fmt.Errorf("waiter: %w", r.err)
+	}
+	h.lats = append(h.lats, r.at.Sub(start))
+	return nil
+}
+
+func (h *handoffRun) close() {
+	h.holder.close()
+	h.waiter.close()
 }
 
 func pct(ds []time.Duration, p float64) time.Duration {

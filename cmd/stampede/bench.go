@@ -436,10 +436,20 @@ func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) claim.Backen
 	if errs > 0 {
 		b.Fatalf("%d callers got an error", errs)
 	}
+	var failOpen, takeovers uint64
+	for _, p := range procs {
+		st := p.c.Stats()
+		failOpen += st.FailOpen
+		takeovers += st.Takeovers
+	}
 	slices.Sort(lats)
 	b.ReportMetric(float64(lats[len(lats)/2].Microseconds())/1000, "herd-p50-ms")
 	b.ReportMetric(float64(loads)/float64(b.N), "loads/key")
 	b.ReportMetric(float64(rts)/float64(b.N*cfg.HerdProcs), "rt/proc/key")
+	// Extra loads come from these: a backend call that failed or timed
+	// out (flight fails open: loads without the claim), or a lease lost.
+	b.ReportMetric(float64(failOpen)/float64(b.N), "failopen/key")
+	b.ReportMetric(float64(takeovers)/float64(b.N), "takeovers/key")
 }
 
 // --- output -----------------------------------------------------------------
@@ -500,6 +510,7 @@ var figures = []figure{
 	{"herd collapse, p50 (ms)", "FlightHerd", metric("herd-p50-ms", 1), nil},
 	{"herd: loader calls per key", "FlightHerd", metric("loads/key", 1), nil},
 	{"herd: round trips per process per key", "FlightHerd", metric("rt/proc/key", 1), nil},
+	{"herd: fail-open loads per key (backend calls that failed)", "FlightHerd", metric("failopen/key", 1), nil},
 }
 
 func (r *benchReport) markdown() string {
