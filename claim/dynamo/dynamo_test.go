@@ -332,7 +332,16 @@ func FuzzOpenURL(f *testing.F) {
 		}
 		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
 			if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Contains(err.Error(), pw) {
-				t.Errorf("error %q contains the password", err)
+				// Unless the error shows that text with another
+				// password in its place (part of the host, say).
+				u.User = url.UserPassword(u.User.Username(), "placeholder-password")
+				b2, err2 := claim.Open(ctx, u.String())
+				if err2 == nil {
+					b2.Close()
+				}
+				if err2 == nil || !strings.Contains(err2.Error(), pw) {
+					t.Errorf("error %q contains the password", err)
+				}
 			}
 		}
 	})

@@ -366,14 +366,24 @@ func FuzzOpenURL(f *testing.F) {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, raw string) {
-		b, err := claim.Open(context.Background(), raw)
+		ctx := context.Background()
+		b, err := claim.Open(ctx, raw)
 		if err == nil {
 			b.Close()
 			return
 		}
 		if u, perr := url.Parse(raw); perr == nil && u.User != nil {
 			if pw, ok := u.User.Password(); ok && len(pw) >= 4 && strings.Contains(err.Error(), pw) {
-				t.Errorf("error %q contains the password", err)
+				// Unless the error shows that text with another
+				// password in its place (part of the host, say).
+				u.User = url.UserPassword(u.User.Username(), "placeholder-password")
+				b2, err2 := claim.Open(ctx, u.String())
+				if err2 == nil {
+					b2.Close()
+				}
+				if err2 == nil || !strings.Contains(err2.Error(), pw) {
+					t.Errorf("error %q contains the password", err)
+				}
 			}
 		}
 	})
