@@ -718,7 +718,12 @@ func FuzzParseURL(f *testing.F) {
 		c, err := parseURL(u)
 		if err != nil {
 			if pw, ok := u.User.Password(); ok && len(pw) > 3 && strings.Contains(err.Error(), pw) {
-				t.Errorf("error shows the password: %v", err)
+				// Unless the error shows that text with another
+				// password in its place (a prefix spelled alike).
+				u.User = url.UserPassword(u.User.Username(), "placeholder-password")
+				if _, err2 := parseURL(u); err2 == nil || !strings.Contains(err2.Error(), pw) {
+					t.Errorf("error shows the password: %v", err)
+				}
 			}
 			return
 		}
