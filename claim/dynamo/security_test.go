@@ -117,4 +117,3 @@ func FuzzKeyNames(f *testing.F) {
 		}
 	})
 }
-

@@ -193,4 +193,3 @@ func FuzzKeyNames(f *testing.F) {
 		}
 	})
 }
-

@@ -140,7 +140,7 @@ func Hostile(t *testing.T, b claim.Backend) {
 		}
 		before := loads.Load()
 		var (
-			r   flight.Result[Item]
+			r    flight.Result[Item]
 			gerr error
 		)
 		func() {
