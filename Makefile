@@ -35,13 +35,10 @@ staticcheck:
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchtime=30x $(PKGS)
 
-# Short fuzz runs of every fuzz target (corpus committed under testdata/fuzz).
+# Short fuzz runs of every fuzz target (seed corpora committed under
+# testdata/fuzz; FUZZTIME=30s for longer).
 fuzz:
-	@for pkg in $$($(GO) list $(PKGS)); do \
-	  for f in $$($(GO) test -list '^Fuzz' $$pkg 2>/dev/null | grep '^Fuzz'); do \
-	    echo "fuzz $$pkg $$f"; $(GO) test -run '^$$' -fuzz "^$$f$$" -fuzztime 10s $$pkg || exit 1; \
-	  done; \
-	done
+	scripts/fuzz-short
 
 demo:
 	$(GO) run ./cmd/stampede demo
