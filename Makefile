@@ -5,7 +5,7 @@ PKGS ?= ./...
 # Every backend test must find its server: a missing one fails, never skips.
 export STAMPEDE_TEST_REQUIRE ?= 1
 
-.PHONY: test test-short servers lint fmt vet staticcheck bench fuzz demo
+.PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo
 
 # Installs the servers when missing (no Docker needed), then runs every
 # test with the race detector against real servers on loopback.
@@ -34,6 +34,13 @@ staticcheck:
 # Backend and cache benchmarks (see BENCHMARKS in README).
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchtime=30x $(PKGS)
+
+# Every BENCHMARKS.md figure in one run (about 12 minutes), and the rivals.
+bench-all: servers
+	bash scripts/bench-all
+
+bench-peers: servers
+	bash scripts/bench-peers
 
 # Short fuzz runs of every fuzz target (seed corpora committed under
 # testdata/fuzz; FUZZTIME=30s for longer).

@@ -23,17 +23,23 @@ const expirySlack = 5 * time.Millisecond
 const unknownRecheck = time.Second
 
 // Acquire blocks until it holds a lease on key for ttl, ctx is done, or the
-// backend fails. It subscribes to key first, then tries to claim; while the
-// key is held it waits for a wake-up (the holder's release, pushed or
-// polled by the backend) or for the holder's lease to run out, whichever
-// comes first, and tries again. It never polls a push backend and never
-// waits past the holder's lease, so a crashed holder delays it by at most
-// one lease (by at most a second more if the backend cannot report the
-// holder's remaining lease time). Cancelling ctx returns ctx's error promptly; no lease is held
-// then. Safe for concurrent use.
+// backend fails. It tries to claim first (a free key costs one round
+// trip); if the key is held, it subscribes to key and then tries again, so
+// a release that lands between the first try and the subscription is
+// never lost. While the key is held it waits for a wake-up (the holder's
+// release, pushed or polled by the backend) or for the holder's lease to
+// run out, whichever comes first, and tries again. It never polls a push
+// backend and never waits past the holder's lease, so a crashed holder
+// delays it by at most one lease (by at most a second more if the backend
+// cannot report the holder's remaining lease time). Cancelling ctx returns
+// ctx's error promptly; no lease is held then. Safe for concurrent use.
 func Acquire(ctx context.Context, b ClaimNotifier, key string, ttl time.Duration) (Lease, error) {
 	if err := CheckKey(key); err != nil {
 		return Lease{}, err
+	}
+	l, err := b.TryClaim(ctx, key, ttl)
+	if err == nil || !errors.Is(err, ErrHeld) {
+		return l, err
 	}
 	sub, err := b.Subscribe(ctx, key)
 	if err != nil {
