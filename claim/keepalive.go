@@ -44,7 +44,8 @@ type Keeper struct {
 // cancelled with a cause wrapping ErrLost, Lost is closed, and
 // opt.OnLost runs. A renewal that fails for another reason (a timeout, a
 // dropped connection) is retried quickly until the deadline, since renewals
-// are idempotent. The keeper runs one goroutine, which Stop ends.
+// are idempotent. The keeper runs one goroutine (and one more while a
+// renewal is in flight), which Stop ends.
 func KeepAlive(ctx context.Context, c Claimer, l Lease, opt *KeepAliveOptions) *Keeper {
 	k := &Keeper{c: c, lease: l, lost: make(chan struct{}), done: make(chan struct{}), stop: make(chan struct{})}
 	if opt != nil {
@@ -139,10 +140,38 @@ func (k *Keeper) run() {
 			return
 		}
 		// Bound the renewal by the lease's deadline: past it the lease is
-		// lost whatever the server says.
+		// lost whatever the server says. The call runs on its own
+		// goroutine so that the loss is reported at the deadline even if
+		// the Claimer overruns its context (a client whose I/O timeout
+		// does not follow the context, a connection gone silent).
 		rctx, cancel := context.WithDeadline(k.ctx, cur.Deadline)
-		nl, err := k.c.Extend(rctx, cur, k.opt.TTL)
+		type renewal struct {
+			l   Lease
+			err error
+		}
+		rc := make(chan renewal, 1)
+		go func() {
+			nl, err := k.c.Extend(rctx, cur, k.opt.TTL)
+			rc <- renewal{nl, err}
+		}()
+		deadline = time.NewTimer(time.Until(cur.Deadline))
+		var r renewal
+		select {
+		case r = <-rc:
+			deadline.Stop()
+		case <-deadline.C:
+			k.fail(fmt.Errorf("%w: local deadline passed during a renewal", ErrLost))
+			cancel()
+			<-rc
+			return
+		case <-k.stop:
+			deadline.Stop()
+			cancel()
+			<-rc
+			return
+		}
 		cancel()
+		nl, err := r.l, r.err
 		switch {
 		case err == nil:
 			lastErr = nil
