@@ -75,10 +75,16 @@ func (b *Backend) startWatch(ctx, wctx context.Context, from, end string) (wch c
 	// cancels the watch instead of silently delivering nothing; the
 	// Backend then re-watches and wakes the subscribers to re-check.
 	actx, stop := context.WithCancel(wctx)
+	// Until etcd confirms the watch, ctx bounds it too: Watch itself
+	// blocks until its request is on a stream, which it is not while the
+	// client is disconnected.
+	unbind := context.AfterFunc(ctx, stop)
 	wch = b.cli.Watch(clientv3.WithRequireLeader(actx), from, opts...)
 	select {
 	case r, ok := <-wch:
 		switch {
+		case ctx.Err() != nil:
+			err = ctx.Err()
 		case !ok && wctx.Err() != nil:
 			err = claim.ErrClosed
 		case !ok:
@@ -88,11 +94,15 @@ func (b *Backend) startWatch(ctx, wctx context.Context, from, end string) (wch c
 		case r.Canceled:
 			err = errors.New("watch cancelled by the server")
 		default:
-			return wch, stop, nil
+			if unbind() {
+				return wch, stop, nil
+			}
+			err = ctx.Err() // ctx ended just now, and stopped the watch
 		}
 	case <-ctx.Done():
 		err = ctx.Err()
 	}
+	unbind()
 	stop()
 	return nil, nil, err
 }
