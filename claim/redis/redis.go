@@ -65,7 +65,9 @@
 // failover) or *ClusterClient; *Ring is refused (its pub/sub cannot follow
 // keys across shards). go-redis retries failed commands MaxRetries times
 // by default; every method here is safe under such a retry, but one
-// attempt per call (MaxRetries: -1) gives the clearest errors.
+// attempt per call (MaxRetries: -1) gives the clearest errors. Set
+// ContextTimeoutEnabled too (the URL opener does), or calls outlive their
+// context's deadline until ReadTimeout (3 s by default).
 //
 // # Errors
 //
@@ -661,7 +663,7 @@ type urlOptions struct {
 
 func (o *urlOptions) cluster2() *goredis.ClusterOptions {
 	return &goredis.ClusterOptions{
-		Addrs: o.addrs, ClientName: o.ClientName, Protocol: o.Protocol,
+		Addrs: o.addrs, ClientName: o.ClientName, Protocol: o.Protocol, ContextTimeoutEnabled: o.ContextTimeoutEnabled,
 		Username: o.Username, Password: o.Password, MaxRetries: o.MaxRetries,
 		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
 		PoolSize: o.PoolSize, MinIdleConns: o.MinIdleConns, TLSConfig: o.TLSConfig,
@@ -682,6 +684,9 @@ func parseURL(u *url.URL) (*urlOptions, *Options, error) {
 		CloseClient:         true,
 	}
 	o := &urlOptions{}
+	// Calls end at their context's deadline, not only at ReadTimeout /
+	// WriteTimeout (the claim contract; KeepAlive bounds renewals so).
+	o.ContextTimeoutEnabled = true
 	o.ClientName = p.String("client_name", "")
 	o.PoolSize = p.Int("pool_size", 0)
 	o.MinIdleConns = p.Int("min_idle_conns", 0)
