@@ -511,6 +511,10 @@ func (b *Backend) multi(ctx context.Context, ops ...any) ([]zk.MultiResponse, in
 	if err == nil {
 		return res, -1, nil
 	}
+	if err == ctx.Err() || errors.Is(err, claim.ErrClosed) {
+		// Abandoned: the call may still be running and writing res.
+		return nil, -1, err
+	}
 	for i, r := range res {
 		if r.Error != nil {
 			return nil, i, err
@@ -606,8 +610,11 @@ func (s holderState) remaining(now int64) time.Duration {
 
 // inspect reads the claim on lock. ok is false if there is none to judge
 // (no lock node, or it vanished between the two reads).
-func (b *Backend) inspect(ctx context.Context, lock string) (s holderState, ok bool, err error) {
-	err = b.do(ctx, func() error {
+func (b *Backend) inspect(ctx context.Context, lock string) (holderState, bool, error) {
+	// s is written by the call, which may outlive an abandoned do: it is
+	// read only when do returned the call's own result.
+	var s holderState
+	err := b.do(ctx, func() error {
 		data, _, err := b.conn.Get(lock)
 		if err != nil {
 			return err
@@ -630,7 +637,10 @@ func (b *Backend) inspect(ctx context.Context, lock string) (s holderState, ok b
 	if errors.Is(err, zk.ErrNoNode) {
 		return s, false, nil
 	}
-	return s, err == nil, err
+	if err != nil {
+		return holderState{}, false, err
+	}
+	return s, true, nil
 }
 
 // TryClaim implements claim.Claimer. It makes one claim attempt; if the
