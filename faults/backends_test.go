@@ -36,6 +36,9 @@ type backend struct {
 	// to d, for clients whose calls can outlast their context (nil: the
 	// client's calls end with their context).
 	io func(d time.Duration) string
+	// ioBound: a call in flight ends at the client's own I/O timeout, not
+	// at its context's deadline (gomemcache takes no context).
+	ioBound bool
 	// ttl is the lease the fault tests ask for (at least the backend's
 	// MinTTL, a multiple of its TTLGranularity, on the test server).
 	ttl time.Duration
@@ -86,7 +89,7 @@ var backends = []backend{
 	},
 	{
 		name: "memcache", kind: testserver.Memcache,
-		io:  func(d time.Duration) string { return "timeout=" + d.String() },
+		io: func(d time.Duration) string { return "timeout=" + d.String() }, ioBound: true,
 		ttl: time.Second, slack: time.Second, pool: "max_idle_conns=1",
 		restartNote: "every lock and counter is lost; tokens still increase (a recreated counter starts at the current Unix time in µs)",
 	},
@@ -143,6 +146,17 @@ func (b backend) sharedURLIO(t testing.TB, io time.Duration) string {
 		return "mem://faults-" + randHex(8)
 	}
 	return b.urlOf(testserver.Shared(t, b.kind).URL(), io)
+}
+
+// callBound is how long a call with a context timeout of d may take
+// under a fault: d, or the client's own I/O timeout io for a client that
+// does not end calls in flight at their context's deadline, plus
+// errorGrace for scheduling on a loaded machine.
+func (b backend) callBound(d, io time.Duration) time.Duration {
+	if b.ioBound {
+		d = max(d, io)
+	}
+	return d + errorGrace
 }
 
 // urlOf adds b's fault parameters to a server URL.

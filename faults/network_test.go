@@ -199,6 +199,7 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 	var wg sync.WaitGroup
 	stop := make(chan struct{})
 	var landed []time.Time // successful commits after the cut
+	var slowest time.Duration
 	var mu sync.Mutex
 	cut := time.Now()
 	wg.Go(func() {
@@ -208,14 +209,17 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 				return
 			case <-time.After(20 * time.Millisecond):
 			}
+			start := time.Now()
 			err := call0(300*time.Millisecond, func(ctx context.Context) error {
 				return holder.Commit(ctx, keeper.Lease(), fmt.Appendf(nil, "holder-%d", i), 0)
 			})
+			took := time.Since(start)
+			mu.Lock()
 			if err == nil {
-				mu.Lock()
 				landed = append(landed, time.Now())
-				mu.Unlock()
 			}
+			slowest = max(slowest, took)
+			mu.Unlock()
 		}
 	})
 	// The rival tries to claim every 10 ms from the cut on.
@@ -266,6 +270,9 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 	wg.Wait()
 	p.heal()
 	mu.Lock()
+	if bound := b.callBound(300*time.Millisecond, partitionIO); slowest > bound {
+		t.Errorf("a commit during the partition took %s with a 300 ms context (bound %s): calls do not end at their context's deadline", slowest, bound)
+	}
 	for _, at := range landed {
 		if !at.Before(last.Deadline) {
 			t.Errorf("holder's commit succeeded at %s, after its deadline %s", at.Format(time.StampMicro), last.Deadline.Format(time.StampMicro))
@@ -367,7 +374,7 @@ func boundedOnce(t *testing.T, b backend, mode string) (worst, recovery time.Dur
 		},
 	}
 	var finish func()
-	worst, finish = boundedCalls(t, mode, ops, opTimeout)
+	worst, finish = boundedCalls(t, b, mode, ops, opTimeout)
 	if mode == "down" {
 		p.up()
 	} else {
@@ -402,7 +409,8 @@ func boundedOnce(t *testing.T, b backend, mode string) (worst, recovery time.Dur
 // (not a false answer) within timeout+errorGrace. Each call runs on its own
 // goroutine, so that one that hangs is reported instead of hanging the
 // test; finish, called once the fault is over, waits for those.
-func boundedCalls(t *testing.T, fault string, ops map[string]func(ctx context.Context) error, timeout time.Duration) (worst time.Duration, finish func()) {
+func boundedCalls(t *testing.T, b backend, fault string, ops map[string]func(ctx context.Context) error, timeout time.Duration) (worst time.Duration, finish func()) {
+	bound := b.callBound(timeout, ioTimeout)
 	type result struct {
 		name string
 		took time.Duration
@@ -417,14 +425,14 @@ func boundedCalls(t *testing.T, fault string, ops map[string]func(ctx context.Co
 		}()
 	}
 	pending := len(ops)
-	for wait := time.After(timeout + errorGrace + time.Second); pending > 0; {
+	for wait := time.After(bound + time.Second); pending > 0; {
 		select {
 		case r := <-results:
 			pending--
 			worst = max(worst, r.took)
 			switch {
-			case r.took > timeout+errorGrace:
-				t.Errorf("%s under %s took %s (timeout %s + grace %s): %v", r.name, fault, r.took, timeout, errorGrace, r.err)
+			case r.took > bound:
+				t.Errorf("%s under %s took %s (timeout %s, bound %s): %v", r.name, fault, r.took, timeout, bound, r.err)
 			case r.err == nil && r.name == "Subscribe":
 				// A subscription may be served by local state: not an error.
 			case r.err == nil:
@@ -435,8 +443,8 @@ func boundedCalls(t *testing.T, fault string, ops map[string]func(ctx context.Co
 			continue
 		case <-wait:
 		}
-		t.Errorf("%d call(s) still running %s after they started with a %s timeout under %s", pending, timeout+errorGrace+time.Second, timeout, fault)
-		worst = timeout + errorGrace + time.Second
+		t.Errorf("%d call(s) still running %s after they started with a %s timeout under %s", pending, bound+time.Second, timeout, fault)
+		worst = bound + time.Second
 		break
 	}
 	return worst, func() {

@@ -119,7 +119,7 @@ func TestPoolStarvation(t *testing.T) {
 			}
 			ops[fmt.Sprintf("Get#%d", i)] = func(ctx context.Context) error { _, err := s.Get(ctx, k); return err }
 		}
-		worst, finish := boundedCalls(t, "a blackholed one-connection pool", ops, opTimeout)
+		worst, finish := boundedCalls(t, b, "a blackholed one-connection pool", ops, opTimeout)
 		p.heal()
 		finish()
 		if t.Failed() {

@@ -74,7 +74,7 @@ func restartOnce(t *testing.T, b backend, opts *testserver.Options, durable bool
 		"Get":      func(ctx context.Context) error { _, err := rival.Get(ctx, held); return err },
 		"Set":      func(ctx context.Context) error { return rival.Set(ctx, other, []byte("s"), 0) },
 	}
-	worst, finish := boundedCalls(t, "server down", ops, time.Second)
+	worst, finish := boundedCalls(t, b, "server down", ops, time.Second)
 	restartCtx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	if err := srv.Restart(restartCtx); err != nil {
