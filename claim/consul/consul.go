@@ -61,9 +61,12 @@
 //
 // Notify is pushed: one blocking query (KV list of PREFIX/c/K/) per key per
 // Backend, fanned out locally, holding one HTTP connection while any
-// subscriber of that key is open. It wakes subscribers when the lease is
-// released, expires and is taken over, or is claimed, and on Notify (a
-// write of the notify key), but not on Extend. After a failed blocking
+// subscriber of that key is open. Release and CommitRelease write the
+// notify key in their transaction, as Notify does; the query wakes the
+// key's subscribers when the notify key moved, or when the lease it saw
+// last is gone or replaced (taken over after expiry), but not when a free
+// key is claimed (waiters wait for the end of a claim, not its start) nor
+// on Extend. After a failed blocking
 // query it backs off, re-reads and wakes the key's subscribers. Stored
 // values are deleted lazily when read after their expiry; Sweep removes
 // leftovers (expired values, crashed holders' lock records).
@@ -607,9 +610,10 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 	return l, nil
 }
 
-// Release implements claim.Claimer: delete-cas of the lock key, which
-// wakes every subscriber's blocking query. It succeeds while the lease has
-// not been taken over, even past its expiry.
+// Release implements claim.Claimer: delete-cas of the lock key and a
+// write of the notify key in one transaction, which wakes every
+// subscriber's blocking query. It succeeds while the lease has not been
+// taken over, even past its expiry.
 func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check("release", l.Key); err != nil {
 		return err
@@ -620,7 +624,7 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	lk := b.lockKey(l.Key)
 	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
 		// delete-cas of an absent key succeeds: check-index first.
-		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVDelete, lk, 0, nil)}, 1
+		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key)}, 1
 	})
 	if err != nil {
 		return fmt.Errorf("consul: release %q: %w", l.Key, err)
@@ -655,8 +659,9 @@ func (b *Backend) Commit(ctx context.Context, l claim.Lease, value []byte, ttl t
 }
 
 // CommitRelease implements claim.CommitReleaser: check-index on the lock
-// key, set of the value key and delete of the lock key in one transaction;
-// the delete wakes every subscriber's blocking query.
+// key, set of the value key, delete of the lock key and a write of the
+// notify key in one transaction, which wakes every subscriber's blocking
+// query.
 func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
 	if err := b.check("commit-release", l.Key); err != nil {
 		return err
@@ -673,7 +678,7 @@ func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte
 	lk, vk := b.lockKey(l.Key), b.valueKey(l.Key)
 	v := encodeValue(value, ttl, time.Now())
 	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
-		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVSet, vk, 0, v), kvOp(capi.KVDelete, lk, 0, nil)}, 1
+		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVSet, vk, 0, v), kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key)}, 1
 	})
 	if err != nil {
 		return fmt.Errorf("consul: commit-release %q: %w", l.Key, err)

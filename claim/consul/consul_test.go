@@ -260,50 +260,166 @@ func TestReconnect(t *testing.T) {
 		t.Fatal("no wake-up after the server restarted")
 	}
 	// The -dev server came back empty; claims work again, and the
-	// blocking query is live again: the claim wakes the subscriber, and
-	// so does the release.
+	// blocking query is live again: the release wakes the subscriber.
 	l, err := a.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatalf("TryClaim after restart: %v", err)
 	}
-	for _, step := range []string{"claim", "release"} {
-		select {
-		case <-s.C():
-		case <-time.After(30 * time.Second):
-			t.Fatalf("no wake-up for the %s after the restart", step)
-		}
-		if step == "claim" {
-			if err := a.Release(ctx, l); err != nil {
-				t.Fatal(err)
-			}
-		}
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-time.After(30 * time.Second):
+		t.Fatalf("no wake-up for the release after the restart")
 	}
 }
 
-// A lease claimed and released between two reads of the blocking query
-// still wakes a subscriber that saw the key free.
-func TestClaimReleaseBetweenReads(t *testing.T) {
+// A claim of a free key wakes nobody (waiters wait for its end, and
+// checked the key themselves after subscribing); its release does.
+func TestClaimWakesNobody(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
 	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
-	for i := 0; i < 20; i++ {
-		s, err := b.Subscribe(ctx, "k")
-		if err != nil {
-			t.Fatal(err)
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// b's blocking query answers within a round trip of the claim; a
+	// wake-up from it would arrive well within this window.
+	select {
+	case <-s.C():
+		t.Fatal("a claim of a free key woke a subscriber")
+	case <-time.After(500 * time.Millisecond):
+	}
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release did not wake the subscriber")
+	}
+}
+
+// The blocking query's rules, with the KV writes made by hand so that what
+// one read sees is exact: a lock key appearing (a claim) wakes nobody; a
+// notify key that moved wakes, even when a lock key appeared in the same
+// read (a release, then a claim, between two reads); a lock key the
+// previous read saw, gone or replaced, wakes. And Release and
+// CommitRelease move the notify key.
+func TestWakeRules(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	cfg := capi.DefaultConfig()
+	cfg.Address = srv.Addr()
+	c, err := capi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cfg.Transport.CloseIdleConnections()
+	b, err := consul.New(c, &consul.Options{Prefix: "test/" + t.Name()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	names := consul.NamesForTest(b, "k")
+	lock, notify := names[0], names[1]
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	txn := func(ops ...*capi.TxnOp) {
+		t.Helper()
+		ok, resp, _, err := c.Txn().Txn(ops, nil)
+		if err != nil || !ok {
+			t.Fatalf("txn: %v %+v", err, resp)
 		}
-		l, err := a.TryClaim(ctx, "k", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := a.Release(ctx, l); err != nil {
-			t.Fatal(err)
-		}
+	}
+	n := 0
+	set := func(k string) *capi.TxnOp {
+		n++ // a write of the same value does not move the index
+		return &capi.TxnOp{KV: &capi.KVTxnOp{Verb: capi.KVSet, Key: k, Value: []byte{byte(n)}}}
+	}
+	del := func(k string) *capi.TxnOp {
+		return &capi.TxnOp{KV: &capi.KVTxnOp{Verb: capi.KVDelete, Key: k}}
+	}
+	expect := func(what string, wake bool) {
+		t.Helper()
+		// The blocking query answers within a round trip of a write; a
+		// wake-up from it arrives well within the window.
 		select {
 		case <-s.C():
-		case <-time.After(10 * time.Second):
-			t.Fatalf("round %d: claim+release while subscribed woke nobody", i)
+			if !wake {
+				t.Fatalf("%s woke the subscriber", what)
+			}
+		case <-time.After(500 * time.Millisecond):
+			if wake {
+				t.Fatalf("%s did not wake the subscriber", what)
+			}
 		}
-		s.Close()
+	}
+	txn(set(lock))
+	expect("a lock key appearing (claim)", false)
+	txn(set(lock))
+	expect("a rewrite of the lock key (Extend)", false)
+	txn(del(lock))
+	expect("the lock key gone (expired and swept)", true)
+	txn(set(lock))
+	expect("a lock key appearing (claim)", false)
+	txn(del(lock), set(lock))
+	expect("the lock key replaced (takeover)", true)
+	txn(del(lock), set(notify))
+	expect("the lock key gone and the notify key moved (release)", true)
+	txn(set(lock), del(lock), set(notify), set(lock))
+	expect("claim, release, claim in one read", true)
+	txn(set(notify))
+	expect("the notify key moved (Notify)", true)
+	txn(del(lock))
+	expect("the lock key gone", true)
+
+	// Release, CommitRelease and Notify write the notify key, each time
+	// with a new value (Consul ignores a write of the value a key holds),
+	// however close together.
+	index := func() uint64 {
+		t.Helper()
+		p, _, err := c.KV().Get(notify, nil)
+		if err != nil || p == nil {
+			t.Fatalf("notify key: %v, %v", p, err)
+		}
+		return p.ModifyIndex
+	}
+	for _, how := range []string{"Release", "CommitRelease", "Notify", "Notify"} {
+		l, err := b.TryClaim(ctx, "k", time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		before := index()
+		switch how {
+		case "Release":
+			err = b.Release(ctx, l)
+		case "CommitRelease":
+			err = b.CommitRelease(ctx, l, []byte("v"), 0)
+		default:
+			err = b.Notify(ctx, "k")
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		if after := index(); after <= before {
+			t.Errorf("%s left the notify key at index %d", how, after)
+		}
+		if how == "Notify" {
+			if err := b.Release(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+		}
 	}
 }
 

@@ -2,6 +2,8 @@ package consul
 
 import (
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -40,11 +42,28 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := &capi.KVPair{Key: b.notifyKey(key), Value: []byte(strconv.FormatInt(time.Now().UnixMilli(), 10))}
+	p := &capi.KVPair{Key: b.notifyKey(key), Value: notifyValue()}
 	if _, err := b.kv.Put(p, wo(ctx)); err != nil {
 		return fmt.Errorf("consul: notify %q: %w", key, err)
 	}
 	return nil
+}
+
+// notifyValue is what a notification writes to the notify key: the time
+// in Unix milliseconds (by which Sweep judges it), a space, and a random
+// part. Every write must differ from the last: Consul does not move a
+// key's ModifyIndex for a write of the value it already holds, and then
+// nobody would see that notification.
+func notifyValue() []byte {
+	var r [8]byte
+	_, _ = crand.Read(r[:])
+	return []byte(strconv.FormatInt(time.Now().UnixMilli(), 10) + " " + hex.EncodeToString(r[:]))
+}
+
+// notifyOp is the transaction op that writes key's notify key, as Release
+// and CommitRelease do along with the delete of the lock key.
+func (b *Backend) notifyOp(key string) *capi.TxnOp {
+	return kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue())
 }
 
 // watcher is the blocking query of one key.
@@ -54,11 +73,29 @@ type watcher struct {
 }
 
 // state is what a wake-up depends on: which lease holds the key (its
-// CreateIndex, 0 if none) and the last notification. Extend changes
-// neither, so it wakes nobody; a release always shows (the lease is gone,
-// or replaced by one with a new CreateIndex, or, if a lease came and went
-// between two reads, the prefix's index moved with nothing in it).
+// CreateIndex, 0 if none) and the last notification (the notify key's
+// ModifyIndex, which Release, CommitRelease and Notify all move). A read
+// wakes the key's subscribers if the notify key moved, or if the lease the
+// previous read saw is gone or replaced (released, expired and swept,
+// taken over). A lease appearing where there was none (a claim) wakes
+// nobody: waiters wait for the end of a claim, not for its start, and a
+// waiter checks the key after Subscribe returned, so it sees such a claim
+// itself. A claim, release and claim again between two reads still wakes
+// (the notify key moved). Extend changes neither, so it wakes nobody.
 type state struct{ lease, notify uint64 }
+
+// wakes reports whether going from st to next (the prefix's index having
+// moved from idx to last) wakes the key's subscribers.
+func (st state) wakes(next state, idx, last uint64) bool {
+	if next.notify != st.notify || (st.lease != 0 && next.lease != st.lease) {
+		return true
+	}
+	// With no lease before or after, an advanced index means a lease
+	// came and went in between (its tombstone moved the index) without
+	// a notification (a lease swept after expiry, or released by a
+	// version of this package that did not write the notify key).
+	return next.lease == 0 && st.lease == 0 && last > idx
+}
 
 func (b *Backend) stateOf(key string, pairs capi.KVPairs) state {
 	var s state
@@ -137,10 +174,7 @@ func (b *Backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 		}
 		backoff = 0
 		next := b.stateOf(key, pairs)
-		// With no lease before or after, an advanced index means a lease
-		// came and went in between (its tombstone moved the index).
-		churn := next.lease == 0 && st.lease == 0 && meta.LastIndex > idx
-		if gap || churn || next != st {
+		if gap || st.wakes(next, idx, meta.LastIndex) {
 			b.hub.Wake(key)
 		}
 		st, gap = next, false
@@ -183,7 +217,8 @@ func (b *Backend) Sweep(ctx context.Context) (int, error) {
 			r, ok := parseRecord(p.Value)
 			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.skew))
 		case strings.HasSuffix(rest, "/notify"):
-			ms, err := strconv.ParseInt(string(p.Value), 10, 64)
+			t, _, _ := strings.Cut(string(p.Value), " ")
+			ms, err := strconv.ParseInt(t, 10, 64)
 			stale = err == nil && now.Sub(time.UnixMilli(ms)) > time.Minute
 		}
 		if !stale {

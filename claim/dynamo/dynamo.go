@@ -83,9 +83,13 @@
 // Notification polls (Features.Notify is Poll): one loop per key per
 // Backend however many waiters, one strongly consistent GetItem of the
 // lease attributes every 2 ms at first, backing off to 50 ms, never
-// sleeping past the holder's lease; a changed fence (claim, takeover), a
-// changed notify counter (Release and Notify bump it) or the lease
-// running out wakes the key's waiters. Each loop makes up to 20 reads a
+// sleeping past the holder's lease. A changed notify counter (Release,
+// CommitRelease and Notify bump it in the same write), or the lease seen
+// at the previous read running out or being taken over, wakes the key's
+// waiters; a claim on a free key does not (the waiters are waiting for
+// the end of a claim, not for its start). A missing notify counter starts
+// at the current Unix time in microseconds, so it never comes back to a
+// value a poller saw, even after the item was reaped. Each loop makes up to 20 reads a
 // second while it waits, each billed by the whole item's size (value
 // included: 4 KB per read unit); raise PollMax for large values.
 //
@@ -648,8 +652,8 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
 	}
-	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": unum(l.Token), ":one": num(1)}
-	_, err := b.update(ctx, l.Key, "REMOVE #h, #le ADD #n :one", "#h = :h AND #f = :tok", vals, types.ReturnValueNone)
+	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": unum(l.Token)}
+	_, err := b.update(ctx, l.Key, "SET "+bumpNotify(vals)+" REMOVE #h, #le", "#h = :h AND #f = :tok", vals, types.ReturnValueNone)
 	if _, ok := conditionFailed(err); ok {
 		return fmt.Errorf("dynamo: release %q: %w", l.Key, claim.ErrLost)
 	}
@@ -658,6 +662,16 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	}
 	b.hub.Wake(l.Key) // this process's waiters need no poll
 	return nil
+}
+
+// bumpNotify returns the SET action that increments the notify counter n
+// (for the pollers), adding its values to vals. A missing counter starts
+// at the current Unix time in microseconds, like the fence, so the counter
+// never comes back to a value it had, even after the item was reaped.
+func bumpNotify(vals map[string]types.AttributeValue) string {
+	vals[":one"] = num(1)
+	vals[":nbase"] = num(time.Now().UnixMicro())
+	return "#n = if_not_exists(#n, :nbase) + :one"
 }
 
 // valueExpr returns the update expression storing val with ttl, adding
@@ -735,9 +749,9 @@ func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, 
 	if l.Expired(now) {
 		return fmt.Errorf("dynamo: commit-release %q: %w (local deadline passed)", l.Key, claim.ErrLost)
 	}
-	// valueExpr ends with its REMOVE clause.
-	vals[":one"] = num(1)
-	expr += ", #h, #le ADD #n :one"
+	// valueExpr is "SET ... REMOVE ...".
+	set, rem, _ := strings.Cut(expr, " REMOVE ")
+	expr = set + ", " + bumpNotify(vals) + " REMOVE " + rem + ", #h, #le"
 	_, err = b.update(ctx, l.Key, expr, current, vals, types.ReturnValueNone)
 	if _, ok := conditionFailed(err); ok {
 		return fmt.Errorf("dynamo: commit-release %q: %w", l.Key, claim.ErrLost)

@@ -3,6 +3,7 @@ package dynamo
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -36,11 +37,11 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	if err := b.check(ctx, "notify", key); err != nil {
 		return err
 	}
-	vals := map[string]types.AttributeValue{":one": num(1)}
-	expr := "ADD #n :one"
+	vals := map[string]types.AttributeValue{}
+	expr := "SET " + bumpNotify(vals)
 	if b.retention > 0 {
 		vals[":reap"] = num(time.Now().Add(b.retention).Unix())
-		expr += " SET #exp = if_not_exists(#exp, :reap)"
+		expr += ", #exp = if_not_exists(#exp, :reap)"
 	}
 	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
 		return wrap("notify", key, err)
@@ -50,9 +51,12 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 }
 
 // readState is the poll: one strongly consistent GetItem of the lease
-// attributes. The token changes on claim and takeover (fence), on Release
-// and Notify (notify counter), and when the lease runs out (live), which
-// is also when the state is due to change by itself.
+// attributes. The token is the notify counter, which Release,
+// CommitRelease and Notify bump in the same write; the holder is the live
+// lease's fence ("" when there is none or it ran out, which is also when
+// the state is due to change by itself). So a claim on a free key wakes
+// nobody, and a release, notification, expiry or takeover does (see
+// internal/poll).
 func (b *Backend) readState(ctx context.Context, key string) (poll.State, error) {
 	out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{
 		TableName:                aws.String(b.table),
@@ -65,14 +69,13 @@ func (b *Backend) readState(ctx context.Context, key string) (poll.State, error)
 		return poll.State{}, err
 	}
 	var st poll.State
-	f, _ := attr(out.Item, "f")
 	n, _ := attr(out.Item, "n")
-	live := false
+	st.Token = strconv.FormatInt(n, 10)
 	if le, ok := attr(out.Item, "le"); ok && out.Item["h"] != nil {
 		if exp := b.expiry(le); time.Now().Before(exp) {
-			live, st.Expires = true, exp
+			f, _ := attr(out.Item, "f")
+			st.Holder, st.Expires = strconv.FormatInt(f, 10), exp
 		}
 	}
-	st.Token = fmt.Sprintf("%d/%d/%t", f, n, live)
 	return st, nil
 }

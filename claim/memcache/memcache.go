@@ -72,13 +72,14 @@
 // value past its TTL, and memcached reaps it within about a second after.
 //
 // Notification polls (Features.Notify is Poll): one loop per key per
-// Backend however many waiters, reading the lock, the fence counter and the
-// notify counter in one multi-get, every 2 ms at first and backing off to
-// 50 ms, never sleeping past the holder's lease; any change wakes the
-// key's waiters. Release needs no counter bump of its own: the lock's
-// disappearance changes what the poll reads, and the fence counter, bumped
-// by every claim, keeps a claim and release between two polls from
-// looking like no change. Notify bumps the notify counter.
+// Backend however many waiters, reading the lock and the notify counter in
+// one multi-get, every 2 ms at first and backing off to 50 ms, never
+// sleeping past the holder's lease. Release and Notify bump the notify
+// counter (Release between its gets and its CAS: three round trips), so a
+// claim and release between two polls never look like no change; a
+// changed counter, or the lock seen at the previous poll gone or
+// replaced, wakes the key's waiters. A claim on a free key does not (the
+// waiters are waiting for the end of a claim, not for its start).
 //
 // gomemcache takes no context: a cancelled context is honoured before each
 // round trip, and a call in flight ends within Options.Timeout.
@@ -408,7 +409,7 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 	if err != nil {
 		// No token, no lease: free the key again if we still can (else
 		// the lock expires by its TTL).
-		_ = b.swapLock(claim.Lease{Key: key, Holder: holder}, func(it *gomemcache.Item) { it.Expiration = -1 })
+		_ = b.swapLock(claim.Lease{Key: key, Holder: holder}, false, func(it *gomemcache.Item) { it.Expiration = -1 })
 		return claim.Lease{}, wrap("claim", key, err)
 	}
 	d := time.Duration(sec) * time.Second
@@ -438,8 +439,9 @@ func (b *Backend) incr(k string) (uint64, error) {
 // returns, with CompareAndSwap: never if the lock is gone or another
 // holder's (ErrLost). A CAS conflict caused by the same holder (a
 // concurrent Extend of this lease) is retried; one by another holder means
-// the lease was lost.
-func (b *Backend) swapLock(l claim.Lease, next func(it *gomemcache.Item)) error {
+// the lease was lost. With notify, the key's notify counter is bumped once
+// the lock was seen to be l's, before the swap.
+func (b *Backend) swapLock(l claim.Lease, notify bool, next func(it *gomemcache.Item)) error {
 	lk := b.item('l', l.Key)
 	for range 3 {
 		it, err := b.c.Get(lk)
@@ -451,6 +453,12 @@ func (b *Backend) swapLock(l claim.Lease, next func(it *gomemcache.Item)) error 
 		}
 		if h, _ := parseLock(it.Value); h != l.Holder {
 			return claim.ErrLost
+		}
+		if notify {
+			if _, err := b.incr(b.item('n', l.Key)); err != nil {
+				return fmt.Errorf("notify: %w", err)
+			}
+			notify = false
 		}
 		next(it)
 		err = b.c.CompareAndSwap(it)
@@ -484,7 +492,7 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 	if err != nil {
 		return claim.Lease{}, fmt.Errorf("memcache: extend %q: %w", l.Key, err)
 	}
-	err = b.swapLock(l, func(it *gomemcache.Item) {
+	err = b.swapLock(l, false, func(it *gomemcache.Item) {
 		it.Value = lockValue(l.Holder, start.Add(time.Duration(sec+1)*time.Second))
 		it.Expiration = exp
 	})
@@ -496,14 +504,15 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 	return l, nil
 }
 
-// Release implements claim.Claimer: gets the lock, check the holder, CAS it
-// to an already-expired item. Pollers see the lock gone; this Backend's
-// own subscribers are woken at once.
+// Release implements claim.Claimer: gets the lock, check the holder, incr
+// the notify counter, CAS the lock to an already-expired item (three round
+// trips). Pollers see the counter change (and the lock gone); this
+// Backend's own subscribers are woken at once.
 func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
 	}
-	err := b.swapLock(l, func(it *gomemcache.Item) { it.Expiration = -1 })
+	err := b.swapLock(l, true, func(it *gomemcache.Item) { it.Expiration = -1 })
 	if err != nil {
 		return wrap("release", l.Key, err)
 	}

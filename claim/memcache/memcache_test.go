@@ -17,6 +17,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/poll"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -387,4 +388,104 @@ func FuzzOpenURL(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestWakeRules: what the poll reads, step by step. A claim of a free key
+// wakes nobody; a release, a notification, and a release followed by
+// another claim between two reads (even after the notify counter was
+// evicted) do. And end to end: a subscriber is not woken by a claim, and
+// is by its release.
+func TestWakeRules(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a, b := open(t, srv.URL()), open(t, srv.URL())
+	ctx := context.Background()
+	read := func(key string) poll.State {
+		t.Helper()
+		st, err := b.readState(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st
+	}
+	claimKey := func(key string) claim.Lease {
+		t.Helper()
+		l, err := a.TryClaim(ctx, key, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	release := func(l claim.Lease) {
+		t.Helper()
+		if err := a.Release(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, k := range []string{"wake-rules-new", "wake-rules-used"} {
+		if k == "wake-rules-used" {
+			release(claimKey(k))
+		}
+		free := read(k)
+		l := claimKey(k)
+		held := read(k)
+		if poll.Wakes(free, held) {
+			t.Errorf("%s: a claim of a free key wakes (%+v -> %+v)", k, free, held)
+		}
+		l, err := a.Extend(ctx, l, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st := read(k); poll.Wakes(held, st) {
+			t.Errorf("%s: Extend wakes (%+v -> %+v)", k, held, st)
+		}
+		release(l)
+		if st := read(k); !poll.Wakes(held, st) || !poll.Wakes(free, st) {
+			t.Errorf("%s: Release does not wake (%+v, %+v -> %+v)", k, free, held, st)
+		}
+		// Claim, release, claim between two reads.
+		free = read(k)
+		release(claimKey(k))
+		l = claimKey(k)
+		if st := read(k); !poll.Wakes(free, st) {
+			t.Errorf("%s: claim, release, claim between two reads does not wake (%+v -> %+v)", k, free, st)
+		}
+		held = read(k)
+		if err := a.Notify(ctx, k); err != nil {
+			t.Fatal(err)
+		}
+		if st := read(k); !poll.Wakes(held, st) {
+			t.Errorf("%s: Notify does not wake (%+v -> %+v)", k, held, st)
+		}
+		release(l)
+	}
+	// An evicted notify counter comes back at a value no poller saw.
+	k := "wake-rules-evicted"
+	release(claimKey(k))
+	before := read(k)
+	if err := a.c.Delete(a.item('n', k)); err != nil {
+		t.Fatal(err)
+	}
+	release(claimKey(k))
+	if st := read(k); !poll.Wakes(before, st) {
+		t.Errorf("a release after the counter was evicted does not wake (%+v -> %+v)", before, st)
+	}
+
+	s, err := b.Subscribe(ctx, "wake-rules-sub")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l := claimKey("wake-rules-sub")
+	// Ten poll intervals at the cap: a wake-up would have come.
+	select {
+	case <-s.C():
+		t.Fatal("a claim of a free key woke a subscriber")
+	case <-time.After(10 * poll.DefaultMax):
+	}
+	release(l)
+	select {
+	case <-s.C():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Release did not wake the subscriber")
+	}
 }

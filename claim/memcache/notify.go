@@ -42,33 +42,35 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	return nil
 }
 
-// readState is the poll: the lock, the fence counter and the notify
-// counter in one multi-get. The token must never come back to a value it
-// had: a claim and release between two polls would otherwise go unseen by
-// a waiter that checked in between. The fence counter grows with every
-// claim and the notify counter with every Notify, so the token changes on
-// every claim, release (lock gone), takeover and Notify. The lock's
-// earliest possible expiry (its exptime is one second longer than the
-// lease) is when the state may change by itself.
+// readState is the poll: the lock and the notify counter in one
+// multi-get. The token is the notify counter, which Release and Notify
+// bump, and which never comes back to a value it had (a counter lost to
+// eviction or a restart is re-created at the current Unix time in
+// microseconds); the holder is the lock's. So a claim on a free key wakes
+// nobody, and a release, notification, expiry or takeover does (see
+// internal/poll). The lock's earliest possible expiry (its exptime is one
+// second longer than the lease) is when the state may change by itself.
 func (b *Backend) readState(ctx context.Context, key string) (poll.State, error) {
 	if err := ctx.Err(); err != nil {
 		return poll.State{}, err
 	}
-	lk, fk, nk := b.item('l', key), b.item('f', key), b.item('n', key)
-	items, err := b.c.GetMulti([]string{lk, fk, nk})
+	lk, nk := b.item('l', key), b.item('n', key)
+	items, err := b.c.GetMulti([]string{lk, nk})
 	if err != nil {
 		return poll.State{}, err
 	}
 	var st poll.State
-	holder := "-"
 	if it := items[lk]; it != nil {
 		var latest time.Time
-		holder, latest = parseLock(it.Value)
+		st.Holder, latest = parseLock(it.Value)
+		if st.Holder == "" {
+			st.Holder = "?" // not written by this package: held all the same
+		}
 		if !latest.IsZero() {
 			st.Expires = latest.Add(-time.Second)
 		}
 	}
-	st.Token = holder + "/" + counter(items[fk]) + "/" + counter(items[nk])
+	st.Token = counter(items[nk])
 	return st, nil
 }
 

@@ -1,22 +1,32 @@
 // Package poll is the notifier of the backends whose substrate cannot push
 // (DynamoDB, memcached). A Poller is a hub.Substrate: the hub asks it for
 // one subscription per key per Backend, however many waiters that Backend
-// has, and the Poller runs one loop per such key that reads a cheap state
-// token, with jittered exponential backoff (a few milliseconds at first,
-// capped) that never sleeps past the holder's known lease expiry, and
-// wakes the key's subscribers on the first read that sees the token change.
+// has, and the Poller runs one loop per such key that reads a cheap state,
+// with jittered exponential backoff (a few milliseconds at first, capped)
+// that never sleeps past the holder's known lease expiry, and wakes the
+// key's subscribers on the first read that shows the key released,
+// notified, expired or taken over.
 //
-// The backend defines the token so that it never comes back to a value it
-// had before: every claim, Release and Notify must change it for good (a
-// fencing counter bumped by every claim, a notify counter bumped by
-// Notify), and so must takeover and expiry. A token that only says "held
-// or free" is not enough: a claim and a release between two reads look
-// like no change, and a waiter that checked in between (and saw the key
-// held) would sleep through the release. Subscribe reads the first state
-// before it returns, so any release that lands after Subscribe returns
-// differs from every state read before it and is seen by a later read:
-// "subscribe, check, wait" never loses a wake-up. Wake-ups can be spurious
-// (a claim by someone else also changes the token); receivers re-check.
+// A State has two parts. Token must change for good (never come back to a
+// value it had) on every Release and Notify: a counter both bump. A token
+// that only says "held or free" is not enough: a claim and a release
+// between two reads look like no change, and a waiter that checked in
+// between (and saw the key held) would sleep through the release. Holder
+// names the live claim seen, or is empty when the key is free or its lease
+// ran out. A read wakes the subscribers if its Token differs from the
+// previous read's, or if the previous read saw a holder and this one sees
+// another or none (released, expired, taken over). A new claim on a key
+// that was free (Holder from empty to set, Token unchanged) wakes nobody:
+// waiters wait for the end of a claim, not for its start, and a waiter
+// checks the key after its Subscribe returned, so it sees such a claim
+// itself. Subscribe reads the first state before it returns, so any
+// release or notification that lands after Subscribe returns changes the
+// Token from every state read before it and is seen by a later read:
+// "subscribe, check, wait" never loses a wake-up. A claim that expires
+// (no release) and is taken over between two reads that saw the key free
+// and then held is not seen: no release happened, and waiters bound their
+// wait by the lease they saw (claim.Acquire, flight). Wake-ups can still be
+// spurious (a takeover, an expiry); receivers re-check.
 package poll
 
 import (
@@ -31,9 +41,15 @@ import (
 
 // State is what one read of a key saw.
 type State struct {
-	// Token summarises the key's state. A read whose Token differs from
-	// the previous read's wakes the key's subscribers.
+	// Token changes on every Release and Notify of the key and never
+	// comes back to a value it had. A read whose Token differs from the
+	// previous read's wakes the key's subscribers.
 	Token string
+	// Holder identifies the live claim seen ("" if the key is free or its
+	// lease has run out). A read whose Holder differs from the previous
+	// read's non-empty Holder wakes the key's subscribers; a Holder that
+	// appears where there was none (a claim on a free key) does not.
+	Holder string
 	// Expires is when the state will change by itself (the holder's lease
 	// expiry as far as the backend can tell), or zero if nothing is due.
 	// The poller never sleeps past it.
@@ -123,6 +139,14 @@ func (b *Backoff) Next(now, expires time.Time) (time.Duration, bool) {
 		}
 	}
 	return d, false
+}
+
+// Wakes reports whether a read that saw next, after one that saw prev,
+// wakes the key's subscribers: the Token changed (a release or a
+// notification), or the claim prev saw is gone or replaced. A claim on a
+// key prev saw free does not wake.
+func Wakes(prev, next State) bool {
+	return next.Token != prev.Token || (prev.Holder != "" && next.Holder != prev.Holder)
 }
 
 // Poller implements hub.Substrate by polling. It is safe for concurrent
@@ -268,7 +292,7 @@ func (p *Poller) loop(ctx context.Context, key string, st State) {
 			continue
 		}
 		failing = false
-		if ns.Token != st.Token {
+		if Wakes(st, ns) {
 			p.wake(key)
 			bo.Reset()
 		} else if atExpiry {

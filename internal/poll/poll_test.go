@@ -70,6 +70,7 @@ func TestBackoffNeverPastExpiry(t *testing.T) {
 type fake struct {
 	mu      sync.Mutex
 	token   string
+	holder  string
 	expires time.Time
 	err     error
 	reads   int
@@ -88,7 +89,13 @@ func (f *fake) read(ctx context.Context, key string) (State, error) {
 	if f.err != nil {
 		return State{}, f.err
 	}
-	return State{Token: f.token, Expires: f.expires}, nil
+	return State{Token: f.token, Holder: f.holder, Expires: f.expires}, nil
+}
+
+func (f *fake) setHolder(token, holder string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.token, f.holder = token, holder
 }
 
 func (f *fake) wake(key string) {
@@ -148,6 +155,54 @@ func TestPollerWakesOnChange(t *testing.T) {
 		if _, w := f.counts("k"); w != 2 {
 			t.Fatalf("%d wake-ups after two changes, want 2", w)
 		}
+	})
+}
+
+func TestWakes(t *testing.T) {
+	for _, c := range []struct {
+		prev, next State
+		want       bool
+	}{
+		{State{Token: "1"}, State{Token: "1"}, false},
+		{State{Token: "1"}, State{Token: "1", Holder: "a"}, false}, // a claim on a free key
+		{State{Token: "1", Holder: "a"}, State{Token: "1", Holder: "a"}, false},
+		{State{Token: "1", Holder: "a"}, State{Token: "1"}, true},              // expired (or released)
+		{State{Token: "1", Holder: "a"}, State{Token: "1", Holder: "b"}, true}, // taken over
+		{State{Token: "1"}, State{Token: "2"}, true},                           // released or notified
+		{State{Token: "1"}, State{Token: "2", Holder: "b"}, true},              // released, claimed again
+		{State{Token: "1", Holder: "a"}, State{Token: "2", Holder: "a"}, true}, // notified
+	} {
+		if got := Wakes(c.prev, c.next); got != c.want {
+			t.Errorf("Wakes(%+v, %+v) = %v, want %v", c.prev, c.next, got, c.want)
+		}
+	}
+}
+
+// TestPollerIgnoresClaims: a holder appearing on a free key wakes nobody;
+// its end, a takeover and a token change do.
+func TestPollerIgnoresClaims(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		p := New(f.read, f.wake, &Options{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
+		defer p.Close()
+		if err := p.Subscribe(context.Background(), "k"); err != nil {
+			t.Fatal(err)
+		}
+		step := func(token, holder string, want int) {
+			t.Helper()
+			f.setHolder(token, holder)
+			time.Sleep(time.Second)
+			if _, w := f.counts("k"); w != want {
+				t.Fatalf("after token %q holder %q: %d wake-ups, want %d", token, holder, w, want)
+			}
+		}
+		step("a", "h1", 0) // claimed
+		step("a", "", 1)   // expired
+		step("a", "h2", 1) // claimed
+		step("a", "h3", 2) // taken over
+		step("b", "h3", 3) // notified
+		step("c", "", 4)   // released
+		step("c", "h4", 4) // claimed
 	})
 }
 
