@@ -133,6 +133,7 @@ func restartOnce(t *testing.T, b backend, opts *testserver.Options, durable bool
 		}
 		leaseFate = "kept"
 	} else {
+		t.Logf("volatile server: %s", b.restartNote)
 		select {
 		case <-keeper.Lost():
 			leaseFate = "lost, detected: KeepAlive reported ErrLost " + ms(time.Unix(0, lostAt.Load()).Sub(restarted)) + " after the restart"
