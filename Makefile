@@ -5,7 +5,7 @@ PKGS ?= ./...
 # Every backend test must find its server: a missing one fails, never skips.
 export STAMPEDE_TEST_REQUIRE ?= 1
 
-.PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo
+.PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo chaos reliability
 
 # Installs the servers when missing (no Docker needed), then runs every
 # test with the race detector against real servers on loopback.
@@ -34,6 +34,14 @@ staticcheck:
 # Backend and cache benchmarks (see BENCHMARKS in README).
 bench: servers
 	$(GO) test -run '^$$' -bench . -benchtime=30x $(PKGS)
+
+# The longer fault runs (faults/); the gating set runs in make test.
+chaos: servers
+	STAMPEDE_CHAOS=1 $(GO) test -race -count=1 -timeout 30m ./faults
+
+# Regenerates the figures table for docs/reliability.md.
+reliability: servers
+	STAMPEDE_CHAOS=1 STAMPEDE_FAULTS_REPORT=$(CURDIR)/docs/reliability-figures.md $(GO) test -race -count=1 -timeout 30m ./faults
 
 # Every BENCHMARKS.md figure in one run (about 12 minutes), and the rivals.
 bench-all: servers

@@ -14,6 +14,13 @@ type KeepAliveOptions struct {
 	Interval time.Duration
 	// TTL requested at each renewal; 0 means the lease's TTL.
 	TTL time.Duration
+	// Margin: the keeper declares the lease lost this long before its
+	// local Deadline when no renewal succeeded by then, so work under
+	// Context stops while the lease is still certainly held, even if the
+	// local and server clocks drift apart a little or the last request
+	// was slow to arrive. 0 means TTL/10 (at most one second); negative
+	// means none (loss at the Deadline itself).
+	Margin time.Duration
 	// OnLost, if set, is called once (on the keeper's goroutine) with the
 	// cause when the lease is lost.
 	OnLost func(cause error)
@@ -38,7 +45,7 @@ type Keeper struct {
 // KeepAlive renews l in the background, every opt.Interval (default TTL/3),
 // until Stop is called, ctx is done, or the lease is lost. Loss is reported
 // the moment it is known: a renewal answered ErrLost, or the lease's local
-// Deadline passed without a successful renewal (for example while the
+// Deadline, less opt.Margin, passed without a successful renewal (for example while the
 // network is cut: the keeper does not wait for a failing call to time out,
 // it fences itself by the local clock). On loss the Keeper's Context is
 // cancelled with a cause wrapping ErrLost, Lost is closed, and
@@ -59,6 +66,12 @@ func KeepAlive(ctx context.Context, c Claimer, l Lease, opt *KeepAliveOptions) *
 	}
 	if k.opt.Interval <= 0 {
 		k.opt.Interval = time.Millisecond
+	}
+	switch {
+	case k.opt.Margin == 0:
+		k.opt.Margin = min(k.opt.TTL/10, time.Second)
+	case k.opt.Margin < 0:
+		k.opt.Margin = 0
 	}
 	k.ctx, k.cancel = context.WithCancelCause(ctx)
 	go k.run()
@@ -107,6 +120,9 @@ func (k *Keeper) fail(cause error) {
 	}
 }
 
+// fence is when the keeper gives l up: its Deadline less the margin.
+func (k *Keeper) fence(l Lease) time.Time { return l.Deadline.Add(-k.opt.Margin) }
+
 func (k *Keeper) run() {
 	defer close(k.done)
 	defer k.cancel(context.Canceled)
@@ -115,7 +131,7 @@ func (k *Keeper) run() {
 	var lastErr error
 	for {
 		cur := k.Lease()
-		deadline := time.NewTimer(time.Until(cur.Deadline))
+		deadline := time.NewTimer(time.Until(k.fence(cur)))
 		select {
 		case <-k.stop:
 			deadline.Stop()
@@ -132,7 +148,7 @@ func (k *Keeper) run() {
 		case <-next.C:
 		}
 		deadline.Stop()
-		if cur.Expired(time.Now()) {
+		if !time.Now().Before(k.fence(cur)) {
 			if lastErr == nil {
 				lastErr = errors.New("no renewal before the deadline")
 			}
@@ -144,7 +160,7 @@ func (k *Keeper) run() {
 		// goroutine so that the loss is reported at the deadline even if
 		// the Claimer overruns its context (a client whose I/O timeout
 		// does not follow the context, a connection gone silent).
-		rctx, cancel := context.WithDeadline(k.ctx, cur.Deadline)
+		rctx, cancel := context.WithDeadline(k.ctx, k.fence(cur))
 		type renewal struct {
 			l   Lease
 			err error
@@ -154,7 +170,7 @@ func (k *Keeper) run() {
 			nl, err := k.c.Extend(rctx, cur, k.opt.TTL)
 			rc <- renewal{nl, err}
 		}()
-		deadline = time.NewTimer(time.Until(cur.Deadline))
+		deadline = time.NewTimer(time.Until(k.fence(cur)))
 		var r renewal
 		select {
 		case r = <-rc:

@@ -40,12 +40,13 @@
 // short.
 //
 // Lease TTLs are whole seconds, rounded up (MinTTL and TTLGranularity are
-// 1s). memcached's clock ticks once a second, so an item set with exptime N
-// lives between N-1 and N seconds: the lock is stored with exptime TTL+1
-// seconds and the holder's Deadline is TTL after the request was sent, so
-// the server never drops a lease before its holder stops (clocks running at
-// the same rate), and a crashed holder's key is free again at most about
-// one second after its TTL. TTLs over 30 days are sent as absolute Unix
+// 1s). memcached's clock ticks once a second (a timer that runs late on a
+// loaded machine), so an item set with exptime N can go a second or more
+// early: the lock is stored with exptime TTL+2 seconds and the holder's
+// Deadline is TTL after the request was sent, so the server never drops a
+// lease before its holder stops (clocks running at the same rate), and a
+// crashed holder's key is free again at most about two seconds after its
+// TTL. TTLs over 30 days are sent as absolute Unix
 // times (memcached's rule), which then depend on the server's clock.
 //
 // Release and Extend read the lock with gets and compare the holder id
@@ -131,6 +132,11 @@ const (
 	// item header, a key of up to 250 bytes, and the value header (8).
 	itemOverhead = 1024
 	maxKeyLen    = 250
+	// lockSlack is how many seconds past its TTL the lock item is kept,
+	// so memcached's coarse, possibly late clock never frees a lock
+	// before its holder's Deadline (a fault test saw a rival get in
+	// early at load 20 with a one-second slack).
+	lockSlack = 2
 	// maxRelative is the longest exptime memcached reads as relative.
 	maxRelative = 30 * 24 * 3600
 )
@@ -384,13 +390,13 @@ func (b *Backend) TryClaim(ctx context.Context, key string, ttl time.Duration) (
 	}
 	sec := seconds(ttl)
 	start := time.Now()
-	exp, err := exptime(sec+1, start)
+	exp, err := exptime(sec+lockSlack, start)
 	if err != nil {
 		return claim.Lease{}, fmt.Errorf("memcache: claim %q: %w", key, err)
 	}
 	holder := holderID()
 	lk := b.item('l', key)
-	err = b.c.Add(&gomemcache.Item{Key: lk, Value: lockValue(holder, start.Add(time.Duration(sec+1)*time.Second)), Expiration: exp})
+	err = b.c.Add(&gomemcache.Item{Key: lk, Value: lockValue(holder, start.Add(time.Duration(sec+lockSlack)*time.Second)), Expiration: exp})
 	if errors.Is(err, gomemcache.ErrNotStored) {
 		he := &claim.HeldError{Key: key}
 		if it, err := b.c.Get(lk); err == nil {
@@ -488,12 +494,12 @@ func (b *Backend) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) 
 		return claim.Lease{}, fmt.Errorf("memcache: extend %q: %w (local deadline passed)", l.Key, claim.ErrLost)
 	}
 	sec := seconds(ttl)
-	exp, err := exptime(sec+1, start)
+	exp, err := exptime(sec+lockSlack, start)
 	if err != nil {
 		return claim.Lease{}, fmt.Errorf("memcache: extend %q: %w", l.Key, err)
 	}
 	err = b.swapLock(l, false, func(it *gomemcache.Item) {
-		it.Value = lockValue(l.Holder, start.Add(time.Duration(sec+1)*time.Second))
+		it.Value = lockValue(l.Holder, start.Add(time.Duration(sec+lockSlack)*time.Second))
 		it.Expiration = exp
 	})
 	if err != nil {

@@ -1,0 +1,106 @@
+package claim_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/memory"
+)
+
+func TestKeepAliveRenews(t *testing.T) {
+	ctx := context.Background()
+	sp := memory.NewSpace(nil)
+	a, _ := memory.New(sp, nil)
+	b, _ := memory.New(sp, nil)
+	defer a.Close()
+	defer b.Close()
+	l, err := a.TryClaim(ctx, "k", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	k := claim.KeepAlive(ctx, a, l, nil)
+	time.Sleep(l.TTL + l.TTL/4) // past the original TTL: renewed meanwhile
+	if _, err := b.TryClaim(ctx, "k", time.Second); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("kept-alive lease past its first TTL: TryClaim err = %v, want ErrHeld", err)
+	}
+	cur := k.Stop()
+	k.Stop() // idempotent
+	if k.Err() != nil {
+		t.Errorf("Err after a clean Stop: %v", k.Err())
+	}
+	if !cur.Deadline.After(l.Deadline) || cur.Token != l.Token {
+		t.Errorf("Stop returned %v, want the renewed lease (same token, later deadline than %v)", cur, l)
+	}
+	if k.Context().Err() == nil {
+		t.Error("Context not cancelled after Stop")
+	}
+	select {
+	case <-k.Lost():
+		t.Error("Lost closed after a clean Stop")
+	default:
+	}
+	if err := a.Release(ctx, cur); err != nil {
+		t.Errorf("Release of the renewed lease: %v", err)
+	}
+}
+
+func TestKeepAliveReportsErrLost(t *testing.T) {
+	ctx := context.Background()
+	a, _ := memory.New(nil, nil)
+	defer a.Close()
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cause error
+	k := claim.KeepAlive(ctx, a, l, &claim.KeepAliveOptions{Interval: 5 * time.Millisecond, OnLost: func(err error) { cause = err }})
+	defer k.Stop()
+	if err := a.Release(ctx, l); err != nil { // behind the keeper's back
+		t.Fatal(err)
+	}
+	<-k.Lost()
+	k.Stop() // waits for OnLost to have run
+	if !errors.Is(k.Err(), claim.ErrLost) || !errors.Is(context.Cause(k.Context()), claim.ErrLost) || !errors.Is(cause, claim.ErrLost) {
+		t.Errorf("after the lease was released elsewhere: Err %v, Cause %v, OnLost %v; want ErrLost", k.Err(), context.Cause(k.Context()), cause)
+	}
+}
+
+// hangingClaimer's Extend never answers (a cut network whose client
+// ignores the context).
+type hangingClaimer struct {
+	claim.Claimer
+	release chan struct{}
+}
+
+func (h hangingClaimer) Extend(context.Context, claim.Lease, time.Duration) (claim.Lease, error) {
+	<-h.release
+	return claim.Lease{}, errors.New("network down")
+}
+
+// The keeper fences itself by the local clock, with its margin, even when
+// the renewal call never returns.
+func TestKeepAliveSelfFences(t *testing.T) {
+	ctx := context.Background()
+	a, _ := memory.New(nil, nil)
+	defer a.Close()
+	l, err := a.TryClaim(ctx, "k", 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := hangingClaimer{Claimer: a, release: make(chan struct{})}
+	defer close(h.release)
+	k := claim.KeepAlive(ctx, h, l, &claim.KeepAliveOptions{Interval: 10 * time.Millisecond, Margin: time.Second})
+	<-k.Lost()
+	lostAt := time.Now()
+	if !errors.Is(k.Err(), claim.ErrLost) {
+		t.Errorf("Err = %v, want ErrLost", k.Err())
+	}
+	if !lostAt.Before(l.Deadline) {
+		t.Errorf("loss reported at %s, after the lease's deadline %s: no self-fencing margin", lostAt, l.Deadline)
+	}
+	go func() { h.release <- struct{}{} }()
+	k.Stop()
+}
