@@ -2,8 +2,10 @@ package flight
 
 import (
 	"context"
+	"runtime"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -108,6 +110,182 @@ func BenchmarkSingleflight(b *testing.B) {
 		}
 		wg.Wait()
 	}
+}
+
+// BenchmarkMissSplit splits a coalesced miss into its two parts, for
+// flight and for x/sync/singleflight alike. Each op runs a "herd" of one
+// caller on a new key, then a herd of herdSize callers on another new
+// key (each caller on a goroutine of its own, all started at once; the
+// loader returns at once). It reports
+//
+//   - ns/alone: the herd of one, the cost of a miss paid once per key
+//     (flight: the in-process flight, L2 read, subscribe, claim+read,
+//     load, commit+release on the in-process backend, L1 fill;
+//     singleflight: one Do);
+//   - ns/caller: (herd − alone) / (herdSize − 1), what each caller
+//     beyond the first adds: its goroutine, and then joining the load
+//     in progress or, if it comes after the load, an L1 hit (flight) or
+//     a Do of its own (singleflight, which keeps no result).
+//
+// BenchmarkJoin isolates the join itself.
+func BenchmarkMissSplit(b *testing.B) {
+	b.Run("flight", func(b *testing.B) {
+		c := benchCache(b, &Options[string]{L1Size: 1 << 20, Loader: constLoad})
+		ctx := context.Background()
+		benchSplit(b, func(key string) { c.Get(ctx, key, nil) })
+	})
+	b.Run("singleflight", func(b *testing.B) {
+		var g singleflight.Group
+		benchSplit(b, func(key string) {
+			g.Do(key, func() (any, error) { return "value", nil })
+		})
+	})
+}
+
+func benchSplit(b *testing.B, get func(key string)) {
+	herd := func(key string, n int) time.Duration {
+		start := time.Now()
+		var wg sync.WaitGroup
+		for range n {
+			wg.Go(func() { get(key) })
+		}
+		wg.Wait()
+		return time.Since(start)
+	}
+	b.ReportAllocs()
+	var alone, crowd time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		alone += herd("alone "+strconv.Itoa(i), 1)
+		crowd += herd("herd "+strconv.Itoa(i), herdSize)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64(alone.Nanoseconds())/n, "ns/alone")
+	b.ReportMetric(float64((crowd-alone).Nanoseconds())/n/(herdSize-1), "ns/caller")
+}
+
+// BenchmarkJoin measures what a caller pays to join a load another
+// caller started, in flight and in x/sync/singleflight alike: the part of
+// a coalesced miss the two have in common. The callers are long-lived
+// goroutines (like a server's), so no goroutine start or stack growth is
+// counted. Each op is two rounds on new keys. In each, a first caller
+// starts the load, which blocks on a gate; once it runs, the round hands
+// the key to herdSize − 1 joiners (or to none), waits until all have
+// it and then 30 µs more (so that they are inside Get or Do, waiting),
+// opens the gate, and waits for everyone. ns/joiner is (round with
+// joiners − round without) / (herdSize − 1): the hand-off of the key to
+// the joiner (the same for both), the join, the wake-up and the return of
+// the shared result. joined is the fraction of joiners that did join
+// (Result.Shared; singleflight's shared): 1 means the figure is all
+// joins.
+func BenchmarkJoin(b *testing.B) {
+	b.Run("flight", func(b *testing.B) {
+		c := benchCache(b, &Options[string]{L1Size: 1 << 20})
+		ctx := context.Background()
+		benchJoin(b, func(load func()) func(string) bool {
+			lf := func(context.Context, string) (string, error) {
+				load()
+				return "value", nil
+			}
+			return func(key string) bool {
+				r, _ := c.Fetch(ctx, key, lf)
+				return r.Shared
+			}
+		})
+	})
+	b.Run("singleflight", func(b *testing.B) {
+		var g singleflight.Group
+		benchJoin(b, func(load func()) func(string) bool {
+			fn := func() (any, error) {
+				load()
+				return "value", nil
+			}
+			return func(key string) bool {
+				_, _, shared := g.Do(key, fn)
+				return shared
+			}
+		})
+	})
+}
+
+// benchJoin runs BenchmarkJoin with the get function that mk makes: a
+// caller of key whose load (if it is the one to run it) calls load.
+func benchJoin(b *testing.B, mk func(load func()) func(key string) (shared bool)) {
+	var (
+		wg              sync.WaitGroup
+		arrived, joined atomic.Int32
+		started, gate   chan struct{}
+		leader          = make(chan string)
+		joiners         = make([]chan string, herdSize-1)
+	)
+	get := mk(func() {
+		// A joiner that arrived too late (descheduled past the gate)
+		// loads again: let it, and count it as not joined.
+		select {
+		case <-started:
+		default:
+			close(started)
+		}
+		<-gate
+	})
+	var workers sync.WaitGroup
+	workers.Go(func() {
+		for key := range leader {
+			get(key)
+			wg.Done()
+		}
+	})
+	for i := range joiners {
+		joiners[i] = make(chan string)
+		workers.Go(func() {
+			for key := range joiners[i] {
+				arrived.Add(1)
+				if get(key) {
+					joined.Add(1)
+				}
+				wg.Done()
+			}
+		})
+	}
+	defer func() {
+		close(leader)
+		for _, ch := range joiners {
+			close(ch)
+		}
+		workers.Wait()
+	}()
+	round := func(key string, n int) time.Duration {
+		started, gate = make(chan struct{}), make(chan struct{})
+		arrived.Store(0)
+		start := time.Now()
+		wg.Add(1 + n)
+		leader <- key
+		<-started
+		for _, ch := range joiners[:n] {
+			ch <- key
+		}
+		for arrived.Load() < int32(n) {
+			runtime.Gosched()
+		}
+		for t := time.Now(); time.Since(t) < 30*time.Microsecond; {
+			runtime.Gosched()
+		}
+		close(gate)
+		wg.Wait()
+		return time.Since(start)
+	}
+	b.ReportAllocs()
+	var alone, crowd time.Duration
+	i := 0
+	for b.Loop() {
+		i++
+		alone += round("alone "+strconv.Itoa(i), 0)
+		crowd += round("herd "+strconv.Itoa(i), herdSize-1)
+	}
+	n := float64(b.N)
+	b.ReportMetric(float64((crowd-alone).Nanoseconds())/n/(herdSize-1), "ns/joiner")
+	b.ReportMetric(float64(joined.Load())/n/(herdSize-1), "joined")
 }
 
 // BenchmarkL2Hit: L1 off; every Get reads and decodes the in-process L2.

@@ -86,16 +86,16 @@ type Result[V any] struct {
 // one loader call per key across every process sharing the backend. It
 // is safe for concurrent use. Close it when done.
 type Cache[V any] struct {
-	b     claim.Backend
-	cfg   config[V]
-	log   *slog.Logger
-	l1    *otter.Cache[string, *entry[V]]
-	timed bool // entries need a freshness check on L1 hits
-	stats counters
+	b      claim.Backend
+	cfg    config[V]
+	log    *slog.Logger
+	l1     *otter.Cache[string, *entry[V]]
+	timed  bool        // entries need a freshness check on L1 hits
+	closed atomic.Bool // read by every hit: kept off mu's cache line
+	stats  counters
 
 	mu      sync.Mutex
 	flights map[string]*flight[V]
-	closed  atomic.Bool
 
 	root      context.Context
 	cancel    context.CancelFunc
@@ -116,11 +116,18 @@ type flight[V any] struct {
 
 	// stale is an old value callers may be given; it is set before
 	// pending is closed, which happens when the flight found no fresh
-	// value and starts waiting for a holder or loading.
-	stale       *entry[V]
-	pending     chan struct{}
-	pendingDone bool // only the flight's goroutine touches it
+	// value and starts waiting for a holder or loading: Fallback callers
+	// wait on it. Block callers wait on blockWake, closed with pending if
+	// stale is set then, else after done: they wake once, when there is
+	// something for them, and wait on one channel (no select) when their
+	// context cannot be cancelled.
+	stale         *entry[V]
+	pending       chan struct{}
+	blockWake     chan struct{}
+	pendingDone   bool // only the flight's goroutine touches these two
+	blockWakeShut bool
 
+	ctx  flightCtx // the flight's context (run sets it)
 	done chan struct{}
 	res  *entry[V]
 	src  Source
@@ -184,49 +191,147 @@ func New[V any](b claim.Backend, opt *Options[V]) (*Cache[V], error) {
 // context values, never its cancellation). A not-found is returned as an
 // error wrapping ErrNotFound.
 func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (V, error) {
-	r, err := c.Fetch(ctx, key, load, opts...)
-	return r.Value, err
+	k := c.normalize(key)
+	var e *entry[V]
+	looked := false
+	if len(opts) == 0 {
+		var ok bool
+		if e, ok, looked = c.quick(k, load); ok {
+			if e.notFound {
+				var zero V
+				return zero, ErrNotFound
+			}
+			return e.value, nil
+		}
+	}
+	a, err := c.fetch(ctx, key, k, load, opts, e, looked)
+	c.stats.count(a.src, err)
+	switch {
+	case a.e != nil && !a.e.notFound:
+		return a.e.value, err
+	case a.src == SourceFallback:
+		return fallbackValue[V](opts), err
+	}
+	var zero V
+	return zero, err
 }
 
 // Fetch is Get, also telling where the answer came from (Result.Source)
 // and whether this caller shared another caller's flight.
 func (c *Cache[V]) Fetch(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (Result[V], error) {
-	r, err := c.fetch(ctx, key, load, opts)
-	c.stats.count(r.Source, err)
-	return r, err
+	k := c.normalize(key)
+	var e *entry[V]
+	looked := false
+	if len(opts) == 0 {
+		var ok bool
+		if e, ok, looked = c.quick(k, load); ok {
+			a, err := hit(e, SourceL1, false)
+			return a.result(k, opts), err
+		}
+	}
+	a, err := c.fetch(ctx, key, k, load, opts, e, looked)
+	c.stats.count(a.src, err)
+	return a.result(k, opts), err
 }
 
-func (c *Cache[V]) fetch(ctx context.Context, key string, load LoadFunc[V], opts []CallOption) (Result[V], error) {
-	if c.closed.Load() {
-		return Result[V]{}, ErrClosed
+// answer is where a call's answer came from; Get makes it a value, Fetch
+// a Result. It is small, so the miss path (fetch, join, await) passes it
+// in registers rather than copying a Result through every frame.
+type answer[V any] struct {
+	e      *entry[V] // the entry answered with; nil: none (an error, the fallback)
+	src    Source
+	shared bool
+	noKey  bool // the call failed before its key was checked: Result.Key is ""
+}
+
+// result is the Result of answer a to a call with normalised key k and
+// options opts.
+func (a answer[V]) result(k string, opts []CallOption) Result[V] {
+	r := Result[V]{Source: a.src, Shared: a.shared}
+	if !a.noKey {
+		r.Key = k
 	}
-	k := c.cfg.Normalize(key)
+	switch {
+	case a.e != nil:
+		r.Written = a.e.written
+		if !a.e.notFound {
+			r.Value = a.e.value
+		}
+	case a.src == SourceFallback:
+		r.Value = fallbackValue[V](opts)
+	}
+	return r
+}
+
+// fallbackValue is the value of the call's WithFallback option (checked
+// by fetch), or the zero value.
+func fallbackValue[V any](opts []CallOption) V {
+	v, _ := applyOptions(callConfig{}, opts).fallback.(V)
+	return v
+}
+
+func (c *Cache[V]) normalize(key string) string {
+	if c.cfg.defaultNorm {
+		return NormalizeKey(key) // a direct call: no indirect call on the hit path
+	}
+	return c.cfg.Normalize(key)
+}
+
+// quick is the L1 hit path of a call without options, k normalised:
+// when it can answer from L1 (a fresh entry, or any entry when L1
+// entries have no stale phase, and no early refresh to consider), it
+// counts the hit and returns the entry and ok. Otherwise fetch decides;
+// looked says that e is what L1 holds for k (nil: a miss), so fetch
+// need not look again. It checks what fetch checks before L1, so the
+// answer is the same.
+func (c *Cache[V]) quick(k string, load LoadFunc[V]) (e *entry[V], ok, looked bool) {
+	if c.l1 == nil || k == "" || (load == nil && c.cfg.Loader == nil) || c.closed.Load() {
+		return nil, false, false
+	}
+	e, _ = c.l1.GetIfPresent(k)
+	if e == nil {
+		return nil, false, true
+	}
+	if c.timed && (c.cfg.EarlyRefresh > 0 || e.state(time.Now()) != fresh) {
+		return e, false, true
+	}
+	c.stats.l1.add()
+	return e, true, true
+}
+
+// fetch is the full path of Get and Fetch; k is the normalised key. If
+// looked, e is L1's entry for k (nil: none), already looked up by quick.
+func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], opts []CallOption, e *entry[V], looked bool) (answer[V], error) {
+	if c.closed.Load() {
+		return answer[V]{noKey: true}, ErrClosed
+	}
 	if k == "" {
-		return Result[V]{}, fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
+		return answer[V]{noKey: true}, fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
 	}
 	cc := callConfig{policy: c.cfg.Wait}
 	if len(opts) > 0 {
 		cc = applyOptions(cc, opts) // out of line: &cc escapes
-	}
-	var fb V
-	if cc.fallback != nil {
-		v, ok := cc.fallback.(V)
-		if !ok {
-			return Result[V]{Key: k}, fmt.Errorf("flight: fallback of type %T for a cache of %T", cc.fallback, fb)
+		if cc.fallback != nil {
+			if _, ok := cc.fallback.(V); !ok {
+				var fb V
+				return answer[V]{}, fmt.Errorf("flight: fallback of type %T for a cache of %T", cc.fallback, fb)
+			}
 		}
-		fb = v
 	}
 	if load == nil {
 		if load = c.cfg.Loader; load == nil {
-			return Result[V]{Key: k}, ErrNoLoader
+			return answer[V]{}, ErrNoLoader
 		}
 	}
 	var old *entry[V]
 	if c.l1 != nil {
-		if e, ok := c.l1.GetIfPresent(k); ok {
+		if !looked {
+			e, _ = c.l1.GetIfPresent(k)
+		}
+		if e != nil {
 			if !c.timed {
 				// L1 entries expire at the end of their TTL.
-				return hit(k, e, SourceL1, false)
+				return hit(e, SourceL1, false)
 			}
 			now := time.Now()
 			switch e.state(now) {
@@ -234,25 +339,26 @@ func (c *Cache[V]) fetch(ctx context.Context, key string, load LoadFunc[V], opts
 				if c.cfg.EarlyRefresh > 0 && c.earlyRefreshDue(e, now) {
 					c.refresh(ctx, k, e, load)
 				}
-				return hit(k, e, SourceL1, false)
+				return hit(e, SourceL1, false)
 			case stale:
 				if cc.policy != Fresh {
 					c.refresh(ctx, k, e, load)
-					return hit(k, e, SourceStale, false)
+					return hit(e, SourceStale, false)
 				}
 				old = e
 			}
 		}
 	}
-	return c.join(ctx, k, load, cc.policy, fb, old)
+	return c.join(ctx, k, load, cc.policy, old)
 }
 
 // hit is the answer from entry e.
-func hit[V any](k string, e *entry[V], src Source, shared bool) (Result[V], error) {
+func hit[V any](e *entry[V], src Source, shared bool) (answer[V], error) {
+	a := answer[V]{e: e, src: src, shared: shared}
 	if e.notFound {
-		return Result[V]{Source: src, Key: k, Shared: shared, Written: e.written}, ErrNotFound
+		return a, ErrNotFound
 	}
-	return Result[V]{Value: e.value, Source: src, Key: k, Shared: shared, Written: e.written}, nil
+	return a, nil
 }
 
 // earlyRefreshDue is XFetch: refresh when now − δ·β·ln(rand) ≥ expiry,
@@ -267,11 +373,11 @@ func (c *Cache[V]) earlyRefreshDue(e *entry[V], now time.Time) bool {
 
 // join makes the caller wait on the key's flight, starting it if there is
 // none.
-func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, fb V, old *entry[V]) (Result[V], error) {
+func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, old *entry[V]) (answer[V], error) {
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
-		return Result[V]{Key: k}, ErrClosed
+		return answer[V]{}, ErrClosed
 	}
 	f, shared := c.flights[k]
 	if shared {
@@ -282,7 +388,7 @@ func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Polic
 		if c.l1 != nil {
 			if e, ok := c.l1.GetIfPresent(k); ok && e.state(time.Now()) == fresh {
 				c.mu.Unlock()
-				return hit(k, e, SourceL1, false)
+				return hit(e, SourceL1, false)
 			}
 		}
 		f = c.newFlightLocked(k, load, old)
@@ -291,13 +397,42 @@ func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Polic
 	if !shared {
 		go c.run(context.WithoutCancel(ctx), f)
 	}
-	return c.await(ctx, f, p, fb, shared)
+	return c.await(ctx, f, p, shared)
+}
+
+// flightCtx is a flight's context: the values of the caller that started
+// it (vals, from context.WithoutCancel), the cancellation of the Cache's
+// root context (cancelled by Close), no deadline. Contexts derived from it
+// are children of the root directly, so a flight costs no context of its
+// own beyond this one value.
+type flightCtx struct {
+	context.Context                 // the Cache's root
+	vals            context.Context // the first caller's, without its cancellation
+}
+
+// Value looks in the root first: it has no values of its own, but it is
+// what the context package finds as the parent to cancel derived contexts
+// (and Cause reads); every other key goes to the caller's values.
+func (f *flightCtx) Value(key any) any {
+	if v := f.Context.Value(key); v != nil {
+		return v
+	}
+	return f.vals.Value(key)
+}
+
+// detached returns ctx's values without the root's cancellation: for the
+// calls that must run after Close cancelled the flight (Commit, Release).
+func detached(ctx context.Context) context.Context {
+	if f, ok := ctx.(*flightCtx); ok {
+		return f.vals
+	}
+	return context.WithoutCancel(ctx)
 }
 
 // newFlightLocked registers a flight; c.mu must be held and the Cache
 // open. The caller starts c.run.
 func (c *Cache[V]) newFlightLocked(k string, load LoadFunc[V], old *entry[V]) *flight[V] {
-	f := &flight[V]{key: k, load: load, stale: old, pending: make(chan struct{}), done: make(chan struct{})}
+	f := &flight[V]{key: k, load: load, stale: old, pending: make(chan struct{}), blockWake: make(chan struct{}), done: make(chan struct{})}
 	c.flights[k] = f
 	c.wg.Add(1)
 	return f
@@ -320,57 +455,62 @@ func (c *Cache[V]) refresh(ctx context.Context, k string, e *entry[V], load Load
 	go c.run(context.WithoutCancel(ctx), f)
 }
 
-func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, fb V, shared bool) (Result[V], error) {
-	var pending <-chan struct{}
-	if p != Fresh {
-		pending = f.pending
+func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, shared bool) (answer[V], error) {
+	var wake <-chan struct{}
+	switch p {
+	case Block:
+		wake = f.blockWake // closed after done, or at pending with a stale value
+	case Fallback:
+		wake = f.pending // closed at pending, or before done
+	default:
+		wake = f.done
 	}
+	cancel := ctx.Done()
 	for {
+		if cancel == nil {
+			<-wake
+		} else {
+			select {
+			case <-wake:
+			case <-cancel:
+				return answer[V]{shared: shared}, ctx.Err()
+			}
+		}
 		select {
 		case <-f.done:
 			return c.result(f, shared)
-		case <-pending:
-			pending = nil
-			select {
-			case <-f.done:
-				return c.result(f, shared)
-			default:
-			}
-			if s := f.stale; s != nil && !s.notFound && s.state(time.Now()) != expired {
-				return hit(f.key, s, SourceStale, shared)
-			}
-			if p == Fallback {
-				return Result[V]{Value: fb, Source: SourceFallback, Key: f.key, Shared: shared}, nil
-			}
-		case <-ctx.Done():
-			return Result[V]{Key: f.key, Shared: shared}, ctx.Err()
+		default:
 		}
+		// Pending, not done: a stale value, or the fallback.
+		if s := f.stale; s != nil && !s.notFound && s.state(time.Now()) != expired {
+			return hit(s, SourceStale, shared)
+		}
+		if p == Fallback {
+			return answer[V]{src: SourceFallback, shared: shared}, nil
+		}
+		wake = f.done
 	}
 }
 
-func (c *Cache[V]) result(f *flight[V], shared bool) (Result[V], error) {
+func (c *Cache[V]) result(f *flight[V], shared bool) (answer[V], error) {
 	if f.err != nil {
-		r := Result[V]{Key: f.key, Shared: shared}
+		a := answer[V]{shared: shared}
 		if isNotFound(f.err) {
-			r.Source = f.src
+			a.src = f.src
 		}
-		return r, f.err
+		return a, f.err
 	}
-	return hit(f.key, f.res, f.src, shared)
+	return hit(f.res, f.src, shared)
 }
 
 // run resolves flight f on its own goroutine, detached from every caller:
 // ctx keeps the first caller's values, not its cancellation, and is
 // cancelled by Close. Whatever happens (a panic or Goexit in our code or
 // the codec included), f is finished and every caller released.
-func (c *Cache[V]) run(ctx context.Context, f *flight[V]) {
+func (c *Cache[V]) run(vals context.Context, f *flight[V]) {
 	defer c.wg.Done()
-	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(c.root, cancel)
-	defer func() {
-		stop()
-		cancel()
-	}()
+	f.ctx = flightCtx{Context: c.root, vals: vals}
+	ctx := &f.ctx
 	var (
 		e   *entry[V]
 		src Source
@@ -408,11 +548,19 @@ func (c *Cache[V]) finish(f *flight[V], e *entry[V], src Source, err error) {
 	c.mu.Unlock()
 	c.markPending(f)
 	close(f.done)
+	if !f.blockWakeShut {
+		f.blockWakeShut = true
+		close(f.blockWake)
+	}
 }
 
 func (c *Cache[V]) markPending(f *flight[V]) {
 	if !f.pendingDone {
 		f.pendingDone = true
+		if f.stale != nil {
+			f.blockWakeShut = true
+			close(f.blockWake)
+		}
 		close(f.pending)
 	}
 }

@@ -34,6 +34,15 @@ func NormalizeKey(s string) string {
 	if isNormalASCII(s) {
 		return s
 	}
+	return normalizeSlow(s)
+}
+
+// normalizeSlow is NormalizeKey past the ASCII fast path. It is kept out
+// of line: its frame is large, and a caller's goroutine would otherwise
+// grow its stack on every call, fast path included.
+//
+//go:noinline
+func normalizeSlow(s string) string {
 	for range 4 {
 		n := normalizeOnce(s)
 		if n == s {

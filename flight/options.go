@@ -98,7 +98,9 @@ type Options[V any] struct {
 
 	// LeaseTTL is the claim's lease; the holder renews it while loading
 	// (claim.KeepAlive), so it bounds how long a crashed holder delays
-	// the others, not how long a load may take. Default 5 seconds.
+	// the others, not how long a load may take. The renewals start once
+	// the load has run LeaseTTL/12 (a shorter load starts none), the first
+	// at 5/12 of the lease, then every LeaseTTL/3. Default 5 seconds.
 	LeaseTTL time.Duration
 	// LoadTimeout bounds one loader call. A loader that ignores its
 	// context is abandoned at the timeout (its goroutine ends when it
@@ -135,6 +137,9 @@ type config[V any] struct {
 	Options[V]
 	prefix string
 	topic  string
+	// defaultNorm: Normalize is NormalizeKey (Options.Normalize was nil),
+	// so the hit path can call it directly.
+	defaultNorm bool
 }
 
 func (o *Options[V]) withDefaults() config[V] {
@@ -147,6 +152,7 @@ func (o *Options[V]) withDefaults() config[V] {
 	}
 	if c.Normalize == nil {
 		c.Normalize = NormalizeKey
+		c.defaultNorm = true
 	}
 	if c.Codec == nil {
 		c.Codec = JSON{}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
@@ -17,12 +18,15 @@ import (
 // holder, 4 (get, subscribe, claim+read, commit+release) on a backend
 // with claim.ClaimReader and claim.CommitReleaser, 6 (get, subscribe,
 // claim, get, commit, release) on one without.
+//
+// The flight's waiting (its backend calls included) ends at
+// WaitTimeout: every call's context has the earlier of its own OpTimeout
+// and that deadline.
 func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
-	wctx, cancel := context.WithTimeout(ctx, c.cfg.WaitTimeout)
-	defer cancel()
+	until := time.Now().Add(c.cfg.WaitTimeout)
 	bk := c.cfg.prefix + f.key
 
-	e, err := c.l2Get(wctx, bk)
+	e, err := c.l2Get(ctx, bk, until)
 	if err != nil {
 		return c.backendDown(ctx, f, "get", err)
 	}
@@ -37,9 +41,9 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	}
 	c.markPending(f)
 
-	sctx, scancel := context.WithTimeout(wctx, c.cfg.OpTimeout)
+	sctx := c.opContext(ctx, until)
 	sub, err := c.b.Subscribe(sctx, bk)
-	scancel()
+	sctx.stop()
 	if err != nil {
 		return c.backendDown(ctx, f, "subscribe", err)
 	}
@@ -52,9 +56,9 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	}()
 	waited := false
 	for {
-		cctx, ccancel := context.WithTimeout(wctx, c.cfg.OpTimeout)
+		cctx := c.opContext(ctx, until)
 		l, cur, err := c.tryClaim(cctx, bk)
-		ccancel()
+		cctx.stop()
 		if err == nil {
 			if waited {
 				c.stats.takeovers.Add(1)
@@ -64,7 +68,7 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		var held *claim.HeldError
 		if !errors.As(err, &held) {
 			if !errors.Is(err, claim.ErrHeld) {
-				if wctx.Err() != nil {
+				if waitOver(ctx, until) {
 					return c.waitEnded(ctx, f)
 				}
 				return c.backendDown(ctx, f, "claim", err)
@@ -80,6 +84,14 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 			wait = c.cfg.LeaseTTL
 		}
 		wait += expirySlack
+		// One timer for both: the holder's lease, and WaitTimeout.
+		left := time.Until(until)
+		if left <= 0 {
+			return c.waitEnded(ctx, f)
+		}
+		if wait > left {
+			wait = left
+		}
 		if timer == nil {
 			timer = time.NewTimer(wait)
 		} else {
@@ -91,14 +103,17 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 				return c.backendDown(ctx, f, "subscribe", claim.ErrClosed)
 			}
 		case <-timer.C:
+			if waitOver(ctx, until) {
+				return c.waitEnded(ctx, f)
+			}
 			// The holder's lease ran out without a release: it may have
 			// crashed. Read L2, then try to take over.
-		case <-wctx.Done():
+		case <-ctx.Done():
 			return c.waitEnded(ctx, f)
 		}
-		e, err := c.l2Get(wctx, bk)
+		e, err := c.l2Get(ctx, bk, until)
 		if err != nil {
-			if wctx.Err() != nil {
+			if waitOver(ctx, until) {
 				return c.waitEnded(ctx, f)
 			}
 			return c.backendDown(ctx, f, "get", err)
@@ -110,6 +125,22 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 			c.offerStale(f, e)
 		}
 	}
+}
+
+// waitOver: the Cache closed or the flight's WaitTimeout passed.
+func waitOver(ctx context.Context, until time.Time) bool {
+	return ctx.Err() != nil || !time.Now().Before(until)
+}
+
+// opContext bounds one backend call: OpTimeout from now, and no later than
+// until (the flight's WaitTimeout; zero: no such bound). Stop it when the
+// call returns.
+func (c *Cache[V]) opContext(ctx context.Context, until time.Time) *opCtx {
+	d := time.Now().Add(c.cfg.OpTimeout)
+	if !until.IsZero() && until.Before(d) {
+		d = until
+	}
+	return newOpCtx(ctx, d)
 }
 
 // waitEnded reports why the wait phase ended: the Cache closed or
@@ -143,10 +174,10 @@ func (c *Cache[V]) usable(f *flight[V], e *entry[V]) freshness {
 
 // l2Get reads and decodes key from L2. A missing value is (nil, nil); so
 // is one that fails to decode or has another schema (logged, counted).
-func (c *Cache[V]) l2Get(ctx context.Context, bk string) (*entry[V], error) {
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.OpTimeout)
-	defer cancel()
-	b, err := c.b.Get(ctx, bk)
+func (c *Cache[V]) l2Get(ctx context.Context, bk string, until time.Time) (*entry[V], error) {
+	octx := c.opContext(ctx, until)
+	defer octx.stop()
+	b, err := c.b.Get(octx, bk)
 	if errors.Is(err, claim.ErrNotFound) {
 		return nil, nil
 	}
@@ -204,8 +235,8 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 		if released {
 			return
 		}
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.OpTimeout)
-		defer cancel()
+		rctx := c.opContext(detached(ctx), time.Time{})
+		defer rctx.stop()
 		if rerr := c.b.Release(rctx, lease); rerr != nil && !errors.Is(rerr, claim.ErrLost) {
 			c.log.Warn("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
 		}
@@ -218,23 +249,13 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 			prev = c.l2Decode(bk, cur.value)
 		}
 	} else {
-		prev, _ = c.l2Get(ctx, bk)
+		prev, _ = c.l2Get(ctx, bk, time.Time{})
 	}
 	if prev != nil && c.usable(f, prev) == fresh {
 		return prev, SourceL2, nil
 	}
 
-	lctx := ctx
-	var k *claim.Keeper
-	if !c.cfg.noKeepAlive {
-		k = claim.KeepAlive(ctx, c.b, l, nil)
-		defer k.Stop()
-		lctx = k.Context()
-	}
-	v, lerr, dur := c.callLoader(ctx, lctx, f)
-	if k != nil {
-		lease = k.Stop()
-	}
+	v, lerr, dur := c.callLoader(ctx, f, &lease)
 	e, ttl, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		return nil, SourceLoaded, err
@@ -244,8 +265,8 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 		c.log.Error("flight: value not committed", "key", f.key, "err", err)
 		return e, SourceLoaded, nil
 	}
-	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), c.cfg.OpTimeout)
-	defer cancel()
+	cctx := c.opContext(detached(ctx), time.Time{})
+	defer cctx.stop()
 	var cerr error
 	if cr, ok := c.b.(claim.CommitReleaser); ok {
 		// Committed and released in one step, or neither: on an error
@@ -287,24 +308,36 @@ func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration) (*entry[V], tim
 	return e, ttl + c.cfg.StaleTTL, nil
 }
 
-// callLoader runs f's loader on a goroutine of its own, under lctx
-// bounded by LoadTimeout, and waits for it at most LoadTimeout (measured
-// under ctx, so a lost lease, which cancels lctx, still lets a loader
-// that ignores it finish). A panic or Goexit in the loader becomes an
-// error; a loader still running at the timeout is abandoned.
-func (c *Cache[V]) callLoader(ctx, lctx context.Context, f *flight[V]) (V, error, time.Duration) {
+// callLoader runs f's loader on a goroutine of its own, under a context
+// bounded by LoadTimeout, and waits for it at most LoadTimeout (or until
+// ctx, the flight's, is done: Close). A panic or Goexit in the loader
+// becomes an error; a loader still running at the timeout is abandoned.
+//
+// lease is the holder's (nil when failing open). The holder keeps it
+// alive with claim.KeepAlive while the loader runs, and the loader's
+// context is cancelled (cause wrapping claim.ErrLost) when it is lost; a
+// lost lease does not stop the wait, so a loader that ignores it may
+// still finish. The keeper starts only once the load has run for
+// keeperDelay, so that a fast load starts no keeper (a goroutine, timers,
+// a context); *lease is updated to the lease as last renewed.
+//
+// The loader's deadline is an opCtx (no timer unless the loader waits on
+// Done); the wait uses one pooled timer, for the keeper's start and then
+// for LoadTimeout.
+func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Lease) (V, error, time.Duration) {
 	c.stats.loads.Add(1)
-	tctx, cancel := context.WithTimeout(ctx, c.cfg.LoadTimeout)
-	defer cancel()
-	lctx, lcancel := context.WithTimeout(lctx, c.cfg.LoadTimeout)
+	start := time.Now()
+	deadline := start.Add(c.cfg.LoadTimeout)
+	base, bcancel := context.WithCancelCause(ctx)
+	defer bcancel(context.Canceled)
+	lctx := newOpCtx(base, deadline)
 	type out struct {
 		v   V
 		err error
 	}
 	ch := make(chan out, 1)
-	start := time.Now()
 	go func() {
-		defer lcancel()
+		defer lctx.stop()
 		var o out
 		normal := false
 		defer func() {
@@ -320,28 +353,113 @@ func (c *Cache[V]) callLoader(ctx, lctx context.Context, f *flight[V]) (V, error
 		o.v, o.err = f.load(lctx, f.key)
 		normal = true
 	}()
-	select {
-	case o := <-ch:
-		dur := time.Since(start)
-		if o.err != nil {
-			if !isNotFound(o.err) {
-				c.stats.loadErrors.Add(1)
-			}
-			if cause := context.Cause(lctx); cause != nil && errors.Is(o.err, lctx.Err()) {
-				return o.v, fmt.Errorf("flight: load %q: %w (%v)", f.key, o.err, cause), dur
-			}
-			return o.v, fmt.Errorf("flight: load %q: %w", f.key, o.err), dur
+
+	var (
+		keeper *claim.Keeper
+		keepAt time.Time       // when the keeper is due (zero: not pending)
+		lost   <-chan struct{} // the keeper's Lost
+	)
+	if lease != nil && !c.cfg.noKeepAlive {
+		if d := keeperDelay(*lease); d > 0 {
+			keepAt = start.Add(d)
+		} else {
+			keeper = claim.KeepAlive(ctx, c.b, *lease, nil)
+			lost = keeper.Lost()
 		}
-		return o.v, nil, dur
-	case <-tctx.Done():
-		c.stats.loadErrors.Add(1)
-		var zero V
-		if ctx.Err() != nil {
-			return zero, ErrClosed, time.Since(start)
-		}
-		c.log.Warn("flight: loader timed out; abandoned", "key", f.key, "timeout", c.cfg.LoadTimeout)
-		return zero, fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout), time.Since(start)
+		defer func() {
+			if keeper != nil {
+				*lease = keeper.Stop()
+			}
+		}()
 	}
+	next := deadline
+	if !keepAt.IsZero() && keepAt.Before(next) {
+		next = keepAt
+	}
+	t := getTimer(time.Until(next))
+	defer putTimer(t)
+	for {
+		select {
+		case o := <-ch:
+			dur := time.Since(start)
+			if o.err != nil {
+				if !isNotFound(o.err) {
+					c.stats.loadErrors.Add(1)
+				}
+				if cause := context.Cause(lctx); cause != nil && errors.Is(o.err, lctx.Err()) {
+					return o.v, fmt.Errorf("flight: load %q: %w (%v)", f.key, o.err, cause), dur
+				}
+				return o.v, fmt.Errorf("flight: load %q: %w", f.key, o.err), dur
+			}
+			return o.v, nil, dur
+		case <-t.C:
+			if !keepAt.IsZero() && time.Now().Before(deadline) {
+				keepAt = time.Time{}
+				keeper = claim.KeepAlive(ctx, c.b, *lease, nil)
+				lost = keeper.Lost()
+				t.Reset(time.Until(deadline))
+				continue
+			}
+			return c.loadTimedOut(ctx, f, start)
+		case <-lost:
+			// The loader's context ends with the lease; the wait does not.
+			lost = nil
+			bcancel(keeper.Err())
+		case <-ctx.Done():
+			return c.loadTimedOut(ctx, f, start)
+		}
+	}
+}
+
+// timers recycles the timers of callLoader's waits.
+var timers = sync.Pool{New: func() any {
+	t := time.NewTimer(time.Hour)
+	t.Stop()
+	return t
+}}
+
+func getTimer(d time.Duration) *time.Timer {
+	t := timers.Get().(*time.Timer)
+	t.Reset(d)
+	return t
+}
+
+// putTimer stops t and recycles it, its channel drained (needed only
+// under GODEBUG=asynctimerchan=1).
+func putTimer(t *time.Timer) {
+	if !t.Stop() {
+		select {
+		case <-t.C:
+		default:
+		}
+	}
+	timers.Put(t)
+}
+
+// loadTimedOut is callLoader's answer when it stops waiting for the
+// loader: ErrClosed if the Cache closed, else ErrLoadTimeout.
+func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Time) (V, error, time.Duration) {
+	c.stats.loadErrors.Add(1)
+	var zero V
+	if ctx.Err() != nil {
+		return zero, ErrClosed, time.Since(start)
+	}
+	c.log.Warn("flight: loader timed out; abandoned", "key", f.key, "timeout", c.cfg.LoadTimeout)
+	return zero, fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout), time.Since(start)
+}
+
+// keeperDelay is how long a holder's load runs before claim.KeepAlive
+// starts renewing its lease: a quarter of KeepAlive's default interval
+// (TTL/3), so the first renewal comes at 5/12 of the lease rather than
+// 1/3, still well before it ends. Zero (start at once) when the claim's
+// round trip ate into the lease (less than 3/4 of it would be left when
+// the keeper starts).
+func keeperDelay(l claim.Lease) time.Duration {
+	d := l.TTL / 12
+	if time.Until(l.Deadline)-d < l.TTL*3/4 {
+		return 0
+	}
+	return d
 }
 
 // backendDown handles a backend failure: fail closed, or fail open (load
@@ -364,7 +482,7 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 		return c.waitEnded(ctx, f)
 	}
 	defer func() { <-c.sem }()
-	v, lerr, dur := c.callLoader(ctx, ctx, f)
+	v, lerr, dur := c.callLoader(ctx, f, nil)
 	e, _, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		return nil, SourceLoaded, err
