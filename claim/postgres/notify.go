@@ -218,6 +218,9 @@ func (b *Backend) dispatch(p string) {
 	}
 	switch p[0] {
 	case tagKey:
+		if b.testHookWake != nil {
+			b.testHookWake(p[1:])
+		}
 		b.hub.Wake(p[1:])
 	case tagTopic:
 		topic, enc, ok := strings.Cut(p[1:], " ")

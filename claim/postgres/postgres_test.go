@@ -114,6 +114,7 @@ func TestParseURL(t *testing.T) {
 		{"postgres://h/db?stampede_maxvalue=1024&stampede_migrate=false&stampede_sweep=10s",
 			"postgres://h/db", Options{MaxValueLen: 1024, SkipMigrate: true, SweepInterval: 10 * time.Second}},
 		{"postgres://h/db?stampede_sweep=0", "postgres://h/db", Options{SweepInterval: -1}},
+		{"postgres://h/db?stampede_async_release=true", "postgres://h/db", Options{AsyncRelease: true}},
 	} {
 		u, _ := url.Parse(tc.in)
 		o, conn, err := ParseURL(u)
@@ -130,6 +131,7 @@ func TestParseURL(t *testing.T) {
 		"postgres://h/db?stampede_maxvalue=-1",
 		"postgres://h/db?stampede_migrate=maybe",
 		"postgres://h/db?stampede_sweep=soon",
+		"postgres://h/db?stampede_async_release=sometimes",
 		"postgres://h/db?stampede_schema=a&stampede_schema=b",
 		"mysql://h/db",
 	} {
