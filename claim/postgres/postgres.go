@@ -48,9 +48,10 @@
 // lease is current, holding a share lock on the claim row, so a takeover
 // cannot interleave (Features.AtomicCommit). Release sends its NOTIFY in
 // the same statement, so the wake-up is delivered if and only if the
-// release committed. CommitRelease is Commit and Release in one statement
-// (the release's UPDATE locks the row, the value is written only if it
-// released, NOTIFY on commit). TryClaimRead is the claim statement with a
+// release committed (with Options.AsyncRelease, without waiting for the
+// WAL flush: a crash may forget a release, never a claim). CommitRelease
+// is Commit and Release in one statement (the release's UPDATE locks the
+// row, the value is written only if it released, NOTIFY on commit). TryClaimRead is the claim statement with a
 // read of the value; if the claim row was released after the statement's
 // snapshot (the claim waited for the releasing transaction's row lock), a
 // second statement reads the value, so a value committed before the
