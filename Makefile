@@ -10,7 +10,7 @@ export STAMPEDE_TEST_REQUIRE ?= 1
 # Installs the servers when missing (no Docker needed), then runs every
 # test with the race detector against real servers on loopback.
 test: servers vet
-	$(GO) test -race -count=1 -timeout 30m $(PKGS)
+	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # The in-process parts only (no servers): claim, memory, conformance, flight.
 test-short:
