@@ -70,7 +70,12 @@ type Claimer interface {
 	// the key in every process. Releasing a lease that is no longer current
 	// returns ErrLost and changes nothing: a stale holder can never release
 	// a newer holder's claim. Releasing twice returns ErrLost the second
-	// time.
+	// time. A Lease value past its local Deadline is no longer current
+	// either, as for Extend and Commit (release the latest renewal, not
+	// the first copy): Release still deletes its lock if nobody has
+	// claimed the key since, so waiters need not wait for the server to
+	// expire it, and returns ErrLost, telling the holder its exclusivity
+	// may have lapsed.
 	Release(ctx context.Context, l Lease) error
 
 	// Commit stores value under the lease's key with the given TTL (0: no

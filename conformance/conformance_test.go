@@ -56,6 +56,7 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{commitReleaseDropsWakeups, []string{"CommitRelease"}},
 		{claimReadMissesValue, []string{"ClaimRead"}},
 		{claimReadReturnsExpired, []string{"ClaimRead"}},
+		{releasesExpired, []string{"ReleaseExpired"}},
 	}
 	for _, c := range cases {
 		t.Run(c.bug.String(), func(t *testing.T) {
@@ -135,6 +136,7 @@ const (
 	commitReleaseDropsWakeups
 	claimReadMissesValue
 	claimReadReturnsExpired
+	releasesExpired
 )
 
 func (b bug) String() string {
@@ -145,6 +147,7 @@ func (b bug) String() string {
 		ignoresLocalDeadline: "ignores local deadline", noLimit: "no value limit", ignoresClose: "ignores Close",
 		commitReleaseWithoutTokenCheck: "commit-release without token check", commitReleaseDropsWakeups: "commit-release wakes nobody",
 		claimReadMissesValue: "claim-read misses the value", claimReadReturnsExpired: "claim-read returns expired values",
+		releasesExpired: "releases expired leases",
 	}[b]
 }
 
@@ -290,7 +293,9 @@ func (c *naiveClient) Release(ctx context.Context, l claim.Lease) error {
 	}
 	n := c.n
 	n.mu.Lock()
-	if !n.current(l) && !(n.bugs&releaseWithoutTokenCheck != 0 && n.live(l.Key)) {
+	cur, held := n.locks[l.Key]
+	expiredOwn := n.bugs&releasesExpired != 0 && held && cur.Holder == l.Holder && cur.Token == l.Token
+	if !n.current(l) && !(n.bugs&releaseWithoutTokenCheck != 0 && n.live(l.Key)) && !expiredOwn {
 		n.mu.Unlock()
 		return claim.ErrLost
 	}

@@ -13,6 +13,7 @@ func init() {
 	register("StaleHolder", checkStaleHolder)
 	register("Extend", checkExtend)
 	register("LocalDeadline", checkLocalDeadline)
+	register("ReleaseExpired", checkReleaseExpired)
 }
 
 // checkExpiryTakeover: a holder that crashes (never releases, its client
@@ -189,5 +190,39 @@ func checkLocalDeadline(t *T) {
 	// The lease itself is still valid with its real deadline.
 	if err := a.Release(ctx, l); err != nil {
 		t.Errorf("Release: %v", err)
+	}
+}
+
+// checkReleaseExpired: a lease that expired, even with nobody taking the
+// key over, is no longer current: Release and Commit return ErrLost (the
+// holder learns that its exclusivity lapsed), write nothing, and the key
+// is free for a new claim with a larger token.
+func checkReleaseExpired(t *T) {
+	ctx := t.Context()
+	a, b := t.Client(), t.Client()
+	k := t.Key("k")
+	l, err := a.TryClaim(ctx, k, t.ShortTTL())
+	if err != nil {
+		t.Fatalf("TryClaim: %v", err)
+	}
+	time.Sleep(time.Until(l.Deadline) + t.feat.TTLGranularity + 100*time.Millisecond)
+	if err := a.Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Commit of an expired lease: err = %v, want ErrLost", err)
+	}
+	if err := a.Release(ctx, l); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Release of an expired lease (not taken over): err = %v, want ErrLost", err)
+	}
+	if _, err := b.Get(ctx, k); !errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("after a refused Commit, Get err = %v, want ErrNotFound", err)
+	}
+	now := takeover(t, b, k, l)
+	if now.Token <= l.Token {
+		t.Errorf("token after expiry %d <= expired lease's %d", now.Token, l.Token)
+	}
+	if err := a.Release(ctx, l); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("Release of an expired lease after a new claim: err = %v, want ErrLost", err)
+	}
+	if err := b.Release(ctx, now); err != nil {
+		t.Errorf("Release by the new holder: %v", err)
 	}
 }

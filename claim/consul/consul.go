@@ -622,12 +622,16 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 		return err
 	}
 	lk := b.lockKey(l.Key)
+	late := l.Expired(time.Now())
 	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
 		// delete-cas of an absent key succeeds: check-index first.
 		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key)}, 1
 	})
 	if err != nil {
 		return fmt.Errorf("consul: release %q: %w", l.Key, err)
+	}
+	if late {
+		return fmt.Errorf("consul: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }

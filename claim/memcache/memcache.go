@@ -518,11 +518,15 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
 	}
+	late := l.Expired(time.Now())
 	err := b.swapLock(l, true, func(it *gomemcache.Item) { it.Expiration = -1 })
 	if err != nil {
 		return wrap("release", l.Key, err)
 	}
 	b.hub.Wake(l.Key) // this process's waiters need no poll
+	if late {
+		return fmt.Errorf("memcache: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
+	}
 	return nil
 }
 

@@ -289,7 +289,8 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	}
 	sp := b.sp
 	sp.mu.Lock()
-	if !sp.current(l, sp.now()) {
+	now := sp.now()
+	if !sp.current(l, now) {
 		sp.mu.Unlock()
 		return fmt.Errorf("memory: release %q: %w", l.Key, claim.ErrLost)
 	}
@@ -298,6 +299,9 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	sp.mu.Unlock()
 	for _, t := range targets {
 		t.hub.Wake(l.Key)
+	}
+	if l.Expired(now) {
+		return fmt.Errorf("memory: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }

@@ -811,6 +811,7 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return err
 	}
+	late := l.Expired(time.Now())
 	_, failed, err := b.multi(ctx,
 		&zk.DeleteRequest{Path: owner, Version: -1},
 		&zk.DeleteRequest{Path: b.lockPath(l.Key), Version: -1})
@@ -819,6 +820,9 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	}
 	if err != nil {
 		return b.wrap("release", l.Key, err)
+	}
+	if late {
+		return fmt.Errorf("zookeeper: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }
