@@ -13,7 +13,7 @@
 // contain slashes). Parameters: token (ACL token; never printed), dc
 // (datacenter), tls, cafile, certfile, keyfile, insecure (skip certificate
 // verification), skew (Options.ClockSkew), maxvalue (Options.MaxValueLen),
-// wait (Options.WaitTime). Anything the URL leaves out comes from Consul's
+// wait (Options.WaitTime), maxwatches (Options.MaxWatches). Anything the URL leaves out comes from Consul's
 // usual CONSUL_HTTP_* environment variables, as with the consul CLI; an
 // empty host means CONSUL_HTTP_ADDR or localhost:8500. Unknown parameters
 // are errors.
@@ -67,7 +67,12 @@
 // last is gone or replaced (taken over after expiry), but not when a free
 // key is claimed (waiters wait for the end of a claim, not its start) nor
 // on Extend. After a failed blocking
-// query it backs off, re-reads and wakes the key's subscribers. Stored
+// query it backs off, re-reads and wakes the key's subscribers. A Backend
+// holds at most Options.MaxWatches (default 16) blocking queries at once,
+// since Consul limits each client address to http_max_conns_per_client
+// connections (200 by default, shared by every process on a host); keys
+// watched beyond that are polled together by one loop, 32 keys per
+// read-only transaction, every 2 to 50 ms. Stored
 // values are deleted lazily when read after their expiry; Sweep removes
 // leftovers (expired values, crashed holders' lock records).
 //
@@ -140,7 +145,21 @@ type Options struct {
 	MaxValueLen int
 	// WaitTime bounds each blocking query (0: the server's default, 5 min).
 	WaitTime time.Duration
+	// MaxWatches is the most blocking queries (one per watched key, each
+	// holding an HTTP connection) this Backend keeps open at once; keys
+	// subscribed beyond it are polled together, 32 keys per request,
+	// every 2 to 50 ms. Consul refuses a client address more than
+	// http_max_conns_per_client (default 200) connections, and every
+	// process on a host shares its local agent's limit: keep MaxWatches ×
+	// processes per host well under it. Zero means DefaultMaxWatches;
+	// negative means no limit.
+	MaxWatches int
 }
+
+// DefaultMaxWatches is Options.MaxWatches when unset: 12 processes on one
+// host, with every slot in use, stay under Consul's default
+// http_max_conns_per_client of 200.
+const DefaultMaxWatches = 16
 
 // Backend is one client of Consul. It implements claim.Backend,
 // claim.ClaimReader and claim.CommitReleaser.
@@ -157,9 +176,12 @@ type Backend struct {
 	cancel  context.CancelFunc
 	cleanup func() // closes idle connections of a client we made
 
-	mu       sync.Mutex
-	closed   bool
-	watchers map[string]*watcher
+	mu         sync.Mutex
+	closed     bool
+	watchers   map[string]*watcher
+	maxWatches int              // < 0: no limit
+	polled     map[string]state // keys watched by the poll loop, with the state last seen
+	pollDone   chan struct{}    // closed when the poll loop ends; nil when none runs
 }
 
 var (
@@ -191,10 +213,13 @@ func New(client *capi.Client, opt *Options) (*Backend, error) {
 	if o.MaxValueLen <= 0 {
 		o.MaxValueLen = DefaultMaxValueLen
 	}
+	if o.MaxWatches == 0 {
+		o.MaxWatches = DefaultMaxWatches
+	}
 	b := &Backend{
 		c: client, kv: client.KV(), prefix: prefix, skew: o.ClockSkew, maxVal: o.MaxValueLen, wait: o.WaitTime,
 		enc:      claim.KeyEncoder{MaxLen: 256, Safe: safeKeyByte},
-		watchers: map[string]*watcher{},
+		watchers: map[string]*watcher{}, maxWatches: o.MaxWatches, polled: map[string]state{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	b.hub = hub.New(substrate{b})
@@ -261,6 +286,7 @@ func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend
 		ClockSkew:   p.Duration("skew", 0),
 		MaxValueLen: p.Int("maxvalue", 0),
 		WaitTime:    p.Duration("wait", 0),
+		MaxWatches:  p.Int("maxwatches", 0),
 	}
 	if err := p.Err(); err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
@@ -804,10 +830,14 @@ func (b *Backend) Close() error {
 	b.closed = true
 	ws := b.watchers
 	b.watchers = nil
+	pd := b.pollDone
 	b.mu.Unlock()
 	b.cancel()
 	for _, w := range ws {
 		<-w.done
+	}
+	if pd != nil {
+		<-pd
 	}
 	b.hub.Close()
 	if b.cleanup != nil {

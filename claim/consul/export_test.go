@@ -7,3 +7,11 @@ func NamesForTest(b *Backend, key string) []string {
 
 // SafeKeyByte is safeKeyByte, for the external tests.
 var SafeKeyByte = safeKeyByte
+
+// WatchesForTest returns how many keys b watches with a blocking query
+// and how many with its poll loop.
+func WatchesForTest(b *Backend) (blocking, polled int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.watchers), len(b.polled)
+}

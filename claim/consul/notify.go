@@ -13,6 +13,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/poll"
 )
 
 // Subscribe implements claim.Notifier. The first subscriber of a key in
@@ -121,16 +122,26 @@ func (s substrate) Subscribe(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
+	st := b.stateOf(key, pairs)
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	if b.closed {
-		b.mu.Unlock()
 		return claim.ErrClosed
+	}
+	if b.maxWatches >= 0 && len(b.watchers) >= b.maxWatches {
+		// Every blocking-query slot is taken: the poll loop reads this
+		// key from now on, starting from the state just read.
+		b.polled[key] = st
+		if b.pollDone == nil {
+			b.pollDone = make(chan struct{})
+			go b.pollLoop(b.ctx, b.pollDone)
+		}
+		return nil
 	}
 	wctx, cancel := context.WithCancel(b.ctx)
 	w := &watcher{cancel: cancel, done: make(chan struct{})}
 	b.watchers[key] = w
-	b.mu.Unlock()
-	go b.watch(wctx, key, dir, meta.LastIndex, b.stateOf(key, pairs), w.done)
+	go b.watch(wctx, key, dir, meta.LastIndex, st, w.done)
 	return nil
 }
 
@@ -139,6 +150,7 @@ func (s substrate) Unsubscribe(key string) {
 	b.mu.Lock()
 	w := b.watchers[key]
 	delete(b.watchers, key)
+	delete(b.polled, key) // the poll loop ends by itself once none is left
 	b.mu.Unlock()
 	if w != nil {
 		w.cancel()
@@ -186,6 +198,99 @@ func (b *Backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 			idx = meta.LastIndex
 		}
 	}
+}
+
+// pollBatch is how many keys one poll request reads: two get-or-empty
+// operations each (lock and notify key), within Consul's 64 operations
+// per transaction.
+const pollBatch = 32
+
+// pollLoop reads the keys of b.polled (those subscribed while every
+// blocking-query slot was taken) until none is left or ctx is cancelled:
+// one read-only transaction per pollBatch keys, every 2 ms after a change,
+// backing off to 50 ms (jittered) while nothing changes. A read wakes a
+// key's subscribers by the same rule as a blocking query (state.wakes),
+// except that an index moved with no lease before or after cannot be told
+// apart from a neighbour's write here: a lease swept after expiry without
+// a release goes unseen, and waiters bound their wait by the lease they
+// saw (claim.Acquire, flight). A failed read wakes the keys it covered,
+// since it cannot rule out a missed release.
+func (b *Backend) pollLoop(ctx context.Context, done chan struct{}) {
+	defer close(done)
+	bo := poll.Backoff{Min: poll.DefaultMin, Max: poll.DefaultMax, Rand: rand.Float64}
+	for {
+		d, _ := bo.Next(time.Now(), time.Time{})
+		t := time.NewTimer(d)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		b.mu.Lock()
+		if len(b.polled) == 0 || b.closed {
+			b.pollDone = nil
+			b.mu.Unlock()
+			return
+		}
+		keys := make([]string, 0, len(b.polled))
+		for k := range b.polled {
+			keys = append(keys, k)
+		}
+		b.mu.Unlock()
+		for len(keys) > 0 {
+			n := min(len(keys), pollBatch)
+			if b.pollRead(ctx, keys[:n]) {
+				bo.Reset()
+			}
+			keys = keys[n:]
+		}
+		if ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// pollRead reads keys in one transaction, wakes those whose state calls
+// for it and records the new states; it reports whether it woke any.
+func (b *Backend) pollRead(ctx context.Context, keys []string) bool {
+	ops := make(capi.TxnOps, 0, 2*len(keys))
+	for _, k := range keys {
+		ops = append(ops, kvOp(capi.KVGetOrEmpty, b.lockKey(k), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(k), 0, nil))
+	}
+	rctx, cancel := context.WithTimeout(ctx, poll.DefaultReadTimeout)
+	ok, resp, _, err := b.c.Txn().Txn(ops, qo(rctx))
+	cancel()
+	if ctx.Err() != nil {
+		return false
+	}
+	if err != nil || !ok || resp == nil || len(resp.Results) != len(ops) {
+		for _, k := range keys {
+			b.hub.Wake(k)
+		}
+		return true
+	}
+	woke := false
+	for i, k := range keys {
+		var pairs capi.KVPairs
+		for _, r := range resp.Results[2*i : 2*i+2] {
+			if r.KV != nil {
+				pairs = append(pairs, r.KV)
+			}
+		}
+		next := b.stateOf(k, pairs)
+		b.mu.Lock()
+		prev, still := b.polled[k]
+		if still {
+			b.polled[k] = next
+		}
+		b.mu.Unlock()
+		if still && prev.wakes(next, 0, 0) {
+			b.hub.Wake(k)
+			woke = true
+		}
+	}
+	return woke
 }
 
 // Sweep deletes what expired under the backend's prefix: stored values
