@@ -24,7 +24,9 @@ import (
 func TestConformancePolled(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, uniq(t, srv, "maxwatches", "1")) },
+		Open: func(ctx context.Context) (claim.Backend, error) {
+			return claim.Open(ctx, uniq(t, srv, "maxwatches", "1"))
+		},
 	})
 }
 
