@@ -23,10 +23,9 @@ import (
 // promise of the push path (no lost wake-up, every waiter woken).
 func TestConformancePolled(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
+	u := uniq(t, srv, "maxwatches", "1")
 	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, uniq(t, srv, "maxwatches", "1"))
-		},
+		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
 	})
 }
 
