@@ -79,7 +79,7 @@ var backends = []backend{
 	{
 		name: "consul", kind: testserver.Consul,
 		params: "wait=2s",
-		ttl:    time.Second, slack: 50 * time.Millisecond,
+		ttl:    time.Second, slack: 50 * time.Millisecond, pool: "maxconns=1&maxwatches=1",
 		restartNote: "the test server is `consul agent -dev` (state in memory): a restart loses every lock, and raft indexes (tokens) start over; a server with a data directory keeps them",
 	},
 	{

@@ -13,7 +13,9 @@
 // contain slashes). Parameters: token (ACL token; never printed), dc
 // (datacenter), tls, cafile, certfile, keyfile, insecure (skip certificate
 // verification), skew (Options.ClockSkew), maxvalue (Options.MaxValueLen),
-// wait (Options.WaitTime), maxwatches (Options.MaxWatches). Anything the URL leaves out comes from Consul's
+// wait (Options.WaitTime), maxwatches (Options.MaxWatches), maxconns
+// (connections for everything but blocking queries, default
+// DefaultMaxConns). Anything the URL leaves out comes from Consul's
 // usual CONSUL_HTTP_* environment variables, as with the consul CLI; an
 // empty host means CONSUL_HTTP_ADDR or localhost:8500. Unknown parameters
 // are errors.
@@ -156,16 +158,22 @@ type Options struct {
 	MaxWatches int
 }
 
-// DefaultMaxWatches is Options.MaxWatches when unset: 12 processes on one
-// host, with every slot in use, stay under Consul's default
-// http_max_conns_per_client of 200.
-const DefaultMaxWatches = 16
+// DefaultMaxWatches is Options.MaxWatches when unset, and
+// DefaultMaxConns the connections a URL-opened Backend uses for everything
+// else (its maxconns parameter): 8 processes on one host, every
+// connection in use, stay under Consul's default http_max_conns_per_client
+// of 200.
+const (
+	DefaultMaxWatches = 10
+	DefaultMaxConns   = 14
+)
 
 // Backend is one client of Consul. It implements claim.Backend,
 // claim.ClaimReader and claim.CommitReleaser.
 type Backend struct {
 	c       *capi.Client
 	kv      *capi.KV
+	watchKV *capi.KV // blocking queries: kv, or a client of its own (URL-opened)
 	prefix  string
 	skew    time.Duration
 	maxVal  int
@@ -217,7 +225,7 @@ func New(client *capi.Client, opt *Options) (*Backend, error) {
 		o.MaxWatches = DefaultMaxWatches
 	}
 	b := &Backend{
-		c: client, kv: client.KV(), prefix: prefix, skew: o.ClockSkew, maxVal: o.MaxValueLen, wait: o.WaitTime,
+		c: client, kv: client.KV(), watchKV: client.KV(), prefix: prefix, skew: o.ClockSkew, maxVal: o.MaxValueLen, wait: o.WaitTime,
 		enc:      claim.KeyEncoder{MaxLen: 256, Safe: safeKeyByte},
 		watchers: map[string]*watcher{}, maxWatches: o.MaxWatches, polled: map[string]state{},
 	}
@@ -288,29 +296,66 @@ func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend
 		WaitTime:    p.Duration("wait", 0),
 		MaxWatches:  p.Int("maxwatches", 0),
 	}
+	maxConns := p.Int("maxconns", 0)
 	if err := p.Err(); err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
 	}
 	if _, ok := u.Query()["skew"]; ok && opt.ClockSkew == 0 {
 		opt.ClockSkew = -1 // skew=0 asked for no margin
 	}
-	// A transport of our own, so Close can drop its idle connections.
-	tr := cfg.Transport
-	if tr == nil {
-		tr = http.DefaultTransport.(*http.Transport).Clone()
-		cfg.Transport = tr
+	if maxConns == 0 {
+		maxConns = DefaultMaxConns
 	}
-	tr.MaxIdleConnsPerHost = 64
-	c, err := capi.NewClient(cfg)
+	maxWatches := opt.MaxWatches
+	if maxWatches == 0 {
+		maxWatches = DefaultMaxWatches
+	}
+	// Two clients with transports of our own: one for the blocking
+	// queries (at most MaxWatches connections, each held by one query),
+	// one for everything else (at most maxconns), so waiting never takes
+	// the connections claims need, the Backend's connections to one agent
+	// are bounded (Consul refuses a client address more than
+	// http_max_conns_per_client), and Close can drop idle connections.
+	base := cfg.Transport
+	if base == nil {
+		base = http.DefaultTransport.(*http.Transport)
+	}
+	// Clone gives the copy a TLS config (for HTTP/2) where base had none;
+	// the client must then still build its own from cfg.TLSConfig.
+	noTLS := base.TLSClientConfig == nil
+	client := func(conns int) (*capi.Client, *http.Transport, error) {
+		c := *cfg
+		tr := base.Clone()
+		if noTLS {
+			tr.TLSClientConfig = nil
+		}
+		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = conns, conns
+		c.Transport = tr
+		cl, err := capi.NewClient(&c)
+		if err != nil {
+			// Consul's errors name files, never the token.
+			return nil, nil, fmt.Errorf("consul: client: %w", err)
+		}
+		return cl, tr, nil
+	}
+	c, tr, err := client(maxConns)
 	if err != nil {
-		// Consul's errors name files, never the token.
-		return nil, fmt.Errorf("consul: client: %w", err)
+		return nil, err
 	}
 	b, err := New(c, opt)
 	if err != nil {
 		return nil, err
 	}
-	b.cleanup = tr.CloseIdleConnections
+	cleanup := tr.CloseIdleConnections
+	if maxWatches > 0 {
+		wc, wtr, err := client(maxWatches)
+		if err != nil {
+			return nil, err
+		}
+		b.watchKV = wc.KV()
+		cleanup = func() { tr.CloseIdleConnections(); wtr.CloseIdleConnections() }
+	}
+	b.cleanup = cleanup
 	return b, nil
 }
 

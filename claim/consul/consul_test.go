@@ -566,6 +566,8 @@ func TestURL(t *testing.T) {
 		"consul://127.0.0.1:1/?token=" + secret + "&skew=soon",
 		"consul://127.0.0.1:1/?token=" + secret + "&tls=maybe",
 		"consul://127.0.0.1:1/?token=" + secret + "&maxvalue=-1",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxconns=-1",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxwatches=many",
 		"consul://127.0.0.1:1/a/../b?token=" + secret,
 		"consul://user:" + secret + "@127.0.0.1:1/?token=" + secret + "&token=" + secret,
 	}
@@ -582,7 +584,7 @@ func TestURL(t *testing.T) {
 	good := []string{
 		"consul://127.0.0.1:1",
 		"consul://127.0.0.1:1/app/cache?token=" + secret + "&dc=dc1&skew=0&wait=1m&maxvalue=1000",
-		"consuls://127.0.0.1:1/?insecure=true",
+		"consuls://127.0.0.1:1/?insecure=true&maxconns=4&maxwatches=2",
 		"consul://user:" + secret + "@127.0.0.1:1/?tls=true",
 	}
 	for _, u := range good {

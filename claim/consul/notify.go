@@ -168,7 +168,7 @@ func (b *Backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 	gap := false
 	for {
 		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: b.wait}
-		pairs, meta, err := b.kv.List(dir, q.WithContext(ctx))
+		pairs, meta, err := b.watchKV.List(dir, q.WithContext(ctx))
 		if ctx.Err() != nil {
 			return
 		}
