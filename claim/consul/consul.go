@@ -70,7 +70,7 @@
 // key is claimed (waiters wait for the end of a claim, not its start) nor
 // on Extend. After a failed blocking
 // query it backs off, re-reads and wakes the key's subscribers. A Backend
-// holds at most Options.MaxWatches (default 16) blocking queries at once,
+// holds at most Options.MaxWatches (default 10) blocking queries at once,
 // since Consul limits each client address to http_max_conns_per_client
 // connections (200 by default, shared by every process on a host); keys
 // watched beyond that are polled together by one loop, 32 keys per
