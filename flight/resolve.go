@@ -255,7 +255,7 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 		return prev, SourceL2, nil
 	}
 
-	v, lerr, dur := c.callLoader(ctx, f, &lease)
+	v, dur, lerr := c.callLoader(ctx, f, &lease)
 	e, ttl, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		return nil, SourceLoaded, err
@@ -324,7 +324,7 @@ func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration) (*entry[V], tim
 // The loader's deadline is an opCtx (no timer unless the loader waits on
 // Done); the wait uses one pooled timer, for the keeper's start and then
 // for LoadTimeout.
-func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Lease) (V, error, time.Duration) {
+func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Lease) (V, time.Duration, error) {
 	c.stats.loads.Add(1)
 	start := time.Now()
 	deadline := start.Add(c.cfg.LoadTimeout)
@@ -387,11 +387,11 @@ func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Le
 					c.stats.loadErrors.Add(1)
 				}
 				if cause := context.Cause(lctx); cause != nil && errors.Is(o.err, lctx.Err()) {
-					return o.v, fmt.Errorf("flight: load %q: %w (%v)", f.key, o.err, cause), dur
+					return o.v, dur, fmt.Errorf("flight: load %q: %w (%v)", f.key, o.err, cause)
 				}
-				return o.v, fmt.Errorf("flight: load %q: %w", f.key, o.err), dur
+				return o.v, dur, fmt.Errorf("flight: load %q: %w", f.key, o.err)
 			}
-			return o.v, nil, dur
+			return o.v, dur, nil
 		case <-t.C:
 			if !keepAt.IsZero() && time.Now().Before(deadline) {
 				keepAt = time.Time{}
@@ -438,14 +438,14 @@ func putTimer(t *time.Timer) {
 
 // loadTimedOut is callLoader's answer when it stops waiting for the
 // loader: ErrClosed if the Cache closed, else ErrLoadTimeout.
-func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Time) (V, error, time.Duration) {
+func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Time) (V, time.Duration, error) {
 	c.stats.loadErrors.Add(1)
 	var zero V
 	if ctx.Err() != nil {
-		return zero, ErrClosed, time.Since(start)
+		return zero, time.Since(start), ErrClosed
 	}
 	c.log.Warn("flight: loader timed out; abandoned", "key", f.key, "timeout", c.cfg.LoadTimeout)
-	return zero, fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout), time.Since(start)
+	return zero, time.Since(start), fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout)
 }
 
 // keeperDelay is how long a holder's load runs before claim.KeepAlive
@@ -482,7 +482,7 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 		return c.waitEnded(ctx, f)
 	}
 	defer func() { <-c.sem }()
-	v, lerr, dur := c.callLoader(ctx, f, nil)
+	v, dur, lerr := c.callLoader(ctx, f, nil)
 	e, _, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		return nil, SourceLoaded, err
