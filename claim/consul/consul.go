@@ -90,13 +90,11 @@ package consul
 import (
 	"context"
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -259,104 +257,6 @@ func cleanPrefix(p string) (string, error) {
 		}
 	}
 	return p, nil
-}
-
-// URLOpener opens consul:// and consuls:// URLs (see the package doc).
-type URLOpener struct {
-	// TLS selects HTTPS (the consuls scheme).
-	TLS bool
-}
-
-// OpenBackendURL implements claim.URLOpener. It does not dial.
-func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, error) {
-	p := claim.NewParams(u)
-	cfg := capi.DefaultConfig()
-	if u.Host != "" {
-		cfg.Address = u.Host
-	}
-	if tok := p.String("token", ""); tok != "" {
-		cfg.Token, cfg.TokenFile = tok, ""
-	}
-	cfg.Datacenter = p.String("dc", cfg.Datacenter)
-	if p.Bool("tls", o.TLS) {
-		cfg.Scheme = "https"
-	}
-	cfg.TLSConfig.CAFile = p.String("cafile", cfg.TLSConfig.CAFile)
-	cfg.TLSConfig.CertFile = p.String("certfile", cfg.TLSConfig.CertFile)
-	cfg.TLSConfig.KeyFile = p.String("keyfile", cfg.TLSConfig.KeyFile)
-	cfg.TLSConfig.InsecureSkipVerify = p.Bool("insecure", cfg.TLSConfig.InsecureSkipVerify)
-	if u.User != nil {
-		pw, _ := u.User.Password()
-		cfg.HttpAuth = &capi.HttpBasicAuth{Username: u.User.Username(), Password: pw}
-	}
-	opt := &Options{
-		Prefix:      u.Path,
-		ClockSkew:   p.Duration("skew", 0),
-		MaxValueLen: p.Int("maxvalue", 0),
-		WaitTime:    p.Duration("wait", 0),
-		MaxWatches:  p.Int("maxwatches", 0),
-	}
-	maxConns := p.Int("maxconns", 0)
-	if err := p.Err(); err != nil {
-		return nil, fmt.Errorf("consul: %w", err)
-	}
-	if _, ok := u.Query()["skew"]; ok && opt.ClockSkew == 0 {
-		opt.ClockSkew = -1 // skew=0 asked for no margin
-	}
-	if maxConns == 0 {
-		maxConns = DefaultMaxConns
-	}
-	maxWatches := opt.MaxWatches
-	if maxWatches == 0 {
-		maxWatches = DefaultMaxWatches
-	}
-	// Two clients with transports of our own: one for the blocking
-	// queries (at most MaxWatches connections, each held by one query),
-	// one for everything else (at most maxconns), so waiting never takes
-	// the connections claims need, the Backend's connections to one agent
-	// are bounded (Consul refuses a client address more than
-	// http_max_conns_per_client), and Close can drop idle connections.
-	base := cfg.Transport
-	if base == nil {
-		base = http.DefaultTransport.(*http.Transport)
-	}
-	// Clone gives the copy a TLS config (for HTTP/2) where base had none;
-	// the client must then still build its own from cfg.TLSConfig.
-	noTLS := base.TLSClientConfig == nil
-	client := func(conns int) (*capi.Client, *http.Transport, error) {
-		c := *cfg
-		tr := base.Clone()
-		if noTLS {
-			tr.TLSClientConfig = nil
-		}
-		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = conns, conns
-		c.Transport = tr
-		cl, err := capi.NewClient(&c)
-		if err != nil {
-			// Consul's errors name files, never the token.
-			return nil, nil, fmt.Errorf("consul: client: %w", err)
-		}
-		return cl, tr, nil
-	}
-	c, tr, err := client(maxConns)
-	if err != nil {
-		return nil, err
-	}
-	b, err := New(c, opt)
-	if err != nil {
-		return nil, err
-	}
-	cleanup := tr.CloseIdleConnections
-	if maxWatches > 0 {
-		wc, wtr, err := client(maxWatches)
-		if err != nil {
-			return nil, err
-		}
-		b.watchKV = wc.KV()
-		cleanup = func() { tr.CloseIdleConnections(); wtr.CloseIdleConnections() }
-	}
-	b.cleanup = cleanup
-	return b, nil
 }
 
 // String describes the backend without secrets.
@@ -757,108 +657,6 @@ func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, value []byte
 	})
 	if err != nil {
 		return fmt.Errorf("consul: commit-release %q: %w", l.Key, err)
-	}
-	return nil
-}
-
-func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("consul: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, b.maxVal); err != nil {
-		return fmt.Errorf("consul: %s %q: %w", op, key, err)
-	}
-	return nil
-}
-
-// Stored values carry a header: version byte, then the expiry as Unix ms
-// (big endian, 0: none), judged by the reader's clock.
-const (
-	valueVersion = 1
-	headerLen    = 9
-)
-
-func encodeValue(val []byte, ttl time.Duration, now time.Time) []byte {
-	out := make([]byte, headerLen+len(val))
-	out[0] = valueVersion
-	if ttl > 0 {
-		exp := now.Add(ttl)
-		ms := exp.UnixMilli()
-		if time.UnixMilli(ms).Before(exp) {
-			ms++
-		}
-		binary.BigEndian.PutUint64(out[1:headerLen], uint64(ms))
-	}
-	copy(out[headerLen:], val)
-	return out
-}
-
-// decodeValue returns the value, whether it has expired at now, and
-// whether it is well formed.
-func decodeValue(v []byte, now time.Time) ([]byte, bool, bool) {
-	if len(v) < headerLen || v[0] != valueVersion {
-		return nil, false, false
-	}
-	ms := int64(binary.BigEndian.Uint64(v[1:headerLen]))
-	expired := ms != 0 && now.UnixMilli() >= ms
-	return v[headerLen:], expired, true
-}
-
-// Get implements claim.Store. A value read after its expiry is reported
-// absent and deleted (compare-and-delete, so a newer Set survives).
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check("get", key); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	p, _, err := b.kv.Get(b.valueKey(key), qo(ctx))
-	if err != nil {
-		return nil, fmt.Errorf("consul: get %q: %w", key, err)
-	}
-	if p == nil {
-		return nil, fmt.Errorf("consul: get %q: %w", key, claim.ErrNotFound)
-	}
-	v, expired, ok := decodeValue(p.Value, time.Now())
-	if !ok {
-		return nil, fmt.Errorf("consul: get %q: malformed stored value (%d bytes)", key, len(p.Value))
-	}
-	if expired {
-		_, _, _ = b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(ctx))
-		return nil, fmt.Errorf("consul: get %q: %w", key, claim.ErrNotFound)
-	}
-	return v, nil
-}
-
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	if err := b.check("set", key); err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, value, ttl); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	p := &capi.KVPair{Key: b.valueKey(key), Value: encodeValue(value, ttl, time.Now())}
-	if _, err := b.kv.Put(p, wo(ctx)); err != nil {
-		return fmt.Errorf("consul: set %q: %w", key, apiErr(err))
-	}
-	return nil
-}
-
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check("delete", key); err != nil {
-		return err
-	}
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if _, err := b.kv.Delete(b.valueKey(key), wo(ctx)); err != nil {
-		return fmt.Errorf("consul: delete %q: %w", key, err)
 	}
 	return nil
 }

@@ -109,10 +109,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
-	"net/url"
-	"os"
 	"regexp"
 	"strconv"
 	"strings"
@@ -121,9 +117,6 @@ import (
 	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
-	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
-	"github.com/aws/aws-sdk-go-v2/config"
-	"github.com/aws/aws-sdk-go-v2/credentials"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 	"github.com/aws/smithy-go"
@@ -238,135 +231,6 @@ func New(client *dynamodb.Client, opt *Options) (*Backend, error) {
 	b.poller = poll.New(b.readState, func(k string) { b.hub.Wake(k) }, &poll.Options{Min: o.PollMin, Max: o.PollMax})
 	b.hub = hub.New(b.poller)
 	return b, nil
-}
-
-// URLOpener opens dynamodb:// URLs. Registration dials nothing; opening
-// dials only with create_table=true.
-type URLOpener struct{}
-
-// OpenBackendURL implements claim.URLOpener.
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
-	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.Port() != "" {
-		return nil, errors.New("dynamo: URL must be dynamodb://TABLE[?PARAMS]")
-	}
-	p := claim.NewParams(u)
-	region := p.String("region", "")
-	endpoint := p.String("endpoint", "")
-	create := p.Bool("create_table", false)
-	o := Options{
-		Table:     u.Host,
-		Prefix:    p.String("prefix", DefaultPrefix),
-		ClockSkew: p.Duration("clock_skew", 0),
-		PollMin:   p.Duration("poll_min", 0),
-		PollMax:   p.Duration("poll_max", 0),
-	}
-	if r := p.String("retention", ""); r == "off" {
-		o.Retention = -1
-	} else if r != "" {
-		d, err := time.ParseDuration(r)
-		if err != nil || d < 0 {
-			return nil, fmt.Errorf("dynamo: URL parameter retention=%q: want a duration or off", r)
-		}
-		o.Retention = d
-	}
-	if err := p.Err(); err != nil {
-		return nil, fmt.Errorf("dynamo: %w", err)
-	}
-	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(1)}
-	if region != "" {
-		opts = append(opts, config.WithRegion(region))
-	}
-	if endpoint != "" {
-		eu, err := url.Parse(endpoint)
-		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
-			return nil, fmt.Errorf("dynamo: URL parameter endpoint: want an http(s) URL")
-		}
-		if loopback(eu.Hostname()) && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
-			opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("stampede", "stampede", "")))
-		}
-	}
-	cfg, err := config.LoadDefaultConfig(ctx, opts...)
-	if err != nil {
-		return nil, fmt.Errorf("dynamo: load AWS config: %w", err)
-	}
-	if cfg.Region == "" {
-		return nil, errors.New("dynamo: no region: set the region URL parameter or AWS_REGION")
-	}
-	// A transport of our own (with what the config put in the SDK's, such
-	// as AWS_CA_BUNDLE), so that Close can drop its idle connections.
-	var tr *http.Transport
-	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
-		tr = bc.GetTransport()
-	} else {
-		tr = http.DefaultTransport.(*http.Transport).Clone()
-	}
-	cfg.HTTPClient = &http.Client{Transport: tr}
-	client := dynamodb.NewFromConfig(cfg, func(do *dynamodb.Options) {
-		if endpoint != "" {
-			do.BaseEndpoint = aws.String(endpoint)
-		}
-	})
-	b, err := New(client, &o)
-	if err != nil {
-		return nil, err
-	}
-	b.closeIdle = tr.CloseIdleConnections
-	if create {
-		if err := CreateTable(ctx, client, o.Table); err != nil {
-			b.Close()
-			return nil, err
-		}
-	}
-	return b, nil
-}
-
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
-
-// CreateTable creates table with the key schema this package uses
-// (partition key "k", string; on-demand billing), waits until it is
-// active, and enables DynamoDB TTL on the attribute "exp". A table that
-// exists already is not an error (its schema is not checked); neither is
-// an endpoint without UpdateTimeToLive (dynalite).
-func CreateTable(ctx context.Context, client *dynamodb.Client, table string) error {
-	_, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
-		TableName:            aws.String(table),
-		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("k"), AttributeType: types.ScalarAttributeTypeS}},
-		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("k"), KeyType: types.KeyTypeHash}},
-		BillingMode:          types.BillingModePayPerRequest,
-	})
-	var inUse *types.ResourceInUseException
-	if err != nil && !errors.As(err, &inUse) {
-		return fmt.Errorf("dynamo: create table %q: %w", table, err)
-	}
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-		out, err := client.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
-		if err != nil {
-			return fmt.Errorf("dynamo: describe table %q: %w", table, err)
-		}
-		if out.Table.TableStatus == types.TableStatusActive {
-			break
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return fmt.Errorf("dynamo: wait for table %q: %w", table, ctx.Err())
-		}
-	}
-	_, err = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
-		TableName:               aws.String(table),
-		TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String("exp"), Enabled: aws.Bool(true)},
-	})
-	// Already enabled (ValidationException) and not implemented
-	// (dynalite: UnknownOperationException) are both fine: TTL only
-	// reclaims space.
-	_ = err
-	return nil
 }
 
 // Features implements claim.Backend.
@@ -678,38 +542,6 @@ func bumpNotify(vals map[string]types.AttributeValue) string {
 	return "#n = if_not_exists(#n, :nbase) + :one"
 }
 
-// valueExpr returns the update expression storing val with ttl, adding
-// its values to vals.
-func (b *Backend) valueExpr(op, key string, val []byte, ttl time.Duration, now time.Time, vals map[string]types.AttributeValue) (string, error) {
-	if ttl < 0 {
-		return "", fmt.Errorf("dynamo: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, MaxValueLen); err != nil {
-		return "", fmt.Errorf("dynamo: %s %q: %w", op, key, err)
-	}
-	vals[":v"] = &types.AttributeValueMemberB{Value: append([]byte{}, val...)}
-	if ttl == 0 {
-		// vp (far future) keeps later lease writes from lowering exp.
-		vals[":vp"] = num(farFuture)
-		expr := "SET #v = :v, #vp = :vp"
-		if b.retention > 0 {
-			expr += ", #exp = :vp"
-		}
-		return expr + " REMOVE #ve", nil
-	}
-	ve := now.Add(ms(ttl)).UnixMilli()
-	vals[":ve"] = num(ve)
-	expr := "SET #v = :v, #ve = :ve"
-	if b.retention > 0 {
-		// At least Retention after the value and after any lease that
-		// can be live now (leases are at most Retention long).
-		r := max(ve/1000+1, now.Add(b.retention).Unix()) + int64(b.retention/time.Second)
-		vals[":reap"] = num(r)
-		expr += ", #exp = :reap"
-	}
-	return expr + " REMOVE #vp", nil
-}
-
 // Commit implements claim.Claimer: the value is written into the lease's
 // item by one UpdateItem conditional on the lease (atomic).
 func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
@@ -764,67 +596,5 @@ func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, 
 		return wrap("commit-release", l.Key, err)
 	}
 	b.hub.Wake(l.Key) // this process's waiters need no poll
-	return nil
-}
-
-// Get implements claim.Store: a strongly consistent GetItem. A value past
-// its TTL (by this client's clock) is never returned.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check(ctx, "get", key); err != nil {
-		return nil, err
-	}
-	out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName:                aws.String(b.table),
-		Key:                      b.itemKey(key),
-		ConsistentRead:           aws.Bool(true),
-		ProjectionExpression:     aws.String("#v, #ve"),
-		ExpressionAttributeNames: map[string]string{"#v": "v", "#ve": "ve"},
-	})
-	if err != nil {
-		return nil, wrap("get", key, err)
-	}
-	v, ok := value(out.Item, time.Now())
-	if !ok {
-		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
-	}
-	return v, nil
-}
-
-// Set implements claim.Store: one unconditional UpdateItem of the value
-// attributes (the key's lease and counters are left alone).
-func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.check(ctx, "set", key); err != nil {
-		return err
-	}
-	vals := map[string]types.AttributeValue{}
-	expr, err := b.valueExpr("set", key, val, ttl, time.Now(), vals)
-	if err != nil {
-		return err
-	}
-	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
-		return wrap("set", key, err)
-	}
-	return nil
-}
-
-// Delete implements claim.Store: removes the value attributes (the item,
-// with its fence, stays).
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check(ctx, "delete", key); err != nil {
-		return err
-	}
-	vals := map[string]types.AttributeValue{}
-	expr := "REMOVE #v, #ve, #vp"
-	if b.retention > 0 {
-		vals[":reap"] = num(time.Now().Add(2 * b.retention).Unix())
-		expr = "SET #exp = :reap " + expr
-	}
-	_, err := b.update(ctx, key, expr, "attribute_exists(#v)", vals, types.ReturnValueNone)
-	if _, ok := conditionFailed(err); ok {
-		return nil // nothing stored
-	}
-	if err != nil {
-		return wrap("delete", key, err)
-	}
 	return nil
 }

@@ -96,13 +96,9 @@ package zookeeper
 import (
 	"context"
 	"crypto/rand"
-	"crypto/tls"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
-	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -112,7 +108,6 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/internal/hub"
-	"github.com/stampede-go/stampede/internal/tlsfiles"
 )
 
 // Scheme is the URL scheme this package registers.
@@ -247,188 +242,6 @@ func validPrefix(prefix string) (string, error) {
 	}
 	return p, nil
 }
-
-// URLOpener opens zookeeper:// URLs.
-type URLOpener struct{}
-
-// OpenBackendURL implements claim.URLOpener. It connects and creates the
-// root nodes (bounded by ctx), so a wrong address or credentials fail here.
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
-	c, err := parseURL(u)
-	if err != nil {
-		return nil, err
-	}
-	d := &dialer{tls: c.tls}
-	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet{}), zk.WithLogInfo(false))
-	if err != nil {
-		return nil, fmt.Errorf("zookeeper: connect: %w", err)
-	}
-	b, err := newBackend(conn, &c.opt, d)
-	if err == nil && c.auth != nil {
-		if err = b.do(ctx, func() error { return conn.AddAuth("digest", c.auth) }); err != nil {
-			err = fmt.Errorf("zookeeper: digest auth: %w", err)
-		}
-	}
-	if err == nil {
-		if err = b.prepare(ctx); err != nil {
-			err = fmt.Errorf("zookeeper: create root %s: %w", b.root, err)
-		}
-	}
-	if err != nil {
-		conn.Close()
-		return nil, err
-	}
-	return b, nil
-}
-
-// urlConfig is what a URL says.
-type urlConfig struct {
-	servers []string
-	session time.Duration
-	auth    []byte // "user:password" for digest auth, or nil
-	tls     *tls.Config
-	opt     Options
-}
-
-func parseURL(u *url.URL) (urlConfig, error) {
-	p := claim.NewParams(u)
-	c := urlConfig{opt: Options{
-		Prefix:      p.String("prefix", DefaultPrefix),
-		MaxValueLen: p.Int("maxvalue", 0),
-		MessageLife: p.Duration("messagelife", 0),
-	}}
-	c.session = p.Duration("session", DefaultSessionTimeout)
-	acl := p.String("acl", "")
-	useTLS := p.Bool("tls", false)
-	tf := tlsfiles.Files{CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""), ServerName: p.String("servername", "")}
-	if err := p.Err(); err != nil {
-		return c, fmt.Errorf("zookeeper: %w", err)
-	}
-	if !useTLS && !tf.Empty() {
-		return c, errors.New("zookeeper: URL parameters cacert, cert, key and servername need tls=true")
-	}
-	if useTLS {
-		tc, err := tf.Config()
-		if err != nil {
-			return c, fmt.Errorf("zookeeper: URL TLS parameters: %w", err)
-		}
-		c.tls = tc
-	}
-	if u.Opaque != "" || u.Fragment != "" {
-		return c, errors.New("zookeeper: malformed URL: want zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT]")
-	}
-	for _, h := range strings.Split(u.Host, ",") {
-		if h == "" {
-			h = "127.0.0.1"
-		}
-		if _, _, err := net.SplitHostPort(h); err != nil {
-			h = net.JoinHostPort(strings.Trim(h, "[]"), "2181")
-		}
-		c.servers = append(c.servers, h)
-	}
-	if chroot := strings.Trim(u.Path, "/"); chroot != "" {
-		c.opt.Prefix = chroot + "/" + strings.Trim(c.opt.Prefix, "/")
-	}
-	if u.User != nil {
-		pw, _ := u.User.Password()
-		c.auth = []byte(u.User.Username() + ":" + pw)
-	}
-	switch acl {
-	case "":
-		if c.auth != nil {
-			c.opt.ACL = zk.AuthACL(zk.PermAll)
-		}
-	case "open":
-	case "creator":
-		if c.auth == nil {
-			return c, errors.New("zookeeper: acl=creator needs USER:PASSWORD@ in the URL")
-		}
-		c.opt.ACL = zk.AuthACL(zk.PermAll)
-	default:
-		return c, fmt.Errorf("zookeeper: URL parameter acl=%q: want open or creator", acl)
-	}
-	if _, err := validPrefix(c.opt.Prefix); err != nil {
-		return c, err
-	}
-	return c, nil
-}
-
-// dialer lets Close drop the connection without ending the session:
-// go-zk's Close sends closeSession, which would delete the leases'
-// ephemeral nodes. Once dropped, no dial succeeds and every write fails
-// locally, so that closeSession fails (and go-zk's Close returns at once)
-// and the server only sees the TCP connection go away.
-type dialer struct {
-	tls     *tls.Config // nil: plain TCP
-	mu      sync.Mutex
-	dropped bool
-	cur     net.Conn
-}
-
-var errDropped = errors.New("zookeeper: backend closed")
-
-func (d *dialer) isDropped() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.dropped
-}
-
-func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, error) {
-	if d.isDropped() {
-		return nil, errDropped
-	}
-	c, err := net.DialTimeout(network, addr, timeout)
-	if err != nil {
-		return nil, err
-	}
-	if d.tls != nil {
-		// ZooKeeper's secureClientPort (Netty, TLS from the first byte).
-		cfg := d.tls
-		if cfg.ServerName == "" {
-			cfg = cfg.Clone()
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
-		}
-		tc := tls.Client(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(timeout))
-		if err := tc.Handshake(); err != nil {
-			c.Close()
-			return nil, err
-		}
-		_ = tc.SetDeadline(time.Time{})
-		c = tc
-	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.dropped {
-		c.Close()
-		return nil, errDropped
-	}
-	d.cur = &dropConn{Conn: c, d: d}
-	return d.cur, nil
-}
-
-func (d *dialer) drop() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.dropped = true
-}
-
-type dropConn struct {
-	net.Conn
-	d *dialer
-}
-
-func (c *dropConn) Write(p []byte) (int, error) {
-	if c.d.isDropped() {
-		c.Conn.Close()
-		return 0, errDropped
-	}
-	return c.Conn.Write(p)
-}
-
-type quiet struct{}
-
-func (quiet) Printf(string, ...any) {}
 
 // Features implements claim.Backend.
 func (b *Backend) Features() claim.Features {
@@ -827,57 +640,6 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	return nil
 }
 
-func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("zookeeper: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, b.maxVal); err != nil {
-		return fmt.Errorf("zookeeper: %s %q: %w", op, key, err)
-	}
-	return nil
-}
-
-func encodeValue(val []byte, ttl time.Duration) []byte {
-	out := make([]byte, valueHeader+len(val))
-	out[0] = 1
-	binary.BigEndian.PutUint64(out[1:valueHeader], uint64(ceilMS(ttl)))
-	copy(out[valueHeader:], val)
-	return out
-}
-
-// write stores a value node: create, or setData if it exists (in that
-// order if create, else the other), each guarded by guard (the owner node)
-// if not empty. It re-tries only when a concurrent writer or deleter
-// changed the node between the two.
-func (b *Backend) write(ctx context.Context, op, key, guard string, data []byte, create bool) error {
-	path := b.valuePath(key)
-	ws := []any{
-		&zk.CreateRequest{Path: path, Data: data, Acl: b.acl},
-		&zk.SetDataRequest{Path: path, Data: data, Version: -1},
-	}
-	if !create {
-		ws[0], ws[1] = ws[1], ws[0]
-	}
-	for range attempts {
-		for _, w := range ws {
-			ops := []any{w}
-			if guard != "" {
-				ops = []any{&zk.CheckVersionRequest{Path: guard, Version: -1}, w}
-			}
-			_, failed, err := b.multi(ctx, ops...)
-			switch {
-			case err == nil:
-				return nil
-			case guard != "" && failed == 0 && errors.Is(err, zk.ErrNoNode):
-				return fmt.Errorf("zookeeper: %s %q: %w", op, key, claim.ErrLost)
-			case !errors.Is(err, zk.ErrNodeExists) && !errors.Is(err, zk.ErrNoNode):
-				return b.wrap(op, key, err)
-			}
-		}
-	}
-	return b.wrap(op, key, errors.New("value node kept changing under concurrent writers"))
-}
-
 // Commit implements claim.Claimer: a multi-op that checks the lease's
 // owner node exists and writes the value node (AtomicCommit).
 func (b *Backend) Commit(ctx context.Context, l claim.Lease, val []byte, ttl time.Duration) error {
@@ -951,74 +713,6 @@ func (b *Backend) CommitRelease(ctx context.Context, l claim.Lease, val []byte, 
 		}
 	}
 	return b.wrap("commit-release", l.Key, errors.New("value node kept changing under concurrent writers"))
-}
-
-// Get implements claim.Store.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check("get", key); err != nil {
-		return nil, err
-	}
-	v, found, err := b.getValue(ctx, key)
-	if err != nil {
-		return nil, b.wrap("get", key, err)
-	}
-	if !found {
-		return nil, fmt.Errorf("zookeeper: get %q: %w", key, claim.ErrNotFound)
-	}
-	return v, nil
-}
-
-// getValue reads key's value node: found is false if it is absent or
-// expired (then it is deleted, unless rewritten meanwhile).
-func (b *Backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
-	path := b.valuePath(key)
-	var data []byte
-	var st *zk.Stat
-	err := b.do(ctx, func() (err error) {
-		data, st, err = b.conn.Get(path)
-		return err
-	})
-	if errors.Is(err, zk.ErrNoNode) {
-		return nil, false, nil
-	}
-	if err != nil {
-		return nil, false, err
-	}
-	if len(data) < valueHeader || data[0] != 1 {
-		return nil, false, fmt.Errorf("value node %s was not written by this package", path)
-	}
-	if ms := int64(binary.BigEndian.Uint64(data[1:valueHeader])); ms > 0 && time.Now().UnixMilli() >= st.Mtime+ms {
-		// Expired: delete it unless rewritten meanwhile (best effort).
-		_ = b.do(ctx, func() error { return b.conn.Delete(path, st.Version) })
-		return nil, false, nil
-	}
-	return append([]byte{}, data[valueHeader:]...), true, nil
-}
-
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.check("set", key); err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, val, ttl); err != nil {
-		return err
-	}
-	if err := b.prepare(ctx); err != nil {
-		return b.wrap("set", key, err)
-	}
-	return b.write(ctx, "set", key, "", encodeValue(val, ttl), false)
-}
-
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check("delete", key); err != nil {
-		return err
-	}
-	err := b.do(ctx, func() error { return b.conn.Delete(b.valuePath(key), -1) })
-	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		return b.wrap("delete", key, err)
-	}
-	return nil
 }
 
 // Close implements claim.Backend. It ends the Backend's watches and topic

@@ -1,0 +1,150 @@
+package dynamo
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/aws"
+	awshttp "github.com/aws/aws-sdk-go-v2/aws/transport/http"
+	"github.com/aws/aws-sdk-go-v2/config"
+	"github.com/aws/aws-sdk-go-v2/credentials"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
+	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+// URLOpener opens dynamodb:// URLs. Registration dials nothing; opening
+// dials only with create_table=true.
+type URLOpener struct{}
+
+// OpenBackendURL implements claim.URLOpener.
+func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.Port() != "" {
+		return nil, errors.New("dynamo: URL must be dynamodb://TABLE[?PARAMS]")
+	}
+	p := claim.NewParams(u)
+	region := p.String("region", "")
+	endpoint := p.String("endpoint", "")
+	create := p.Bool("create_table", false)
+	o := Options{
+		Table:     u.Host,
+		Prefix:    p.String("prefix", DefaultPrefix),
+		ClockSkew: p.Duration("clock_skew", 0),
+		PollMin:   p.Duration("poll_min", 0),
+		PollMax:   p.Duration("poll_max", 0),
+	}
+	if r := p.String("retention", ""); r == "off" {
+		o.Retention = -1
+	} else if r != "" {
+		d, err := time.ParseDuration(r)
+		if err != nil || d < 0 {
+			return nil, fmt.Errorf("dynamo: URL parameter retention=%q: want a duration or off", r)
+		}
+		o.Retention = d
+	}
+	if err := p.Err(); err != nil {
+		return nil, fmt.Errorf("dynamo: %w", err)
+	}
+	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(1)}
+	if region != "" {
+		opts = append(opts, config.WithRegion(region))
+	}
+	if endpoint != "" {
+		eu, err := url.Parse(endpoint)
+		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
+			return nil, fmt.Errorf("dynamo: URL parameter endpoint: want an http(s) URL")
+		}
+		if loopback(eu.Hostname()) && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
+			opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("stampede", "stampede", "")))
+		}
+	}
+	cfg, err := config.LoadDefaultConfig(ctx, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dynamo: load AWS config: %w", err)
+	}
+	if cfg.Region == "" {
+		return nil, errors.New("dynamo: no region: set the region URL parameter or AWS_REGION")
+	}
+	// A transport of our own (with what the config put in the SDK's, such
+	// as AWS_CA_BUNDLE), so that Close can drop its idle connections.
+	var tr *http.Transport
+	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
+		tr = bc.GetTransport()
+	} else {
+		tr = http.DefaultTransport.(*http.Transport).Clone()
+	}
+	cfg.HTTPClient = &http.Client{Transport: tr}
+	client := dynamodb.NewFromConfig(cfg, func(do *dynamodb.Options) {
+		if endpoint != "" {
+			do.BaseEndpoint = aws.String(endpoint)
+		}
+	})
+	b, err := New(client, &o)
+	if err != nil {
+		return nil, err
+	}
+	b.closeIdle = tr.CloseIdleConnections
+	if create {
+		if err := CreateTable(ctx, client, o.Table); err != nil {
+			b.Close()
+			return nil, err
+		}
+	}
+	return b, nil
+}
+
+func loopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// CreateTable creates table with the key schema this package uses
+// (partition key "k", string; on-demand billing), waits until it is
+// active, and enables DynamoDB TTL on the attribute "exp". A table that
+// exists already is not an error (its schema is not checked); neither is
+// an endpoint without UpdateTimeToLive (dynalite).
+func CreateTable(ctx context.Context, client *dynamodb.Client, table string) error {
+	_, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
+		TableName:            aws.String(table),
+		AttributeDefinitions: []types.AttributeDefinition{{AttributeName: aws.String("k"), AttributeType: types.ScalarAttributeTypeS}},
+		KeySchema:            []types.KeySchemaElement{{AttributeName: aws.String("k"), KeyType: types.KeyTypeHash}},
+		BillingMode:          types.BillingModePayPerRequest,
+	})
+	var inUse *types.ResourceInUseException
+	if err != nil && !errors.As(err, &inUse) {
+		return fmt.Errorf("dynamo: create table %q: %w", table, err)
+	}
+	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+		out, err := client.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
+		if err != nil {
+			return fmt.Errorf("dynamo: describe table %q: %w", table, err)
+		}
+		if out.Table.TableStatus == types.TableStatusActive {
+			break
+		}
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return fmt.Errorf("dynamo: wait for table %q: %w", table, ctx.Err())
+		}
+	}
+	_, err = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
+		TableName:               aws.String(table),
+		TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String("exp"), Enabled: aws.Bool(true)},
+	})
+	// Already enabled (ValidationException) and not implemented
+	// (dynalite: UnknownOperationException) are both fine: TTL only
+	// reclaims space.
+	_ = err
+	return nil
+}

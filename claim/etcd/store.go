@@ -1,0 +1,162 @@
+package etcd
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/stampede-go/stampede/claim"
+)
+
+func (b *Backend) checkValue(op, key string, value []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		return fmt.Errorf("etcd: %s %q: negative ttl %s", op, key, ttl)
+	}
+	if err := claim.CheckValue(value, b.maxVal); err != nil {
+		return fmt.Errorf("etcd: %s %q: %w", op, key, err)
+	}
+	return nil
+}
+
+// putValue returns the put of an encoded value: a version byte, the expiry
+// (Unix nanoseconds, 0: none), the bytes; attached to the shared lease of
+// its TTL class, if any, whose ID it also returns.
+func (b *Backend) putValue(ctx context.Context, key string, value []byte, ttl time.Duration) (clientv3.Op, clientv3.LeaseID, error) {
+	buf := make([]byte, valueHeader+len(value))
+	buf[0] = 1
+	var opts []clientv3.OpOption
+	var gc clientv3.LeaseID
+	if ttl > 0 {
+		now := time.Now()
+		binary.BigEndian.PutUint64(buf[1:], uint64(now.Add(ttl).UnixNano()))
+		var err error
+		if gc, err = b.gcLease(ctx, now, ttl); err != nil {
+			return clientv3.Op{}, 0, err
+		}
+		if gc != clientv3.NoLease {
+			opts = append(opts, clientv3.WithLease(gc))
+		}
+	}
+	copy(buf[valueHeader:], value)
+	return clientv3.OpPut(b.valueKey(key), string(buf), opts...), gc, nil
+}
+
+// decodeValue returns the value's bytes, or ok=false if it has expired.
+func decodeValue(raw []byte, now time.Time) (v []byte, ok bool, err error) {
+	if len(raw) < valueHeader || raw[0] != 1 {
+		return nil, false, errors.New("malformed value (not written by this package?)")
+	}
+	if exp := int64(binary.BigEndian.Uint64(raw[1:])); exp != 0 && now.UnixNano() >= exp {
+		return nil, false, nil
+	}
+	return raw[valueHeader:], true, nil
+}
+
+type gcLease struct {
+	id    clientv3.LeaseID
+	until time.Time // the lease lives at least until then
+}
+
+// gcLease returns a lease that outlives now+ttl, shared by the values of
+// one TTL class (the next power of two seconds): the class's lease is
+// granted for twice the class, so one grant serves at least a class's
+// worth of writes. Values live on the server at most about twice their TTL.
+func (b *Backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration) (clientv3.LeaseID, error) {
+	class := int64(1)
+	for class < ceilSeconds(ttl) {
+		class <<= 1
+	}
+	if class > 1<<30 { // ~34 years: not worth a lease
+		return clientv3.NoLease, nil
+	}
+	exp := now.Add(ttl)
+	b.gcMu.Lock()
+	g, ok := b.gc[class]
+	b.gcMu.Unlock()
+	if ok && !exp.After(g.until) {
+		return g.id, nil
+	}
+	start := time.Now()
+	r, err := b.cli.Grant(ctx, 2*class)
+	if err != nil {
+		return 0, err
+	}
+	g = gcLease{id: r.ID, until: start.Add(time.Duration(r.TTL) * time.Second)}
+	b.gcMu.Lock()
+	if cur, ok := b.gc[class]; !ok || cur.until.Before(g.until) {
+		b.gc[class] = g
+	}
+	b.gcMu.Unlock()
+	return g.id, nil
+}
+
+// gcFailed forgets a shared lease the server no longer knows.
+func (b *Backend) gcFailed(id clientv3.LeaseID, err error) {
+	if id == clientv3.NoLease || !errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		return
+	}
+	b.gcMu.Lock()
+	defer b.gcMu.Unlock()
+	for c, g := range b.gc {
+		if g.id == id {
+			delete(b.gc, c)
+		}
+	}
+}
+
+// Get implements claim.Store.
+func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := b.check("get", key); err != nil {
+		return nil, err
+	}
+	r, err := b.cli.Get(ctx, b.valueKey(key))
+	if err != nil {
+		return nil, wrap("get", key, ctxErr(ctx, err))
+	}
+	if len(r.Kvs) == 0 {
+		return nil, fmt.Errorf("etcd: get %q: %w", key, claim.ErrNotFound)
+	}
+	v, ok, err := decodeValue(r.Kvs[0].Value, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("etcd: get %q: %w", key, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("etcd: get %q: %w", key, claim.ErrNotFound)
+	}
+	return v, nil
+}
+
+// Set implements claim.Store.
+func (b *Backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := b.check("set", key); err != nil {
+		return err
+	}
+	if err := b.checkValue("set", key, value, ttl); err != nil {
+		return err
+	}
+	put, gc, err := b.putValue(ctx, key, value, ttl)
+	if err != nil {
+		return wrap("set", key, ctxErr(ctx, err))
+	}
+	if _, err := b.cli.Do(ctx, put); err != nil {
+		b.gcFailed(gc, err)
+		return wrap("set", key, ctxErr(ctx, err))
+	}
+	return nil
+}
+
+// Delete implements claim.Store.
+func (b *Backend) Delete(ctx context.Context, key string) error {
+	if err := b.check("delete", key); err != nil {
+		return err
+	}
+	if _, err := b.cli.Delete(ctx, b.valueKey(key)); err != nil {
+		return wrap("delete", key, ctxErr(ctx, err))
+	}
+	return nil
+}

@@ -1,0 +1,200 @@
+package zookeeper
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/tlsfiles"
+)
+
+// URLOpener opens zookeeper:// URLs.
+type URLOpener struct{}
+
+// OpenBackendURL implements claim.URLOpener. It connects and creates the
+// root nodes (bounded by ctx), so a wrong address or credentials fail here.
+func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+	c, err := parseURL(u)
+	if err != nil {
+		return nil, err
+	}
+	d := &dialer{tls: c.tls}
+	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet{}), zk.WithLogInfo(false))
+	if err != nil {
+		return nil, fmt.Errorf("zookeeper: connect: %w", err)
+	}
+	b, err := newBackend(conn, &c.opt, d)
+	if err == nil && c.auth != nil {
+		if err = b.do(ctx, func() error { return conn.AddAuth("digest", c.auth) }); err != nil {
+			err = fmt.Errorf("zookeeper: digest auth: %w", err)
+		}
+	}
+	if err == nil {
+		if err = b.prepare(ctx); err != nil {
+			err = fmt.Errorf("zookeeper: create root %s: %w", b.root, err)
+		}
+	}
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	return b, nil
+}
+
+// urlConfig is what a URL says.
+type urlConfig struct {
+	servers []string
+	session time.Duration
+	auth    []byte // "user:password" for digest auth, or nil
+	tls     *tls.Config
+	opt     Options
+}
+
+func parseURL(u *url.URL) (urlConfig, error) {
+	p := claim.NewParams(u)
+	c := urlConfig{opt: Options{
+		Prefix:      p.String("prefix", DefaultPrefix),
+		MaxValueLen: p.Int("maxvalue", 0),
+		MessageLife: p.Duration("messagelife", 0),
+	}}
+	c.session = p.Duration("session", DefaultSessionTimeout)
+	acl := p.String("acl", "")
+	useTLS := p.Bool("tls", false)
+	tf := tlsfiles.Files{CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""), ServerName: p.String("servername", "")}
+	if err := p.Err(); err != nil {
+		return c, fmt.Errorf("zookeeper: %w", err)
+	}
+	if !useTLS && !tf.Empty() {
+		return c, errors.New("zookeeper: URL parameters cacert, cert, key and servername need tls=true")
+	}
+	if useTLS {
+		tc, err := tf.Config()
+		if err != nil {
+			return c, fmt.Errorf("zookeeper: URL TLS parameters: %w", err)
+		}
+		c.tls = tc
+	}
+	if u.Opaque != "" || u.Fragment != "" {
+		return c, errors.New("zookeeper: malformed URL: want zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT]")
+	}
+	for _, h := range strings.Split(u.Host, ",") {
+		if h == "" {
+			h = "127.0.0.1"
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil {
+			h = net.JoinHostPort(strings.Trim(h, "[]"), "2181")
+		}
+		c.servers = append(c.servers, h)
+	}
+	if chroot := strings.Trim(u.Path, "/"); chroot != "" {
+		c.opt.Prefix = chroot + "/" + strings.Trim(c.opt.Prefix, "/")
+	}
+	if u.User != nil {
+		pw, _ := u.User.Password()
+		c.auth = []byte(u.User.Username() + ":" + pw)
+	}
+	switch acl {
+	case "":
+		if c.auth != nil {
+			c.opt.ACL = zk.AuthACL(zk.PermAll)
+		}
+	case "open":
+	case "creator":
+		if c.auth == nil {
+			return c, errors.New("zookeeper: acl=creator needs USER:PASSWORD@ in the URL")
+		}
+		c.opt.ACL = zk.AuthACL(zk.PermAll)
+	default:
+		return c, fmt.Errorf("zookeeper: URL parameter acl=%q: want open or creator", acl)
+	}
+	if _, err := validPrefix(c.opt.Prefix); err != nil {
+		return c, err
+	}
+	return c, nil
+}
+
+// dialer lets Close drop the connection without ending the session:
+// go-zk's Close sends closeSession, which would delete the leases'
+// ephemeral nodes. Once dropped, no dial succeeds and every write fails
+// locally, so that closeSession fails (and go-zk's Close returns at once)
+// and the server only sees the TCP connection go away.
+type dialer struct {
+	tls     *tls.Config // nil: plain TCP
+	mu      sync.Mutex
+	dropped bool
+	cur     net.Conn
+}
+
+var errDropped = errors.New("zookeeper: backend closed")
+
+func (d *dialer) isDropped() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.dropped
+}
+
+func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, error) {
+	if d.isDropped() {
+		return nil, errDropped
+	}
+	c, err := net.DialTimeout(network, addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if d.tls != nil {
+		// ZooKeeper's secureClientPort (Netty, TLS from the first byte).
+		cfg := d.tls
+		if cfg.ServerName == "" {
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(addr)
+		}
+		tc := tls.Client(c, cfg)
+		_ = tc.SetDeadline(time.Now().Add(timeout))
+		if err := tc.Handshake(); err != nil {
+			c.Close()
+			return nil, err
+		}
+		_ = tc.SetDeadline(time.Time{})
+		c = tc
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.dropped {
+		c.Close()
+		return nil, errDropped
+	}
+	d.cur = &dropConn{Conn: c, d: d}
+	return d.cur, nil
+}
+
+func (d *dialer) drop() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.dropped = true
+}
+
+type dropConn struct {
+	net.Conn
+	d *dialer
+}
+
+func (c *dropConn) Write(p []byte) (int, error) {
+	if c.d.isDropped() {
+		c.Conn.Close()
+		return 0, errDropped
+	}
+	return c.Conn.Write(p)
+}
+
+type quiet struct{}
+
+func (quiet) Printf(string, ...any) {}
