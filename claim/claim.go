@@ -70,12 +70,13 @@ type Claimer interface {
 	// the key in every process. Releasing a lease that is no longer current
 	// returns ErrLost and changes nothing: a stale holder can never release
 	// a newer holder's claim. Releasing twice returns ErrLost the second
-	// time. A Lease value past its local Deadline is no longer current
-	// either, as for Extend and Commit (release the latest renewal, not
-	// the first copy): Release still deletes its lock if nobody has
-	// claimed the key since, so waiters need not wait for the server to
-	// expire it, and returns ErrLost, telling the holder its exclusivity
-	// may have lapsed.
+	// time. A lease that expired is no longer current either, even if
+	// nobody has claimed the key since: Release returns ErrLost, telling
+	// the holder its exclusivity lapsed (where the lock is still there it
+	// is deleted, so waiters need not wait for the server to drop it).
+	// Expiry is judged on the lease as last renewed, so an earlier copy of
+	// a lease that KeepAlive or Extend renewed releases it, unlike Commit
+	// and Extend, which refuse any copy past its own local Deadline.
 	Release(ctx context.Context, l Lease) error
 
 	// Commit stores value under the lease's key with the given TTL (0: no

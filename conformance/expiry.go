@@ -196,10 +196,31 @@ func checkLocalDeadline(t *T) {
 // checkReleaseExpired: a lease that expired, even with nobody taking the
 // key over, is no longer current: Release and Commit return ErrLost (the
 // holder learns that its exclusivity lapsed), write nothing, and the key
-// is free for a new claim with a larger token.
+// is free for a new claim with a larger token. But a lease renewed by
+// Extend is current past its first copy's Deadline: releasing that copy
+// releases it.
 func checkReleaseExpired(t *T) {
 	ctx := t.Context()
 	a, b := t.Client(), t.Client()
+
+	k0 := t.Key("renewed")
+	first, err := a.TryClaim(ctx, k0, t.ShortTTL())
+	if err != nil {
+		t.Fatalf("TryClaim: %v", err)
+	}
+	if _, err := a.Extend(ctx, first, t.LongTTL()); err != nil {
+		t.Fatalf("Extend: %v", err)
+	}
+	time.Sleep(time.Until(first.Deadline) + t.feat.TTLGranularity + 100*time.Millisecond)
+	if err := a.Release(ctx, first); err != nil {
+		t.Errorf("Release of the first copy of a lease renewed by Extend, past that copy's deadline: %v (the lease is current)", err)
+	}
+	if l, err := b.TryClaim(ctx, k0, t.LongTTL()); err != nil {
+		t.Errorf("TryClaim after the renewed lease was released: %v", err)
+	} else {
+		_ = b.Release(ctx, l)
+	}
+
 	k := t.Key("k")
 	l, err := a.TryClaim(ctx, k, t.ShortTTL())
 	if err != nil {

@@ -509,17 +509,33 @@ func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duratio
 // owned reads the lock key and returns its ModifyIndex if l is still the
 // current lease there, or ErrLost.
 func (b *Backend) owned(ctx context.Context, l claim.Lease) (uint64, error) {
-	cur, _, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
+	cur, _, err := b.read(ctx, l)
 	if err != nil {
 		return 0, err
 	}
-	if cur == nil || cur.CreateIndex != l.Token {
-		return 0, claim.ErrLost
-	}
-	if r, ok := parseRecord(cur.Value); !ok || r.Holder != l.Holder {
-		return 0, claim.ErrLost
-	}
 	return cur.ModifyIndex, nil
+}
+
+// record returns l's lease record as the server has it (its expiry as
+// last extended), or ErrLost if l no longer holds the key.
+func (b *Backend) record(ctx context.Context, l claim.Lease) (record, error) {
+	_, r, err := b.read(ctx, l)
+	return r, err
+}
+
+func (b *Backend) read(ctx context.Context, l claim.Lease) (*capi.KVPair, record, error) {
+	cur, _, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
+	if err != nil {
+		return nil, record{}, err
+	}
+	if cur == nil || cur.CreateIndex != l.Token {
+		return nil, record{}, claim.ErrLost
+	}
+	r, ok := parseRecord(cur.Value)
+	if !ok || r.Holder != l.Holder {
+		return nil, record{}, claim.ErrLost
+	}
+	return cur, r, nil
 }
 
 // fenced runs the write built by op, conditioned on the lock key's
@@ -593,7 +609,17 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 		return err
 	}
 	lk := b.lockKey(l.Key)
-	late := l.Expired(time.Now())
+	// Past this copy's Deadline, the lease may still be current if a
+	// later Extend renewed it (the record holds its expiry as last
+	// extended): read it to tell, in this rare case only.
+	var expired bool
+	if l.Expired(time.Now()) {
+		r, err := b.record(ctx, l)
+		if err != nil {
+			return fmt.Errorf("consul: release %q: %w", l.Key, err)
+		}
+		expired = !time.Now().Before(time.UnixMilli(r.Expiry))
+	}
 	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
 		// delete-cas of an absent key succeeds: check-index first.
 		return capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil), kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key)}, 1
@@ -601,8 +627,8 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return fmt.Errorf("consul: release %q: %w", l.Key, err)
 	}
-	if late {
-		return fmt.Errorf("consul: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
+	if expired {
+		return fmt.Errorf("consul: release %q: %w (it had expired; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }

@@ -516,9 +516,10 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
 	}
-	late := l.Expired(time.Now())
 	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": unum(l.Token)}
-	_, err := b.update(ctx, l.Key, "SET "+bumpNotify(vals)+" REMOVE #h, #le", "#h = :h AND #f = :tok", vals, types.ReturnValueNone)
+	// UPDATED_OLD returns the lease's expiry as last extended (#le,
+	// removed here): past it, the lease was no longer current.
+	out, err := b.update(ctx, l.Key, "SET "+bumpNotify(vals)+" REMOVE #h, #le", "#h = :h AND #f = :tok", vals, types.ReturnValueUpdatedOld)
 	if _, ok := conditionFailed(err); ok {
 		return fmt.Errorf("dynamo: release %q: %w", l.Key, claim.ErrLost)
 	}
@@ -526,8 +527,8 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 		return wrap("release", l.Key, err)
 	}
 	b.hub.Wake(l.Key) // this process's waiters need no poll
-	if late {
-		return fmt.Errorf("dynamo: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
+	if le, ok := attr(out.Attributes, "le"); ok && time.Now().UnixMilli() >= le {
+		return fmt.Errorf("dynamo: release %q: %w (it had expired; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }

@@ -513,7 +513,6 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 		return err
 	}
 	lk := b.lockKey(l.Key)
-	late := l.Expired(time.Now())
 	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).Then(clientv3.OpDelete(lk)).Commit()
 	if err != nil {
 		return wrap("release", l.Key, ctxErr(ctx, err))
@@ -524,9 +523,6 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 		return fmt.Errorf("etcd: release %q: %w", l.Key, claim.ErrLost)
 	}
 	b.revokeLater(id)
-	if late {
-		return fmt.Errorf("etcd: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
-	}
 	return nil
 }
 

@@ -518,14 +518,23 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err := b.check(ctx, "release", l.Key); err != nil {
 		return err
 	}
-	late := l.Expired(time.Now())
-	err := b.swapLock(l, true, func(it *gomemcache.Item) { it.Expiration = -1 })
+	// The lock records when it ends as last extended: past the lease's
+	// end, the lease is no longer current, though memcached (whole
+	// seconds, and lockSlack) may not have dropped the item yet.
+	var expired bool
+	err := b.swapLock(l, true, func(it *gomemcache.Item) {
+		// latest is when memcached drops the item at the latest: the
+		// lease's own end plus lockSlack.
+		_, latest := parseLock(it.Value)
+		expired = !latest.IsZero() && !time.Now().Before(latest.Add(-lockSlack*time.Second))
+		it.Expiration = -1
+	})
 	if err != nil {
 		return wrap("release", l.Key, err)
 	}
 	b.hub.Wake(l.Key) // this process's waiters need no poll
-	if late {
-		return fmt.Errorf("memcache: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
+	if expired {
+		return fmt.Errorf("memcache: release %q: %w (it had expired; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
 }

@@ -624,7 +624,15 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return err
 	}
-	late := l.Expired(time.Now())
+	// Past this copy's Deadline, the lease may still be current if a
+	// later Extend renewed it (the owner node's mtime): judge it as the
+	// server has it, in this rare case only.
+	var expired bool
+	if l.Expired(time.Now()) {
+		if expired, err = b.expiredOnServer(ctx, l); err != nil {
+			return b.wrap("release", l.Key, err)
+		}
+	}
 	_, failed, err := b.multi(ctx,
 		&zk.DeleteRequest{Path: owner, Version: -1},
 		&zk.DeleteRequest{Path: b.lockPath(l.Key), Version: -1})
@@ -634,10 +642,36 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	if err != nil {
 		return b.wrap("release", l.Key, err)
 	}
-	if late {
-		return fmt.Errorf("zookeeper: release %q: %w (past the lease's local deadline; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
+	if expired {
+		return fmt.Errorf("zookeeper: release %q: %w (it had expired; its lock, still unclaimed, was freed)", l.Key, claim.ErrLost)
 	}
 	return nil
+}
+
+// expiredOnServer reports whether l, still holding its key, has outlived
+// its TTL as last extended (owner node mtime + TTL), by the local clock
+// and, if that says so, by the leader's (as TryClaim judges a takeover).
+// A lease that no longer holds the key is left to the release itself.
+func (b *Backend) expiredOnServer(ctx context.Context, l claim.Lease) (bool, error) {
+	s, ok, err := b.inspect(ctx, b.lockPath(l.Key))
+	if err != nil || !ok || s.holder != l.Holder {
+		return false, err
+	}
+	if s.remaining(time.Now().UnixMilli()) > 0 {
+		return false, nil
+	}
+	var now int64
+	err = b.do(ctx, func() error {
+		st, err := b.conn.Set(b.root+"/clock", nil, -1)
+		if err == nil {
+			now = st.Mtime
+		}
+		return err
+	})
+	if err != nil {
+		return false, err
+	}
+	return s.remaining(now) <= 0, nil
 }
 
 // Commit implements claim.Claimer: a multi-op that checks the lease's
