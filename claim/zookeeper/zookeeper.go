@@ -543,14 +543,7 @@ func (b *Backend) tryClaim(ctx context.Context, op, key string, ttl time.Duratio
 			return claim.Lease{}, nil, false, fmt.Errorf("zookeeper: %s %q: %w", op, key, held)
 		}
 		// Expired by our clock: ask the leader's.
-		var now int64
-		err = b.do(ctx, func() error {
-			st, err := b.conn.Set(b.root+"/clock", nil, -1)
-			if err == nil {
-				now = st.Mtime
-			}
-			return err
-		})
+		now, err := b.leaderNow(ctx)
 		if err != nil {
 			return claim.Lease{}, nil, false, b.wrap(op, key, err)
 		}
@@ -660,8 +653,18 @@ func (b *Backend) expiredOnServer(ctx context.Context, l claim.Lease) (bool, err
 	if s.remaining(time.Now().UnixMilli()) > 0 {
 		return false, nil
 	}
+	now, err := b.leaderNow(ctx)
+	if err != nil {
+		return false, err
+	}
+	return s.remaining(now) <= 0, nil
+}
+
+// leaderNow returns the leader's clock in Unix ms: the mtime of a write
+// to the clock node (one round trip), by which owner mtimes are judged.
+func (b *Backend) leaderNow(ctx context.Context) (int64, error) {
 	var now int64
-	err = b.do(ctx, func() error {
+	err := b.do(ctx, func() error {
 		st, err := b.conn.Set(b.root+"/clock", nil, -1)
 		if err == nil {
 			now = st.Mtime
@@ -669,9 +672,9 @@ func (b *Backend) expiredOnServer(ctx context.Context, l claim.Lease) (bool, err
 		return err
 	})
 	if err != nil {
-		return false, err
+		return 0, err // now may still be written by an abandoned call: not read
 	}
-	return s.remaining(now) <= 0, nil
+	return now, nil
 }
 
 // Commit implements claim.Claimer: a multi-op that checks the lease's
