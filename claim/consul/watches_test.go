@@ -131,9 +131,13 @@ func TestConnectionsBounded(t *testing.T) {
 		}
 	}
 	_, peak := cc.get()
-	// maxWatches blocking queries, the poll loop's request and the
-	// test's own Subscribe reads (one at a time): a few more at most.
-	if limit := maxWatches + 3; peak > limit {
+	// At most maxWatches blocking queries, the poll loop's request and the
+	// test's own calls (one at a time) are in flight at once: 6. Open
+	// connections can exceed what is in flight a little: when a request
+	// finds every connection busy, net/http dials one, and if another
+	// connection frees first the request takes that one and the new one
+	// joins the idle pool. Without the bound there would be one per key.
+	if limit := maxWatches + 8; peak > limit {
 		t.Errorf("%d keys watched with MaxWatches %d: peak %d open connections, want <= %d", keys, maxWatches, peak, limit)
 	}
 	t.Logf("%d keys watched, MaxWatches %d: peak %d open connections", keys, maxWatches, peak)
