@@ -516,13 +516,8 @@ func (b *Backend) owned(ctx context.Context, l claim.Lease) (uint64, error) {
 	return cur.ModifyIndex, nil
 }
 
-// record returns l's lease record as the server has it (its expiry as
-// last extended), or ErrLost if l no longer holds the key.
-func (b *Backend) record(ctx context.Context, l claim.Lease) (record, error) {
-	_, r, err := b.read(ctx, l)
-	return r, err
-}
-
+// read returns the lock key and l's lease record as the server has them
+// (the expiry as last extended), or ErrLost if l no longer holds the key.
 func (b *Backend) read(ctx context.Context, l claim.Lease) (*capi.KVPair, record, error) {
 	cur, _, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
 	if err != nil {
@@ -612,13 +607,16 @@ func (b *Backend) Release(ctx context.Context, l claim.Lease) error {
 	// Past this copy's Deadline, the lease may still be current if a
 	// later Extend renewed it (the record holds its expiry as last
 	// extended): read it to tell, in this rare case only.
+	// The index just read is the one to release at: fenced needs no
+	// second read.
 	var expired bool
 	if l.Expired(time.Now()) {
-		r, err := b.record(ctx, l)
+		cur, r, err := b.read(ctx, l)
 		if err != nil {
 			return fmt.Errorf("consul: release %q: %w", l.Key, err)
 		}
 		expired = !time.Now().Before(time.UnixMilli(r.Expiry))
+		l.Handle = handle(cur.ModifyIndex, l.Token, l.Holder)
 	}
 	_, err := b.fenced(ctx, l, func(idx uint64) (capi.TxnOps, int) {
 		// delete-cas of an absent key succeeds: check-index first.

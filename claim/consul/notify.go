@@ -4,6 +4,7 @@ import (
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"strconv"
@@ -240,8 +241,8 @@ func (b *Backend) pollLoop(ctx context.Context, done chan struct{}) {
 		b.mu.Unlock()
 		for len(keys) > 0 {
 			n := min(len(keys), pollBatch)
-			if b.pollRead(ctx, keys[:n]) {
-				bo.Reset()
+			if woke, err := b.pollRead(ctx, keys[:n]); woke && err == nil {
+				bo.Reset() // after a failure, keep backing off
 			}
 			keys = keys[n:]
 		}
@@ -252,8 +253,9 @@ func (b *Backend) pollLoop(ctx context.Context, done chan struct{}) {
 }
 
 // pollRead reads keys in one transaction, wakes those whose state calls
-// for it and records the new states; it reports whether it woke any.
-func (b *Backend) pollRead(ctx context.Context, keys []string) bool {
+// for it and records the new states; it reports whether it woke any, and
+// the read's failure (after which it woke them all).
+func (b *Backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 	ops := make(capi.TxnOps, 0, 2*len(keys))
 	for _, k := range keys {
 		ops = append(ops, kvOp(capi.KVGetOrEmpty, b.lockKey(k), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(k), 0, nil))
@@ -262,13 +264,16 @@ func (b *Backend) pollRead(ctx context.Context, keys []string) bool {
 	ok, resp, _, err := b.c.Txn().Txn(ops, qo(rctx))
 	cancel()
 	if ctx.Err() != nil {
-		return false
+		return false, ctx.Err()
 	}
-	if err != nil || !ok || resp == nil || len(resp.Results) != len(ops) {
+	if err == nil && (!ok || resp == nil || len(resp.Results) != len(ops)) {
+		err = errors.New("poll transaction: unexpected answer")
+	}
+	if err != nil {
 		for _, k := range keys {
 			b.hub.Wake(k)
 		}
-		return true
+		return true, err
 	}
 	woke := false
 	for i, k := range keys {
@@ -290,7 +295,7 @@ func (b *Backend) pollRead(ctx context.Context, keys []string) bool {
 			woke = true
 		}
 	}
-	return woke
+	return woke, nil
 }
 
 // Sweep deletes what expired under the backend's prefix: stored values
