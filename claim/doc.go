@@ -1,26 +1,26 @@
-// Package claim is the portable contract under stampede: a distributed
-// claim (an atomic set-if-absent with a lease and a fencing token), a
-// notifier that wakes waiters when a claim is released, and a shared value
-// store, implemented once per substrate (Redis, etcd, Consul, DynamoDB,
-// PostgreSQL, memcached, ZooKeeper, and in-process memory).
+// Package claim is stampede's portable client: a distributed claim (an
+// atomic set-if-absent with a lease and a fencing token), a notifier that
+// wakes waiters when a claim is released, and a shared value store, on
+// Redis, PostgreSQL, etcd, Consul, ZooKeeper, DynamoDB, memcached or in
+// process memory, behind one type, *Client.
 //
-// Most users never call a Claimer directly: package flight builds a tiered
+// Most users never call a Client directly: package flight builds a tiered
 // cache on top. Call claim directly to run a job once per key fleet-wide:
 //
-//	b, err := claim.Open(ctx, "redis://localhost:6379/0")
-//	l, err := claim.Acquire(ctx, b, "rebuild:report-42", 10*time.Second)
-//	k := claim.KeepAlive(ctx, b, l, nil)
+//	c, err := claim.Open(ctx, "redis://localhost:6379/0")
+//	l, err := c.Acquire(ctx, "rebuild:report-42", 10*time.Second)
+//	k := c.KeepAlive(ctx, l, nil)
 //	err = work(k.Context())
-//	err = b.Commit(ctx, k.Stop(), result, time.Hour)
-//	err = b.Release(ctx, l)
+//	err = c.CommitRelease(ctx, k.Stop(), result, time.Hour)
 //
 // # URLs
 //
 // Backends register a URL scheme when their package is imported (like
-// database/sql drivers); Open picks one by scheme. Every backend also has a
-// New constructor taking the user's own configured client, for TLS, auth,
-// clusters and pools. Unknown query parameters are errors. Credentials in
-// URLs never appear in errors (see Redact).
+// database/sql drivers); Open picks one by scheme. Every backend package
+// also has a New constructor taking the user's own configured client, for
+// TLS, auth, clusters and pools; it returns a *Client too. Unknown or
+// malformed query parameters are errors. Credentials in URLs never appear
+// in errors (see RedactURL).
 //
 // # Semantics
 //
@@ -34,22 +34,33 @@
 // release, extend or overwrite a newer holder's claim (ErrLost). A lease's
 // local Deadline (taken before the request was sent) is never later than
 // the server's expiry, assuming clocks run at the same rate, so a holder
-// that stops at its Deadline never overlaps the next holder: backends
-// refuse Commit and Extend past it without I/O.
+// that stops at its Deadline never overlaps the next holder: the Client
+// refuses Commit and Extend past it without I/O.
 //
 // Subscribing before checking state guarantees no lost wake-up: a release
 // that lands after Subscribe returns wakes the subscriber. Every Release
-// and Notify wakes every subscriber of that key in every process; one
-// process keeps one substrate subscription per key whatever the number of
+// and Notify wakes every subscriber of that key in every process; a Client
+// keeps one substrate subscription per key whatever the number of
 // subscribers. Push backends deliver within a round trip; poll backends
 // poll once per key per process with jittered backoff bounded by the
 // holder's lease. Every wait in this package is bounded by ctx and by the
 // holder's lease expiry.
 //
+// Topics (Publish, SubscribeTopic) carry messages to every process: on a
+// backend's native bus where it has one (Features.Broadcast), otherwise
+// through a short log kept under a reserved key, on every backend.
+//
 // # Errors
 //
-// Sentinels ErrHeld, ErrLost, ErrNotFound, ErrTooLarge, ErrInvalidKey and
-// ErrClosed match with errors.Is; backends wrap them once with the
-// operation and key, and wrap the substrate's own error underneath.
-// *HeldError and *TooLargeError carry details (errors.As).
+// Every error reads "claim: OP KEY: ..." and wraps one of the sentinels
+// ErrHeld, ErrLost, ErrNotFound, ErrTooLarge, ErrInvalidKey and ErrClosed
+// (errors.Is), or the context's error, or the backend's own error
+// underneath. *HeldError and *TooLargeError carry details (errors.As).
+//
+// # Backend authors
+//
+// A backend implements the small interfaces of package
+// github.com/stampede-go/stampede/claim/driver and runs the conformance
+// suite (package github.com/stampede-go/stampede/conformance) against its
+// real server; everything above is done once, here.
 package claim

@@ -1,78 +1,61 @@
 package claim
 
 import (
-	"errors"
 	"fmt"
-	"time"
+
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Sentinel errors. Backends wrap them once with the operation and key
-// ("redis: claim \"k\": claim: held by another holder"), so errors.Is works
-// and the substrate's own error, where there is one, is wrapped too.
+// The user-facing names of package driver's types, so user code reads
+// claim.Lease, claim.Features, claim.ErrHeld whoever implements them.
+type (
+	// Lease is one holder's claim on one key; see driver.Lease.
+	Lease = driver.Lease
+	// Features describes a backend's real semantic differences; see
+	// driver.Features.
+	Features = driver.Features
+	// NotifyMode says how a backend delivers wake-ups (Push or Poll).
+	NotifyMode = driver.NotifyMode
+	// HeldError is TryClaim's error when another lease is live (matches
+	// ErrHeld); Remaining is the holder's lease left, 0 if unknown.
+	HeldError = driver.HeldError
+	// TooLargeError reports which limit a value exceeded (matches
+	// ErrTooLarge).
+	TooLargeError = driver.TooLargeError
+)
+
+// Notify modes.
+const (
+	Push = driver.Push
+	Poll = driver.Poll
+)
+
+// Sentinel errors, matched with errors.Is. Every error a Client returns is
+// "claim: OP KEY: ..." wrapping one of these or the driver's own error.
 var (
 	// ErrHeld: another holder's lease on the key is live.
-	ErrHeld = errors.New("claim: held by another holder")
+	ErrHeld = driver.ErrHeld
 	// ErrLost: the lease is no longer current (expired, released, or taken
 	// over by a newer holder), or its local deadline has passed.
-	ErrLost = errors.New("claim: lease lost")
+	ErrLost = driver.ErrLost
 	// ErrNotFound: no value is stored under the key.
-	ErrNotFound = errors.New("claim: not found")
-	// ErrTooLarge: a value (or key, or payload) exceeds the substrate's
-	// limit; reported before any I/O, never truncated.
-	ErrTooLarge = errors.New("claim: too large")
-	// ErrInvalidKey: the key is empty.
-	ErrInvalidKey = errors.New("claim: invalid key")
-	// ErrClosed: the backend (or subscription) was closed.
-	ErrClosed = errors.New("claim: backend closed")
+	ErrNotFound = driver.ErrNotFound
+	// ErrTooLarge: a value exceeds the backend's limit (before any I/O).
+	ErrTooLarge = driver.ErrTooLarge
+	// ErrInvalidKey: the key is empty, or in the namespace the client
+	// reserves for itself (keys starting with "\x00stampede:").
+	ErrInvalidKey = driver.ErrInvalidKey
+	// ErrClosed: the Client (or a subscription) was closed.
+	ErrClosed = driver.ErrClosed
 )
 
-// HeldError is returned by TryClaim when another lease is live. It matches
-// ErrHeld with errors.Is.
-type HeldError struct {
-	Key string
-	// Remaining is how long the current lease has left, as the substrate
-	// reported it, or 0 if the substrate cannot tell.
-	Remaining time.Duration
-}
+// maxKeyShown is how much of a key an error message quotes.
+const maxKeyShown = 64
 
-func (e *HeldError) Error() string {
-	if e.Remaining > 0 {
-		return fmt.Sprintf("claim: held by another holder (key %q, %s left)", e.Key, e.Remaining.Round(time.Millisecond))
+// opError wraps err with the operation and key: claim: OP "KEY": err.
+func opError(op, key string, err error) error {
+	if len(key) > maxKeyShown {
+		return fmt.Errorf("claim: %s %q… (%d bytes): %w", op, key[:maxKeyShown], len(key), err)
 	}
-	return fmt.Sprintf("claim: held by another holder (key %q)", e.Key)
-}
-
-// Is makes errors.Is(err, ErrHeld) true.
-func (e *HeldError) Is(target error) bool { return target == ErrHeld }
-
-// TooLargeError reports which limit was exceeded. It matches ErrTooLarge.
-type TooLargeError struct {
-	What  string // "value", "key", "payload"
-	Size  int
-	Limit int
-}
-
-func (e *TooLargeError) Error() string {
-	return fmt.Sprintf("claim: %s too large: %d bytes, limit %d", e.What, e.Size, e.Limit)
-}
-
-// Is makes errors.Is(err, ErrTooLarge) true.
-func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }
-
-// CheckKey returns ErrInvalidKey for an empty key. Every other key (any
-// bytes, any length) is valid: backends map it to what their substrate
-// accepts with Keys.
-func CheckKey(key string) error {
-	if key == "" {
-		return ErrInvalidKey
-	}
-	return nil
-}
-
-// CheckValue returns a *TooLargeError if limit > 0 and len(value) > limit.
-func CheckValue(value []byte, limit int) error {
-	if limit > 0 && len(value) > limit {
-		return &TooLargeError{What: "value", Size: len(value), Limit: limit}
-	}
-	return nil
+	return fmt.Errorf("claim: %s %q: %w", op, key, err)
 }

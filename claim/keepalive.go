@@ -28,7 +28,7 @@ type KeepAliveOptions struct {
 
 // Keeper renews one lease in the background. See KeepAlive.
 type Keeper struct {
-	c      Claimer
+	c      *Client
 	opt    KeepAliveOptions
 	ctx    context.Context
 	cancel context.CancelCauseFunc
@@ -53,7 +53,7 @@ type Keeper struct {
 // dropped connection) is retried quickly until the deadline, since renewals
 // are idempotent. The keeper runs one goroutine (and one more while a
 // renewal is in flight), which Stop ends.
-func KeepAlive(ctx context.Context, c Claimer, l Lease, opt *KeepAliveOptions) *Keeper {
+func (c *Client) KeepAlive(ctx context.Context, l Lease, opt *KeepAliveOptions) *Keeper {
 	k := &Keeper{c: c, lease: l, lost: make(chan struct{}), done: make(chan struct{}), stop: make(chan struct{})}
 	if opt != nil {
 		k.opt = *opt
@@ -158,7 +158,7 @@ func (k *Keeper) run() {
 		// Bound the renewal by the lease's deadline: past it the lease is
 		// lost whatever the server says. The call runs on its own
 		// goroutine so that the loss is reported at the deadline even if
-		// the Claimer overruns its context (a client whose I/O timeout
+		// the driver overruns its context (a client whose I/O timeout
 		// does not follow the context, a connection gone silent).
 		rctx, cancel := context.WithDeadline(k.ctx, k.fence(cur))
 		type renewal struct {

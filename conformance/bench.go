@@ -39,7 +39,7 @@ type Benchmark struct {
 // one key namespace, unique to this call.
 func Benchmarks(h Harness) []Benchmark {
 	ctx := context.Background()
-	open := func(b *testing.B) claim.Backend {
+	open := func(b *testing.B) *claim.Client {
 		c, err := h.Open(ctx)
 		if err != nil {
 			b.Fatalf("open client: %v", err)
@@ -95,7 +95,7 @@ func percentile(ds []time.Duration, p float64) float64 {
 	return float64(s[i].Nanoseconds()) / 1e3
 }
 
-func benchHandoff(b *testing.B, holder, waiter claim.Backend, ns string, hold time.Duration) {
+func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold time.Duration) {
 	ctx := context.Background()
 	key := fmt.Sprintf("%shandoff-%s", ns, hold)
 	ttl := max(holder.Features().MinTTL, 30*time.Second)
@@ -112,7 +112,7 @@ func benchHandoff(b *testing.B, holder, waiter claim.Backend, ns string, hold ti
 		}
 		res := make(chan result, 1)
 		go func() {
-			wl, err := claim.Acquire(ctx, waiter, key, ttl)
+			wl, err := waiter.Acquire(ctx, key, ttl)
 			if err != nil {
 				res <- result{acq: err}
 				return
@@ -138,11 +138,11 @@ func benchHandoff(b *testing.B, holder, waiter claim.Backend, ns string, hold ti
 	b.ReportMetric(percentile(lat, 0.99), "handoff-p99-µs")
 }
 
-func benchFanOut(b *testing.B, holder, w1, w2 claim.Backend, ns string) {
+func benchFanOut(b *testing.B, holder, w1, w2 *claim.Client, ns string) {
 	ctx := context.Background()
 	key := ns + "fanout"
 	ttl := max(holder.Features().MinTTL, 30*time.Second)
-	var subs []claim.Subscription
+	var subs []*claim.Subscription
 	for i := 0; i < 100; i++ {
 		c := w1
 		if i%2 == 1 {

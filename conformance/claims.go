@@ -50,7 +50,7 @@ func checkClaimHeld(t *T) {
 		t.Fatalf("TryClaim on a free key: %v", err)
 	}
 	checkLease(t, l1, k, ttl, before, after)
-	for i, c := range []claim.Backend{c2, c1} {
+	for i, c := range []*claim.Client{c2, c1} {
 		_, err := c.TryClaim(ctx, k, ttl)
 		if !errors.Is(err, claim.ErrHeld) {
 			t.Fatalf("TryClaim #%d on a held key: err = %v, want ErrHeld", i+2, err)
@@ -92,7 +92,7 @@ func checkClaimHeld(t *T) {
 
 func checkTokensIncrease(t *T) {
 	ctx := t.Context()
-	cs := []claim.Backend{t.Client(), t.Client(), t.Client()}
+	cs := []*claim.Client{t.Client(), t.Client(), t.Client()}
 	k := t.Key("k")
 	var last uint64
 	next := func(l claim.Lease, how string) {
@@ -129,7 +129,7 @@ func checkTokensIncrease(t *T) {
 }
 
 // takeover waits (bounded) for prev to expire and claims the key with c.
-func takeover(t *T, c claim.Backend, key string, prev claim.Lease) claim.Lease {
+func takeover(t *T, c *claim.Client, key string, prev claim.Lease) claim.Lease {
 	ctx := t.Context()
 	deadline := time.Now().Add(prev.TTL + t.expiryBound())
 	for {
@@ -159,17 +159,17 @@ func checkMutualExclusion(t *T) {
 	var mu sync.Mutex
 	var tokens []uint64
 	var wg sync.WaitGroup
-	cs := make([]claim.Backend, clients)
+	cs := make([]*claim.Client, clients)
 	for i := range cs {
 		cs[i] = t.Client()
 	}
 	for i := 0; i < clients; i++ {
 		for g := 0; g < goroutines; g++ {
 			wg.Add(1)
-			go func(c claim.Backend) {
+			go func(c *claim.Client) {
 				defer wg.Done()
 				for r := 0; r < rounds; r++ {
-					l, err := claim.Acquire(ctx, c, k, t.LongTTL())
+					l, err := c.Acquire(ctx, k, t.LongTTL())
 					if err != nil {
 						t.Errorf("Acquire: %v", err)
 						return

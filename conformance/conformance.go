@@ -12,7 +12,7 @@
 //	func TestConformance(t *testing.T) {
 //		srv := testserver.Require(t, testserver.Redis)
 //		conformance.Run(t, conformance.Harness{
-//			Open: func(ctx context.Context) (claim.Backend, error) {
+//			Open: func(ctx context.Context) (*claim.Client, error) {
 //				return claim.Open(ctx, srv.URL())
 //			},
 //		})
@@ -50,8 +50,21 @@ type Harness struct {
 	// Open returns a new, independent client of the backend under test,
 	// as if opened in another process. All clients share one server; the
 	// suite closes every client it opens. Every check uses its own key
-	// namespace, so one server serves the whole suite.
-	Open func(ctx context.Context) (claim.Backend, error)
+	// namespace, so one server serves the whole suite. Checks of the
+	// driver contract call the driver behind it directly
+	// (claim.Client.Driver).
+	Open func(ctx context.Context) (*claim.Client, error)
+	// OpenIsolated, if set, opens a client of the same server in another
+	// namespace of the backend's own (another key prefix, schema, table or
+	// chroot): the Isolation check verifies that nothing of one namespace
+	// (leases, values, wake-ups, topics) is seen in the other. nil: the
+	// check does not apply.
+	OpenIsolated func(ctx context.Context) (*claim.Client, error)
+	// Restart, if set, stops the server the way a crash does and starts it
+	// again on the same address, keeping what the server keeps: the
+	// DurableFence check uses it to verify Features.DurableFence, after
+	// every other check has finished. nil: the check does not apply.
+	Restart func(ctx context.Context) error
 	// Timeout bounds each check (the watchdog). Zero means 60 s plus ten
 	// short leases.
 	Timeout time.Duration
@@ -68,7 +81,7 @@ type T struct {
 	mu      sync.Mutex
 	errs    []error
 	skip    string
-	clients []claim.Backend
+	clients []*claim.Client
 }
 
 // Context is cancelled when the check's watchdog fires.
@@ -101,7 +114,7 @@ func (t *T) Skipf(format string, args ...any) {
 func (t *T) Key(name string) string { return t.ns + "/" + name }
 
 // Client opens a new client; the suite closes it when the check ends.
-func (t *T) Client() claim.Backend {
+func (t *T) Client() *claim.Client {
 	b, err := t.h.Open(t.ctx)
 	if err != nil {
 		t.Fatalf("open client: %v", err)

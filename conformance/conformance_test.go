@@ -435,7 +435,7 @@ func (c *naiveClient) Delete(ctx context.Context, key string) error {
 	return nil
 }
 
-func (c *naiveClient) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
+func (c *naiveClient) Subscribe(ctx context.Context, key string) (*claim.Subscription, error) {
 	if err := c.pre(ctx, key); err != nil {
 		return nil, err
 	}

@@ -33,7 +33,7 @@ func checkExpiryTakeover(t *T) {
 	bound := l.TTL + t.expiryBound()
 	actx, cancel := context.WithTimeout(ctx, bound)
 	defer cancel()
-	l2, err := claim.Acquire(actx, waiter, k, t.LongTTL())
+	l2, err := waiter.Acquire(actx, k, t.LongTTL())
 	if err != nil {
 		t.Fatalf("Acquire after the holder crashed: %v (bound: lease %s + %s)", err, l.TTL, t.expiryBound())
 	}
@@ -46,7 +46,7 @@ func checkExpiryTakeover(t *T) {
 }
 
 // staleOps checks that a stale lease can do nothing to the current holder.
-func staleOps(t *T, stale claim.Backend, old claim.Lease, cur claim.Backend, now claim.Lease, how string) {
+func staleOps(t *T, stale *claim.Client, old claim.Lease, cur *claim.Client, now claim.Lease, how string) {
 	ctx := t.Context()
 	if err := cur.Commit(ctx, now, []byte("new holder"), 0); err != nil {
 		t.Fatalf("%s: Commit by the current holder: %v", how, err)

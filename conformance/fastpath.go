@@ -11,28 +11,12 @@ import (
 	"github.com/stampede-go/stampede/claim"
 )
 
-// The optional one-round-trip paths (claim.ClaimReader,
-// claim.CommitReleaser). A backend that does not implement one has its
-// check reported as not applicable.
+// TryClaimRead and CommitRelease: one round trip each on a driver with
+// the optional fast path (driver.ClaimReader, driver.CommitReleaser), the
+// Client's fallback otherwise; both are checked the same way.
 func init() {
 	register("ClaimRead", checkClaimRead)
 	register("CommitRelease", checkCommitRelease)
-}
-
-func claimReader(t *T, b claim.Backend) claim.ClaimReader {
-	cr, ok := b.(claim.ClaimReader)
-	if !ok {
-		t.Skipf("%T does not implement claim.ClaimReader", b)
-	}
-	return cr
-}
-
-func commitReleaser(t *T, b claim.Backend) claim.CommitReleaser {
-	cr, ok := b.(claim.CommitReleaser)
-	if !ok {
-		t.Skipf("%T does not implement claim.CommitReleaser", b)
-	}
-	return cr
 }
 
 // checkClaimRead: TryClaimRead is TryClaim plus the key's value as of the
@@ -41,7 +25,7 @@ func commitReleaser(t *T, b claim.Backend) claim.CommitReleaser {
 func checkClaimRead(t *T) {
 	ctx := t.Context()
 	a, b := t.Client(), t.Client()
-	ra, rb := claimReader(t, a), claimReader(t, b)
+	ra, rb := a, b
 	k := t.Key("k")
 
 	// A fresh key: a lease like TryClaim's, and no value.
@@ -182,7 +166,7 @@ func checkClaimRead(t *T) {
 func checkCommitRelease(t *T) {
 	ctx := t.Context()
 	a, b := t.Client(), t.Client()
-	ca, cb := commitReleaser(t, a), commitReleaser(t, b)
+	ca, cb := a, b
 	k := t.Key("k")
 
 	l1, err := a.TryClaim(ctx, k, t.LongTTL())
@@ -191,7 +175,7 @@ func checkCommitRelease(t *T) {
 	}
 	// Subscribers in three other clients and in the holder's own.
 	const clients, perClient = 3, 5
-	var subs []claim.Subscription
+	var subs []*claim.Subscription
 	for i := 0; i <= clients; i++ {
 		c := a
 		if i > 0 {
@@ -246,19 +230,17 @@ func checkCommitRelease(t *T) {
 	if got, err := a.Get(ctx, k); err != nil || string(got) != "v\x00\xff\n binary ünïcode" {
 		t.Errorf("Get after CommitRelease = %q, %v", got, err)
 	}
-	if cr, ok := b.(claim.ClaimReader); ok {
-		if err := b.Release(ctx, l2); err != nil {
-			t.Fatalf("Release: %v", err)
-		}
-		var v []byte
-		var found bool
-		l2, v, found, err = cr.TryClaimRead(ctx, k, t.LongTTL())
-		if err != nil {
-			t.Fatalf("TryClaimRead after CommitRelease: %v", err)
-		}
-		if !found || string(v) != "v\x00\xff\n binary ünïcode" {
-			t.Errorf("TryClaimRead after CommitRelease: %q, found %v; want the committed value", v, found)
-		}
+	if err := b.Release(ctx, l2); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	var v []byte
+	var found bool
+	l2, v, found, err = b.TryClaimRead(ctx, k, t.LongTTL())
+	if err != nil {
+		t.Fatalf("TryClaimRead after CommitRelease: %v", err)
+	}
+	if !found || string(v) != "v\x00\xff\n binary ünïcode" {
+		t.Errorf("TryClaimRead after CommitRelease: %q, found %v; want the committed value", v, found)
 	}
 
 	// The released lease, and a stale one, can do nothing to the current
@@ -331,7 +313,7 @@ func checkCommitRelease(t *T) {
 
 // staleCommitRelease checks that a stale lease's CommitRelease changes
 // nothing, then that the current holder's CommitRelease works.
-func staleCommitRelease(t *T, stale claim.CommitReleaser, old claim.Lease, cur claim.Backend, now claim.Lease, how string) {
+func staleCommitRelease(t *T, stale *claim.Client, old claim.Lease, cur *claim.Client, now claim.Lease, how string) {
 	ctx := t.Context()
 	if err := cur.Commit(ctx, now, []byte("new holder"), 0); err != nil {
 		t.Fatalf("%s: Commit by the current holder: %v", how, err)
@@ -348,7 +330,7 @@ func staleCommitRelease(t *T, stale claim.CommitReleaser, old claim.Lease, cur c
 	if _, err := cur.Extend(ctx, now, t.LongTTL()); err != nil {
 		t.Errorf("%s: Extend by the current holder after a stale CommitRelease: %v", how, err)
 	}
-	cr := cur.(claim.CommitReleaser)
+	cr := cur
 	if err := cr.CommitRelease(ctx, now, []byte("current"), 0); err != nil {
 		t.Errorf("%s: CommitRelease by the current holder: %v", how, err)
 	}

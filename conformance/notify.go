@@ -25,7 +25,7 @@ func init() {
 const wakeBound = 15 * time.Second
 
 // woken waits for one wake-up on s, bounded.
-func woken(t *T, s claim.Subscription) bool {
+func woken(t *T, s *claim.Subscription) bool {
 	timer := time.NewTimer(wakeBound)
 	defer timer.Stop()
 	select {
@@ -48,7 +48,7 @@ func checkWakeEveryWaiter(t *T) {
 		t.Fatalf("TryClaim: %v", err)
 	}
 	const clients, perClient = 3, 10
-	var subs []claim.Subscription
+	var subs []*claim.Subscription
 	for i := 0; i < clients; i++ {
 		c := t.Client()
 		for j := 0; j < perClient; j++ {
@@ -129,7 +129,7 @@ func checkNoLostWakeup(t *T) {
 func checkAcquireHandoff(t *T) {
 	ctx := t.Context()
 	const waiters = 6
-	cs := []claim.Backend{t.Client(), t.Client(), t.Client()}
+	cs := []*claim.Client{t.Client(), t.Client(), t.Client()}
 	k := t.Key("k")
 	l, err := cs[0].TryClaim(ctx, k, t.LongTTL())
 	if err != nil {
@@ -140,13 +140,13 @@ func checkAcquireHandoff(t *T) {
 	defer cancel()
 	type held struct {
 		l claim.Lease
-		c claim.Backend
+		c *claim.Client
 	}
 	got := make(chan held)
 	errs := make(chan error, waiters)
 	for i := 0; i < waiters; i++ {
-		go func(c claim.Backend) {
-			l, err := claim.Acquire(actx, c, k, t.LongTTL())
+		go func(c *claim.Client) {
+			l, err := c.Acquire(actx, k, t.LongTTL())
 			if err != nil {
 				errs <- err
 				return
@@ -179,8 +179,8 @@ func checkNotify(t *T) {
 	ctx := t.Context()
 	a, b, c := t.Client(), t.Client(), t.Client()
 	k := t.Key("k")
-	var subs []claim.Subscription
-	for _, x := range []claim.Backend{b, b, c} {
+	var subs []*claim.Subscription
+	for _, x := range []*claim.Client{b, b, c} {
 		s, err := x.Subscribe(ctx, k)
 		if err != nil {
 			t.Fatalf("Subscribe: %v", err)
@@ -245,7 +245,7 @@ func checkCancel(t *T) {
 	cctx, cancel := context.WithCancel(ctx)
 	res := make(chan error, 1)
 	go func() {
-		_, err := claim.Acquire(cctx, b, k, t.LongTTL())
+		_, err := b.Acquire(cctx, k, t.LongTTL())
 		res <- err
 	}()
 	time.Sleep(50 * time.Millisecond)

@@ -197,7 +197,7 @@ func checkInvalidKey(t *T) {
 		s.Close()
 	}
 	is("Notify", a.Notify(ctx, ""))
-	_, err = claim.Acquire(ctx, a, "", t.LongTTL())
+	_, err = a.Acquire(ctx, "", t.LongTTL())
 	is("Acquire", err)
 }
 
@@ -316,7 +316,7 @@ func checkClosed(t *T) {
 // succeeds and every value reads back.
 func checkConcurrent(t *T) {
 	ctx := t.Context()
-	cs := []claim.Backend{t.Client(), t.Client()}
+	cs := []*claim.Client{t.Client(), t.Client()}
 	const workers = 16
 	var wg sync.WaitGroup
 	for w := 0; w < workers; w++ {

@@ -19,13 +19,15 @@ import (
 
 // Errors returned by Get and Fetch. Loader errors are returned wrapped
 // ("flight: load \"key\": ..."), so errors.Is and errors.As see the
-// loader's own error.
+// loader's own error. ErrNotFound, ErrInvalidKey and ErrClosed are package
+// claim's sentinels: one errors.Is test covers the cache and the client.
 var (
 	// ErrNotFound is what a loader returns (wrapped or not) to say the key
-	// has no value; Get returns it for a cached not-found too.
-	ErrNotFound = errors.New("flight: not found")
-	// ErrInvalidKey: the key normalises to "".
-	ErrInvalidKey = errors.New("flight: invalid key")
+	// has no value; Get returns it for a cached not-found too. It is
+	// claim.ErrNotFound.
+	ErrNotFound = claim.ErrNotFound
+	// ErrInvalidKey: the key normalises to "" (claim.ErrInvalidKey).
+	ErrInvalidKey = claim.ErrInvalidKey
 	// ErrNoLoader: Get was given no LoadFunc and Options.Loader is nil.
 	ErrNoLoader = errors.New("flight: no loader")
 	// ErrLoadTimeout: the loader did not return within Options.LoadTimeout.
@@ -36,8 +38,8 @@ var (
 	// ErrBackend: the backend could not be reached and Options.FailClosed
 	// is set. The backend's error is wrapped too.
 	ErrBackend = errors.New("flight: backend unavailable")
-	// ErrClosed: the Cache was closed.
-	ErrClosed = errors.New("flight: cache closed")
+	// ErrClosed: the Cache was closed (claim.ErrClosed).
+	ErrClosed = claim.ErrClosed
 	// ErrGoexit: the loader called runtime.Goexit.
 	ErrGoexit = errors.New("flight: loader called runtime.Goexit")
 )
@@ -81,12 +83,12 @@ type Result[V any] struct {
 	Written time.Time
 }
 
-// Cache is a tiered, stampede-proof cache of V on a claim.Backend: an
+// Cache is a tiered, stampede-proof cache of V on a *claim.Client: an
 // in-process L1, the backend's store as L2, and the loader as L3, with
 // one loader call per key across every process sharing the backend. It
 // is safe for concurrent use. Close it when done.
 type Cache[V any] struct {
-	b      claim.Backend
+	b      *claim.Client
 	cfg    config[V]
 	log    *slog.Logger
 	l1     *otter.Cache[string, *entry[V]]
@@ -134,11 +136,11 @@ type flight[V any] struct {
 	err  error
 }
 
-// New returns a Cache of V on b. b is not closed by the Cache. If b
-// implements claim.Broadcaster, the Cache subscribes to its invalidation
-// topic (a failure is logged and leaves only L1 TTLs to expire other
-// processes' copies).
-func New[V any](b claim.Backend, opt *Options[V]) (*Cache[V], error) {
+// New returns a Cache of V on b. b is not closed by the Cache. The Cache
+// subscribes to its invalidation topic (claim.Client.SubscribeTopic); a
+// failure is logged and leaves only L1 TTLs to expire other processes'
+// copies.
+func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	if b == nil {
 		return nil, errors.New("flight: nil backend")
 	}
@@ -167,15 +169,13 @@ func New[V any](b claim.Backend, opt *Options[V]) (*Cache[V], error) {
 		c.l1 = l1
 	}
 	c.root, c.cancel = context.WithCancel(context.Background())
-	if bc, ok := b.(claim.Broadcaster); ok {
-		ctx, cancel := context.WithTimeout(c.root, c.cfg.OpTimeout)
-		stop, err := bc.SubscribeTopic(ctx, c.cfg.topic, c.onInvalidate)
-		cancel()
-		if err != nil {
-			c.log.Error("flight: cannot subscribe to invalidations; other processes' invalidations reach this one only through L1 expiry", "err", err)
-		} else {
-			c.stopTopic = stop
-		}
+	ctx, cancel := context.WithTimeout(c.root, c.cfg.OpTimeout)
+	stop, err := b.SubscribeTopic(ctx, c.cfg.topic, c.onInvalidate)
+	cancel()
+	if err != nil {
+		c.log.Error("flight: cannot subscribe to invalidations; other processes' invalidations reach this one only through L1 expiry", "err", err)
+	} else {
+		c.stopTopic = stop
 	}
 	return c, nil
 }
@@ -566,9 +566,9 @@ func (c *Cache[V]) markPending(f *flight[V]) {
 }
 
 // Invalidate removes key from L2 and from this process's L1, then drops
-// it from every other process's L1: through the backend's Broadcaster if
-// it has one, else only as their L1 entries expire (Options.L1TTL). It
-// also notifies the key, so processes waiting on it re-check. A load of
+// it from every other process's L1 (through claim.Client.Publish on the
+// Cache's topic). It also notifies the key, so processes waiting on it
+// re-check. A load of
 // key already under way when Invalidate runs may still publish its value.
 func (c *Cache[V]) Invalidate(ctx context.Context, key string) error {
 	if c.closed.Load() {
@@ -584,10 +584,8 @@ func (c *Cache[V]) Invalidate(ctx context.Context, key string) error {
 		errs = append(errs, fmt.Errorf("flight: invalidate %q: %w", k, err))
 	}
 	c.dropL1(k)
-	if bc, ok := c.b.(claim.Broadcaster); ok {
-		if err := bc.Publish(ctx, c.cfg.topic, []byte(k)); err != nil {
-			errs = append(errs, fmt.Errorf("flight: invalidate %q: publish: %w", k, err))
-		}
+	if err := c.b.Publish(ctx, c.cfg.topic, []byte(k)); err != nil {
+		errs = append(errs, fmt.Errorf("flight: invalidate %q: publish: %w", k, err))
 	}
 	if err := c.b.Notify(ctx, bk); err != nil {
 		errs = append(errs, fmt.Errorf("flight: invalidate %q: notify: %w", k, err))

@@ -9,19 +9,20 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/opctx"
 )
 
-// resolve is one flight, on its own goroutine: L2, then the claim, then
-// either waiting for the holder or loading as the holder. In the usual
-// cases it costs this process, whatever its number of callers: an L2 hit,
-// 1 backend round trip; a waiter, 4 (get, subscribe, claim, get); the
-// holder, 4 (get, subscribe, claim+read, commit+release) on a backend
-// with claim.ClaimReader and claim.CommitReleaser, 6 (get, subscribe,
+// resolve is one flight, on its own goroutine: L2, then the client's
+// waiting engine (claim.Client.GetOrAcquire: subscribe, claim with the
+// value, wait for the holder and read again), then loading as the holder.
+// In the usual cases it costs this process, whatever its number of
+// callers: an L2 hit, 1 backend round trip; a waiter, 4 (get, subscribe,
+// claim, get); the holder, 4 (get, subscribe, claim+read, commit+release)
+// on a backend with the one-round-trip fast paths, 6 (get, subscribe,
 // claim, get, commit, release) on one without.
 //
-// The flight's waiting (its backend calls included) ends at
-// WaitTimeout: every call's context has the earlier of its own OpTimeout
-// and that deadline.
+// The flight's waiting (its backend calls included) ends at WaitTimeout;
+// every call is bounded by OpTimeout too.
 func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
 	until := time.Now().Add(c.cfg.WaitTimeout)
 	bk := c.cfg.prefix + f.key
@@ -41,90 +42,45 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	}
 	c.markPending(f)
 
-	sctx := c.opContext(ctx, until)
-	sub, err := c.b.Subscribe(sctx, bk)
-	sctx.stop()
-	if err != nil {
-		return c.backendDown(ctx, f, "subscribe", err)
+	// accept judges what the engine reads: a fresh value ends the wait
+	// (kept decoded in found); a stale one is offered to Fallback callers.
+	var found *entry[V]
+	accept := func(b []byte) bool {
+		e := c.l2Decode(bk, b)
+		if e == nil {
+			return false
+		}
+		if c.usable(f, e) == fresh {
+			found = e
+			return true
+		}
+		c.offerStale(f, e)
+		return false
 	}
-	defer sub.Close()
-	var timer *time.Timer
-	defer func() {
-		if timer != nil {
-			timer.Stop()
-		}
-	}()
-	waited := false
-	for {
-		cctx := c.opContext(ctx, until)
-		l, cur, err := c.tryClaim(cctx, bk)
-		cctx.stop()
-		if err == nil {
-			if waited {
-				c.stats.takeovers.Add(1)
-			}
-			return c.hold(ctx, f, bk, l, cur)
-		}
-		var held *claim.HeldError
-		if !errors.As(err, &held) {
-			if !errors.Is(err, claim.ErrHeld) {
-				if waitOver(ctx, until) {
-					return c.waitEnded(ctx, f)
-				}
-				return c.backendDown(ctx, f, "claim", err)
-			}
-			held = &claim.HeldError{}
-		}
-		if !waited {
-			waited = true
-			c.stats.waits.Add(1)
-		}
-		wait := held.Remaining
-		if wait <= 0 {
-			wait = c.cfg.LeaseTTL
-		}
-		wait += expirySlack
-		// One timer for both: the holder's lease, and WaitTimeout.
-		left := time.Until(until)
-		if left <= 0 {
-			return c.waitEnded(ctx, f)
-		}
-		if wait > left {
-			wait = left
-		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case _, ok := <-sub.C():
-			if !ok {
-				return c.backendDown(ctx, f, "subscribe", claim.ErrClosed)
-			}
-		case <-timer.C:
-			if waitOver(ctx, until) {
-				return c.waitEnded(ctx, f)
-			}
-			// The holder's lease ran out without a release: it may have
-			// crashed. Read L2, then try to take over.
-		case <-ctx.Done():
-			return c.waitEnded(ctx, f)
-		}
-		e, err := c.l2Get(ctx, bk, until)
-		if err != nil {
-			if waitOver(ctx, until) {
-				return c.waitEnded(ctx, f)
-			}
-			return c.backendDown(ctx, f, "get", err)
-		}
-		if e != nil {
-			if c.usable(f, e) == fresh {
-				return e, SourceRemote, nil
-			}
-			c.offerStale(f, e)
-		}
+	wctx, cancel := context.WithDeadline(ctx, until)
+	got, err := c.b.GetOrAcquire(wctx, bk, c.cfg.LeaseTTL, &claim.GetOrAcquireOptions{
+		Accept: accept, SkipGet: true, OpTimeout: c.cfg.OpTimeout,
+	})
+	cancel()
+	if got.Waited {
+		c.stats.waits.Add(1)
 	}
+	switch {
+	case err != nil && waitOver(ctx, until):
+		return c.waitEnded(ctx, f)
+	case err != nil:
+		return c.backendDown(ctx, f, "claim", err)
+	case got.Found && got.Waited:
+		return found, SourceRemote, nil
+	case got.Found:
+		// Another holder published between our read and our claim: its
+		// value is adopted rather than loaded again.
+		return found, SourceL2, nil
+	}
+	if got.Waited {
+		c.stats.takeovers.Add(1)
+	}
+	return c.hold(ctx, f, got.Lease)
 }
 
 // waitOver: the Cache closed or the flight's WaitTimeout passed.
@@ -135,12 +91,12 @@ func waitOver(ctx context.Context, until time.Time) bool {
 // opContext bounds one backend call: OpTimeout from now, and no later than
 // until (the flight's WaitTimeout; zero: no such bound). Stop it when the
 // call returns.
-func (c *Cache[V]) opContext(ctx context.Context, until time.Time) *opCtx {
+func (c *Cache[V]) opContext(ctx context.Context, until time.Time) *opctx.Ctx {
 	d := time.Now().Add(c.cfg.OpTimeout)
 	if !until.IsZero() && until.Before(d) {
 		d = until
 	}
-	return newOpCtx(ctx, d)
+	return opctx.New(ctx, d)
 }
 
 // waitEnded reports why the wait phase ended: the Cache closed or
@@ -176,7 +132,7 @@ func (c *Cache[V]) usable(f *flight[V], e *entry[V]) freshness {
 // is one that fails to decode or has another schema (logged, counted).
 func (c *Cache[V]) l2Get(ctx context.Context, bk string, until time.Time) (*entry[V], error) {
 	octx := c.opContext(ctx, until)
-	defer octx.stop()
+	defer octx.Stop()
 	b, err := c.b.Get(octx, bk)
 	if errors.Is(err, claim.ErrNotFound) {
 		return nil, nil
@@ -199,36 +155,12 @@ func (c *Cache[V]) l2Decode(bk string, b []byte) *entry[V] {
 	return e
 }
 
-// claimRead is what the claim saw in L2, when the backend reads it in
-// the same step (claim.ClaimReader).
-type claimRead struct {
-	value []byte
-	found bool
-}
-
-// tryClaim claims bk, with the value as of the claim if the backend can
-// read it in the same round trip (cur non-nil), else without (cur nil:
-// the holder must re-read L2).
-func (c *Cache[V]) tryClaim(ctx context.Context, bk string) (l claim.Lease, cur *claimRead, err error) {
-	if cr, ok := c.b.(claim.ClaimReader); ok {
-		l, v, found, err := cr.TryClaimRead(ctx, bk, c.cfg.LeaseTTL)
-		if err != nil {
-			return l, nil, err
-		}
-		return l, &claimRead{value: v, found: found}, nil
-	}
-	l, err = c.b.TryClaim(ctx, bk, c.cfg.LeaseTTL)
-	return l, nil, err
-}
-
-// hold is the claim holder's part: re-check L2 (with the value the claim
-// read, or one more Get), load under KeepAlive, commit fenced by the
-// lease, and release (which wakes every waiter) on every way out, panics
-// and Goexit included. On a backend with claim.CommitReleaser, a
-// successful load is committed and released in one round trip; every
-// other way out (an adopted value, a loader error or panic, an
-// unencodable value, a failed or refused commit) releases on its own.
-func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Lease, cur *claimRead) (e *entry[V], src Source, err error) {
+// hold is the claim holder's part: load under KeepAlive, commit fenced by
+// the lease and release (which wakes every waiter) in one step
+// (claim.Client.CommitRelease), and release on every other way out, panics
+// and Goexit included: a loader error or panic, an unencodable value, a
+// failed or refused commit.
+func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *entry[V], src Source, err error) {
 	lease := l
 	released := false
 	defer func() {
@@ -236,25 +168,11 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 			return
 		}
 		rctx := c.opContext(detached(ctx), time.Time{})
-		defer rctx.stop()
+		defer rctx.Stop()
 		if rerr := c.b.Release(rctx, lease); rerr != nil && !errors.Is(rerr, claim.ErrLost) {
 			c.log.Warn("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
 		}
 	}()
-	// Another holder may have published between our read and our claim:
-	// adopt its value rather than load again.
-	var prev *entry[V]
-	if cur != nil {
-		if cur.found {
-			prev = c.l2Decode(bk, cur.value)
-		}
-	} else {
-		prev, _ = c.l2Get(ctx, bk, time.Time{})
-	}
-	if prev != nil && c.usable(f, prev) == fresh {
-		return prev, SourceL2, nil
-	}
-
 	v, dur, lerr := c.callLoader(ctx, f, &lease)
 	e, ttl, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
@@ -266,18 +184,13 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], bk string, l claim.Le
 		return e, SourceLoaded, nil
 	}
 	cctx := c.opContext(detached(ctx), time.Time{})
-	defer cctx.stop()
-	var cerr error
-	if cr, ok := c.b.(claim.CommitReleaser); ok {
-		// Committed and released in one step, or neither: on an error
-		// the deferred Release still runs (harmless if the lease is gone).
-		cerr = cr.CommitRelease(cctx, lease, data, ttl)
-		released = cerr == nil
-	} else {
-		cerr = c.b.Commit(cctx, lease, data, ttl)
-	}
-	switch err := cerr; {
+	defer cctx.Stop()
+	// Committed and released in one step where the backend can: on an
+	// error the deferred Release still runs (harmless if the lease is
+	// gone).
+	switch err := c.b.CommitRelease(cctx, lease, data, ttl); {
 	case err == nil:
+		released = true
 		c.stats.commits.Add(1)
 	case errors.Is(err, claim.ErrLost):
 		c.stats.lostCommits.Add(1)
@@ -330,14 +243,14 @@ func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Le
 	deadline := start.Add(c.cfg.LoadTimeout)
 	base, bcancel := context.WithCancelCause(ctx)
 	defer bcancel(context.Canceled)
-	lctx := newOpCtx(base, deadline)
+	lctx := opctx.New(base, deadline)
 	type out struct {
 		v   V
 		err error
 	}
 	ch := make(chan out, 1)
 	go func() {
-		defer lctx.stop()
+		defer lctx.Stop()
 		var o out
 		normal := false
 		defer func() {
@@ -363,7 +276,7 @@ func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Le
 		if d := keeperDelay(*lease); d > 0 {
 			keepAt = start.Add(d)
 		} else {
-			keeper = claim.KeepAlive(ctx, c.b, *lease, nil)
+			keeper = c.b.KeepAlive(ctx, *lease, nil)
 			lost = keeper.Lost()
 		}
 		defer func() {
@@ -395,7 +308,7 @@ func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Le
 		case <-t.C:
 			if !keepAt.IsZero() && time.Now().Before(deadline) {
 				keepAt = time.Time{}
-				keeper = claim.KeepAlive(ctx, c.b, *lease, nil)
+				keeper = c.b.KeepAlive(ctx, *lease, nil)
 				lost = keeper.Lost()
 				t.Reset(time.Until(deadline))
 				continue

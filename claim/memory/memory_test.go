@@ -18,7 +18,10 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func harness() conformance.Harness {
 	sp := memory.NewSpace(nil)
-	return conformance.Harness{Open: func(context.Context) (claim.Backend, error) { return memory.New(sp, nil) }}
+	return conformance.Harness{
+		Open:         func(context.Context) (*claim.Client, error) { return memory.New(sp, nil) },
+		OpenIsolated: func(context.Context) (*claim.Client, error) { return memory.New(memory.NewSpace(nil), nil) },
+	}
 }
 
 func TestConformance(t *testing.T) { conformance.Run(t, harness()) }
@@ -92,7 +95,7 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 	ctx := context.Background()
 	b, _ := memory.New(nil, nil)
 	defer b.Close()
-	var subs []claim.Subscription
+	var subs []*claim.Subscription
 	for i := 0; i < 50; i++ {
 		s, err := b.Subscribe(ctx, "k")
 		if err != nil {

@@ -58,7 +58,7 @@ func FuzzOpenURL(f *testing.F) {
 			return
 		}
 		u.Scheme = memory.Scheme
-		b, err := (&memory.URLOpener{}).OpenBackendURL(context.Background(), u)
+		b, err := (&memory.URLOpener{}).OpenURL(context.Background(), u)
 		if err != nil {
 			if pw, ok := u.User.Password(); ok && len(pw) > 3 && strings.Contains(err.Error(), pw) {
 				t.Errorf("error shows the password: %v", err)

@@ -106,7 +106,7 @@ func HostileValues() []HostileValue {
 // a flight cache: every value that must be a miss calls the loader and
 // returns the loaded value; none panics or hangs. Values longer than the
 // backend's MaxValueLen are skipped.
-func Hostile(t *testing.T, b claim.Backend) {
+func Hostile(t *testing.T, b *claim.Client) {
 	t.Helper()
 	name := Unique(t) + "hostile"
 	var loads atomic.Int64

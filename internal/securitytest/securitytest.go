@@ -54,7 +54,7 @@ func Pattern(n int, seed byte) []byte {
 // Roundtrip claims, commits, reads, notifies and releases one key: proof
 // that a client opened with TLS and credentials really talks to its
 // server.
-func Roundtrip(t testing.TB, b claim.Backend) {
+func Roundtrip(t testing.TB, b *claim.Client) {
 	t.Helper()
 	ctx := ctxT(t)
 	key := Unique(t) + "roundtrip"
@@ -90,7 +90,7 @@ func Roundtrip(t testing.TB, b claim.Backend) {
 // and Commit: up to limit they round-trip byte for byte through the real
 // server (so limit is not more than the substrate accepts), limit+1 is
 // ErrTooLarge.
-func ValueLimit(t *testing.T, b claim.Backend, limit int) {
+func ValueLimit(t *testing.T, b *claim.Client, limit int) {
 	t.Helper()
 	if limit <= 0 {
 		t.Fatalf("ValueLimit: no limit (%d)", limit)
@@ -142,7 +142,7 @@ func ValueLimit(t *testing.T, b claim.Backend, limit int) {
 // network. lease is a lease the backend issued before its server went
 // away (or a zero Lease: Commit is then skipped). payloadLimit > 0 checks
 // Publish with a message of that many bytes + 1 as well.
-func OverLimitNoIO(t *testing.T, dead claim.Backend, limit int, lease claim.Lease, payloadLimit int) {
+func OverLimitNoIO(t *testing.T, dead *claim.Client, limit int, lease claim.Lease, payloadLimit int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -155,18 +155,12 @@ func OverLimitNoIO(t *testing.T, dead claim.Backend, limit int, lease claim.Leas
 		if err := dead.Commit(ctx, lease, v, time.Minute); !errors.Is(err, claim.ErrTooLarge) {
 			t.Errorf("Commit of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
 		}
-		if cr, ok := dead.(claim.CommitReleaser); ok {
-			if err := cr.CommitRelease(ctx, lease, v, time.Minute); !errors.Is(err, claim.ErrTooLarge) {
-				t.Errorf("CommitRelease of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
-			}
+		if err := dead.CommitRelease(ctx, lease, v, time.Minute); !errors.Is(err, claim.ErrTooLarge) {
+			t.Errorf("CommitRelease of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
 		}
 	}
 	if payloadLimit > 0 {
-		bc, ok := dead.(claim.Broadcaster)
-		if !ok {
-			t.Fatalf("payload limit given for a backend without Broadcaster")
-		}
-		if err := bc.Publish(ctx, "topic", make([]byte, payloadLimit+1)); !errors.Is(err, claim.ErrTooLarge) {
+		if err := dead.Publish(ctx, "topic", make([]byte, payloadLimit+1)); !errors.Is(err, claim.ErrTooLarge) {
 			t.Errorf("Publish of limit+1 bytes with the server gone: err = %v, want ErrTooLarge", err)
 		}
 	}
@@ -179,7 +173,7 @@ func OverLimitNoIO(t *testing.T, dead claim.Backend, limit int, lease claim.Leas
 // live Broadcaster, where limit is limitFor(topic) (the limit may depend on
 // the topic's length): up to limit they are delivered intact to a
 // subscriber in another client, limit+1 is ErrTooLarge.
-func PublishLimit(t *testing.T, pub, sub claim.Broadcaster, limitFor func(topic string) int) {
+func PublishLimit(t *testing.T, pub, sub *claim.Client, limitFor func(topic string) int) {
 	t.Helper()
 	ctx := ctxT(t)
 	topic := Unique(t) + "topic"
@@ -222,7 +216,7 @@ func PublishLimit(t *testing.T, pub, sub claim.Broadcaster, limitFor func(topic 
 // length, and for each a second key that differs only in its last byte:
 // every key works, wake-ups included (long keys are hashed, never refused
 // or truncated), and the two never collide.
-func LongKeys(t *testing.T, b claim.Backend, lengths []int) {
+func LongKeys(t *testing.T, b *claim.Client, lengths []int) {
 	t.Helper()
 	ctx := ctxT(t)
 	base := Unique(t)
@@ -271,7 +265,7 @@ func LongKeys(t *testing.T, b claim.Backend, lengths []int) {
 // (namespaces): the same user key claimed in both at once succeeds in
 // both; values, Release, Commit, Extend, Delete and Notify in one never
 // touch the other; a lease of one is ErrLost in the other.
-func Isolation(t *testing.T, a, b claim.Backend) {
+func Isolation(t *testing.T, a, b *claim.Client) {
 	t.Helper()
 	ctx := ctxT(t)
 	key := Unique(t) + "shared-name"
@@ -300,7 +294,7 @@ func Isolation(t *testing.T, a, b claim.Backend) {
 	if err := b.Commit(ctx, lb, []byte("B"), time.Minute); err != nil {
 		t.Fatalf("Commit in B: %v", err)
 	}
-	wantValue := func(c claim.Backend, name, want string) {
+	wantValue := func(c *claim.Client, name, want string) {
 		t.Helper()
 		v, err := c.Get(ctx, key)
 		if want == "" {
@@ -340,7 +334,7 @@ func Isolation(t *testing.T, a, b claim.Backend) {
 	// woken by B's own claim and extension above, a moment later: let
 	// that happen, then forget it.
 	time.Sleep(300 * time.Millisecond)
-	drain := func(s claim.Subscription) {
+	drain := func(s *claim.Subscription) {
 		for {
 			select {
 			case <-s.C():

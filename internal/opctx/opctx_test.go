@@ -1,4 +1,4 @@
-package flight
+package opctx
 
 import (
 	"context"
@@ -13,7 +13,7 @@ type ctxKey struct{}
 func TestOpCtxUnarmed(t *testing.T) {
 	parent := context.WithValue(context.Background(), ctxKey{}, "v")
 	d := time.Now().Add(50 * time.Millisecond)
-	o := newOpCtx(parent, d)
+	o := New(parent, d)
 	if got, ok := o.Deadline(); !ok || !got.Equal(d) {
 		t.Fatalf("Deadline = %v, %v; want %v", got, ok, d)
 	}
@@ -39,12 +39,12 @@ func TestOpCtxUnarmed(t *testing.T) {
 	if v := o.Value(ctxKey{}); v != "v" {
 		t.Fatalf("Value = %v", v)
 	}
-	o.stop()
+	o.Stop()
 }
 
 func TestOpCtxArmed(t *testing.T) {
-	o := newOpCtx(context.Background(), time.Now().Add(30*time.Millisecond))
-	defer o.stop()
+	o := New(context.Background(), time.Now().Add(30*time.Millisecond))
+	defer o.Stop()
 	done := o.Done()
 	child, cancel := context.WithCancel(o)
 	defer cancel()
@@ -61,8 +61,8 @@ func TestOpCtxArmed(t *testing.T) {
 
 func TestOpCtxStop(t *testing.T) {
 	// Stopped unarmed: Err says Canceled, and a later Done is closed.
-	o := newOpCtx(context.Background(), time.Now().Add(time.Hour))
-	o.stop()
+	o := New(context.Background(), time.Now().Add(time.Hour))
+	o.Stop()
 	if err := o.Err(); err != context.Canceled {
 		t.Fatalf("Err after stop: %v", err)
 	}
@@ -75,10 +75,10 @@ func TestOpCtxStop(t *testing.T) {
 		t.Fatalf("Err after stop, armed: %v", err)
 	}
 	// Stopped armed: the real context and its children are cancelled.
-	o = newOpCtx(context.Background(), time.Now().Add(time.Hour))
+	o = New(context.Background(), time.Now().Add(time.Hour))
 	child, cancel := context.WithCancel(o)
 	defer cancel()
-	o.stop()
+	o.Stop()
 	<-child.Done()
 	if err := o.Err(); err != context.Canceled {
 		t.Fatalf("Err: %v", err)
@@ -87,8 +87,8 @@ func TestOpCtxStop(t *testing.T) {
 
 func TestOpCtxParent(t *testing.T) {
 	parent, cancel := context.WithCancel(context.Background())
-	o := newOpCtx(parent, time.Now().Add(time.Hour))
-	defer o.stop()
+	o := New(parent, time.Now().Add(time.Hour))
+	defer o.Stop()
 	cancel()
 	if err := o.Err(); err != context.Canceled {
 		t.Fatalf("Err after the parent's cancel, unarmed: %v", err)
@@ -98,8 +98,8 @@ func TestOpCtxParent(t *testing.T) {
 	early := time.Now().Add(time.Minute)
 	p2, cancel2 := context.WithDeadline(context.Background(), early)
 	defer cancel2()
-	o2 := newOpCtx(p2, time.Now().Add(time.Hour))
-	defer o2.stop()
+	o2 := New(p2, time.Now().Add(time.Hour))
+	defer o2.Stop()
 	if d, _ := o2.Deadline(); !d.Equal(early) {
 		t.Fatalf("Deadline %v, want the parent's %v", d, early)
 	}
@@ -108,8 +108,8 @@ func TestOpCtxParent(t *testing.T) {
 // A context derived from an opCtx hangs off the armed context, like any
 // context's child: no goroutine watches it.
 func TestOpCtxDerivedNoGoroutine(t *testing.T) {
-	o := newOpCtx(context.Background(), time.Now().Add(time.Hour))
-	defer o.stop()
+	o := New(context.Background(), time.Now().Add(time.Hour))
+	defer o.Stop()
 	before := runtime.NumGoroutine()
 	var cancels []context.CancelFunc
 	for range 100 {

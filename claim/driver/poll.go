@@ -1,13 +1,15 @@
-// Package poll is the notifier of the backends whose substrate cannot push
-// (DynamoDB, memcached). A Poller is a hub.Substrate: the hub asks it for
-// one subscription per key per Backend, however many waiters that Backend
-// has, and the Poller runs one loop per such key that reads a cheap state,
+package driver
+
+// The poller is the Notifier of drivers whose substrate cannot push
+// (DynamoDB, memcached). The client asks it for one subscription per key
+// per process, however many waiters that process has, and the Poller runs
+// one loop per such key that reads a cheap state,
 // with jittered exponential backoff (a few milliseconds at first, capped)
 // that never sleeps past the holder's known lease expiry, and wakes the
 // key's subscribers on the first read that shows the key released,
 // notified, expired or taken over.
 //
-// A State has two parts. Token must change for good (never come back to a
+// A PollState has two parts. Token must change for good (never come back to a
 // value it had) on every Release and Notify: a counter both bump. A token
 // that only says "held or free" is not enough: a claim and a release
 // between two reads look like no change, and a waiter that checked in
@@ -25,9 +27,8 @@
 // "subscribe, check, wait" never loses a wake-up. A claim that expires
 // (no release) and is taken over between two reads that saw the key free
 // and then held is not seen: no release happened, and waiters bound their
-// wait by the lease they saw (claim.Acquire, flight). Wake-ups can still be
-// spurious (a takeover, an expiry); receivers re-check.
-package poll
+// wait by the lease they saw (claim.Client.Acquire, flight). Wake-ups can
+// still be spurious (a takeover, an expiry); receivers re-check.
 
 import (
 	"context"
@@ -35,12 +36,10 @@ import (
 	"math/rand/v2"
 	"sync"
 	"time"
-
-	"github.com/stampede-go/stampede/claim"
 )
 
-// State is what one read of a key saw.
-type State struct {
+// PollState is what one read of a key saw.
+type PollState struct {
 	// Token changes on every Release and Notify of the key and never
 	// comes back to a value it had. A read whose Token differs from the
 	// previous read's wakes the key's subscribers.
@@ -56,19 +55,19 @@ type State struct {
 	Expires time.Time
 }
 
-// Reader reads the state of key. It is called from Subscribe (with the
+// PollReader reads the state of key. It is called from Subscribe (with the
 // subscriber's context) and from the key's loop.
-type Reader func(ctx context.Context, key string) (State, error)
+type PollReader func(ctx context.Context, key string) (PollState, error)
 
-// Defaults for Options.
+// Defaults for PollOptions.
 const (
-	DefaultMin         = 2 * time.Millisecond
-	DefaultMax         = 50 * time.Millisecond
-	DefaultReadTimeout = 5 * time.Second
+	DefaultPollMin         = 2 * time.Millisecond
+	DefaultPollMax         = 50 * time.Millisecond
+	DefaultPollReadTimeout = 5 * time.Second
 )
 
-// Options tune a Poller. nil, and every zero field, means the default.
-type Options struct {
+// PollOptions tune a Poller. nil, and every zero field, means the default.
+type PollOptions struct {
 	// Min is the first polling interval after a change (default 2 ms).
 	Min time.Duration
 	// Max caps the interval (default 50 ms): the longest a release goes
@@ -82,22 +81,22 @@ type Options struct {
 	Rand func() float64
 }
 
-func (o *Options) withDefaults() Options {
-	var r Options
+func (o *PollOptions) withDefaults() PollOptions {
+	var r PollOptions
 	if o != nil {
 		r = *o
 	}
 	if r.Min <= 0 {
-		r.Min = DefaultMin
+		r.Min = DefaultPollMin
 	}
 	if r.Max <= 0 {
-		r.Max = DefaultMax
+		r.Max = DefaultPollMax
 	}
 	if r.Max < r.Min {
 		r.Max = r.Min
 	}
 	if r.ReadTimeout <= 0 {
-		r.ReadTimeout = DefaultReadTimeout
+		r.ReadTimeout = DefaultPollReadTimeout
 	}
 	if r.Rand == nil {
 		r.Rand = rand.Float64
@@ -145,16 +144,15 @@ func (b *Backoff) Next(now, expires time.Time) (time.Duration, bool) {
 // wakes the key's subscribers: the Token changed (a release or a
 // notification), or the claim prev saw is gone or replaced. A claim on a
 // key prev saw free does not wake.
-func Wakes(prev, next State) bool {
+func Wakes(prev, next PollState) bool {
 	return next.Token != prev.Token || (prev.Holder != "" && next.Holder != prev.Holder)
 }
 
-// Poller implements hub.Substrate by polling. It is safe for concurrent
-// use.
+// Poller implements Notifier's Subscribe and Unsubscribe by polling. It is
+// safe for concurrent use.
 type Poller struct {
-	read Reader
-	wake func(key string)
-	opt  Options
+	read PollReader
+	opt  PollOptions
 
 	// Reads in flight are not cut short by Unsubscribe (a request
 	// aborted mid-way costs the server more than finishing it, and
@@ -163,7 +161,7 @@ type Poller struct {
 	cancelReads context.CancelFunc
 
 	mu     sync.Mutex
-	keys   map[string]context.CancelFunc
+	keys   map[string]*pollLoop
 	closed bool
 	wg     sync.WaitGroup
 	nloops int // loops started, for tests
@@ -172,40 +170,66 @@ type Poller struct {
 // closeGrace is how long Close lets reads in flight finish.
 const closeGrace = time.Second
 
-// New returns a Poller that reads with read and calls wake(key) when a
-// key's state changed, or when a read failed (so that waiters re-check and
-// see the error themselves).
-func New(read Reader, wake func(key string), opt *Options) *Poller {
+// NewPoller returns a Poller that reads with read and calls a key's wake
+// when its state changed, or when a read failed (so that waiters re-check
+// and see the error themselves).
+func NewPoller(read PollReader, opt *PollOptions) *Poller {
 	reads, cancel := context.WithCancel(context.Background())
-	return &Poller{read: read, wake: wake, opt: opt.withDefaults(), keys: map[string]context.CancelFunc{}, reads: reads, cancelReads: cancel}
+	return &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, reads: reads, cancelReads: cancel}
 }
 
-// Subscribe reads key's state and starts its loop. The read is done before
-// Subscribe returns: a change after it is always seen. A failed read is
-// returned and starts nothing. It fails with claim.ErrClosed after Close.
-func (p *Poller) Subscribe(ctx context.Context, key string) error {
+// pollLoop is one key's loop. Its wake is called under mu, and never once
+// stopped is set: after Unsubscribe returns, the key's wake is not called.
+type pollLoop struct {
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	wake   func()
+	off    bool
+}
+
+func (l *pollLoop) fire() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if !l.off {
+		l.wake()
+	}
+}
+
+func (l *pollLoop) stop() {
+	l.cancel()
+	l.mu.Lock()
+	l.off = true
+	l.mu.Unlock()
+}
+
+// Subscribe reads key's state and starts its loop, which calls wake. The
+// read is done before Subscribe returns: a change after it is always seen.
+// A failed read is returned and starts nothing. It fails with ErrClosed
+// after Close.
+func (p *Poller) Subscribe(ctx context.Context, key string, wake func()) error {
 	if p.isClosed() {
-		return claim.ErrClosed
+		return ErrClosed
 	}
 	st, err := p.read(ctx, key)
 	if err != nil {
 		return err
 	}
 	lctx, cancel := context.WithCancel(context.Background())
+	l := &pollLoop{cancel: cancel, wake: wake}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
 		cancel()
-		return claim.ErrClosed
+		return ErrClosed
 	}
 	if old := p.keys[key]; old != nil {
-		old() // cannot happen through hub; never leave a loop behind
+		old.stop() // the client never subscribes twice; never leave a loop behind
 	}
-	p.keys[key] = cancel
+	p.keys[key] = l
 	p.nloops++
 	p.wg.Add(1)
 	p.mu.Unlock()
-	go p.loop(lctx, key, st)
+	go p.loop(lctx, l, key, st)
 	return nil
 }
 
@@ -213,22 +237,22 @@ func (p *Poller) Subscribe(ctx context.Context, key string) error {
 // flight: the loop ends when it completes, without waking anyone.
 func (p *Poller) Unsubscribe(key string) {
 	p.mu.Lock()
-	cancel := p.keys[key]
+	l := p.keys[key]
 	delete(p.keys, key)
 	p.mu.Unlock()
-	if cancel != nil {
-		cancel()
+	if l != nil {
+		l.stop()
 	}
 }
 
 // Close stops every loop and waits for them to return: reads in flight
 // get a second to finish, then are cancelled. Later Subscribe calls fail
-// with claim.ErrClosed. Idempotent.
+// with ErrClosed. Idempotent.
 func (p *Poller) Close() {
 	p.mu.Lock()
 	p.closed = true
-	for k, cancel := range p.keys {
-		cancel()
+	for k, l := range p.keys {
+		l.stop()
 		delete(p.keys, k)
 	}
 	p.mu.Unlock()
@@ -261,7 +285,7 @@ func (p *Poller) isClosed() bool {
 	return p.closed
 }
 
-func (p *Poller) loop(ctx context.Context, key string, st State) {
+func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState) {
 	defer p.wg.Done()
 	bo := Backoff{Min: p.opt.Min, Max: p.opt.Max, Rand: p.opt.Rand}
 	timer := time.NewTimer(time.Hour)
@@ -285,15 +309,15 @@ func (p *Poller) loop(ctx context.Context, key string, st State) {
 			// Wake once per failing streak: waiters re-check and meet
 			// the error themselves. The last good state stays the
 			// reference, so a change hidden by the failures wakes too.
-			if !failing && !errors.Is(err, claim.ErrClosed) {
-				p.wake(key)
+			if !failing && !errors.Is(err, ErrClosed) {
+				l.fire()
 			}
 			failing = true
 			continue
 		}
 		failing = false
 		if Wakes(st, ns) {
-			p.wake(key)
+			l.fire()
 			bo.Reset()
 		} else if atExpiry {
 			// Due to change and did not yet (server-side expiry lags

@@ -1,4 +1,4 @@
-package poll
+package driver
 
 import (
 	"context"
@@ -7,9 +7,6 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
-
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/hub"
 )
 
 func TestBackoffBounds(t *testing.T) {
@@ -78,18 +75,18 @@ type fake struct {
 	wakes   map[string]int
 }
 
-func (f *fake) read(ctx context.Context, key string) (State, error) {
+func (f *fake) read(ctx context.Context, key string) (PollState, error) {
 	if err := ctx.Err(); err != nil {
-		return State{}, err
+		return PollState{}, err
 	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.reads++
 	f.readAt = append(f.readAt, time.Now())
 	if f.err != nil {
-		return State{}, f.err
+		return PollState{}, f.err
 	}
-	return State{Token: f.token, Holder: f.holder, Expires: f.expires}, nil
+	return PollState{Token: f.token, Holder: f.holder, Expires: f.expires}, nil
 }
 
 func (f *fake) setHolder(token, holder string) {
@@ -103,6 +100,8 @@ func (f *fake) wake(key string) {
 	defer f.mu.Unlock()
 	f.wakes[key]++
 }
+
+func (f *fake) waker(key string) func() { return func() { f.wake(key) } }
 
 func (f *fake) set(token string, err error) {
 	f.mu.Lock()
@@ -121,9 +120,9 @@ func newFake() *fake { return &fake{token: "a", wakes: map[string]int{}} }
 func TestPollerWakesOnChange(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		p := New(f.read, f.wake, &Options{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
+		p := NewPoller(f.read, &PollOptions{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
 		defer p.Close()
-		if err := p.Subscribe(context.Background(), "k"); err != nil {
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err != nil {
 			t.Fatal(err)
 		}
 		if r, _ := f.counts("k"); r != 1 {
@@ -160,17 +159,17 @@ func TestPollerWakesOnChange(t *testing.T) {
 
 func TestWakes(t *testing.T) {
 	for _, c := range []struct {
-		prev, next State
+		prev, next PollState
 		want       bool
 	}{
-		{State{Token: "1"}, State{Token: "1"}, false},
-		{State{Token: "1"}, State{Token: "1", Holder: "a"}, false}, // a claim on a free key
-		{State{Token: "1", Holder: "a"}, State{Token: "1", Holder: "a"}, false},
-		{State{Token: "1", Holder: "a"}, State{Token: "1"}, true},              // expired (or released)
-		{State{Token: "1", Holder: "a"}, State{Token: "1", Holder: "b"}, true}, // taken over
-		{State{Token: "1"}, State{Token: "2"}, true},                           // released or notified
-		{State{Token: "1"}, State{Token: "2", Holder: "b"}, true},              // released, claimed again
-		{State{Token: "1", Holder: "a"}, State{Token: "2", Holder: "a"}, true}, // notified
+		{PollState{Token: "1"}, PollState{Token: "1"}, false},
+		{PollState{Token: "1"}, PollState{Token: "1", Holder: "a"}, false}, // a claim on a free key
+		{PollState{Token: "1", Holder: "a"}, PollState{Token: "1", Holder: "a"}, false},
+		{PollState{Token: "1", Holder: "a"}, PollState{Token: "1"}, true},              // expired (or released)
+		{PollState{Token: "1", Holder: "a"}, PollState{Token: "1", Holder: "b"}, true}, // taken over
+		{PollState{Token: "1"}, PollState{Token: "2"}, true},                           // released or notified
+		{PollState{Token: "1"}, PollState{Token: "2", Holder: "b"}, true},              // released, claimed again
+		{PollState{Token: "1", Holder: "a"}, PollState{Token: "2", Holder: "a"}, true}, // notified
 	} {
 		if got := Wakes(c.prev, c.next); got != c.want {
 			t.Errorf("Wakes(%+v, %+v) = %v, want %v", c.prev, c.next, got, c.want)
@@ -183,9 +182,9 @@ func TestWakes(t *testing.T) {
 func TestPollerIgnoresClaims(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		p := New(f.read, f.wake, &Options{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
+		p := NewPoller(f.read, &PollOptions{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond})
 		defer p.Close()
-		if err := p.Subscribe(context.Background(), "k"); err != nil {
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err != nil {
 			t.Fatal(err)
 		}
 		step := func(token, holder string, want int) {
@@ -213,9 +212,9 @@ func TestPollerReadsAtExpiry(t *testing.T) {
 		f.expires = start.Add(7 * time.Millisecond)
 		// Min and Max far longer than the lease: only the expiry can
 		// bring the second read forward.
-		p := New(f.read, f.wake, &Options{Min: time.Minute, Max: time.Hour})
+		p := NewPoller(f.read, &PollOptions{Min: time.Minute, Max: time.Hour})
 		defer p.Close()
-		if err := p.Subscribe(context.Background(), "k"); err != nil {
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(time.Second)
@@ -234,17 +233,17 @@ func TestPollerReadsAtExpiry(t *testing.T) {
 func TestPollerErrors(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		p := New(f.read, f.wake, nil)
+		p := NewPoller(f.read, nil)
 		defer p.Close()
 		f.set("a", errors.New("down"))
-		if err := p.Subscribe(context.Background(), "k"); err == nil {
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err == nil {
 			t.Fatal("Subscribe with a failing read succeeded")
 		}
 		if p.Len() != 0 {
 			t.Fatalf("failed Subscribe left %d loops", p.Len())
 		}
 		f.set("a", nil)
-		if err := p.Subscribe(context.Background(), "k"); err != nil {
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err != nil {
 			t.Fatal(err)
 		}
 		f.set("a", errors.New("down"))
@@ -272,9 +271,9 @@ func TestPollerErrors(t *testing.T) {
 func TestPollerUnsubscribeAndClose(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		f := newFake()
-		p := New(f.read, f.wake, nil)
+		p := NewPoller(f.read, nil)
 		for _, k := range []string{"a", "b"} {
-			if err := p.Subscribe(context.Background(), k); err != nil {
+			if err := p.Subscribe(context.Background(), k, f.waker(k)); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -289,55 +288,10 @@ func TestPollerUnsubscribeAndClose(t *testing.T) {
 		if r2, _ := f.counts(""); r2 != r {
 			t.Fatalf("%d reads after Close", r2-r)
 		}
-		if err := p.Subscribe(context.Background(), "c"); !errors.Is(err, claim.ErrClosed) {
+		if err := p.Subscribe(context.Background(), "c", f.waker("c")); !errors.Is(err, ErrClosed) {
 			t.Fatalf("Subscribe after Close: %v, want ErrClosed", err)
 		}
 		p.Close() // idempotent
-	})
-}
-
-// TestOneLoopPerKey: through the hub, any number of subscribers of a key in
-// one Backend share one loop, and one change wakes them all.
-func TestOneLoopPerKey(t *testing.T) {
-	synctest.Test(t, func(t *testing.T) {
-		f := newFake()
-		var h *hub.Hub
-		p := New(f.read, func(k string) { h.Wake(k) }, nil)
-		h = hub.New(p)
-		var subs []claim.Subscription
-		for i := 0; i < 25; i++ {
-			s, err := h.Subscribe(context.Background(), "k")
-			if err != nil {
-				t.Fatal(err)
-			}
-			subs = append(subs, s)
-		}
-		p.mu.Lock()
-		n := p.nloops
-		p.mu.Unlock()
-		if n != 1 {
-			t.Fatalf("%d loops for one key, want 1", n)
-		}
-		if r, _ := f.counts("k"); r != 1 {
-			t.Fatalf("%d reads for 25 subscriptions, want 1", r)
-		}
-		f.set("b", nil)
-		time.Sleep(100 * time.Millisecond)
-		for i, s := range subs {
-			select {
-			case <-s.C():
-			default:
-				t.Fatalf("subscriber %d not woken", i)
-			}
-		}
-		for _, s := range subs {
-			s.Close()
-		}
-		if p.Len() != 0 {
-			t.Fatalf("last subscriber left, %d loops remain", p.Len())
-		}
-		h.Close()
-		p.Close()
 	})
 }
 
@@ -349,21 +303,21 @@ func TestReadsInFlight(t *testing.T) {
 		started := make(chan context.Context, 10)
 		finish := make(chan struct{})
 		first := true
-		read := func(ctx context.Context, key string) (State, error) {
+		read := func(ctx context.Context, key string) (PollState, error) {
 			if first { // Subscribe's own read
 				first = false
-				return State{Token: "a"}, nil
+				return PollState{Token: "a"}, nil
 			}
 			started <- ctx
 			select {
 			case <-finish:
-				return State{Token: "a"}, nil
+				return PollState{Token: "a"}, nil
 			case <-ctx.Done():
-				return State{}, ctx.Err()
+				return PollState{}, ctx.Err()
 			}
 		}
-		p := New(read, func(string) {}, &Options{ReadTimeout: time.Hour})
-		if err := p.Subscribe(context.Background(), "k"); err != nil {
+		p := NewPoller(read, &PollOptions{ReadTimeout: time.Hour})
+		if err := p.Subscribe(context.Background(), "k", func() {}); err != nil {
 			t.Fatal(err)
 		}
 		ctx := <-started
@@ -380,8 +334,8 @@ func TestReadsInFlight(t *testing.T) {
 		// Close: a read that does not finish is cancelled after the grace.
 		finish = make(chan struct{})
 		first = true
-		p2 := New(read, func(string) {}, &Options{ReadTimeout: time.Hour})
-		if err := p2.Subscribe(context.Background(), "k"); err != nil {
+		p2 := NewPoller(read, &PollOptions{ReadTimeout: time.Hour})
+		if err := p2.Subscribe(context.Background(), "k", func() {}); err != nil {
 			t.Fatal(err)
 		}
 		ctx = <-started
@@ -394,5 +348,24 @@ func TestReadsInFlight(t *testing.T) {
 			t.Fatalf("Close took %s, want the grace %s", d, closeGrace)
 		}
 		p.Close()
+	})
+}
+
+// TestNoWakeAfterUnsubscribe: a change a read in flight sees when
+// Unsubscribe runs wakes nobody once Unsubscribe has returned.
+func TestNoWakeAfterUnsubscribe(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := newFake()
+		p := NewPoller(f.read, &PollOptions{Min: time.Millisecond, Max: time.Millisecond})
+		defer p.Close()
+		if err := p.Subscribe(context.Background(), "k", f.waker("k")); err != nil {
+			t.Fatal(err)
+		}
+		p.Unsubscribe("k")
+		f.set("b", nil)
+		time.Sleep(time.Second)
+		if _, w := f.counts("k"); w != 0 {
+			t.Fatalf("%d wake-ups after Unsubscribe returned", w)
+		}
 	})
 }

@@ -1,4 +1,4 @@
-package claim
+package driver
 
 import (
 	"crypto/sha256"
@@ -23,7 +23,7 @@ type KeyEncoder struct {
 const HashedKeyLen = 1 + 43
 
 // Encode returns the substrate form of key. It does not check for the empty
-// key; callers check with CheckKey first.
+// key; the client never passes it one.
 func (e KeyEncoder) Encode(key string) string {
 	if e.MaxLen <= 0 || 1+len(key) <= e.MaxLen {
 		ok := true

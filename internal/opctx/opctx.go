@@ -1,4 +1,7 @@
-package flight
+// Package opctx is a cheap deadline context for one backend call, shared
+// by package claim (per-operation bounds) and package flight (loader and
+// backend calls).
+package opctx
 
 import (
 	"context"
@@ -7,7 +10,7 @@ import (
 	"time"
 )
 
-// opCtx is the context of one backend call: its parent (the flight's
+// Ctx is the context of one backend call: its parent (the flight's
 // context) with a deadline. It arms a timer only if the callee needs one.
 // Until then Deadline and Err answer from the deadline, the clock and the
 // parent; the first call to Done or Value (which context.WithCancel,
@@ -18,10 +21,10 @@ import (
 // parent; a network backend, which waits on Done, pays for the real one
 // as before.
 //
-// stop is the CancelFunc: it cancels the real context if there is one,
+// Stop is the CancelFunc: it cancels the real context if there is one,
 // and makes a later one start cancelled, as a cancelled context would
 // answer.
-type opCtx struct {
+type Ctx struct {
 	parent   context.Context
 	deadline time.Time
 	armed    atomic.Pointer[armedCtx]
@@ -34,11 +37,13 @@ type armedCtx struct {
 	cancel context.CancelFunc
 }
 
-func newOpCtx(parent context.Context, deadline time.Time) *opCtx {
-	return &opCtx{parent: parent, deadline: deadline}
+// New returns a context that is parent with deadline (no later than
+// parent's own); call Stop when the call returns.
+func New(parent context.Context, deadline time.Time) *Ctx {
+	return &Ctx{parent: parent, deadline: deadline}
 }
 
-func (o *opCtx) arm() context.Context {
+func (o *Ctx) arm() context.Context {
 	if a := o.armed.Load(); a != nil {
 		return a.ctx
 	}
@@ -55,7 +60,7 @@ func (o *opCtx) arm() context.Context {
 	return ctx
 }
 
-func (o *opCtx) stop() {
+func (o *Ctx) Stop() {
 	o.mu.Lock()
 	o.stopped.Store(true)
 	a := o.armed.Load()
@@ -65,16 +70,16 @@ func (o *opCtx) stop() {
 	}
 }
 
-func (o *opCtx) Deadline() (time.Time, bool) {
+func (o *Ctx) Deadline() (time.Time, bool) {
 	if d, ok := o.parent.Deadline(); ok && d.Before(o.deadline) {
 		return d, true
 	}
 	return o.deadline, true
 }
 
-func (o *opCtx) Done() <-chan struct{} { return o.arm().Done() }
+func (o *Ctx) Done() <-chan struct{} { return o.arm().Done() }
 
-func (o *opCtx) Err() error {
+func (o *Ctx) Err() error {
 	if a := o.armed.Load(); a != nil {
 		return a.ctx.Err()
 	}
@@ -90,6 +95,6 @@ func (o *opCtx) Err() error {
 	return nil
 }
 
-func (o *opCtx) Value(key any) any { return o.arm().Value(key) }
+func (o *Ctx) Value(key any) any { return o.arm().Value(key) }
 
-func (o *opCtx) String() string { return "flight.opCtx(" + o.deadline.String() + ")" }
+func (o *Ctx) String() string { return "opctx.Ctx(" + o.deadline.String() + ")" }

@@ -1,8 +1,4 @@
-// Package tlsfiles builds the tls.Config of a backend URL's TLS parameters
-// (CA certificate, client certificate and key as PEM file paths), the same
-// way for every backend that takes them. Errors name files, never their
-// contents.
-package tlsfiles
+package driver
 
 import (
 	"crypto/tls"
@@ -12,10 +8,11 @@ import (
 	"os"
 )
 
-// Files are a URL's TLS parameters. Every zero field is a default: the
+// TLSFiles are a URL's TLS parameters (see Params.TLS), for drivers that
+// read them under other names too. Every zero field is a default: the
 // system roots, no client certificate, the server name taken from the
 // address dialled.
-type Files struct {
+type TLSFiles struct {
 	CA         string // PEM file of the CA certificates to trust instead of the system roots
 	Cert, Key  string // PEM files of the client certificate and its private key (both or neither)
 	ServerName string // name to verify the server's certificate against
@@ -23,10 +20,10 @@ type Files struct {
 }
 
 // Empty reports whether no parameter was given.
-func (f Files) Empty() bool { return f == Files{} }
+func (f TLSFiles) Empty() bool { return f == TLSFiles{} }
 
 // Config returns a tls.Config (TLS 1.2 or later) for f.
-func (f Files) Config() (*tls.Config, error) {
+func (f TLSFiles) Config() (*tls.Config, error) {
 	if (f.Cert == "") != (f.Key == "") {
 		return nil, errors.New("a client certificate and its key must be given together")
 	}

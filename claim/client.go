@@ -1,0 +1,470 @@
+package claim
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// Options configure a Client. nil, and every zero field, means the default.
+type Options struct {
+	// Logger receives what the Client cannot return to a caller (a topic
+	// log that could not be read, a cleanup release that failed). Default:
+	// slog.Default().
+	Logger *slog.Logger
+}
+
+// Client is the portable handle on one backend: what claim.Open and every
+// backend package's New return. It is one process's connection to the
+// substrate; several Clients opened on one substrate behave like several
+// processes. A Client is safe for concurrent use.
+//
+// Everything that is the same on every substrate happens here, once:
+// arguments are checked (an empty key is ErrInvalidKey, a value over
+// Features.MaxValueLen is ErrTooLarge, a non-positive lease TTL an error)
+// before any I/O; Commit and Extend of a lease past its local Deadline
+// answer ErrLost without I/O; every lease gets a random holder ID and a
+// Deadline taken before its request was sent; errors read
+// "claim: OP KEY: ..." and wrap the sentinels and the driver's error;
+// one substrate subscription per key (and per topic) serves every local
+// subscriber; optional fast paths the driver lacks are built from the
+// required ones; waiting (Acquire, GetOrAcquire) and renewal (KeepAlive)
+// are written once.
+type Client struct {
+	d      driver.Driver
+	feat   driver.Features
+	cr     driver.ClaimReader    // nil: TryClaim + Get
+	crl    driver.CommitReleaser // nil: Commit + Release
+	bc     driver.Broadcaster    // the driver's, or logTopics
+	log    *slog.Logger
+	keys   *fanout // wake-ups, per key
+	topics *fanout // messages, per topic
+
+	handlers  sync.WaitGroup // topic handlers' goroutines
+	closed    atomic.Bool
+	closeOnce sync.Once
+	closeErr  error
+	logTopics *logTopics // topics of a driver without a Broadcaster
+}
+
+// NewClient returns a Client in front of d. It does no I/O and starts no
+// goroutine; Close closes d. Backend packages call it from their New;
+// users call it for a driver of their own.
+func NewClient(d driver.Driver, opt *Options) *Client {
+	var o Options
+	if opt != nil {
+		o = *opt
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	c := &Client{d: d, feat: d.Features(), log: o.Logger}
+	c.cr, _ = d.(driver.ClaimReader)
+	c.crl, _ = d.(driver.CommitReleaser)
+	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
+		return d.Subscribe(ctx, key, func() { fire(nil, false) })
+	}, d.Unsubscribe)
+	var ok bool
+	if c.bc, ok = d.(driver.Broadcaster); !ok {
+		c.logTopics = &logTopics{c: c, subs: map[string]*topicFollower{}}
+		c.bc = c.logTopics
+	}
+	c.topics = newFanout(c.bc.SubscribeTopic, c.bc.UnsubscribeTopic)
+	return c
+}
+
+// reservedPrefix starts the keys the Client uses for itself (topic logs).
+const reservedPrefix = "\x00stampede:"
+
+// check refuses what no driver is asked to do: an invalid key, a closed
+// Client, a done ctx.
+func (c *Client) check(ctx context.Context, op, key string) error {
+	if key == "" || strings.HasPrefix(key, reservedPrefix) {
+		return opError(op, key, ErrInvalidKey)
+	}
+	if c.closed.Load() {
+		return opError(op, key, ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return opError(op, key, err)
+	}
+	return nil
+}
+
+func (c *Client) checkTTL(op, key string, ttl time.Duration) error {
+	if ttl <= 0 {
+		return opError(op, key, fmt.Errorf("lease ttl must be positive, got %s", ttl))
+	}
+	return nil
+}
+
+func (c *Client) checkValue(op, key string, value []byte, ttl time.Duration) error {
+	if ttl < 0 {
+		return opError(op, key, fmt.Errorf("negative ttl %s", ttl))
+	}
+	if n := c.feat.MaxValueLen; n > 0 && len(value) > n {
+		return opError(op, key, &TooLargeError{What: "value", Size: len(value), Limit: n})
+	}
+	return nil
+}
+
+// checkLive refuses a lease past its local Deadline.
+func checkLive(op string, l Lease, now time.Time) error {
+	if l.Expired(now) {
+		return opError(op, l.Key, fmt.Errorf("%w (local deadline passed)", ErrLost))
+	}
+	return nil
+}
+
+func newHolder() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// claimError wraps a TryClaim error, naming the key in a *HeldError.
+func claimError(op, key string, err error) error {
+	var he *HeldError
+	if errors.As(err, &he) {
+		he.Key = key
+	}
+	return opError(op, key, err)
+}
+
+// stamp fills in what the Client owns in a lease the driver granted.
+func stamp(l Lease, key, holder string, start time.Time) Lease {
+	l.Key, l.Holder = key, holder
+	l.Deadline = start.Add(l.TTL)
+	return l
+}
+
+// TryClaim atomically claims key for ttl if no live lease exists, in one
+// round trip. It returns the new Lease, or an error wrapping ErrHeld (a
+// *HeldError, carrying the remaining lifetime of the current lease when
+// the backend can tell) if another lease is live. It never waits for the
+// key (Acquire does). ttl is rounded up to the backend's granularity and
+// minimum (Features); the Lease says what was granted, and its Deadline is
+// the local clock before the request plus that TTL. A ttl <= 0 is an
+// error, neither ErrHeld nor a lease.
+func (c *Client) TryClaim(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
+	if err := c.check(ctx, "claim", key); err != nil {
+		return Lease{}, err
+	}
+	return c.tryClaim(ctx, key, ttl)
+}
+
+func (c *Client) tryClaim(ctx context.Context, key string, ttl time.Duration) (Lease, error) {
+	if err := c.checkTTL("claim", key, ttl); err != nil {
+		return Lease{}, err
+	}
+	holder := newHolder()
+	start := time.Now()
+	l, err := c.d.TryClaim(ctx, key, holder, ttl)
+	if err != nil {
+		return Lease{}, claimError("claim", key, err)
+	}
+	return stamp(l, key, holder, start), nil
+}
+
+// TryClaimRead is TryClaim that also returns the value stored under key as
+// of the claim (found false, value nil: none), so a holder learns whether
+// another holder committed a value between its own read and its claim. On
+// a backend with the fast path (driver.ClaimReader) it is one atomic round
+// trip; otherwise TryClaim then Get (a value committed in between is seen
+// too). If that Get fails, the lease is released and the error returned.
+func (c *Client) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (l Lease, value []byte, found bool, err error) {
+	if err := c.check(ctx, "claim-read", key); err != nil {
+		return Lease{}, nil, false, err
+	}
+	return c.tryClaimRead(ctx, key, ttl)
+}
+
+func (c *Client) tryClaimRead(ctx context.Context, key string, ttl time.Duration) (Lease, []byte, bool, error) {
+	if c.cr == nil {
+		l, err := c.tryClaim(ctx, key, ttl)
+		if err != nil {
+			return l, nil, false, err
+		}
+		v, err := c.d.Get(ctx, key)
+		switch {
+		case err == nil:
+			return l, v, true, nil
+		case errors.Is(err, ErrNotFound):
+			return l, nil, false, nil
+		}
+		c.cleanupRelease(ctx, l)
+		return Lease{}, nil, false, opError("claim-read", key, err)
+	}
+	if err := c.checkTTL("claim-read", key, ttl); err != nil {
+		return Lease{}, nil, false, err
+	}
+	holder := newHolder()
+	start := time.Now()
+	l, v, found, err := c.cr.TryClaimRead(ctx, key, holder, ttl)
+	if err != nil {
+		return Lease{}, nil, false, claimError("claim-read", key, err)
+	}
+	if !found {
+		v = nil
+	}
+	return stamp(l, key, holder, start), v, found, nil
+}
+
+// cleanupTimeout bounds the releases the Client makes on its own (after a
+// failed read, or an adopted value), detached from the caller's ctx.
+const cleanupTimeout = 5 * time.Second
+
+// cleanupRelease releases a lease nobody will use, best effort.
+func (c *Client) cleanupRelease(ctx context.Context, l Lease) {
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
+	defer cancel()
+	if err := c.d.Release(rctx, l); err != nil && !errors.Is(err, ErrLost) {
+		c.log.Warn("claim: release failed; the lease expires by its TTL", "key", l.Key, "err", err)
+	}
+}
+
+// Extend renews the caller's own lease for ttl from now and returns the
+// renewed lease (same Token, later Deadline). It fails with ErrLost if the
+// lease is no longer current (expired, released, or taken over), and
+// without I/O if its local Deadline has passed. Extending a current lease
+// twice is harmless, so a renewal whose reply was lost can be retried.
+func (c *Client) Extend(ctx context.Context, l Lease, ttl time.Duration) (Lease, error) {
+	if err := c.check(ctx, "extend", l.Key); err != nil {
+		return Lease{}, err
+	}
+	if err := c.checkTTL("extend", l.Key, ttl); err != nil {
+		return Lease{}, err
+	}
+	start := time.Now()
+	if err := checkLive("extend", l, start); err != nil {
+		return Lease{}, err
+	}
+	nl, err := c.d.Extend(ctx, l, ttl)
+	if err != nil {
+		return Lease{}, opError("extend", l.Key, err)
+	}
+	nl.Token = l.Token
+	return stamp(nl, l.Key, l.Holder, start), nil
+}
+
+// Release deletes the lease if, and only if, it is still current
+// (compare-and-delete by token), and wakes every waiter subscribed to the
+// key in every process. Releasing a lease that is no longer current
+// returns ErrLost and changes nothing: a stale holder can never release a
+// newer holder's claim; releasing twice returns ErrLost the second time.
+// A lease that expired is no longer current either, even if nobody has
+// claimed the key since: Release returns ErrLost, telling the holder its
+// exclusivity lapsed (where the lock is still there it is deleted, so
+// waiters need not wait for the server to drop it). Expiry is judged on
+// the lease as last renewed, so an earlier copy of a lease that KeepAlive
+// or Extend renewed releases it, unlike Commit and Extend, which refuse
+// any copy past its own local Deadline.
+func (c *Client) Release(ctx context.Context, l Lease) error {
+	if err := c.check(ctx, "release", l.Key); err != nil {
+		return err
+	}
+	return c.release(ctx, l)
+}
+
+func (c *Client) release(ctx context.Context, l Lease) error {
+	if err := c.d.Release(ctx, l); err != nil {
+		return opError("release", l.Key, err)
+	}
+	return nil
+}
+
+// Commit stores value under the lease's key with the given TTL (0: no
+// expiry) only if the lease is still current, as one atomic step where the
+// backend allows (Features.AtomicCommit). Otherwise it returns ErrLost and
+// writes nothing; past the lease's local Deadline it returns ErrLost
+// without I/O. Commit does not release the lease. Value limits are checked
+// before any I/O (ErrTooLarge). value is not retained.
+func (c *Client) Commit(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
+	if err := c.check(ctx, "commit", l.Key); err != nil {
+		return err
+	}
+	return c.commit(ctx, "commit", l, value, ttl)
+}
+
+func (c *Client) commit(ctx context.Context, op string, l Lease, value []byte, ttl time.Duration) error {
+	if err := c.checkValue(op, l.Key, value, ttl); err != nil {
+		return err
+	}
+	if err := checkLive(op, l, time.Now()); err != nil {
+		return err
+	}
+	if err := c.d.Commit(ctx, l, value, ttl); err != nil {
+		return opError(op, l.Key, err)
+	}
+	return nil
+}
+
+// CommitRelease is Commit and then Release: it stores value under the
+// lease's key (0 ttl: no expiry) and releases the lease, waking every
+// waiter after the value is visible. On a backend with the fast path
+// (driver.CommitReleaser) it is one atomic round trip, both or neither
+// (ErrLost). Otherwise it is Commit then Release: if Commit fails nothing
+// is released (release the lease yourself); if the lease lapsed between
+// the two, the value, committed while the lease was current, stays, and
+// CommitRelease still succeeds.
+func (c *Client) CommitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
+	if err := c.check(ctx, "commit-release", l.Key); err != nil {
+		return err
+	}
+	return c.commitRelease(ctx, l, value, ttl)
+}
+
+func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
+	const op = "commit-release"
+	if c.crl == nil {
+		if err := c.commit(ctx, op, l, value, ttl); err != nil {
+			return err
+		}
+		if err := c.d.Release(ctx, l); err != nil && !errors.Is(err, ErrLost) {
+			return opError(op, l.Key, fmt.Errorf("value committed, release failed: %w", err))
+		}
+		return nil
+	}
+	if err := c.checkValue(op, l.Key, value, ttl); err != nil {
+		return err
+	}
+	if err := checkLive(op, l, time.Now()); err != nil {
+		return err
+	}
+	if err := c.crl.CommitRelease(ctx, l, value, ttl); err != nil {
+		return opError(op, l.Key, err)
+	}
+	return nil
+}
+
+// Get returns the value stored under key, or an error wrapping ErrNotFound
+// if it is absent or expired. The slice is the caller's.
+func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := c.check(ctx, "get", key); err != nil {
+		return nil, err
+	}
+	return c.get(ctx, key)
+}
+
+func (c *Client) get(ctx context.Context, key string) ([]byte, error) {
+	v, err := c.d.Get(ctx, key)
+	if err != nil {
+		return nil, opError("get", key, err)
+	}
+	return v, nil
+}
+
+// Set stores value under key for ttl (0: no expiry), unconditionally. It
+// does not look at leases: a holder's fenced write is Commit.
+func (c *Client) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := c.check(ctx, "set", key); err != nil {
+		return err
+	}
+	if err := c.checkValue("set", key, value, ttl); err != nil {
+		return err
+	}
+	if err := c.d.Set(ctx, key, value, ttl); err != nil {
+		return opError("set", key, err)
+	}
+	return nil
+}
+
+// Delete removes key's value. Deleting an absent key is not an error.
+func (c *Client) Delete(ctx context.Context, key string) error {
+	if err := c.check(ctx, "delete", key); err != nil {
+		return err
+	}
+	if err := c.d.Delete(ctx, key); err != nil {
+		return opError("delete", key, err)
+	}
+	return nil
+}
+
+// Subscribe registers interest in key's wake-ups: every Release of a lease
+// on key, and every Notify, in any process. When it returns without error
+// the subscription is live: a release or notification after that is
+// delivered, so the right order is subscribe, then check state, then wait.
+// The first subscriber of a key in this Client waits for the substrate to
+// confirm (one round trip); later ones join its subscription. ctx bounds
+// the call. The Subscription must be closed.
+func (c *Client) Subscribe(ctx context.Context, key string) (*Subscription, error) {
+	if err := c.check(ctx, "subscribe", key); err != nil {
+		return nil, err
+	}
+	return c.subscribe(ctx, key)
+}
+
+func (c *Client) subscribe(ctx context.Context, key string) (*Subscription, error) {
+	s := newSubscription(key)
+	if err := c.keys.join(ctx, &s.m); err != nil {
+		return nil, opError("subscribe", key, err)
+	}
+	return s, nil
+}
+
+// Notify wakes every subscriber of key in every process without touching
+// any lease. Subscribers see at least one wake-up.
+func (c *Client) Notify(ctx context.Context, key string) error {
+	if err := c.check(ctx, "notify", key); err != nil {
+		return err
+	}
+	if err := c.d.Notify(ctx, key); err != nil {
+		return opError("notify", key, err)
+	}
+	return nil
+}
+
+// Features describes what the backend guarantees. It does no I/O.
+func (c *Client) Features() Features { return c.feat }
+
+// Driver returns the driver behind the Client, for tests and tools (the
+// conformance suite calls it directly). Calls made on it bypass every
+// check the Client makes.
+func (c *Client) Driver() driver.Driver { return c.d }
+
+// As sets *i to the native client under the backend, if the backend
+// documents that type, and reports whether it did: for example, with
+// package redis,
+//
+//	var rdb goredis.UniversalClient
+//	if c.As(&rdb) { ... }
+func (c *Client) As(i any) bool {
+	if a, ok := c.d.(driver.Aser); ok {
+		return a.As(i)
+	}
+	return false
+}
+
+// Subscriptions returns how many keys this Client holds a substrate
+// subscription for: one per key, however many local subscribers.
+func (c *Client) Subscriptions() int { return c.keys.len() }
+
+// Close closes every Subscription's channel, stops every topic handler
+// (waiting for those running to return), and closes the backend's
+// connections. Leases are not released: they
+// expire by their TTL. Every call after Close returns an error wrapping
+// ErrClosed. Close is idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		c.closed.Store(true)
+		c.topics.close()
+		c.handlers.Wait()
+		if c.logTopics != nil {
+			c.logTopics.close()
+		}
+		c.keys.close()
+		if err := c.d.Close(); err != nil {
+			c.closeErr = fmt.Errorf("claim: close: %w", err)
+		}
+	})
+	return c.closeErr
+}
