@@ -149,13 +149,18 @@ func (t *T) expiryBound() time.Duration {
 
 // A check is one named case of the suite.
 type check struct {
-	name string
-	fn   func(t *T)
+	name  string
+	fn    func(t *T)
+	alone bool // runs after the others, by itself (it restarts the server)
 }
 
 var checks []check
 
-func register(name string, fn func(t *T)) { checks = append(checks, check{name, fn}) }
+func register(name string, fn func(t *T)) { checks = append(checks, check{name: name, fn: fn}) }
+
+func registerAlone(name string, fn func(t *T)) {
+	checks = append(checks, check{name: name, fn: fn, alone: true})
+}
 
 // Names returns the names of every check, in order.
 func Names() []string {
@@ -244,17 +249,31 @@ func Run(t *testing.T, h Harness) {
 		t.Fatalf("conformance: %v", err)
 	}
 	t.Logf("conformance: backend %q, notify %s, short lease %s", f.Name, f.Notify, (&T{feat: f}).ShortTTL())
+	run := func(t *testing.T, c check) {
+		errs, skip := runCheck(context.Background(), h, f, c)
+		for _, err := range errs {
+			t.Error(err)
+		}
+		if skip != "" && len(errs) == 0 {
+			t.Skip("n/a: " + skip)
+		}
+	}
+	// The parallel checks run as one group, so that the checks that must
+	// run alone start after all of them have finished.
+	t.Run("parallel", func(t *testing.T) {
+		for _, c := range checks {
+			if !c.alone {
+				t.Run(c.name, func(t *testing.T) {
+					t.Parallel()
+					run(t, c)
+				})
+			}
+		}
+	})
 	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) {
-			t.Parallel()
-			errs, skip := runCheck(context.Background(), h, f, c)
-			for _, err := range errs {
-				t.Error(err)
-			}
-			if skip != "" && len(errs) == 0 {
-				t.Skip("n/a: " + skip)
-			}
-		})
+		if c.alone {
+			t.Run(c.name, func(t *testing.T) { run(t, c) })
+		}
 	}
 }
 
@@ -284,19 +303,31 @@ func Test(ctx context.Context, h Harness, names ...string) error {
 	}
 	var mu sync.Mutex
 	var all []error
+	record := func(c check, errs []error) {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, e := range errs {
+			all = append(all, fmt.Errorf("%s: %w", c.name, e))
+		}
+	}
 	var wg sync.WaitGroup
 	for _, c := range run {
+		if c.alone {
+			continue
+		}
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			errs, _ := runCheck(ctx, h, f, c)
-			mu.Lock()
-			defer mu.Unlock()
-			for _, e := range errs {
-				all = append(all, fmt.Errorf("%s: %w", c.name, e))
-			}
+			record(c, errs)
 		}()
 	}
 	wg.Wait()
+	for _, c := range run {
+		if c.alone {
+			errs, _ := runCheck(ctx, h, f, c)
+			record(c, errs)
+		}
+	}
 	return errors.Join(all...)
 }

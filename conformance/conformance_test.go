@@ -2,7 +2,6 @@ package conformance_test
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"sync"
 	"testing"
@@ -11,16 +10,19 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
-	"github.com/stampede-go/stampede/internal/hub"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 func memHarness() conformance.Harness {
 	sp := memory.NewSpace(nil)
-	return conformance.Harness{Open: func(context.Context) (claim.Backend, error) { return memory.New(sp, nil) }}
+	return conformance.Harness{
+		Open:         func(context.Context) (*claim.Client, error) { return memory.New(sp, nil) },
+		OpenIsolated: func(context.Context) (*claim.Client, error) { return memory.New(memory.NewSpace(nil), nil) },
+	}
 }
 
 // The reference backend passes every check.
@@ -29,14 +31,14 @@ func TestMemory(t *testing.T) { conformance.Run(t, memHarness()) }
 func TestMemoryWithLimit(t *testing.T) {
 	sp := memory.NewSpace(&memory.SpaceOptions{MaxValueLen: 1000})
 	err := conformance.Test(context.Background(), conformance.Harness{
-		Open: func(context.Context) (claim.Backend, error) { return memory.New(sp, nil) },
+		Open: func(context.Context) (*claim.Client, error) { return memory.New(sp, nil) },
 	}, "TooLarge", "Store")
 	if err != nil {
 		t.Fatal(err)
 	}
 }
 
-// Each broken backend must be caught by the named checks.
+// Each broken driver must be caught by the named checks.
 func TestCatchesBrokenBackends(t *testing.T) {
 	cases := []struct {
 		bug    bug
@@ -49,60 +51,78 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{repeatsTokens, []string{"TokensIncrease", "ClaimHeld"}},
 		{neverExpires, []string{"ExpiryTakeover", "TokensIncrease"}},
 		{wakesOneWaiter, []string{"WakeEveryWaiter"}},
-		{ignoresLocalDeadline, []string{"LocalDeadline"}},
-		{noLimit, []string{"TooLarge"}},
-		{ignoresClose, []string{"Closed"}},
 		{commitReleaseWithoutTokenCheck, []string{"CommitRelease"}},
 		{commitReleaseDropsWakeups, []string{"CommitRelease"}},
 		{claimReadMissesValue, []string{"ClaimRead"}},
 		{claimReadReturnsExpired, []string{"ClaimRead"}},
 		{releasesExpired, []string{"ReleaseExpired"}},
+		{acceptsServerExpired, []string{"ServerExpiry"}},
+		{wakesBeforeChange, []string{"WakeAfterChange"}},
+		{appliesCancelled, []string{"CancelledContext"}},
+		{releaseReadThenDelete, []string{"ConcurrentRelease"}},
+		{remainingWrongUnit, []string{"ClaimHeld"}},
+		{subscribeNotLive, []string{"SubscribeLive"}},
+		{unsubscribeIgnored, []string{"Unsubscribe"}},
+		{busDeliversNowhere, []string{"Broadcast"}},
+		{falseAtomicCommit, []string{"AtomicCommit"}},
+		{falseMinTTL, []string{"GrantedTTL"}},
+		{falseMaxValue, []string{"TooLarge"}},
+		{fencesLostOnRestart, []string{"DurableFence"}},
+		{sharedNamespace, []string{"Isolation"}},
 	}
 	for _, c := range cases {
 		t.Run(c.bug.String(), func(t *testing.T) {
 			t.Parallel()
-			sp := newNaive(c.bug)
-			h := conformance.Harness{
-				Open:    func(context.Context) (claim.Backend, error) { return sp.client(), nil },
-				Timeout: 20 * time.Second,
-			}
+			h := newNaive(c.bug).harness()
+			h.Timeout = 20 * time.Second
 			for _, name := range c.checks {
 				err := conformance.Test(context.Background(), h, name)
 				if err == nil {
-					t.Errorf("check %s passed a backend with bug %q", name, c.bug)
+					t.Errorf("check %s passed a driver with bug %q", name, c.bug)
 					continue
 				}
 				t.Logf("%s caught it: %.300s", name, firstLine(err))
 			}
 		})
 	}
-	// The naive backend without bugs passes the checks used above, so
-	// each failure is the bug's doing.
+	// The naive driver without bugs passes every check, so each failure
+	// above is the bug's doing.
 	t.Run("none", func(t *testing.T) {
 		t.Parallel()
-		sp := newNaive(0)
-		h := conformance.Harness{Open: func(context.Context) (claim.Backend, error) { return sp.client(), nil }}
-		if err := conformance.Test(context.Background(), h); err != nil {
-			t.Fatalf("bug-free naive backend failed: %v", err)
+		if err := conformance.Test(context.Background(), newNaive(0).harness()); err != nil {
+			t.Fatalf("bug-free naive driver failed: %v", err)
 		}
 	})
 }
 
-// A backend without the optional interfaces passes: their checks do not
-// apply.
-func TestOptionalNotApplicable(t *testing.T) {
+// A driver without the optional interfaces passes: the Client's fallbacks
+// (claim then get, commit then release, the topic log) meet the contract.
+func TestWithoutFastPaths(t *testing.T) {
 	sp := memory.NewSpace(nil)
-	h := conformance.Harness{Open: func(context.Context) (claim.Backend, error) {
-		b, err := memory.New(sp, nil)
-		return plain{b}, err
-	}}
-	if err := conformance.Test(context.Background(), h, "ClaimRead", "CommitRelease"); err != nil {
+	plainClient := func(sp *memory.Space) (*claim.Client, error) {
+		c, err := memory.New(sp, nil)
+		if err != nil {
+			return nil, err
+		}
+		return claim.NewClient(plain{c.Driver()}, nil), nil
+	}
+	h := conformance.Harness{
+		Open:         func(context.Context) (*claim.Client, error) { return plainClient(sp) },
+		OpenIsolated: func(context.Context) (*claim.Client, error) { return plainClient(memory.NewSpace(nil)) },
+	}
+	if err := conformance.Test(context.Background(), h); err != nil {
 		t.Fatal(err)
 	}
 }
 
-// plain hides a backend's optional interfaces.
-type plain struct{ claim.Backend }
+// plain hides a driver's optional interfaces.
+type plain struct{ driver.Driver }
+
+func (p plain) Features() driver.Features {
+	f := p.Driver.Features()
+	f.Broadcast = false
+	return f
+}
 
 func TestNames(t *testing.T) {
 	err := conformance.Test(context.Background(), memHarness(), "NoSuchCheck")
@@ -129,14 +149,24 @@ const (
 	repeatsTokens
 	neverExpires
 	wakesOneWaiter
-	ignoresLocalDeadline
-	noLimit
-	ignoresClose
 	commitReleaseWithoutTokenCheck
 	commitReleaseDropsWakeups
 	claimReadMissesValue
 	claimReadReturnsExpired
 	releasesExpired
+	acceptsServerExpired
+	wakesBeforeChange
+	appliesCancelled
+	releaseReadThenDelete
+	remainingWrongUnit
+	subscribeNotLive
+	unsubscribeIgnored
+	busDeliversNowhere
+	falseAtomicCommit
+	falseMinTTL
+	falseMaxValue
+	fencesLostOnRestart
+	sharedNamespace
 )
 
 func (b bug) String() string {
@@ -144,84 +174,104 @@ func (b bug) String() string {
 		nonAtomicClaim: "non-atomic claim", releaseWithoutTokenCheck: "release without token check",
 		commitWithoutTokenCheck: "commit without token check", dropsWakeups: "notify drops wake-ups",
 		repeatsTokens: "tokens repeat", neverExpires: "leases never expire", wakesOneWaiter: "wakes one waiter",
-		ignoresLocalDeadline: "ignores local deadline", noLimit: "no value limit", ignoresClose: "ignores Close",
 		commitReleaseWithoutTokenCheck: "commit-release without token check", commitReleaseDropsWakeups: "commit-release wakes nobody",
 		claimReadMissesValue: "claim-read misses the value", claimReadReturnsExpired: "claim-read returns expired values",
-		releasesExpired: "releases expired leases",
+		releasesExpired:       "releases expired leases",
+		acceptsServerExpired:  "commit and extend not judged on the server's expiry",
+		wakesBeforeChange:     "wakes before the release is visible",
+		appliesCancelled:      "applies calls whose context is done",
+		releaseReadThenDelete: "release reads, then deletes",
+		remainingWrongUnit:    "HeldError.Remaining in the wrong unit",
+		subscribeNotLive:      "Subscribe returns before the subscription is live",
+		unsubscribeIgnored:    "Unsubscribe keeps waking",
+		busDeliversNowhere:    "declares Broadcast, delivers to nobody",
+		falseAtomicCommit:     "declares AtomicCommit, checks then writes",
+		falseMinTTL:           "declares MinTTL, grants less",
+		falseMaxValue:         "declares MaxValueLen, stores less",
+		fencesLostOnRestart:   "declares DurableFence, loses fences on restart",
+		sharedNamespace:       "namespaces share keys",
 	}[b]
 }
 
-// naive is a small in-process backend written the obvious way, with
-// switchable bugs. It is independent of claim/memory on purpose.
+// naive is a small in-process driver's server, written the obvious way,
+// with switchable bugs. It is independent of claim/memory on purpose.
 type naive struct {
 	bugs   bug
 	mu     sync.Mutex
-	locks  map[string]claim.Lease
+	locks  map[string]driver.Lease
 	exp    map[string]time.Time
 	fence  map[string]uint64
 	vals   map[string][]byte
 	vexp   map[string]time.Time
-	subs   map[string][]*naiveClient
-	holder int
+	subs   map[string]map[*naiveDriver]func()
+	topics map[string]map[*naiveDriver]func([]byte, bool)
 }
 
 func newNaive(b bug) *naive {
-	return &naive{bugs: b, locks: map[string]claim.Lease{}, exp: map[string]time.Time{}, fence: map[string]uint64{},
-		vals: map[string][]byte{}, vexp: map[string]time.Time{}, subs: map[string][]*naiveClient{}}
+	return &naive{bugs: b, locks: map[string]driver.Lease{}, exp: map[string]time.Time{}, fence: map[string]uint64{},
+		vals: map[string][]byte{}, vexp: map[string]time.Time{}, subs: map[string]map[*naiveDriver]func(){},
+		topics: map[string]map[*naiveDriver]func([]byte, bool){}}
 }
 
-const naiveLimit = 1 << 16
-
-type naiveClient struct {
-	n      *naive
-	hub    *hub.Hub
-	mu     sync.Mutex
-	closed bool
-}
-
-func (n *naive) client() *naiveClient {
-	c := &naiveClient{n: n}
-	c.hub = hub.New(naiveSub{c})
-	return c
-}
-
-type naiveSub struct{ c *naiveClient }
-
-func (s naiveSub) Subscribe(_ context.Context, key string) error {
-	s.c.n.mu.Lock()
-	defer s.c.n.mu.Unlock()
-	s.c.n.subs[key] = append(s.c.n.subs[key], s.c)
-	return nil
-}
-
-func (s naiveSub) Unsubscribe(key string) {
-	s.c.n.mu.Lock()
-	defer s.c.n.mu.Unlock()
-	l := s.c.n.subs[key]
-	for i, c := range l {
-		if c == s.c {
-			s.c.n.subs[key] = append(l[:i], l[i+1:]...)
-			break
-		}
+func (n *naive) harness() conformance.Harness {
+	return conformance.Harness{
+		Open: func(context.Context) (*claim.Client, error) { return claim.NewClient(n.driver(""), nil), nil },
+		OpenIsolated: func(context.Context) (*claim.Client, error) {
+			if n.bugs&sharedNamespace != 0 {
+				return claim.NewClient(n.driver(""), nil), nil
+			}
+			return claim.NewClient(n.driver("isolated/"), nil), nil
+		},
+		Restart: func(context.Context) error {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			clear(n.locks)
+			if n.bugs&fencesLostOnRestart != 0 {
+				clear(n.fence)
+			}
+			return nil
+		},
 	}
 }
 
-func (c *naiveClient) pre(ctx context.Context, key string) error {
-	if key == "" {
-		return claim.ErrInvalidKey
-	}
-	c.mu.Lock()
-	closed := c.closed
-	c.mu.Unlock()
-	if closed && c.n.bugs&ignoresClose == 0 {
-		return claim.ErrClosed
+const (
+	naiveLimit   = 1 << 16
+	naiveMinTTL  = 10 * time.Millisecond
+	naiveMaxWait = 20 * time.Millisecond // the width of the racy bugs' windows
+)
+
+// naiveDriver is one client: a driver.Driver with every optional
+// interface, under a namespace ns.
+type naiveDriver struct {
+	n  *naive
+	ns string
+}
+
+func (n *naive) driver(ns string) *naiveDriver { return &naiveDriver{n: n, ns: ns} }
+
+func (d *naiveDriver) ctx(ctx context.Context) error {
+	if d.n.bugs&appliesCancelled != 0 {
+		return nil
 	}
 	return ctx.Err()
 }
 
-func (c *naiveClient) Features() claim.Features {
-	f := claim.Features{Name: "naive", Notify: claim.Push, AtomicCommit: true, DurableFence: true, MaxValueLen: naiveLimit}
-	return f
+func (d *naiveDriver) Features() driver.Features {
+	return driver.Features{Name: "naive", Notify: driver.Push, AtomicCommit: true, DurableFence: true,
+		MinTTL: naiveMinTTL, MaxValueLen: naiveLimit, Broadcast: true}
+}
+
+func (d *naiveDriver) Close() error {
+	n := d.n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, m := range n.subs {
+		delete(m, d)
+	}
+	for _, m := range n.topics {
+		delete(m, d)
+	}
+	return nil
 }
 
 // live reports whether key's lease is live; n.mu held.
@@ -230,20 +280,22 @@ func (n *naive) live(key string) bool {
 	return ok && (n.bugs&neverExpires != 0 || time.Now().Before(n.exp[key]))
 }
 
-func (c *naiveClient) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	if err := c.pre(ctx, key); err != nil {
-		return claim.Lease{}, err
+func (d *naiveDriver) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	if err := d.ctx(ctx); err != nil {
+		return driver.Lease{}, err
 	}
-	if ttl <= 0 {
-		return claim.Lease{}, fmt.Errorf("bad ttl")
+	if d.n.bugs&falseMinTTL == 0 {
+		ttl = max(ttl, naiveMinTTL)
 	}
-	start := time.Now()
-	n := c.n
+	n, k := d.n, d.ns+key
 	n.mu.Lock()
-	if n.live(key) {
-		rem := max(time.Until(n.exp[key]), 0)
+	if n.live(k) {
+		rem := max(time.Until(n.exp[k]), 0)
 		n.mu.Unlock()
-		return claim.Lease{}, &claim.HeldError{Key: key, Remaining: rem}
+		if n.bugs&remainingWrongUnit != 0 {
+			rem /= 1000
+		}
+		return driver.Lease{}, &driver.HeldError{Remaining: rem}
 	}
 	if n.bugs&nonAtomicClaim != 0 {
 		// Check, then act: the gap lets two claimers in.
@@ -251,214 +303,298 @@ func (c *naiveClient) TryClaim(ctx context.Context, key string, ttl time.Duratio
 		time.Sleep(2 * time.Millisecond)
 		n.mu.Lock()
 	}
-	n.fence[key]++
-	n.holder++
-	l := claim.Lease{Key: key, Holder: fmt.Sprint(n.holder), Token: n.fence[key], TTL: ttl, Deadline: start.Add(ttl)}
+	n.fence[k]++
+	l := driver.Lease{Key: key, Holder: holder, Token: n.fence[k], TTL: ttl}
 	if n.bugs&repeatsTokens != 0 {
 		l.Token = 1
 	}
-	n.locks[key] = l
-	n.exp[key] = time.Now().Add(ttl)
+	n.locks[k] = l
+	n.exp[k] = time.Now().Add(ttl)
 	n.mu.Unlock()
 	return l, nil
 }
 
-func (n *naive) current(l claim.Lease) bool {
-	cur, ok := n.locks[l.Key]
-	return ok && n.live(l.Key) && cur.Holder == l.Holder && cur.Token == l.Token
+// current reports whether l is k's live lease; n.mu held.
+func (n *naive) current(k string, l driver.Lease) bool {
+	cur, ok := n.locks[k]
+	return ok && n.live(k) && cur.Holder == l.Holder && cur.Token == l.Token
 }
 
-func (c *naiveClient) Extend(ctx context.Context, l claim.Lease, ttl time.Duration) (claim.Lease, error) {
-	if err := c.pre(ctx, l.Key); err != nil {
-		return claim.Lease{}, err
+// currentForWrite is current, but without the expiry for the bug that
+// trusts the lease's holder to know it.
+func (n *naive) currentForWrite(k string, l driver.Lease) bool {
+	if n.bugs&acceptsServerExpired != 0 {
+		cur, ok := n.locks[k]
+		return ok && cur.Holder == l.Holder && cur.Token == l.Token
 	}
-	start := time.Now()
-	if l.Expired(start) && c.n.bugs&ignoresLocalDeadline == 0 {
-		return claim.Lease{}, claim.ErrLost
+	return n.current(k, l)
+}
+
+func (d *naiveDriver) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	if err := d.ctx(ctx); err != nil {
+		return driver.Lease{}, err
 	}
-	n := c.n
+	ttl = max(ttl, naiveMinTTL)
+	n, k := d.n, d.ns+l.Key
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.current(l) {
-		return claim.Lease{}, claim.ErrLost
+	if !n.currentForWrite(k, l) {
+		return driver.Lease{}, driver.ErrLost
 	}
-	n.exp[l.Key] = time.Now().Add(ttl)
-	l.TTL, l.Deadline = ttl, start.Add(ttl)
+	n.exp[k] = time.Now().Add(ttl)
+	l.TTL = ttl
 	return l, nil
 }
 
-func (c *naiveClient) Release(ctx context.Context, l claim.Lease) error {
-	if err := c.pre(ctx, l.Key); err != nil {
+func (d *naiveDriver) Release(ctx context.Context, l driver.Lease) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	n := c.n
+	n, k := d.n, d.ns+l.Key
 	n.mu.Lock()
-	cur, held := n.locks[l.Key]
+	cur, held := n.locks[k]
 	expiredOwn := n.bugs&releasesExpired != 0 && held && cur.Holder == l.Holder && cur.Token == l.Token
-	if !n.current(l) && !(n.bugs&releaseWithoutTokenCheck != 0 && n.live(l.Key)) && !expiredOwn {
+	if !n.current(k, l) && !(n.bugs&releaseWithoutTokenCheck != 0 && n.live(k)) && !expiredOwn {
 		n.mu.Unlock()
-		return claim.ErrLost
+		return driver.ErrLost
 	}
-	delete(n.locks, l.Key)
-	subs := append([]*naiveClient(nil), n.subs[l.Key]...)
+	if n.bugs&releaseReadThenDelete != 0 {
+		// Compared, then deleted in another step: a retried copy of this
+		// release can delete the next holder's lease.
+		n.mu.Unlock()
+		time.Sleep(naiveMaxWait)
+		n.mu.Lock()
+	}
+	subs := n.wakesLocked(k)
+	if n.bugs&wakesBeforeChange != 0 {
+		n.mu.Unlock()
+		n.wake(subs)
+		time.Sleep(naiveMaxWait)
+		n.mu.Lock()
+		delete(n.locks, k)
+		n.mu.Unlock()
+		return nil
+	}
+	delete(n.locks, k)
 	n.mu.Unlock()
-	c.n.wake(l.Key, subs)
+	n.wake(subs)
 	return nil
 }
 
-func (n *naive) wake(key string, subs []*naiveClient) {
+func (n *naive) wakesLocked(k string) []func() {
+	var out []func()
+	for _, w := range n.subs[k] {
+		out = append(out, w)
+	}
+	return out
+}
+
+func (n *naive) wake(subs []func()) {
 	if n.bugs&dropsWakeups != 0 {
-		// Only wakes what is already waiting: nothing is kept for a
-		// subscriber that has not started receiving yet.
 		return
 	}
 	if n.bugs&wakesOneWaiter != 0 && len(subs) > 1 {
 		subs = subs[:1]
 	}
-	for _, s := range subs {
-		s.hub.Wake(key)
+	for _, w := range subs {
+		w()
 	}
 }
 
-func (c *naiveClient) Commit(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
-	if err := c.pre(ctx, l.Key); err != nil {
+func (d *naiveDriver) Commit(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	if len(v) > naiveLimit && c.n.bugs&noLimit == 0 {
-		return &claim.TooLargeError{What: "value", Size: len(v), Limit: naiveLimit}
-	}
-	if l.Expired(time.Now()) && c.n.bugs&ignoresLocalDeadline == 0 {
-		return claim.ErrLost
-	}
-	n := c.n
+	n, k := d.n, d.ns+l.Key
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	if !n.current(l) && n.bugs&commitWithoutTokenCheck == 0 {
-		return claim.ErrLost
+	if !n.currentForWrite(k, l) && n.bugs&commitWithoutTokenCheck == 0 {
+		return driver.ErrLost
 	}
-	n.set(l.Key, v, ttl)
+	if n.bugs&falseAtomicCommit != 0 {
+		n.mu.Unlock()
+		time.Sleep(2 * naiveMaxWait)
+		n.mu.Lock()
+	}
+	return n.set(k, v, ttl)
+}
+
+// set stores a value; n.mu held.
+func (n *naive) set(k string, v []byte, ttl time.Duration) error {
+	if n.bugs&falseMaxValue != 0 && len(v) > naiveLimit/2 {
+		return &driver.TooLargeError{What: "value", Size: len(v), Limit: naiveLimit / 2}
+	}
+	n.vals[k] = append([]byte{}, v...)
+	if ttl > 0 {
+		n.vexp[k] = time.Now().Add(ttl)
+	} else {
+		delete(n.vexp, k)
+	}
 	return nil
 }
 
-func (n *naive) set(key string, v []byte, ttl time.Duration) {
-	n.vals[key] = append([]byte{}, v...)
-	if ttl > 0 {
-		n.vexp[key] = time.Now().Add(ttl)
-	} else {
-		delete(n.vexp, key)
+// get reads a value; n.mu held.
+func (n *naive) get(k string, expired bool) ([]byte, bool) {
+	v, ok := n.vals[k]
+	if e, has := n.vexp[k]; ok && has && !time.Now().Before(e) && !expired {
+		ok = false
 	}
+	return append([]byte{}, v...), ok
 }
 
-func (c *naiveClient) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
-	l, err := c.TryClaim(ctx, key, ttl)
+func (d *naiveDriver) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	l, err := d.TryClaim(ctx, key, holder, ttl)
 	if err != nil {
 		return l, nil, false, err
 	}
 	// Not atomic with the claim: the conformance checks cannot see the
-	// gap, so this backend's race is not one of its switchable bugs.
-	n := c.n
+	// gap, so this driver's race is not one of its switchable bugs.
+	n := d.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	v, ok := n.vals[key]
-	if e, has := n.vexp[key]; ok && has && !time.Now().Before(e) && n.bugs&claimReadReturnsExpired == 0 {
-		ok = false
-	}
+	v, ok := n.get(d.ns+key, n.bugs&claimReadReturnsExpired != 0)
 	if !ok || n.bugs&claimReadMissesValue != 0 {
 		return l, nil, false, nil
 	}
-	return l, append([]byte{}, v...), true, nil
+	return l, v, true, nil
 }
 
-func (c *naiveClient) CommitRelease(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
-	if err := c.pre(ctx, l.Key); err != nil {
+func (d *naiveDriver) CommitRelease(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	if len(v) > naiveLimit && c.n.bugs&noLimit == 0 {
-		return &claim.TooLargeError{What: "value", Size: len(v), Limit: naiveLimit}
-	}
-	if l.Expired(time.Now()) && c.n.bugs&ignoresLocalDeadline == 0 {
-		return claim.ErrLost
-	}
-	n := c.n
+	n, k := d.n, d.ns+l.Key
 	n.mu.Lock()
-	if !n.current(l) && !(n.bugs&commitReleaseWithoutTokenCheck != 0 && n.live(l.Key)) {
+	if !n.currentForWrite(k, l) && !(n.bugs&commitReleaseWithoutTokenCheck != 0 && n.live(k)) {
 		n.mu.Unlock()
-		return claim.ErrLost
+		return driver.ErrLost
 	}
-	n.set(l.Key, v, ttl)
-	delete(n.locks, l.Key)
-	subs := append([]*naiveClient(nil), n.subs[l.Key]...)
+	if err := n.set(k, v, ttl); err != nil {
+		n.mu.Unlock()
+		return err
+	}
+	delete(n.locks, k)
+	subs := n.wakesLocked(k)
 	n.mu.Unlock()
 	if n.bugs&commitReleaseDropsWakeups == 0 {
-		n.wake(l.Key, subs)
+		n.wake(subs)
 	}
 	return nil
 }
 
-func (c *naiveClient) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := c.pre(ctx, key); err != nil {
+func (d *naiveDriver) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := d.ctx(ctx); err != nil {
 		return nil, err
 	}
-	n := c.n
+	n := d.n
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	v, ok := n.vals[key]
-	if e, has := n.vexp[key]; ok && has && !time.Now().Before(e) {
-		ok = false
-	}
+	v, ok := n.get(d.ns+key, false)
 	if !ok {
-		return nil, claim.ErrNotFound
+		return nil, driver.ErrNotFound
 	}
-	return append([]byte{}, v...), nil
+	return v, nil
 }
 
-func (c *naiveClient) Set(ctx context.Context, key string, v []byte, ttl time.Duration) error {
-	if err := c.pre(ctx, key); err != nil {
+func (d *naiveDriver) Set(ctx context.Context, key string, v []byte, ttl time.Duration) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	if len(v) > naiveLimit && c.n.bugs&noLimit == 0 {
-		return &claim.TooLargeError{What: "value", Size: len(v), Limit: naiveLimit}
-	}
-	c.n.mu.Lock()
-	defer c.n.mu.Unlock()
-	c.n.set(key, v, ttl)
-	return nil
+	d.n.mu.Lock()
+	defer d.n.mu.Unlock()
+	return d.n.set(d.ns+key, v, ttl)
 }
 
-func (c *naiveClient) Delete(ctx context.Context, key string) error {
-	if err := c.pre(ctx, key); err != nil {
+func (d *naiveDriver) Delete(ctx context.Context, key string) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	c.n.mu.Lock()
-	defer c.n.mu.Unlock()
-	delete(c.n.vals, key)
+	d.n.mu.Lock()
+	defer d.n.mu.Unlock()
+	delete(d.n.vals, d.ns+key)
 	return nil
 }
 
-func (c *naiveClient) Subscribe(ctx context.Context, key string) (*claim.Subscription, error) {
-	if err := c.pre(ctx, key); err != nil {
-		return nil, err
-	}
-	return c.hub.Subscribe(ctx, key)
-}
-
-func (c *naiveClient) Notify(ctx context.Context, key string) error {
-	if err := c.pre(ctx, key); err != nil {
+func (d *naiveDriver) Subscribe(ctx context.Context, key string, wake func()) error {
+	if err := d.ctx(ctx); err != nil {
 		return err
 	}
-	c.n.mu.Lock()
-	subs := append([]*naiveClient(nil), c.n.subs[key]...)
-	c.n.mu.Unlock()
-	c.n.wake(key, subs)
+	add := func() {
+		d.n.mu.Lock()
+		defer d.n.mu.Unlock()
+		k := d.ns + key
+		if d.n.subs[k] == nil {
+			d.n.subs[k] = map[*naiveDriver]func(){}
+		}
+		d.n.subs[k][d] = wake
+	}
+	if d.n.bugs&subscribeNotLive != 0 {
+		// Confirmed later, by the substrate, while the caller goes on.
+		go func() {
+			time.Sleep(naiveMaxWait)
+			add()
+		}()
+		return nil
+	}
+	add()
 	return nil
 }
 
-func (c *naiveClient) Close() error {
-	c.mu.Lock()
-	c.closed = true
-	c.mu.Unlock()
-	if c.n.bugs&ignoresClose == 0 {
-		c.hub.Close()
+func (d *naiveDriver) Unsubscribe(key string) {
+	if d.n.bugs&unsubscribeIgnored != 0 {
+		return
+	}
+	d.n.mu.Lock()
+	defer d.n.mu.Unlock()
+	delete(d.n.subs[d.ns+key], d)
+}
+
+func (d *naiveDriver) Notify(ctx context.Context, key string) error {
+	if err := d.ctx(ctx); err != nil {
+		return err
+	}
+	d.n.mu.Lock()
+	subs := d.n.wakesLocked(d.ns + key)
+	d.n.mu.Unlock()
+	d.n.wake(subs)
+	return nil
+}
+
+func (d *naiveDriver) Publish(ctx context.Context, topic string, msg []byte) error {
+	if err := d.ctx(ctx); err != nil {
+		return err
+	}
+	if d.n.bugs&busDeliversNowhere != 0 {
+		return nil
+	}
+	d.n.mu.Lock()
+	var ds []func([]byte, bool)
+	for _, f := range d.n.topics[d.ns+topic] {
+		ds = append(ds, f)
+	}
+	d.n.mu.Unlock()
+	for _, f := range ds {
+		f(append([]byte(nil), msg...), false)
 	}
 	return nil
+}
+
+func (d *naiveDriver) SubscribeTopic(ctx context.Context, topic string, deliver func([]byte, bool)) error {
+	if err := d.ctx(ctx); err != nil {
+		return err
+	}
+	d.n.mu.Lock()
+	defer d.n.mu.Unlock()
+	t := d.ns + topic
+	if d.n.topics[t] == nil {
+		d.n.topics[t] = map[*naiveDriver]func([]byte, bool){}
+	}
+	d.n.topics[t][d] = deliver
+	return nil
+}
+
+func (d *naiveDriver) UnsubscribeTopic(topic string) {
+	d.n.mu.Lock()
+	defer d.n.mu.Unlock()
+	delete(d.n.topics[d.ns+topic], d)
 }

@@ -32,7 +32,7 @@ type Space struct {
 	locks  map[string]lock
 	fences map[string]uint64
 	values map[string]value
-	subs   map[string]map[*backend]func()                // key -> subscribed clients' wake
+	subs   map[string]map[*backend]func()             // key -> subscribed clients' wake
 	topics map[string]map[*backend]func([]byte, bool) // topic -> subscribed clients' deliver
 }
 
