@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
 )
 
@@ -21,7 +22,7 @@ func TestKeepAliveRenews(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := claim.KeepAlive(ctx, a, l, nil)
+	k := a.KeepAlive(ctx, l, nil)
 	time.Sleep(l.TTL + l.TTL/4) // past the original TTL: renewed meanwhile
 	if _, err := b.TryClaim(ctx, "k", time.Second); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("kept-alive lease past its first TTL: TryClaim err = %v, want ErrHeld", err)
@@ -56,7 +57,7 @@ func TestKeepAliveReportsErrLost(t *testing.T) {
 		t.Fatal(err)
 	}
 	var cause error
-	k := claim.KeepAlive(ctx, a, l, &claim.KeepAliveOptions{Interval: 5 * time.Millisecond, OnLost: func(err error) { cause = err }})
+	k := a.KeepAlive(ctx, l, &claim.KeepAliveOptions{Interval: 5 * time.Millisecond, OnLost: func(err error) { cause = err }})
 	defer k.Stop()
 	if err := a.Release(ctx, l); err != nil { // behind the keeper's back
 		t.Fatal(err)
@@ -68,31 +69,25 @@ func TestKeepAliveReportsErrLost(t *testing.T) {
 	}
 }
 
-// hangingClaimer's Extend never answers (a cut network whose client
-// ignores the context).
-type hangingClaimer struct {
-	claim.Claimer
-	release chan struct{}
-}
-
-func (h hangingClaimer) Extend(context.Context, claim.Lease, time.Duration) (claim.Lease, error) {
-	<-h.release
-	return claim.Lease{}, errors.New("network down")
-}
-
 // The keeper fences itself by the local clock, with its margin, even when
-// the renewal call never returns.
+// the renewal call never returns (a cut network whose client ignores the
+// context).
 func TestKeepAliveSelfFences(t *testing.T) {
 	ctx := context.Background()
-	a, _ := memory.New(nil, nil)
+	s := newScript(t)
+	hang := make(chan struct{})
+	defer close(hang)
+	s.extend = func(context.Context, driver.Lease, time.Duration) (driver.Lease, error) {
+		<-hang
+		return driver.Lease{}, errors.New("network down")
+	}
+	a := claim.NewClient(s, nil)
 	defer a.Close()
 	l, err := a.TryClaim(ctx, "k", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := hangingClaimer{Claimer: a, release: make(chan struct{})}
-	defer close(h.release)
-	k := claim.KeepAlive(ctx, h, l, &claim.KeepAliveOptions{Interval: 10 * time.Millisecond, Margin: time.Second})
+	k := a.KeepAlive(ctx, l, &claim.KeepAliveOptions{Interval: 10 * time.Millisecond, Margin: time.Second})
 	<-k.Lost()
 	lostAt := time.Now()
 	if !errors.Is(k.Err(), claim.ErrLost) {
@@ -101,6 +96,6 @@ func TestKeepAliveSelfFences(t *testing.T) {
 	if !lostAt.Before(l.Deadline) {
 		t.Errorf("loss reported at %s, after the lease's deadline %s: no self-fencing margin", lostAt, l.Deadline)
 	}
-	go func() { h.release <- struct{}{} }()
+	go func() { hang <- struct{}{} }()
 	k.Stop()
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net/url"
 	"os"
 	"strings"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/consul"
+	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -33,24 +35,23 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func open(t testing.TB, rawURL string) claim.Backend {
+func open(t testing.TB, rawURL string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), rawURL)
+	c, err := claim.Open(context.Background(), rawURL)
 	if err != nil {
 		t.Fatalf("Open: %v", err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
-// uniq returns the server's URL with a key prefix of the test's own and
-// the given query parameters (name=value pairs) added.
-func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
-	u, err := url.Parse(srv.URL())
+// withQuery returns rawURL with the given query parameters (name=value
+// pairs) set.
+func withQuery(t testing.TB, rawURL string, params ...string) string {
+	u, err := url.Parse(rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	u.Path = strings.TrimSuffix(u.Path, "/") + "/test/" + strings.ReplaceAll(t.Name(), "/", "-")
 	q := u.Query()
 	for i := 0; i+1 < len(params); i += 2 {
 		q.Set(params[i], params[i+1])
@@ -59,18 +60,32 @@ func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
 	return u.String()
 }
 
+// uniq returns the server's URL with a key prefix of the test's own and
+// the given query parameters (name=value pairs) added.
+func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
+	prefix := "test/" + strings.ReplaceAll(t.Name(), "/", "-")
+	return withQuery(t, srv.URL(), append([]string{"prefix", prefix}, params...)...)
+}
+
+// harness opens clients of srv under the test's prefix; the isolated ones
+// under a prefix nested in it, which must share nothing with it either.
+// No Restart: the test server is `consul agent -dev`, which keeps its
+// state (and the raft index, the fencing token) in memory only.
+func harness(t testing.TB, srv *testserver.Server, params ...string) conformance.Harness {
+	u := uniq(t, srv, params...)
+	iso := withQuery(t, u, "prefix", "test/"+strings.ReplaceAll(t.Name(), "/", "-")+"/isolated")
+	return conformance.Harness{
+		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, u) },
+		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, iso) },
+	}
+}
+
 func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, srv.URL()) },
-	})
+	conformance.Run(t, harness(t, testserver.Shared(t, testserver.Consul)))
 }
 
 func BenchmarkConformance(b *testing.B) {
-	srv := testserver.Shared(b, testserver.Consul)
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, srv.URL()) },
-	})
+	conformance.Bench(b, harness(b, testserver.Shared(b, testserver.Consul)))
 }
 
 // A renewal whose reply was lost is retried with the same lease: both
@@ -130,9 +145,9 @@ func TestAmbiguousExtend(t *testing.T) {
 func TestTakeoverRace(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	u := uniq(t, srv, "skew", "10ms")
+	u := uniq(t, srv, "clock_skew", "10ms")
 	const n = 8
-	cs := make([]claim.Backend, n)
+	cs := make([]*claim.Client, n)
 	for i := range cs {
 		cs[i] = open(t, u)
 	}
@@ -179,7 +194,7 @@ func TestTakeoverRace(t *testing.T) {
 func TestSkewMargin(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv, "skew", "2s"))
+	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv, "clock_skew", "2s"))
 	l, err := a.TryClaim(ctx, "k", 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -192,10 +207,6 @@ func TestSkewMargin(t *testing.T) {
 	}
 	if he.Remaining <= time.Second || he.Remaining > 2*time.Second {
 		t.Errorf("Remaining = %s, want about 2s (the margin)", he.Remaining)
-	}
-	// The holder itself is past its deadline: no commit.
-	if err := a.Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("late Commit: %v, want ErrLost", err)
 	}
 }
 
@@ -455,7 +466,7 @@ func TestValueLimits(t *testing.T) {
 func TestSweep(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	b := open(t, uniq(t, srv, "skew", "1ms"))
+	b := open(t, uniq(t, srv, "clock_skew", "1ms"))
 	if err := b.Set(ctx, "short", []byte("v"), 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -470,7 +481,7 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(50 * time.Millisecond)
-	n, err := b.(*consul.Backend).Sweep(ctx)
+	n, err := consul.Sweep(ctx, b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -513,8 +524,24 @@ func TestNew(t *testing.T) {
 	if err != nil || p == nil {
 		t.Fatalf("value not under the prefix: %v, %v", p, err)
 	}
-	if s := b.String(); !strings.Contains(s, "mine") {
+	if s := fmt.Sprint(b.Driver()); !strings.Contains(s, "mine") {
 		t.Errorf("String() = %q", s)
+	}
+	var got *capi.Client
+	if !b.As(&got) || got != c {
+		t.Errorf("As(**api.Client) = %v, %p; want the client given to New", b.As(&got), got)
+	}
+	if n, err := consul.Sweep(ctx, b); err != nil || n != 0 {
+		t.Errorf("Sweep of a fresh prefix: %d, %v", n, err)
+	}
+	b.Close()
+	if _, err := consul.Sweep(ctx, b); !errors.Is(err, claim.ErrClosed) {
+		t.Errorf("Sweep after Close: %v, want ErrClosed", err)
+	}
+	m, _ := memory.New(nil, nil)
+	defer m.Close()
+	if _, err := consul.Sweep(ctx, m); err == nil {
+		t.Errorf("Sweep of a memory client succeeded")
 	}
 }
 
@@ -561,21 +588,35 @@ func TestReadableKeys(t *testing.T) {
 
 func TestURL(t *testing.T) {
 	const secret = "s3cr3t-T0KEN"
-	bad := []string{
-		"consul://127.0.0.1:1/?token=" + secret + "&bogus=1",
-		"consul://127.0.0.1:1/?token=" + secret + "&skew=soon",
-		"consul://127.0.0.1:1/?token=" + secret + "&tls=maybe",
-		"consul://127.0.0.1:1/?token=" + secret + "&maxvalue=-1",
-		"consul://127.0.0.1:1/?token=" + secret + "&maxconns=-1",
-		"consul://127.0.0.1:1/?token=" + secret + "&maxwatches=many",
-		"consul://127.0.0.1:1/a/../b?token=" + secret,
-		"consul://user:" + secret + "@127.0.0.1:1/?token=" + secret + "&token=" + secret,
+	bad := map[string]string{
+		"consul://127.0.0.1:1/?token=" + secret + "&bogus=1":                             "unknown URL parameter",
+		"consul://127.0.0.1:1/?token=" + secret + "&clock_skew=soon":                     "clock_skew",
+		"consuls://127.0.0.1:1/?token=" + secret + "&skip_verify=maybe":                  "skip_verify",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxvalue=-1":                         "maxvalue",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxconns=-1":                         "maxconns",
+		"consul://127.0.0.1:1/?token=" + secret + "&maxwatches=many":                     "maxwatches",
+		"consul://127.0.0.1:1/?token=" + secret + "&prefix=a/../b":                       "prefix",
+		"consul://127.0.0.1:1/app/cache?token=" + secret:                                 "?prefix=",
+		"consul://127.0.0.1:1/?token=" + secret + "&cacert=/ca.pem":                      "TLS scheme",
+		"consuls://127.0.0.1:1/?token=" + secret + "&cacert=/nonexistent":                "CA certificate",
+		"consuls://127.0.0.1:1/?token=" + secret + "&cert=/c.pem":                        "together",
+		"consul://127.0.0.1:1/?token=" + secret + ";dc=x":                                "';'",
+		"consul://user:" + secret + "@127.0.0.1:1/?token=" + secret + "&token=" + secret: "2 times",
+		// The names of earlier versions.
+		"consul://127.0.0.1:1/?token=" + secret + "&skew=1s":            "skew",
+		"consul://127.0.0.1:1/?token=" + secret + "&tls=true":           "tls",
+		"consuls://127.0.0.1:1/?token=" + secret + "&cafile=/x":         "cafile",
+		"consuls://127.0.0.1:1/?token=" + secret + "&insecure=1":        "insecure",
+		"consuls://127.0.0.1:1/?certfile=/x&keyfile=/y&token=" + secret: "certfile, keyfile",
 	}
-	for _, u := range bad {
+	for u, want := range bad {
 		_, err := claim.Open(context.Background(), u)
 		if err == nil {
 			t.Errorf("Open(%q) succeeded, want an error", claim.RedactURL(u))
 			continue
+		}
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Open(%q): %v; want it to say %q", claim.RedactURL(u), err, want)
 		}
 		if strings.Contains(err.Error(), secret) {
 			t.Errorf("error leaks the secret: %v", err)
@@ -583,12 +624,12 @@ func TestURL(t *testing.T) {
 	}
 	good := []string{
 		"consul://127.0.0.1:1",
-		"consul://127.0.0.1:1/app/cache?token=" + secret + "&dc=dc1&skew=0&wait=1m&maxvalue=1000",
-		"consuls://127.0.0.1:1/?insecure=true&maxconns=4&maxwatches=2",
-		"consul://user:" + secret + "@127.0.0.1:1/?tls=true",
+		"consul://127.0.0.1:1/?prefix=app/cache&token=" + secret + "&dc=dc1&clock_skew=0&wait=1m&maxvalue=1000",
+		"consuls://127.0.0.1:1/?skip_verify=true&servername=consul.internal&maxconns=4&maxwatches=2",
+		"consuls://user:" + secret + "@127.0.0.1:1",
 	}
 	for _, u := range good {
-		b, err := claim.Open(context.Background(), u)
+		c, err := claim.Open(context.Background(), u)
 		if err != nil {
 			t.Errorf("Open(%q): %v", claim.RedactURL(u), err)
 			continue
@@ -596,17 +637,17 @@ func TestURL(t *testing.T) {
 		// Nothing listens on port 1: errors name the request, never the
 		// token or password.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		_, err = b.TryClaim(ctx, "k", time.Second)
+		_, err = c.TryClaim(ctx, "k", time.Second)
 		cancel()
 		if err == nil {
 			t.Errorf("TryClaim against a closed port succeeded")
 		} else if strings.Contains(err.Error(), secret) {
 			t.Errorf("error leaks the secret: %v", err)
 		}
-		if s := b.(interface{ String() string }).String(); strings.Contains(s, secret) {
+		if s := fmt.Sprint(c.Driver()); strings.Contains(s, secret) {
 			t.Errorf("String leaks the secret: %s", s)
 		}
-		b.Close()
+		c.Close()
 	}
 	if got := claim.RedactURL(good[1]); strings.Contains(got, secret) {
 		t.Errorf("RedactURL = %s", got)
@@ -667,8 +708,9 @@ func TestTLSScheme(t *testing.T) {
 }
 
 func FuzzURL(f *testing.F) {
-	f.Add("consul://h:1/p?token=abc&dc=x")
-	f.Add("consuls://u:pw@h/a/b?skew=1s&maxvalue=5")
+	f.Add("consul://h:1?prefix=p&token=abc&dc=x")
+	f.Add("consuls://u:pw@h?prefix=a/b&clock_skew=1s&maxvalue=5&skip_verify=true")
+	f.Add("consul://h:1/p?token=abc")
 	f.Fuzz(func(t *testing.T, raw string) {
 		b, err := claim.Open(context.Background(), raw)
 		if err != nil {

@@ -12,24 +12,31 @@ import (
 	"github.com/stampede-go/stampede/claim/consul"
 )
 
-// Open a backend by URL: the token is sent as X-Consul-Token and never
-// printed (errors show the URL redacted).
+// Open a Client by URL: importing this package registers consul:// and
+// consuls://. The token is sent as X-Consul-Token and never printed
+// (errors show the URL redacted).
 func Example_open() {
 	ctx := context.Background()
-	b, err := claim.Open(ctx, "consul://127.0.0.1:8500/myapp/cache?token=SECRET&dc=dc1")
+	c, err := claim.Open(ctx, "consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1")
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer b.Close()
-	l, err := claim.Acquire(ctx, b, "report:42", 5*time.Second)
+	defer c.Close()
+
+	// Run a job once per key fleet-wide: wait for the claim (woken by the
+	// holder's release through a blocking query), keep it alive while
+	// working, commit the result fenced by the lease, release.
+	l, err := c.Acquire(ctx, "report:42", 5*time.Second)
 	if err != nil {
 		log.Fatal(err)
 	}
-	if err := b.Commit(ctx, l, []byte("result"), time.Hour); err != nil {
-		log.Fatal(err)
+	k := c.KeepAlive(ctx, l, nil)
+	result := []byte("the report") // work under k.Context()
+	if err := c.Commit(ctx, k.Stop(), result, time.Hour); err != nil {
+		log.Print(err) // claim.ErrLost: someone else took over
 	}
-	if err := b.Release(ctx, l); err != nil {
-		log.Fatal(err)
+	if err := c.Release(ctx, l); err != nil {
+		log.Print(err)
 	}
 }
 
@@ -42,25 +49,26 @@ func ExampleNew() {
 	if err != nil {
 		log.Fatal(err)
 	}
-	b, err := consul.New(client, &consul.Options{Prefix: "myapp/stampede", ClockSkew: 20 * time.Millisecond})
+	c, err := consul.New(client, &consul.Options{Prefix: "myapp/stampede", ClockSkew: 20 * time.Millisecond})
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer b.Close()
-	fmt.Println(b.Features().AtomicCommit, b.Features().Notify)
-	// Output: true push
+	defer c.Close()
+	var native *capi.Client
+	fmt.Println(c.Features().AtomicCommit, c.Features().Notify, c.As(&native) && native == client)
+	// Output: true push true
 }
 
 // Sweep from one process now and then (Consul KV has no TTL: values nobody
 // reads again, and crashed holders' lease records, stay until swept).
-func ExampleBackend_Sweep() {
+func ExampleSweep() {
 	ctx := context.Background()
-	b, err := claim.Open(ctx, "consul://127.0.0.1:8500")
+	c, err := claim.Open(ctx, "consul://127.0.0.1:8500?prefix=myapp/cache")
 	if err != nil {
 		log.Fatal(err)
 	}
-	defer b.Close()
-	n, err := b.(*consul.Backend).Sweep(ctx)
+	defer c.Close()
+	n, err := consul.Sweep(ctx, c)
 	if err != nil {
 		log.Print(err)
 	}

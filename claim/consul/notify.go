@@ -5,50 +5,73 @@ import (
 	crand "crypto/rand"
 	"encoding/hex"
 	"errors"
-	"fmt"
 	"math/rand/v2"
 	"strconv"
-	"strings"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
 
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/poll"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements claim.Notifier. The first subscriber of a key in
-// this Backend reads the key's state (one round trip) and starts the
-// blocking query from the index of that read, so every later change is
-// seen; later subscribers join it.
-func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	if err := b.check("subscribe", key); err != nil {
-		return nil, err
-	}
+// Subscribe implements driver.Notifier. It reads the key's state (one
+// round trip) and starts the blocking query from the index of that read,
+// so every later change is seen; if every blocking-query slot
+// (Options.MaxWatches) is taken, the poll loop reads the key from that
+// state instead.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	if err := ctx.Err(); err != nil {
-		return nil, err
+		return err
 	}
-	s, err := b.hub.Subscribe(ctx, key)
+	dir := b.dir(key)
+	pairs, meta, err := b.kv.List(dir, qo(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("consul: subscribe %q: %w", key, err)
+		return err
 	}
-	return s, nil
+	st := b.stateOf(key, pairs)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return driver.ErrClosed
+	}
+	if b.maxWatches >= 0 && len(b.watchers) >= b.maxWatches {
+		b.polled[key] = &polledKey{st: st, wake: wake}
+		if b.pollDone == nil {
+			b.pollDone = make(chan struct{})
+			go b.pollLoop(b.ctx, b.pollDone)
+		}
+		return nil
+	}
+	wctx, cancel := context.WithCancel(b.ctx)
+	w := &watcher{cancel: cancel, done: make(chan struct{})}
+	b.watchers[key] = w
+	go b.watch(wctx, key, dir, meta.LastIndex, st, wake, w.done)
+	return nil
 }
 
-// Notify implements claim.Notifier: a write of the key's notify key, which
-// every subscriber's blocking query sees.
-func (b *Backend) Notify(ctx context.Context, key string) error {
-	if err := b.check("notify", key); err != nil {
-		return err
+// Unsubscribe implements driver.Notifier: it cancels the key's blocking
+// query and waits for its goroutine, or drops the key from the poll loop
+// (which ends by itself once no key is left).
+func (b *backend) Unsubscribe(key string) {
+	b.mu.Lock()
+	w := b.watchers[key]
+	delete(b.watchers, key)
+	delete(b.polled, key)
+	b.mu.Unlock()
+	if w != nil {
+		w.cancel()
+		<-w.done
 	}
+}
+
+// Notify implements driver.Notifier: a write of the key's notify key, which
+// every subscriber's blocking query sees.
+func (b *backend) Notify(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := &capi.KVPair{Key: b.notifyKey(key), Value: notifyValue()}
-	if _, err := b.kv.Put(p, wo(ctx)); err != nil {
-		return fmt.Errorf("consul: notify %q: %w", key, err)
-	}
-	return nil
+	_, err := b.kv.Put(&capi.KVPair{Key: b.notifyKey(key), Value: notifyValue()}, wo(ctx))
+	return err
 }
 
 // notifyValue is what a notification writes to the notify key: the time
@@ -64,7 +87,7 @@ func notifyValue() []byte {
 
 // notifyOp is the transaction op that writes key's notify key, as Release
 // and CommitRelease do along with the delete of the lock key.
-func (b *Backend) notifyOp(key string) *capi.TxnOp {
+func (b *backend) notifyOp(key string) *capi.TxnOp {
 	return kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue())
 }
 
@@ -72,6 +95,13 @@ func (b *Backend) notifyOp(key string) *capi.TxnOp {
 type watcher struct {
 	cancel context.CancelFunc
 	done   chan struct{}
+}
+
+// polledKey is a key of the poll loop: the state last seen, and the wake
+// to call (under b.mu, so never after Unsubscribe returned).
+type polledKey struct {
+	st   state
+	wake func()
 }
 
 // state is what a wake-up depends on: which lease holds the key (its
@@ -99,7 +129,7 @@ func (st state) wakes(next state, idx, last uint64) bool {
 	return next.lease == 0 && st.lease == 0 && last > idx
 }
 
-func (b *Backend) stateOf(key string, pairs capi.KVPairs) state {
+func (b *backend) stateOf(key string, pairs capi.KVPairs) state {
 	var s state
 	lk, nk := b.lockKey(key), b.notifyKey(key)
 	for _, p := range pairs {
@@ -113,59 +143,13 @@ func (b *Backend) stateOf(key string, pairs capi.KVPairs) state {
 	return s
 }
 
-// substrate plugs the blocking queries into internal/hub.
-type substrate struct{ b *Backend }
-
-func (s substrate) Subscribe(ctx context.Context, key string) error {
-	b := s.b
-	dir := b.dir(key)
-	pairs, meta, err := b.kv.List(dir, qo(ctx))
-	if err != nil {
-		return err
-	}
-	st := b.stateOf(key, pairs)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return claim.ErrClosed
-	}
-	if b.maxWatches >= 0 && len(b.watchers) >= b.maxWatches {
-		// Every blocking-query slot is taken: the poll loop reads this
-		// key from now on, starting from the state just read.
-		b.polled[key] = st
-		if b.pollDone == nil {
-			b.pollDone = make(chan struct{})
-			go b.pollLoop(b.ctx, b.pollDone)
-		}
-		return nil
-	}
-	wctx, cancel := context.WithCancel(b.ctx)
-	w := &watcher{cancel: cancel, done: make(chan struct{})}
-	b.watchers[key] = w
-	go b.watch(wctx, key, dir, meta.LastIndex, st, w.done)
-	return nil
-}
-
-func (s substrate) Unsubscribe(key string) {
-	b := s.b
-	b.mu.Lock()
-	w := b.watchers[key]
-	delete(b.watchers, key)
-	delete(b.polled, key) // the poll loop ends by itself once none is left
-	b.mu.Unlock()
-	if w != nil {
-		w.cancel()
-		<-w.done
-	}
-}
-
-// watch runs the blocking query of one key until ctx is cancelled (last
-// subscriber gone, or Close). After a failed query it backs off (jittered,
+// watch runs the blocking query of one key until ctx is cancelled
+// (Unsubscribe, or Close). After a failed query it backs off (jittered,
 // up to 5 s), re-reads without blocking and wakes the key's subscribers,
 // since it cannot rule out a missed release.
-func (b *Backend) watch(ctx context.Context, key, dir string, idx uint64, st state, done chan struct{}) {
+func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func(), done chan struct{}) {
 	defer close(done)
-	var backoff time.Duration
+	bo := driver.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, Rand: rand.Float64}
 	gap := false
 	for {
 		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: b.wait}
@@ -174,21 +158,16 @@ func (b *Backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 			return
 		}
 		if err != nil {
-			backoff = min(max(2*backoff, 50*time.Millisecond), 5*time.Second)
-			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
-			select {
-			case <-ctx.Done():
-				t.Stop()
+			if !sleep(ctx, &bo) {
 				return
-			case <-t.C:
 			}
 			idx, gap = 0, true
 			continue
 		}
-		backoff = 0
+		bo.Reset()
 		next := b.stateOf(key, pairs)
 		if gap || st.wakes(next, idx, meta.LastIndex) {
-			b.hub.Wake(key)
+			wake()
 		}
 		st, gap = next, false
 		// An index that goes backwards (server state reset) restarts
@@ -214,20 +193,12 @@ const pollBatch = 32
 // except that an index moved with no lease before or after cannot be told
 // apart from a neighbour's write here: a lease swept after expiry without
 // a release goes unseen, and waiters bound their wait by the lease they
-// saw (claim.Acquire, flight). A failed read wakes the keys it covered,
-// since it cannot rule out a missed release.
-func (b *Backend) pollLoop(ctx context.Context, done chan struct{}) {
+// saw (claim.Client.Acquire, flight). A failed read wakes the keys it
+// covered, since it cannot rule out a missed release.
+func (b *backend) pollLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
-	bo := poll.Backoff{Min: poll.DefaultMin, Max: poll.DefaultMax, Rand: rand.Float64}
-	for {
-		d, _ := bo.Next(time.Now(), time.Time{})
-		t := time.NewTimer(d)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return
-		case <-t.C:
-		}
+	bo := driver.Backoff{Min: driver.DefaultPollMin, Max: driver.DefaultPollMax, Rand: rand.Float64}
+	for sleep(ctx, &bo) {
 		b.mu.Lock()
 		if len(b.polled) == 0 || b.closed {
 			b.pollDone = nil
@@ -246,37 +217,51 @@ func (b *Backend) pollLoop(ctx context.Context, done chan struct{}) {
 			}
 			keys = keys[n:]
 		}
-		if ctx.Err() != nil {
-			return
-		}
 	}
 }
 
+// sleep waits for bo's next interval and reports whether ctx is still
+// live.
+func sleep(ctx context.Context, bo *driver.Backoff) bool {
+	d, _ := bo.Next(time.Now(), time.Time{})
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	return ctx.Err() == nil
+}
+
 // pollRead reads keys in one transaction, wakes those whose state calls
-// for it and records the new states; it reports whether it woke any, and
-// the read's failure (after which it woke them all).
-func (b *Backend) pollRead(ctx context.Context, keys []string) (bool, error) {
+// for it and records the new states; it reports whether a change woke
+// any, and the read's failure (after which it woke them all).
+func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 	ops := make(capi.TxnOps, 0, 2*len(keys))
 	for _, k := range keys {
 		ops = append(ops, kvOp(capi.KVGetOrEmpty, b.lockKey(k), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(k), 0, nil))
 	}
-	rctx, cancel := context.WithTimeout(ctx, poll.DefaultReadTimeout)
-	ok, resp, _, err := b.c.Txn().Txn(ops, qo(rctx))
+	rctx, cancel := context.WithTimeout(ctx, driver.DefaultPollReadTimeout)
+	_, resp, err := b.txn(rctx, ops, 0)
 	cancel()
 	if ctx.Err() != nil {
 		return false, ctx.Err()
 	}
-	if err == nil && (!ok || resp == nil || len(resp.Results) != len(ops)) {
+	if err == nil && len(resp.Results) != len(ops) {
 		err = errors.New("poll transaction: unexpected answer")
 	}
-	if err != nil {
-		for _, k := range keys {
-			b.hub.Wake(k)
-		}
-		return true, err
-	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
 	woke := false
 	for i, k := range keys {
+		pk := b.polled[k]
+		if pk == nil {
+			continue // unsubscribed meanwhile
+		}
+		if err != nil {
+			pk.wake()
+			continue
+		}
 		var pairs capi.KVPairs
 		for _, r := range resp.Results[2*i : 2*i+2] {
 			if r.KV != nil {
@@ -284,63 +269,11 @@ func (b *Backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 			}
 		}
 		next := b.stateOf(k, pairs)
-		b.mu.Lock()
-		prev, still := b.polled[k]
-		if still {
-			b.polled[k] = next
-		}
-		b.mu.Unlock()
-		if still && prev.wakes(next, 0, 0) {
-			b.hub.Wake(k)
+		if pk.st.wakes(next, 0, 0) {
+			pk.wake()
 			woke = true
 		}
+		pk.st = next
 	}
-	return woke, nil
-}
-
-// Sweep deletes what expired under the backend's prefix: stored values
-// past their TTL, lease records expired for longer than ClockSkew (crashed
-// holders'), and notify keys older than a minute. Consul KV has no TTL of
-// its own, and values nobody reads again are otherwise never deleted. It
-// lists the whole prefix, so run it now and then from one process (a
-// cron job), not from every instance. Each deletion is a compare-and-delete
-// on the index read, so a concurrent write survives. It returns how many
-// keys it deleted.
-func (b *Backend) Sweep(ctx context.Context) (int, error) {
-	if err := b.check("sweep", "-"); err != nil {
-		return 0, err
-	}
-	pairs, _, err := b.kv.List(b.prefix+"/", qo(ctx))
-	if err != nil {
-		return 0, fmt.Errorf("consul: sweep: %w", err)
-	}
-	now := time.Now()
-	n := 0
-	for _, p := range pairs {
-		rest := strings.TrimPrefix(p.Key, b.prefix+"/")
-		var stale bool
-		switch {
-		case strings.HasPrefix(rest, "v/"):
-			_, expired, ok := decodeValue(p.Value, now)
-			stale = ok && expired
-		case strings.HasSuffix(rest, "/lock"):
-			r, ok := parseRecord(p.Value)
-			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.skew))
-		case strings.HasSuffix(rest, "/notify"):
-			t, _, _ := strings.Cut(string(p.Value), " ")
-			ms, err := strconv.ParseInt(t, 10, 64)
-			stale = err == nil && now.Sub(time.UnixMilli(ms)) > time.Minute
-		}
-		if !stale {
-			continue
-		}
-		ok, _, err := b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(ctx))
-		if err != nil {
-			return n, fmt.Errorf("consul: sweep: %w", err)
-		}
-		if ok {
-			n++
-		}
-	}
-	return n, nil
+	return woke, err
 }

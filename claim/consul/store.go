@@ -3,23 +3,17 @@ package consul
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
-
-func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("consul: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, b.maxVal); err != nil {
-		return fmt.Errorf("consul: %s %q: %w", op, key, err)
-	}
-	return nil
-}
 
 // Stored values carry a header: version byte, then the expiry as Unix ms
 // (big endian, 0: none), judged by the reader's clock.
@@ -32,12 +26,7 @@ func encodeValue(val []byte, ttl time.Duration, now time.Time) []byte {
 	out := make([]byte, headerLen+len(val))
 	out[0] = valueVersion
 	if ttl > 0 {
-		exp := now.Add(ttl)
-		ms := exp.UnixMilli()
-		if time.UnixMilli(ms).Before(exp) {
-			ms++
-		}
-		binary.BigEndian.PutUint64(out[1:headerLen], uint64(ms))
+		binary.BigEndian.PutUint64(out[1:headerLen], uint64(ceilMs(now.Add(ttl))))
 	}
 	copy(out[headerLen:], val)
 	return out
@@ -54,61 +43,105 @@ func decodeValue(v []byte, now time.Time) ([]byte, bool, bool) {
 	return v[headerLen:], expired, true
 }
 
-// Get implements claim.Store. A value read after its expiry is reported
+// Get implements driver.Store. A value read after its expiry is reported
 // absent and deleted (compare-and-delete, so a newer Set survives).
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check("get", key); err != nil {
-		return nil, err
-	}
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
 	p, _, err := b.kv.Get(b.valueKey(key), qo(ctx))
 	if err != nil {
-		return nil, fmt.Errorf("consul: get %q: %w", key, err)
+		return nil, err
 	}
 	if p == nil {
-		return nil, fmt.Errorf("consul: get %q: %w", key, claim.ErrNotFound)
+		return nil, driver.ErrNotFound
 	}
 	v, expired, ok := decodeValue(p.Value, time.Now())
 	if !ok {
-		return nil, fmt.Errorf("consul: get %q: malformed stored value (%d bytes)", key, len(p.Value))
+		return nil, fmt.Errorf("malformed stored value (%d bytes)", len(p.Value))
 	}
 	if expired {
 		_, _, _ = b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(ctx))
-		return nil, fmt.Errorf("consul: get %q: %w", key, claim.ErrNotFound)
+		return nil, driver.ErrNotFound
 	}
 	return v, nil
 }
 
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	if err := b.check("set", key); err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, value, ttl); err != nil {
-		return err
-	}
+// Set implements driver.Store.
+func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	p := &capi.KVPair{Key: b.valueKey(key), Value: encodeValue(value, ttl, time.Now())}
-	if _, err := b.kv.Put(p, wo(ctx)); err != nil {
-		return fmt.Errorf("consul: set %q: %w", key, apiErr(err))
+	_, err := b.kv.Put(p, wo(ctx))
+	if err != nil {
+		return apiErr(err)
 	}
 	return nil
 }
 
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check("delete", key); err != nil {
-		return err
-	}
+// Delete implements driver.Store.
+func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := b.kv.Delete(b.valueKey(key), wo(ctx)); err != nil {
-		return fmt.Errorf("consul: delete %q: %w", key, err)
+	_, err := b.kv.Delete(b.valueKey(key), wo(ctx))
+	return err
+}
+
+// Sweep deletes what expired under the prefix of c, a Client of this
+// package: stored values past their TTL, lease records expired for longer
+// than ClockSkew (crashed holders'), and notify keys older than a minute.
+// Consul KV has no TTL of its own, and values nobody reads again are
+// otherwise never deleted. It lists the whole prefix, so run it now and
+// then from one process (a cron job), not from every instance. Each
+// deletion is a compare-and-delete on the index read, so a concurrent
+// write survives. It returns how many keys it deleted.
+func Sweep(ctx context.Context, c *claim.Client) (int, error) {
+	b, ok := c.Driver().(*backend)
+	if !ok {
+		return 0, errors.New("consul: sweep: not a Consul client")
 	}
-	return nil
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return 0, fmt.Errorf("consul: sweep: %w", driver.ErrClosed)
+	}
+	if err := ctx.Err(); err != nil {
+		return 0, err
+	}
+	pairs, _, err := b.kv.List(b.prefix+"/", qo(ctx))
+	if err != nil {
+		return 0, fmt.Errorf("consul: sweep: %w", err)
+	}
+	now := time.Now()
+	n := 0
+	for _, p := range pairs {
+		rest := strings.TrimPrefix(p.Key, b.prefix+"/")
+		var stale bool
+		switch {
+		case strings.HasPrefix(rest, "v/"):
+			_, expired, ok := decodeValue(p.Value, now)
+			stale = ok && expired
+		case strings.HasSuffix(rest, "/lock"):
+			r, ok := parseRecord(p.Value)
+			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.skew))
+		case strings.HasSuffix(rest, "/notify"):
+			t, _, _ := strings.Cut(string(p.Value), " ")
+			ms, err := strconv.ParseInt(t, 10, 64)
+			stale = err == nil && now.Sub(time.UnixMilli(ms)) > time.Minute
+		}
+		if !stale {
+			continue
+		}
+		ok, _, err := b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(ctx))
+		if err != nil {
+			return n, fmt.Errorf("consul: sweep: %w", err)
+		}
+		if ok {
+			n++
+		}
+	}
+	return n, nil
 }

@@ -1,14 +1,16 @@
 package consul
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 
 	capi "github.com/hashicorp/consul/api"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens consul:// and consuls:// URLs (see the package doc).
@@ -17,9 +19,12 @@ type URLOpener struct {
 	TLS bool
 }
 
-// OpenBackendURL implements claim.URLOpener. It does not dial.
-func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, error) {
-	p := claim.NewParams(u)
+// tlsParams are the URL parameters driver.Params.TLS reads.
+var tlsParams = []string{"cacert", "cert", "key", "servername", "skip_verify"}
+
+// OpenURL implements driver.URLOpener. It does not dial.
+func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) {
+	p := driver.NewParams(u)
 	cfg := capi.DefaultConfig()
 	if u.Host != "" {
 		cfg.Address = u.Host
@@ -28,42 +33,42 @@ func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend
 		cfg.Token, cfg.TokenFile = tok, ""
 	}
 	cfg.Datacenter = p.String("dc", cfg.Datacenter)
-	if p.Bool("tls", o.TLS) {
-		cfg.Scheme = "https"
-	}
-	cfg.TLSConfig.CAFile = p.String("cafile", cfg.TLSConfig.CAFile)
-	cfg.TLSConfig.CertFile = p.String("certfile", cfg.TLSConfig.CertFile)
-	cfg.TLSConfig.KeyFile = p.String("keyfile", cfg.TLSConfig.KeyFile)
-	cfg.TLSConfig.InsecureSkipVerify = p.Bool("insecure", cfg.TLSConfig.InsecureSkipVerify)
 	if u.User != nil {
 		pw, _ := u.User.Password()
 		cfg.HttpAuth = &capi.HttpBasicAuth{Username: u.User.Username(), Password: pw}
 	}
-	opt := &Options{
-		Prefix:      u.Path,
-		ClockSkew:   p.Duration("skew", 0),
+	opt := Options{
+		Prefix:      p.String("prefix", ""),
+		ClockSkew:   p.Duration("clock_skew", 0),
 		MaxValueLen: p.Int("maxvalue", 0),
 		WaitTime:    p.Duration("wait", 0),
 		MaxWatches:  p.Int("maxwatches", 0),
 	}
-	maxConns := p.Int("maxconns", 0)
-	if err := p.Err(); err != nil {
+	if p.Has("clock_skew") && opt.ClockSkew == 0 {
+		opt.ClockSkew = -1 // clock_skew=0 asked for no margin
+	}
+	maxConns := cmp.Or(p.Int("maxconns", 0), DefaultMaxConns)
+	tlsConfig, err := p.TLS(o.TLS, u.Hostname())
+	if err == nil {
+		err = p.Err()
+	}
+	if err != nil {
 		return nil, fmt.Errorf("consul: %w", err)
 	}
-	if _, ok := u.Query()["skew"]; ok && opt.ClockSkew == 0 {
-		opt.ClockSkew = -1 // skew=0 asked for no margin
+	if u.Path != "" && u.Path != "/" {
+		return nil, fmt.Errorf("consul: URL path %q: the key prefix is a parameter now, use ?prefix=", u.Path)
 	}
-	if maxConns == 0 {
-		maxConns = DefaultMaxConns
+	if o.TLS {
+		cfg.Scheme = "https"
+		if !slices.ContainsFunc(tlsParams, u.Query().Has) {
+			tlsConfig = nil // none in the URL: Consul's CONSUL_* variables decide, as before
+		}
 	}
-	maxWatches := opt.MaxWatches
-	if maxWatches == 0 {
-		maxWatches = DefaultMaxWatches
-	}
+	maxWatches := cmp.Or(opt.MaxWatches, DefaultMaxWatches)
 	// Two clients with transports of our own: one for the blocking
 	// queries (at most MaxWatches connections, each held by one query),
 	// one for everything else (at most maxconns), so waiting never takes
-	// the connections claims need, the Backend's connections to one agent
+	// the connections claims need, the driver's connections to one agent
 	// are bounded (Consul refuses a client address more than
 	// http_max_conns_per_client), and Close can drop idle connections.
 	base := cfg.Transport
@@ -71,12 +76,16 @@ func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend
 		base = http.DefaultTransport.(*http.Transport)
 	}
 	// Clone gives the copy a TLS config (for HTTP/2) where base had none;
-	// the client must then still build its own from cfg.TLSConfig.
+	// the client must then still build its own from cfg.TLSConfig, unless
+	// the URL gave one.
 	noTLS := base.TLSClientConfig == nil
 	client := func(conns int) (*capi.Client, *http.Transport, error) {
 		c := *cfg
 		tr := base.Clone()
-		if noTLS {
+		switch {
+		case tlsConfig != nil:
+			tr.TLSClientConfig = tlsConfig.Clone()
+		case noTLS:
 			tr.TLSClientConfig = nil
 		}
 		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = conns, conns
@@ -92,19 +101,17 @@ func (o *URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend
 	if err != nil {
 		return nil, err
 	}
-	b, err := New(c, opt)
+	wc, wtr := c, tr
+	if maxWatches > 0 {
+		if wc, wtr, err = client(maxWatches); err != nil {
+			return nil, err
+		}
+	}
+	b, err := newBackend(c, opt)
 	if err != nil {
 		return nil, err
 	}
-	cleanup := tr.CloseIdleConnections
-	if maxWatches > 0 {
-		wc, wtr, err := client(maxWatches)
-		if err != nil {
-			return nil, err
-		}
-		b.watchKV = wc.KV()
-		cleanup = func() { tr.CloseIdleConnections(); wtr.CloseIdleConnections() }
-	}
-	b.cleanup = cleanup
+	b.watchKV = wc.KV()
+	b.cleanup = func() { tr.CloseIdleConnections(); wtr.CloseIdleConnections() }
 	return b, nil
 }

@@ -19,14 +19,10 @@ import (
 )
 
 // The whole suite with one blocking-query slot: every key after the first
-// a Backend watches goes through the poll loop, which must keep every
+// a Client watches goes through the poll loop, which must keep every
 // promise of the push path (no lost wake-up, every waiter woken).
 func TestConformancePolled(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	u := uniq(t, srv, "maxwatches", "1")
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
-	})
+	conformance.Run(t, harness(t, testserver.Shared(t, testserver.Consul), "maxwatches", "1"))
 }
 
 // connCounter counts the TCP connections a transport holds open.
@@ -99,7 +95,7 @@ func TestConnectionsBounded(t *testing.T) {
 	defer cancel()
 
 	leases := make([]claim.Lease, keys)
-	subs := make([]claim.Subscription, keys)
+	subs := make([]*claim.Subscription, keys)
 	for i := range keys {
 		k := fmt.Sprintf("k%d", i)
 		if leases[i], err = holder.TryClaim(ctx, k, time.Minute); err != nil {
@@ -110,7 +106,7 @@ func TestConnectionsBounded(t *testing.T) {
 		}
 	}
 	if _, err := w.TryClaim(ctx, "k0", time.Minute); !errors.Is(err, claim.ErrHeld) {
-		t.Fatalf("the holder's key seen by the waiting backend: TryClaim err = %v, want ErrHeld (not the same prefix?)", err)
+		t.Fatalf("the holder's key seen by the waiting client: TryClaim err = %v, want ErrHeld (not the same prefix?)", err)
 	}
 	blocking, polled := consul.WatchesForTest(w)
 	if blocking != maxWatches || polled != keys-maxWatches {

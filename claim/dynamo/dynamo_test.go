@@ -16,8 +16,8 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
-	"github.com/stampede-go/stampede/internal/poll"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -45,23 +45,45 @@ func server(t testing.TB) string {
 	return srv.URL()
 }
 
-func open(t testing.TB, url string) *Backend {
+func open(t testing.TB, url string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), url)
+	c, err := claim.Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b.(*Backend)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
+// drv is the driver behind c.
+func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
+
+// harness opens clients of url; restart, if set, crashes and restarts
+// their server.
+func harness(url string, restart func(context.Context) error) conformance.Harness {
+	return conformance.Harness{
+		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url) },
+		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url+"&prefix=stampede:x") },
+		Restart:      restart,
+	}
+}
+
+// TestConformance runs the suite on a dynalite of its own, which the
+// DurableFence check may crash and restart (dynalite keeps its data);
+// against STAMPEDE_TEST_DYNAMO_URL it runs without that check.
 func TestConformance(t *testing.T) {
-	url := server(t)
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, url)
-		},
-	})
+	if os.Getenv(testserver.Dynamo.EnvVar()) != "" {
+		conformance.Run(t, harness(server(t), nil))
+		return
+	}
+	srv := testserver.RequireWith(t, testserver.Dynamo, nil)
+	open(t, srv.URL()+"&create_table=true")
+	conformance.Run(t, harness(srv.URL(), func(ctx context.Context) error {
+		if err := srv.Kill(); err != nil {
+			return err
+		}
+		return srv.Restart(ctx)
+	}))
 }
 
 func TestURL(t *testing.T) {
@@ -74,6 +96,9 @@ func TestURL(t *testing.T) {
 		"dynamodb://tbl/path?region=us-east-1",
 		"dynamodb://tbl:80?region=us-east-1",
 		"dynamodb://?region=us-east-1",
+		"dynamodb://tbl?region=us-east-1;prefix=x",
+		"dynamodb://tbl?region=us-east-1&prefix=a&prefix=b",
+		"dynamodb://tbl?region=us-east-1&cacert=ca.pem",
 	} {
 		if b, err := claim.Open(ctx, bad); err == nil {
 			b.Close()
@@ -89,14 +114,14 @@ func TestURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	db := b.(*Backend)
+	db := drv(b)
 	if db.table != "tbl" || db.prefix != "app" || db.skew != time.Second || db.retention >= 0 {
 		t.Errorf("options not applied: %+v", db)
 	}
 }
 
 func TestKeys(t *testing.T) {
-	b, err := New(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), &Options{Prefix: strings.Repeat("p", 1000)})
+	b, err := newBackend(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), Options{Prefix: strings.Repeat("p", 1000)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +147,8 @@ func TestKeys(t *testing.T) {
 func TestMaxValueUnderLongestKey(t *testing.T) {
 	b := open(t, server(t))
 	ctx := context.Background()
-	k := strings.Repeat("k", 2048-len(b.prefix)-2) // readable, 2048 bytes in all
-	if n := len(b.itemKey(k)["k"].(*types.AttributeValueMemberS).Value); n != 2048 {
+	k := strings.Repeat("k", 2048-len(drv(b).prefix)-2) // readable, 2048 bytes in all
+	if n := len(drv(b).itemKey(k)["k"].(*types.AttributeValueMemberS).Value); n != 2048 {
 		t.Fatalf("item key %d bytes, want 2048", n)
 	}
 	l, err := b.TryClaim(ctx, k, time.Minute)
@@ -191,7 +216,8 @@ func TestFenceSurvivesItemLoss(t *testing.T) {
 	if err := b.Release(ctx, l1); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := b.c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(b.table), Key: b.itemKey("reaped")}); err != nil {
+	d := drv(b)
+	if _, err := d.c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(d.table), Key: d.itemKey("reaped")}); err != nil {
 		t.Fatal(err)
 	}
 	l2, err := b.TryClaim(ctx, "reaped", time.Minute)
@@ -208,9 +234,10 @@ func TestFenceSurvivesItemLoss(t *testing.T) {
 // and an item holding a value without TTL is never reaped.
 func TestReapAttribute(t *testing.T) {
 	b := open(t, server(t)+"&retention=1h")
+	d := drv(b)
 	ctx := context.Background()
 	exp := func() int64 {
-		out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(b.table), Key: b.itemKey("reap"), ConsistentRead: aws.Bool(true)})
+		out, err := d.c.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(d.table), Key: d.itemKey("reap"), ConsistentRead: aws.Bool(true)})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -299,14 +326,7 @@ func TestServerRestart(t *testing.T) {
 	_ = w.Release(ctx, l2)
 }
 
-func BenchmarkConformance(b *testing.B) {
-	url := server(b)
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, url)
-		},
-	})
-}
+func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness(server(b), nil)) }
 
 // FuzzOpenURL: no URL makes the opener panic, and a password in a URL
 // never reaches an error.
@@ -356,9 +376,9 @@ func FuzzOpenURL(f *testing.F) {
 func TestWakeRules(t *testing.T) {
 	a, b := open(t, server(t)), open(t, server(t))
 	ctx := context.Background()
-	read := func(key string) poll.State {
+	read := func(key string) driver.PollState {
 		t.Helper()
-		st, err := b.readState(ctx, key)
+		st, err := drv(b).readState(ctx, key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -385,34 +405,34 @@ func TestWakeRules(t *testing.T) {
 		free := read(k)
 		l := claimKey(k)
 		held := read(k)
-		if poll.Wakes(free, held) {
+		if driver.Wakes(free, held) {
 			t.Errorf("%s: a claim of a free key wakes (%+v -> %+v)", k, free, held)
 		}
 		l2, err := a.Extend(ctx, l, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := read(k); poll.Wakes(held, st) {
+		if st := read(k); driver.Wakes(held, st) {
 			t.Errorf("%s: Extend wakes (%+v -> %+v)", k, held, st)
 		}
 		if err := a.CommitRelease(ctx, l2, []byte("v"), 0); err != nil {
 			t.Fatal(err)
 		}
-		if st := read(k); !poll.Wakes(held, st) || !poll.Wakes(free, st) {
+		if st := read(k); !driver.Wakes(held, st) || !driver.Wakes(free, st) {
 			t.Errorf("%s: CommitRelease does not wake (%+v, %+v -> %+v)", k, free, held, st)
 		}
 		// Claim, release, claim between two reads.
 		free = read(k)
 		release(claimKey(k))
 		l = claimKey(k)
-		if st := read(k); !poll.Wakes(free, st) {
+		if st := read(k); !driver.Wakes(free, st) {
 			t.Errorf("%s: claim, release, claim between two reads does not wake (%+v -> %+v)", k, free, st)
 		}
 		held = read(k)
 		if err := a.Notify(ctx, k); err != nil {
 			t.Fatal(err)
 		}
-		if st := read(k); !poll.Wakes(held, st) {
+		if st := read(k); !driver.Wakes(held, st) {
 			t.Errorf("%s: Notify does not wake (%+v -> %+v)", k, held, st)
 		}
 		release(l)
@@ -423,11 +443,11 @@ func TestWakeRules(t *testing.T) {
 	k := "wake-rules-reaped"
 	release(claimKey(k))
 	before := read(k)
-	if _, err := b.c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(b.table), Key: b.itemKey(k)}); err != nil {
+	if _, err := drv(b).c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(drv(b).table), Key: drv(b).itemKey(k)}); err != nil {
 		t.Fatal(err)
 	}
 	release(claimKey(k))
-	if st := read(k); !poll.Wakes(before, st) {
+	if st := read(k); !driver.Wakes(before, st) {
 		t.Errorf("a release after the item was reaped does not wake (%+v -> %+v)", before, st)
 	}
 
@@ -441,7 +461,7 @@ func TestWakeRules(t *testing.T) {
 	select {
 	case <-s.C():
 		t.Fatal("a claim of a free key woke a subscriber")
-	case <-time.After(10 * poll.DefaultMax):
+	case <-time.After(10 * driver.DefaultPollMax):
 	}
 	release(l)
 	select {

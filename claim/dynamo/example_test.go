@@ -17,27 +17,31 @@ import (
 // (see the package documentation for its key schema).
 func Example() {
 	ctx := context.Background()
-	b, err := claim.Open(ctx, "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true")
+	c, err := claim.Open(ctx, "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer b.Close()
-	l, err := claim.Acquire(ctx, b, "report:42", 10*time.Second)
+	defer c.Close()
+	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	// ... compute the report, then store it fenced by the lease (one
-	// conditional write) and wake the waiters.
-	if err := b.Commit(ctx, l, []byte("the report"), time.Hour); err != nil {
+	// Renew the lease while the report is computed; work under k.Context()
+	// stops if the lease is lost.
+	k := c.KeepAlive(ctx, l, nil)
+	report := []byte("the report") // ... computed under k.Context()
+	l = k.Stop()
+	// Store it fenced by the lease and release, in one conditional write
+	// that also wakes the waiters.
+	if err := c.CommitRelease(ctx, l, report, time.Hour); err != nil {
 		fmt.Println(err)
 	}
-	_ = b.Release(ctx, l)
 }
 
 // New takes a client you configured yourself (credentials, region,
-// retries); the Backend does not own it.
+// retries); the Client does not own it, and As hands it back.
 func ExampleNew() {
 	ctx := context.Background()
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion("eu-west-1"))
@@ -45,13 +49,14 @@ func ExampleNew() {
 		fmt.Println(err)
 		return
 	}
-	b, err := dynamo.New(dynamodb.NewFromConfig(cfg), &dynamo.Options{Table: "locks", Prefix: "myapp", ClockSkew: 250 * time.Millisecond})
+	c, err := dynamo.New(dynamodb.NewFromConfig(cfg), &dynamo.Options{Table: "locks", Prefix: "myapp", ClockSkew: 250 * time.Millisecond})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer b.Close()
-	f := b.Features()
-	fmt.Println(f.Notify, f.AtomicCommit, f.DurableFence, f.MaxValueLen)
-	// Output: poll true true 405504
+	defer c.Close()
+	var native *dynamodb.Client
+	f := c.Features()
+	fmt.Println(f.Notify, f.AtomicCommit, f.DurableFence, f.MaxValueLen, c.As(&native))
+	// Output: poll true true 405504 true
 }

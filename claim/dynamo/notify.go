@@ -2,41 +2,53 @@ package dynamo
 
 import (
 	"context"
-	"fmt"
 	"strconv"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/poll"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements claim.Notifier. The first subscriber of a key in
-// this Backend reads the key's item (one GetItem) and starts its poll
-// loop; later subscribers join it. A release or notification after
-// Subscribe returns is seen by a later poll, within the poll cap (50 ms by
-// default) of happening.
-func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	if err := b.check(ctx, "subscribe", key); err != nil {
-		return nil, err
-	}
-	s, err := b.hub.Subscribe(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("dynamo: subscribe %q: %w", key, err)
-	}
-	return s, nil
-}
-
-// Notify implements claim.Notifier: one UpdateItem that bumps the key's
-// notify counter, which every poll loop of the key compares; this
-// Backend's own subscribers are woken at once.
-func (b *Backend) Notify(ctx context.Context, key string) error {
-	if err := b.check(ctx, "notify", key); err != nil {
+// Subscribe implements driver.Notifier: it reads the key's item (one
+// GetItem) and starts its poll loop (see driver.Poller). A release or
+// notification after Subscribe returns is seen by a later poll, within the
+// poll cap (50 ms by default) of happening; one made through this driver
+// calls wake at once.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	if err := b.poller.Subscribe(ctx, key, wake); err != nil {
 		return err
 	}
+	b.mu.Lock()
+	b.wakes[key] = wake
+	b.mu.Unlock()
+	return nil
+}
+
+// Unsubscribe implements driver.Notifier. A poll in flight is not aborted
+// (dynalite crashes on aborted requests); its result wakes nobody.
+func (b *backend) Unsubscribe(key string) {
+	b.mu.Lock()
+	delete(b.wakes, key)
+	b.mu.Unlock()
+	b.poller.Unsubscribe(key)
+}
+
+// wakeLocal calls key's wake if this driver is subscribed to key: what
+// this process's own Release, CommitRelease or Notify changed (visible to
+// every read once its UpdateItem returned) needs no poll.
+func (b *backend) wakeLocal(key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w := b.wakes[key]; w != nil {
+		w()
+	}
+}
+
+// Notify implements driver.Notifier: one UpdateItem that bumps the key's
+// notify counter, which every poll loop of the key compares; this Client's
+// own subscribers are woken at once.
+func (b *backend) Notify(ctx context.Context, key string) error {
 	vals := map[string]types.AttributeValue{}
 	expr := "SET " + bumpNotify(vals)
 	if b.retention > 0 {
@@ -44,9 +56,9 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 		expr += ", #exp = if_not_exists(#exp, :reap)"
 	}
 	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
-		return wrap("notify", key, err)
+		return err
 	}
-	b.hub.Wake(key)
+	b.wakeLocal(key)
 	return nil
 }
 
@@ -56,24 +68,18 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 // lease's fence ("" when there is none or it ran out, which is also when
 // the state is due to change by itself). So a claim on a free key wakes
 // nobody, and a release, notification, expiry or takeover does (see
-// internal/poll).
-func (b *Backend) readState(ctx context.Context, key string) (poll.State, error) {
-	out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName:                aws.String(b.table),
-		Key:                      b.itemKey(key),
-		ConsistentRead:           aws.Bool(true),
-		ProjectionExpression:     aws.String("#h, #le, #f, #n"),
-		ExpressionAttributeNames: map[string]string{"#h": "h", "#le": "le", "#f": "f", "#n": "n"},
-	})
+// driver.PollState).
+func (b *backend) readState(ctx context.Context, key string) (driver.PollState, error) {
+	item, err := b.getItem(ctx, key, "h", "le", "f", "n")
 	if err != nil {
-		return poll.State{}, err
+		return driver.PollState{}, err
 	}
-	var st poll.State
-	n, _ := attr(out.Item, "n")
+	var st driver.PollState
+	n, _ := attr(item, "n")
 	st.Token = strconv.FormatInt(n, 10)
-	if le, ok := attr(out.Item, "le"); ok && out.Item["h"] != nil {
+	if le, ok := attr(item, "le"); ok && item["h"] != nil {
 		if exp := b.expiry(le); time.Now().Before(exp) {
-			f, _ := attr(out.Item, "f")
+			f, _ := attr(item, "f")
 			st.Holder, st.Expires = strconv.FormatInt(f, 10), exp
 		}
 	}

@@ -2,10 +2,10 @@ package dynamo
 
 import (
 	"context"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
-	"time"
 	"unicode/utf8"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -14,14 +14,14 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/stampede-go/stampede/internal/securitytest"
-	"github.com/stampede-go/stampede/internal/testserver"
 )
 
 // TestOwnClient: a client the user configured (credentials provider,
-// endpoint, retries) works through New. DynamoDB authenticates requests
-// by their SigV4 signature, which dynalite does not check: credentials
-// are the SDK's business (default chain, or the client given to New),
-// and no stampede test can prove a wrong key is refused.
+// endpoint, retries) works through New, and As hands it back. DynamoDB
+// authenticates requests by their SigV4 signature, which dynalite does
+// not check: credentials are the SDK's business (default chain, or the
+// client given to New), and no stampede test can prove a wrong key is
+// refused.
 func TestOwnClient(t *testing.T) {
 	raw := server(t)
 	u, _ := url.Parse(raw)
@@ -37,20 +37,27 @@ func TestOwnClient(t *testing.T) {
 	}
 	defer b.Close()
 	securitytest.Roundtrip(t, b)
+	var got *dynamodb.Client
+	if !b.As(&got) || got != c {
+		t.Errorf("As(**dynamodb.Client) = %v, %p; want true, the client given to New", got != nil, got)
+	}
+	var wrong *http.Client
+	if b.As(&wrong) {
+		t.Error("As(**http.Client) = true")
+	}
 }
 
 // TestLimits: values up to MaxValueLen round-trip (the item stays under
-// 400 KB), one byte more is ErrTooLarge before any I/O, and the server
-// itself refuses an item over 400 KB; keys around the 2048-byte partition
-// key limit are hashed and stay distinct.
+// 400 KB), and the server itself refuses an item over 400 KB; keys around
+// the 2048-byte partition key limit are hashed and stay distinct.
 func TestLimits(t *testing.T) {
-	raw := server(t)
-	b := open(t, raw+"&prefix=limits")
+	b := open(t, server(t)+"&prefix=limits")
 	securitytest.ValueLimit(t, b, MaxValueLen)
-	m := b.enc.MaxLen
+	d := drv(b)
+	m := d.enc.MaxLen
 	securitytest.LongKeys(t, b, []int{m - 1, m, m + 1, 2048, 2049, 5000})
-	_, err := b.c.PutItem(context.Background(), &dynamodb.PutItemInput{
-		TableName: aws.String(b.table),
+	_, err := d.c.PutItem(context.Background(), &dynamodb.PutItemInput{
+		TableName: aws.String(d.table),
 		Item: map[string]types.AttributeValue{
 			"k": &types.AttributeValueMemberS{Value: "raw"},
 			"v": &types.AttributeValueMemberB{Value: make([]byte, 400*1024+1)},
@@ -59,23 +66,6 @@ func TestLimits(t *testing.T) {
 	if err == nil {
 		t.Error("the server accepted an item over 400 KB")
 	}
-
-	srv := testserver.Shared(t, testserver.Dynamo)
-	p := securitytest.NewProxy(t, srv.Addr())
-	dead := open(t, strings.Replace(raw, url.QueryEscape(srv.Addr()), url.QueryEscape(p.Addr()), 1)+"&prefix=limits")
-	l, err := dead.TryClaim(context.Background(), securitytest.Unique(t)+"k", 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.Cut()
-	securitytest.OverLimitNoIO(t, dead, MaxValueLen, l, 0)
-}
-
-// TestIsolation: two prefixes in one table never touch each other.
-func TestIsolation(t *testing.T) {
-	raw := server(t)
-	securitytest.Isolation(t, open(t, raw+"&prefix=app-a"), open(t, raw+"&prefix=app-b"))
-	securitytest.Isolation(t, open(t, raw+"&prefix=nest"), open(t, raw+"&prefix=nest:x"))
 }
 
 // TestHostileValues: bytes written into L2 by someone else read as misses.
@@ -92,9 +82,9 @@ func FuzzKeyNames(f *testing.F) {
 	f.Add("=a", "a")
 	f.Add(strings.Repeat("k", 2038), strings.Repeat("k", 2039))
 	f.Add("ünï", "uni")
-	var bs []*Backend
+	var bs []*backend
 	for _, p := range []string{"", strings.Repeat("p", 1000)} {
-		b, err := New(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), &Options{Prefix: p})
+		b, err := newBackend(dynamodb.New(dynamodb.Options{Region: "us-east-1"}), Options{Prefix: p})
 		if err != nil {
 			f.Fatal(err)
 		}

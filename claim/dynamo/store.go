@@ -2,94 +2,81 @@ package dynamo
 
 import (
 	"context"
-	"fmt"
 	"time"
 
-	"github.com/aws/aws-sdk-go-v2/aws"
-	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// valueExpr returns the update expression storing val with ttl, adding
-// its values to vals.
-func (b *Backend) valueExpr(op, key string, val []byte, ttl time.Duration, now time.Time, vals map[string]types.AttributeValue) (string, error) {
-	if ttl < 0 {
-		return "", fmt.Errorf("dynamo: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, MaxValueLen); err != nil {
-		return "", fmt.Errorf("dynamo: %s %q: %w", op, key, err)
-	}
+// valueExpr returns the SET and REMOVE actions storing val with ttl,
+// adding their values to vals.
+func (b *backend) valueExpr(val []byte, ttl time.Duration, now time.Time, vals map[string]types.AttributeValue) (set, remove string) {
 	vals[":v"] = &types.AttributeValueMemberB{Value: append([]byte{}, val...)}
 	if ttl == 0 {
 		// vp (far future) keeps later lease writes from lowering exp.
 		vals[":vp"] = num(farFuture)
-		expr := "SET #v = :v, #vp = :vp"
+		set = "#v = :v, #vp = :vp"
 		if b.retention > 0 {
-			expr += ", #exp = :vp"
+			set += ", #exp = :vp"
 		}
-		return expr + " REMOVE #ve", nil
+		return set, "#ve"
 	}
 	ve := now.Add(ms(ttl)).UnixMilli()
 	vals[":ve"] = num(ve)
-	expr := "SET #v = :v, #ve = :ve"
+	set = "#v = :v, #ve = :ve"
 	if b.retention > 0 {
 		// At least Retention after the value and after any lease that
 		// can be live now (leases are at most Retention long).
 		r := max(ve/1000+1, now.Add(b.retention).Unix()) + int64(b.retention/time.Second)
 		vals[":reap"] = num(r)
-		expr += ", #exp = :reap"
+		set += ", #exp = :reap"
 	}
-	return expr + " REMOVE #vp", nil
+	return set, "#vp"
 }
 
-// Get implements claim.Store: a strongly consistent GetItem. A value past
+// value returns the value stored in item, unless absent or expired at now
+// (by this client's clock).
+func value(item map[string]types.AttributeValue, now time.Time) ([]byte, bool) {
+	v, ok := item["v"].(*types.AttributeValueMemberB)
+	if !ok {
+		return nil, false
+	}
+	if ve, ok := attr(item, "ve"); ok && now.UnixMilli() >= ve {
+		return nil, false
+	}
+	if v.Value == nil {
+		return []byte{}, true
+	}
+	return v.Value, true
+}
+
+// Get implements driver.Store: a strongly consistent GetItem. A value past
 // its TTL (by this client's clock) is never returned.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check(ctx, "get", key); err != nil {
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
+	item, err := b.getItem(ctx, key, "v", "ve")
+	if err != nil {
 		return nil, err
 	}
-	out, err := b.c.GetItem(ctx, &dynamodb.GetItemInput{
-		TableName:                aws.String(b.table),
-		Key:                      b.itemKey(key),
-		ConsistentRead:           aws.Bool(true),
-		ProjectionExpression:     aws.String("#v, #ve"),
-		ExpressionAttributeNames: map[string]string{"#v": "v", "#ve": "ve"},
-	})
-	if err != nil {
-		return nil, wrap("get", key, err)
-	}
-	v, ok := value(out.Item, time.Now())
+	v, ok := value(item, time.Now())
 	if !ok {
-		return nil, fmt.Errorf("dynamo: get %q: %w", key, claim.ErrNotFound)
+		return nil, driver.ErrNotFound
 	}
 	return v, nil
 }
 
-// Set implements claim.Store: one unconditional UpdateItem of the value
+// Set implements driver.Store: one unconditional UpdateItem of the value
 // attributes (the key's lease and counters are left alone).
-func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.check(ctx, "set", key); err != nil {
-		return err
-	}
+func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
 	vals := map[string]types.AttributeValue{}
-	expr, err := b.valueExpr("set", key, val, ttl, time.Now(), vals)
-	if err != nil {
-		return err
-	}
-	if _, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone); err != nil {
-		return wrap("set", key, err)
-	}
-	return nil
+	set, rem := b.valueExpr(val, ttl, time.Now(), vals)
+	_, err := b.update(ctx, key, "SET "+set+" REMOVE "+rem, "", vals, types.ReturnValueNone)
+	return err
 }
 
-// Delete implements claim.Store: removes the value attributes (the item,
+// Delete implements driver.Store: removes the value attributes (the item,
 // with its fence, stays).
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check(ctx, "delete", key); err != nil {
-		return err
-	}
+func (b *backend) Delete(ctx context.Context, key string) error {
 	vals := map[string]types.AttributeValue{}
 	expr := "REMOVE #v, #ve, #vp"
 	if b.retention > 0 {
@@ -100,8 +87,5 @@ func (b *Backend) Delete(ctx context.Context, key string) error {
 	if _, ok := conditionFailed(err); ok {
 		return nil // nothing stored
 	}
-	if err != nil {
-		return wrap("delete", key, err)
-	}
-	return nil
+	return err
 }

@@ -17,19 +17,19 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens dynamodb:// URLs. Registration dials nothing; opening
 // dials only with create_table=true.
 type URLOpener struct{}
 
-// OpenBackendURL implements claim.URLOpener.
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+// OpenURL implements driver.URLOpener.
+func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	if u.Host == "" || u.User != nil || (u.Path != "" && u.Path != "/") || u.Port() != "" {
 		return nil, errors.New("dynamo: URL must be dynamodb://TABLE[?PARAMS]")
 	}
-	p := claim.NewParams(u)
+	p := driver.NewParams(u)
 	region := p.String("region", "")
 	endpoint := p.String("endpoint", "")
 	create := p.Bool("create_table", false)
@@ -61,7 +61,7 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
 			return nil, fmt.Errorf("dynamo: URL parameter endpoint: want an http(s) URL")
 		}
-		if loopback(eu.Hostname()) && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
+		if h := eu.Hostname(); (h == "localhost" || net.ParseIP(h).IsLoopback()) && os.Getenv("AWS_ACCESS_KEY_ID") == "" && os.Getenv("AWS_PROFILE") == "" {
 			opts = append(opts, config.WithCredentialsProvider(credentials.NewStaticCredentialsProvider("stampede", "stampede", "")))
 		}
 	}
@@ -86,7 +86,7 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 			do.BaseEndpoint = aws.String(endpoint)
 		}
 	})
-	b, err := New(client, &o)
+	b, err := newBackend(client, o)
 	if err != nil {
 		return nil, err
 	}
@@ -100,17 +100,12 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	return b, nil
 }
 
-func loopback(host string) bool {
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
-}
+// createTableWait bounds CreateTable's wait for the table to be active.
+const createTableWait = 5 * time.Minute
 
 // CreateTable creates table with the key schema this package uses
 // (partition key "k", string; on-demand billing), waits until it is
-// active, and enables DynamoDB TTL on the attribute "exp". A table that
+// active (at most 5 minutes), and enables DynamoDB TTL on the attribute "exp". A table that
 // exists already is not an error (its schema is not checked); neither is
 // an endpoint without UpdateTimeToLive (dynalite).
 func CreateTable(ctx context.Context, client *dynamodb.Client, table string) error {
@@ -124,19 +119,11 @@ func CreateTable(ctx context.Context, client *dynamodb.Client, table string) err
 	if err != nil && !errors.As(err, &inUse) {
 		return fmt.Errorf("dynamo: create table %q: %w", table, err)
 	}
-	for wait := 20 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-		out, err := client.DescribeTable(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)})
-		if err != nil {
-			return fmt.Errorf("dynamo: describe table %q: %w", table, err)
-		}
-		if out.Table.TableStatus == types.TableStatusActive {
-			break
-		}
-		select {
-		case <-time.After(wait):
-		case <-ctx.Done():
-			return fmt.Errorf("dynamo: wait for table %q: %w", table, ctx.Err())
-		}
+	w := dynamodb.NewTableExistsWaiter(client, func(o *dynamodb.TableExistsWaiterOptions) {
+		o.MinDelay, o.MaxDelay = 20*time.Millisecond, time.Second
+	})
+	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, createTableWait); err != nil {
+		return fmt.Errorf("dynamo: wait for table %q to be active: %w", table, err)
 	}
 	_, err = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
 		TableName:               aws.String(table),

@@ -1,7 +1,6 @@
 package etcd
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -35,35 +34,61 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func open(t testing.TB, rawURL string) *Backend {
+func open(t testing.TB, rawURL string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), rawURL)
+	c, err := claim.Open(context.Background(), rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b.(*Backend)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
+// drv is the driver behind c.
+func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
+
+// withPrefix returns the server's URL with ?prefix=prefix added.
+func withPrefix(srv *testserver.Server, prefix string) string {
+	u, err := url.Parse(srv.URL())
+	if err != nil {
+		panic(err)
+	}
+	q := u.Query()
+	q.Set("prefix", prefix)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
+func opener(rawURL string) func(context.Context) (*claim.Client, error) {
+	return func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, rawURL) }
+}
+
+// TestConformance runs the suite on a server of its own, which its
+// DurableFence check may kill and restart.
 func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Etcd)
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL()+"/conformance")
-		},
-	})
+	srv := testserver.Require(t, testserver.Etcd)
+	h := conformance.Harness{
+		Open:         opener(withPrefix(srv, "conformance")),
+		OpenIsolated: opener(withPrefix(srv, "conformance-isolated")),
+	}
+	if !srv.External() {
+		h.Restart = func(ctx context.Context) error {
+			if err := srv.Kill(); err != nil {
+				return err
+			}
+			return srv.Restart(ctx)
+		}
+	}
+	conformance.Run(t, h)
 }
 
 func BenchmarkConformance(b *testing.B) {
 	srv := testserver.Shared(b, testserver.Etcd)
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL()+"/bench")
-		},
-	})
+	conformance.Bench(b, conformance.Harness{Open: opener(withPrefix(srv, "bench"))})
 }
 
-// TestNew: a Backend on the caller's own client leaves the client open.
+// TestNew: a Client on the caller's own etcd client, with no I/O at New,
+// leaves the etcd client open when closed.
 func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
@@ -72,14 +97,29 @@ func TestNew(t *testing.T) {
 	}
 	defer cli.Close()
 	ctx := context.Background()
-	b, err := New(cli, &Options{Prefix: "mine/", MinTTL: time.Second})
+	if _, err := New(nil, nil); err == nil {
+		t.Error("New(nil client) succeeded")
+	}
+	d, err := New(cli, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if f := b.Features(); f.MinTTL != time.Second || f.TTLGranularity != time.Second || !f.DurableFence || !f.AtomicCommit {
+	if f := d.Features(); f.MinTTL != DefaultMinTTL || f.MaxValueLen != DefaultMaxValueLen {
+		t.Errorf("Features with nil Options = %+v, want MinTTL %s, MaxValueLen %d", f, DefaultMinTTL, DefaultMaxValueLen)
+	}
+	var got *clientv3.Client
+	if !d.As(&got) || got != cli {
+		t.Errorf("As(**clientv3.Client) = %v, %p; want the client given to New", d.As(&got), got)
+	}
+	d.Close()
+	c, err := New(cli, &Options{Prefix: "mine/", MinTTL: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f := c.Features(); f.MinTTL != time.Second || f.TTLGranularity != time.Second || !f.DurableFence || !f.AtomicCommit {
 		t.Errorf("Features = %+v", f)
 	}
-	l, err := b.TryClaim(ctx, "k", 1500*time.Millisecond)
+	l, err := c.TryClaim(ctx, "k", 1500*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,48 +131,48 @@ func TestNew(t *testing.T) {
 		t.Errorf("lock key under the prefix: %v, %v (token %d)", r, err, l.Token)
 	}
 	// Extend with another TTL moves the lock key to a new lease.
-	l2, err := b.Extend(ctx, l, 5*time.Second)
+	l2, err := c.Extend(ctx, l, 5*time.Second)
 	if err != nil || l2.TTL != 5*time.Second || l2.Handle == l.Handle || l2.Token != l.Token {
 		t.Fatalf("Extend to 5s = %v, %v", l2, err)
 	}
 	// The old handle is stale, but the renewal is judged by the token.
-	if _, err := b.Extend(ctx, l, 5*time.Second); err != nil {
+	if _, err := c.Extend(ctx, l, 5*time.Second); err != nil {
 		t.Errorf("Extend retried with the pre-extension lease: %v", err)
 	}
-	if err := b.Release(ctx, l2); err != nil {
+	if err := c.Release(ctx, l2); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.Close(); err != nil {
+	if err := c.Close(); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := cli.Get(ctx, "x"); err != nil {
-		t.Errorf("client closed by Backend.Close: %v", err)
+		t.Errorf("client closed by the Client's Close: %v", err)
 	}
 }
 
-// TestMinTTL: without minttl the Backend asks the server (the test server
-// runs with a 500 ms election timeout, so its minimum is 1 s; etcd's
-// default is 2 s).
+// TestMinTTL: without minttl, Open asks the server (the test server runs
+// with a 500 ms election timeout, so its minimum is 1 s; etcd's default is
+// 2 s).
 func TestMinTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	b := open(t, srv.URL())
-	g, err := b.Client().Grant(context.Background(), 1)
+	c := open(t, srv.URL())
+	g, err := drv(c).cli.Grant(context.Background(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = b.Client().Revoke(context.Background(), g.ID)
-	if got, want := b.Features().MinTTL, time.Duration(g.TTL)*time.Second; got != want {
+	_, _ = drv(c).cli.Revoke(context.Background(), g.ID)
+	if got, want := c.Features().MinTTL, time.Duration(g.TTL)*time.Second; got != want {
 		t.Errorf("MinTTL = %s, want %s (granted for a 1 s request)", got, want)
 	}
-	b = open(t, srv.URL()+"?minttl=3s")
-	if got := b.Features().MinTTL; got != 3*time.Second {
+	c = open(t, srv.URL()+"?minttl=3s")
+	if got := c.Features().MinTTL; got != 3*time.Second {
 		t.Errorf("MinTTL with minttl=3s = %s", got)
 	}
-	l, err := b.TryClaim(context.Background(), "minttl", time.Second)
+	l, err := c.TryClaim(context.Background(), "minttl", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Release(context.Background(), l)
+	defer c.Release(context.Background(), l)
 	if l.TTL != 3*time.Second {
 		t.Errorf("TTL = %s, want the configured minimum 3s", l.TTL)
 	}
@@ -146,21 +186,29 @@ func TestParseURL(t *testing.T) {
 		user      string
 		pass      string
 		minTTL    time.Duration
+		dial      time.Duration
 		err       string
 	}{
 		{url: "etcd://", endpoints: "http://127.0.0.1:2379"},
-		{url: "etcd://example.com", endpoints: "http://example.com:2379"},
-		{url: "etcd://h1,h2:2,h3:3/app/x/", endpoints: "http://h1:2379 http://h2:2 http://h3:3", prefix: "app/x"},
+		{url: "etcd://example.com/", endpoints: "http://example.com:2379"},
+		{url: "etcd://h1,h2:2,h3:3?prefix=app/x/", endpoints: "http://h1:2379 http://h2:2 http://h3:3", prefix: "app/x/"},
 		{url: "etcd://[::1]:3", endpoints: "http://[::1]:3"},
 		{url: "etcd://[::1]", endpoints: "http://[::1]:2379"},
-		{url: "etcds://u:p@h:1/p", endpoints: "https://h:1", prefix: "p", user: "u", pass: "p"},
-		{url: "etcd://h?username=u&password=p&minttl=2s&dialtimeout=1s&maxvalue=10", endpoints: "http://h:2379", user: "u", pass: "p", minTTL: 2 * time.Second},
+		{url: "etcds://u:p@h:1?prefix=p", endpoints: "https://h:1", prefix: "p", user: "u", pass: "p"},
+		{url: "etcds://h?skip_verify=true&servername=n", endpoints: "https://h:2379"},
+		{url: "etcd://u:p@h?minttl=2s&dial_timeout=1s&maxvalue=10", endpoints: "http://h:2379", user: "u", pass: "p", minTTL: 2 * time.Second, dial: time.Second},
 		{url: "etcd://h?bogus=1", err: "unknown URL parameter(s): bogus"},
+		{url: "etcd://h?dialtimeout=1s", err: "unknown URL parameter(s): dialtimeout"},
+		{url: "etcd://h?username=u&password=secret", err: "unknown URL parameter(s): password, username"},
+		{url: "etcd://h/app", err: "?prefix="},
+		{url: "etcd://h?prefix=a&prefix=b", err: "given 2 times"},
+		{url: "etcd://h?prefix=a;minttl=1s", err: "';' separator"},
 		{url: "etcd://h?minttl=soon", err: "minttl"},
-		{url: "etcd://h?cacert=/ca.pem", err: "need etcds"},
+		{url: "etcd://h?dial_timeout=-1s", err: "dial_timeout"},
+		{url: "etcd://h?cacert=/ca.pem", err: "need the TLS scheme"},
+		{url: "etcds://h?skip_verify=maybe", err: "skip_verify"},
 		{url: "etcds://h?cert=c.pem", err: "together"},
-		{url: "etcds://h?cacert=/nonexistent/ca.pem", err: "cacert"},
-		{url: "etcd://u:secret@h?password=other", err: "both"},
+		{url: "etcds://h?cacert=/nonexistent/ca.pem", err: "CA certificate"},
 		{url: "etcd://:secret@h", err: "without a user"},
 		{url: "etcd://h:99999", err: "bad port"},
 		{url: "etcd://h1,,h2", err: "empty host"},
@@ -188,8 +236,11 @@ func TestParseURL(t *testing.T) {
 		if got := strings.Join(cfg.Endpoints, " "); got != tc.endpoints {
 			t.Errorf("%s: endpoints %q, want %q", tc.url, got, tc.endpoints)
 		}
-		if opt.Prefix != tc.prefix || cfg.Username != tc.user || cfg.Password != tc.pass || opt.MinTTL != tc.minTTL {
-			t.Errorf("%s: prefix %q user %q pass %q minttl %s", tc.url, opt.Prefix, cfg.Username, cfg.Password, opt.MinTTL)
+		if tc.dial == 0 {
+			tc.dial = DefaultDialTimeout
+		}
+		if opt.Prefix != tc.prefix || cfg.Username != tc.user || cfg.Password != tc.pass || opt.MinTTL != tc.minTTL || cfg.DialTimeout != tc.dial {
+			t.Errorf("%s: prefix %q user %q pass %q minttl %s dial_timeout %s", tc.url, opt.Prefix, cfg.Username, cfg.Password, opt.MinTTL, cfg.DialTimeout)
 		}
 		if (cfg.TLS != nil) != strings.HasPrefix(tc.url, "etcds:") {
 			t.Errorf("%s: TLS %v", tc.url, cfg.TLS != nil)
@@ -202,13 +253,15 @@ func TestParseURL(t *testing.T) {
 func TestOpenRedacts(t *testing.T) {
 	ctx := context.Background()
 	for _, u := range []string{
-		"etcd://user:s3cret@127.0.0.1:1/p?dialtimeout=300ms",
-		"etcd://127.0.0.1:1/p?username=user&password=s3cret&dialtimeout=300ms",
-		"etcd://user:s3cret@127.0.0.1:1/p?nope=1",
+		"etcd://user:s3cret@127.0.0.1:1?dial_timeout=300ms",
+		"etcd://127.0.0.1:1?username=user&password=s3cret&dial_timeout=300ms",
+		"etcd://user:s3cret@127.0.0.1:1/p",
+		"etcd://user:s3cret@127.0.0.1:1?nope=1",
+		"etcd://127.0.0.1:1?dial_timeout=300ms",
 	} {
-		b, err := claim.Open(ctx, u)
+		c, err := claim.Open(ctx, u)
 		if err == nil {
-			b.Close()
+			c.Close()
 			t.Errorf("%s: opened a backend on a closed port", u)
 			continue
 		}
@@ -238,11 +291,11 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	base := strings.TrimPrefix(srv.URL(), "etcd://")
-	b := open(t, "etcd://root:rootpw@"+base+"/authed")
-	if err := b.Set(ctx, "k", []byte("v"), 0); err != nil {
+	c := open(t, "etcd://root:rootpw@"+base+"?prefix=authed")
+	if err := c.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Errorf("Set with auth: %v", err)
 	}
-	if _, err := claim.Open(ctx, "etcd://root:wr0ng-pw@"+base+"/authed"); err == nil || strings.Contains(err.Error(), "wr0ng-pw") {
+	if _, err := claim.Open(ctx, "etcd://root:wr0ng-pw@"+base+"?prefix=authed"); err == nil || strings.Contains(err.Error(), "wr0ng-pw") {
 		t.Errorf("Open with a wrong password: err = %v", err)
 	}
 }
@@ -251,16 +304,17 @@ func TestAuth(t *testing.T) {
 // to lease seconds, and values share one lease per TTL class.
 func TestValueTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	b := open(t, srv.URL()+"/valuettl")
+	c := open(t, withPrefix(srv, "valuettl"))
 	ctx := context.Background()
 	for i := range 5 {
-		if err := b.Set(ctx, fmt.Sprint("k", i), []byte("v"), 300*time.Millisecond); err != nil {
+		if err := c.Set(ctx, fmt.Sprint("k", i), []byte("v"), 300*time.Millisecond); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if _, err := b.Get(ctx, "k0"); err != nil {
+	if _, err := c.Get(ctx, "k0"); err != nil {
 		t.Fatalf("Get before expiry: %v", err)
 	}
+	b := drv(c)
 	b.gcMu.Lock()
 	n := len(b.gc)
 	b.gcMu.Unlock()
@@ -269,32 +323,9 @@ func TestValueTTL(t *testing.T) {
 	}
 	time.Sleep(350 * time.Millisecond)
 	for i := range 5 {
-		if _, err := b.Get(ctx, fmt.Sprint("k", i)); !errors.Is(err, claim.ErrNotFound) {
+		if _, err := c.Get(ctx, fmt.Sprint("k", i)); !errors.Is(err, claim.ErrNotFound) {
 			t.Errorf("Get after expiry: err = %v, want ErrNotFound", err)
 		}
-	}
-}
-
-// TestMaxValue: a value of exactly DefaultMaxValueLen fits in etcd's
-// default request limit even under a long prefix and a long key.
-func TestMaxValue(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Etcd)
-	b := open(t, srv.URL()+"/"+strings.Repeat("p", MaxPrefixLen))
-	ctx := context.Background()
-	key := strings.Repeat("k", maxKeyLen-1)
-	l, err := b.TryClaim(ctx, key, 10*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Release(ctx, l)
-	if err := b.Commit(ctx, l, bytes.Repeat([]byte{1}, DefaultMaxValueLen), time.Minute); err != nil {
-		t.Errorf("Commit of DefaultMaxValueLen: %v", err)
-	}
-	if err := b.Commit(ctx, l, make([]byte, DefaultMaxValueLen+1), 0); !errors.Is(err, claim.ErrTooLarge) {
-		t.Errorf("Commit over the limit: %v", err)
-	}
-	if err := b.Publish(ctx, "topic", make([]byte, DefaultMaxValueLen+1)); !errors.Is(err, claim.ErrTooLarge) {
-		t.Errorf("Publish over the limit: %v", err)
 	}
 }
 
@@ -374,7 +405,7 @@ func (p *proxy) Restore() {
 	p.mu.Unlock()
 }
 
-func wokenWithin(s claim.Subscription, d time.Duration) bool {
+func wokenWithin(s *claim.Subscription, d time.Duration) bool {
 	select {
 	case _, ok := <-s.C():
 		return ok
@@ -385,15 +416,15 @@ func wokenWithin(s claim.Subscription, d time.Duration) bool {
 
 // TestWatchCompacted: a client is cut off while it waits, the key is
 // released and the revision of the release compacted away; when the client
-// reconnects its watch cannot resume (ErrCompacted). The Backend must
+// reconnects its watch cannot resume (ErrCompacted). The driver must
 // re-watch, wake the waiter (no lost release), and keep delivering later
 // releases.
 func TestWatchCompacted(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	p := newProxy(t, srv.Addr())
 	ctx := context.Background()
-	waiter := open(t, "etcd://"+p.ln.Addr().String()+"/compact?dialtimeout=5s")
-	holder := open(t, srv.URL()+"/compact")
+	waiter := open(t, "etcd://"+p.ln.Addr().String()+"?prefix=compact&dial_timeout=5s")
+	holder := open(t, withPrefix(srv, "compact"))
 
 	l, err := holder.TryClaim(ctx, "k", 30*time.Second)
 	if err != nil {
@@ -414,13 +445,13 @@ func TestWatchCompacted(t *testing.T) {
 	}
 	var rev int64
 	for i := range 10 {
-		r, err := holder.Client().Put(ctx, fmt.Sprint("compact/filler/", i), "x")
+		r, err := drv(holder).cli.Put(ctx, fmt.Sprint("compact/filler/", i), "x")
 		if err != nil {
 			t.Fatal(err)
 		}
 		rev = r.Header.Revision
 	}
-	if _, err := holder.Client().Compact(ctx, rev); err != nil {
+	if _, err := drv(holder).cli.Compact(ctx, rev); err != nil {
 		t.Fatal(err)
 	}
 	p.Restore()
@@ -428,7 +459,7 @@ func TestWatchCompacted(t *testing.T) {
 	if !wokenWithin(sub, 60*time.Second) {
 		t.Fatal("the release during the outage never woke the waiter")
 	}
-	if n := waiter.watchGaps.Load(); n == 0 {
+	if n := drv(waiter).watchGaps.Load(); n == 0 {
 		t.Errorf("woken, but no broken watch seen (was the revision not compacted?)")
 	}
 	l2, err := waiter.TryClaim(ctx, "k", 30*time.Second)
@@ -450,11 +481,11 @@ func TestWatchCompacted(t *testing.T) {
 	}
 }
 
-// TestTopics: Broadcaster messages reach every subscriber in order, and
-// stop waits for the handler.
+// TestTopics: messages published on the etcd topic bus reach a subscriber
+// in another process in order, and stop waits for the handler.
 func TestTopics(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	a, b := open(t, srv.URL()+"/topics"), open(t, srv.URL()+"/topics")
+	a, b := open(t, withPrefix(srv, "topics")), open(t, withPrefix(srv, "topics"))
 	ctx := context.Background()
 	var mu sync.Mutex
 	var got []string
@@ -495,7 +526,7 @@ func TestTopics(t *testing.T) {
 func TestRestart(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	ctx := context.Background()
-	holder, waiter := open(t, srv.URL()+"/restart"), open(t, srv.URL()+"/restart")
+	holder, waiter := open(t, withPrefix(srv, "restart")), open(t, withPrefix(srv, "restart"))
 	l, err := holder.TryClaim(ctx, "k", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -536,17 +567,17 @@ func TestRestart(t *testing.T) {
 	_ = waiter.Release(ctx, l2)
 }
 
-// TestKeepAlive: claim.KeepAlive renews through Extend's keep-alive path
+// TestKeepAlive: Client.KeepAlive renews through Extend's keep-alive path
 // (same TTL: same etcd lease) well past the lease's TTL.
 func TestKeepAlive(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	a, b := open(t, srv.URL()+"/keepalive"), open(t, srv.URL()+"/keepalive")
+	a, b := open(t, withPrefix(srv, "keepalive")), open(t, withPrefix(srv, "keepalive"))
 	ctx := context.Background()
 	l, err := a.TryClaim(ctx, "k", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := claim.KeepAlive(ctx, a, l, nil)
+	k := a.KeepAlive(ctx, l, nil)
 	time.Sleep(3 * l.TTL)
 	if _, err := b.TryClaim(ctx, "k", time.Second); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("TryClaim past 3 TTLs of a kept-alive lease: err = %v, want ErrHeld", err)
@@ -570,8 +601,8 @@ func TestKeepAlive(t *testing.T) {
 // error.
 func FuzzParseURL(f *testing.F) {
 	for _, s := range []string{
-		"etcd://", "etcd://u:pw@h1:1,h2:2/p?minttl=1s", "etcds://h?cacert=x&cert=y&key=z",
-		"etcd://h?password=pw&username=u", "etcd://[::1]:1/a/b/", "etcd://h?maxvalue=-1",
+		"etcd://", "etcd://u:pw@h1:1,h2:2?prefix=p&minttl=1s", "etcds://h?cacert=x&cert=y&key=z&skip_verify=1",
+		"etcd://u:pw@h?dial_timeout=1s", "etcd://[::1]:1/a/b/", "etcd://h?maxvalue=-1", "etcd://u:pw@h?prefix=a;b",
 	} {
 		f.Add(s, "pw")
 	}

@@ -4,33 +4,22 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
-
-func (b *Backend) checkValue(op, key string, value []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("etcd: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(value, b.maxVal); err != nil {
-		return fmt.Errorf("etcd: %s %q: %w", op, key, err)
-	}
-	return nil
-}
 
 // putValue returns the put of an encoded value: a version byte, the expiry
 // (Unix nanoseconds, 0: none), the bytes; attached to the shared lease of
 // its TTL class, if any, whose ID it also returns.
-func (b *Backend) putValue(ctx context.Context, key string, value []byte, ttl time.Duration) (clientv3.Op, clientv3.LeaseID, error) {
-	buf := make([]byte, valueHeader+len(value))
+func (b *backend) putValue(ctx context.Context, key string, value []byte, ttl time.Duration) (clientv3.Op, clientv3.LeaseID, error) {
+	buf := make([]byte, valueHeader, valueHeader+len(value))
 	buf[0] = 1
-	var opts []clientv3.OpOption
-	var gc clientv3.LeaseID
+	gc := clientv3.NoLease
 	if ttl > 0 {
 		now := time.Now()
 		binary.BigEndian.PutUint64(buf[1:], uint64(now.Add(ttl).UnixNano()))
@@ -38,23 +27,25 @@ func (b *Backend) putValue(ctx context.Context, key string, value []byte, ttl ti
 		if gc, err = b.gcLease(ctx, now, ttl); err != nil {
 			return clientv3.Op{}, 0, err
 		}
-		if gc != clientv3.NoLease {
-			opts = append(opts, clientv3.WithLease(gc))
-		}
 	}
-	copy(buf[valueHeader:], value)
-	return clientv3.OpPut(b.valueKey(key), string(buf), opts...), gc, nil
+	buf = append(buf, value...)
+	return clientv3.OpPut(b.valueKey(key), string(buf), clientv3.WithLease(gc)), gc, nil
 }
 
-// decodeValue returns the value's bytes, or ok=false if it has expired.
-func decodeValue(raw []byte, now time.Time) (v []byte, ok bool, err error) {
+// decodeValue returns the bytes of the value in kvs (a get of a value
+// key), or ErrNotFound if there is none or it has expired at now.
+func decodeValue(kvs []*mvccpb.KeyValue, now time.Time) ([]byte, error) {
+	if len(kvs) == 0 {
+		return nil, driver.ErrNotFound
+	}
+	raw := kvs[0].Value
 	if len(raw) < valueHeader || raw[0] != 1 {
-		return nil, false, errors.New("malformed value (not written by this package?)")
+		return nil, errors.New("malformed value (not written by this package?)")
 	}
 	if exp := int64(binary.BigEndian.Uint64(raw[1:])); exp != 0 && now.UnixNano() >= exp {
-		return nil, false, nil
+		return nil, driver.ErrNotFound
 	}
-	return raw[valueHeader:], true, nil
+	return raw[valueHeader:], nil
 }
 
 type gcLease struct {
@@ -66,7 +57,7 @@ type gcLease struct {
 // one TTL class (the next power of two seconds): the class's lease is
 // granted for twice the class, so one grant serves at least a class's
 // worth of writes. Values live on the server at most about twice their TTL.
-func (b *Backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration) (clientv3.LeaseID, error) {
+func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration) (clientv3.LeaseID, error) {
 	class := int64(1)
 	for class < ceilSeconds(ttl) {
 		class <<= 1
@@ -96,7 +87,7 @@ func (b *Backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration)
 }
 
 // gcFailed forgets a shared lease the server no longer knows.
-func (b *Backend) gcFailed(id clientv3.LeaseID, err error) {
+func (b *backend) gcFailed(id clientv3.LeaseID, err error) {
 	if id == clientv3.NoLease || !errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		return
 	}
@@ -109,54 +100,32 @@ func (b *Backend) gcFailed(id clientv3.LeaseID, err error) {
 	}
 }
 
-// Get implements claim.Store.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check("get", key); err != nil {
-		return nil, err
-	}
+// Get implements driver.Store.
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	r, err := b.cli.Get(ctx, b.valueKey(key))
 	if err != nil {
-		return nil, wrap("get", key, ctxErr(ctx, err))
+		return nil, fail(ctx, err)
 	}
-	if len(r.Kvs) == 0 {
-		return nil, fmt.Errorf("etcd: get %q: %w", key, claim.ErrNotFound)
-	}
-	v, ok, err := decodeValue(r.Kvs[0].Value, time.Now())
-	if err != nil {
-		return nil, fmt.Errorf("etcd: get %q: %w", key, err)
-	}
-	if !ok {
-		return nil, fmt.Errorf("etcd: get %q: %w", key, claim.ErrNotFound)
-	}
-	return v, nil
+	return decodeValue(r.Kvs, time.Now())
 }
 
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	if err := b.check("set", key); err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, value, ttl); err != nil {
-		return err
-	}
+// Set implements driver.Store.
+func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
 	put, gc, err := b.putValue(ctx, key, value, ttl)
 	if err != nil {
-		return wrap("set", key, ctxErr(ctx, err))
+		return fail(ctx, err)
 	}
 	if _, err := b.cli.Do(ctx, put); err != nil {
 		b.gcFailed(gc, err)
-		return wrap("set", key, ctxErr(ctx, err))
+		return fail(ctx, err)
 	}
 	return nil
 }
 
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check("delete", key); err != nil {
-		return err
-	}
+// Delete implements driver.Store.
+func (b *backend) Delete(ctx context.Context, key string) error {
 	if _, err := b.cli.Delete(ctx, b.valueKey(key)); err != nil {
-		return wrap("delete", key, ctxErr(ctx, err))
+		return fail(ctx, err)
 	}
 	return nil
 }

@@ -2,13 +2,10 @@ package etcd
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -16,16 +13,16 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens etcd:// and etcds:// URLs (see the package doc). Opening
-// dials once, asks the server for its minimum lease TTL unless minttl is
-// given, and the Backend's Close closes the client.
+// dials (and authenticates) once, asks the server for its minimum lease
+// TTL unless minttl is given, and the driver's Close closes the client.
 type URLOpener struct{}
 
-// OpenBackendURL implements claim.URLOpener.
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+// OpenURL implements driver.URLOpener.
+func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	cfg, opt, err := parseURL(u)
 	if err != nil {
 		return nil, err
@@ -34,7 +31,13 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	if err != nil {
 		return nil, fmt.Errorf("etcd: connect: %w", err)
 	}
-	b, err := newBackend(ctx, cli, opt, true)
+	if opt.MinTTL == 0 {
+		if opt.MinTTL, err = askMinTTL(ctx, cli, cfg.DialTimeout); err != nil {
+			cli.Close()
+			return nil, fmt.Errorf("etcd: asking the server for its minimum lease TTL: %w", err)
+		}
+	}
+	b, err := newBackend(cli, opt, true)
 	if err != nil {
 		cli.Close()
 		return nil, err
@@ -42,73 +45,65 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	return b, nil
 }
 
+// askMinTTL learns the server's minimum lease TTL, within timeout (0:
+// DefaultDialTimeout): the server grants max(asked, minimum) for a
+// 1-second lease, which is then revoked.
+func askMinTTL(ctx context.Context, cli *clientv3.Client, timeout time.Duration) (time.Duration, error) {
+	if timeout <= 0 {
+		timeout = DefaultDialTimeout
+	}
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	g, err := cli.Grant(ctx, 1)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := cli.Revoke(ctx, g.ID); err != nil {
+		return 0, err
+	}
+	return time.Duration(g.TTL) * time.Second, nil
+}
+
 // parseURL turns an etcd:// or etcds:// URL into a client config and
 // Options. Its errors never contain the password.
-func parseURL(u *url.URL) (clientv3.Config, *Options, error) {
+func parseURL(u *url.URL) (clientv3.Config, Options, error) {
 	var cfg clientv3.Config
-	tlsOn := false
-	switch u.Scheme {
-	case Scheme:
-	case TLSScheme:
-		tlsOn = true
-	default:
-		return cfg, nil, fmt.Errorf("etcd: URL scheme %q: want %s or %s", u.Scheme, Scheme, TLSScheme)
+	tlsOn := u.Scheme == TLSScheme
+	if u.Scheme != Scheme && !tlsOn {
+		return cfg, Options{}, fmt.Errorf("etcd: URL scheme %q: want %s or %s", u.Scheme, Scheme, TLSScheme)
 	}
 	if u.Opaque != "" || u.Fragment != "" {
-		return cfg, nil, errors.New("etcd: malformed URL: want etcd://host:port[,host:port]/prefix")
+		return cfg, Options{}, errors.New("etcd: malformed URL: want etcd://host:port[,host:port]?prefix=NAME")
 	}
-	p := claim.NewParams(u)
-	cfg.DialTimeout = p.Duration("dialtimeout", 5*time.Second)
-	opt := &Options{
-		Prefix:      strings.Trim(u.Path, "/"),
+	if u.Path != "" && u.Path != "/" {
+		return cfg, Options{}, fmt.Errorf("etcd: URL path %q: give the key prefix as ?prefix=NAME", u.Path)
+	}
+	p := driver.NewParams(u)
+	cfg.DialTimeout = p.Duration("dial_timeout", DefaultDialTimeout)
+	opt := Options{
+		Prefix:      p.String("prefix", ""),
 		MinTTL:      p.Duration("minttl", 0),
 		MaxValueLen: p.Int("maxvalue", 0),
 	}
-	user, pass := p.String("username", ""), p.String("password", "")
+	// An empty server name lets gRPC verify each endpoint by its own host.
+	tc, err := p.TLS(tlsOn, "")
+	if perr := p.Err(); perr != nil {
+		err = perr
+	}
+	if err != nil {
+		return cfg, opt, fmt.Errorf("etcd: %w", err)
+	}
+	cfg.TLS = tc
 	if u.User != nil {
-		if user != "" || pass != "" {
-			return cfg, nil, errors.New("etcd: credentials given both in the URL's user info and as parameters")
-		}
-		user = u.User.Username()
-		pass, _ = u.User.Password()
+		cfg.Username = u.User.Username()
+		cfg.Password, _ = u.User.Password()
 	}
-	if pass != "" && user == "" {
-		return cfg, nil, errors.New("etcd: password given without a user name")
-	}
-	cfg.Username, cfg.Password = user, pass
-	caFile, certFile, keyFile := p.String("cacert", ""), p.String("cert", ""), p.String("key", "")
-	serverName := p.String("servername", "")
-	if err := p.Err(); err != nil {
-		return cfg, nil, fmt.Errorf("etcd: %w", err)
-	}
-	if !tlsOn && (caFile != "" || certFile != "" || keyFile != "" || serverName != "") {
-		return cfg, nil, fmt.Errorf("etcd: cacert, cert, key and servername need %s://", TLSScheme)
-	}
-	if (certFile == "") != (keyFile == "") {
-		return cfg, nil, errors.New("etcd: cert and key must be given together")
+	if cfg.Password != "" && cfg.Username == "" {
+		return cfg, opt, errors.New("etcd: password given without a user name")
 	}
 	scheme := "http://"
 	if tlsOn {
 		scheme = "https://"
-		tc := &tls.Config{ServerName: serverName, MinVersion: tls.VersionTLS12}
-		if caFile != "" {
-			pem, err := os.ReadFile(caFile)
-			if err != nil {
-				return cfg, nil, fmt.Errorf("etcd: cacert: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return cfg, nil, fmt.Errorf("etcd: cacert %q: no PEM certificate", caFile)
-			}
-		}
-		if certFile != "" {
-			c, err := tls.LoadX509KeyPair(certFile, keyFile)
-			if err != nil {
-				return cfg, nil, fmt.Errorf("etcd: cert/key: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{c}
-		}
-		cfg.TLS = tc
 	}
 	hosts := u.Host
 	if hosts == "" {
@@ -116,12 +111,12 @@ func parseURL(u *url.URL) (clientv3.Config, *Options, error) {
 	}
 	for h := range strings.SplitSeq(hosts, ",") {
 		if h == "" {
-			return cfg, nil, fmt.Errorf("etcd: empty host in %q", hosts)
+			return cfg, opt, fmt.Errorf("etcd: empty host in %q", hosts)
 		}
 		if _, port, err := net.SplitHostPort(h); err != nil {
 			h = net.JoinHostPort(strings.Trim(h, "[]"), "2379")
 		} else if n, err := strconv.Atoi(port); err != nil || n <= 0 || n > 65535 {
-			return cfg, nil, fmt.Errorf("etcd: bad port in host %q", h)
+			return cfg, opt, fmt.Errorf("etcd: bad port in host %q", h)
 		}
 		cfg.Endpoints = append(cfg.Endpoints, scheme+h)
 	}

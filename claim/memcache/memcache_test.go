@@ -16,8 +16,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
-	"github.com/stampede-go/stampede/internal/poll"
+	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -33,34 +34,48 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func open(t testing.TB, url string) *Backend {
+func open(t testing.TB, url string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), url)
+	c, err := claim.Open(context.Background(), url)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b.(*Backend)
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// drv is the driver behind c.
+func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
+
+func harness(srv *testserver.Server) conformance.Harness {
+	// Features.DurableFence is false: no Restart.
+	return conformance.Harness{
+		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, srv.URL()) },
+		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, srv.URL()+"?prefix=isolated") },
+	}
 }
 
 func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Memcache)
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL())
-		},
-	})
+	conformance.Run(t, harness(testserver.Shared(t, testserver.Memcache)))
 }
 
 func TestURL(t *testing.T) {
 	ctx := context.Background()
 	for _, bad := range []string{
 		"memcache://127.0.0.1:1?nosuch=1",
-		"memcache://127.0.0.1:1?timeout=soon",
+		"memcache://127.0.0.1:1?io_timeout=soon",
 		"memcache://127.0.0.1:1/path",
 		"memcache://?prefix=x",
 		"memcache://127.0.0.1:1?prefix=has%20space",
-		"memcache://127.0.0.1:1?item_size_max=10",
+		"memcache://127.0.0.1:1?maxvalue=1023",
+		"memcache://127.0.0.1:1?maxvalue=-1",
+		"memcache://127.0.0.1:1?prefix=a&prefix=b",
+		"memcache://127.0.0.1:1?prefix=a;poll_max=1s",
+		"memcache://127.0.0.1:1?cacert=ca.pem",
+		"memcache://127.0.0.1:1?tls=true&cert=only-the-cert.pem",
+		// The names before the shared vocabulary.
+		"memcache://127.0.0.1:1?timeout=1s",
+		"memcache://127.0.0.1:1?item_size_max=2097152",
 	} {
 		if b, err := claim.Open(ctx, bad); err == nil {
 			b.Close()
@@ -72,22 +87,33 @@ func TestURL(t *testing.T) {
 	if err == nil || strings.Contains(err.Error(), "hunter") {
 		t.Errorf("Open with credentials: err = %v (want an error without the secrets)", err)
 	}
-	b, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&item_size_max=2097152")
+	_, err = claim.Open(ctx, "memcache://127.0.0.1:1?tls=true&cacert=/nonexistent/ca.pem&key=hunter4.pem&cert=c.pem")
+	if err == nil || strings.Contains(err.Error(), "hunter4") {
+		t.Errorf("Open with a key file: err = %v (want an error that does not show the secret-named parameter)", err)
+	}
+	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	mb := b.(*Backend)
-	if mb.prefix != "app" || mb.c.Timeout != time.Second || mb.c.MaxIdleConns != 4 {
-		t.Errorf("options not applied: prefix %q timeout %s idle %d", mb.prefix, mb.c.Timeout, mb.c.MaxIdleConns)
+	defer c.Close()
+	b := drv(c)
+	if b.prefix != "app" || b.c.Timeout != time.Second || b.c.MaxIdleConns != 4 {
+		t.Errorf("options not applied: prefix %q timeout %s idle %d", b.prefix, b.c.Timeout, b.c.MaxIdleConns)
 	}
-	if got := b.Features().MaxValueLen; got != 2<<20-itemOverhead {
-		t.Errorf("MaxValueLen = %d with item_size_max 2 MiB", got)
+	if got := c.Features().MaxValueLen; got != 2097152 {
+		t.Errorf("MaxValueLen = %d with maxvalue=2097152", got)
+	}
+	var mc *gomemcache.Client
+	if !c.As(&mc) || mc != b.c {
+		t.Errorf("As(**gomemcache.Client) did not give the client")
+	}
+	if def := open(t, "memcache://127.0.0.1:1"); def.Features().MaxValueLen != DefaultItemSizeMax-itemOverhead {
+		t.Errorf("default MaxValueLen = %d", def.Features().MaxValueLen)
 	}
 }
 
 func TestKeys(t *testing.T) {
-	b, err := New(gomemcache.New("127.0.0.1:1"), &Options{Prefix: strings.Repeat("p", 200)})
+	b, err := newBackend(gomemcache.New("127.0.0.1:1"), Options{Prefix: strings.Repeat("p", 200)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -174,7 +200,7 @@ func TestMaxValueAtServerLimit(t *testing.T) {
 	}
 	defer b.Close()
 	k := strings.Repeat("k", 46) // the longest readable key with this prefix
-	if n := len(b.item('v', k)); n != 250 {
+	if n := len(drv(b).item('v', k)); n != 250 {
 		t.Fatalf("item key %d bytes, want 250", n)
 	}
 	if err := b.Set(ctx, k, bytes.Repeat([]byte{1}, b.Features().MaxValueLen), time.Minute); err != nil {
@@ -202,7 +228,7 @@ func TestReleaseIsCompareAndDelete(t *testing.T) {
 	}
 	// Simulate the lock vanishing under its holder (eviction, or expiry
 	// while paused) and another holder claiming.
-	if err := a.c.Delete(a.item('l', "cad")); err != nil {
+	if err := drv(a).c.Delete(drv(a).item('l', "cad")); err != nil {
 		t.Fatal(err)
 	}
 	l2, err := b.TryClaim(ctx, "cad", time.Minute)
@@ -236,7 +262,7 @@ func TestFenceSurvivesEviction(t *testing.T) {
 	if err := a.Release(ctx, l1); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.c.Delete(a.item('f', "evict")); err != nil {
+	if err := drv(a).c.Delete(drv(a).item('f', "evict")); err != nil {
 		t.Fatal(err)
 	}
 	l2, err := a.TryClaim(ctx, "evict", time.Minute)
@@ -345,12 +371,7 @@ func TestServerRestart(t *testing.T) {
 }
 
 func BenchmarkConformance(b *testing.B) {
-	srv := testserver.Shared(b, testserver.Memcache)
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL())
-		},
-	})
+	conformance.Bench(b, harness(testserver.Shared(b, testserver.Memcache)))
 }
 
 // FuzzOpenURL: no URL makes the opener panic, and a password in a URL
@@ -358,9 +379,10 @@ func BenchmarkConformance(b *testing.B) {
 func FuzzOpenURL(f *testing.F) {
 	for _, s := range []string{
 		"memcache://127.0.0.1:11211",
-		"memcache://a:1,b:2?prefix=x&timeout=1s",
+		"memcache://a:1,b:2?prefix=x&io_timeout=1s",
 		"memcache://u:secretpw@h:1",
-		"memcache://h:1?item_size_max=-1&poll_max=x",
+		"memcache://h:1?maxvalue=-1&poll_max=x",
+		"memcache://h:1?tls=true&cacert=x&servername=h&skip_verify=1",
 		"memcache://h:1/%zz",
 		"memcache://[::1]:1,[::2]:2?max_idle_conns=99999999999999999999",
 	} {
@@ -399,9 +421,9 @@ func TestWakeRules(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
 	a, b := open(t, srv.URL()), open(t, srv.URL())
 	ctx := context.Background()
-	read := func(key string) poll.State {
+	read := func(key string) driver.PollState {
 		t.Helper()
-		st, err := b.readState(ctx, key)
+		st, err := drv(b).readState(ctx, key)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -428,32 +450,32 @@ func TestWakeRules(t *testing.T) {
 		free := read(k)
 		l := claimKey(k)
 		held := read(k)
-		if poll.Wakes(free, held) {
+		if driver.Wakes(free, held) {
 			t.Errorf("%s: a claim of a free key wakes (%+v -> %+v)", k, free, held)
 		}
 		l, err := a.Extend(ctx, l, time.Minute)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if st := read(k); poll.Wakes(held, st) {
+		if st := read(k); driver.Wakes(held, st) {
 			t.Errorf("%s: Extend wakes (%+v -> %+v)", k, held, st)
 		}
 		release(l)
-		if st := read(k); !poll.Wakes(held, st) || !poll.Wakes(free, st) {
+		if st := read(k); !driver.Wakes(held, st) || !driver.Wakes(free, st) {
 			t.Errorf("%s: Release does not wake (%+v, %+v -> %+v)", k, free, held, st)
 		}
 		// Claim, release, claim between two reads.
 		free = read(k)
 		release(claimKey(k))
 		l = claimKey(k)
-		if st := read(k); !poll.Wakes(free, st) {
+		if st := read(k); !driver.Wakes(free, st) {
 			t.Errorf("%s: claim, release, claim between two reads does not wake (%+v -> %+v)", k, free, st)
 		}
 		held = read(k)
 		if err := a.Notify(ctx, k); err != nil {
 			t.Fatal(err)
 		}
-		if st := read(k); !poll.Wakes(held, st) {
+		if st := read(k); !driver.Wakes(held, st) {
 			t.Errorf("%s: Notify does not wake (%+v -> %+v)", k, held, st)
 		}
 		release(l)
@@ -462,11 +484,11 @@ func TestWakeRules(t *testing.T) {
 	k := "wake-rules-evicted"
 	release(claimKey(k))
 	before := read(k)
-	if err := a.c.Delete(a.item('n', k)); err != nil {
+	if err := drv(a).c.Delete(drv(a).item('n', k)); err != nil {
 		t.Fatal(err)
 	}
 	release(claimKey(k))
-	if st := read(k); !poll.Wakes(before, st) {
+	if st := read(k); !driver.Wakes(before, st) {
 		t.Errorf("a release after the counter was evicted does not wake (%+v -> %+v)", before, st)
 	}
 
@@ -480,12 +502,54 @@ func TestWakeRules(t *testing.T) {
 	select {
 	case <-s.C():
 		t.Fatal("a claim of a free key woke a subscriber")
-	case <-time.After(10 * poll.DefaultMax):
+	case <-time.After(10 * driver.DefaultPollMax):
 	}
 	release(l)
 	select {
 	case <-s.C():
 	case <-time.After(10 * time.Second):
 		t.Fatal("Release did not wake the subscriber")
+	}
+}
+
+// TestOwnReleaseWakesAtOnce: Release and Notify wake the subscribers of
+// their own Client without waiting for a poll (here: an hour away), and
+// never after the subscription is gone.
+func TestOwnReleaseWakesAtOnce(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	c := open(t, srv.URL()+"?poll_min=1h&poll_max=1h")
+	ctx := context.Background()
+	k := securitytest.Unique(t) + "own"
+	s, err := c.Subscribe(ctx, k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	l, err := c.TryClaim(ctx, k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	for _, what := range []string{"Release", "Notify"} {
+		select {
+		case <-s.C():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not wake its own Client's subscriber", what)
+		}
+		if what == "Release" {
+			if err := c.Notify(ctx, k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	s.Close()
+	b := drv(c)
+	b.mu.Lock()
+	n := len(b.wakes)
+	b.mu.Unlock()
+	if n != 0 || b.poller.Len() != 0 {
+		t.Errorf("after the last subscriber left: %d wakes, %d poll loops", n, b.poller.Len())
 	}
 }

@@ -2,43 +2,56 @@ package memcache
 
 import (
 	"context"
-	"fmt"
 	"strings"
 	"time"
 
-	gomemcache "github.com/bradfitz/gomemcache/memcache"
-
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/poll"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements claim.Notifier. The first subscriber of a key in
-// this Backend reads the key's state (one round trip) and starts its poll
-// loop; later subscribers join it. A release or notification after
-// Subscribe returns is seen by a later poll, within the poll cap (50 ms by
-// default) of happening.
-func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	if err := b.check(ctx, "subscribe", key); err != nil {
-		return nil, err
+// Subscribe implements driver.Notifier: it reads the key's state (one
+// round trip) and starts the key's poll loop. A release or notification
+// after Subscribe returns is seen by a later poll, within the poll cap
+// (50 ms by default) of happening; this process's own Release and Notify
+// call wake at once.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	if err := b.poller.Subscribe(ctx, key, wake); err != nil {
+		return err
 	}
-	s, err := b.hub.Subscribe(ctx, key)
-	if err != nil {
-		return nil, fmt.Errorf("memcache: subscribe %q: %w", key, err)
-	}
-	return s, nil
+	b.mu.Lock()
+	b.wakes[key] = wake
+	b.mu.Unlock()
+	return nil
 }
 
-// Notify implements claim.Notifier: incr of the key's notify counter,
-// which every poll loop of the key compares; this Backend's own
+// Unsubscribe implements driver.Notifier.
+func (b *backend) Unsubscribe(key string) {
+	b.mu.Lock()
+	delete(b.wakes, key)
+	b.mu.Unlock()
+	b.poller.Unsubscribe(key)
+}
+
+// wake calls key's wake if this process subscribed to it; under mu, so
+// never after Unsubscribe returned.
+func (b *backend) wake(key string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if w := b.wakes[key]; w != nil {
+		w()
+	}
+}
+
+// Notify implements driver.Notifier: incr of the key's notify counter,
+// which every poll loop of the key compares; this process's own
 // subscribers are woken at once.
-func (b *Backend) Notify(ctx context.Context, key string) error {
-	if err := b.check(ctx, "notify", key); err != nil {
+func (b *backend) Notify(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
 	if _, err := b.incr(b.item('n', key)); err != nil {
-		return wrap("notify", key, err)
+		return err
 	}
-	b.hub.Wake(key)
+	b.wake(key)
 	return nil
 }
 
@@ -48,18 +61,18 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 // eviction or a restart is re-created at the current Unix time in
 // microseconds); the holder is the lock's. So a claim on a free key wakes
 // nobody, and a release, notification, expiry or takeover does (see
-// internal/poll). The lock's earliest possible expiry (its exptime is one
-// second longer than the lease) is when the state may change by itself.
-func (b *Backend) readState(ctx context.Context, key string) (poll.State, error) {
+// driver.Poller). The state may change by itself a second before the end
+// the lock records (memcached's clock ticks once a second).
+func (b *backend) readState(ctx context.Context, key string) (driver.PollState, error) {
 	if err := ctx.Err(); err != nil {
-		return poll.State{}, err
+		return driver.PollState{}, err
 	}
 	lk, nk := b.item('l', key), b.item('n', key)
 	items, err := b.c.GetMulti([]string{lk, nk})
 	if err != nil {
-		return poll.State{}, err
+		return driver.PollState{}, err
 	}
-	var st poll.State
+	var st driver.PollState
 	if it := items[lk]; it != nil {
 		var latest time.Time
 		st.Holder, latest = parseLock(it.Value)
@@ -70,13 +83,9 @@ func (b *Backend) readState(ctx context.Context, key string) (poll.State, error)
 			st.Expires = latest.Add(-time.Second)
 		}
 	}
-	st.Token = counter(items[nk])
-	return st, nil
-}
-
-func counter(it *gomemcache.Item) string {
-	if it == nil {
-		return "-"
+	st.Token = "-"
+	if it := items[nk]; it != nil {
+		st.Token = strings.TrimSpace(string(it.Value))
 	}
-	return strings.TrimSpace(string(it.Value))
+	return st, nil
 }

@@ -14,20 +14,21 @@ func TestClaimReadSeesReleaseDuringWait(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	prefix := "fp" + randID() + "_"
-	params := "stampede_prefix=" + prefix
-	a, b := newBackend(t, params, nil), newBackend(t, params, nil)
+	params := "prefix=" + prefix
+	a, ad := newClient(t, params, nil)
+	b, _ := newClient(t, params, nil)
 	l, err := a.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
 	}
 	// a's CommitRelease, held open in a transaction.
-	tx, err := a.pool.Begin(ctx)
+	tx, err := ad.pool.Begin(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer tx.Rollback(context.Background())
-	enc := a.keys.Encode("k")
-	tag, err := tx.Exec(ctx, a.q.commitRelease, enc, []byte("committed"), int64(0), int64(l.Token), l.Holder, a.channel, keyPayload(enc))
+	enc := ad.keys.Encode("k")
+	tag, err := tx.Exec(ctx, ad.q.commitRelease, enc, []byte("committed"), int64(0), int64(l.Token), l.Holder, ad.channel, keyPayload(enc))
 	if err != nil || tag.RowsAffected() != 1 {
 		t.Fatalf("commit-release in a transaction: %v, %v", tag, err)
 	}
@@ -47,7 +48,7 @@ func TestClaimReadSeesReleaseDuringWait(t *testing.T) {
 	// Wait until the claim statement is blocked on the row lock.
 	for {
 		var n int
-		err := a.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
+		err := ad.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
 WHERE wait_event_type = 'Lock' AND query LIKE 'WITH snap AS%' AND strpos(query, $1) > 0`, prefix+"claims").Scan(&n)
 		if err != nil {
 			t.Fatal(err)

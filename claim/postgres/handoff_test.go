@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -103,18 +104,18 @@ func TestShouldPing(t *testing.T) {
 	}
 }
 
-// A Backend opened by URL survives the server dropping its idle pool
+// A Client opened by URL survives the server dropping its idle pool
 // connections less than a second ago (pgxpool's default would hand them
 // out unchecked and the next calls would fail).
 func TestDroppedIdleConnsReplaced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	c, err := claim.Open(ctx, serverURL(t, "pool_max_conns=4&stampede_prefix=drop"+randID()+"_"))
+	b, err := claim.Open(ctx, serverURL(t, "pool_max_conns=4&prefix=drop"+randID()+"_"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close()
-	b := c.(*Backend)
+	defer b.Close()
+	d := b.Driver().(*backend)
 	// Several pool connections, each having run the claim statements.
 	done := make(chan error, 4)
 	for i := range 4 {
@@ -132,7 +133,7 @@ func TestDroppedIdleConnsReplaced(t *testing.T) {
 		}
 	}
 	var pids []uint32
-	for _, pc := range b.pool.AcquireAllIdle(ctx) {
+	for _, pc := range d.pool.AcquireAllIdle(ctx) {
 		pids = append(pids, pc.Conn().PgConn().PID())
 		pc.Release()
 	}
@@ -172,11 +173,11 @@ func TestDroppedIdleConnsReplaced(t *testing.T) {
 func TestAsyncRelease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	params := "stampede_prefix=ar" + randID() + "_"
-	a := newBackend(t, params+"&stampede_async_release=true", nil)
-	w := newBackend(t, params, nil)
-	if !a.opt.AsyncRelease || w.opt.AsyncRelease {
-		t.Fatalf("AsyncRelease: %v, %v", a.opt.AsyncRelease, w.opt.AsyncRelease)
+	params := "prefix=ar" + randID() + "_"
+	a, ad := newClient(t, params+"&async_release=true", nil)
+	w, wd := newClient(t, params, nil)
+	if !ad.opt.AsyncRelease || wd.opt.AsyncRelease {
+		t.Fatalf("AsyncRelease: %v, %v", ad.opt.AsyncRelease, wd.opt.AsyncRelease)
 	}
 	l, err := a.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
@@ -223,21 +224,21 @@ func TestAsyncRelease(t *testing.T) {
 		}
 		return s
 	}
-	conn, err := a.pool.Acquire(ctx)
+	conn, err := ad.pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Release()
-	enc := a.keys.Encode("k")
+	enc := ad.keys.Encode("k")
 	for _, tc := range []struct {
-		b    *Backend
+		b    *backend
 		want string
-	}{{a, "off"}, {w, "on"}} {
+	}{{ad, "off"}, {wd, "on"}} {
 		tx, err := conn.Begin(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		tag, err := tx.Exec(ctx, tc.b.q.release, enc, int64(l3.Token), l3.Holder, a.channel, keyPayload(enc))
+		tag, err := tx.Exec(ctx, tc.b.q.release, enc, int64(l3.Token), l3.Holder, ad.channel, keyPayload(enc))
 		if err != nil || tag.RowsAffected() != 1 {
 			t.Fatalf("release: %v, %v", tag, err)
 		}
@@ -249,7 +250,7 @@ func TestAsyncRelease(t *testing.T) {
 		}
 	}
 	// As an autocommit statement, as Release sends it.
-	tag, err := conn.Exec(ctx, a.q.release, enc, int64(l3.Token), l3.Holder, a.channel, keyPayload(enc))
+	tag, err := conn.Exec(ctx, ad.q.release, enc, int64(l3.Token), l3.Holder, ad.channel, keyPayload(enc))
 	if err != nil || tag.RowsAffected() != 1 {
 		t.Fatalf("release: %v, %v", tag, err)
 	}
@@ -258,16 +259,16 @@ func TestAsyncRelease(t *testing.T) {
 	}
 }
 
-// tracedClaimer records when each of Acquire's TryClaim calls starts and
+// tracedDriver records when each of Acquire's TryClaim calls starts and
 // returns (only Acquire's goroutine calls it).
-type tracedClaimer struct {
-	*Backend
+type tracedDriver struct {
+	*backend
 	tries []struct{ start, end time.Time }
 }
 
-func (t *tracedClaimer) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
+func (t *tracedDriver) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
 	s := time.Now()
-	l, err := t.Backend.TryClaim(ctx, key, ttl)
+	l, err := t.backend.TryClaim(ctx, key, holder, ttl)
 	t.tries = append(t.tries, struct{ start, end time.Time }{s, time.Now()})
 	return l, err
 }
@@ -286,7 +287,7 @@ func (t *tracedClaimer) TryClaim(ctx context.Context, key string, ttl time.Durat
 //   - fsync=on/release=…/hold=…: a server of its own with fsync=on, with
 //     and without Options.AsyncRelease.
 func BenchmarkHandoffBreakdown(b *testing.B) {
-	const params = "&pool_max_conns=8&stampede_prefix=bench_"
+	const params = "&pool_max_conns=8&prefix=bench_"
 	b.Run("fsync=off", func(b *testing.B) {
 		u := serverURL(b, "") + params
 		for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
@@ -308,7 +309,7 @@ func BenchmarkHandoffBreakdown(b *testing.B) {
 		for _, rel := range []string{"sync", "async"} {
 			u := srv.URL() + params
 			if rel == "async" {
-				u += "&stampede_async_release=true"
+				u += "&async_release=true"
 			}
 			for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
 				b.Run(fmt.Sprintf("release=%s/hold=%s", rel, hold), func(b *testing.B) { benchBreakdown(b, u, ShouldPing, hold) })
@@ -317,11 +318,11 @@ func BenchmarkHandoffBreakdown(b *testing.B) {
 	})
 }
 
-// benchBreakdown runs handoffs between two Backends opened as by URL u,
+// benchBreakdown runs handoffs between two Clients opened as by URL u,
 // with ping as their pools' ShouldPing.
 func benchBreakdown(b *testing.B, u string, ping func(context.Context, pgxpool.ShouldPingParams) bool, hold time.Duration) {
 	ctx := context.Background()
-	open := func() *Backend {
+	open := func() *backend {
 		pu, err := url.Parse(u)
 		if err != nil {
 			b.Fatal(err)
@@ -339,17 +340,18 @@ func benchBreakdown(b *testing.B, u string, ping func(context.Context, pgxpool.S
 		if err != nil {
 			b.Fatal(err)
 		}
-		c, err := New(pool, opt)
+		d, err := newBackend(pool, opt)
 		if err != nil {
 			b.Fatal(err)
 		}
-		c.ownPool = true
-		b.Cleanup(func() { c.Close() })
-		return c
+		d.ownPool = true
+		return d
 	}
-	holder, waiter := open(), &tracedClaimer{Backend: open()}
+	traced := &tracedDriver{backend: open()}
+	holder, waiter := claim.NewClient(open(), nil), claim.NewClient(traced, nil)
+	b.Cleanup(func() { holder.Close(); waiter.Close() })
 	var start, notified atomic.Int64
-	waiter.testHookWake = func(string) {
+	traced.testHookWake = func(string) {
 		if now := time.Now().UnixNano(); now >= start.Load() {
 			notified.CompareAndSwap(0, now)
 		}
@@ -363,11 +365,11 @@ func benchBreakdown(b *testing.B, u string, ping func(context.Context, pgxpool.S
 		if err != nil {
 			b.Fatal(err)
 		}
-		waiter.tries = waiter.tries[:0]
+		traced.tries = traced.tries[:0]
 		done := make(chan error, 1)
 		var at time.Time
 		go func() {
-			wl, err := claim.Acquire(ctx, waiter, key, ttl)
+			wl, err := waiter.Acquire(ctx, key, ttl)
 			at = time.Now()
 			if err == nil {
 				err = waiter.Release(ctx, wl)
@@ -385,7 +387,7 @@ func benchBreakdown(b *testing.B, u string, ping func(context.Context, pgxpool.S
 		if err := <-done; err != nil {
 			b.Fatal(err)
 		}
-		last := waiter.tries[len(waiter.tries)-1]
+		last := traced.tries[len(traced.tries)-1]
 		note = append(note, time.Unix(0, notified.Load()).Sub(t0))
 		sent = append(sent, last.start.Sub(t0))
 		total = append(total, at.Sub(t0))

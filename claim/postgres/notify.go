@@ -12,10 +12,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Payloads on the Backend's one channel: "k" + encoded key (a wake-up),
+// Payloads on the driver's one channel: "k" + encoded key (a wake-up),
 // or "t" + encoded topic + " " + base64(message) (a broadcast). Encoded
 // keys never contain a space.
 const (
@@ -35,21 +35,29 @@ const (
 
 func keyPayload(enc string) string { return string(tagKey) + enc }
 
-// listener is the state of a Backend's one LISTEN connection.
+// maxMessage is the longest message Publish sends on the topic encoded as
+// enc: the payload "t" + enc + " " + base64(message) must stay within
+// maxPayload.
+func maxMessage(enc string) int { return (maxPayload - 2 - len(enc)) / 4 * 3 }
+
+// listener is the state of a driver's one LISTEN connection, and the
+// Client's subscriptions it serves.
 type listener struct {
+	start    sync.Once // starts listen
 	mu       sync.Mutex
-	started  bool
 	live     bool
-	pid      uint32        // backend pid of the live connection
-	failures int           // dial attempts that failed, ever
-	lastErr  error         // the last dial error
-	changed  chan struct{} // closed and replaced on every state change
-	topics   map[string]map[*topicSub]struct{}
+	pid      uint32                        // backend pid of the live connection
+	failures int                           // dial attempts that failed, ever
+	lastErr  error                         // the last dial error
+	changed  chan struct{}                 // closed and replaced on every state change
+	keys     map[string]func()             // encoded key -> the Client's wake
+	topics   map[string]func([]byte, bool) // encoded topic -> the Client's deliver
 }
 
 func (l *listener) init() {
 	l.changed = make(chan struct{})
-	l.topics = map[string]map[*topicSub]struct{}{}
+	l.keys = map[string]func(){}
+	l.topics = map[string]func([]byte, bool){}
 }
 
 // signalLocked wakes everyone waiting for a state change.
@@ -60,22 +68,16 @@ func (l *listener) signalLocked() {
 
 // waitLive starts the listener if needed and returns once its LISTEN is
 // live, or with the dial error if an attempt that began after the call
-// failed, or when ctx is done or the Backend closed.
-func (b *Backend) waitLive(ctx context.Context) error {
+// failed, or when ctx is done or the driver closed.
+func (b *backend) waitLive(ctx context.Context) error {
 	l := &b.l
+	l.start.Do(func() { b.goBackground(b.listen) })
 	l.mu.Lock()
-	if !l.started {
-		if !b.goBackground(b.listen) {
-			l.mu.Unlock()
-			return claim.ErrClosed
-		}
-		l.started = true
-	}
 	failures := l.failures
 	for {
-		if b.closed.Load() {
+		if b.ctx.Err() != nil {
 			l.mu.Unlock()
-			return claim.ErrClosed
+			return driver.ErrClosed
 		}
 		if l.live {
 			l.mu.Unlock()
@@ -93,7 +95,7 @@ func (b *Backend) waitLive(ctx context.Context) error {
 		case <-ctx.Done():
 			return ctx.Err()
 		case <-b.ctx.Done():
-			return claim.ErrClosed
+			return driver.ErrClosed
 		}
 		l.mu.Lock()
 	}
@@ -102,7 +104,7 @@ func (b *Backend) waitLive(ctx context.Context) error {
 // listen runs the LISTEN connection until Close: connect, LISTEN, serve
 // notifications; on loss reconnect with jittered backoff, LISTEN again and
 // wake every subscriber to re-check.
-func (b *Backend) listen() {
+func (b *backend) listen() {
 	backoff := minBackoff
 	first := true
 	for b.ctx.Err() == nil {
@@ -131,13 +133,17 @@ func (b *Backend) listen() {
 		b.l.live = true
 		b.l.pid = conn.PgConn().PID()
 		b.l.signalLocked()
-		b.l.mu.Unlock()
 		if !first {
 			// Events between the loss and the new LISTEN are gone:
-			// everyone re-checks.
-			b.hub.WakeAll()
-			b.resetTopics()
+			// everyone re-checks, and topics start over.
+			for _, wake := range b.l.keys {
+				wake()
+			}
+			for _, deliver := range b.l.topics {
+				deliver(nil, true)
+			}
 		}
+		b.l.mu.Unlock()
 		first = false
 		b.serve(conn)
 		b.l.mu.Lock()
@@ -153,7 +159,7 @@ func (b *Backend) listen() {
 
 // dial makes the LISTEN connection from the pool's configuration (with
 // its BeforeConnect hook, if any), outside the pool.
-func (b *Backend) dial() (*pgx.Conn, error) {
+func (b *backend) dial() (*pgx.Conn, error) {
 	if b.testHookDial != nil {
 		b.testHookDial()
 	}
@@ -185,8 +191,8 @@ func (b *Backend) dial() (*pgx.Conn, error) {
 }
 
 // serve dispatches notifications until the connection fails or the
-// Backend closes. A connection silent for HealthInterval is pinged.
-func (b *Backend) serve(conn *pgx.Conn) {
+// driver closes. A connection silent for HealthInterval is pinged.
+func (b *backend) serve(conn *pgx.Conn) {
 	for {
 		ctx, cancel := context.WithTimeout(b.ctx, b.opt.HealthInterval)
 		n, err := conn.WaitForNotification(ctx)
@@ -212,7 +218,11 @@ func (b *Backend) serve(conn *pgx.Conn) {
 	}
 }
 
-func (b *Backend) dispatch(p string) {
+// dispatch hands a notification to the subscription it names. The wake
+// and deliver functions are called under the listener's lock, so none is
+// called after Unsubscribe or UnsubscribeTopic returned; they never
+// block.
+func (b *backend) dispatch(p string) {
 	if p == "" {
 		return
 	}
@@ -221,7 +231,11 @@ func (b *Backend) dispatch(p string) {
 		if b.testHookWake != nil {
 			b.testHookWake(p[1:])
 		}
-		b.hub.Wake(p[1:])
+		b.l.mu.Lock()
+		if wake := b.l.keys[p[1:]]; wake != nil {
+			wake()
+		}
+		b.l.mu.Unlock()
 	case tagTopic:
 		topic, enc, ok := strings.Cut(p[1:], " ")
 		if !ok {
@@ -232,196 +246,71 @@ func (b *Backend) dispatch(p string) {
 			return
 		}
 		b.l.mu.Lock()
-		for t := range b.l.topics[topic] {
-			t.push(msg, false)
+		if deliver := b.l.topics[topic]; deliver != nil {
+			deliver(msg, false)
 		}
 		b.l.mu.Unlock()
 	}
 }
 
-// listenerPID returns the backend pid of the live LISTEN connection, or 0.
-func (b *Backend) listenerPID() uint32 {
-	b.l.mu.Lock()
-	defer b.l.mu.Unlock()
-	return b.l.pid
-}
-
-// substrate plugs the LISTEN connection into the hub. The hub is keyed by
-// encoded key; one LISTEN covers every key, so subscribing a key is only
-// waiting until that LISTEN is live.
-type substrate struct{ b *Backend }
-
-func (s substrate) Subscribe(ctx context.Context, _ string) error { return s.b.waitLive(ctx) }
-func (s substrate) Unsubscribe(string)                            {}
-
-// Subscribe implements claim.Notifier. The first subscription of a Backend
-// opens its LISTEN connection; Subscribe returns once it is live.
-func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	enc, err := b.check(ctx, "subscribe", key)
-	if err != nil {
-		return nil, err
-	}
-	s, err := b.hub.Subscribe(ctx, enc)
-	if err != nil {
-		return nil, fmt.Errorf("postgres: subscribe %q: %w", key, err)
-	}
-	return s, nil
-}
-
-// Notify implements claim.Notifier (one pg_notify).
-func (b *Backend) Notify(ctx context.Context, key string) error {
-	enc, err := b.check(ctx, "notify", key)
-	if err != nil {
+// join adds f under name to one of the listener's tables, then waits until
+// the LISTEN is live; on failure it takes f out again. f is in the table
+// first, so a reconnect that happens before join returns still reaches it.
+func join[F any](ctx context.Context, b *backend, table map[string]F, name string, f F) error {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := b.pool.Exec(ctx, b.q.notify, b.channel, keyPayload(enc)); err != nil {
-		return fmt.Errorf("postgres: notify %q: %w", key, err)
-	}
-	return nil
-}
-
-// Publish implements claim.Broadcaster over the same channel. msg is sent
-// base64-encoded; the whole payload must stay under PostgreSQL's 8000
-// bytes (ErrTooLarge otherwise, before any I/O): with a topic of up to
-// 255 printable ASCII bytes, messages up to 5,800 bytes always fit.
-func (b *Backend) Publish(ctx context.Context, topic string, msg []byte) error {
-	enc, err := b.check(ctx, "publish", topic)
-	if err != nil {
-		return err
-	}
-	p := string(tagTopic) + enc + " " + base64.StdEncoding.EncodeToString(msg)
-	if len(p) > maxPayload {
-		return fmt.Errorf("postgres: publish %q: %w", topic, &claim.TooLargeError{What: "payload", Size: len(p), Limit: maxPayload})
-	}
-	if _, err := b.pool.Exec(ctx, b.q.notify, b.channel, p); err != nil {
-		return fmt.Errorf("postgres: publish %q: %w", topic, err)
-	}
-	return nil
-}
-
-// topicSub is one SubscribeTopic subscription: a bounded queue drained
-// by one goroutine that runs the handler in order.
-type topicSub struct {
-	handle func([]byte, bool)
-	mu     sync.Mutex
-	queue  [][]byte // nil entry: reset
-	wake   chan struct{}
-	stop   chan struct{}
-	done   chan struct{}
-	once   sync.Once
-}
-
-const topicQueueLen = 1024
-
-// push queues msg (or a reset); a subscriber that falls topicQueueLen
-// messages behind loses them and gets a reset instead.
-func (t *topicSub) push(msg []byte, reset bool) {
-	t.mu.Lock()
-	if reset || len(t.queue) >= topicQueueLen {
-		t.queue = append(t.queue[:0], nil)
-	} else {
-		if msg == nil {
-			msg = []byte{}
-		}
-		t.queue = append(t.queue, msg)
-	}
-	t.mu.Unlock()
-	select {
-	case t.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (t *topicSub) run() {
-	defer close(t.done)
-	for {
-		select {
-		case <-t.stop:
-			return
-		case <-t.wake:
-		}
-		for {
-			t.mu.Lock()
-			if len(t.queue) == 0 {
-				t.mu.Unlock()
-				break
-			}
-			m := t.queue[0]
-			t.queue = t.queue[1:]
-			t.mu.Unlock()
-			select {
-			case <-t.stop:
-				return
-			default:
-			}
-			t.handle(m, m == nil)
-		}
-	}
-}
-
-// SubscribeTopic implements claim.Broadcaster. It returns once the LISTEN
-// connection is live; after a reconnect the handler gets a reset.
-func (b *Backend) SubscribeTopic(ctx context.Context, topic string, handle func(msg []byte, reset bool)) (func(), error) {
-	enc, err := b.check(ctx, "subscribe-topic", topic)
-	if err != nil {
-		return nil, err
-	}
-	t := &topicSub{handle: handle, wake: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	b.l.mu.Lock()
-	m := b.l.topics[enc]
-	if m == nil {
-		m = map[*topicSub]struct{}{}
-		b.l.topics[enc] = m
-	}
-	m[t] = struct{}{}
+	table[name] = f
 	b.l.mu.Unlock()
-	go t.run()
-	stop := func() { b.stopTopic(enc, t) }
 	if err := b.waitLive(ctx); err != nil {
-		stop()
-		return nil, fmt.Errorf("postgres: subscribe-topic %q: %w", topic, err)
+		leave(b, table, name)
+		return err
 	}
-	return stop, nil
+	return nil
 }
 
-// stopTopic ends one topic subscription and waits for its handler.
-func (b *Backend) stopTopic(enc string, t *topicSub) {
+func leave[F any](b *backend, table map[string]F, name string) {
 	b.l.mu.Lock()
-	if m := b.l.topics[enc]; m != nil {
-		delete(m, t)
-		if len(m) == 0 {
-			delete(b.l.topics, enc)
-		}
-	}
+	delete(table, name)
 	b.l.mu.Unlock()
-	t.once.Do(func() { close(t.stop) })
-	<-t.done
 }
 
-// resetTopics tells every topic subscriber it may have missed messages.
-func (b *Backend) resetTopics() {
-	b.l.mu.Lock()
-	defer b.l.mu.Unlock()
-	for _, m := range b.l.topics {
-		for t := range m {
-			t.push(nil, true)
-		}
-	}
+// Subscribe implements driver.Notifier. Every key shares the driver's one
+// LISTEN connection, which the first subscription opens; Subscribe returns
+// once it is LISTENing, or with its dial error.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	return join(ctx, b, b.l.keys, b.keys.Encode(key), wake)
 }
 
-// stopTopics ends every topic subscription (on Close).
-func (b *Backend) stopTopics() {
-	b.l.mu.Lock()
-	var all []*topicSub
-	var encs []string
-	for enc, m := range b.l.topics {
-		for t := range m {
-			all = append(all, t)
-			encs = append(encs, enc)
-		}
-	}
-	b.l.mu.Unlock()
-	for i, t := range all {
-		b.stopTopic(encs[i], t)
-	}
+// Unsubscribe implements driver.Notifier. The LISTEN connection stays.
+func (b *backend) Unsubscribe(key string) { leave(b, b.l.keys, b.keys.Encode(key)) }
+
+// Notify implements driver.Notifier (one pg_notify).
+func (b *backend) Notify(ctx context.Context, key string) error {
+	_, err := b.pool.Exec(ctx, b.q.notify, b.channel, keyPayload(b.keys.Encode(key)))
+	return err
 }
+
+// Publish implements driver.Broadcaster over the same channel. msg is sent
+// base64-encoded; the whole payload must stay under PostgreSQL's 8000
+// bytes (a *driver.TooLargeError otherwise, before any I/O): with a topic
+// of up to 255 printable ASCII bytes, messages up to 5,800 bytes always
+// fit.
+func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
+	enc := b.keys.Encode(topic)
+	if n := maxMessage(enc); len(msg) > n {
+		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: n}
+	}
+	_, err := b.pool.Exec(ctx, b.q.notify, b.channel, string(tagTopic)+enc+" "+base64.StdEncoding.EncodeToString(msg))
+	return err
+}
+
+// SubscribeTopic implements driver.Broadcaster on the same LISTEN
+// connection as Subscribe. After a reconnect, deliver gets a reset.
+func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
+	return join(ctx, b, b.l.topics, b.keys.Encode(topic), deliver)
+}
+
+// UnsubscribeTopic implements driver.Broadcaster.
+func (b *backend) UnsubscribeTopic(topic string) { leave(b, b.l.topics, b.keys.Encode(topic)) }

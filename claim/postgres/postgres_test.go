@@ -20,6 +20,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -42,18 +43,20 @@ func randID() string {
 	return hex.EncodeToString(b[:])
 }
 
+// withParams appends query parameters to u.
+func withParams(u, params string) string {
+	if params == "" {
+		return u
+	}
+	if strings.Contains(u, "?") {
+		return u + "&" + params
+	}
+	return u + "?" + params
+}
+
 // serverURL returns the shared server's URL with extra query parameters.
 func serverURL(t testing.TB, params string) string {
-	s := testserver.Shared(t, testserver.Postgres)
-	u := s.URL()
-	if params != "" {
-		if strings.Contains(u, "?") {
-			u += "&" + params
-		} else {
-			u += "?" + params
-		}
-	}
-	return u
+	return withParams(testserver.Shared(t, testserver.Postgres).URL(), params)
 }
 
 // newPool returns a pool on the shared server, closed at cleanup.
@@ -67,9 +70,10 @@ func newPool(t testing.TB, params string) *pgxpool.Pool {
 	return p
 }
 
-// newBackend returns a Backend over its own pool, closed at cleanup.
-// params may hold stampede_* parameters; opt, if not nil, overrides them.
-func newBackend(t testing.TB, params string, opt *Options) *Backend {
+// newClient returns a Client over its own pool, closed at cleanup, and
+// its driver. params may hold this package's parameters; opt, if not nil,
+// overrides them (all but the prefix).
+func newClient(t testing.TB, params string, opt *Options) (*claim.Client, *backend) {
 	t.Helper()
 	u, err := url.Parse(serverURL(t, params))
 	if err != nil {
@@ -88,19 +92,40 @@ func newBackend(t testing.TB, params string, opt *Options) *Backend {
 		t.Fatal(err)
 	}
 	t.Cleanup(p.Close)
-	b, err := New(p, o)
+	c, err := New(p, o)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b
+	t.Cleanup(func() { c.Close() })
+	return c, c.Driver().(*backend)
 }
 
+// listenerPID returns the server pid of b's live LISTEN connection, or 0.
+func listenerPID(b *backend) uint32 {
+	b.l.mu.Lock()
+	defer b.l.mu.Unlock()
+	return b.l.pid
+}
+
+// TestConformance runs the suite on a server of its own, which the
+// DurableFence check kills and restarts (tokens survive it); OpenIsolated
+// is another table prefix on it.
 func TestConformance(t *testing.T) {
-	u := serverURL(t, "pool_max_conns=4&stampede_prefix=conf_")
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
-	})
+	srv := testserver.Require(t, testserver.Postgres)
+	open := func(prefix string) func(context.Context) (*claim.Client, error) {
+		u := withParams(srv.URL(), "pool_max_conns=4&prefix="+prefix)
+		return func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, u) }
+	}
+	h := conformance.Harness{Open: open("conf_"), OpenIsolated: open("conf_iso_")}
+	if !srv.External() {
+		h.Restart = func(ctx context.Context) error {
+			if err := srv.Kill(); err != nil {
+				return err
+			}
+			return srv.Restart(ctx)
+		}
+	}
+	conformance.Run(t, h)
 }
 
 func TestParseURL(t *testing.T) {
@@ -109,12 +134,12 @@ func TestParseURL(t *testing.T) {
 		want     Options
 	}{
 		{"postgres://u@h:5432/db?sslmode=disable", "postgres://u@h:5432/db?sslmode=disable", Options{}},
-		{"postgresql://u@h/db?stampede_schema=s1&pool_max_conns=3&stampede_prefix=app_",
+		{"postgresql://u@h/db?schema=s1&pool_max_conns=3&prefix=app_",
 			"postgresql://u@h/db?pool_max_conns=3", Options{Schema: "s1", TablePrefix: "app_"}},
-		{"postgres://h/db?stampede_maxvalue=1024&stampede_migrate=false&stampede_sweep=10s",
-			"postgres://h/db", Options{MaxValueLen: 1024, SkipMigrate: true, SweepInterval: 10 * time.Second}},
-		{"postgres://h/db?stampede_sweep=0", "postgres://h/db", Options{SweepInterval: -1}},
-		{"postgres://h/db?stampede_async_release=true", "postgres://h/db", Options{AsyncRelease: true}},
+		{"postgres://h/db?maxvalue=1024&migrate=false&sweep=10s&sslrootcert=/ca.pem",
+			"postgres://h/db?sslrootcert=%2Fca.pem", Options{MaxValueLen: 1024, SkipMigrate: true, SweepInterval: 10 * time.Second}},
+		{"postgres://h/db?sweep=0", "postgres://h/db", Options{SweepInterval: -1}},
+		{"postgres://h/db?async_release=true", "postgres://h/db", Options{AsyncRelease: true}},
 	} {
 		u, _ := url.Parse(tc.in)
 		o, conn, err := ParseURL(u)
@@ -127,12 +152,16 @@ func TestParseURL(t *testing.T) {
 		}
 	}
 	for _, bad := range []string{
-		"postgres://h/db?stampede_nope=1",
-		"postgres://h/db?stampede_maxvalue=-1",
-		"postgres://h/db?stampede_migrate=maybe",
-		"postgres://h/db?stampede_sweep=soon",
-		"postgres://h/db?stampede_async_release=sometimes",
-		"postgres://h/db?stampede_schema=a&stampede_schema=b",
+		"postgres://h/db?maxvalue=-1",
+		"postgres://h/db?migrate=maybe",
+		"postgres://h/db?sweep=soon",
+		"postgres://h/db?async_release=sometimes",
+		"postgres://h/db?schema=a&schema=b",
+		"postgres://h/db?prefix=a;sslmode=disable",
+		"postgres://h/db?prefix=%zz",
+		"postgres://h/db?stampede_prefix=a_",
+		"postgres://h/db?cacert=/ca.pem",
+		"postgres://h/db?dial_timeout=1s",
 		"mysql://h/db",
 	} {
 		u, _ := url.Parse(bad)
@@ -147,7 +176,8 @@ func TestOpenErrorsHideSecrets(t *testing.T) {
 	defer cancel()
 	const pw = "s3cr3t-Pa55"
 	for _, u := range []string{
-		"postgres://user:" + pw + "@127.0.0.1:1/db?stampede_bogus=1",
+		"postgres://user:" + pw + "@127.0.0.1:1/db?maxvalue=bogus",
+		"postgres://user:" + pw + "@127.0.0.1:1/db?prefix=a;b",
 		"postgres://user:" + pw + "@127.0.0.1:1/db?sslmode=bogus",
 		"postgresql://user:" + pw + "@127.0.0.1:1/db?connect_timeout=2",
 		"postgres://user@127.0.0.1:1/db?password=" + pw + "&connect_timeout=2",
@@ -186,21 +216,34 @@ func TestOptions(t *testing.T) {
 			t.Errorf("New(%+v): no error", o)
 		}
 	}
-	b, err := New(p, nil)
+	c, err := New(p, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b.Close()
-	f := b.Features()
+	defer c.Close()
+	f := c.Features()
 	if f.MaxValueLen != DefaultMaxValueLen || !f.DurableFence || !f.AtomicCommit || f.Notify != claim.Push || !f.Broadcast {
 		t.Errorf("Features = %+v", f)
 	}
+	var got *pgxpool.Pool
+	if !c.As(&got) || got != p {
+		t.Errorf("As(**pgxpool.Pool) = %v, %p; want the pool %p", c.As(&got), got, p)
+	}
+	var other *pgx.Conn
+	if c.As(&other) {
+		t.Error("As(**pgx.Conn) = true")
+	}
+	mem, _ := memory.New(nil, nil)
+	defer mem.Close()
+	if err := Migrate(context.Background(), mem); err == nil {
+		t.Error("Migrate of a Client of another backend: no error")
+	}
 	// A long schema+prefix still yields a channel name PostgreSQL accepts.
-	b2, err := New(p, &Options{Schema: strings.Repeat("s", 63), TablePrefix: strings.Repeat("p", 40)})
+	b := c.Driver().(*backend)
+	b2, err := newBackend(p, &Options{Schema: strings.Repeat("s", 63), TablePrefix: strings.Repeat("p", 40)})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer b2.Close()
 	if len(b2.channel) > maxIdent || b2.channel == b.channel {
 		t.Errorf("channel %q", b2.channel)
 	}
@@ -213,15 +256,15 @@ func TestOptions(t *testing.T) {
 func TestListenReconnect(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	prefix := "stampede_prefix=rc" + randID() + "_"
-	waiter := newBackend(t, prefix, nil)
-	holder := newBackend(t, prefix, nil)
+	prefix := "prefix=rc" + randID() + "_"
+	waiter, wd := newClient(t, prefix, nil)
+	holder, hd := newClient(t, prefix, nil)
 	gate := make(chan struct{})
 	var openGate sync.Once
 	defer openGate.Do(func() { close(gate) })
 	dialing := make(chan struct{}, 10)
 	var dials atomic.Int32
-	waiter.testHookDial = func() {
+	wd.testHookDial = func() {
 		if dials.Add(1) > 1 { // the reconnect, not the first dial
 			dialing <- struct{}{}
 			<-gate
@@ -241,12 +284,12 @@ func TestListenReconnect(t *testing.T) {
 	if _, err := waiter.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
 		t.Fatalf("TryClaim on a held key: %v", err)
 	}
-	pid := waiter.listenerPID()
+	pid := listenerPID(wd)
 	if pid == 0 {
 		t.Fatal("no live listener after Subscribe")
 	}
 	var ok bool
-	if err := holder.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(pid)).Scan(&ok); err != nil || !ok {
+	if err := hd.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(pid)).Scan(&ok); err != nil || !ok {
 		t.Fatalf("pg_terminate_backend(%d) = %v, %v", pid, ok, err)
 	}
 	select {
@@ -278,7 +321,7 @@ func TestListenReconnect(t *testing.T) {
 	if l2.Token <= l.Token {
 		t.Errorf("token %d after %d", l2.Token, l.Token)
 	}
-	if p := waiter.listenerPID(); p == 0 || p == pid {
+	if p := listenerPID(wd); p == 0 || p == pid {
 		t.Errorf("listener pid %d after reconnect (was %d)", p, pid)
 	}
 	// Notifications flow again on the new connection.
@@ -292,15 +335,15 @@ func TestListenReconnect(t *testing.T) {
 	}
 }
 
-// TestTinyPool: many waiters on a Backend whose pool has two connections.
+// TestTinyPool: many waiters on a Client whose pool has two connections.
 // Waiting takes no pool connection (the LISTEN connection is separate), so
 // the pool stays free for other work, and every waiter gets its turn.
 func TestTinyPool(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	prefix := "stampede_prefix=tp" + randID() + "_"
-	b := newBackend(t, prefix+"&pool_max_conns=2", nil)
-	other := newBackend(t, prefix, nil)
+	prefix := "prefix=tp" + randID() + "_"
+	b, bd := newClient(t, prefix+"&pool_max_conns=2", nil)
+	other, od := newClient(t, prefix, nil)
 	const key, waiters = "tiny", 40
 	l, err := other.TryClaim(ctx, key, time.Hour)
 	if err != nil {
@@ -361,7 +404,7 @@ func TestTinyPool(t *testing.T) {
 		t.Fatalf("%d waiters acquired a held key", n)
 	}
 	// Everyone is waiting: the pool is idle and usable.
-	if s := b.pool.Stat(); s.AcquiredConns() != 0 || s.TotalConns() > 2 {
+	if s := bd.pool.Stat(); s.AcquiredConns() != 0 || s.TotalConns() > 2 {
 		t.Errorf("while waiting: %d pool connections acquired, %d total", s.AcquiredConns(), s.TotalConns())
 	}
 	qctx, qcancel := context.WithTimeout(ctx, 5*time.Second)
@@ -370,7 +413,7 @@ func TestTinyPool(t *testing.T) {
 	}
 	qcancel()
 	var listeners int
-	if err := other.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(b.listenerPID())).Scan(&listeners); err != nil || listeners != 1 {
+	if err := od.pool.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE pid = $1", int32(listenerPID(bd))).Scan(&listeners); err != nil || listeners != 1 {
 		t.Errorf("listener connection: %d, %v", listeners, err)
 	}
 	if err := other.Release(ctx, l); err != nil {
@@ -391,7 +434,7 @@ func TestTinyPool(t *testing.T) {
 	}
 }
 
-// TestConcurrentMigrate starts many Backends at once on a fresh schema:
+// TestConcurrentMigrate starts many Clients at once on a fresh schema:
 // creating the schema and tables must not race.
 func TestConcurrentMigrate(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -412,16 +455,16 @@ func TestConcurrentMigrate(t *testing.T) {
 				return
 			}
 			defer pool.Close()
-			b, err := New(pool, &Options{Schema: schema})
+			c, err := New(pool, &Options{Schema: schema})
 			if err != nil {
 				errs <- err
 				return
 			}
-			defer b.Close()
+			defer c.Close()
 			if i%2 == 0 {
-				errs <- b.Migrate(ctx)
+				errs <- Migrate(ctx, c)
 			} else {
-				errs <- b.Set(ctx, fmt.Sprint("k", i), []byte("v"), 0)
+				errs <- c.Set(ctx, fmt.Sprint("k", i), []byte("v"), 0)
 			}
 		}()
 	}
@@ -447,57 +490,12 @@ func TestConcurrentMigrate(t *testing.T) {
 	}
 }
 
-// TestFenceSurvivesRestart: tokens keep increasing across a server restart.
-func TestFenceSurvivesRestart(t *testing.T) {
-	if testing.Short() {
-		t.Skip("starts its own server")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	srv := testserver.RequireWith(t, testserver.Postgres, nil)
-	open := func() claim.Backend {
-		b, err := claim.Open(ctx, srv.URL())
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	b := open()
-	var last uint64
-	for range 3 {
-		l, err := b.TryClaim(ctx, "fence", time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Release(ctx, l); err != nil {
-			t.Fatal(err)
-		}
-		last = l.Token
-	}
-	b.Close()
-	if err := srv.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	if err := srv.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	b = open()
-	defer b.Close()
-	l, err := b.TryClaim(ctx, "fence", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l.Token <= last {
-		t.Errorf("token %d after restart, last before %d", l.Token, last)
-	}
-}
-
 func TestBroadcast(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	prefix := "stampede_prefix=bc" + randID() + "_"
-	a := newBackend(t, prefix, nil)
-	b := newBackend(t, prefix, nil)
+	prefix := "prefix=bc" + randID() + "_"
+	a, ad := newClient(t, prefix, nil)
+	b, bd := newClient(t, prefix, nil)
 	got := make(chan string, 10)
 	stop, err := a.SubscribeTopic(ctx, "inval", func(msg []byte, reset bool) {
 		if reset {
@@ -532,7 +530,7 @@ func TestBroadcast(t *testing.T) {
 	}
 	// A dropped LISTEN connection is reported as a reset.
 	var ok bool
-	if err := b.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(a.listenerPID())).Scan(&ok); err != nil || !ok {
+	if err := bd.pool.QueryRow(ctx, "SELECT pg_terminate_backend($1)", int32(listenerPID(ad))).Scan(&ok); err != nil || !ok {
 		t.Fatalf("pg_terminate_backend: %v, %v", ok, err)
 	}
 	select {
@@ -548,7 +546,7 @@ func TestBroadcast(t *testing.T) {
 func TestSweep(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b := newBackend(t, "stampede_prefix=sw"+randID()+"_", &Options{SweepInterval: -1})
+	b, _ := newClient(t, "prefix=sw"+randID()+"_", &Options{SweepInterval: -1})
 	for i := range 5 {
 		if err := b.Set(ctx, fmt.Sprint("short", i), []byte("v"), time.Millisecond); err != nil {
 			t.Fatal(err)
@@ -561,7 +559,7 @@ func TestSweep(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(5 * time.Millisecond)
-	n, err := b.Sweep(ctx)
+	n, err := Sweep(ctx, b)
 	if err != nil || n != 5 {
 		t.Errorf("Sweep = %d, %v; want 5", n, err)
 	}
@@ -575,7 +573,7 @@ func TestSweep(t *testing.T) {
 func TestHeldRemainingFromServer(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b := newBackend(t, "stampede_prefix=hr"+randID()+"_", nil)
+	b, _ := newClient(t, "prefix=hr"+randID()+"_", nil)
 	l, err := b.TryClaim(ctx, "k", 10*time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -682,21 +680,21 @@ func (p *proxy) close() {
 
 // TestSilentListenConnection: the LISTEN connection goes silent (no RST,
 // no error) while a waiter waits and the holder releases. The health check
-// finds the dead connection, the Backend reconnects and wakes the waiter.
+// finds the dead connection, the driver reconnects and wakes the waiter.
 func TestSilentListenConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	srv := testserver.Shared(t, testserver.Postgres)
 	px := newProxy(t, srv.Addr())
-	prefix := "stampede_prefix=sl" + randID() + "_"
-	holder := newBackend(t, prefix, nil)
+	prefix := "prefix=sl" + randID() + "_"
+	holder, _ := newClient(t, prefix, nil)
 	// The pool goes to the server directly, the LISTEN connection
 	// through the proxy.
 	lc, err := pgx.ParseConfig(strings.Replace(srv.URL(), srv.Addr(), px.addr(), 1))
 	if err != nil {
 		t.Fatal(err)
 	}
-	waiter := newBackend(t, prefix, &Options{HealthInterval: 200 * time.Millisecond, ListenConfig: lc})
+	waiter, _ := newClient(t, prefix, &Options{HealthInterval: 200 * time.Millisecond, ListenConfig: lc})
 	const key = "silent"
 	l, err := holder.TryClaim(ctx, key, time.Hour)
 	if err != nil {
@@ -734,10 +732,11 @@ func TestSilentListenConnection(t *testing.T) {
 
 func FuzzParseURL(f *testing.F) {
 	for _, s := range []string{
-		"postgres://u:pw@h:5432/db?sslmode=disable&stampede_prefix=a_",
-		"postgresql://h/db?stampede_schema=s&stampede_sweep=1s&stampede_migrate=false",
-		"postgres://h/db?stampede_bogus=1&x=y",
-		"postgres://u:12@h/db?stampede_maxvalue=12x",
+		"postgres://u:pw@h:5432/db?sslmode=disable&prefix=a_",
+		"postgresql://h/db?schema=s&sweep=1s&migrate=false&async_release=true",
+		"postgres://h/db?stampede_prefix=1&x=y",
+		"postgres://u:12@h/db?maxvalue=12x",
+		"postgres://u:pw@h/db?prefix=a;b",
 	} {
 		f.Add(s)
 	}
@@ -763,8 +762,8 @@ func FuzzParseURL(f *testing.F) {
 		if err != nil {
 			t.Fatalf("connection string %q does not parse: %v", conn, err)
 		}
-		for k := range c.Query() {
-			if strings.HasPrefix(k, "stampede_") {
+		for _, k := range ourParams {
+			if c.Query().Has(k) {
 				t.Errorf("connection string %q keeps %s", conn, k)
 			}
 		}
@@ -789,7 +788,7 @@ func TestSubscribeUnreachable(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := newBackend(t, "", &Options{ListenConfig: lc})
+	b, _ := newClient(t, "", &Options{ListenConfig: lc})
 	s, err := b.Subscribe(ctx, "k")
 	if err == nil {
 		s.Close()
@@ -813,22 +812,22 @@ func TestSubscribeUnreachable(t *testing.T) {
 func TestHealthCheckKeepsConnection(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	prefix := "stampede_prefix=hc" + randID() + "_"
-	b := newBackend(t, prefix, &Options{HealthInterval: 200 * time.Millisecond})
-	other := newBackend(t, prefix, nil)
+	prefix := "prefix=hc" + randID() + "_"
+	b, bd := newClient(t, prefix, &Options{HealthInterval: 200 * time.Millisecond})
+	other, _ := newClient(t, prefix, nil)
 	sub, err := b.Subscribe(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer sub.Close()
-	pid := b.listenerPID()
+	pid := listenerPID(bd)
 	time.Sleep(time.Second) // several health-check rounds
 	select {
 	case <-sub.C():
 		t.Fatal("spurious wake-up: the healthy connection was replaced")
 	default:
 	}
-	if p := b.listenerPID(); p != pid {
+	if p := listenerPID(bd); p != pid {
 		t.Fatalf("listener pid %d, was %d", p, pid)
 	}
 	if err := other.Notify(ctx, "k"); err != nil {
@@ -842,8 +841,8 @@ func TestHealthCheckKeepsConnection(t *testing.T) {
 }
 
 func BenchmarkConformance(b *testing.B) {
-	u := serverURL(b, "pool_max_conns=8&stampede_prefix=bench_")
+	u := serverURL(b, "pool_max_conns=8&prefix=bench_")
 	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
+		Open: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, u) },
 	})
 }

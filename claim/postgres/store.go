@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // nonNil maps nil to an empty slice (pgx sends a nil slice as NULL).
@@ -19,79 +20,46 @@ func nonNil(v []byte) []byte {
 	return v
 }
 
-// Get implements claim.Store.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	enc, err := b.check(ctx, "get", key)
-	if err != nil {
+// Get implements driver.Store. An expired row is never returned.
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := b.ensure(ctx); err != nil {
 		return nil, err
 	}
-	if err := b.ensure(ctx); err != nil {
-		return nil, fmt.Errorf("postgres: get %q: %w", key, err)
-	}
 	var v []byte
-	err = b.pool.QueryRow(ctx, b.q.get, enc).Scan(&v)
+	err := b.pool.QueryRow(ctx, b.q.get, b.keys.Encode(key)).Scan(&v)
 	if errors.Is(err, pgx.ErrNoRows) {
-		return nil, fmt.Errorf("postgres: get %q: %w", key, claim.ErrNotFound)
+		return nil, driver.ErrNotFound
 	}
 	if err != nil {
-		return nil, fmt.Errorf("postgres: get %q: %w", key, err)
+		return nil, err
 	}
 	return nonNil(v), nil
 }
 
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	enc, err := b.check(ctx, "set", key)
-	if err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, val, ttl); err != nil {
-		return err
-	}
+// Set implements driver.Store: one upsert.
+func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
 	if err := b.ensure(ctx); err != nil {
-		return fmt.Errorf("postgres: set %q: %w", key, err)
+		return err
 	}
-	if _, err := b.pool.Exec(ctx, b.q.set, enc, nonNil(val), micros(ttl)); err != nil {
-		return fmt.Errorf("postgres: set %q: %w", key, err)
+	if _, err := b.pool.Exec(ctx, b.q.set, b.keys.Encode(key), nonNil(val), micros(ttl)); err != nil {
+		return err
 	}
 	b.maybeSweep()
 	return nil
 }
 
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	enc, err := b.check(ctx, "delete", key)
-	if err != nil {
+// Delete implements driver.Store.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := b.ensure(ctx); err != nil {
 		return err
 	}
-	if err := b.ensure(ctx); err != nil {
-		return fmt.Errorf("postgres: delete %q: %w", key, err)
-	}
-	if _, err := b.pool.Exec(ctx, b.q.del, enc); err != nil {
-		return fmt.Errorf("postgres: delete %q: %w", key, err)
-	}
-	return nil
-}
-
-// goBackground runs f on a goroutine that Close waits for; it does
-// nothing once the Backend is closed.
-func (b *Backend) goBackground(f func()) bool {
-	b.bgMu.Lock()
-	defer b.bgMu.Unlock()
-	if b.closed.Load() {
-		return false
-	}
-	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		f()
-	}()
-	return true
+	_, err := b.pool.Exec(ctx, b.q.del, b.keys.Encode(key))
+	return err
 }
 
 // maybeSweep starts a bounded deletion of expired values if none ran in
-// this Backend for SweepInterval.
-func (b *Backend) maybeSweep() {
+// this driver for SweepInterval.
+func (b *backend) maybeSweep() {
 	if b.opt.SweepInterval < 0 {
 		return
 	}
@@ -107,11 +75,13 @@ func (b *Backend) maybeSweep() {
 	})
 }
 
-// Sweep deletes up to Options.SweepLimit expired values now and returns
-// how many it deleted. Backends also sweep by themselves after writes.
-func (b *Backend) Sweep(ctx context.Context) (int64, error) {
-	if b.closed.Load() {
-		return 0, fmt.Errorf("postgres: sweep: %w", claim.ErrClosed)
+// Sweep deletes up to Options.SweepLimit expired values of c's tables now
+// and returns how many it deleted. Clients also sweep by themselves after
+// writes. c must come from New or claim.Open of a postgres:// URL.
+func Sweep(ctx context.Context, c *claim.Client) (int64, error) {
+	b, err := of("sweep", c)
+	if err != nil {
+		return 0, err
 	}
 	if err := b.ensure(ctx); err != nil {
 		return 0, fmt.Errorf("postgres: sweep: %w", err)

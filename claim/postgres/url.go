@@ -2,23 +2,22 @@ package postgres
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens postgres:// and postgresql:// URLs (see the package
-// documentation). The Backend owns its pool and closes it on Close.
+// documentation). The driver owns its pool and closes it on Close.
 type URLOpener struct{}
 
-// OpenBackendURL implements claim.URLOpener. It connects once: it creates
-// the tables if needed (or pings, with stampede_migrate=false).
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+// OpenURL implements driver.URLOpener. It connects once: it creates the
+// tables if needed (or pings, with migrate=false).
+func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	opt, connString, err := ParseURL(u)
 	if err != nil {
 		return nil, err
@@ -33,7 +32,7 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	if err != nil {
 		return nil, scrub("postgres: open pool", err, secret)
 	}
-	b, err := New(pool, opt)
+	b, err := newBackend(pool, opt)
 	if err != nil {
 		pool.Close()
 		return nil, err
@@ -55,48 +54,66 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 // echoed it.
 func scrub(op string, err error, secret string) error {
 	if secret != "" && strings.Contains(err.Error(), secret) {
-		msg := strings.ReplaceAll(err.Error(), secret, "xxxxx")
-		if op == "" {
-			return errors.New(msg)
-		}
-		return fmt.Errorf("%s: %s", op, msg)
-	}
-	if op == "" {
-		return err
+		return fmt.Errorf("%s: %s", op, strings.ReplaceAll(err.Error(), secret, "xxxxx"))
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// ParseURL splits a postgres:// URL into this package's Options (from the
-// stampede_* query parameters) and the connection string for pgx (the URL
-// without them). An unknown stampede_* parameter is an error.
+// ourParams are the query parameters this package reads; the others are
+// libpq's, for pgx.
+var ourParams = []string{"schema", "prefix", "maxvalue", "migrate", "sweep", "async_release"}
+
+// misnamed are parameters a postgres URL spells otherwise: this package's
+// names before they lost their stampede_ prefix, and the TLS and timeout
+// parameters of the other backends' URLs (a postgres URL is a libpq URL).
+var misnamed = [][2]string{
+	{"stampede_schema", "schema"}, {"stampede_prefix", "prefix"}, {"stampede_maxvalue", "maxvalue"},
+	{"stampede_migrate", "migrate"}, {"stampede_sweep", "sweep"}, {"stampede_async_release", "async_release"},
+	{"cacert", "sslrootcert"}, {"cert", "sslcert"}, {"key", "sslkey"},
+	{"servername", "the URL's host"}, {"skip_verify", "sslmode=require"}, {"dial_timeout", "connect_timeout"},
+}
+
+// ParseURL splits a postgres:// URL into this package's Options (from
+// the parameters schema, prefix, maxvalue, migrate, sweep and
+// async_release) and the connection string for pgx (the URL without
+// them). A malformed or repeated parameter of ours, a query that does not
+// parse, and a misnamed parameter (see the package documentation) are
+// errors.
 func ParseURL(u *url.URL) (*Options, string, error) {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return nil, "", fmt.Errorf("postgres: URL scheme %q: want postgres or postgresql", u.Scheme)
 	}
-	q := u.Query()
+	secret, _ := u.User.Password()
+	q, err := url.ParseQuery(u.RawQuery)
+	if err != nil {
+		return nil, "", scrub("postgres", driver.NewParams(u).Err(), secret)
+	}
+	for _, n := range misnamed {
+		if q.Has(n[0]) {
+			return nil, "", fmt.Errorf("postgres: URL parameter %q: use %s", n[0], n[1])
+		}
+	}
 	ours := url.Values{}
-	for k, v := range q {
-		if strings.HasPrefix(k, "stampede_") {
+	for _, k := range ourParams {
+		if v, ok := q[k]; ok {
 			ours[k] = v
 			delete(q, k)
 		}
 	}
-	p := claim.NewParams(&url.URL{RawQuery: ours.Encode()})
+	p := driver.NewParams(&url.URL{RawQuery: ours.Encode()})
 	o := &Options{
-		Schema:       p.String("stampede_schema", ""),
-		TablePrefix:  p.String("stampede_prefix", ""),
-		MaxValueLen:  p.Int("stampede_maxvalue", 0),
-		SkipMigrate:  !p.Bool("stampede_migrate", true),
-		AsyncRelease: p.Bool("stampede_async_release", false),
+		Schema:        p.String("schema", ""),
+		TablePrefix:   p.String("prefix", ""),
+		MaxValueLen:   p.Int("maxvalue", 0),
+		SkipMigrate:   !p.Bool("migrate", true),
+		SweepInterval: p.Duration("sweep", 0),
+		AsyncRelease:  p.Bool("async_release", false),
 	}
-	o.SweepInterval = p.Duration("stampede_sweep", 0)
 	if err := p.Err(); err != nil {
-		secret, _ := u.User.Password()
 		return nil, "", scrub("postgres", err, secret)
 	}
-	if _, ok := ours["stampede_sweep"]; ok && o.SweepInterval == 0 {
-		o.SweepInterval = -1 // stampede_sweep=0 disables sweeping
+	if ours.Has("sweep") && o.SweepInterval == 0 {
+		o.SweepInterval = -1 // sweep=0 disables sweeping
 	}
 	c := *u
 	c.RawQuery = q.Encode()

@@ -4,6 +4,8 @@ import (
 	"net/url"
 
 	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim"
 )
 
 // ParseURLForTest exposes the URL mapping to the external tests.
@@ -12,11 +14,26 @@ func ParseURLForTest(u *url.URL) (*goredis.Options, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &o.Options, nil
+	return o.Simple(), nil
 }
 
 // NamesForTest returns every Redis name derived from key.
 func NamesForTest(prefix, key string) []string {
-	b := &Backend{prefix: prefix, enc: newEncoder()}
+	b := &backend{prefix: prefix, enc: newEncoder()}
 	return []string{b.lockKey(key), b.fenceKey(key), b.valKey(key), b.channel(key)}
+}
+
+// PubSubConns returns how many pub/sub connections c's driver has open
+// (at most one, or one per master node on a cluster).
+func PubSubConns(c *claim.Client) int {
+	n := c.Driver().(*backend).n
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	conns := 0
+	for _, s := range n.shards {
+		if s.ps != nil {
+			conns++
+		}
+	}
+	return conns
 }

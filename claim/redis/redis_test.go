@@ -44,48 +44,63 @@ func withParams(raw, params string) string {
 // The conformance suite allocates MaxValueLen bytes: keep it small.
 const testMaxValue = 1 << 20
 
-func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Redis)
-	u := withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return openWarm(ctx, u) },
-	})
+// harness opens clients of the server at u: OpenIsolated under another
+// prefix. The server is shared with other tests and not restarted
+// (Features.DurableFence is false: TestFenceAcrossRestart covers restarts).
+func harness(u string) conformance.Harness {
+	return conformance.Harness{
+		Open: func(ctx context.Context) (*claim.Client, error) { return openWarm(ctx, u) },
+		OpenIsolated: func(ctx context.Context) (*claim.Client, error) {
+			return openWarm(ctx, withParams(u, "prefix=isolated"))
+		},
+	}
 }
 
-// openWarm opens a Backend and dials it once, like a client a process has
-// been using: the suite's 200 ms leases start counting before a cold
-// client's first dial, which a loaded machine can stretch past 200 ms.
-func openWarm(ctx context.Context, u string) (claim.Backend, error) {
-	b, err := claim.Open(ctx, u)
+func TestConformance(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Redis)
+	conformance.Run(t, harness(withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))))
+}
+
+// openWarm opens a Client and dials it once, like a client a process has
+// been using: the suite's short leases start counting before a cold
+// client's first dial, which a loaded machine can stretch.
+func openWarm(ctx context.Context, u string) (*claim.Client, error) {
+	c, err := claim.Open(ctx, u)
 	if err != nil {
 		return nil, err
 	}
-	if err := b.(*redis.Backend).Client().Ping(ctx).Err(); err != nil {
-		b.Close()
+	if err := native(c).Ping(ctx).Err(); err != nil {
+		c.Close()
 		return nil, err
 	}
-	return b, nil
+	return c, nil
+}
+
+// native returns the go-redis client under c.
+func native(c *claim.Client) goredis.UniversalClient {
+	var rdb goredis.UniversalClient
+	if !c.As(&rdb) {
+		panic("As(*goredis.UniversalClient) failed")
+	}
+	return rdb
 }
 
 func BenchmarkConformance(b *testing.B) {
 	srv := testserver.Shared(b, testserver.Redis)
-	u := withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, u) },
-	})
+	conformance.Bench(b, harness(withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))))
 }
 
-func open(t *testing.T, rawURL string) *redis.Backend {
+func open(t *testing.T, rawURL string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), rawURL)
+	c, err := claim.Open(context.Background(), rawURL)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b.(*redis.Backend)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
 
-func waitWake(t *testing.T, sub claim.Subscription, what string) {
+func waitWake(t *testing.T, sub *claim.Subscription, what string) {
 	t.Helper()
 	select {
 	case _, ok := <-sub.C():
@@ -123,6 +138,19 @@ func TestReconnectWakesWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer sub.Close()
+	resets := make(chan struct{}, 1)
+	stop, err := waiter.SubscribeTopic(ctx, "reconnect/topic", func(msg []byte, reset bool) {
+		if reset {
+			select {
+			case resets <- struct{}{}:
+			default:
+			}
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop()
 	if _, err := waiter.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
 		t.Fatalf("TryClaim while held: %v, want ErrHeld", err)
 	}
@@ -170,7 +198,12 @@ func TestReconnectWakesWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitWake(t, sub, "release after the reconnect")
-	if n := waiter.PubSubConns(); n != 1 {
+	select {
+	case <-resets:
+	case <-time.After(20 * time.Second):
+		t.Error("the topic subscriber got no reset after the reconnect")
+	}
+	if n := redis.PubSubConns(waiter); n != 1 {
 		t.Errorf("waiter has %d pub/sub connections, want 1", n)
 	}
 }
@@ -190,9 +223,9 @@ func authFailures(admin *goredis.Client) int {
 	return n
 }
 
-// TestOneSubscriptionPerKey: many waiters of one key in one Backend share
+// TestOneSubscriptionPerKey: many waiters of one key in one Client share
 // one server-side subscription on one connection, and one release wakes
-// them all; the last one out unsubscribes.
+// them all; the last one out unsubscribes on the server.
 func TestOneSubscriptionPerKey(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
@@ -207,7 +240,7 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	const n = 50
-	subs := make([]claim.Subscription, n)
+	subs := make([]*claim.Subscription, n)
 	var wg sync.WaitGroup
 	for i := range subs {
 		wg.Add(1)
@@ -225,14 +258,12 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 	if t.Failed() {
 		return
 	}
-	if got := waiter.Subscriptions(); got != 1 {
-		t.Errorf("Subscriptions() = %d, want 1", got)
+	if got := redis.PubSubConns(waiter); got != 1 {
+		t.Errorf("PubSubConns = %d, want 1", got)
 	}
-	if got := waiter.PubSubConns(); got != 1 {
-		t.Errorf("PubSubConns() = %d, want 1", got)
-	}
-	counts, err := admin.PubSubNumSub(ctx, "onesub:{="+key+"}:ch").Result()
-	if err != nil || counts["onesub:{="+key+"}:ch"] != 1 {
+	ch := "onesub:{=" + key + "}:ch"
+	counts, err := admin.PubSubNumSub(ctx, ch).Result()
+	if err != nil || counts[ch] != 1 {
 		t.Errorf("PUBSUB NUMSUB = %v, %v; want 1 subscriber", counts, err)
 	}
 	if err := holder.Release(ctx, l); err != nil {
@@ -242,8 +273,21 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 		waitWake(t, s, "fan-out")
 		s.Close()
 	}
-	if got := waiter.Subscriptions(); got != 0 {
-		t.Errorf("Subscriptions() after every Close = %d, want 0", got)
+	// UNSUBSCRIBE is written before the last Close returns; the server
+	// reads it soon after.
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		counts, err := admin.PubSubNumSub(ctx, ch).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if counts[ch] == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("PUBSUB NUMSUB after every Close = %d, want 0", counts[ch])
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -311,7 +355,9 @@ func TestURLErrors(t *testing.T) {
 		{"redis://u:s3cret@localhost:6379/abc", `URL path "/abc"`},
 		{"redis://u:s3cret@localhost:6379/0?pool_size=x", "pool_size"},
 		{"redis://u:s3cret@localhost:6379/0?protocol=4", "protocol=4"},
-		{"redis://u:s3cret@localhost:6379/0?skip_verify=true", "rediss:// only"},
+		{"redis://u:s3cret@localhost:6379/0?skip_verify=true", "need the TLS scheme"},
+		{"rediss://u:s3cret@localhost:6379/0?cert=c.pem", "together"},
+		{"redis://u:s3cret@localhost:6379/0?prefix=a;pool_size=2", "';' separator"},
 		{"redis://u:s3cret@localhost:6379/0?prefix=a{b", "prefix"},
 		{"redis://u:s3cret@localhost:6379/0?addrs=h:1", "cluster=true"},
 		{"redis://u:s3cret@localhost:6379/2?cluster=true", "database 0"},
@@ -379,15 +425,32 @@ func TestURLOptions(t *testing.T) {
 
 func TestOpenRegistersBothSchemes(t *testing.T) {
 	for _, s := range []string{"redis", "rediss"} {
-		b, err := claim.Open(context.Background(), s+"://127.0.0.1:1/0?prefix=x&maxvalue=10")
+		c, err := claim.Open(context.Background(), s+"://127.0.0.1:1/0?prefix=x&maxvalue=10")
 		if err != nil {
 			t.Fatalf("%s: %v", s, err)
 		}
-		f := b.Features()
-		if f.Name != "redis" || f.MaxValueLen != 10 || f.Notify != claim.Push || !f.AtomicCommit || f.DurableFence {
+		f := c.Features()
+		if f.Name != "redis" || f.MaxValueLen != 10 || f.Notify != claim.Push || !f.AtomicCommit || f.DurableFence || !f.Broadcast {
 			t.Errorf("%s: features %+v", s, f)
 		}
-		b.Close()
+		var cc *goredis.ClusterClient
+		if rdb := native(c); rdb == nil || c.As(&cc) {
+			t.Errorf("%s: As: a UniversalClient, and no *ClusterClient", s)
+		}
+		c.Close()
+	}
+	// The default limit is Redis's proto-max-bulk-len.
+	c, err := claim.Open(context.Background(), "redis://127.0.0.1:1/0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	var rc *goredis.Client
+	if !c.As(&rc) || rc == nil {
+		t.Error("As(**goredis.Client) failed on a standalone client")
+	}
+	if got := c.Features().MaxValueLen; got != 512<<20 {
+		t.Errorf("default MaxValueLen %d, want 512 MiB", got)
 	}
 }
 
@@ -558,7 +621,7 @@ func (p *proxy) silentTries() int {
 }
 
 // TestSilentConnectionWakesWaiter: the pub/sub connection goes silent
-// (no error, no RST); the health check notices, the Backend reconnects
+// (no error, no RST); the health check notices, the driver reconnects
 // once the path heals, and the waiter is woken for the release it missed.
 func TestSilentConnectionWakesWaiter(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
@@ -658,7 +721,7 @@ func TestClusterConformance(t *testing.T) {
 		t.Skip("starts a three-node cluster")
 	}
 	addrs := startCluster(t)
-	newBackend := func() (*redis.Backend, error) {
+	newClient := func(prefix string) (*claim.Client, error) {
 		cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
 		// Warm: load the slot map and dial every master (see openWarm).
 		err := cc.ForEachMaster(context.Background(), func(ctx context.Context, c *goredis.Client) error {
@@ -668,28 +731,33 @@ func TestClusterConformance(t *testing.T) {
 			cc.Close()
 			return nil, err
 		}
-		return redis.New(cc, &redis.Options{MaxValueLen: testMaxValue, CloseClient: true})
+		return redis.New(cc, &redis.Options{Prefix: prefix, MaxValueLen: testMaxValue, CloseClient: true})
 	}
 	t.Run("Suite", func(t *testing.T) {
 		conformance.Run(t, conformance.Harness{
-			Open: func(ctx context.Context) (claim.Backend, error) { return newBackend() },
+			Open:         func(ctx context.Context) (*claim.Client, error) { return newClient("") },
+			OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return newClient("isolated") },
 		})
 	})
 	t.Run("Sharded", func(t *testing.T) {
 		ctx := context.Background()
-		a, err := newBackend()
+		a, err := newClient("")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer a.Close()
-		b, err := newBackend()
+		var cc *goredis.ClusterClient
+		if !a.As(&cc) || cc == nil {
+			t.Error("As(**goredis.ClusterClient) failed on a cluster client")
+		}
+		b, err := newClient("")
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer b.Close()
 		// Keys on every master: one pub/sub connection per master, and
 		// every wake-up arrives through SSUBSCRIBE.
-		var subs []claim.Subscription
+		var subs []*claim.Subscription
 		for i := range 30 {
 			s, err := a.Subscribe(ctx, fmt.Sprintf("sharded/%d", i))
 			if err != nil {
@@ -698,8 +766,8 @@ func TestClusterConformance(t *testing.T) {
 			defer s.Close()
 			subs = append(subs, s)
 		}
-		if n := a.PubSubConns(); n != 3 {
-			t.Errorf("PubSubConns() = %d, want 3 (one per master)", n)
+		if n := redis.PubSubConns(a); n != 3 {
+			t.Errorf("PubSubConns = %d, want 3 (one per master)", n)
 		}
 		for i, s := range subs {
 			key := fmt.Sprintf("sharded/%d", i)
@@ -729,7 +797,7 @@ func TestClusterConformance(t *testing.T) {
 }
 
 // TestClusterSlotMigration moves a subscribed key's slot to another master:
-// the old master drops the sharded subscription, the Backend re-places it
+// the old master drops the sharded subscription, the driver re-places it
 // on the new master and wakes the waiter, and later releases reach it.
 func TestClusterSlotMigration(t *testing.T) {
 	if testing.Short() {
@@ -737,16 +805,16 @@ func TestClusterSlotMigration(t *testing.T) {
 	}
 	addrs := startCluster(t)
 	ctx := context.Background()
-	newBackend := func() *redis.Backend {
+	newClient := func() *claim.Client {
 		cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
-		b, err := redis.New(cc, &redis.Options{CloseClient: true, HealthCheckInterval: 200 * time.Millisecond})
+		c, err := redis.New(cc, &redis.Options{CloseClient: true, HealthCheckInterval: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { b.Close() })
-		return b
+		t.Cleanup(func() { c.Close() })
+		return c
 	}
-	a, b := newBackend(), newBackend()
+	a, b := newClient(), newClient()
 	key := "migrate/k"
 	names := redis.NamesForTest("stampede", key)
 	s := slot(names[0])
@@ -906,7 +974,7 @@ func TestLargeTokens(t *testing.T) {
 	ctx := context.Background()
 	b := open(t, withParams(srv.URL(), "prefix=bigtok"))
 	const start = 1<<40 + 5_000_000_000
-	if err := b.Client().Set(ctx, redis.NamesForTest("bigtok", "k")[1], start, 0).Err(); err != nil {
+	if err := native(b).Set(ctx, redis.NamesForTest("bigtok", "k")[1], start, 0).Err(); err != nil {
 		t.Fatal(err)
 	}
 	l, err := b.TryClaim(ctx, "k", time.Minute)
@@ -924,38 +992,5 @@ func TestLargeTokens(t *testing.T) {
 	}
 	if err := b.Release(ctx, l); err != nil {
 		t.Fatal(err)
-	}
-}
-
-// TestNoIOBeforeLimits: limits and local deadlines are checked before any
-// I/O: against a port where nothing listens, the answers are ErrTooLarge,
-// ErrInvalidKey and ErrLost, never a dial error.
-func TestNoIOBeforeLimits(t *testing.T) {
-	ctx := context.Background()
-	b := open(t, "redis://127.0.0.1:1/0?maxvalue=10&dial_timeout=50ms")
-	if got := b.Features().MaxValueLen; got != 10 {
-		t.Fatalf("MaxValueLen %d", got)
-	}
-	if err := b.Set(ctx, "k", make([]byte, 11), 0); !errors.Is(err, claim.ErrTooLarge) {
-		t.Errorf("Set over the limit: %v", err)
-	}
-	expired := claim.Lease{Key: "k", Holder: "h", Token: 1, TTL: time.Millisecond, Deadline: time.Now().Add(-time.Second)}
-	if err := b.Commit(ctx, expired, []byte("v"), 0); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("Commit past the deadline: %v", err)
-	}
-	if _, err := b.Extend(ctx, expired, time.Second); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("Extend past the deadline: %v", err)
-	}
-	if _, err := b.TryClaim(ctx, "", time.Second); !errors.Is(err, claim.ErrInvalidKey) {
-		t.Errorf("TryClaim of an empty key: %v", err)
-	}
-	// And the default limit is Redis's proto-max-bulk-len.
-	d, err := claim.Open(ctx, "redis://127.0.0.1:1/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	if got := d.Features().MaxValueLen; got != 512<<20 {
-		t.Errorf("default MaxValueLen %d, want 512 MiB", got)
 	}
 }

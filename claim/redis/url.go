@@ -11,27 +11,21 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/tlsfiles"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens redis:// and rediss:// URLs (see the package doc). It
 // never dials: the client connects on first use.
 type URLOpener struct{}
 
-// OpenBackendURL implements claim.URLOpener.
-func (*URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, error) {
+// OpenURL implements driver.URLOpener.
+func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) {
 	uo, opt, err := parseURL(u)
 	if err != nil {
 		return nil, err
 	}
-	var rdb goredis.UniversalClient
-	if uo.cluster {
-		rdb = goredis.NewClusterClient(uo.cluster2())
-	} else {
-		rdb = goredis.NewClient(&uo.Options)
-	}
-	b, err := New(rdb, opt)
+	rdb := goredis.NewUniversalClient(uo) // a *ClusterClient if IsClusterMode
+	b, err := newBackend(rdb, opt)
 	if err != nil {
 		_ = rdb.Close()
 		return nil, err
@@ -39,72 +33,56 @@ func (*URLOpener) OpenBackendURL(_ context.Context, u *url.URL) (claim.Backend, 
 	return b, nil
 }
 
-type urlOptions struct {
-	goredis.Options
-	cluster bool
-	addrs   []string
-}
-
-func (o *urlOptions) cluster2() *goredis.ClusterOptions {
-	return &goredis.ClusterOptions{
-		Addrs: o.addrs, ClientName: o.ClientName, Protocol: o.Protocol, ContextTimeoutEnabled: o.ContextTimeoutEnabled,
-		Username: o.Username, Password: o.Password, MaxRetries: o.MaxRetries,
-		DialTimeout: o.DialTimeout, ReadTimeout: o.ReadTimeout, WriteTimeout: o.WriteTimeout,
-		PoolSize: o.PoolSize, MinIdleConns: o.MinIdleConns, TLSConfig: o.TLSConfig,
-	}
-}
-
 // parseURL maps a URL to go-redis options and Options. Its errors name
 // parameters and values, never the URL or its password.
-func parseURL(u *url.URL) (*urlOptions, *Options, error) {
+func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 	if u.Scheme != Scheme && u.Scheme != TLSScheme {
-		return nil, nil, fmt.Errorf("redis: URL scheme %q: want %s or %s", u.Scheme, Scheme, TLSScheme)
+		return nil, Options{}, fmt.Errorf("redis: URL scheme %q: want %s or %s", u.Scheme, Scheme, TLSScheme)
 	}
-	p := claim.NewParams(u)
-	opt := &Options{
+	p := driver.NewParams(u)
+	opt := Options{
 		Prefix:              p.String("prefix", ""),
 		MaxValueLen:         p.Int("maxvalue", 0),
 		HealthCheckInterval: p.Duration("health_check", 0),
 		CloseClient:         true,
 	}
-	o := &urlOptions{}
-	// Calls end at their context's deadline, not only at ReadTimeout /
-	// WriteTimeout (the claim contract; KeepAlive bounds renewals so).
-	o.ContextTimeoutEnabled = true
-	o.ClientName = p.String("client_name", "")
-	o.PoolSize = p.Int("pool_size", 0)
-	o.MinIdleConns = p.Int("min_idle_conns", 0)
-	o.MaxRetries = p.Int("max_retries", 0)
-	o.Protocol = p.Int("protocol", 3)
-	o.DialTimeout = p.Duration("dial_timeout", 0)
-	o.ReadTimeout = p.Duration("read_timeout", 0)
-	o.WriteTimeout = p.Duration("write_timeout", 0)
-	tf := tlsfiles.Files{
-		CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""),
-		ServerName: p.String("servername", ""), SkipVerify: p.Bool("skip_verify", false),
+	o := &goredis.UniversalOptions{
+		// Calls end at their context's deadline, not only at ReadTimeout /
+		// WriteTimeout (the claim contract; KeepAlive bounds renewals so).
+		ContextTimeoutEnabled: true,
+		ClientName:            p.String("client_name", ""),
+		PoolSize:              p.Int("pool_size", 0),
+		MinIdleConns:          p.Int("min_idle_conns", 0),
+		MaxRetries:            p.Int("max_retries", 0),
+		Protocol:              p.Int("protocol", 3),
+		DialTimeout:           p.Duration("dial_timeout", 0),
+		ReadTimeout:           p.Duration("read_timeout", 0),
+		WriteTimeout:          p.Duration("write_timeout", 0),
+		IsClusterMode:         p.Bool("cluster", false),
 	}
-	o.cluster = p.Bool("cluster", false)
 	addrs := p.String("addrs", "")
-	if err := p.Err(); err != nil {
-		return nil, nil, fmt.Errorf("redis: %w", err)
-	}
-	if o.MaxRetries == 0 {
-		o.MaxRetries = -1 // go-redis: -1 disables retries
-	}
-	if o.Protocol != 2 && o.Protocol != 3 {
-		return nil, nil, fmt.Errorf("redis: URL parameter protocol=%d: want 2 or 3", o.Protocol)
-	}
-	if strings.ContainsAny(opt.Prefix, "{}") {
-		return nil, nil, fmt.Errorf("redis: URL parameter prefix=%q: must not contain '{' or '}'", opt.Prefix)
-	}
 	host, port := u.Hostname(), u.Port()
 	if host == "" {
 		host = "localhost"
 	}
+	tc, tlsErr := p.TLS(u.Scheme == TLSScheme, host)
+	if err := p.Err(); err != nil {
+		return nil, Options{}, fmt.Errorf("redis: %w", err)
+	}
+	if tlsErr != nil {
+		return nil, Options{}, fmt.Errorf("redis: %w", tlsErr)
+	}
+	o.TLSConfig = tc
+	if o.MaxRetries == 0 {
+		o.MaxRetries = -1 // go-redis: -1 disables retries
+	}
+	if o.Protocol != 2 && o.Protocol != 3 {
+		return nil, Options{}, fmt.Errorf("redis: URL parameter protocol=%d: want 2 or 3", o.Protocol)
+	}
 	if port == "" {
 		port = "6379"
 	}
-	o.Addr = net.JoinHostPort(host, port)
+	o.Addrs = []string{net.JoinHostPort(host, port)}
 	if u.User != nil {
 		o.Username = u.User.Username()
 		o.Password, _ = u.User.Password()
@@ -112,36 +90,23 @@ func parseURL(u *url.URL) (*urlOptions, *Options, error) {
 	if path := strings.Trim(u.Path, "/"); path != "" {
 		db, err := strconv.Atoi(path)
 		if err != nil || db < 0 {
-			return nil, nil, fmt.Errorf("redis: URL path %q: want /DB, a database number", u.Path)
+			return nil, Options{}, fmt.Errorf("redis: URL path %q: want /DB, a database number", u.Path)
 		}
 		o.DB = db
 	}
-	if u.Scheme == TLSScheme {
-		if tf.ServerName == "" {
-			tf.ServerName = host
-		}
-		tc, err := tf.Config()
-		if err != nil {
-			return nil, nil, fmt.Errorf("redis: URL TLS parameters: %w", err)
-		}
-		o.TLSConfig = tc
-	} else if !tf.Empty() {
-		return nil, nil, errors.New("redis: URL parameters cacert, cert, key, servername and skip_verify apply to rediss:// only")
+	if addrs != "" && !o.IsClusterMode {
+		return nil, Options{}, errors.New("redis: URL parameter addrs needs cluster=true")
 	}
-	if addrs != "" && !o.cluster {
-		return nil, nil, errors.New("redis: URL parameter addrs needs cluster=true")
-	}
-	if o.cluster {
+	if o.IsClusterMode {
 		if o.DB != 0 {
-			return nil, nil, errors.New("redis: a cluster has only database 0")
+			return nil, Options{}, errors.New("redis: a cluster has only database 0")
 		}
-		o.addrs = []string{o.Addr}
 		for _, a := range strings.Split(addrs, ",") {
 			if a = strings.TrimSpace(a); a != "" {
 				if _, _, err := net.SplitHostPort(a); err != nil {
-					return nil, nil, fmt.Errorf("redis: URL parameter addrs: %q is not HOST:PORT", a)
+					return nil, Options{}, fmt.Errorf("redis: URL parameter addrs: %q is not HOST:PORT", a)
 				}
-				o.addrs = append(o.addrs, a)
+				o.Addrs = append(o.Addrs, a)
 			}
 		}
 	}

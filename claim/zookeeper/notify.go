@@ -6,41 +6,141 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements claim.Notifier. The first subscriber of a key in
-// this Backend sets an existence watch on the key's lock node (one round
-// trip); later ones share it.
-func (b *Backend) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	if err := b.check("subscribe", key); err != nil {
-		return nil, err
-	}
-	if err := ctx.Err(); err != nil {
-		return nil, b.wrap("subscribe", key, err)
-	}
-	s, err := b.hub.Subscribe(ctx, key)
-	if err != nil {
-		return nil, b.wrap("subscribe", key, err)
-	}
-	return s, nil
+// watcher is one substrate subscription (a key's existence watch, or a
+// topic's child watch) and the Client's callback for it.
+type watcher struct {
+	quit chan struct{} // closed by end
+	mu   sync.Mutex
+	fn   func(msg []byte, reset bool)
 }
 
-// Notify implements claim.Notifier. If the key is free it creates and
+// call calls the callback unless the watcher ended; false if it did.
+func (w *watcher) call(msg []byte, reset bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-w.quit:
+		return false
+	default:
+	}
+	w.fn(msg, reset)
+	return true
+}
+
+// end stops the watcher: after it returns, the callback is not called.
+func (w *watcher) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	select {
+	case <-w.quit:
+	default:
+		close(w.quit)
+	}
+}
+
+// subscribe arms a watch with arm (one round trip, bounded by ctx) and
+// registers name's watcher in m, whose goroutine keeps the watch armed
+// (see rearm) and calls fired each time it fired, until the watcher ends.
+func (b *backend) subscribe(ctx context.Context, m map[string]*watcher, name string, fn func([]byte, bool),
+	arm func() (<-chan zk.Event, error), fired func(*watcher, zk.Event, time.Time) bool) error {
+	var ch <-chan zk.Event
+	if err := b.do(ctx, func() (err error) { ch, err = arm(); return err }); err != nil {
+		return err
+	}
+	w := &watcher{quit: make(chan struct{}), fn: fn}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return driver.ErrClosed
+	}
+	if old := m[name]; old != nil {
+		old.end() // the Client never subscribes twice; never leave a loop behind
+	}
+	m[name] = w
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		b.rearm(w, ch, arm, fired)
+	}()
+	return nil
+}
+
+// rearm waits for the watch to fire, re-arms it (retrying with backoff),
+// and only then calls fired: whatever happens after fired woke anyone
+// fires the new watch. A watch ended by session expiry (EventNotWatching)
+// is handled the same way, so every subscriber re-checks after a gap.
+func (b *backend) rearm(w *watcher, ch <-chan zk.Event, arm func() (<-chan zk.Event, error), fired func(*watcher, zk.Event, time.Time) bool) {
+	for {
+		var ev zk.Event
+		select {
+		case ev = <-ch:
+		case <-w.quit:
+			return
+		}
+		at := time.Now()
+		for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
+			next, err := arm()
+			if err == nil {
+				ch = next
+				break
+			}
+			t := time.NewTimer(wait)
+			select {
+			case <-t.C:
+			case <-w.quit:
+				t.Stop()
+				return
+			}
+		}
+		if !fired(w, ev, at) {
+			return
+		}
+	}
+}
+
+// unsubscribe ends the watcher registered under name in m, if any.
+func (b *backend) unsubscribe(m map[string]*watcher, name string) {
+	b.mu.Lock()
+	w := m[name]
+	delete(m, name)
+	b.mu.Unlock()
+	if w != nil {
+		w.end()
+	}
+}
+
+// Subscribe implements driver.Notifier: an existence watch on the key's
+// lock node (one round trip), kept armed by a goroutine until Unsubscribe;
+// each time it fires, wake is called after it is re-armed.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	path := b.lockPath(key)
+	arm := func() (<-chan zk.Event, error) {
+		_, _, ch, err := b.conn.ExistsW(path)
+		return ch, err
+	}
+	return b.subscribe(ctx, b.watches, key, func([]byte, bool) { wake() }, arm,
+		func(w *watcher, _ zk.Event, _ time.Time) bool { return w.call(nil, false) })
+}
+
+// Unsubscribe implements driver.Notifier.
+func (b *backend) Unsubscribe(key string) { b.unsubscribe(b.watches, key) }
+
+// Notify implements driver.Notifier. If the key is free it creates and
 // deletes its lock node in one multi-op; if it is held, it rewrites the
 // lock node's data unchanged, guarded by the holder's owner node (so a
 // newer claim's lock node is never touched). Either fires every watch on
 // the lock node. If the claim changes under it, that change fired them.
-func (b *Backend) Notify(ctx context.Context, key string) error {
-	if err := b.check("notify", key); err != nil {
-		return err
-	}
+func (b *backend) Notify(ctx context.Context, key string) error {
 	if err := b.prepare(ctx); err != nil {
-		return b.wrap("notify", key, err)
+		return err
 	}
 	lock := b.lockPath(key)
 	_, failed, err := b.multi(ctx,
@@ -50,7 +150,7 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 		return nil
 	}
 	if !errors.Is(err, zk.ErrNodeExists) || failed != 0 {
-		return b.wrap("notify", key, err)
+		return err
 	}
 	var data []byte
 	err = b.do(ctx, func() (err error) {
@@ -59,160 +159,63 @@ func (b *Backend) Notify(ctx context.Context, key string) error {
 	})
 	if err == nil {
 		if !validHolder(string(data)) {
-			return b.wrap("notify", key, fmt.Errorf("lock node %s was not written by this package", lock))
+			return fmt.Errorf("lock node %s was not written by this package", lock)
 		}
 		_, _, err = b.multi(ctx,
 			&zk.CheckVersionRequest{Path: b.ownerPath(string(data)), Version: -1},
 			&zk.SetDataRequest{Path: lock, Data: data, Version: -1})
 	}
 	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		return b.wrap("notify", key, err)
+		return err
 	}
 	return nil
 }
 
-// substrate keeps one watch loop per subscribed key for the hub.
-type substrate struct{ b *Backend }
-
-func (s substrate) Subscribe(ctx context.Context, key string) error {
-	b := s.b
-	path := b.lockPath(key)
-	var ch <-chan zk.Event
-	err := b.do(ctx, func() (err error) {
-		_, _, ch, err = b.conn.ExistsW(path)
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	stop := make(chan struct{})
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return claim.ErrClosed
-	}
-	b.watches[key] = stop
-	b.wg.Add(1)
-	b.mu.Unlock()
-	go b.watchLoop(key, path, ch, stop)
-	return nil
-}
-
-func (s substrate) Unsubscribe(key string) {
-	b := s.b
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if stop, ok := b.watches[key]; ok {
-		close(stop)
-		delete(b.watches, key)
-	}
-}
-
-// watchLoop waits for the key's watch to fire, re-arms it, and only then
-// wakes the local subscribers: whatever happens after they wake fires the
-// new watch. A watch ended by session expiry (EventNotWatching) is handled
-// the same way, so every subscriber re-checks after a gap.
-func (b *Backend) watchLoop(key, path string, ch <-chan zk.Event, stop chan struct{}) {
-	defer b.wg.Done()
-	for {
-		select {
-		case <-ch:
-		case <-stop:
-			return
-		case <-b.done:
-			return
-		}
-		for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-			_, _, next, err := b.conn.ExistsW(path)
-			if err == nil {
-				ch = next
-				break
-			}
-			if !sleep(wait, stop, b.done) {
-				return
-			}
-		}
-		b.hub.Wake(key)
-	}
-}
-
-// sleep waits for d; false if stop or done closed first.
-func sleep(d time.Duration, stop, done <-chan struct{}) bool {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return true
-	case <-stop:
-		return false
-	case <-done:
-		return false
-	}
-}
-
-// published is one of this Backend's messages, deleted after msgLife.
+// published is one of this driver's messages, deleted after msgLife.
 type published struct {
 	path string
 	at   time.Time
 }
 
-// topicDir returns topic's directory, creating it on first use.
-func (b *Backend) topicDir(ctx context.Context, topic string) (string, error) {
-	if err := b.prepare(ctx); err != nil {
-		return "", err
-	}
-	dir := b.root + "/t/" + keys.Encode(topic)
-	b.mu.Lock()
-	known := b.dirs[dir]
-	b.mu.Unlock()
-	if known {
-		return dir, nil
-	}
-	err := b.do(ctx, func() error {
-		_, err := b.conn.Create(dir, nil, 0, b.acl)
-		if errors.Is(err, zk.ErrNodeExists) {
-			return nil
+func (b *backend) topicDir(topic string) string { return b.root + "/t/" + keys.Encode(topic) }
+
+// inTopic runs f, a call on the topic directory dir; if dir is missing
+// (ErrNoNode), it creates dir and runs f again.
+func (b *backend) inTopic(dir string, f func() error) error {
+	err := f()
+	if errors.Is(err, zk.ErrNoNode) {
+		if _, err = b.conn.Create(dir, nil, 0, b.acl); err == nil || errors.Is(err, zk.ErrNodeExists) {
+			err = f()
 		}
-		return err
-	})
-	if err != nil {
-		return "", err
 	}
-	b.mu.Lock()
-	b.dirs[dir] = true
-	b.mu.Unlock()
-	return dir, nil
+	return err
 }
 
-// Publish implements claim.Broadcaster: one ephemeral sequential znode per
-// message under the topic's directory, which this Backend deletes once it
-// is older than MessageLife (or ZooKeeper does when the session ends).
-func (b *Backend) Publish(ctx context.Context, topic string, msg []byte) error {
-	if err := b.check("publish", topic); err != nil {
+// Publish implements driver.Broadcaster: one ephemeral sequential znode
+// per message under the topic's directory, which this driver deletes once
+// it is older than MessageLife (or ZooKeeper does when the session ends).
+// A message over MaxValueLen is a *driver.TooLargeError, before any I/O.
+func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
+	if len(msg) > b.maxVal {
+		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: b.maxVal}
+	}
+	if err := b.prepare(ctx); err != nil {
 		return err
 	}
-	if err := claim.CheckValue(msg, b.maxVal); err != nil {
-		return fmt.Errorf("zookeeper: publish %q: %w", topic, err)
-	}
-	dir, err := b.topicDir(ctx, topic)
-	if err != nil {
-		return b.wrap("publish", topic, err)
-	}
+	dir := b.topicDir(topic)
 	var path string
-	err = b.do(ctx, func() (err error) {
-		path, err = b.conn.Create(dir+"/m-", msg, zk.FlagEphemeral|zk.FlagSequence, b.acl)
-		return err
+	err := b.do(ctx, func() error {
+		return b.inTopic(dir, func() (err error) {
+			path, err = b.conn.Create(dir+"/m-", msg, zk.FlagEphemeral|zk.FlagSequence, b.acl)
+			return err
+		})
 	})
 	if err != nil {
-		if errors.Is(err, zk.ErrNoNode) { // directory deleted: re-create next time
-			b.mu.Lock()
-			delete(b.dirs, dir)
-			b.mu.Unlock()
-		}
-		return b.wrap("publish", topic, err)
+		return err
 	}
 	now := time.Now()
 	b.mu.Lock()
+	defer b.mu.Unlock()
 	b.pub = append(b.pub, published{path, now})
 	var old []string
 	for len(b.pub) > 0 && now.Sub(b.pub[0].at) > b.msgLife {
@@ -228,156 +231,82 @@ func (b *Backend) Publish(ctx context.Context, topic string, msg []byte) error {
 			}
 		}()
 	}
-	b.mu.Unlock()
 	return nil
 }
 
-// topicSub is one SubscribeTopic: a watcher goroutine that lists new
-// messages and queues them, and a handler goroutine that runs the handler
-// in order (so a slow handler never delays the watch).
-type topicSub struct {
-	stop  chan struct{}
-	done  chan struct{} // both goroutines ended
-	queue chan []byte   // nil entry: reset
+// SubscribeTopic implements driver.Broadcaster. It lists the topic with a
+// child watch (one round trip); each time the watch fires, the topic's
+// goroutine re-lists it (re-arming the watch) and delivers the messages
+// it has not seen, oldest first.
+func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
+	if err := b.prepare(ctx); err != nil {
+		return err
+	}
+	t := &topicWatch{b: b, dir: b.topicDir(topic)}
+	return b.subscribe(ctx, b.topics, topic, deliver, t.arm, t.fired)
 }
 
-// SubscribeTopic implements claim.Broadcaster. It lists the topic with a
-// child watch (one round trip) and delivers messages created after that.
-// reset is delivered when the watch was lost (session expiry), when a
-// listed message was already deleted, when listing took more than half of
-// MessageLife after the watch fired (messages may have come and gone
-// unseen), or when the handler falls more than 1024 messages behind.
-func (b *Backend) SubscribeTopic(ctx context.Context, topic string, handle func(msg []byte, reset bool)) (func(), error) {
-	if err := b.check("subscribe-topic", topic); err != nil {
-		return nil, err
-	}
-	dir, err := b.topicDir(ctx, topic)
-	if err != nil {
-		return nil, b.wrap("subscribe-topic", topic, err)
-	}
-	var names []string
-	var ch <-chan zk.Event
-	err = b.do(ctx, func() (err error) {
-		names, _, ch, err = b.conn.ChildrenW(dir)
+// topicWatch is the state of one subscribed topic's child watch, used by
+// its goroutine only (after the first arm, made by SubscribeTopic).
+type topicWatch struct {
+	b     *backend
+	dir   string
+	names []string        // the last listing
+	seen  map[string]bool // the messages of the listing before; nil until the first
+}
+
+// arm lists the topic and sets the child watch. The messages of the first
+// listing were published before SubscribeTopic returned: not delivered.
+func (t *topicWatch) arm() (ch <-chan zk.Event, err error) {
+	err = t.b.inTopic(t.dir, func() (err error) {
+		t.names, _, ch, err = t.b.conn.ChildrenW(t.dir)
 		return err
 	})
-	if err != nil {
-		return nil, b.wrap("subscribe-topic", topic, err)
-	}
-	t := &topicSub{stop: make(chan struct{}), done: make(chan struct{}), queue: make(chan []byte, 1024)}
-	b.mu.Lock()
-	if b.closed {
-		b.mu.Unlock()
-		return nil, fmt.Errorf("zookeeper: subscribe-topic %q: %w", topic, claim.ErrClosed)
-	}
-	b.topics[t] = struct{}{}
-	b.mu.Unlock()
-	watched := make(chan struct{})
-	go func() {
-		defer close(watched)
-		b.topicLoop(dir, names, ch, t)
-	}()
-	go func() {
-		defer close(t.done)
-		for {
-			select {
-			case m := <-t.queue:
-				handle(m, m == nil)
-			case <-t.stop:
-				<-watched
-				return
-			}
+	if err == nil && t.seen == nil {
+		t.seen = make(map[string]bool, len(t.names))
+		for _, n := range t.names {
+			t.seen[n] = true
 		}
-	}()
-	return func() { b.stopTopic(t) }, nil
-}
-
-func (b *Backend) stopTopic(t *topicSub) {
-	b.mu.Lock()
-	_, mine := b.topics[t]
-	delete(b.topics, t)
-	b.mu.Unlock()
-	if mine {
-		close(t.stop)
 	}
-	<-t.done
+	return ch, err
 }
 
-func (t *topicSub) deliver(m []byte) bool {
-	select {
-	case t.queue <- m:
-	case <-t.stop:
+// fired reads and delivers the messages of the new listing, with a reset
+// first when the watch was lost (session expiry), when a listed message
+// was already deleted, or when re-listing took more than half of
+// MessageLife after the watch fired (messages may have come and gone
+// unseen).
+func (t *topicWatch) fired(w *watcher, ev zk.Event, at time.Time) bool {
+	reset := ev.Type == zk.EventNotWatching || time.Since(at) > t.b.msgLife/2
+	slices.SortFunc(t.names, func(x, y string) int { return strings.Compare(seq(x), seq(y)) })
+	next := make(map[string]bool, len(t.names))
+	var msgs [][]byte
+	for _, n := range t.names {
+		next[n] = true
+		if t.seen[n] {
+			continue
+		}
+		data, _, err := t.b.conn.Get(t.dir + "/" + n)
+		if err != nil {
+			reset = true // deleted before we read it, or unreadable
+			continue
+		}
+		msgs = append(msgs, data)
+	}
+	t.seen = next
+	if reset && !w.call(nil, true) {
 		return false
-	default:
-		select { // too slow: tell it it missed messages
-		case t.queue <- nil:
-		default:
+	}
+	for _, m := range msgs {
+		if !w.call(m, false) {
+			return false
 		}
 	}
 	return true
 }
 
-// topicLoop re-lists the topic each time its child watch fires and queues
-// the messages it has not seen, oldest first.
-func (b *Backend) topicLoop(dir string, names []string, ch <-chan zk.Event, t *topicSub) {
-	seen := map[string]bool{}
-	for _, n := range names {
-		seen[n] = true
-	}
-	for {
-		var ev zk.Event
-		select {
-		case ev = <-ch:
-		case <-t.stop:
-			return
-		}
-		fired := time.Now()
-		reset := ev.Type == zk.EventNotWatching
-		for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-			var err error
-			names, _, ch, err = b.conn.ChildrenW(dir)
-			if err == nil {
-				break
-			}
-			if errors.Is(err, zk.ErrNoNode) {
-				_, _ = b.conn.Create(dir, nil, 0, b.acl)
-			}
-			if !sleep(wait, t.stop, nil) {
-				return
-			}
-		}
-		if time.Since(fired) > b.msgLife/2 {
-			reset = true
-		}
-		slices.SortFunc(names, func(x, y string) int { return strings.Compare(seq(x), seq(y)) })
-		next := make(map[string]bool, len(names))
-		var msgs [][]byte
-		for _, n := range names {
-			next[n] = true
-			if seen[n] {
-				continue
-			}
-			data, _, err := b.conn.Get(dir + "/" + n)
-			if err != nil {
-				reset = true // deleted before we read it, or unreadable
-				continue
-			}
-			msgs = append(msgs, data)
-		}
-		seen = next
-		if reset && !t.deliver(nil) {
-			return
-		}
-		for _, m := range msgs {
-			if m == nil {
-				m = []byte{}
-			}
-			if !t.deliver(m) {
-				return
-			}
-		}
-	}
-}
+// UnsubscribeTopic implements driver.Broadcaster.
+func (b *backend) UnsubscribeTopic(topic string) { b.unsubscribe(b.topics, topic) }
 
 // seq returns the sequence suffix of a message node's name, which orders
 // messages (10 digits, zero-padded).

@@ -9,18 +9,8 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
-
-func (b *Backend) checkValue(op, key string, val []byte, ttl time.Duration) error {
-	if ttl < 0 {
-		return fmt.Errorf("zookeeper: %s %q: negative ttl %s", op, key, ttl)
-	}
-	if err := claim.CheckValue(val, b.maxVal); err != nil {
-		return fmt.Errorf("zookeeper: %s %q: %w", op, key, err)
-	}
-	return nil
-}
 
 func encodeValue(val []byte, ttl time.Duration) []byte {
 	out := make([]byte, valueHeader+len(val))
@@ -30,11 +20,12 @@ func encodeValue(val []byte, ttl time.Duration) []byte {
 	return out
 }
 
-// write stores a value node: create, or setData if it exists (in that
-// order if create, else the other), each guarded by guard (the owner node)
-// if not empty. It re-tries only when a concurrent writer or deleter
-// changed the node between the two.
-func (b *Backend) write(ctx context.Context, op, key, guard string, data []byte, create bool) error {
+// write stores key's value node in one multi-op: guard, then create (or
+// setData if it exists: in that order if create, else the other), then
+// after. A guard that fails on a missing node (the lease's owner node) is
+// ErrLost. It re-tries only when a concurrent writer or deleter changed
+// the value node between the two.
+func (b *backend) write(ctx context.Context, key string, guard, after []any, data []byte, create bool) error {
 	path := b.valuePath(key)
 	ws := []any{
 		&zk.CreateRequest{Path: path, Data: data, Acl: b.acl},
@@ -45,42 +36,36 @@ func (b *Backend) write(ctx context.Context, op, key, guard string, data []byte,
 	}
 	for range attempts {
 		for _, w := range ws {
-			ops := []any{w}
-			if guard != "" {
-				ops = []any{&zk.CheckVersionRequest{Path: guard, Version: -1}, w}
-			}
+			ops := append(append(append([]any{}, guard...), w), after...)
 			_, failed, err := b.multi(ctx, ops...)
 			switch {
 			case err == nil:
 				return nil
-			case guard != "" && failed == 0 && errors.Is(err, zk.ErrNoNode):
-				return fmt.Errorf("zookeeper: %s %q: %w", op, key, claim.ErrLost)
-			case !errors.Is(err, zk.ErrNodeExists) && !errors.Is(err, zk.ErrNoNode):
-				return b.wrap(op, key, err)
+			case len(guard) > 0 && failed == 0 && errors.Is(err, zk.ErrNoNode):
+				return driver.ErrLost
+			case failed != len(guard) || !errors.Is(err, zk.ErrNodeExists) && !errors.Is(err, zk.ErrNoNode):
+				return err
 			}
 		}
 	}
-	return b.wrap(op, key, errors.New("value node kept changing under concurrent writers"))
+	return errors.New("value node kept changing under concurrent writers")
 }
 
-// Get implements claim.Store.
-func (b *Backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := b.check("get", key); err != nil {
-		return nil, err
-	}
+// Get implements driver.Store.
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	v, found, err := b.getValue(ctx, key)
 	if err != nil {
-		return nil, b.wrap("get", key, err)
+		return nil, err
 	}
 	if !found {
-		return nil, fmt.Errorf("zookeeper: get %q: %w", key, claim.ErrNotFound)
+		return nil, driver.ErrNotFound
 	}
 	return v, nil
 }
 
 // getValue reads key's value node: found is false if it is absent or
 // expired (then it is deleted, unless rewritten meanwhile).
-func (b *Backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
+func (b *backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
 	path := b.valuePath(key)
 	var data []byte
 	var st *zk.Stat
@@ -105,28 +90,20 @@ func (b *Backend) getValue(ctx context.Context, key string) ([]byte, bool, error
 	return append([]byte{}, data[valueHeader:]...), true, nil
 }
 
-// Set implements claim.Store.
-func (b *Backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.check("set", key); err != nil {
-		return err
-	}
-	if err := b.checkValue("set", key, val, ttl); err != nil {
-		return err
-	}
+// Set implements driver.Store. It tries setData first (a value is usually
+// overwritten), then create.
+func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
 	if err := b.prepare(ctx); err != nil {
-		return b.wrap("set", key, err)
+		return err
 	}
-	return b.write(ctx, "set", key, "", encodeValue(val, ttl), false)
+	return b.write(ctx, key, nil, nil, encodeValue(val, ttl), false)
 }
 
-// Delete implements claim.Store.
-func (b *Backend) Delete(ctx context.Context, key string) error {
-	if err := b.check("delete", key); err != nil {
-		return err
-	}
+// Delete implements driver.Store.
+func (b *backend) Delete(ctx context.Context, key string) error {
 	err := b.do(ctx, func() error { return b.conn.Delete(b.valuePath(key), -1) })
 	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		return b.wrap("delete", key, err)
+		return err
 	}
 	return nil
 }

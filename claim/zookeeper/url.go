@@ -13,16 +13,15 @@ import (
 
 	"github.com/go-zookeeper/zk"
 
-	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/internal/tlsfiles"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens zookeeper:// URLs.
 type URLOpener struct{}
 
-// OpenBackendURL implements claim.URLOpener. It connects and creates the
-// root nodes (bounded by ctx), so a wrong address or credentials fail here.
-func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend, error) {
+// OpenURL implements driver.URLOpener. It connects and creates the root
+// nodes (bounded by ctx), so a wrong address or credentials fail here.
+func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	c, err := parseURL(u)
 	if err != nil {
 		return nil, err
@@ -32,7 +31,7 @@ func (*URLOpener) OpenBackendURL(ctx context.Context, u *url.URL) (claim.Backend
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper: connect: %w", err)
 	}
-	b, err := newBackend(conn, &c.opt, d)
+	b, err := newBackend(conn, c.opt, d)
 	if err == nil && c.auth != nil {
 		if err = b.do(ctx, func() error { return conn.AddAuth("digest", c.auth) }); err != nil {
 			err = fmt.Errorf("zookeeper: digest auth: %w", err)
@@ -60,7 +59,7 @@ type urlConfig struct {
 }
 
 func parseURL(u *url.URL) (urlConfig, error) {
-	p := claim.NewParams(u)
+	p := driver.NewParams(u)
 	c := urlConfig{opt: Options{
 		Prefix:      p.String("prefix", DefaultPrefix),
 		MaxValueLen: p.Int("maxvalue", 0),
@@ -68,21 +67,21 @@ func parseURL(u *url.URL) (urlConfig, error) {
 	}}
 	c.session = p.Duration("session", DefaultSessionTimeout)
 	acl := p.String("acl", "")
+	// ZooKeeper has no TLS scheme: tls=true enables the shared TLS
+	// parameters. No server name is passed, so that, unless servername
+	// is given, each HOST's certificate is verified against HOST (dial).
 	useTLS := p.Bool("tls", false)
-	tf := tlsfiles.Files{CA: p.String("cacert", ""), Cert: p.String("cert", ""), Key: p.String("key", ""), ServerName: p.String("servername", "")}
+	tc, tlsErr := p.TLS(useTLS, "")
 	if err := p.Err(); err != nil {
 		return c, fmt.Errorf("zookeeper: %w", err)
 	}
-	if !useTLS && !tf.Empty() {
-		return c, errors.New("zookeeper: URL parameters cacert, cert, key and servername need tls=true")
+	if tlsErr != nil && !useTLS {
+		return c, errors.New("zookeeper: URL parameters cacert, cert, key, servername and skip_verify need tls=true")
 	}
-	if useTLS {
-		tc, err := tf.Config()
-		if err != nil {
-			return c, fmt.Errorf("zookeeper: URL TLS parameters: %w", err)
-		}
-		c.tls = tc
+	if tlsErr != nil {
+		return c, fmt.Errorf("zookeeper: %w", tlsErr)
 	}
+	c.tls = tc
 	if u.Opaque != "" || u.Fragment != "" {
 		return c, errors.New("zookeeper: malformed URL: want zookeeper://HOST[:PORT][,HOST[:PORT]...][/CHROOT]")
 	}
@@ -134,7 +133,7 @@ type dialer struct {
 	cur     net.Conn
 }
 
-var errDropped = errors.New("zookeeper: backend closed")
+var errDropped = errors.New("zookeeper: driver closed")
 
 func (d *dialer) isDropped() bool {
 	d.mu.Lock()
@@ -146,25 +145,19 @@ func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, er
 	if d.isDropped() {
 		return nil, errDropped
 	}
-	c, err := net.DialTimeout(network, addr, timeout)
+	nd := &net.Dialer{Timeout: timeout}
+	var c net.Conn
+	var err error
+	if d.tls != nil {
+		// ZooKeeper's secureClientPort (Netty, TLS from the first byte);
+		// the handshake is bounded by timeout too, and, without a
+		// servername, verifies the certificate against addr's host.
+		c, err = tls.DialWithDialer(nd, network, addr, d.tls)
+	} else {
+		c, err = nd.Dial(network, addr)
+	}
 	if err != nil {
 		return nil, err
-	}
-	if d.tls != nil {
-		// ZooKeeper's secureClientPort (Netty, TLS from the first byte).
-		cfg := d.tls
-		if cfg.ServerName == "" {
-			cfg = cfg.Clone()
-			cfg.ServerName, _, _ = net.SplitHostPort(addr)
-		}
-		tc := tls.Client(c, cfg)
-		_ = tc.SetDeadline(time.Now().Add(timeout))
-		if err := tc.Handshake(); err != nil {
-			c.Close()
-			return nil, err
-		}
-		_ = tc.SetDeadline(time.Time{})
-		c = tc
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

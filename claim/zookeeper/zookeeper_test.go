@@ -32,34 +32,50 @@ func TestMain(m *testing.M) {
 }
 
 func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.ZooKeeper)
-	conformance.Run(t, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL()+"/conformance")
+	// A server of its own, so that Restart disturbs no other test.
+	srv := testserver.Require(t, testserver.ZooKeeper)
+	h := conformance.Harness{
+		Open: func(ctx context.Context) (*claim.Client, error) {
+			return claim.Open(ctx, srv.URL()+unique(t, "/conformance"))
 		},
-	})
+		OpenIsolated: func(ctx context.Context) (*claim.Client, error) {
+			return claim.Open(ctx, srv.URL()+unique(t, "/conformance?prefix=isolated"))
+		},
+	}
+	if !srv.External() {
+		h.Restart = func(ctx context.Context) error {
+			if err := srv.Kill(); err != nil {
+				return err
+			}
+			return srv.Restart(ctx)
+		}
+	}
+	conformance.Run(t, h)
 }
 
 func BenchmarkConformance(b *testing.B) {
 	srv := testserver.Shared(b, testserver.ZooKeeper)
 	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (claim.Backend, error) {
-			return claim.Open(ctx, srv.URL()+"/bench")
+		Open: func(ctx context.Context) (*claim.Client, error) {
+			return claim.Open(ctx, srv.URL()+unique(b, "/bench"))
 		},
 	})
 }
 
-// open opens a Backend from srv's URL with the given suffix (path and
+// open opens a Client from srv's URL with the given suffix (path and
 // query), closed when the test ends.
-func open(t testing.TB, srv *testserver.Server, suffix string) *Backend {
+func open(t testing.TB, srv *testserver.Server, suffix string) *claim.Client {
 	t.Helper()
-	b, err := claim.Open(context.Background(), srv.URL()+unique(t, suffix))
+	c, err := claim.Open(context.Background(), srv.URL()+unique(t, suffix))
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
-	return b.(*Backend)
+	t.Cleanup(func() { c.Close() })
+	return c
 }
+
+// drv returns the driver behind c.
+func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 
 // runIDs keeps the namespaces of each run of a test apart on a shared
 // server (-count=N, STAMPEDE_TEST_ZOOKEEPER_URL): one ID per *testing.T.
@@ -97,11 +113,11 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// cut drops b's connection to ZooKeeper and refuses to reconnect until
+// cut drops c's connection to ZooKeeper and refuses to reconnect until
 // heal, as a network partition would (the session stays on the server
 // until it times out).
-func cut(b *Backend) {
-	d := b.own
+func cut(c *claim.Client) {
+	d := drv(c).own
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dropped = true
@@ -110,14 +126,14 @@ func cut(b *Backend) {
 	}
 }
 
-func heal(b *Backend) {
-	d := b.own
+func heal(c *claim.Client) {
+	d := drv(c).own
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	d.dropped = false
 }
 
-func woken(t *testing.T, s claim.Subscription, within time.Duration) bool {
+func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
 	t.Helper()
 	select {
 	case _, ok := <-s.C():
@@ -188,15 +204,16 @@ func TestTakeoverLosesToExtend(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	lock := b.lockPath("k")
-	s, ok, err := b.inspect(ctx, lock)
+	bd := drv(b)
+	lock := bd.lockPath("k")
+	s, ok, err := bd.inspect(ctx, lock)
 	if err != nil || !ok || s.holder != l.Holder {
 		t.Fatalf("inspect = %+v, %v, %v", s, ok, err)
 	}
 	if _, err := a.Extend(ctx, l, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = b.multi(ctx, b.claimOps(lock, newHolder(), 1000, &s)...)
+	_, _, err = bd.multi(ctx, bd.claimOps(lock, "taker", 1000, &s)...)
 	if !errors.Is(err, zk.ErrBadVersion) {
 		t.Fatalf("takeover after the holder's Extend: %v, want ErrBadVersion", err)
 	}
@@ -244,7 +261,11 @@ func TestExtendWakesNobody(t *testing.T) {
 	if !woken(t, s, 5*time.Second) {
 		t.Errorf("Release did not wake")
 	}
-	if n := b.hub.Len(); n != 1 {
+	bd := drv(b)
+	bd.mu.Lock()
+	n := len(bd.watches)
+	bd.mu.Unlock()
+	if n != 1 {
 		t.Errorf("%d watched keys, want 1", n)
 	}
 }
@@ -379,7 +400,7 @@ func TestValueExpiry(t *testing.T) {
 	if _, err := a.Get(ctx, "k"); !errors.Is(err, claim.ErrNotFound) {
 		t.Fatalf("Get of an expired value: %v", err)
 	}
-	if ok, _, err := c.Exists(a.valuePath("k")); err != nil || ok {
+	if ok, _, err := c.Exists(drv(a).valuePath("k")); err != nil || ok {
 		t.Errorf("expired value node still there after Get (%v, %v)", ok, err)
 	}
 	if err := a.Set(ctx, "k", []byte("v2"), time.Minute); err != nil {
@@ -396,7 +417,7 @@ func TestValueExpiry(t *testing.T) {
 		t.Errorf("Get = %q, %v", v, err)
 	}
 	// A node not written by this package is an error, not a value.
-	if _, err := c.Create(a.valuePath("alien"), []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
+	if _, err := c.Create(drv(a).valuePath("alien"), []byte("x"), 0, zk.WorldACL(zk.PermAll)); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := a.Get(ctx, "alien"); err == nil || errors.Is(err, claim.ErrNotFound) {
@@ -471,7 +492,7 @@ func TestBroadcast(t *testing.T) {
 	c := raw(t, srv)
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		names, _, err := c.Children(a.root + "/t/" + keys.Encode("inval"))
+		names, _, err := c.Children(drv(a).topicDir("inval"))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -483,10 +504,7 @@ func TestBroadcast(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	if err := a.Publish(ctx, "", nil); !errors.Is(err, claim.ErrInvalidKey) {
-		t.Errorf("Publish to an empty topic: %v", err)
-	}
-	if err := a.Publish(ctx, "t", make([]byte, a.maxVal+1)); !errors.Is(err, claim.ErrTooLarge) {
+	if err := a.Publish(ctx, "t", make([]byte, drv(a).maxVal+1)); !errors.Is(err, claim.ErrTooLarge) {
 		t.Errorf("Publish of an oversized message: %v", err)
 	}
 }
@@ -532,8 +550,9 @@ func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
 	}
 }
 
-// TestNew: a Backend on the caller's own connection uses its prefix and
-// ACL, and Close leaves the connection (and so its leases) alone.
+// TestNew: a Client on the caller's own connection uses its prefix, As
+// hands the connection back, and Close leaves the connection (and so its
+// leases) alone.
 func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
@@ -547,12 +566,16 @@ func TestNew(t *testing.T) {
 	if f.Name != Scheme || f.Notify != claim.Push || !f.AtomicCommit || !f.DurableFence || f.MaxValueLen != 10 || !f.Broadcast || f.MinTTL != time.Millisecond {
 		t.Errorf("Features = %+v", f)
 	}
-	l, err := b.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
+	var conn *zk.Conn
+	if !b.As(&conn) || conn != c {
+		t.Errorf("As(**zk.Conn) = %p, want the connection given to New %p", conn, c)
 	}
-	if err := b.Commit(ctx, l, make([]byte, 11), 0); !errors.Is(err, claim.ErrTooLarge) {
-		t.Errorf("Commit over MaxValueLen: %v", err)
+	var other *zk.Stat
+	if b.As(&other) {
+		t.Errorf("As(**zk.Stat) succeeded")
+	}
+	if _, err := b.TryClaim(ctx, "k", time.Minute); err != nil {
+		t.Fatal(err)
 	}
 	if ok, _, err := c.Exists(mine + "/app/l/=k"); err != nil || !ok {
 		t.Errorf("lock node not under the prefix: %v %v", ok, err)
@@ -563,9 +586,9 @@ func TestNew(t *testing.T) {
 	if _, _, err := c.Exists(mine); err != nil {
 		t.Errorf("the caller's connection was closed: %v", err)
 	}
-	other := open(t, srv, "/mine?prefix=app") // same namespace: unique is stable within a run
-	if _, err := other.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
-		t.Errorf("lease of the closed Backend: %v, want ErrHeld", err)
+	again := open(t, srv, "/mine?prefix=app") // same namespace: unique is stable within a run
+	if _, err := again.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("lease of the closed Client: %v, want ErrHeld", err)
 	}
 	if _, err := New(nil, nil); err == nil {
 		t.Errorf("New(nil) succeeded")
@@ -622,8 +645,11 @@ func TestURL(t *testing.T) {
 	ctx := ctxT(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
 	b := open(t, srv, "/chroot?prefix=x/p/q&session=5s&maxvalue=1000&messagelife=1m&acl=open")
-	if b.root != unique(t, "/chroot")+"/x/p/q" || b.maxVal != 1000 || b.msgLife != time.Minute {
-		t.Errorf("root %q maxVal %d msgLife %s", b.root, b.maxVal, b.msgLife)
+	if d := drv(b); d.root != unique(t, "/chroot")+"/x/p/q" || d.maxVal != 1000 || d.msgLife != time.Minute {
+		t.Errorf("root %q maxVal %d msgLife %s", d.root, d.maxVal, d.msgLife)
+	}
+	if b.Features().MaxValueLen != 1000 {
+		t.Errorf("maxvalue=1000: Features.MaxValueLen = %d", b.Features().MaxValueLen)
 	}
 	if l, err := b.TryClaim(ctx, "k", time.Second); err != nil {
 		t.Error(err)
@@ -701,8 +727,30 @@ func TestParseURL(t *testing.T) {
 		t.Errorf("IPv6: %+v, %v", c, err)
 	}
 	u, _ = url.Parse("zookeeper://")
-	if c, err := parseURL(u); err != nil || fmt.Sprint(c.servers) != "[127.0.0.1:2181]" || c.opt.Prefix != DefaultPrefix || c.opt.ACL != nil {
+	if c, err := parseURL(u); err != nil || fmt.Sprint(c.servers) != "[127.0.0.1:2181]" || c.opt.Prefix != DefaultPrefix || c.opt.ACL != nil || c.tls != nil {
 		t.Errorf("defaults: %+v, %v", c, err)
+	}
+	// The shared TLS parameters, read only with tls=true.
+	u, _ = url.Parse("zookeeper://zk1/x?tls=true&servername=zk.example&skip_verify=true")
+	if c, err := parseURL(u); err != nil || c.tls == nil || c.tls.ServerName != "zk.example" || !c.tls.InsecureSkipVerify {
+		t.Errorf("tls=true&servername&skip_verify: %+v, %v", c.tls, err)
+	}
+	u, _ = url.Parse("zookeeper://zk1/x?tls=true")
+	if c, err := parseURL(u); err != nil || c.tls == nil || c.tls.ServerName != "" {
+		t.Errorf("tls=true: %+v, %v (want each host's name verified, ServerName empty)", c.tls, err)
+	}
+	for _, bad := range []string{
+		"zookeeper://zk1/x?skip_verify=true",         // TLS parameter without tls=true
+		"zookeeper://zk1/x?servername=zk.example",    // likewise
+		"zookeeper://zk1/x?tls=true&skip_verify=yes", // malformed
+		"zookeeper://zk1/x?session=1s&session=2s",    // repeated
+		"zookeeper://zk1/x?session=1s;prefix=p",      // ';' separator
+		"zookeeper://zk1/x?tls=true&cacert=/nonexistent/ca.pem",
+	} {
+		u, _ := url.Parse(bad)
+		if _, err := parseURL(u); err == nil {
+			t.Errorf("parseURL(%q) succeeded", bad)
+		}
 	}
 }
 
@@ -710,6 +758,7 @@ func FuzzParseURL(f *testing.F) {
 	f.Add("zookeeper://h:1,h2:2/chroot?prefix=p&session=1s")
 	f.Add("zookeeper://u:p@[::1]:2181/x?acl=creator")
 	f.Add("zookeeper:///..?prefix=zookeeper")
+	f.Add("zookeeper://h/x?tls=true&servername=s&skip_verify=1")
 	f.Fuzz(func(t *testing.T, s string) {
 		u, err := url.Parse(s)
 		if err != nil {
@@ -746,7 +795,7 @@ func TestKeepAlive(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	k := claim.KeepAlive(ctx, a, l, nil)
+	k := a.KeepAlive(ctx, l, nil)
 	for i := 0; i < 4; i++ {
 		time.Sleep(250 * time.Millisecond)
 		if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {

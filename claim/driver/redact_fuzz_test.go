@@ -1,11 +1,11 @@
-package claim_test
+package driver_test
 
 import (
 	"net/url"
 	"strings"
 	"testing"
 
-	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // FuzzRedactURL plants a secret as the password, as a token parameter
@@ -41,13 +41,13 @@ func FuzzRedactURL(f *testing.F) {
 		forms := []string{secret, url.QueryEscape(secret), url.PathEscape(secret), (&url.URL{User: url.UserPassword("", secret)}).String()[3:]}
 		// Skip secrets that the URL shows anyway, without them.
 		const placeholder = "PLACEHOLDER-not-the-secret"
-		without := claim.RedactURL(plant(placeholder))
+		without := driver.RedactURL(plant(placeholder))
 		for _, s := range forms {
 			if len(s) >= 6 && strings.Contains(without, s) {
 				return
 			}
 		}
-		got := claim.RedactURL(plant(secret))
+		got := driver.RedactURL(plant(secret))
 		for _, s := range forms {
 			if len(s) >= 6 && strings.Contains(got, s) {
 				t.Fatalf("RedactURL(%q) = %q: shows %q", plant(secret), got, s)

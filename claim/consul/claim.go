@@ -1,0 +1,354 @@
+package consul
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	capi "github.com/hashicorp/consul/api"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// record is the lease record stored in the lock key.
+type record struct {
+	Holder string `json:"h"`
+	Expiry int64  `json:"e"` // Unix ms by the holder's clock, rounded up
+	TTL    int64  `json:"t"` // ms, informational
+}
+
+// newRecord returns the record of a lease written at start for ttl, and
+// its expiry.
+func newRecord(holder string, start time.Time, ttl time.Duration) ([]byte, int64) {
+	r := record{Holder: holder, Expiry: ceilMs(start.Add(ttl)), TTL: ttl.Milliseconds()}
+	v, _ := json.Marshal(r)
+	return v, r.Expiry
+}
+
+// ceilMs returns t in Unix milliseconds, rounded up.
+func ceilMs(t time.Time) int64 {
+	ms := t.UnixMilli()
+	if time.UnixMilli(ms).Before(t) {
+		ms++
+	}
+	return ms
+}
+
+// roundTTL rounds ttl up to whole milliseconds.
+func roundTTL(ttl time.Duration) time.Duration {
+	if r := ttl % time.Millisecond; r != 0 {
+		ttl += time.Millisecond - r
+	}
+	return ttl
+}
+
+func parseRecord(v []byte) (record, bool) {
+	var r record
+	err := json.Unmarshal(v, &r)
+	return r, err == nil && r.Holder != ""
+}
+
+// apiErr maps a request-too-large reply (413) to ErrTooLarge, keeping the
+// cause. The client reports a failed transaction by its body text only.
+func apiErr(err error) error {
+	var se capi.StatusError
+	if errors.As(err, &se) && se.Code == http.StatusRequestEntityTooLarge ||
+		strings.HasPrefix(err.Error(), "Failed request: ") && strings.Contains(err.Error(), " too large") {
+		return fmt.Errorf("%w (%w)", driver.ErrTooLarge, err)
+	}
+	return err
+}
+
+// txn runs ops as one Consul transaction. The first nCond ops are
+// conditions: if one of them fails, txn returns false and no error.
+func (b *backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *capi.TxnResponse, error) {
+	ok, resp, _, err := b.c.Txn().Txn(ops, qo(ctx))
+	if err != nil {
+		return false, nil, apiErr(err)
+	}
+	if ok {
+		return true, resp, nil
+	}
+	for _, e := range resp.Errors {
+		if e.OpIndex >= nCond || strings.Contains(e.What, "Permission denied") {
+			return false, nil, fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What)
+		}
+	}
+	return false, resp, nil
+}
+
+func kvOp(verb capi.KVOp, key string, index uint64, value []byte) *capi.TxnOp {
+	return &capi.TxnOp{KV: &capi.KVTxnOp{Verb: verb, Key: key, Index: index, Value: value}}
+}
+
+// written returns the entry txn wrote for key.
+func written(resp *capi.TxnResponse, key string) *capi.KVPair {
+	var out *capi.KVPair
+	for _, r := range resp.Results {
+		if r != nil && r.KV != nil && r.KV.Key == key {
+			out = r.KV
+		}
+	}
+	return out
+}
+
+// handle encodes the lock key's ModifyIndex after the holder's last write
+// and the expiry that write recorded, bound to the lease it belongs to.
+func handle(modIdx uint64, expiry int64, token uint64, holder string) string {
+	return fmt.Sprintf("%d:%d:%d:%s", modIdx, expiry, token, holder)
+}
+
+// handleIndex returns the index and the record's expiry in l.Handle if the
+// handle belongs to l, else 0 and the zero time (forcing a read).
+func handleIndex(l driver.Lease) (uint64, time.Time) {
+	f := strings.SplitN(l.Handle, ":", 4)
+	if len(f) != 4 || f[2] != strconv.FormatUint(l.Token, 10) || f[3] != l.Holder {
+		return 0, time.Time{}
+	}
+	n, _ := strconv.ParseUint(f[0], 10, 64)
+	exp, _ := strconv.ParseInt(f[1], 10, 64)
+	return n, time.UnixMilli(exp)
+}
+
+// TryClaim implements driver.Claimer: a create-if-absent transaction (one
+// round trip when the key is free); if the key exists, a read, and, when
+// the record read has expired (plus ClockSkew), a takeover transaction
+// conditioned on it. If the key was released between the failed create and
+// the read, it tries once more. It never waits.
+func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements driver.ClaimReader: TryClaim whose claiming
+// transaction also reads the value key (get-or-empty), so the value is
+// read in the same raft write as the claim; one round trip when the key
+// is free, like TryClaim.
+func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, key, holder, ttl, true)
+}
+
+func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+	if err := ctx.Err(); err != nil {
+		return driver.Lease{}, nil, false, err
+	}
+	ttl = roundTTL(ttl)
+	lk := b.lockKey(key)
+	for attempt := 0; attempt < 2; attempt++ {
+		l, v, found, ok, err := b.claimTxn(ctx, key, holder, ttl, read, nil)
+		if err != nil || ok {
+			return l, v, found, err
+		}
+		cur, _, err := b.kv.Get(lk, qo(ctx))
+		if err != nil {
+			return driver.Lease{}, nil, false, err
+		}
+		if cur == nil {
+			continue // released meanwhile: try to create it again
+		}
+		if r, ok := parseRecord(cur.Value); ok {
+			if left := time.Until(time.UnixMilli(r.Expiry).Add(b.skew)); left > 0 {
+				return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
+			}
+		}
+		// Expired (or not a lease record): take over if nobody else did.
+		l, v, found, ok, err = b.claimTxn(ctx, key, holder, ttl, read, kvOp(capi.KVDeleteCAS, lk, cur.ModifyIndex, nil))
+		if err != nil || ok {
+			return l, v, found, err
+		}
+		break // another client took it over first
+	}
+	return driver.Lease{}, nil, false, &driver.HeldError{}
+}
+
+// claimTxn runs one claiming transaction: cond if not nil (a takeover's
+// delete-cas), the create of the lock key, and with read a get-or-empty
+// of the value key. ok is false, with no error, if a condition failed.
+func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Duration, read bool, cond *capi.TxnOp) (l driver.Lease, val []byte, found, ok bool, err error) {
+	lk, vk := b.lockKey(key), b.valueKey(key)
+	var ops capi.TxnOps
+	if cond != nil {
+		ops = append(ops, cond)
+	}
+	start := time.Now()
+	rec, exp := newRecord(holder, start, ttl)
+	ops = append(ops, kvOp(capi.KVCAS, lk, 0, rec))
+	nCond := len(ops)
+	if read {
+		ops = append(ops, kvOp(capi.KVGetOrEmpty, vk, 0, nil))
+	}
+	ok, resp, err := b.txn(ctx, ops, nCond)
+	if err != nil || !ok {
+		return l, nil, false, false, err
+	}
+	w := written(resp, lk)
+	if w == nil {
+		return l, nil, false, false, errors.New("transaction result lacks the lock key")
+	}
+	l = driver.Lease{Key: key, Holder: holder, Token: w.CreateIndex, TTL: ttl, Handle: handle(w.ModifyIndex, exp, w.CreateIndex, holder)}
+	// get-or-empty of an absent key answers the key with no value and
+	// index 0; a stored value has at least a header.
+	if p := written(resp, vk); read && p != nil && p.ModifyIndex != 0 {
+		v, expired, wellFormed := decodeValue(p.Value, time.Now())
+		if !wellFormed {
+			// The caller gets no lease: give it back (best effort).
+			rl := l
+			rl.Deadline = start.Add(ttl)
+			_ = b.Release(ctx, rl)
+			return driver.Lease{}, nil, false, false, fmt.Errorf("malformed stored value (%d bytes)", len(p.Value))
+		}
+		if !expired {
+			return l, v, true, true, nil
+		}
+	}
+	return l, nil, false, true, nil
+}
+
+// read returns the lock key and l's lease record as the server has them
+// (the expiry as last extended), or ErrLost if l no longer holds the key.
+func (b *backend) read(ctx context.Context, l driver.Lease) (*capi.KVPair, record, error) {
+	cur, _, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
+	if err != nil {
+		return nil, record{}, err
+	}
+	if cur == nil || cur.CreateIndex != l.Token {
+		return nil, record{}, driver.ErrLost
+	}
+	r, ok := parseRecord(cur.Value)
+	if !ok || r.Holder != l.Holder {
+		return nil, record{}, driver.ErrLost
+	}
+	return cur, r, nil
+}
+
+// fenced runs the write built by op, conditioned on the lock key's
+// ModifyIndex: first the one in l.Handle, then, if that is out of date, the
+// one read back after checking that l is still current. It returns the
+// transaction response. Only the lease's own holder rewrites its record,
+// so a second round is needed only after a retried Extend, and more only
+// when the holder extends one lease from several goroutines at once (each
+// failed round is another of those calls succeeding). With live, a lease
+// whose record has expired (by this client's clock, whatever l.Deadline
+// says) gets ErrLost: the record's expiry in l.Handle is the one at that
+// index, and past it fenced reads the record, which a later Extend may
+// have renewed.
+func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func(idx uint64) (capi.TxnOps, int)) (*capi.TxnResponse, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	idx, exp := handleIndex(l)
+	if live && !time.Now().Before(exp) {
+		idx = 0
+	}
+	for round := 0; round < 8; round++ {
+		if idx != 0 {
+			ops, nCond := op(idx)
+			ok, resp, err := b.txn(ctx, ops, nCond)
+			if err != nil || ok {
+				return resp, err
+			}
+		}
+		cur, r, err := b.read(ctx, l)
+		if err != nil {
+			return nil, err
+		}
+		if live && !time.Now().Before(time.UnixMilli(r.Expiry)) {
+			return nil, driver.ErrLost
+		}
+		idx = cur.ModifyIndex
+	}
+	return nil, errors.New("lock record keeps changing under its own holder (concurrent Extend of one lease?)")
+}
+
+// Extend implements driver.Claimer: a cas rewrite of the lease record with
+// a new expiry. Retrying with the same (older) lease is harmless: it reads
+// the record, sees it is still this lease's, and extends again.
+func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	ttl = roundTTL(ttl)
+	lk := b.lockKey(l.Key)
+	var exp int64
+	resp, err := b.fenced(ctx, l, true, func(idx uint64) (capi.TxnOps, int) {
+		var rec []byte
+		rec, exp = newRecord(l.Holder, time.Now(), ttl)
+		return capi.TxnOps{kvOp(capi.KVCAS, lk, idx, rec)}, 1
+	})
+	if err != nil {
+		return driver.Lease{}, err
+	}
+	w := written(resp, lk)
+	if w == nil {
+		return driver.Lease{}, errors.New("transaction result lacks the lock key")
+	}
+	l.TTL, l.Handle = ttl, handle(w.ModifyIndex, exp, l.Token, l.Holder)
+	return l, nil
+}
+
+// Release implements driver.Claimer: check-index and delete of the lock
+// key and a write of the notify key in one transaction, which wakes every
+// subscriber's blocking query. A lease past its expiry that nobody took
+// over is still deleted, and gets ErrLost.
+func (b *backend) Release(ctx context.Context, l driver.Lease) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	// Past this copy's Deadline (or the expiry its Handle recorded), the
+	// lease may still be current if a later Extend renewed it (the record
+	// holds its expiry as last extended): read it to tell, in this rare
+	// case only. The index just read is the one to release at: fenced
+	// needs no second read.
+	var expired bool
+	if _, exp := handleIndex(l); l.Expired(time.Now()) || !time.Now().Before(exp) {
+		cur, r, err := b.read(ctx, l)
+		if err != nil {
+			return err
+		}
+		expired = !time.Now().Before(time.UnixMilli(r.Expiry))
+		l.Handle = handle(cur.ModifyIndex, r.Expiry, l.Token, l.Holder)
+	}
+	if err := b.commit(ctx, l, nil, 0, false, true); err != nil {
+		return err
+	}
+	if expired {
+		return fmt.Errorf("%w (it had expired; its lock, still unclaimed, was freed)", driver.ErrLost)
+	}
+	return nil
+}
+
+// Commit implements driver.Claimer: check-index on the lock key and set of
+// the value key in one transaction.
+func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	return b.commit(ctx, l, value, ttl, true, false)
+}
+
+// CommitRelease implements driver.CommitReleaser: check-index on the lock
+// key, set of the value key, delete of the lock key and a write of the
+// notify key in one transaction, which wakes every subscriber's blocking
+// query.
+func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	return b.commit(ctx, l, value, ttl, true, true)
+}
+
+// commit is one transaction conditioned on the lease's lock key (a
+// check-index on its ModifyIndex): the set of the value key (write), then
+// the delete of the lock key and a write of the notify key (release). A
+// write needs a live lease; a release alone frees an expired one too.
+func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration, write, release bool) error {
+	lk := b.lockKey(l.Key)
+	var then capi.TxnOps
+	if write {
+		then = append(then, kvOp(capi.KVSet, b.valueKey(l.Key), 0, encodeValue(value, ttl, time.Now())))
+	}
+	if release {
+		// delete-cas of an absent key succeeds: check-index first.
+		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key))
+	}
+	_, err := b.fenced(ctx, l, write, func(idx uint64) (capi.TxnOps, int) {
+		return append(capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil)}, then...), 1
+	})
+	return err
+}

@@ -1,0 +1,224 @@
+package etcd
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// TryClaim implements driver.Claimer: a lease grant, then one transaction.
+func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements driver.ClaimReader: the claim transaction also
+// gets the value key (Then: put the lock key, get the value key), so the
+// value is read at the claim's revision.
+func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, key, holder, ttl, true)
+}
+
+func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+	g, err := b.cli.Grant(ctx, b.leaseSeconds(ttl))
+	if err != nil {
+		return driver.Lease{}, nil, false, fail(ctx, err)
+	}
+	lk := b.lockKey(key)
+	then := []clientv3.Op{clientv3.OpPut(lk, holder, clientv3.WithLease(g.ID))}
+	if read {
+		then = append(then, clientv3.OpGet(b.valueKey(key)))
+	}
+	resp, err := b.cli.Txn(ctx).
+		If(clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)).
+		Then(then...).
+		Else(clientv3.OpGet(lk)).
+		Commit()
+	if err != nil {
+		b.revokeLater(g.ID)
+		return driver.Lease{}, nil, false, fail(ctx, err)
+	}
+	if !resp.Succeeded {
+		b.revokeLater(g.ID)
+		held := &driver.HeldError{}
+		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != 0 {
+			held.Remaining = b.remaining(ctx, clientv3.LeaseID(kvs[0].Lease))
+		}
+		return driver.Lease{}, nil, false, held
+	}
+	l := driver.Lease{
+		Key:    key,
+		Holder: holder,
+		Token:  uint64(resp.Header.Revision), // the lock key's CreateRevision
+		TTL:    time.Duration(g.TTL) * time.Second,
+		Handle: handle(g.ID),
+	}
+	if !read {
+		return l, nil, false, nil
+	}
+	v, err := decodeValue(resp.Responses[1].GetResponseRange().GetKvs(), time.Now())
+	switch {
+	case err == nil:
+		return l, v, true, nil
+	case errors.Is(err, driver.ErrNotFound):
+		return l, nil, false, nil
+	}
+	// The caller gets no lease: give it back (best effort).
+	_ = b.Release(ctx, l)
+	return driver.Lease{}, nil, false, err
+}
+
+// remaining asks how long the holder's lease has left. etcd truncates it to
+// whole seconds, so the upper end of that second is returned; 0 if the
+// lease is gone (its key is being deleted) or the call fails.
+func (b *backend) remaining(ctx context.Context, id clientv3.LeaseID) time.Duration {
+	r, err := b.cli.TimeToLive(ctx, id)
+	if err != nil || r.TTL < 0 {
+		return 0
+	}
+	return time.Duration(r.TTL+1) * time.Second
+}
+
+func handle(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }
+
+func parseHandle(l driver.Lease) (clientv3.LeaseID, error) {
+	id, err := strconv.ParseInt(l.Handle, 16, 64)
+	if err != nil || id == 0 {
+		return 0, fmt.Errorf("lease handle %q is not from this backend: %w", l.Handle, driver.ErrLost)
+	}
+	return clientv3.LeaseID(id), nil
+}
+
+// owned compares the lock key with the lease's token and holder.
+func owned(lk string, l driver.Lease) []clientv3.Cmp {
+	return []clientv3.Cmp{
+		clientv3.Compare(clientv3.CreateRevision(lk), "=", int64(l.Token)),
+		clientv3.Compare(clientv3.Value(lk), "=", l.Holder),
+	}
+}
+
+// Extend implements driver.Claimer. With the lease's own TTL it is a
+// keep-alive of the lease and a read that checks the lock key is still
+// this lease's; otherwise (or if the lease is gone) it grants a new lease
+// and moves the lock key onto it in a transaction fenced by the token.
+func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	id, err := parseHandle(l)
+	if err != nil {
+		return driver.Lease{}, err
+	}
+	sec := b.leaseSeconds(ttl)
+	lk := b.lockKey(l.Key)
+	if time.Duration(sec)*time.Second == l.TTL {
+		ka, err := b.cli.KeepAliveOnce(ctx, id)
+		switch {
+		case err == nil:
+			g, err := b.cli.Get(ctx, lk)
+			if err != nil {
+				return driver.Lease{}, fail(ctx, err)
+			}
+			if len(g.Kvs) == 1 && uint64(g.Kvs[0].CreateRevision) == l.Token &&
+				string(g.Kvs[0].Value) == l.Holder && g.Kvs[0].Lease == int64(id) {
+				l.TTL = time.Duration(ka.TTL) * time.Second
+				return l, nil
+			}
+			// Not on this lease any more: judged by token below.
+		case errors.Is(err, rpctypes.ErrLeaseNotFound):
+			// Judged by token below.
+		default:
+			return driver.Lease{}, fail(ctx, err)
+		}
+		if l.Expired(time.Now()) {
+			return driver.Lease{}, fmt.Errorf("%w (local deadline passed)", driver.ErrLost)
+		}
+	}
+	g, err := b.cli.Grant(ctx, sec)
+	if err != nil {
+		return driver.Lease{}, fail(ctx, err)
+	}
+	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).
+		Then(clientv3.OpGet(lk), clientv3.OpPut(lk, l.Holder, clientv3.WithLease(g.ID))).
+		Commit()
+	if err != nil || !resp.Succeeded {
+		b.revokeLater(g.ID)
+		if err != nil {
+			return driver.Lease{}, fail(ctx, err)
+		}
+		return driver.Lease{}, driver.ErrLost
+	}
+	// The lease the lock key was on is detached now: revoking it deletes
+	// nothing.
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != int64(g.ID) {
+		b.revokeLater(clientv3.LeaseID(kvs[0].Lease))
+	}
+	l.TTL = time.Duration(g.TTL) * time.Second
+	l.Handle = handle(g.ID)
+	return l, nil
+}
+
+// Release implements driver.Claimer: one transaction deleting the lock key
+// if it is still the lease's; the watchers of the key see the delete. The
+// lease, now attached to nothing, is revoked in the background.
+func (b *backend) Release(ctx context.Context, l driver.Lease) error {
+	return b.commit(ctx, l, nil, 0, false, true)
+}
+
+// Commit implements driver.Claimer: the value is put in the transaction that
+// checks the lease.
+func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	return b.commit(ctx, l, value, ttl, true, false)
+}
+
+// CommitRelease implements driver.CommitReleaser: one transaction that, if
+// the lock key is still the lease's, puts the value and deletes the lock
+// key (the key's watchers see the delete, at the revision that wrote the
+// value). The lease, now attached to nothing, is revoked in the
+// background.
+func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	return b.commit(ctx, l, value, ttl, true, true)
+}
+
+// commit runs the transaction fenced by l's token and holder: put the
+// value (write), delete the lock key (release), or both.
+func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration, write, release bool) error {
+	var id clientv3.LeaseID
+	if release {
+		var err error
+		if id, err = parseHandle(l); err != nil {
+			return err
+		}
+	}
+	lk := b.lockKey(l.Key)
+	var then []clientv3.Op
+	gc := clientv3.NoLease
+	if write {
+		put, lease, err := b.putValue(ctx, l.Key, value, ttl)
+		if err != nil {
+			return fail(ctx, err)
+		}
+		then, gc = append(then, put), lease
+	}
+	if release {
+		then = append(then, clientv3.OpDelete(lk))
+	}
+	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
+	if err != nil {
+		b.gcFailed(gc, err)
+		return fail(ctx, err)
+	}
+	if !resp.Succeeded {
+		// A stale lease is expired or was revoked by its own Release; a
+		// forged one may name the current holder's lease: revoke nothing.
+		return driver.ErrLost
+	}
+	if release {
+		b.revokeLater(id)
+	}
+	return nil
+}

@@ -1,0 +1,88 @@
+package memcache
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	gomemcache "github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// A stored value: 8 bytes of expiry (Unix ms, big endian; 0: none), then
+// the caller's bytes.
+const valueHeader = 8
+
+// valueItem is key's value item holding val for ttl (0: no expiry).
+func (b *backend) valueItem(key string, val []byte, ttl time.Duration) (*gomemcache.Item, error) {
+	it := &gomemcache.Item{Key: b.item('v', key), Value: make([]byte, valueHeader+len(val))}
+	if ttl > 0 {
+		now := time.Now()
+		exp, err := exptime(seconds(ttl)+1, now)
+		if err != nil {
+			return nil, err
+		}
+		it.Expiration = exp
+		binary.BigEndian.PutUint64(it.Value, uint64(now.Add(ttl).UnixMilli()))
+	}
+	copy(it.Value[valueHeader:], val)
+	return it, nil
+}
+
+// serverErr maps memcached's refusal of an item over its -I limit (smaller
+// than ItemSizeMax says) to ErrTooLarge.
+func serverErr(err error) error {
+	if err != nil && strings.Contains(err.Error(), "object too large") {
+		return fmt.Errorf("%w: %w", driver.ErrTooLarge, err)
+	}
+	return err
+}
+
+// Get implements driver.Store. A value past its TTL (by this client's
+// clock) is never returned.
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	it, err := b.c.Get(b.item('v', key))
+	if errors.Is(err, gomemcache.ErrCacheMiss) {
+		return nil, driver.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(it.Value) < valueHeader {
+		return nil, fmt.Errorf("malformed value item (%d bytes)", len(it.Value))
+	}
+	if ms := binary.BigEndian.Uint64(it.Value); ms != 0 && time.Now().UnixMilli() >= int64(ms) {
+		return nil, driver.ErrNotFound
+	}
+	return it.Value[valueHeader:], nil
+}
+
+// Set implements driver.Store.
+func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	it, err := b.valueItem(key, val, ttl)
+	if err != nil {
+		return err
+	}
+	return serverErr(b.c.Set(it))
+}
+
+// Delete implements driver.Store.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if err := b.c.Delete(b.item('v', key)); err != nil && !errors.Is(err, gomemcache.ErrCacheMiss) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,165 @@
+package redis
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+var (
+	// claimScript reads the value key too when it is given (TryClaimRead).
+	claimScript = goredis.NewScript(`
+local pttl = redis.call('PTTL', KEYS[1])
+if pttl ~= -2 then return {0, pttl} end
+local tok = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], string.format('%d', tok) .. ':' .. ARGV[1], 'PX', ARGV[2])
+if KEYS[3] then
+  local v = redis.call('GET', KEYS[3])
+  if v then return {1, tok, v} end
+end
+return {1, tok}`)
+	extendScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return 1`)
+	releaseScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call(ARGV[3], ARGV[2], 'release')
+return 1`)
+	commitScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+return 1`)
+	commitReleaseScript = goredis.NewScript(`
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+redis.call('DEL', KEYS[1])
+redis.call(ARGV[5], ARGV[4], 'release')
+return 1`)
+)
+
+// lockValue is what the lock key holds for l: "TOKEN:HOLDER".
+func lockValue(l driver.Lease) string { return strconv.FormatUint(l.Token, 10) + ":" + l.Holder }
+
+// publishCmd is the publish command the scripts run.
+func (b *backend) publishCmd() string {
+	if b.cc != nil {
+		return "SPUBLISH"
+	}
+	return "PUBLISH"
+}
+
+// TryClaim implements driver.Claimer: one script round trip.
+func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements driver.ClaimReader: the claim script also GETs
+// the value key, in the same script and round trip.
+func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, key, holder, ttl, true)
+}
+
+func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+	ms := millis(ttl)
+	keys := []string{b.lockKey(key), b.fenceKey(key)}
+	if read {
+		keys = append(keys, b.valKey(key))
+	}
+	res, err := claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
+	if err != nil {
+		return driver.Lease{}, nil, false, err
+	}
+	ok, n, v, found, err := claimReply(res)
+	if err != nil {
+		return driver.Lease{}, nil, false, err
+	}
+	if !ok {
+		// A PTTL of -1 (a lock key without expiry, set by something else)
+		// is unknown (0); 0 ms left is reported as 1 ms.
+		var left time.Duration
+		if n >= 0 {
+			left = time.Duration(max(1, n)) * time.Millisecond
+		}
+		return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
+	}
+	l := driver.Lease{Key: key, Holder: holder, Token: uint64(n), TTL: time.Duration(ms) * time.Millisecond}
+	return l, v, found, nil
+}
+
+// claimReply decodes {1, token [, value]} or {0, pttl}.
+func claimReply(res []any) (ok bool, n int64, v []byte, found bool, err error) {
+	bad := fmt.Errorf("unexpected script reply %v", res)
+	if len(res) < 2 || len(res) > 3 {
+		return false, 0, nil, false, bad
+	}
+	flag, ok1 := res[0].(int64)
+	n, ok2 := res[1].(int64)
+	if !ok1 || !ok2 {
+		return false, 0, nil, false, bad
+	}
+	if len(res) == 3 {
+		s, ok := res[2].(string)
+		if !ok {
+			return false, 0, nil, false, bad
+		}
+		v, found = []byte(s), true
+	}
+	return flag == 1, n, v, found, nil
+}
+
+// lostUnless turns a compare script's reply into nil (1) or ErrLost (0).
+func lostUnless(cmd *goredis.Cmd) error {
+	ok, err := cmd.Int64()
+	if err != nil {
+		return err
+	}
+	if ok != 1 {
+		return driver.ErrLost
+	}
+	return nil
+}
+
+// Extend implements driver.Claimer: compare and PEXPIRE in one script.
+func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	ms := millis(ttl)
+	if err := lostUnless(extendScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, lockValue(l), ms)); err != nil {
+		return driver.Lease{}, err
+	}
+	l.TTL = time.Duration(ms) * time.Millisecond
+	return l, nil
+}
+
+// Release implements driver.Claimer: compare, delete and publish in one
+// script.
+func (b *backend) Release(ctx context.Context, l driver.Lease) error {
+	return lostUnless(releaseScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, lockValue(l), b.channel(l.Key), b.publishCmd()))
+}
+
+// Commit implements driver.Claimer: compare and SET in one script.
+func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
+	return lostUnless(commitScript.Run(ctx, b.rdb, keys, lockValue(l), value, expiry(ttl)))
+}
+
+// CommitRelease implements driver.CommitReleaser: compare, SET, DEL and
+// publish in one script.
+func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
+	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
+	return lostUnless(commitReleaseScript.Run(ctx, b.rdb, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd()))
+}

@@ -1,0 +1,508 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// notifier owns a driver's pub/sub connections: one dedicated connection
+// (a go-redis PubSub) per server, or per master node on a cluster, shared by
+// every key and topic channel of the driver.
+//
+// Liveness is proved with barriers: after writing SUBSCRIBE for a channel,
+// the writer sends PING with a numbered payload on the same connection. The
+// server answers in order, so the PONG proves the SUBSCRIBE before it is
+// live, and Subscribe returns only then. When a connection fails (a read or
+// write error, a health-check PING unanswered for a whole interval, an
+// unsolicited unsubscribe after a slot migration), the shard's receiver
+// closes it, opens a new one, subscribes every channel again and sends a
+// barrier; when that barrier returns, every channel that was live before
+// the gap fires with reset (a key's wake, a topic's reset), so a release
+// published during the outage is never lost.
+//
+// A channel's fire is called with n.mu held, and only while the channel is
+// in n.chans: once leave has removed it, it is never called again.
+type notifier struct {
+	b      *backend
+	health time.Duration
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	closed bool
+	shards map[string]*shard     // by node address ("" when not a cluster)
+	chans  map[string]*chanState // by channel name, in whichever shard
+}
+
+// chanState is one channel this driver subscribes to: a key's channel
+// (fire calls the key's wake) or a topic's (fire calls its deliver).
+type chanState struct {
+	name      string
+	fire      func(payload string, reset bool)
+	sh        *shard
+	ready     chan struct{} // closed at the first confirmation, or on failure
+	err       error
+	confirmed bool // ready closed
+}
+
+// shard is one pub/sub connection and its channels. n.mu guards every
+// field but sem.
+type shard struct {
+	addr   string
+	sem    chan struct{} // held while writing (un)subscriptions or rebuilding
+	kick   chan struct{} // a PubSub appeared: the idle receiver starts reading
+	ps     *goredis.PubSub
+	chans  map[string]*chanState
+	queue  []barrier
+	unsub  map[string]int // UNSUBSCRIBEs written whose confirmation is due
+	nextID uint64
+}
+
+// settle ends the wait for st's first confirmation with err (nil: live);
+// n.mu must be held.
+func (st *chanState) settle(err error) {
+	if !st.confirmed {
+		st.confirmed, st.err = true, err
+		close(st.ready)
+	}
+}
+
+type barrier struct {
+	id uint64
+	st *chanState
+}
+
+const (
+	barrierPrefix = "stampede-barrier:"
+	healthPayload = "stampede-health"
+	leaveTimeout  = 200 * time.Millisecond
+	maxBackoff    = 2 * time.Second
+)
+
+func newNotifier(b *backend, health time.Duration) *notifier {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &notifier{b: b, health: health, ctx: ctx, cancel: cancel,
+		shards: map[string]*shard{}, chans: map[string]*chanState{}}
+}
+
+func (s *shard) lock(ctx context.Context) error {
+	select {
+	case s.sem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func (s *shard) unlock() { <-s.sem }
+
+// shardFor returns the shard that must carry channel name.
+func (n *notifier) shardFor(ctx context.Context, name string) (*shard, error) {
+	addr := ""
+	if n.b.cc != nil {
+		c, err := n.b.cc.MasterForKey(ctx, name)
+		if err != nil {
+			return nil, err
+		}
+		addr = c.Options().Addr
+	}
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed {
+		return nil, driver.ErrClosed
+	}
+	s := n.shards[addr]
+	if s == nil {
+		s = &shard{addr: addr, sem: make(chan struct{}, 1), kick: make(chan struct{}, 1),
+			chans: map[string]*chanState{}, unsub: map[string]int{}}
+		n.shards[addr] = s
+		n.wg.Add(1)
+		go n.run(s)
+	}
+	return s, nil
+}
+
+// subscribe writes SUBSCRIBE for sts on s's connection (SSUBSCRIBE on a
+// cluster, one command per channel, as a sharded subscription must stay
+// within one slot), then a barrier queued behind them. The connection is
+// made (without dialling) if s has none, and the idle receiver kicked.
+// s.sem must be held.
+func (n *notifier) subscribe(ctx context.Context, s *shard, sts ...*chanState) error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return driver.ErrClosed
+	}
+	if s.ps == nil {
+		if n.b.cc != nil {
+			s.ps = n.b.cc.SSubscribe(n.ctx)
+		} else {
+			s.ps = n.b.rdb.Subscribe(n.ctx)
+		}
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	ps := s.ps
+	n.mu.Unlock()
+	names := make([]string, len(sts))
+	for i, st := range sts {
+		names[i] = st.name
+	}
+	var err error
+	if n.b.cc == nil {
+		err = ps.Subscribe(ctx, names...)
+	} else {
+		for _, name := range names {
+			if err = ps.SSubscribe(ctx, name); err != nil {
+				break
+			}
+		}
+	}
+	if err != nil {
+		return err
+	}
+	n.mu.Lock()
+	s.nextID++
+	id := s.nextID
+	for _, st := range sts {
+		s.queue = append(s.queue, barrier{id: id, st: st})
+	}
+	n.mu.Unlock()
+	return ps.Ping(ctx, barrierPrefix+strconv.FormatUint(id, 10))
+}
+
+// join subscribes to channel name with fire, and returns once the server
+// has confirmed the subscription. The Client joins a name at most once
+// until it leaves it.
+func (n *notifier) join(ctx context.Context, name string, fire func(string, bool)) error {
+	if err := ctx.Err(); err != nil {
+		return err // not even the slot lookup of a cluster
+	}
+	s, err := n.shardFor(ctx, name)
+	if err != nil {
+		return err
+	}
+	if err := s.lock(ctx); err != nil {
+		return err
+	}
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		s.unlock()
+		return driver.ErrClosed
+	}
+	st := &chanState{name: name, fire: fire, sh: s, ready: make(chan struct{})}
+	n.chans[name] = st
+	s.chans[name] = st
+	n.mu.Unlock()
+	err = n.subscribe(ctx, s, st)
+	s.unlock()
+	if err != nil {
+		n.leave(name)
+		return err
+	}
+	select {
+	case <-st.ready:
+		n.mu.Lock()
+		defer n.mu.Unlock()
+		return st.err
+	case <-ctx.Done():
+		n.leave(name)
+		return ctx.Err()
+	}
+}
+
+// leave drops channel name: it is forgotten at once, and UNSUBSCRIBE
+// written. It waits at most leaveTimeout for the shard: if that passes, the
+// channel stays subscribed on the server until the next reconnect
+// (harmless: messages for unknown channels are ignored).
+func (n *notifier) leave(name string) {
+	ctx, cancel := context.WithTimeout(n.ctx, leaveTimeout)
+	defer cancel()
+	for {
+		n.mu.Lock()
+		st := n.chans[name]
+		if st == nil {
+			n.mu.Unlock()
+			return
+		}
+		s := st.sh
+		n.mu.Unlock()
+		locked := s.lock(ctx) == nil
+		n.mu.Lock()
+		moved := n.chans[name] != st || st.sh != s // to another shard meanwhile
+		var ps *goredis.PubSub
+		if !moved {
+			delete(n.chans, name)
+			delete(s.chans, name)
+			st.settle(driver.ErrClosed)
+			if locked && s.ps != nil {
+				ps = s.ps
+				s.unsub[name]++
+			}
+		}
+		n.mu.Unlock()
+		if ps != nil && n.b.cc != nil {
+			_ = ps.SUnsubscribe(ctx, name)
+		} else if ps != nil {
+			_ = ps.Unsubscribe(ctx, name)
+		}
+		if locked {
+			s.unlock()
+		}
+		if !moved {
+			return
+		}
+	}
+}
+
+// run is the receiver of one shard: it reads the shard's PubSub, wakes
+// subscribers, checks health, and rebuilds the connection after any gap.
+func (n *notifier) run(s *shard) {
+	defer n.wg.Done()
+	broken, failures, healthSent := false, 0, false
+	for {
+		if n.ctx.Err() != nil {
+			return
+		}
+		if broken {
+			if failures > 1 {
+				d := min(maxBackoff, 25*time.Millisecond<<min(failures-2, 10))
+				t := time.NewTimer(d)
+				select {
+				case <-t.C:
+				case <-n.ctx.Done():
+					t.Stop()
+					return
+				}
+			}
+			if err := n.rebuild(s); err != nil {
+				failures++
+				continue
+			}
+			broken, healthSent = false, false
+		}
+		n.mu.Lock()
+		ps := s.ps
+		n.mu.Unlock()
+		if ps == nil {
+			select {
+			case <-s.kick:
+			case <-n.ctx.Done():
+				return
+			}
+			continue
+		}
+		msg, err := ps.ReceiveTimeout(n.ctx, n.health)
+		if err != nil {
+			if n.ctx.Err() != nil {
+				return
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() && !healthSent {
+				healthSent = true
+				if ps.Ping(n.ctx, healthPayload) == nil {
+					continue
+				}
+			}
+			broken = true
+			failures++
+			continue
+		}
+		healthSent = false
+		switch m := msg.(type) {
+		case *goredis.Message:
+			n.deliver(s, m.Channel, m.Payload)
+		case *goredis.Pong:
+			if id, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
+				if v, err := strconv.ParseUint(id, 10, 64); err == nil {
+					n.confirm(s, v)
+					failures = 0
+				}
+			}
+		case *goredis.Subscription:
+			if (m.Kind == "unsubscribe" || m.Kind == "sunsubscribe") && n.unsolicited(s, m.Channel) {
+				broken = true
+				failures++
+			}
+		}
+	}
+}
+
+// rebuild replaces s's connection: closes it, re-places channels whose
+// slot moved (cluster), subscribes the rest on a new connection and sends a
+// barrier. Channels confirmed before wake their subscribers when it
+// returns (in confirm). If it fails, subscriptions never confirmed fail.
+func (n *notifier) rebuild(s *shard) error {
+	if err := s.lock(n.ctx); err != nil {
+		return err
+	}
+	defer s.unlock()
+	n.mu.Lock()
+	old := s.ps
+	s.ps, s.queue, s.unsub = nil, nil, map[string]int{}
+	sts := make([]*chanState, 0, len(s.chans))
+	for _, st := range s.chans {
+		sts = append(sts, st)
+	}
+	n.mu.Unlock()
+	if old != nil {
+		_ = old.Close()
+	}
+	if n.b.cc != nil {
+		// The topology may have changed (failover, slot migration): ask
+		// for a fresh slot map (asynchronous; a stale one costs a MOVED
+		// error and another rebuild after a backoff).
+		n.b.cc.ReloadState(n.ctx)
+		sts = n.replace(s, sts)
+	}
+	if len(sts) == 0 {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
+	defer cancel()
+	if err := n.subscribe(ctx, s, sts...); err != nil {
+		n.failPending(s)
+		return err
+	}
+	return nil
+}
+
+// replace moves channels whose slot now lives on another master to that
+// master's shard, and returns those that stay. s.sem is held.
+func (n *notifier) replace(s *shard, sts []*chanState) []*chanState {
+	stay := sts[:0]
+	for _, st := range sts {
+		t, err := n.shardFor(n.ctx, st.name)
+		if err != nil || t == s {
+			stay = append(stay, st)
+			continue
+		}
+		n.mu.Lock()
+		if n.chans[st.name] == st {
+			delete(s.chans, st.name)
+			st.sh = t
+			t.chans[st.name] = st
+		}
+		n.mu.Unlock()
+		n.wg.Add(1)
+		go n.adopt(t, st) // t.sem is taken there, never while holding s.sem
+	}
+	return stay
+}
+
+// adopt subscribes a channel that moved to shard t (cluster resharding).
+func (n *notifier) adopt(t *shard, st *chanState) {
+	defer n.wg.Done()
+	if t.lock(n.ctx) != nil {
+		return
+	}
+	defer t.unlock()
+	n.mu.Lock()
+	gone := n.chans[st.name] != st || st.sh != t
+	n.mu.Unlock()
+	if gone {
+		return
+	}
+	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
+	defer cancel()
+	_ = n.subscribe(ctx, t, st)
+	// On failure t's receiver sees the broken connection and rebuilds,
+	// st included.
+}
+
+// failPending fails the subscriptions of s not yet confirmed, so their
+// Subscribe returns instead of waiting for a server that is down; the
+// confirmed ones stay and are retried by the next rebuild.
+func (n *notifier) failPending(s *shard) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for name, st := range s.chans {
+		if !st.confirmed {
+			st.settle(errors.New("pub/sub connection failed before the subscription was confirmed"))
+			delete(s.chans, name)
+			delete(n.chans, name)
+		}
+	}
+}
+
+// confirm handles barrier id: every channel queued behind it is live.
+func (n *notifier) confirm(s *shard, id uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for len(s.queue) > 0 && s.queue[0].id <= id {
+		st := s.queue[0].st
+		s.queue = s.queue[1:]
+		if n.chans[st.name] != st || st.sh != s {
+			continue
+		}
+		if !st.confirmed {
+			st.settle(nil)
+			continue
+		}
+		// Confirmed again after a gap: anything may have been missed.
+		st.fire("", true)
+	}
+}
+
+func (n *notifier) deliver(s *shard, channel, payload string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if st := n.chans[channel]; st != nil && st.sh == s {
+		st.fire(payload, false)
+	}
+}
+
+// unsolicited reports whether an unsubscribe confirmation for channel was
+// not asked for (a cluster slot migrated away): the shard must rebuild.
+func (n *notifier) unsolicited(s *shard, channel string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if s.unsub[channel] > 0 {
+		if s.unsub[channel]--; s.unsub[channel] == 0 {
+			delete(s.unsub, channel)
+		}
+		return false
+	}
+	st := n.chans[channel]
+	return st != nil && st.sh == s
+}
+
+// close tears everything down; pending joins fail with ErrClosed. Once
+// closed is set no PubSub is made (subscribe checks it).
+func (n *notifier) close() {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return
+	}
+	n.closed = true
+	var pss []*goredis.PubSub
+	for _, s := range n.shards {
+		if s.ps != nil {
+			pss = append(pss, s.ps)
+			s.ps = nil
+		}
+	}
+	for _, st := range n.chans {
+		st.settle(driver.ErrClosed)
+	}
+	n.mu.Unlock()
+	n.cancel()
+	for _, ps := range pss {
+		_ = ps.Close()
+	}
+	n.wg.Wait()
+}

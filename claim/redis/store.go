@@ -1,0 +1,33 @@
+package redis
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	goredis "github.com/redis/go-redis/v9"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// Get implements driver.Store: GET of the value key.
+func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
+	v, err := b.rdb.Get(ctx, b.valKey(key)).Bytes()
+	if errors.Is(err, goredis.Nil) {
+		return nil, driver.ErrNotFound
+	}
+	if err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Set implements driver.Store: SET of the value key, PX when ttl > 0.
+func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	return b.rdb.Set(ctx, b.valKey(key), value, time.Duration(expiry(ttl))*time.Millisecond).Err()
+}
+
+// Delete implements driver.Store: DEL of the value key.
+func (b *backend) Delete(ctx context.Context, key string) error {
+	return b.rdb.Del(ctx, b.valKey(key)).Err()
+}

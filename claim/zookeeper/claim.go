@@ -1,0 +1,341 @@
+package zookeeper
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/go-zookeeper/zk"
+
+	"github.com/stampede-go/stampede/claim/driver"
+)
+
+// validHolder reports whether h can name an owner node (o/HOLDER): a
+// single znode name of printable ASCII. The Client's holder IDs always
+// can; a lock node whose data cannot was not written by this package.
+func validHolder(h string) bool {
+	return h != "" && len(h) <= maxKeyLen && h != "." && h != ".." &&
+		!strings.ContainsFunc(h, func(r rune) bool { return r >= 0x80 || !safeName(byte(r)) })
+}
+
+func ceilMS(d time.Duration) int64 { return int64((d + time.Millisecond - 1) / time.Millisecond) }
+
+func ttlData(ms int64) []byte { return []byte(strconv.FormatInt(ms, 10)) }
+
+// claimOps creates the lock and owner nodes; the final setData reports the
+// owner's stat, whose czxid (this transaction's zxid) is the token. With
+// prev, it first deletes an expired claim: its owner node at the version
+// read (so a racing Extend wins) and, since that owner exists, its lock.
+func (b *backend) claimOps(lock, holder string, ttlMS int64, prev *holderState) []any {
+	var ops []any
+	if prev != nil {
+		ops = append(ops,
+			&zk.DeleteRequest{Path: b.ownerPath(prev.holder), Version: prev.ownerVersion},
+			&zk.DeleteRequest{Path: lock, Version: -1})
+	}
+	d := ttlData(ttlMS)
+	return append(ops,
+		&zk.CreateRequest{Path: lock, Data: []byte(holder), Acl: b.acl, Flags: zk.FlagEphemeral},
+		&zk.CreateRequest{Path: b.ownerPath(holder), Data: d, Acl: b.acl, Flags: zk.FlagEphemeral},
+		&zk.SetDataRequest{Path: b.ownerPath(holder), Data: d, Version: 0})
+}
+
+// releaseOps ends the claim of holder on key: they fail as a whole, on
+// the first op (ErrNoNode), if that claim is not current.
+func (b *backend) releaseOps(key, holder string) []any {
+	return []any{
+		&zk.DeleteRequest{Path: b.ownerPath(holder), Version: -1},
+		&zk.DeleteRequest{Path: b.lockPath(key), Version: -1},
+	}
+}
+
+// holderState is what a claimer reads about the current claim on a key.
+type holderState struct {
+	holder       string
+	ownerVersion int32
+	ttl          int64 // ms
+	expires      int64 // leader's clock, Unix ms
+}
+
+// remaining is how long the claim has left at now (Unix ms), at most its
+// TTL (a local clock ahead of the leader's cannot stretch it).
+func (s holderState) remaining(now int64) time.Duration {
+	return time.Duration(min(s.expires-now, s.ttl)) * time.Millisecond
+}
+
+// inspect reads the claim on lock. ok is false if there is none to judge
+// (no lock node, or it vanished between the two reads).
+func (b *backend) inspect(ctx context.Context, lock string) (holderState, bool, error) {
+	// s is written by the call, which may outlive an abandoned do: it is
+	// read only when do returned the call's own result.
+	var s holderState
+	err := b.do(ctx, func() error {
+		data, _, err := b.conn.Get(lock)
+		if err != nil {
+			return err
+		}
+		s.holder = string(data)
+		if !validHolder(s.holder) {
+			return fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
+		}
+		od, ost, err := b.conn.Get(b.ownerPath(s.holder))
+		if err != nil {
+			return err
+		}
+		ms, err := strconv.ParseInt(string(od), 10, 64)
+		if err != nil {
+			return fmt.Errorf("owner node of %s holds %q, not a TTL", lock, od)
+		}
+		s.ownerVersion, s.ttl, s.expires = ost.Version, ms, ost.Mtime+ms
+		return nil
+	})
+	if errors.Is(err, zk.ErrNoNode) {
+		return s, false, nil
+	}
+	if err != nil {
+		return holderState{}, false, err
+	}
+	return s, true, nil
+}
+
+// remaining is how long the claim s has left: by the local clock, and, if
+// that says it has run out, by the leader's (one more round trip).
+func (b *backend) remaining(ctx context.Context, s holderState) (time.Duration, error) {
+	if rem := s.remaining(time.Now().UnixMilli()); rem > 0 {
+		return rem, nil
+	}
+	now, err := b.leaderNow(ctx)
+	if err != nil {
+		return 0, err
+	}
+	return s.remaining(now), nil
+}
+
+// leaderNow returns the leader's clock in Unix ms: the mtime of a write
+// to the clock node (one round trip), by which owner mtimes are judged.
+func (b *backend) leaderNow(ctx context.Context) (int64, error) {
+	var now int64
+	err := b.do(ctx, func() error {
+		st, err := b.conn.Set(b.root+"/clock", nil, -1)
+		if err == nil {
+			now = st.Mtime
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err // now may still be written by an abandoned call: not read
+	}
+	return now, nil
+}
+
+// TryClaim implements driver.Claimer. It makes one claim attempt; if the
+// key is held by an expired claim (judged on the leader's clock) it takes
+// it over. Claims racing it can make it re-read, at most three rounds.
+func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
+	return l, err
+}
+
+// TryClaimRead implements driver.ClaimReader. A multi-op cannot read, so
+// the claim's multi-op also creates and deletes the value node: it
+// succeeds only if the key has no value, which is then known atomically
+// with the claim in one round trip (the common case: a claim after a
+// miss). If a value node exists, that multi-op fails and changes nothing;
+// then the key is claimed without the probe and the value read after the
+// claim (a value committed before the claim is seen): three round trips.
+func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	return b.tryClaim(ctx, key, holder, ttl, true)
+}
+
+func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+	if !validHolder(holder) {
+		return driver.Lease{}, nil, false, fmt.Errorf("holder %q cannot name a znode", holder)
+	}
+	if err := b.prepare(ctx); err != nil {
+		return driver.Lease{}, nil, false, err
+	}
+	ttlMS := ceilMS(ttl)
+	lock := b.lockPath(key)
+	var prev *holderState
+	held := &driver.HeldError{}
+	probe := read // the key has no value, as far as we know
+	for round := 0; round < attempts; round++ {
+		ops := b.claimOps(lock, holder, ttlMS, prev)
+		nClaim := len(ops)
+		if probe {
+			vp := b.valuePath(key)
+			ops = append(ops, &zk.CreateRequest{Path: vp, Acl: b.acl}, &zk.DeleteRequest{Path: vp, Version: -1})
+		}
+		res, failed, err := b.multi(ctx, ops...)
+		if err == nil {
+			st := res[nClaim-1].Stat
+			l := driver.Lease{Key: key, Holder: holder, Token: uint64(st.Czxid), TTL: time.Duration(ttlMS) * time.Millisecond, Handle: handle(st)}
+			if !read || probe {
+				return l, nil, false, nil // no value node at the claim
+			}
+			v, found, err := b.getValue(ctx, key)
+			if err != nil {
+				// The caller gets no lease: give it back (best effort).
+				_, _, _ = b.multi(ctx, b.releaseOps(key, holder)...)
+				return driver.Lease{}, nil, false, err
+			}
+			return l, v, found, nil
+		}
+		if probe && failed == nClaim && errors.Is(err, zk.ErrNodeExists) {
+			// The claim would have succeeded, but the key has a value:
+			// claim without the probe, then read it.
+			probe = false
+			round--
+			continue
+		}
+		if prev == nil && (!errors.Is(err, zk.ErrNodeExists) || failed != 0) {
+			return driver.Lease{}, nil, false, err
+		}
+		if prev != nil && !errors.Is(err, zk.ErrNoNode) && !errors.Is(err, zk.ErrBadVersion) && !errors.Is(err, zk.ErrNodeExists) {
+			return driver.Lease{}, nil, false, err
+		}
+		// Held, or changed under us: read the current claim.
+		s, ok, err := b.inspect(ctx, lock)
+		if err != nil {
+			return driver.Lease{}, nil, false, err
+		}
+		prev = nil
+		if !ok {
+			continue // released meanwhile: claim afresh
+		}
+		rem, err := b.remaining(ctx, s)
+		if err != nil {
+			return driver.Lease{}, nil, false, err
+		}
+		if rem > 0 {
+			held.Remaining = rem
+			return driver.Lease{}, nil, false, held
+		}
+		prev = &s
+	}
+	return driver.Lease{}, nil, false, held
+}
+
+// handle is a lease's Handle: the owner node's mtime (Unix ms, the
+// leader's clock) when the lease was granted or last extended.
+func handle(owner *zk.Stat) string { return strconv.FormatInt(owner.Mtime, 10) }
+
+// current returns ErrLost for a lease that lapsed on the server (see
+// lapsed); Extend, Commit and CommitRelease then meet any other loss (a
+// takeover, a release, the session's end) on the server, as a missing
+// owner node.
+func (b *backend) current(ctx context.Context, l driver.Lease) error {
+	lapsed, err := b.lapsed(ctx, l)
+	if err == nil && lapsed {
+		err = fmt.Errorf("%w (its TTL ran out on the server)", driver.ErrLost)
+	}
+	return err
+}
+
+// lapsed reports whether l, still holding its key, has outlived its TTL
+// on the server, with nobody taking the key over yet (a takeover deletes
+// its owner node). The server is asked only when this copy of l says the
+// lease may have run out: past its local Deadline, or, by the local clock,
+// past the leader's time of its grant (Handle) plus its TTL, which also
+// catches a copy whose Deadline is wrong (forged, or replayed). The lease
+// may still be current then, renewed through another copy (KeepAlive): it
+// is judged as last extended, on the owner node's mtime plus TTL, by the
+// local clock and, if that says so, by the leader's (as TryClaim judges a
+// takeover). A lease this package cannot have issued (its holder cannot
+// name an owner node) is an ErrLost error.
+func (b *backend) lapsed(ctx context.Context, l driver.Lease) (bool, error) {
+	if !validHolder(l.Holder) {
+		return false, fmt.Errorf("%w (holder %q was never issued)", driver.ErrLost, l.Holder)
+	}
+	now := time.Now()
+	granted, err := strconv.ParseInt(l.Handle, 10, 64)
+	if !l.Expired(now) && err == nil && now.UnixMilli() < granted+ceilMS(l.TTL) {
+		return false, nil
+	}
+	s, ok, err := b.inspect(ctx, b.lockPath(l.Key))
+	if err != nil || !ok || s.holder != l.Holder {
+		return false, err // not holding the key: left to the write
+	}
+	rem, err := b.remaining(ctx, s)
+	return rem <= 0, err
+}
+
+// Extend implements driver.Claimer: one setData of the lease's owner node,
+// which restarts its TTL on the leader's clock. Idempotent. A lease that
+// lapsed on the server is not revived (see lapsed).
+func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	if err := b.current(ctx, l); err != nil {
+		return driver.Lease{}, err
+	}
+	ttlMS := ceilMS(ttl)
+	var st *zk.Stat
+	err := b.do(ctx, func() (err error) {
+		st, err = b.conn.Set(b.ownerPath(l.Holder), ttlData(ttlMS), -1)
+		return err
+	})
+	if errors.Is(err, zk.ErrNoNode) || (err == nil && uint64(st.Czxid) != l.Token) {
+		return driver.Lease{}, driver.ErrLost
+	}
+	if err != nil {
+		return driver.Lease{}, err
+	}
+	l.TTL, l.Handle = time.Duration(ttlMS)*time.Millisecond, handle(st)
+	return l, nil
+}
+
+// Release implements driver.Claimer: one multi-op deleting the owner node
+// and the lock node, which fails as a whole (ErrLost) if the owner node is
+// gone. A lease that lapsed on the server (see lapsed) is released too,
+// and answers ErrLost.
+func (b *backend) Release(ctx context.Context, l driver.Lease) error {
+	expired, err := b.lapsed(ctx, l)
+	if err != nil {
+		return err
+	}
+	_, failed, err := b.multi(ctx, b.releaseOps(l.Key, l.Holder)...)
+	if errors.Is(err, zk.ErrNoNode) && failed == 0 {
+		return driver.ErrLost
+	}
+	if err != nil {
+		return err
+	}
+	if expired {
+		return fmt.Errorf("%w (it had expired; its lock, still unclaimed, was freed)", driver.ErrLost)
+	}
+	return nil
+}
+
+// Commit implements driver.Claimer: a multi-op that checks the lease's
+// owner node exists and writes the value node (AtomicCommit). After a
+// miss the value node is usually absent (Get deletes expired ones), so it
+// tries create first.
+func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
+	if err := b.current(ctx, l); err != nil {
+		return err
+	}
+	if err := b.prepare(ctx); err != nil {
+		return err
+	}
+	guard := []any{&zk.CheckVersionRequest{Path: b.ownerPath(l.Holder), Version: -1}}
+	return b.write(ctx, l.Key, guard, nil, encodeValue(val, ttl), true)
+}
+
+// CommitRelease implements driver.CommitReleaser: one multi-op that
+// deletes the lease's owner node (failing, and changing nothing, if the
+// lease is not current: ErrLost), writes the value node and deletes the
+// lock node, whose watchers then see the release. Like Commit it creates
+// the value node first (after a miss it is usually absent) and sets it if
+// it exists: a second multi-op then.
+func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
+	if err := b.current(ctx, l); err != nil {
+		return err
+	}
+	if err := b.prepare(ctx); err != nil {
+		return err
+	}
+	rel := b.releaseOps(l.Key, l.Holder)
+	return b.write(ctx, l.Key, rel[:1], rel[1:], encodeValue(val, ttl), true)
+}
