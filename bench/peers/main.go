@@ -35,7 +35,7 @@ import (
 	_ "github.com/stampede-go/stampede/claim/consul"
 	_ "github.com/stampede-go/stampede/claim/etcd"
 	_ "github.com/stampede-go/stampede/claim/redis"
-	"github.com/stampede-go/stampede/internal/benchchart"
+	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 

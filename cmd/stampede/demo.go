@@ -18,6 +18,7 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/flight"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 func init() {
@@ -168,8 +169,8 @@ type totals struct {
 // process is one simulated process: its own backend client and cache.
 type process struct {
 	name  string
-	b     claim.Backend
-	calls *counted // backend round trips
+	b     *claim.Client
+	calls *countdriver.Counter // backend round trips
 	c     *flight.Cache[Entity]
 }
 
@@ -276,7 +277,7 @@ func runDemo(ctx context.Context, cfg demoConfig, out, stderr io.Writer) (*demoR
 	return &d.rep, nil
 }
 
-func (d *demo) openBackend(ctx context.Context) (claim.Backend, error) {
+func (d *demo) openBackend(ctx context.Context) (*claim.Client, error) {
 	if d.space != nil {
 		return memory.New(d.space, nil)
 	}
@@ -298,7 +299,9 @@ func (d *demo) start(ctx context.Context, p *process) error {
 	if err != nil {
 		return err
 	}
-	b, calls := count(raw)
+	// The round trips are counted under the client, at its driver.
+	counted, calls := countdriver.Wrap(raw.Driver(), nil, countdriver.Options{})
+	b := claim.NewClient(counted, nil)
 	c, err := flight.New(b, &flight.Options[Entity]{
 		Name:        d.name,
 		Loader:      d.db.upsert,
@@ -307,7 +310,7 @@ func (d *demo) start(ctx context.Context, p *process) error {
 		Logger:      d.log,
 	})
 	if err != nil {
-		raw.Close()
+		b.Close()
 		return err
 	}
 	p.b, p.calls, p.c = b, calls, c
@@ -335,11 +338,11 @@ func (d *demo) steps(ctx context.Context, title string, reqs ...any) error {
 	fmt.Fprintf(d.out, "\n%d. %s\n", len(d.rep.Scenarios)+1, title)
 	for i := 0; i+1 < len(reqs); i += 2 {
 		p, input := reqs[i].(*process), reqs[i+1].(string)
-		calls := p.calls.n.Load()
+		calls := p.calls.Total()
 		start := time.Now()
 		r, err := p.c.Fetch(ctx, input, nil)
 		lat := time.Since(start)
-		calls = p.calls.n.Load() - calls
+		calls = p.calls.Total() - calls
 		st := step{Process: p.name, Input: input, Key: r.Key, ID: r.Value.ID, Source: r.Source.String(), LatencyMS: ms(lat), BackendCalls: calls}
 		if err != nil {
 			st.Error = err.Error()
@@ -391,7 +394,7 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 	before := d.db.calls.Load()
 	var callsBefore int64
 	for _, p := range procs {
-		callsBefore += p.calls.n.Load()
+		callsBefore += p.calls.Total()
 	}
 	start := make(chan struct{})
 	var wg sync.WaitGroup
@@ -424,7 +427,7 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 	}
 	h.Names = len(names)
 	for _, p := range procs {
-		h.BackendCalls += p.calls.n.Load()
+		h.BackendCalls += p.calls.Total()
 	}
 	h.BackendCalls -= callsBefore
 	slices.Sort(lats)

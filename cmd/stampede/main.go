@@ -1,11 +1,10 @@
-// Command stampede shows and measures stampede's one-loader-call-per-key
-// guarantee.
+// Command stampede shows stampede's one-loader-call-per-key guarantee.
 //
 //	stampede demo [-backend URL] [-json]   replay the design's scenarios
-//	stampede herd [-backend URL] [-procs M] [-callers N] [-keys K] [-kill-holder] ...
-//	                                       a real multi-process stampede, counted
-//	stampede bench [-backends all|URL,...] backends side by side: tables and SVG charts
 //	stampede help [command]
+//
+// The measuring tools (a multi-process herd, the backend benchmarks, the
+// rivals) are in the bench module: github.com/stampede-go/stampede/bench.
 //
 // With no -backend, everything runs in this process on the embedded
 // memory backend (several simulated processes sharing one memory.Space):

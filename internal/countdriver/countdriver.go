@@ -236,3 +236,14 @@ type fastBus struct {
 	fastPaths
 	bus
 }
+
+// ByName returns the non-zero counts by method name.
+func (c Counts) ByName() map[string]int64 {
+	m := map[string]int64{}
+	for i, n := range c {
+		if n != 0 {
+			m[Method(i).String()] = n
+		}
+	}
+	return m
+}

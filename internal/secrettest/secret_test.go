@@ -216,9 +216,7 @@ func exercise(t *testing.T, s *sink, tg target) {
 	op("Notify", b.Notify(cctx, key))
 	op("Delete", b.Delete(cctx, key))
 	op("Set too large", b.Set(cctx, key, make([]byte, b.Features().MaxValueLen+1), 0))
-	if bc, ok := b.(claim.Broadcaster); ok {
-		op("Publish", bc.Publish(cctx, "topic", []byte("m")))
-	}
+	op("Publish", b.Publish(cctx, "topic", []byte("m")))
 
 	// flight logs through slog.Default (the sink) by default.
 	c, err := flight.New[string](b, &flight.Options[string]{Name: key, OpTimeout: time.Second, WaitTimeout: 5 * time.Second})

@@ -8,7 +8,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
-	"encoding/base64"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -214,14 +213,6 @@ func tlsQuery(f *TLSFiles, ca, cert, key string) string {
 	return q.Encode()
 }
 
-// pgUser is the PostgreSQL superuser's name.
-func (s *Server) pgUser() string {
-	if s.opts.User != "" {
-		return s.opts.User
-	}
-	return "postgres"
-}
-
 // pgLocalOnly: TCP clients must authenticate (or use TLS), so readiness is
 // checked over the Unix socket.
 func (s *Server) pgLocalOnly() bool { return s.opts.Password != "" || s.tls != nil }
@@ -241,47 +232,4 @@ func (s *Server) pgHBA() string {
 	return "local all all trust\n" +
 		conn + " all all 127.0.0.1/32 " + method + "\n" +
 		conn + " all all ::1/128 " + method + "\n"
-}
-
-// etcdUser is the user etcd's URL logs in as.
-func (s *Server) etcdUser() string {
-	if s.opts.User != "" {
-		return s.opts.User
-	}
-	return "root"
-}
-
-// setupEtcd creates the users and enables authentication through etcd's
-// JSON gateway, once, after the first start (etcd keeps it across
-// restarts).
-func setupEtcd(ctx context.Context, s *Server) error {
-	if s.opts.Password == "" {
-		return nil
-	}
-	all := base64.StdEncoding.EncodeToString([]byte{0}) // key "\x00" to range end "\x00": every key
-	steps := []struct{ path, body string }{
-		{"/v3/auth/user/add", fmt.Sprintf(`{"name":"root","password":%q}`, s.opts.Password)},
-		{"/v3/auth/user/grant", `{"user":"root","role":"root"}`},
-	}
-	if u := s.opts.User; u != "" && u != "root" {
-		steps = append(steps,
-			struct{ path, body string }{"/v3/auth/user/add", fmt.Sprintf(`{"name":%q,"password":%q}`, u, s.opts.Password)},
-			struct{ path, body string }{"/v3/auth/role/add", `{"name":"stampede-rw"}`},
-			struct{ path, body string }{"/v3/auth/role/grant", fmt.Sprintf(`{"name":"stampede-rw","perm":{"permType":"READWRITE","key":%q,"range_end":%q}}`, all, all)},
-			struct{ path, body string }{"/v3/auth/user/grant", fmt.Sprintf(`{"user":%q,"role":"stampede-rw"}`, u)},
-		)
-	}
-	steps = append(steps, struct{ path, body string }{"/v3/auth/enable", `{}`})
-	for _, st := range steps {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		code, body, err := httpDo(cctx, s, "POST", st.path, map[string]string{"Content-Type": "application/json"}, st.body)
-		cancel()
-		if err != nil {
-			return fmt.Errorf("etcd %s: %w", st.path, err)
-		}
-		if code != 200 {
-			return fmt.Errorf("etcd %s: %d %s", st.path, code, strings.TrimSpace(body))
-		}
-	}
-	return nil
 }

@@ -25,7 +25,7 @@ func TestTLSAndAuth(t *testing.T) {
 		{Postgres, Options{TLS: true, User: "alice", Password: "alice-pw"}, "postgres", []string{"sslmode", "sslrootcert", "sslcert", "sslkey"}},
 		{Etcd, Options{TLS: true, User: "alice", Password: "alice-pw"}, "etcds", []string{"cacert", "cert", "key"}},
 		{Memcache, Options{TLS: true}, "memcache", []string{"tls", "cacert", "cert", "key"}},
-		{Consul, Options{TLS: true, Password: "mgmt-token"}, "consuls", []string{"token", "cafile", "certfile", "keyfile"}},
+		{Consul, Options{TLS: true, Password: "mgmt-token"}, "consuls", []string{"token", "cacert", "cert", "key"}},
 		{ZooKeeper, Options{TLS: true}, "zookeeper", []string{"tls", "cacert", "cert", "key"}},
 	} {
 		t.Run(string(tc.kind), func(t *testing.T) {

@@ -23,7 +23,7 @@ import (
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/flight"
-	"github.com/stampede-go/stampede/internal/benchchart"
+	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -120,7 +120,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 type benchTarget struct {
 	Name string `json:"name"`
 	URL  string `json:"url"` // redacted
-	open func(ctx context.Context) (claim.Backend, error)
+	open func(ctx context.Context) (*claim.Client, error)
 	stop func()
 }
 
@@ -323,7 +323,7 @@ func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 	var rnd [4]byte
 	_, _ = rand.Read(rnd[:])
 	ns := "bench-" + hex.EncodeToString(rnd[:])
-	open := func(b *testing.B) claim.Backend {
+	open := func(b *testing.B) *claim.Client {
 		c, err := t.open(context.Background())
 		if err != nil {
 			b.Fatalf("open client: %v", err)
@@ -331,7 +331,7 @@ func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 		b.Cleanup(func() { c.Close() })
 		return c
 	}
-	cache := func(b *testing.B, be claim.Backend, name string, l1 int) *flight.Cache[string] {
+	cache := func(b *testing.B, be *claim.Client, name string, l1 int) *flight.Cache[string] {
 		c, err := flight.New(be, &flight.Options[string]{Name: ns + "-" + name, Loader: benchLoad, L1Size: l1})
 		if err != nil {
 			b.Fatal(err)
@@ -376,12 +376,12 @@ func benchLoad(_ context.Context, key string) (string, error) { return "value of
 // each of HerdProcs simulated processes (each its own client and cache);
 // reports the time until every caller has its answer, loader calls per
 // key and backend round trips per process per key.
-func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) claim.Backend,
-	cache func(*testing.B, claim.Backend, string, int) *flight.Cache[string]) {
+func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) *claim.Client,
+	cache func(*testing.B, *claim.Client, string, int) *flight.Cache[string]) {
 	ctx := context.Background()
 	type proc struct {
 		c     *flight.Cache[string]
-		calls *counted
+		calls *countdriver.Counter
 	}
 	var loads int64
 	var mu sync.Mutex
@@ -410,7 +410,7 @@ func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) claim.Backen
 		var wg sync.WaitGroup
 		var before int64
 		for _, p := range procs {
-			before += p.calls.n.Load()
+			before += p.calls.Total()
 			for range cfg.HerdCallers {
 				wg.Go(func() {
 					<-start
@@ -428,7 +428,7 @@ func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) claim.Backen
 		wg.Wait()
 		lats = append(lats, time.Since(t0))
 		for _, p := range procs {
-			rts += p.calls.n.Load()
+			rts += p.calls.Total()
 		}
 		rts -= before
 	}

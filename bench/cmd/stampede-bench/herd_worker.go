@@ -84,8 +84,8 @@ type procRound struct {
 	// Keys is the number of distinct keys this worker's callers asked for.
 	Keys int `json:"keys"`
 	// Calls are this worker's backend round trips during the round, by
-	// method (counted by a wrapper around its claim.Backend).
-	Calls callCounts `json:"calls"`
+	// method (counted by a wrapper around its *claim.Client).
+	Calls countdriver.Counts `json:"calls"`
 	// Latencies of every caller, from the barrier to its answer, in µs.
 	LatUS     []int64 `json:"lat_us"`
 	ElapsedUS int64   `json:"elapsed_us"`
@@ -146,7 +146,7 @@ func (cfg herdConfig) cacheOptions(loader flight.LoadFunc[herdValue], log *slog.
 // runWorker runs one worker on backend raw (which it closes): emit sends
 // an event to the parent, barrier waits for the parent's release of a
 // round (an error ends the worker).
-func runWorker(ctx context.Context, cfg workerConfig, raw claim.Backend, emit func(herdEvent), barrier func(round int) error, log *slog.Logger) error {
+func runWorker(ctx context.Context, cfg workerConfig, raw *claim.Client, emit func(herdEvent), barrier func(round int) error, log *slog.Logger) error {
 	defer raw.Close()
 	b, calls := count(raw)
 	load := func(ctx context.Context, key string) (herdValue, error) {
@@ -190,7 +190,7 @@ func runWorker(ctx context.Context, cfg workerConfig, raw claim.Backend, emit fu
 			wg.Wait()
 			return err
 		}
-		before, stats := calls.snapshot(), c.Stats()
+		before, stats := calls.Snapshot(), c.Stats()
 		t0 = time.Now()
 		close(start)
 		wg.Wait()
@@ -199,7 +199,7 @@ func runWorker(ctx context.Context, cfg workerConfig, raw claim.Backend, emit fu
 		rep := &procRound{
 			Requests:    len(answers),
 			BySource:    map[string]int{},
-			Calls:       calls.snapshot().sub(before),
+			Calls:       calls.Snapshot().Sub(before),
 			LatUS:       make([]int64, 0, len(answers)),
 			ElapsedUS:   elapsed.Microseconds(),
 			Loads:       after.Loads - stats.Loads,

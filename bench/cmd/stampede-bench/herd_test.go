@@ -190,7 +190,7 @@ func TestCountedKeepsInterfaces(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer mem.Close()
-	check := func(name string, b claim.Backend, wantB, wantR, wantC bool) {
+	check := func(name string, b *claim.Client, wantB, wantR, wantC bool) {
 		w, _ := count(b)
 		_, isB := w.(claim.Broadcaster)
 		_, isR := w.(claim.ClaimReader)
@@ -200,13 +200,13 @@ func TestCountedKeepsInterfaces(t *testing.T) {
 		}
 	}
 	check("memory", mem, true, true, true)
-	check("plain", struct{ claim.Backend }{mem}, false, false, false)
+	check("plain", struct{ *claim.Client }{mem}, false, false, false)
 	check("broadcaster only", struct {
-		claim.Backend
+		*claim.Client
 		claim.Broadcaster
 	}{mem, mem}, true, false, false)
 	check("reader+releaser", struct {
-		claim.Backend
+		*claim.Client
 		claim.ClaimReader
 		claim.CommitReleaser
 	}{mem, mem, mem}, false, true, true)
@@ -220,7 +220,7 @@ func TestCountedKeepsInterfaces(t *testing.T) {
 	if err := w.(claim.CommitReleaser).CommitRelease(ctx, l, []byte("v"), time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if got := c.snapshot().byName(); got["claim+read"] != 1 || got["commit+release"] != 1 || c.n.Load() != 2 {
+	if got := c.snapshot().ByName(); got["claim+read"] != 1 || got["commit+release"] != 1 || c.n.Load() != 2 {
 		t.Errorf("counts %v (total %d), want claim+read 1, commit+release 1", got, c.n.Load())
 	}
 }

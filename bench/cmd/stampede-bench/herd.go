@@ -311,7 +311,7 @@ type simWorker struct {
 	gos    chan struct{}
 	dead   chan struct{}
 	once   sync.Once
-	raw    claim.Backend
+	raw    *claim.Client
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -517,7 +517,7 @@ type herdSummary struct {
 	loads    map[string][]time.Time
 	lats     []int64
 	killedAt time.Time
-	calls    callCounts
+	calls    countdriver.Counts
 	started  time.Time
 }
 
@@ -531,7 +531,7 @@ type procTotals struct {
 	PerKey   float64          `json:"round_trips_per_key"`
 	Loads    uint64           `json:"loads"`
 	Errors   int              `json:"errors"`
-	calls    callCounts
+	calls    countdriver.Counts
 }
 
 type stat3 struct {
@@ -622,7 +622,7 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	var n int
 	for i := range h.PerProc {
 		p := &h.PerProc[i]
-		p.Calls = p.calls.byName()
+		p.Calls = p.calls.ByName()
 		p.Total = p.calls.total()
 		h.calls = h.calls.plus(p.calls)
 		if p.Keys == 0 {
@@ -642,7 +642,7 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	if n > 0 {
 		h.RTPerKey.Avg = sum / float64(n)
 	}
-	h.Calls = h.calls.byName()
+	h.Calls = h.calls.ByName()
 	slices.Sort(h.lats)
 	if l := len(h.lats); l > 0 {
 		h.P50MS = float64(h.lats[l/2]) / 1000
@@ -707,11 +707,11 @@ func (h *herdSummary) print(w io.Writer) {
 	}
 }
 
-func fmtCalls(c callCounts) string {
+func fmtCalls(c countdriver.Counts) string {
 	var parts []string
 	for i, n := range c {
 		if n > 0 {
-			parts = append(parts, fmt.Sprintf("%s %d", method(i), n))
+			parts = append(parts, fmt.Sprintf("%s %d", countdriver.Method(i), n))
 		}
 	}
 	if len(parts) == 0 {

@@ -1,4 +1,4 @@
-module github.com/stampede-go/stampede/bench/peers
+module github.com/stampede-go/stampede/bench
 
 go 1.26.8
 
@@ -58,4 +58,4 @@ require (
 	google.golang.org/protobuf v1.36.8 // indirect
 )
 
-replace github.com/stampede-go/stampede => ../..
+replace github.com/stampede-go/stampede => ../
