@@ -279,7 +279,19 @@ func (c *Client) release(ctx context.Context, l Lease) error {
 	if err := c.d.Release(ctx, l); err != nil {
 		return opError("release", l.Key, err)
 	}
+	c.wakeLocal(l.Key)
 	return nil
+}
+
+// wakeLocal wakes this Client's own subscribers of key after its own
+// release or notification, on a poll driver: they need not wait for the
+// next poll to see what this process just did. (A push driver's own
+// subscription delivers it within a round trip; a second wake-up there
+// would only cost a re-check.)
+func (c *Client) wakeLocal(key string) {
+	if c.feat.Notify == driver.Poll {
+		c.keys.fire(key, nil, false)
+	}
 }
 
 // Commit stores value under the lease's key with the given TTL (0: no
@@ -332,6 +344,7 @@ func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl t
 		if err := c.d.Release(ctx, l); err != nil && !errors.Is(err, ErrLost) {
 			return opError(op, l.Key, fmt.Errorf("value committed, release failed: %w", err))
 		}
+		c.wakeLocal(l.Key)
 		return nil
 	}
 	if err := c.checkValue(op, l.Key, value, ttl); err != nil {
@@ -343,6 +356,7 @@ func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl t
 	if err := c.crl.CommitRelease(ctx, l, value, ttl); err != nil {
 		return opError(op, l.Key, err)
 	}
+	c.wakeLocal(l.Key)
 	return nil
 }
 
@@ -420,6 +434,7 @@ func (c *Client) Notify(ctx context.Context, key string) error {
 	if err := c.d.Notify(ctx, key); err != nil {
 		return opError("notify", key, err)
 	}
+	c.wakeLocal(key)
 	return nil
 }
 

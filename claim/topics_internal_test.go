@@ -128,7 +128,9 @@ func TestTopicLogPublish(t *testing.T) {
 }
 
 // newMemoryLike is a tiny in-memory driver with no optional interfaces.
-func newMemoryLike() driver.Driver { return &mapDriver{vals: map[string][]byte{}, locks: map[string]driver.Lease{}} }
+func newMemoryLike() driver.Driver {
+	return &mapDriver{vals: map[string][]byte{}, locks: map[string]driver.Lease{}}
+}
 
 type mapDriver struct {
 	vals  map[string][]byte

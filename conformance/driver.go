@@ -27,13 +27,19 @@ func init() {
 	register("AtomicCommit", checkAtomicCommit)
 }
 
+// holder returns a holder ID of the form the Client makes (see
+// driver.Lease.Holder).
+func holder() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // direct claims key on d with a holder of its own, and stamps the lease's
 // Deadline as the Client would.
 func direct(t *T, d driver.Driver, key string, ttl time.Duration) driver.Lease {
-	var b [8]byte
-	_, _ = rand.Read(b[:])
 	start := time.Now()
-	l, err := d.TryClaim(t.Context(), key, "conformance-"+hex.EncodeToString(b[:]), ttl)
+	l, err := d.TryClaim(t.Context(), key, holder(), ttl)
 	if err != nil {
 		t.Fatalf("driver TryClaim(%s): %v", key, err)
 	}
@@ -82,10 +88,10 @@ func checkServerExpiry(t *T) {
 	if v, err := c.Get(ctx, k); !errors.Is(err, claim.ErrNotFound) {
 		t.Errorf("after refused late writes, Get = %q, %v; want ErrNotFound (nothing written)", v, err)
 	}
-	l2, err := c.TryClaim(ctx, k, t.LongTTL())
-	if err != nil {
-		t.Fatalf("TryClaim after the lease expired: %v", err)
-	}
+	// The server may keep an expired lock a little longer than its TTL
+	// (memcached rounds to its 1 s clock and keeps a slack): the takeover
+	// is bounded like any other.
+	l2 := takeover(t, c, k, l)
 	if l2.Token <= l.Token {
 		t.Errorf("token after expiry %d <= expired lease's %d", l2.Token, l.Token)
 	}
@@ -107,10 +113,10 @@ func checkCancelledContext(t *T) {
 		}
 	}
 	free := t.Key("free")
-	_, err := d.TryClaim(dead, free, "dead-holder", t.LongTTL())
+	_, err := d.TryClaim(dead, free, holder(), t.LongTTL())
 	canceled("TryClaim", err)
 	if cr, ok := d.(driver.ClaimReader); ok {
-		_, _, _, err := cr.TryClaimRead(dead, free, "dead-holder", t.LongTTL())
+		_, _, _, err := cr.TryClaimRead(dead, free, holder(), t.LongTTL())
 		canceled("TryClaimRead", err)
 	}
 	if l, err := c.TryClaim(ctx, free, t.LongTTL()); err != nil {

@@ -34,7 +34,8 @@ type Lease struct {
 	// Key is the caller's key, exactly as given to TryClaim.
 	Key string
 	// Holder identifies this claim: random, unique per successful
-	// TryClaim, chosen by the client.
+	// TryClaim, chosen by the client: 24 lowercase hexadecimal digits, so
+	// a driver may put it in a key, a path or a value as it is.
 	Holder string
 	// Token is the fencing token: strictly greater than the token of every
 	// lease issued before for Key, including leases that expired or were

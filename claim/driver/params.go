@@ -147,7 +147,7 @@ func (p *Params) TLS(enabled bool, serverName string) (*tls.Config, error) {
 	}
 	if !enabled {
 		if !f.Empty() {
-			return nil, fmt.Errorf("URL parameters cacert, cert, key, servername and skip_verify need the TLS scheme")
+			return nil, fmt.Errorf("URL parameters cacert, cert, key, servername and skip_verify need TLS (the backend's TLS scheme, or tls=true where it has none)")
 		}
 		return nil, nil
 	}
