@@ -54,7 +54,7 @@ func parseRecord(v []byte) (record, bool) {
 }
 
 // apiErr maps a request-too-large reply (413) to ErrTooLarge, keeping the
-// cause. The client reports a failed transaction by its body text only.
+// cause. consul/api reports a failed transaction by its body text only.
 func apiErr(err error) error {
 	var se capi.StatusError
 	if errors.As(err, &se) && se.Code == http.StatusRequestEntityTooLarge ||

@@ -208,6 +208,22 @@ func TestSkewMargin(t *testing.T) {
 	if he.Remaining <= time.Second || he.Remaining > 2*time.Second {
 		t.Errorf("Remaining = %s, want about 2s (the margin)", he.Remaining)
 	}
+	// The driver judges expiry by the record, whatever the lease's
+	// Deadline says: a forged one neither commits nor escapes ErrLost on
+	// Release, which still frees the unclaimed lock.
+	forged := l
+	forged.Deadline = time.Now().Add(time.Hour)
+	if err := a.Driver().Commit(ctx, forged, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("driver Commit of an expired lease: %v, want ErrLost", err)
+	}
+	if err := a.Driver().Release(ctx, forged); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("driver Release of an expired lease: %v, want ErrLost", err)
+	}
+	if l2, err := b.TryClaim(ctx, "k", time.Second); err != nil {
+		t.Errorf("TryClaim after the expired lock was released: %v", err)
+	} else {
+		_ = b.Release(ctx, l2)
+	}
 }
 
 // Extend does not wake subscribers; Release and Notify do.

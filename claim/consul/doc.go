@@ -62,11 +62,12 @@
 //
 // Clocks: Consul KV has no server clock, so expiry is judged on client
 // clocks. A holder records expiry = (its clock before sending) + TTL and
-// stops at its Deadline, no later; another client takes over only once its own
-// clock passes expiry + ClockSkew (default 50 ms). Exclusion therefore
-// holds as long as clients' clocks differ by less than ClockSkew (NTP keeps
-// hosts within a few ms); a waiter may wait up to ClockSkew longer than the
-// lease. Stored values expire by the reader's clock.
+// stops at its Deadline, which is no later; another client takes over
+// only once its own clock passes expiry + ClockSkew (default 50 ms).
+// Exclusion therefore holds as long as clients' clocks differ by less
+// than ClockSkew (NTP keeps hosts within a few ms); a waiter may wait up
+// to ClockSkew longer than the lease. Stored values expire by the
+// reader's clock.
 //
 // Notify is pushed: one blocking query (KV list of PREFIX/c/K/) per key per
 // Client, holding one HTTP connection while any subscriber of that key is

@@ -64,7 +64,6 @@ func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error
 			tlsConfig = nil // none in the URL: Consul's CONSUL_* variables decide, as before
 		}
 	}
-	maxWatches := cmp.Or(opt.MaxWatches, DefaultMaxWatches)
 	// Two clients with transports of our own: one for the blocking
 	// queries (at most MaxWatches connections, each held by one query),
 	// one for everything else (at most maxconns), so waiting never takes
@@ -101,11 +100,9 @@ func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error
 	if err != nil {
 		return nil, err
 	}
-	wc, wtr := c, tr
-	if maxWatches > 0 {
-		if wc, wtr, err = client(maxWatches); err != nil {
-			return nil, err
-		}
+	wc, wtr, err := client(cmp.Or(opt.MaxWatches, DefaultMaxWatches))
+	if err != nil {
+		return nil, err
 	}
 	b, err := newBackend(c, opt)
 	if err != nil {

@@ -209,8 +209,7 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 	}
 	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
 	if err != nil {
-		b.gcFailed(gc, err)
-		return fail(ctx, err)
+		return b.putFailed(ctx, gc, err)
 	}
 	if !resp.Succeeded {
 		// A stale lease is expired or was revoked by its own Release; a

@@ -481,45 +481,6 @@ func TestWatchCompacted(t *testing.T) {
 	}
 }
 
-// TestTopics: messages published on the etcd topic bus reach a subscriber
-// in another process in order, and stop waits for the handler.
-func TestTopics(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Etcd)
-	a, b := open(t, withPrefix(srv, "topics")), open(t, withPrefix(srv, "topics"))
-	ctx := context.Background()
-	var mu sync.Mutex
-	var got []string
-	done := make(chan struct{})
-	stop, err := b.SubscribeTopic(ctx, "inval", func(msg []byte, reset bool) {
-		mu.Lock()
-		defer mu.Unlock()
-		got = append(got, fmt.Sprint(string(msg), reset))
-		if len(got) == 3 {
-			close(done)
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, m := range []string{"a", "b", "c"} {
-		if err := a.Publish(ctx, "inval", []byte(m)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	select {
-	case <-done:
-	case <-time.After(15 * time.Second):
-		t.Fatal("messages not delivered")
-	}
-	stop()
-	stop()
-	mu.Lock()
-	defer mu.Unlock()
-	if strings.Join(got, ",") != "afalse,bfalse,cfalse" {
-		t.Errorf("got %v", got)
-	}
-}
-
 // TestRestart: etcd keeps leases and revisions across a crash (kill -9)
 // and restart: the holder can still release, the waiter's watch resumes
 // and sees the release, and the next token is larger (DurableFence).

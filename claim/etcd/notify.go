@@ -47,8 +47,7 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 		return fail(ctx, err)
 	}
 	if _, err := b.cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc)); err != nil {
-		b.gcFailed(gc, err)
-		return fail(ctx, err)
+		return b.putFailed(ctx, gc, err)
 	}
 	return nil
 }

@@ -86,18 +86,19 @@ func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration)
 	return g.id, nil
 }
 
-// gcFailed forgets a shared lease the server no longer knows.
-func (b *backend) gcFailed(id clientv3.LeaseID, err error) {
-	if id == clientv3.NoLease || !errors.Is(err, rpctypes.ErrLeaseNotFound) {
-		return
-	}
-	b.gcMu.Lock()
-	defer b.gcMu.Unlock()
-	for c, g := range b.gc {
-		if g.id == id {
-			delete(b.gc, c)
+// putFailed returns fail(ctx, err) for a write that failed, first
+// forgetting its shared lease gc if the server no longer knows it.
+func (b *backend) putFailed(ctx context.Context, gc clientv3.LeaseID, err error) error {
+	if gc != clientv3.NoLease && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+		b.gcMu.Lock()
+		for c, g := range b.gc {
+			if g.id == gc {
+				delete(b.gc, c)
+			}
 		}
+		b.gcMu.Unlock()
 	}
+	return fail(ctx, err)
 }
 
 // Get implements driver.Store.
@@ -116,8 +117,7 @@ func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Du
 		return fail(ctx, err)
 	}
 	if _, err := b.cli.Do(ctx, put); err != nil {
-		b.gcFailed(gc, err)
-		return fail(ctx, err)
+		return b.putFailed(ctx, gc, err)
 	}
 	return nil
 }

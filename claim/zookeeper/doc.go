@@ -13,12 +13,14 @@
 // acl=open gives world access). Other parameters: session (session
 // timeout, default 30s, clamped by the server to [2, 20] × its tickTime),
 // maxvalue (bytes, default DefaultMaxValueLen), messagelife (how long a
-// Publish'd message stays readable, default 30s), and for a TLS port
-// (secureClientPort): tls=true, with the TLS parameters every driver
-// shares: cacert (PEM file of the CA to trust instead of the system
-// roots), cert and key (PEM files of a client certificate and its key),
-// servername (default: each HOST) and skip_verify (testing only). An
-// unknown parameter is an error. The password never appears in errors.
+// Publish'd message stays readable, default 30s), dial_timeout (bounds
+// each connection attempt, TLS handshake included; default go-zk's 1s),
+// and for a TLS port (secureClientPort): tls=true, with the TLS
+// parameters every driver shares: cacert (PEM file of the CA to trust
+// instead of the system roots), cert and key (PEM files of a client
+// certificate and its key), servername (default: each HOST) and
+// skip_verify (testing only). An unknown, repeated or malformed parameter
+// is an error. The password never appears in errors.
 //
 // New takes a *zk.Conn the caller configured (servers, session timeout,
 // dialer, auth) and returns a *claim.Client; its As method accepts a
@@ -57,9 +59,14 @@
 // when its own clock says the lease has run out. A claimer then takes an
 // expired claim over with one multi-op that deletes the old owner node at
 // the version it read (an Extend that landed in between makes it fail)
-// and the lock node, and creates its own. So expiry is exact to the
-// millisecond (MinTTL and TTLGranularity 1 ms) and needs no synchronized
-// clocks; HeldError.Remaining is estimated with the local clock. A crashed
+// and the lock node, and creates its own. A lease that ran out with
+// nobody taking over is judged the same way by its holder's Extend,
+// Commit, CommitRelease and Release (ErrLost), whenever the lease copy
+// given says it may have: past its Deadline, or past the owner's mtime
+// at its grant (kept in Lease.Handle) plus its TTL. So expiry is exact to
+// the millisecond (MinTTL and TTLGranularity 1 ms) and needs no
+// synchronized clocks; HeldError.Remaining is estimated with the local
+// clock. A crashed
 // holder's nodes also vanish when its session expires, which may free the
 // key before the TTL. The flip side, as with every ZooKeeper lock: a
 // holder cut off from ZooKeeper for longer than its session timeout loses

@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -26,7 +27,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 	if err != nil {
 		return nil, err
 	}
-	d := &dialer{tls: c.tls}
+	d := &dialer{tls: c.tls, timeout: c.dialTimeout}
 	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet{}), zk.WithLogInfo(false))
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper: connect: %w", err)
@@ -51,11 +52,12 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 
 // urlConfig is what a URL says.
 type urlConfig struct {
-	servers []string
-	session time.Duration
-	auth    []byte // "user:password" for digest auth, or nil
-	tls     *tls.Config
-	opt     Options
+	servers     []string
+	session     time.Duration
+	dialTimeout time.Duration // 0: go-zk's (1s)
+	auth        []byte        // "user:password" for digest auth, or nil
+	tls         *tls.Config
+	opt         Options
 }
 
 func parseURL(u *url.URL) (urlConfig, error) {
@@ -66,6 +68,7 @@ func parseURL(u *url.URL) (urlConfig, error) {
 		MessageLife: p.Duration("messagelife", 0),
 	}}
 	c.session = p.Duration("session", DefaultSessionTimeout)
+	c.dialTimeout = p.Duration("dial_timeout", 0)
 	acl := p.String("acl", "")
 	// ZooKeeper has no TLS scheme: tls=true enables the shared TLS
 	// parameters. No server name is passed, so that, unless servername
@@ -127,23 +130,21 @@ func parseURL(u *url.URL) (urlConfig, error) {
 // locally, so that closeSession fails (and go-zk's Close returns at once)
 // and the server only sees the TCP connection go away.
 type dialer struct {
-	tls     *tls.Config // nil: plain TCP
+	tls     *tls.Config   // nil: plain TCP
+	timeout time.Duration // bounds each dial and TLS handshake (0: go-zk's)
+	dropped atomic.Bool
 	mu      sync.Mutex
-	dropped bool
-	cur     net.Conn
+	cur     net.Conn // the last connection dialled
 }
 
 var errDropped = errors.New("zookeeper: driver closed")
 
-func (d *dialer) isDropped() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.dropped
-}
-
 func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, error) {
-	if d.isDropped() {
+	if d.dropped.Load() {
 		return nil, errDropped
+	}
+	if d.timeout > 0 {
+		timeout = d.timeout
 	}
 	nd := &net.Dialer{Timeout: timeout}
 	var c net.Conn
@@ -161,18 +162,12 @@ func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, er
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if d.dropped {
+	if d.dropped.Load() {
 		c.Close()
 		return nil, errDropped
 	}
 	d.cur = &dropConn{Conn: c, d: d}
 	return d.cur, nil
-}
-
-func (d *dialer) drop() {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.dropped = true
 }
 
 type dropConn struct {
@@ -181,7 +176,7 @@ type dropConn struct {
 }
 
 func (c *dropConn) Write(p []byte) (int, error) {
-	if c.d.isDropped() {
+	if c.d.dropped.Load() {
 		c.Conn.Close()
 		return 0, errDropped
 	}

@@ -1,6 +1,7 @@
 package zookeeper
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -85,7 +86,6 @@ type backend struct {
 	wg      sync.WaitGroup
 	watches map[string]*watcher // key -> its existence watch
 	topics  map[string]*watcher // topic -> its child watch
-	dirs    map[string]bool     // topic directories known to exist
 	pub     []published         // own messages, oldest first
 }
 
@@ -125,20 +125,14 @@ func newBackend(conn *zk.Conn, o Options, own *dialer) (*backend, error) {
 	}
 	b := &backend{
 		conn: conn, own: own, root: "/" + prefix, acl: o.ACL,
-		maxVal: o.MaxValueLen, msgLife: o.MessageLife,
+		maxVal:  cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
+		msgLife: cmp.Or(o.MessageLife, DefaultMessageLife),
 		done:    make(chan struct{}),
 		watches: map[string]*watcher{},
 		topics:  map[string]*watcher{},
-		dirs:    map[string]bool{},
 	}
 	if b.acl == nil {
 		b.acl = zk.WorldACL(zk.PermAll)
-	}
-	if b.maxVal == 0 {
-		b.maxVal = DefaultMaxValueLen
-	}
-	if b.msgLife == 0 {
-		b.msgLife = DefaultMessageLife
 	}
 	return b, nil
 }
@@ -292,7 +286,7 @@ func (b *backend) Close() error {
 	}
 	b.mu.Unlock()
 	if b.own != nil {
-		b.own.drop()
+		b.own.dropped.Store(true)
 		b.conn.Close()
 	}
 	b.wg.Wait()

@@ -120,18 +120,13 @@ func cut(c *claim.Client) {
 	d := drv(c).own
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	d.dropped = true
+	d.dropped.Store(true)
 	if d.cur != nil {
 		d.cur.(*dropConn).Conn.Close()
 	}
 }
 
-func heal(c *claim.Client) {
-	d := drv(c).own
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.dropped = false
-}
+func heal(c *claim.Client) { drv(c).own.dropped.Store(false) }
 
 func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
 	t.Helper()
@@ -709,7 +704,7 @@ func TestKeyEncoding(t *testing.T) {
 }
 
 func TestParseURL(t *testing.T) {
-	u, err := url.Parse("zookeeper://alice:pw@zk1,zk2:2182/apps/x?prefix=s&session=5s")
+	u, err := url.Parse("zookeeper://alice:pw@zk1,zk2:2182/apps/x?prefix=s&session=5s&dial_timeout=3s")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -718,7 +713,7 @@ func TestParseURL(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{"zk1:2181", "zk2:2182"}
-	if fmt.Sprint(c.servers) != fmt.Sprint(want) || c.session != 5*time.Second || string(c.auth) != "alice:pw" ||
+	if fmt.Sprint(c.servers) != fmt.Sprint(want) || c.session != 5*time.Second || c.dialTimeout != 3*time.Second || string(c.auth) != "alice:pw" ||
 		c.opt.Prefix != "apps/x/s" || len(c.opt.ACL) != 1 || c.opt.ACL[0].Scheme != "auth" {
 		t.Errorf("parseURL = %+v", c)
 	}
@@ -744,6 +739,7 @@ func TestParseURL(t *testing.T) {
 		"zookeeper://zk1/x?servername=zk.example",    // likewise
 		"zookeeper://zk1/x?tls=true&skip_verify=yes", // malformed
 		"zookeeper://zk1/x?session=1s&session=2s",    // repeated
+		"zookeeper://zk1/x?dial_timeout=-1s",         // negative
 		"zookeeper://zk1/x?session=1s;prefix=p",      // ';' separator
 		"zookeeper://zk1/x?tls=true&cacert=/nonexistent/ca.pem",
 	} {
@@ -755,7 +751,7 @@ func TestParseURL(t *testing.T) {
 }
 
 func FuzzParseURL(f *testing.F) {
-	f.Add("zookeeper://h:1,h2:2/chroot?prefix=p&session=1s")
+	f.Add("zookeeper://h:1,h2:2/chroot?prefix=p&session=1s&dial_timeout=2s")
 	f.Add("zookeeper://u:p@[::1]:2181/x?acl=creator")
 	f.Add("zookeeper:///..?prefix=zookeeper")
 	f.Add("zookeeper://h/x?tls=true&servername=s&skip_verify=1")
@@ -791,15 +787,18 @@ func TestKeepAlive(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	a, b := open(t, srv, "/keepalive"), open(t, srv, "/keepalive")
-	l, err := a.TryClaim(ctx, "k", 300*time.Millisecond)
+	// A short lease, renewed every TTL/3: a renewal may be late by about
+	// half a TTL (a loaded machine) before the lease runs out.
+	const ttl = time.Second
+	l, err := a.TryClaim(ctx, "k", ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
 	k := a.KeepAlive(ctx, l, nil)
 	for i := 0; i < 4; i++ {
-		time.Sleep(250 * time.Millisecond)
+		time.Sleep(ttl * 3 / 5)
 		if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
-			t.Fatalf("%s into a kept-alive 300ms lease: TryClaim %v, want ErrHeld", time.Duration(i+1)*250*time.Millisecond, err)
+			t.Fatalf("%s into a kept-alive %s lease: TryClaim %v, want ErrHeld", time.Duration(i+1)*ttl*3/5, ttl, err)
 		}
 	}
 	if err := k.Err(); err != nil {
