@@ -99,10 +99,7 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 		return nil
 	}
 	delete(sp.locks, l.Key)
-	wakes := sp.wakesLocked(l.Key)
+	sp.wakeLocked(l.Key)
 	sp.mu.Unlock()
-	for _, w := range wakes {
-		w()
-	}
 	return nil
 }

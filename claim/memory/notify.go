@@ -41,38 +41,30 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 		return err
 	}
 	b.sp.mu.Lock()
-	wakes := b.sp.wakesLocked(key)
+	b.sp.wakeLocked(key)
 	b.sp.mu.Unlock()
-	for _, w := range wakes {
-		w()
-	}
 	return nil
 }
 
-// wakesLocked returns the wake functions of key's subscribers; sp.mu must
-// be held, and they are called after it is released.
-func (sp *Space) wakesLocked(key string) []func() {
-	m := sp.subs[key]
-	out := make([]func(), 0, len(m))
-	for _, w := range m {
-		out = append(out, w)
+// wakeLocked wakes key's subscribers; sp.mu must be held. Waking under the
+// lock means no wake-up comes after an Unsubscribe has returned. (A wake
+// function only signals: it never calls back into the Space.)
+func (sp *Space) wakeLocked(key string) {
+	for _, w := range sp.subs[key] {
+		w()
 	}
-	return out
 }
 
 // Publish implements driver.Broadcaster: every subscribed Client of the
-// Space gets msg, synchronously.
+// Space gets msg, synchronously, under the Space's lock (so never after
+// its UnsubscribeTopic returned).
 func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	b.sp.mu.Lock()
-	targets := make([]func([]byte, bool), 0, len(b.sp.topics[topic]))
+	defer b.sp.mu.Unlock()
 	for _, d := range b.sp.topics[topic] {
-		targets = append(targets, d)
-	}
-	b.sp.mu.Unlock()
-	for _, d := range targets {
 		d(append([]byte(nil), msg...), false)
 	}
 	return nil
