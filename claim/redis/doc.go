@@ -9,18 +9,16 @@
 //
 // PORT defaults to 6379 and DB to 0. Parameters: prefix (key prefix,
 // default "stampede"), maxvalue (bytes, default 512 MiB), health_check
-// (pub/sub ping interval, default 3s), and go-redis client settings:
-// client_name, pool_size, min_idle_conns, max_retries (default 0: no
-// retries, one attempt per call), protocol (2 or 3), dial_timeout,
-// read_timeout, write_timeout; for rediss only: cacert (PEM file of the CA
-// to trust instead of the system roots), cert and key (PEM files of a
-// client certificate and its key), servername (default HOST) and
-// skip_verify (testing only); cluster (true: a Redis Cluster client seeded
-// with HOST and addrs) and addrs (more seed HOST:PORT addresses,
-// comma-separated). An unknown, repeated or malformed parameter is an
-// error. Opening a URL does not dial: the client connects on first use.
-// For Sentinel, custom dialers or anything else, build the client yourself
-// and call New.
+// (pub/sub ping interval, default 3s); go-redis settings client_name,
+// pool_size, min_idle_conns, max_retries (default 0: one attempt per
+// call), protocol (2 or 3), dial_timeout, read_timeout, write_timeout;
+// cluster (true: a Redis Cluster client seeded with HOST and addrs) and
+// addrs (more HOST:PORT seeds, comma-separated); for rediss only: cacert
+// (PEM file of the CAs to trust instead of the system roots), cert and key
+// (PEM files of a client certificate and its key), servername (default
+// HOST) and skip_verify (testing only). An unknown, repeated or malformed
+// parameter is an error. Opening does not dial. For Sentinel, custom
+// dialers or anything else, build the client yourself and call New.
 //
 // # Semantics
 //
@@ -47,41 +45,37 @@
 // first, in the same script: a stale holder, or a lease the server
 // expired, changes nothing and gets ErrLost. Commit is therefore atomic
 // with the lease check. TryClaimRead is the claim script with a GET of the
-// value key; CommitRelease is Commit and Release in one script (compare,
-// SET, DEL, PUBLISH). Leases and values have millisecond granularity and a
-// 1 ms minimum; expiry is judged by the server's clock, and the local
-// Deadline the Client takes before the request is sent is never later
-// than the server's expiry if clocks run at the same rate.
+// value key; CommitRelease is Commit and Release in one script. Leases and
+// values have millisecond granularity and a 1 ms minimum; expiry is judged
+// by the server's clock, and the local Deadline (taken before the request
+// was sent) is never later than the server's expiry if clocks run at the
+// same rate.
 //
-// Notify: Release and Notify publish on the key's channel (SPUBLISH on a
-// *ClusterClient, so a release reaches only the key's shard, not every
-// node; PUBLISH otherwise), after the change is made. Each Client keeps
-// one dedicated pub/sub connection (one per master node on a cluster) for
-// all its keys and topics. Subscribe returns once the server has
-// confirmed the SUBSCRIBE. When the pub/sub connection drops, or a
+// Notify: Release and Notify publish on the key's channel after the change
+// (SPUBLISH on a *ClusterClient, so a release reaches only the key's
+// shard; PUBLISH otherwise); topics are PREFIX:{E(TOPIC)}:topic. Each
+// Client keeps one dedicated pub/sub connection (one per master on a
+// cluster) for all its keys and topics. Subscribe returns once the server
+// has confirmed the SUBSCRIBE. When the pub/sub connection drops, or a
 // health-check PING goes unanswered, the driver reconnects, subscribes
 // again and then wakes every key's subscribers to re-check, so a release
-// published during the outage is never lost; topic subscribers get a
-// reset. Topics (Publish, SubscribeTopic) are PUBLISH/SUBSCRIBE (sharded
-// on a cluster) on PREFIX:{E(TOPIC)}:topic.
+// published during the outage is never lost; topic subscribers get a reset.
 //
 // Clients: New takes the user's own *Client (standalone or Sentinel
 // failover) or *ClusterClient; *Ring is refused (its pub/sub cannot follow
-// keys across shards). go-redis retries failed commands MaxRetries times
-// by default; every script here is safe under such a retry, but one
-// attempt per call (MaxRetries: -1) gives the clearest errors. Set
+// keys across shards). Every script is safe under go-redis's retries, but
+// one attempt per call (MaxRetries: -1) gives the clearest errors. Set
 // ContextTimeoutEnabled too (the URL opener does), or calls outlive their
-// context's deadline until ReadTimeout (3 s by default). Client.As gives
-// the go-redis client: a *goredis.UniversalClient always, a
-// **goredis.Client or **goredis.ClusterClient when that is what it is:
+// context's deadline until ReadTimeout (3 s by default). Client.As sets a
+// *goredis.UniversalClient, and a **goredis.Client or
+// **goredis.ClusterClient when the client is one:
 //
 //	var rdb goredis.UniversalClient
 //	if c.As(&rdb) { ... }
 //
 // # Errors
 //
-// The driver answers the sentinels of package claim (ErrHeld as a
-// *HeldError with the lock's remaining PTTL, ErrLost, ErrNotFound), or
-// go-redis's error for I/O failures; the Client wraps them as
+// ErrHeld (a *HeldError with the lock's PTTL), ErrLost and ErrNotFound, or
+// go-redis's error for I/O failures, wrapped by the Client as
 // "claim: OP KEY: ...". Passwords never appear in errors.
 package redis

@@ -198,16 +198,11 @@ func (n *notifier) join(ctx context.Context, name string, fire func(string, bool
 		return err
 	}
 	n.mu.Lock()
-	if n.closed {
-		n.mu.Unlock()
-		s.unlock()
-		return driver.ErrClosed
-	}
 	st := &chanState{name: name, fire: fire, sh: s, ready: make(chan struct{})}
 	n.chans[name] = st
 	s.chans[name] = st
 	n.mu.Unlock()
-	err = n.subscribe(ctx, s, st)
+	err = n.subscribe(ctx, s, st) // ErrClosed if closed meanwhile
 	s.unlock()
 	if err != nil {
 		n.leave(name)
@@ -215,9 +210,7 @@ func (n *notifier) join(ctx context.Context, name string, fire func(string, bool
 	}
 	select {
 	case <-st.ready:
-		n.mu.Lock()
-		defer n.mu.Unlock()
-		return st.err
+		return st.err // written before ready was closed
 	case <-ctx.Done():
 		n.leave(name)
 		return ctx.Err()

@@ -87,6 +87,7 @@ func New(client goredis.UniversalClient, opt *Options) (*claim.Client, error) {
 	return claim.NewClient(b, o.Client), nil
 }
 
+// newBackend is the driver of New and of the URL opener.
 func newBackend(client goredis.UniversalClient, o Options) (*backend, error) {
 	if client == nil {
 		return nil, errors.New("redis: New: nil client")
@@ -143,18 +144,27 @@ func (b *backend) Close() error {
 }
 
 // As implements driver.Aser: *goredis.UniversalClient always,
-// **goredis.Client and **goredis.ClusterClient when the client is one.
+// **goredis.Client and **goredis.ClusterClient when the client is one (*i
+// is left alone otherwise).
 func (b *backend) As(i any) bool {
-	var ok bool
 	switch p := i.(type) {
 	case *goredis.UniversalClient:
-		*p, ok = b.rdb, true
+		*p = b.rdb
 	case **goredis.Client:
-		*p, ok = b.rdb.(*goredis.Client)
+		c, ok := b.rdb.(*goredis.Client)
+		if !ok {
+			return false
+		}
+		*p = c
 	case **goredis.ClusterClient:
-		*p, ok = b.cc, b.cc != nil
+		if b.cc == nil {
+			return false
+		}
+		*p = b.cc
+	default:
+		return false
 	}
-	return ok
+	return true
 }
 
 // newEncoder keeps keys of up to 255 bytes without braces readable.
