@@ -1,22 +1,19 @@
 // Package conformance is the test suite every claim backend runs against
-// its real server. It checks the contract of package claim (mutual
-// exclusion, fencing, expiry, stale holders, notification, the store,
-// limits, closing), with a watchdog on every check so a hang fails loudly.
-// Checks of optional interfaces (claim.ClaimReader, claim.CommitReleaser)
-// run only on backends that implement them; on others Run reports them as
-// skipped ("n/a: ...") and Test as no failure.
+// its real server. It checks the contract of package claim/driver through
+// a *claim.Client (mutual exclusion, fencing, expiry, stale holders,
+// notification, topics, the store, limits, closing) and, where the
+// Client's own checks would hide a driver's fault, by calling the driver
+// directly (a lease the server expired presented with a forged deadline,
+// a cancelled context, a retried release racing a new claim, a
+// subscription dropped or not yet live). Each check has a watchdog, so a
+// hang fails loudly. What a driver declares in its Features
+// (AtomicCommit, DurableFence, MinTTL and TTLGranularity, MaxValueLen,
+// Broadcast) is checked, not trusted. A check that does not apply (a
+// feature the driver does not declare, a harness function not given) is
+// reported by Run as skipped ("n/a: ...") and by Test as no failure.
 //
 // A backend's test calls Run with a Harness that opens independent clients
-// of the backend, as if in separate processes:
-//
-//	func TestConformance(t *testing.T) {
-//		srv := testserver.Require(t, testserver.Redis)
-//		conformance.Run(t, conformance.Harness{
-//			Open: func(ctx context.Context) (*claim.Client, error) {
-//				return claim.Open(ctx, srv.URL())
-//			},
-//		})
-//	}
+// of the backend, as if in separate processes (see the package example).
 //
 // Like testing/fstest.TestFS, the checks report errors rather than
 // calling into testing directly, so Test can run them on a deliberately
