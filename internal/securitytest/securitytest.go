@@ -436,37 +436,43 @@ func CheckEncoding(t *testing.T, k1, k2 string, names func(string) []string, max
 	}
 }
 
-// Proxy forwards connections to target until cut: then it closes its
-// listener and every connection, so the server looks gone to clients that
-// dialled through it (their next calls fail, new dials are refused).
+// Proxy forwards TCP connections to a server until cut: Cut closes every
+// connection and refuses new ones (accepted and closed at once), so the
+// server looks gone to clients that dialled through it; Restore lets
+// connections through again.
 type Proxy struct {
 	ln     net.Listener
 	target string
 	mu     sync.Mutex
-	conns  []net.Conn
+	conns  map[net.Conn]struct{}
 	cut    bool
 	n      int // connections accepted
 	wg     sync.WaitGroup
 }
 
-// Accepted returns how many connections the proxy has accepted.
+// Accepted returns how many connections the proxy has forwarded.
 func (p *Proxy) Accepted() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.n
 }
 
-// NewProxy starts a proxy to target on a loopback port; t.Cleanup cuts it.
+// NewProxy starts a proxy to target on a loopback port; it is closed when
+// the test ends.
 func NewProxy(t testing.TB, target string) *Proxy {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{ln: ln, target: target}
+	p := &Proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	p.wg.Add(1)
 	go p.accept()
-	t.Cleanup(p.Cut)
+	t.Cleanup(func() {
+		ln.Close()
+		p.Cut()
+		p.wg.Wait()
+	})
 	return p
 }
 
@@ -480,19 +486,19 @@ func (p *Proxy) accept() {
 		if err != nil {
 			return
 		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			c.Close()
-			continue
-		}
 		p.mu.Lock()
 		if p.cut {
 			p.mu.Unlock()
 			c.Close()
-			s.Close()
-			return
+			continue
 		}
-		p.conns = append(p.conns, c, s)
+		s, err := net.Dial("tcp", p.target)
+		if err != nil {
+			p.mu.Unlock()
+			c.Close()
+			continue
+		}
+		p.conns[c], p.conns[s] = struct{}{}, struct{}{}
 		p.n++
 		p.wg.Add(2)
 		p.mu.Unlock()
@@ -508,17 +514,21 @@ func (p *Proxy) pipe(dst, src net.Conn) {
 	src.Close()
 }
 
-// Cut closes the listener and every connection, and waits for the
-// proxy's goroutines. Idempotent.
+// Cut closes every connection and refuses new ones until Restore.
+// Idempotent.
 func (p *Proxy) Cut() {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	p.cut = true
-	conns := p.conns
-	p.conns = nil
-	p.mu.Unlock()
-	p.ln.Close()
-	for _, c := range conns {
+	for c := range p.conns {
 		c.Close()
+		delete(p.conns, c)
 	}
-	p.wg.Wait()
+}
+
+// Restore lets new connections through again.
+func (p *Proxy) Restore() {
+	p.mu.Lock()
+	p.cut = false
+	p.mu.Unlock()
 }
