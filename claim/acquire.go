@@ -59,6 +59,9 @@ type GetOrAcquireOptions struct {
 	// OpTimeout bounds each backend call GetOrAcquire makes (0: only ctx
 	// bounds them).
 	OpTimeout time.Duration
+	// OnWait, if set, is called once, when the key is first found held by
+	// another holder (the call starts waiting), on the caller's goroutine.
+	OnWait func()
 }
 
 // Got is what GetOrAcquire got: a value stored under the key, or a lease
@@ -104,7 +107,7 @@ func (c *Client) GetOrAcquire(ctx context.Context, key string, ttl time.Duration
 	if o.Accept == nil {
 		o.Accept = func([]byte) bool { return true }
 	}
-	w.opTimeout = o.OpTimeout
+	w.opTimeout, w.onWait = o.OpTimeout, o.OnWait
 	if !o.SkipGet {
 		if v, ok, err := w.read(ctx, o.Accept); err != nil || ok {
 			return Got{Found: ok, Value: v}, err
@@ -120,6 +123,7 @@ type waiter struct {
 	key       string
 	ttl       time.Duration
 	opTimeout time.Duration
+	onWait    func()
 }
 
 // op returns the context of one backend call.
@@ -189,6 +193,9 @@ func (w *waiter) run(ctx context.Context, accept func([]byte) bool) (Got, error)
 			return Got{Lease: l, Waited: waited}, nil
 		case !errors.Is(err, ErrHeld):
 			return Got{Waited: waited}, err
+		}
+		if !waited && w.onWait != nil {
+			w.onWait()
 		}
 		waited = true
 		var held *HeldError

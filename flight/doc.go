@@ -1,8 +1,9 @@
-// Package flight is a tiered, stampede-proof cache on any claim.Backend:
-// when many callers in many processes miss the same key at once, the
-// loader runs once and everyone else gets its answer.
+// Package flight is a tiered, stampede-proof cache on a *claim.Client,
+// whatever the backend behind it: when many callers in many processes
+// miss the same key at once, the loader runs once and everyone else gets
+// its answer.
 //
-//	b, _ := claim.Open(ctx, "redis://localhost:6379/0") // or memory.New(nil, nil)
+//	b, _ := claim.Open(ctx, "redis://localhost:6379/0") // or memory.New(nil, nil): a *claim.Client too
 //	c, _ := flight.New[Company](b, &flight.Options[Company]{Name: "companies"})
 //	defer c.Close()
 //	co, err := c.Get(ctx, "Apple Inc.", func(ctx context.Context, key string) (Company, error) {
@@ -22,24 +23,29 @@
 //     runs on its own goroutine, so a caller leaving on its context
 //     cancels nothing;
 //  4. L2, the backend's store: a hit fills L1;
-//  5. on an L2 miss the flight subscribes to the key's wake-ups and
-//     tries the claim. The holder re-checks L2 (a value published in
-//     between is adopted), runs the loader while claim.KeepAlive renews
-//     its lease, commits the value fenced by the lease, and releases the
-//     claim, which wakes every waiting process; they read the value from
-//     L2 (SourceRemote). A holder that dies is taken over when its lease
-//     expires; a holder whose lease was lost has its commit refused and
-//     keeps its value to its own callers.
+//  5. on an L2 miss the flight waits through the Client's one waiting
+//     engine (claim.Client.GetOrAcquire): it subscribes to the key's
+//     wake-ups, then claims the key and reads its value in one step
+//     (claim.Client.TryClaimRead). A value published between the flight's
+//     read and its claim is adopted (SourceL2) and the claim released at
+//     once, without a load. Otherwise the holder runs the loader while
+//     claim.Client.KeepAlive renews its lease, then commits the value
+//     fenced by the lease and releases the claim in one step
+//     (claim.Client.CommitRelease), which wakes every waiting process;
+//     they read the value from L2 (SourceRemote). A holder that dies is
+//     taken over when its lease expires; a holder whose lease was lost
+//     has its commit refused and keeps its value to its own callers.
 //
 // # Round trips
 //
 // Backend round trips per process per key do not depend on the number of
 // callers in the process: an L2 hit costs 1; a waiting process 4 (get,
 // subscribe, claim, get after the wake-up); the holder 4 (get, subscribe,
-// claim+read, commit+release) when the backend implements the optional
-// claim.ClaimReader (the re-check comes with the claim) and
-// claim.CommitReleaser (commit and release in one step), else 6 (get,
-// subscribe, claim, get, commit, release), or 5 with one of the two.
+// claim+read, commit+release) when the backend's driver has both
+// one-round-trip fast paths, else 6 (get, subscribe, claim, get, commit,
+// release: the Client's fallbacks), or 5 with one of the two. A holder
+// that adopts a value published before its claim costs 4 (get, subscribe,
+// claim+read, release), 5 without the fast path.
 //
 // Result.Source tells each caller which tier answered: SourceL1,
 // SourceL2, SourceLoaded (this process called the loader), SourceRemote
@@ -77,11 +83,16 @@
 // # Invalidation
 //
 // Invalidate deletes the key from L2, drops it from this process's L1,
-// notifies the key's waiters, and, when the backend implements
-// claim.Broadcaster, publishes the key on the topic "flight:" + Name so
-// every process drops it from L1 (a subscriber that missed messages drops
-// its whole L1). Without a Broadcaster, other processes serve their L1
-// copy until it expires: Options.L1TTL is the staleness bound then.
+// notifies the key's waiters, and publishes the key on the topic
+// "flight:" + Name (claim.Client.Publish) so every process drops it from
+// L1; a process that may have missed messages drops its whole L1. Topics
+// work on every backend: over the backend's native bus where it has one
+// (Features.Broadcast), otherwise through the Client's topic log, which
+// costs Invalidate a few more round trips and reaches the other
+// processes a little later. Only if the Cache could not subscribe to the
+// topic when it was opened (logged), or a publication failed (Invalidate
+// returns the error), do other processes serve their L1 copy until it
+// expires (Options.L1TTL).
 //
 // # Backend failures
 //

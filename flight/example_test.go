@@ -17,9 +17,10 @@ type Company struct {
 	Name string
 }
 
-// Two processes share one backend (here an in-process memory Space; in
-// production claim.Open with a Redis, etcd, PostgreSQL... URL). The
-// loader runs once; each answer says which tier gave it.
+// Two processes share one backend: each holds its own *claim.Client (here
+// two memory Clients of one in-process Space; in production claim.Open
+// with a Redis, etcd, PostgreSQL... URL in each process). The loader runs
+// once; each answer says which tier gave it.
 func Example() {
 	ctx := context.Background()
 	space := memory.NewSpace(nil)
@@ -157,8 +158,8 @@ func ExampleWithFallback() {
 	// exact price L1
 }
 
-// Invalidate drops a key from L2 and, through the backend's Broadcaster,
-// from every process's L1.
+// Invalidate drops a key from L2 and, through a topic of the Client
+// (claim.Client.Publish, on every backend), from every process's L1.
 func ExampleCache_Invalidate() {
 	ctx := context.Background()
 	space := memory.NewSpace(nil)
@@ -178,7 +179,7 @@ func ExampleCache_Invalidate() {
 	if err := a.Invalidate(ctx, "config"); err != nil {
 		panic(err)
 	}
-	for { // the broadcast reaches B asynchronously
+	for { // the invalidation reaches B asynchronously
 		if r, _ := b.Fetch(ctx, "config", nil); r.Source != flight.SourceL1 {
 			fmt.Println("B sees version", r.Value)
 			break

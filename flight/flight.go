@@ -66,10 +66,6 @@ var debugStack = debug.Stack
 
 func isNotFound(err error) bool { return errors.Is(err, ErrNotFound) }
 
-// expirySlack is added to the holder's remaining lease before a waiter
-// retries the claim, so the retry lands after the backend expired it.
-const expirySlack = 5 * time.Millisecond
-
 // Result is an answer with its provenance.
 type Result[V any] struct {
 	Value  V

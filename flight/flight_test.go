@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 // The scenarios the design comes from.
@@ -132,9 +133,14 @@ func herd(t *testing.T, slow bool, procs, callers int, keys []string) {
 		st.Loads += s.Loads
 		st.Requests += s.Requests
 		st.Commits += s.Commits
+		st.FailOpen += s.FailOpen
+		st.LostCommits += s.LostCommits
 	}
 	if st.Loads != uint64(len(keys)) || st.Commits != uint64(len(keys)) || st.Requests != uint64(procs*callers) {
 		t.Errorf("fleet stats: %d loads, %d commits, %d requests; want %d, %d, %d", st.Loads, st.Commits, st.Requests, len(keys), len(keys), procs*callers)
+	}
+	if st.FailOpen != 0 || st.LostCommits != 0 {
+		t.Errorf("fleet stats: %d flights failed open, %d commits lost; want none", st.FailOpen, st.LostCommits)
 	}
 }
 
@@ -204,8 +210,8 @@ func holderDies(t *testing.T, slow bool) {
 	if st := a.Stats(); st.LostCommits != 1 || st.Commits != 0 {
 		t.Fatalf("A stats %+v: want its commit refused", st)
 	}
-	if pa.commits.Load() != 0 || pb.commits.Load() != 1 {
-		t.Fatalf("commits A=%d B=%d, want 0 and 1", pa.commits.Load(), pb.commits.Load())
+	if pa.commits() != 0 || pb.commits() != 1 {
+		t.Fatalf("commits landed: A %d, B %d; want 0 and 1", pa.commits(), pb.commits())
 	}
 	c, _ := newCache(f, &Options[string]{})
 	r = fetchOK(t, c, ctx, "k", func(context.Context, string) (string, error) { return "", errTest })
@@ -214,7 +220,7 @@ func holderDies(t *testing.T, slow bool) {
 	}
 }
 
-// A crashed process: its backend client is closed (memory leases outlive
+// A crashed process: its claim.Client is closed (memory leases outlive
 // it, like a dead process's), so it neither renews nor releases.
 func TestHolderCrashes(t *testing.T) {
 	ctx := context.Background()
@@ -239,7 +245,7 @@ func TestHolderCrashes(t *testing.T) {
 		aDone <- err
 	}()
 	<-started
-	pa.Backend.Close()
+	pa.Close()
 	v, err := b.Get(ctx, "k", func(context.Context, string) (string, error) { return "from B", nil })
 	if err != nil || v != "from B" {
 		t.Fatalf("B: %q, %v", v, err)
@@ -513,6 +519,76 @@ func TestNegativeCaching(t *testing.T) {
 	})
 }
 
+// flight's ErrNotFound, ErrInvalidKey and ErrClosed are claim's
+// sentinels, so a loader's not-found is recognised whichever name it
+// uses, and also when it passes on a claim.Client's own not-found
+// (reading another store through the Client): cached with NegativeTTL,
+// never counted as an error, matched by both names.
+func TestLoaderNotFoundIsClaimNotFound(t *testing.T) {
+	for _, s := range []struct {
+		flight, claim error
+		msg           string
+	}{{ErrNotFound, claim.ErrNotFound, "not found"}, {ErrInvalidKey, claim.ErrInvalidKey, "invalid key"}, {ErrClosed, claim.ErrClosed, "closed"}} {
+		if s.flight != s.claim || s.flight.Error() != s.msg {
+			t.Fatalf("flight's %q is not claim's %q", s.flight, s.claim)
+		}
+	}
+	ctx := context.Background()
+	for _, tc := range []struct {
+		name string
+		err  func(p *proc) error
+	}{
+		{"flight.ErrNotFound", func(*proc) error { return fmt.Errorf("no such company: %w", ErrNotFound) }},
+		{"claim.ErrNotFound", func(*proc) error { return fmt.Errorf("no such company: %w", claim.ErrNotFound) }},
+		{"bare", func(*proc) error { return claim.ErrNotFound }},
+		{"client's own", func(p *proc) error {
+			_, err := p.Get(ctx, "registry:nobody")
+			return err
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, negative := range []time.Duration{time.Hour, 0} {
+				f := newFleet(t)
+				var calls atomic.Int64
+				mk := func(p *proc) LoadFunc[string] {
+					return func(context.Context, string) (string, error) {
+						calls.Add(1)
+						return "", tc.err(p)
+					}
+				}
+				pa, pb := f.proc(), f.proc()
+				a := openProcCache(t, pa, &Options[string]{NegativeTTL: negative, Loader: mk(pa)})
+				b := openProcCache(t, pb, &Options[string]{NegativeTTL: negative, Loader: mk(pb)})
+				want := []Source{SourceLoaded, SourceL1, SourceL2}
+				if negative == 0 {
+					want = []Source{SourceLoaded, SourceLoaded, SourceLoaded}
+				}
+				for i, c := range []*Cache[string]{a, a, b} {
+					r, err := c.Fetch(ctx, "nobody", nil)
+					if !errors.Is(err, ErrNotFound) || !errors.Is(err, claim.ErrNotFound) {
+						t.Fatalf("NegativeTTL %v, ask %d: %v, want a not-found", negative, i, err)
+					}
+					if r.Source != want[i] || r.Value != "" {
+						t.Fatalf("NegativeTTL %v, ask %d: %q from %v, want nothing from %v", negative, i, r.Value, r.Source, want[i])
+					}
+				}
+				wantCalls := int64(1)
+				if negative == 0 {
+					wantCalls = 3
+				}
+				if n := calls.Load(); n != wantCalls {
+					t.Fatalf("NegativeTTL %v: %d loader calls, want %d", negative, n, wantCalls)
+				}
+				for _, c := range []*Cache[string]{a, b} {
+					if st := c.Stats(); st.Errors != 0 || st.LoadErrors != 0 {
+						t.Fatalf("NegativeTTL %v: stats %+v: a not-found counted as an error", negative, st)
+					}
+				}
+			}
+		})
+	}
+}
+
 func TestStaleWhileRevalidate(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
@@ -622,21 +698,59 @@ func TestInvalidate(t *testing.T) {
 			t.Fatalf("%d loads, want 2", n)
 		}
 	})
-	t.Run("no broadcaster", func(t *testing.T) {
+	// A Client whose driver has no native bus carries the invalidation
+	// through its topic log (kept under a reserved key, read by every
+	// process on the release that appends to it): every process's L1
+	// drops the key, a little later than over a bus. Before the Client,
+	// flight did not publish without a Broadcaster and other processes
+	// kept their L1 copy until L1TTL.
+	t.Run("topic log", func(t *testing.T) {
 		f := newFleet(t)
+		f.noBus = true
 		ld := newLoader()
-		a := openCache(t, claim.Backend(noBroadcast{f.proc()}), &Options[string]{Loader: ld.load, L1TTL: time.Hour})
-		b := openCache(t, claim.Backend(noBroadcast{f.proc()}), &Options[string]{Loader: ld.load, L1TTL: time.Hour})
-		fetchOK(t, a, ctx, "k", nil)
-		fetchOK(t, b, ctx, "k", nil)
-		if err := a.Invalidate(ctx, "k"); err != nil {
-			t.Fatal(err)
+		var caches []*Cache[string]
+		var procs []*proc
+		for range 3 {
+			c, p := newCache(f, &Options[string]{Loader: ld.load, L1TTL: time.Hour})
+			if p.Features().Broadcast {
+				t.Fatal("the Client sees a native bus")
+			}
+			caches = append(caches, c)
+			procs = append(procs, p)
 		}
-		wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceLoaded)
-		// B keeps its L1 copy until its L1 TTL: documented.
-		r := fetchOK(t, b, ctx, "k", nil)
-		if r.Source != SourceL1 || r.Value != "v1:k" {
-			t.Fatalf("B: %q from %v", r.Value, r.Source)
+		// Twice: the first Invalidate creates the topic's log, the second
+		// appends to it.
+		for round := 1; round <= 2; round++ {
+			want := fmt.Sprintf("v%d:k", round)
+			for i, c := range caches {
+				if r := fetchOK(t, c, ctx, "k", nil); r.Value != want {
+					t.Fatalf("round %d, process %d: %q from %v, want %q", round, i, r.Value, r.Source, want)
+				}
+				if _, ok := c.l1.GetIfPresent("k"); !ok {
+					t.Fatalf("round %d, process %d: k not in L1", round, i)
+				}
+			}
+			if err := caches[round%len(caches)].Invalidate(ctx, "K."); err != nil {
+				t.Fatal(err)
+			}
+			for i, c := range caches {
+				eventually(t, fmt.Sprintf("round %d: process %d dropped the key", round, i), func() bool {
+					_, ok := c.l1.GetIfPresent("k")
+					return !ok
+				})
+			}
+		}
+		r := fetchOK(t, caches[1], ctx, "k", nil)
+		if r.Value != "v3:k" || r.Source != SourceLoaded {
+			t.Fatalf("after the invalidations: %q from %v, want a third load", r.Value, r.Source)
+		}
+		if n := ld.count("k"); n != 3 {
+			t.Fatalf("%d loads, want 3", n)
+		}
+		for i, p := range procs {
+			if n := p.n.Load(countdriver.Publish) + p.n.Load(countdriver.SubscribeTopic); n != 0 {
+				t.Fatalf("process %d used a native bus (%d calls)", i, n)
+			}
 		}
 	})
 }
@@ -666,9 +780,9 @@ func TestFailOpen(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
 	ld := newLoader()
-	ld.delay = 5 * time.Millisecond
+	ld.gate = make(chan struct{})
 	c, p := newCache(f, &Options[string]{Loader: ld.load})
-	p.Backend.Close() // unreachable
+	p.Close() // unreachable
 	var wg sync.WaitGroup
 	for range 100 {
 		wg.Go(func() {
@@ -678,6 +792,10 @@ func TestFailOpen(t *testing.T) {
 			}
 		})
 	}
+	// Every caller joins the load before it ends (a caller arriving after
+	// it would be an L1 hit).
+	eventually(t, "callers joined", func() bool { return c.Stats().Coalesced == 99 })
+	close(ld.gate)
 	wg.Wait()
 	if n := ld.count("k"); n != 1 {
 		t.Fatalf("%d loads, want 1 (coalesced in-process)", n)
@@ -687,7 +805,7 @@ func TestFailOpen(t *testing.T) {
 	}
 
 	closed, p2 := newCache(f, &Options[string]{Loader: ld.load, FailClosed: true})
-	p2.Backend.Close()
+	p2.Close()
 	if _, err := closed.Get(ctx, "k", nil); !errors.Is(err, ErrBackend) || !errors.Is(err, claim.ErrClosed) {
 		t.Fatalf("fail closed: %v", err)
 	}
@@ -794,29 +912,32 @@ func TestNoLoaderAndNoL1(t *testing.T) {
 	}
 	load := func(context.Context, string) (string, error) { return "v", nil }
 	wantSource(t, fetchOK(t, c, ctx, "k", load), SourceLoaded)
-	before := p.gets.Load()
+	before := p.counts()
 	wantSource(t, fetchOK(t, c, ctx, "k", load), SourceL2)
-	if p.gets.Load() != before+1 {
+	if d := p.counts().Sub(before); d[countdriver.Get] != 1 || d.Total() != 1 {
 		t.Fatal("without L1, a hit should cost one L2 read")
 	}
 }
 
 // Backend round trips of one process for one key do not grow with its
 // number of callers: the holder's process costs get, subscribe,
-// claim+read, commit+release (4) on a backend with claim.ClaimReader and
-// claim.CommitReleaser, and get, subscribe, claim, get, commit, release
-// (6) on one without; a waiting process costs get, subscribe, claim, get
-// (4) on either.
+// claim+read, commit+release (4) on a driver with the fast paths
+// (driver.ClaimReader, driver.CommitReleaser), and get, subscribe, claim,
+// get, commit, release (6) on one without (the Client's fallbacks); a
+// waiting process costs get, subscribe, claim, get (4) on either. A
+// driver without a native bus changes nothing here: the Client's topic
+// log costs round trips when the Cache opens and on Invalidate, never per
+// key.
 func TestRoundTrips(t *testing.T) {
 	for _, tc := range []struct {
-		name   string
-		slow   bool
-		holder int64
-	}{{"fast", false, 4}, {"slow", true, 6}} {
+		name        string
+		slow, noBus bool
+		holder      int64
+	}{{"fast", false, false, 4}, {"slow", true, false, 6}, {"topic log", false, true, 4}} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFleet(t)
-			f.slow = tc.slow
+			f.slow, f.noBus = tc.slow, tc.noBus
 			ld := newLoader()
 			ld.gate = make(chan struct{})
 			ld.called = make(chan string, 1)
@@ -836,74 +957,98 @@ func TestRoundTrips(t *testing.T) {
 					}
 				})
 			}
-			eventually(t, "waiter waits", func() bool { return waiter.Stats().Waits == 1 && waiter.Stats().Coalesced == 99 })
+			// The waiter's claim came back held: it waits (Stats.Waits
+			// counts a wait only once it is over).
+			eventually(t, "waiter waits", func() bool { return pw.heldClaims() == 1 && waiter.Stats().Coalesced == 99 })
 			close(ld.gate)
 			wg.Wait()
-			if h, w := ph.trips.Load(), pw.trips.Load(); h != tc.holder || w != 4 {
-				t.Fatalf("round trips: holder %d, waiter %d; want %d and 4", h, w, tc.holder)
+			if st := waiter.Stats(); st.Waits != 1 || st.Remote != 100 {
+				t.Fatalf("waiter stats %+v: want 1 wait, 100 remote answers", st)
 			}
-			if ph.commits.Load() != 1 {
-				t.Fatalf("holder commits: %d, want 1", ph.commits.Load())
+			if h, w := ph.trips(), pw.trips(); h != tc.holder || w != 4 {
+				t.Fatalf("round trips: holder %d %v, waiter %d %v; want %d and 4", h, named(ph.counts()), w, named(pw.counts()), tc.holder)
+			}
+			if ph.commits() != 1 {
+				t.Fatalf("holder commits: %d, want 1", ph.commits())
 			}
 		})
 	}
 }
 
-// missFirstGet answers its first Get with ErrNotFound, as if the value
-// was committed just after this process read L2 and before it claimed.
-type missFirstGet struct {
-	*proc
-	missed atomic.Bool
-}
-
-func (m *missFirstGet) Get(ctx context.Context, key string) ([]byte, error) {
-	if m.missed.CompareAndSwap(false, true) {
-		m.proc.trips.Add(1)
-		return nil, claim.ErrNotFound
-	}
-	return m.proc.Get(ctx, key)
-}
-
-// A value committed between a process's L2 read and its claim is adopted
-// by the new holder (read with the claim, or re-read after it), not loaded
-// again, and the holder releases the claim.
+// A value committed by another process between this process's L2 read
+// and its claim is adopted by the new holder, not loaded again: the
+// Client's waiting engine reads the value with the claim (claim+read,
+// one round trip with the driver's fast path, claim then get without),
+// releases the claim at once, and the caller gets the value from L2. A
+// value the Cache cannot use (another schema) is not adopted: the holder
+// loads.
 func TestHolderAdoptsValueCommittedBeforeClaim(t *testing.T) {
 	for _, slow := range []bool{false, true} {
 		t.Run(map[bool]string{false: "fast", true: "slow"}[slow], func(t *testing.T) {
-			ctx := context.Background()
-			f := newFleet(t)
-			f.slow = slow
-			ld := newLoader()
-			a, _ := newCache(f, &Options[string]{Loader: ld.load})
-			wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceLoaded)
-			p := &missFirstGet{proc: f.proc()}
-			var b claim.Backend = p
-			if slow {
-				b = slowPath{p, p}
+			for _, other := range []bool{false, true} {
+				t.Run(map[bool]string{false: "adopted", true: "other schema"}[other], func(t *testing.T) {
+					holderAdopts(t, slow, other)
+				})
 			}
-			c := openCache(t, b, &Options[string]{Loader: ld.load})
-			r := fetchOK(t, c, ctx, "k", nil)
-			wantSource(t, r, SourceL2)
-			if n := ld.count("k"); n != 1 {
-				t.Fatalf("loader calls: %d, want 1 (the committed value adopted)", n)
-			}
-			if p.claims.Load() != 1 || p.commits.Load() != 0 {
-				t.Fatalf("claims %d, commits %d; want 1 and 0", p.claims.Load(), p.commits.Load())
-			}
-			want := int64(4) // get, subscribe, claim+read, release
-			if slow {
-				want = 5 // get, subscribe, claim, get, release
-			}
-			if n := p.trips.Load(); n != want {
-				t.Fatalf("round trips: %d, want %d", n, want)
-			}
-			l, err := p.TryClaim(ctx, "default:k", time.Second)
-			if err != nil {
-				t.Fatalf("the adopting holder kept its claim: %v", err)
-			}
-			_ = p.Release(ctx, l)
 		})
 	}
+}
+
+func holderAdopts(t *testing.T, slow, otherSchema bool) {
+	ctx := context.Background()
+	f := newFleet(t)
+	f.slow = slow
+	ld := newLoader()
+	aopt := &Options[string]{Loader: ld.load}
+	if otherSchema {
+		aopt.Schema = "v0"
+	}
+	a, _ := newCache(f, aopt)
+	// B subscribes to the key after its L2 read missed and before its
+	// claim: A loads and commits the key right then.
+	var once sync.Once
+	var aerr error
+	pb := f.procWith(func(m countdriver.Method) {
+		if m == countdriver.Subscribe {
+			once.Do(func() { _, aerr = a.Get(ctx, "k", nil) })
+		}
+	})
+	b := openProcCache(t, pb, &Options[string]{Loader: ld.load})
+	r := fetchOK(t, b, ctx, "k", nil)
+	if aerr != nil {
+		t.Fatalf("A: %v", aerr)
+	}
+	var want countdriver.Counts
+	want[countdriver.Subscribe] = 1
+	switch {
+	case otherSchema && slow: // get, subscribe, claim, get, commit, release
+		want[countdriver.Get], want[countdriver.TryClaim], want[countdriver.Commit], want[countdriver.Release] = 2, 1, 1, 1
+	case otherSchema: // get, subscribe, claim+read, commit+release
+		want[countdriver.Get], want[countdriver.ClaimRead], want[countdriver.CommitRelease] = 1, 1, 1
+	case slow: // get, subscribe, claim, get, release
+		want[countdriver.Get], want[countdriver.TryClaim], want[countdriver.Release] = 2, 1, 1
+	default: // get, subscribe, claim+read, release
+		want[countdriver.Get], want[countdriver.ClaimRead], want[countdriver.Release] = 1, 1, 1
+	}
+	if got := pb.counts(); got != want {
+		t.Fatalf("B's round trips: %v, want %v", named(got), named(want))
+	}
+	st := b.Stats()
+	if st.Waits != 0 || st.Takeovers != 0 {
+		t.Fatalf("B stats %+v: want no wait, no takeover", st)
+	}
+	if otherSchema {
+		wantSource(t, r, SourceLoaded)
+		if r.Value != "v2:k" || ld.count("k") != 2 || st.Loads != 1 || pb.commits() != 1 {
+			t.Fatalf("B: %q, %d loads in all, %d by B, %d commits; want its own load committed", r.Value, ld.count("k"), st.Loads, pb.commits())
+		}
+	} else {
+		wantSource(t, r, SourceL2)
+		if r.Value != "v1:k" || ld.count("k") != 1 || st.Loads != 0 || pb.commits() != 0 {
+			t.Fatalf("B: %q, %d loads in all, %d by B, %d commits; want A's value adopted", r.Value, ld.count("k"), st.Loads, pb.commits())
+		}
+	}
+	released(t, f, "default:k")
 }
 
 func TestL1HitDoesNotAllocate(t *testing.T) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -14,7 +15,9 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -22,114 +25,169 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // quiet is a logger for tests that provoke warnings on purpose.
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// proc is one simulated process: its own backend client of the shared
-// Space, with every backend round trip counted, and its own Cache.
+// memDriver is what the memory driver implements: the required driver
+// and every optional fast path and its topic bus.
+type memDriver interface {
+	driver.Driver
+	driver.ClaimReader
+	driver.CommitReleaser
+	driver.Broadcaster
+}
+
+// mem is one process's memory driver, telling what countdriver's call
+// counts cannot: the commits that landed (Commit or CommitRelease
+// answered nil; a refused commit is a call too) and the claims that came
+// back held (the process is waiting for another holder then).
+type mem struct {
+	memDriver
+	commits, held atomic.Int64
+}
+
+func (d *mem) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	l, err := d.memDriver.TryClaim(ctx, key, holder, ttl)
+	if errors.Is(err, driver.ErrHeld) {
+		d.held.Add(1)
+	}
+	return l, err
+}
+
+func (d *mem) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	l, v, found, err := d.memDriver.TryClaimRead(ctx, key, holder, ttl)
+	if errors.Is(err, driver.ErrHeld) {
+		d.held.Add(1)
+	}
+	return l, v, found, err
+}
+
+func (d *mem) Commit(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {
+	err := d.memDriver.Commit(ctx, l, v, ttl)
+	if err == nil {
+		d.commits.Add(1)
+	}
+	return err
+}
+
+func (d *mem) CommitRelease(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {
+	err := d.memDriver.CommitRelease(ctx, l, v, ttl)
+	if err == nil {
+		d.commits.Add(1)
+	}
+	return err
+}
+
+// proc is one simulated process: its own claim.Client of the shared
+// Space, whose driver is wrapped by countdriver so that every backend
+// round trip is counted.
 type proc struct {
-	*memory.Backend
-	gets, claims, commits atomic.Int64
-	trips                 atomic.Int64 // every round trip
+	*claim.Client
+	n    *countdriver.Counter
+	mem  *mem
+	base countdriver.Counts // the counts when its Cache was opened
 }
 
-func (p *proc) Get(ctx context.Context, key string) ([]byte, error) {
-	p.gets.Add(1)
-	p.trips.Add(1)
-	return p.Backend.Get(ctx, key)
+// counts are the round trips since the process's Cache was opened (its
+// subscription to the invalidation topic is not a key's round trip), or
+// since the process was opened if it has no Cache.
+func (p *proc) counts() countdriver.Counts {
+	return p.n.Snapshot().Sub(p.base)
 }
 
-func (p *proc) TryClaim(ctx context.Context, key string, ttl time.Duration) (claim.Lease, error) {
-	p.claims.Add(1)
-	p.trips.Add(1)
-	return p.Backend.TryClaim(ctx, key, ttl)
+// mark starts the counts from now; call it from the test's goroutine.
+func (p *proc) mark() { p.base = p.n.Snapshot() }
+
+func (p *proc) trips() int64 { return p.counts().Total() }
+func (p *proc) gets() int64  { return p.counts()[countdriver.Get] }
+
+// claims counts claims, with or without the value (claim+read).
+func (p *proc) claims() int64 {
+	c := p.counts()
+	return c[countdriver.TryClaim] + c[countdriver.ClaimRead]
 }
 
-func (p *proc) TryClaimRead(ctx context.Context, key string, ttl time.Duration) (claim.Lease, []byte, bool, error) {
-	p.claims.Add(1)
-	p.trips.Add(1)
-	return p.Backend.TryClaimRead(ctx, key, ttl)
-}
+// commits counts the commits that landed.
+func (p *proc) commits() int64 { return p.mem.commits.Load() }
 
-func (p *proc) Commit(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
-	p.trips.Add(1)
-	err := p.Backend.Commit(ctx, l, v, ttl)
-	if err == nil {
-		p.commits.Add(1)
+// heldClaims counts the claims that came back held.
+func (p *proc) heldClaims() int64 { return p.mem.held.Load() }
+
+func (p *proc) calls() int64 { return p.gets() + p.claims() }
+
+// named lists the non-zero counts of c, e.g. "get=2 subscribe=1".
+func named(c countdriver.Counts) string {
+	var parts []string
+	for m, n := range c {
+		if n != 0 {
+			parts = append(parts, fmt.Sprintf("%v=%d", countdriver.Method(m), n))
+		}
 	}
-	return err
-}
-
-func (p *proc) CommitRelease(ctx context.Context, l claim.Lease, v []byte, ttl time.Duration) error {
-	p.trips.Add(1)
-	err := p.Backend.CommitRelease(ctx, l, v, ttl)
-	if err == nil {
-		p.commits.Add(1)
-	}
-	return err
-}
-
-func (p *proc) Release(ctx context.Context, l claim.Lease) error {
-	p.trips.Add(1)
-	return p.Backend.Release(ctx, l)
-}
-
-func (p *proc) Subscribe(ctx context.Context, key string) (claim.Subscription, error) {
-	p.trips.Add(1)
-	return p.Backend.Subscribe(ctx, key)
-}
-
-func (p *proc) Notify(ctx context.Context, key string) error {
-	p.trips.Add(1)
-	return p.Backend.Notify(ctx, key)
-}
-
-func (p *proc) calls() int64 { return p.gets.Load() + p.claims.Load() }
-
-// noBroadcast hides the backend's Broadcaster, like a backend without one.
-type noBroadcast struct{ claim.Backend }
-
-// slowPath hides the backend's claim.ClaimReader and claim.CommitReleaser
-// (not its Broadcaster), like a backend without them.
-type slowPath struct {
-	claim.Backend
-	claim.Broadcaster
+	return strings.Join(parts, " ")
 }
 
 type fleet struct {
 	t     testing.TB
 	space *memory.Space
 	procs []*proc
-	// slow: caches see backends without the one-round-trip paths.
+	// slow: caches see drivers without the one-round-trip fast paths
+	// (countdriver.Options.NoFastPaths: the Client's fallbacks).
 	slow bool
+	// noBus: caches see drivers without a native topic bus
+	// (countdriver.Options.NoBroadcast: the Client's topic log).
+	noBus bool
 }
 
 func newFleet(t testing.TB) *fleet { return &fleet{t: t, space: memory.NewSpace(nil)} }
 
-// proc opens a new simulated process (backend client), closed at cleanup.
+// proc opens a new simulated process (a Client of the fleet's Space,
+// its driver counted, with the fast paths and bus the fleet's mode
+// shows), closed at cleanup.
 func (f *fleet) proc() *proc {
-	b, err := memory.New(f.space, nil)
+	return f.procWith(nil)
+}
+
+// procWith is proc, the counter's OnCall set to onCall (nil: none)
+// before the Client is used.
+func (f *fleet) procWith(onCall func(countdriver.Method)) *proc {
+	m, err := memory.New(f.space, nil)
 	if err != nil {
 		f.t.Fatal(err)
 	}
-	p := &proc{Backend: b}
+	// m itself is never used nor closed: the Client that wraps its
+	// driver closes the driver. NewClient starts nothing.
+	d := &mem{memDriver: m.Driver().(memDriver)}
+	n := &countdriver.Counter{OnCall: onCall}
+	wd, _ := countdriver.Wrap(d, n, countdriver.Options{NoFastPaths: f.slow, NoBroadcast: f.noBus})
+	p := &proc{Client: claim.NewClient(wd, nil), n: n, mem: d}
 	f.procs = append(f.procs, p)
-	f.t.Cleanup(func() { b.Close() })
+	f.t.Cleanup(func() { p.Close() })
 	return p
 }
 
-// cache opens a Cache in a new simulated process.
+// newCache opens a Cache in a new simulated process; the process's
+// counts start once the Cache is open.
 func newCache[V any](f *fleet, opt *Options[V]) (*Cache[V], *proc) {
 	p := f.proc()
-	if f.slow {
-		return openCache(f.t, claim.Backend(slowPath{p, p}), opt), p
-	}
-	return openCache(f.t, claim.Backend(p), opt), p
+	return openProcCache(f.t, p, opt), p
 }
 
-func openCache[V any](t testing.TB, b claim.Backend, opt *Options[V]) *Cache[V] {
+// openProcCache opens a Cache on p and starts p's counts.
+func openProcCache[V any](t testing.TB, p *proc, opt *Options[V]) *Cache[V] {
+	c := openCache(t, p.Client, opt)
+	p.mark()
+	return c
+}
+
+func openCache[V any](t testing.TB, b *claim.Client, opt *Options[V]) *Cache[V] {
 	if opt == nil {
 		opt = &Options[V]{}
 	}
 	if opt.Logger == nil {
 		opt.Logger = quiet
+	}
+	if opt.OpTimeout == 0 {
+		// The default bound (2 s) is a timing: on a loaded machine a
+		// backend call starved past it makes its flight fail open, which
+		// no test here is about (TestFailOpen closes the Client).
+		opt.OpTimeout = time.Minute
 	}
 	c, err := New(b, opt)
 	if err != nil {

@@ -70,9 +70,9 @@ type Options[V any] struct {
 	// negative: no L1 (every Get goes to L2, still coalesced in-process).
 	L1Size int
 	// L1TTL is the longest an L1 entry lives (never past the value's own
-	// TTL). Default 1 minute. On backends without claim.Broadcaster, it is
-	// how long another process may keep serving a value after Invalidate:
-	// keep it short.
+	// TTL). Default 1 minute. It bounds how long another process may keep
+	// serving a value after an Invalidate that could not reach it (see
+	// Invalidation in the package doc).
 	L1TTL time.Duration
 	// TTL is how long a loaded value stays fresh in L2. Default 10 minutes.
 	TTL time.Duration
@@ -97,7 +97,7 @@ type Options[V any] struct {
 	EarlyRefresh float64
 
 	// LeaseTTL is the claim's lease; the holder renews it while loading
-	// (claim.KeepAlive), so it bounds how long a crashed holder delays
+	// (claim.Client.KeepAlive), so it bounds how long a crashed holder delays
 	// the others, not how long a load may take. The renewals start once
 	// the load has run LeaseTTL/12 (a shorter load starts none), the first
 	// at 5/12 of the lease, then every LeaseTTL/3. Default 5 seconds.

@@ -60,11 +60,9 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	wctx, cancel := context.WithDeadline(ctx, until)
 	got, err := c.b.GetOrAcquire(wctx, bk, c.cfg.LeaseTTL, &claim.GetOrAcquireOptions{
 		Accept: accept, SkipGet: true, OpTimeout: c.cfg.OpTimeout,
+		OnWait: func() { c.stats.waits.Add(1) },
 	})
 	cancel()
-	if got.Waited {
-		c.stats.waits.Add(1)
-	}
 	switch {
 	case err != nil && waitOver(ctx, until):
 		return c.waitEnded(ctx, f)
@@ -227,7 +225,7 @@ func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration) (*entry[V], tim
 // becomes an error; a loader still running at the timeout is abandoned.
 //
 // lease is the holder's (nil when failing open). The holder keeps it
-// alive with claim.KeepAlive while the loader runs, and the loader's
+// alive with claim.Client.KeepAlive while the loader runs, and the loader's
 // context is cancelled (cause wrapping claim.ErrLost) when it is lost; a
 // lost lease does not stop the wait, so a loader that ignores it may
 // still finish. The keeper starts only once the load has run for
@@ -361,7 +359,7 @@ func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Ti
 	return zero, time.Since(start), fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout)
 }
 
-// keeperDelay is how long a holder's load runs before claim.KeepAlive
+// keeperDelay is how long a holder's load runs before Client.KeepAlive
 // starts renewing its lease: a quarter of KeepAlive's default interval
 // (TTL/3), so the first renewal comes at 5/12 of the lease rather than
 // 1/3, still well before it ends. Zero (start at once) when the claim's

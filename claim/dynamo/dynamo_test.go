@@ -59,12 +59,16 @@ func open(t testing.TB, url string) *claim.Client {
 func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 
 // harness opens clients of url; restart, if set, crashes and restarts
-// their server.
+// their server. The isolated namespace's prefix extends the default one.
+// The watchdog allows for MutualExclusion's herd on one dynalite (a
+// single-threaded emulator serving every check at once), which needs tens
+// of seconds on a loaded machine.
 func harness(url string, restart func(context.Context) error) conformance.Harness {
 	return conformance.Harness{
 		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url) },
 		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url+"&prefix=stampede:x") },
 		Restart:      restart,
+		Timeout:      3 * time.Minute,
 	}
 }
 
