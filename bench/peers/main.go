@@ -2,16 +2,17 @@
 // instead, on the same servers in the same run: go-redsync/redsync and
 // bsm/redislock on Redis (and a raw SET NX PX + DEL), etcd's
 // clientv3/concurrency.Mutex, consul/api's Lock, against stampede's
-// claim.Acquire + Release on the same substrate (acquire+release latency,
+// Client.Acquire + Release on the same substrate (acquire+release latency,
 // and handoff latency: release → the next holder holds it, with the lock
-// held 20 ms and 300 ms); and x/sync/singleflight and otter (flight's L1
-// library) against flight's coalesced miss and L1 hit.
+// held 20 ms and 300 ms; the tables keep the label "claim.Acquire"); and
+// x/sync/singleflight and otter (flight's L1 library) against flight's
+// coalesced miss and L1 hit.
 //
-// It is a module of its own (bench/peers/go.mod), so users of stampede
-// never download the rivals. From the repository root:
+// It is in the bench module (bench/go.mod), so users of stampede never
+// download the rivals. From the repository root:
 //
 //	scripts/bench-peers              # starts Redis, etcd and Consul test servers
-//	cd bench/peers && go run . -h
+//	cd bench && go run ./peers -h
 //
 // Servers: -redis, -etcd and -consul URLs, else STAMPEDE_TEST_<KIND>_URL,
 // else a test server on a free loopback port (scripts/install-backends
@@ -32,10 +33,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	_ "github.com/stampede-go/stampede/claim/consul"
 	_ "github.com/stampede-go/stampede/claim/etcd"
 	_ "github.com/stampede-go/stampede/claim/redis"
-	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -357,7 +358,7 @@ func (r *report) markdown() string {
 			if l.Ours {
 				continue
 			}
-			// A lock library against claim.Acquire; the raw SET NX + DEL
+			// A lock library against Client.Acquire; the raw SET NX + DEL
 			// floor against one TryClaim + Release too.
 			ours := []string{"stampede"}
 			if strings.HasPrefix(l.Short, "raw") {

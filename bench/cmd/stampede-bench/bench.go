@@ -19,11 +19,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/flight"
-	"github.com/stampede-go/stampede/bench/internal/benchchart"
+	"github.com/stampede-go/stampede/internal/countdriver"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -57,7 +58,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.BoolVar(&cfg.JSON, "json", false, "print the results as JSON instead of a markdown table")
 	fs.DurationVar(&cfg.Timeout, "timeout", 10*time.Minute, "bound on each benchmark")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: stampede bench [flags]")
+		fmt.Fprintln(stderr, "Usage: stampede-bench bench [flags]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Runs the conformance benchmarks (uncontended claim+release, handoff latency with")
 		fmt.Fprintln(stderr, "the lock held 20 ms and 300 ms, notify fan-out to 100 waiters, store set+get) and")
@@ -70,14 +71,14 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if cfg.Rounds < 1 || cfg.HerdProcs < 1 || cfg.HerdCallers < 1 || cfg.BenchTime <= 0 {
-		fmt.Fprintln(stderr, "stampede bench: need -rounds, -herd-procs, -herd-callers >= 1 and -benchtime > 0")
+		fmt.Fprintln(stderr, "stampede-bench bench: need -rounds, -herd-procs, -herd-callers >= 1 and -benchtime > 0")
 		return errUsage
 	}
 	var filter *regexp.Regexp
 	if cfg.Run != "" {
 		var err error
 		if filter, err = regexp.Compile(cfg.Run); err != nil {
-			fmt.Fprintf(stderr, "stampede bench: -run: %v\n", err)
+			fmt.Fprintf(stderr, "stampede-bench bench: -run: %v\n", err)
 			return errUsage
 		}
 	}
@@ -152,7 +153,7 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 		switch kind, isKind := benchKinds[n]; {
 		case n == "mem":
 			space := memory.NewSpace(nil)
-			ts = append(ts, &benchTarget{Name: "mem", URL: "in-process", open: func(context.Context) (claim.Backend, error) { return memory.New(space, nil) }})
+			ts = append(ts, &benchTarget{Name: "mem", URL: "in-process", open: func(context.Context) (*claim.Client, error) { return memory.New(space, nil) }})
 		case isKind:
 			url, stop, err := kindServer(ctx, kind, stderr)
 			if err != nil {
@@ -160,12 +161,12 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 			}
 			t := &benchTarget{Name: n, stop: stop}
 			t.URL = claim.RedactURL(url)
-			t.open = func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, url) }
+			t.open = func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url) }
 			ts = append(ts, t)
 		case strings.Contains(n, "://"):
 			url := n
 			name, _, _ := strings.Cut(n, "://")
-			ts = append(ts, &benchTarget{Name: name, URL: claim.RedactURL(url), open: func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, url) }})
+			ts = append(ts, &benchTarget{Name: name, URL: claim.RedactURL(url), open: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url) }})
 		default:
 			return ts, fmt.Errorf("bench: -backends: %q is neither a URL nor one of all, mem, %s", n, strings.Join(slices.Sorted(mapKeys(benchKinds)), ", "))
 		}
@@ -208,7 +209,7 @@ func kindServer(ctx context.Context, kind testserver.Kind, stderr io.Writer) (ur
 	if url := os.Getenv(kind.EnvVar()); url != "" {
 		return createTable(url), nil, nil
 	}
-	fmt.Fprintf(stderr, "stampede: starting the %s test server...\n", kind)
+	fmt.Fprintf(stderr, "stampede-bench: starting the %s test server...\n", kind)
 	srv, err := testserver.Start(ctx, kind, nil)
 	if err != nil {
 		return "", nil, fmt.Errorf("starting %s: %w (scripts/install-backends installs the servers; or set %s)", kind, err, kind.EnvVar())
@@ -365,7 +366,7 @@ func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 				}
 			}
 		}},
-		bench{"FlightHerd", true, func(b *testing.B) { benchHerd(b, cfg, open, cache) }},
+		bench{"FlightHerd", true, func(b *testing.B) { benchHerd(b, cfg, t.open, cache) }},
 	)
 	return bs
 }
@@ -376,7 +377,7 @@ func benchLoad(_ context.Context, key string) (string, error) { return "value of
 // each of HerdProcs simulated processes (each its own client and cache);
 // reports the time until every caller has its answer, loader calls per
 // key and backend round trips per process per key.
-func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) *claim.Client,
+func benchHerd(b *testing.B, cfg benchConfig, open func(context.Context) (*claim.Client, error),
 	cache func(*testing.B, *claim.Client, string, int) *flight.Cache[string]) {
 	ctx := context.Background()
 	type proc struct {
@@ -393,7 +394,13 @@ func benchHerd(b *testing.B, cfg benchConfig, open func(*testing.B) *claim.Clien
 	}
 	procs := make([]proc, cfg.HerdProcs)
 	for i := range procs {
-		be, calls := count(open(b))
+		raw, err := open(ctx)
+		if err != nil {
+			b.Fatalf("open client: %v", err)
+		}
+		// Counted at the driver; closing the counted client closes it.
+		be, calls := count(raw)
+		b.Cleanup(func() { be.Close() })
 		procs[i] = proc{cache(b, be, "herd", 0), calls}
 	}
 	var lats []time.Duration

@@ -21,6 +21,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/flight"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 func init() {
@@ -47,7 +48,7 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON report instead of text")
 	fs.Usage = func() {
-		fmt.Fprintln(stderr, "Usage: stampede herd [flags]")
+		fmt.Fprintln(stderr, "Usage: stampede-bench herd [flags]")
 		fmt.Fprintln(stderr)
 		fmt.Fprintln(stderr, "Starts -procs processes (this binary, re-executed), each with its own backend")
 		fmt.Fprintln(stderr, "client and its own L1, starts -callers callers in each, releases all of them")
@@ -63,11 +64,11 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if cfg.Procs < 1 || cfg.Callers < 1 || cfg.Keys < 1 || cfg.Rounds < 1 || cfg.Load < 0 || cfg.Lease < 0 ||
 		(cfg.Zipf != 0 && cfg.Zipf <= 1) {
-		fmt.Fprintln(stderr, "stampede herd: need -procs, -callers, -keys, -rounds >= 1, -load, -lease >= 0, and -zipf 0 or > 1")
+		fmt.Fprintln(stderr, "stampede-bench herd: need -procs, -callers, -keys, -rounds >= 1, -load, -lease >= 0, and -zipf 0 or > 1")
 		return errUsage
 	}
 	if cfg.KillHolder && cfg.Procs < 2 {
-		fmt.Fprintln(stderr, "stampede herd: -kill-holder needs -procs >= 2 (someone must take over)")
+		fmt.Fprintln(stderr, "stampede-bench herd: -kill-holder needs -procs >= 2 (someone must take over)")
 		return errUsage
 	}
 	if kind, ok := benchKinds[cfg.Backend]; ok {
@@ -311,7 +312,7 @@ type simWorker struct {
 	gos    chan struct{}
 	dead   chan struct{}
 	once   sync.Once
-	raw    *claim.Client
+	client *claim.Client // the counted client the worker uses
 	cancel context.CancelFunc
 	done   chan error
 }
@@ -327,7 +328,7 @@ func (w *simWorker) release() error {
 func (w *simWorker) kill() error {
 	w.once.Do(func() {
 		close(w.dead)
-		w.raw.Close()
+		w.client.Close()
 		w.cancel()
 	})
 	return nil
@@ -346,7 +347,8 @@ func startSimulated(ctx context.Context, cfg herdConfig, send func(herdEvent), s
 			return ws, err
 		}
 		wctx, cancel := context.WithCancel(ctx)
-		w := &simWorker{gos: make(chan struct{}, cfg.Rounds), dead: make(chan struct{}), raw: raw, cancel: cancel, done: make(chan error, 1)}
+		b, calls := count(raw)
+		w := &simWorker{gos: make(chan struct{}, cfg.Rounds), dead: make(chan struct{}), client: b, cancel: cancel, done: make(chan error, 1)}
 		barrier := func(int) error {
 			select {
 			case <-w.gos:
@@ -358,7 +360,7 @@ func startSimulated(ctx context.Context, cfg herdConfig, send func(herdEvent), s
 		wc := workerConfig{herdConfig: cfg, Proc: i}
 		go func() {
 			defer cancel()
-			err := runWorker(wctx, wc, raw, send, barrier, log.With("proc", i))
+			err := runWorker(wctx, wc, b, calls, send, barrier, log.With("proc", i))
 			if err != nil {
 				select {
 				case <-w.dead: // killed or finished: expected
@@ -583,7 +585,7 @@ func (h *herdSummary) add(proc int, r *procRound) {
 	p := &h.PerProc[proc]
 	p.Requests += r.Requests
 	p.Keys += r.Keys
-	p.calls = p.calls.plus(r.Calls)
+	p.calls = p.calls.Plus(r.Calls)
 	p.Loads += r.Loads
 	p.Errors += r.Errors
 	for s, n := range r.BySource {
@@ -623,8 +625,8 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	for i := range h.PerProc {
 		p := &h.PerProc[i]
 		p.Calls = p.calls.ByName()
-		p.Total = p.calls.total()
-		h.calls = h.calls.plus(p.calls)
+		p.Total = p.calls.Total()
+		h.calls = h.calls.Plus(p.calls)
 		if p.Keys == 0 {
 			continue // killed before reporting
 		}
@@ -652,7 +654,7 @@ func (h *herdSummary) finish(cfg herdConfig) {
 }
 
 func (h *herdSummary) print(w io.Writer) {
-	fmt.Fprintf(w, "stampede herd: %s, %d %s x %d callers, %d key(s)", h.Backend, h.Procs,
+	fmt.Fprintf(w, "stampede-bench herd: %s, %d %s x %d callers, %d key(s)", h.Backend, h.Procs,
 		map[string]string{"processes": "OS processes", "simulated": "simulated processes"}[h.Mode], h.Callers, h.Keys)
 	if h.Zipf > 0 {
 		fmt.Fprintf(w, " (zipf s=%g)", h.Zipf)

@@ -4,13 +4,16 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"maps"
 	"os"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
+	"github.com/stampede-go/stampede/internal/countdriver"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -85,7 +88,7 @@ func oneLoadPerKey(t *testing.T, h *herdSummary) {
 		if p.Keys == 0 || p.Total > int64(6*p.Keys) {
 			t.Errorf("process %d: %d round trips for %d keys (%v), want at most 6 per key", p.Proc, p.Total, p.Keys, p.Calls)
 		}
-		// With claim.ClaimReader and claim.CommitReleaser (memory and
+		// With driver.ClaimReader and driver.CommitReleaser (memory and
 		// Redis have both), holders too make 4: get, subscribe,
 		// claim+read, commit+release.
 		if p.Calls["claim"] == 0 && p.Calls["commit"] == 0 && p.Total > int64(4*p.Keys) {
@@ -182,45 +185,69 @@ func TestHerdCommand(t *testing.T) {
 	}
 }
 
-// TestCountedKeepsInterfaces: the counting wrapper shows flight the same
-// optional interfaces as the backend it wraps, and counts their calls.
-func TestCountedKeepsInterfaces(t *testing.T) {
-	mem, err := memory.New(nil, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer mem.Close()
-	check := func(name string, b *claim.Client, wantB, wantR, wantC bool) {
-		w, _ := count(b)
-		_, isB := w.(claim.Broadcaster)
-		_, isR := w.(claim.ClaimReader)
-		_, isC := w.(claim.CommitReleaser)
-		if isB != wantB || isR != wantR || isC != wantC {
-			t.Errorf("%s: wrapper is Broadcaster %v, ClaimReader %v, CommitReleaser %v; want %v, %v, %v", name, isB, isR, isC, wantB, wantR, wantC)
-		}
-	}
-	check("memory", mem, true, true, true)
-	check("plain", struct{ *claim.Client }{mem}, false, false, false)
-	check("broadcaster only", struct {
-		*claim.Client
-		claim.Broadcaster
-	}{mem, mem}, true, false, false)
-	check("reader+releaser", struct {
-		*claim.Client
-		claim.ClaimReader
-		claim.CommitReleaser
-	}{mem, mem, mem}, false, true, true)
-
-	w, c := count(mem)
+// TestCountedKeepsFastPaths: count puts the counter under the Client, at
+// its driver, and shows the Client the driver's optional interfaces, so the
+// Client takes the same fast paths as without the counter, each one round
+// trip; without them (hidden here) the Client builds them from the
+// required calls, and the counter sees those.
+func TestCountedKeepsFastPaths(t *testing.T) {
 	ctx := context.Background()
-	l, _, _, err := w.(claim.ClaimReader).TryClaimRead(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := w.(claim.CommitReleaser).CommitRelease(ctx, l, []byte("v"), time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	if got := c.snapshot().ByName(); got["claim+read"] != 1 || got["commit+release"] != 1 || c.n.Load() != 2 {
-		t.Errorf("counts %v (total %d), want claim+read 1, commit+release 1", got, c.n.Load())
+	for _, tc := range []struct {
+		name                        string
+		opt                         countdriver.Options
+		wantB, wantR, wantC         bool
+		wantClaimRead, wantCommitRl map[string]int64
+	}{
+		{"memory", countdriver.Options{}, true, true, true,
+			map[string]int64{"claim+read": 1}, map[string]int64{"commit+release": 1}},
+		{"no fast paths", countdriver.Options{NoFastPaths: true}, true, false, false,
+			map[string]int64{"claim": 1, "get": 1}, map[string]int64{"commit": 1, "release": 1}},
+		{"no broadcast", countdriver.Options{NoBroadcast: true}, false, true, true,
+			map[string]int64{"claim+read": 1}, map[string]int64{"commit+release": 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			mem, err := memory.New(nil, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// What the driver shows, then the counter under test on top.
+			shown, _ := countdriver.Wrap(mem.Driver(), nil, tc.opt)
+			c, n := count(claim.NewClient(shown, nil))
+			defer c.Close() // closes the driver under both wrappers
+			d := c.Driver()
+			_, isB := d.(driver.Broadcaster)
+			_, isR := d.(driver.ClaimReader)
+			_, isC := d.(driver.CommitReleaser)
+			if isB != tc.wantB || isR != tc.wantR || isC != tc.wantC {
+				t.Errorf("counted driver is Broadcaster %v, ClaimReader %v, CommitReleaser %v; want %v, %v, %v",
+					isB, isR, isC, tc.wantB, tc.wantR, tc.wantC)
+			}
+			l, _, found, err := c.TryClaimRead(ctx, "k", time.Minute)
+			if err != nil || found {
+				t.Fatalf("TryClaimRead: found %v, %v", found, err)
+			}
+			if got := n.Snapshot().ByName(); !maps.Equal(got, tc.wantClaimRead) {
+				t.Errorf("TryClaimRead counted %v, want %v", got, tc.wantClaimRead)
+			}
+			before := n.Snapshot()
+			if err := c.CommitRelease(ctx, l, []byte("v"), time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			if got := n.Snapshot().Sub(before).ByName(); !maps.Equal(got, tc.wantCommitRl) {
+				t.Errorf("CommitRelease counted %v, want %v", got, tc.wantCommitRl)
+			}
+			if v, err := c.Get(ctx, "k"); err != nil || string(v) != "v" {
+				t.Errorf("Get after CommitRelease: %q, %v", v, err)
+			}
+			sum := func(m map[string]int64) (t int64) {
+				for _, v := range m {
+					t += v
+				}
+				return t
+			}
+			if got, want := n.Total(), sum(tc.wantClaimRead)+sum(tc.wantCommitRl)+1; got != want { // +1: the Get
+				t.Errorf("total %d round trips, want %d", got, want)
+			}
+		})
 	}
 }

@@ -15,10 +15,11 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/flight"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 // The herd's worker: one process of the herd (an OS process started by
-// `stampede herd`, or a simulated one inside it). It opens its own backend
+// `stampede-bench herd`, or a simulated one inside it). It opens its own backend
 // client and its own cache (its own L1), and for each round starts its
 // callers, says it is ready, waits for the start barrier, releases all of
 // them at once and reports what they got. The loader reports every call
@@ -26,7 +27,7 @@ import (
 // still counted.
 
 // herdWorkerEnv carries a worker's configuration (JSON) to a child
-// process: `stampede herd` with it set runs one worker, speaking the
+// process: `stampede-bench herd` with it set runs one worker, speaking the
 // protocol below on stdin and stdout.
 //
 // Protocol: the child writes one JSON herdEvent per line on stdout
@@ -84,7 +85,7 @@ type procRound struct {
 	// Keys is the number of distinct keys this worker's callers asked for.
 	Keys int `json:"keys"`
 	// Calls are this worker's backend round trips during the round, by
-	// method (counted by a wrapper around its *claim.Client).
+	// method (counted at the driver under its *claim.Client).
 	Calls countdriver.Counts `json:"calls"`
 	// Latencies of every caller, from the barrier to its answer, in µs.
 	LatUS     []int64 `json:"lat_us"`
@@ -143,12 +144,12 @@ func (cfg herdConfig) cacheOptions(loader flight.LoadFunc[herdValue], log *slog.
 	}
 }
 
-// runWorker runs one worker on backend raw (which it closes): emit sends
-// an event to the parent, barrier waits for the parent's release of a
-// round (an error ends the worker).
-func runWorker(ctx context.Context, cfg workerConfig, raw *claim.Client, emit func(herdEvent), barrier func(round int) error, log *slog.Logger) error {
-	defer raw.Close()
-	b, calls := count(raw)
+// runWorker runs one worker on client b (which it closes), whose round
+// trips calls counts (see count): emit sends an event to the parent,
+// barrier waits for the parent's release of a round (an error ends the
+// worker).
+func runWorker(ctx context.Context, cfg workerConfig, b *claim.Client, calls *countdriver.Counter, emit func(herdEvent), barrier func(round int) error, log *slog.Logger) error {
+	defer b.Close()
 	load := func(ctx context.Context, key string) (herdValue, error) {
 		emit(herdEvent{Ev: "load", Proc: cfg.Proc, Round: roundOf(key), Key: key})
 		t := time.NewTimer(cfg.Load) // a slow upsert
@@ -280,7 +281,8 @@ func herdChild(ctx context.Context, conf string, stdin io.Reader, stdout, stderr
 	if err != nil {
 		return fail(err)
 	}
-	if err := runWorker(ctx, cfg, raw, emit, barrier, log); err != nil {
+	b, calls := count(raw)
+	if err := runWorker(ctx, cfg, b, calls, emit, barrier, log); err != nil {
 		return fail(err)
 	}
 	// Stay until the parent closes stdin, so it decides when we exit.

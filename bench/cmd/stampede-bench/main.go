@@ -26,6 +26,7 @@ import (
 	"os/signal"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/internal/countdriver"
@@ -143,4 +144,17 @@ func parse(fs *flag.FlagSet, args []string) error {
 func count(c *claim.Client) (*claim.Client, *countdriver.Counter) {
 	d, n := countdriver.Wrap(c.Driver(), nil, countdriver.Options{})
 	return claim.NewClient(d, nil), n
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+// fmtDur prints a latency at a useful precision.
+func fmtDur(d time.Duration) string {
+	switch {
+	case d < time.Millisecond:
+		return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
+	case d < time.Second:
+		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
+	}
+	return d.Round(time.Millisecond).String()
 }

@@ -1,5 +1,5 @@
-// Package benchchart draws the benchmark figures of `stampede bench` and
-// of the rivals module (bench/peers) as grouped bar charts in SVG, with
+// Package benchchart draws the benchmark figures of `stampede-bench bench`
+// and of the rivals (bench/peers) as grouped bar charts in SVG, with
 // gonum.org/v1/plot, and formats their markdown tables.
 package benchchart
 
