@@ -225,6 +225,16 @@ type Aser interface {
 	As(i any) bool
 }
 
+// SetAs is the usual body of an As method: if i is a *T, it sets *i to v
+// and reports true.
+func SetAs[T any](i any, v T) bool {
+	p, ok := i.(*T)
+	if ok {
+		*p = v
+	}
+	return ok
+}
+
 // NotifyMode says how a driver delivers wake-ups.
 type NotifyMode int
 
