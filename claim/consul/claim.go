@@ -115,24 +115,21 @@ func handleIndex(l driver.Lease) (uint64, time.Time) {
 	return n, time.UnixMilli(exp)
 }
 
-// TryClaim implements driver.Claimer: a create-if-absent transaction (one
-// round trip when the key is free); if the key exists, a read, and, when
-// the record read has expired (plus ClockSkew), a takeover transaction
-// conditioned on it. If the key was released between the failed create and
-// the read, it tries once more. It never waits.
+// TryClaim implements driver.Claimer.
 func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
 	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
 	return l, err
 }
 
-// TryClaimRead implements driver.ClaimReader: TryClaim whose claiming
-// transaction also reads the value key (get-or-empty), so the value is
-// read in the same raft write as the claim; one round trip when the key
-// is free, like TryClaim.
+// TryClaimRead implements driver.ClaimReader.
 func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
 	return b.tryClaim(ctx, key, holder, ttl, true)
 }
 
+// tryClaim is a create-if-absent transaction; if the key exists, a read
+// and, when the record read has expired (plus ClockSkew), a takeover
+// transaction conditioned on it. If the key was released between the
+// failed create and the read, it tries once more.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return driver.Lease{}, nil, false, err
@@ -140,7 +137,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	ttl = roundTTL(ttl)
 	lk := b.lockKey(key)
 	for attempt := 0; attempt < 2; attempt++ {
-		l, v, found, ok, err := b.claimTxn(ctx, key, holder, ttl, read, nil)
+		l, v, found, ok, err := b.claimTxn(ctx, key, holder, ttl, read)
 		if err != nil || ok {
 			return l, v, found, err
 		}
@@ -152,7 +149,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			continue // released meanwhile: try to create it again
 		}
 		if r, ok := parseRecord(cur.Value); ok {
-			if left := time.Until(time.UnixMilli(r.Expiry).Add(b.skew)); left > 0 {
+			if left := time.Until(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew)); left > 0 {
 				return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
 			}
 		}
@@ -166,18 +163,14 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	return driver.Lease{}, nil, false, &driver.HeldError{}
 }
 
-// claimTxn runs one claiming transaction: cond if not nil (a takeover's
-// delete-cas), the create of the lock key, and with read a get-or-empty
-// of the value key. ok is false, with no error, if a condition failed.
-func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Duration, read bool, cond *capi.TxnOp) (l driver.Lease, val []byte, found, ok bool, err error) {
+// claimTxn runs one claiming transaction: conds (a takeover's delete-cas),
+// the create of the lock key, and with read a get-or-empty of the value
+// key. ok is false, with no error, if a condition failed.
+func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Duration, read bool, conds ...*capi.TxnOp) (l driver.Lease, val []byte, found, ok bool, err error) {
 	lk, vk := b.lockKey(key), b.valueKey(key)
-	var ops capi.TxnOps
-	if cond != nil {
-		ops = append(ops, cond)
-	}
 	start := time.Now()
 	rec, exp := newRecord(holder, start, ttl)
-	ops = append(ops, kvOp(capi.KVCAS, lk, 0, rec))
+	ops := append(capi.TxnOps(conds), kvOp(capi.KVCAS, lk, 0, rec))
 	nCond := len(ops)
 	if read {
 		ops = append(ops, kvOp(capi.KVGetOrEmpty, vk, 0, nil))
@@ -226,17 +219,15 @@ func (b *backend) read(ctx context.Context, l driver.Lease) (*capi.KVPair, recor
 	return cur, r, nil
 }
 
-// fenced runs the write built by op, conditioned on the lock key's
+// fenced runs the write op builds, conditioned on the lock key's
 // ModifyIndex: first the one in l.Handle, then, if that is out of date, the
-// one read back after checking that l is still current. It returns the
-// transaction response. Only the lease's own holder rewrites its record,
-// so a second round is needed only after a retried Extend, and more only
-// when the holder extends one lease from several goroutines at once (each
-// failed round is another of those calls succeeding). With live, a lease
-// whose record has expired (by this client's clock, whatever l.Deadline
-// says) gets ErrLost: the record's expiry in l.Handle is the one at that
-// index, and past it fenced reads the record, which a later Extend may
-// have renewed.
+// one read back after checking that l is still current. Only the lease's
+// own holder rewrites its record, so a second round is needed only after a
+// retried Extend, and more only when the holder extends one lease from
+// several goroutines at once. With live, a lease whose record has expired
+// (by this client's clock, whatever l.Deadline says) gets ErrLost; past
+// the expiry in l.Handle, fenced reads the record, which a later Extend
+// may have renewed.
 func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func(idx uint64) (capi.TxnOps, int)) (*capi.TxnResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -265,9 +256,7 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func
 	return nil, errors.New("lock record keeps changing under its own holder (concurrent Extend of one lease?)")
 }
 
-// Extend implements driver.Claimer: a cas rewrite of the lease record with
-// a new expiry. Retrying with the same (older) lease is harmless: it reads
-// the record, sees it is still this lease's, and extends again.
+// Extend implements driver.Claimer: a cas rewrite of the lease record.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	ttl = roundTTL(ttl)
 	lk := b.lockKey(l.Key)
@@ -288,19 +277,14 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	return l, nil
 }
 
-// Release implements driver.Claimer: check-index and delete of the lock
-// key and a write of the notify key in one transaction, which wakes every
-// subscriber's blocking query. A lease past its expiry that nobody took
-// over is still deleted, and gets ErrLost.
+// Release implements driver.Claimer.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	// Past this copy's Deadline (or the expiry its Handle recorded), the
-	// lease may still be current if a later Extend renewed it (the record
-	// holds its expiry as last extended): read it to tell, in this rare
-	// case only. The index just read is the one to release at: fenced
-	// needs no second read.
+	// Past this copy's Deadline (or its Handle's expiry), a later Extend
+	// may have renewed the lease: read the record to tell, and release at
+	// the index just read.
 	var expired bool
 	if _, exp := handleIndex(l); l.Expired(time.Now()) || !time.Now().Before(exp) {
 		cur, r, err := b.read(ctx, l)
@@ -319,16 +303,12 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return nil
 }
 
-// Commit implements driver.Claimer: check-index on the lock key and set of
-// the value key in one transaction.
+// Commit implements driver.Claimer.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	return b.commit(ctx, l, value, ttl, true, false)
 }
 
-// CommitRelease implements driver.CommitReleaser: check-index on the lock
-// key, set of the value key, delete of the lock key and a write of the
-// notify key in one transaction, which wakes every subscriber's blocking
-// query.
+// CommitRelease implements driver.CommitReleaser.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	return b.commit(ctx, l, value, ttl, true, true)
 }
@@ -345,7 +325,7 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 	}
 	if release {
 		// delete-cas of an absent key succeeds: check-index first.
-		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), b.notifyOp(l.Key))
+		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), kvOp(capi.KVSet, b.notifyKey(l.Key), 0, notifyValue()))
 	}
 	_, err := b.fenced(ctx, l, write, func(idx uint64) (capi.TxnOps, int) {
 		return append(capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil)}, then...), 1

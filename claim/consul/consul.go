@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -34,9 +35,7 @@ const (
 
 // DefaultMaxWatches is Options.MaxWatches when unset, and
 // DefaultMaxConns the connections a URL-opened Client uses for everything
-// else (its maxconns parameter): 8 processes on one host, every
-// connection in use, stay under Consul's default http_max_conns_per_client
-// of 200.
+// else (its maxconns parameter).
 const (
 	DefaultMaxWatches = 10
 	DefaultMaxConns   = 14
@@ -58,45 +57,36 @@ type Options struct {
 	// Zero means DefaultClockSkew (50 ms); negative means none.
 	ClockSkew time.Duration
 	// MaxValueLen is the largest value Commit and Set accept (default
-	// DefaultMaxValueLen). Raise it only with the server's
-	// txn_max_req_len and kv_max_value_size.
+	// DefaultMaxValueLen).
 	MaxValueLen int
 	// WaitTime bounds each blocking query (0: the server's default, 5 min).
 	WaitTime time.Duration
 	// MaxWatches is the most blocking queries (one per watched key, each
 	// holding an HTTP connection) this Client keeps open at once; keys
-	// subscribed beyond it are polled together, 32 keys per request,
-	// every 2 to 50 ms. Consul refuses a client address more than
-	// http_max_conns_per_client (default 200) connections, and every
-	// process on a host shares its local agent's limit: keep MaxWatches ×
-	// processes per host well under it. Zero means DefaultMaxWatches;
-	// negative means no limit.
+	// subscribed beyond it are polled (see the package doc). Zero means
+	// DefaultMaxWatches; negative means no limit.
 	MaxWatches int
 	// Client configures the Client New returns.
 	Client *claim.Options
 }
 
-// backend is one client of Consul: a driver.Driver with the ClaimReader
-// and CommitReleaser fast paths.
+// backend is one client of Consul.
 type backend struct {
 	c       *capi.Client
 	kv      *capi.KV
 	watchKV *capi.KV // blocking queries: kv, or a client of its own (URL-opened)
 	prefix  string
-	skew    time.Duration
-	maxVal  int
-	wait    time.Duration
+	o       Options // defaults applied; ClockSkew >= 0, MaxWatches < 0: no limit
 	enc     driver.KeyEncoder
 	ctx     context.Context // cancelled by Close; parent of every watcher
 	cancel  context.CancelFunc
 	cleanup func() // closes idle connections of a client we made
 
-	mu         sync.Mutex
-	closed     bool
-	watchers   map[string]*watcher
-	maxWatches int                   // < 0: no limit
-	polled     map[string]*polledKey // keys watched by the poll loop
-	pollDone   chan struct{}         // closed when the poll loop ends; nil when none runs
+	mu       sync.Mutex
+	closed   bool
+	watchers map[string]*watcher
+	polled   map[string]*polledKey // keys watched by the poll loop
+	pollDone chan struct{}         // closed when the poll loop ends; nil when none runs
 }
 
 var (
@@ -110,15 +100,11 @@ var (
 // ACL token and datacenter). It does no I/O. The Client's Close does not
 // close the Consul client's connections.
 func New(client *capi.Client, opt *Options) (*claim.Client, error) {
-	var o Options
-	if opt != nil {
-		o = *opt
-	}
-	b, err := newBackend(client, o)
+	b, err := newBackend(client, *cmp.Or(opt, &Options{}))
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	return claim.NewClient(b, b.o.Client), nil
 }
 
 func newBackend(client *capi.Client, o Options) (*backend, error) {
@@ -129,22 +115,15 @@ func newBackend(client *capi.Client, o Options) (*backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	switch {
-	case o.ClockSkew == 0:
-		o.ClockSkew = DefaultClockSkew
-	case o.ClockSkew < 0:
-		o.ClockSkew = 0
-	}
+	o.ClockSkew = max(cmp.Or(o.ClockSkew, DefaultClockSkew), 0)
+	o.MaxWatches = cmp.Or(o.MaxWatches, DefaultMaxWatches)
 	if o.MaxValueLen <= 0 {
 		o.MaxValueLen = DefaultMaxValueLen
 	}
-	if o.MaxWatches == 0 {
-		o.MaxWatches = DefaultMaxWatches
-	}
 	b := &backend{
-		c: client, kv: client.KV(), watchKV: client.KV(), prefix: prefix, skew: o.ClockSkew, maxVal: o.MaxValueLen, wait: o.WaitTime,
+		c: client, kv: client.KV(), watchKV: client.KV(), prefix: prefix, o: o,
 		enc:      driver.KeyEncoder{MaxLen: 256, Safe: safeKeyByte},
-		watchers: map[string]*watcher{}, maxWatches: o.MaxWatches, polled: map[string]*polledKey{},
+		watchers: map[string]*watcher{}, polled: map[string]*polledKey{},
 	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
@@ -182,15 +161,8 @@ func (b *backend) String() string { return fmt.Sprintf("consul driver (prefix %q
 
 // Features implements driver.Driver.
 func (b *backend) Features() driver.Features {
-	return driver.Features{
-		Name:           Scheme,
-		Notify:         driver.Push,
-		AtomicCommit:   true,
-		DurableFence:   true,
-		MinTTL:         time.Millisecond,
-		TTLGranularity: time.Millisecond,
-		MaxValueLen:    b.maxVal,
-	}
+	return driver.Features{Name: Scheme, Notify: driver.Push, AtomicCommit: true, DurableFence: true,
+		MinTTL: time.Millisecond, TTLGranularity: time.Millisecond, MaxValueLen: b.o.MaxValueLen}
 }
 
 // Key layout.
@@ -202,9 +174,8 @@ func (b *backend) valueKey(key string) string  { return b.prefix + "/v/" + b.enc
 func qo(ctx context.Context) *capi.QueryOptions { return (&capi.QueryOptions{}).WithContext(ctx) }
 func wo(ctx context.Context) *capi.WriteOptions { return (&capi.WriteOptions{}).WithContext(ctx) }
 
-// Close implements driver.Driver: it stops every blocking query and the
-// poll loop and, for a driver opened by URL, drops idle connections.
-// Leases are not released.
+// Close implements driver.Driver; a driver opened by URL also drops its
+// idle connections.
 func (b *backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -229,9 +200,7 @@ func (b *backend) Close() error {
 	return nil
 }
 
-// As implements driver.Aser: a **capi.Client is set to the Consul client
-// the driver sends its requests with (for a URL-opened Client, the one
-// that is not used for blocking queries).
+// As implements driver.Aser (see the package doc).
 func (b *backend) As(i any) bool {
 	p, ok := i.(**capi.Client)
 	if ok {

@@ -6,7 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
+	"path"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -14,57 +15,25 @@ import (
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
-	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/consul"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
+	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { backendtest.Main(m) }
 
-func open(t testing.TB, rawURL string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), rawURL)
-	if err != nil {
-		t.Fatalf("Open: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+// prefix is the test's own key prefix.
+func prefix(t testing.TB) string { return "test/" + strings.ReplaceAll(t.Name(), "/", "-") }
 
-// withQuery returns rawURL with the given query parameters (name=value
-// pairs) set.
-func withQuery(t testing.TB, rawURL string, params ...string) string {
-	u, err := url.Parse(rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	for i := 0; i+1 < len(params); i += 2 {
-		q.Set(params[i], params[i+1])
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
-}
-
-// uniq returns the server's URL with a key prefix of the test's own and
-// the given query parameters (name=value pairs) added.
+// uniq returns the server's URL with the test's prefix and the given query
+// parameters (name, value, ...) added.
 func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
-	prefix := "test/" + strings.ReplaceAll(t.Name(), "/", "-")
-	return withQuery(t, srv.URL(), append([]string{"prefix", prefix}, params...)...)
+	return backendtest.WithQuery(t, srv.URL(), slices.Concat([]string{"prefix", prefix(t)}, params)...)
 }
 
 // harness opens clients of srv under the test's prefix; the isolated ones
@@ -72,11 +41,43 @@ func uniq(t testing.TB, srv *testserver.Server, params ...string) string {
 // No Restart: the test server is `consul agent -dev`, which keeps its
 // state (and the raft index, the fencing token) in memory only.
 func harness(t testing.TB, srv *testserver.Server, params ...string) conformance.Harness {
-	u := uniq(t, srv, params...)
-	iso := withQuery(t, u, "prefix", "test/"+strings.ReplaceAll(t.Name(), "/", "-")+"/isolated")
-	return conformance.Harness{
-		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, u) },
-		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, iso) },
+	h := backendtest.Harness(srv, func(ns string) string {
+		return uniq(t, srv, slices.Concat(params, []string{"prefix", path.Join(prefix(t), ns)})...)
+	})
+	h.Restart = nil
+	return h
+}
+
+// apiClient returns a Consul client of srv of the test's own.
+func apiClient(t testing.TB, srv *testserver.Server) *capi.Client {
+	cfg := capi.DefaultConfig()
+	cfg.Address = srv.Addr()
+	c, err := capi.NewClient(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cfg.Transport.CloseIdleConnections)
+	return c
+}
+
+// expectWake checks whether what just happened woke s. A blocking query
+// answers within a round trip of a write, so a wake-up arrives well
+// within half a second.
+func expectWake(t *testing.T, s *claim.Subscription, what string, wake bool) {
+	t.Helper()
+	window := 500 * time.Millisecond
+	if wake {
+		window = 30 * time.Second
+	}
+	select {
+	case <-s.C():
+		if !wake {
+			t.Fatalf("%s woke the subscriber", what)
+		}
+	case <-time.After(window):
+		if wake {
+			t.Fatalf("%s did not wake the subscriber", what)
+		}
 	}
 }
 
@@ -94,7 +95,7 @@ func BenchmarkConformance(b *testing.B) {
 func TestAmbiguousExtend(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv))
 	l, err := a.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +150,7 @@ func TestTakeoverRace(t *testing.T) {
 	const n = 8
 	cs := make([]*claim.Client, n)
 	for i := range cs {
-		cs[i] = open(t, u)
+		cs[i] = backendtest.Open(t, u)
 	}
 	for round := 0; round < 5; round++ {
 		old, err := cs[0].TryClaim(ctx, "k", 20*time.Millisecond)
@@ -194,7 +195,7 @@ func TestTakeoverRace(t *testing.T) {
 func TestSkewMargin(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv, "clock_skew", "2s"))
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "2s"))
 	l, err := a.TryClaim(ctx, "k", 50*time.Millisecond)
 	if err != nil {
 		t.Fatal(err)
@@ -226,38 +227,33 @@ func TestSkewMargin(t *testing.T) {
 	}
 }
 
-// Extend does not wake subscribers; Release and Notify do.
-func TestExtendWakesNobody(t *testing.T) {
+// Neither a claim of a free key (waiters wait for its end, and checked
+// the key themselves after subscribing) nor Extend wakes a subscriber;
+// the release does.
+func TestClaimAndExtendWakeNobody(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv))
 	s, err := b.Subscribe(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
+	l, err := a.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expectWake(t, s, "a claim of a free key", false)
 	for i := 0; i < 3; i++ {
 		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
-	select {
-	case <-s.C():
-		t.Errorf("Extend woke the subscriber")
-	case <-time.After(500 * time.Millisecond):
-	}
+	expectWake(t, s, "Extend", false)
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-s.C():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Release did not wake the subscriber")
-	}
+	expectWake(t, s, "Release", true)
 }
 
 // A subscriber survives a server restart: the failed blocking query
@@ -266,7 +262,7 @@ func TestExtendWakesNobody(t *testing.T) {
 func TestReconnect(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Consul, nil)
 	ctx := context.Background()
-	a, b := open(t, srv.URL()), open(t, srv.URL())
+	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
 	s, err := b.Subscribe(ctx, "k")
 	if err != nil {
 		t.Fatal(err)
@@ -281,11 +277,7 @@ func TestReconnect(t *testing.T) {
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-s.C():
-	case <-time.After(30 * time.Second):
-		t.Fatal("no wake-up after the server restarted")
-	}
+	expectWake(t, s, "the server's restart", true)
 	// The -dev server came back empty; claims work again, and the
 	// blocking query is live again: the release wakes the subscriber.
 	l, err := a.TryClaim(ctx, "k", time.Minute)
@@ -295,43 +287,7 @@ func TestReconnect(t *testing.T) {
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-s.C():
-	case <-time.After(30 * time.Second):
-		t.Fatalf("no wake-up for the release after the restart")
-	}
-}
-
-// A claim of a free key wakes nobody (waiters wait for its end, and
-// checked the key themselves after subscribing); its release does.
-func TestClaimWakesNobody(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	ctx := context.Background()
-	a, b := open(t, uniq(t, srv)), open(t, uniq(t, srv))
-	s, err := b.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	// b's blocking query answers within a round trip of the claim; a
-	// wake-up from it would arrive well within this window.
-	select {
-	case <-s.C():
-		t.Fatal("a claim of a free key woke a subscriber")
-	case <-time.After(500 * time.Millisecond):
-	}
-	if err := a.Release(ctx, l); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-s.C():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Release did not wake the subscriber")
-	}
+	expectWake(t, s, "the release after the restart", true)
 }
 
 // The blocking query's rules, with the KV writes made by hand so that what
@@ -341,14 +297,7 @@ func TestClaimWakesNobody(t *testing.T) {
 // previous read saw, gone or replaced, wakes. And Release and
 // CommitRelease move the notify key.
 func TestWakeRules(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	cfg := capi.DefaultConfig()
-	cfg.Address = srv.Addr()
-	c, err := capi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cfg.Transport.CloseIdleConnections()
+	c := apiClient(t, testserver.Shared(t, testserver.Consul))
 	b, err := consul.New(c, &consul.Options{Prefix: "test/" + t.Name()})
 	if err != nil {
 		t.Fatal(err)
@@ -377,43 +326,24 @@ func TestWakeRules(t *testing.T) {
 	del := func(k string) *capi.TxnOp {
 		return &capi.TxnOp{KV: &capi.KVTxnOp{Verb: capi.KVDelete, Key: k}}
 	}
-	expect := func(what string, wake bool) {
-		t.Helper()
-		// The blocking query answers within a round trip of a write; a
-		// wake-up from it arrives well within half a second.
-		window := 500 * time.Millisecond
-		if wake {
-			window = 10 * time.Second
-		}
-		select {
-		case <-s.C():
-			if !wake {
-				t.Fatalf("%s woke the subscriber", what)
-			}
-		case <-time.After(window):
-			if wake {
-				t.Fatalf("%s did not wake the subscriber", what)
-			}
-		}
-	}
 	txn(set(lock))
-	expect("a lock key appearing (claim)", false)
+	expectWake(t, s, "a lock key appearing (claim)", false)
 	txn(set(lock))
-	expect("a rewrite of the lock key (Extend)", false)
+	expectWake(t, s, "a rewrite of the lock key (Extend)", false)
 	txn(del(lock))
-	expect("the lock key gone (expired and swept)", true)
+	expectWake(t, s, "the lock key gone (expired and swept)", true)
 	txn(set(lock))
-	expect("a lock key appearing (claim)", false)
+	expectWake(t, s, "a lock key appearing (claim)", false)
 	txn(del(lock), set(lock))
-	expect("the lock key replaced (takeover)", true)
+	expectWake(t, s, "the lock key replaced (takeover)", true)
 	txn(del(lock), set(notify))
-	expect("the lock key gone and the notify key moved (release)", true)
+	expectWake(t, s, "the lock key gone and the notify key moved (release)", true)
 	txn(set(lock), del(lock), set(notify), set(lock))
-	expect("claim, release, claim in one read", true)
+	expectWake(t, s, "claim, release, claim in one read", true)
 	txn(set(notify))
-	expect("the notify key moved (Notify)", true)
+	expectWake(t, s, "the notify key moved (Notify)", true)
 	txn(del(lock))
-	expect("the lock key gone", true)
+	expectWake(t, s, "the lock key gone", true)
 
 	// Release, CommitRelease and Notify write the notify key, each time
 	// with a new value (Consul ignores a write of the value a key holds),
@@ -454,17 +384,23 @@ func TestWakeRules(t *testing.T) {
 	}
 }
 
-// Values too large for Consul's transaction limit are refused before any
-// I/O with the default limit, and as ErrTooLarge (HTTP 413) when the
-// limit was raised past what the server accepts.
-func TestValueLimits(t *testing.T) {
+// The default value limit is DefaultMaxValueLen, under Consul's own 512
+// KiB (conformance's TooLarge round-trips values of that size); a limit
+// raised past what the server accepts gets ErrTooLarge from its HTTP 413.
+// Keys at the 256-byte limit of readable keys and one byte past it
+// (hashed) both go through Consul's HTTP paths and stay distinct.
+func TestLimits(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	b := open(t, uniq(t, srv))
+	b := backendtest.Open(t, uniq(t, srv))
 	if got := b.Features().MaxValueLen; got != consul.DefaultMaxValueLen {
 		t.Errorf("MaxValueLen = %d", got)
 	}
-	big := open(t, uniq(t, srv, "maxvalue", "700000"))
+	if _, err := apiClient(t, srv).KV().Put(&capi.KVPair{Key: "raw", Value: make([]byte, 512<<10+1)}, nil); err == nil {
+		t.Error("Consul accepted a value over 512 KiB")
+	}
+	securitytest.LongKeys(t, b, []int{256, 257})
+	big := backendtest.Open(t, uniq(t, srv, "maxvalue", "700000"))
 	l, err := big.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -482,7 +418,7 @@ func TestValueLimits(t *testing.T) {
 func TestSweep(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	b := open(t, uniq(t, srv, "clock_skew", "1ms"))
+	b := backendtest.Open(t, uniq(t, srv, "clock_skew", "1ms"))
 	if err := b.Set(ctx, "short", []byte("v"), 10*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -513,14 +449,7 @@ func TestSweep(t *testing.T) {
 }
 
 func TestNew(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	cfg := capi.DefaultConfig()
-	cfg.Address = srv.Addr()
-	c, err := capi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cfg.Transport.CloseIdleConnections()
+	c := apiClient(t, testserver.Shared(t, testserver.Consul))
 	if _, err := consul.New(nil, nil); err == nil {
 		t.Errorf("New(nil) succeeded")
 	}
@@ -567,7 +496,7 @@ func TestNew(t *testing.T) {
 func TestReadableKeys(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	b := open(t, uniq(t, srv))
+	b := backendtest.Open(t, uniq(t, srv))
 	var all []byte
 	for c := byte(0x21); c < 0x7f; c++ {
 		if !strings.ContainsRune(`/\"<>&%?#`, rune(c)) {
@@ -593,11 +522,7 @@ func TestReadableKeys(t *testing.T) {
 		if err := b.Release(ctx, l); err != nil {
 			t.Errorf("Release(%q): %v", k, err)
 		}
-		select {
-		case <-s.C():
-		case <-time.After(10 * time.Second):
-			t.Errorf("Release(%q) did not wake its subscriber", k)
-		}
+		expectWake(t, s, fmt.Sprintf("Release(%q)", k), true)
 		s.Close()
 	}
 }
@@ -678,7 +603,7 @@ func TestACLToken(t *testing.T) {
 		"-hcl", `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + secret + `" } }`,
 	}})
 	ctx := context.Background()
-	anon := open(t, srv.URL())
+	anon := backendtest.Open(t, srv.URL())
 	_, err := anon.TryClaim(ctx, "k", time.Minute)
 	if err == nil || errors.Is(err, claim.ErrHeld) {
 		t.Fatalf("TryClaim without a token: %v, want permission denied", err)
@@ -689,7 +614,7 @@ func TestACLToken(t *testing.T) {
 	if err := anon.Set(ctx, "k", []byte("v"), 0); err == nil {
 		t.Errorf("Set without a token succeeded")
 	}
-	root := open(t, srv.URL()+"/?token="+secret)
+	root := backendtest.Open(t, srv.URL()+"/?token="+secret)
 	l, err := root.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatalf("TryClaim with the token: %v", err)
@@ -704,7 +629,7 @@ func TestACLToken(t *testing.T) {
 		t.Errorf("Release with the token: %v", err)
 	}
 	// A wrong token: errors do not repeat it.
-	wrong := open(t, srv.URL()+"/?token=wrong-"+secret)
+	wrong := backendtest.Open(t, srv.URL()+"/?token=wrong-"+secret)
 	if _, err := wrong.Get(ctx, "k"); err == nil || strings.Contains(err.Error(), secret) {
 		t.Errorf("Get with a wrong token: %v", err)
 	}
@@ -715,7 +640,7 @@ func TestTLSScheme(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	u, _ := url.Parse(srv.URL())
 	u.Scheme = consul.SchemeTLS
-	b := open(t, u.String())
+	b := backendtest.Open(t, u.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if _, err := b.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {

@@ -14,34 +14,19 @@ import (
 
 // Open a Client by URL: importing this package registers consul:// and
 // consuls://. The token is sent as X-Consul-Token and never printed
-// (errors show the URL redacted).
+// (errors show the URL redacted). The Client is then used as in package
+// claim's examples.
 func Example_open() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1")
+	c, err := claim.Open(context.Background(), "consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1&maxwatches=20")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
-
-	// Run a job once per key fleet-wide: wait for the claim (woken by the
-	// holder's release through a blocking query), keep it alive while
-	// working, commit the result fenced by the lease, release.
-	l, err := c.Acquire(ctx, "report:42", 5*time.Second)
-	if err != nil {
-		log.Fatal(err)
-	}
-	k := c.KeepAlive(ctx, l, nil)
-	result := []byte("the report") // work under k.Context()
-	if err := c.Commit(ctx, k.Stop(), result, time.Hour); err != nil {
-		log.Print(err) // claim.ErrLost: someone else took over
-	}
-	if err := c.Release(ctx, l); err != nil {
-		log.Print(err)
-	}
 }
 
 // Use a Consul client you already configured (TLS, ACL token,
-// datacenter, HTTP transport), with a key prefix of your own.
+// datacenter, HTTP transport), with a key prefix of your own; As gives it
+// back.
 func ExampleNew() {
 	cfg := capi.DefaultConfig()
 	cfg.Address = "127.0.0.1:8500"
@@ -62,13 +47,8 @@ func ExampleNew() {
 // Sweep from one process now and then (Consul KV has no TTL: values nobody
 // reads again, and crashed holders' lease records, stay until swept).
 func ExampleSweep() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "consul://127.0.0.1:8500?prefix=myapp/cache")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-	n, err := consul.Sweep(ctx, c)
+	var c *claim.Client // a Client of this package, from claim.Open or New
+	n, err := consul.Sweep(context.Background(), c)
 	if err != nil {
 		log.Print(err)
 	}

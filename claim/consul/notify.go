@@ -14,11 +14,8 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements driver.Notifier. It reads the key's state (one
-// round trip) and starts the blocking query from the index of that read,
-// so every later change is seen; if every blocking-query slot
-// (Options.MaxWatches) is taken, the poll loop reads the key from that
-// state instead.
+// Subscribe implements driver.Notifier: the blocking query (or, with every
+// slot taken, the poll loop) starts from the state of one read.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -34,7 +31,7 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	if b.closed {
 		return driver.ErrClosed
 	}
-	if b.maxWatches >= 0 && len(b.watchers) >= b.maxWatches {
+	if b.o.MaxWatches >= 0 && len(b.watchers) >= b.o.MaxWatches {
 		b.polled[key] = &polledKey{st: st, wake: wake}
 		if b.pollDone == nil {
 			b.pollDone = make(chan struct{})
@@ -49,9 +46,8 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	return nil
 }
 
-// Unsubscribe implements driver.Notifier: it cancels the key's blocking
-// query and waits for its goroutine, or drops the key from the poll loop
-// (which ends by itself once no key is left).
+// Unsubscribe implements driver.Notifier. The poll loop ends by itself
+// once no key is left.
 func (b *backend) Unsubscribe(key string) {
 	b.mu.Lock()
 	w := b.watchers[key]
@@ -64,8 +60,7 @@ func (b *backend) Unsubscribe(key string) {
 	}
 }
 
-// Notify implements driver.Notifier: a write of the key's notify key, which
-// every subscriber's blocking query sees.
+// Notify implements driver.Notifier: a write of the key's notify key.
 func (b *backend) Notify(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -85,12 +80,6 @@ func notifyValue() []byte {
 	return []byte(strconv.FormatInt(time.Now().UnixMilli(), 10) + " " + hex.EncodeToString(r[:]))
 }
 
-// notifyOp is the transaction op that writes key's notify key, as Release
-// and CommitRelease do along with the delete of the lock key.
-func (b *backend) notifyOp(key string) *capi.TxnOp {
-	return kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue())
-}
-
 // watcher is the blocking query of one key.
 type watcher struct {
 	cancel context.CancelFunc
@@ -106,18 +95,16 @@ type polledKey struct {
 
 // state is what a wake-up depends on: which lease holds the key (its
 // CreateIndex, 0 if none) and the last notification (the notify key's
-// ModifyIndex, which Release, CommitRelease and Notify all move). A read
-// wakes the key's subscribers if the notify key moved, or if the lease the
-// previous read saw is gone or replaced (released, expired and swept,
-// taken over). A lease appearing where there was none (a claim) wakes
-// nobody: waiters wait for the end of a claim, not for its start, and a
-// waiter checks the key after Subscribe returned, so it sees such a claim
-// itself. A claim, release and claim again between two reads still wakes
-// (the notify key moved). Extend changes neither, so it wakes nobody.
+// ModifyIndex).
 type state struct{ lease, notify uint64 }
 
 // wakes reports whether going from st to next (the prefix's index having
-// moved from idx to last) wakes the key's subscribers.
+// moved from idx to last) wakes the key's subscribers: the notify key
+// moved (a release or Notify, even with a claim after it between two
+// reads), or the lease st saw is gone or replaced (released, expired and
+// swept, taken over). A claim of a free key wakes nobody (a waiter checks
+// the key after Subscribe returned, so it sees the claim itself), nor does
+// Extend (it changes neither index).
 func (st state) wakes(next state, idx, last uint64) bool {
 	if next.notify != st.notify || (st.lease != 0 && next.lease != st.lease) {
 		return true
@@ -145,14 +132,13 @@ func (b *backend) stateOf(key string, pairs capi.KVPairs) state {
 
 // watch runs the blocking query of one key until ctx is cancelled
 // (Unsubscribe, or Close). After a failed query it backs off (jittered,
-// up to 5 s), re-reads without blocking and wakes the key's subscribers,
-// since it cannot rule out a missed release.
+// up to 5 s), re-reads without blocking and wakes the key's subscribers.
 func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func(), done chan struct{}) {
 	defer close(done)
 	bo := driver.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, Rand: rand.Float64}
 	gap := false
 	for {
-		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: b.wait}
+		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: b.o.WaitTime}
 		pairs, meta, err := b.watchKV.List(dir, q.WithContext(ctx))
 		if ctx.Err() != nil {
 			return
@@ -185,16 +171,13 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 // per transaction.
 const pollBatch = 32
 
-// pollLoop reads the keys of b.polled (those subscribed while every
-// blocking-query slot was taken) until none is left or ctx is cancelled:
-// one read-only transaction per pollBatch keys, every 2 ms after a change,
-// backing off to 50 ms (jittered) while nothing changes. A read wakes a
-// key's subscribers by the same rule as a blocking query (state.wakes),
-// except that an index moved with no lease before or after cannot be told
-// apart from a neighbour's write here: a lease swept after expiry without
-// a release goes unseen, and waiters bound their wait by the lease they
-// saw (claim.Client.Acquire, flight). A failed read wakes the keys it
-// covered, since it cannot rule out a missed release.
+// pollLoop reads the keys of b.polled until none is left or ctx is
+// cancelled: one read-only transaction per pollBatch keys, every 2 ms
+// after a change, backing off to 50 ms (jittered) while nothing changes.
+// It wakes by state.wakes, except that an index moved with no lease before
+// or after cannot be told apart from a neighbour's write here: a lease
+// swept after expiry without a release goes unseen (waiters bound their
+// wait by the lease they saw). A failed read wakes the keys it covered.
 func (b *backend) pollLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	bo := driver.Backoff{Min: driver.DefaultPollMin, Max: driver.DefaultPollMax, Rand: rand.Float64}
@@ -235,7 +218,7 @@ func sleep(ctx context.Context, bo *driver.Backoff) bool {
 
 // pollRead reads keys in one transaction, wakes those whose state calls
 // for it and records the new states; it reports whether a change woke
-// any, and the read's failure (after which it woke them all).
+// any, and the read's failure.
 func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 	ops := make(capi.TxnOps, 0, 2*len(keys))
 	for _, k := range keys {

@@ -12,28 +12,10 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/consul"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
-
-// tlsURL returns srv's URL with the TLS parameters under the names this
-// package reads (internal/testserver writes Consul's own: cafile,
-// certfile, keyfile).
-func tlsURL(t testing.TB, srv *testserver.Server) string {
-	u, err := url.Parse(srv.URL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	q := u.Query()
-	for old, name := range map[string]string{"cafile": "cacert", "certfile": "cert", "keyfile": "key"} {
-		if v, ok := q[old]; ok {
-			q[name] = v
-			delete(q, old)
-		}
-	}
-	u.RawQuery = q.Encode()
-	return u.String()
-}
 
 // TestTLSAndACL runs against a Consul agent that serves HTTPS only,
 // requires a client certificate from its CA (verify_incoming), and has
@@ -44,7 +26,7 @@ func TestTLSAndACL(t *testing.T) {
 	const token = "mgmt-S3cret-token"
 	srv := testserver.RequireWith(t, testserver.Consul, &testserver.Options{TLS: true, Password: token})
 	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, open(t, tlsURL(t, srv)))
+		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
 	})
 	t.Run("New", func(t *testing.T) {
 		cfg := capi.DefaultConfig()
@@ -61,7 +43,7 @@ func TestTLSAndACL(t *testing.T) {
 		defer b.Close()
 		securitytest.Roundtrip(t, b)
 	})
-	u, _ := url.Parse(tlsURL(t, srv))
+	u, _ := url.Parse(srv.URL())
 	q := u.Query()
 	with := func(scheme string, params url.Values) string {
 		v := *u
@@ -94,7 +76,7 @@ func TestTLSAndACL(t *testing.T) {
 		"plain text":            with("consul", url.Values{"token": {token}}),
 	} {
 		t.Run(name, func(t *testing.T) {
-			b := open(t, raw)
+			b := backendtest.Open(t, raw)
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			_, err := b.TryClaim(ctx, "k", time.Second)
@@ -108,30 +90,10 @@ func TestTLSAndACL(t *testing.T) {
 	}
 }
 
-// TestLimits: values up to DefaultMaxValueLen round-trip through Set and
-// through Commit's transaction (base64 inside a 512 KiB request), and
-// Consul itself refuses a value over 512 KiB; keys around the 256-byte
-// readable limit are hashed and stay distinct.
-func TestLimits(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Consul)
-	b := open(t, uniq(t, srv))
-	securitytest.ValueLimit(t, b, consul.DefaultMaxValueLen)
-	securitytest.LongKeys(t, b, []int{254, 255, 256, 257, 10000})
-	cfg := capi.DefaultConfig()
-	cfg.Address = srv.Addr()
-	c, err := capi.NewClient(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := c.KV().Put(&capi.KVPair{Key: "raw", Value: make([]byte, 512<<10+1)}, nil); err == nil {
-		t.Error("Consul accepted a value over 512 KiB")
-	}
-}
-
 // TestHostileValues: bytes written into L2 by someone else read as misses.
 func TestHostileValues(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	securitytest.Hostile(t, open(t, uniq(t, srv)))
+	securitytest.Hostile(t, backendtest.Open(t, uniq(t, srv)))
 }
 
 // FuzzKeyNames: the encoded key in every KV key is one path segment of at
@@ -166,8 +128,8 @@ func FuzzKeyNames(f *testing.F) {
 			return out[:1]
 		}
 		// Readable keys use safe bytes only; hashed ones start with '#',
-		// which consul/api escapes in the request path (LongKeys in
-		// TestLimits round-trips hashed keys through the agent).
+		// which consul/api escapes in the request path (TestLimits and
+		// conformance's Keys round-trip hashed keys through the agent).
 		securitytest.CheckEncoding(t, k1, k2, segments, 256, func(c byte) bool { return consul.SafeKeyByte(c) || c == '#' })
 		securitytest.CheckEncoding(t, k1, k2, func(k string) []string { return consul.NamesForTest(b, k) }, 0, nil)
 	})

@@ -72,9 +72,7 @@ func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Du
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	p := &capi.KVPair{Key: b.valueKey(key), Value: encodeValue(value, ttl, time.Now())}
-	_, err := b.kv.Put(p, wo(ctx))
-	if err != nil {
+	if _, err := b.kv.Put(&capi.KVPair{Key: b.valueKey(key), Value: encodeValue(value, ttl, time.Now())}, wo(ctx)); err != nil {
 		return apiErr(err)
 	}
 	return nil
@@ -91,11 +89,10 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 
 // Sweep deletes what expired under the prefix of c, a Client of this
 // package: stored values past their TTL, lease records expired for longer
-// than ClockSkew (crashed holders'), and notify keys older than a minute.
-// Consul KV has no TTL of its own, and values nobody reads again are
-// otherwise never deleted. It lists the whole prefix, so run it now and
-// then from one process (a cron job), not from every instance. Each
-// deletion is a compare-and-delete on the index read, so a concurrent
+// than ClockSkew (crashed holders'), and notify keys older than a minute,
+// which Consul KV (no TTL of its own) otherwise keeps. It lists the whole
+// prefix: run it now and then from one process, not from every instance.
+// Each deletion is a compare-and-delete on the index read, so a concurrent
 // write survives. It returns how many keys it deleted.
 func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 	b, ok := c.Driver().(*backend)
@@ -126,7 +123,7 @@ func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 			stale = ok && expired
 		case strings.HasSuffix(rest, "/lock"):
 			r, ok := parseRecord(p.Value)
-			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.skew))
+			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew))
 		case strings.HasSuffix(rest, "/notify"):
 			t, _, _ := strings.Cut(string(p.Value), " ")
 			ms, err := strconv.ParseInt(t, 10, 64)

@@ -70,22 +70,15 @@ func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error
 	// the connections claims need, the driver's connections to one agent
 	// are bounded (Consul refuses a client address more than
 	// http_max_conns_per_client), and Close can drop idle connections.
-	base := cfg.Transport
-	if base == nil {
-		base = http.DefaultTransport.(*http.Transport)
-	}
-	// Clone gives the copy a TLS config (for HTTP/2) where base had none;
-	// the client must then still build its own from cfg.TLSConfig, unless
-	// the URL gave one.
-	noTLS := base.TLSClientConfig == nil
 	client := func(conns int) (*capi.Client, *http.Transport, error) {
 		c := *cfg
-		tr := base.Clone()
-		switch {
-		case tlsConfig != nil:
+		// DefaultConfig's transport has no TLS config, but its Clone has
+		// one (for HTTP/2): drop it, so that consul/api builds its own from
+		// cfg.TLSConfig, unless the URL gave one.
+		tr := cfg.Transport.Clone()
+		tr.TLSClientConfig = nil
+		if tlsConfig != nil {
 			tr.TLSClientConfig = tlsConfig.Clone()
-		case noTLS:
-			tr.TLSClientConfig = nil
 		}
 		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = conns, conns
 		c.Transport = tr

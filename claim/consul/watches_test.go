@@ -15,6 +15,7 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/consul"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -90,7 +91,7 @@ func TestConnectionsBounded(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer w.Close()
-	holder := open(t, uniq(t, srv)) // same prefix as w: uniq uses test/<name>
+	holder := backendtest.Open(t, uniq(t, srv)) // same prefix as w: uniq uses test/<name>
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 

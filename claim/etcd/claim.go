@@ -20,8 +20,7 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 }
 
 // TryClaimRead implements driver.ClaimReader: the claim transaction also
-// gets the value key (Then: put the lock key, get the value key), so the
-// value is read at the claim's revision.
+// gets the value key, so the value is read at the claim's revision.
 func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
 	return b.tryClaim(ctx, key, holder, ttl, true)
 }
@@ -104,10 +103,7 @@ func owned(lk string, l driver.Lease) []clientv3.Cmp {
 	}
 }
 
-// Extend implements driver.Claimer. With the lease's own TTL it is a
-// keep-alive of the lease and a read that checks the lock key is still
-// this lease's; otherwise (or if the lease is gone) it grants a new lease
-// and moves the lock key onto it in a transaction fenced by the token.
+// Extend implements driver.Claimer (the two paths: see the package doc).
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	id, err := parseHandle(l)
 	if err != nil {
@@ -162,37 +158,31 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	return l, nil
 }
 
-// Release implements driver.Claimer: one transaction deleting the lock key
-// if it is still the lease's; the watchers of the key see the delete. The
-// lease, now attached to nothing, is revoked in the background.
+// Release implements driver.Claimer: the fenced transaction deletes the
+// lock key, which the key's watchers see.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return b.commit(ctx, l, nil, 0, false, true)
 }
 
-// Commit implements driver.Claimer: the value is put in the transaction that
-// checks the lease.
+// Commit implements driver.Claimer: the fenced transaction puts the value.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	return b.commit(ctx, l, value, ttl, true, false)
 }
 
-// CommitRelease implements driver.CommitReleaser: one transaction that, if
-// the lock key is still the lease's, puts the value and deletes the lock
-// key (the key's watchers see the delete, at the revision that wrote the
-// value). The lease, now attached to nothing, is revoked in the
-// background.
+// CommitRelease implements driver.CommitReleaser: the fenced transaction
+// puts the value and deletes the lock key (the key's watchers see the
+// delete at the revision that wrote the value).
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	return b.commit(ctx, l, value, ttl, true, true)
 }
 
 // commit runs the transaction fenced by l's token and holder: put the
-// value (write), delete the lock key (release), or both.
+// value (write), delete the lock key (release), or both. A release revokes
+// l's etcd lease, attached to nothing then, in the background.
 func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration, write, release bool) error {
-	var id clientv3.LeaseID
-	if release {
-		var err error
-		if id, err = parseHandle(l); err != nil {
-			return err
-		}
+	id, err := parseHandle(l)
+	if release && err != nil {
+		return err
 	}
 	lk := b.lockKey(l.Key)
 	var then []clientv3.Op

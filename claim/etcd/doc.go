@@ -19,8 +19,7 @@
 // servername and skip_verify. An unknown parameter is an error; the
 // password never appears in errors.
 //
-// New takes a *clientv3.Client the caller configured and does no I/O
-// (Options.MinTTL defaults to DefaultMinTTL). Client.As accepts a
+// New takes the caller's own *clientv3.Client; Client.As accepts a
 // **clientv3.Client.
 //
 // # Semantics
@@ -38,12 +37,12 @@
 // revoked in the background.
 //
 // Lease TTLs are whole seconds, at least the server's minimum (1.5 × its
-// election timeout rounded up: 2 s by default); Lease.TTL says what was
-// granted. etcd revokes expired leases every 500 ms, so a lock key may
-// outlive its lease by about half a second. Extend with the lease's own TTL
-// is a keep-alive plus an ownership check; otherwise, or if the lease is
-// gone, it moves the lock key to a new lease in one fenced transaction.
-// HeldError.Remaining comes from TimeToLive, rounded up to the second.
+// election timeout rounded up: 2 s by default). etcd revokes expired
+// leases every 500 ms, so a lock key may outlive its lease by about half a
+// second. Extend with the lease's own TTL is a keep-alive plus an
+// ownership check; otherwise, or if the lease is gone, it moves the lock
+// key to a new lease in one fenced transaction. HeldError.Remaining comes
+// from TimeToLive, rounded up to the second.
 //
 // Values carry their own expiry (the writer's wall clock plus the TTL, so
 // clock skew between processes shifts it) and share one lease per TTL
@@ -59,8 +58,7 @@
 //
 // # Errors
 //
-// The Client wraps every error as "claim: OP KEY: ..." around ErrHeld (a
-// *claim.HeldError), ErrLost, ErrNotFound, ErrTooLarge (etcd's
-// request-too-large, or a Publish message over the value limit), or
-// etcd's and gRPC's own errors.
+// etcd's request-too-large is ErrTooLarge, and so is a Publish message
+// over the value limit (refused before any I/O); other errors are etcd's
+// and gRPC's own.
 package etcd

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -83,11 +84,8 @@ func New(client *clientv3.Client, opt *Options) (*claim.Client, error) {
 	if client == nil {
 		return nil, errors.New("etcd: New: nil client")
 	}
-	var o Options
-	if opt != nil {
-		o = *opt
-	}
-	b, err := newBackend(client, o, false)
+	o := cmp.Or(opt, &Options{})
+	b, err := newBackend(client, *o, false)
 	if err != nil {
 		return nil, err
 	}
@@ -118,7 +116,6 @@ type backend struct {
 }
 
 var (
-	_ driver.Driver         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
@@ -126,33 +123,25 @@ var (
 )
 
 func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
-	prefix := strings.TrimRight(o.Prefix, "/")
-	if prefix == "" {
-		prefix = DefaultPrefix
-	}
+	prefix := cmp.Or(strings.TrimRight(o.Prefix, "/"), DefaultPrefix)
 	if len(prefix) > MaxPrefixLen {
 		return nil, fmt.Errorf("etcd: prefix of %d bytes: limit %d", len(prefix), MaxPrefixLen)
 	}
 	if o.MinTTL < 0 || o.MaxValueLen < 0 {
 		return nil, errors.New("etcd: negative MinTTL or MaxValueLen")
 	}
-	b := &backend{
+	ctx, cancel := context.WithCancel(context.Background())
+	return &backend{
 		cli:     cli,
 		own:     own,
 		prefix:  prefix,
-		minTTL:  ceilSeconds(o.MinTTL),
-		maxVal:  o.MaxValueLen,
+		minTTL:  ceilSeconds(cmp.Or(o.MinTTL, DefaultMinTTL)),
+		maxVal:  cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
+		ctx:     ctx,
+		cancel:  cancel,
 		watches: map[string]func(){},
 		gc:      map[int64]gcLease{},
-	}
-	if b.minTTL == 0 {
-		b.minTTL = ceilSeconds(DefaultMinTTL)
-	}
-	if b.maxVal == 0 {
-		b.maxVal = DefaultMaxValueLen
-	}
-	b.ctx, b.cancel = context.WithCancel(context.Background())
-	return b, nil
+	}, nil
 }
 
 // Features implements driver.Driver.
@@ -171,7 +160,7 @@ func (b *backend) Features() driver.Features {
 
 // Close implements driver.Driver: it stops every watch and background
 // revocation, and closes the etcd client if Open made it (a client given
-// to New is the caller's to close). Leases are not revoked.
+// to New is the caller's to close).
 func (b *backend) Close() error {
 	b.mu.Lock()
 	b.closed = true
@@ -186,8 +175,7 @@ func (b *backend) Close() error {
 	return nil
 }
 
-// As implements driver.Aser: *clientv3.Client, through a
-// **clientv3.Client.
+// As implements driver.Aser for a **clientv3.Client.
 func (b *backend) As(i any) bool {
 	if p, ok := i.(**clientv3.Client); ok {
 		*p = b.cli
@@ -205,10 +193,13 @@ func (b *backend) topicKey(topic string) string { return b.prefix + "/t/" + keys
 // control characters).
 const notifySuffix = "\x00n"
 
-// fail returns ctx's error if ctx is done (the call was abandoned), so
-// callers see context.Canceled or DeadlineExceeded; etcd's request-too-large
-// as driver.ErrTooLarge; else err.
+// fail maps the error of a call made with ctx: nil stays nil; ctx's error
+// if ctx is done (the call was abandoned); etcd's request-too-large wraps
+// driver.ErrTooLarge.
 func fail(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
 	if c := ctx.Err(); c != nil {
 		return c
 	}
@@ -218,12 +209,8 @@ func fail(ctx context.Context, err error) error {
 	return err
 }
 
-func ceilSeconds(d time.Duration) int64 {
-	if d <= 0 {
-		return 0
-	}
-	return int64((d + time.Second - 1) / time.Second)
-}
+// ceilSeconds is d in whole seconds, rounded up; 0 if d <= 0.
+func ceilSeconds(d time.Duration) int64 { return int64((max(d, 0) + time.Second - 1) / time.Second) }
 
 // leaseSeconds is the TTL in whole seconds the server will grant for ttl.
 func (b *backend) leaseSeconds(ttl time.Duration) int64 {

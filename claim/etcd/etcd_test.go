@@ -4,98 +4,64 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"net/url"
-	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
+	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func open(t testing.TB, rawURL string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+func TestMain(m *testing.M) { backendtest.Main(m) }
 
 // drv is the driver behind c.
 func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 
-// withPrefix returns the server's URL with ?prefix=prefix added.
-func withPrefix(srv *testserver.Server, prefix string) string {
-	u, err := url.Parse(srv.URL())
-	if err != nil {
-		panic(err)
-	}
-	q := u.Query()
-	q.Set("prefix", prefix)
-	u.RawQuery = q.Encode()
-	return u.String()
+// withPrefix returns the server's URL with ?prefix=prefix.
+func withPrefix(t testing.TB, srv *testserver.Server, prefix string) string {
+	t.Helper()
+	return backendtest.WithQuery(t, srv.URL(), "prefix", prefix)
 }
 
-func opener(rawURL string) func(context.Context) (*claim.Client, error) {
-	return func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, rawURL) }
+// userClient is an etcd client of the user's own (closed when the test
+// ends), configured by cfg plus a dial timeout and a quiet logger.
+func userClient(t *testing.T, cfg clientv3.Config) *clientv3.Client {
+	t.Helper()
+	cfg.DialTimeout, cfg.Logger = 5*time.Second, zap.NewNop()
+	cli, err := clientv3.New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cli.Close() })
+	return cli
 }
 
 // TestConformance runs the suite on a server of its own, which its
 // DurableFence check may kill and restart.
 func TestConformance(t *testing.T) {
 	srv := testserver.Require(t, testserver.Etcd)
-	h := conformance.Harness{
-		Open:         opener(withPrefix(srv, "conformance")),
-		OpenIsolated: opener(withPrefix(srv, "conformance-isolated")),
-	}
-	if !srv.External() {
-		h.Restart = func(ctx context.Context) error {
-			if err := srv.Kill(); err != nil {
-				return err
-			}
-			return srv.Restart(ctx)
-		}
-	}
-	conformance.Run(t, h)
+	conformance.Run(t, backendtest.Harness(srv, func(ns string) string {
+		return withPrefix(t, srv, "conformance-"+ns)
+	}))
 }
 
 func BenchmarkConformance(b *testing.B) {
 	srv := testserver.Shared(b, testserver.Etcd)
-	conformance.Bench(b, conformance.Harness{Open: opener(withPrefix(srv, "bench"))})
+	conformance.Bench(b, backendtest.Harness(srv, func(string) string { return withPrefix(b, srv, "bench") }))
 }
 
 // TestNew: a Client on the caller's own etcd client, with no I/O at New,
 // leaves the etcd client open when closed.
 func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := userClient(t, clientv3.Config{Endpoints: []string{srv.Addr()}})
 	ctx := context.Background()
 	if _, err := New(nil, nil); err == nil {
 		t.Error("New(nil client) succeeded")
@@ -155,7 +121,7 @@ func TestNew(t *testing.T) {
 // 2 s).
 func TestMinTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	c := open(t, srv.URL())
+	c := backendtest.Open(t, srv.URL())
 	g, err := drv(c).cli.Grant(context.Background(), 1)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +130,7 @@ func TestMinTTL(t *testing.T) {
 	if got, want := c.Features().MinTTL, time.Duration(g.TTL)*time.Second; got != want {
 		t.Errorf("MinTTL = %s, want %s (granted for a 1 s request)", got, want)
 	}
-	c = open(t, srv.URL()+"?minttl=3s")
+	c = backendtest.Open(t, srv.URL()+"?minttl=3s")
 	if got := c.Features().MinTTL; got != 3*time.Second {
 		t.Errorf("MinTTL with minttl=3s = %s", got)
 	}
@@ -205,7 +171,7 @@ func TestParseURL(t *testing.T) {
 		{url: "etcd://h?prefix=a;minttl=1s", err: "';' separator"},
 		{url: "etcd://h?minttl=soon", err: "minttl"},
 		{url: "etcd://h?dial_timeout=-1s", err: "dial_timeout"},
-		{url: "etcd://h?cacert=/ca.pem", err: "need the TLS scheme"},
+		{url: "etcd://h?cacert=/ca.pem", err: "need TLS"},
 		{url: "etcds://h?skip_verify=maybe", err: "skip_verify"},
 		{url: "etcds://h?cert=c.pem", err: "together"},
 		{url: "etcds://h?cacert=/nonexistent/ca.pem", err: "CA certificate"},
@@ -276,11 +242,7 @@ func TestOpenRedacts(t *testing.T) {
 func TestAuth(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	ctx := context.Background()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{srv.Addr()}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := userClient(t, clientv3.Config{Endpoints: []string{srv.Addr()}})
 	for _, step := range []func() error{
 		func() error { _, err := cli.UserAdd(ctx, "root", "rootpw"); return err },
 		func() error { _, err := cli.UserGrantRole(ctx, "root", "root"); return err },
@@ -291,7 +253,7 @@ func TestAuth(t *testing.T) {
 		}
 	}
 	base := strings.TrimPrefix(srv.URL(), "etcd://")
-	c := open(t, "etcd://root:rootpw@"+base+"?prefix=authed")
+	c := backendtest.Open(t, "etcd://root:rootpw@"+base+"?prefix=authed")
 	if err := c.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Errorf("Set with auth: %v", err)
 	}
@@ -304,7 +266,7 @@ func TestAuth(t *testing.T) {
 // to lease seconds, and values share one lease per TTL class.
 func TestValueTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	c := open(t, withPrefix(srv, "valuettl"))
+	c := backendtest.Open(t, withPrefix(t, srv, "valuettl"))
 	ctx := context.Background()
 	for i := range 5 {
 		if err := c.Set(ctx, fmt.Sprint("k", i), []byte("v"), 300*time.Millisecond); err != nil {
@@ -329,82 +291,6 @@ func TestValueTTL(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP connections to an address until cut: Cut closes every
-// connection and refuses new ones until Restore.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	cut    bool
-	conns  map[net.Conn]struct{}
-	wg     sync.WaitGroup
-}
-
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &proxy{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
-	p.wg.Add(1)
-	go p.serve()
-	t.Cleanup(func() {
-		ln.Close()
-		p.Cut()
-		p.wg.Wait()
-	})
-	return p
-}
-
-func (p *proxy) serve() {
-	defer p.wg.Done()
-	for {
-		c, err := p.ln.Accept()
-		if err != nil {
-			return
-		}
-		p.mu.Lock()
-		if p.cut {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		s, err := net.Dial("tcp", p.target)
-		if err != nil {
-			p.mu.Unlock()
-			c.Close()
-			continue
-		}
-		p.conns[c], p.conns[s] = struct{}{}, struct{}{}
-		p.wg.Add(2)
-		p.mu.Unlock()
-		pipe := func(dst, src net.Conn) {
-			defer p.wg.Done()
-			_, _ = io.Copy(dst, src)
-			dst.Close()
-			src.Close()
-		}
-		go pipe(s, c)
-		go pipe(c, s)
-	}
-}
-
-func (p *proxy) Cut() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	p.cut = true
-	for c := range p.conns {
-		c.Close()
-		delete(p.conns, c)
-	}
-}
-
-func (p *proxy) Restore() {
-	p.mu.Lock()
-	p.cut = false
-	p.mu.Unlock()
-}
-
 func wokenWithin(s *claim.Subscription, d time.Duration) bool {
 	select {
 	case _, ok := <-s.C():
@@ -414,18 +300,11 @@ func wokenWithin(s *claim.Subscription, d time.Duration) bool {
 	}
 }
 
-// TestWatchCompacted: a client is cut off while it waits, the key is
-// released and the revision of the release compacted away; when the client
-// reconnects its watch cannot resume (ErrCompacted). The driver must
-// re-watch, wake the waiter (no lost release), and keep delivering later
-// releases.
-func TestWatchCompacted(t *testing.T) {
-	srv := testserver.RequireWith(t, testserver.Etcd, nil)
-	p := newProxy(t, srv.Addr())
+// heldAndWatched claims "k" in holder for 30 s and subscribes to it in
+// waiter.
+func heldAndWatched(t *testing.T, holder, waiter *claim.Client) (claim.Lease, *claim.Subscription) {
+	t.Helper()
 	ctx := context.Background()
-	waiter := open(t, "etcd://"+p.ln.Addr().String()+"?prefix=compact&dial_timeout=5s")
-	holder := open(t, withPrefix(srv, "compact"))
-
 	l, err := holder.TryClaim(ctx, "k", 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
@@ -434,7 +313,23 @@ func TestWatchCompacted(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer sub.Close()
+	t.Cleanup(func() { sub.Close() })
+	return l, sub
+}
+
+// TestWatchCompacted: a client is cut off while it waits, the key is
+// released and the revision of the release compacted away; when the client
+// reconnects its watch cannot resume (ErrCompacted). The driver must
+// re-watch, wake the waiter (no lost release), and keep delivering later
+// releases.
+func TestWatchCompacted(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Etcd, nil)
+	p := securitytest.NewProxy(t, srv.Addr())
+	ctx := context.Background()
+	waiter := backendtest.Open(t, "etcd://"+p.Addr()+"?prefix=compact&dial_timeout=5s")
+	holder := backendtest.Open(t, withPrefix(t, srv, "compact"))
+
+	l, sub := heldAndWatched(t, holder, waiter)
 	if _, err := waiter.TryClaim(ctx, "k", 30*time.Second); !errors.Is(err, claim.ErrHeld) {
 		t.Fatalf("TryClaim while held: %v", err)
 	}
@@ -487,16 +382,8 @@ func TestWatchCompacted(t *testing.T) {
 func TestRestart(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	ctx := context.Background()
-	holder, waiter := open(t, withPrefix(srv, "restart")), open(t, withPrefix(srv, "restart"))
-	l, err := holder.TryClaim(ctx, "k", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := waiter.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	holder, waiter := backendtest.Open(t, withPrefix(t, srv, "restart")), backendtest.Open(t, withPrefix(t, srv, "restart"))
+	l, sub := heldAndWatched(t, holder, waiter)
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}
@@ -532,7 +419,7 @@ func TestRestart(t *testing.T) {
 // (same TTL: same etcd lease) well past the lease's TTL.
 func TestKeepAlive(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	a, b := open(t, withPrefix(srv, "keepalive")), open(t, withPrefix(srv, "keepalive"))
+	a, b := backendtest.Open(t, withPrefix(t, srv, "keepalive")), backendtest.Open(t, withPrefix(t, srv, "keepalive"))
 	ctx := context.Background()
 	l, err := a.TryClaim(ctx, "k", time.Second)
 	if err != nil {

@@ -16,11 +16,9 @@ import (
 // with the shared lease of this TTL class, so it is deleted eventually).
 const notifyTTL = time.Minute
 
-// Subscribe implements driver.Notifier: a watch on the key's lock and
-// notify keys from the current revision, returning once etcd has confirmed
-// it. wake is called on a delete of the lock key (release or lease
-// expiry), a put of the notify key (Notify), and around every broken
-// watch.
+// Subscribe implements driver.Notifier: a watch of the key's lock and
+// notify keys; a delete of the one (release, lease expiry) or a put of the
+// other (Notify) wakes.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	lk := b.lockKey(key)
 	nk := lk + notifySuffix
@@ -35,8 +33,7 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	}, func(bool) { wake() })
 }
 
-// Unsubscribe implements driver.Notifier: it stops the key's watch and
-// waits for its goroutine, so wake is not called after it returns.
+// Unsubscribe implements driver.Notifier.
 func (b *backend) Unsubscribe(key string) { b.unwatch(b.lockKey(key)) }
 
 // Notify implements driver.Notifier: a put of the key's notify key, which
@@ -46,30 +43,22 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 	if err != nil {
 		return fail(ctx, err)
 	}
-	if _, err := b.cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc)); err != nil {
-		return b.putFailed(ctx, gc, err)
-	}
-	return nil
+	_, err = b.cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc))
+	return b.putFailed(ctx, gc, err)
 }
 
-// Publish implements driver.Broadcaster: a put of the topic's key, which
-// carries the message to every watch of the topic. A message longer than
-// the value limit is refused before any I/O.
+// Publish implements driver.Broadcaster: a put of the topic's key. A
+// message over the value limit is refused before any I/O.
 func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if len(msg) > b.maxVal {
 		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: b.maxVal}
 	}
-	if _, err := b.cli.Put(ctx, b.topicKey(topic), string(msg)); err != nil {
-		return fail(ctx, err)
-	}
-	return nil
+	_, err := b.cli.Put(ctx, b.topicKey(topic), string(msg))
+	return fail(ctx, err)
 }
 
-// SubscribeTopic implements driver.Broadcaster with a watch of the topic's
-// key from the current revision; it returns once etcd confirmed the watch.
-// deliver gets every put, in order, on the watch's goroutine; if the watch
-// breaks, it is restarted from the current revision and deliver is called
-// with reset.
+// SubscribeTopic implements driver.Broadcaster: a watch of the topic's
+// key; each put is a message, a broken watch a reset.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
 	tk := b.topicKey(topic)
 	return b.watch(ctx, tk, tk+"\x00", func(evs []*clientv3.Event) {
@@ -88,13 +77,11 @@ func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func
 // UnsubscribeTopic implements driver.Broadcaster.
 func (b *backend) UnsubscribeTopic(topic string) { b.unwatch(b.topicKey(topic)) }
 
-// watch starts a watch of [from, end) from the current revision and
-// returns once etcd confirmed it. Until unwatch(from) or Close, a goroutine
-// hands every response's events to events; if the watch breaks
-// (compacted, cancelled by the server), it calls gap(false), re-watches
-// from the current revision (retrying with backoff), and calls gap(true)
-// once the new watch is live: whatever happened in the gap, the caller
-// re-checks.
+// watch starts a watch of [from, end) (see startWatch). Until
+// unwatch(from) or Close, a goroutine hands every response's events to
+// events; if the watch breaks (compacted, cancelled by the server), it
+// calls gap(false), re-watches from the current revision (retrying with
+// backoff), and calls gap(true) once the new watch is live.
 func (b *backend) watch(ctx context.Context, from, end string, events func([]*clientv3.Event), gap func(resumed bool)) error {
 	wctx, cancel := context.WithCancel(b.ctx)
 	wch, stop, err := b.startWatch(ctx, wctx, from, end)

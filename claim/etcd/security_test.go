@@ -10,9 +10,9 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.uber.org/zap"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -21,26 +21,21 @@ import (
 // certificate from its CA (--client-cert-auth) and has authentication
 // enabled (user alice with read-write access to every key): through the
 // URL (etcds://USER:PASSWORD@...?cacert=&cert=&key=) and through the
-// user's own client given to New.
+// user's own client given to New. The round trips prove that TLS and
+// etcd's authentication really carry the traffic (the conformance suite
+// runs on a plain server).
 func TestTLSAndAuth(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Etcd, &testserver.Options{TLS: true, User: user, Password: pw})
 	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, open(t, withPrefix(srv, "tls-url")))
+		securitytest.Roundtrip(t, backendtest.Open(t, withPrefix(t, srv, "tls-url")))
 	})
 	t.Run("New", func(t *testing.T) {
 		tc, err := srv.TLS().ClientConfig()
 		if err != nil {
 			t.Fatal(err)
 		}
-		cli, err := clientv3.New(clientv3.Config{
-			Endpoints: []string{"https://" + srv.Addr()}, TLS: tc, Username: user, Password: pw,
-			DialTimeout: 5 * time.Second, Logger: zap.NewNop(),
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cli.Close()
+		cli := userClient(t, clientv3.Config{Endpoints: []string{"https://" + srv.Addr()}, TLS: tc, Username: user, Password: pw})
 		c, err := New(cli, &Options{Prefix: "tls-new"})
 		if err != nil {
 			t.Fatal(err)
@@ -92,8 +87,8 @@ func TestTLSAndAuth(t *testing.T) {
 func TestLimits(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
 	ctx := context.Background()
-	long := withPrefix(srv, strings.Repeat("p", MaxPrefixLen))
-	c := open(t, long)
+	long := withPrefix(t, srv, strings.Repeat("p", MaxPrefixLen))
+	c := backendtest.Open(t, long)
 	u := securitytest.Unique(t)
 	key := u + strings.Repeat("k", maxKeyLen-1-len(u)) // the longest key kept readable
 	v := securitytest.Pattern(DefaultMaxValueLen, 1)
@@ -116,7 +111,7 @@ func TestLimits(t *testing.T) {
 	if got, err := c.Get(ctx, key); err != nil || !bytes.Equal(got, v) {
 		t.Errorf("Get of DefaultMaxValueLen: %d bytes, %v", len(got), err)
 	}
-	securitytest.PublishLimit(t, c, open(t, long), func(string) int { return DefaultMaxValueLen })
+	securitytest.PublishLimit(t, c, backendtest.Open(t, long), func(string) int { return DefaultMaxValueLen })
 	if _, err := drv(c).cli.Put(ctx, "raw", strings.Repeat("x", RequestLimit)); err == nil {
 		t.Errorf("etcd accepted a request over %d bytes: RequestLimit is not the server's", RequestLimit)
 	}
@@ -127,13 +122,13 @@ func TestLimits(t *testing.T) {
 // are the conformance suite's OpenIsolated.)
 func TestIsolation(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	securitytest.Isolation(t, open(t, withPrefix(srv, "nest")), open(t, withPrefix(srv, "nest/c")))
+	securitytest.Isolation(t, backendtest.Open(t, withPrefix(t, srv, "nest")), backendtest.Open(t, withPrefix(t, srv, "nest/c")))
 }
 
 // TestHostileValues: bytes written into L2 by someone else read as misses.
 func TestHostileValues(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
-	securitytest.Hostile(t, open(t, withPrefix(srv, "hostile")))
+	securitytest.Hostile(t, backendtest.Open(t, withPrefix(t, srv, "hostile")))
 }
 
 // FuzzKeyNames: lock and value keys hold at most 512 bytes of encoded key

@@ -86,8 +86,8 @@ func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration)
 	return g.id, nil
 }
 
-// putFailed returns fail(ctx, err) for a write that failed, first
-// forgetting its shared lease gc if the server no longer knows it.
+// putFailed returns fail(ctx, err) for a write, first forgetting its
+// shared lease gc if the server no longer knows it.
 func (b *backend) putFailed(ctx context.Context, gc clientv3.LeaseID, err error) error {
 	if gc != clientv3.NoLease && errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		b.gcMu.Lock()
@@ -116,16 +116,12 @@ func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Du
 	if err != nil {
 		return fail(ctx, err)
 	}
-	if _, err := b.cli.Do(ctx, put); err != nil {
-		return b.putFailed(ctx, gc, err)
-	}
-	return nil
+	_, err = b.cli.Do(ctx, put)
+	return b.putFailed(ctx, gc, err)
 }
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	if _, err := b.cli.Delete(ctx, b.valueKey(key)); err != nil {
-		return fail(ctx, err)
-	}
-	return nil
+	_, err := b.cli.Delete(ctx, b.valueKey(key))
+	return fail(ctx, err)
 }

@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -49,10 +50,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 // DefaultDialTimeout): the server grants max(asked, minimum) for a
 // 1-second lease, which is then revoked.
 func askMinTTL(ctx context.Context, cli *clientv3.Client, timeout time.Duration) (time.Duration, error) {
-	if timeout <= 0 {
-		timeout = DefaultDialTimeout
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(timeout, DefaultDialTimeout))
 	defer cancel()
 	g, err := cli.Grant(ctx, 1)
 	if err != nil {
@@ -87,17 +85,12 @@ func parseURL(u *url.URL) (clientv3.Config, Options, error) {
 	}
 	// An empty server name lets gRPC verify each endpoint by its own host.
 	tc, err := p.TLS(tlsOn, "")
-	if perr := p.Err(); perr != nil {
-		err = perr
-	}
-	if err != nil {
+	if err = cmp.Or(p.Err(), err); err != nil {
 		return cfg, opt, fmt.Errorf("etcd: %w", err)
 	}
 	cfg.TLS = tc
-	if u.User != nil {
-		cfg.Username = u.User.Username()
-		cfg.Password, _ = u.User.Password()
-	}
+	cfg.Username = u.User.Username() // nil-safe, like Password
+	cfg.Password, _ = u.User.Password()
 	if cfg.Password != "" && cfg.Username == "" {
 		return cfg, opt, errors.New("etcd: password given without a user name")
 	}
@@ -105,10 +98,7 @@ func parseURL(u *url.URL) (clientv3.Config, Options, error) {
 	if tlsOn {
 		scheme = "https://"
 	}
-	hosts := u.Host
-	if hosts == "" {
-		hosts = "127.0.0.1"
-	}
+	hosts := cmp.Or(u.Host, "127.0.0.1")
 	for h := range strings.SplitSeq(hosts, ",") {
 		if h == "" {
 			return cfg, opt, fmt.Errorf("etcd: empty host in %q", hosts)
