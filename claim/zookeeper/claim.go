@@ -60,75 +60,47 @@ type holderState struct {
 	expires      int64 // leader's clock, Unix ms
 }
 
-// remaining is how long the claim has left at now (Unix ms), at most its
-// TTL (a local clock ahead of the leader's cannot stretch it).
-func (s holderState) remaining(now int64) time.Duration {
-	return time.Duration(min(s.expires-now, s.ttl)) * time.Millisecond
-}
-
 // inspect reads the claim on lock. ok is false if there is none to judge
 // (no lock node, or it vanished between the two reads).
 func (b *backend) inspect(ctx context.Context, lock string) (holderState, bool, error) {
-	// s is written by the call, which may outlive an abandoned do: it is
-	// read only when do returned the call's own result.
-	var s holderState
-	err := b.do(ctx, func() error {
+	s, err := call(ctx, b, func() (holderState, error) {
 		data, _, err := b.conn.Get(lock)
 		if err != nil {
-			return err
+			return holderState{}, err
 		}
-		s.holder = string(data)
-		if !validHolder(s.holder) {
-			return fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
+		if !validHolder(string(data)) {
+			return holderState{}, fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
 		}
-		od, ost, err := b.conn.Get(b.ownerPath(s.holder))
+		od, ost, err := b.conn.Get(b.ownerPath(string(data)))
 		if err != nil {
-			return err
+			return holderState{}, err
 		}
 		ms, err := strconv.ParseInt(string(od), 10, 64)
 		if err != nil {
-			return fmt.Errorf("owner node of %s holds %q, not a TTL", lock, od)
+			return holderState{}, fmt.Errorf("owner node of %s holds %q, not a TTL", lock, od)
 		}
-		s.ownerVersion, s.ttl, s.expires = ost.Version, ms, ost.Mtime+ms
-		return nil
+		return holderState{holder: string(data), ownerVersion: ost.Version, ttl: ms, expires: ost.Mtime + ms}, nil
 	})
 	if errors.Is(err, zk.ErrNoNode) {
-		return s, false, nil
+		return holderState{}, false, nil
 	}
-	if err != nil {
-		return holderState{}, false, err
-	}
-	return s, true, nil
+	return s, err == nil, err
 }
 
-// remaining is how long the claim s has left: by the local clock, and, if
-// that says it has run out, by the leader's (one more round trip).
+// remaining is how long the claim s has left, at most its TTL (a local
+// clock ahead of the leader's cannot stretch it): by the local clock, and,
+// if that says it has run out, by the leader's, by which owner mtimes are
+// judged: the mtime of a write to the clock node (one more round trip).
 func (b *backend) remaining(ctx context.Context, s holderState) (time.Duration, error) {
-	if rem := s.remaining(time.Now().UnixMilli()); rem > 0 {
+	left := func(now int64) time.Duration { return time.Duration(min(s.expires-now, s.ttl)) * time.Millisecond }
+	if rem := left(time.Now().UnixMilli()); rem > 0 {
 		return rem, nil
 	}
-	now, err := b.leaderNow(ctx)
+	st, err := call(ctx, b, func() (*zk.Stat, error) { return b.conn.Set(b.root+"/clock", nil, -1) })
 	if err != nil {
 		return 0, err
 	}
-	return s.remaining(now), nil
-}
-
-// leaderNow returns the leader's clock in Unix ms: the mtime of a write
-// to the clock node (one round trip), by which owner mtimes are judged.
-func (b *backend) leaderNow(ctx context.Context) (int64, error) {
-	var now int64
-	err := b.do(ctx, func() error {
-		st, err := b.conn.Set(b.root+"/clock", nil, -1)
-		if err == nil {
-			now = st.Mtime
-		}
-		return err
-	})
-	if err != nil {
-		return 0, err // now may still be written by an abandoned call: not read
-	}
-	return now, nil
+	return left(st.Mtime), nil
 }
 
 // TryClaim implements driver.Claimer. It makes one claim attempt; if the
@@ -140,12 +112,9 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 }
 
 // TryClaimRead implements driver.ClaimReader. A multi-op cannot read, so
-// the claim's multi-op also creates and deletes the value node: it
-// succeeds only if the key has no value, which is then known atomically
-// with the claim in one round trip (the common case: a claim after a
-// miss). If a value node exists, that multi-op fails and changes nothing;
-// then the key is claimed without the probe and the value read after the
-// claim (a value committed before the claim is seen): three round trips.
+// the claim's multi-op also creates and deletes the value node: one round
+// trip that proves the key has no value. If it has one, the key is claimed
+// without that probe and the value read after: three round trips.
 func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
 	return b.tryClaim(ctx, key, holder, ttl, true)
 }
@@ -224,9 +193,8 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 func handle(owner *zk.Stat) string { return strconv.FormatInt(owner.Mtime, 10) }
 
 // current returns ErrLost for a lease that lapsed on the server (see
-// lapsed); Extend, Commit and CommitRelease then meet any other loss (a
-// takeover, a release, the session's end) on the server, as a missing
-// owner node.
+// lapsed); any other loss (a takeover, a release, the session's end) makes
+// the write that follows fail on the missing owner node.
 func (b *backend) current(ctx context.Context, l driver.Lease) error {
 	lapsed, err := b.lapsed(ctx, l)
 	if err == nil && lapsed {
@@ -236,16 +204,10 @@ func (b *backend) current(ctx context.Context, l driver.Lease) error {
 }
 
 // lapsed reports whether l, still holding its key, has outlived its TTL
-// on the server, with nobody taking the key over yet (a takeover deletes
-// its owner node). The server is asked only when this copy of l says the
-// lease may have run out: past its local Deadline, or, by the local clock,
-// past the leader's time of its grant (Handle) plus its TTL, which also
-// catches a copy whose Deadline is wrong (forged, or replayed). The lease
-// may still be current then, renewed through another copy (KeepAlive): it
-// is judged as last extended, on the owner node's mtime plus TTL, by the
-// local clock and, if that says so, by the leader's (as TryClaim judges a
-// takeover). A lease this package cannot have issued (its holder cannot
-// name an owner node) is an ErrLost error.
+// on the server with nobody taking the key over yet (see the package doc).
+// The server is read only when this copy may have run out, which also
+// catches a forged or replayed Deadline; the lease is then judged as last
+// extended. A holder this package cannot have issued is ErrLost.
 func (b *backend) lapsed(ctx context.Context, l driver.Lease) (bool, error) {
 	if !validHolder(l.Holder) {
 		return false, fmt.Errorf("%w (holder %q was never issued)", driver.ErrLost, l.Holder)
@@ -264,18 +226,13 @@ func (b *backend) lapsed(ctx context.Context, l driver.Lease) (bool, error) {
 }
 
 // Extend implements driver.Claimer: one setData of the lease's owner node,
-// which restarts its TTL on the leader's clock. Idempotent. A lease that
-// lapsed on the server is not revived (see lapsed).
+// which restarts its TTL on the leader's clock.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	if err := b.current(ctx, l); err != nil {
 		return driver.Lease{}, err
 	}
 	ttlMS := ceilMS(ttl)
-	var st *zk.Stat
-	err := b.do(ctx, func() (err error) {
-		st, err = b.conn.Set(b.ownerPath(l.Holder), ttlData(ttlMS), -1)
-		return err
-	})
+	st, err := call(ctx, b, func() (*zk.Stat, error) { return b.conn.Set(b.ownerPath(l.Holder), ttlData(ttlMS), -1) })
 	if errors.Is(err, zk.ErrNoNode) || (err == nil && uint64(st.Czxid) != l.Token) {
 		return driver.Lease{}, driver.ErrLost
 	}
@@ -287,9 +244,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 }
 
 // Release implements driver.Claimer: one multi-op deleting the owner node
-// and the lock node, which fails as a whole (ErrLost) if the owner node is
-// gone. A lease that lapsed on the server (see lapsed) is released too,
-// and answers ErrLost.
+// and the lock node, which fails as a whole if the owner node is gone.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	expired, err := b.lapsed(ctx, l)
 	if err != nil {
@@ -308,34 +263,25 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return nil
 }
 
-// Commit implements driver.Claimer: a multi-op that checks the lease's
-// owner node exists and writes the value node (AtomicCommit). After a
-// miss the value node is usually absent (Get deletes expired ones), so it
-// tries create first.
+// Commit implements driver.Claimer: multi(check o/HOLDER, write v/KEY).
 func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	if err := b.current(ctx, l); err != nil {
-		return err
-	}
-	if err := b.prepare(ctx); err != nil {
-		return err
-	}
 	guard := []any{&zk.CheckVersionRequest{Path: b.ownerPath(l.Holder), Version: -1}}
-	return b.write(ctx, l.Key, guard, nil, encodeValue(val, ttl), true)
+	return b.commit(ctx, l, guard, nil, val, ttl)
 }
 
-// CommitRelease implements driver.CommitReleaser: one multi-op that
-// deletes the lease's owner node (failing, and changing nothing, if the
-// lease is not current: ErrLost), writes the value node and deletes the
-// lock node, whose watchers then see the release. Like Commit it creates
-// the value node first (after a miss it is usually absent) and sets it if
-// it exists: a second multi-op then.
+// CommitRelease implements driver.CommitReleaser: multi(delete o/HOLDER,
+// write v/KEY, delete l/KEY); the lock node's watchers see the release.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
+	rel := b.releaseOps(l.Key, l.Holder)
+	return b.commit(ctx, l, rel[:1], rel[1:], val, ttl)
+}
+
+// commit writes l's value between guard, which fails (ErrLost) if l is not
+// current, and after, unless l lapsed. After a miss the value node is
+// usually absent (Get deletes expired ones), so it tries create first.
+func (b *backend) commit(ctx context.Context, l driver.Lease, guard, after []any, val []byte, ttl time.Duration) error {
 	if err := b.current(ctx, l); err != nil {
 		return err
 	}
-	if err := b.prepare(ctx); err != nil {
-		return err
-	}
-	rel := b.releaseOps(l.Key, l.Holder)
-	return b.write(ctx, l.Key, rel[:1], rel[1:], encodeValue(val, ttl), true)
+	return b.write(ctx, l.Key, guard, after, encodeValue(val, ttl), true)
 }

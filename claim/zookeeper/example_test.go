@@ -14,36 +14,12 @@ import (
 
 // Open a Client by URL: importing this package registers zookeeper://.
 // Several servers are separated by commas; the path is a chroot under
-// which the driver keeps its nodes (here /myapp/stampede).
+// which the driver keeps its nodes (here /myapp/stampede). With
+// credentials, the session uses digest authentication and nodes are
+// created accessible to that user only. The Client is used as in package
+// claim's examples.
 func Example_open() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "zookeeper://zk1:2181,zk2:2181,zk3:2181/myapp")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-
-	// Run a job once per key fleet-wide: wait for the claim, keep it
-	// alive while working, commit the result fenced by the lease.
-	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
-	if err != nil {
-		log.Fatal(err)
-	}
-	k := c.KeepAlive(ctx, l, nil)
-	result := []byte("the report") // work under k.Context()
-	if err := c.Commit(ctx, k.Stop(), result, time.Hour); err != nil {
-		log.Print(err) // claim.ErrLost: someone else took over
-	}
-	if err := c.Release(ctx, l); err != nil {
-		log.Print(err)
-	}
-}
-
-// Digest authentication: the credentials go into the session, and nodes
-// are then created accessible to that user only. The password never shows
-// in errors.
-func Example_auth() {
-	c, err := claim.Open(context.Background(), "zookeeper://app:s3cret@zk1:2181/myapp?session=20s")
+	c, err := claim.Open(context.Background(), "zookeeper://app:s3cret@zk1:2181,zk2:2181,zk3:2181/myapp?session=20s")
 	if err != nil {
 		log.Fatal(err)
 	}
@@ -68,7 +44,6 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 	defer c.Close()
-	fmt.Println(c.Features().TTLGranularity)
 
 	var native *zk.Conn
 	if c.As(&native) {

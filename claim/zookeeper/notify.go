@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -17,7 +16,8 @@ import (
 // watcher is one substrate subscription (a key's existence watch, or a
 // topic's child watch) and the Client's callback for it.
 type watcher struct {
-	quit chan struct{} // closed by end
+	ctx  context.Context // done once ended
+	stop context.CancelFunc
 	mu   sync.Mutex
 	fn   func(msg []byte, reset bool)
 }
@@ -26,10 +26,8 @@ type watcher struct {
 func (w *watcher) call(msg []byte, reset bool) bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	select {
-	case <-w.quit:
+	if w.ctx.Err() != nil {
 		return false
-	default:
 	}
 	w.fn(msg, reset)
 	return true
@@ -39,11 +37,7 @@ func (w *watcher) call(msg []byte, reset bool) bool {
 func (w *watcher) end() {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	select {
-	case <-w.quit:
-	default:
-		close(w.quit)
-	}
+	w.stop()
 }
 
 // subscribe arms a watch with arm (one round trip, bounded by ctx) and
@@ -51,11 +45,12 @@ func (w *watcher) end() {
 // (see rearm) and calls fired each time it fired, until the watcher ends.
 func (b *backend) subscribe(ctx context.Context, m map[string]*watcher, name string, fn func([]byte, bool),
 	arm func() (<-chan zk.Event, error), fired func(*watcher, zk.Event, time.Time) bool) error {
-	var ch <-chan zk.Event
-	if err := b.do(ctx, func() (err error) { ch, err = arm(); return err }); err != nil {
+	ch, err := call(ctx, b, arm)
+	if err != nil {
 		return err
 	}
-	w := &watcher{quit: make(chan struct{}), fn: fn}
+	w := &watcher{fn: fn}
+	w.ctx, w.stop = context.WithCancel(context.Background())
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -66,23 +61,20 @@ func (b *backend) subscribe(ctx context.Context, m map[string]*watcher, name str
 	}
 	m[name] = w
 	b.wg.Add(1)
-	go func() {
-		defer b.wg.Done()
-		b.rearm(w, ch, arm, fired)
-	}()
+	go b.rearm(w, ch, arm, fired)
 	return nil
 }
 
 // rearm waits for the watch to fire, re-arms it (retrying with backoff),
-// and only then calls fired: whatever happens after fired woke anyone
-// fires the new watch. A watch ended by session expiry (EventNotWatching)
-// is handled the same way, so every subscriber re-checks after a gap.
+// and only then calls fired, so whatever happens after that fires the new
+// watch; a watch ended by session expiry (EventNotWatching) too.
 func (b *backend) rearm(w *watcher, ch <-chan zk.Event, arm func() (<-chan zk.Event, error), fired func(*watcher, zk.Event, time.Time) bool) {
+	defer b.wg.Done()
 	for {
 		var ev zk.Event
 		select {
 		case ev = <-ch:
-		case <-w.quit:
+		case <-w.ctx.Done():
 			return
 		}
 		at := time.Now()
@@ -92,11 +84,9 @@ func (b *backend) rearm(w *watcher, ch <-chan zk.Event, arm func() (<-chan zk.Ev
 				ch = next
 				break
 			}
-			t := time.NewTimer(wait)
 			select {
-			case <-t.C:
-			case <-w.quit:
-				t.Stop()
+			case <-time.After(wait):
+			case <-w.ctx.Done():
 				return
 			}
 		}
@@ -118,8 +108,7 @@ func (b *backend) unsubscribe(m map[string]*watcher, name string) {
 }
 
 // Subscribe implements driver.Notifier: an existence watch on the key's
-// lock node (one round trip), kept armed by a goroutine until Unsubscribe;
-// each time it fires, wake is called after it is re-armed.
+// lock node, kept armed (see rearm).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	path := b.lockPath(key)
 	arm := func() (<-chan zk.Event, error) {
@@ -133,11 +122,8 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 // Unsubscribe implements driver.Notifier.
 func (b *backend) Unsubscribe(key string) { b.unsubscribe(b.watches, key) }
 
-// Notify implements driver.Notifier. If the key is free it creates and
-// deletes its lock node in one multi-op; if it is held, it rewrites the
-// lock node's data unchanged, guarded by the holder's owner node (so a
-// newer claim's lock node is never touched). Either fires every watch on
-// the lock node. If the claim changes under it, that change fired them.
+// Notify implements driver.Notifier (see the package doc). A claim
+// changing under it fired the watches itself.
 func (b *backend) Notify(ctx context.Context, key string) error {
 	if err := b.prepare(ctx); err != nil {
 		return err
@@ -152,23 +138,22 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 	if !errors.Is(err, zk.ErrNodeExists) || failed != 0 {
 		return err
 	}
-	var data []byte
-	err = b.do(ctx, func() (err error) {
-		data, _, err = b.conn.Get(lock)
-		return err
+	data, err := call(ctx, b, func() ([]byte, error) {
+		data, _, err := b.conn.Get(lock)
+		return data, err
 	})
+	if err == nil && !validHolder(string(data)) {
+		return fmt.Errorf("lock node %s was not written by this package", lock)
+	}
 	if err == nil {
-		if !validHolder(string(data)) {
-			return fmt.Errorf("lock node %s was not written by this package", lock)
-		}
 		_, _, err = b.multi(ctx,
 			&zk.CheckVersionRequest{Path: b.ownerPath(string(data)), Version: -1},
 			&zk.SetDataRequest{Path: lock, Data: data, Version: -1})
 	}
-	if err != nil && !errors.Is(err, zk.ErrNoNode) {
-		return err
+	if errors.Is(err, zk.ErrNoNode) {
+		return nil
 	}
-	return nil
+	return err
 }
 
 // published is one of this driver's messages, deleted after msgLife.
@@ -191,10 +176,8 @@ func (b *backend) inTopic(dir string, f func() error) error {
 	return err
 }
 
-// Publish implements driver.Broadcaster: one ephemeral sequential znode
-// per message under the topic's directory, which this driver deletes once
-// it is older than MessageLife (or ZooKeeper does when the session ends).
-// A message over MaxValueLen is a *driver.TooLargeError, before any I/O.
+// Publish implements driver.Broadcaster. The publisher deletes its
+// messages once older than MessageLife (or ZooKeeper at the session's end).
 func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if len(msg) > b.maxVal {
 		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: b.maxVal}
@@ -203,12 +186,12 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 		return err
 	}
 	dir := b.topicDir(topic)
-	var path string
-	err := b.do(ctx, func() error {
-		return b.inTopic(dir, func() (err error) {
+	path, err := call(ctx, b, func() (path string, err error) {
+		err = b.inTopic(dir, func() (err error) {
 			path, err = b.conn.Create(dir+"/m-", msg, zk.FlagEphemeral|zk.FlagSequence, b.acl)
 			return err
 		})
+		return path, err
 	})
 	if err != nil {
 		return err
@@ -217,27 +200,23 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.pub = append(b.pub, published{path, now})
-	var old []string
-	for len(b.pub) > 0 && now.Sub(b.pub[0].at) > b.msgLife {
-		old = append(old, b.pub[0].path)
-		b.pub = b.pub[1:]
-	}
+	i := slices.IndexFunc(b.pub, func(p published) bool { return now.Sub(p.at) <= b.msgLife })
+	old := b.pub[:i] // never written again: b.pub only grows at its end
+	b.pub = b.pub[i:]
 	if len(old) > 0 && !b.closed {
 		b.wg.Add(1)
 		go func() {
 			defer b.wg.Done()
 			for _, p := range old {
-				_ = b.conn.Delete(p, -1) // best effort: the session's end deletes it too
+				_ = b.conn.Delete(p.path, -1) // best effort: the session's end deletes it too
 			}
 		}()
 	}
 	return nil
 }
 
-// SubscribeTopic implements driver.Broadcaster. It lists the topic with a
-// child watch (one round trip); each time the watch fires, the topic's
-// goroutine re-lists it (re-arming the watch) and delivers the messages
-// it has not seen, oldest first.
+// SubscribeTopic implements driver.Broadcaster: a child watch on the
+// topic's directory, kept armed (see rearm and topicWatch).
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
 	if err := b.prepare(ctx); err != nil {
 		return err
@@ -278,7 +257,7 @@ func (t *topicWatch) arm() (ch <-chan zk.Event, err error) {
 // unseen).
 func (t *topicWatch) fired(w *watcher, ev zk.Event, at time.Time) bool {
 	reset := ev.Type == zk.EventNotWatching || time.Since(at) > t.b.msgLife/2
-	slices.SortFunc(t.names, func(x, y string) int { return strings.Compare(seq(x), seq(y)) })
+	slices.Sort(t.names) // m-SEQUENCE, 10 digits zero-padded: in publishing order
 	next := make(map[string]bool, len(t.names))
 	var msgs [][]byte
 	for _, n := range t.names {
@@ -307,7 +286,3 @@ func (t *topicWatch) fired(w *watcher, ev zk.Event, at time.Time) bool {
 
 // UnsubscribeTopic implements driver.Broadcaster.
 func (b *backend) UnsubscribeTopic(topic string) { b.unsubscribe(b.topics, topic) }
-
-// seq returns the sequence suffix of a message node's name, which orders
-// messages (10 digits, zero-padded).
-func seq(name string) string { return name[strings.LastIndexByte(name, '-')+1:] }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
-	"fmt"
 	"net"
 	"net/url"
 	"strings"
@@ -14,6 +13,7 @@ import (
 	"github.com/go-zookeeper/zk"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -24,8 +24,8 @@ import (
 // through the URL.)
 func TestDigestAuthNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	prefix := strings.TrimPrefix(unique(t, "/digest-new"), "/")
-	conn, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithLogInfo(false), zk.WithLogger(quiet{}))
+	prefix := chroot(t, "digest-new")[1:]
+	conn, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithLogInfo(false), zk.WithLogger(quiet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -38,7 +38,7 @@ func TestDigestAuthNew(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	securitytest.Roundtrip(t, b)
+	securitytest.Roundtrip(t, b) // on a digest-authenticated session
 	ctx := ctxT(t)
 	if err := b.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
@@ -58,20 +58,13 @@ func TestDigestAuthNew(t *testing.T) {
 
 // TestLimits: Publish'd messages up to DefaultMaxValueLen go through a
 // default server (jute.maxbuffer 1 MiB), one byte more is ErrTooLarge,
-// before any I/O (the Client cannot know this limit: the driver checks it).
+// before any I/O: the Client does not check messages, the driver does.
 // Values are checked by the conformance suite (TooLarge), keys by Keys.
 func TestLimits(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	b, b2 := open(t, srv, "/limits"), open(t, srv, "/limits")
+	b, b2 := open(t, srv, "limits"), open(t, srv, "limits")
 	securitytest.PublishLimit(t, b, b2, func(string) int { return DefaultMaxValueLen })
-
-	p := securitytest.NewProxy(t, srv.Addr())
-	dead, err := claim.Open(context.Background(), fmt.Sprintf("zookeeper://%s%s", p.Addr(), unique(t, "/limits-dead")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dead.Close()
-	cut(dead) // no reconnect through the cut proxy either
+	dead, p := openCut(t, srv, "limits-dead")
 	p.Cut()
 	securitytest.OverLimitNoIO(t, dead, DefaultMaxValueLen, claim.Lease{}, DefaultMaxValueLen)
 }
@@ -81,18 +74,8 @@ func TestLimits(t *testing.T) {
 // prefixes are checked by the conformance suite: Isolation.)
 func TestNestedIsolation(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	nest := unique(t, "/nest")
-	a, err := claim.Open(context.Background(), srv.URL()+nest)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := claim.Open(context.Background(), srv.URL()+nest+"/stampede/l")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	securitytest.Isolation(t, a, b)
+	nest := srv.URL() + chroot(t, "nest")
+	securitytest.Isolation(t, backendtest.Open(t, nest), backendtest.Open(t, nest+"/stampede/l"))
 }
 
 // TestHostileValues: bytes written into L2 by someone else read as misses
@@ -100,7 +83,7 @@ func TestNestedIsolation(t *testing.T) {
 // its format must not panic the backend).
 func TestHostileValues(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	securitytest.Hostile(t, open(t, srv, "/hostile"))
+	securitytest.Hostile(t, open(t, srv, "hostile"))
 }
 
 // FuzzKeyNames: the encoded key is one valid znode name (at most 255
@@ -138,12 +121,7 @@ func TestTLS(t *testing.T) {
 	t.Run("URL", func(t *testing.T) {
 		// A fresh server's first TLS handshakes can take about go-zk's
 		// fixed 1s dial timeout on a loaded machine: allow more.
-		b, err := claim.Open(ctxT(t), srv.URL()+"&dial_timeout=10s")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		securitytest.Roundtrip(t, b)
+		securitytest.Roundtrip(t, backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "dial_timeout", "10s")))
 	})
 	t.Run("New", func(t *testing.T) {
 		tc, err := srv.TLS().ClientConfig()
@@ -153,12 +131,12 @@ func TestTLS(t *testing.T) {
 		dial := func(network, addr string, timeout time.Duration) (net.Conn, error) {
 			return tls.DialWithDialer(&net.Dialer{Timeout: max(timeout, 10*time.Second)}, network, addr, tc)
 		}
-		conn, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithDialer(dial), zk.WithLogInfo(false), zk.WithLogger(quiet{}))
+		conn, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithDialer(dial), zk.WithLogInfo(false), zk.WithLogger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer conn.Close()
-		b, err := New(conn, &Options{Prefix: strings.TrimPrefix(unique(t, "/tls-new"), "/")})
+		b, err := New(conn, &Options{Prefix: chroot(t, "tls-new")[1:]})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -169,13 +147,8 @@ func TestTLS(t *testing.T) {
 	q := u.Query()
 	t.Run("skip_verify", func(t *testing.T) {
 		v := *u
-		v.RawQuery = url.Values{"tls": {"true"}, "skip_verify": {"true"}, "cert": q["cert"], "key": q["key"], "dial_timeout": {"10s"}}.Encode()
-		b, err := claim.Open(ctxT(t), v.String()+"&prefix="+strings.TrimPrefix(unique(t, "/tls-skip"), "/"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		securitytest.Roundtrip(t, b)
+		v.RawQuery = url.Values{"tls": {"true"}, "skip_verify": {"true"}, "cert": q["cert"], "key": q["key"], "dial_timeout": {"10s"}, "prefix": {chroot(t, "tls-skip")[1:]}}.Encode()
+		securitytest.Roundtrip(t, backendtest.Open(t, v.String()))
 	})
 	for name, params := range map[string]url.Values{
 		"plain text":            nil,

@@ -20,12 +20,15 @@ func encodeValue(val []byte, ttl time.Duration) []byte {
 	return out
 }
 
-// write stores key's value node in one multi-op: guard, then create (or
-// setData if it exists: in that order if create, else the other), then
-// after. A guard that fails on a missing node (the lease's owner node) is
-// ErrLost. It re-tries only when a concurrent writer or deleter changed
-// the value node between the two.
+// write creates the root nodes if needed, then stores key's value node in
+// one multi-op: guard, then create (or setData if it exists: in that order
+// if create, else the other), then after. A guard that fails on a missing
+// node (the lease's owner node) is ErrLost. It re-tries only when a
+// concurrent writer or deleter changed the value node between the two.
 func (b *backend) write(ctx context.Context, key string, guard, after []any, data []byte, create bool) error {
+	if err := b.prepare(ctx); err != nil {
+		return err
+	}
 	path := b.valuePath(key)
 	ws := []any{
 		&zk.CreateRequest{Path: path, Data: data, Acl: b.acl},
@@ -54,24 +57,20 @@ func (b *backend) write(ctx context.Context, key string, guard, after []any, dat
 // Get implements driver.Store.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	v, found, err := b.getValue(ctx, key)
-	if err != nil {
-		return nil, err
+	if err == nil && !found {
+		err = driver.ErrNotFound
 	}
-	if !found {
-		return nil, driver.ErrNotFound
-	}
-	return v, nil
+	return v, err
 }
 
 // getValue reads key's value node: found is false if it is absent or
 // expired (then it is deleted, unless rewritten meanwhile).
 func (b *backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
 	path := b.valuePath(key)
-	var data []byte
-	var st *zk.Stat
-	err := b.do(ctx, func() (err error) {
+	var data []byte // read only once call returned the call's own result
+	st, err := call(ctx, b, func() (st *zk.Stat, err error) {
 		data, st, err = b.conn.Get(path)
-		return err
+		return st, err
 	})
 	if errors.Is(err, zk.ErrNoNode) {
 		return nil, false, nil
@@ -93,9 +92,6 @@ func (b *backend) getValue(ctx context.Context, key string) ([]byte, bool, error
 // Set implements driver.Store. It tries setData first (a value is usually
 // overwritten), then create.
 func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.prepare(ctx); err != nil {
-		return err
-	}
 	return b.write(ctx, key, nil, nil, encodeValue(val, ttl), false)
 }
 

@@ -1,14 +1,16 @@
 package zookeeper
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
+	"log"
 	"net"
 	"net/url"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,7 +30,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		return nil, err
 	}
 	d := &dialer{tls: c.tls, timeout: c.dialTimeout}
-	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet{}), zk.WithLogInfo(false))
+	conn, _, err := zk.Connect(c.servers, c.session, zk.WithDialer(d.dial), zk.WithLogger(quiet), zk.WithLogInfo(false))
 	if err != nil {
 		return nil, fmt.Errorf("zookeeper: connect: %w", err)
 	}
@@ -73,16 +75,9 @@ func parseURL(u *url.URL) (urlConfig, error) {
 	// ZooKeeper has no TLS scheme: tls=true enables the shared TLS
 	// parameters. No server name is passed, so that, unless servername
 	// is given, each HOST's certificate is verified against HOST (dial).
-	useTLS := p.Bool("tls", false)
-	tc, tlsErr := p.TLS(useTLS, "")
-	if err := p.Err(); err != nil {
+	tc, tlsErr := p.TLS(p.Bool("tls", false), "")
+	if err := cmp.Or(p.Err(), tlsErr); err != nil {
 		return c, fmt.Errorf("zookeeper: %w", err)
-	}
-	if tlsErr != nil && !useTLS {
-		return c, errors.New("zookeeper: URL parameters cacert, cert, key, servername and skip_verify need tls=true")
-	}
-	if tlsErr != nil {
-		return c, fmt.Errorf("zookeeper: %w", tlsErr)
 	}
 	c.tls = tc
 	if u.Opaque != "" || u.Fragment != "" {
@@ -104,24 +99,16 @@ func parseURL(u *url.URL) (urlConfig, error) {
 		pw, _ := u.User.Password()
 		c.auth = []byte(u.User.Username() + ":" + pw)
 	}
-	switch acl {
-	case "":
-		if c.auth != nil {
-			c.opt.ACL = zk.AuthACL(zk.PermAll)
-		}
-	case "open":
-	case "creator":
-		if c.auth == nil {
-			return c, errors.New("zookeeper: acl=creator needs USER:PASSWORD@ in the URL")
-		}
+	switch {
+	case acl == "creator" && c.auth == nil:
+		return c, errors.New("zookeeper: acl=creator needs USER:PASSWORD@ in the URL")
+	case acl == "creator" || acl == "" && c.auth != nil:
 		c.opt.ACL = zk.AuthACL(zk.PermAll)
-	default:
+	case acl != "" && acl != "open":
 		return c, fmt.Errorf("zookeeper: URL parameter acl=%q: want open or creator", acl)
 	}
-	if _, err := validPrefix(c.opt.Prefix); err != nil {
-		return c, err
-	}
-	return c, nil
+	_, err := validPrefix(c.opt.Prefix)
+	return c, err
 }
 
 // dialer lets Close drop the connection without ending the session:
@@ -133,8 +120,6 @@ type dialer struct {
 	tls     *tls.Config   // nil: plain TCP
 	timeout time.Duration // bounds each dial and TLS handshake (0: go-zk's)
 	dropped atomic.Bool
-	mu      sync.Mutex
-	cur     net.Conn // the last connection dialled
 }
 
 var errDropped = errors.New("zookeeper: driver closed")
@@ -143,16 +128,12 @@ func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, er
 	if d.dropped.Load() {
 		return nil, errDropped
 	}
-	if d.timeout > 0 {
-		timeout = d.timeout
-	}
-	nd := &net.Dialer{Timeout: timeout}
+	nd := &net.Dialer{Timeout: cmp.Or(d.timeout, timeout)}
 	var c net.Conn
 	var err error
 	if d.tls != nil {
-		// ZooKeeper's secureClientPort (Netty, TLS from the first byte);
-		// the handshake is bounded by timeout too, and, without a
-		// servername, verifies the certificate against addr's host.
+		// secureClientPort: TLS from the first byte, the handshake
+		// bounded by timeout too.
 		c, err = tls.DialWithDialer(nd, network, addr, d.tls)
 	} else {
 		c, err = nd.Dial(network, addr)
@@ -160,14 +141,11 @@ func (d *dialer) dial(network, addr string, timeout time.Duration) (net.Conn, er
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	if d.dropped.Load() {
 		c.Close()
 		return nil, errDropped
 	}
-	d.cur = &dropConn{Conn: c, d: d}
-	return d.cur, nil
+	return &dropConn{Conn: c, d: d}, nil
 }
 
 type dropConn struct {
@@ -183,6 +161,5 @@ func (c *dropConn) Write(p []byte) (int, error) {
 	return c.Conn.Write(p)
 }
 
-type quiet struct{}
-
-func (quiet) Printf(string, ...any) {}
+// quiet is go-zk's logger: the driver returns errors instead.
+var quiet = log.New(io.Discard, "", 0)

@@ -5,8 +5,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-zookeeper/zk"
@@ -80,9 +82,9 @@ type backend struct {
 	msgLife time.Duration
 	done    chan struct{} // closed by Close
 
+	ready   atomic.Bool // root nodes exist
 	mu      sync.Mutex
 	closed  bool
-	ready   bool // root nodes exist
 	wg      sync.WaitGroup
 	watches map[string]*watcher // key -> its existence watch
 	topics  map[string]*watcher // topic -> its child watch
@@ -104,15 +106,14 @@ func New(conn *zk.Conn, opt *Options) (*claim.Client, error) {
 	if conn == nil {
 		return nil, errors.New("zookeeper: New: nil connection")
 	}
-	var o Options
-	if opt != nil {
-		o = *opt
+	if opt == nil {
+		opt = &Options{}
 	}
-	b, err := newBackend(conn, o, nil)
+	b, err := newBackend(conn, *opt, nil)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	return claim.NewClient(b, opt.Client), nil
 }
 
 func newBackend(conn *zk.Conn, o Options, own *dialer) (*backend, error) {
@@ -178,64 +179,55 @@ func (b *backend) lockPath(key string) string  { return b.root + "/l/" + keys.En
 func (b *backend) valuePath(key string) string { return b.root + "/v/" + keys.Encode(key) }
 func (b *backend) ownerPath(h string) string   { return b.root + "/o/" + h }
 
-// do runs one blocking zk call, unless ctx is already done, abandoning it
-// (it finishes in the background, tracked for Close) when ctx is done or
-// the driver closes.
-func (b *backend) do(ctx context.Context, f func() error) error {
+// call runs f, one blocking zk call, unless ctx is already done, and
+// returns its result; it abandons f (left to finish in the background,
+// waited for by Close) when ctx is done or the driver closes.
+func call[T any](ctx context.Context, b *backend, f func() (T, error)) (T, error) {
+	var zero T
 	if err := ctx.Err(); err != nil {
-		return err
+		return zero, err
 	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
-		return driver.ErrClosed
+		return zero, driver.ErrClosed
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
-	ch := make(chan error, 1)
+	var v T
+	var err error
+	done := make(chan struct{})
 	go func() {
 		defer b.wg.Done()
-		ch <- f()
+		v, err = f()
+		close(done)
 	}()
 	select {
-	case err := <-ch:
-		return err
+	case <-done:
+		return v, err // read only when f has returned
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	case <-b.done:
-		return driver.ErrClosed
+		return zero, driver.ErrClosed
 	}
 }
 
-// multi runs ops as one transaction; on failure it also returns the index
-// of the op that failed (-1 if unknown).
-func (b *backend) multi(ctx context.Context, ops ...any) ([]zk.MultiResponse, int, error) {
-	var res []zk.MultiResponse
-	err := b.do(ctx, func() (err error) {
-		res, err = b.conn.Multi(ops...)
-		return err
-	})
-	if err == nil {
-		return res, -1, nil
-	}
-	if err == ctx.Err() || errors.Is(err, driver.ErrClosed) {
-		// Abandoned: the call may still be running and writing res.
-		return nil, -1, err
-	}
-	for i, r := range res {
-		if r.Error != nil {
-			return nil, i, err
-		}
-	}
-	return nil, -1, err
+// do is call for f without a result.
+func (b *backend) do(ctx context.Context, f func() error) error {
+	_, err := call(ctx, b, func() (struct{}, error) { return struct{}{}, f() })
+	return err
+}
+
+// multi runs ops as one transaction; failed is the index of the op that
+// failed (-1: none, or unknown).
+func (b *backend) multi(ctx context.Context, ops ...any) (res []zk.MultiResponse, failed int, err error) {
+	res, err = call(ctx, b, func() ([]zk.MultiResponse, error) { return b.conn.Multi(ops...) })
+	return res, slices.IndexFunc(res, func(r zk.MultiResponse) bool { return r.Error != nil }), err
 }
 
 // prepare creates the root nodes once.
 func (b *backend) prepare(ctx context.Context) error {
-	b.mu.Lock()
-	ready := b.ready
-	b.mu.Unlock()
-	if ready {
+	if b.ready.Load() {
 		return nil
 	}
 	var paths []string
@@ -258,18 +250,13 @@ func (b *backend) prepare(ctx context.Context) error {
 		return nil
 	})
 	if err == nil {
-		b.mu.Lock()
-		b.ready = true
-		b.mu.Unlock()
+		b.ready.Store(true)
 	}
 	return err
 }
 
-// Close implements driver.Driver. It ends the driver's watches and topic
-// subscriptions (no wake or deliver is called after it returns). A
-// connection the driver opened from a URL is dropped without ending the
-// ZooKeeper session, so leases are not released: they expire by their TTL
-// (or when the session times out). A connection passed to New stays open.
+// Close implements driver.Driver. A connection opened from a URL is
+// dropped without ending the session (see dialer); New's stays open.
 func (b *backend) Close() error {
 	b.mu.Lock()
 	if b.closed {

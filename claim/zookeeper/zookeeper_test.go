@@ -5,73 +5,54 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/go-zookeeper/zk"
-	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
+	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
+func TestMain(m *testing.M) { backendtest.Main(m) }
+
+// harness is the conformance harness on srv, in a chroot of its own (see
+// chroot); the isolated namespace is a sibling prefix under it.
+func harness(t testing.TB, srv *testserver.Server, name string) conformance.Harness {
+	base := srv.URL() + chroot(t, name)
+	return backendtest.Harness(srv, func(ns string) string {
+		if ns == "" {
+			return base
 		}
-	}
-	os.Exit(code)
+		return backendtest.WithQuery(t, base, "prefix", ns)
+	})
 }
 
 func TestConformance(t *testing.T) {
 	// A server of its own, so that Restart disturbs no other test.
-	srv := testserver.Require(t, testserver.ZooKeeper)
-	h := conformance.Harness{
-		Open: func(ctx context.Context) (*claim.Client, error) {
-			return claim.Open(ctx, srv.URL()+unique(t, "/conformance"))
-		},
-		OpenIsolated: func(ctx context.Context) (*claim.Client, error) {
-			return claim.Open(ctx, srv.URL()+unique(t, "/conformance?prefix=isolated"))
-		},
-	}
-	if !srv.External() {
-		h.Restart = func(ctx context.Context) error {
-			if err := srv.Kill(); err != nil {
-				return err
-			}
-			return srv.Restart(ctx)
-		}
-	}
-	conformance.Run(t, h)
+	conformance.Run(t, harness(t, testserver.Require(t, testserver.ZooKeeper), "conformance"))
 }
 
 func BenchmarkConformance(b *testing.B) {
-	srv := testserver.Shared(b, testserver.ZooKeeper)
-	conformance.Bench(b, conformance.Harness{
-		Open: func(ctx context.Context) (*claim.Client, error) {
-			return claim.Open(ctx, srv.URL()+unique(b, "/bench"))
-		},
-	})
+	conformance.Bench(b, harness(b, testserver.Shared(b, testserver.ZooKeeper), "bench"))
 }
 
-// open opens a Client from srv's URL with the given suffix (path and
-// query), closed when the test ends.
-func open(t testing.TB, srv *testserver.Server, suffix string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), srv.URL()+unique(t, suffix))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+// open opens a Client of srv in the chroot name (see chroot) with the
+// query parameters params (name, value, ...), closed when the test ends.
+func open(t testing.TB, srv *testserver.Server, name string, params ...string) *claim.Client {
+	return backendtest.Open(t, backendtest.WithQuery(t, srv.URL()+chroot(t, name), params...))
+}
+
+// openCut is open through a proxy whose Cut partitions the Client from
+// ZooKeeper (its session stays on the server until it times out).
+func openCut(t testing.TB, srv *testserver.Server, name string, params ...string) (*claim.Client, *securitytest.Proxy) {
+	p := securitytest.NewProxy(t, srv.Addr())
+	return backendtest.Open(t, backendtest.WithQuery(t, "zookeeper://"+p.Addr()+chroot(t, name), params...)), p
 }
 
 // drv returns the driver behind c.
@@ -81,25 +62,17 @@ func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 // server (-count=N, STAMPEDE_TEST_ZOOKEEPER_URL): one ID per *testing.T.
 var runIDs sync.Map
 
-// unique turns "/name?query" into "/name-ID?query", with the same ID for
-// every call of one test run (so two clients of a test share it).
-func unique(t testing.TB, suffix string) string {
-	path, query, _ := strings.Cut(suffix, "?")
-	if path == "" {
-		return suffix
-	}
+// chroot returns "/name-ID", with the same ID for every call of one test
+// run (so two clients of a test share it).
+func chroot(t testing.TB, name string) string {
 	id, _ := runIDs.LoadOrStore(t, fmt.Sprintf("%x", time.Now().UnixNano()))
-	out := path + "-" + id.(string)
-	if query != "" {
-		out += "?" + query
-	}
-	return out
+	return "/" + name + "-" + id.(string)
 }
 
 // raw returns a plain zk connection to srv, closed when the test ends.
 func raw(t testing.TB, srv *testserver.Server) *zk.Conn {
 	t.Helper()
-	c, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithLogger(quiet{}), zk.WithLogInfo(false))
+	c, _, err := zk.Connect([]string{srv.Addr()}, 10*time.Second, zk.WithLogger(quiet), zk.WithLogInfo(false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,20 +86,26 @@ func ctxT(t testing.TB) context.Context {
 	return ctx
 }
 
-// cut drops c's connection to ZooKeeper and refuses to reconnect until
-// heal, as a network partition would (the session stays on the server
-// until it times out).
-func cut(c *claim.Client) {
-	d := drv(c).own
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	d.dropped.Store(true)
-	if d.cur != nil {
-		d.cur.(*dropConn).Conn.Close()
+// claimed claims key on c for a minute, or fails the test.
+func claimed(t *testing.T, c *claim.Client, key string) claim.Lease {
+	t.Helper()
+	l, err := c.TryClaim(ctxT(t), key, time.Minute)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return l
 }
 
-func heal(c *claim.Client) { drv(c).own.dropped.Store(false) }
+// subscribed subscribes c to key until the test ends, or fails the test.
+func subscribed(t *testing.T, c *claim.Client, key string) *claim.Subscription {
+	t.Helper()
+	s, err := c.Subscribe(ctxT(t), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
 
 func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
 	t.Helper()
@@ -147,7 +126,7 @@ func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
 func TestStaleHolderFenced(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a, b := open(t, srv, "/fenced"), open(t, srv, "/fenced")
+	a, b := open(t, srv, "fenced"), open(t, srv, "fenced")
 	for _, how := range []string{"expired and taken over", "released and re-claimed"} {
 		key := "k-" + how
 		old, err := a.TryClaim(ctx, key, 100*time.Millisecond)
@@ -194,11 +173,8 @@ func TestStaleHolderFenced(t *testing.T) {
 func TestTakeoverLosesToExtend(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a, b := open(t, srv, "/race"), open(t, srv, "/race")
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := open(t, srv, "race"), open(t, srv, "race")
+	l := claimed(t, a, "k")
 	bd := drv(b)
 	lock := bd.lockPath("k")
 	s, ok, err := bd.inspect(ctx, lock)
@@ -208,8 +184,7 @@ func TestTakeoverLosesToExtend(t *testing.T) {
 	if _, err := a.Extend(ctx, l, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = bd.multi(ctx, bd.claimOps(lock, "taker", 1000, &s)...)
-	if !errors.Is(err, zk.ErrBadVersion) {
+	if _, _, err := bd.multi(ctx, bd.claimOps(lock, "taker", 1000, &s)...); !errors.Is(err, zk.ErrBadVersion) {
 		t.Fatalf("takeover after the holder's Extend: %v, want ErrBadVersion", err)
 	}
 	if err := a.Release(ctx, l); err != nil {
@@ -222,17 +197,10 @@ func TestTakeoverLosesToExtend(t *testing.T) {
 func TestExtendWakesNobody(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a, b := open(t, srv, "/extend"), open(t, srv, "/extend")
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := b.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	a, b := open(t, srv, "extend"), open(t, srv, "extend")
+	l, s := claimed(t, a, "k"), subscribed(t, b, "k")
 	for i := 0; i < 3; i++ {
+		var err error
 		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -273,18 +241,10 @@ func TestExtendWakesNobody(t *testing.T) {
 func TestSessionExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a := open(t, srv, "/expiry?session=500ms")
-	b := open(t, srv, "/expiry")
-	l, err := a.TryClaim(ctx, "held", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := a.Subscribe(ctx, "watched")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	cut(a)
+	a, p := openCut(t, srv, "expiry", "session", "500ms")
+	b := open(t, srv, "expiry")
+	l, s := claimed(t, a, "held"), subscribed(t, a, "watched")
+	p.Cut()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		_, err := b.TryClaim(ctx, "held", time.Minute)
@@ -296,7 +256,7 @@ func TestSessionExpiry(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	heal(a)
+	p.Restore()
 	if !woken(t, s, 20*time.Second) {
 		t.Errorf("subscriber not woken after its session expired")
 	}
@@ -317,20 +277,14 @@ func TestSessionExpiry(t *testing.T) {
 func TestReconnectKeepsLease(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a, b := open(t, srv, "/reconnect"), open(t, srv, "/reconnect")
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s, err := a.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	cut(a)
+	a, p := openCut(t, srv, "reconnect")
+	b := open(t, srv, "reconnect")
+	l, s := claimed(t, a, "k"), subscribed(t, a, "k")
+	p.Cut()
 	time.Sleep(100 * time.Millisecond)
-	heal(a)
-	if l, err = a.Extend(ctx, l, time.Minute); err != nil {
+	p.Restore()
+	l, err := a.Extend(ctx, l, time.Minute)
+	if err != nil {
 		t.Fatalf("Extend after reconnecting: %v", err)
 	}
 	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
@@ -353,11 +307,8 @@ func TestFenceAcrossRestart(t *testing.T) {
 		t.Skip("needs a server of its own to kill")
 	}
 	ctx := ctxT(t)
-	a := open(t, srv, "/restart")
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := open(t, srv, "restart")
+	l := claimed(t, a, "k")
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
@@ -367,12 +318,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	b := open(t, srv, "/restart")
-	l2, err := b.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l2.Token <= l.Token {
+	if l2 := claimed(t, open(t, srv, "restart"), "k"); l2.Token <= l.Token {
 		t.Errorf("token after restart %d <= %d before", l2.Token, l.Token)
 	}
 	// The first client reconnects by itself.
@@ -386,7 +332,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 func TestValueExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a := open(t, srv, "/values")
+	a := open(t, srv, "values")
 	c := raw(t, srv)
 	if err := a.Set(ctx, "k", []byte("v"), 50*time.Millisecond); err != nil {
 		t.Fatal(err)
@@ -426,8 +372,8 @@ func TestValueExpiry(t *testing.T) {
 func TestBroadcast(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a := open(t, srv, "/broadcast?messagelife=300ms")
-	b := open(t, srv, "/broadcast")
+	a := open(t, srv, "broadcast", "messagelife", "300ms")
+	b := open(t, srv, "broadcast")
 	type rec struct {
 		msg   string
 		reset bool
@@ -509,8 +455,8 @@ func TestBroadcast(t *testing.T) {
 func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a := open(t, srv, "/broadcast2")
-	b := open(t, srv, "/broadcast2?session=500ms")
+	a := open(t, srv, "broadcast2")
+	b, p := openCut(t, srv, "broadcast2", "session", "500ms")
 	resets := make(chan struct{}, 10)
 	msgs := make(chan string, 10)
 	stop, err := b.SubscribeTopic(ctx, "t", func(m []byte, reset bool) {
@@ -524,9 +470,9 @@ func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer stop()
-	cut(b)
+	p.Cut()
 	time.Sleep(2 * time.Second) // > session timeout
-	heal(b)
+	p.Restore()
 	select {
 	case <-resets:
 	case <-time.After(20 * time.Second):
@@ -552,7 +498,7 @@ func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	c := raw(t, srv)
-	mine := unique(t, "/mine")
+	mine := chroot(t, "mine")
 	b, err := New(c, &Options{Prefix: mine + "/app/", MaxValueLen: 10})
 	if err != nil {
 		t.Fatal(err)
@@ -569,9 +515,7 @@ func TestNew(t *testing.T) {
 	if b.As(&other) {
 		t.Errorf("As(**zk.Stat) succeeded")
 	}
-	if _, err := b.TryClaim(ctx, "k", time.Minute); err != nil {
-		t.Fatal(err)
-	}
+	claimed(t, b, "k")
 	if ok, _, err := c.Exists(mine + "/app/l/=k"); err != nil || !ok {
 		t.Errorf("lock node not under the prefix: %v %v", ok, err)
 	}
@@ -581,7 +525,7 @@ func TestNew(t *testing.T) {
 	if _, _, err := c.Exists(mine); err != nil {
 		t.Errorf("the caller's connection was closed: %v", err)
 	}
-	again := open(t, srv, "/mine?prefix=app") // same namespace: unique is stable within a run
+	again := open(t, srv, "mine", "prefix", "app") // same namespace: chroot is stable within a run
 	if _, err := again.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("lease of the closed Client: %v, want ErrHeld", err)
 	}
@@ -602,26 +546,19 @@ func TestAuth(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
-	ab, err := claim.Open(ctx, "zookeeper://alice:s3cr3t@"+host+unique(t, "/auth"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ab.Close()
-	l, err := ab.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	ab := backendtest.Open(t, "zookeeper://alice:s3cr3t@"+host+chroot(t, "auth"))
+	l := claimed(t, ab, "k")
 	if err := ab.Commit(ctx, l, []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
-	anon := open(t, srv, "/auth")
+	anon := open(t, srv, "auth")
 	if _, err := anon.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
 		t.Errorf("Get without credentials: %v, want a permission error", err)
 	}
 	if _, err := anon.TryClaim(ctx, "other", time.Minute); err == nil {
 		t.Errorf("TryClaim without credentials succeeded")
 	}
-	mallory, err := claim.Open(ctx, "zookeeper://alice:wrong@"+host+unique(t, "/auth"))
+	mallory, err := claim.Open(ctx, "zookeeper://alice:wrong@"+host+chroot(t, "auth"))
 	if err == nil {
 		defer mallory.Close()
 		_, err = mallory.Get(ctx, "k")
@@ -639,8 +576,8 @@ func TestURL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
-	b := open(t, srv, "/chroot?prefix=x/p/q&session=5s&maxvalue=1000&messagelife=1m&acl=open")
-	if d := drv(b); d.root != unique(t, "/chroot")+"/x/p/q" || d.maxVal != 1000 || d.msgLife != time.Minute {
+	b := open(t, srv, "chroot", "prefix", "x/p/q", "session", "5s", "maxvalue", "1000", "messagelife", "1m", "acl", "open")
+	if d := drv(b); d.root != chroot(t, "chroot")+"/x/p/q" || d.maxVal != 1000 || d.msgLife != time.Minute {
 		t.Errorf("root %q maxVal %d msgLife %s", d.root, d.maxVal, d.msgLife)
 	}
 	if b.Features().MaxValueLen != 1000 {
@@ -653,14 +590,10 @@ func TestURL(t *testing.T) {
 	}
 	// Several hosts, one of them dead: the live one serves.
 	dead := "127.0.0.1:1"
-	m, err := claim.Open(ctx, "zookeeper://"+dead+","+host+unique(t, "/multi"))
-	if err != nil {
-		t.Fatalf("two hosts: %v", err)
-	}
+	m := backendtest.Open(t, "zookeeper://"+dead+","+host+chroot(t, "multi"))
 	if err := m.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Errorf("Set through a two-host URL: %v", err)
 	}
-	m.Close()
 	for _, bad := range []string{
 		"zookeeper://" + host + "/x?bogus=1",
 		"zookeeper://" + host + "/x?session=soon",
@@ -786,7 +719,7 @@ func FuzzParseURL(f *testing.F) {
 func TestKeepAlive(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := ctxT(t)
-	a, b := open(t, srv, "/keepalive"), open(t, srv, "/keepalive")
+	a, b := open(t, srv, "keepalive"), open(t, srv, "keepalive")
 	// A short lease, renewed every TTL/3: a renewal may be late by about
 	// half a TTL (a loaded machine) before the lease runs out.
 	const ttl = time.Second
