@@ -201,10 +201,4 @@ func (b *backend) Close() error {
 }
 
 // As implements driver.Aser (see the package doc).
-func (b *backend) As(i any) bool {
-	p, ok := i.(**capi.Client)
-	if ok {
-		*p = b.c
-	}
-	return ok
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.c) }

@@ -176,13 +176,7 @@ func (b *backend) Close() error {
 }
 
 // As implements driver.Aser for a **clientv3.Client.
-func (b *backend) As(i any) bool {
-	if p, ok := i.(**clientv3.Client); ok {
-		*p = b.cli
-		return true
-	}
-	return false
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.cli) }
 
 func (b *backend) lockKey(key string) string    { return b.prefix + "/c/" + keys.Encode(key) }
 func (b *backend) valueKey(key string) string   { return b.prefix + "/v/" + keys.Encode(key) }

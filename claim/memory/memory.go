@@ -32,8 +32,8 @@ type Space struct {
 	locks  map[string]lock
 	fences map[string]uint64
 	values map[string]value
-	subs   map[string]map[*backend]func()             // key -> subscribed clients' wake
-	topics map[string]map[*backend]func([]byte, bool) // topic -> subscribed clients' deliver
+	subs   registry[func()]             // key -> subscribed clients' wake
+	topics registry[func([]byte, bool)] // topic -> subscribed clients' deliver
 }
 
 type lock struct {
@@ -54,8 +54,8 @@ func NewSpace(opt *SpaceOptions) *Space {
 		locks:  map[string]lock{},
 		fences: map[string]uint64{},
 		values: map[string]value{},
-		subs:   map[string]map[*backend]func(){},
-		topics: map[string]map[*backend]func([]byte, bool){},
+		subs:   registry[func()]{},
+		topics: registry[func([]byte, bool)]{},
 	}
 	if opt != nil {
 		if opt.Clock != nil {
@@ -107,11 +107,10 @@ var (
 // New returns a new Client of space (a fresh private Space if nil), as if
 // in another process.
 func New(space *Space, opt *Options) (*claim.Client, error) {
-	var o Options
-	if opt != nil {
-		o = *opt
+	if opt == nil {
+		opt = &Options{}
 	}
-	return claim.NewClient(newBackend(space), o.Client), nil
+	return claim.NewClient(newBackend(space), opt.Client), nil
 }
 
 func newBackend(space *Space) *backend {
@@ -142,17 +141,11 @@ func (b *backend) Close() error {
 	sp := b.sp
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
-	for k, m := range sp.subs {
-		delete(m, b)
-		if len(m) == 0 {
-			delete(sp.subs, k)
-		}
+	for k := range sp.subs {
+		sp.subs.remove(k, b)
 	}
-	for t, m := range sp.topics {
-		delete(m, b)
-		if len(m) == 0 {
-			delete(sp.topics, t)
-		}
+	for t := range sp.topics {
+		sp.topics.remove(t, b)
 	}
 	return nil
 }

@@ -4,36 +4,49 @@ import (
 	"context"
 )
 
-// Subscribe implements driver.Notifier: the Client's wake joins the
-// Space's subscribers of key.
-func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+// registry is a Space's subscribers of keys (their wake) or of topics
+// (their deliver), by name and client. Its users hold the Space's lock.
+type registry[F any] map[string]map[*backend]F
+
+func (r registry[F]) add(name string, b *backend, f F) {
+	if r[name] == nil {
+		r[name] = map[*backend]F{}
+	}
+	r[name][b] = f
+}
+
+func (r registry[F]) remove(name string, b *backend) {
+	delete(r[name], b)
+	if len(r[name]) == 0 {
+		delete(r, name)
+	}
+}
+
+// subscribe adds f to r under the Space's lock, unless ctx is done.
+func subscribe[F any](ctx context.Context, b *backend, r registry[F], name string, f F) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	sp := b.sp
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	m := sp.subs[key]
-	if m == nil {
-		m = map[*backend]func(){}
-		sp.subs[key] = m
-	}
-	m[b] = wake
+	b.sp.mu.Lock()
+	defer b.sp.mu.Unlock()
+	r.add(name, b, f)
 	return nil
 }
 
-// Unsubscribe implements driver.Notifier.
-func (b *backend) Unsubscribe(key string) {
-	sp := b.sp
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if m := sp.subs[key]; m != nil {
-		delete(m, b)
-		if len(m) == 0 {
-			delete(sp.subs, key)
-		}
-	}
+func unsubscribe[F any](b *backend, r registry[F], name string) {
+	b.sp.mu.Lock()
+	defer b.sp.mu.Unlock()
+	r.remove(name, b)
 }
+
+// Subscribe implements driver.Notifier: the Client's wake joins the
+// Space's subscribers of key.
+func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	return subscribe(ctx, b, b.sp.subs, key, wake)
+}
+
+// Unsubscribe implements driver.Notifier.
+func (b *backend) Unsubscribe(key string) { unsubscribe(b, b.sp.subs, key) }
 
 // Notify implements driver.Notifier.
 func (b *backend) Notify(ctx context.Context, key string) error {
@@ -72,30 +85,8 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 
 // SubscribeTopic implements driver.Broadcaster.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	sp := b.sp
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	m := sp.topics[topic]
-	if m == nil {
-		m = map[*backend]func([]byte, bool){}
-		sp.topics[topic] = m
-	}
-	m[b] = deliver
-	return nil
+	return subscribe(ctx, b, b.sp.topics, topic, deliver)
 }
 
 // UnsubscribeTopic implements driver.Broadcaster.
-func (b *backend) UnsubscribeTopic(topic string) {
-	sp := b.sp
-	sp.mu.Lock()
-	defer sp.mu.Unlock()
-	if m := sp.topics[topic]; m != nil {
-		delete(m, b)
-		if len(m) == 0 {
-			delete(sp.topics, topic)
-		}
-	}
-}
+func (b *backend) UnsubscribeTopic(topic string) { unsubscribe(b, b.sp.topics, topic) }

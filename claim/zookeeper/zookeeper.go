@@ -167,13 +167,7 @@ func (b *backend) Features() driver.Features {
 }
 
 // As implements driver.Aser: a **zk.Conn is set to the connection.
-func (b *backend) As(i any) bool {
-	p, ok := i.(**zk.Conn)
-	if ok {
-		*p = b.conn
-	}
-	return ok
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.conn) }
 
 func (b *backend) lockPath(key string) string  { return b.root + "/l/" + keys.Encode(key) }
 func (b *backend) valuePath(key string) string { return b.root + "/v/" + keys.Encode(key) }
