@@ -11,6 +11,17 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
+// compareAndSet starts commitScript and commitReleaseScript: compare the
+// lock, then SET the value (PX when ARGV[3] is not '0').
+const compareAndSet = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[3] == '0' then
+  redis.call('SET', KEYS[2], ARGV[2])
+else
+  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+end
+`
+
 var (
 	// claimScript reads the value key too when it is given (TryClaimRead).
 	claimScript = goredis.NewScript(`
@@ -32,22 +43,8 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call(ARGV[3], ARGV[2], 'release')
 return 1`)
-	commitScript = goredis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-end
-return 1`)
-	commitReleaseScript = goredis.NewScript(`
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[3] == '0' then
-  redis.call('SET', KEYS[2], ARGV[2])
-else
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
-end
-redis.call('DEL', KEYS[1])
+	commitScript        = goredis.NewScript(compareAndSet + `return 1`)
+	commitReleaseScript = goredis.NewScript(compareAndSet + `redis.call('DEL', KEYS[1])
 redis.call(ARGV[5], ARGV[4], 'release')
 return 1`)
 )
@@ -65,22 +62,20 @@ func (b *backend) publishCmd() string {
 
 // TryClaim implements driver.Claimer: one script round trip.
 func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
+	l, _, _, err := b.claim(ctx, key, holder, ttl, b.lockKey(key), b.fenceKey(key))
 	return l, err
 }
 
 // TryClaimRead implements driver.ClaimReader: the claim script also GETs
 // the value key, in the same script and round trip.
 func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
+	return b.claim(ctx, key, holder, ttl, b.lockKey(key), b.fenceKey(key), b.valKey(key))
 }
 
-func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+// claim runs claimScript on keys: the lock, the fence counter and, to read
+// it as well, the value key.
+func (b *backend) claim(ctx context.Context, key, holder string, ttl time.Duration, keys ...string) (driver.Lease, []byte, bool, error) {
 	ms := millis(ttl)
-	keys := []string{b.lockKey(key), b.fenceKey(key)}
-	if read {
-		keys = append(keys, b.valKey(key))
-	}
 	res, err := claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
 	if err != nil {
 		return driver.Lease{}, nil, false, err
@@ -104,35 +99,28 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 
 // claimReply decodes {1, token [, value]} or {0, pttl}.
 func claimReply(res []any) (ok bool, n int64, v []byte, found bool, err error) {
-	bad := fmt.Errorf("unexpected script reply %v", res)
-	if len(res) < 2 || len(res) > 3 {
-		return false, 0, nil, false, bad
-	}
-	flag, ok1 := res[0].(int64)
-	n, ok2 := res[1].(int64)
-	if !ok1 || !ok2 {
-		return false, 0, nil, false, bad
-	}
-	if len(res) == 3 {
-		s, ok := res[2].(string)
-		if !ok {
-			return false, 0, nil, false, bad
+	if len(res) == 2 || len(res) == 3 {
+		flag, ok1 := res[0].(int64)
+		n, ok2 := res[1].(int64)
+		s, ok3 := "", true
+		if found = len(res) == 3; found {
+			s, ok3 = res[2].(string)
+			v = []byte(s)
 		}
-		v, found = []byte(s), true
+		if ok1 && ok2 && ok3 {
+			return flag == 1, n, v, found, nil
+		}
 	}
-	return flag == 1, n, v, found, nil
+	return false, 0, nil, false, fmt.Errorf("unexpected script reply %v", res)
 }
 
 // lostUnless turns a compare script's reply into nil (1) or ErrLost (0).
 func lostUnless(cmd *goredis.Cmd) error {
 	ok, err := cmd.Int64()
-	if err != nil {
-		return err
+	if err == nil && ok != 1 {
+		err = driver.ErrLost
 	}
-	if ok != 1 {
-		return driver.ErrLost
-	}
-	return nil
+	return err
 }
 
 // Extend implements driver.Claimer: compare and PEXPIRE in one script.

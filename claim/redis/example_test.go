@@ -4,8 +4,6 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"log"
-	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -13,28 +11,18 @@ import (
 	"github.com/stampede-go/stampede/claim/redis"
 )
 
-// Open a Client by URL: importing this package registers redis:// and
-// rediss://.
+// Open by URL: importing this package registers redis:// and rediss://,
+// and opening dials nothing. The portable API is shown in package claim's
+// examples.
 func Example_open() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20")
+	c, err := claim.Open(context.Background(), "redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20&maxvalue=67108864")
 	if err != nil {
-		log.Fatal(err) // never shows the password
+		fmt.Println(err) // never shows the password
+		return
 	}
 	defer c.Close()
-
-	// Run a job once per key fleet-wide: wait for the claim (woken by the
-	// holder's release through pub/sub), keep it alive while working,
-	// commit the result fenced by the lease and release, in one script.
-	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
-	if err != nil {
-		log.Fatal(err)
-	}
-	k := c.KeepAlive(ctx, l, nil)
-	result := []byte("the report") // work under k.Context()
-	if err := c.CommitRelease(ctx, k.Stop(), result, time.Hour); err != nil {
-		log.Print(err) // claim.ErrLost: someone else took over
-	}
+	fmt.Println(c.Features().Name, c.Features().MaxValueLen)
+	// Output: redis 67108864
 }
 
 // New takes the caller's own client: TLS, ACL users, Sentinel, pools.
@@ -42,16 +30,18 @@ func Example_open() {
 // set; As gives it back.
 func ExampleNew() {
 	rdb := goredis.NewClient(&goredis.Options{
-		Addr:       "redis.internal:6380",
-		Username:   "app",
-		Password:   "secret",
-		TLSConfig:  &tls.Config{MinVersion: tls.VersionTLS12},
-		MaxRetries: -1, // one attempt per call
+		Addr:                  "redis.internal:6380",
+		Username:              "app",
+		Password:              "secret",
+		TLSConfig:             &tls.Config{MinVersion: tls.VersionTLS12},
+		MaxRetries:            -1, // one attempt per call
+		ContextTimeoutEnabled: true,
 	})
 	defer rdb.Close()
 	c, err := redis.New(rdb, &redis.Options{Prefix: "myapp", MaxValueLen: 64 << 20})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer c.Close()
 	var native *goredis.Client
@@ -64,37 +54,17 @@ func ExampleNew() {
 // reaches only the key's shard.
 func ExampleNew_cluster() {
 	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{
-		Addrs:      []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"},
-		MaxRetries: -1,
+		Addrs:                 []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"},
+		MaxRetries:            -1,
+		ContextTimeoutEnabled: true,
 	})
 	c, err := redis.New(rdb, &redis.Options{CloseClient: true})
 	if err != nil {
-		log.Fatal(err)
+		fmt.Println(err)
+		return
 	}
 	defer c.Close()
-}
-
-// A waiter subscribes before it checks, so a release between the check
-// and the wait is never lost.
-func Example_subscribe() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "redis://127.0.0.1:6379/0")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-	sub, err := c.Subscribe(ctx, "report:42") // returns once SUBSCRIBE is confirmed
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer sub.Close()
-	for {
-		if v, err := c.Get(ctx, "report:42"); err == nil {
-			fmt.Printf("%s\n", v)
-			return
-		}
-		if _, ok := <-sub.C(); !ok { // released, notified or reconnected: check again
-			return // client closed
-		}
-	}
+	var cc *goredis.ClusterClient
+	fmt.Println(c.As(&cc) && cc == rdb)
+	// Output: true
 }

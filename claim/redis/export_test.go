@@ -19,7 +19,7 @@ func ParseURLForTest(u *url.URL) (*goredis.Options, error) {
 
 // NamesForTest returns every Redis name derived from key.
 func NamesForTest(prefix, key string) []string {
-	b := &backend{prefix: prefix, enc: newEncoder()}
+	b := &backend{opt: Options{Prefix: prefix}}
 	return []string{b.lockKey(key), b.fenceKey(key), b.valKey(key), b.channel(key)}
 }
 

@@ -5,10 +5,9 @@ import (
 )
 
 // Subscribe implements driver.Notifier: SUBSCRIBE (SSUBSCRIBE on a
-// cluster) to the key's channel on the driver's pub/sub connection. It
-// returns once the server has confirmed it (see notifier).
+// cluster) to the key's channel, confirmed by a barrier (see notifier).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return b.n.join(ctx, b.channel(key), func(string, bool) { wake() })
+	return b.n.join(ctx, b.channel(key), func([]byte, bool) { wake() })
 }
 
 // Unsubscribe implements driver.Notifier: it waits at most leaveTimeout
@@ -34,17 +33,10 @@ func (b *backend) publish(ctx context.Context, channel string, msg any) error {
 	return b.rdb.Publish(ctx, channel, msg).Err()
 }
 
-// SubscribeTopic implements driver.Broadcaster: SUBSCRIBE (SSUBSCRIBE on
-// a cluster) to the topic's channel, confirmed like Subscribe. After a
-// reconnect, deliver is called with reset true.
+// SubscribeTopic implements driver.Broadcaster: as Subscribe, on the
+// topic's channel.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	return b.n.join(ctx, b.topicChannel(topic), func(payload string, reset bool) {
-		if reset {
-			deliver(nil, true)
-		} else {
-			deliver([]byte(payload), false)
-		}
-	})
+	return b.n.join(ctx, b.topicChannel(topic), deliver)
 }
 
 // UnsubscribeTopic implements driver.Broadcaster.

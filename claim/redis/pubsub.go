@@ -14,20 +14,14 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// notifier owns a driver's pub/sub connections: one dedicated connection
-// (a go-redis PubSub) per server, or per master node on a cluster, shared by
-// every key and topic channel of the driver.
-//
-// Liveness is proved with barriers: after writing SUBSCRIBE for a channel,
-// the writer sends PING with a numbered payload on the same connection. The
-// server answers in order, so the PONG proves the SUBSCRIBE before it is
-// live, and Subscribe returns only then. When a connection fails (a read or
-// write error, a health-check PING unanswered for a whole interval, an
-// unsolicited unsubscribe after a slot migration), the shard's receiver
-// closes it, opens a new one, subscribes every channel again and sends a
-// barrier; when that barrier returns, every channel that was live before
-// the gap fires with reset (a key's wake, a topic's reset), so a release
-// published during the outage is never lost.
+// notifier owns a driver's pub/sub connections (see Wake-ups in the
+// package doc): a shard, one go-redis PubSub, per server or per master
+// node on a cluster. A barrier is a PING with a numbered payload written
+// after SUBSCRIBEs: its PONG confirms every channel queued before it. When
+// a connection fails (a read or write error, a health-check PING
+// unanswered for a whole interval, an unsolicited unsubscribe after a slot
+// migration), the shard's receiver rebuilds it; the barrier that ends the
+// rebuild fires every channel that was live before the gap with reset.
 //
 // A channel's fire is called with n.mu held, and only while the channel is
 // in n.chans: once leave has removed it, it is never called again.
@@ -41,28 +35,26 @@ type notifier struct {
 	mu     sync.Mutex
 	closed bool
 	shards map[string]*shard     // by node address ("" when not a cluster)
-	chans  map[string]*chanState // by channel name, in whichever shard
+	chans  map[string]*chanState // by channel name; its shard is st.sh
 }
 
 // chanState is one channel this driver subscribes to: a key's channel
-// (fire calls the key's wake) or a topic's (fire calls its deliver).
+// (fire calls the key's wake) or a topic's (fire is its deliver).
 type chanState struct {
 	name      string
-	fire      func(payload string, reset bool)
+	fire      func(payload []byte, reset bool)
 	sh        *shard
 	ready     chan struct{} // closed at the first confirmation, or on failure
 	err       error
 	confirmed bool // ready closed
 }
 
-// shard is one pub/sub connection and its channels. n.mu guards every
-// field but sem.
+// shard is one pub/sub connection: its channels are those of n.chans
+// whose sh is the shard. n.mu guards every field but sem.
 type shard struct {
-	addr   string
 	sem    chan struct{} // held while writing (un)subscriptions or rebuilding
 	kick   chan struct{} // a PubSub appeared: the idle receiver starts reading
 	ps     *goredis.PubSub
-	chans  map[string]*chanState
 	queue  []barrier
 	unsub  map[string]int // UNSUBSCRIBEs written whose confirmation is due
 	nextID uint64
@@ -123,8 +115,7 @@ func (n *notifier) shardFor(ctx context.Context, name string) (*shard, error) {
 	}
 	s := n.shards[addr]
 	if s == nil {
-		s = &shard{addr: addr, sem: make(chan struct{}, 1), kick: make(chan struct{}, 1),
-			chans: map[string]*chanState{}, unsub: map[string]int{}}
+		s = &shard{sem: make(chan struct{}, 1), kick: make(chan struct{}, 1), unsub: map[string]int{}}
 		n.shards[addr] = s
 		n.wg.Add(1)
 		go n.run(s)
@@ -186,7 +177,7 @@ func (n *notifier) subscribe(ctx context.Context, s *shard, sts ...*chanState) e
 // join subscribes to channel name with fire, and returns once the server
 // has confirmed the subscription. The Client joins a name at most once
 // until it leaves it.
-func (n *notifier) join(ctx context.Context, name string, fire func(string, bool)) error {
+func (n *notifier) join(ctx context.Context, name string, fire func([]byte, bool)) error {
 	if err := ctx.Err(); err != nil {
 		return err // not even the slot lookup of a cluster
 	}
@@ -200,7 +191,6 @@ func (n *notifier) join(ctx context.Context, name string, fire func(string, bool
 	n.mu.Lock()
 	st := &chanState{name: name, fire: fire, sh: s, ready: make(chan struct{})}
 	n.chans[name] = st
-	s.chans[name] = st
 	n.mu.Unlock()
 	err = n.subscribe(ctx, s, st) // ErrClosed if closed meanwhile
 	s.unlock()
@@ -239,7 +229,6 @@ func (n *notifier) leave(name string) {
 		var ps *goredis.PubSub
 		if !moved {
 			delete(n.chans, name)
-			delete(s.chans, name)
 			st.settle(driver.ErrClosed)
 			if locked && s.ps != nil {
 				ps = s.ps
@@ -346,9 +335,11 @@ func (n *notifier) rebuild(s *shard) error {
 	n.mu.Lock()
 	old := s.ps
 	s.ps, s.queue, s.unsub = nil, nil, map[string]int{}
-	sts := make([]*chanState, 0, len(s.chans))
-	for _, st := range s.chans {
-		sts = append(sts, st)
+	var sts []*chanState
+	for _, st := range n.chans {
+		if st.sh == s {
+			sts = append(sts, st)
+		}
 	}
 	n.mu.Unlock()
 	if old != nil {
@@ -366,11 +357,11 @@ func (n *notifier) rebuild(s *shard) error {
 	}
 	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
 	defer cancel()
-	if err := n.subscribe(ctx, s, sts...); err != nil {
+	err := n.subscribe(ctx, s, sts...)
+	if err != nil {
 		n.failPending(s)
-		return err
 	}
-	return nil
+	return err
 }
 
 // replace moves channels whose slot now lives on another master to that
@@ -385,9 +376,7 @@ func (n *notifier) replace(s *shard, sts []*chanState) []*chanState {
 		}
 		n.mu.Lock()
 		if n.chans[st.name] == st {
-			delete(s.chans, st.name)
 			st.sh = t
-			t.chans[st.name] = st
 		}
 		n.mu.Unlock()
 		n.wg.Add(1)
@@ -422,10 +411,9 @@ func (n *notifier) adopt(t *shard, st *chanState) {
 func (n *notifier) failPending(s *shard) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	for name, st := range s.chans {
-		if !st.confirmed {
+	for name, st := range n.chans {
+		if st.sh == s && !st.confirmed {
 			st.settle(errors.New("pub/sub connection failed before the subscription was confirmed"))
-			delete(s.chans, name)
 			delete(n.chans, name)
 		}
 	}
@@ -446,7 +434,7 @@ func (n *notifier) confirm(s *shard, id uint64) {
 			continue
 		}
 		// Confirmed again after a gap: anything may have been missed.
-		st.fire("", true)
+		st.fire(nil, true)
 	}
 }
 
@@ -454,7 +442,7 @@ func (n *notifier) deliver(s *shard, channel, payload string) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if st := n.chans[channel]; st != nil && st.sh == s {
-		st.fire(payload, false)
+		st.fire([]byte(payload), false)
 	}
 }
 

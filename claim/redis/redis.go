@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
@@ -54,13 +55,10 @@ type Options struct {
 // backend is the driver on one go-redis client. It is safe for concurrent
 // use.
 type backend struct {
-	rdb     goredis.UniversalClient
-	cc      *goredis.ClusterClient // non-nil: sharded pub/sub
-	prefix  string
-	maxVal  int
-	closeRC bool
-	enc     driver.KeyEncoder
-	n       *notifier
+	rdb goredis.UniversalClient
+	cc  *goredis.ClusterClient // non-nil: sharded pub/sub
+	opt Options                // defaults filled in
+	n   *notifier
 }
 
 var (
@@ -73,31 +71,32 @@ var (
 
 // New returns a Client on client: a *goredis.Client (standalone or
 // Sentinel failover) or *goredis.ClusterClient (sharded pub/sub, Redis 7
-// or later). It does no I/O. Close does not close client unless
-// opt.CloseClient is set.
+// or later); a *goredis.Ring is refused (its pub/sub cannot follow keys
+// across shards). Every script is safe under go-redis's retries, but
+// MaxRetries: -1 (one attempt per call) gives the clearest errors; set
+// ContextTimeoutEnabled too, or calls outlive their context's deadline
+// until ReadTimeout. The URL opener does both. New does no I/O.
 func New(client goredis.UniversalClient, opt *Options) (*claim.Client, error) {
-	var o Options
-	if opt != nil {
-		o = *opt
-	}
-	b, err := newBackend(client, o)
+	b, err := newBackend(client, opt)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	return claim.NewClient(b, b.opt.Client), nil
 }
 
 // newBackend is the driver of New and of the URL opener.
-func newBackend(client goredis.UniversalClient, o Options) (*backend, error) {
+func newBackend(client goredis.UniversalClient, opt *Options) (*backend, error) {
 	if client == nil {
 		return nil, errors.New("redis: New: nil client")
 	}
 	if _, ok := client.(*goredis.Ring); ok {
 		return nil, errors.New("redis: New: *Ring is not supported (use a *ClusterClient)")
 	}
-	if o.Prefix == "" {
-		o.Prefix = DefaultPrefix
+	var o Options
+	if opt != nil {
+		o = *opt
 	}
+	o.Prefix = cmp.Or(o.Prefix, DefaultPrefix)
 	if strings.ContainsAny(o.Prefix, "{}") {
 		return nil, fmt.Errorf("redis: prefix %q must not contain '{' or '}'", o.Prefix)
 	}
@@ -107,13 +106,7 @@ func newBackend(client goredis.UniversalClient, o Options) (*backend, error) {
 	if o.HealthCheckInterval <= 0 {
 		o.HealthCheckInterval = DefaultHealthCheckInterval
 	}
-	b := &backend{
-		rdb:     client,
-		prefix:  o.Prefix,
-		maxVal:  o.MaxValueLen,
-		closeRC: o.CloseClient,
-		enc:     newEncoder(),
-	}
+	b := &backend{rdb: client, opt: o}
 	b.cc, _ = client.(*goredis.ClusterClient)
 	b.n = newNotifier(b, o.HealthCheckInterval)
 	return b, nil
@@ -128,60 +121,54 @@ func (b *backend) Features() driver.Features {
 		DurableFence:   false,
 		MinTTL:         time.Millisecond,
 		TTLGranularity: time.Millisecond,
-		MaxValueLen:    b.maxVal,
+		MaxValueLen:    b.opt.MaxValueLen,
 		Broadcast:      true,
 	}
 }
 
 // Close implements driver.Driver: it closes the pub/sub connections, and
-// the go-redis client too if Options.CloseClient. Leases are not released.
+// the go-redis client too if Options.CloseClient.
 func (b *backend) Close() error {
 	b.n.close()
-	if b.closeRC {
+	if b.opt.CloseClient {
 		return b.rdb.Close()
 	}
 	return nil
 }
 
-// As implements driver.Aser: *goredis.UniversalClient always,
-// **goredis.Client and **goredis.ClusterClient when the client is one (*i
-// is left alone otherwise).
+// As implements driver.Aser (the types are in the package doc); *i is
+// left alone when it returns false.
 func (b *backend) As(i any) bool {
 	switch p := i.(type) {
 	case *goredis.UniversalClient:
 		*p = b.rdb
+		return true
 	case **goredis.Client:
 		c, ok := b.rdb.(*goredis.Client)
-		if !ok {
-			return false
+		if ok {
+			*p = c
 		}
-		*p = c
+		return ok
 	case **goredis.ClusterClient:
-		if b.cc == nil {
-			return false
+		if b.cc != nil {
+			*p = b.cc
 		}
-		*p = b.cc
-	default:
-		return false
+		return b.cc != nil
 	}
-	return true
+	return false
 }
 
-// newEncoder keeps keys of up to 255 bytes without braces readable.
-func newEncoder() driver.KeyEncoder {
-	return driver.KeyEncoder{MaxLen: 256, Safe: func(c byte) bool { return c != '{' && c != '}' }}
-}
+// keyEncoder keeps keys of up to 255 bytes without braces readable.
+var keyEncoder = driver.KeyEncoder{MaxLen: 256, Safe: func(c byte) bool { return c != '{' && c != '}' }}
 
 // names of one key: every name shares the hash tag {E}.
-func (b *backend) base(key string) string { return b.prefix + ":{" + b.enc.Encode(key) + "}" }
+func (b *backend) base(key string) string { return b.opt.Prefix + ":{" + keyEncoder.Encode(key) + "}" }
 
-func (b *backend) lockKey(key string) string  { return b.base(key) + ":lock" }
-func (b *backend) fenceKey(key string) string { return b.base(key) + ":fence" }
-func (b *backend) valKey(key string) string   { return b.base(key) + ":val" }
-func (b *backend) channel(key string) string  { return b.base(key) + ":ch" }
-func (b *backend) topicChannel(topic string) string {
-	return b.prefix + ":{" + b.enc.Encode(topic) + "}:topic"
-}
+func (b *backend) lockKey(key string) string        { return b.base(key) + ":lock" }
+func (b *backend) fenceKey(key string) string       { return b.base(key) + ":fence" }
+func (b *backend) valKey(key string) string         { return b.base(key) + ":val" }
+func (b *backend) channel(key string) string        { return b.base(key) + ":ch" }
+func (b *backend) topicChannel(topic string) string { return b.base(topic) + ":topic" }
 
 // millis rounds d up to whole milliseconds (at least 1).
 func millis(d time.Duration) int64 {

@@ -6,75 +6,45 @@ import (
 	"fmt"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
-	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/redis"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// withParams appends query parameters to a server URL.
-func withParams(raw, params string) string {
-	if strings.Contains(raw, "?") {
-		return raw + "&" + params
-	}
-	return raw + "?" + params
-}
+func TestMain(m *testing.M) { backendtest.Main(m) }
 
 // The conformance suite allocates MaxValueLen bytes: keep it small.
 const testMaxValue = 1 << 20
 
-// harness opens clients of the server at u: OpenIsolated under another
-// prefix. The server is shared with other tests and not restarted
-// (Features.DurableFence is false: TestFenceAcrossRestart covers restarts).
-func harness(u string) conformance.Harness {
-	return conformance.Harness{
-		Open: func(ctx context.Context) (*claim.Client, error) { return openWarm(ctx, u) },
-		OpenIsolated: func(ctx context.Context) (*claim.Client, error) {
-			return openWarm(ctx, withParams(u, "prefix=isolated"))
-		},
-	}
+// harness runs on the shared server. The isolated namespace's prefix
+// extends the default one ("stampede:isolated"), so the Isolation check
+// also proves that the hash tag after the prefix keeps such prefixes
+// apart. Features.DurableFence is false, so Restart is never called
+// (TestFenceAcrossRestart shows what a restart keeps).
+func harness(tb testing.TB) conformance.Harness {
+	srv := testserver.Shared(tb, testserver.Redis)
+	return backendtest.Harness(srv, func(ns string) string {
+		u := backendtest.WithQuery(tb, srv.URL(), "maxvalue", fmt.Sprint(testMaxValue))
+		if ns == "" {
+			return u
+		}
+		return backendtest.WithQuery(tb, u, "prefix", redis.DefaultPrefix+":"+ns)
+	})
 }
 
-func TestConformance(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Redis)
-	conformance.Run(t, harness(withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))))
-}
+func TestConformance(t *testing.T) { conformance.Run(t, harness(t)) }
 
-// openWarm opens a Client and dials it once, like a client a process has
-// been using: the suite's short leases start counting before a cold
-// client's first dial, which a loaded machine can stretch.
-func openWarm(ctx context.Context, u string) (*claim.Client, error) {
-	c, err := claim.Open(ctx, u)
-	if err != nil {
-		return nil, err
-	}
-	if err := native(c).Ping(ctx).Err(); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
-}
+func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness(b)) }
 
 // native returns the go-redis client under c.
 func native(c *claim.Client) goredis.UniversalClient {
@@ -83,21 +53,6 @@ func native(c *claim.Client) goredis.UniversalClient {
 		panic("As(*goredis.UniversalClient) failed")
 	}
 	return rdb
-}
-
-func BenchmarkConformance(b *testing.B) {
-	srv := testserver.Shared(b, testserver.Redis)
-	conformance.Bench(b, harness(withParams(srv.URL(), fmt.Sprintf("maxvalue=%d", testMaxValue))))
-}
-
-func open(t *testing.T, rawURL string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), rawURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
 }
 
 func waitWake(t *testing.T, sub *claim.Subscription, what string) {
@@ -125,19 +80,11 @@ func TestReconnectWakesWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	waiterURL := "redis://waiter:w-secret@" + srv.Addr() + "/0?health_check=100ms"
-	waiter := open(t, waiterURL)
-	holder := open(t, srv.URL())
+	waiter := backendtest.Open(t, waiterURL)
+	holder := backendtest.Open(t, srv.URL())
 
 	key := "reconnect/k"
-	l, err := holder.TryClaim(ctx, key, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := waiter.Subscribe(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	l, sub := holdAndSubscribe(t, holder, waiter, key)
 	resets := make(chan struct{}, 1)
 	stop, err := waiter.SubscribeTopic(ctx, "reconnect/topic", func(msg []byte, reset bool) {
 		if reset {
@@ -166,25 +113,14 @@ func TestReconnectWakesWaiter(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Let the waiter fail to reconnect a few times, then let it in.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, "the waiter never tried to reconnect", func() bool {
 		info, err := admin.Info(ctx, "stats").Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if strings.Contains(info, "rejected_connections") && authFailures(admin) >= 2 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the waiter never tried to reconnect")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	select {
-	case <-sub.C():
-		t.Fatal("woken while the pub/sub connection was down (the re-check could miss a later release)")
-	default:
-	}
+		return strings.Contains(info, "rejected_connections") && authFailures(admin) >= 2
+	})
+	notWoken(t, sub, "woken while the pub/sub connection was down (the re-check could miss a later release)")
 	if err := admin.Do(ctx, "ACL", "SETUSER", "waiter", "on").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -208,6 +144,45 @@ func TestReconnectWakesWaiter(t *testing.T) {
 	}
 }
 
+// eventually polls cond every 10 ms until it holds; after 20 s the test
+// fails with what.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// notWoken fails the test with what if sub has a wake-up pending.
+func notWoken(t *testing.T, sub *claim.Subscription, what string) {
+	t.Helper()
+	select {
+	case <-sub.C():
+		t.Fatal(what)
+	default:
+	}
+}
+
+// holdAndSubscribe claims key in holder for a minute and subscribes to it
+// in waiter; the subscription is closed when the test ends.
+func holdAndSubscribe(t *testing.T, holder, waiter *claim.Client, key string) (claim.Lease, *claim.Subscription) {
+	t.Helper()
+	l, err := holder.TryClaim(context.Background(), key, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sub, err := waiter.Subscribe(context.Background(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { sub.Close() })
+	return l, sub
+}
+
 // authFailures counts failed AUTH attempts in the ACL log.
 func authFailures(admin *goredis.Client) int {
 	entries, err := admin.Do(context.Background(), "ACL", "LOG").Slice()
@@ -229,8 +204,8 @@ func authFailures(admin *goredis.Client) int {
 func TestOneSubscriptionPerKey(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
-	waiter := open(t, withParams(srv.URL(), "prefix=onesub"))
-	holder := open(t, withParams(srv.URL(), "prefix=onesub"))
+	waiter := backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "prefix", "onesub"))
+	holder := backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "prefix", "onesub"))
 	admin := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), MaxRetries: -1})
 	defer admin.Close()
 
@@ -275,20 +250,13 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 	}
 	// UNSUBSCRIBE is written before the last Close returns; the server
 	// reads it soon after.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, "PUBSUB NUMSUB after every Close is not 0", func() bool {
 		counts, err := admin.PubSubNumSub(ctx, ch).Result()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if counts[ch] == 0 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("PUBSUB NUMSUB after every Close = %d, want 0", counts[ch])
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+		return counts[ch] == 0
+	})
 }
 
 // TestSubscribeConfirmed: once Subscribe returns, a Notify from another
@@ -296,8 +264,8 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 func TestSubscribeConfirmed(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
-	a := open(t, srv.URL())
-	b := open(t, srv.URL())
+	a := backendtest.Open(t, srv.URL())
+	b := backendtest.Open(t, srv.URL())
 	for i := range 200 {
 		key := fmt.Sprintf("confirmed/%d", i)
 		sub, err := a.Subscribe(ctx, key)
@@ -405,17 +373,9 @@ func TestOpenRegistersBothSchemes(t *testing.T) {
 		}
 		c.Close()
 	}
-	// The default limit is Redis's proto-max-bulk-len.
-	c, err := claim.Open(context.Background(), "redis://127.0.0.1:1/0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	var rc *goredis.Client
-	if !c.As(&rc) || rc == nil {
-		t.Error("As(**goredis.Client) failed on a standalone client")
-	}
-	if got := c.Features().MaxValueLen; got != 512<<20 {
+	// The default limit is Redis's proto-max-bulk-len. (As on a client of
+	// New: the package's examples.)
+	if got := backendtest.Open(t, "redis://127.0.0.1:1/0").Features().MaxValueLen; got != 512<<20 {
 		t.Errorf("default MaxValueLen %d, want 512 MiB", got)
 	}
 }
@@ -494,96 +454,46 @@ func TestHashSlot(t *testing.T) {
 	}
 }
 
-// proxy forwards TCP to a server and can go silent: every connection,
-// old and new, stays open but nothing is forwarded (a dead network path
-// without RST), until heal.
-type proxy struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	silent bool
-	tries  int // connections accepted while silent
-	conns  []net.Conn
-	wg     sync.WaitGroup
+// silentDialer is a go-redis Dialer whose connections can go silent:
+// while silent, what is written is swallowed and what arrives is dropped
+// (a dead network path without an RST), on every connection it made or
+// makes. securitytest.Proxy cannot do this: its Cut closes connections.
+type silentDialer struct {
+	addr   string
+	silent atomic.Bool
+	tries  atomic.Int32 // dials while silent
 }
 
-func newProxy(t *testing.T, target string) *proxy {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+func (d *silentDialer) dial(ctx context.Context, network, _ string) (net.Conn, error) {
+	if d.silent.Load() {
+		d.tries.Add(1)
+	}
+	c, err := (&net.Dialer{}).DialContext(ctx, network, d.addr)
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	p := &proxy{ln: ln, target: target}
-	p.wg.Add(1)
-	go func() {
-		defer p.wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c)
-			if p.silent {
-				p.tries++
-				p.mu.Unlock()
-				continue
-			}
-			p.mu.Unlock()
-			s, err := net.Dial("tcp", target)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, s)
-			p.mu.Unlock()
-			p.wg.Add(2)
-			go p.pipe(c, s)
-			go p.pipe(s, c)
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.mu.Unlock()
-		p.wg.Wait()
-	})
-	return p
+	return silentConn{c, &d.silent}, nil
 }
 
-func (p *proxy) pipe(from, to net.Conn) {
-	defer p.wg.Done()
-	buf := make([]byte, 32<<10)
+type silentConn struct {
+	net.Conn
+	silent *atomic.Bool
+}
+
+func (c silentConn) Read(b []byte) (int, error) {
 	for {
-		n, err := from.Read(buf)
-		if err != nil {
-			to.Close()
-			return
-		}
-		p.mu.Lock()
-		silent := p.silent
-		p.mu.Unlock()
-		if !silent {
-			if _, err := to.Write(buf[:n]); err != nil {
-				return
-			}
+		n, err := c.Conn.Read(b)
+		if err != nil || !c.silent.Load() {
+			return n, err
 		}
 	}
 }
 
-func (p *proxy) setSilent(s bool) {
-	p.mu.Lock()
-	p.silent = s
-	p.mu.Unlock()
-}
-
-func (p *proxy) silentTries() int {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.tries
+func (c silentConn) Write(b []byte) (int, error) {
+	if c.silent.Load() {
+		return len(b), nil
+	}
+	return c.Conn.Write(b)
 }
 
 // TestSilentConnectionWakesWaiter: the pub/sub connection goes silent
@@ -592,37 +502,25 @@ func (p *proxy) silentTries() int {
 func TestSilentConnectionWakesWaiter(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
-	px := newProxy(t, srv.Addr())
-	waiter := open(t, "redis://"+px.ln.Addr().String()+"/0?prefix=silent&health_check=100ms&dial_timeout=300ms&read_timeout=300ms&write_timeout=300ms")
-	holder := open(t, withParams(srv.URL(), "prefix=silent"))
+	d := &silentDialer{addr: srv.Addr()}
+	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Dialer: d.dial, MaxRetries: -1, ContextTimeoutEnabled: true,
+		DialTimeout: 300 * time.Millisecond, ReadTimeout: 300 * time.Millisecond, WriteTimeout: 300 * time.Millisecond})
+	waiter, err := redis.New(rdb, &redis.Options{Prefix: "silent", HealthCheckInterval: 100 * time.Millisecond, CloseClient: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { waiter.Close() })
+	holder := backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "prefix", "silent"))
 
 	key := "silent/k"
-	l, err := holder.TryClaim(ctx, key, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := waiter.Subscribe(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	px.setSilent(true)
+	l, sub := holdAndSubscribe(t, holder, waiter, key)
+	d.silent.Store(true)
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for px.silentTries() < 2 {
-		if time.Now().After(deadline) {
-			t.Fatal("the waiter never noticed the silent connection")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	select {
-	case <-sub.C():
-		t.Fatal("woken before the subscription was live again")
-	default:
-	}
-	px.setSilent(false)
+	eventually(t, "the waiter never noticed the silent connection", func() bool { return d.tries.Load() >= 2 })
+	notWoken(t, sub, "woken before the subscription was live again")
+	d.silent.Store(false)
 	waitWake(t, sub, "release while the connection was silent")
 	if err := holder.Notify(ctx, key); err != nil {
 		t.Fatal(err)
@@ -689,7 +587,8 @@ func TestClusterConformance(t *testing.T) {
 	addrs := startCluster(t)
 	newClient := func(prefix string) (*claim.Client, error) {
 		cc := goredis.NewClusterClient(&goredis.ClusterOptions{Addrs: addrs, MaxRetries: -1})
-		// Warm: load the slot map and dial every master (see openWarm).
+		// Warm: load the slot map and dial every master, so the suite's
+		// short leases do not start counting before a cold client's dials.
 		err := cc.ForEachMaster(context.Background(), func(ctx context.Context, c *goredis.Client) error {
 			return c.Ping(ctx).Err()
 		})
@@ -712,10 +611,6 @@ func TestClusterConformance(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer a.Close()
-		var cc *goredis.ClusterClient
-		if !a.As(&cc) || cc == nil {
-			t.Error("As(**goredis.ClusterClient) failed on a cluster client")
-		}
 		b, err := newClient("")
 		if err != nil {
 			t.Fatal(err)
@@ -803,15 +698,7 @@ func TestClusterSlotMigration(t *testing.T) {
 		ids[i] = id
 	}
 
-	sub, err := a.Subscribe(ctx, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	l, err := b.TryClaim(ctx, key, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	l, sub := holdAndSubscribe(t, b, a, key)
 
 	must := func(c *goredis.Client, args ...any) {
 		t.Helper()
@@ -842,20 +729,13 @@ func TestClusterSlotMigration(t *testing.T) {
 	waitWake(t, sub, "release after the slot moved")
 	// Eventually the subscription lives on the new master only, and a
 	// notification there wakes the waiter.
-	deadline := time.Now().Add(20 * time.Second)
-	for {
+	eventually(t, "the subscription never moved to the new master", func() bool {
 		n, err := nodes[dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
-		if n[1].(int64) == 1 {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("the subscription never moved to the new master")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+		return n[1].(int64) == 1
+	})
 	for len(sub.C()) > 0 {
 		<-sub.C()
 	}
@@ -901,7 +781,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 				t.Skip("needs a server of its own to kill")
 			}
 			ctx := context.Background()
-			b := open(t, srv.URL())
+			b := backendtest.Open(t, srv.URL())
 			var last uint64
 			for range 3 {
 				l, err := b.TryClaim(ctx, "fence", time.Minute)
@@ -919,7 +799,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 			if err := srv.Restart(ctx); err != nil {
 				t.Fatal(err)
 			}
-			b2 := open(t, srv.URL())
+			b2 := backendtest.Open(t, srv.URL())
 			l, err := b2.TryClaim(ctx, "fence", time.Minute)
 			if err != nil {
 				t.Fatal(err)
@@ -938,7 +818,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 func TestLargeTokens(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
-	b := open(t, withParams(srv.URL(), "prefix=bigtok"))
+	b := backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "prefix", "bigtok"))
 	const start = 1<<40 + 5_000_000_000
 	if err := native(b).Set(ctx, redis.NamesForTest("bigtok", "k")[1], start, 0).Err(); err != nil {
 		t.Fatal(err)

@@ -1,6 +1,7 @@
 package redis
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -25,7 +26,7 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 		return nil, err
 	}
 	rdb := goredis.NewUniversalClient(uo) // a *ClusterClient if IsClusterMode
-	b, err := newBackend(rdb, opt)
+	b, err := newBackend(rdb, &opt)
 	if err != nil {
 		_ = rdb.Close()
 		return nil, err
@@ -61,16 +62,10 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		IsClusterMode:         p.Bool("cluster", false),
 	}
 	addrs := p.String("addrs", "")
-	host, port := u.Hostname(), u.Port()
-	if host == "" {
-		host = "localhost"
-	}
+	host := cmp.Or(u.Hostname(), "localhost")
 	tc, tlsErr := p.TLS(u.Scheme == TLSScheme, host)
-	if err := p.Err(); err != nil {
+	if err := cmp.Or(p.Err(), tlsErr); err != nil {
 		return nil, Options{}, fmt.Errorf("redis: %w", err)
-	}
-	if tlsErr != nil {
-		return nil, Options{}, fmt.Errorf("redis: %w", tlsErr)
 	}
 	o.TLSConfig = tc
 	if o.MaxRetries == 0 {
@@ -79,10 +74,7 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 	if o.Protocol != 2 && o.Protocol != 3 {
 		return nil, Options{}, fmt.Errorf("redis: URL parameter protocol=%d: want 2 or 3", o.Protocol)
 	}
-	if port == "" {
-		port = "6379"
-	}
-	o.Addrs = []string{net.JoinHostPort(host, port)}
+	o.Addrs = []string{net.JoinHostPort(host, cmp.Or(u.Port(), "6379"))}
 	if u.User != nil {
 		o.Username = u.User.Username()
 		o.Password, _ = u.User.Password()
