@@ -124,8 +124,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 }
 
 // Release implements driver.Claimer: one conditional UpdateItem that
-// removes the holder and bumps the notify counter (for the pollers); this
-// Client's own subscribers are woken at once.
+// removes the holder and bumps the notify counter (for the pollers).
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": num(int64(l.Token))}
 	start := time.Now()
@@ -136,7 +135,6 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	if err != nil {
 		return lost(err)
 	}
-	b.wakeLocal(l.Key)
 	if le, ok := attr(out.Attributes, "le"); ok && start.UnixMilli() >= le {
 		return fmt.Errorf("%w (it had expired; its lock, still unclaimed, was freed)", driver.ErrLost)
 	}
@@ -162,8 +160,7 @@ func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 // CommitRelease implements driver.CommitReleaser: one UpdateItem
 // conditional on the lease (as Commit) that writes the value, removes the
 // holder and bumps the notify counter (as Release), so pollers see the
-// release and the value together; this Client's own subscribers are woken
-// at once.
+// release and the value together.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
 	return b.commit(ctx, l, val, ttl, true)
 }
@@ -175,11 +172,6 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 	if release {
 		set, rem = set+", "+bumpNotify(vals), rem+", #h, #le"
 	}
-	if _, err := b.update(ctx, l.Key, "SET "+set+" REMOVE "+rem, current, vals, types.ReturnValueNone); err != nil {
-		return lost(err)
-	}
-	if release {
-		b.wakeLocal(l.Key)
-	}
-	return nil
+	_, err := b.update(ctx, l.Key, "SET "+set+" REMOVE "+rem, current, vals, types.ReturnValueNone)
+	return lost(err)
 }

@@ -2,25 +2,22 @@
 // aws-sdk-go-v2: one item per key holds the lease, the fencing counter, a
 // notify counter and the value, so every operation is one conditional
 // UpdateItem, and waiters are woken by polling (DynamoDB cannot push
-// without Streams). claim.Open (after a blank import of this package) and
-// New return a *claim.Client, whose As accepts a **dynamodb.Client.
+// without Streams). The Client's As accepts a **dynamodb.Client.
 //
 // # URLs
 //
 //	dynamodb://TABLE[?PARAMS]
 //
-// Parameters (each maps to one Options field; unknown ones are errors):
+// Parameters (unknown, repeated or malformed ones are errors):
 //
 //	region        AWS region (default: the SDK's, e.g. AWS_REGION)
 //	endpoint      endpoint URL, e.g. http://127.0.0.1:4567 for dynalite or
 //	              DynamoDB Local (default: AWS's)
-//	create_table  true: create TABLE if missing (on-demand billing) and
-//	              enable its TTL attribute; for development (default false)
+//	create_table  true: CreateTable when opening; for development (default false)
 //	prefix        key prefix (default "stampede")
 //	clock_skew    Options.ClockSkew (default 100ms)
-//	retention     Options.Retention: how long an expired item is kept
-//	              before DynamoDB's TTL may reap it, and the longest lease
-//	              (default 168h; 0s: the default; "off": no TTL attribute)
+//	retention     Options.Retention (default 168h; 0s: the default; "off":
+//	              no TTL attribute)
 //	poll_min      first polling interval after a change (default 2ms)
 //	poll_max      polling interval cap (default 50ms)
 //
@@ -39,66 +36,51 @@
 // claimed), le (lease expiry, Unix ms, holder's clock), f (fencing
 // counter), n (notify counter), v (value, binary), ve (value expiry, Unix
 // ms; absent: none), vp (present when the value has no expiry) and exp
-// (Unix seconds, the attribute DynamoDB's TTL reaps by). CreateTable, or:
-//
-//	aws dynamodb create-table --table-name TABLE --billing-mode PAY_PER_REQUEST \
-//	    --attribute-definitions AttributeName=k,AttributeType=S \
-//	    --key-schema AttributeName=k,KeyType=HASH
-//	aws dynamodb update-time-to-live --table-name TABLE \
-//	    --time-to-live-specification Enabled=true,AttributeName=exp
-//
-// Keys are mapped with driver.KeyEncoder: at most 2048 bytes including the
-// prefix, valid UTF-8 without control characters, others hashed.
+// (Unix seconds, the attribute DynamoDB's TTL reaps by). Keys are mapped
+// with driver.KeyEncoder: at most 2048 bytes including the prefix, valid
+// UTF-8 without control characters, others hashed.
 //
 // # Semantics
 //
 // TryClaim is one conditional UpdateItem (no holder, or the holder's lease
-// expired) that sets the holder and its expiry and increments the fence:
-// atomic, at most one live lease. The item outlives releases, and a fence
-// is created at the current Unix time in microseconds, so tokens keep
-// increasing even after the item was reaped by TTL or the table recreated
-// (Features.DurableFence). Release, Extend and Commit are conditional on
-// the holder id and token, Extend and Commit also on the lease being
-// unexpired; Commit writes the value into the same item in the same write
-// (Features.AtomicCommit). Release of a lease that expired with nobody
-// claiming the key since frees the lock and answers ErrLost (the expiry
-// comes back with the release, UPDATED_OLD). TryClaimRead is the claim's
-// UpdateItem returning the whole new item (ALL_NEW); CommitRelease is one
-// UpdateItem, conditional like Commit, that writes the value, removes the
-// holder and bumps the notify counter.
+// expired) that sets the holder and its expiry and increments the fence.
+// The item outlives releases, and a fence is created at the current Unix
+// time in microseconds, so tokens keep increasing even after the item was
+// reaped by TTL or the table recreated (Features.DurableFence). Release,
+// Extend and Commit are conditional on the holder id and token, Extend and
+// Commit also on the lease being unexpired; Commit writes the value into
+// the same item in the same write (Features.AtomicCommit). Release learns
+// the expiry it removed (UPDATED_OLD), so a lease that expired with nobody
+// claiming the key since is freed and answers ErrLost. TryClaimRead is the
+// claim's UpdateItem returning the whole new item (ALL_NEW); CommitRelease
+// is one UpdateItem, conditional like Commit, that writes the value,
+// removes the holder and bumps the notify counter.
 //
 // DynamoDB has no server clock in conditions: expiry is judged on the
 // clients' clocks. A holder records its lease's expiry as request time +
 // TTL (millisecond granularity); another client takes the lease over only
-// ClockSkew (default 100 ms) after that time by its own clock. Two holders
-// never overlap while the clients' clocks differ by less than ClockSkew:
-// keep them synchronised (NTP, Amazon Time Sync), or raise ClockSkew.
+// ClockSkew after that time by its own clock. Two holders never overlap
+// while the clients' clocks differ by less than ClockSkew.
 //
 // The TTL attribute exp only reclaims space: an item is reaped no earlier
-// than Retention (default 7 days) after its lease's and its value's expiry
-// (never while it holds a value stored without TTL; a value whose TTL
-// exceeds Retention may be reaped Retention after a later lease ends), and
-// leases longer than Retention are refused.
+// than Retention after its lease's and its value's expiry (never while it
+// holds a value stored without TTL; a value whose TTL exceeds Retention
+// may be reaped Retention after a later lease ends), and leases longer
+// than Retention are refused.
 //
-// Notification polls (Features.Notify is Poll, see driver.Poller): one
-// loop per subscribed key per Client, one strongly consistent GetItem of
-// the lease attributes every 2 ms at first, backing off to 50 ms, never
-// sleeping past the holder's lease. A changed notify counter (Release,
-// CommitRelease and Notify bump it; a missing one starts at the current
-// Unix time in microseconds, so it never comes back to a value a poller
-// saw), or the lease seen last running out or taken over, wakes the key's
-// waiters; a claim on a free key does not. Release, CommitRelease and
-// Notify also wake their own Client's waiters at once. Each waiting loop
-// makes up to 20 reads a second, billed by the whole item's size (value
-// included): raise PollMax for large values.
+// Notification polls (Features.Notify is Poll, see driver.Poller): a poll
+// is one strongly consistent GetItem of the lease attributes. A changed
+// notify counter (Release, CommitRelease and Notify bump it; a missing one
+// starts at the current Unix time in microseconds, so it never comes back
+// to a value a poller saw), or the lease seen last running out or taken
+// over, wakes the key's waiters; a claim on a free key does not. Topics
+// use the Client's topic log.
 //
 // # Errors
 //
-// The sentinels of package claim, wrapped by the Client: ErrHeld
-// (*claim.HeldError, Remaining from the holder's recorded expiry where
-// DynamoDB returns the item on a failed condition, 0 on dynalite),
-// ErrLost, ErrNotFound, and ErrTooLarge for values over MaxValueLen (400 KB
-// less 4 KiB for the key and the other attributes) or an item DynamoDB
-// finds too large. A lease longer than Retention is an error of its own;
-// the SDK's errors are wrapped underneath.
+// ErrHeld (Remaining from the holder's recorded expiry where DynamoDB
+// returns the item on a failed condition, 0 on dynalite), ErrLost,
+// ErrNotFound, and ErrTooLarge for values over MaxValueLen or an item
+// DynamoDB finds too large. A lease longer than Retention is an error of
+// its own; the SDK's errors are wrapped underneath.
 package dynamo

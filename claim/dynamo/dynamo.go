@@ -1,13 +1,13 @@
 package dynamo
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
-	"sync"
 	"time"
 	"unicode/utf8"
 
@@ -65,17 +65,15 @@ type Options struct {
 
 // backend is one DynamoDB client's driver. It is safe for concurrent use.
 type backend struct {
+	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
+
 	c         *dynamodb.Client
 	table     string
 	prefix    string
 	enc       driver.KeyEncoder
 	skew      time.Duration
 	retention time.Duration // <= 0: no TTL attribute
-	poller    *driver.Poller
-	closeIdle func() // for clients the URL opener made
-
-	mu    sync.Mutex
-	wakes map[string]func() // subscribed keys' wake (see wakeLocal)
+	closeIdle func()        // for clients the URL opener made
 }
 
 var (
@@ -105,24 +103,16 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 	if client == nil {
 		return nil, errors.New("dynamo: nil client")
 	}
-	if o.Table == "" {
-		o.Table = DefaultTable
-	}
-	if o.Prefix == "" {
-		o.Prefix = DefaultPrefix
-	}
+	o.Table = cmp.Or(o.Table, DefaultTable)
+	o.Prefix = cmp.Or(o.Prefix, DefaultPrefix)
 	if len(o.Prefix) > 1000 || !utf8.ValidString(o.Prefix) {
 		return nil, fmt.Errorf("dynamo: prefix must be valid UTF-8 of at most 1000 bytes")
-	}
-	if o.ClockSkew == 0 {
-		o.ClockSkew = DefaultClockSkew
 	}
 	if o.ClockSkew < 0 {
 		return nil, fmt.Errorf("dynamo: negative clock skew %s", o.ClockSkew)
 	}
-	if o.Retention == 0 {
-		o.Retention = DefaultRetention
-	}
+	o.ClockSkew = cmp.Or(o.ClockSkew, DefaultClockSkew)
+	o.Retention = cmp.Or(o.Retention, DefaultRetention)
 	b := &backend{
 		c:         client,
 		table:     o.Table,
@@ -130,9 +120,8 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		enc:       driver.KeyEncoder{MaxLen: maxKeyLen - len(o.Prefix) - 1, Safe: func(c byte) bool { return c >= ' ' && c != 0x7f }},
 		skew:      o.ClockSkew,
 		retention: o.Retention,
-		wakes:     map[string]func(){},
 	}
-	b.poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
 }
 
@@ -150,12 +139,9 @@ func (b *backend) Features() driver.Features {
 }
 
 // Close implements driver.Driver: it stops the poll loops (and closes idle
-// connections of a client the URL opener made). Leases are not released.
+// connections of a client the URL opener made).
 func (b *backend) Close() error {
-	b.poller.Close()
-	b.mu.Lock()
-	clear(b.wakes)
-	b.mu.Unlock()
+	b.Poller.Close()
 	if b.closeIdle != nil {
 		b.closeIdle()
 	}

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"net/url"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -13,81 +12,50 @@ import (
 	"github.com/aws/aws-sdk-go-v2/aws"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
-	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { backendtest.Main(m) }
 
-// server returns the shared dynalite and a URL of its table, created.
-func server(t testing.TB) string {
+// table creates the test table on srv and returns srv's URL.
+func table(t testing.TB, srv *testserver.Server) string {
 	t.Helper()
-	srv := testserver.Shared(t, testserver.Dynamo)
-	b, err := claim.Open(context.Background(), srv.URL()+"&create_table=true")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b.Close()
+	backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "create_table", "true"))
 	return srv.URL()
 }
 
-func open(t testing.TB, url string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+// server returns the URL of the shared dynalite's table.
+func server(t testing.TB) string { return table(t, testserver.Shared(t, testserver.Dynamo)) }
 
 // drv is the driver behind c.
 func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 
-// harness opens clients of url; restart, if set, crashes and restarts
-// their server. The isolated namespace's prefix extends the default one.
-// The watchdog allows for MutualExclusion's herd on one dynalite (a
-// single-threaded emulator serving every check at once), which needs tens
-// of seconds on a loaded machine.
-func harness(url string, restart func(context.Context) error) conformance.Harness {
-	return conformance.Harness{
-		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url) },
-		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, url+"&prefix=stampede:x") },
-		Restart:      restart,
-		Timeout:      3 * time.Minute,
-	}
+// harness runs on srv. The isolated namespace's prefix extends the default
+// one, so the Isolation check also covers such a prefix. The watchdog
+// allows for MutualExclusion's herd on one dynalite (a single-threaded
+// emulator serving every check at once), which needs tens of seconds on a
+// loaded machine.
+func harness(t testing.TB, srv *testserver.Server) conformance.Harness {
+	url := table(t, srv)
+	h := backendtest.Harness(srv, func(ns string) string {
+		if ns == "" {
+			return url
+		}
+		return backendtest.WithQuery(t, url, "prefix", "stampede:"+ns)
+	})
+	h.Timeout = 3 * time.Minute
+	return h
 }
 
 // TestConformance runs the suite on a dynalite of its own, which the
 // DurableFence check may crash and restart (dynalite keeps its data);
 // against STAMPEDE_TEST_DYNAMO_URL it runs without that check.
 func TestConformance(t *testing.T) {
-	if os.Getenv(testserver.Dynamo.EnvVar()) != "" {
-		conformance.Run(t, harness(server(t), nil))
-		return
-	}
-	srv := testserver.RequireWith(t, testserver.Dynamo, nil)
-	open(t, srv.URL()+"&create_table=true")
-	conformance.Run(t, harness(srv.URL(), func(ctx context.Context) error {
-		if err := srv.Kill(); err != nil {
-			return err
-		}
-		return srv.Restart(ctx)
-	}))
+	conformance.Run(t, harness(t, testserver.Require(t, testserver.Dynamo)))
 }
 
 func TestURL(t *testing.T) {
@@ -149,7 +117,7 @@ func TestKeys(t *testing.T) {
 // TestMaxValueUnderLongestKey: a value of MaxValueLen under a key of the
 // full 2048 bytes fits the 400 KB item, lease attributes included.
 func TestMaxValueUnderLongestKey(t *testing.T) {
-	b := open(t, server(t))
+	b := backendtest.Open(t, server(t))
 	ctx := context.Background()
 	k := strings.Repeat("k", 2048-len(drv(b).prefix)-2) // readable, 2048 bytes in all
 	if n := len(drv(b).itemKey(k)["k"].(*types.AttributeValueMemberS).Value); n != 2048 {
@@ -181,7 +149,7 @@ func TestMaxValueUnderLongestKey(t *testing.T) {
 // the old item (dynalite does not: 0).
 func TestClockSkewMargin(t *testing.T) {
 	url := server(t)
-	a, b := open(t, url+"&clock_skew=400ms"), open(t, url+"&clock_skew=400ms")
+	a, b := backendtest.Open(t, backendtest.WithQuery(t, url, "clock_skew", "400ms")), backendtest.Open(t, backendtest.WithQuery(t, url, "clock_skew", "400ms"))
 	ctx := context.Background()
 	l, err := a.TryClaim(ctx, "skew", 100*time.Millisecond)
 	if err != nil {
@@ -211,7 +179,7 @@ func TestClockSkewMargin(t *testing.T) {
 // TestFenceSurvivesItemLoss: tokens keep increasing after the item was
 // deleted (reaped by TTL, or the table recreated).
 func TestFenceSurvivesItemLoss(t *testing.T) {
-	b := open(t, server(t))
+	b := backendtest.Open(t, server(t))
 	ctx := context.Background()
 	l1, err := b.TryClaim(ctx, "reaped", time.Minute)
 	if err != nil {
@@ -237,7 +205,7 @@ func TestFenceSurvivesItemLoss(t *testing.T) {
 // TestReapAttribute: exp never falls below a live lease or a live value,
 // and an item holding a value without TTL is never reaped.
 func TestReapAttribute(t *testing.T) {
-	b := open(t, server(t)+"&retention=1h")
+	b := backendtest.Open(t, backendtest.WithQuery(t, server(t), "retention", "1h"))
 	d := drv(b)
 	ctx := context.Background()
 	exp := func() int64 {
@@ -277,60 +245,17 @@ func TestReapAttribute(t *testing.T) {
 	_ = b.Release(ctx, l)
 }
 
-// TestServerRestart: while dynalite is down calls fail (and waiters are
-// woken to see it); after it comes back with its data, the lease is still
-// held and later tokens are larger.
+// TestServerRestart: dynalite keeps its data across a restart (see
+// backendtest.PollRestart).
 func TestServerRestart(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Dynamo, nil)
-	url := srv.URL()
-	open(t, url+"&create_table=true")
-	ctx := context.Background()
-	b, w := open(t, url), open(t, url)
-	l1, err := b.TryClaim(ctx, "restart", 30*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := w.Subscribe(ctx, "restart")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	if err := srv.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-sub.C():
-	case <-time.After(15 * time.Second):
-		t.Fatal("subscriber not woken when its polls started failing")
-	}
-	if _, err := b.TryClaim(ctx, "other", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
-		t.Errorf("TryClaim with the server down: %v, want a connection error", err)
-	}
-	if err := srv.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := w.TryClaim(ctx, "restart", time.Second); !errors.Is(err, claim.ErrHeld) {
-		t.Errorf("after restart: %v, want ErrHeld (dynalite keeps its data)", err)
-	}
-	if err := b.Release(ctx, l1); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-sub.C():
-	case <-time.After(15 * time.Second):
-		t.Fatal("subscriber not woken by the release after the restart")
-	}
-	l2, err := w.TryClaim(ctx, "restart", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l2.Token <= l1.Token {
-		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
-	}
-	_ = w.Release(ctx, l2)
+	url := table(t, srv)
+	backendtest.PollRestart(t, srv, backendtest.Open(t, url), backendtest.Open(t, url), true)
 }
 
-func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness(server(b), nil)) }
+func BenchmarkConformance(b *testing.B) {
+	conformance.Bench(b, harness(b, testserver.Shared(b, testserver.Dynamo)))
+}
 
 // FuzzOpenURL: no URL makes the opener panic, and a password in a URL
 // never reaches an error.
@@ -372,105 +297,18 @@ func FuzzOpenURL(f *testing.F) {
 	})
 }
 
-// TestWakeRules: what the poll reads, step by step. A claim of a free key
-// wakes nobody; a release, a notification, and a release followed by
-// another claim between two reads (whatever the item held before, even
-// nothing) do. And end to end: a subscriber is not woken by a claim, and
-// is by its release.
+// TestWakeRules: a reaped item (or a recreated table) does not bring the
+// notify counter back to a value a poller saw.
 func TestWakeRules(t *testing.T) {
-	a, b := open(t, server(t)), open(t, server(t))
-	ctx := context.Background()
-	read := func(key string) driver.PollState {
-		t.Helper()
-		st, err := drv(b).readState(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	claimKey := func(key string) claim.Lease {
-		t.Helper()
-		l, err := a.TryClaim(ctx, key, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	release := func(l claim.Lease) {
-		t.Helper()
-		if err := a.Release(ctx, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, k := range []string{"wake-rules-new", "wake-rules-used"} {
-		if k == "wake-rules-used" {
-			release(claimKey(k))
-		}
-		free := read(k)
-		l := claimKey(k)
-		held := read(k)
-		if driver.Wakes(free, held) {
-			t.Errorf("%s: a claim of a free key wakes (%+v -> %+v)", k, free, held)
-		}
-		l2, err := a.Extend(ctx, l, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st := read(k); driver.Wakes(held, st) {
-			t.Errorf("%s: Extend wakes (%+v -> %+v)", k, held, st)
-		}
-		if err := a.CommitRelease(ctx, l2, []byte("v"), 0); err != nil {
-			t.Fatal(err)
-		}
-		if st := read(k); !driver.Wakes(held, st) || !driver.Wakes(free, st) {
-			t.Errorf("%s: CommitRelease does not wake (%+v, %+v -> %+v)", k, free, held, st)
-		}
-		// Claim, release, claim between two reads.
-		free = read(k)
-		release(claimKey(k))
-		l = claimKey(k)
-		if st := read(k); !driver.Wakes(free, st) {
-			t.Errorf("%s: claim, release, claim between two reads does not wake (%+v -> %+v)", k, free, st)
-		}
-		held = read(k)
-		if err := a.Notify(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-		if st := read(k); !driver.Wakes(held, st) {
-			t.Errorf("%s: Notify does not wake (%+v -> %+v)", k, held, st)
-		}
-		release(l)
-	}
+	a, b := backendtest.Open(t, server(t)), backendtest.Open(t, server(t))
+	backendtest.PollWakeRules(t, a, b, drv(b).readState, func(ctx context.Context, key string) error {
+		d := drv(a)
+		_, err := d.c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(d.table), Key: d.itemKey(key)})
+		return err
+	})
+}
 
-	// A reaped item (or a recreated table) does not bring the notify
-	// counter back to a value a poller saw.
-	k := "wake-rules-reaped"
-	release(claimKey(k))
-	before := read(k)
-	if _, err := drv(b).c.DeleteItem(ctx, &dynamodb.DeleteItemInput{TableName: aws.String(drv(b).table), Key: drv(b).itemKey(k)}); err != nil {
-		t.Fatal(err)
-	}
-	release(claimKey(k))
-	if st := read(k); !driver.Wakes(before, st) {
-		t.Errorf("a release after the item was reaped does not wake (%+v -> %+v)", before, st)
-	}
-
-	s, err := b.Subscribe(ctx, "wake-rules-sub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	l := claimKey("wake-rules-sub")
-	// Ten poll intervals at the cap: a wake-up would have come.
-	select {
-	case <-s.C():
-		t.Fatal("a claim of a free key woke a subscriber")
-	case <-time.After(10 * driver.DefaultPollMax):
-	}
-	release(l)
-	select {
-	case <-s.C():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Release did not wake the subscriber")
-	}
+func TestOwnWakeups(t *testing.T) {
+	c := backendtest.Open(t, backendtest.WithQuery(t, server(t), "poll_min", "1h", "poll_max", "1h"))
+	backendtest.PollOwnWakeups(t, c, drv(c).Len)
 }

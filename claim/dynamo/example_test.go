@@ -14,30 +14,15 @@ import (
 
 // Open by URL: the blank import of the package is enough for claim.Open.
 // create_table is for development; in production create the table once
-// (see the package documentation for its key schema).
+// (see the package documentation for its key schema). The portable API is
+// shown in package claim's examples.
 func Example() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true")
+	c, err := claim.Open(context.Background(), "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true&clock_skew=250ms")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer c.Close()
-	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	// Renew the lease while the report is computed; work under k.Context()
-	// stops if the lease is lost.
-	k := c.KeepAlive(ctx, l, nil)
-	report := []byte("the report") // ... computed under k.Context()
-	l = k.Stop()
-	// Store it fenced by the lease and release, in one conditional write
-	// that also wakes the waiters.
-	if err := c.CommitRelease(ctx, l, report, time.Hour); err != nil {
-		fmt.Println(err)
-	}
 }
 
 // New takes a client you configured yourself (credentials, region,

@@ -52,10 +52,8 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 	if err := p.Err(); err != nil {
 		return nil, fmt.Errorf("dynamo: %w", err)
 	}
-	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(1)}
-	if region != "" {
-		opts = append(opts, config.WithRegion(region))
-	}
+	// An empty region leaves the SDK's own.
+	opts := []func(*config.LoadOptions) error{config.WithRetryMaxAttempts(1), config.WithRegion(region)}
 	if endpoint != "" {
 		eu, err := url.Parse(endpoint)
 		if err != nil || (eu.Scheme != "http" && eu.Scheme != "https") || eu.Host == "" {
@@ -125,13 +123,12 @@ func CreateTable(ctx context.Context, client *dynamodb.Client, table string) err
 	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, createTableWait); err != nil {
 		return fmt.Errorf("dynamo: wait for table %q to be active: %w", table, err)
 	}
-	_, err = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
+	// Errors are ignored: already enabled (ValidationException) and not
+	// implemented (dynalite: UnknownOperationException) are both fine, TTL
+	// only reclaiming space.
+	_, _ = client.UpdateTimeToLive(ctx, &dynamodb.UpdateTimeToLiveInput{
 		TableName:               aws.String(table),
 		TimeToLiveSpecification: &types.TimeToLiveSpecification{AttributeName: aws.String("exp"), Enabled: aws.Bool(true)},
 	})
-	// Already enabled (ValidationException) and not implemented
-	// (dynalite: UnknownOperationException) are both fine: TTL only
-	// reclaims space.
-	_ = err
 	return nil
 }

@@ -112,10 +112,11 @@ func (b *backend) incr(k string) (uint64, error) {
 }
 
 // ownLock reads l's lock with gets: ErrLost if it is gone or another
-// holder's. ended reports that the lease's recorded end has passed: it is
-// no longer current, though memcached (whole seconds, and lockSlack) may
-// not have dropped the item yet.
-func (b *backend) ownLock(l driver.Lease) (it *gomemcache.Item, ended bool, err error) {
+// holder's, or (unless endedOK) if the lease's recorded end has passed.
+// ended reports that it has: the lease is no longer current, though
+// memcached (whole seconds, and lockSlack) may not have dropped the item
+// yet.
+func (b *backend) ownLock(l driver.Lease, endedOK bool) (it *gomemcache.Item, ended bool, err error) {
 	it, err = b.c.Get(b.item('l', l.Key))
 	if errors.Is(err, gomemcache.ErrCacheMiss) {
 		return nil, false, driver.ErrLost
@@ -124,27 +125,24 @@ func (b *backend) ownLock(l driver.Lease) (it *gomemcache.Item, ended bool, err 
 		return nil, false, err
 	}
 	h, latest := parseLock(it.Value)
-	if h != l.Holder {
-		return nil, false, driver.ErrLost
-	}
 	// latest is when memcached drops the item at the latest: the lease's
 	// own end plus lockSlack.
-	return it, !latest.IsZero() && !time.Now().Before(latest.Add(-lockSlack*time.Second)), nil
+	ended = !latest.IsZero() && !time.Now().Before(latest.Add(-lockSlack*time.Second))
+	if h != l.Holder || (ended && !endedOK) {
+		return nil, false, driver.ErrLost
+	}
+	return it, ended, nil
 }
 
-// swapLock replaces l's lock item, read with gets, by the item next
-// returns, with CompareAndSwap: never if the lock is gone or another
-// holder's, nor (unless ended is allowed) if the lease has ended (ErrLost).
-// A CAS conflict caused by the same holder (a concurrent Extend of this
-// lease) is retried; one by another holder means the lease was lost.
+// swapLock replaces l's lock item, read with ownLock, by the item next
+// returns, with CompareAndSwap. A CAS conflict caused by the same holder
+// (a concurrent Extend of this lease) is retried; one by another holder
+// means the lease was lost.
 func (b *backend) swapLock(l driver.Lease, endedOK bool, next func(it *gomemcache.Item)) (ended bool, err error) {
 	for range 3 {
-		it, ended, err := b.ownLock(l)
+		it, ended, err := b.ownLock(l, endedOK)
 		if err != nil {
 			return false, err
-		}
-		if ended && !endedOK {
-			return false, driver.ErrLost
 		}
 		next(it)
 		err = b.c.CompareAndSwap(it)
@@ -182,8 +180,8 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // Release implements driver.Claimer: gets the lock, check the holder, CAS
 // the lock to an already-expired item, then incr the notify counter (three
 // round trips). Pollers see the lock gone or the counter changed only
-// once the key is free; this process's own subscribers are woken at once.
-// A lease past its recorded end still frees its lock, and gets ErrLost.
+// once the key is free. A lease past its recorded end still frees its
+// lock, and gets ErrLost.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -192,7 +190,6 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	if err != nil {
 		return err
 	}
-	b.wake(l.Key) // this process's waiters need no poll
 	if _, err := b.incr(b.item('n', l.Key)); err != nil {
 		return fmt.Errorf("released, but the notify counter was not bumped (a poller that never saw the lock misses the release): %w", err)
 	}
@@ -212,12 +209,8 @@ func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 	if err != nil {
 		return err
 	}
-	_, ended, err := b.ownLock(l)
-	if err != nil {
+	if _, _, err := b.ownLock(l, false); err != nil {
 		return err
-	}
-	if ended {
-		return driver.ErrLost
 	}
 	if err := b.c.Set(it); err != nil {
 		return serverErr(err)

@@ -17,19 +17,14 @@
 //	poll_min        first polling interval after a change (default 2ms)
 //	poll_max        polling interval cap (default 50ms)
 //	tls             true: connect with TLS (memcached -Z); default false
-//	cacert          PEM file of the CA to trust instead of the system roots
-//	cert, key       PEM files of a client certificate and its key
-//	servername      name to verify the server certificate against (default: HOST)
-//	skip_verify     true: do not verify the server certificate (testing only)
+//	cacert, cert, key, servername, skip_verify
+//	                TLS, read by driver.Params.TLS (need tls=true;
+//	                servername defaults to each server's HOST)
 //
-// The port defaults to 11211; the TLS parameters need tls=true. User info
-// is an error: memcached's text protocol has no authentication (restrict it
-// with TLS client certificates). Opening dials nothing: gomemcache connects
-// on first use, and spreads keys over several servers by hash.
-//
-// New takes a *gomemcache.Client you configured (servers, timeouts, a TLS
-// DialContext) and leaves it open on Close. The Client's As accepts a
-// **gomemcache.Client.
+// The port defaults to 11211. User info is an error: memcached's text
+// protocol has no authentication. Opening dials nothing: gomemcache
+// connects on first use, and spreads keys over several servers by hash.
+// The Client's As accepts a **gomemcache.Client.
 //
 // # Semantics
 //
@@ -43,7 +38,7 @@
 // keep increasing after the counter was evicted or the server restarted, as
 // long as the clients' clocks do not step back. Features.DurableFence is
 // false all the same: memcached may evict the lock itself, and then two
-// holders can be live at once. Give memcached room (-m), keep leases short.
+// holders can be live at once.
 //
 // TTLs are whole seconds, rounded up (MinTTL and TTLGranularity are 1s).
 // memcached's clock ticks once a second and may run late, so the lock is
@@ -52,13 +47,12 @@
 // free again about two seconds after its TTL. Lifetimes over 30 days are
 // sent as absolute Unix times, which then depend on the server's clock.
 //
-// Release and Extend get the lock, compare its holder id (random, unique
-// per claim) and swap it with CompareAndSwap (Release: for an item already
-// expired, then incr the notify counter), so a stale holder never deletes
-// or renews a newer holder's lock (no GET-then-DELETE). The lock records
-// the end of its lease: past it (by the local clock) Extend and Commit
-// answer ErrLost, whatever the lease's Deadline says, and Release frees
-// the lock if nobody claimed it since, and answers ErrLost.
+// Release and Extend get the lock, compare its holder id and swap it with
+// CompareAndSwap (Release: for an item already expired, then incr the
+// notify counter). The lock records the end of its lease: past it (by the
+// local clock) Extend and Commit answer ErrLost, whatever the lease's
+// Deadline says, and Release frees the lock if nobody claimed it since,
+// and answers ErrLost.
 //
 // Commit is NOT atomic (Features.AtomicCommit is false; there is no
 // TryClaimRead or CommitRelease fast path either): it checks the lock,
@@ -74,23 +68,19 @@
 // Values carry their expiry (client clock, Unix ms) in an 8-byte header and
 // are stored with exptime TTL+1s: Get never returns an expired value.
 //
-// Notification polls (Features.Notify is Poll): one loop per key per
-// Client, however many waiters, reads the lock and the notify counter in
-// one multi-get, every 2 ms after a change backing off to 50 ms, never
-// sleeping past the holder's lease. Release (once the lock is gone) and
-// Notify bump the counter; a changed counter, or the lock seen at the
-// previous poll gone or replaced, wakes the key's waiters; a claim of a
-// free key does not (waiters wait for the end of a claim). Release and
-// Notify also wake their own Client's waiters at once. Topics use the
-// Client's topic log.
+// Notification polls (Features.Notify is Poll, see driver.Poller): a poll
+// reads the lock and the notify counter in one multi-get. Release (once
+// the lock is gone) and Notify bump the counter; a changed counter, or the
+// lock seen at the previous poll gone or replaced, wakes the key's
+// waiters; a claim of a free key does not. Topics use the Client's topic
+// log.
 //
 // gomemcache takes no context: a call whose context is done is refused
 // before any I/O, and a call in flight ends within io_timeout.
 //
 // # Errors
 //
-// The Client wraps them as "claim: OP KEY: ...": ErrHeld (Remaining from
-// the lock's recorded end), ErrLost, ErrNotFound, ErrTooLarge (over
-// maxvalue, refused before any I/O; or from a server whose item size limit
-// is smaller), and gomemcache's own errors.
+// ErrHeld (Remaining from the lock's recorded end), ErrLost, ErrNotFound,
+// ErrTooLarge (over maxvalue, refused before any I/O; or from a server
+// whose item size limit is smaller), and gomemcache's own errors.
 package memcache

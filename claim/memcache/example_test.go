@@ -11,33 +11,22 @@ import (
 	"github.com/stampede-go/stampede/claim/memcache"
 )
 
-// Open by URL: the blank import of the package is enough for claim.Open.
+// Open by URL: the blank import of the package is enough for claim.Open,
+// which dials nothing here. The portable API is shown in package claim's
+// examples.
 func Example() {
-	ctx := context.Background()
-	c, err := claim.Open(ctx, "memcache://127.0.0.1:11211?prefix=myapp")
+	c, err := claim.Open(context.Background(), "memcache://10.0.0.1:11211,10.0.0.2:11211?prefix=myapp&maxvalue=4193280&io_timeout=200ms")
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
 	defer c.Close()
-	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	// Renew the lease while the report is computed; work under
-	// k.Context() stops if the lease is lost.
-	k := c.KeepAlive(ctx, l, nil)
-	report := []byte("the report") // ... computed under k.Context()
-	// Store it fenced by the lease (not atomically on memcached: see the
-	// package documentation), release, and wake the waiters.
-	if err := c.CommitRelease(ctx, k.Stop(), report, time.Hour); err != nil {
-		fmt.Println(err)
-	}
+	fmt.Println(c.Features().MaxValueLen)
+	// Output: 4193280
 }
 
 // New takes a client you configured yourself; closing the Client does
-// not close it.
+// not close it, and As hands it back.
 func ExampleNew() {
 	mc := gomemcache.New("10.0.0.1:11211", "10.0.0.2:11211")
 	mc.Timeout = 200 * time.Millisecond

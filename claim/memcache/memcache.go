@@ -1,10 +1,10 @@
 package memcache
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
@@ -58,15 +58,13 @@ type Options struct {
 // backend is one memcached client's driver; it is safe for concurrent
 // use.
 type backend struct {
+	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
+
 	c      *gomemcache.Client
 	own    bool // Close closes c
 	prefix string
 	enc    driver.KeyEncoder
 	maxVal int
-	poller *driver.Poller
-
-	mu    sync.Mutex
-	wakes map[string]func() // subscribed keys' wake, for this process's own releases
 }
 
 var (
@@ -93,15 +91,11 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 	if client == nil {
 		return nil, errors.New("memcache: nil client")
 	}
-	if o.Prefix == "" {
-		o.Prefix = DefaultPrefix
-	}
+	o.Prefix = cmp.Or(o.Prefix, DefaultPrefix)
 	if len(o.Prefix) > 200 || strings.ContainsFunc(o.Prefix, func(r rune) bool { return r <= ' ' || r >= 0x7f }) {
 		return nil, fmt.Errorf("memcache: prefix %q: want at most 200 bytes of printable ASCII without spaces", o.Prefix)
 	}
-	if o.ItemSizeMax == 0 {
-		o.ItemSizeMax = DefaultItemSizeMax
-	}
+	o.ItemSizeMax = cmp.Or(o.ItemSizeMax, DefaultItemSizeMax)
 	if o.ItemSizeMax < 2*itemOverhead {
 		return nil, fmt.Errorf("memcache: value limit %d (maxvalue, or ItemSizeMax less %d) too small: want at least %d",
 			o.ItemSizeMax-itemOverhead, itemOverhead, itemOverhead)
@@ -112,9 +106,8 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		// "PREFIX:x:" + encoded key fits memcached's 250 bytes.
 		enc:    driver.KeyEncoder{MaxLen: maxKeyLen - len(o.Prefix) - 3, Safe: safeByte},
 		maxVal: o.ItemSizeMax - itemOverhead,
-		wakes:  map[string]func(){},
 	}
-	b.poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
 }
 
@@ -136,9 +129,9 @@ func (b *backend) Features() driver.Features {
 }
 
 // Close implements driver.Driver: it stops the poll loops, and closes the
-// gomemcache client if it was opened by URL. Leases are not released.
+// gomemcache client if it was opened by URL.
 func (b *backend) Close() error {
-	b.poller.Close()
+	b.Poller.Close()
 	if b.own {
 		return b.c.Close()
 	}

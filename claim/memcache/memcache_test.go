@@ -6,58 +6,38 @@ import (
 	"errors"
 	"net"
 	"net/url"
-	"os"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
-	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
-	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
-	"github.com/stampede-go/stampede/internal/securitytest"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	testserver.StopShared()
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			os.Stderr.WriteString("goleak: " + err.Error() + "\n")
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-func open(t testing.TB, url string) *claim.Client {
-	t.Helper()
-	c, err := claim.Open(context.Background(), url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
+func TestMain(m *testing.M) { backendtest.Main(m) }
 
 // drv is the driver behind c.
 func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
 
-func harness(srv *testserver.Server) conformance.Harness {
-	// Features.DurableFence is false: no Restart.
-	return conformance.Harness{
-		Open:         func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, srv.URL()) },
-		OpenIsolated: func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, srv.URL()+"?prefix=isolated") },
-	}
+// harness runs on the shared memcached. The isolated namespace's prefix
+// looks like the default prefix's value items ("stampede:v:..."), so the
+// Isolation check also proves such a prefix never touches them.
+func harness(tb testing.TB) conformance.Harness {
+	srv := testserver.Shared(tb, testserver.Memcache)
+	return backendtest.Harness(srv, func(ns string) string {
+		if ns == "" {
+			return srv.URL()
+		}
+		return backendtest.WithQuery(tb, srv.URL(), "prefix", "stampede:v")
+	})
 }
 
-func TestConformance(t *testing.T) {
-	conformance.Run(t, harness(testserver.Shared(t, testserver.Memcache)))
-}
+func TestConformance(t *testing.T) { conformance.Run(t, harness(t)) }
 
 func TestURL(t *testing.T) {
 	ctx := context.Background()
@@ -107,7 +87,7 @@ func TestURL(t *testing.T) {
 	if !c.As(&mc) || mc != b.c {
 		t.Errorf("As(**gomemcache.Client) did not give the client")
 	}
-	if def := open(t, "memcache://127.0.0.1:1"); def.Features().MaxValueLen != DefaultItemSizeMax-itemOverhead {
+	if def := backendtest.Open(t, "memcache://127.0.0.1:1"); def.Features().MaxValueLen != DefaultItemSizeMax-itemOverhead {
 		t.Errorf("default MaxValueLen = %d", def.Features().MaxValueLen)
 	}
 }
@@ -167,7 +147,7 @@ func TestExptime(t *testing.T) {
 // absolute exptime and live.
 func TestLongTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	b := open(t, srv.URL())
+	b := backendtest.Open(t, srv.URL())
 	ctx := context.Background()
 	l, err := b.TryClaim(ctx, "long-ttl", 40*24*time.Hour)
 	if err != nil {
@@ -216,63 +196,48 @@ func TestMaxValueAtServerLimit(t *testing.T) {
 	}
 }
 
-// TestReleaseIsCompareAndDelete: a stale Release finds another holder's
-// lock and leaves it; the lock's value never names the stale holder.
-func TestReleaseIsCompareAndDelete(t *testing.T) {
+// TestEviction: items memcached may drop under a holder. After the lock
+// vanished (eviction, or expiry while its holder paused), another holder
+// gets a larger token, and the stale holder's Release (compare-and-delete)
+// leaves the new holder's lock alone. A fence counter lost to eviction (or
+// a restart) comes back larger than it was.
+func TestEviction(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	a, b := open(t, srv.URL()), open(t, srv.URL())
+	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
 	ctx := context.Background()
-	l1, err := a.TryClaim(ctx, "cad", time.Minute)
-	if err != nil {
-		t.Fatal(err)
+	for _, role := range []byte("lf") {
+		k := "evict-" + string(role)
+		l1, err := a.TryClaim(ctx, k, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if role == 'f' {
+			if err := a.Release(ctx, l1); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := drv(a).c.Delete(drv(a).item(role, k)); err != nil {
+			t.Fatal(err)
+		}
+		l2, err := b.TryClaim(ctx, k, time.Minute)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if l2.Token <= l1.Token {
+			t.Errorf("%s: token %d after %d", k, l2.Token, l1.Token)
+		}
+		if role == 'l' {
+			if err := a.Release(ctx, l1); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("stale Release: %v, want ErrLost", err)
+			}
+			if _, err := a.TryClaim(ctx, k, time.Minute); !errors.Is(err, claim.ErrHeld) {
+				t.Errorf("after a stale Release the key is not held: %v", err)
+			}
+		}
+		if err := b.Release(ctx, l2); err != nil {
+			t.Error(err)
+		}
 	}
-	// Simulate the lock vanishing under its holder (eviction, or expiry
-	// while paused) and another holder claiming.
-	if err := drv(a).c.Delete(drv(a).item('l', "cad")); err != nil {
-		t.Fatal(err)
-	}
-	l2, err := b.TryClaim(ctx, "cad", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l2.Token <= l1.Token {
-		t.Errorf("token %d after %d", l2.Token, l1.Token)
-	}
-	if err := a.Release(ctx, l1); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("stale Release: %v, want ErrLost", err)
-	}
-	if _, err := a.TryClaim(ctx, "cad", time.Minute); !errors.Is(err, claim.ErrHeld) {
-		t.Errorf("after a stale Release the key is not held: %v", err)
-	}
-	if err := b.Release(ctx, l2); err != nil {
-		t.Error(err)
-	}
-}
-
-// TestFenceSurvivesEviction: a fence counter lost to eviction (or a
-// restart) comes back larger than it was.
-func TestFenceSurvivesEviction(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Memcache)
-	a := open(t, srv.URL())
-	ctx := context.Background()
-	l1, err := a.TryClaim(ctx, "evict", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := a.Release(ctx, l1); err != nil {
-		t.Fatal(err)
-	}
-	if err := drv(a).c.Delete(drv(a).item('f', "evict")); err != nil {
-		t.Fatal(err)
-	}
-	l2, err := a.TryClaim(ctx, "evict", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l2.Token <= l1.Token {
-		t.Errorf("token after the counter was lost: %d <= %d", l2.Token, l1.Token)
-	}
-	_ = a.Release(ctx, l2)
 }
 
 // slowConn delays writes that start with a given command.
@@ -323,56 +288,14 @@ func TestLateCommitWithdrawn(t *testing.T) {
 	}
 }
 
-// TestServerRestart: while the server is down calls fail (and waiters are
-// woken to see it); after it comes back, empty, the backend works again
-// and fencing tokens did not go backwards.
+// TestServerRestart: a restart loses every lock (see
+// backendtest.PollRestart).
 func TestServerRestart(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Memcache, nil)
-	ctx := context.Background()
-	b, w := open(t, srv.URL()), open(t, srv.URL())
-	l1, err := b.TryClaim(ctx, "restart", 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := w.Subscribe(ctx, "restart")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
-	if err := srv.Kill(); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-sub.C():
-	case <-time.After(15 * time.Second):
-		t.Fatal("subscriber not woken when its polls started failing")
-	}
-	if _, err := b.TryClaim(ctx, "other", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
-		t.Errorf("TryClaim with the server down: %v, want a connection error", err)
-	}
-	if err := srv.Restart(ctx); err != nil {
-		t.Fatal(err)
-	}
-	// The lock is gone with the restart: the key is free, the waiter is
-	// woken by its first good poll, and the token is larger.
-	select {
-	case <-sub.C():
-	case <-time.After(15 * time.Second):
-		t.Fatal("subscriber not woken after the server came back without the lock")
-	}
-	l2, err := b.TryClaim(ctx, "restart", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if l2.Token <= l1.Token {
-		t.Errorf("token after restart %d <= %d", l2.Token, l1.Token)
-	}
-	_ = b.Release(ctx, l2)
+	backendtest.PollRestart(t, srv, backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL()), false)
 }
 
-func BenchmarkConformance(b *testing.B) {
-	conformance.Bench(b, harness(testserver.Shared(b, testserver.Memcache)))
-}
+func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness(b)) }
 
 // FuzzOpenURL: no URL makes the opener panic, and a password in a URL
 // never reaches an error.
@@ -412,144 +335,17 @@ func FuzzOpenURL(f *testing.F) {
 	})
 }
 
-// TestWakeRules: what the poll reads, step by step. A claim of a free key
-// wakes nobody; a release, a notification, and a release followed by
-// another claim between two reads (even after the notify counter was
-// evicted) do. And end to end: a subscriber is not woken by a claim, and
-// is by its release.
+// TestWakeRules: an evicted notify counter comes back at a value no
+// poller saw.
 func TestWakeRules(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	a, b := open(t, srv.URL()), open(t, srv.URL())
-	ctx := context.Background()
-	read := func(key string) driver.PollState {
-		t.Helper()
-		st, err := drv(b).readState(ctx, key)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return st
-	}
-	claimKey := func(key string) claim.Lease {
-		t.Helper()
-		l, err := a.TryClaim(ctx, key, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return l
-	}
-	release := func(l claim.Lease) {
-		t.Helper()
-		if err := a.Release(ctx, l); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, k := range []string{"wake-rules-new", "wake-rules-used"} {
-		if k == "wake-rules-used" {
-			release(claimKey(k))
-		}
-		free := read(k)
-		l := claimKey(k)
-		held := read(k)
-		if driver.Wakes(free, held) {
-			t.Errorf("%s: a claim of a free key wakes (%+v -> %+v)", k, free, held)
-		}
-		l, err := a.Extend(ctx, l, time.Minute)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st := read(k); driver.Wakes(held, st) {
-			t.Errorf("%s: Extend wakes (%+v -> %+v)", k, held, st)
-		}
-		release(l)
-		if st := read(k); !driver.Wakes(held, st) || !driver.Wakes(free, st) {
-			t.Errorf("%s: Release does not wake (%+v, %+v -> %+v)", k, free, held, st)
-		}
-		// Claim, release, claim between two reads.
-		free = read(k)
-		release(claimKey(k))
-		l = claimKey(k)
-		if st := read(k); !driver.Wakes(free, st) {
-			t.Errorf("%s: claim, release, claim between two reads does not wake (%+v -> %+v)", k, free, st)
-		}
-		held = read(k)
-		if err := a.Notify(ctx, k); err != nil {
-			t.Fatal(err)
-		}
-		if st := read(k); !driver.Wakes(held, st) {
-			t.Errorf("%s: Notify does not wake (%+v -> %+v)", k, held, st)
-		}
-		release(l)
-	}
-	// An evicted notify counter comes back at a value no poller saw.
-	k := "wake-rules-evicted"
-	release(claimKey(k))
-	before := read(k)
-	if err := drv(a).c.Delete(drv(a).item('n', k)); err != nil {
-		t.Fatal(err)
-	}
-	release(claimKey(k))
-	if st := read(k); !driver.Wakes(before, st) {
-		t.Errorf("a release after the counter was evicted does not wake (%+v -> %+v)", before, st)
-	}
-
-	s, err := b.Subscribe(ctx, "wake-rules-sub")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	l := claimKey("wake-rules-sub")
-	// Ten poll intervals at the cap: a wake-up would have come.
-	select {
-	case <-s.C():
-		t.Fatal("a claim of a free key woke a subscriber")
-	case <-time.After(10 * driver.DefaultPollMax):
-	}
-	release(l)
-	select {
-	case <-s.C():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Release did not wake the subscriber")
-	}
+	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
+	backendtest.PollWakeRules(t, a, b, drv(b).readState, func(_ context.Context, key string) error {
+		return drv(a).c.Delete(drv(a).item('n', key))
+	})
 }
 
-// TestOwnReleaseWakesAtOnce: Release and Notify wake the subscribers of
-// their own Client without waiting for a poll (here: an hour away), and
-// never after the subscription is gone.
-func TestOwnReleaseWakesAtOnce(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Memcache)
-	c := open(t, srv.URL()+"?poll_min=1h&poll_max=1h")
-	ctx := context.Background()
-	k := securitytest.Unique(t) + "own"
-	s, err := c.Subscribe(ctx, k)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	l, err := c.TryClaim(ctx, k, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Release(ctx, l); err != nil {
-		t.Fatal(err)
-	}
-	for _, what := range []string{"Release", "Notify"} {
-		select {
-		case <-s.C():
-		case <-time.After(10 * time.Second):
-			t.Fatalf("%s did not wake its own Client's subscriber", what)
-		}
-		if what == "Release" {
-			if err := c.Notify(ctx, k); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	s.Close()
-	b := drv(c)
-	b.mu.Lock()
-	n := len(b.wakes)
-	b.mu.Unlock()
-	if n != 0 || b.poller.Len() != 0 {
-		t.Errorf("after the last subscriber left: %d wakes, %d poll loops", n, b.poller.Len())
-	}
+func TestOwnWakeups(t *testing.T) {
+	c := backendtest.Open(t, backendtest.WithQuery(t, testserver.Shared(t, testserver.Memcache).URL(), "poll_min", "1h", "poll_max", "1h"))
+	backendtest.PollOwnWakeups(t, c, drv(c).Len)
 }

@@ -13,6 +13,7 @@ import (
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -26,7 +27,7 @@ import (
 func TestTLS(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Memcache, &testserver.Options{TLS: true})
 	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, open(t, srv.URL()))
+		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
 	})
 	t.Run("New", func(t *testing.T) {
 		tc, err := srv.TLS().ClientConfig()
@@ -34,15 +35,8 @@ func TestTLS(t *testing.T) {
 			t.Fatal(err)
 		}
 		c := gomemcache.New(srv.Addr())
-		d := &tls.Dialer{Config: tc}
-		c.DialContext = d.DialContext
-		defer c.Close()
-		b, err := New(c, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		securitytest.Roundtrip(t, b)
+		c.DialContext = (&tls.Dialer{Config: tc}).DialContext
+		roundtripNew(t, c)
 	})
 	u, _ := url.Parse(srv.URL())
 	q := u.Query()
@@ -54,7 +48,7 @@ func TestTLS(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			v := *u
 			v.RawQuery = params.Encode()
-			b := open(t, v.String())
+			b := backendtest.Open(t, v.String())
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			if _, err := b.TryClaim(ctx, "k", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
@@ -75,6 +69,16 @@ func TestDialHook(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, p.Addr())
 	}
+	roundtripNew(t, c)
+	if p.Accepted() == 0 {
+		t.Error("the client did not dial through its DialContext")
+	}
+}
+
+// roundtripNew runs securitytest.Roundtrip on the Client New makes of c,
+// and closes both.
+func roundtripNew(t *testing.T, c *gomemcache.Client) {
+	t.Helper()
 	defer c.Close()
 	b, err := New(c, nil)
 	if err != nil {
@@ -82,9 +86,6 @@ func TestDialHook(t *testing.T) {
 	}
 	defer b.Close()
 	securitytest.Roundtrip(t, b)
-	if p.Accepted() == 0 {
-		t.Error("the client did not dial through its DialContext")
-	}
 }
 
 // TestLongKeys: keys around memcached's 250-byte limit (prefix and role
@@ -93,26 +94,15 @@ func TestDialHook(t *testing.T) {
 // the conformance suite.)
 func TestLongKeys(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	c := open(t, srv.URL())
+	c := backendtest.Open(t, srv.URL())
 	m := drv(c).enc.MaxLen
 	securitytest.LongKeys(t, c, []int{m - 2, m - 1, m, m + 1, 249, 250, 251})
-}
-
-// TestIsolation: a prefix that looks like another prefix's item key
-// ("stampede:v" and the default prefix's value items "stampede:v:...")
-// never touches it. (Two unrelated prefixes: the conformance suite,
-// through Harness.OpenIsolated.)
-func TestIsolation(t *testing.T) {
-	srv := testserver.Shared(t, testserver.Memcache)
-	c := open(t, srv.URL())
-	d := open(t, srv.URL()+"?prefix=stampede:v")
-	securitytest.Isolation(t, c, d)
 }
 
 // TestHostileValues: bytes written into L2 by someone else read as misses.
 func TestHostileValues(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	securitytest.Hostile(t, open(t, srv.URL()))
+	securitytest.Hostile(t, backendtest.Open(t, srv.URL()))
 }
 
 // FuzzKeyNames: every item key is at most 250 bytes of bytes memcached

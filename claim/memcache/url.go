@@ -1,6 +1,7 @@
 package memcache
 
 import (
+	"cmp"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -51,17 +52,10 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 	c := gomemcache.New(servers...)
 	c.Timeout = p.Duration("io_timeout", DefaultTimeout)
 	c.MaxIdleConns = p.Int("max_idle_conns", DefaultMaxIdleConns)
-	useTLS := p.Bool("tls", false)
 	// No default server name: each address dialled names its own.
-	tc, tlsErr := p.TLS(useTLS, "")
-	if err := p.Err(); err != nil {
+	tc, tlsErr := p.TLS(p.Bool("tls", false), "")
+	if err := cmp.Or(p.Err(), tlsErr); err != nil {
 		return nil, fmt.Errorf("memcache: %w", err)
-	}
-	if tlsErr != nil {
-		if !useTLS {
-			tlsErr = errors.New("URL parameters cacert, cert, key, servername and skip_verify need tls=true")
-		}
-		return nil, fmt.Errorf("memcache: %w", tlsErr)
 	}
 	if tc != nil {
 		// memcached 1.6 built with TLS, started with -Z (--enable-ssl).
