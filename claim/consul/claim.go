@@ -115,17 +115,6 @@ func handleIndex(l driver.Lease) (uint64, time.Time) {
 	return n, time.UnixMilli(exp)
 }
 
-// TryClaim implements driver.Claimer.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
 // tryClaim is a create-if-absent transaction; if the key exists, a read
 // and, when the record read has expired (plus ClockSkew), a takeover
 // transaction conditioned on it. If the key was released between the

@@ -72,6 +72,8 @@ type Options struct {
 
 // backend is one client of Consul.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	c       *capi.Client
 	kv      *capi.KV
 	watchKV *capi.KV // blocking queries: kv, or a client of its own (URL-opened)
@@ -125,6 +127,7 @@ func newBackend(client *capi.Client, o Options) (*backend, error) {
 		enc:      driver.KeyEncoder{MaxLen: 256, Safe: safeKeyByte},
 		watchers: map[string]*watcher{}, polled: map[string]*polledKey{},
 	}
+	b.ClaimFunc = b.tryClaim
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }

@@ -181,6 +181,23 @@ type ClaimReader interface {
 	TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (l Lease, value []byte, found bool, err error)
 }
 
+// ClaimFunc is a driver's one claim, which also reads the key's value in
+// the same step when read is true. A driver that has one embeds it (as
+// http.HandlerFunc adapts a function) to implement both Claimer's
+// TryClaim and ClaimReader's TryClaimRead.
+type ClaimFunc func(ctx context.Context, key, holder string, ttl time.Duration, read bool) (l Lease, value []byte, found bool, err error)
+
+// TryClaim calls f without the read.
+func (f ClaimFunc) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (Lease, error) {
+	l, _, _, err := f(ctx, key, holder, ttl, false)
+	return l, err
+}
+
+// TryClaimRead calls f with the read.
+func (f ClaimFunc) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (Lease, []byte, bool, error) {
+	return f(ctx, key, holder, ttl, true)
+}
+
 // CommitReleaser is optional: Commit and Release as one atomic step and
 // one round trip. Without it, the client's CommitRelease calls Commit and
 // then Release.

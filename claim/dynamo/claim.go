@@ -11,19 +11,9 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// TryClaim implements driver.Claimer: one conditional UpdateItem.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader: the claim's UpdateItem
-// returns the whole new item (ReturnValues ALL_NEW), value included, so
-// the value is read in the same atomic write.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
+// tryClaim is the driver's claim (driver.ClaimFunc): one conditional
+// UpdateItem. With read, it returns the whole new item (ReturnValues
+// ALL_NEW), value included, so the value is read in the same atomic write.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if err := b.checkRetention(ttl); err != nil {
 		return driver.Lease{}, nil, false, err

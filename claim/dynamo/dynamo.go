@@ -65,6 +65,8 @@ type Options struct {
 
 // backend is one DynamoDB client's driver. It is safe for concurrent use.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
 
 	c         *dynamodb.Client
@@ -121,6 +123,7 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		skew:      o.ClockSkew,
 		retention: o.Retention,
 	}
+	b.ClaimFunc = b.tryClaim
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
 }
@@ -150,13 +153,7 @@ func (b *backend) Close() error {
 
 // As implements driver.Aser: a **dynamodb.Client is set to the client
 // under the driver.
-func (b *backend) As(i any) bool {
-	p, ok := i.(**dynamodb.Client)
-	if ok {
-		*p = b.c
-	}
-	return ok
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.c) }
 
 // itemKey is the partition key of key's item.
 func (b *backend) itemKey(key string) map[string]types.AttributeValue {

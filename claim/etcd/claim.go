@@ -13,18 +13,9 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// TryClaim implements driver.Claimer: a lease grant, then one transaction.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader: the claim transaction also
-// gets the value key, so the value is read at the claim's revision.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
+// tryClaim is the driver's claim (driver.ClaimFunc): a lease grant, then
+// one transaction; with read, the transaction also gets the value key, so
+// the value is read at the claim's revision.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	g, err := b.cli.Grant(ctx, b.leaseSeconds(ttl))
 	if err != nil {

@@ -95,6 +95,8 @@ func New(client *clientv3.Client, opt *Options) (*claim.Client, error) {
 // backend is one client of an etcd cluster: a driver.Driver with every
 // optional interface, safe for concurrent use.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	cli    *clientv3.Client
 	own    bool // Close closes cli
 	prefix string
@@ -131,7 +133,7 @@ func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
 		return nil, errors.New("etcd: negative MinTTL or MaxValueLen")
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	return &backend{
+	b := &backend{
 		cli:     cli,
 		own:     own,
 		prefix:  prefix,
@@ -141,7 +143,9 @@ func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
 		cancel:  cancel,
 		watches: map[string]func(){},
 		gc:      map[int64]gcLease{},
-	}, nil
+	}
+	b.ClaimFunc = b.tryClaim
+	return b, nil
 }
 
 // Features implements driver.Driver.

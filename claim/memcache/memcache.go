@@ -139,13 +139,7 @@ func (b *backend) Close() error {
 }
 
 // As implements driver.Aser: i may be a **gomemcache.Client.
-func (b *backend) As(i any) bool {
-	p, ok := i.(**gomemcache.Client)
-	if ok {
-		*p = b.c
-	}
-	return ok
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.c) }
 
 func (b *backend) item(role byte, key string) string {
 	return b.prefix + ":" + string(role) + ":" + b.enc.Encode(key)

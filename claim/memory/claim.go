@@ -7,18 +7,8 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// TryClaim implements driver.Claimer.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader: the claim and the read of
-// the value happen under one lock of the Space.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
+// tryClaim is the driver's claim (driver.ClaimFunc): the claim and, with
+// read, the read of the value happen under one lock of the Space.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return driver.Lease{}, nil, false, err

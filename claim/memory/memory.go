@@ -93,6 +93,8 @@ type Options struct {
 // backend is one client of a Space (one simulated process): a
 // driver.Driver with every optional interface.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	sp     *Space
 	maxVal int
 }
@@ -119,7 +121,9 @@ func newBackend(space *Space) *backend {
 	}
 	space.mu.Lock()
 	defer space.mu.Unlock()
-	return &backend{sp: space, maxVal: space.maxVal}
+	b := &backend{sp: space, maxVal: space.maxVal}
+	b.ClaimFunc = b.tryClaim
+	return b
 }
 
 // Features implements driver.Driver.

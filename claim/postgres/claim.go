@@ -20,21 +20,10 @@ func leaseTTL(ttl time.Duration) time.Duration {
 	return max(ttl, MinTTL)
 }
 
-// TryClaim implements driver.Claimer: one INSERT … ON CONFLICT statement.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader: the claim statement also
-// reads the value. If the claim row was released after the statement's
-// snapshot (a holder released while this claim waited for its row lock),
-// a value it committed is not in that snapshot, so the value is read again
-// with a second statement: one round trip, two in that race.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
+// tryClaim is the driver's claim (driver.ClaimFunc): one INSERT … ON
+// CONFLICT statement; with read, the statement also reads the value (one
+// round trip; two in the race the package doc and the claimRead statement
+// describe).
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if err := b.ensure(ctx); err != nil {
 		return driver.Lease{}, nil, false, err
@@ -68,12 +57,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	l := driver.Lease{Key: key, Holder: holder, Token: uint64(token), TTL: ttl}
 	if !snapshotOK {
 		// The lease is ours; only the read was too early.
-		val, found = nil, true
-		err = b.pool.QueryRow(ctx, b.q.get, enc).Scan(&val)
-		if errors.Is(err, pgx.ErrNoRows) {
-			found, err = false, nil
-		}
-		if err != nil {
+		if val, found, err = b.read(ctx, enc); err != nil {
 			// The caller gets no lease, so give it back (best effort: if
 			// this fails too, it expires).
 			_ = b.Release(ctx, l)
@@ -90,17 +74,11 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 // names is current (token, holder and expiry compared in the statement),
 // and answers ErrLost if it changed none.
 func (b *backend) fenced(ctx context.Context, sql string, args ...any) error {
-	if err := b.ensure(ctx); err != nil {
-		return err
-	}
-	tag, err := b.pool.Exec(ctx, sql, args...)
-	if err != nil {
-		return err
-	}
-	if tag.RowsAffected() != 1 {
+	tag, err := b.exec(ctx, sql, args...)
+	if err == nil && tag.RowsAffected() != 1 {
 		return driver.ErrLost
 	}
-	return nil
+	return err
 }
 
 // Extend implements driver.Claimer: one UPDATE of the unexpired row.
@@ -124,21 +102,12 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 // Commit implements driver.Claimer: one statement that writes the value
 // only while the lease is current.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	err := b.fenced(ctx, b.q.commit, b.keys.Encode(l.Key), nonNil(val), micros(ttl), int64(l.Token), l.Holder)
-	if err == nil {
-		b.maybeSweep()
-	}
-	return err
+	return b.wrote(b.fenced(ctx, b.q.commit, b.keys.Encode(l.Key), nonNil(val), micros(ttl), int64(l.Token), l.Holder))
 }
 
-// CommitRelease implements driver.CommitReleaser: one statement that
-// releases the lease (compare by token and holder), writes the value only
-// if it did, and NOTIFYs the key's waiters on commit.
+// CommitRelease implements driver.CommitReleaser: one statement (see
+// commitRelease in schema.go).
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
 	enc := b.keys.Encode(l.Key)
-	err := b.fenced(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc))
-	if err == nil {
-		b.maybeSweep()
-	}
-	return err
+	return b.wrote(b.fenced(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc)))
 }

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"log"
 	"net/url"
-	"time"
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -15,7 +14,8 @@ import (
 
 // Open a Client by URL: importing this package registers postgres:// and
 // postgresql://. A postgres URL is a libpq URL (sslmode, pool_max_conns,
-// … go to pgx) plus this package's parameters (schema, prefix, …).
+// … go to pgx) plus this package's parameters (schema, prefix, …). From
+// there on the API is package claim's, the same on every backend.
 func Example_open() {
 	ctx := context.Background()
 	c, err := claim.Open(ctx, "postgres://app:secret@db.internal:5432/app?sslmode=verify-full&pool_max_conns=10&schema=cache")
@@ -23,18 +23,10 @@ func Example_open() {
 		log.Fatal(err) // never shows the password
 	}
 	defer c.Close()
-
-	// Run a job once per key fleet-wide: wait for the claim (woken by the
-	// holder's release through LISTEN/NOTIFY), keep it alive while
-	// working, commit the result fenced by the lease, release.
-	l, err := c.Acquire(ctx, "report:42", 10*time.Second)
-	if err != nil {
-		log.Fatal(err)
-	}
-	k := c.KeepAlive(ctx, l, nil)
-	result := []byte("the report") // work under k.Context()
-	if err := c.CommitRelease(ctx, k.Stop(), result, time.Hour); err != nil {
-		log.Print(err) // claim.ErrLost: someone else took over
+	// As reaches the pool the Client opened, for statements of your own.
+	var pool *pgxpool.Pool
+	if c.As(&pool) {
+		fmt.Println(pool.Stat().MaxConns())
 	}
 }
 
@@ -44,7 +36,12 @@ func Example_open() {
 // configuration.
 func ExampleNew() {
 	ctx := context.Background()
-	pool, err := pgxpool.New(ctx, "postgres://app@db.internal/app")
+	cfg, err := pgxpool.ParseConfig("postgres://app@db.internal/app")
+	if err != nil {
+		log.Fatal(err)
+	}
+	cfg.ShouldPing = postgres.ShouldPing // as pools opened by URL do
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		log.Fatal(err)
 	}

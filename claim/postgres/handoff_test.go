@@ -15,6 +15,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -81,7 +82,7 @@ func TestSocketState(t *testing.T) {
 func TestShouldPing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	pool := newPool(t, "")
+	pool := newPool(t)
 	c, err := pool.Acquire(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -93,7 +94,7 @@ func TestShouldPing(t *testing.T) {
 	if ShouldPing(ctx, params(time.Hour)) {
 		t.Error("healthy connection idle for an hour: ShouldPing true, want false")
 	}
-	if _, err := newPool(t, "").Exec(ctx, "SELECT pg_terminate_backend($1)", c.Conn().PgConn().PID()); err != nil {
+	if _, err := newPool(t).Exec(ctx, "SELECT pg_terminate_backend($1)", c.Conn().PgConn().PID()); err != nil {
 		t.Fatal(err)
 	}
 	for !ShouldPing(ctx, params(0)) {
@@ -110,11 +111,7 @@ func TestShouldPing(t *testing.T) {
 func TestDroppedIdleConnsReplaced(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	b, err := claim.Open(ctx, serverURL(t, "pool_max_conns=4&prefix=drop"+randID()+"_"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
+	b := backendtest.Open(t, serverURL(t, "pool_max_conns", "4", "prefix", "drop"+randID()+"_"))
 	d := b.Driver().(*backend)
 	// Several pool connections, each having run the claim statements.
 	done := make(chan error, 4)
@@ -140,7 +137,7 @@ func TestDroppedIdleConnsReplaced(t *testing.T) {
 	if len(pids) == 0 {
 		t.Fatal("no idle connections")
 	}
-	admin := newPool(t, "")
+	admin := newPool(t)
 	for _, pid := range pids {
 		if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
 			t.Fatal(err)
@@ -173,29 +170,17 @@ func TestDroppedIdleConnsReplaced(t *testing.T) {
 func TestAsyncRelease(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	params := "prefix=ar" + randID() + "_"
-	a, ad := newClient(t, params+"&async_release=true", nil)
-	w, wd := newClient(t, params, nil)
+	prefix := "ar" + randID() + "_"
+	a, ad := newClient(t, nil, "prefix", prefix, "async_release", "true")
+	w, wd := newClient(t, nil, "prefix", prefix)
 	if !ad.opt.AsyncRelease || wd.opt.AsyncRelease {
 		t.Fatalf("AsyncRelease: %v, %v", ad.opt.AsyncRelease, wd.opt.AsyncRelease)
 	}
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	sub, err := w.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sub.Close()
+	l, sub := waitForHolder(ctx, t, a, w, "k", time.Minute)
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case <-sub.C():
-	case <-ctx.Done():
-		t.Fatal("no wake-up from an async release")
-	}
+	awaitWake(ctx, t, sub, "from an async release")
 	l2, err := w.TryClaim(ctx, "k", time.Minute)
 	if err != nil || l2.Token <= l.Token {
 		t.Fatalf("claim after the async release: %+v, %v", l2, err)
@@ -260,10 +245,19 @@ func TestAsyncRelease(t *testing.T) {
 }
 
 // tracedDriver records when each of Acquire's TryClaim calls starts and
-// returns (only Acquire's goroutine calls it).
+// returns (only Acquire's goroutine calls it), and calls onWake before
+// each wake-up of a subscription.
 type tracedDriver struct {
 	*backend
-	tries []struct{ start, end time.Time }
+	tries  []struct{ start, end time.Time }
+	onWake func()
+}
+
+func (t *tracedDriver) Subscribe(ctx context.Context, key string, wake func()) error {
+	return t.backend.Subscribe(ctx, key, func() {
+		t.onWake()
+		wake()
+	})
 }
 
 func (t *tracedDriver) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
@@ -287,9 +281,9 @@ func (t *tracedDriver) TryClaim(ctx context.Context, key, holder string, ttl tim
 //   - fsync=on/release=…/hold=…: a server of its own with fsync=on, with
 //     and without Options.AsyncRelease.
 func BenchmarkHandoffBreakdown(b *testing.B) {
-	const params = "&pool_max_conns=8&prefix=bench_"
+	params := []string{"pool_max_conns", "8", "prefix", "bench_"}
 	b.Run("fsync=off", func(b *testing.B) {
-		u := serverURL(b, "") + params
+		u := serverURL(b, params...)
 		for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
 			b.Run(fmt.Sprintf("hold=%s", hold), func(b *testing.B) { benchBreakdown(b, u, nil, hold) })
 		}
@@ -307,10 +301,7 @@ func BenchmarkHandoffBreakdown(b *testing.B) {
 		srv := testserver.RequireWith(b, testserver.Postgres, &testserver.Options{
 			Args: []string{"-c", "fsync=on", "-c", "full_page_writes=on"}})
 		for _, rel := range []string{"sync", "async"} {
-			u := srv.URL() + params
-			if rel == "async" {
-				u += "&async_release=true"
-			}
+			u := backendtest.WithQuery(b, srv.URL(), append(params, "async_release", fmt.Sprint(rel == "async"))...)
 			for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
 				b.Run(fmt.Sprintf("release=%s/hold=%s", rel, hold), func(b *testing.B) { benchBreakdown(b, u, ShouldPing, hold) })
 			}
@@ -351,12 +342,20 @@ func benchBreakdown(b *testing.B, u string, ping func(context.Context, pgxpool.S
 	holder, waiter := claim.NewClient(open(), nil), claim.NewClient(traced, nil)
 	b.Cleanup(func() { holder.Close(); waiter.Close() })
 	var start, notified atomic.Int64
-	traced.testHookWake = func(string) {
+	traced.onWake = func() {
 		if now := time.Now().UnixNano(); now >= start.Load() {
 			notified.CompareAndSwap(0, now)
 		}
 	}
 	key := "breakdown-" + randID()
+	// A subscription of the waiter's own, held throughout, so every
+	// NOTIFY of key reaches onWake, even one that arrives after Acquire
+	// (which won the key without it) closed its subscription.
+	sub, err := waiter.Subscribe(ctx, key)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer sub.Close()
 	const ttl = 30 * time.Second
 	var rel, note, sent, total []time.Duration
 	b.ResetTimer()
@@ -407,7 +406,7 @@ func BenchmarkRoundTrip(b *testing.B) {
 	for _, idle := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
 		b.Run(fmt.Sprintf("idle=%s", idle), func(b *testing.B) {
 			ctx := context.Background()
-			c, err := newPool(b, "").Acquire(ctx)
+			c, err := newPool(b).Acquire(ctx)
 			if err != nil {
 				b.Fatal(err)
 			}

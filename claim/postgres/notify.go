@@ -46,7 +46,6 @@ type listener struct {
 	start    sync.Once // starts listen
 	mu       sync.Mutex
 	live     bool
-	pid      uint32                        // backend pid of the live connection
 	failures int                           // dial attempts that failed, ever
 	lastErr  error                         // the last dial error
 	changed  chan struct{}                 // closed and replaced on every state change
@@ -60,8 +59,12 @@ func (l *listener) init() {
 	l.topics = map[string]func([]byte, bool){}
 }
 
-// signalLocked wakes everyone waiting for a state change.
-func (l *listener) signalLocked() {
+// update changes the listener's state with f, under its lock, and wakes
+// everyone waiting for a state change.
+func (l *listener) update(f func()) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f()
 	close(l.changed)
 	l.changed = make(chan struct{})
 }
@@ -105,6 +108,7 @@ func (b *backend) waitLive(ctx context.Context) error {
 // notifications; on loss reconnect with jittered backoff, LISTEN again and
 // wake every subscriber to re-check.
 func (b *backend) listen() {
+	l := &b.l
 	backoff := minBackoff
 	first := true
 	for b.ctx.Err() == nil {
@@ -113,11 +117,10 @@ func (b *backend) listen() {
 			if b.ctx.Err() != nil {
 				return
 			}
-			b.l.mu.Lock()
-			b.l.failures++
-			b.l.lastErr = err
-			b.l.signalLocked()
-			b.l.mu.Unlock()
+			l.update(func() {
+				l.failures++
+				l.lastErr = err
+			})
 			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 			select {
 			case <-t.C:
@@ -129,28 +132,23 @@ func (b *backend) listen() {
 			continue
 		}
 		backoff = minBackoff
-		b.l.mu.Lock()
-		b.l.live = true
-		b.l.pid = conn.PgConn().PID()
-		b.l.signalLocked()
-		if !first {
+		l.update(func() {
+			l.live = true
+			if first {
+				return
+			}
 			// Events between the loss and the new LISTEN are gone:
 			// everyone re-checks, and topics start over.
-			for _, wake := range b.l.keys {
+			for _, wake := range l.keys {
 				wake()
 			}
-			for _, deliver := range b.l.topics {
+			for _, deliver := range l.topics {
 				deliver(nil, true)
 			}
-		}
-		b.l.mu.Unlock()
+		})
 		first = false
 		b.serve(conn)
-		b.l.mu.Lock()
-		b.l.live = false
-		b.l.pid = 0
-		b.l.signalLocked()
-		b.l.mu.Unlock()
+		l.update(func() { l.live = false })
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = conn.Close(cctx)
 		cancel()
@@ -160,9 +158,6 @@ func (b *backend) listen() {
 // dial makes the LISTEN connection from the pool's configuration (with
 // its BeforeConnect hook, if any), outside the pool.
 func (b *backend) dial() (*pgx.Conn, error) {
-	if b.testHookDial != nil {
-		b.testHookDial()
-	}
 	ctx, cancel := context.WithTimeout(b.ctx, dialTimeout)
 	defer cancel()
 	pc := b.pool.Config()
@@ -228,9 +223,6 @@ func (b *backend) dispatch(p string) {
 	}
 	switch p[0] {
 	case tagKey:
-		if b.testHookWake != nil {
-			b.testHookWake(p[1:])
-		}
 		b.l.mu.Lock()
 		if wake := b.l.keys[p[1:]]; wake != nil {
 			wake()
@@ -276,9 +268,8 @@ func leave[F any](b *backend, table map[string]F, name string) {
 	b.l.mu.Unlock()
 }
 
-// Subscribe implements driver.Notifier. Every key shares the driver's one
-// LISTEN connection, which the first subscription opens; Subscribe returns
-// once it is LISTENing, or with its dial error.
+// Subscribe implements driver.Notifier on the one LISTEN connection, which
+// the first subscription opens (see join).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	return join(ctx, b, b.l.keys, b.keys.Encode(key), wake)
 }

@@ -20,20 +20,17 @@ import (
 // rule: ping after a second idle. Neither check finds a peer that
 // vanished silently; the statement's context bounds that case.
 //
-// Backends opened by URL use it. With a pool of your own, set it on the
-// pool's config before pgxpool.NewWithConfig. It matters for latency
-// whenever a connection sits idle for over a second, as both connections
-// of a handoff do when the lease was held that long: the holder's release
-// and the woken waiter's claim each paid a ping before.
+// Clients opened by URL use it. With a pool of your own, set it on the
+// pool's config before pgxpool.NewWithConfig (see ExampleNew; the latency
+// it saves on a handoff after a hold over a second: docs/postgres.md).
 func ShouldPing(_ context.Context, p pgxpool.ShouldPingParams) bool {
-	if p.Conn == nil || p.Conn.PgConn() == nil {
-		return p.IdleDuration > time.Second
-	}
-	switch socketState(p.Conn.PgConn().Conn()) {
-	case socketQuiet:
-		return false
-	case socketBusy:
-		return true
+	if p.Conn != nil && p.Conn.PgConn() != nil {
+		switch socketState(p.Conn.PgConn().Conn()) {
+		case socketQuiet:
+			return false
+		case socketBusy:
+			return true
+		}
 	}
 	return p.IdleDuration > time.Second
 }

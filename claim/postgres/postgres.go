@@ -123,6 +123,8 @@ func (o *Options) fill() error {
 // backend is one client of a PostgreSQL database: a driver.Driver with
 // every optional interface, safe for concurrent use.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	pool    *pgxpool.Pool
 	ownPool bool
 	opt     Options
@@ -142,9 +144,6 @@ type backend struct {
 	lastSweep atomic.Int64
 
 	l listener // notify.go
-
-	testHookDial func()       // called before each LISTEN dial, in tests
-	testHookWake func(string) // called with the encoded key of each wake-up received, in tests
 }
 
 var (
@@ -182,8 +181,10 @@ func newBackend(pool *pgxpool.Pool, opt *Options) (*backend, error) {
 		pool:   pool,
 		opt:    o,
 		keys:   driver.KeyEncoder{MaxLen: maxKeyLen, Safe: driver.PrintableASCII},
+		q:      buildQueries(o),
 		migSem: make(chan struct{}, 1),
 	}
+	b.ClaimFunc = b.tryClaim
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	ns := o.Schema + "." + o.TablePrefix
 	b.channel = ns + "events"
@@ -195,7 +196,6 @@ func newBackend(pool *pgxpool.Pool, opt *Options) (*backend, error) {
 	h := fnv.New64a()
 	h.Write([]byte("stampede-migrate:" + ns))
 	b.lockID = int64(h.Sum64())
-	b.q = buildQueries(o)
 	b.l.init()
 	return b, nil
 }
@@ -225,23 +225,22 @@ func (b *backend) Features() driver.Features {
 
 // goBackground runs f on a goroutine that Close waits for; it does
 // nothing once the driver is closed.
-func (b *backend) goBackground(f func()) bool {
+func (b *backend) goBackground(f func()) {
 	b.bgMu.Lock()
 	defer b.bgMu.Unlock()
 	if b.ctx.Err() != nil {
-		return false
+		return
 	}
 	b.wg.Add(1)
 	go func() {
 		defer b.wg.Done()
 		f()
 	}()
-	return true
 }
 
 // Close implements driver.Driver. It closes the LISTEN connection, waits
 // for the background sweep and, for a Client opened by URL, closes its
-// pool. A pool passed to New stays open. Leases are not released.
+// pool.
 func (b *backend) Close() error {
 	b.bgMu.Lock()
 	b.cancel()
@@ -254,10 +253,4 @@ func (b *backend) Close() error {
 }
 
 // As implements driver.Aser: it sets a **pgxpool.Pool to the pool.
-func (b *backend) As(i any) bool {
-	p, ok := i.(**pgxpool.Pool)
-	if ok {
-		*p = b.pool
-	}
-	return ok
-}
+func (b *backend) As(i any) bool { return driver.SetAs(i, b.pool) }

@@ -15,6 +15,7 @@ type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
 	claimRead, commitRelease                                     string
 	exists                                                       string
+	existsArgs                                                   []any // the names exists looks up
 	migrate                                                      []string
 }
 
@@ -23,23 +24,34 @@ func buildQueries(o Options) queries {
 	c, v := id("claims"), id("values")
 	exp := func(p string) string { return "clock_timestamp() + " + p + "::bigint * interval '1 microsecond'" }
 	vexp := "CASE WHEN $3::bigint > 0 THEN " + exp("$3") + " END"
+	unexpired := "(expires_at IS NULL OR expires_at > clock_timestamp())"
+	upsert := "\nON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at"
+	// current: key $1's claim row, while the lease (token tok, holder h) is current.
+	current := func(tok, h string) string {
+		return "key = $1 AND token = " + tok + " AND holder = " + h + " AND expires_at > clock_timestamp()"
+	}
+	release := func(tok, h string) string {
+		return `UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp()
+  WHERE ` + current(tok, h) + `
+  RETURNING key)`
+	}
 	ins := `ins AS (
   INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1, $2, 1, ` + exp("$3") + `)
   ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, token = c.token + 1, expires_at = ` + exp("$3") + `
   WHERE c.holder IS NULL OR c.expires_at <= clock_timestamp()
   RETURNING token)`
 	held := `SELECT false, token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint`
-	commit := `INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`
+	commit := `INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c` + upsert
 	// notifyFrom sends the wake-up for each row of the CTE (the released
 	// claim row); with AsyncRelease it also turns synchronous_commit off
 	// for this statement's transaction (set_config's is_local), so the
 	// commit, and the NOTIFY sent after it, do not wait for the WAL flush.
 	notifyFrom := func(ch, payload, cte string) string {
+		s := `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte
 		if o.AsyncRelease {
-			return `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte + `, (SELECT set_config('synchronous_commit', 'off', true)) a`
+			s += `, (SELECT set_config('synchronous_commit', 'off', true)) a`
 		}
-		return `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte
+		return s
 	}
 	return queries{
 		claim: `WITH ` + ins + `
@@ -57,38 +69,34 @@ FROM ` + c + ` WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)`,
 SELECT true, ins.token, 0::bigint, val.value, val.value IS NOT NULL,
   EXISTS (SELECT 1 FROM snap WHERE snap.token + 1 = ins.token AND snap.holder IS NULL)
   OR (ins.token = 1 AND NOT EXISTS (SELECT 1 FROM snap))
-FROM ins LEFT JOIN (SELECT value FROM ` + v + ` WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())) val ON true
+FROM ins LEFT JOIN (SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired + `) val ON true
 UNION ALL
 ` + held + `, NULL::bytea, false, true
 FROM ` + c + ` WHERE key = $1 AND NOT EXISTS (SELECT 1 FROM ins)`,
 		extend: `UPDATE ` + c + ` SET expires_at = ` + exp("$4") + `
-WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()`,
+WHERE ` + current("$2", "$3"),
 		release: `WITH r AS (
-  UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp()
-  WHERE key = $1 AND token = $2 AND holder = $3 AND expires_at > clock_timestamp()
-  RETURNING key)
+  ` + release("$2", "$3") + `
 ` + notifyFrom("$4", "$5", "r"),
 		commit: `WITH c AS (
-  SELECT 1 FROM ` + c + ` WHERE key = $1 AND token = $4 AND holder = $5 AND expires_at > clock_timestamp() FOR SHARE)
+  SELECT 1 FROM ` + c + ` WHERE ` + current("$4", "$5") + ` FOR SHARE)
 ` + commit,
 		// commitRelease: the release's UPDATE locks the claim row; the
 		// value is written only if it released, and the NOTIFY is sent
 		// (on commit) only then.
 		commitRelease: `WITH c AS (
-  UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp()
-  WHERE key = $1 AND token = $4 AND holder = $5 AND expires_at > clock_timestamp()
-  RETURNING key),
+  ` + release("$4", "$5") + `,
 w AS (` + commit + `)
 ` + notifyFrom("$6", "$7", "c"),
-		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND (expires_at IS NULL OR expires_at > clock_timestamp())`,
-		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)
-ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at`,
+		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired,
+		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)` + upsert,
 		del: `DELETE FROM ` + v + ` WHERE key = $1`,
 		sweep: `DELETE FROM ` + v + ` WHERE key = ANY(ARRAY(
   SELECT key FROM ` + v + ` WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED))
 AND expires_at <= clock_timestamp()`,
-		notify: `SELECT pg_notify($1, $2)`,
-		exists: `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+		notify:     `SELECT pg_notify($1, $2)`,
+		exists:     `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
+		existsArgs: []any{c, v, id("values_expires_idx")},
 		migrate: []string{
 			`CREATE TABLE IF NOT EXISTS ` + c + ` (
   key text PRIMARY KEY,
@@ -123,10 +131,8 @@ func Migrate(ctx context.Context, c *claim.Client) error {
 }
 
 func (b *backend) migrate(ctx context.Context) error {
-	id := func(name string) string { return pgx.Identifier{b.opt.Schema, name}.Sanitize() }
 	var ok bool
-	err := b.pool.QueryRow(ctx, b.q.exists, id(b.opt.TablePrefix+"claims"), id(b.opt.TablePrefix+"values"),
-		id(b.opt.TablePrefix+"values_expires_idx")).Scan(&ok)
+	err := b.pool.QueryRow(ctx, b.q.exists, b.q.existsArgs...).Scan(&ok)
 	if err == nil && !ok {
 		err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, b.lockID); err != nil {

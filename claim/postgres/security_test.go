@@ -12,31 +12,20 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func openURL(t testing.TB, raw string) *claim.Client {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := claim.Open(ctx, raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
-}
-
 // TestTLSAndSCRAM runs against a PostgreSQL whose pg_hba.conf accepts TCP
-// clients only over TLS (hostssl) and only by scram-sha-256: through the
-// URL (sslmode=verify-full&sslrootcert=...) and through the user's own
-// pool given to New.
+// clients only over TLS (hostssl) and only by scram-sha-256: a round trip
+// through the URL (sslmode=verify-full&sslrootcert=..., libpq's names) and
+// through the user's own pool given to New.
 func TestTLSAndSCRAM(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Postgres, &testserver.Options{TLS: true, User: user, Password: pw})
 	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, openURL(t, srv.URL()))
+		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
 	})
 	t.Run("New", func(t *testing.T) {
 		cfg, err := pgxpool.ParseConfig(fmt.Sprintf("postgres://%s@%s/postgres?sslmode=disable", user, srv.Addr()))
@@ -95,18 +84,19 @@ func maxPublish(c *claim.Client, topic string) int {
 	return maxMessage(c.Driver().(*backend).keys.Encode(topic))
 }
 
-// TestLimits: values up to maxvalue round-trip through the server, one
-// byte more is ErrTooLarge; Publish payloads up to pg_notify's limit are
-// delivered, one byte more is ErrTooLarge (never truncated) before any
-// I/O, and the server's limit really is 7999 bytes.
+// TestLimits: Publish payloads up to pg_notify's limit are delivered, one
+// byte more is ErrTooLarge (never truncated), and the server's limit
+// really is 7999 bytes. That limit is the driver's own (the Client knows
+// none for Publish), so OverLimitNoIO checks it is applied before any I/O.
+// Values: maxvalue reaches Features; conformance's TooLarge checks the
+// limit on the server.
 func TestLimits(t *testing.T) {
 	const limit = 1 << 20
-	b := openURL(t, serverURL(t, fmt.Sprintf("prefix=limits_&maxvalue=%d", limit)))
+	b := backendtest.Open(t, serverURL(t, "prefix", "limits_", "maxvalue", fmt.Sprint(limit)))
 	if f := b.Features(); f.MaxValueLen != limit {
 		t.Errorf("maxvalue=%d: Features.MaxValueLen = %d", limit, f.MaxValueLen)
 	}
-	securitytest.ValueLimit(t, b, limit)
-	b2 := openURL(t, serverURL(t, "prefix=limits_"))
+	b2 := backendtest.Open(t, serverURL(t, "prefix", "limits_"))
 	securitytest.PublishLimit(t, b, b2, func(topic string) int { return maxPublish(b, topic) })
 
 	ctx := context.Background()
@@ -120,13 +110,9 @@ func TestLimits(t *testing.T) {
 
 	srv := testserver.Shared(t, testserver.Postgres)
 	p := securitytest.NewProxy(t, srv.Addr())
-	dead := openURL(t, strings.Replace(serverURL(t, fmt.Sprintf("prefix=limits_&maxvalue=%d&connect_timeout=2", limit)), srv.Addr(), p.Addr(), 1))
-	l, err := dead.TryClaim(ctx, securitytest.Unique(t)+"k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	dead := backendtest.Open(t, strings.Replace(serverURL(t, "prefix", "limits_", "maxvalue", fmt.Sprint(limit), "connect_timeout", "2"), srv.Addr(), p.Addr(), 1))
 	p.Cut()
-	securitytest.OverLimitNoIO(t, dead, limit, l, maxPublish(dead, "topic"))
+	securitytest.OverLimitNoIO(t, dead, limit, claim.Lease{}, maxPublish(dead, "topic"))
 }
 
 // TestChannelNames: LISTEN silently truncates channel names to 63 bytes,
@@ -154,18 +140,9 @@ func TestChannelNames(t *testing.T) {
 	}
 }
 
-// TestIsolation: two schemas on one database never touch each other
-// (tables and the LISTEN channel both differ). Two table prefixes are
-// conformance's Isolation check (Harness.OpenIsolated).
-func TestIsolation(t *testing.T) {
-	securitytest.Isolation(t,
-		openURL(t, serverURL(t, "schema=iso_one")),
-		openURL(t, serverURL(t, "schema=iso_two")))
-}
-
 // TestHostileValues: bytes written into L2 by someone else read as misses.
 func TestHostileValues(t *testing.T) {
-	securitytest.Hostile(t, openURL(t, serverURL(t, "prefix=hostile_")))
+	securitytest.Hostile(t, backendtest.Open(t, serverURL(t, "prefix", "hostile_")))
 }
 
 // FuzzKeyNames: encoded keys are at most 256 bytes of printable ASCII

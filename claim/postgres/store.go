@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
@@ -20,40 +21,57 @@ func nonNil(v []byte) []byte {
 	return v
 }
 
-// Get implements driver.Store. An expired row is never returned.
+// exec runs a statement on the pool, once the tables exist.
+func (b *backend) exec(ctx context.Context, sql string, args ...any) (pgconn.CommandTag, error) {
+	if err := b.ensure(ctx); err != nil {
+		return pgconn.CommandTag{}, err
+	}
+	return b.pool.Exec(ctx, sql, args...)
+}
+
+// wrote starts a background sweep (maybeSweep) if a write succeeded, and
+// returns its error.
+func (b *backend) wrote(err error) error {
+	if err == nil {
+		b.maybeSweep()
+	}
+	return err
+}
+
+// read returns the unexpired value of an encoded key, found false if there
+// is none.
+func (b *backend) read(ctx context.Context, enc string) (v []byte, found bool, err error) {
+	err = b.pool.QueryRow(ctx, b.q.get, enc).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, false, nil
+	}
+	if err != nil {
+		return nil, false, err
+	}
+	return nonNil(v), true, nil
+}
+
+// Get implements driver.Store.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := b.ensure(ctx); err != nil {
 		return nil, err
 	}
-	var v []byte
-	err := b.pool.QueryRow(ctx, b.q.get, b.keys.Encode(key)).Scan(&v)
-	if errors.Is(err, pgx.ErrNoRows) {
+	v, found, err := b.read(ctx, b.keys.Encode(key))
+	if err == nil && !found {
 		return nil, driver.ErrNotFound
 	}
-	if err != nil {
-		return nil, err
-	}
-	return nonNil(v), nil
+	return v, err
 }
 
 // Set implements driver.Store: one upsert.
 func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := b.ensure(ctx); err != nil {
-		return err
-	}
-	if _, err := b.pool.Exec(ctx, b.q.set, b.keys.Encode(key), nonNil(val), micros(ttl)); err != nil {
-		return err
-	}
-	b.maybeSweep()
-	return nil
+	_, err := b.exec(ctx, b.q.set, b.keys.Encode(key), nonNil(val), micros(ttl))
+	return b.wrote(err)
 }
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	if err := b.ensure(ctx); err != nil {
-		return err
-	}
-	_, err := b.pool.Exec(ctx, b.q.del, b.keys.Encode(key))
+	_, err := b.exec(ctx, b.q.del, b.keys.Encode(key))
 	return err
 }
 
@@ -83,10 +101,7 @@ func Sweep(ctx context.Context, c *claim.Client) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if err := b.ensure(ctx); err != nil {
-		return 0, fmt.Errorf("postgres: sweep: %w", err)
-	}
-	tag, err := b.pool.Exec(ctx, b.q.sweep, b.opt.SweepLimit)
+	tag, err := b.exec(ctx, b.q.sweep, b.opt.SweepLimit)
 	if err != nil {
 		return 0, fmt.Errorf("postgres: sweep: %w", err)
 	}

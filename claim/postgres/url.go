@@ -12,11 +12,10 @@ import (
 )
 
 // URLOpener opens postgres:// and postgresql:// URLs (see the package
-// documentation). The driver owns its pool and closes it on Close.
+// documentation).
 type URLOpener struct{}
 
-// OpenURL implements driver.URLOpener. It connects once: it creates the
-// tables if needed (or pings, with migrate=false).
+// OpenURL implements driver.URLOpener.
 func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	opt, connString, err := ParseURL(u)
 	if err != nil {
@@ -73,12 +72,9 @@ var misnamed = [][2]string{
 	{"servername", "the URL's host"}, {"skip_verify", "sslmode=require"}, {"dial_timeout", "connect_timeout"},
 }
 
-// ParseURL splits a postgres:// URL into this package's Options (from
-// the parameters schema, prefix, maxvalue, migrate, sweep and
-// async_release) and the connection string for pgx (the URL without
-// them). A malformed or repeated parameter of ours, a query that does not
-// parse, and a misnamed parameter (see the package documentation) are
-// errors.
+// ParseURL splits a postgres:// URL into this package's Options and the
+// connection string for pgx (the URL without this package's parameters;
+// see the package documentation, also for what is an error).
 func ParseURL(u *url.URL) (*Options, string, error) {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return nil, "", fmt.Errorf("postgres: URL scheme %q: want postgres or postgresql", u.Scheme)

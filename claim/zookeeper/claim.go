@@ -103,22 +103,13 @@ func (b *backend) remaining(ctx context.Context, s holderState) (time.Duration, 
 	return left(st.Mtime), nil
 }
 
-// TryClaim implements driver.Claimer. It makes one claim attempt; if the
-// key is held by an expired claim (judged on the leader's clock) it takes
-// it over. Claims racing it can make it re-read, at most three rounds.
-func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
-	l, _, _, err := b.tryClaim(ctx, key, holder, ttl, false)
-	return l, err
-}
-
-// TryClaimRead implements driver.ClaimReader. A multi-op cannot read, so
-// the claim's multi-op also creates and deletes the value node: one round
-// trip that proves the key has no value. If it has one, the key is claimed
-// without that probe and the value read after: three round trips.
-func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
-	return b.tryClaim(ctx, key, holder, ttl, true)
-}
-
+// tryClaim is the driver's claim (driver.ClaimFunc). It makes one claim
+// attempt; if the key is held by an expired claim (judged on the leader's
+// clock) it takes it over. Claims racing it can make it re-read, at most
+// three rounds. With read: a multi-op cannot read, so the claim's multi-op
+// also creates and deletes the value node, one round trip that proves the
+// key has no value; if it has one, the key is claimed without that probe
+// and the value read after (three round trips).
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if !validHolder(holder) {
 		return driver.Lease{}, nil, false, fmt.Errorf("holder %q cannot name a znode", holder)

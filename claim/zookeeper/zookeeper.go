@@ -74,6 +74,8 @@ type Options struct {
 // backend is one process's connection to a ZooKeeper ensemble: a
 // driver.Driver with a native topic bus. It is safe for concurrent use.
 type backend struct {
+	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+
 	conn    *zk.Conn
 	own     *dialer // non-nil if Close must drop conn
 	root    string
@@ -135,6 +137,7 @@ func newBackend(conn *zk.Conn, o Options, own *dialer) (*backend, error) {
 	if b.acl == nil {
 		b.acl = zk.WorldACL(zk.PermAll)
 	}
+	b.ClaimFunc = b.tryClaim
 	return b, nil
 }
 

@@ -3,10 +3,52 @@
 package postgres
 
 import (
+	"context"
 	"net"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/stampede-go/stampede/internal/testserver"
 )
+
+// TestSilentListenConnection: the LISTEN connection goes silent (its
+// server process stopped: the socket stays open, nothing arrives) while a
+// waiter waits and the holder releases. The health check finds the dead
+// connection, the driver reconnects and wakes the waiter.
+func TestSilentListenConnection(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	if testserver.Shared(t, testserver.Postgres).External() {
+		t.Skip("needs to stop a process of the server: not an external server")
+	}
+	prefix := "sl" + randID() + "_"
+	// The LISTEN connection gets an application_name of its own.
+	lc, err := pgx.ParseConfig(serverURL(t, "application_name", prefix+"listen"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	holder, hd := newClient(t, nil, "prefix", prefix)
+	waiter, _ := newClient(t, &Options{HealthInterval: 200 * time.Millisecond, ListenConfig: lc}, "prefix", prefix)
+	l, sub := waitForHolder(ctx, t, holder, waiter, "silent", time.Hour)
+	var pid int
+	if err := hd.pool.QueryRow(ctx, "SELECT pid FROM pg_stat_activity WHERE application_name = $1", prefix+"listen").Scan(&pid); err != nil {
+		t.Fatalf("pid of the LISTEN connection: %v", err)
+	}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = syscall.Kill(pid, syscall.SIGCONT) })
+	if err := holder.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	awaitWake(ctx, t, sub, "after the LISTEN connection went silent")
+	if _, err := waiter.TryClaim(ctx, "silent", time.Minute); err != nil {
+		t.Fatalf("TryClaim after wake-up: %v", err)
+	}
+}
 
 // A connection with a goroutine parked in Read (as pgconn's background
 // reader can be, on an idle pooled connection) is looked at without
