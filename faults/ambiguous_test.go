@@ -41,7 +41,7 @@ func TestAmbiguous(t *testing.T) {
 }
 
 // ambiguousSetup opens a client A through a proxy and a client B direct.
-func ambiguousSetup(t *testing.T, b backend) (a, bb claim.Backend, p *proxy, k string) {
+func ambiguousSetup(t *testing.T, b backend) (a, bb *claim.Client, p *proxy, k string) {
 	u := b.sharedURL(t)
 	pu, p := proxied(t, u)
 	return open(t, pu), open(t, u), p, key(t, "ambiguous")
@@ -53,7 +53,7 @@ func loseReplies(p *proxy) {
 
 // mustHold checks that lease l of client c is intact: c can renew it and
 // no one else can claim the key.
-func mustHold(t *testing.T, c, other claim.Backend, l claim.Lease, ttl time.Duration) claim.Lease {
+func mustHold(t *testing.T, c, other *claim.Client, l claim.Lease, ttl time.Duration) claim.Lease {
 	t.Helper()
 	nl, err := do(func(ctx context.Context) (claim.Lease, error) { return c.Extend(ctx, l, ttl) })
 	if err != nil {
@@ -78,7 +78,7 @@ func releaseReplyLost(t *testing.T, b backend) string {
 	t.Logf("release with its reply lost: %v", err)
 	// B takes the key: at once if the release was applied, after A's
 	// lease otherwise.
-	lb, err := call(ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return claim.Acquire(ctx, bb, k, 30*time.Second) })
+	lb, err := call(ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return bb.Acquire(ctx, k, 30*time.Second) })
 	if err != nil {
 		t.Fatalf("B's claim: %v", err)
 	}
@@ -136,7 +136,7 @@ func renewReplyLostTakeover(t *testing.T, b backend) string {
 	loseReplies(p)
 	err = call0(300*time.Millisecond, func(ctx context.Context) error { _, err := a.Extend(ctx, la, b.ttl); return err })
 	t.Logf("renewal with its reply lost: %v", err)
-	lb, err := call(2*b.ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return claim.Acquire(ctx, bb, k, 30*time.Second) })
+	lb, err := call(2*b.ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return bb.Acquire(ctx, k, 30*time.Second) })
 	if err != nil {
 		t.Fatalf("B's takeover: %v", err)
 	}
@@ -158,7 +158,7 @@ func commitReplyLostTakeover(t *testing.T, b backend) string {
 	loseReplies(p)
 	err = call0(300*time.Millisecond, func(ctx context.Context) error { return a.Commit(ctx, la, []byte("A-first"), 0) })
 	t.Logf("commit with its reply lost: %v", err)
-	lb, err := call(2*b.ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return claim.Acquire(ctx, bb, k, 30*time.Second) })
+	lb, err := call(2*b.ttl+b.slack+10*time.Second, func(ctx context.Context) (claim.Lease, error) { return bb.Acquire(ctx, k, 30*time.Second) })
 	if err != nil {
 		t.Fatalf("B's takeover: %v", err)
 	}
@@ -220,7 +220,7 @@ func delayedOnce(t *testing.T, b backend, op string) (string, bool) {
 			}
 		})
 	}()
-	lb, err := call(2*la.TTL+b.slack+20*time.Second, func(ctx context.Context) (claim.Lease, error) { return claim.Acquire(ctx, bb, k, 30*time.Second) })
+	lb, err := call(2*la.TTL+b.slack+20*time.Second, func(ctx context.Context) (claim.Lease, error) { return bb.Acquire(ctx, k, 30*time.Second) })
 	if err != nil {
 		t.Fatalf("B's takeover: %v", err)
 	}

@@ -44,7 +44,7 @@ type backend struct {
 	ttl time.Duration
 	// slack is how long past its TTL the lease of a dead holder may still
 	// block the key, as the backend documents it (etcd's revoke loop and
-	// whole-second Remaining, memcached's one-second clock tick, the
+	// whole-second Remaining, memcached's lock kept TTL+2s, the
 	// clock-skew allowance of Consul and DynamoDB).
 	slack time.Duration
 	// pool are URL parameters that shrink the client's connection pool to
@@ -73,7 +73,7 @@ var backends = []backend{
 	},
 	{
 		name: "etcd", kind: testserver.Etcd,
-		params: "dialtimeout=2s",
+		params: "dial_timeout=2s",
 		ttl:    time.Second, slack: time.Second, durable: true,
 	},
 	{
@@ -89,8 +89,8 @@ var backends = []backend{
 	},
 	{
 		name: "memcache", kind: testserver.Memcache,
-		io: func(d time.Duration) string { return "timeout=" + d.String() }, ioBound: true,
-		ttl: time.Second, slack: time.Second, pool: "max_idle_conns=1",
+		io: func(d time.Duration) string { return "io_timeout=" + d.String() }, ioBound: true,
+		ttl: time.Second, slack: 2 * time.Second, pool: "max_idle_conns=1",
 		restartNote: "every lock and counter is lost; tokens still increase (a recreated counter starts at the current Unix time in µs)",
 	},
 	{
@@ -221,22 +221,22 @@ func viaProxy(t testing.TB, raw, addr string) string {
 }
 
 // open opens a client (as if in another process), closed by t.Cleanup.
-func open(t testing.TB, raw string) claim.Backend {
+func open(t testing.TB, raw string) *claim.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	var b claim.Backend
+	var c *claim.Client
 	var err error
 	for try := 0; try < 3; try++ { // opening may dial (and time out on a loaded machine)
-		if b, err = claim.Open(ctx, raw); err == nil {
+		if c, err = claim.Open(ctx, raw); err == nil {
 			break
 		}
 	}
 	if err != nil {
 		t.Fatalf("open %s: %v", claim.RedactURL(raw), err)
 	}
-	t.Cleanup(func() { _ = b.Close() })
-	return b
+	t.Cleanup(func() { _ = c.Close() })
+	return c
 }
 
 // key returns a key unique to this call.

@@ -21,12 +21,12 @@ import (
 
 // The holder process: the test binary re-executed with childEnv set. It
 // claims a key, prints its lease as one JSON line, renews it with
-// claim.KeepAlive, and then obeys commands read from stdin, one per line:
+// Client.KeepAlive, and then obeys commands read from stdin, one per line:
 //
 //	commit   try to commit and release (honestly, and as a paused holder
 //	         that ignores its local deadline would), wait for KeepAlive's
 //	         loss signal, print the results as one JSON line
-//	exit     stop renewing, close the backend, exit 0
+//	exit     stop renewing, close the client, exit 0
 const (
 	childEnv = "STAMPEDE_FAULTS_CHILD"
 	urlEnv   = "STAMPEDE_FAULTS_URL"
@@ -74,12 +74,12 @@ func childMain() int {
 		return fail(err)
 	}
 	key := os.Getenv(keyEnv)
-	b, err := call(60*time.Second, func(ctx context.Context) (claim.Backend, error) { return claim.Open(ctx, os.Getenv(urlEnv)) })
+	cl, err := call(60*time.Second, func(ctx context.Context) (*claim.Client, error) { return claim.Open(ctx, os.Getenv(urlEnv)) })
 	if err != nil {
 		return fail(err)
 	}
-	defer b.Close()
-	l, err := do(func(ctx context.Context) (claim.Lease, error) { return b.TryClaim(ctx, key, ttl) })
+	defer cl.Close()
+	l, err := do(func(ctx context.Context) (claim.Lease, error) { return cl.TryClaim(ctx, key, ttl) })
 	if err != nil {
 		return fail(err)
 	}
@@ -95,7 +95,7 @@ func childMain() int {
 			contAt.Store(time.Now().UnixNano())
 		}
 	}()
-	k := claim.KeepAlive(context.Background(), b, l, &claim.KeepAliveOptions{
+	k := cl.KeepAlive(context.Background(), l, &claim.KeepAliveOptions{
 		OnLost: func(error) { lostAt.Store(time.Now().UnixNano()) },
 	})
 	defer k.Stop()
@@ -109,14 +109,14 @@ func childMain() int {
 			r := childMsg{Event: "result"}
 			cur := k.Lease()
 			r.Commit = outcome(do0(func(ctx context.Context) error {
-				return b.Commit(ctx, cur, []byte(staleValue), 0)
+				return cl.Commit(ctx, cur, []byte(staleValue), 0)
 			}))
 			forged := cur
 			forged.Deadline = time.Now().Add(time.Hour)
 			r.Forged = outcome(definitive(20*time.Second, func(ctx context.Context) error {
-				return b.Commit(ctx, forged, []byte(staleValue), 0)
+				return cl.Commit(ctx, forged, []byte(staleValue), 0)
 			}))
-			r.Release = outcome(definitive(20*time.Second, func(ctx context.Context) error { return b.Release(ctx, forged) }))
+			r.Release = outcome(definitive(20*time.Second, func(ctx context.Context) error { return cl.Release(ctx, forged) }))
 			select {
 			case <-k.Lost():
 			case <-time.After(10 * time.Second):

@@ -1,6 +1,14 @@
 // Package faults holds stampede's fault-injection tests: every backend, real
 // servers on loopback, faults injected by the tests themselves. It has no
-// API; everything is in its _test.go files.
+// API; everything is in its _test.go files. The tests use the portable
+// *claim.Client (claim.Open, Client.Acquire, Client.KeepAlive, Subscribe,
+// and Driver to wrap a driver with a deliberate bug), as users do.
+//
+// faults is a module of its own (faults/go.mod, with a replace directive
+// pointing at the library in ..), so that toxiproxy, porcupine and zerolog
+// stay out of the library's go.mod; it imports the library's internal
+// packages (internal/testserver), which Go allows since the module paths
+// share their prefix.
 //
 // The faults, each run against every backend it applies to (see
 // docs/reliability.md for the table of figures):
@@ -21,8 +29,14 @@
 //     faults, checked with porcupine against a fenced-register model;
 //   - connection-pool starvation (tiny pools, many waiters).
 //
-// `go test -race ./faults` runs the gating set (a few minutes);
-// STAMPEDE_CHAOS=1 runs the longer set (more repetitions, longer
-// histories). STAMPEDE_FAULTS_REPORT=FILE writes the measured figures as a
-// Markdown table to FILE.
+// Run them from this directory (make test and make chaos do):
+//
+//	cd faults && go test -race -count=1 -timeout 20m ./...                  # gating set, part of make test
+//	cd faults && STAMPEDE_CHAOS=1 go test -race -count=1 -timeout 30m ./... # longer set, make chaos
+//
+// The gating set takes a few minutes; STAMPEDE_CHAOS=1 runs more
+// repetitions and longer histories. STAMPEDE_TEST_REQUIRE=1 (set by make)
+// fails instead of skipping when a server cannot be started.
+// STAMPEDE_FAULTS_REPORT=FILE writes the measured figures as a Markdown
+// table to FILE (make reliability).
 package faults

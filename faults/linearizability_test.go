@@ -14,6 +14,7 @@ import (
 	"github.com/anishathalye/porcupine"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // The fenced-register model. Per key the state is the highest fencing
@@ -251,7 +252,7 @@ func linearizableOnce(t *testing.T, b backend) (nops int, stats string) {
 	probe := open(t, u)
 	f := probe.Features()
 	ttl := max(300*time.Millisecond, f.MinTTL)
-	cls := make([]claim.Backend, clients)
+	cls := make([]*claim.Client, clients)
 	proxies := make([]*proxy, clients)
 	for c := range clients {
 		cu := u
@@ -286,9 +287,11 @@ func linearizableOnce(t *testing.T, b backend) (nops int, stats string) {
 func TestLinearizableCatchesUnfencedCommit(t *testing.T) {
 	t.Parallel()
 	u := "mem://faults-broken-" + randHex(8)
-	cls := make([]claim.Backend, 4)
+	cls := make([]*claim.Client, 4)
 	for c := range cls {
-		cls[c] = unfenced{open(t, u)}
+		// The Client in front of the broken driver starts nothing of its
+		// own: open's cleanup closes the driver.
+		cls[c] = claim.NewClient(unfenced{open(t, u).Driver()}, nil)
 	}
 	history := linRun(t, cls, make([]*proxy, len(cls)), 100*time.Millisecond, false)
 	res, _, _ := linCheck(history)
@@ -297,9 +300,10 @@ func TestLinearizableCatchesUnfencedCommit(t *testing.T) {
 	}
 }
 
-// unfenced is a broken backend: Commit writes the value even when the
-// lease is no longer current.
-type unfenced struct{ claim.Backend }
+// unfenced is a broken driver: Commit writes the value even when the
+// lease is no longer current. (Embedding the Driver interface also hides
+// the optional fast paths, so the Client uses its fallbacks.)
+type unfenced struct{ driver.Driver }
 
 func (u unfenced) Commit(ctx context.Context, l claim.Lease, value []byte, ttl time.Duration) error {
 	return u.Set(ctx, l.Key, value, ttl)
@@ -307,7 +311,7 @@ func (u unfenced) Commit(ctx context.Context, l claim.Lease, value []byte, ttl t
 
 // linRun runs the random workload on the clients (each behind its proxy,
 // if any, with random faults) and returns the history.
-func linRun(t *testing.T, cls []claim.Backend, proxies []*proxy, ttl time.Duration, loose bool) []porcupine.Operation {
+func linRun(t *testing.T, cls []*claim.Client, proxies []*proxy, ttl time.Duration, loose bool) []porcupine.Operation {
 	keys := []string{key(t, "lin-a"), key(t, "lin-b"), key(t, "lin-c")}
 	budget, limit := 250, 6*time.Second // ops per client, wall time
 	if chaos() {
@@ -377,7 +381,7 @@ func linCheck(history []porcupine.Operation) (porcupine.CheckResult, porcupine.L
 }
 
 // linClient runs one client's random operations.
-func linClient(b claim.Backend, id int, keys []string, ttl time.Duration, loose bool, budget int, until time.Time,
+func linClient(b *claim.Client, id int, keys []string, ttl time.Duration, loose bool, budget int, until time.Time,
 	tick func() int64, record func(c int, in linIn, call int64, out linOut, known bool)) {
 	rng := rand.New(rand.NewPCG(uint64(id), uint64(time.Now().UnixNano())))
 	held := map[string]claim.Lease{}

@@ -47,13 +47,13 @@ func notifyDropOnce(t *testing.T, b backend, mode string) (missed, total int, wo
 		t.Fatalf("holder's claim: %v", err)
 	}
 	pu, p := proxied(t, u)
-	var waiters []claim.Backend
-	var subs []claim.Subscription
+	var waiters []*claim.Client
+	var subs []*claim.Subscription
 	for range clients {
 		w := open(t, pu)
 		waiters = append(waiters, w)
 		for range subsPerClient {
-			s, err := do(func(ctx context.Context) (claim.Subscription, error) { return w.Subscribe(ctx, k) })
+			s, err := do(func(ctx context.Context) (*claim.Subscription, error) { return w.Subscribe(ctx, k) })
 			if err != nil {
 				t.Fatalf("subscribe: %v", err)
 			}
@@ -130,12 +130,13 @@ func notifyDropOnce(t *testing.T, b backend, mode string) (missed, total int, wo
 }
 
 // TestPartition: the holder's link to the server goes silent (blackhole)
-// for longer than its lease. KeepAlive must report the loss by the lease's
-// local Deadline, which no other client can beat (the rival's first
-// successful claim comes later: that difference is the self-fencing
-// lead), and the holder commits nothing: not during the partition, not
-// after it (the local deadline refuses, and a commit ignoring the deadline
-// is refused by the server).
+// for longer than its lease. KeepAlive must report the loss by its fence,
+// the lease's local Deadline less its margin (KeepAliveOptions.Margin),
+// which no other client can beat (the rival's first successful claim comes
+// after the Deadline itself: the difference is the self-fencing lead), and
+// the holder commits nothing: not during the partition, not after it (the
+// local deadline refuses, and a commit ignoring the deadline is refused by
+// the server).
 func TestPartition(t *testing.T) {
 	forEach(t, needsNetwork, func(t *testing.T, b backend) {
 		var leads, lates []time.Duration
@@ -154,23 +155,28 @@ func TestPartition(t *testing.T) {
 		}
 		figure(t, "partition > lease (blackhole, lease "+partitionTTL.String()+")", "stale commits accepted", b.name, "0")
 		figure(t, "partition > lease (blackhole, lease "+partitionTTL.String()+")", "self-fence lead: rival's first successful claim − holder's loss signal (min)", b.name, "%s", ms(minOf(leads)))
-		figure(t, "partition > lease (blackhole, lease "+partitionTTL.String()+")", "loss signal − local Deadline (max)", b.name, "%s", ms(maxOf(lates)))
+		figure(t, "partition > lease (blackhole, lease "+partitionTTL.String()+")", "loss signal − fence (local Deadline − "+partitionMargin.String()+" margin) (max)", b.name, "%s", ms(maxOf(lates)))
 	})
 }
 
-// lossLateness bounds how long after the lease's local Deadline KeepAlive
-// may report the loss (timer and scheduling delay on a loaded machine).
-// The holder's client gets an I/O timeout well above it (partitionIO), so
-// a KeepAlive that waited for its hung renewal call would be caught.
+// lossLateness bounds how long after its fence (the lease's local
+// Deadline less partitionMargin) KeepAlive may report the loss (timer and
+// scheduling delay on a loaded machine). The holder's client gets an I/O
+// timeout well above it (partitionIO), so a KeepAlive that waited for its
+// hung renewal call would be caught. partitionMargin is KeepAlive's
+// default margin for the partitionTTL lease (TTL/10), set explicitly so
+// that the fence the test measures against is known.
 const (
-	lossLateness = 1500 * time.Millisecond
-	partitionIO  = 5 * time.Second
-	partitionTTL = 2 * time.Second
+	lossLateness    = 1500 * time.Millisecond
+	partitionIO     = 5 * time.Second
+	partitionTTL    = 2 * time.Second
+	partitionMargin = partitionTTL / 10
 )
 
 // partitionOnce returns the self-fencing lead and how late the loss signal
-// came; ok is false if KeepAlive lost the lease before the partition (too
-// slow on a loaded machine), which is no finding: try again.
+// came after the keeper's fence; ok is false if KeepAlive lost the lease
+// before the partition (too slow on a loaded machine), which is no finding:
+// try again.
 func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) {
 	u := b.sharedURLIO(t, partitionIO)
 	pu, p := proxied(t, u)
@@ -182,7 +188,8 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 		t.Fatalf("claim: %v", err)
 	}
 	var lostAt atomic.Int64
-	keeper := claim.KeepAlive(context.Background(), holder, l, &claim.KeepAliveOptions{
+	keeper := holder.KeepAlive(context.Background(), l, &claim.KeepAliveOptions{
+		Margin: partitionMargin,
 		OnLost: func(error) { lostAt.Store(time.Now().UnixNano()) },
 	})
 	defer keeper.Stop()
@@ -258,9 +265,10 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 	if firstOK.end.Before(last.Deadline) {
 		t.Errorf("rival claimed the key at %s, before the holder's local deadline %s", firstOK.end.Format(time.StampMicro), last.Deadline.Format(time.StampMicro))
 	}
-	late = lost.Sub(last.Deadline)
+	fence := last.Deadline.Add(-partitionMargin)
+	late = lost.Sub(fence)
 	if late > lossLateness {
-		t.Errorf("KeepAlive reported the loss %s after the lease's local deadline (bound %s); cause: %v", late, lossLateness, keeper.Err())
+		t.Errorf("KeepAlive reported the loss %s after its fence, the lease's local deadline less its %s margin (bound %s); cause: %v", late, partitionMargin, lossLateness, keeper.Err())
 	}
 	if err := do0(func(ctx context.Context) error { return rival.Commit(ctx, rl, []byte("rival"), 0) }); err != nil {
 		t.Errorf("rival's commit: %v", err)
@@ -294,8 +302,8 @@ func partitionOnce(t *testing.T, b backend) (lead, late time.Duration, ok bool) 
 		t.Errorf("value after the partition: %q, %v; want the rival's", got, err)
 	}
 	_ = do0(func(ctx context.Context) error { return rival.Release(ctx, rl) })
-	t.Logf("cut %s after the last renewal's deadline - TTL; loss %s after deadline; rival's first claim %s after the loss",
-		cut.Sub(last.Deadline.Add(-last.TTL)), late, firstOK.start.Sub(lost))
+	t.Logf("cut %s after the last renewal's deadline - TTL; loss %s after the fence (deadline - %s); rival's first claim %s after the loss",
+		cut.Sub(last.Deadline.Add(-last.TTL)), late, partitionMargin, firstOK.start.Sub(lost))
 	return firstOK.end.Sub(lost), late, true
 }
 

@@ -19,7 +19,7 @@ import (
 //
 //   - holds many subscriptions, and still claims, commits, reads and
 //     releases: notification connections are not taken from the pool;
-//   - serves many waiters of one key (claim.Acquire, commit, release, in
+//   - serves many waiters of one key (Client.Acquire, commit, release, in
 //     turn) without deadlock;
 //   - with its one connection stuck (blackhole), fails every call within
 //     the call's timeout instead of queueing forever behind it.
@@ -35,16 +35,23 @@ func TestPoolStarvation(t *testing.T) {
 			if _, err := do(func(ctx context.Context) (claim.Lease, error) { return holder.TryClaim(ctx, k, time.Minute) }); err != nil {
 				t.Fatalf("holder's claim: %v", err)
 			}
-			s, err := do(func(ctx context.Context) (claim.Subscription, error) { return c.Subscribe(ctx, k) })
+			s, err := do(func(ctx context.Context) (*claim.Subscription, error) { return c.Subscribe(ctx, k) })
 			if err != nil {
 				t.Fatalf("subscription %d with a one-connection pool: %v", i, err)
 			}
 			t.Cleanup(func() { _ = s.Close() })
 		}
-		k := key(t, "work")
+		// A lease long enough that a slow machine cannot make it expire
+		// between the claim and the release (starvation shows as calls
+		// that time out, not as a lapsed lease), and a fresh key for
+		// each attempt do0 makes, so that a retry after a transport
+		// failure does not find the previous attempt's lease.
+		const workTTL = 30 * time.Second
+		var k string
 		start := time.Now()
 		err := do0(func(ctx context.Context) error {
-			l, err := c.TryClaim(ctx, k, b.ttl)
+			k = key(t, "work")
+			l, err := c.TryClaim(ctx, k, workTTL)
 			if err != nil {
 				return err
 			}
@@ -75,7 +82,7 @@ func TestPoolStarvation(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 				defer cancel()
 				for ctx.Err() == nil {
-					l, err := claim.Acquire(ctx, c, hot, 10*time.Second)
+					l, err := c.Acquire(ctx, hot, 10*time.Second)
 					if err != nil {
 						if ctx.Err() == nil && !isAnswer(err) {
 							transient.Add(1)

@@ -60,7 +60,7 @@ func pauseOnce(t *testing.T, b backend) (takeover, lostAfterResume time.Duration
 	}
 	// The new holder's lease is long: only the stopped holder's is short.
 	nl, err := call(2*old.TTL+b.slack+30*time.Second, func(ctx context.Context) (claim.Lease, error) {
-		return claim.Acquire(ctx, other, k, 10*time.Second)
+		return other.Acquire(ctx, k, 10*time.Second)
 	})
 	if err != nil {
 		t.Fatalf("takeover while the holder is stopped: %v", err)
@@ -69,7 +69,7 @@ func pauseOnce(t *testing.T, b backend) (takeover, lostAfterResume time.Duration
 	if nl.Token <= old.Token {
 		t.Errorf("takeover token %d not above the stopped holder's %d", nl.Token, old.Token)
 	}
-	keeper := claim.KeepAlive(context.Background(), other, nl, nil)
+	keeper := other.KeepAlive(context.Background(), nl, nil)
 	defer keeper.Stop()
 	if err := do0(func(ctx context.Context) error { return other.Commit(ctx, nl, []byte("new-holder"), 0) }); err != nil {
 		t.Fatalf("new holder's commit: %v", err)
@@ -112,7 +112,7 @@ func pauseOnce(t *testing.T, b backend) (takeover, lostAfterResume time.Duration
 }
 
 // TestCrash: a holder process is killed (SIGKILL) while a waiter in
-// another process waits in claim.Acquire; the waiter takes over within the
+// another process waits in Client.Acquire; the waiter takes over within the
 // lease plus the backend's documented slack plus a small bound, every run.
 func TestCrash(t *testing.T) {
 	forEach(t, needsProcesses, func(t *testing.T, b backend) {
@@ -155,7 +155,7 @@ func crashOnce(t *testing.T, b backend) (took time.Duration, ok bool) {
 	res := make(chan result, 1)
 	ctx := ctxFor(t, ttl+b.slack+60*time.Second)
 	go func() {
-		l, err := claim.Acquire(ctx, waiter, k, b.ttl)
+		l, err := waiter.Acquire(ctx, k, b.ttl)
 		res <- result{l, time.Now(), err}
 	}()
 	time.Sleep(ttl / 2) // the waiter is waiting (and the holder renewing)

@@ -52,13 +52,13 @@ func restartOnce(t *testing.T, b backend, opts *testserver.Options, durable bool
 	if err := do0(func(ctx context.Context) error { return holder.Release(ctx, l2) }); err != nil {
 		t.Fatalf("release: %v", err)
 	}
-	sub, err := do(func(ctx context.Context) (claim.Subscription, error) { return waiter.Subscribe(ctx, held) })
+	sub, err := do(func(ctx context.Context) (*claim.Subscription, error) { return waiter.Subscribe(ctx, held) })
 	if err != nil {
 		t.Fatalf("subscribe: %v", err)
 	}
 	defer sub.Close()
 	var lostAt atomic.Int64
-	keeper := claim.KeepAlive(context.Background(), holder, l1, &claim.KeepAliveOptions{
+	keeper := holder.KeepAlive(context.Background(), l1, &claim.KeepAliveOptions{
 		Interval: 300 * time.Millisecond,
 		OnLost:   func(error) { lostAt.Store(time.Now().UnixNano()) },
 	})
