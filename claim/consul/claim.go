@@ -292,16 +292,6 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return nil
 }
 
-// Commit implements driver.Claimer.
-func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, value, ttl, true, false)
-}
-
-// CommitRelease implements driver.CommitReleaser.
-func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, value, ttl, true, true)
-}
-
 // commit is one transaction conditioned on the lease's lock key (a
 // check-index on its ModifyIndex): the set of the value key (write), then
 // the delete of the lock key and a write of the notify key (release). A

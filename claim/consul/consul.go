@@ -72,7 +72,8 @@ type Options struct {
 
 // backend is one client of Consul.
 type backend struct {
-	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+	driver.ClaimFunc  // b.tryClaim: TryClaim and TryClaimRead
+	driver.CommitFunc // b.commit: Commit and CommitRelease
 
 	c       *capi.Client
 	kv      *capi.KV
@@ -128,6 +129,9 @@ func newBackend(client *capi.Client, o Options) (*backend, error) {
 		watchers: map[string]*watcher{}, polled: map[string]*polledKey{},
 	}
 	b.ClaimFunc = b.tryClaim
+	b.CommitFunc = func(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration, release bool) error {
+		return b.commit(ctx, l, v, ttl, true, release)
+	}
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	return b, nil
 }

@@ -198,6 +198,22 @@ func (f ClaimFunc) TryClaimRead(ctx context.Context, key, holder string, ttl tim
 	return f(ctx, key, holder, ttl, true)
 }
 
+// CommitFunc is a driver's one fenced write of a value, which also releases
+// the lease in the same step when release is true. A driver that has one
+// embeds it to implement both Claimer's Commit and CommitReleaser's
+// CommitRelease.
+type CommitFunc func(ctx context.Context, l Lease, value []byte, ttl time.Duration, release bool) error
+
+// Commit calls f without the release.
+func (f CommitFunc) Commit(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
+	return f(ctx, l, value, ttl, false)
+}
+
+// CommitRelease calls f with the release.
+func (f CommitFunc) CommitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
+	return f(ctx, l, value, ttl, true)
+}
+
 // CommitReleaser is optional: Commit and Release as one atomic step and
 // one round trip. Without it, the client's CommitRelease calls Commit and
 // then Release.

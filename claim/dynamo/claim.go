@@ -141,20 +141,11 @@ func bumpNotify(vals map[string]types.AttributeValue) string {
 	return "#n = if_not_exists(#n, :nbase) + :one"
 }
 
-// Commit implements driver.Claimer: the value is written into the lease's
-// item by one UpdateItem conditional on the lease (atomic).
-func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, val, ttl, false)
-}
-
-// CommitRelease implements driver.CommitReleaser: one UpdateItem
-// conditional on the lease (as Commit) that writes the value, removes the
-// holder and bumps the notify counter (as Release), so pollers see the
-// release and the value together.
-func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, val, ttl, true)
-}
-
+// commit is Commit (release false: the value is written into the lease's
+// item by one UpdateItem conditional on the lease, atomic) and
+// CommitRelease (release true: the same UpdateItem also removes the holder
+// and bumps the notify counter, as Release, so pollers see the release and
+// the value together).
 func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration, release bool) error {
 	now := time.Now()
 	vals := leaseVals(l, now)

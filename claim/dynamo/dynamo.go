@@ -65,7 +65,8 @@ type Options struct {
 
 // backend is one DynamoDB client's driver. It is safe for concurrent use.
 type backend struct {
-	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+	driver.ClaimFunc  // b.tryClaim: TryClaim and TryClaimRead
+	driver.CommitFunc // b.commit: Commit and CommitRelease
 
 	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
 
@@ -123,7 +124,7 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		skew:      o.ClockSkew,
 		retention: o.Retention,
 	}
-	b.ClaimFunc = b.tryClaim
+	b.ClaimFunc, b.CommitFunc = b.tryClaim, b.commit
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
 }

@@ -155,18 +155,6 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return b.commit(ctx, l, nil, 0, false, true)
 }
 
-// Commit implements driver.Claimer: the fenced transaction puts the value.
-func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, value, ttl, true, false)
-}
-
-// CommitRelease implements driver.CommitReleaser: the fenced transaction
-// puts the value and deletes the lock key (the key's watchers see the
-// delete at the revision that wrote the value).
-func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, value, ttl, true, true)
-}
-
 // commit runs the transaction fenced by l's token and holder: put the
 // value (write), delete the lock key (release), or both. A release revokes
 // l's etcd lease, attached to nothing then, in the background.

@@ -95,7 +95,8 @@ func New(client *clientv3.Client, opt *Options) (*claim.Client, error) {
 // backend is one client of an etcd cluster: a driver.Driver with every
 // optional interface, safe for concurrent use.
 type backend struct {
-	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+	driver.ClaimFunc  // b.tryClaim: TryClaim and TryClaimRead
+	driver.CommitFunc // b.commit: Commit and CommitRelease
 
 	cli    *clientv3.Client
 	own    bool // Close closes cli
@@ -145,6 +146,9 @@ func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
 		gc:      map[int64]gcLease{},
 	}
 	b.ClaimFunc = b.tryClaim
+	b.CommitFunc = func(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration, release bool) error {
+		return b.commit(ctx, l, v, ttl, true, release)
+	}
 	return b, nil
 }
 

@@ -58,18 +58,9 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	return b.commit(ctx, l, nil, 0, false, true)
 }
 
-// Commit implements driver.Claimer.
-func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, val, ttl, true, false)
-}
-
-// CommitRelease implements driver.CommitReleaser: the check, the write and
-// the release happen under one lock of the Space; subscribers are woken
-// after it.
-func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	return b.commit(ctx, l, val, ttl, true, true)
-}
-
+// commit checks the lease, writes the value (write) and releases the
+// lease (release) under one lock of the Space; subscribers are woken after
+// the change, under the lock too.
 func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration, write, release bool) error {
 	if err := ctx.Err(); err != nil {
 		return err

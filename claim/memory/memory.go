@@ -1,6 +1,7 @@
 package memory
 
 import (
+	"context"
 	"sync"
 	"time"
 
@@ -93,7 +94,8 @@ type Options struct {
 // backend is one client of a Space (one simulated process): a
 // driver.Driver with every optional interface.
 type backend struct {
-	driver.ClaimFunc // b.tryClaim: TryClaim and TryClaimRead
+	driver.ClaimFunc  // b.tryClaim: TryClaim and TryClaimRead
+	driver.CommitFunc // b.commit: Commit and CommitRelease
 
 	sp     *Space
 	maxVal int
@@ -123,6 +125,9 @@ func newBackend(space *Space) *backend {
 	defer space.mu.Unlock()
 	b := &backend{sp: space, maxVal: space.maxVal}
 	b.ClaimFunc = b.tryClaim
+	b.CommitFunc = func(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration, release bool) error {
+		return b.commit(ctx, l, v, ttl, true, release)
+	}
 	return b
 }
 
