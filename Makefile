@@ -1,27 +1,24 @@
 # stampede — make test is the README's test command (and what CI runs).
 SHELL := /bin/bash
 GO ?= go
-PKGS ?= ./...
+# Every package of every module of the workspace (go.work: the library,
+# one module per backend driver, the command, the fault and benchmark
+# modules). ./... would stop at the first nested module.
+PKGS ?= github.com/stampede-go/stampede/...
 # Every backend test must find its server: a missing one fails, never skips.
 export STAMPEDE_TEST_REQUIRE ?= 1
 
 .PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo chaos reliability
-
-# The library's module, and the modules of its test and tool dependencies
-# (kept out of the library's go.mod): fault injection, benchmarks.
-MODULES := . faults bench
 
 # Installs the servers when missing (no Docker needed), then runs every
 # test of every module with the race detector against real servers on
 # loopback.
 test: servers vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
-	cd faults && $(GO) test -race -count=1 -timeout 20m ./...
-	cd bench && $(GO) test -race -count=1 -timeout 20m ./...
 
 # The in-process parts only (no servers): claim, memory, conformance, flight.
 test-short:
-	STAMPEDE_TEST_REQUIRE=0 $(GO) test -race -count=1 ./claim/... ./conformance ./flight ./internal/opctx ./internal/countdriver ./cmd/...
+	STAMPEDE_TEST_REQUIRE=0 $(GO) test -race -count=1 ./claim/... ./conformance ./flight ./internal/opctx ./internal/countdriver github.com/stampede-go/stampede/cmd/stampede
 
 servers:
 	@if [ -n "$${STAMPEDE_TEST_SKIP_INSTALL:-}" ]; then echo "servers: skipped (STAMPEDE_TEST_SKIP_INSTALL)"; \
@@ -33,10 +30,11 @@ fmt:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
 
 vet:
-	@for m in $(MODULES); do echo "go vet ($$m)"; (cd $$m && $(GO) vet ./...) || exit 1; done
+	$(GO) vet $(PKGS)
 
+# The tools modules are not in the workspace: GOWORK=off there.
 staticcheck:
-	@sc=$$(cd tools/lint && $(GO) tool -n staticcheck); for m in $(MODULES); do echo "staticcheck ($$m)"; (cd $$m && $$sc ./...) || exit 1; done
+	$$(cd tools/lint && GOWORK=off $(GO) tool -n staticcheck) $(PKGS)
 
 # Backend and cache benchmarks (see BENCHMARKS in README).
 bench: servers
@@ -44,11 +42,11 @@ bench: servers
 
 # The longer fault runs (faults/); the gating set runs in make test.
 chaos: servers
-	cd faults && STAMPEDE_CHAOS=1 $(GO) test -race -count=1 -timeout 30m .
+	STAMPEDE_CHAOS=1 $(GO) test -race -count=1 -timeout 30m github.com/stampede-go/stampede/faults
 
 # Regenerates the figures table for docs/reliability.md.
 reliability: servers
-	cd faults && STAMPEDE_CHAOS=1 STAMPEDE_FAULTS_REPORT=$(CURDIR)/docs/reliability-figures.md $(GO) test -race -count=1 -timeout 30m .
+	STAMPEDE_CHAOS=1 STAMPEDE_FAULTS_REPORT=$(CURDIR)/docs/reliability-figures.md $(GO) test -race -count=1 -timeout 30m github.com/stampede-go/stampede/faults
 
 # Every BENCHMARKS.md figure in one run (about 12 minutes), and the rivals.
 bench-all: servers

@@ -1,0 +1,16 @@
+module github.com/stampede-go/stampede/claim/zookeeper
+
+go 1.26.0
+
+require (
+	github.com/go-zookeeper/zk v1.0.4
+	github.com/stampede-go/stampede v0.0.0-00010101000000-000000000000
+)
+
+require (
+	github.com/maypok86/otter/v2 v2.4.0 // indirect
+	go.uber.org/goleak v1.3.0 // indirect
+	golang.org/x/text v0.43.0 // indirect
+)
+
+replace github.com/stampede-go/stampede => ../..
