@@ -13,6 +13,7 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
@@ -468,11 +469,7 @@ func TestClaimReadFallback(t *testing.T) {
 // holder's value when it is released.
 func TestGetOrAcquire(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := backendtest.MemoryPair(t, nil)
 	got, err := a.GetOrAcquire(ctx, "k", time.Minute, nil)
 	if err != nil || got.Found || got.Waited {
 		t.Fatalf("free key: %+v, %v; want a lease", got, err)

@@ -9,15 +9,12 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
+	"github.com/stampede-go/stampede/internal/backendtest"
 )
 
 func TestKeepAliveRenews(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := backendtest.MemoryPair(t, nil)
 	l, err := a.TryClaim(ctx, "k", 2*time.Second)
 	if err != nil {
 		t.Fatal(err)

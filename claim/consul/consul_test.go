@@ -234,17 +234,11 @@ func TestClaimAndExtendWakeNobody(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
 	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv))
-	s, err := b.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := backendtest.Subscribe(t, b, "k")
+	l := backendtest.Claim(t, a, "k", time.Minute)
 	expectWake(t, s, "a claim of a free key", false)
 	for i := 0; i < 3; i++ {
+		var err error
 		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
 			t.Fatal(err)
 		}
@@ -263,11 +257,7 @@ func TestReconnect(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Consul, nil)
 	ctx := context.Background()
 	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
-	s, err := b.Subscribe(ctx, "k")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
+	s := backendtest.Subscribe(t, b, "k")
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}

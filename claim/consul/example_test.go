@@ -12,21 +12,15 @@ import (
 	"github.com/stampede-go/stampede/claim/consul"
 )
 
-// Open a Client by URL: importing this package registers consul:// and
-// consuls://. The token is sent as X-Consul-Token and never printed
-// (errors show the URL redacted). The Client is then used as in package
-// claim's examples.
-func Example_open() {
-	c, err := claim.Open(context.Background(), "consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1&maxwatches=20")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-}
-
 // Use a Consul client you already configured (TLS, ACL token,
 // datacenter, HTTP transport), with a key prefix of your own; As gives it
-// back.
+// back. By URL instead, importing this package registers consul:// and
+// consuls:// for claim.Open:
+//
+//	consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1&maxwatches=20
+//
+// The token is sent as X-Consul-Token and never printed (errors show the
+// URL redacted). The Client is then used as in package claim's examples.
 func ExampleNew() {
 	cfg := capi.DefaultConfig()
 	cfg.Address = "127.0.0.1:8500"

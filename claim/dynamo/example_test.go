@@ -8,25 +8,18 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
-	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/dynamo"
 )
 
-// Open by URL: the blank import of the package is enough for claim.Open.
+// New takes a client you configured yourself (credentials, region,
+// retries); the Client does not own it, and As hands it back. By URL
+// instead, the blank import of this package is enough for claim.Open:
+//
+//	dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true&clock_skew=250ms
+//
 // create_table is for development; in production create the table once
 // (see the package documentation for its key schema). The portable API is
 // shown in package claim's examples.
-func Example() {
-	c, err := claim.Open(context.Background(), "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true&clock_skew=250ms")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer c.Close()
-}
-
-// New takes a client you configured yourself (credentials, region,
-// retries); the Client does not own it, and As hands it back.
 func ExampleNew() {
 	ctx := context.Background()
 	cfg, err := config.LoadDefaultConfig(ctx, config.WithRegion("eu-west-1"))

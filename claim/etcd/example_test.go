@@ -1,7 +1,6 @@
 package etcd_test
 
 import (
-	"context"
 	"fmt"
 	"log"
 	"os"
@@ -9,30 +8,17 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 
-	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/etcd"
 )
 
-// Open a Client by URL (importing this package registers etcd:// and
-// etcds://; the parameters are in the package doc), and reach the etcd
-// client underneath with As, for what the portable API does not cover.
-func Example_open() {
-	c, err := claim.Open(context.Background(),
-		"etcds://app:PASSWORD@etcd-1:2379,etcd-2:2379?prefix=myapp&cacert=/etc/etcd/ca.pem&dial_timeout=2s")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-
-	var cli *clientv3.Client
-	if c.As(&cli) {
-		fmt.Println(cli.Endpoints())
-	}
-}
-
 // New takes the caller's own etcd client, for TLS, auth and dial options
 // that a URL cannot express. It does no I/O; closing the Client leaves the
-// etcd client open.
+// etcd client open, and As hands it back, for what the portable API does
+// not cover (as it reaches the client of a Client opened by URL). By URL
+// instead, importing this package registers etcd:// and etcds:// for
+// claim.Open (the parameters are in the package doc):
+//
+//	etcds://app:PASSWORD@etcd-1:2379,etcd-2:2379?prefix=myapp&cacert=/etc/etcd/ca.pem&dial_timeout=2s
 func ExampleNew() {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   []string{os.Getenv("ETCD_ENDPOINT")},
@@ -47,4 +33,6 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 	defer c.Close()
+	var native *clientv3.Client
+	fmt.Println(c.As(&native) && native == cli)
 }

@@ -3,8 +3,6 @@ package etcd
 import (
 	"bytes"
 	"context"
-	"errors"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -27,55 +25,16 @@ import (
 func TestTLSAndAuth(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Etcd, &testserver.Options{TLS: true, User: user, Password: pw})
-	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, backendtest.Open(t, withPrefix(t, srv, "tls-url")))
+	securitytest.RoundtripURLAndNew(t, withPrefix(t, srv, "tls-url"), func(t *testing.T) (*claim.Client, error) {
+		cfg := clientv3.Config{Endpoints: []string{"https://" + srv.Addr()}, TLS: backendtest.ClientTLS(t, srv), Username: user, Password: pw}
+		return New(userClient(t, cfg), &Options{Prefix: "tls-new"})
 	})
-	t.Run("New", func(t *testing.T) {
-		tc, err := srv.TLS().ClientConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cli := userClient(t, clientv3.Config{Endpoints: []string{"https://" + srv.Addr()}, TLS: tc, Username: user, Password: pw})
-		c, err := New(cli, &Options{Prefix: "tls-new"})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		securitytest.Roundtrip(t, c)
-	})
-	u, _ := url.Parse(srv.URL())
-	q := u.Query()
-	with := func(scheme string, user *url.Userinfo, params url.Values) string {
-		v := *u
-		v.Scheme, v.User = scheme, user
-		params.Set("dial_timeout", "3s")
-		params.Set("minttl", "1s") // no lease grant at open: the first call fails instead
-		v.RawQuery = params.Encode()
-		return v.String()
-	}
-	for name, raw := range map[string]string{
-		"wrong password":        with("etcds", url.UserPassword(user, "wrong-"+pw), q),
-		"certificate, no user":  with("etcds", nil, q), // the certificate's CN is no etcd user
-		"no client certificate": with("etcds", url.UserPassword(user, pw), url.Values{"cacert": q["cacert"]}),
-		"system roots":          with("etcds", url.UserPassword(user, pw), url.Values{"cert": q["cert"], "key": q["key"]}),
-		"plain text":            with("etcd", url.UserPassword(user, pw), url.Values{}),
-	} {
-		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			c, err := claim.Open(ctx, raw)
-			if err == nil {
-				defer c.Close()
-				_, err = c.TryClaim(ctx, "k", time.Second)
-			}
-			if err == nil || errors.Is(err, claim.ErrHeld) {
-				t.Fatalf("TryClaim: %v, want a TLS or authentication error", err)
-			}
-			if strings.Contains(err.Error(), pw) {
-				t.Errorf("error shows the password: %v", err)
-			}
-		})
-	}
+	// No lease grant at open (minttl): the first call fails instead.
+	good := backendtest.WithQuery(t, srv.URL(), "dial_timeout", "3s", "minttl", "1s")
+	refused := securitytest.TLSRefusals(t, good, "etcd")
+	// The client certificate's CN is no etcd user.
+	refused["certificate, no user"] = strings.Replace(good, user+":"+pw+"@", "", 1)
+	securitytest.Refused(t, refused, pw, 10*time.Second)
 }
 
 // TestLimits: a value of exactly DefaultMaxValueLen goes through a
@@ -135,17 +94,9 @@ func TestHostileValues(t *testing.T) {
 // without control characters after the prefix, and two keys never share
 // a name.
 func FuzzKeyNames(f *testing.F) {
-	f.Add("a", "b")
-	f.Add("a\x00", "a")
-	f.Add("=a", "a")
-	f.Add(strings.Repeat("k", 511), strings.Repeat("k", 512))
-	f.Add("x/v/=y", "x")
 	b := &backend{prefix: DefaultPrefix}
-	f.Fuzz(func(t *testing.T, k1, k2 string) {
-		if k1 == "" || k2 == "" {
-			return
-		}
-		names := func(k string) []string { return []string{b.lockKey(k), b.valueKey(k)} }
+	names := func(k string) []string { return []string{b.lockKey(k), b.valueKey(k)} }
+	securitytest.FuzzKeys(f, 511, func(t *testing.T, k1, k2 string) {
 		securitytest.CheckEncoding(t, k1, k2, names, len(DefaultPrefix)+3+maxKeyLen, func(c byte) bool { return c >= 0x20 && c != 0x7f })
-	})
+	}, "a\x00", "a", "x/v/=y", "x")
 }

@@ -1,32 +1,21 @@
 package memcache_test
 
 import (
-	"context"
 	"fmt"
 	"time"
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
-	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memcache"
 )
 
-// Open by URL: the blank import of the package is enough for claim.Open,
-// which dials nothing here. The portable API is shown in package claim's
-// examples.
-func Example() {
-	c, err := claim.Open(context.Background(), "memcache://10.0.0.1:11211,10.0.0.2:11211?prefix=myapp&maxvalue=4193280&io_timeout=200ms")
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer c.Close()
-	fmt.Println(c.Features().MaxValueLen)
-	// Output: 4193280
-}
-
 // New takes a client you configured yourself; closing the Client does
-// not close it, and As hands it back.
+// not close it, and As hands it back. By URL instead, the blank import of
+// this package is enough for claim.Open, which dials nothing:
+//
+//	memcache://10.0.0.1:11211,10.0.0.2:11211?prefix=myapp&maxvalue=4193280&io_timeout=200ms
+//
+// The portable API is shown in package claim's examples.
 func ExampleNew() {
 	mc := gomemcache.New("10.0.0.1:11211", "10.0.0.2:11211")
 	mc.Timeout = 200 * time.Millisecond

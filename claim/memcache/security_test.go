@@ -3,9 +3,7 @@ package memcache
 import (
 	"context"
 	"crypto/tls"
-	"errors"
 	"net"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -26,36 +24,13 @@ import (
 // not speak it): TLS client certificates are the way to restrict it.
 func TestTLS(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Memcache, &testserver.Options{TLS: true})
-	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
-	})
-	t.Run("New", func(t *testing.T) {
-		tc, err := srv.TLS().ClientConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
+	securitytest.RoundtripURLAndNew(t, srv.URL(), func(t *testing.T) (*claim.Client, error) {
 		c := gomemcache.New(srv.Addr())
-		c.DialContext = (&tls.Dialer{Config: tc}).DialContext
-		roundtripNew(t, c)
+		c.DialContext = (&tls.Dialer{Config: backendtest.ClientTLS(t, srv)}).DialContext
+		t.Cleanup(func() { c.Close() })
+		return New(c, nil)
 	})
-	u, _ := url.Parse(srv.URL())
-	q := u.Query()
-	for name, params := range map[string]url.Values{
-		"plain text":            nil,
-		"no client certificate": {"tls": {"true"}, "cacert": q["cacert"]},
-		"system roots":          {"tls": {"true"}, "cert": q["cert"], "key": q["key"]},
-	} {
-		t.Run(name, func(t *testing.T) {
-			v := *u
-			v.RawQuery = params.Encode()
-			b := backendtest.Open(t, v.String())
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-			defer cancel()
-			if _, err := b.TryClaim(ctx, "k", time.Second); err == nil || errors.Is(err, claim.ErrHeld) {
-				t.Fatalf("TryClaim: %v, want a TLS error", err)
-			}
-		})
-	}
+	securitytest.Refused(t, securitytest.TLSRefusals(t, srv.URL(), "memcache"), "", 10*time.Second)
 }
 
 // TestDialHook: a client given to New connects only through its own
@@ -69,16 +44,6 @@ func TestDialHook(t *testing.T) {
 		var d net.Dialer
 		return d.DialContext(ctx, network, p.Addr())
 	}
-	roundtripNew(t, c)
-	if p.Accepted() == 0 {
-		t.Error("the client did not dial through its DialContext")
-	}
-}
-
-// roundtripNew runs securitytest.Roundtrip on the Client New makes of c,
-// and closes both.
-func roundtripNew(t *testing.T, c *gomemcache.Client) {
-	t.Helper()
 	defer c.Close()
 	b, err := New(c, nil)
 	if err != nil {
@@ -86,6 +51,9 @@ func roundtripNew(t *testing.T, c *gomemcache.Client) {
 	}
 	defer b.Close()
 	securitytest.Roundtrip(t, b)
+	if p.Accepted() == 0 {
+		t.Error("the client did not dial through its DialContext")
+	}
 }
 
 // TestLongKeys: keys around memcached's 250-byte limit (prefix and role
@@ -109,23 +77,15 @@ func TestHostileValues(t *testing.T) {
 // accepts (no space or control character), with the default prefix and
 // with the longest prefix allowed, and two keys never share an item.
 func FuzzKeyNames(f *testing.F) {
-	f.Add("a", "b")
-	f.Add("a b", "a_b")
-	f.Add("=a", "a")
-	f.Add(strings.Repeat("k", 239), strings.Repeat("k", 240))
-	f.Add("\x00", "\n")
 	short, _ := newBackend(gomemcache.New("127.0.0.1:1"), Options{})
 	long, _ := newBackend(gomemcache.New("127.0.0.1:1"), Options{Prefix: strings.Repeat("p", 200)})
 	f.Cleanup(func() { short.Close(); long.Close() })
-	f.Fuzz(func(t *testing.T, k1, k2 string) {
-		if k1 == "" || k2 == "" {
-			return
-		}
+	securitytest.FuzzKeys(f, 239, func(t *testing.T, k1, k2 string) {
 		for _, b := range []*backend{short, long} {
 			names := func(k string) []string {
 				return []string{b.item('l', k), b.item('f', k), b.item('n', k), b.item('v', k)}
 			}
 			securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, safeByte)
 		}
-	})
+	}, "a b", "a_b", "\x00", "\n")
 }

@@ -12,6 +12,8 @@ import (
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
+	"github.com/stampede-go/stampede/internal/securitytest"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -30,20 +32,8 @@ func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness()) }
 
 func TestOpenURL(t *testing.T) {
 	ctx := context.Background()
-	a, err := claim.Open(ctx, "mem://urltest")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer a.Close()
-	b, err := claim.Open(ctx, "mem://urltest?maxvalue=10")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer b.Close()
-	l, err := a.TryClaim(ctx, "k", time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
+	a, b := backendtest.Open(t, "mem://urltest"), backendtest.Open(t, "mem://urltest?maxvalue=10")
+	l := backendtest.Claim(t, a, "k", time.Minute)
 	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("two mem://urltest clients do not share a space: %v", err)
 	}
@@ -51,12 +41,8 @@ func TestOpenURL(t *testing.T) {
 		t.Errorf("maxvalue=10: Set of 11 bytes: %v", err)
 	}
 	_ = a.Release(ctx, l)
-	for _, bad := range []string{"mem://x?nope=1", "mem://x?maxvalue=-1", "mem://x/path"} {
-		if _, err := claim.Open(ctx, bad); err == nil {
-			t.Errorf("Open(%q) succeeded", bad)
-		}
-	}
-	_, err = claim.Open(ctx, "nosuch://u:secretpw@host/")
+	securitytest.OpenFails(t, "", "mem://x?nope=1", "mem://x?maxvalue=-1", "mem://x/path")
+	_, err := claim.Open(ctx, "nosuch://u:secretpw@host/")
 	if err == nil || !strings.Contains(err.Error(), "mem") || strings.Contains(err.Error(), "secretpw") {
 		t.Errorf("unknown scheme: err = %v; want the registered schemes listed and no password", err)
 	}
@@ -66,11 +52,7 @@ func TestOpenURL(t *testing.T) {
 func TestClock(t *testing.T) {
 	ctx := context.Background()
 	now := time.Unix(1000, 0)
-	sp := memory.NewSpace(&memory.SpaceOptions{Clock: func() time.Time { return now }})
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := backendtest.MemoryPair(t, &memory.SpaceOptions{Clock: func() time.Time { return now }})
 	if _, err := a.TryClaim(ctx, "k", time.Hour); err != nil {
 		t.Fatal(err)
 	}
@@ -116,11 +98,7 @@ func TestOneSubscriptionPerKey(t *testing.T) {
 
 func TestBroadcast(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := backendtest.MemoryPair(t, nil)
 	got := make(chan string, 4)
 	stop, err := b.SubscribeTopic(ctx, "t", func(msg []byte, reset bool) { got <- string(msg) })
 	if err != nil {

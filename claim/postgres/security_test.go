@@ -24,31 +24,19 @@ import (
 func TestTLSAndSCRAM(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Postgres, &testserver.Options{TLS: true, User: user, Password: pw})
-	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
-	})
-	t.Run("New", func(t *testing.T) {
+	securitytest.RoundtripURLAndNew(t, srv.URL(), func(t *testing.T) (*claim.Client, error) {
 		cfg, err := pgxpool.ParseConfig(fmt.Sprintf("postgres://%s@%s/postgres?sslmode=disable", user, srv.Addr()))
 		if err != nil {
 			t.Fatal(err)
 		}
-		tc, err := srv.TLS().ClientConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
-		cfg.ConnConfig.TLSConfig = tc
+		cfg.ConnConfig.TLSConfig = backendtest.ClientTLS(t, srv)
 		cfg.ConnConfig.Password = pw
 		pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer pool.Close()
-		c, err := New(pool, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		securitytest.Roundtrip(t, c)
+		t.Cleanup(pool.Close)
+		return New(pool, nil)
 	})
 	u, _ := url.Parse(srv.URL())
 	q := u.Query()
@@ -58,25 +46,12 @@ func TestTLSAndSCRAM(t *testing.T) {
 		v.RawQuery = params.Encode() + "&connect_timeout=5"
 		return v.String()
 	}
-	for name, raw := range map[string]string{
+	securitytest.Refused(t, map[string]string{
 		"wrong password": with(url.UserPassword(user, "wrong-"+pw), q),
 		"no password":    with(url.User(user), q),
 		"plain text":     with(url.UserPassword(user, pw), url.Values{"sslmode": {"disable"}}),
 		"system roots":   with(url.UserPassword(user, pw), url.Values{"sslmode": {"verify-full"}}),
-	} {
-		t.Run(name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-			defer cancel()
-			b, err := claim.Open(ctx, raw)
-			if err == nil {
-				b.Close()
-				t.Fatal("Open succeeded")
-			}
-			if strings.Contains(err.Error(), pw) {
-				t.Errorf("error shows the password: %v", err)
-			}
-		})
-	}
+	}, pw, 15*time.Second)
 }
 
 // maxPublish is the longest message Publish accepts on topic.
@@ -149,23 +124,15 @@ func TestHostileValues(t *testing.T) {
 // without spaces (a text primary key, and a NOTIFY payload whose fields
 // are separated by a space), and two keys never share one.
 func FuzzKeyNames(f *testing.F) {
-	f.Add("a", "b")
-	f.Add("a b", "a_b")
-	f.Add("=a", "a")
-	f.Add(strings.Repeat("k", 255), strings.Repeat("k", 256))
-	f.Add("\x00", "ключ")
 	b, err := newBackend(&pgxpool.Pool{}, nil)
 	if err != nil {
 		f.Fatal(err)
 	}
-	f.Fuzz(func(t *testing.T, k1, k2 string) {
-		if k1 == "" || k2 == "" {
-			return
-		}
-		names := func(k string) []string { return []string{b.keys.Encode(k)} }
+	names := func(k string) []string { return []string{b.keys.Encode(k)} }
+	securitytest.FuzzKeys(f, 255, func(t *testing.T, k1, k2 string) {
 		securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, driver.PrintableASCII)
 		if p := keyPayload(b.keys.Encode(k1)); len(p) > maxPayload {
 			t.Fatalf("notify payload of %d bytes", len(p))
 		}
-	})
+	}, "a b", "a_b", "\x00", "ключ")
 }

@@ -3,7 +3,6 @@
 package postgres
 
 import (
-	"context"
 	"net"
 	"syscall"
 	"testing"
@@ -11,6 +10,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
@@ -19,8 +19,7 @@ import (
 // waiter waits and the holder releases. The health check finds the dead
 // connection, the driver reconnects and wakes the waiter.
 func TestSilentListenConnection(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
+	ctx := backendtest.Context(t)
 	if testserver.Shared(t, testserver.Postgres).External() {
 		t.Skip("needs to stop a process of the server: not an external server")
 	}

@@ -1,33 +1,23 @@
 package redis_test
 
 import (
-	"context"
 	"crypto/tls"
 	"fmt"
 
 	goredis "github.com/redis/go-redis/v9"
 
-	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/redis"
 )
 
-// Open by URL: importing this package registers redis:// and rediss://,
-// and opening dials nothing. The portable API is shown in package claim's
-// examples.
-func Example_open() {
-	c, err := claim.Open(context.Background(), "redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20&maxvalue=67108864")
-	if err != nil {
-		fmt.Println(err) // never shows the password
-		return
-	}
-	defer c.Close()
-	fmt.Println(c.Features().Name, c.Features().MaxValueLen)
-	// Output: redis 67108864
-}
-
 // New takes the caller's own client: TLS, ACL users, Sentinel, pools.
 // Closing the Client leaves the go-redis client open unless CloseClient is
-// set; As gives it back.
+// set; As gives it back. By URL instead, importing this package registers
+// redis:// and rediss:// for claim.Open, which dials nothing (its errors
+// never show the password):
+//
+//	redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20&maxvalue=67108864
+//
+// The portable API is shown in package claim's examples.
 func ExampleNew() {
 	rdb := goredis.NewClient(&goredis.Options{
 		Addr:                  "redis.internal:6380",

@@ -2,9 +2,7 @@ package redis_test
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -26,65 +24,22 @@ import (
 func TestTLSAndACL(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Redis, &testserver.Options{TLS: true, User: user, Password: pw})
-	ctx := context.Background()
 
 	// Roundtrip stays although the conformance suite covers the same
 	// operations: the suite runs in plain text, this is TLS with an ACL
 	// user, through the URL's TLS parameters and through New.
-	t.Run("URL", func(t *testing.T) {
-		securitytest.Roundtrip(t, backendtest.Open(t, srv.URL()))
-	})
-	t.Run("New", func(t *testing.T) {
-		tc, err := srv.TLS().ClientConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
-		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Username: user, Password: pw, TLSConfig: tc, MaxRetries: -1})
-		defer rdb.Close()
-		c, err := redis.New(rdb, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		securitytest.Roundtrip(t, c)
+	securitytest.RoundtripURLAndNew(t, srv.URL(), func(t *testing.T) (*claim.Client, error) {
+		rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Username: user, Password: pw, TLSConfig: backendtest.ClientTLS(t, srv), MaxRetries: -1})
+		t.Cleanup(func() { rdb.Close() })
+		return redis.New(rdb, nil)
 	})
 
-	u, _ := url.Parse(srv.URL())
-	q := u.Query()
-	bad := map[string]string{}
-	// Wrong password, no user (the default user is off), no client
-	// certificate, no TLS at all, an unknown CA.
-	wrong := *u
-	wrong.User = url.UserPassword(user, "wrong-"+pw)
-	bad["wrong password"] = wrong.String()
-	anon := *u
-	anon.User = url.UserPassword("", pw)
-	bad["default user"] = anon.String()
-	nocert := *u
-	nq := url.Values{"cacert": q["cacert"]}
-	nocert.RawQuery = nq.Encode()
-	bad["no client certificate"] = nocert.String()
-	plain := *u
-	plain.Scheme = "redis"
-	plain.RawQuery = ""
-	bad["plain text"] = plain.String()
-	sysroots := *u
-	sysroots.RawQuery = url.Values{"cert": q["cert"], "key": q["key"]}.Encode()
-	bad["system roots"] = sysroots.String()
-	for name, raw := range bad {
-		t.Run(name, func(t *testing.T) {
-			b := backendtest.Open(t, backendtest.WithQuery(t, raw, "dial_timeout", "2s", "read_timeout", "2s"))
-			cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			defer cancel()
-			_, err := b.TryClaim(cctx, "k", time.Second)
-			if err == nil || errors.Is(err, claim.ErrHeld) {
-				t.Fatalf("TryClaim: %v, want a TLS or authentication error", err)
-			}
-			if strings.Contains(err.Error(), pw) {
-				t.Errorf("error shows the password: %v", err)
-			}
-		})
-	}
+	// No client certificate, an unknown CA, no TLS at all, a wrong
+	// password, and no user (the default user is off).
+	good := backendtest.WithQuery(t, srv.URL(), "dial_timeout", "2s", "read_timeout", "2s")
+	refused := securitytest.TLSRefusals(t, good, "redis")
+	refused["default user"] = strings.Replace(good, user+":", ":", 1)
+	securitytest.Refused(t, refused, pw, 10*time.Second)
 }
 
 // TestLimits: on a server whose proto-max-bulk-len is exactly
@@ -121,15 +76,7 @@ func TestHostileValues(t *testing.T) {
 // between readable and hashed keys (Redis has no key length limit of its
 // own; long keys on the server: the conformance suite's Keys check).
 func FuzzKeyNames(f *testing.F) {
-	f.Add("a", "b")
-	f.Add("{a}", "a")
-	f.Add("=a", "a")
-	f.Add(strings.Repeat("k", 255), strings.Repeat("k", 256))
-	f.Add("a}:lock", "a")
-	f.Fuzz(func(t *testing.T, k1, k2 string) {
-		if k1 == "" || k2 == "" {
-			return
-		}
+	securitytest.FuzzKeys(f, 255, func(t *testing.T, k1, k2 string) {
 		tags := func(k string) []string {
 			var out []string
 			for _, n := range redis.NamesForTest("p", k) {
@@ -143,5 +90,5 @@ func FuzzKeyNames(f *testing.F) {
 		}
 		securitytest.CheckEncoding(t, k1, k2, tags, 256, func(c byte) bool { return c != '{' && c != '}' })
 		securitytest.CheckEncoding(t, k1, k2, func(k string) []string { return redis.NamesForTest("p", k) }, 0, nil)
-	})
+	}, "{a}", "a", "a}:lock", "a")
 }

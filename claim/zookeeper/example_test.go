@@ -1,35 +1,28 @@
 package zookeeper_test
 
 import (
-	"context"
 	"fmt"
 	"log"
 	"time"
 
 	"github.com/go-zookeeper/zk"
 
-	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/zookeeper"
 )
 
-// Open a Client by URL: importing this package registers zookeeper://.
+// New takes the caller's own connection, for dialers, host providers and
+// auth schemes a URL cannot express. Closing the Client leaves the
+// connection, and so the session and its leases, open. As hands the
+// connection back, for what the portable API does not cover. By URL
+// instead, importing this package registers zookeeper:// for claim.Open:
+//
+//	zookeeper://app:s3cret@zk1:2181,zk2:2181,zk3:2181/myapp?session=20s
+//
 // Several servers are separated by commas; the path is a chroot under
 // which the driver keeps its nodes (here /myapp/stampede). With
 // credentials, the session uses digest authentication and nodes are
 // created accessible to that user only. The Client is used as in package
 // claim's examples.
-func Example_open() {
-	c, err := claim.Open(context.Background(), "zookeeper://app:s3cret@zk1:2181,zk2:2181,zk3:2181/myapp?session=20s")
-	if err != nil {
-		log.Fatal(err)
-	}
-	defer c.Close()
-}
-
-// New takes the caller's own connection, for dialers, host providers and
-// auth schemes a URL cannot express. Closing the Client leaves the
-// connection, and so the session and its leases, open. As hands the
-// connection back, for what the portable API does not cover.
 func ExampleNew() {
 	conn, _, err := zk.Connect([]string{"zk1:2181"}, 30*time.Second)
 	if err != nil {

@@ -1,12 +1,9 @@
 package zookeeper
 
 import (
-	"context"
 	"crypto/tls"
 	"errors"
 	"net"
-	"net/url"
-	"strings"
 	"testing"
 	"time"
 
@@ -39,7 +36,7 @@ func TestDigestAuthNew(t *testing.T) {
 	}
 	defer b.Close()
 	securitytest.Roundtrip(t, b) // on a digest-authenticated session
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	if err := b.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -90,15 +87,7 @@ func TestHostileValues(t *testing.T) {
 // bytes of printable ASCII, no '/', never "." or ".."), and two keys never
 // share a znode.
 func FuzzKeyNames(f *testing.F) {
-	f.Add("a", "b")
-	f.Add(".", "..")
-	f.Add("a/b", "a_b")
-	f.Add(strings.Repeat("k", 254), strings.Repeat("k", 255))
-	f.Add("zookeeper", "=zookeeper")
-	f.Fuzz(func(t *testing.T, k1, k2 string) {
-		if k1 == "" || k2 == "" {
-			return
-		}
+	securitytest.FuzzKeys(f, 254, func(t *testing.T, k1, k2 string) {
 		names := func(k string) []string {
 			e := keys.Encode(k)
 			if e == "." || e == ".." || e == "zookeeper" {
@@ -107,7 +96,7 @@ func FuzzKeyNames(f *testing.F) {
 			return []string{e}
 		}
 		securitytest.CheckEncoding(t, k1, k2, names, maxKeyLen, func(c byte) bool { return safeName(c) })
-	})
+	}, ".", "..", "a/b", "a_b", "zookeeper", "=zookeeper")
 }
 
 // TestTLS runs against a ZooKeeper whose client port speaks only TLS
@@ -118,16 +107,10 @@ func FuzzKeyNames(f *testing.F) {
 // an unknown CA are refused.
 func TestTLS(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.ZooKeeper, &testserver.Options{TLS: true})
-	t.Run("URL", func(t *testing.T) {
-		// A fresh server's first TLS handshakes can take about go-zk's
-		// fixed 1s dial timeout on a loaded machine: allow more.
-		securitytest.Roundtrip(t, backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "dial_timeout", "10s")))
-	})
-	t.Run("New", func(t *testing.T) {
-		tc, err := srv.TLS().ClientConfig()
-		if err != nil {
-			t.Fatal(err)
-		}
+	// A fresh server's first TLS handshakes can take about go-zk's fixed
+	// 1s dial timeout on a loaded machine: allow more.
+	securitytest.RoundtripURLAndNew(t, backendtest.WithQuery(t, srv.URL(), "dial_timeout", "10s"), func(t *testing.T) (*claim.Client, error) {
+		tc := backendtest.ClientTLS(t, srv)
 		dial := func(network, addr string, timeout time.Duration) (net.Conn, error) {
 			return tls.DialWithDialer(&net.Dialer{Timeout: max(timeout, 10*time.Second)}, network, addr, tc)
 		}
@@ -135,35 +118,14 @@ func TestTLS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		defer conn.Close()
-		b, err := New(conn, &Options{Prefix: chroot(t, "tls-new")[1:]})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer b.Close()
-		securitytest.Roundtrip(t, b)
+		t.Cleanup(conn.Close)
+		return New(conn, &Options{Prefix: chroot(t, "tls-new")[1:]})
 	})
-	u, _ := url.Parse(srv.URL())
-	q := u.Query()
+	refused := securitytest.TLSRefusals(t, srv.URL(), "zookeeper")
 	t.Run("skip_verify", func(t *testing.T) {
-		v := *u
-		v.RawQuery = url.Values{"tls": {"true"}, "skip_verify": {"true"}, "cert": q["cert"], "key": q["key"], "dial_timeout": {"10s"}, "prefix": {chroot(t, "tls-skip")[1:]}}.Encode()
-		securitytest.Roundtrip(t, backendtest.Open(t, v.String()))
+		// What the system roots refuse, skip_verify takes.
+		raw := backendtest.WithQuery(t, refused["system roots"], "skip_verify", "true", "dial_timeout", "10s", "prefix", chroot(t, "tls-skip")[1:])
+		securitytest.Roundtrip(t, backendtest.Open(t, raw))
 	})
-	for name, params := range map[string]url.Values{
-		"plain text":            nil,
-		"no client certificate": {"tls": {"true"}, "cacert": q["cacert"]},
-		"system roots":          {"tls": {"true"}, "cert": q["cert"], "key": q["key"]},
-	} {
-		t.Run(name, func(t *testing.T) {
-			v := *u
-			v.RawQuery = params.Encode()
-			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-			defer cancel()
-			if b, err := claim.Open(ctx, v.String()); err == nil {
-				b.Close()
-				t.Fatal("Open succeeded")
-			}
-		})
-	}
+	securitytest.Refused(t, refused, "", 3*time.Second)
 }

@@ -80,43 +80,6 @@ func raw(t testing.TB, srv *testserver.Server) *zk.Conn {
 	return c
 }
 
-func ctxT(t testing.TB) context.Context {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	t.Cleanup(cancel)
-	return ctx
-}
-
-// claimed claims key on c for a minute, or fails the test.
-func claimed(t *testing.T, c *claim.Client, key string) claim.Lease {
-	t.Helper()
-	l, err := c.TryClaim(ctxT(t), key, time.Minute)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return l
-}
-
-// subscribed subscribes c to key until the test ends, or fails the test.
-func subscribed(t *testing.T, c *claim.Client, key string) *claim.Subscription {
-	t.Helper()
-	s, err := c.Subscribe(ctxT(t), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { s.Close() })
-	return s
-}
-
-func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
-	t.Helper()
-	select {
-	case _, ok := <-s.C():
-		return ok
-	case <-time.After(within):
-		return false
-	}
-}
-
 // TestStaleHolderFenced proves the design point of the package doc: a
 // stale holder whose claim was taken over (or released and re-claimed, so
 // that a new lock node with version 0 again sits at the same path) cannot
@@ -125,7 +88,7 @@ func woken(t *testing.T, s *claim.Subscription, within time.Duration) bool {
 // node is gone.
 func TestStaleHolderFenced(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, b := open(t, srv, "fenced"), open(t, srv, "fenced")
 	for _, how := range []string{"expired and taken over", "released and re-claimed"} {
 		key := "k-" + how
@@ -172,9 +135,9 @@ func TestStaleHolderFenced(t *testing.T) {
 // take it over if the holder's Extend landed after it read the lease.
 func TestTakeoverLosesToExtend(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, b := open(t, srv, "race"), open(t, srv, "race")
-	l := claimed(t, a, "k")
+	l := backendtest.Claim(t, a, "k", time.Minute)
 	bd := drv(b)
 	lock := bd.lockPath("k")
 	s, ok, err := bd.inspect(ctx, lock)
@@ -196,23 +159,23 @@ func TestTakeoverLosesToExtend(t *testing.T) {
 // watching the lock node are not woken by every KeepAlive.
 func TestExtendWakesNobody(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, b := open(t, srv, "extend"), open(t, srv, "extend")
-	l, s := claimed(t, a, "k"), subscribed(t, b, "k")
+	l, s := backendtest.Claim(t, a, "k", time.Minute), backendtest.Subscribe(t, b, "k")
 	for i := 0; i < 3; i++ {
 		var err error
 		if l, err = a.Extend(ctx, l, time.Minute); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if woken(t, s, 200*time.Millisecond) {
+	if backendtest.Woken(s, 200*time.Millisecond) {
 		t.Errorf("Extend woke a subscriber")
 	}
 	// Notify on a held key wakes, and leaves the claim intact.
 	if err := a.Notify(ctx, "k"); err != nil {
 		t.Fatal(err)
 	}
-	if !woken(t, s, 5*time.Second) {
+	if !backendtest.Woken(s, 5*time.Second) {
 		t.Errorf("Notify on a held key did not wake")
 	}
 	if _, err := b.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrHeld) {
@@ -221,7 +184,7 @@ func TestExtendWakesNobody(t *testing.T) {
 	if err := a.Release(ctx, l); err != nil {
 		t.Errorf("Release after Notify: %v", err)
 	}
-	if !woken(t, s, 5*time.Second) {
+	if !backendtest.Woken(s, 5*time.Second) {
 		t.Errorf("Release did not wake")
 	}
 	bd := drv(b)
@@ -240,10 +203,10 @@ func TestExtendWakesNobody(t *testing.T) {
 // the new session.
 func TestSessionExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, p := openCut(t, srv, "expiry", "session", "500ms")
 	b := open(t, srv, "expiry")
-	l, s := claimed(t, a, "held"), subscribed(t, a, "watched")
+	l, s := backendtest.Claim(t, a, "held", time.Minute), backendtest.Subscribe(t, a, "watched")
 	p.Cut()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -257,7 +220,7 @@ func TestSessionExpiry(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	p.Restore()
-	if !woken(t, s, 20*time.Second) {
+	if !backendtest.Woken(s, 20*time.Second) {
 		t.Errorf("subscriber not woken after its session expired")
 	}
 	if _, err := a.Extend(ctx, l, time.Minute); !errors.Is(err, claim.ErrLost) {
@@ -267,7 +230,7 @@ func TestSessionExpiry(t *testing.T) {
 	if err := b.Notify(ctx, "watched"); err != nil {
 		t.Fatal(err)
 	}
-	if !woken(t, s, 5*time.Second) {
+	if !backendtest.Woken(s, 5*time.Second) {
 		t.Errorf("subscriber not woken by Notify on the new session")
 	}
 }
@@ -276,10 +239,10 @@ func TestSessionExpiry(t *testing.T) {
 // timeout) loses nothing: the session, its leases and its watches survive.
 func TestReconnectKeepsLease(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, p := openCut(t, srv, "reconnect")
 	b := open(t, srv, "reconnect")
-	l, s := claimed(t, a, "k"), subscribed(t, a, "k")
+	l, s := backendtest.Claim(t, a, "k", time.Minute), backendtest.Subscribe(t, a, "k")
 	p.Cut()
 	time.Sleep(100 * time.Millisecond)
 	p.Restore()
@@ -293,7 +256,7 @@ func TestReconnectKeepsLease(t *testing.T) {
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	if !woken(t, s, 5*time.Second) {
+	if !backendtest.Woken(s, 5*time.Second) {
 		t.Errorf("watch lost across a reconnection")
 	}
 }
@@ -306,9 +269,9 @@ func TestFenceAcrossRestart(t *testing.T) {
 	if srv.External() {
 		t.Skip("needs a server of its own to kill")
 	}
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a := open(t, srv, "restart")
-	l := claimed(t, a, "k")
+	l := backendtest.Claim(t, a, "k", time.Minute)
 	if err := a.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
@@ -318,7 +281,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if l2 := claimed(t, open(t, srv, "restart"), "k"); l2.Token <= l.Token {
+	if l2 := backendtest.Claim(t, open(t, srv, "restart"), "k", time.Minute); l2.Token <= l.Token {
 		t.Errorf("token after restart %d <= %d before", l2.Token, l.Token)
 	}
 	// The first client reconnects by itself.
@@ -331,7 +294,7 @@ func TestFenceAcrossRestart(t *testing.T) {
 // finds it deletes its node; a rewritten value is not deleted.
 func TestValueExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a := open(t, srv, "values")
 	c := raw(t, srv)
 	if err := a.Set(ctx, "k", []byte("v"), 50*time.Millisecond); err != nil {
@@ -371,7 +334,7 @@ func TestValueExpiry(t *testing.T) {
 // MessageLife.
 func TestBroadcast(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a := open(t, srv, "broadcast", "messagelife", "300ms")
 	b := open(t, srv, "broadcast")
 	type rec struct {
@@ -454,7 +417,7 @@ func TestBroadcast(t *testing.T) {
 // may have missed messages, so it gets a reset, then later messages.
 func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a := open(t, srv, "broadcast2")
 	b, p := openCut(t, srv, "broadcast2", "session", "500ms")
 	resets := make(chan struct{}, 10)
@@ -496,7 +459,7 @@ func TestBroadcastResetAfterSessionExpiry(t *testing.T) {
 // leases) alone.
 func TestNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	c := raw(t, srv)
 	mine := chroot(t, "mine")
 	b, err := New(c, &Options{Prefix: mine + "/app/", MaxValueLen: 10})
@@ -515,7 +478,7 @@ func TestNew(t *testing.T) {
 	if b.As(&other) {
 		t.Errorf("As(**zk.Stat) succeeded")
 	}
-	claimed(t, b, "k")
+	backendtest.Claim(t, b, "k", time.Minute)
 	if ok, _, err := c.Exists(mine + "/app/l/=k"); err != nil || !ok {
 		t.Errorf("lock node not under the prefix: %v %v", ok, err)
 	}
@@ -544,10 +507,10 @@ func TestNew(t *testing.T) {
 // shows in errors.
 func TestAuth(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
 	ab := backendtest.Open(t, "zookeeper://alice:s3cr3t@"+host+chroot(t, "auth"))
-	l := claimed(t, ab, "k")
+	l := backendtest.Claim(t, ab, "k", time.Minute)
 	if err := ab.Commit(ctx, l, []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
@@ -574,7 +537,7 @@ func TestAuth(t *testing.T) {
 
 func TestURL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
 	b := open(t, srv, "chroot", "prefix", "x/p/q", "session", "5s", "maxvalue", "1000", "messagelife", "1m", "acl", "open")
 	if d := drv(b); d.root != chroot(t, "chroot")+"/x/p/q" || d.maxVal != 1000 || d.msgLife != time.Minute {
@@ -594,25 +557,15 @@ func TestURL(t *testing.T) {
 	if err := m.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Errorf("Set through a two-host URL: %v", err)
 	}
-	for _, bad := range []string{
-		"zookeeper://" + host + "/x?bogus=1",
-		"zookeeper://" + host + "/x?session=soon",
-		"zookeeper://" + host + "/x?acl=everyone",
-		"zookeeper://" + host + "/x?acl=creator",
-		"zookeeper://" + host + "/zookeeper",
-		"zookeeper://" + host + "/x?prefix=a//b",
-		"zookeeper://u:hunter2@" + host + "/x?bogus=1&password=hunter2",
-	} {
-		b, err := claim.Open(ctx, bad)
-		if err == nil {
-			b.Close()
-			t.Errorf("Open(%q) succeeded", bad)
-			continue
-		}
-		if strings.Contains(err.Error(), "hunter2") {
-			t.Errorf("Open(%q) error shows the password: %v", bad, err)
-		}
-	}
+	securitytest.OpenFails(t, "hunter2",
+		"zookeeper://"+host+"/x?bogus=1",
+		"zookeeper://"+host+"/x?session=soon",
+		"zookeeper://"+host+"/x?acl=everyone",
+		"zookeeper://"+host+"/x?acl=creator",
+		"zookeeper://"+host+"/zookeeper",
+		"zookeeper://"+host+"/x?prefix=a//b",
+		"zookeeper://u:hunter2@"+host+"/x?bogus=1&password=hunter2",
+	)
 	// An unreachable server fails within the context, without the password.
 	sctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 	defer cancel()
@@ -683,42 +636,34 @@ func TestParseURL(t *testing.T) {
 	}
 }
 
+// FuzzParseURL: no URL makes parseURL panic or puts its password in an
+// error, and what it accepts has servers and a valid prefix.
 func FuzzParseURL(f *testing.F) {
-	f.Add("zookeeper://h:1,h2:2/chroot?prefix=p&session=1s&dial_timeout=2s")
-	f.Add("zookeeper://u:p@[::1]:2181/x?acl=creator")
-	f.Add("zookeeper:///..?prefix=zookeeper")
-	f.Add("zookeeper://h/x?tls=true&servername=s&skip_verify=1")
-	f.Fuzz(func(t *testing.T, s string) {
-		u, err := url.Parse(s)
-		if err != nil {
-			return
-		}
+	securitytest.FuzzURL(f, func(t *testing.T, u *url.URL) error {
 		c, err := parseURL(u)
 		if err != nil {
-			if pw, ok := u.User.Password(); ok && len(pw) > 3 && strings.Contains(err.Error(), pw) {
-				// Unless the error shows that text with another
-				// password in its place (a prefix spelled alike).
-				u.User = url.UserPassword(u.User.Username(), "placeholder-password")
-				if _, err2 := parseURL(u); err2 == nil || !strings.Contains(err2.Error(), pw) {
-					t.Errorf("error shows the password: %v", err)
-				}
-			}
-			return
+			return err
 		}
 		if len(c.servers) == 0 {
-			t.Errorf("no servers from %q", s)
+			t.Errorf("no servers from %q", u)
 		}
 		if _, err := validPrefix(c.opt.Prefix); err != nil {
 			t.Errorf("accepted an invalid prefix %q", c.opt.Prefix)
 		}
-	})
+		return nil
+	},
+		"zookeeper://h:1,h2:2/chroot?prefix=p&session=1s&dial_timeout=2s",
+		"zookeeper://u:p@[::1]:2181/x?acl=creator",
+		"zookeeper:///..?prefix=zookeeper",
+		"zookeeper://h/x?tls=true&servername=s&skip_verify=1",
+	)
 }
 
 // TestKeepAlive: background renewals keep a short lease held well past
 // its TTL; once stopped and released, the key is free.
 func TestKeepAlive(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
-	ctx := ctxT(t)
+	ctx := backendtest.Context(t)
 	a, b := open(t, srv, "keepalive"), open(t, srv, "keepalive")
 	// A short lease, renewed every TTL/3: a renewal may be late by about
 	// half a TTL (a loaded machine) before the lease runs out.

@@ -1,19 +1,24 @@
 // Package backendtest holds what every backend's tests share: the test
 // binary's main (shared servers stopped, goroutine leaks checked), opening
-// a client for a test, URL query edits, and the conformance harness on a
-// test server.
+// a client for a test (or two of the in-memory driver on one space), URL
+// query edits, a client's TLS configuration, a test's context, claims and
+// subscriptions that fail the test, and the conformance harness on a test
+// server.
 package backendtest
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net/url"
 	"os"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/internal/testserver"
 )
@@ -43,6 +48,63 @@ func Open(t testing.TB, rawURL string) *claim.Client {
 	return c
 }
 
+// MemoryPair returns two Clients of the in-memory driver on one new
+// space with opts (two processes on one server), closed when the test
+// ends.
+func MemoryPair(t testing.TB, opts *memory.SpaceOptions) (a, b *claim.Client) {
+	t.Helper()
+	sp := memory.NewSpace(opts)
+	open := func() *claim.Client {
+		c, err := memory.New(sp, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	return open(), open()
+}
+
+// Context returns a context that ends a minute from now, or when the
+// test ends.
+func Context(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// Claim claims key on c for ttl, or fails the test.
+func Claim(t testing.TB, c *claim.Client, key string, ttl time.Duration) claim.Lease {
+	t.Helper()
+	l, err := c.TryClaim(Context(t), key, ttl)
+	if err != nil {
+		t.Fatalf("TryClaim(%q): %v", key, err)
+	}
+	return l
+}
+
+// Subscribe subscribes c to key until the test ends, or fails the test.
+func Subscribe(t testing.TB, c *claim.Client, key string) *claim.Subscription {
+	t.Helper()
+	s, err := c.Subscribe(Context(t), key)
+	if err != nil {
+		t.Fatalf("Subscribe(%q): %v", key, err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// Woken reports whether s is woken within the given time (false if its
+// channel was closed instead).
+func Woken(s *claim.Subscription, within time.Duration) bool {
+	select {
+	case _, ok := <-s.C():
+		return ok
+	case <-time.After(within):
+		return false
+	}
+}
+
 // WithQuery returns rawURL with the query parameters params (name, value,
 // name, value, ...) set.
 func WithQuery(t testing.TB, rawURL string, params ...string) string {
@@ -57,6 +119,18 @@ func WithQuery(t testing.TB, rawURL string, params ...string) string {
 	}
 	u.RawQuery = q.Encode()
 	return u.String()
+}
+
+// ClientTLS returns the TLS configuration of a client of srv, a server
+// started with TLS (its CA, and a client certificate it accepts), or fails
+// the test.
+func ClientTLS(t testing.TB, srv *testserver.Server) *tls.Config {
+	t.Helper()
+	tc, err := srv.TLS().ClientConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tc
 }
 
 // Harness is the conformance harness on srv: clients of urlFor("") (the

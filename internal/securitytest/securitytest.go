@@ -3,8 +3,10 @@
 // and limit+1 (over-limit refused before any I/O), long keys that stay
 // distinct, two key prefixes on one server that never touch each other,
 // hostile L2 values that read as misses, a round trip over TLS and
-// authentication, and the fuzz property of key encodings (injective,
-// within the substrate's limit, only allowed bytes).
+// authentication (through the URL and through New), the clients such a
+// server must refuse, errors that never show a password, and the fuzz
+// targets of key encodings (injective, within the substrate's limit, only
+// allowed bytes) and of URL parsers.
 //
 // It is imported by tests only.
 package securitytest
@@ -434,6 +436,30 @@ func CheckEncoding(t *testing.T, k1, k2 string, names func(string) []string, max
 			t.Fatalf("keys %q and %q both map to %q", k1, k2, n)
 		}
 	}
+}
+
+// FuzzKeys makes f the fuzz target of a backend's key encoding: check
+// gets every pair of non-empty keys (the Client refuses empty ones) and
+// calls CheckEncoding on the names the backend derives from them. The
+// seeds are two plain keys, a key and its look-alike with the escape byte
+// ("=a" and "a"), keys of readable and readable+1 bytes (on either side
+// of the length where the backend's readable keys give way to hashed
+// ones), and seeds, the backend's own pairs (k1, k2, k1, k2, ...).
+func FuzzKeys(f *testing.F, readable int, check func(t *testing.T, k1, k2 string), seeds ...string) {
+	f.Helper()
+	if len(seeds)%2 != 0 {
+		f.Fatalf("FuzzKeys: %d seeds, want pairs", len(seeds))
+	}
+	seeds = append([]string{"a", "b", "=a", "a", strings.Repeat("k", readable), strings.Repeat("k", readable+1)}, seeds...)
+	for i := 0; i < len(seeds); i += 2 {
+		f.Add(seeds[i], seeds[i+1])
+	}
+	f.Fuzz(func(t *testing.T, k1, k2 string) {
+		if k1 == "" || k2 == "" {
+			return
+		}
+		check(t, k1, k2)
+	})
 }
 
 // Proxy forwards TCP connections to a server until cut: Cut closes every
