@@ -316,6 +316,13 @@ func TestWakeRules(t *testing.T) {
 	del := func(k string) *capi.TxnOp {
 		return &capi.TxnOp{KV: &capi.KVTxnOp{Verb: capi.KVDelete, Key: k}}
 	}
+	// A key never claimed nor notified has an empty prefix, whose index
+	// Consul reports as the whole store's: writes elsewhere move it and
+	// must wake nobody (an idle topic-log subscription, say).
+	other := consul.NamesForTest(b, "another key")[1]
+	txn(set(other))
+	txn(set(other))
+	expectWake(t, s, "writes to another key, this key's prefix empty", false)
 	txn(set(lock))
 	expectWake(t, s, "a lock key appearing (claim)", false)
 	txn(set(lock))

@@ -98,22 +98,20 @@ type polledKey struct {
 // ModifyIndex).
 type state struct{ lease, notify uint64 }
 
-// wakes reports whether going from st to next (the prefix's index having
-// moved from idx to last) wakes the key's subscribers: the notify key
-// moved (a release or Notify, even with a claim after it between two
-// reads), or the lease st saw is gone or replaced (released, expired and
-// swept, taken over). A claim of a free key wakes nobody (a waiter checks
-// the key after Subscribe returned, so it sees the claim itself), nor does
-// Extend (it changes neither index).
-func (st state) wakes(next state, idx, last uint64) bool {
-	if next.notify != st.notify || (st.lease != 0 && next.lease != st.lease) {
-		return true
-	}
-	// With no lease before or after, an advanced index means a lease
-	// came and went in between (its tombstone moved the index) without
-	// a notification (a lease swept after expiry, or released by a
-	// version of this package that did not write the notify key).
-	return next.lease == 0 && st.lease == 0 && last > idx
+// wakes reports whether going from st to next wakes the key's
+// subscribers: the notify key moved (a release or Notify, even with a
+// claim after it between two reads), or the lease st saw is gone or
+// replaced (released, expired and swept, taken over). A claim of a free
+// key wakes nobody (a waiter checks the key after Subscribe returned, so
+// it sees the claim itself), nor does Extend (it changes neither index).
+// Nor does an advanced index with no lease before or after: on a key
+// whose directory is empty, Consul reports the whole KV store's index,
+// which every write anywhere moves, so it cannot tell a lease that came
+// and went without a release (expired and swept) from a neighbour's
+// write; waiters bound their wait by the lease they saw, as for polled
+// keys.
+func (st state) wakes(next state) bool {
+	return next.notify != st.notify || (st.lease != 0 && next.lease != st.lease)
 }
 
 func (b *backend) stateOf(key string, pairs capi.KVPairs) state {
@@ -152,7 +150,7 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 		}
 		bo.Reset()
 		next := b.stateOf(key, pairs)
-		if gap || st.wakes(next, idx, meta.LastIndex) {
+		if gap || st.wakes(next) {
 			wake()
 		}
 		st, gap = next, false
@@ -174,10 +172,8 @@ const pollBatch = 32
 // pollLoop reads the keys of b.polled until none is left or ctx is
 // cancelled: one read-only transaction per pollBatch keys, every 2 ms
 // after a change, backing off to 50 ms (jittered) while nothing changes.
-// It wakes by state.wakes, except that an index moved with no lease before
-// or after cannot be told apart from a neighbour's write here: a lease
-// swept after expiry without a release goes unseen (waiters bound their
-// wait by the lease they saw). A failed read wakes the keys it covered.
+// It wakes by state.wakes, as the blocking queries do. A failed read wakes
+// the keys it covered.
 func (b *backend) pollLoop(ctx context.Context, done chan struct{}) {
 	defer close(done)
 	bo := driver.Backoff{Min: driver.DefaultPollMin, Max: driver.DefaultPollMax, Rand: rand.Float64}
@@ -252,7 +248,7 @@ func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 			}
 		}
 		next := b.stateOf(k, pairs)
-		if pk.st.wakes(next, 0, 0) {
+		if pk.st.wakes(next) {
 			pk.wake()
 			woke = true
 		}
