@@ -15,6 +15,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stampede-go/stampede/internal/cli"
+
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memory"
 	"github.com/stampede-go/stampede/flight"
@@ -22,7 +24,7 @@ import (
 )
 
 func init() {
-	register(command{name: "demo", summary: "replay the cache-stampede scenarios, showing which tier answers each request", run: demoCmd})
+	app.Register(cli.Command{Name: "demo", Summary: "replay the cache-stampede scenarios, showing which tier answers each request", Run: demoCmd})
 }
 
 type demoConfig struct {
@@ -35,7 +37,7 @@ type demoConfig struct {
 }
 
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flags("demo", stderr)
+	fs := app.Flags("demo", stderr)
 	var cfg demoConfig
 	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME); default: the embedded in-process backend, no server")
 	fs.IntVar(&cfg.Procs, "procs", 8, "simulated processes in the herd scenarios")
@@ -53,7 +55,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if cfg.Procs < 1 || cfg.Callers < 1 || cfg.MinDelay < 0 || cfg.MaxDelay < cfg.MinDelay {
@@ -343,7 +345,7 @@ func (d *demo) steps(ctx context.Context, title string, reqs ...any) error {
 		r, err := p.c.Fetch(ctx, input, nil)
 		lat := time.Since(start)
 		calls = p.calls.Total() - calls
-		st := step{Process: p.name, Input: input, Key: r.Key, ID: r.Value.ID, Source: r.Source.String(), LatencyMS: ms(lat), BackendCalls: calls}
+		st := step{Process: p.name, Input: input, Key: r.Key, ID: r.Value.ID, Source: r.Source.String(), LatencyMS: cli.Millis(lat), BackendCalls: calls}
 		if err != nil {
 			st.Error = err.Error()
 			d.rep.Totals.Errors++
@@ -351,7 +353,7 @@ func (d *demo) steps(ctx context.Context, title string, reqs ...any) error {
 		d.countName(r.Key)
 		d.rep.Totals.Requests++
 		sc.Steps = append(sc.Steps, st)
-		fmt.Fprintf(d.out, "   %s  %-22q -> %-12q id=%-3d %-7s %10s  %s", p.name, input, r.Key, r.Value.ID, r.Source, fmtDur(lat), plural(calls, "backend call"))
+		fmt.Fprintf(d.out, "   %s  %-22q -> %-12q id=%-3d %-7s %10s  %s", p.name, input, r.Key, r.Value.ID, r.Source, cli.FormatDuration(lat), plural(calls, "backend call"))
 		if err != nil {
 			fmt.Fprintf(d.out, "  error: %v", err)
 		}
@@ -432,9 +434,9 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 	h.BackendCalls -= callsBefore
 	slices.Sort(lats)
 	if len(lats) > 0 {
-		h.P50MS = ms(lats[len(lats)/2])
-		h.P99MS = ms(lats[len(lats)*99/100])
-		h.MaxMS = ms(lats[len(lats)-1])
+		h.P50MS = cli.Millis(lats[len(lats)/2])
+		h.P99MS = cli.Millis(lats[len(lats)*99/100])
+		h.MaxMS = cli.Millis(lats[len(lats)-1])
 	}
 	sc := scenario{Title: title, Herd: h, LoaderCalls: d.db.calls.Load() - before}
 	d.rep.Scenarios = append(d.rep.Scenarios, sc)
@@ -457,25 +459,12 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 	fmt.Fprintln(d.out, "                  remote: callers in processes that waited for it and read L2)")
 	if len(lats) > 0 {
 		fmt.Fprintf(d.out, "   latency:      p50 %s, p99 %s, max %s\n",
-			fmtDur(lats[len(lats)/2]), fmtDur(lats[len(lats)*99/100]), fmtDur(lats[len(lats)-1]))
+			cli.FormatDuration(lats[len(lats)/2]), cli.FormatDuration(lats[len(lats)*99/100]), cli.FormatDuration(lats[len(lats)-1]))
 	}
 	fmt.Fprintf(d.out, "   backend:      %s (%.1f per process per name)\n", plural(h.BackendCalls, "round trip"),
 		float64(h.BackendCalls)/float64(h.Processes*max(h.Names, 1)))
 	fmt.Fprintf(d.out, "   loader calls: %d for %d requests\n", sc.LoaderCalls, h.Requests)
 	return nil
-}
-
-func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
-
-// fmtDur prints a latency at a useful precision.
-func fmtDur(d time.Duration) string {
-	switch {
-	case d < time.Millisecond:
-		return fmt.Sprintf("%.1fµs", float64(d)/float64(time.Microsecond))
-	case d < time.Second:
-		return fmt.Sprintf("%.1fms", float64(d)/float64(time.Millisecond))
-	}
-	return d.Round(time.Millisecond).String()
 }
 
 func plural(n int64, what string) string {

@@ -19,6 +19,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stampede-go/stampede/internal/cli"
+
 	"github.com/stampede-go/stampede/bench/internal/benchchart"
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memory"
@@ -29,7 +31,7 @@ import (
 )
 
 func init() {
-	register(command{name: "bench", summary: "benchmark backends side by side: claim, handoff, fan-out, store, flight tiers, herd", run: benchCmd})
+	app.Register(cli.Command{Name: "bench", Summary: "benchmark backends side by side: claim, handoff, fan-out, store, flight tiers, herd", Run: benchCmd})
 }
 
 type benchConfig struct {
@@ -45,7 +47,7 @@ type benchConfig struct {
 }
 
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := flags("bench", stderr)
+	fs := app.Flags("bench", stderr)
 	var cfg benchConfig
 	fs.StringVar(&cfg.Backends, "backends", "mem", "comma-separated backend URLs or kinds (mem, redis, postgres, memcache, etcd, consul, dynamo, zookeeper), or all; "+
 		"a kind uses $STAMPEDE_TEST_<KIND>_URL if set, else starts a test server on loopback (scripts/install-backends installs them)")
@@ -67,19 +69,19 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if cfg.Rounds < 1 || cfg.HerdProcs < 1 || cfg.HerdCallers < 1 || cfg.BenchTime <= 0 {
 		fmt.Fprintln(stderr, "stampede-bench bench: need -rounds, -herd-procs, -herd-callers >= 1 and -benchtime > 0")
-		return errUsage
+		return cli.ErrUsage
 	}
 	var filter *regexp.Regexp
 	if cfg.Run != "" {
 		var err error
 		if filter, err = regexp.Compile(cfg.Run); err != nil {
 			fmt.Fprintf(stderr, "stampede-bench bench: -run: %v\n", err)
-			return errUsage
+			return cli.ErrUsage
 		}
 	}
 	targets, err := benchTargets(ctx, cfg.Backends, stderr)

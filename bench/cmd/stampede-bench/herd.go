@@ -19,20 +19,22 @@ import (
 	"sync"
 	"time"
 
+	"github.com/stampede-go/stampede/internal/cli"
+
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/flight"
 	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 func init() {
-	register(command{name: "herd", summary: "a real multi-process stampede: M processes x N callers, counted", run: herdCmd})
+	app.Register(cli.Command{Name: "herd", Summary: "a real multi-process stampede: M processes x N callers, counted", Run: herdCmd})
 }
 
 func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if conf := os.Getenv(herdWorkerEnv); conf != "" {
 		return herdChild(ctx, conf, os.Stdin, stdout, stderr)
 	}
-	fs := flags("herd", stderr)
+	fs := app.Flags("herd", stderr)
 	var cfg herdConfig
 	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME), or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper: "+
 		"$STAMPEDE_TEST_<KIND>_URL, else a test server started here); default: the embedded in-process backend (processes simulated)")
@@ -59,17 +61,17 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
-	if err := parse(fs, args); err != nil {
+	if err := cli.Parse(fs, args); err != nil {
 		return err
 	}
 	if cfg.Procs < 1 || cfg.Callers < 1 || cfg.Keys < 1 || cfg.Rounds < 1 || cfg.Load < 0 || cfg.Lease < 0 ||
 		(cfg.Zipf != 0 && cfg.Zipf <= 1) {
 		fmt.Fprintln(stderr, "stampede-bench herd: need -procs, -callers, -keys, -rounds >= 1, -load, -lease >= 0, and -zipf 0 or > 1")
-		return errUsage
+		return cli.ErrUsage
 	}
 	if cfg.KillHolder && cfg.Procs < 2 {
 		fmt.Fprintln(stderr, "stampede-bench herd: -kill-holder needs -procs >= 2 (someone must take over)")
-		return errUsage
+		return cli.ErrUsage
 	}
 	if kind, ok := benchKinds[cfg.Backend]; ok {
 		url, stop, err := kindServer(ctx, kind, stderr)
@@ -291,7 +293,7 @@ func (h *herdSummary) collect(ctx context.Context, cfg herdConfig, ws []worker, 
 					if err := ws[ev.Proc].kill(); err != nil {
 						return fmt.Errorf("herd: killing process %d: %w", ev.Proc, err)
 					}
-					h.Kill = &killReport{Proc: ev.Proc, Key: ev.Key, AfterMS: ms(time.Since(t0))}
+					h.Kill = &killReport{Proc: ev.Proc, Key: ev.Key, AfterMS: cli.Millis(time.Since(t0))}
 					h.killedAt = time.Now()
 				}
 			case "round":
@@ -301,7 +303,7 @@ func (h *herdSummary) collect(ctx context.Context, cfg herdConfig, ws []worker, 
 				}
 			}
 		}
-		h.RoundMS = append(h.RoundMS, ms(time.Since(t0)))
+		h.RoundMS = append(h.RoundMS, cli.Millis(time.Since(t0)))
 	}
 	return nil
 }
@@ -561,7 +563,7 @@ func newHerdSummary(cfg herdConfig) *herdSummary {
 	}
 	h := &herdSummary{
 		Backend: backend, Mode: mode, Procs: cfg.Procs, Callers: cfg.Callers, Keys: cfg.Keys,
-		Zipf: cfg.Zipf, Rounds: cfg.Rounds, LoadMS: ms(cfg.Load), LeaseMS: ms(cfg.Lease), KillHolder: cfg.KillHolder,
+		Zipf: cfg.Zipf, Rounds: cfg.Rounds, LoadMS: cli.Millis(cfg.Load), LeaseMS: cli.Millis(cfg.Lease), KillHolder: cfg.KillHolder,
 		BySource: map[string]int{}, LoadsPerKey: map[int]int{}, loads: map[string][]time.Time{}, started: time.Now(),
 	}
 	for i := range cfg.Procs {
@@ -574,7 +576,7 @@ func (h *herdSummary) load(ev herdEvent) {
 	h.LoaderCalls++
 	h.loads[ev.Key] = append(h.loads[ev.Key], ev.at)
 	if h.Kill != nil && h.Kill.TakeoverMS == 0 && ev.Key == h.Kill.Key {
-		h.Kill.TakeoverMS = ms(ev.at.Sub(h.killedAt))
+		h.Kill.TakeoverMS = cli.Millis(ev.at.Sub(h.killedAt))
 	}
 }
 
@@ -606,7 +608,7 @@ func (h *herdSummary) add(proc int, r *procRound) {
 }
 
 func (h *herdSummary) finish(cfg herdConfig) {
-	h.ElapsedMS = ms(time.Since(h.started))
+	h.ElapsedMS = cli.Millis(time.Since(h.started))
 	asked := map[string]bool{}
 	for round := 1; round <= cfg.Rounds; round++ {
 		for p := range cfg.Procs {
@@ -659,9 +661,9 @@ func (h *herdSummary) print(w io.Writer) {
 	if h.Zipf > 0 {
 		fmt.Fprintf(w, " (zipf s=%g)", h.Zipf)
 	}
-	fmt.Fprintf(w, ", %d round(s), loader %s", h.Rounds, fmtDur(time.Duration(h.LoadMS*float64(time.Millisecond))))
+	fmt.Fprintf(w, ", %d round(s), loader %s", h.Rounds, cli.FormatDuration(time.Duration(h.LoadMS*float64(time.Millisecond))))
 	if h.KillHolder {
-		fmt.Fprintf(w, ", -kill-holder (lease %s)", fmtDur(time.Duration(h.LeaseMS*float64(time.Millisecond))))
+		fmt.Fprintf(w, ", -kill-holder (lease %s)", cli.FormatDuration(time.Duration(h.LeaseMS*float64(time.Millisecond))))
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  requests      %d, errors %d\n", h.Requests, h.Errors)
@@ -722,7 +724,7 @@ func fmtCalls(c countdriver.Counts) string {
 	return strings.Join(parts, ", ")
 }
 
-func fmtMS(v float64) string { return fmtDur(time.Duration(v * float64(time.Millisecond))) }
+func fmtMS(v float64) string { return cli.FormatDuration(time.Duration(v * float64(time.Millisecond))) }
 
 func sortedKeys(m map[int]int) []int {
 	ks := make([]int, 0, len(m))
