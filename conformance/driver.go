@@ -259,18 +259,7 @@ func (w *wakeCounter) wake() {
 }
 
 // await waits for a wake-up, bounded.
-func (w *wakeCounter) await(t *T) bool {
-	timer := time.NewTimer(wakeBound)
-	defer timer.Stop()
-	select {
-	case <-w.ch:
-		return true
-	case <-timer.C:
-		return false
-	case <-t.Context().Done():
-		return false
-	}
-}
+func (w *wakeCounter) await(t *T) bool { return received(t, w.ch) }
 
 // checkSubscribeLive: the driver's Subscribe returns once the substrate
 // subscription is live: a release or a Notify right after it returns

@@ -25,11 +25,15 @@ func init() {
 const wakeBound = 15 * time.Second
 
 // woken waits for one wake-up on s, bounded.
-func woken(t *T, s *claim.Subscription) bool {
+func woken(t *T, s *claim.Subscription) bool { return received(t, s.C()) }
+
+// received waits for one value on ch within wakeBound: false if ch was
+// closed, the bound passed or the check ended.
+func received(t *T, ch <-chan struct{}) bool {
 	timer := time.NewTimer(wakeBound)
 	defer timer.Stop()
 	select {
-	case _, ok := <-s.C():
+	case _, ok := <-ch:
 		return ok
 	case <-timer.C:
 		return false
