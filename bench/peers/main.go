@@ -110,7 +110,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 			contenders = append(contenders, consulContenders(u)...)
 		}
 	}
-	progress := progressWriter(stderr)
+	progress := benchchart.Progress(stderr)
 	results := make([]*lockResult, len(contenders))
 	for i, c := range contenders {
 		results[i] = &lockResult{Substrate: c.substrate, Name: c.name, Short: c.short, Ours: c.ours, Handoff: map[string]handoffResult{}}
@@ -478,23 +478,4 @@ func handoffOrNaN(l *lockResult, hold string) float64 {
 		return x.P50MS
 	}
 	return math.NaN()
-}
-
-// progressWriter shows one progress line: redrawn in place on a terminal,
-// one line per step otherwise; "" clears it.
-func progressWriter(w io.Writer) func(string) {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
-	}
-	return func(s string) {
-		switch {
-		case tty:
-			fmt.Fprintf(w, "\r\033[K%s", s)
-		case s != "":
-			fmt.Fprintln(w, s)
-		}
-	}
 }

@@ -95,7 +95,7 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	res, err := runBench(ctx, cfg, targets, filter, progressWriter(stderr))
+	res, err := runBench(ctx, cfg, targets, filter, benchchart.Progress(stderr))
 	if err != nil {
 		return err
 	}
@@ -614,23 +614,4 @@ func (r *benchReport) writeFiles(dir string) error {
 		return err
 	}
 	return os.WriteFile(filepath.Join(dir, "results.json"), append(data, '\n'), 0o644)
-}
-
-// progressWriter returns a function that shows one progress line: redrawn
-// in place on a terminal, one line per step otherwise; "" clears it.
-func progressWriter(w io.Writer) func(string) {
-	tty := false
-	if f, ok := w.(*os.File); ok {
-		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
-			tty = true
-		}
-	}
-	return func(s string) {
-		switch {
-		case tty:
-			fmt.Fprintf(w, "\r\033[K%s", s)
-		case s != "":
-			fmt.Fprintln(w, s)
-		}
-	}
 }

@@ -256,3 +256,22 @@ func Machine() string {
 	}
 	return fmt.Sprintf("%s%d CPUs (GOMAXPROCS %d), %s/%s, %s", cpu, runtime.NumCPU(), runtime.GOMAXPROCS(0), runtime.GOOS, runtime.GOARCH, runtime.Version())
 }
+
+// Progress returns a function that shows one progress line on w: redrawn
+// in place on a terminal, one line per step otherwise; "" clears it.
+func Progress(w io.Writer) func(string) {
+	tty := false
+	if f, ok := w.(*os.File); ok {
+		if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+			tty = true
+		}
+	}
+	return func(s string) {
+		switch {
+		case tty:
+			fmt.Fprintf(w, "\r\033[K%s", s)
+		case s != "":
+			fmt.Fprintln(w, s)
+		}
+	}
+}
