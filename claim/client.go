@@ -21,6 +21,19 @@ type Options struct {
 	// log that could not be read, a cleanup release that failed). Default:
 	// slog.Default().
 	Logger *slog.Logger
+	// OpTimeout bounds every backend call the Client makes, whatever the
+	// caller's context: a call the backend has not answered by then fails
+	// with ErrUnavailable. A context with an earlier deadline still ends
+	// the call earlier. It also bounds the check of the server when the
+	// Client is opened, and Close. Default DefaultOpTimeout (5 s); in a
+	// URL, op_timeout=2s.
+	OpTimeout time.Duration
+	// Lazy skips the check of the server when the Client is opened (Open,
+	// Connect and every backend package's New): the first call then finds
+	// a wrong password or a missing table. Use it to start a process
+	// while its backend is still coming up; Ping checks it later. In a
+	// URL, lazy=true.
+	Lazy bool
 }
 
 // Client is the portable handle on one backend: what claim.Open and every
@@ -40,14 +53,16 @@ type Options struct {
 // required ones; waiting (Acquire, GetOrAcquire) and renewal (KeepAlive)
 // are written once.
 type Client struct {
-	d      driver.Driver
-	feat   driver.Features
-	cr     driver.ClaimReader    // nil: TryClaim + Get
-	crl    driver.CommitReleaser // nil: Commit + Release
-	bc     driver.Broadcaster    // the driver's, or logTopics
-	log    *slog.Logger
-	keys   *fanout // wake-ups, per key
-	topics *fanout // messages, per topic
+	d         driver.Driver
+	feat      driver.Features
+	opTimeout time.Duration
+	lazy      bool
+	cr        driver.ClaimReader    // nil: TryClaim + Get
+	crl       driver.CommitReleaser // nil: Commit + Release
+	bc        driver.Broadcaster    // the driver's, or logTopics
+	log       *slog.Logger
+	keys      *fanout // wake-ups, per key
+	topics    *fanout // messages, per topic
 
 	handlers  sync.WaitGroup // topic handlers' goroutines
 	closed    atomic.Bool
@@ -67,7 +82,10 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
-	c := &Client{d: d, feat: d.Features(), log: o.Logger}
+	if o.OpTimeout <= 0 {
+		o.OpTimeout = DefaultOpTimeout
+	}
+	c := &Client{d: d, feat: d.Features(), log: o.Logger, opTimeout: o.OpTimeout, lazy: o.Lazy}
 	c.cr, _ = d.(driver.ClaimReader)
 	c.crl, _ = d.(driver.CommitReleaser)
 	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
@@ -167,12 +185,12 @@ func (c *Client) tryClaim(ctx context.Context, key string, ttl time.Duration) (L
 		return Lease{}, err
 	}
 	holder := newHolder()
-	start := time.Now()
-	l, err := c.d.TryClaim(ctx, key, holder, ttl)
-	if err != nil {
+	cl := c.begin(ctx, "claim")
+	l, err := c.d.TryClaim(cl.ctx, key, holder, ttl)
+	if err = c.end(ctx, cl, err); err != nil {
 		return Lease{}, claimError("claim", key, err)
 	}
-	return stamp(l, key, holder, start), nil
+	return stamp(l, key, holder, cl.start), nil
 }
 
 // TryClaimRead is TryClaim that also returns the value stored under key as
@@ -194,7 +212,9 @@ func (c *Client) tryClaimRead(ctx context.Context, key string, ttl time.Duration
 		if err != nil {
 			return l, nil, false, err
 		}
-		v, err := c.d.Get(ctx, key)
+		cl := c.begin(ctx, "get")
+		v, err := c.d.Get(cl.ctx, key)
+		err = c.end(ctx, cl, err)
 		switch {
 		case err == nil:
 			return l, v, true, nil
@@ -208,26 +228,23 @@ func (c *Client) tryClaimRead(ctx context.Context, key string, ttl time.Duration
 		return Lease{}, nil, false, err
 	}
 	holder := newHolder()
-	start := time.Now()
-	l, v, found, err := c.cr.TryClaimRead(ctx, key, holder, ttl)
-	if err != nil {
+	cl := c.begin(ctx, "claim-read")
+	l, v, found, err := c.cr.TryClaimRead(cl.ctx, key, holder, ttl)
+	if err = c.end(ctx, cl, err); err != nil {
 		return Lease{}, nil, false, claimError("claim-read", key, err)
 	}
 	if !found {
 		v = nil
 	}
-	return stamp(l, key, holder, start), v, found, nil
+	return stamp(l, key, holder, cl.start), v, found, nil
 }
-
-// cleanupTimeout bounds the releases the Client makes on its own (after a
-// failed read, or an adopted value), detached from the caller's ctx.
-const cleanupTimeout = 5 * time.Second
 
 // cleanupRelease releases a lease nobody will use, best effort.
 func (c *Client) cleanupRelease(ctx context.Context, l Lease) {
-	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), cleanupTimeout)
-	defer cancel()
-	if err := c.d.Release(rctx, l); err != nil && !errors.Is(err, ErrLost) {
+	dctx := context.WithoutCancel(ctx)
+	cl := c.begin(dctx, "release")
+	err := c.end(dctx, cl, c.d.Release(cl.ctx, l))
+	if err != nil && !errors.Is(err, ErrLost) {
 		c.log.Warn("claim: release failed; the lease expires by its TTL", "key", l.Key, "err", err)
 	}
 }
@@ -244,16 +261,17 @@ func (c *Client) Extend(ctx context.Context, l Lease, ttl time.Duration) (Lease,
 	if err := c.checkTTL("extend", l.Key, ttl); err != nil {
 		return Lease{}, err
 	}
-	start := time.Now()
-	if err := checkLive("extend", l, start); err != nil {
+	cl := c.begin(ctx, "extend")
+	if err := checkLive("extend", l, cl.start); err != nil {
+		cl.ctx.Stop()
 		return Lease{}, err
 	}
-	nl, err := c.d.Extend(ctx, l, ttl)
-	if err != nil {
+	nl, err := c.d.Extend(cl.ctx, l, ttl)
+	if err = c.end(ctx, cl, err); err != nil {
 		return Lease{}, opError("extend", l.Key, err)
 	}
 	nl.Token = l.Token
-	return stamp(nl, l.Key, l.Holder, start), nil
+	return stamp(nl, l.Key, l.Holder, cl.start), nil
 }
 
 // Release deletes the lease if, and only if, it is still current
@@ -276,7 +294,8 @@ func (c *Client) Release(ctx context.Context, l Lease) error {
 }
 
 func (c *Client) release(ctx context.Context, l Lease) error {
-	if err := c.d.Release(ctx, l); err != nil {
+	cl := c.begin(ctx, "release")
+	if err := c.end(ctx, cl, c.d.Release(cl.ctx, l)); err != nil {
 		return opError("release", l.Key, err)
 	}
 	c.wakeLocal(l.Key)
@@ -314,7 +333,8 @@ func (c *Client) commit(ctx context.Context, op string, l Lease, value []byte, t
 	if err := checkLive(op, l, time.Now()); err != nil {
 		return err
 	}
-	if err := c.d.Commit(ctx, l, value, ttl); err != nil {
+	cl := c.begin(ctx, "commit")
+	if err := c.end(ctx, cl, c.d.Commit(cl.ctx, l, value, ttl)); err != nil {
 		return opError(op, l.Key, err)
 	}
 	return nil
@@ -341,7 +361,8 @@ func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl t
 		if err := c.commit(ctx, op, l, value, ttl); err != nil {
 			return err
 		}
-		if err := c.d.Release(ctx, l); err != nil && !errors.Is(err, ErrLost) {
+		cl := c.begin(ctx, "release")
+		if err := c.end(ctx, cl, c.d.Release(cl.ctx, l)); err != nil && !errors.Is(err, ErrLost) {
 			return opError(op, l.Key, fmt.Errorf("value committed, release failed: %w", err))
 		}
 		c.wakeLocal(l.Key)
@@ -353,7 +374,8 @@ func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl t
 	if err := checkLive(op, l, time.Now()); err != nil {
 		return err
 	}
-	if err := c.crl.CommitRelease(ctx, l, value, ttl); err != nil {
+	cl := c.begin(ctx, op)
+	if err := c.end(ctx, cl, c.crl.CommitRelease(cl.ctx, l, value, ttl)); err != nil {
 		return opError(op, l.Key, err)
 	}
 	c.wakeLocal(l.Key)
@@ -370,8 +392,9 @@ func (c *Client) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 func (c *Client) get(ctx context.Context, key string) ([]byte, error) {
-	v, err := c.d.Get(ctx, key)
-	if err != nil {
+	cl := c.begin(ctx, "get")
+	v, err := c.d.Get(cl.ctx, key)
+	if err = c.end(ctx, cl, err); err != nil {
 		return nil, opError("get", key, err)
 	}
 	return v, nil
@@ -386,7 +409,8 @@ func (c *Client) Set(ctx context.Context, key string, value []byte, ttl time.Dur
 	if err := c.checkValue("set", key, value, ttl); err != nil {
 		return err
 	}
-	if err := c.d.Set(ctx, key, value, ttl); err != nil {
+	cl := c.begin(ctx, "set")
+	if err := c.end(ctx, cl, c.d.Set(cl.ctx, key, value, ttl)); err != nil {
 		return opError("set", key, err)
 	}
 	return nil
@@ -397,7 +421,8 @@ func (c *Client) Delete(ctx context.Context, key string) error {
 	if err := c.check(ctx, "delete", key); err != nil {
 		return err
 	}
-	if err := c.d.Delete(ctx, key); err != nil {
+	cl := c.begin(ctx, "delete")
+	if err := c.end(ctx, cl, c.d.Delete(cl.ctx, key)); err != nil {
 		return opError("delete", key, err)
 	}
 	return nil
@@ -419,7 +444,8 @@ func (c *Client) Subscribe(ctx context.Context, key string) (*Subscription, erro
 
 func (c *Client) subscribe(ctx context.Context, key string) (*Subscription, error) {
 	s := newSubscription(key)
-	if err := c.keys.join(ctx, &s.m); err != nil {
+	cl := c.begin(ctx, "subscribe")
+	if err := c.end(ctx, cl, c.keys.join(cl.ctx, &s.m)); err != nil {
 		return nil, opError("subscribe", key, err)
 	}
 	return s, nil
@@ -431,7 +457,8 @@ func (c *Client) Notify(ctx context.Context, key string) error {
 	if err := c.check(ctx, "notify", key); err != nil {
 		return err
 	}
-	if err := c.d.Notify(ctx, key); err != nil {
+	cl := c.begin(ctx, "notify")
+	if err := c.end(ctx, cl, c.d.Notify(cl.ctx, key)); err != nil {
 		return opError("notify", key, err)
 	}
 	c.wakeLocal(key)
@@ -465,21 +492,93 @@ func (c *Client) Subscriptions() int { return c.keys.len() }
 
 // Close closes every Subscription's channel, stops every topic handler
 // (waiting for those running to return), and closes the backend's
-// connections. Leases are not released: they
-// expire by their TTL. Every call after Close returns an error wrapping
-// ErrClosed. Close is idempotent.
+// connections. Leases are not released: they expire by their TTL. Every
+// call after Close returns an error wrapping ErrClosed. Close is
+// idempotent. It returns within the operation timeout (Options.OpTimeout)
+// even if the backend or a topic handler does not: it then reports
+// ErrUnavailable, and the rest of the closing goes on in the background.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
-		c.topics.close()
-		c.handlers.Wait()
-		if c.logTopics != nil {
-			c.logTopics.close()
-		}
-		c.keys.close()
-		if err := c.d.Close(); err != nil {
-			c.closeErr = fmt.Errorf("claim: close: %w", err)
+		done := make(chan error, 1)
+		go func() {
+			c.topics.close()
+			c.handlers.Wait()
+			if c.logTopics != nil {
+				c.logTopics.close()
+			}
+			c.keys.close()
+			done <- c.d.Close()
+		}()
+		t := time.NewTimer(c.opTimeout)
+		defer t.Stop()
+		select {
+		case err := <-done:
+			if err != nil {
+				c.closeErr = fmt.Errorf("claim: close: %w", err)
+			}
+		case <-t.C:
+			c.closeErr = fmt.Errorf("claim: close: %w: not closed within %s (the operation timeout); closing in the background", ErrUnavailable, c.opTimeout)
 		}
 	})
 	return c.closeErr
+}
+
+// pingKey is the key Ping reads on a driver without a Pinger.
+const pingKey = reservedPrefix + "ping"
+
+// Ping checks that the backend answers and accepts this Client: its
+// credentials, its permissions, the table or schema it needs (the
+// backend's driver.Pinger; a read of a key nobody writes without one). It
+// is bounded by the operation timeout. Use it for readiness probes: an
+// error wrapping ErrConfig will not pass by itself (alert), one wrapping
+// ErrUnavailable may.
+func (c *Client) Ping(ctx context.Context) error {
+	if err := c.ping(ctx); err != nil {
+		return fmt.Errorf("claim: ping: %w", err)
+	}
+	return nil
+}
+
+func (c *Client) ping(ctx context.Context) error {
+	if c.closed.Load() {
+		return ErrClosed
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	cl := c.begin(ctx, "ping")
+	var err error
+	if p, ok := c.d.(driver.Pinger); ok {
+		err = p.Ping(cl.ctx)
+	} else if _, err = c.d.Get(cl.ctx, pingKey); errors.Is(err, ErrNotFound) {
+		err = nil
+	}
+	return c.end(ctx, cl, err)
+}
+
+// Connect is NewClient followed by Ping, unless opt.Lazy: the checked way
+// to put a Client in front of a driver, which Open and every backend
+// package's New use. A failed check closes the Client (and so d) and
+// returns the error: ErrConfig for wrong credentials, a missing table
+// and the like, ErrUnavailable for a server that cannot be reached or
+// does not answer within ctx and the operation timeout.
+func Connect(ctx context.Context, d driver.Driver, opt *Options) (*Client, error) {
+	c, err := connect(ctx, d, opt)
+	if err != nil {
+		return nil, fmt.Errorf("claim: connect: ping: %w", err)
+	}
+	return c, nil
+}
+
+func connect(ctx context.Context, d driver.Driver, opt *Options) (*Client, error) {
+	c := NewClient(d, opt)
+	if c.lazy {
+		return c, nil
+	}
+	if err := c.ping(ctx); err != nil {
+		_ = c.Close()
+		return nil, err
+	}
+	return c, nil
 }

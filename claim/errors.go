@@ -47,6 +47,19 @@ var (
 	ErrInvalidKey = driver.ErrInvalidKey
 	// ErrClosed: the Client (or a subscription) was closed.
 	ErrClosed = driver.ErrClosed
+
+	// ErrConfig: the backend refuses this Client for a reason that
+	// waiting will not fix: wrong or missing credentials, a missing
+	// permission, a table or schema that does not exist, a server of
+	// another kind at the address. Open fails with it; a cache must
+	// not fail open on it (package flight returns it).
+	ErrConfig = driver.ErrConfig
+	// ErrUnavailable: the backend could not be reached or did not answer
+	// within the operation timeout (Options.OpTimeout): a condition that
+	// may pass. Every error from the backend that is neither one of the
+	// sentinels above nor ErrConfig matches it, the backend's own error
+	// wrapped underneath.
+	ErrUnavailable = driver.ErrUnavailable
 )
 
 // maxKeyShown is how much of a key an error message quotes.

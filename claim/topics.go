@@ -27,7 +27,8 @@ func (c *Client) Publish(ctx context.Context, topic string, msg []byte) error {
 	if err := c.check(ctx, "publish", topic); err != nil {
 		return err
 	}
-	if err := c.bc.Publish(ctx, topic, msg); err != nil {
+	cl := c.begin(ctx, "publish")
+	if err := c.end(ctx, cl, c.bc.Publish(cl.ctx, topic, msg)); err != nil {
 		return opError("publish", topic, err)
 	}
 	return nil
@@ -48,7 +49,8 @@ func (c *Client) SubscribeTopic(ctx context.Context, topic string, handle func(m
 		return nil, opError("subscribe-topic", topic, errors.New("nil handler"))
 	}
 	h := newTopicHandler(topic, handle, &c.handlers)
-	if err := c.topics.join(ctx, &h.m); err != nil {
+	cl := c.begin(ctx, "subscribe-topic")
+	if err := c.end(ctx, cl, c.topics.join(cl.ctx, &h.m)); err != nil {
 		h.stop()
 		return nil, opError("subscribe-topic", topic, err)
 	}
@@ -247,7 +249,7 @@ func (lt *logTopics) Publish(ctx context.Context, topic string, msg []byte) erro
 		}
 	}()
 	log := &topicLog{epoch: randomEpoch(), first: 1}
-	if v, err := c.d.Get(ctx, key); err == nil {
+	if v, err := c.get(ctx, key); err == nil {
 		if old, err := decodeTopicLog(v); err == nil {
 			log = old
 		}
@@ -314,9 +316,8 @@ func (lt *logTopics) follow(f *topicFollower, key string) {
 				return
 			}
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), cleanupTimeout)
-		err := f.read(ctx, lt.c, key, false)
-		cancel()
+		// Each read is bounded by the Client's operation timeout.
+		err := f.read(context.Background(), lt.c, key, false)
 		if err != nil {
 			lt.c.log.Warn("claim: topic log unreadable; subscribers reset", "topic", key[len(reservedPrefix)+len("topic:"):], "err", err)
 			f.known = false
@@ -328,7 +329,7 @@ func (lt *logTopics) follow(f *topicFollower, key string) {
 // read reads the log and hands on what is new. The first read (initial)
 // only notes where the log stands.
 func (f *topicFollower) read(ctx context.Context, c *Client, key string, initial bool) error {
-	v, err := c.d.Get(ctx, key)
+	v, err := c.get(ctx, key)
 	if errors.Is(err, ErrNotFound) {
 		if f.known && f.last > 0 {
 			f.deliver(nil, true) // the log is gone (evicted, deleted)

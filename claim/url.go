@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
 )
@@ -52,9 +54,23 @@ func Schemes() []string {
 //	c, err := claim.Open(ctx, "redis://localhost:6379/0")
 //
 // Each backend's package documents its URL form and parameters; an unknown
-// or malformed parameter is an error. Errors name the URL with its
-// credentials redacted.
+// or malformed parameter is an error. Two parameters are the Client's on
+// every backend: op_timeout (Options.OpTimeout, e.g. op_timeout=2s) and
+// lazy (Options.Lazy, lazy=true).
+//
+// Open checks the server before it returns (see Connect), unless lazy:
+// it connects, authenticates, and finds what the backend needs (a table,
+// a schema), within ctx and the operation timeout. A wrong password or a
+// missing table fails with an error wrapping ErrConfig, a server that
+// cannot be reached or does not answer with one wrapping ErrUnavailable.
+// Errors name the URL with its credentials redacted.
 func Open(ctx context.Context, rawURL string) (*Client, error) {
+	return OpenOptions(ctx, rawURL, nil)
+}
+
+// OpenOptions is Open with Options for the Client; parameters in the URL
+// (op_timeout, lazy) override theirs.
+func OpenOptions(ctx context.Context, rawURL string, opt *Options) (*Client, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// url.Error repeats the URL, secrets included: report only the kind.
@@ -67,11 +83,74 @@ func Open(ctx context.Context, rawURL string) (*Client, error) {
 		return nil, fmt.Errorf("claim: open %q: unknown scheme %q (registered: %s; did you import the backend's package?)",
 			RedactURL(rawURL), u.Scheme, strings.Join(Schemes(), ", "))
 	}
-	d, err := op.OpenURL(ctx, u)
-	if err != nil {
+	var o Options
+	if opt != nil {
+		o = *opt
+	}
+	if err := clientParams(u, &o); err != nil {
 		return nil, fmt.Errorf("claim: open %q: %w", RedactURL(rawURL), err)
 	}
-	return NewClient(d, nil), nil
+	// The driver's own connecting (where it dials at open) is bounded
+	// like the check that follows.
+	octx, cancel := context.WithTimeout(ctx, cmpOr(o.OpTimeout, DefaultOpTimeout))
+	defer cancel()
+	d, err := op.OpenURL(octx, u)
+	if err != nil {
+		if ctx.Err() == nil && octx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
+		}
+		return nil, fmt.Errorf("claim: open %q: %w", RedactURL(rawURL), err)
+	}
+	c, err := connect(ctx, d, &o)
+	if err != nil {
+		return nil, fmt.Errorf("claim: open %q: ping: %w", RedactURL(rawURL), err)
+	}
+	return c, nil
+}
+
+func cmpOr(d, def time.Duration) time.Duration {
+	if d > 0 {
+		return d
+	}
+	return def
+}
+
+// clientParams reads the Client's own parameters into o: op_timeout,
+// taken out of u's query, and lazy, left in it for the driver
+// (driver.Params.Lazy). A query that does not parse
+// is left whole for the driver to report.
+func clientParams(u *url.URL, o *Options) error {
+	if u.RawQuery == "" {
+		return nil
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		return nil
+	}
+	var keep []string
+	for _, kv := range strings.Split(u.RawQuery, "&") {
+		k, v, _ := strings.Cut(kv, "=")
+		k, _ = url.QueryUnescape(k)
+		v, _ = url.QueryUnescape(v)
+		switch k {
+		case "op_timeout":
+			d, err := time.ParseDuration(v)
+			if err != nil || d <= 0 {
+				return fmt.Errorf("URL parameter op_timeout=%q: want a positive duration such as 2s", v)
+			}
+			o.OpTimeout = d
+		case "lazy":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("URL parameter lazy=%q: want true or false", v)
+			}
+			o.Lazy = b
+			keep = append(keep, kv) // also for the driver: driver.Params.Lazy
+		default:
+			keep = append(keep, kv)
+		}
+	}
+	u.RawQuery = strings.Join(keep, "&")
+	return nil
 }
 
 // urlProblem says what url.Parse disliked, without the URL.

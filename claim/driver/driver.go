@@ -166,6 +166,19 @@ type Driver interface {
 	Close() error
 }
 
+// Pinger is optional, and every network driver should have it: Ping
+// checks, in as few round trips as it can, that the server answers, that
+// it is the kind of server the driver speaks to, that it accepts the
+// driver's credentials, and that what the driver needs exists (a table, a
+// schema, a bucket), or creates it where the driver was asked to. A
+// configuration problem is returned wrapped with ErrConfig
+// (Misconfigured); anything else is taken as unavailability. The client
+// calls it when it opens the driver (unless asked to start lazily) and from
+// Client.Ping; without it, the client reads a key nobody writes.
+type Pinger interface {
+	Ping(ctx context.Context) error
+}
+
 // ClaimReader is optional: TryClaim that also reads the key's stored value
 // in the same atomic step, so a holder learns in one round trip whether
 // another holder committed a value between its own read and its claim.

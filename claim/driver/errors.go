@@ -25,7 +25,30 @@ var (
 	ErrInvalidKey = errors.New("invalid key")
 	// ErrClosed: the client (or a subscription) was closed.
 	ErrClosed = errors.New("closed")
+
+	// ErrConfig: the backend refuses this client for a reason that waiting
+	// will not fix: wrong or missing credentials, a permission the client
+	// lacks, a table, schema or bucket that does not exist (and was not to
+	// be created), a server of another kind at the address. Drivers wrap
+	// their substrate's error with it (Misconfigured); a cache must not
+	// fail open on it.
+	ErrConfig = errors.New("backend misconfigured")
+	// ErrUnavailable: the backend could not be reached or did not answer
+	// in time (connection refused or dropped, a timeout, a server
+	// shutting down): a condition that may pass. The client wraps every
+	// driver error that is neither a sentinel above nor ErrConfig with it;
+	// drivers need not.
+	ErrUnavailable = errors.New("backend unavailable")
 )
+
+// Misconfigured wraps err (nil stays nil) so that it matches ErrConfig;
+// its text is "backend misconfigured: " and err's.
+func Misconfigured(err error) error {
+	if err == nil || errors.Is(err, ErrConfig) {
+		return err
+	}
+	return fmt.Errorf("%w: %w", ErrConfig, err)
+}
 
 // HeldError is TryClaim's error when another lease is live. It matches
 // ErrHeld with errors.Is.

@@ -36,7 +36,9 @@ type Params struct {
 // NewParams wraps u's query.
 func NewParams(u *url.URL) *Params {
 	v, err := url.ParseQuery(u.RawQuery)
-	p := &Params{v: v, used: map[string]bool{}}
+	// lazy is the client's parameter, left in the query for the drivers
+	// that dial at open (Lazy); the others need not read it.
+	p := &Params{v: v, used: map[string]bool{"lazy": true}}
 	if err != nil {
 		// url's error quotes the query, which may hold a secret.
 		p.err = fmt.Errorf("URL query does not parse (parameters are separated by '&', values escaped): %s", queryProblem(err))
@@ -76,6 +78,15 @@ func (p *Params) fail(name, val, want string) {
 		}
 		p.err = fmt.Errorf("URL parameter %s=%q: want %s", name, shown, want)
 	}
+}
+
+// Lazy reports the client's lazy parameter (claim.Options.Lazy): the
+// Client will not check the server at open, so a driver that dials or
+// creates its tables in OpenURL should connect on first use instead. The
+// client has already checked the parameter's value.
+func (p *Params) Lazy() bool {
+	b, _ := strconv.ParseBool(p.v.Get("lazy"))
+	return b
 }
 
 // Has reports whether the parameter was given (and marks it used).

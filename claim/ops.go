@@ -1,0 +1,67 @@
+package claim
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/stampede-go/stampede/internal/opctx"
+)
+
+// DefaultOpTimeout bounds each backend call of a Client whose
+// Options.OpTimeout is zero, Open's check of the server included.
+const DefaultOpTimeout = 5 * time.Second
+
+// call is one backend call in flight: the bounded context it runs under,
+// and what the Client records about it when it ends.
+type call struct {
+	op    string
+	ctx   *opctx.Ctx
+	start time.Time
+}
+
+// begin starts backend call op: its context is ctx bounded by the
+// Client's operation timeout (ctx's own deadline, if earlier, stays).
+// end must follow, with the caller's ctx.
+func (c *Client) begin(ctx context.Context, op string) call {
+	now := time.Now()
+	return call{op: op, ctx: opctx.New(ctx, now.Add(c.opTimeout)), start: now}
+}
+
+// end finishes cl: it stops its context and returns err classified
+// (classify), unwrapped by opError (the caller wraps).
+func (c *Client) end(ctx context.Context, cl call, err error) error {
+	cl.ctx.Stop()
+	if err == nil {
+		return nil
+	}
+	return c.classify(ctx, err)
+}
+
+// sentinels are the contract's outcomes: an error wrapping one is an
+// answer from the backend, not a failure to reach it.
+var sentinels = [...]error{ErrHeld, ErrLost, ErrNotFound, ErrTooLarge, ErrInvalidKey, ErrClosed, ErrConfig, ErrUnavailable}
+
+// classify sorts a driver's error into the classes users test with
+// errors.Is: a sentinel (ErrConfig included) is returned as is, and so is
+// the context's error when the caller's ctx ended; anything else is the
+// backend failing to answer, ErrUnavailable, the driver's error wrapped
+// underneath (the operation timeout, when it fired, is named).
+func (c *Client) classify(ctx context.Context, err error) error {
+	for _, s := range sentinels {
+		if errors.Is(err, s) {
+			return err
+		}
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		if errors.Is(err, cerr) {
+			return err
+		}
+		return fmt.Errorf("%w: %w", cerr, err)
+	}
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: no answer within %s (the operation timeout): %w", ErrUnavailable, c.opTimeout, err)
+	}
+	return fmt.Errorf("%w: %w", ErrUnavailable, err)
+}
