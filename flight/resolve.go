@@ -373,11 +373,19 @@ func keeperDelay(l claim.Lease) time.Duration {
 	return d
 }
 
-// backendDown handles a backend failure: fail closed, or fail open (load
+// backendDown handles a backend failure: a configuration error
+// (claim.ErrConfig) is returned; an outage fails closed, or open (load
 // without the claim, still coalesced in this process, capped).
 func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err error) (*entry[V], Source, error) {
 	if ctx.Err() != nil {
 		return nil, SourceNone, ErrClosed
+	}
+	if errors.Is(err, claim.ErrConfig) {
+		// A wrong password or a missing table does not pass by itself:
+		// loading without the claim would run the loader once per process,
+		// silently, until someone reads the logs. The error goes to the
+		// callers instead.
+		return nil, SourceNone, fmt.Errorf("flight: %s %q: %w", op, f.key, err)
 	}
 	if c.cfg.FailClosed {
 		return nil, SourceNone, fmt.Errorf("flight: %s %q: %w: %w", op, f.key, ErrBackend, err)
