@@ -76,7 +76,9 @@ func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time
 // it as well, the value key.
 func (b *backend) claim(ctx context.Context, key, holder string, ttl time.Duration, keys ...string) (driver.Lease, []byte, bool, error) {
 	ms := millis(ttl)
-	res, err := claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
+	res, err := call(b, ctx, func(ctx context.Context) ([]any, error) {
+		return claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
+	})
 	if err != nil {
 		return driver.Lease{}, nil, false, err
 	}
@@ -114,9 +116,12 @@ func claimReply(res []any) (ok bool, n int64, v []byte, found bool, err error) {
 	return false, 0, nil, false, fmt.Errorf("unexpected script reply %v", res)
 }
 
-// lostUnless turns a compare script's reply into nil (1) or ErrLost (0).
-func lostUnless(cmd *goredis.Cmd) error {
-	ok, err := cmd.Int64()
+// compare runs one of the compare scripts (bounded by call): nil if it
+// answers 1, ErrLost if 0.
+func (b *backend) compare(ctx context.Context, s *goredis.Script, keys []string, args ...any) error {
+	ok, err := call(b, ctx, func(ctx context.Context) (int64, error) {
+		return s.Run(ctx, b.rdb, keys, args...).Int64()
+	})
 	if err == nil && ok != 1 {
 		err = driver.ErrLost
 	}
@@ -126,7 +131,7 @@ func lostUnless(cmd *goredis.Cmd) error {
 // Extend implements driver.Claimer: compare and PEXPIRE in one script.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	ms := millis(ttl)
-	if err := lostUnless(extendScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, lockValue(l), ms)); err != nil {
+	if err := b.compare(ctx, extendScript, []string{b.lockKey(l.Key)}, lockValue(l), ms); err != nil {
 		return driver.Lease{}, err
 	}
 	l.TTL = time.Duration(ms) * time.Millisecond
@@ -136,18 +141,18 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // Release implements driver.Claimer: compare, delete and publish in one
 // script.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
-	return lostUnless(releaseScript.Run(ctx, b.rdb, []string{b.lockKey(l.Key)}, lockValue(l), b.channel(l.Key), b.publishCmd()))
+	return b.compare(ctx, releaseScript, []string{b.lockKey(l.Key)}, lockValue(l), b.channel(l.Key), b.publishCmd())
 }
 
 // Commit implements driver.Claimer: compare and SET in one script.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
-	return lostUnless(commitScript.Run(ctx, b.rdb, keys, lockValue(l), value, expiry(ttl)))
+	return b.compare(ctx, commitScript, keys, lockValue(l), value, expiry(ttl))
 }
 
 // CommitRelease implements driver.CommitReleaser: compare, SET, DEL and
 // publish in one script.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
-	return lostUnless(commitReleaseScript.Run(ctx, b.rdb, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd()))
+	return b.compare(ctx, commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd())
 }

@@ -12,14 +12,17 @@
 // and health_check set the Options fields Prefix, MaxValueLen and
 // HealthCheckInterval; go-redis settings client_name, pool_size,
 // min_idle_conns, max_retries (default 0: one attempt per call), protocol
-// (2 or 3, default 3), dial_timeout, read_timeout, write_timeout; cluster
-// (true: a Redis Cluster client seeded with HOST and addrs) and addrs
-// (more HOST:PORT seeds, comma-separated); for rediss only, the TLS
-// parameters every driver shares (cacert, cert, key, servername,
-// skip_verify: see Params.TLS in package claim/driver). An unknown,
-// repeated or malformed parameter is an error. Opening does not dial. For
-// Sentinel, custom dialers or anything else, build the client yourself and
-// call New.
+// (2 or 3, default 3), dial_timeout (default DefaultDialTimeout, 5s),
+// read_timeout, write_timeout; cluster (true: a Redis Cluster client
+// seeded with HOST and addrs) and addrs (more HOST:PORT seeds,
+// comma-separated); for rediss only, the TLS parameters every driver
+// shares (cacert, cert, key, servername, skip_verify: see Params.TLS in
+// package claim/driver); and the Client's own, op_timeout and lazy (see
+// claim.Open). An unknown, repeated or malformed parameter is an error.
+// The opener does not dial; claim.Open then checks the server (see
+// Errors) unless lazy=true. For Sentinel, custom dialers or anything
+// else, build the client yourself and call New, which checks it the same
+// way unless Options.Client.Lazy.
 //
 // # Semantics
 //
@@ -52,11 +55,19 @@
 // *ClusterClient, so a release reaches only the key's shard; PUBLISH
 // otherwise). Each Client keeps one dedicated pub/sub connection (one per
 // master on a cluster) for all its keys and topics. Subscribe returns when
-// a PING written after the SUBSCRIBE is answered (replies come in order).
-// When the pub/sub connection drops, a health-check PING goes unanswered
-// or a cluster slot moves away, the driver reconnects, subscribes again
-// and, once that is confirmed, wakes every key's subscribers and resets
-// every topic's.
+// a PING written after the SUBSCRIBE is answered (replies come in order),
+// or fails with the server's refusal if it answers the SUBSCRIBE with an
+// error (NOAUTH, NOPERM: go-redis alone would reconnect and retry that
+// silently for ever). When the pub/sub connection drops or a health-check
+// PING goes unanswered for a whole interval, the driver wakes every key's
+// subscribers and resets every topic's at once, so that waiters re-check
+// instead of waiting for a push that cannot come (with the server down,
+// their re-check fails at once; a flight can fail open then), and once
+// per outage however many reconnects fail. It reconnects with backoff
+// (25 ms to 2 s), subscribes again and, once that is confirmed, wakes
+// and resets them all again: anything published in between is lost. When
+// a cluster slot moves away, it subscribes on the new master and wakes
+// them once that is confirmed (or at once if it fails).
 //
 // Client.As sets a *goredis.UniversalClient, and a **goredis.Client or
 // **goredis.ClusterClient when the client is one.
@@ -65,4 +76,46 @@
 //
 // A held key is a *HeldError with the lock's PTTL; I/O failures are
 // go-redis's errors, wrapped. Passwords never appear in errors.
+//
+// Opening checks the server (the driver's Ping, which claim.Open, New and
+// Client.Ping call): go-redis connects (dial, TLS handshake, HELLO with
+// the credentials, or AUTH, then SELECT of the database), then one EVAL
+// of a script that reads and deletes a key nobody writes and publishes on
+// a channel nobody reads, under the prefix. Errors that waiting will not
+// fix wrap claim.ErrConfig (driver.Misconfigured), in Ping and in every
+// other call, go-redis's error underneath for errors.As (goredis.Error;
+// goredis.IsAuthError and IsPermissionError): NOAUTH and WRONGPASS (no or
+// a wrong password, a disabled user); NOPERM, and the ACL refusals Lua
+// reports inside a script ("ERR The user executing the script can't ..."
+// on Redis 7.0, "ERR ACL failure in script" on 7.2 and later): a user
+// without the commands, the prefix's keys or its channels; ERR unknown
+// command (a server too old for a command the driver uses, such as
+// SPUBLISH before Redis 7 on a cluster, or one renamed away), from a
+// script too; ERR DB index is out of range; a cluster URL at a standalone
+// server (ERR This instance has cluster support disabled); a server of
+// another kind at the address (memcached, an HTTP server: a reply that is
+// not RESP, which go-redis cannot parse); and a TLS handshake refused for
+// its certificates (an unknown CA, a certificate that does not name the
+// host, an alert such as "certificate required", which, on TLS 1.3,
+// arrives after the handshake and may be read as a dropped connection
+// instead). READONLY (the address is a read-only replica) is ErrConfig
+// in Ping only: in other calls it is a failover under way, which passes,
+// and go-redis drops the connection for another. Everything else is
+// taken as unavailability by the Client (claim.ErrUnavailable): refused,
+// dropped or silent connections, timeouts, LOADING, MASTERDOWN,
+// CLUSTERDOWN, NOREPLICAS, OOM, MISCONF, and a server that just closes
+// the connection (as a TLS-only Redis does to a plain-text client).
+//
+// Timeouts: every call ends at its context's deadline, which the Client
+// bounds by its operation timeout (op_timeout, claim.DefaultOpTimeout);
+// a client opened by URL has ContextTimeoutEnabled for that, and dials
+// once per attempt (go-redis's DialerRetries 1), each dial and TLS
+// handshake bounded by dial_timeout and the context. On a client given
+// to New without ContextTimeoutEnabled, each call runs on a goroutine of
+// its own so that it returns at the deadline (the go-redis call ends in
+// the background, at its ReadTimeout); Subscribe excepted, whose
+// connection set-up go-redis then bounds by ReadTimeout alone. go-redis's
+// read_timeout and write_timeout (default 5s) bound the socket operations
+// under that, and the pub/sub connection's reconnects; health_check
+// (default 3s) finds a silent pub/sub connection within two intervals.
 package redis

@@ -6,16 +6,21 @@ import (
 
 	goredis "github.com/redis/go-redis/v9"
 
+	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/redis"
 )
 
 // New takes the caller's own client: TLS, ACL users, Sentinel, pools.
-// Closing the Client leaves the go-redis client open unless CloseClient is
-// set; As gives it back. By URL instead, importing this package registers
-// redis:// and rediss:// for claim.Open, which dials nothing (its errors
-// never show the password):
+// It checks the server first (a wrong password or a missing ACL
+// permission is claim.ErrConfig, no answer within the operation timeout
+// claim.ErrUnavailable), unless Options.Client.Lazy, as here, where no
+// server runs. Closing the Client leaves the go-redis client open unless
+// CloseClient is set; As gives it back. By URL instead, importing this
+// package registers redis:// and rediss:// for claim.Open, which checks
+// the server the same way unless lazy=true (its errors never show the
+// password):
 //
-//	redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20&maxvalue=67108864
+//	redis://:secret@127.0.0.1:6379/0?prefix=myapp&pool_size=20&maxvalue=67108864&op_timeout=2s
 //
 // The portable API is shown in package claim's examples.
 func ExampleNew() {
@@ -25,10 +30,12 @@ func ExampleNew() {
 		Password:              "secret",
 		TLSConfig:             &tls.Config{MinVersion: tls.VersionTLS12},
 		MaxRetries:            -1, // one attempt per call
+		DialerRetries:         1,
 		ContextTimeoutEnabled: true,
 	})
 	defer rdb.Close()
-	c, err := redis.New(rdb, &redis.Options{Prefix: "myapp", MaxValueLen: 64 << 20})
+	c, err := redis.New(rdb, &redis.Options{Prefix: "myapp", MaxValueLen: 64 << 20,
+		Client: &claim.Options{Lazy: true}})
 	if err != nil {
 		fmt.Println(err)
 		return
@@ -46,10 +53,12 @@ func ExampleNew_cluster() {
 	rdb := goredis.NewClusterClient(&goredis.ClusterOptions{
 		Addrs:                 []string{"10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"},
 		MaxRetries:            -1,
+		DialerRetries:         1,
 		ContextTimeoutEnabled: true,
 	})
-	c, err := redis.New(rdb, &redis.Options{CloseClient: true})
+	c, err := redis.New(rdb, &redis.Options{CloseClient: true, Client: &claim.Options{Lazy: true}})
 	if err != nil {
+		rdb.Close() // a failed New leaves it open
 		fmt.Println(err)
 		return
 	}

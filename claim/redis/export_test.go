@@ -37,3 +37,6 @@ func PubSubConns(c *claim.Client) int {
 	}
 	return conns
 }
+
+// ClassifyForTest exposes the error classification to the external tests.
+var ClassifyForTest = classify

@@ -7,7 +7,7 @@ import (
 // Subscribe implements driver.Notifier: SUBSCRIBE (SSUBSCRIBE on a
 // cluster) to the key's channel, confirmed by a barrier (see notifier).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return b.n.join(ctx, b.channel(key), func([]byte, bool) { wake() })
+	return classify(b.n.join(ctx, b.channel(key), func([]byte, bool) { wake() }))
 }
 
 // Unsubscribe implements driver.Notifier: it waits at most leaveTimeout
@@ -27,16 +27,19 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 }
 
 func (b *backend) publish(ctx context.Context, channel string, msg any) error {
-	if b.cc != nil {
-		return b.cc.SPublish(ctx, channel, msg).Err()
-	}
-	return b.rdb.Publish(ctx, channel, msg).Err()
+	_, err := call(b, ctx, func(ctx context.Context) (int64, error) {
+		if b.cc != nil {
+			return b.cc.SPublish(ctx, channel, msg).Result()
+		}
+		return b.rdb.Publish(ctx, channel, msg).Result()
+	})
+	return err
 }
 
 // SubscribeTopic implements driver.Broadcaster: as Subscribe, on the
 // topic's channel.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	return b.n.join(ctx, b.topicChannel(topic), deliver)
+	return classify(b.n.join(ctx, b.topicChannel(topic), deliver))
 }
 
 // UnsubscribeTopic implements driver.Broadcaster.

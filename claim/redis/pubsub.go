@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strconv"
 	"strings"
@@ -17,11 +18,16 @@ import (
 // notifier owns a driver's pub/sub connections (see Wake-ups in the
 // package doc): a shard, one go-redis PubSub, per server or per master
 // node on a cluster. A barrier is a PING with a numbered payload written
-// after SUBSCRIBEs: its PONG confirms every channel queued before it. When
-// a connection fails (a read or write error, a health-check PING
-// unanswered for a whole interval, an unsolicited unsubscribe after a slot
-// migration), the shard's receiver rebuilds it; the barrier that ends the
-// rebuild fires every channel that was live before the gap with reset.
+// after SUBSCRIBEs: its PONG confirms every channel queued before it; an
+// error reply before it (NOAUTH, NOPERM) fails every channel not yet
+// confirmed instead. When a connection fails (a read or write error, a
+// health-check PING unanswered for a whole interval), the shard's
+// receiver fires every live channel with reset at once, so waiters
+// re-check (and meet the outage, or take over) instead of waiting for a
+// push that cannot come, then rebuilds it; the barrier that ends the
+// rebuild fires them again (anything may have been missed in between).
+// After an unsolicited unsubscribe (a slot migration) the rebuild comes
+// first: its barrier fires them, or its failure does.
 //
 // A channel's fire is called with n.mu held, and only while the channel is
 // in n.chans: once leave has removed it, it is never called again.
@@ -52,9 +58,13 @@ type chanState struct {
 // shard is one pub/sub connection: its channels are those of n.chans
 // whose sh is the shard. n.mu guards every field but sem.
 type shard struct {
-	sem    chan struct{} // held while writing (un)subscriptions or rebuilding
-	kick   chan struct{} // a PubSub appeared: the idle receiver starts reading
-	ps     *goredis.PubSub
+	sem  chan struct{} // held while writing (un)subscriptions or rebuilding
+	kick chan struct{} // ps is live: the idle receiver starts reading
+	ps   *goredis.PubSub
+	// live: ps has connected (a SUBSCRIBE was written on it). Until then
+	// the receiver leaves it alone: reading it would make go-redis dial,
+	// holding the PubSub's lock, bounded by no caller's ctx.
+	live   bool
 	queue  []barrier
 	unsub  map[string]int // UNSUBSCRIBEs written whose confirmation is due
 	nextID uint64
@@ -140,10 +150,6 @@ func (n *notifier) subscribe(ctx context.Context, s *shard, sts ...*chanState) e
 		} else {
 			s.ps = n.b.rdb.Subscribe(n.ctx)
 		}
-		select {
-		case s.kick <- struct{}{}:
-		default:
-		}
 	}
 	ps := s.ps
 	n.mu.Unlock()
@@ -165,6 +171,14 @@ func (n *notifier) subscribe(ctx context.Context, s *shard, sts ...*chanState) e
 		return err
 	}
 	n.mu.Lock()
+	if s.ps == ps && !s.live {
+		// Connected here, under ctx: the idle receiver may read it.
+		s.live = true
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
 	s.nextID++
 	id := s.nextID
 	for _, st := range sts {
@@ -255,6 +269,15 @@ func (n *notifier) leave(name string) {
 func (n *notifier) run(s *shard) {
 	defer n.wg.Done()
 	broken, failures, healthSent := false, 0, false
+	// woken: the live channels were fired for this gap already (a gap
+	// ends at the barrier that confirms the rebuilt connection).
+	woken := false
+	gap := func() {
+		if !woken {
+			woken = true
+			n.fireLive(s)
+		}
+	}
 	for {
 		if n.ctx.Err() != nil {
 			return
@@ -272,14 +295,15 @@ func (n *notifier) run(s *shard) {
 			}
 			if err := n.rebuild(s); err != nil {
 				failures++
+				gap()
 				continue
 			}
 			broken, healthSent = false, false
 		}
 		n.mu.Lock()
-		ps := s.ps
+		ps, live := s.ps, s.live
 		n.mu.Unlock()
-		if ps == nil {
+		if !live {
 			select {
 			case <-s.kick:
 			case <-n.ctx.Done():
@@ -287,7 +311,7 @@ func (n *notifier) run(s *shard) {
 			}
 			continue
 		}
-		msg, err := ps.ReceiveTimeout(n.ctx, n.health)
+		msg, err := n.receive(ps)
 		if err != nil {
 			if n.ctx.Err() != nil {
 				return
@@ -295,12 +319,23 @@ func (n *notifier) run(s *shard) {
 			var ne net.Error
 			if errors.As(err, &ne) && ne.Timeout() && !healthSent {
 				healthSent = true
-				if ps.Ping(n.ctx, healthPayload) == nil {
+				if n.ping(ps) == nil {
 					continue
 				}
 			}
+			var re goredis.Error
+			if errors.As(err, &re) {
+				// An error reply to a SUBSCRIBE or a barrier (NOAUTH
+				// when go-redis connected without a password the server
+				// wants, NOPERM on a channel): the subscriptions waiting
+				// for their confirmation fail with it rather than be
+				// retried silently. The connection is rebuilt for the
+				// others.
+				n.failPending(s, err)
+			}
 			broken = true
 			failures++
+			gap()
 			continue
 		}
 		healthSent = false
@@ -311,7 +346,7 @@ func (n *notifier) run(s *shard) {
 			if id, ok := strings.CutPrefix(m.Payload, barrierPrefix); ok {
 				if v, err := strconv.ParseUint(id, 10, 64); err == nil {
 					n.confirm(s, v)
-					failures = 0
+					failures, woken = 0, false
 				}
 			}
 		case *goredis.Subscription:
@@ -321,6 +356,23 @@ func (n *notifier) run(s *shard) {
 			}
 		}
 	}
+}
+
+// receive reads ps for at most a health-check interval. go-redis may
+// reconnect inside (after a read error), holding ps's lock: the context
+// bounds that too, so Subscribe, Unsubscribe and close, which take the
+// lock, are not held up for longer.
+func (n *notifier) receive(ps *goredis.PubSub) (any, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.health+time.Second)
+	defer cancel()
+	return ps.ReceiveTimeout(ctx, n.health)
+}
+
+// ping writes the health-check PING on ps, bounded as receive is.
+func (n *notifier) ping(ps *goredis.PubSub) error {
+	ctx, cancel := context.WithTimeout(n.ctx, n.health)
+	defer cancel()
+	return ps.Ping(ctx, healthPayload)
 }
 
 // rebuild replaces s's connection: closes it, re-places channels whose
@@ -334,7 +386,7 @@ func (n *notifier) rebuild(s *shard) error {
 	defer s.unlock()
 	n.mu.Lock()
 	old := s.ps
-	s.ps, s.queue, s.unsub = nil, nil, map[string]int{}
+	s.ps, s.live, s.queue, s.unsub = nil, false, nil, map[string]int{}
 	var sts []*chanState
 	for _, st := range n.chans {
 		if st.sh == s {
@@ -359,7 +411,7 @@ func (n *notifier) rebuild(s *shard) error {
 	defer cancel()
 	err := n.subscribe(ctx, s, sts...)
 	if err != nil {
-		n.failPending(s)
+		n.failPending(s, err)
 	}
 	return err
 }
@@ -405,16 +457,30 @@ func (n *notifier) adopt(t *shard, st *chanState) {
 	// st included.
 }
 
-// failPending fails the subscriptions of s not yet confirmed, so their
-// Subscribe returns instead of waiting for a server that is down; the
-// confirmed ones stay and are retried by the next rebuild.
-func (n *notifier) failPending(s *shard) {
+// failPending fails the subscriptions of s not yet confirmed with cause
+// (classified), so their Subscribe returns instead of waiting for a
+// server that is down or refuses them; the confirmed ones stay and are
+// retried by the next rebuild.
+func (n *notifier) failPending(s *shard, cause error) {
+	err := classify(fmt.Errorf("pub/sub: subscription not confirmed: %w", cause))
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	for name, st := range n.chans {
 		if st.sh == s && !st.confirmed {
-			st.settle(errors.New("pub/sub connection failed before the subscription was confirmed"))
+			st.settle(err)
 			delete(n.chans, name)
+		}
+	}
+}
+
+// fireLive fires every confirmed channel of s with reset: its connection
+// is gone, and what was published meanwhile may be lost.
+func (n *notifier) fireLive(s *shard) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, st := range n.chans {
+		if st.sh == s && st.confirmed && st.err == nil {
+			st.fire(nil, true)
 		}
 	}
 }
@@ -474,7 +540,7 @@ func (n *notifier) close() {
 	for _, s := range n.shards {
 		if s.ps != nil {
 			pss = append(pss, s.ps)
-			s.ps = nil
+			s.ps, s.live = nil, false
 		}
 	}
 	for _, st := range n.chans {

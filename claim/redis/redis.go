@@ -2,9 +2,11 @@ package redis
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -46,9 +48,12 @@ type Options struct {
 	// the connection is replaced and waiters re-check (default 3s).
 	HealthCheckInterval time.Duration
 	// CloseClient makes Close also close the go-redis client (default
-	// false: the caller owns it). Clients opened by URL close theirs.
+	// false: the caller owns it). Clients opened by URL close theirs. A New
+	// that fails never closes it.
 	CloseClient bool
-	// Client configures the Client New returns.
+	// Client configures the Client New returns: its operation timeout
+	// (OpTimeout, which also bounds New's check of the server) and Lazy
+	// (New does not check the server).
 	Client *claim.Options
 }
 
@@ -59,10 +64,15 @@ type backend struct {
 	cc  *goredis.ClusterClient // non-nil: sharded pub/sub
 	opt Options                // defaults filled in
 	n   *notifier
+	// deadlines: rdb ends its calls at their context's deadline
+	// (ContextTimeoutEnabled); without it, call bounds them.
+	deadlines bool
+	owns      atomic.Bool // Close closes rdb
 }
 
 var (
 	_ driver.Driver         = (*backend)(nil)
+	_ driver.Pinger         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
@@ -73,15 +83,32 @@ var (
 // Sentinel failover) or *goredis.ClusterClient (sharded pub/sub, Redis 7
 // or later); a *goredis.Ring is refused (its pub/sub cannot follow keys
 // across shards). Every script is safe under go-redis's retries, but
-// MaxRetries: -1 (one attempt per call) gives the clearest errors; set
-// ContextTimeoutEnabled too, or calls outlive their context's deadline
-// until ReadTimeout. The URL opener does both. New does no I/O.
+// MaxRetries: -1 (one attempt per call) and DialerRetries: 1 give the
+// clearest errors and the fastest; set ContextTimeoutEnabled too, or
+// each call runs on a goroutine of its own so that it can return at its
+// context's deadline. The URL opener does all three.
+//
+// New checks the server before it returns (claim.Connect: the Client's
+// Ping, one script round trip after go-redis's connection set-up),
+// within the operation timeout (Options.Client.OpTimeout, default
+// claim.DefaultOpTimeout): a wrong or missing password, an ACL user
+// without the driver's commands, keys or channels, a read-only replica or
+// a server of another kind fail with an error wrapping claim.ErrConfig,
+// a server that cannot be reached or does not answer with one wrapping
+// claim.ErrUnavailable. With Options.Client.Lazy it does no I/O, and the
+// first call meets those errors instead. A New that fails leaves client
+// open, whatever CloseClient says: the caller still owns it.
 func New(client goredis.UniversalClient, opt *Options) (*claim.Client, error) {
 	b, err := newBackend(client, opt)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, b.opt.Client), nil
+	c, err := claim.Connect(context.Background(), b, b.opt.Client)
+	if err != nil {
+		return nil, fmt.Errorf("redis: New: %w", err)
+	}
+	b.owns.Store(b.opt.CloseClient)
+	return c, nil
 }
 
 // newBackend is the driver of New and of the URL opener.
@@ -107,7 +134,12 @@ func newBackend(client goredis.UniversalClient, opt *Options) (*backend, error) 
 		o.HealthCheckInterval = DefaultHealthCheckInterval
 	}
 	b := &backend{rdb: client, opt: o}
-	b.cc, _ = client.(*goredis.ClusterClient)
+	switch c := client.(type) {
+	case *goredis.Client:
+		b.deadlines = c.Options().ContextTimeoutEnabled
+	case *goredis.ClusterClient:
+		b.cc, b.deadlines = c, c.Options().ContextTimeoutEnabled
+	}
 	b.n = newNotifier(b, o.HealthCheckInterval)
 	return b, nil
 }
@@ -127,13 +159,43 @@ func (b *backend) Features() driver.Features {
 }
 
 // Close implements driver.Driver: it closes the pub/sub connections, and
-// the go-redis client too if Options.CloseClient.
+// the go-redis client too if Options.CloseClient (and New succeeded) or
+// the client was opened by URL.
 func (b *backend) Close() error {
 	b.n.close()
-	if b.opt.CloseClient {
+	if b.owns.Load() {
 		return b.rdb.Close()
 	}
 	return nil
+}
+
+// call runs f, one go-redis call, under ctx and returns its error
+// classified (classify). When rdb ends its calls at their context's
+// deadline (ContextTimeoutEnabled, as the URL opener sets it) f runs
+// directly; otherwise on a goroutine, and call returns ctx's error as
+// soon as ctx is done (f then ends in the background, at go-redis's
+// ReadTimeout or WriteTimeout).
+func call[T any](b *backend, ctx context.Context, f func(context.Context) (T, error)) (T, error) {
+	if b.deadlines {
+		v, err := f(ctx)
+		return v, classify(err)
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := f(ctx)
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, classify(r.err)
+	case <-ctx.Done():
+		var zero T
+		return zero, ctx.Err()
+	}
 }
 
 // As implements driver.Aser (the types are in the package doc); *i is

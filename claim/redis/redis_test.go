@@ -70,8 +70,10 @@ func waitWake(t *testing.T, sub *claim.Subscription, what string) {
 
 // TestReconnectWakesWaiter kills the waiter's pub/sub connection, keeps it
 // from reconnecting (its ACL user is disabled) while the holder releases,
-// then lets it back: the waiter must be woken although the release was
-// published to nobody.
+// then lets it back. The waiter is woken as soon as the connection is lost
+// (to re-check rather than wait for a push that cannot come), once however
+// many reconnects fail, and again once the subscription is live again
+// (anything published meanwhile, the release here, went to nobody).
 func TestReconnectWakesWaiter(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
 	ctx := context.Background()
@@ -110,6 +112,9 @@ func TestReconnectWakesWaiter(t *testing.T) {
 	if n, err := admin.ClientKillByFilter(ctx, "TYPE", "pubsub").Result(); err != nil || n != 1 {
 		t.Fatalf("CLIENT KILL TYPE pubsub: %d killed, %v", n, err)
 	}
+	if !backendtest.Woken(sub, lostBound) {
+		t.Fatalf("not woken within %s of losing the pub/sub connection", lostBound)
+	}
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +126,7 @@ func TestReconnectWakesWaiter(t *testing.T) {
 		}
 		return strings.Contains(info, "rejected_connections") && authFailures(admin) >= 2
 	})
-	notWoken(t, sub, "woken while the pub/sub connection was down (the re-check could miss a later release)")
+	notWoken(t, sub, "woken again while the pub/sub connection was still down (want one wake-up per outage, not one per failed reconnect)")
 	if err := admin.Do(ctx, "ACL", "SETUSER", "waiter", "on").Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -305,8 +310,8 @@ func TestURLOptions(t *testing.T) {
 		want goredis.Options
 		tls  bool
 	}{
-		{"redis://localhost", goredis.Options{Addr: "localhost:6379"}, false},
-		{"redis://:pw@10.0.0.1:7000/3", goredis.Options{Addr: "10.0.0.1:7000", Password: "pw", DB: 3}, false},
+		{"redis://localhost", goredis.Options{Addr: "localhost:6379", DialTimeout: redis.DefaultDialTimeout}, false},
+		{"redis://:pw@10.0.0.1:7000/3", goredis.Options{Addr: "10.0.0.1:7000", Password: "pw", DB: 3, DialTimeout: redis.DefaultDialTimeout}, false},
 		{"rediss://alice:pw@[::1]:6380/1?client_name=app&pool_size=7&min_idle_conns=2&dial_timeout=2s&read_timeout=1s&write_timeout=1500ms&protocol=2&max_retries=2",
 			goredis.Options{Addr: "[::1]:6380", Username: "alice", Password: "pw", DB: 1, ClientName: "app", PoolSize: 7,
 				MinIdleConns: 2, DialTimeout: 2 * time.Second, ReadTimeout: time.Second, WriteTimeout: 1500 * time.Millisecond,
@@ -333,6 +338,10 @@ func TestURLOptions(t *testing.T) {
 		if tc.want.MaxRetries == 0 && got.MaxRetries != -1 {
 			t.Errorf("%s: default MaxRetries %d, want -1 (one attempt per call)", tc.url, got.MaxRetries)
 		}
+		if got.DialerRetries != 1 || !got.ContextTimeoutEnabled || got.Dialer == nil {
+			t.Errorf("%s: DialerRetries %d, ContextTimeoutEnabled %v, Dialer set %v; want 1 dial per attempt, calls ended at their context's deadline, the TLS handshake too",
+				tc.url, got.DialerRetries, got.ContextTimeoutEnabled, got.Dialer != nil)
+		}
 		if (got.TLSConfig != nil) != tc.tls {
 			t.Errorf("%s: TLS %v, want %v", tc.url, got.TLSConfig != nil, tc.tls)
 		}
@@ -344,7 +353,7 @@ func TestURLOptions(t *testing.T) {
 
 func TestOpenRegistersBothSchemes(t *testing.T) {
 	for _, s := range []string{"redis", "rediss"} {
-		c, err := claim.Open(context.Background(), s+"://127.0.0.1:1/0?prefix=x&maxvalue=10")
+		c, err := claim.Open(context.Background(), s+"://127.0.0.1:1/0?prefix=x&maxvalue=10&lazy=true")
 		if err != nil {
 			t.Fatalf("%s: %v", s, err)
 		}
@@ -360,7 +369,7 @@ func TestOpenRegistersBothSchemes(t *testing.T) {
 	}
 	// The default limit is Redis's proto-max-bulk-len. (As on a client of
 	// New: the package's examples.)
-	if got := backendtest.Open(t, "redis://127.0.0.1:1/0").Features().MaxValueLen; got != 512<<20 {
+	if got := backendtest.Open(t, "redis://127.0.0.1:1/0?lazy=true").Features().MaxValueLen; got != 512<<20 {
 		t.Errorf("default MaxValueLen %d, want 512 MiB", got)
 	}
 }
@@ -482,8 +491,9 @@ func (c silentConn) Write(b []byte) (int, error) {
 }
 
 // TestSilentConnectionWakesWaiter: the pub/sub connection goes silent
-// (no error, no RST); the health check notices, the driver reconnects
-// once the path heals, and the waiter is woken for the release it missed.
+// (no error, no RST); the health check notices and wakes the waiter (two
+// health-check intervals), the driver reconnects once the path heals, and
+// wakes the waiter again for the release it missed.
 func TestSilentConnectionWakesWaiter(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Redis)
 	ctx := context.Background()
@@ -500,11 +510,14 @@ func TestSilentConnectionWakesWaiter(t *testing.T) {
 	key := "silent/k"
 	l, sub := backendtest.Claim(t, holder, key, time.Minute), backendtest.Subscribe(t, waiter, key)
 	d.silent.Store(true)
+	if !backendtest.Woken(sub, lostBound) {
+		t.Fatalf("not woken within %s of the connection going silent", lostBound)
+	}
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the waiter never noticed the silent connection", func() bool { return d.tries.Load() >= 2 })
-	notWoken(t, sub, "woken before the subscription was live again")
+	eventually(t, "the waiter never tried to reconnect", func() bool { return d.tries.Load() >= 2 })
+	notWoken(t, sub, "woken again before the subscription was live again (want one wake-up per outage)")
 	d.silent.Store(false)
 	waitWake(t, sub, "release while the connection was silent")
 	if err := holder.Notify(ctx, key); err != nil {

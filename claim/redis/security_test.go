@@ -2,7 +2,10 @@ package redis_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -40,6 +43,19 @@ func TestTLSAndACL(t *testing.T) {
 	refused := securitytest.TLSRefusals(t, good, "redis")
 	refused["default user"] = strings.Replace(good, user+":", ":", 1)
 	securitytest.Refused(t, refused, pw, 10*time.Second)
+	// Those the client can tell for sure are configuration errors: an
+	// untrusted certificate (checked by the client itself) and the
+	// credentials. (No client certificate: the server's alert may arrive
+	// as a reset. Plain text: the server just closes the connection.)
+	for _, name := range []string{"system roots", "wrong password", "default user"} {
+		c, err := claim.Open(context.Background(), refused[name])
+		if err == nil {
+			c.Close()
+		}
+		if !errors.Is(err, claim.ErrConfig) {
+			t.Errorf("%s: Open: %v, want ErrConfig", name, err)
+		}
+	}
 }
 
 // TestLimits: on a server whose proto-max-bulk-len is exactly
@@ -91,4 +107,140 @@ func FuzzKeyNames(f *testing.F) {
 		securitytest.CheckEncoding(t, k1, k2, tags, 256, func(c byte) bool { return c != '{' && c != '}' })
 		securitytest.CheckEncoding(t, k1, k2, func(k string) []string { return redis.NamesForTest("p", k) }, 0, nil)
 	}, "{a}", "a", "a}:lock", "a")
+}
+
+// TestNoHang: on a server that accepts connections and never answers,
+// Open fails with ErrUnavailable within the operation timeout (the Ping's
+// connection set-up goes unanswered), and a lazily opened Client's every
+// method, Subscribe included, and Close return within it too.
+func TestNoHang(t *testing.T) {
+	securitytest.NoHang(t, "redis://"+securitytest.Unresponsive(t)+"/0")
+}
+
+// TestConfigRefused: a wrong password (WRONGPASS) and none at all
+// (NOAUTH) fail Open with ErrConfig; opened lazily, Get fails so too, and
+// a flight cache never runs its loader (it does not fail open).
+func TestConfigRefused(t *testing.T) {
+	const pw = "cfg-S3cret"
+	srv := testserver.RequireWith(t, testserver.Redis, &testserver.Options{Password: pw})
+	t.Run("wrong password", func(t *testing.T) {
+		securitytest.ConfigRefused(t, "redis://:wrong-"+pw+"@"+srv.Addr()+"/0", "wrong-"+pw)
+	})
+	t.Run("no password", func(t *testing.T) {
+		securitytest.ConfigRefused(t, "redis://"+srv.Addr()+"/0", "")
+	})
+}
+
+// TestConfigErrors: every other configuration Open finds (the driver's
+// Ping) fails with ErrConfig: ACL users without the prefix's keys,
+// without write commands, without the channels; a read-only replica; a
+// server without EVAL (renamed away, as on a server too old for a
+// command); a database the server does not have; a cluster URL at a
+// standalone server; a memcached server and an HTTP server at the
+// address. On the replica, opened lazily, a claim is ErrUnavailable
+// instead: outside Open and Ping, READONLY is a failover under way.
+func TestConfigErrors(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.Redis, nil) // ACL users of its own
+	ctx := backendtest.Context(t)
+	admin := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), MaxRetries: -1})
+	defer admin.Close()
+	for _, acl := range [][]any{
+		{"ACL", "SETUSER", "otherkeys", "on", ">x", "~other:*", "&*", "+@all"},
+		{"ACL", "SETUSER", "readonly", "on", ">x", "~*", "&*", "+@read", "+@scripting"},
+		{"ACL", "SETUSER", "nochan", "on", ">x", "~*", "resetchannels", "+@all"},
+	} {
+		if err := admin.Do(ctx, acl...).Err(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A replica of a master that is not there: reads answer, writes READONLY.
+	replica := testserver.RequireWith(t, testserver.Redis, &testserver.Options{Args: []string{"--replicaof", "127.0.0.1", "1"}})
+	noEval := testserver.RequireWith(t, testserver.Redis, &testserver.Options{Args: []string{"--rename-command", "EVAL", ""}})
+	web := httptest.NewServer(http.NotFoundHandler())
+	defer web.Close()
+
+	open := func(t *testing.T, u string) {
+		t.Helper()
+		c, err := claim.Open(ctx, u)
+		if err == nil {
+			c.Close()
+			t.Fatal("Open succeeded")
+		}
+		if !errors.Is(err, claim.ErrConfig) {
+			t.Errorf("Open: %v, want ErrConfig", err)
+		}
+		if strings.Contains(err.Error(), ":x@") {
+			t.Errorf("Open's error shows the password: %v", err)
+		}
+	}
+	for name, u := range map[string]string{
+		"keys outside the ACL":     "redis://otherkeys:x@" + srv.Addr() + "/0",
+		"read-only ACL user":       "redis://readonly:x@" + srv.Addr() + "/0",
+		"channels outside the ACL": "redis://nochan:x@" + srv.Addr() + "/0",
+		"replica":                  "redis://" + replica.Addr() + "/0",
+		"no EVAL":                  "redis://" + noEval.Addr() + "/0",
+		"no such database":         "redis://" + srv.Addr() + "/9999",
+		"cluster URL, standalone":  "redis://" + srv.Addr() + "/0?cluster=true",
+		"HTTP server":              "redis://" + strings.TrimPrefix(web.URL, "http://") + "/0",
+	} {
+		t.Run(name, func(t *testing.T) { open(t, u) })
+	}
+	t.Run("memcached", func(t *testing.T) {
+		open(t, "redis://"+testserver.Shared(t, testserver.Memcache).Addr()+"/0")
+	})
+	t.Run("replica, lazily", func(t *testing.T) {
+		c := backendtest.Open(t, "redis://"+replica.Addr()+"/0?lazy=true")
+		if _, err := c.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrUnavailable) {
+			t.Errorf("TryClaim on a replica: %v, want ErrUnavailable (READONLY outside Open and Ping)", err)
+		}
+	})
+}
+
+// TestNewChecks: New checks the server (ErrConfig for a wrong password,
+// ErrUnavailable for none there) and, failing, leaves the caller's client
+// open even with CloseClient; with Lazy it does no I/O. A client that
+// ignores its context's deadline (ContextTimeoutEnabled off, no read
+// timeout) still has every call bounded by the operation timeout.
+func TestNewChecks(t *testing.T) {
+	const pw = "new-S3cret"
+	srv := testserver.RequireWith(t, testserver.Redis, &testserver.Options{Password: pw})
+	ctx := backendtest.Context(t)
+	rdb := goredis.NewClient(&goredis.Options{Addr: srv.Addr(), Password: "wrong-" + pw, MaxRetries: -1, ContextTimeoutEnabled: true})
+	defer rdb.Close()
+	if _, err := redis.New(rdb, &redis.Options{CloseClient: true}); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("New with a wrong password: %v, want ErrConfig", err)
+	}
+	if err := rdb.Ping(ctx).Err(); errors.Is(err, goredis.ErrClosed) {
+		t.Error("a failed New closed the caller's client")
+	}
+	lazy, err := redis.New(rdb, &redis.Options{Client: &claim.Options{Lazy: true}})
+	if err != nil {
+		t.Fatalf("New lazily: %v", err)
+	}
+	defer lazy.Close()
+	if _, err := lazy.Get(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("Get on the lazy client: %v, want ErrConfig", err)
+	}
+
+	gone := goredis.NewClient(&goredis.Options{Addr: "127.0.0.1:1", MaxRetries: -1, DialerRetries: 1})
+	defer gone.Close()
+	if _, err := redis.New(gone, nil); !errors.Is(err, claim.ErrUnavailable) {
+		t.Errorf("New with no server: %v, want ErrUnavailable", err)
+	}
+
+	const opTimeout = 300 * time.Millisecond
+	deaf := goredis.NewClient(&goredis.Options{Addr: securitytest.Unresponsive(t), MaxRetries: -1, ReadTimeout: -1, WriteTimeout: -1})
+	t.Cleanup(func() { deaf.Close() })
+	for _, lazy := range []bool{false, true} {
+		start := time.Now()
+		c, err := redis.New(deaf, &redis.Options{Client: &claim.Options{OpTimeout: opTimeout, Lazy: lazy}})
+		if err == nil {
+			start = time.Now()
+			_, err = c.Get(context.Background(), "k")
+			c.Close()
+		}
+		if d := time.Since(start); !errors.Is(err, claim.ErrUnavailable) || d > opTimeout+time.Second {
+			t.Errorf("lazy=%v: %v after %s, want ErrUnavailable within %s", lazy, err, d.Round(time.Millisecond), opTimeout+time.Second)
+		}
+	}
 }

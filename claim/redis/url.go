@@ -3,12 +3,14 @@ package redis
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	goredis "github.com/redis/go-redis/v9"
 
@@ -16,10 +18,12 @@ import (
 )
 
 // URLOpener opens redis:// and rediss:// URLs (see the package doc). It
-// never dials: the client connects on first use.
+// never dials: go-redis connects on first use, and claim.Open checks the
+// server then (the driver's Ping), unless lazy=true.
 type URLOpener struct{}
 
-// OpenURL implements driver.URLOpener.
+// OpenURL implements driver.URLOpener. It does no I/O, so lazy=true
+// (driver.Params.Lazy) needs nothing of it.
 func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) {
 	uo, opt, err := parseURL(u)
 	if err != nil {
@@ -31,7 +35,37 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 		_ = rdb.Close()
 		return nil, err
 	}
+	b.owns.Store(true)
 	return b, nil
+}
+
+// DefaultDialTimeout bounds each connection attempt of a client opened
+// by URL (dial, TLS handshake) unless dial_timeout says otherwise; every
+// call is bounded by its context's deadline as well.
+const DefaultDialTimeout = 5 * time.Second
+
+// dialer is the go-redis Dialer of a client opened by URL: go-redis's own
+// does the TLS handshake with tls.DialWithDialer, which no context
+// bounds, only DialTimeout; here ctx bounds the handshake too. tc nil
+// means plain TCP.
+func dialer(timeout time.Duration, tc *tls.Config) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if timeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, timeout)
+			defer cancel()
+		}
+		c, err := (&net.Dialer{}).DialContext(ctx, network, addr)
+		if err != nil || tc == nil {
+			return c, err
+		}
+		conn := tls.Client(c, tc)
+		if err := conn.HandshakeContext(ctx); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		return conn, nil
+	}
 }
 
 // parseURL maps a URL to go-redis options and Options. Its errors name
@@ -56,10 +90,13 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		MinIdleConns:          p.Int("min_idle_conns", 0),
 		MaxRetries:            p.Int("max_retries", 0),
 		Protocol:              p.Int("protocol", 3),
-		DialTimeout:           p.Duration("dial_timeout", 0),
+		DialTimeout:           p.Duration("dial_timeout", DefaultDialTimeout),
 		ReadTimeout:           p.Duration("read_timeout", 0),
 		WriteTimeout:          p.Duration("write_timeout", 0),
 		IsClusterMode:         p.Bool("cluster", false),
+		// One dial per attempt (go-redis's default is 5, 100 ms apart): a
+		// server that is down is reported at once.
+		DialerRetries: 1,
 	}
 	addrs := p.String("addrs", "")
 	host := cmp.Or(u.Hostname(), "localhost")
@@ -68,6 +105,7 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		return nil, Options{}, fmt.Errorf("redis: %w", err)
 	}
 	o.TLSConfig = tc
+	o.Dialer = dialer(o.DialTimeout, tc)
 	if o.MaxRetries == 0 {
 		o.MaxRetries = -1 // go-redis: -1 disables retries
 	}
