@@ -12,6 +12,9 @@ import (
 	"sync/atomic"
 	"time"
 
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
@@ -34,6 +37,18 @@ type Options struct {
 	// while its backend is still coming up; Ping checks it later. In a
 	// URL, lazy=true.
 	Lazy bool
+	// MeterProvider receives the Client's metrics: the duration of every
+	// backend call, by operation, backend and error class (see the
+	// package doc, "Metrics and traces"). Default: the global provider
+	// (otel.GetMeterProvider), looked up at each call, so one installed
+	// after the Client was opened is used from then on; with none
+	// installed nothing is recorded, at almost no cost.
+	MeterProvider metric.MeterProvider
+	// TracerProvider receives a span per backend call, a child of the
+	// span in the caller's context. Default: the global provider
+	// (otel.GetTracerProvider), looked up at each call; with none
+	// installed no span is started.
+	TracerProvider trace.TracerProvider
 }
 
 // Client is the portable handle on one backend: what claim.Open and every
@@ -69,6 +84,7 @@ type Client struct {
 	closeOnce sync.Once
 	closeErr  error
 	logTopics *logTopics // topics of a driver without a Broadcaster
+	tel       telemetry  // metrics and traces (otel.go)
 }
 
 // NewClient returns a Client in front of d. It does no I/O and starts no
@@ -86,6 +102,7 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 		o.OpTimeout = DefaultOpTimeout
 	}
 	c := &Client{d: d, feat: d.Features(), log: o.Logger, opTimeout: o.OpTimeout, lazy: o.Lazy}
+	c.tel.init(&o, c.feat.Name)
 	c.cr, _ = d.(driver.ClaimReader)
 	c.crl, _ = d.(driver.CommitReleaser)
 	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
@@ -261,11 +278,10 @@ func (c *Client) Extend(ctx context.Context, l Lease, ttl time.Duration) (Lease,
 	if err := c.checkTTL("extend", l.Key, ttl); err != nil {
 		return Lease{}, err
 	}
-	cl := c.begin(ctx, "extend")
-	if err := checkLive("extend", l, cl.start); err != nil {
-		cl.ctx.Stop()
+	if err := checkLive("extend", l, time.Now()); err != nil {
 		return Lease{}, err
 	}
+	cl := c.begin(ctx, "extend")
 	nl, err := c.d.Extend(cl.ctx, l, ttl)
 	if err = c.end(ctx, cl, err); err != nil {
 		return Lease{}, opError("extend", l.Key, err)

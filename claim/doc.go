@@ -57,6 +57,45 @@
 // (errors.Is), or the context's error, or the backend's own error
 // underneath. *HeldError and *TooLargeError carry details (errors.As).
 //
+// # Metrics and traces
+//
+// A Client records through the OpenTelemetry API only, into
+// Options.MeterProvider and Options.TracerProvider, or, when those are
+// nil, into the global providers (otel.SetMeterProvider,
+// otel.SetTracerProvider), looked up at each call so that providers
+// installed after Open are used. With no provider installed nothing is
+// recorded and no span is started, at no allocation per call.
+//
+// Each backend call (one per method; two where the Client builds a fast
+// path the backend lacks: TryClaimRead as claim then get, CommitRelease
+// as commit then release) is recorded as:
+//
+//   - a point of the histogram stampede.claim.operation.duration
+//     (MetricOperationDuration; seconds, buckets from 50 µs to 10 s;
+//     stampede_claim_operation_duration_seconds in Prometheus), with the
+//     attributes stampede.operation (claim, claim-read, extend, release,
+//     commit, commit-release, get, set, delete, subscribe, notify,
+//     publish, subscribe-topic, ping), stampede.backend (Features.Name)
+//     and, when the call returned an error, error.type;
+//   - a span "claim OP" of kind client, a child of the span in the
+//     caller's context, with the same attributes. The backend's context
+//     carries it, so spans the backend's own client starts (a traced
+//     Redis or PostgreSQL client) are its children.
+//
+// error.type is the error's class: config (ErrConfig), unavailable
+// (ErrUnavailable), timeout (no answer within the operation timeout or
+// the caller's deadline), canceled (the caller's context), held
+// (ErrHeld), not_found (ErrNotFound), lost (ErrLost), too_large,
+// invalid_key, closed. held and not_found are answers, not failures:
+// they are recorded, so contention (claims refused) and misses can be
+// counted, but they leave a span's status unset, where every other class
+// sets it to Error with the error's message. Alert on config (it does
+// not pass by itself) and on the rate of unavailable and timeout, never
+// on held or not_found. Calls the Client refuses before any I/O (an
+// invalid key, a value too large, a closed Client, Commit past the
+// lease's Deadline) are not backend calls and are not recorded. Keys are
+// not attributes.
+//
 // # Backend authors
 //
 // A backend implements the small interfaces of package

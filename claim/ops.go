@@ -17,26 +17,39 @@ const DefaultOpTimeout = 5 * time.Second
 // and what the Client records about it when it ends.
 type call struct {
 	op    string
-	ctx   *opctx.Ctx
+	ctx   stopCtx
 	start time.Time
 }
 
 // begin starts backend call op: its context is ctx bounded by the
-// Client's operation timeout (ctx's own deadline, if earlier, stays).
-// end must follow, with the caller's ctx.
+// Client's operation timeout (ctx's own deadline, if earlier, stays),
+// with the call's span in it when a tracer provider is installed (see
+// otel.go). end must follow, with the caller's ctx; a call abandoned
+// before any I/O calls cl.ctx.Stop instead.
 func (c *Client) begin(ctx context.Context, op string) call {
 	now := time.Now()
+	if tr := c.tel.tracer.Tracer(); tr != nil {
+		return call{op: op, ctx: c.startSpan(ctx, tr, op, now.Add(c.opTimeout)), start: now}
+	}
 	return call{op: op, ctx: opctx.New(ctx, now.Add(c.opTimeout)), start: now}
 }
 
-// end finishes cl: it stops its context and returns err classified
-// (classify), unwrapped by opError (the caller wraps).
+// end finishes cl: it stops its context, returns err classified
+// (classify), unwrapped by opError (the caller wraps), and records the
+// call (its span's status, the duration histogram) with that error's
+// class.
 func (c *Client) end(ctx context.Context, cl call, err error) error {
-	cl.ctx.Stop()
-	if err == nil {
-		return nil
+	if err != nil {
+		err = c.classify(ctx, err)
 	}
-	return c.classify(ctx, err)
+	if tc, ok := cl.ctx.(*tracedCtx); ok {
+		tc.finish(err)
+		ctx = tc.sctx // exemplars point at the span
+	} else {
+		cl.ctx.Stop()
+	}
+	c.record(ctx, cl, err)
+	return err
 }
 
 // sentinels are the contract's outcomes: an error wrapping one is an

@@ -65,6 +65,7 @@ func background() (context.Context, context.CancelFunc) { return context.Backgro
 func TestErrorClasses(t *testing.T) {
 	boom := errors.New("connection refused")
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	for _, tc := range []struct {
 		name     string
 		err      error
@@ -147,7 +148,7 @@ type pinger struct {
 }
 
 func (p *pinger) Ping(context.Context) error { p.pinged++; return p.ping }
-func (p *pinger) Close() error              { p.closed = true; return p.script.Close() }
+func (p *pinger) Close() error               { p.closed = true; return p.script.Close() }
 
 var (
 	openerMu sync.Mutex

@@ -34,6 +34,8 @@ type demoConfig struct {
 	MinDelay time.Duration // the loader's latency range
 	MaxDelay time.Duration
 	JSON     bool
+	Metrics  string         // -metrics ADDR: serve /metrics there
+	Client   *claim.Options // every simulated process's Client (-metrics: its meter provider)
 }
 
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -45,6 +47,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.MinDelay, "min", 100*time.Millisecond, "shortest loader call (a slow database upsert)")
 	fs.DurationVar(&cfg.MaxDelay, "max", 300*time.Millisecond, "longest loader call")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON report instead of text")
+	fs.StringVar(&cfg.Metrics, "metrics", "", "serve the backend clients' metrics in the Prometheus format on `ADDR`/metrics (e.g. 127.0.0.1:9464) while the demo runs, and after it until interrupted")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: stampede demo [flags]")
 		fmt.Fprintln(stderr)
@@ -61,9 +64,19 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.Procs < 1 || cfg.Callers < 1 || cfg.MinDelay < 0 || cfg.MaxDelay < cfg.MinDelay {
 		return fmt.Errorf("demo: need -procs >= 1, -callers >= 1, 0 <= -min <= -max")
 	}
-	var text io.Writer = stdout
+	var text, notes io.Writer = stdout, stdout
 	if cfg.JSON {
-		text = io.Discard
+		text, notes = io.Discard, stderr
+	}
+	var ms *metricsServer
+	if cfg.Metrics != "" {
+		var err error
+		if ms, err = startMetrics(cfg.Metrics); err != nil {
+			return fmt.Errorf("demo: -metrics: %w", err)
+		}
+		defer ms.Close()
+		cfg.Client = &claim.Options{MeterProvider: ms.mp}
+		fmt.Fprintf(notes, "stampede demo: metrics at %s\n", ms.URL())
 	}
 	rep, err := runDemo(ctx, cfg, text, stderr)
 	if err != nil {
@@ -72,7 +85,13 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.JSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	}
+	if ms != nil {
+		fmt.Fprintf(notes, "stampede demo: done; serving metrics at %s until interrupted (Ctrl-C)\n", ms.URL())
+		<-ctx.Done()
 	}
 	return nil
 }
@@ -303,7 +322,7 @@ func (d *demo) start(ctx context.Context, p *process) error {
 	}
 	// The round trips are counted under the client, at its driver.
 	counted, calls := countdriver.Wrap(raw.Driver(), nil, countdriver.Options{})
-	b := claim.NewClient(counted, nil)
+	b := claim.NewClient(counted, d.cfg.Client)
 	c, err := flight.New(b, &flight.Options[Entity]{
 		Name:        d.name,
 		Loader:      d.db.upsert,
@@ -430,6 +449,10 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 	h.Names = len(names)
 	for _, p := range procs {
 		h.BackendCalls += p.calls.Total()
+		// The herd's processes are done: they exit, and give back their
+		// connections (a Consul agent allows a client address 200).
+		p.c.Close()
+		p.b.Close()
 	}
 	h.BackendCalls -= callsBefore
 	slices.Sort(lats)

@@ -1,6 +1,6 @@
 // Command stampede shows stampede's one-loader-call-per-key guarantee.
 //
-//	stampede demo [-backend URL] [-json]   replay the design's scenarios
+//	stampede demo [-backend URL] [-json] [-metrics ADDR]   replay the design's scenarios
 //	stampede help [command]
 //
 // The measuring tools (a multi-process herd, the backend benchmarks, the
