@@ -20,7 +20,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	}
 	ttl = ms(ttl)
 	start := time.Now()
-	le := start.Add(ttl).UnixMilli()
+	le := leaseEnd(start, ttl)
 	vals := map[string]types.AttributeValue{
 		":h": str(holder), ":le": num(le), ":one": num(1),
 		":base": num(start.UnixMicro()), ":cut": num(start.Add(-b.skew).UnixMilli()),
@@ -72,6 +72,15 @@ func (b *backend) leaseReap(expr string, vals map[string]types.AttributeValue, l
 	return expr + ", #exp = if_not_exists(#vp, :reap)"
 }
 
+// leaseEnd is the expiry recorded for a lease of ttl requested at start:
+// Unix ms, rounded up, so that it is never before the lease's local
+// Deadline (which the client stamps from a clock read before start): a
+// Release or Commit sent before the Deadline is judged (start < le, or
+// le > :now) in time even within the Deadline's last millisecond.
+func leaseEnd(start time.Time, ttl time.Duration) int64 {
+	return (start.Add(ttl).UnixNano() + int64(time.Millisecond) - 1) / int64(time.Millisecond)
+}
+
 // expiry is when other clients consider a lease with recorded expiry le
 // (Unix ms) expired: ClockSkew later, and strictly after (le < cut).
 func (b *backend) expiry(le int64) time.Time {
@@ -102,7 +111,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	}
 	start := time.Now()
 	ttl = ms(ttl)
-	le := start.Add(ttl).UnixMilli()
+	le := leaseEnd(start, ttl)
 	vals := leaseVals(l, start)
 	vals[":le"] = num(le)
 	expr := b.leaseReap("SET #le = :le", vals, le)

@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -34,7 +35,11 @@ const (
 	// MaxValueLen is DynamoDB's 400 KB item limit less 4 KiB for the key
 	// (at most 2048 bytes) and the other attributes.
 	MaxValueLen = 400*1024 - 4096
-	maxKeyLen   = 2048
+	// DefaultDialTimeout bounds each connection attempt (TCP and TLS
+	// handshakes) of a client opened by URL without dial_timeout. It is
+	// claim.DefaultOpTimeout: no longer than a call may take anyway.
+	DefaultDialTimeout = claim.DefaultOpTimeout
+	maxKeyLen          = 2048
 	// farFuture (9999-12-31) is exp for an item holding a value without
 	// expiry.
 	farFuture = 253402300799
@@ -77,6 +82,12 @@ type backend struct {
 	skew      time.Duration
 	retention time.Duration // <= 0: no TTL attribute
 	closeIdle func()        // for clients the URL opener made
+
+	// create_table=true: the first call that needs the table (Ping, at
+	// open unless lazy) creates it (ensureTable).
+	create  bool
+	created atomic.Bool
+	creator chan struct{} // holds the one ensureTable running
 }
 
 var (
@@ -88,8 +99,13 @@ var (
 
 // New returns a Client on the table opt.Table using client, which the
 // caller configured (region, credentials, retries, endpoint) and keeps
-// owning. It does no I/O: it does not check that the table exists (see
-// CreateTable).
+// owning: neither Close nor a failed check touches it. New checks the
+// table first (claim.Connect: one GetItem, within the operation timeout),
+// unless opt.Client.Lazy: credentials DynamoDB refuses, a table that does
+// not exist (New does not create it, see CreateTable) or has another key
+// schema, or an endpoint that is not DynamoDB, fail with an error
+// wrapping claim.ErrConfig; an endpoint that cannot be reached or does not
+// answer with one wrapping claim.ErrUnavailable.
 func New(client *dynamodb.Client, opt *Options) (*claim.Client, error) {
 	var o Options
 	if opt != nil {
@@ -99,7 +115,7 @@ func New(client *dynamodb.Client, opt *Options) (*claim.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	return claim.Connect(context.Background(), b, o.Client)
 }
 
 func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
@@ -123,6 +139,7 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		enc:       driver.KeyEncoder{MaxLen: maxKeyLen - len(o.Prefix) - 1, Safe: func(c byte) bool { return c >= ' ' && c != 0x7f }},
 		skew:      o.ClockSkew,
 		retention: o.Retention,
+		creator:   make(chan struct{}, 1),
 	}
 	b.ClaimFunc, b.CommitFunc = b.tryClaim, b.commit
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
@@ -194,10 +211,11 @@ func names(exprs ...string) map[string]string {
 // update runs one UpdateItem on key's item. Attribute names are written
 // #name in the expressions. A failed condition is returned as a
 // *types.ConditionalCheckFailedException (see conditionFailed), an item
-// over DynamoDB's size limit as an error wrapping ErrTooLarge. Nothing is
+// over DynamoDB's size limit as an error wrapping ErrTooLarge, a
+// configuration error as one wrapping ErrConfig (classify). Nothing is
 // sent if ctx is done.
 func (b *backend) update(ctx context.Context, key, expr, cond string, vals map[string]types.AttributeValue, ret types.ReturnValue) (*dynamodb.UpdateItemOutput, error) {
-	if err := ctx.Err(); err != nil {
+	if err := b.ensureTable(ctx); err != nil {
 		return nil, err
 	}
 	in := &dynamodb.UpdateItemInput{
@@ -225,13 +243,13 @@ func (b *backend) update(ctx context.Context, key, expr, cond string, vals map[s
 	if errors.As(err, &ae) && ae.ErrorCode() == "ValidationException" && strings.Contains(strings.ToLower(ae.ErrorMessage()), "item size") {
 		err = fmt.Errorf("%w: %w", driver.ErrTooLarge, err)
 	}
-	return out, err
+	return out, classify(b.table, err)
 }
 
-// getItem reads attrs of key's item, strongly consistent. Nothing is sent
-// if ctx is done.
+// getItem reads attrs of key's item, strongly consistent. A configuration
+// error wraps ErrConfig (classify). Nothing is sent if ctx is done.
 func (b *backend) getItem(ctx context.Context, key string, attrs ...string) (map[string]types.AttributeValue, error) {
-	if err := ctx.Err(); err != nil {
+	if err := b.ensureTable(ctx); err != nil {
 		return nil, err
 	}
 	proj := "#" + strings.Join(attrs, ", #")
@@ -243,7 +261,7 @@ func (b *backend) getItem(ctx context.Context, key string, attrs ...string) (map
 		ExpressionAttributeNames: names(proj),
 	})
 	if err != nil {
-		return nil, err
+		return nil, classify(b.table, err)
 	}
 	return out.Item, nil
 }

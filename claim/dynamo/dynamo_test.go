@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"net/url"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -19,7 +21,15 @@ import (
 	"github.com/stampede-go/stampede/internal/testserver"
 )
 
-func TestMain(m *testing.M) { backendtest.Main(m) }
+// TestMain runs the tests with the SDK's instance metadata client off: a
+// URL without a loopback endpoint takes its credentials from the SDK's
+// default chain, and no test should ask a metadata service for them (the
+// SDK's own clients, which Close cannot reach, would keep connections to
+// it open past the test).
+func TestMain(m *testing.M) {
+	os.Setenv("AWS_EC2_METADATA_DISABLED", "true")
+	backendtest.Main(m)
+}
 
 // table creates the test table on srv and returns srv's URL.
 func table(t testing.TB, srv *testserver.Server) string {
@@ -72,14 +82,16 @@ func TestURL(t *testing.T) {
 		"dynamodb://tbl?region=us-east-1;prefix=x",
 		"dynamodb://tbl?region=us-east-1&prefix=a&prefix=b",
 		"dynamodb://tbl?region=us-east-1&cacert=ca.pem",
+		"dynamodb://tbl?region=us-east-1&dial_timeout=soon",
 	)
-	b, err := claim.Open(context.Background(), "dynamodb://tbl?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&prefix=app&clock_skew=1s&retention=off&poll_min=1ms&poll_max=10ms")
+	// lazy: nothing listens there.
+	b, err := claim.Open(context.Background(), "dynamodb://tbl?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&prefix=app&clock_skew=1s&retention=off&poll_min=1ms&poll_max=10ms&dial_timeout=2s&create_table=true&lazy=true")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
 	db := drv(b)
-	if db.table != "tbl" || db.prefix != "app" || db.skew != time.Second || db.retention >= 0 {
+	if db.table != "tbl" || db.prefix != "app" || db.skew != time.Second || db.retention >= 0 || !db.create {
 		t.Errorf("options not applied: %+v", db)
 	}
 }
@@ -270,4 +282,47 @@ func TestWakeRules(t *testing.T) {
 func TestOwnWakeups(t *testing.T) {
 	c := backendtest.Open(t, backendtest.WithQuery(t, server(t), "poll_min", "1h", "poll_max", "1h"))
 	backendtest.PollOwnWakeups(t, c, drv(c).Len)
+}
+
+// TestReleaseReplyLate: a Release sent well within the lease whose reply
+// is read after the lease's expiry (a slow link, a paused process)
+// releases the lease and succeeds: expiry is judged by the clock read
+// before the request was sent, not after the reply arrived.
+func TestReleaseReplyLate(t *testing.T) {
+	raw := server(t)
+	p := securitytest.NewDelayProxy(t, strings.TrimPrefix(mustQuery(t, raw, "endpoint"), "http://"))
+	a := backendtest.Open(t, backendtest.WithQuery(t, raw, "endpoint", "http://"+p.Addr()))
+	ctx := backendtest.Context(t)
+	key := securitytest.Unique(t) + "release-late"
+	l := backendtest.Claim(t, a, key, time.Second)
+	p.Set(securitytest.Delay{Down: 1500 * time.Millisecond})
+	err := a.Release(ctx, l)
+	p.Set(securitytest.Delay{})
+	if n := p.Released(); n != 1 {
+		t.Fatalf("%d replies held, want the Release's one", n)
+	}
+	if late := time.Now(); !late.After(l.Deadline.Add(drv(a).skew)) {
+		t.Fatalf("the reply came at %s, before the lease's expiry %s: the test proves nothing", late, l.Deadline)
+	}
+	if err != nil {
+		t.Errorf("Release sent within the lease, its reply read after it: %v, want success", err)
+	}
+	d := drv(a)
+	out, err := d.c.GetItem(ctx, &dynamodb.GetItemInput{TableName: aws.String(d.table), Key: d.itemKey(key), ConsistentRead: aws.Bool(true)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, held := out.Item["h"]; held {
+		t.Error("the lease is still recorded after the Release")
+	}
+}
+
+// mustQuery returns the query parameter name of rawURL.
+func mustQuery(t *testing.T, rawURL, name string) string {
+	t.Helper()
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return u.Query().Get(name)
 }

@@ -8,12 +8,15 @@ import (
 	"github.com/aws/aws-sdk-go-v2/config"
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb"
 
+	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/dynamo"
 )
 
 // New takes a client you configured yourself (credentials, region,
-// retries); the Client does not own it, and As hands it back. By URL
-// instead, the blank import of this package is enough for claim.Open:
+// retries); the Client does not own it, and As hands it back. New checks
+// the table (one GetItem) unless the Client is lazy, as here, where the
+// table is only an example. By URL instead, the blank import of this
+// package is enough for claim.Open, which checks the table too:
 //
 //	dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A4567&create_table=true&clock_skew=250ms
 //
@@ -27,7 +30,10 @@ func ExampleNew() {
 		fmt.Println(err)
 		return
 	}
-	c, err := dynamo.New(dynamodb.NewFromConfig(cfg), &dynamo.Options{Table: "locks", Prefix: "myapp", ClockSkew: 250 * time.Millisecond})
+	c, err := dynamo.New(dynamodb.NewFromConfig(cfg), &dynamo.Options{
+		Table: "locks", Prefix: "myapp", ClockSkew: 250 * time.Millisecond,
+		Client: &claim.Options{Lazy: true},
+	})
 	if err != nil {
 		fmt.Println(err)
 		return

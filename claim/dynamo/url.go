@@ -20,8 +20,10 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// URLOpener opens dynamodb:// URLs. Registration dials nothing; opening
-// dials only with create_table=true.
+// URLOpener opens dynamodb:// URLs. Neither registration nor OpenURL
+// dials: the check claim.Open makes next (Ping) is the first request,
+// and creates the table with create_table=true; with lazy=true, the first
+// call does both.
 type URLOpener struct{}
 
 // OpenURL implements driver.URLOpener.
@@ -33,6 +35,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 	region := p.String("region", "")
 	endpoint := p.String("endpoint", "")
 	create := p.Bool("create_table", false)
+	dialTimeout := p.Duration("dial_timeout", DefaultDialTimeout)
 	o := Options{
 		Table:     u.Host,
 		Prefix:    p.String("prefix", DefaultPrefix),
@@ -71,13 +74,17 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		return nil, errors.New("dynamo: no region: set the region URL parameter or AWS_REGION")
 	}
 	// A transport of our own (with what the config put in the SDK's, such
-	// as AWS_CA_BUNDLE), so that Close can drop its idle connections.
+	// as AWS_CA_BUNDLE), so that Close can drop its idle connections, and
+	// connection attempts are bounded by dial_timeout (requests are, by
+	// their context: the Client's operation timeout).
 	var tr *http.Transport
 	if bc, ok := cfg.HTTPClient.(*awshttp.BuildableClient); ok {
-		tr = bc.GetTransport()
+		tr = bc.WithDialerOptions(func(d *net.Dialer) { d.Timeout = dialTimeout }).GetTransport()
 	} else {
 		tr = http.DefaultTransport.(*http.Transport).Clone()
+		tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
+	tr.TLSHandshakeTimeout = dialTimeout
 	cfg.HTTPClient = &http.Client{Transport: tr}
 	client := dynamodb.NewFromConfig(cfg, func(do *dynamodb.Options) {
 		if endpoint != "" {
@@ -89,12 +96,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		return nil, err
 	}
 	b.closeIdle = tr.CloseIdleConnections
-	if create {
-		if err := CreateTable(ctx, client, o.Table); err != nil {
-			b.Close()
-			return nil, err
-		}
-	}
+	b.create = create
 	return b, nil
 }
 
@@ -103,9 +105,11 @@ const createTableWait = 5 * time.Minute
 
 // CreateTable creates table with the key schema this package uses
 // (partition key "k", string; on-demand billing), waits until it is
-// active (at most 5 minutes), and enables DynamoDB TTL on the attribute "exp". A table that
-// exists already is not an error (its schema is not checked); neither is
-// an endpoint without UpdateTimeToLive (dynalite).
+// active (at most 5 minutes, and ctx), and enables DynamoDB TTL on the
+// attribute "exp". A table that exists already is not an error (its
+// schema is not checked here; a Client's check at open is); neither is
+// an endpoint without UpdateTimeToLive (dynalite). Errors DynamoDB
+// answers for credentials or permissions wrap claim.ErrConfig.
 func CreateTable(ctx context.Context, client *dynamodb.Client, table string) error {
 	_, err := client.CreateTable(ctx, &dynamodb.CreateTableInput{
 		TableName:            aws.String(table),
@@ -115,13 +119,13 @@ func CreateTable(ctx context.Context, client *dynamodb.Client, table string) err
 	})
 	var inUse *types.ResourceInUseException
 	if err != nil && !errors.As(err, &inUse) {
-		return fmt.Errorf("dynamo: create table %q: %w", table, err)
+		return fmt.Errorf("dynamo: create table %q: %w", table, classify(table, err))
 	}
 	w := dynamodb.NewTableExistsWaiter(client, func(o *dynamodb.TableExistsWaiterOptions) {
 		o.MinDelay, o.MaxDelay = 20*time.Millisecond, time.Second
 	})
 	if err := w.Wait(ctx, &dynamodb.DescribeTableInput{TableName: aws.String(table)}, createTableWait); err != nil {
-		return fmt.Errorf("dynamo: wait for table %q to be active: %w", table, err)
+		return fmt.Errorf("dynamo: wait for table %q to be active: %w", table, classify(table, err))
 	}
 	// Errors are ignored: already enabled (ValidationException) and not
 	// implemented (dynalite: UnknownOperationException) are both fine, TTL

@@ -22,9 +22,38 @@
 //	                servername defaults to each server's HOST)
 //
 // The port defaults to 11211. User info is an error: memcached's text
-// protocol has no authentication. Opening dials nothing: gomemcache
-// connects on first use, and spreads keys over several servers by hash.
-// The Client's As accepts a **gomemcache.Client.
+// protocol has no authentication. The Client's own parameters, op_timeout
+// and lazy, work as on every backend (see claim.Open). gomemcache spreads
+// keys over several servers by hash. The Client's As accepts a
+// **gomemcache.Client.
+//
+// # Opening
+//
+// gomemcache dials nothing until a call needs a server, so Open and New
+// check the servers before they return (the driver's Ping, within the
+// operation timeout, op_timeout, 5 s by default): a version command to
+// each server in turn, which dials it (the TLS handshake included) and
+// proves it answers as memcached does. Client.Ping runs the same check.
+// With lazy=true (Options.Client.Lazy) Open and New do no I/O; the first
+// call finds what the check would have.
+//
+// A server that requires a client certificate refuses a client without
+// one only after the handshake (TLS 1.3), so the refusal could cross the
+// first request and show as a reset connection. When the server asks for
+// a certificate and the URL gives none (tls=true without cert and key),
+// the dialer therefore waits for the server's verdict (at most 100 ms, or
+// io_timeout if shorter) before it hands the connection on: a refusal
+// fails the dial as the "certificate required" it is, and a server that
+// only asks (memcached's ssl_verify_mode=1) costs that wait per new
+// connection. A client given to New dials with its own DialContext.
+//
+// Every gomemcache call is bounded by gomemcache's own Timeout (the URL's
+// io_timeout, default 500 ms; dialling, then each read and write), and
+// by the caller's context: gomemcache takes no context, so a call that
+// could outlast the context runs on a goroutine of its own and the
+// driver returns when the context ends, leaving the call to end by its
+// Timeout (what it wrote may still reach the server: see Commit). A call
+// whose context is done is not made.
 //
 // # Semantics
 //
@@ -55,15 +84,27 @@
 // and answers ErrLost.
 //
 // Commit is NOT atomic (Features.AtomicCommit is false; there is no
-// TryClaimRead or CommitRelease fast path either): it checks the lock,
-// writes the value, and succeeds only if the write's reply arrived before
-// the lease's local Deadline, hence while the lease was certainly live. A
-// later reply may mean a write after expiry, perhaps after a newer holder's
-// Commit: Commit takes the value back (gets, compare the bytes, CAS to
-// expired) and answers ErrLost. Windows left: readers may see such a late
-// value for about one round trip, and a newer holder's value written just
-// before it is lost (a miss, not a stale value). Eviction of the lock, and
-// a Release of the same lease during its Commit, are not covered.
+// TryClaimRead or CommitRelease fast path either): one multi-get reads
+// the lock (checked as Extend does) and the value item with its CAS id,
+// then the value is written conditionally on that read: a cas of the
+// item read, or an add where there was none (written or deleted in
+// between: read again, at most three times). A write that reaches the
+// server late, after its call gave up (past io_timeout or its context:
+// the bytes were on the wire), therefore never replaces a value written
+// after its read, such as a newer holder's acknowledged commit: memcached
+// refuses it (EXISTS, NOT_STORED). Commit succeeds only if the write's
+// reply arrived before the lease's local Deadline, hence while the lease
+// was certainly live. A later reply may mean a write after expiry: Commit
+// takes the value back (gets, compare the bytes, CAS to expired) and
+// answers ErrLost. Windows left: a late write still lands where the value
+// item is gone when it arrives (deleted, expired or evicted after the
+// write's read) and nobody wrote it since, so a value a holder computed
+// under its lease can appear after a Delete (a newer holder's commit
+// replaces it); readers may see a value acknowledged after its Deadline
+// for about one round trip before it is withdrawn; a newer holder's value
+// equal byte for byte to such a value is withdrawn with it (a miss).
+// Eviction of the lock, and a Release of the same lease during its
+// Commit, are not covered.
 //
 // Values carry their expiry (client clock, Unix ms) in an 8-byte header and
 // are stored with exptime TTL+1s: Get never returns an expired value.
@@ -75,12 +116,30 @@
 // waiters; a claim of a free key does not. Topics use the Client's topic
 // log.
 //
-// gomemcache takes no context: a call whose context is done is refused
-// before any I/O, and a call in flight ends within io_timeout.
-//
 // # Errors
 //
 // ErrHeld (Remaining from the lock's recorded end), ErrLost, ErrNotFound,
 // ErrTooLarge (over maxvalue, refused before any I/O; or from a server
-// whose item size limit is smaller), and gomemcache's own errors.
+// whose item size limit is smaller), and gomemcache's own errors
+// underneath.
+//
+// Configuration errors wrap claim.ErrConfig, from every method, Open and
+// New included: a reply that does not parse as memcached's text protocol
+// (another kind of server at the address: gomemcache's "unexpected
+// response line", "unexpected line in get response", "corrupt get
+// result", or a counter that is not a number; memcached's own
+// SERVER_ERROR and CLIENT_ERROR are not), a TLS handshake refused for its
+// certificates (*tls.CertificateVerificationError, an alert from the
+// server such as "certificate required") or with a server that does not
+// speak TLS (tls.RecordHeaderError), and gomemcache.ErrNoServers (no
+// server, or none gomemcache.New could resolve: it never resolves again).
+// Everything else is unavailability (claim.ErrUnavailable, from the
+// Client): a refused or dropped connection, a timeout. A plain-text
+// client of a TLS-only memcached sees its connection closed: only
+// unavailable.
+//
+// Subscribe reads the key's state before it returns, so it fails with
+// the real cause (ErrConfig above) instead of waiting. A subscription
+// whose polls start failing (the server gone) wakes its waiters once, so
+// they re-check and meet the error, or take a key that was released.
 package memcache

@@ -6,12 +6,15 @@ import (
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
+	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/memcache"
 )
 
 // New takes a client you configured yourself; closing the Client does
-// not close it, and As hands it back. By URL instead, the blank import of
-// this package is enough for claim.Open, which dials nothing:
+// not close it, and As hands it back. New checks the servers (a version
+// command to each) unless the Client is lazy, as here, where the servers
+// are only examples. By URL instead, the blank import of this package is
+// enough for claim.Open, which checks them too (lazy=true skips that):
 //
 //	memcache://10.0.0.1:11211,10.0.0.2:11211?prefix=myapp&maxvalue=4193280&io_timeout=200ms
 //
@@ -20,7 +23,7 @@ func ExampleNew() {
 	mc := gomemcache.New("10.0.0.1:11211", "10.0.0.2:11211")
 	mc.Timeout = 200 * time.Millisecond
 	mc.MaxIdleConns = 64
-	c, err := memcache.New(mc, &memcache.Options{Prefix: "myapp", ItemSizeMax: 4 << 20})
+	c, err := memcache.New(mc, &memcache.Options{Prefix: "myapp", ItemSizeMax: 4 << 20, Client: &claim.Options{Lazy: true}})
 	if err != nil {
 		fmt.Println(err)
 		return

@@ -2,6 +2,7 @@ package memcache
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"strings"
@@ -65,6 +66,8 @@ type backend struct {
 	prefix string
 	enc    driver.KeyEncoder
 	maxVal int
+	// slowest is how long one gomemcache call can take at most (see do).
+	slowest time.Duration
 }
 
 var (
@@ -73,8 +76,12 @@ var (
 )
 
 // New returns a Client on client, which the caller configured (servers,
-// timeouts, TLS dialer) and keeps owning: Close does not close it. It does
-// no I/O.
+// timeouts, TLS dialer) and keeps owning: neither Close nor a failed
+// check closes it. New checks the servers first (claim.Connect: a
+// version command to each, within the operation timeout), unless
+// opt.Client.Lazy: a server that is not memcached, or a TLS handshake it
+// refuses, fails with an error wrapping claim.ErrConfig, one that cannot
+// be reached or does not answer with claim.ErrUnavailable.
 func New(client *gomemcache.Client, opt *Options) (*claim.Client, error) {
 	var o Options
 	if opt != nil {
@@ -84,7 +91,7 @@ func New(client *gomemcache.Client, opt *Options) (*claim.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	return claim.Connect(context.Background(), b, o.Client)
 }
 
 func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
@@ -106,6 +113,9 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		// "PREFIX:x:" + encoded key fits memcached's 250 bytes.
 		enc:    driver.KeyEncoder{MaxLen: maxKeyLen - len(o.Prefix) - 3, Safe: safeByte},
 		maxVal: o.ItemSizeMax - itemOverhead,
+		// A dial, then a deadline for the request and one per line of
+		// the reply (a multi-get of two items has three).
+		slowest: 5 * cmp.Or(client.Timeout, gomemcache.DefaultTimeout),
 	}
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
@@ -143,4 +153,44 @@ func (b *backend) As(i any) bool { return driver.SetAs(i, b.c) }
 
 func (b *backend) item(role byte, key string) string {
 	return b.prefix + ":" + string(role) + ":" + b.enc.Encode(key)
+}
+
+// do runs fn, one gomemcache call, within ctx, and classifies its error
+// (classify). gomemcache takes no context: its calls end by its own
+// Timeout (io_timeout). When ctx may end before the slowest such call
+// could, fn runs on a goroutine of its own and do returns ctx's error
+// when ctx ends first, leaving the call to end by its Timeout in the
+// background (a write it made may still land: see Commit). A call whose
+// ctx is done is not made.
+func do[T any](ctx context.Context, b *backend, fn func() (T, error)) (T, error) {
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	dl, ok := ctx.Deadline()
+	if ctx.Done() == nil || (ok && time.Until(dl) > b.slowest) {
+		v, err := fn()
+		return v, classify(err)
+	}
+	type result struct {
+		v   T
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		v, err := fn()
+		done <- result{v, err}
+	}()
+	select {
+	case r := <-done:
+		return r.v, classify(r.err)
+	case <-ctx.Done():
+		return zero, ctx.Err()
+	}
+}
+
+// do0 is do for a call that returns only an error.
+func do0(ctx context.Context, b *backend, fn func() error) error {
+	_, err := do(ctx, b, func() (struct{}, error) { return struct{}{}, fn() })
+	return err
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -60,7 +61,8 @@ func TestURL(t *testing.T) {
 		"memcache://127.0.0.1:1?timeout=1s",
 		"memcache://127.0.0.1:1?item_size_max=2097152",
 	)
-	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152")
+	// lazy: nothing listens there.
+	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152&lazy=true")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -76,7 +78,7 @@ func TestURL(t *testing.T) {
 	if !c.As(&mc) || mc != b.c {
 		t.Errorf("As(**gomemcache.Client) did not give the client")
 	}
-	if def := backendtest.Open(t, "memcache://127.0.0.1:1"); def.Features().MaxValueLen != DefaultItemSizeMax-itemOverhead {
+	if def := backendtest.Open(t, "memcache://127.0.0.1:1?lazy=true"); def.Features().MaxValueLen != DefaultItemSizeMax-itemOverhead {
 		t.Errorf("default MaxValueLen = %d", def.Features().MaxValueLen)
 	}
 }
@@ -229,15 +231,14 @@ func TestEviction(t *testing.T) {
 	}
 }
 
-// slowConn delays writes that start with a given command.
+// slowConn delays writes of storage commands (storageCommand).
 type slowConn struct {
 	net.Conn
 	delay *atomic.Int64 // nanoseconds; 0: none
-	cmd   string
 }
 
 func (c slowConn) Write(p []byte) (int, error) {
-	if d := c.delay.Load(); d > 0 && bytes.HasPrefix(p, []byte(c.cmd)) {
+	if d := c.delay.Load(); d > 0 && storageCommand(p) {
 		time.Sleep(time.Duration(d))
 	}
 	return c.Conn.Write(p)
@@ -254,7 +255,7 @@ func TestLateCommitWithdrawn(t *testing.T) {
 	c.Timeout = 10 * time.Second
 	c.DialContext = func(ctx context.Context, network, addr string) (net.Conn, error) {
 		conn, err := (&net.Dialer{}).DialContext(ctx, network, addr)
-		return slowConn{conn, &delay, "set "}, err
+		return slowConn{conn, &delay}, err
 	}
 	defer c.Close()
 	b, err := New(c, nil)
@@ -313,4 +314,68 @@ func TestWakeRules(t *testing.T) {
 func TestOwnWakeups(t *testing.T) {
 	c := backendtest.Open(t, backendtest.WithQuery(t, testserver.Shared(t, testserver.Memcache).URL(), "poll_min", "1h", "poll_max", "1h"))
 	backendtest.PollOwnWakeups(t, c, drv(c).Len)
+}
+
+// storageCommand picks memcached's storage commands (set, add, cas):
+// the chunks a DelayProxy holds to make one client's writes late.
+func storageCommand(chunk []byte) bool {
+	for _, c := range []string{"set ", "add ", "cas "} {
+		if bytes.HasPrefix(chunk, []byte(c)) {
+			return true
+		}
+	}
+	return false
+}
+
+// TestLateWriteLoses: a Commit whose write is held on the way past the
+// old holder's I/O timeout (the Commit fails, the bytes are still on the
+// wire) reaches the server after the key was taken over and the new
+// holder's Commit was acknowledged: the new holder's value stays. With
+// and without a value stored before.
+func TestLateWriteLoses(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	p := securitytest.NewDelayProxy(t, srv.Addr())
+	old := backendtest.Open(t, "memcache://"+p.Addr()+"?io_timeout=300ms")
+	cur := backendtest.Open(t, srv.URL())
+	ctx := backendtest.Context(t)
+	for _, stored := range []bool{false, true} {
+		key := fmt.Sprintf("%slate-write-%v", securitytest.Unique(t), stored)
+		if stored {
+			if err := cur.Set(ctx, key, []byte("before"), 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l := backendtest.Claim(t, old, key, 10*time.Second)
+		released := p.Released()
+		p.Set(securitytest.Delay{Up: 2 * time.Second, Match: storageCommand})
+		err := old.Commit(ctx, l, []byte("old"), 0)
+		p.Set(securitytest.Delay{})
+		if err == nil {
+			t.Fatal("a Commit whose write was held past the I/O timeout succeeded")
+		}
+		// The old holder gives the key up (its write still on the
+		// wire); the new holder takes it over and commits.
+		if err := old.Release(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+		nl := backendtest.Claim(t, cur, key, 10*time.Second)
+		if err := cur.Commit(ctx, nl, []byte("new"), 0); err != nil {
+			t.Fatal(err)
+		}
+		if p.Released() != released {
+			t.Fatal("the held write reached the server before the new holder's Commit: the test proves nothing")
+		}
+		if err := p.Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		if p.Released() != released+1 {
+			t.Fatalf("%d writes held and passed on, want 1", p.Released()-released)
+		}
+		if v, err := cur.Get(ctx, key); err != nil || string(v) != "new" {
+			t.Errorf("stored before: %v. After the old holder's late write: Get = %q, %v; want the new holder's value", stored, v, err)
+		}
+		if err := cur.Release(ctx, nl); err != nil {
+			t.Error(err)
+		}
+	}
 }

@@ -5,16 +5,15 @@ import (
 	"strings"
 	"time"
 
+	gomemcache "github.com/bradfitz/gomemcache/memcache"
+
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // Notify implements driver.Notifier: incr of the key's notify counter,
 // which every poll loop of the key compares.
 func (b *backend) Notify(ctx context.Context, key string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	_, err := b.incr(b.item('n', key))
+	_, err := b.incr(ctx, b.item('n', key))
 	return err
 }
 
@@ -23,11 +22,8 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 // lock's. The state may change by itself a second before the end the lock
 // records (memcached's clock ticks once a second).
 func (b *backend) readState(ctx context.Context, key string) (driver.PollState, error) {
-	if err := ctx.Err(); err != nil {
-		return driver.PollState{}, err
-	}
 	lk, nk := b.item('l', key), b.item('n', key)
-	items, err := b.c.GetMulti([]string{lk, nk})
+	items, err := do(ctx, b, func() (map[string]*gomemcache.Item, error) { return b.c.GetMulti([]string{lk, nk}) })
 	if err != nil {
 		return driver.PollState{}, err
 	}

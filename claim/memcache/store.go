@@ -45,10 +45,7 @@ func serverErr(err error) error {
 // Get implements driver.Store. A value past its TTL (by this client's
 // clock) is never returned.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
-	if err := ctx.Err(); err != nil {
-		return nil, err
-	}
-	it, err := b.c.Get(b.item('v', key))
+	it, err := do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(b.item('v', key)) })
 	if errors.Is(err, gomemcache.ErrCacheMiss) {
 		return nil, driver.ErrNotFound
 	}
@@ -66,22 +63,17 @@ func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 
 // Set implements driver.Store.
 func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
 	it, err := b.valueItem(key, val, ttl)
 	if err != nil {
 		return err
 	}
-	return serverErr(b.c.Set(it))
+	return serverErr(do0(ctx, b, func() error { return b.c.Set(it) }))
 }
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	if err := b.c.Delete(b.item('v', key)); err != nil && !errors.Is(err, gomemcache.ErrCacheMiss) {
+	err := do0(ctx, b, func() error { return b.c.Delete(b.item('v', key)) })
+	if err != nil && !errors.Is(err, gomemcache.ErrCacheMiss) {
 		return err
 	}
 	return nil

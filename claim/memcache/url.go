@@ -6,8 +6,11 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
@@ -59,7 +62,7 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 	}
 	if tc != nil {
 		// memcached 1.6 built with TLS, started with -Z (--enable-ssl).
-		c.DialContext = (&tls.Dialer{Config: tc}).DialContext
+		c.DialContext = tlsDialer(tc, min(certProbe, cmp.Or(c.Timeout, gomemcache.DefaultTimeout)))
 	}
 	b, err := newBackend(c, o)
 	if err != nil {
@@ -67,4 +70,48 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 	}
 	b.own = true
 	return b, nil
+}
+
+// certProbe bounds tlsDialer's wait for the server's verdict on a
+// connection without a client certificate.
+const certProbe = 100 * time.Millisecond
+
+// tlsDialer dials with TLS configured by tc. With TLS 1.3 the server
+// judges the client's certificate after the client's side of the
+// handshake is done, so a refusal reaches the client as an alert on its
+// first read, or as a reset connection if its first request crossed the
+// alert. When the server asked for a client certificate and tc has none
+// to give, the dialer waits up to probe for that alert before handing
+// the connection on, so a refusal fails the dial with "certificate
+// required" (an ErrConfig, see classify) rather than a reset (which
+// reads as unavailability). memcached sends nothing before a request: a
+// wait that ends by the deadline is a connection accepted.
+func tlsDialer(tc *tls.Config, probe time.Duration) func(ctx context.Context, network, addr string) (net.Conn, error) {
+	return func(ctx context.Context, network, addr string) (net.Conn, error) {
+		cfg := tc.Clone()
+		var unanswered atomic.Bool // asked for a certificate, none given
+		if len(cfg.Certificates) == 0 && cfg.GetClientCertificate == nil {
+			cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+				unanswered.Store(true)
+				return &tls.Certificate{}, nil
+			}
+		}
+		conn, err := (&tls.Dialer{Config: cfg}).DialContext(ctx, network, addr)
+		if err != nil || !unanswered.Load() || probe <= 0 {
+			return conn, err
+		}
+		_ = conn.SetReadDeadline(time.Now().Add(probe))
+		var one [1]byte
+		_, err = conn.Read(one[:])
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			_ = conn.SetReadDeadline(time.Time{})
+			return conn, nil
+		}
+		conn.Close()
+		if err == nil {
+			err = errors.New("memcache: the server sent data before any request")
+		}
+		return nil, err
+	}
 }
