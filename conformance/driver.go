@@ -221,6 +221,11 @@ func checkConcurrentRelease(t *T) {
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				// The second copy starts a little later in later rounds,
+				// so a compare-then-delete has its second delete land
+				// after the next holder's claim, not together with the
+				// first.
+				time.Sleep(time.Duration(j*i) * 3 * time.Millisecond)
 				_ = d.Release(ctx, l)
 			}()
 		}
