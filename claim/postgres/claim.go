@@ -24,7 +24,8 @@ func leaseTTL(ttl time.Duration) time.Duration {
 // CONFLICT statement; with read, the statement also reads the value (one
 // round trip; two in the race the package doc and the claimRead statement
 // describe).
-func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
+func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (_ driver.Lease, _ []byte, _ bool, err error) {
+	defer func() { err = b.classify(err) }()
 	if err := b.ensure(ctx); err != nil {
 		return driver.Lease{}, nil, false, err
 	}
@@ -36,7 +37,6 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		token      int64
 		remain     int64
 		val        []byte
-		err        error
 	)
 	if read {
 		err = b.pool.QueryRow(ctx, b.q.claimRead, enc, holder, micros(ttl)).Scan(&got, &token, &remain, &val, &found, &snapshotOK)
@@ -85,7 +85,7 @@ func (b *backend) fenced(ctx context.Context, sql string, args ...any) error {
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	ttl = leaseTTL(ttl)
 	if err := b.fenced(ctx, b.q.extend, b.keys.Encode(l.Key), int64(l.Token), l.Holder, micros(ttl)); err != nil {
-		return driver.Lease{}, err
+		return driver.Lease{}, b.classify(err)
 	}
 	l.TTL = ttl
 	return l, nil
@@ -96,18 +96,18 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // and its row is left for the server's clock to judge.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	enc := b.keys.Encode(l.Key)
-	return b.fenced(ctx, b.q.release, enc, int64(l.Token), l.Holder, b.channel, keyPayload(enc))
+	return b.classify(b.fenced(ctx, b.q.release, enc, int64(l.Token), l.Holder, b.channel, keyPayload(enc)))
 }
 
 // Commit implements driver.Claimer: one statement that writes the value
 // only while the lease is current.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	return b.wrote(b.fenced(ctx, b.q.commit, b.keys.Encode(l.Key), nonNil(val), micros(ttl), int64(l.Token), l.Holder))
+	return b.classify(b.wrote(b.fenced(ctx, b.q.commit, b.keys.Encode(l.Key), nonNil(val), micros(ttl), int64(l.Token), l.Holder)))
 }
 
 // CommitRelease implements driver.CommitReleaser: one statement (see
 // commitRelease in schema.go).
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
 	enc := b.keys.Encode(l.Key)
-	return b.wrote(b.fenced(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc)))
+	return b.classify(b.wrote(b.fenced(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc))))
 }

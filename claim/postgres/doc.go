@@ -26,17 +26,45 @@
 // spelled the other backends' way, or one of ours under its old name
 // (stampede_prefix, …): the error names the right one. pgx sends other
 // unknown parameters to the server, which refuses them when Open connects.
-// Opening by URL connects once (creating the tables, or pinging with
-// migrate=false); the Client owns that pool.
+// The Client's own parameters, op_timeout and lazy, work as on every
+// backend (see claim.Open). The Client owns the pool a URL opens.
 //
 // New takes a *pgxpool.Pool of your own instead. Client.As accepts a
 // **pgxpool.Pool, and sets it to the pool in use.
+//
+// # Opening
+//
+// Open and New check the server before they return (the driver's Ping,
+// within the operation timeout, op_timeout, 5 s by default): a
+// connection from the pool (the server kind, TLS, the credentials, the
+// database), then one statement that reads whether the tables exist and
+// whether the role may use them (SELECT, INSERT and UPDATE on
+// PREFIXclaims; SELECT, INSERT, UPDATE and DELETE on PREFIXvalues).
+// Missing tables are created then, unless migrate=false
+// (Options.SkipMigrate), when they fail the check. Client.Ping runs the
+// same check.
+//
+// With lazy=true (Options.Client.Lazy) Open and New do no I/O at all:
+// the first call takes the first connection and, unless migrate=false,
+// creates the tables; the first Subscribe dials the LISTEN connection. A
+// wrong password or a missing table then fails those calls instead.
+// (pool_min_conns makes pgxpool dial in the background from the start,
+// lazy or not.)
+//
+// Every connection attempt is bounded by the caller's context, the
+// operation timeout and connect_timeout (libpq's name, whole seconds:
+// each attempt's TCP connect, TLS handshake and authentication);
+// without it, DefaultConnectTimeout (5 s) for the pool a URL opens and
+// for the LISTEN connection (pgxpool otherwise goes on connecting in the
+// background for up to 2 minutes after the caller gave up). Statements
+// end when their context does: pgx interrupts them and closes the
+// connection.
 //
 // # Semantics
 //
 // Two tables, PREFIXclaims (key, holder, token, expires_at) and
 // PREFIXvalues (key, value, expires_at), live in Options.Schema, created
-// on first use or by Migrate.
+// by Open's check, on first use or by Migrate.
 //
 // TryClaim is one INSERT … ON CONFLICT DO UPDATE that takes the row only
 // if it has no holder or its lease has expired, and bumps the row's token;
@@ -66,7 +94,8 @@
 // all keys and topics; notifications carry the encoded key. When the
 // connection drops or goes silent (Options.HealthInterval), the driver
 // reconnects with backoff, LISTENs again and wakes every subscribed key
-// (every topic subscription gets a reset). Publish sends the message in
+// (every topic subscription gets a reset), and wakes them already when
+// the first attempt fails (see Errors). Publish sends the message in
 // the NOTIFY payload, which must stay under 8000 bytes. Expired values are
 // never read, and deleted in the background (Options.SweepInterval, Sweep).
 //
@@ -75,4 +104,29 @@
 // As package claim/driver says, with pgx's error underneath. A held key's
 // *claim.HeldError has the remaining lease time as the server reckons it
 // (0 if the holder's row committed after the claim statement's snapshot).
+//
+// Configuration errors wrap claim.ErrConfig, from every method, Open and
+// New included: a *pgconn.PgError with SQLSTATE 28P01
+// (invalid_password), 28000 (invalid_authorization_specification: no
+// such role, no pg_hba.conf entry), 3D000 (invalid_catalog_name: no such
+// database), 3F000 (invalid_schema_name), 42P01 (undefined_table: a
+// table missing, with migrate=false or dropped since) or 42501
+// (insufficient_privilege); the check's own findings (tables missing
+// with migrate=false, a privilege missing on them); and a server of
+// another kind at the address: on the connections the driver dials
+// itself (the pool a URL opens, the LISTEN connection), a server whose
+// first answer is not PostgreSQL's fails the connection with an error
+// that says so, quoting the answer's first bytes. (pgx alone dials the
+// connections of a pool given to New: there such a server is only
+// unavailable.) Everything else is unavailability (claim.ErrUnavailable,
+// from the Client): a server that does not answer or refuses
+// connections, a connection dropped, a statement past its context.
+//
+// Subscribe fails with the LISTEN connection's own error (a wrong
+// password: ErrConfig) rather than waiting for it. When an established
+// LISTEN connection is lost, the driver reconnects at once; if that
+// fails, every subscribed key is woken then (and every topic reset), so
+// waiters re-check (and see the error, or take a key that was released)
+// instead of waiting for a wake-up that cannot come; they are woken
+// again once the connection is back.
 package postgres

@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"net/url"
@@ -33,7 +34,8 @@ func Example_open() {
 // New takes the caller's own pool (TLS, auth hooks, tracing); the
 // Client's Close leaves it open. Waiting never takes a pool connection:
 // each Client LISTENs on one connection of its own, made from the pool's
-// configuration.
+// configuration. New checks the server (and creates the tables) before
+// it returns.
 func ExampleNew() {
 	ctx := context.Background()
 	cfg, err := pgxpool.ParseConfig("postgres://app@db.internal/app")
@@ -46,16 +48,32 @@ func ExampleNew() {
 		log.Fatal(err)
 	}
 	defer pool.Close()
-	c, err := postgres.New(pool, &postgres.Options{Schema: "cache", TablePrefix: "myapp_", SkipMigrate: true})
+	c, err := postgres.New(pool, &postgres.Options{Schema: "cache", TablePrefix: "myapp_"})
+	if errors.Is(err, claim.ErrConfig) {
+		// A wrong password, a missing privilege, ...: retrying will not help.
+		log.Fatal(err)
+	}
+	if err != nil {
+		log.Fatal(err) // claim.ErrUnavailable: the server did not answer in time
+	}
+	defer c.Close()
+	fmt.Println(c.Features().MaxValueLen)
+}
+
+// Migrate creates the tables from a deploy step, for Clients that run
+// with migrate=false under a role that may not create them. The deploy
+// step opens its Client lazily: Open would otherwise fail on the very
+// tables it is about to create.
+func ExampleMigrate() {
+	ctx := context.Background()
+	c, err := claim.Open(ctx, "postgres://admin@db.internal/app?schema=cache&migrate=false&lazy=true")
 	if err != nil {
 		log.Fatal(err)
 	}
 	defer c.Close()
-	// With SkipMigrate, create the tables from a deploy step instead.
 	if err := postgres.Migrate(ctx, c); err != nil {
 		log.Fatal(err)
 	}
-	fmt.Println(c.Features().MaxValueLen)
 }
 
 // ParseURL shows what a URL configures: this package's parameters become

@@ -1,6 +1,7 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"errors"
@@ -28,9 +29,8 @@ const (
 
 // Reconnect backoff of the LISTEN connection.
 const (
-	minBackoff  = 50 * time.Millisecond
-	maxBackoff  = 5 * time.Second
-	dialTimeout = 10 * time.Second
+	minBackoff = 50 * time.Millisecond
+	maxBackoff = 5 * time.Second
 )
 
 func keyPayload(enc string) string { return string(tagKey) + enc }
@@ -105,12 +105,17 @@ func (b *backend) waitLive(ctx context.Context) error {
 }
 
 // listen runs the LISTEN connection until Close: connect, LISTEN, serve
-// notifications; on loss reconnect with jittered backoff, LISTEN again and
-// wake every subscriber to re-check.
+// notifications; on loss reconnect at once, then with jittered backoff,
+// LISTEN again and wake every subscriber to re-check. Events between the
+// loss and the new LISTEN are gone, so if the first attempt to reconnect
+// fails, every subscriber is woken then too: a waiter re-checks (and
+// finds the server unreachable, or the key free) instead of waiting for a
+// wake-up that cannot come.
 func (b *backend) listen() {
 	l := &b.l
 	backoff := minBackoff
-	first := true
+	lost := false // a live LISTEN was lost: its subscribers may have missed events
+	told := false // they were woken since the loss
 	for b.ctx.Err() == nil {
 		conn, err := b.dial()
 		if err != nil {
@@ -120,7 +125,11 @@ func (b *backend) listen() {
 			l.update(func() {
 				l.failures++
 				l.lastErr = err
+				if lost && !told {
+					l.wakeAll()
+				}
 			})
+			told = told || lost
 			t := time.NewTimer(backoff/2 + rand.N(backoff/2+1))
 			select {
 			case <-t.C:
@@ -134,38 +143,45 @@ func (b *backend) listen() {
 		backoff = minBackoff
 		l.update(func() {
 			l.live = true
-			if first {
-				return
-			}
-			// Events between the loss and the new LISTEN are gone:
-			// everyone re-checks, and topics start over.
-			for _, wake := range l.keys {
-				wake()
-			}
-			for _, deliver := range l.topics {
-				deliver(nil, true)
+			if lost {
+				l.wakeAll()
 			}
 		})
-		first = false
+		lost, told = false, false
 		b.serve(conn)
 		l.update(func() { l.live = false })
+		lost = true
 		cctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_ = conn.Close(cctx)
 		cancel()
 	}
 }
 
+// wakeAll wakes every subscribed key and resets every subscribed topic:
+// they may have missed events. Called under l.mu.
+func (l *listener) wakeAll() {
+	for _, wake := range l.keys {
+		wake()
+	}
+	for _, deliver := range l.topics {
+		deliver(nil, true)
+	}
+}
+
 // dial makes the LISTEN connection from the pool's configuration (with
-// its BeforeConnect hook, if any), outside the pool.
+// its BeforeConnect hook, if any), outside the pool, within the
+// configuration's connect_timeout (DefaultConnectTimeout if it has none).
+// A server of another kind fails it with errNotPostgres (sniffing).
 func (b *backend) dial() (*pgx.Conn, error) {
-	ctx, cancel := context.WithTimeout(b.ctx, dialTimeout)
-	defer cancel()
 	pc := b.pool.Config()
 	cfg := pc.ConnConfig
 	if b.opt.ListenConfig != nil {
 		cfg = b.opt.ListenConfig
 	}
 	cfg = cfg.Copy()
+	ctx, cancel := context.WithTimeout(b.ctx, cmp.Or(cfg.ConnectTimeout, DefaultConnectTimeout))
+	defer cancel()
+	cfg.DialFunc = sniffing(cfg.DialFunc)
 	if _, ok := cfg.RuntimeParams["application_name"]; !ok {
 		cfg.RuntimeParams["application_name"] = "stampede-listen"
 	}
@@ -271,7 +287,7 @@ func leave[F any](b *backend, table map[string]F, name string) {
 // Subscribe implements driver.Notifier on the one LISTEN connection, which
 // the first subscription opens (see join).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return join(ctx, b, b.l.keys, b.keys.Encode(key), wake)
+	return b.classify(join(ctx, b, b.l.keys, b.keys.Encode(key), wake))
 }
 
 // Unsubscribe implements driver.Notifier. The LISTEN connection stays.
@@ -280,7 +296,7 @@ func (b *backend) Unsubscribe(key string) { leave(b, b.l.keys, b.keys.Encode(key
 // Notify implements driver.Notifier (one pg_notify).
 func (b *backend) Notify(ctx context.Context, key string) error {
 	_, err := b.pool.Exec(ctx, b.q.notify, b.channel, keyPayload(b.keys.Encode(key)))
-	return err
+	return b.classify(err)
 }
 
 // Publish implements driver.Broadcaster over the same channel. msg is sent
@@ -294,13 +310,13 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: n}
 	}
 	_, err := b.pool.Exec(ctx, b.q.notify, b.channel, string(tagTopic)+enc+" "+base64.StdEncoding.EncodeToString(msg))
-	return err
+	return b.classify(err)
 }
 
 // SubscribeTopic implements driver.Broadcaster on the same LISTEN
 // connection as Subscribe. After a reconnect, deliver gets a reset.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	return join(ctx, b, b.l.topics, b.keys.Encode(topic), deliver)
+	return b.classify(join(ctx, b, b.l.topics, b.keys.Encode(topic), deliver))
 }
 
 // UnsubscribeTopic implements driver.Broadcaster.

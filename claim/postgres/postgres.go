@@ -42,6 +42,12 @@ const (
 	maxKeyLen = 256
 	// maxIdent is PostgreSQL's identifier limit (NAMEDATALEN-1).
 	maxIdent = 63
+	// DefaultConnectTimeout bounds each connection attempt (TCP, TLS,
+	// authentication) of a pool opened from a URL without connect_timeout,
+	// and of a LISTEN connection whose configuration has no
+	// ConnectTimeout. (pgxpool goes on connecting in the background when
+	// the caller gives up, 2 minutes at most by default.)
+	DefaultConnectTimeout = claim.DefaultOpTimeout
 )
 
 // Options configure a Client. nil means defaults; every zero field is a
@@ -57,8 +63,10 @@ type Options struct {
 	// MaxValueLen limits values (default DefaultMaxValueLen, at most
 	// MaxValueLimit).
 	MaxValueLen int
-	// SkipMigrate, if true, never creates the tables on first use: call
-	// Migrate yourself, or create them with your migration tool.
+	// SkipMigrate, if true, never creates the tables (at New's and Open's
+	// check, or on first use): missing tables are then a configuration
+	// error (claim.ErrConfig). Create them with Migrate (from a Client
+	// made lazily) or with your migration tool.
 	SkipMigrate bool
 	// SweepInterval is the least time between two background deletions
 	// of expired values by this Client, started after a Set or Commit
@@ -152,18 +160,33 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
+	_ driver.Pinger         = (*backend)(nil)
 )
 
 // New returns a Client using pool for claims and values. The pool stays
-// the caller's: the Client's Close does not close it. The LISTEN
-// connection is made separately, from pool.Config(), when the first
-// subscription needs it. New does no I/O.
+// the caller's: neither the Client's Close nor a failed New closes it.
+// The LISTEN connection is made separately, from pool.Config(), when the
+// first subscription needs it.
+//
+// New checks the server before it returns (claim.Connect: the Client's
+// Ping, within the operation timeout, Options.Client.OpTimeout): it
+// takes a connection from the pool, and reads whether the tables exist
+// (creating them unless SkipMigrate) and whether the role may use them.
+// A wrong password, a missing database, schema or table, a missing
+// privilege or a server that is not PostgreSQL fail it with an error
+// wrapping claim.ErrConfig; a server that cannot be reached, with one
+// wrapping claim.ErrUnavailable. With Options.Client.Lazy, New does no
+// I/O: the first call connects and migrates.
 func New(pool *pgxpool.Pool, opt *Options) (*claim.Client, error) {
 	b, err := newBackend(pool, opt)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, b.opt.Client), nil
+	c, err := claim.Connect(context.Background(), b, b.opt.Client)
+	if err != nil {
+		return nil, fmt.Errorf("postgres: New: %w", err)
+	}
+	return c, nil
 }
 
 func newBackend(pool *pgxpool.Pool, opt *Options) (*backend, error) {

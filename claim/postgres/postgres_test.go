@@ -140,7 +140,14 @@ func TestParseURL(t *testing.T) {
 			t.Errorf("ParseURL(%s) = %+v, %q; want %+v, %q", tc.in, *o, conn, tc.want, tc.conn)
 		}
 	}
+	// The Client's parameters, for New: Options.Client.
+	u, _ := url.Parse("postgres://h/db?lazy=true&op_timeout=2s&sslmode=disable")
+	if o, conn, err := ParseURL(u); err != nil || conn != "postgres://h/db?sslmode=disable" || o.Client == nil || !o.Client.Lazy || o.Client.OpTimeout != 2*time.Second {
+		t.Errorf("ParseURL(%s) = %+v, %q, %v; want Client{Lazy, 2s}", u, o, conn, err)
+	}
 	for _, bad := range []string{
+		"postgres://h/db?lazy=maybe",
+		"postgres://h/db?op_timeout=soon",
 		"postgres://h/db?maxvalue=-1",
 		"postgres://h/db?migrate=maybe",
 		"postgres://h/db?sweep=soon",
@@ -217,9 +224,11 @@ func TestOptions(t *testing.T) {
 	}
 }
 
-// TestListenReconnect cuts the LISTEN connection while a waiter waits,
-// releases the key while it is down (so the NOTIFY is lost), and shows the
-// waiter still wakes: the reconnect wakes every subscriber to re-check.
+// TestListenReconnect cuts the LISTEN connection while a waiter waits: it
+// cannot come back at once, so the waiter is woken to re-check (and finds
+// the key still held). Then the key is released while the connection is
+// down (so the NOTIFY is lost), and the waiter still wakes: the reconnect
+// wakes every subscriber to re-check.
 func TestListenReconnect(t *testing.T) {
 	ctx := backendtest.Context(t)
 	srv := testserver.Shared(t, testserver.Postgres)
@@ -235,13 +244,17 @@ func TestListenReconnect(t *testing.T) {
 	holder, _ := newClient(t, nil, "prefix", prefix)
 	l, sub := waitForHolder(ctx, t, holder, waiter, "reconnect", time.Hour)
 	px.Cut()
+	awaitWake(ctx, t, sub, "LISTEN connection lost, not back at once")
+	if _, err := waiter.TryClaim(ctx, "reconnect", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Fatalf("TryClaim after the outage's wake-up: %v, want ErrHeld", err)
+	}
 	// The listener is down: this release's NOTIFY reaches nobody here.
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
 	select {
 	case <-sub.C():
-		t.Fatal("woken during the outage")
+		t.Fatal("woken twice during one outage")
 	case <-time.After(100 * time.Millisecond):
 	}
 	px.Restore()
@@ -376,14 +389,15 @@ func TestConcurrentMigrate(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			// Half migrate explicitly, half on first use.
+			// Half migrate when New checks the server (and then
+			// explicitly), half on first use.
 			pool, err := pgxpool.New(ctx, serverURL(t))
 			if err != nil {
 				errs <- err
 				return
 			}
 			defer pool.Close()
-			c, err := New(pool, &Options{Schema: schema})
+			c, err := New(pool, &Options{Schema: schema, Client: &claim.Options{Lazy: i%2 == 1}})
 			if err != nil {
 				errs <- err
 				return
@@ -407,14 +421,16 @@ func TestConcurrentMigrate(t *testing.T) {
 	if err := p.QueryRow(ctx, `SELECT count(*) FROM pg_tables WHERE schemaname = $1`, schema).Scan(&tables); err != nil || tables != 2 {
 		t.Errorf("tables in %s: %d, %v", schema, tables, err)
 	}
-	// SkipMigrate leaves a missing table missing.
-	b, err := New(p, &Options{Schema: "nomig_" + randID(), SkipMigrate: true})
+	// SkipMigrate leaves a missing table missing: the first call of a
+	// Client made lazily says so (New's check: TestNewKeepsPoolOnFailure).
+	nomig := &Options{Schema: "nomig_" + randID(), SkipMigrate: true, Client: &claim.Options{Lazy: true}}
+	b, err := New(p, nomig)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer b.Close()
-	if _, err := b.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
-		t.Errorf("Get with SkipMigrate on a missing table: %v", err)
+	if _, err := b.Get(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("Get with SkipMigrate on a missing table: %v, want ErrConfig", err)
 	}
 }
 

@@ -14,8 +14,8 @@ import (
 type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
 	claimRead, commitRelease                                     string
-	exists                                                       string
-	existsArgs                                                   []any // the names exists looks up
+	tables                                                       string
+	tableArgs                                                    []any // the names tables looks up: claims, values, index
 	migrate                                                      []string
 }
 
@@ -94,9 +94,17 @@ w AS (` + commit + `)
 		sweep: `DELETE FROM ` + v + ` WHERE key = ANY(ARRAY(
   SELECT key FROM ` + v + ` WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED))
 AND expires_at <= clock_timestamp()`,
-		notify:     `SELECT pg_notify($1, $2)`,
-		exists:     `SELECT to_regclass($1) IS NOT NULL AND to_regclass($2) IS NOT NULL AND to_regclass($3) IS NOT NULL`,
-		existsArgs: []any{c, v, id("values_expires_idx")},
+		notify: `SELECT pg_notify($1, $2)`,
+		// tables: whether the tables and the index exist, whether this
+		// role has the privileges the driver uses on them (NULL, so
+		// false, if they do not exist), and the role.
+		tables: `WITH t (c, v, i) AS (SELECT to_regclass($1), to_regclass($2), to_regclass($3))
+SELECT c IS NOT NULL AND v IS NOT NULL AND i IS NOT NULL,
+  coalesce((SELECT bool_and(has_table_privilege(r, p)) FROM (VALUES
+    (c, 'SELECT'), (c, 'INSERT'), (c, 'UPDATE'), (v, 'SELECT'), (v, 'INSERT'), (v, 'UPDATE'), (v, 'DELETE')) x (r, p)), false),
+  current_user::text
+FROM t`,
+		tableArgs: []any{c, v, id("values_expires_idx")},
 		migrate: []string{
 			`CREATE TABLE IF NOT EXISTS ` + c + ` (
   key text PRIMARY KEY,
@@ -116,23 +124,31 @@ AND expires_at <= clock_timestamp()`,
 // Migrate creates the schema (if missing), the tables and the index of
 // c's Schema and TablePrefix, if they do not exist yet. It is idempotent
 // and safe to run from several processes at once (a transaction-scoped
-// advisory lock serialises it). A Client runs it on first use unless
-// Options.SkipMigrate is set. c must come from New or claim.Open of a
-// postgres:// URL.
+// advisory lock serialises it). Unless Options.SkipMigrate is set, a
+// Client runs it when New or Open checks the server, or on first use when
+// made lazily; with SkipMigrate, New and Open fail on missing tables, so
+// run Migrate from a Client made with Options.Client.Lazy (lazy=true). c
+// must come from New or claim.Open of a postgres:// URL.
 func Migrate(ctx context.Context, c *claim.Client) error {
 	b, err := of("migrate", c)
 	if err != nil {
 		return err
 	}
 	if err := b.migrate(ctx); err != nil {
-		return fmt.Errorf("postgres: %w", err)
+		return fmt.Errorf("postgres: %w", b.classify(err))
 	}
 	return nil
 }
 
+// tables reads whether the tables exist, and whether this role (named
+// role) may use them: one statement.
+func (b *backend) tables(ctx context.Context) (exist, usable bool, role string, err error) {
+	err = b.pool.QueryRow(ctx, b.q.tables, b.q.tableArgs...).Scan(&exist, &usable, &role)
+	return exist, usable, role, err
+}
+
 func (b *backend) migrate(ctx context.Context) error {
-	var ok bool
-	err := b.pool.QueryRow(ctx, b.q.exists, b.q.existsArgs...).Scan(&ok)
+	ok, _, _, err := b.tables(ctx)
 	if err == nil && !ok {
 		err = pgx.BeginFunc(ctx, b.pool, func(tx pgx.Tx) error {
 			if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, b.lockID); err != nil {

@@ -20,7 +20,8 @@ import (
 // TestTLSAndSCRAM runs against a PostgreSQL whose pg_hba.conf accepts TCP
 // clients only over TLS (hostssl) and only by scram-sha-256: a round trip
 // through the URL (sslmode=verify-full&sslrootcert=..., libpq's names) and
-// through the user's own pool given to New.
+// through the user's own pool given to New; a wrong password is ErrConfig
+// (securitytest.ConfigRefused), and every refused client is refused.
 func TestTLSAndSCRAM(t *testing.T) {
 	const user, pw = "alice", "alice-S3cret"
 	srv := testserver.RequireWith(t, testserver.Postgres, &testserver.Options{TLS: true, User: user, Password: pw})
@@ -46,6 +47,14 @@ func TestTLSAndSCRAM(t *testing.T) {
 		v.RawQuery = params.Encode() + "&connect_timeout=5"
 		return v.String()
 	}
+	// A wrong password is a configuration error, at Open, at the first
+	// call of a Client opened lazily, and at Subscribe (the LISTEN
+	// connection's cause, not a timeout).
+	t.Run("wrong password is ErrConfig", func(t *testing.T) {
+		wrong := with(url.UserPassword(user, "wrong-"+pw), q)
+		securitytest.ConfigRefused(t, wrong, pw)
+		subscribeRefused(t, wrong)
+	})
 	securitytest.Refused(t, map[string]string{
 		"wrong password": with(url.UserPassword(user, "wrong-"+pw), q),
 		"no password":    with(url.User(user), q),

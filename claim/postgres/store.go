@@ -54,25 +54,25 @@ func (b *backend) read(ctx context.Context, enc string) (v []byte, found bool, e
 // Get implements driver.Store.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := b.ensure(ctx); err != nil {
-		return nil, err
+		return nil, b.classify(err)
 	}
 	v, found, err := b.read(ctx, b.keys.Encode(key))
 	if err == nil && !found {
 		return nil, driver.ErrNotFound
 	}
-	return v, err
+	return v, b.classify(err)
 }
 
 // Set implements driver.Store: one upsert.
 func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Duration) error {
 	_, err := b.exec(ctx, b.q.set, b.keys.Encode(key), nonNil(val), micros(ttl))
-	return b.wrote(err)
+	return b.classify(b.wrote(err))
 }
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
 	_, err := b.exec(ctx, b.q.del, b.keys.Encode(key))
-	return err
+	return b.classify(err)
 }
 
 // maybeSweep starts a bounded deletion of expired values if none ran in
@@ -103,7 +103,7 @@ func Sweep(ctx context.Context, c *claim.Client) (int64, error) {
 	}
 	tag, err := b.exec(ctx, b.q.sweep, b.opt.SweepLimit)
 	if err != nil {
-		return 0, fmt.Errorf("postgres: sweep: %w", err)
+		return 0, fmt.Errorf("postgres: sweep: %w", b.classify(err))
 	}
 	return tag.RowsAffected(), nil
 }

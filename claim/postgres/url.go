@@ -8,6 +8,7 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
@@ -15,7 +16,11 @@ import (
 // documentation).
 type URLOpener struct{}
 
-// OpenURL implements driver.URLOpener.
+// OpenURL implements driver.URLOpener. It makes the pool and does no
+// I/O (unless pool_min_conns makes pgxpool dial in the background): the
+// Client checks the server next (Ping), unless lazy=true. Connection
+// attempts are bounded by connect_timeout, DefaultConnectTimeout if the
+// URL has none.
 func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error) {
 	opt, connString, err := ParseURL(u)
 	if err != nil {
@@ -27,6 +32,10 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		return nil, scrub("postgres: parse URL", err, secret)
 	}
 	cfg.ShouldPing = ShouldPing
+	if cfg.ConnConfig.ConnectTimeout <= 0 {
+		cfg.ConnConfig.ConnectTimeout = DefaultConnectTimeout
+	}
+	cfg.ConnConfig.DialFunc = sniffing(cfg.ConnConfig.DialFunc)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
 		return nil, scrub("postgres: open pool", err, secret)
@@ -37,15 +46,6 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		return nil, err
 	}
 	b.ownPool = true
-	if opt.SkipMigrate {
-		err = pool.Ping(ctx)
-	} else {
-		err = b.ensure(ctx)
-	}
-	if err != nil {
-		b.Close()
-		return nil, scrub("postgres: open", err, secret)
-	}
 	return b, nil
 }
 
@@ -58,9 +58,9 @@ func scrub(op string, err error, secret string) error {
 	return fmt.Errorf("%s: %w", op, err)
 }
 
-// ourParams are the query parameters this package reads; the others are
-// libpq's, for pgx.
-var ourParams = []string{"schema", "prefix", "maxvalue", "migrate", "sweep", "async_release"}
+// ourParams are the query parameters this package reads (the last two
+// are the Client's: Options.Client); the others are libpq's, for pgx.
+var ourParams = []string{"schema", "prefix", "maxvalue", "migrate", "sweep", "async_release", "op_timeout", "lazy"}
 
 // misnamed are parameters a postgres URL spells otherwise: this package's
 // names before they lost their stampede_ prefix, and the TLS and timeout
@@ -72,9 +72,10 @@ var misnamed = [][2]string{
 	{"servername", "the URL's host"}, {"skip_verify", "sslmode=require"}, {"dial_timeout", "connect_timeout"},
 }
 
-// ParseURL splits a postgres:// URL into this package's Options and the
-// connection string for pgx (the URL without this package's parameters;
-// see the package documentation, also for what is an error).
+// ParseURL splits a postgres:// URL into this package's Options (with
+// the Client's op_timeout and lazy in Options.Client, if given) and the
+// connection string for pgx (the URL without those parameters; see the
+// package documentation, also for what is an error).
 func ParseURL(u *url.URL) (*Options, string, error) {
 	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
 		return nil, "", fmt.Errorf("postgres: URL scheme %q: want postgres or postgresql", u.Scheme)
@@ -104,6 +105,9 @@ func ParseURL(u *url.URL) (*Options, string, error) {
 		SkipMigrate:   !p.Bool("migrate", true),
 		SweepInterval: p.Duration("sweep", 0),
 		AsyncRelease:  p.Bool("async_release", false),
+	}
+	if ours.Has("op_timeout") || ours.Has("lazy") {
+		o.Client = &claim.Options{OpTimeout: p.Duration("op_timeout", 0), Lazy: p.Bool("lazy", false)}
 	}
 	if err := p.Err(); err != nil {
 		return nil, "", scrub("postgres", err, secret)

@@ -114,7 +114,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	if !validHolder(holder) {
 		return driver.Lease{}, nil, false, fmt.Errorf("holder %q cannot name a znode", holder)
 	}
-	if err := b.prepare(ctx); err != nil {
+	if err := b.setup(ctx); err != nil {
 		return driver.Lease{}, nil, false, err
 	}
 	ttlMS := ceilMS(ttl)
@@ -219,6 +219,9 @@ func (b *backend) lapsed(ctx context.Context, l driver.Lease) (bool, error) {
 // Extend implements driver.Claimer: one setData of the lease's owner node,
 // which restarts its TTL on the leader's clock.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
+	if err := b.setup(ctx); err != nil {
+		return driver.Lease{}, err
+	}
 	if err := b.current(ctx, l); err != nil {
 		return driver.Lease{}, err
 	}
@@ -237,6 +240,9 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // Release implements driver.Claimer: one multi-op deleting the owner node
 // and the lock node, which fails as a whole if the owner node is gone.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
 	expired, err := b.lapsed(ctx, l)
 	if err != nil {
 		return err

@@ -14,12 +14,41 @@
 // Options.MaxValueLen (bytes) and MessageLife; session is the session
 // timeout (default 30s, clamped by the server to [2, 20] × its tickTime);
 // dial_timeout bounds each connection attempt, TLS handshake included
-// (default go-zk's 1s); tls=true, for a TLS port (secureClientPort),
+// (default go-zk's 1s; see Opening for the session handshake); tls=true, for a TLS port (secureClientPort),
 // enables the TLS parameters every driver shares (cacert, cert, key,
 // servername: default each HOST, skip_verify; see driver.Params.TLS).
 //
 // As accepts a **zk.Conn: the connection given to New or opened from the
-// URL.
+// URL. The Client's own parameters, op_timeout and lazy, work as on every
+// backend (see claim.Open).
+//
+// # Opening
+//
+// Open and New check the server before they return (the driver's Ping,
+// within the operation timeout, op_timeout, 5 s by default): they wait
+// for the session, add the URL's credentials to it (digest), and make one
+// multi-op that creates and deletes a node in each directory under the
+// root (l, o, v, t) and writes its clock node, creating the root first if
+// it is missing. ZooKeeper accepts any digest password at connect and
+// checks ACLs only when they are used, so this write is what finds a
+// wrong password, or a prefix whose ACL refuses this user. It leaves
+// nothing behind, but it is a write transaction (the leader, the
+// transaction log); Client.Ping makes the same one.
+//
+// With lazy=true (Options.Client.Lazy) nothing waits for the session at
+// Open: go-zk connects in the background (as it always does), and the
+// first call waits for the session, authenticates and makes the check
+// before it goes on (every call does until one check passed).
+//
+// Timeouts: dial_timeout bounds each TCP connect and TLS handshake
+// (default go-zk's 1 s); ZooKeeper's session handshake that follows is
+// bounded by 5 s, or dial_timeout if longer (go-zk allows 20/3 × the
+// session timeout, 200 s by default). go-zk's calls take no context and
+// wait while the session is (re)connecting: every call here runs in a
+// goroutine of its own and is abandoned when its context (bounded by the
+// operation timeout) is done; go-zk fails calls waiting for a connection
+// (zk.ErrNoServer) after each failed round over the servers, which go-zk
+// makes once a second.
 //
 // # Semantics
 //
@@ -81,7 +110,39 @@
 // one child watch per subscribed topic; a message over MaxValueLen is a
 // *claim.TooLargeError before any I/O.
 //
+// A connection lost with the session alive (a network blip, a server
+// restart) keeps its watches: go-zk re-arms them on reconnection and
+// ZooKeeper fires those whose nodes changed meanwhile. But nothing fires
+// while the connection is down, so when it cannot be re-established at
+// once (go-zk pauses a second before its next attempt, which with a
+// single server it does at once; or its immediate attempt on another
+// server fails), every key subscriber is woken then, to re-check (and see
+// the outage, or take over a released key) rather than wait for a wake-up
+// that cannot come. The driver sees that from go-zk's session events on a
+// connection opened from a URL, and from the state of New's connection,
+// looked at every 250 ms once a key is subscribed (two looks without a
+// session).
+//
 // go-zk takes no context: every call checks ctx first and then runs in a
-// goroutine of its own, abandoned (left to finish, and waited for by
-// Close) when ctx is done.
+// goroutine of its own, abandoned (left to finish) when ctx is done.
+// Close waits for them on a connection opened from a URL (go-zk answers
+// every call once closed); on New's, they end when that connection
+// answers or is closed.
+//
+// # Errors
+//
+// As package claim/driver says, with go-zk's error underneath.
+// Configuration errors wrap claim.ErrConfig, from every method, Open and
+// New included: zk.ErrNoAuth (an ACL refuses the session: no credentials,
+// a wrong digest password, another user's prefix), zk.ErrAuthFailed,
+// zk.ErrInvalidACL (an auth ACL on a session without credentials), and a
+// server of another kind: on a connection opened from a URL, a server
+// whose answer to the session handshake cannot be ZooKeeper's (the length
+// it announces is not a ZooKeeper handshake's) fails the connection, and
+// once every server of the URL answered so in a row, calls fail at once
+// with an error that names the address and quotes the answer's first
+// bytes. (go-zk alone dials New's connection: there such a server is only
+// unavailable.) Everything else is unavailability (claim.ErrUnavailable,
+// from the Client): no server reachable (zk.ErrNoServer), a connection
+// closed, no answer within the operation timeout.
 package zookeeper

@@ -11,7 +11,9 @@ import (
 )
 
 // New takes the caller's own connection, for dialers, host providers and
-// auth schemes a URL cannot express. Closing the Client leaves the
+// auth schemes a URL cannot express. New waits for the session and checks
+// that the connection may write under the prefix (claim.ErrConfig if its
+// ACL refuses it); closing the Client, or a failed New, leaves the
 // connection, and so the session and its leases, open. As hands the
 // connection back, for what the portable API does not cover. By URL
 // instead, importing this package registers zookeeper:// for claim.Open:

@@ -67,7 +67,8 @@ func (b *backend) subscribe(ctx context.Context, m map[string]*watcher, name str
 
 // rearm waits for the watch to fire, re-arms it (retrying with backoff),
 // and only then calls fired, so whatever happens after that fires the new
-// watch; a watch ended by session expiry (EventNotWatching) too.
+// watch; a watch ended by session expiry (EventNotWatching) too. Its
+// calls end when the watcher does (call).
 func (b *backend) rearm(w *watcher, ch <-chan zk.Event, arm func() (<-chan zk.Event, error), fired func(*watcher, zk.Event, time.Time) bool) {
 	defer b.wg.Done()
 	for {
@@ -79,7 +80,10 @@ func (b *backend) rearm(w *watcher, ch <-chan zk.Event, arm func() (<-chan zk.Ev
 		}
 		at := time.Now()
 		for wait := 10 * time.Millisecond; ; wait = min(2*wait, time.Second) {
-			next, err := arm()
+			next, err := call(w.ctx, b, arm)
+			if w.ctx.Err() != nil || errors.Is(err, driver.ErrClosed) {
+				return
+			}
 			if err == nil {
 				ch = next
 				break
@@ -108,15 +112,27 @@ func (b *backend) unsubscribe(m map[string]*watcher, name string) {
 }
 
 // Subscribe implements driver.Notifier: an existence watch on the key's
-// lock node, kept armed (see rearm).
+// lock node, kept armed (see rearm). The first Subscribe of a Client on
+// New's connection starts pollSession.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
 	path := b.lockPath(key)
 	arm := func() (<-chan zk.Event, error) {
 		_, _, ch, err := b.conn.ExistsW(path)
 		return ch, err
 	}
-	return b.subscribe(ctx, b.watches, key, func([]byte, bool) { wake() }, arm,
+	err := b.subscribe(ctx, b.watches, key, func([]byte, bool) { wake() }, arm,
 		func(w *watcher, _ zk.Event, _ time.Time) bool { return w.call(nil, false) })
+	if err == nil && b.own == nil {
+		b.polling.Do(func() {
+			// The watch was just set: the session is up.
+			b.sessionEvent(zk.Event{Type: zk.EventSession, State: zk.StateHasSession})
+			b.goOwn(b.pollSession)
+		})
+	}
+	return err
 }
 
 // Unsubscribe implements driver.Notifier.
@@ -125,7 +141,7 @@ func (b *backend) Unsubscribe(key string) { b.unsubscribe(b.watches, key) }
 // Notify implements driver.Notifier (see the package doc). A claim
 // changing under it fired the watches itself.
 func (b *backend) Notify(ctx context.Context, key string) error {
-	if err := b.prepare(ctx); err != nil {
+	if err := b.setup(ctx); err != nil {
 		return err
 	}
 	lock := b.lockPath(key)
@@ -182,7 +198,7 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if len(msg) > b.maxVal {
 		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: b.maxVal}
 	}
-	if err := b.prepare(ctx); err != nil {
+	if err := b.setup(ctx); err != nil {
 		return err
 	}
 	dir := b.topicDir(topic)
@@ -208,7 +224,10 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 		go func() {
 			defer b.wg.Done()
 			for _, p := range old {
-				_ = b.conn.Delete(p.path, -1) // best effort: the session's end deletes it too
+				// Best effort: the session's end deletes it too.
+				if err := b.do(context.Background(), func() error { return b.conn.Delete(p.path, -1) }); errors.Is(err, driver.ErrClosed) {
+					return
+				}
 			}
 		}()
 	}
@@ -218,7 +237,7 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 // SubscribeTopic implements driver.Broadcaster: a child watch on the
 // topic's directory, kept armed (see rearm and topicWatch).
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	if err := b.prepare(ctx); err != nil {
+	if err := b.setup(ctx); err != nil {
 		return err
 	}
 	t := &topicWatch{b: b, dir: b.topicDir(topic)}
@@ -265,7 +284,10 @@ func (t *topicWatch) fired(w *watcher, ev zk.Event, at time.Time) bool {
 		if t.seen[n] {
 			continue
 		}
-		data, _, err := t.b.conn.Get(t.dir + "/" + n)
+		data, err := call(w.ctx, t.b, func() ([]byte, error) {
+			data, _, err := t.b.conn.Get(t.dir + "/" + n)
+			return data, err
+		})
 		if err != nil {
 			reset = true // deleted before we read it, or unreadable
 			continue
@@ -286,3 +308,117 @@ func (t *topicWatch) fired(w *watcher, ev zk.Event, at time.Time) bool {
 
 // UnsubscribeTopic implements driver.Broadcaster.
 func (b *backend) UnsubscribeTopic(topic string) { b.unsubscribe(b.topics, topic) }
+
+// sessionState is what the driver knows of its connection's session, to
+// wake key subscribers when it is lost and not back at once: watches
+// survive a reconnection within the session timeout, but nothing fires
+// while the connection is down, and waiters would wait for a wake-up that
+// cannot come (their lease bound aside).
+type sessionState int
+
+const (
+	sessionNone     sessionState = iota // none yet
+	sessionUp                           // established
+	sessionLost                         // lost, no attempt to reconnect seen yet
+	sessionTrying                       // an attempt to reconnect began at once
+	sessionReported                     // not back at once: subscribers were woken
+)
+
+// sessionEvent is the event callback of a connection opened from a URL
+// (it must not block): when the session's connection is lost and cannot
+// be re-established at once (go-zk pauses a second before its next
+// attempt, as it does at once with a single server, or its immediate
+// attempt on another server ends without a session), every key subscriber
+// is woken once, so waiters re-check (and see the error, or take over). A session found expired
+// needs nothing more: every watch fires (EventNotWatching) once re-armed
+// on the new session, topics included.
+func (b *backend) sessionEvent(ev zk.Event) {
+	if ev.Type != zk.EventSession {
+		return
+	}
+	b.sessMu.Lock()
+	prev, next := b.sess, b.sess
+	switch ev.State {
+	case zk.StateHasSession:
+		next = sessionUp
+	case zk.StateConnecting:
+		// go-zk picked the server (hostList.Next) before it said so.
+		pausing := b.own != nil && b.own.hosts.pausing.Load()
+		switch {
+		case prev == sessionTrying, prev == sessionLost && pausing:
+			next = sessionReported
+		case prev == sessionLost:
+			next = sessionTrying
+		}
+	case zk.StateExpired:
+		// Every watch fires by itself (EventNotWatching) once re-armed
+		// on the next session.
+		next = sessionNone
+	case zk.StateConnected:
+	default: // disconnected, authentication failed
+		switch prev {
+		case sessionUp:
+			next = sessionLost
+		case sessionTrying:
+			next = sessionReported
+		}
+	}
+	b.sess = next
+	b.sessMu.Unlock()
+	if next == sessionReported && prev != sessionReported {
+		b.wakeKeys()
+	}
+}
+
+// sessionPoll is how often pollSession looks at New's connection.
+const sessionPoll = 250 * time.Millisecond
+
+// pollSession does sessionEvent's work for a connection of the caller's,
+// whose events the driver cannot receive: it looks at its state every
+// sessionPoll until Close, and takes a look without a session, after one
+// with, as the loss, and the next as a failed attempt to reconnect.
+func (b *backend) pollSession() {
+	t := time.NewTicker(sessionPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.done:
+			return
+		case <-t.C:
+		}
+		if st := b.conn.State(); st == zk.StateHasSession {
+			b.sessionEvent(zk.Event{Type: zk.EventSession, State: st})
+			continue
+		}
+		b.sessionEvent(zk.Event{Type: zk.EventSession, State: zk.StateConnecting})
+		b.sessionEvent(zk.Event{Type: zk.EventSession, State: zk.StateDisconnected})
+	}
+}
+
+// wakeKeys wakes every key subscriber.
+func (b *backend) wakeKeys() {
+	b.mu.Lock()
+	ws := make([]*watcher, 0, len(b.watches))
+	for _, w := range b.watches {
+		ws = append(ws, w)
+	}
+	b.mu.Unlock()
+	for _, w := range ws {
+		w.call(nil, false)
+	}
+}
+
+// goOwn runs f on a goroutine that Close waits for, unless the driver is
+// closed.
+func (b *backend) goOwn(f func()) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return
+	}
+	b.wg.Add(1)
+	go func() {
+		defer b.wg.Done()
+		f()
+	}()
+}

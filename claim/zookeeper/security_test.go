@@ -16,9 +16,10 @@ import (
 )
 
 // TestDigestAuthNew: digest authentication on the user's own connection
-// given to New, with creator-only ACLs, works; an anonymous connection on
-// the same prefix can read and write nothing. (TestAuth does the same
-// through the URL.)
+// given to New, with creator-only ACLs, works; New on an anonymous
+// connection on the same prefix fails with ErrConfig, and made lazily it
+// can read and write nothing; creator-only ACLs on an anonymous
+// connection are ErrConfig too. (TestAuth does the same through the URL.)
 func TestDigestAuthNew(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	prefix := chroot(t, "digest-new")[1:]
@@ -40,16 +41,33 @@ func TestDigestAuthNew(t *testing.T) {
 	if err := b.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Fatal(err)
 	}
-	anon, err := New(raw(t, srv), &Options{Prefix: prefix})
+	anonConn := raw(t, srv)
+	if c, err := New(anonConn, &Options{Prefix: prefix}); !errors.Is(err, claim.ErrConfig) {
+		if err == nil {
+			c.Close()
+		}
+		t.Errorf("New on an anonymous connection: %v, want ErrConfig", err)
+	}
+	if _, _, err := anonConn.Exists("/"); err != nil {
+		t.Errorf("the caller's connection after a failed New: %v", err)
+	}
+	// Creator-only ACLs need credentials on the session (zk.ErrInvalidACL).
+	if c, err := New(anonConn, &Options{Prefix: chroot(t, "digest-new-acl")[1:], ACL: zk.AuthACL(zk.PermAll)}); !errors.Is(err, claim.ErrConfig) || !errors.Is(err, zk.ErrInvalidACL) {
+		if err == nil {
+			c.Close()
+		}
+		t.Errorf("New with an auth ACL on an anonymous connection: %v, want ErrConfig (zk.ErrInvalidACL)", err)
+	}
+	anon, err := New(anonConn, &Options{Prefix: prefix, Client: &claim.Options{Lazy: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer anon.Close()
-	if _, err := anon.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
-		t.Errorf("anonymous Get: %v, want a permission error", err)
+	if _, err := anon.Get(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("anonymous Get: %v, want ErrConfig", err)
 	}
-	if _, err := anon.TryClaim(ctx, "k2", time.Second); err == nil {
-		t.Error("anonymous TryClaim succeeded")
+	if _, err := anon.TryClaim(ctx, "k2", time.Second); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("anonymous TryClaim: %v, want ErrConfig", err)
 	}
 }
 

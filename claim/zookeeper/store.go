@@ -26,7 +26,7 @@ func encodeValue(val []byte, ttl time.Duration) []byte {
 // node (the lease's owner node) is ErrLost. It re-tries only when a
 // concurrent writer or deleter changed the value node between the two.
 func (b *backend) write(ctx context.Context, key string, guard, after []any, data []byte, create bool) error {
-	if err := b.prepare(ctx); err != nil {
+	if err := b.setup(ctx); err != nil {
 		return err
 	}
 	path := b.valuePath(key)
@@ -56,6 +56,9 @@ func (b *backend) write(ctx context.Context, key string, guard, after []any, dat
 
 // Get implements driver.Store.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := b.setup(ctx); err != nil {
+		return nil, err
+	}
 	v, found, err := b.getValue(ctx, key)
 	if err == nil && !found {
 		err = driver.ErrNotFound
@@ -97,6 +100,9 @@ func (b *backend) Set(ctx context.Context, key string, val []byte, ttl time.Dura
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
 	err := b.do(ctx, func() error { return b.conn.Delete(b.valuePath(key), -1) })
 	if err != nil && !errors.Is(err, zk.ErrNoNode) {
 		return err

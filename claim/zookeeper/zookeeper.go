@@ -78,16 +78,25 @@ type backend struct {
 
 	conn    *zk.Conn
 	own     *dialer // non-nil if Close must drop conn
+	auth    []byte  // "user:password" from the URL for digest auth, or nil
 	root    string
 	acl     []zk.ACL
 	maxVal  int
 	msgLife time.Duration
 	done    chan struct{} // closed by Close
 
-	ready   atomic.Bool // root nodes exist
+	authed  atomic.Bool   // auth was added to the session
+	ready   atomic.Bool   // authenticated, and the root nodes exist and take our writes (setup)
+	checkMu chan struct{} // one check (setup, Ping) at a time, waited for within ctx
+
+	sessMu  sync.Mutex
+	sess    sessionState // notify.go
+	polling sync.Once    // starts pollSession, for New's connection
+
 	mu      sync.Mutex
 	closed  bool
-	wg      sync.WaitGroup
+	calls   sync.WaitGroup      // call's goroutines
+	wg      sync.WaitGroup      // the driver's own goroutines
 	watches map[string]*watcher // key -> its existence watch
 	topics  map[string]*watcher // topic -> its child watch
 	pub     []published         // own messages, oldest first
@@ -99,11 +108,21 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
+	_ driver.Pinger         = (*backend)(nil)
 )
 
 // New returns a Client using the caller's own connection (servers, auth,
-// session timeout and dialer are the caller's). It does no I/O; the root
-// nodes are created on first use. Closing the Client does not close conn.
+// session timeout and dialer are the caller's). Neither the Client's
+// Close nor a failed New closes conn.
+//
+// New checks the server before it returns (claim.Connect: the Client's
+// Ping, within the operation timeout, Options.Client.OpTimeout): it waits
+// for the session, and creates the root nodes if missing, or proves it
+// may write there (see Ping). An ACL that refuses the connection's
+// credentials fails it with an error wrapping claim.ErrConfig; a session
+// that is not established in time, with one wrapping
+// claim.ErrUnavailable. With Options.Client.Lazy, New does no I/O: the
+// first call does that check.
 func New(conn *zk.Conn, opt *Options) (*claim.Client, error) {
 	if conn == nil {
 		return nil, errors.New("zookeeper: New: nil connection")
@@ -111,14 +130,21 @@ func New(conn *zk.Conn, opt *Options) (*claim.Client, error) {
 	if opt == nil {
 		opt = &Options{}
 	}
-	b, err := newBackend(conn, *opt, nil)
+	b, err := newBackend(*opt, nil)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, opt.Client), nil
+	b.conn = conn
+	c, err := claim.Connect(context.Background(), b, opt.Client)
+	if err != nil {
+		return nil, fmt.Errorf("zookeeper: New: %w", err)
+	}
+	return c, nil
 }
 
-func newBackend(conn *zk.Conn, o Options, own *dialer) (*backend, error) {
+// newBackend returns the driver for o, without its connection yet (the
+// caller sets conn before any call).
+func newBackend(o Options, own *dialer) (*backend, error) {
 	prefix, err := validPrefix(o.Prefix)
 	if err != nil {
 		return nil, err
@@ -127,7 +153,8 @@ func newBackend(conn *zk.Conn, o Options, own *dialer) (*backend, error) {
 		return nil, errors.New("zookeeper: negative MaxValueLen or MessageLife")
 	}
 	b := &backend{
-		conn: conn, own: own, root: "/" + prefix, acl: o.ACL,
+		own: own, root: "/" + prefix, acl: o.ACL,
+		checkMu: make(chan struct{}, 1),
 		maxVal:  cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
 		msgLife: cmp.Or(o.MessageLife, DefaultMessageLife),
 		done:    make(chan struct{}),
@@ -177,35 +204,54 @@ func (b *backend) valuePath(key string) string { return b.root + "/v/" + keys.En
 func (b *backend) ownerPath(h string) string   { return b.root + "/o/" + h }
 
 // call runs f, one blocking zk call, unless ctx is already done, and
-// returns its result; it abandons f (left to finish in the background,
-// waited for by Close) when ctx is done or the driver closes.
+// returns its result, its error classified (classify). It abandons f
+// when ctx is done or the driver closes: f is left to finish in the
+// background (go-zk answers every call once its connection is closed, so
+// Close waits for them on a connection opened from a URL; on New's, they
+// end when the caller's connection answers or is closed). While every
+// server answers like something else than ZooKeeper (dialer.alien), or
+// as soon as they all have, it fails: there is no server to send f to.
 func call[T any](ctx context.Context, b *backend, f func() (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
+	}
+	var aliens <-chan struct{} // nil (never ready) on New's connection
+	if b.own != nil {
+		var alien error
+		if aliens, alien = b.own.aliensSeen(); alien != nil {
+			return zero, driver.Misconfigured(alien)
+		}
 	}
 	b.mu.Lock()
 	if b.closed {
 		b.mu.Unlock()
 		return zero, driver.ErrClosed
 	}
-	b.wg.Add(1)
+	b.calls.Add(1)
 	b.mu.Unlock()
 	var v T
 	var err error
 	done := make(chan struct{})
 	go func() {
-		defer b.wg.Done()
+		defer b.calls.Done()
 		v, err = f()
 		close(done)
 	}()
-	select {
-	case <-done:
-		return v, err // read only when f has returned
-	case <-ctx.Done():
-		return zero, ctx.Err()
-	case <-b.done:
-		return zero, driver.ErrClosed
+	for {
+		select {
+		case <-done:
+			return v, b.classify(err) // read only when f has returned
+		case <-ctx.Done():
+			return zero, b.classify(ctx.Err())
+		case <-b.done:
+			return zero, driver.ErrClosed
+		case <-aliens:
+			var alien error
+			if aliens, alien = b.own.aliensSeen(); alien != nil {
+				return zero, driver.Misconfigured(alien)
+			}
+		}
 	}
 }
 
@@ -222,38 +268,10 @@ func (b *backend) multi(ctx context.Context, ops ...any) (res []zk.MultiResponse
 	return res, slices.IndexFunc(res, func(r zk.MultiResponse) bool { return r.Error != nil }), err
 }
 
-// prepare creates the root nodes once.
-func (b *backend) prepare(ctx context.Context) error {
-	if b.ready.Load() {
-		return nil
-	}
-	var paths []string
-	parts := strings.Split(strings.TrimPrefix(b.root, "/"), "/")
-	for i := range parts {
-		paths = append(paths, "/"+strings.Join(parts[:i+1], "/"))
-	}
-	for _, d := range []string{"l", "o", "v", "t", "clock"} {
-		paths = append(paths, b.root+"/"+d)
-	}
-	err := b.do(ctx, func() error {
-		if ok, _, err := b.conn.Exists(b.root + "/clock"); err != nil || ok {
-			return err
-		}
-		for _, p := range paths {
-			if _, err := b.conn.Create(p, nil, 0, b.acl); err != nil && !errors.Is(err, zk.ErrNodeExists) {
-				return fmt.Errorf("create %s: %w", p, err)
-			}
-		}
-		return nil
-	})
-	if err == nil {
-		b.ready.Store(true)
-	}
-	return err
-}
-
 // Close implements driver.Driver. A connection opened from a URL is
-// dropped without ending the session (see dialer); New's stays open.
+// dropped without ending the session (see dialer), and Close waits for
+// the calls abandoned on it; New's stays open, and Close does not wait
+// for those (see call).
 func (b *backend) Close() error {
 	b.mu.Lock()
 	if b.closed {
@@ -270,8 +288,17 @@ func (b *backend) Close() error {
 	}
 	b.mu.Unlock()
 	if b.own != nil {
-		b.own.dropped.Store(true)
-		b.conn.Close()
+		live := b.conn.State() == zk.StateHasSession
+		b.own.drop()
+		if live {
+			b.conn.Close() // at once: closeSession's write fails (dialer)
+		} else {
+			// Without a connection go-zk's Close waits a second for an
+			// answer to closeSession that cannot come. Everything else
+			// ends as soon as it has begun: its calls, our calls.
+			go b.conn.Close()
+		}
+		b.calls.Wait()
 	}
 	b.wg.Wait()
 	return nil
