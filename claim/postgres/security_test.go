@@ -53,7 +53,7 @@ func TestTLSAndSCRAM(t *testing.T) {
 	t.Run("wrong password is ErrConfig", func(t *testing.T) {
 		wrong := with(url.UserPassword(user, "wrong-"+pw), q)
 		securitytest.ConfigRefused(t, wrong, pw)
-		subscribeRefused(t, wrong)
+		securitytest.SubscribeRefused(t, wrong)
 	})
 	securitytest.Refused(t, map[string]string{
 		"wrong password": with(url.UserPassword(user, "wrong-"+pw), q),

@@ -3,9 +3,7 @@ package postgres
 import (
 	"context"
 	"errors"
-	"net"
 	"net/url"
-	"sync"
 	"testing"
 
 	"github.com/stampede-go/stampede/claim"
@@ -22,35 +20,6 @@ func TestNoHang(t *testing.T) {
 	securitytest.NoHang(t, "postgres://u@"+securitytest.Unresponsive(t)+"/db")
 }
 
-// answersHTTP starts a loopback listener that answers every connection
-// at once the way an HTTP server refuses a request it cannot parse, and
-// closes it: a server of another kind. It returns its address.
-func answersHTTP(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
 // asUser returns rawURL with user in place of its user.
 func asUser(t *testing.T, rawURL, user string) string {
 	t.Helper()
@@ -60,21 +29,6 @@ func asUser(t *testing.T, rawURL, user string) string {
 	}
 	u.User = url.User(user)
 	return u.String()
-}
-
-// subscribeRefused opens rawURL lazily and checks that Subscribe fails
-// with ErrConfig (the LISTEN connection's cause, not a timeout).
-func subscribeRefused(t *testing.T, rawURL string) {
-	t.Helper()
-	c := backendtest.Open(t, backendtest.WithQuery(t, rawURL, "lazy", "true"))
-	s, err := c.Subscribe(backendtest.Context(t), "k")
-	if err == nil {
-		s.Close()
-		t.Fatal("Subscribe succeeded")
-	}
-	if !errors.Is(err, claim.ErrConfig) {
-		t.Errorf("Subscribe: %v, want ErrConfig", err)
-	}
 }
 
 // TestConfigErrors: each configuration problem fails Open (and New) with
@@ -117,12 +71,12 @@ func TestConfigErrors(t *testing.T) {
 	connectRefused := map[string]string{
 		"no such database":        noDB.String(),
 		"no such role":            asUser(t, srv.URL(), "nobody_"+id),
-		"not a PostgreSQL server": "postgres://u@" + answersHTTP(t) + "/db?sslmode=prefer",
+		"not a PostgreSQL server": "postgres://u@" + securitytest.AnswersHTTP(t) + "/db?sslmode=prefer",
 	}
 	for name, u := range connectRefused {
 		t.Run(name, func(t *testing.T) {
 			securitytest.ConfigRefused(t, u, "")
-			subscribeRefused(t, u)
+			securitytest.SubscribeRefused(t, u)
 		})
 	}
 	for name, u := range map[string]string{

@@ -2,9 +2,7 @@ package zookeeper
 
 import (
 	"errors"
-	"net"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -24,50 +22,6 @@ func TestNoHang(t *testing.T) {
 	securitytest.NoHang(t, "zookeeper://"+securitytest.Unresponsive(t))
 }
 
-// answersHTTP starts a loopback listener that answers every connection
-// at once the way an HTTP server refuses a request it cannot parse, and
-// closes it: a server of another kind. It returns its address.
-func answersHTTP(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
-			c.Close()
-		}
-	}()
-	t.Cleanup(func() {
-		ln.Close()
-		wg.Wait()
-	})
-	return ln.Addr().String()
-}
-
-// subscribeRefused opens rawURL lazily and checks that Subscribe fails
-// with ErrConfig (the cause, not a timeout).
-func subscribeRefused(t *testing.T, rawURL string) {
-	t.Helper()
-	c := backendtest.Open(t, backendtest.WithQuery(t, rawURL, "lazy", "true"))
-	s, err := c.Subscribe(backendtest.Context(t), "k")
-	if err == nil {
-		s.Close()
-		t.Fatal("Subscribe succeeded")
-	}
-	if !errors.Is(err, claim.ErrConfig) {
-		t.Errorf("Subscribe: %v, want ErrConfig", err)
-	}
-}
-
 // TestOtherServer: a server of another kind at the address (PostgreSQL's
 // test server, which answers the session handshake with an error
 // message; a listener that answers like an HTTP server) is a
@@ -79,12 +33,12 @@ func TestOtherServer(t *testing.T) {
 		u := "zookeeper://" + addr + "/other"
 		start := time.Now()
 		securitytest.ConfigRefused(t, u, "")
-		subscribeRefused(t, u)
+		securitytest.SubscribeRefused(t, u)
 		if d := time.Since(start); d > claim.DefaultOpTimeout {
 			t.Errorf("took %s: refused by a timeout, not by the answer", d.Round(time.Millisecond))
 		}
 	}
-	httpLike := answersHTTP(t)
+	httpLike := securitytest.AnswersHTTP(t)
 	t.Run("HTTP", func(t *testing.T) { refused(t, httpLike) })
 	t.Run("PostgreSQL", func(t *testing.T) { refused(t, testserver.Shared(t, testserver.Postgres).Addr()) })
 	srv := testserver.Shared(t, testserver.ZooKeeper)
@@ -99,7 +53,7 @@ func TestSubscribeWrongPassword(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	host := strings.TrimPrefix(srv.URL(), "zookeeper://")
 	backendtest.Open(t, "zookeeper://carol:c4r0l-S3cret@"+host+chroot(t, "wrong-pw")) // creates the prefix, carol's only
-	subscribeRefused(t, "zookeeper://carol:wrong@"+host+chroot(t, "wrong-pw"))
+	securitytest.SubscribeRefused(t, "zookeeper://carol:wrong@"+host+chroot(t, "wrong-pw"))
 }
 
 // TestLostConnectionWakes: when the connection of an established

@@ -65,3 +65,29 @@ func ConfigRefused(t *testing.T, rawURL, secret string) {
 		t.Errorf("the loader ran %d times on a misconfigured backend, want 0 (fail open on ErrConfig)", n)
 	}
 }
+
+// SubscribeRefused opens rawURL lazily and checks that Subscribe fails
+// with ErrConfig: the subscription's own connection reports the cause
+// (a wrong password, a server of another kind), not a timeout.
+func SubscribeRefused(t *testing.T, rawURL string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), Timeout)
+	defer cancel()
+	sep := "?"
+	if strings.Contains(rawURL, "?") {
+		sep = "&"
+	}
+	c, err := claim.Open(ctx, rawURL+sep+"lazy=true")
+	if err != nil {
+		t.Fatalf("Open lazy=true: %v", err)
+	}
+	defer c.Close()
+	s, err := c.Subscribe(ctx, "k")
+	if err == nil {
+		s.Close()
+		t.Fatal("Subscribe succeeded")
+	}
+	if !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("Subscribe: %v, want ErrConfig", err)
+	}
+}

@@ -166,3 +166,33 @@ func NoHang(t *testing.T, rawURL string) {
 	_ = c.Close()
 	within(t, "Close", start)
 }
+
+// AnswersHTTP starts a loopback listener that answers every connection at
+// once the way an HTTP server refuses a request it cannot parse, and
+// closes it: a server of another kind for a backend's URL. It returns its
+// address, host:port; it is closed when the test ends.
+func AnswersHTTP(t testing.TB) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
+			c.Close()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		wg.Wait()
+	})
+	return ln.Addr().String()
+}
