@@ -22,8 +22,8 @@ const (
 	outageKeys    = 5
 	outageCallers = 5
 	outageLoad    = time.Second
-	outageLoadTO  = 2 * time.Second        // flight.Options.LoadTimeout
-	outageOpTO    = 500 * time.Millisecond // flight.Options.OpTimeout
+	outageLoadTO  = 2 * time.Second // flight.Options.LoadTimeout
+	outageOpTO    = time.Second     // flight.Options.OpTimeout
 )
 
 // TestOutage: the server dies in the middle of a stampede. Every caller

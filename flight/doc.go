@@ -56,10 +56,7 @@
 // One loader call per key per fleet while the value is absent, as long as
 // holders live: a holder that crashes, or loses its lease (a pause longer
 // than Options.LeaseTTL), lets another process load again, so loaders
-// should be idempotent. A loader error is given to every caller coalesced
-// on it in that process and is not cached; processes waiting on that
-// holder then try the claim, so the next one loads (one at a time, never
-// a herd). A not-found (ErrNotFound) is cached only with
+// should be idempotent. A not-found (ErrNotFound) is cached only with
 // Options.NegativeTTL. Every wait is bounded by the caller's context,
 // Options.WaitTimeout and the holder's lease; every load by
 // Options.LoadTimeout. A panic or runtime.Goexit in the loader reaches
@@ -69,6 +66,28 @@
 // Freshness is judged with the writer's wall clock (the L2 envelope
 // records when the value was written), so processes whose clocks differ
 // by Δ disagree about expiry by Δ.
+//
+// # Loader errors
+//
+// A loader error travels like a value: the holder commits it in place
+// of the value (fenced by its lease, released in the same step, which
+// wakes the waiting processes), and it stays the key's answer for
+// Options.ErrorTTL (default 1 s), in L2 and in L1. The holder's
+// coalesced callers get the loader's error itself; the callers in every
+// other process, and every caller that asks within ErrorTTL, get an
+// error matching ErrRemoteLoad at once, a *RemoteError with the holder's
+// error text (cut to 512 bytes) and whether its load timed out (it then
+// matches ErrLoadTimeout too). So a failing loader runs once per
+// ErrorTTL fleet-wide, and every waiter has its error about one load
+// time after the herd began, not one load time per process. Panics,
+// Goexit and timeouts are published; a not-found is not (NegativeTTL
+// decides), nor a load that Close ended, nor the failed refresh of a
+// value that can still be served (the value stays, see below).
+// Invalidate drops a published error like a value. With ErrorTTL
+// negative, errors are not kept: waiting processes then try the claim
+// when the holder releases it, so the next one loads, one at a time.
+// Error entries are marked by an envelope flag that earlier releases do
+// not know: a process running one reads them as misses, and loads.
 //
 // # Stale values and early refresh
 //
@@ -96,10 +115,32 @@
 //
 // # Backend failures
 //
-// By default a Cache fails open: if the backend cannot be reached, the
-// loader is called without the claim (still once per key per process,
-// with at most Options.MaxFailOpenLoads loads at a time) and the value
-// is kept in L1 only. With Options.FailClosed, Get returns an error
-// wrapping ErrBackend instead. L2 values that do not decode, or were
-// written under another schema (Options.Schema), are misses, logged.
+// Backend errors come in two classes (package claim): an outage
+// (claim.ErrUnavailable: unreachable, no answer within the operation
+// timeout, a closed Client) and a configuration error (claim.ErrConfig:
+// wrong credentials, missing permission or table, another kind of
+// server). On an outage a Cache fails open by default: the loader is
+// called without the claim (still once per key per process, with at most
+// Options.MaxFailOpenLoads loads at a time) and the value is kept in L1
+// only. With Options.FailClosed, Get returns an error wrapping ErrBackend
+// instead. A configuration error never fails open: waiting will not fix
+// it, and loading without the claim would silently run the loader once
+// per process; Get returns it (errors.Is(err, claim.ErrConfig)) and loads
+// nothing. L2 values that do not decode, or were written under another
+// schema (Options.Schema), are misses, logged.
+//
+// # Health
+//
+// A Cache knows whether its backend works (Stats.Health): Healthy, or
+// Degraded since the first backend call that failed, with the last
+// error, its class (claim.ErrConfig or claim.ErrUnavailable) and the
+// number of failed calls. The next backend call that succeeds (an answer
+// such as "not found" or "held" is a success) makes it Healthy again;
+// calls that a caller's context or Close ended, and waits that
+// WaitTimeout ended, count neither way. Each change is logged once, to
+// Degraded at ERROR with the cause, back to Healthy at WARN with how long
+// it lasted, never per request (each failed call is at DEBUG); and
+// Options.OnHealthChange is called with it, in order, on a goroutine of
+// the Cache. Recovery is noticed by the next backend call, so by the next
+// L1 miss: a Cache serving only L1 hits stays Degraded until one.
 package flight

@@ -29,31 +29,45 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 //
 //	byte 0      magic 0xF1
 //	byte 1      envelope version (1)
-//	byte 2      flags (bit 0: not found, a cached negative answer)
+//	byte 2      flags: bit 0 not found (a cached negative answer);
+//	            bit 1 failed (a published load error, Options.ErrorTTL);
+//	            bit 2 timed out (with bit 1 only: the load timed out)
 //	bytes 3-10  written: Unix nanoseconds, big endian
 //	bytes 11-18 fresh: nanoseconds after written the value is fresh
 //	bytes 19-26 load: nanoseconds the load took (for early refresh)
 //	uvarint     length of the schema, then the schema
-//	rest        the value, encoded by the Codec (empty when not found)
+//	rest        the value, encoded by the Codec; empty when not found;
+//	            when failed, the holder's error text (UTF-8, at most 512
+//	            bytes)
 //
-// A value that does not parse, or has another schema, is a miss.
+// A value that does not parse, or has another schema, is a miss. A reader
+// refuses flags it does not know: the failed entries (bits 1 and 2) came
+// without a new version number, so that a release that predates them reads
+// them as misses (and loads) while it still reads every value the same.
 const (
 	envMagic      = 0xF1
 	envVersion    = 1
 	envHeaderLen  = 27
 	flagNotFound  = 1
+	flagFailed    = 2
+	flagTimedOut  = 4
 	maxSchemaLen  = 1 << 10
-	knownEnvFlags = flagNotFound
+	knownEnvFlags = flagNotFound | flagFailed | flagTimedOut
 )
 
 var (
 	errCorrupt = errors.New("flight: corrupt L2 value")
 	errSchema  = errors.New("flight: L2 value has another schema")
+	// errNoErrors: a published load error read by a Cache whose ErrorTTL
+	// is off.
+	errNoErrors = errors.New("flight: L2 value is a published load error, and ErrorTTL is off")
 )
 
 // envelope is a decoded L2 value's header; payload is the codec's bytes.
 type envelope struct {
 	notFound bool
+	failed   bool // payload is the holder's error text
+	timedOut bool // with failed
 	written  time.Time
 	fresh    time.Duration
 	load     time.Duration
@@ -65,6 +79,12 @@ func appendEnvelope(dst []byte, e envelope) []byte {
 	var flags byte
 	if e.notFound {
 		flags |= flagNotFound
+	}
+	if e.failed {
+		flags |= flagFailed
+	}
+	if e.timedOut {
+		flags |= flagTimedOut
 	}
 	dst = append(dst, envMagic, envVersion, flags)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.written.UnixNano()))
@@ -90,6 +110,11 @@ func parseEnvelope(b []byte) (envelope, error) {
 		return e, fmt.Errorf("%w: unknown flags %#x", errCorrupt, flags)
 	}
 	e.notFound = flags&flagNotFound != 0
+	e.failed = flags&flagFailed != 0
+	e.timedOut = flags&flagTimedOut != 0
+	if (e.notFound && e.failed) || (e.timedOut && !e.failed) {
+		return e, fmt.Errorf("%w: flags %#x", errCorrupt, flags)
+	}
 	written := int64(binary.BigEndian.Uint64(b[3:]))
 	fresh := int64(binary.BigEndian.Uint64(b[11:]))
 	load := int64(binary.BigEndian.Uint64(b[19:]))
@@ -109,13 +134,18 @@ func parseEnvelope(b []byte) (envelope, error) {
 	if e.notFound && len(e.payload) != 0 {
 		return e, fmt.Errorf("%w: not-found value with a payload", errCorrupt)
 	}
+	if e.failed && len(e.payload) > maxErrorText {
+		return e, fmt.Errorf("%w: error text over %d bytes", errCorrupt, maxErrorText)
+	}
 	return e, nil
 }
 
-// entry is one value as flight keeps it in L1 and hands it to callers.
+// entry is one value as flight keeps it in L1 and hands it to callers:
+// a value, a not-found, or a published load error (failed).
 type entry[V any] struct {
 	value    V
 	notFound bool
+	failed   *RemoteError  // a published load error: the callers' error
 	written  time.Time     // when the load finished (writer's clock)
 	freshTil time.Time     // fresh until
 	staleTil time.Time     // may be served stale until
@@ -143,7 +173,10 @@ func (e *entry[V]) state(now time.Time) freshness {
 // encode builds the L2 bytes of e.
 func (c *Cache[V]) encode(e *entry[V]) ([]byte, error) {
 	var payload []byte
-	if !e.notFound {
+	switch {
+	case e.failed != nil:
+		payload = []byte(e.failed.Text)
+	case !e.notFound:
 		p, err := c.cfg.Codec.Marshal(e.value)
 		if err != nil {
 			return nil, fmt.Errorf("flight: encode: %w", err)
@@ -152,6 +185,8 @@ func (c *Cache[V]) encode(e *entry[V]) ([]byte, error) {
 	}
 	env := envelope{
 		notFound: e.notFound,
+		failed:   e.failed != nil,
+		timedOut: e.failed != nil && e.failed.TimedOut,
 		written:  e.written,
 		fresh:    e.freshTil.Sub(e.written),
 		load:     e.load,
@@ -178,7 +213,24 @@ func (c *Cache[V]) decode(b []byte) (*entry[V], error) {
 		load:     env.load,
 	}
 	e.staleTil = e.freshTil
-	if !e.notFound {
+	switch {
+	case env.failed:
+		// A published error is kept no longer than this Cache's own
+		// ErrorTTL after it was written, nor after now (a writer's clock
+		// ahead of ours), whatever the writer says; a Cache with ErrorTTL
+		// off keeps none (a miss: it loads).
+		if c.cfg.ErrorTTL <= 0 {
+			return nil, errNoErrors
+		}
+		for _, limit := range []time.Time{env.written.Add(c.cfg.ErrorTTL), time.Now().Add(c.cfg.ErrorTTL)} {
+			if e.freshTil.After(limit) {
+				e.freshTil = limit
+			}
+		}
+		e.staleTil = e.freshTil
+		// The key is filled in by the reader, which knows it (l2Decode).
+		e.failed = &RemoteError{Text: string(env.payload), TimedOut: env.timedOut, Written: env.written}
+	case !e.notFound:
 		e.staleTil = e.freshTil.Add(c.cfg.StaleTTL)
 		if err := c.cfg.Codec.Unmarshal(env.payload, &e.value); err != nil {
 			return nil, fmt.Errorf("%w: codec: %v", errCorrupt, err)

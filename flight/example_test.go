@@ -190,3 +190,38 @@ func ExampleCache_Invalidate() {
 	// B sees version 1
 	// B sees version 2
 }
+
+// A loader error travels like a value: the process that loaded gets the
+// loader's own error; another process asking within ErrorTTL gets the
+// holder's published error at once (ErrRemoteLoad, a *RemoteError), and
+// the loader is not called again.
+func ExampleRemoteError() {
+	ctx := context.Background()
+	space := memory.NewSpace(nil)
+	procA, _ := memory.New(space, nil)
+	procB, _ := memory.New(space, nil)
+	defer procA.Close()
+	defer procB.Close()
+	errUpstream := errors.New("upstream: 503 Service Unavailable")
+	var calls atomic.Int64
+	load := func(ctx context.Context, key string) (Company, error) {
+		calls.Add(1)
+		return Company{}, errUpstream
+	}
+	opt := &flight.Options[Company]{Name: "companies", Loader: load, ErrorTTL: time.Second}
+	a, _ := flight.New[Company](procA, opt)
+	b, _ := flight.New[Company](procB, opt)
+	defer a.Close()
+	defer b.Close()
+
+	_, err := a.Get(ctx, "Apple Inc.", nil)
+	fmt.Println("A:", err, errors.Is(err, errUpstream))
+	_, err = b.Get(ctx, "Apple Inc.", nil)
+	var re *flight.RemoteError
+	fmt.Println("B:", err, errors.Is(err, flight.ErrRemoteLoad), errors.As(err, &re) && re.Text == errUpstream.Error())
+	fmt.Println("loader calls:", calls.Load())
+	// Output:
+	// A: flight: load "apple inc": upstream: 503 Service Unavailable true
+	// B: flight: load "apple inc" failed in the key's holder: upstream: 503 Service Unavailable true true
+	// loader calls: 1
+}

@@ -19,7 +19,9 @@ import (
 
 // Errors returned by Get and Fetch. Loader errors are returned wrapped
 // ("flight: load \"key\": ..."), so errors.Is and errors.As see the
-// loader's own error. ErrNotFound, ErrInvalidKey and ErrClosed are package
+// loader's own error; callers answered with a load error that another
+// flight published (Options.ErrorTTL) get a *RemoteError instead
+// (ErrRemoteLoad). ErrNotFound, ErrInvalidKey and ErrClosed are package
 // claim's sentinels: one errors.Is test covers the cache and the client.
 var (
 	// ErrNotFound is what a loader returns (wrapped or not) to say the key
@@ -91,6 +93,7 @@ type Cache[V any] struct {
 	timed  bool        // entries need a freshness check on L1 hits
 	closed atomic.Bool // read by every hit: kept off mu's cache line
 	stats  counters
+	health health
 
 	mu      sync.Mutex
 	flights map[string]*flight[V]
@@ -141,6 +144,7 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 		return nil, errors.New("flight: nil backend")
 	}
 	c := &Cache[V]{b: b, cfg: opt.withDefaults(), flights: map[string]*flight[V]{}}
+	c.health.cur = Health{Since: time.Now()}
 	c.log = c.cfg.Logger.With("cache", c.cfg.Name)
 	c.timed = c.cfg.StaleTTL > 0 || c.cfg.EarlyRefresh > 0
 	c.sem = make(chan struct{}, c.cfg.MaxFailOpenLoads)
@@ -168,8 +172,9 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	ctx, cancel := context.WithTimeout(c.root, c.cfg.OpTimeout)
 	stop, err := b.SubscribeTopic(ctx, c.cfg.topic, c.onInvalidate)
 	cancel()
+	c.observe(c.root, err)
 	if err != nil {
-		c.log.Error("flight: cannot subscribe to invalidations; other processes' invalidations reach this one only through L1 expiry", "err", err)
+		c.log.Warn("flight: cannot subscribe to invalidations; other processes' invalidations reach this one only through L1 expiry", "err", err)
 	} else {
 		c.stopTopic = stop
 	}
@@ -201,7 +206,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts .
 		}
 	}
 	a, err := c.fetch(ctx, key, k, load, opts, e, looked)
-	c.stats.count(a.src, err)
+	c.tally(a, err)
 	switch {
 	case a.e != nil && !a.e.notFound:
 		return a.e.value, err
@@ -226,7 +231,7 @@ func (c *Cache[V]) Fetch(ctx context.Context, key string, load LoadFunc[V], opts
 		}
 	}
 	a, err := c.fetch(ctx, key, k, load, opts, e, looked)
-	c.stats.count(a.src, err)
+	c.tally(a, err)
 	return a.result(k, opts), err
 }
 
@@ -275,8 +280,9 @@ func (c *Cache[V]) normalize(key string) string {
 
 // quick is the L1 hit path of a call without options, k normalised:
 // when it can answer from L1 (a fresh entry, or any entry when L1
-// entries have no stale phase, and no early refresh to consider), it
-// counts the hit and returns the entry and ok. Otherwise fetch decides;
+// entries have no stale phase, and no early refresh to consider; never
+// a published load error, which counts as an error), it counts the hit
+// and returns the entry and ok. Otherwise fetch decides;
 // looked says that e is what L1 holds for k (nil: a miss), so fetch
 // need not look again. It checks what fetch checks before L1, so the
 // answer is the same.
@@ -288,7 +294,7 @@ func (c *Cache[V]) quick(k string, load LoadFunc[V]) (e *entry[V], ok, looked bo
 	if e == nil {
 		return nil, false, true
 	}
-	if c.timed && (c.cfg.EarlyRefresh > 0 || e.state(time.Now()) != fresh) {
+	if e.failed != nil || (c.timed && (c.cfg.EarlyRefresh > 0 || e.state(time.Now()) != fresh)) {
 		return e, false, true
 	}
 	c.stats.l1.add()
@@ -351,8 +357,11 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 // hit is the answer from entry e.
 func hit[V any](e *entry[V], src Source, shared bool) (answer[V], error) {
 	a := answer[V]{e: e, src: src, shared: shared}
-	if e.notFound {
+	switch {
+	case e.notFound:
 		return a, ErrNotFound
+	case e.failed != nil:
+		return a, e.failed
 	}
 	return a, nil
 }
@@ -360,7 +369,7 @@ func hit[V any](e *entry[V], src Source, shared bool) (answer[V], error) {
 // earlyRefreshDue is XFetch: refresh when now − δ·β·ln(rand) ≥ expiry,
 // with δ the measured load time.
 func (c *Cache[V]) earlyRefreshDue(e *entry[V], now time.Time) bool {
-	if e.load <= 0 || e.notFound {
+	if e.load <= 0 || e.notFound || e.failed != nil {
 		return false
 	}
 	gap := -float64(e.load) * c.cfg.EarlyRefresh * math.Log(rand.Float64())
@@ -531,9 +540,14 @@ func (c *Cache[V]) run(vals context.Context, f *flight[V]) {
 
 // finish publishes f's outcome: L1 first, then out of the map, then the
 // callers, so a caller that misses L1 either finds the flight or finds
-// its value in L1 (see join).
+// its value in L1 (see join). e is the entry for L1 (a value, a
+// not-found, a published load error); err, if set, is the callers'
+// answer instead of e's (the holder's callers get the loader's own
+// error). A load error does not replace a value L1 may still serve.
 func (c *Cache[V]) finish(f *flight[V], e *entry[V], src Source, err error) {
-	if e != nil && c.l1 != nil && time.Now().Before(e.staleTil) && !c.closed.Load() {
+	now := time.Now()
+	if e != nil && c.l1 != nil && now.Before(e.staleTil) && !c.closed.Load() &&
+		(e.failed == nil || f.stale == nil || f.stale.state(now) == expired) {
 		c.l1.Set(f.key, e)
 	}
 	f.res, f.src, f.err = e, src, err
@@ -576,14 +590,20 @@ func (c *Cache[V]) Invalidate(ctx context.Context, key string) error {
 	}
 	bk := c.cfg.prefix + k
 	var errs []error
-	if err := c.b.Delete(ctx, bk); err != nil {
+	err := c.b.Delete(ctx, bk)
+	c.observe(ctx, err)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("flight: invalidate %q: %w", k, err))
 	}
 	c.dropL1(k)
-	if err := c.b.Publish(ctx, c.cfg.topic, []byte(k)); err != nil {
+	err = c.b.Publish(ctx, c.cfg.topic, []byte(k))
+	c.observe(ctx, err)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("flight: invalidate %q: publish: %w", k, err))
 	}
-	if err := c.b.Notify(ctx, bk); err != nil {
+	err = c.b.Notify(ctx, bk)
+	c.observe(ctx, err)
+	if err != nil {
 		errs = append(errs, fmt.Errorf("flight: invalidate %q: notify: %w", k, err))
 	}
 	return errors.Join(errs...)
@@ -615,8 +635,8 @@ func (c *Cache[V]) onInvalidate(msg []byte, reset bool) {
 // ErrClosed or the context error), background refreshes stop, the
 // invalidation subscription ends and L1 is dropped. It waits for the
 // Cache's goroutines, except loaders that ignore their context, which are
-// abandoned. Later calls return ErrClosed. The backend is not closed.
-// Idempotent.
+// abandoned, and for the Options.OnHealthChange calls already queued.
+// Later calls return ErrClosed. The backend is not closed. Idempotent.
 func (c *Cache[V]) Close() error {
 	c.mu.Lock()
 	if c.closed.Load() {
@@ -627,6 +647,7 @@ func (c *Cache[V]) Close() error {
 	c.mu.Unlock()
 	c.cancel()
 	c.wg.Wait()
+	c.health.close()
 	if c.stopTopic != nil {
 		c.stopTopic()
 	}

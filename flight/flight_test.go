@@ -395,11 +395,21 @@ func TestLoaderPanicAndGoexit(t *testing.T) {
 				}
 			}
 			released(t, f, "default:k")
-			v, err := c.Get(context.Background(), "k", func(context.Context, string) (string, error) { return "ok", nil })
-			if err != nil || v != "ok" {
-				t.Fatalf("after the failure: %q, %v", v, err)
+			// Within ErrorTTL the failure is the key's answer, the
+			// loader's own error still underneath in this process.
+			ok := func(context.Context, string) (string, error) { return "ok", nil }
+			_, err := c.Get(context.Background(), "k", ok)
+			if !errors.Is(err, ErrRemoteLoad) || !tc.check(err) {
+				t.Fatalf("after the failure: %v, want the published failure", err)
 			}
-			if st := c.Stats(); st.Loads != 2 || st.LoadErrors != 1 || st.Errors != 20 {
+			if err := c.Invalidate(context.Background(), "k"); err != nil {
+				t.Fatal(err)
+			}
+			v, err := c.Get(context.Background(), "k", ok)
+			if err != nil || v != "ok" {
+				t.Fatalf("after Invalidate: %q, %v", v, err)
+			}
+			if st := c.Stats(); st.Loads != 2 || st.LoadErrors != 1 || st.Errors != 21 || st.ErrorHits != 1 || st.ErrorCommits != 1 {
 				t.Fatalf("stats %+v", st)
 			}
 		})
@@ -424,15 +434,18 @@ func TestHungLoader(t *testing.T) {
 func TestLoaderError(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
-	c, _ := newCache(f, &Options[string]{})
+	// ErrorTTL off: errors are not kept.
+	c, _ := newCache(f, &Options[string]{ErrorTTL: -1})
 	_, err := c.Get(ctx, "k", func(context.Context, string) (string, error) { return "", errTest })
-	if !errors.Is(err, errTest) {
+	if !errors.Is(err, errTest) || errors.Is(err, ErrRemoteLoad) {
 		t.Fatalf("got %v", err)
 	}
-	// Errors are not cached.
 	v, err := c.Get(ctx, "k", func(context.Context, string) (string, error) { return "v", nil })
 	if err != nil || v != "v" {
 		t.Fatalf("got %q, %v", v, err)
+	}
+	if st := c.Stats(); st.ErrorCommits != 0 || st.ErrorHits != 0 || st.Loads != 2 {
+		t.Fatalf("stats %+v", st)
 	}
 }
 

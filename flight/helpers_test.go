@@ -37,13 +37,43 @@ type memDriver interface {
 // mem is one process's memory driver, telling what countdriver's call
 // counts cannot: the commits that landed (Commit or CommitRelease
 // answered nil; a refused commit is a call too) and the claims that came
-// back held (the process is waiting for another holder then).
+// back held (the process is waiting for another holder then). While a
+// fault is set (setFault), Get, TryClaim and TryClaimRead fail with it,
+// as a driver does when its server is down or refuses it.
 type mem struct {
 	memDriver
 	commits, held atomic.Int64
+	fault         atomic.Pointer[error]
+}
+
+// setFault makes Get and the claims fail with err from now on; nil ends
+// the fault.
+func (d *mem) setFault(err error) {
+	if err == nil {
+		d.fault.Store(nil)
+		return
+	}
+	d.fault.Store(&err)
+}
+
+func (d *mem) failing() error {
+	if p := d.fault.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+func (d *mem) Get(ctx context.Context, key string) ([]byte, error) {
+	if err := d.failing(); err != nil {
+		return nil, err
+	}
+	return d.memDriver.Get(ctx, key)
 }
 
 func (d *mem) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
+	if err := d.failing(); err != nil {
+		return driver.Lease{}, err
+	}
 	l, err := d.memDriver.TryClaim(ctx, key, holder, ttl)
 	if errors.Is(err, driver.ErrHeld) {
 		d.held.Add(1)
@@ -52,6 +82,9 @@ func (d *mem) TryClaim(ctx context.Context, key, holder string, ttl time.Duratio
 }
 
 func (d *mem) TryClaimRead(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, []byte, bool, error) {
+	if err := d.failing(); err != nil {
+		return driver.Lease{}, nil, false, err
+	}
 	l, v, found, err := d.memDriver.TryClaimRead(ctx, key, holder, ttl)
 	if errors.Is(err, driver.ErrHeld) {
 		d.held.Add(1)

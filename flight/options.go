@@ -89,6 +89,23 @@ type Options[V any] struct {
 	// wrapping ErrNotFound) this long, in L1 and L2. Default 0: not-found
 	// is not cached.
 	NegativeTTL time.Duration
+	// ErrorTTL is how long a load error is kept as the key's answer: the
+	// holder commits it to L2 in place of a value (fenced by its lease,
+	// like a value), which wakes the key's waiters in every process; they
+	// and every later caller, in any process, until ErrorTTL passes, get
+	// an error matching ErrRemoteLoad (a *RemoteError with the holder's
+	// error text) at once, without loading. So a failing loader runs once
+	// per ErrorTTL fleet-wide, not once per process in turn. The holder's
+	// own coalesced callers get the loader's error itself. Loader panics
+	// and timeouts are published too; a not-found is not (NegativeTTL),
+	// nor a load ended by Close, nor the failed refresh of a value that
+	// can still be served (it stays). The error text (cut to 512 bytes)
+	// is stored in the backend and shown in every process: keep secrets
+	// out of loader errors. A Cache keeps a published error no longer
+	// than its own ErrorTTL after it was written, whatever the writer
+	// said. Default 1 second; negative: off (errors are neither published
+	// nor read: waiting processes load in turn).
+	ErrorTTL time.Duration
 	// EarlyRefresh is the β of probabilistic early refresh (XFetch,
 	// Vattani et al., VLDB 2015): a fresh hit refreshes the value in the
 	// background with a probability that grows as its expiry nears,
@@ -123,9 +140,19 @@ type Options[V any] struct {
 	// Default 16.
 	MaxFailOpenLoads int
 
-	// Logger receives warnings (corrupt L2 values, lost commits, backend
-	// failures) and debug events. Default slog.Default().
+	// Logger receives the changes of the Cache's Health (to Degraded at
+	// ERROR, once per change, with the cause; back to Healthy at WARN,
+	// with how long it lasted), warnings (corrupt L2 values, lost
+	// commits) and debug events (each failed backend call). Default
+	// slog.Default().
 	Logger *slog.Logger
+	// OnHealthChange, if set, is called with the new Health on every
+	// change of the Cache's Health (Healthy to Degraded and back; not on
+	// every failed call): in order, never concurrently with itself, on a
+	// goroutine of the Cache, never a caller's. A slow callback delays
+	// only the callbacks after it. Close waits for the calls already
+	// queued; the callback must not call Close.
+	OnHealthChange func(Health)
 
 	// noKeepAlive is a test hook: the holder does not renew its lease,
 	// like a process that stopped.
@@ -183,6 +210,12 @@ func (o *Options[V]) withDefaults() config[V] {
 	}
 	if c.NegativeTTL < 0 {
 		c.NegativeTTL = 0
+	}
+	switch {
+	case c.ErrorTTL == 0:
+		c.ErrorTTL = time.Second
+	case c.ErrorTTL < 0:
+		c.ErrorTTL = 0
 	}
 	if c.EarlyRefresh < 0 {
 		c.EarlyRefresh = 0

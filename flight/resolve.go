@@ -63,8 +63,14 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		OnWait: func() { c.stats.waits.Add(1) },
 	})
 	cancel()
+	over := err != nil && waitOver(ctx, until)
+	if !over {
+		// A wait that WaitTimeout or Close ended says nothing of the
+		// backend; any other outcome does.
+		c.observe(ctx, err)
+	}
 	switch {
-	case err != nil && waitOver(ctx, until):
+	case over:
 		return c.waitEnded(ctx, f)
 	case err != nil:
 		return c.backendDown(ctx, f, "claim", err)
@@ -132,6 +138,7 @@ func (c *Cache[V]) l2Get(ctx context.Context, bk string, until time.Time) (*entr
 	octx := c.opContext(ctx, until)
 	defer octx.Stop()
 	b, err := c.b.Get(octx, bk)
+	c.observe(ctx, err)
 	if errors.Is(err, claim.ErrNotFound) {
 		return nil, nil
 	}
@@ -150,14 +157,20 @@ func (c *Cache[V]) l2Decode(bk string, b []byte) *entry[V] {
 		c.log.Warn("flight: unreadable L2 value, treated as a miss", "key", bk, "err", err)
 		return nil
 	}
+	if e.failed != nil {
+		e.failed.Key = bk[len(c.cfg.prefix):]
+	}
 	return e
 }
 
 // hold is the claim holder's part: load under KeepAlive, commit fenced by
 // the lease and release (which wakes every waiter) in one step
 // (claim.Client.CommitRelease), and release on every other way out, panics
-// and Goexit included: a loader error or panic, an unencodable value, a
-// failed or refused commit.
+// and Goexit included: an unpublished loader error or panic, an
+// unencodable value, a failed or refused commit. A loader error is
+// committed like a value (failedEntry, for Options.ErrorTTL), so that the
+// waiters answer with it instead of loading in turn; this flight's
+// callers get the error itself (err), L1 the entry.
 func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *entry[V], src Source, err error) {
 	lease := l
 	released := false
@@ -165,38 +178,50 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 		if released {
 			return
 		}
-		rctx := c.opContext(detached(ctx), time.Time{})
+		dctx := detached(ctx)
+		rctx := c.opContext(dctx, time.Time{})
 		defer rctx.Stop()
-		if rerr := c.b.Release(rctx, lease); rerr != nil && !errors.Is(rerr, claim.ErrLost) {
-			c.log.Warn("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
+		rerr := c.b.Release(rctx, lease)
+		c.observe(dctx, rerr)
+		if rerr != nil && !errors.Is(rerr, claim.ErrLost) {
+			c.log.Debug("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
 		}
 	}()
 	v, dur, lerr := c.callLoader(ctx, f, &lease)
 	e, ttl, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
-		return nil, SourceLoaded, err
+		if e = c.failedEntry(ctx, f, err, dur); e == nil {
+			return nil, SourceLoaded, err
+		}
+		ttl = c.cfg.ErrorTTL
 	}
-	data, err := c.encode(e)
-	if err != nil {
-		c.log.Error("flight: value not committed", "key", f.key, "err", err)
-		return e, SourceLoaded, nil
+	data, eerr := c.encode(e)
+	if eerr != nil {
+		c.log.Error("flight: value not committed", "key", f.key, "err", eerr)
+		return e, SourceLoaded, err
 	}
-	cctx := c.opContext(detached(ctx), time.Time{})
+	dctx := detached(ctx)
+	cctx := c.opContext(dctx, time.Time{})
 	defer cctx.Stop()
 	// Committed and released in one step where the backend can: on an
 	// error the deferred Release still runs (harmless if the lease is
 	// gone).
-	switch err := c.b.CommitRelease(cctx, lease, data, ttl); {
-	case err == nil:
+	cerr := c.b.CommitRelease(cctx, lease, data, ttl)
+	c.observe(dctx, cerr)
+	switch {
+	case cerr == nil && e.failed != nil:
+		released = true
+		c.stats.errorCommits.Add(1)
+	case cerr == nil:
 		released = true
 		c.stats.commits.Add(1)
-	case errors.Is(err, claim.ErrLost):
+	case errors.Is(cerr, claim.ErrLost):
 		c.stats.lostCommits.Add(1)
-		c.log.Warn("flight: lease lost during the load; value returned to this process only", "key", f.key, "err", err)
+		c.log.Warn("flight: lease lost during the load; value returned to this process only", "key", f.key, "err", cerr)
 	default:
-		c.log.Warn("flight: commit failed; value returned to this process only", "key", f.key, "err", err)
+		c.log.Debug("flight: commit failed; value returned to this process only", "key", f.key, "err", cerr)
 	}
-	return e, SourceLoaded, nil
+	return e, SourceLoaded, err
 }
 
 // makeEntry turns a loader's answer into an entry and its L2 TTL; a
@@ -298,9 +323,9 @@ func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Le
 					c.stats.loadErrors.Add(1)
 				}
 				if cause := context.Cause(lctx); cause != nil && errors.Is(o.err, lctx.Err()) {
-					return o.v, dur, fmt.Errorf("flight: load %q: %w (%v)", f.key, o.err, cause)
+					return o.v, dur, &loadError{f.key, fmt.Errorf("%w (%v)", o.err, cause)}
 				}
-				return o.v, dur, fmt.Errorf("flight: load %q: %w", f.key, o.err)
+				return o.v, dur, &loadError{f.key, o.err}
 			}
 			return o.v, dur, nil
 		case <-t.C:
@@ -356,7 +381,7 @@ func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Ti
 		return zero, time.Since(start), ErrClosed
 	}
 	c.log.Warn("flight: loader timed out; abandoned", "key", f.key, "timeout", c.cfg.LoadTimeout)
-	return zero, time.Since(start), fmt.Errorf("flight: load %q: %w after %s", f.key, ErrLoadTimeout, c.cfg.LoadTimeout)
+	return zero, time.Since(start), &loadError{f.key, fmt.Errorf("%w after %s", ErrLoadTimeout, c.cfg.LoadTimeout)}
 }
 
 // keeperDelay is how long a holder's load runs before Client.KeepAlive
@@ -375,7 +400,10 @@ func keeperDelay(l claim.Lease) time.Duration {
 
 // backendDown handles a backend failure: a configuration error
 // (claim.ErrConfig) is returned; an outage fails closed, or open (load
-// without the claim, still coalesced in this process, capped).
+// without the claim, still coalesced in this process, capped; a load
+// error is kept in L1 for Options.ErrorTTL). The failure was logged,
+// once, as the Cache's Health changed (observe): each flight's is at
+// DEBUG.
 func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err error) (*entry[V], Source, error) {
 	if ctx.Err() != nil {
 		return nil, SourceNone, ErrClosed
@@ -391,7 +419,7 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 		return nil, SourceNone, fmt.Errorf("flight: %s %q: %w: %w", op, f.key, ErrBackend, err)
 	}
 	c.stats.failOpen.Add(1)
-	c.log.Warn("flight: backend unavailable; loading without the claim (fail open)", "op", op, "key", f.key, "err", err)
+	c.log.Debug("flight: backend unavailable; loading without the claim (fail open)", "op", op, "key", f.key, "err", err)
 	c.markPending(f)
 	wctx, cancel := context.WithTimeout(ctx, c.cfg.WaitTimeout)
 	defer cancel()
@@ -404,7 +432,7 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 	v, dur, lerr := c.callLoader(ctx, f, nil)
 	e, _, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
-		return nil, SourceLoaded, err
+		return c.failedEntry(ctx, f, err, dur), SourceLoaded, err
 	}
 	return e, SourceLoaded, nil
 }

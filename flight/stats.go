@@ -63,11 +63,17 @@ type Stats struct {
 	Waits        uint64 // flights that waited for another process's holder
 	Takeovers    uint64 // claims won after waiting for another holder
 	Commits      uint64 // values committed to L2
+	ErrorCommits uint64 // load errors committed to L2 (Options.ErrorTTL)
+	ErrorHits    uint64 // callers answered with a published load error (ErrRemoteLoad), without a load; in Errors too
 	LostCommits  uint64 // commits refused because the lease was lost
 	Refreshes    uint64 // background refreshes (stale-while-revalidate, early refresh)
 	FailOpen     uint64 // flights that loaded without the backend
 	DecodeErrors uint64 // L2 values that failed to decode (read as misses)
 	Invalidated  uint64 // L1 drops by Invalidate, local or broadcast
+
+	// Health is the Cache's view of its backend now: Healthy, or
+	// Degraded since a failed backend call, with its cause.
+	Health Health
 }
 
 type counters struct {
@@ -77,6 +83,7 @@ type counters struct {
 	misses, loads, loadErrors, waits, takeovers atomic.Uint64
 	commits, lostCommits, refreshes, failOpen   atomic.Uint64
 	decodeErrors, invalidated                   atomic.Uint64
+	errorCommits, errorHits                     atomic.Uint64
 }
 
 // Stats returns a snapshot of the counters. Safe for concurrent use.
@@ -97,14 +104,25 @@ func (c *Cache[V]) Stats() Stats {
 		Waits:        s.waits.Load(),
 		Takeovers:    s.takeovers.Load(),
 		Commits:      s.commits.Load(),
+		ErrorCommits: s.errorCommits.Load(),
+		ErrorHits:    s.errorHits.Load(),
 		LostCommits:  s.lostCommits.Load(),
 		Refreshes:    s.refreshes.Load(),
 		FailOpen:     s.failOpen.Load(),
 		DecodeErrors: s.decodeErrors.Load(),
 		Invalidated:  s.invalidated.Load(),
+		Health:       c.health.snapshot(),
 	}
 	st.Requests = st.L1Hits + st.L2Hits + st.Loaded + st.Remote + st.Stale + st.Fallbacks + st.Errors
 	return st
+}
+
+// tally counts the answer a call got.
+func (c *Cache[V]) tally(a answer[V], err error) {
+	if a.e != nil && a.e.failed != nil {
+		c.stats.errorHits.Add(1)
+	}
+	c.stats.count(a.src, err)
 }
 
 func (s *counters) count(src Source, err error) {
