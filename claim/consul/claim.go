@@ -53,33 +53,44 @@ func parseRecord(v []byte) (record, bool) {
 	return r, err == nil && r.Holder != ""
 }
 
-// apiErr maps a request-too-large reply (413) to ErrTooLarge, keeping the
-// cause. consul/api reports a failed transaction by its body text only.
-func apiErr(err error) error {
-	var se capi.StatusError
-	if errors.As(err, &se) && se.Code == http.StatusRequestEntityTooLarge ||
-		strings.HasPrefix(err.Error(), "Failed request: ") && strings.Contains(err.Error(), " too large") {
-		return fmt.Errorf("%w (%w)", driver.ErrTooLarge, err)
-	}
-	return err
-}
-
 // txn runs ops as one Consul transaction. The first nCond ops are
-// conditions: if one of them fails, txn returns false and no error.
+// conditions: if one of them fails, txn returns false and no error. It
+// goes through consul/api's Raw rather than its Txn, which reports a
+// failed request by its body alone: the status code tells a refused token
+// (403) and a server of another kind (404) from an outage. Its errors are
+// classified.
 func (b *backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *capi.TxnResponse, error) {
-	ok, resp, _, err := b.c.Txn().Txn(ops, qo(ctx))
-	if err != nil {
-		return false, nil, apiErr(err)
-	}
-	if ok {
-		return true, resp, nil
+	var resp capi.TxnResponse
+	_, err := b.c.Raw().Write("/v1/txn", ops, &resp, wo(ctx))
+	var se capi.StatusError
+	switch {
+	case err == nil:
+		return true, &resp, nil
+	case errors.As(err, &se) && se.Code == http.StatusConflict:
+		// Rolled back: the body says which operations failed.
+		if jerr := json.Unmarshal([]byte(se.Body), &resp); jerr != nil {
+			return false, nil, classify(fmt.Errorf("transaction rolled back, reason unreadable: %w", jerr))
+		}
+	default:
+		return false, nil, classify(err)
 	}
 	for _, e := range resp.Errors {
-		if e.OpIndex >= nCond || strings.Contains(e.What, "Permission denied") {
+		if strings.Contains(e.What, "Permission denied") || strings.Contains(e.What, "ACL not found") {
+			return false, nil, driver.Misconfigured(fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What))
+		}
+		if e.OpIndex >= nCond {
 			return false, nil, fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What)
 		}
 	}
-	return false, resp, nil
+	return false, &resp, nil
+}
+
+// write runs one unconditional write as a transaction: unlike consul/api's
+// KV Put and Delete, which take any 200 for success, it reads Consul's
+// answer, so a server of another kind cannot swallow it.
+func (b *backend) write(ctx context.Context, op *capi.TxnOp) error {
+	_, _, err := b.txn(ctx, capi.TxnOps{op}, 0)
+	return err
 }
 
 func kvOp(verb capi.KVOp, key string, index uint64, value []byte) *capi.TxnOp {
@@ -130,9 +141,12 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		if err != nil || ok {
 			return l, v, found, err
 		}
-		cur, _, err := b.kv.Get(lk, qo(ctx))
+		cur, meta, err := b.kv.Get(lk, qo(ctx))
+		if err == nil {
+			err = indexed(meta)
+		}
 		if err != nil {
-			return driver.Lease{}, nil, false, err
+			return driver.Lease{}, nil, false, classify(err)
 		}
 		if cur == nil {
 			continue // released meanwhile: try to create it again
@@ -194,9 +208,12 @@ func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Dur
 // read returns the lock key and l's lease record as the server has them
 // (the expiry as last extended), or ErrLost if l no longer holds the key.
 func (b *backend) read(ctx context.Context, l driver.Lease) (*capi.KVPair, record, error) {
-	cur, _, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
+	cur, meta, err := b.kv.Get(b.lockKey(l.Key), qo(ctx))
+	if err == nil {
+		err = indexed(meta)
+	}
 	if err != nil {
-		return nil, record{}, err
+		return nil, record{}, classify(err)
 	}
 	if cur == nil || cur.CreateIndex != l.Token {
 		return nil, record{}, driver.ErrLost

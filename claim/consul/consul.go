@@ -35,11 +35,19 @@ const (
 
 // DefaultMaxWatches is Options.MaxWatches when unset, and
 // DefaultMaxConns the connections a URL-opened Client uses for everything
-// else (its maxconns parameter).
+// else (its maxconns parameter): 12 connections per Client at most, so
+// that 8 processes on one host (each with a Client) stay at half the
+// local agent's default limit of 200 connections per client address
+// (http_max_conns_per_client).
 const (
-	DefaultMaxWatches = 10
-	DefaultMaxConns   = 14
+	DefaultMaxWatches = 6
+	DefaultMaxConns   = 6
 )
+
+// DefaultWaitTime is Options.WaitTime when unset: shorter than Consul's
+// own default (5 minutes), so that a blocking query given up holds its
+// connection on the agent for a minute at most.
+const DefaultWaitTime = time.Minute
 
 func init() {
 	claim.Register(Scheme, &URLOpener{})
@@ -59,7 +67,11 @@ type Options struct {
 	// MaxValueLen is the largest value Commit and Set accept (default
 	// DefaultMaxValueLen).
 	MaxValueLen int
-	// WaitTime bounds each blocking query (0: the server's default, 5 min).
+	// WaitTime is the longest a blocking query waits for a change (0:
+	// DefaultWaitTime): a subscription's queries start with a wait of a
+	// second and double it while nothing happens. A query given up
+	// (Unsubscribe, Close) keeps its connection open on the agent until
+	// its wait ends, counting against http_max_conns_per_client.
 	WaitTime time.Duration
 	// MaxWatches is the most blocking queries (one per watched key, each
 	// holding an HTTP connection) this Client keeps open at once; keys
@@ -94,20 +106,36 @@ type backend struct {
 
 var (
 	_ driver.Driver         = (*backend)(nil)
+	_ driver.Pinger         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 )
 
 // New returns a Client using the caller's Consul client (its address, TLS,
-// ACL token and datacenter). It does no I/O. The Client's Close does not
-// close the Consul client's connections.
+// ACL token and datacenter). The Client's Close does not close the Consul
+// client's connections, and neither does a New that fails.
+//
+// New checks the agent before it returns (claim.Connect: the driver's
+// Ping, one KV read under the prefix), within the operation timeout
+// (Options.Client.OpTimeout, default claim.DefaultOpTimeout): an ACL token
+// the agent does not know or that cannot read the prefix (HTTP 403), a
+// proxy's 401, or a server that is not a Consul agent fails with an error
+// wrapping claim.ErrConfig, an agent that cannot be reached or does not
+// answer with one wrapping claim.ErrUnavailable. With
+// Options.Client.Lazy it does no I/O, and the first call meets those
+// errors instead. Every request the driver makes carries its call's
+// context (consul/api has no timeout of its own).
 func New(client *capi.Client, opt *Options) (*claim.Client, error) {
 	b, err := newBackend(client, *cmp.Or(opt, &Options{}))
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, b.o.Client), nil
+	c, err := claim.Connect(context.Background(), b, b.o.Client)
+	if err != nil {
+		return nil, fmt.Errorf("consul: New: %w", err)
+	}
+	return c, nil
 }
 
 func newBackend(client *capi.Client, o Options) (*backend, error) {
@@ -120,6 +148,9 @@ func newBackend(client *capi.Client, o Options) (*backend, error) {
 	}
 	o.ClockSkew = max(cmp.Or(o.ClockSkew, DefaultClockSkew), 0)
 	o.MaxWatches = cmp.Or(o.MaxWatches, DefaultMaxWatches)
+	if o.WaitTime <= 0 {
+		o.WaitTime = DefaultWaitTime
+	}
 	if o.MaxValueLen <= 0 {
 		o.MaxValueLen = DefaultMaxValueLen
 	}

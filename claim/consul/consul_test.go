@@ -251,8 +251,10 @@ func TestClaimAndExtendWakeNobody(t *testing.T) {
 }
 
 // A subscriber survives a server restart: the failed blocking query
-// wakes it (the backend cannot rule out a missed release), and after the
-// restart releases and notifications reach it again.
+// wakes it at once (the backend cannot rule out a missed release, and
+// no wake-up can come while the agent is down), the re-read after the
+// restart wakes it again, and then releases and notifications reach it
+// again.
 func TestReconnect(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Consul, nil)
 	ctx := context.Background()
@@ -261,8 +263,9 @@ func TestReconnect(t *testing.T) {
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := a.TryClaim(ctx, "k", time.Minute); err == nil {
-		t.Errorf("TryClaim with the server down succeeded")
+	expectWake(t, s, "the server's crash", true)
+	if _, err := a.TryClaim(ctx, "k", time.Minute); !errors.Is(err, claim.ErrUnavailable) {
+		t.Errorf("TryClaim with the server down: %v, want ErrUnavailable", err)
 	}
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)
@@ -566,14 +569,21 @@ func TestURL(t *testing.T) {
 		"consuls://127.0.0.1:1/?skip_verify=true&servername=consul.internal&maxconns=4&maxwatches=2",
 		"consuls://user:" + secret + "@127.0.0.1:1",
 	}
+	lazy := &claim.Options{Lazy: true}
 	for _, u := range good {
-		c, err := claim.Open(context.Background(), u)
+		// Nothing listens on port 1: Open's check fails (unavailable),
+		// and errors name the request, never the token or password.
+		_, err := claim.Open(context.Background(), u)
+		if !errors.Is(err, claim.ErrUnavailable) {
+			t.Errorf("Open(%q) with nothing listening: %v, want ErrUnavailable", claim.RedactURL(u), err)
+		} else if strings.Contains(err.Error(), secret) {
+			t.Errorf("error leaks the secret: %v", err)
+		}
+		c, err := claim.OpenOptions(context.Background(), u, lazy)
 		if err != nil {
-			t.Errorf("Open(%q): %v", claim.RedactURL(u), err)
+			t.Errorf("Open(%q) lazily: %v", claim.RedactURL(u), err)
 			continue
 		}
-		// Nothing listens on port 1: errors name the request, never the
-		// token or password.
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err = c.TryClaim(ctx, "k", time.Second)
 		cancel()
@@ -593,23 +603,27 @@ func TestURL(t *testing.T) {
 }
 
 // The token reaches Consul (an agent with ACLs, default deny) and never
-// appears in errors.
+// appears in errors; without it, or with a wrong one, Open fails with
+// ErrConfig, and so does every call of a Client opened lazily.
 func TestACLToken(t *testing.T) {
 	const secret = "root-S3CRET-token"
 	srv := testserver.RequireWith(t, testserver.Consul, &testserver.Options{Args: []string{
 		"-hcl", `acl { enabled = true, default_policy = "deny", tokens { initial_management = "` + secret + `" } }`,
 	}})
 	ctx := context.Background()
-	anon := backendtest.Open(t, srv.URL())
+	if _, err := claim.Open(ctx, srv.URL()); !errors.Is(err, claim.ErrConfig) || !strings.Contains(err.Error(), "Permission denied") {
+		t.Errorf("Open without a token: %v, want ErrConfig (permission denied)", err)
+	}
+	anon := backendtest.Open(t, srv.URL()+"/?lazy=true")
 	_, err := anon.TryClaim(ctx, "k", time.Minute)
-	if err == nil || errors.Is(err, claim.ErrHeld) {
-		t.Fatalf("TryClaim without a token: %v, want permission denied", err)
+	if !errors.Is(err, claim.ErrConfig) {
+		t.Fatalf("TryClaim without a token: %v, want ErrConfig (permission denied)", err)
 	}
 	if !strings.Contains(err.Error(), "Permission denied") {
 		t.Errorf("TryClaim without a token: %v", err)
 	}
-	if err := anon.Set(ctx, "k", []byte("v"), 0); err == nil {
-		t.Errorf("Set without a token succeeded")
+	if err := anon.Set(ctx, "k", []byte("v"), 0); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("Set without a token: %v, want ErrConfig", err)
 	}
 	root := backendtest.Open(t, srv.URL()+"/?token="+secret)
 	l, err := root.TryClaim(ctx, "k", time.Minute)
@@ -619,29 +633,37 @@ func TestACLToken(t *testing.T) {
 	if err := root.Commit(ctx, l, []byte("v"), 0); err != nil {
 		t.Errorf("Commit with the token: %v", err)
 	}
-	if err := anon.Release(ctx, l); err == nil || errors.Is(err, claim.ErrLost) || strings.Contains(err.Error(), secret) {
-		t.Errorf("Release without a token: %v, want permission denied (and no secret)", err)
+	if err := anon.Release(ctx, l); !errors.Is(err, claim.ErrConfig) || errors.Is(err, claim.ErrLost) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Release without a token: %v, want ErrConfig (and no secret)", err)
 	}
 	if err := root.Release(ctx, l); err != nil {
 		t.Errorf("Release with the token: %v", err)
 	}
 	// A wrong token: errors do not repeat it.
-	wrong := backendtest.Open(t, srv.URL()+"/?token=wrong-"+secret)
-	if _, err := wrong.Get(ctx, "k"); err == nil || strings.Contains(err.Error(), secret) {
-		t.Errorf("Get with a wrong token: %v", err)
+	if _, err := claim.Open(ctx, srv.URL()+"/?token=wrong-"+secret); !errors.Is(err, claim.ErrConfig) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Open with a wrong token: %v, want ErrConfig (and no secret)", err)
+	}
+	wrong := backendtest.Open(t, srv.URL()+"/?lazy=true&token=wrong-"+secret)
+	if _, err := wrong.Get(ctx, "k"); !errors.Is(err, claim.ErrConfig) || strings.Contains(err.Error(), secret) {
+		t.Errorf("Get with a wrong token: %v, want ErrConfig (and no secret)", err)
 	}
 }
 
-// consuls:// speaks HTTPS: against a plain-HTTP agent the request fails.
+// consuls:// speaks HTTPS: against a plain-HTTP agent Open fails with
+// ErrConfig (net/http: "server gave HTTP response to HTTPS client"), and
+// so does a request of a Client opened lazily.
 func TestTLSScheme(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	u, _ := url.Parse(srv.URL())
 	u.Scheme = consul.SchemeTLS
-	b := backendtest.Open(t, u.String())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := b.Get(ctx, "k"); err == nil || errors.Is(err, claim.ErrNotFound) {
-		t.Errorf("HTTPS request to an HTTP agent: err = %v, want a transport error", err)
+	if _, err := claim.Open(ctx, u.String()); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("Open over HTTPS of an HTTP agent: %v, want ErrConfig", err)
+	}
+	b := backendtest.Open(t, u.String()+"?lazy=true")
+	if _, err := b.Get(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
+		t.Errorf("HTTPS request to an HTTP agent: err = %v, want ErrConfig", err)
 	}
 }
 
@@ -649,8 +671,10 @@ func FuzzURL(f *testing.F) {
 	f.Add("consul://h:1?prefix=p&token=abc&dc=x")
 	f.Add("consuls://u:pw@h?prefix=a/b&clock_skew=1s&maxvalue=5&skip_verify=true")
 	f.Add("consul://h:1/p?token=abc")
+	// Lazily: no URL makes the fuzzer wait for a server.
+	lazy := &claim.Options{Lazy: true}
 	f.Fuzz(func(t *testing.T, raw string) {
-		b, err := claim.Open(context.Background(), raw)
+		b, err := claim.OpenOptions(context.Background(), raw, lazy)
 		if err != nil {
 			if u, perr := url.Parse(raw); perr == nil {
 				if tok := u.Query().Get("token"); len(tok) > 3 && strings.Contains(err.Error(), tok) {
@@ -659,7 +683,7 @@ func FuzzURL(f *testing.F) {
 					q := u.Query()
 					q.Set("token", "placeholder-token")
 					u.RawQuery = q.Encode()
-					b2, err2 := claim.Open(context.Background(), u.String())
+					b2, err2 := claim.OpenOptions(context.Background(), u.String(), lazy)
 					if err2 == nil {
 						b2.Close()
 					}

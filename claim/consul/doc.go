@@ -15,13 +15,25 @@
 // (Options.MaxValueLen), wait (Options.WaitTime), maxwatches
 // (Options.MaxWatches), maxconns (connections for everything but blocking
 // queries, default DefaultMaxConns; a URL-opened Client uses one HTTP
-// client for blocking queries and another for the rest). consuls:// takes
+// client for blocking queries and another for the rest), and the Client's
+// own op_timeout and lazy (claim.Open). consuls:// takes
 // cacert (CA certificates to trust instead of the system roots), cert and
 // key (client certificate), servername and skip_verify (testing only);
 // consul:// refuses them. Anything the URL leaves out comes from Consul's
 // CONSUL_* environment variables, as with the consul CLI (with no TLS
 // parameter in a consuls:// URL, the TLS ones too); an empty host means
 // CONSUL_HTTP_ADDR or localhost:8500.
+//
+// Opening does no I/O, but claim.Open then checks the agent (the driver's
+// Ping: one KV read of PREFIX/ping, answered by the leader) within ctx and
+// the operation timeout (op_timeout, default claim.DefaultOpTimeout, 5 s),
+// unless lazy=true; New does the same with the caller's client, unless
+// Options.Client.Lazy. Every request carries its call's context, bounded
+// by the operation timeout (consul/api has no timeout of its own, and
+// hangs for ever on an agent that accepts connections and never answers);
+// a URL-opened Client also bounds each connection's dial and TLS
+// handshake by DialTimeout. Blocking queries are bounded by their wait
+// plus Consul's jitter and 5 s.
 //
 // # Semantics
 //
@@ -61,16 +73,25 @@
 // expire by the reader's clock and are deleted lazily when read; Sweep
 // removes leftovers.
 //
-// Wake-ups: one blocking query (KV list of PREFIX/c/K/) per subscribed key.
-// Release and CommitRelease write the notify key in their transaction, as
-// Notify does; the query wakes the key's subscribers when the notify key
-// moved, or when the lease it saw last is gone or replaced (taken over
-// after expiry), but not when a free key is claimed (waiters wait for the
-// end of a claim, not its start) nor on Extend. After a failed blocking
-// query it backs off, re-reads and wakes the key's subscribers. At most
-// Options.MaxWatches blocking queries run at once; keys watched beyond
-// that are read by one poll loop, 32 keys per read-only transaction, every
-// 2 to 50 ms. Consul has no topic bus (Features.Broadcast is false).
+// Wake-ups: one blocking query (KV list of PREFIX/c/K/) per subscribed key,
+// from the state Subscribe read (one read-only transaction of the lock and
+// notify keys, which, unlike a list, Consul refuses to a token that may
+// not read them). Release and CommitRelease write the notify key in their
+// transaction, as Notify does; the query wakes the key's subscribers when
+// the notify key moved, or when the lease it saw last is gone or replaced
+// (taken over after expiry), but not when a free key is claimed (waiters
+// wait for the end of a claim, not its start) nor on Extend. A failed
+// blocking query (the agent down, the connection cut, a token revoked)
+// wakes the key's subscribers at once, so that they re-check (and meet the
+// error, or take over) rather than wait for a wake-up that cannot come;
+// the driver then backs off, re-reads and wakes them again. A key's
+// queries wait a second at first, and after each wake-up, doubling while
+// nothing happens up to Options.WaitTime: Consul does not notice a client
+// that gives a query up (Unsubscribe, Close), whose connection stays open
+// on the agent until the query's wait ends. At most Options.MaxWatches
+// blocking queries run at once; keys watched beyond that are read by one
+// poll loop, 32 keys per read-only transaction, every 2 to 50 ms. Consul
+// has no topic bus (Features.Broadcast is false).
 //
 // As accepts a **api.Client (github.com/hashicorp/consul/api): the Consul
 // client the driver sends its requests with (for a URL-opened Client, the
@@ -80,5 +101,20 @@
 //
 // A *claim.HeldError's Remaining includes ClockSkew. A 413 from Consul
 // (Options.MaxValueLen raised past the server's limits) is ErrTooLarge.
-// The ACL token never appears in errors or String output.
+// Configuration errors wrap claim.ErrConfig, in every call (Open and Ping
+// included), consul/api's error underneath (errors.As with
+// api.StatusError): HTTP 403 (an ACL token the agent does not know, "ACL
+// not found", or without a permission, "Permission denied", also when a
+// transaction reports it for one of its operations), HTTP 401 (a proxy's
+// basic auth), a read-only transaction whose answer lacks keys (Consul
+// leaves out what the token may not read), and a server that is not a
+// Consul agent: HTTP 404 from the KV or transaction API, HTTP 400 (the
+// driver's requests are well formed), a KV answer without X-Consul-Index,
+// a reply that is not Consul's JSON, or not HTTP, bytes sent before any
+// request, HTTPS spoken to a plain-HTTP agent, a TLS handshake refused for
+// its certificates. Writes go through transactions (consul/api's KV Put and
+// Delete take any 200 for success). Other errors, HTTP 429 (too many
+// connections from one address) and 5xx included, are reported by the
+// Client as claim.ErrUnavailable. The ACL token never appears in errors or
+// String output.
 package consul

@@ -20,7 +20,11 @@ import (
 //	consul://127.0.0.1:8500?prefix=myapp/cache&token=SECRET&dc=dc1&maxwatches=20
 //
 // The token is sent as X-Consul-Token and never printed (errors show the
-// URL redacted). The Client is then used as in package claim's examples.
+// URL redacted). New, like claim.Open, checks the agent (a KV read under
+// the prefix): a token the agent refuses fails it with claim.ErrConfig,
+// an agent that does not answer with claim.ErrUnavailable; set
+// Options.Client.Lazy (lazy=true in a URL) to start before the agent is
+// up. The Client is then used as in package claim's examples.
 func ExampleNew() {
 	cfg := capi.DefaultConfig()
 	cfg.Address = "127.0.0.1:8500"
@@ -35,7 +39,6 @@ func ExampleNew() {
 	defer c.Close()
 	var native *capi.Client
 	fmt.Println(c.Features().AtomicCommit, c.Features().Notify, c.As(&native) && native == client)
-	// Output: true push true
 }
 
 // Sweep from one process now and then (Consul KV has no TTL: values nobody

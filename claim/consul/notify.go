@@ -15,16 +15,22 @@ import (
 )
 
 // Subscribe implements driver.Notifier: the blocking query (or, with every
-// slot taken, the poll loop) starts from the state of one read.
+// slot taken, the poll loop) starts from the state of one read, whose
+// error (classified: a token refused is ErrConfig) Subscribe returns. The
+// read is a transaction (as the poll loop's) rather than the list the
+// blocking query makes: Consul filters a list by the token's read
+// permission without a word, a transaction's read is refused. The
+// blocking query then starts with a list that does not block, for its
+// index.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	dir := b.dir(key)
-	pairs, meta, err := b.kv.List(dir, qo(ctx))
+	pairs, err := b.readState(ctx, key)
 	if err != nil {
 		return err
 	}
+	dir := b.dir(key)
 	st := b.stateOf(key, pairs)
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -42,8 +48,30 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	wctx, cancel := context.WithCancel(b.ctx)
 	w := &watcher{cancel: cancel, done: make(chan struct{})}
 	b.watchers[key] = w
-	go b.watch(wctx, key, dir, meta.LastIndex, st, wake, w.done)
+	go b.watch(wctx, key, dir, 0, st, wake, w.done)
 	return nil
+}
+
+// readState reads key's lock and notify keys in one read-only
+// transaction.
+func (b *backend) readState(ctx context.Context, key string) (capi.KVPairs, error) {
+	ops := capi.TxnOps{kvOp(capi.KVGetOrEmpty, b.lockKey(key), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(key), 0, nil)}
+	_, resp, err := b.txn(ctx, ops, 0)
+	if err != nil {
+		return nil, err
+	}
+	if len(resp.Results) != len(ops) {
+		// A read-only transaction leaves out what the token may not
+		// read, without an error.
+		return nil, driver.Misconfigured(errUnreadable)
+	}
+	var pairs capi.KVPairs
+	for _, r := range resp.Results {
+		if r.KV != nil {
+			pairs = append(pairs, r.KV)
+		}
+	}
+	return pairs, nil
 }
 
 // Unsubscribe implements driver.Notifier. The poll loop ends by itself
@@ -65,8 +93,7 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err := b.kv.Put(&capi.KVPair{Key: b.notifyKey(key), Value: notifyValue()}, wo(ctx))
-	return err
+	return b.write(ctx, kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue()))
 }
 
 // notifyValue is what a notification writes to the notify key: the time
@@ -128,30 +155,63 @@ func (b *backend) stateOf(key string, pairs capi.KVPairs) state {
 	return s
 }
 
+// Blocking queries.
+const (
+	// minWait is the wait of a key's first blocking query, and of the
+	// first after a wake-up; each query that returns without waking
+	// anybody doubles it, up to Options.WaitTime. Consul does not notice
+	// a client that gives up a blocking query (Unsubscribe, Close): its
+	// connection stays open on the agent, counting against
+	// http_max_conns_per_client, until the query's wait ends. Most
+	// subscriptions end within a wake-up or two of their start, so
+	// their abandoned queries are short ones.
+	minWait = time.Second
+	// queryGrace is how long past its wait (plus Consul's jitter of up to
+	// a sixteenth of it) a blocking query may take before the driver
+	// gives up on it: a connection that died without a word fails the
+	// query then, instead of never.
+	queryGrace = 5 * time.Second
+)
+
 // watch runs the blocking query of one key until ctx is cancelled
-// (Unsubscribe, or Close). After a failed query it backs off (jittered,
-// up to 5 s), re-reads without blocking and wakes the key's subscribers.
+// (Unsubscribe, or Close), with waits from minWait up to WaitTime. A
+// failed query wakes the key's subscribers at once (the connection is
+// lost or refused: they re-check, and meet the error or take over, rather
+// than wait for a wake-up that cannot come); the driver then backs off
+// (jittered, up to 5 s), re-reads without blocking and wakes them again.
 func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func(), done chan struct{}) {
 	defer close(done)
 	bo := driver.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, Rand: rand.Float64}
 	gap := false
+	wait := min(minWait, b.o.WaitTime)
 	for {
-		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: b.o.WaitTime}
-		pairs, meta, err := b.watchKV.List(dir, q.WithContext(ctx))
+		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: wait}
+		qctx, cancel := context.WithTimeout(ctx, wait+wait/16+queryGrace)
+		pairs, meta, err := b.watchKV.List(dir, q.WithContext(qctx))
+		cancel()
 		if ctx.Err() != nil {
 			return
 		}
+		if err == nil {
+			err = indexed(meta)
+		}
 		if err != nil {
+			if !gap {
+				wake()
+			}
 			if !sleep(ctx, &bo) {
 				return
 			}
-			idx, gap = 0, true
+			idx, gap, wait = 0, true, min(minWait, b.o.WaitTime)
 			continue
 		}
 		bo.Reset()
 		next := b.stateOf(key, pairs)
 		if gap || st.wakes(next) {
 			wake()
+			wait = min(minWait, b.o.WaitTime)
+		} else if idx != 0 { // a blocking query, not the first read
+			wait = min(2*wait, b.o.WaitTime)
 		}
 		st, gap = next, false
 		// An index that goes backwards (server state reset) restarts

@@ -57,7 +57,7 @@ func FuzzKeyNames(f *testing.F) {
 	if err != nil {
 		f.Fatal(err)
 	}
-	b, err := consul.New(c, &consul.Options{Prefix: "p"})
+	b, err := consul.New(c, &consul.Options{Prefix: "p", Client: &claim.Options{Lazy: true}})
 	if err != nil {
 		f.Fatal(err)
 	}

@@ -49,9 +49,12 @@ func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	p, _, err := b.kv.Get(b.valueKey(key), qo(ctx))
+	p, meta, err := b.kv.Get(b.valueKey(key), qo(ctx))
+	if err == nil {
+		err = indexed(meta)
+	}
 	if err != nil {
-		return nil, err
+		return nil, classify(err)
 	}
 	if p == nil {
 		return nil, driver.ErrNotFound
@@ -72,10 +75,7 @@ func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Du
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if _, err := b.kv.Put(&capi.KVPair{Key: b.valueKey(key), Value: encodeValue(value, ttl, time.Now())}, wo(ctx)); err != nil {
-		return apiErr(err)
-	}
-	return nil
+	return b.write(ctx, kvOp(capi.KVSet, b.valueKey(key), 0, encodeValue(value, ttl, time.Now())))
 }
 
 // Delete implements driver.Store.
@@ -83,9 +83,11 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
-	_, err := b.kv.Delete(b.valueKey(key), wo(ctx))
-	return err
+	return b.write(ctx, kvOp(capi.KVDelete, b.valueKey(key), 0, nil))
 }
+
+// sweepListTimeout bounds Sweep's list of the whole prefix.
+const sweepListTimeout = time.Minute
 
 // Sweep deletes what expired under the prefix of c, a Client of this
 // package: stored values past their TTL, lease records expired for longer
@@ -93,7 +95,9 @@ func (b *backend) Delete(ctx context.Context, key string) error {
 // which Consul KV (no TTL of its own) otherwise keeps. It lists the whole
 // prefix: run it now and then from one process, not from every instance.
 // Each deletion is a compare-and-delete on the index read, so a concurrent
-// write survives. It returns how many keys it deleted.
+// write survives. Each request is bounded even if ctx is not: the list by
+// sweepListTimeout, each delete by claim.DefaultOpTimeout. It returns how
+// many keys it deleted.
 func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 	b, ok := c.Driver().(*backend)
 	if !ok {
@@ -108,9 +112,14 @@ func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 	if err := ctx.Err(); err != nil {
 		return 0, err
 	}
-	pairs, _, err := b.kv.List(b.prefix+"/", qo(ctx))
+	lctx, cancel := context.WithTimeout(ctx, sweepListTimeout)
+	pairs, meta, err := b.kv.List(b.prefix+"/", qo(lctx))
+	cancel()
+	if err == nil {
+		err = indexed(meta)
+	}
 	if err != nil {
-		return 0, fmt.Errorf("consul: sweep: %w", err)
+		return 0, fmt.Errorf("consul: sweep: %w", classify(err))
 	}
 	now := time.Now()
 	n := 0
@@ -132,9 +141,11 @@ func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 		if !stale {
 			continue
 		}
-		ok, _, err := b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(ctx))
+		dctx, cancel := context.WithTimeout(ctx, claim.DefaultOpTimeout)
+		ok, _, err := b.kv.DeleteCAS(&capi.KVPair{Key: p.Key, ModifyIndex: p.ModifyIndex}, wo(dctx))
+		cancel()
 		if err != nil {
-			return n, fmt.Errorf("consul: sweep: %w", err)
+			return n, fmt.Errorf("consul: sweep: %w", classify(err))
 		}
 		if ok {
 			n++

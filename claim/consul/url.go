@@ -4,12 +4,15 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"net/url"
 	"slices"
+	"time"
 
 	capi "github.com/hashicorp/consul/api"
 
+	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
@@ -22,7 +25,14 @@ type URLOpener struct {
 // tlsParams are the URL parameters driver.Params.TLS reads.
 var tlsParams = []string{"cacert", "cert", "key", "servername", "skip_verify"}
 
-// OpenURL implements driver.URLOpener. It does not dial.
+// DialTimeout bounds each connection a URL-opened Client makes to the
+// agent, TCP and TLS handshake each: claim.DefaultOpTimeout, no longer
+// than the Client's own bound on a call (which, through the request's
+// context, also bounds them).
+const DialTimeout = claim.DefaultOpTimeout
+
+// OpenURL implements driver.URLOpener. It does not dial (claim.Open then
+// checks the agent with Ping, unless lazy=true).
 func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) {
 	p := driver.NewParams(u)
 	cfg := capi.DefaultConfig()
@@ -81,6 +91,8 @@ func (o *URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error
 			tr.TLSClientConfig = tlsConfig.Clone()
 		}
 		tr.MaxConnsPerHost, tr.MaxIdleConnsPerHost = conns, conns
+		tr.DialContext = (&net.Dialer{Timeout: DialTimeout, KeepAlive: 30 * time.Second}).DialContext
+		tr.TLSHandshakeTimeout = DialTimeout
 		c.Transport = tr
 		cl, err := capi.NewClient(&c)
 		if err != nil {

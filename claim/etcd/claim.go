@@ -17,29 +17,33 @@ import (
 // one transaction; with read, the transaction also gets the value key, so
 // the value is read at the claim's revision.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
-	g, err := b.cli.Grant(ctx, b.leaseSeconds(ttl))
+	cli, err := b.client(ctx)
 	if err != nil {
-		return driver.Lease{}, nil, false, fail(ctx, err)
+		return driver.Lease{}, nil, false, err
+	}
+	g, err := cli.Grant(ctx, b.leaseSeconds(ttl))
+	if err != nil {
+		return driver.Lease{}, nil, false, b.fail(ctx, err)
 	}
 	lk := b.lockKey(key)
 	then := []clientv3.Op{clientv3.OpPut(lk, holder, clientv3.WithLease(g.ID))}
 	if read {
 		then = append(then, clientv3.OpGet(b.valueKey(key)))
 	}
-	resp, err := b.cli.Txn(ctx).
+	resp, err := cli.Txn(ctx).
 		If(clientv3.Compare(clientv3.CreateRevision(lk), "=", 0)).
 		Then(then...).
 		Else(clientv3.OpGet(lk)).
 		Commit()
 	if err != nil {
 		b.revokeLater(g.ID)
-		return driver.Lease{}, nil, false, fail(ctx, err)
+		return driver.Lease{}, nil, false, b.fail(ctx, err)
 	}
 	if !resp.Succeeded {
 		b.revokeLater(g.ID)
 		held := &driver.HeldError{}
 		if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != 0 {
-			held.Remaining = b.remaining(ctx, clientv3.LeaseID(kvs[0].Lease))
+			held.Remaining = remaining(ctx, cli, clientv3.LeaseID(kvs[0].Lease))
 		}
 		return driver.Lease{}, nil, false, held
 	}
@@ -68,8 +72,8 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 // remaining asks how long the holder's lease has left. etcd truncates it to
 // whole seconds, so the upper end of that second is returned; 0 if the
 // lease is gone (its key is being deleted) or the call fails.
-func (b *backend) remaining(ctx context.Context, id clientv3.LeaseID) time.Duration {
-	r, err := b.cli.TimeToLive(ctx, id)
+func remaining(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) time.Duration {
+	r, err := cli.TimeToLive(ctx, id)
 	if err != nil || r.TTL < 0 {
 		return 0
 	}
@@ -78,12 +82,15 @@ func (b *backend) remaining(ctx context.Context, id clientv3.LeaseID) time.Durat
 
 func handle(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }
 
-func parseHandle(l driver.Lease) (clientv3.LeaseID, error) {
+// parseHandle returns the etcd lease ID in l.Handle, or 0 if it holds
+// none: the lease is then judged by its token and holder alone (Extend
+// moves the lock key to a new lease, Release revokes nothing).
+func parseHandle(l driver.Lease) clientv3.LeaseID {
 	id, err := strconv.ParseInt(l.Handle, 16, 64)
-	if err != nil || id == 0 {
-		return 0, fmt.Errorf("lease handle %q is not from this backend: %w", l.Handle, driver.ErrLost)
+	if err != nil {
+		return 0
 	}
-	return clientv3.LeaseID(id), nil
+	return clientv3.LeaseID(id)
 }
 
 // owned compares the lock key with the lease's token and holder.
@@ -96,19 +103,20 @@ func owned(lk string, l driver.Lease) []clientv3.Cmp {
 
 // Extend implements driver.Claimer (the two paths: see the package doc).
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
-	id, err := parseHandle(l)
+	id := parseHandle(l)
+	cli, err := b.client(ctx)
 	if err != nil {
 		return driver.Lease{}, err
 	}
 	sec := b.leaseSeconds(ttl)
 	lk := b.lockKey(l.Key)
-	if time.Duration(sec)*time.Second == l.TTL {
-		ka, err := b.cli.KeepAliveOnce(ctx, id)
+	if id != 0 && time.Duration(sec)*time.Second == l.TTL {
+		ka, err := cli.KeepAliveOnce(ctx, id)
 		switch {
 		case err == nil:
-			g, err := b.cli.Get(ctx, lk)
+			g, err := cli.Get(ctx, lk)
 			if err != nil {
-				return driver.Lease{}, fail(ctx, err)
+				return driver.Lease{}, b.fail(ctx, err)
 			}
 			if len(g.Kvs) == 1 && uint64(g.Kvs[0].CreateRevision) == l.Token &&
 				string(g.Kvs[0].Value) == l.Holder && g.Kvs[0].Lease == int64(id) {
@@ -119,23 +127,23 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 		case errors.Is(err, rpctypes.ErrLeaseNotFound):
 			// Judged by token below.
 		default:
-			return driver.Lease{}, fail(ctx, err)
+			return driver.Lease{}, b.fail(ctx, err)
 		}
 		if l.Expired(time.Now()) {
 			return driver.Lease{}, fmt.Errorf("%w (local deadline passed)", driver.ErrLost)
 		}
 	}
-	g, err := b.cli.Grant(ctx, sec)
+	g, err := cli.Grant(ctx, sec)
 	if err != nil {
-		return driver.Lease{}, fail(ctx, err)
+		return driver.Lease{}, b.fail(ctx, err)
 	}
-	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).
+	resp, err := cli.Txn(ctx).If(owned(lk, l)...).
 		Then(clientv3.OpGet(lk), clientv3.OpPut(lk, l.Holder, clientv3.WithLease(g.ID))).
 		Commit()
 	if err != nil || !resp.Succeeded {
 		b.revokeLater(g.ID)
 		if err != nil {
-			return driver.Lease{}, fail(ctx, err)
+			return driver.Lease{}, b.fail(ctx, err)
 		}
 		return driver.Lease{}, driver.ErrLost
 	}
@@ -159,24 +167,24 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 // value (write), delete the lock key (release), or both. A release revokes
 // l's etcd lease, attached to nothing then, in the background.
 func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration, write, release bool) error {
-	id, err := parseHandle(l)
-	if release && err != nil {
+	cli, err := b.client(ctx)
+	if err != nil {
 		return err
 	}
 	lk := b.lockKey(l.Key)
 	var then []clientv3.Op
 	gc := clientv3.NoLease
 	if write {
-		put, lease, err := b.putValue(ctx, l.Key, value, ttl)
+		put, lease, err := b.putValue(ctx, cli, l.Key, value, ttl)
 		if err != nil {
-			return fail(ctx, err)
+			return b.fail(ctx, err)
 		}
 		then, gc = append(then, put), lease
 	}
 	if release {
 		then = append(then, clientv3.OpDelete(lk))
 	}
-	resp, err := b.cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
+	resp, err := cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
 	if err != nil {
 		return b.putFailed(ctx, gc, err)
 	}
@@ -185,7 +193,7 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 		// forged one may name the current holder's lease: revoke nothing.
 		return driver.ErrLost
 	}
-	if release {
+	if id := parseHandle(l); release && id != 0 {
 		b.revokeLater(id)
 	}
 	return nil

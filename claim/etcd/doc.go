@@ -12,15 +12,32 @@
 // the URL's user info. etcds:// dials with TLS: the system roots unless
 // cacert is given, each endpoint verified by its own host name unless
 // servername is given. Parameters: prefix (default DefaultPrefix; a URL
-// path is an error), dial_timeout (dial, authentication and the first
-// round trip; default DefaultDialTimeout), minttl (the server's minimum
-// lease TTL; default: asked of the server once at open), maxvalue (bytes,
+// path is an error), dial_timeout (each connection attempt, TCP and
+// HTTP/2 handshake, authentication, and the lease round trip at open;
+// default DefaultDialTimeout, 5 s), minttl (the server's minimum lease
+// TTL; default: asked of the server once at open), maxvalue (bytes,
 // default DefaultMaxValueLen), and for etcds:// only cacert, cert, key,
-// servername and skip_verify. An unknown parameter is an error; the
-// password never appears in errors.
+// servername and skip_verify; besides the Client's own op_timeout and
+// lazy (claim.Open). An unknown parameter is an error; the password never
+// appears in errors.
 //
-// New takes the caller's own *clientv3.Client; Client.As accepts a
-// **clientv3.Client.
+// claim.Open checks the server before it returns, within ctx and the
+// operation timeout (op_timeout, default claim.DefaultOpTimeout, 5 s): it
+// connects, authenticates (clientv3 does, when the URL has a user), grants
+// and revokes a 1-second lease to learn the minimum TTL (unless minttl is
+// given), then Pings (one linearizable read under the prefix: a leader,
+// a valid token, read access). With lazy=true it does none of that: the
+// etcd client is made, and authenticates, on the first call, which waits
+// for it within its own bound (a connect that outlives a call goes on for
+// the next one), and minttl defaults to DefaultMinTTL instead of asking.
+// A URL-opened client pings the server after 10 s without traffic on a
+// connection with watches (so a peer gone without a word is noticed
+// within the dial timeout after that), and retries a lost connection
+// with gRPC's backoff capped at 5 s.
+//
+// New takes the caller's own *clientv3.Client and checks it the same way
+// (Ping), unless Options.Client.Lazy; Client.As accepts a
+// **clientv3.Client (none until a lazily opened Client has connected).
 //
 // # Semantics
 //
@@ -53,12 +70,35 @@
 // served from etcd's synced watcher group. A release, a lease expiry and
 // Notify wake it. A broken watch (compacted while disconnected, cancelled
 // by the server) is restarted from the current revision and the key's
-// subscribers are woken to re-check, so no release is lost. Topics are
-// puts of a topic key and watches of it; a broken one delivers a reset.
+// subscribers are woken to re-check, so no release is lost. A connection
+// lost and not re-established at once (gRPC's TRANSIENT_FAILURE: the
+// server is down, refuses, or is cut off) wakes the subscribers of every
+// watched key too, so waiters re-check (and meet ErrUnavailable, or take
+// over) rather than wait for a wake-up that cannot come; the etcd client
+// resumes the watches by itself once it is back, from the revision each
+// had reached. Topics are puts of a topic key and watches of it; a broken
+// one delivers a reset.
 //
 // # Errors
 //
-// etcd's request-too-large is ErrTooLarge, and so is a Publish message
-// over the value limit (refused before any I/O); other errors are etcd's
-// and gRPC's own.
+// Configuration errors wrap claim.ErrConfig, in every call (Open and Ping
+// included), etcd's own error underneath (errors.As with
+// rpctypes.EtcdError, or gRPC's status): rpctypes.ErrAuthFailed (a wrong
+// user name or password), ErrUserEmpty (no user on a server with
+// authentication), ErrInvalidAuthToken (a token the server no longer
+// honours, which clientv3 could not renew), ErrPermissionDenied (a user
+// without access to the prefix), and any gRPC
+// Unauthenticated, PermissionDenied or Unimplemented status (a gRPC server
+// that is not etcd v3); so is a failure to reach the server while the
+// last connection the client made found a server of another kind at the
+// address (its first bytes were not an HTTP/2 SETTINGS frame, or not a TLS
+// record over etcds://; not checked when an HTTPS proxy from the
+// environment is in the way). Subscribe returns the error a watch is
+// refused with (permission denied) the same way. etcd's request-too-large
+// is ErrTooLarge, and so is a Publish message over the value limit
+// (refused before any I/O); other errors are etcd's and gRPC's own, which
+// the Client reports as claim.ErrUnavailable: every call waits for a
+// working connection until its deadline (clientv3's WaitForReady), so a
+// server that is down or does not answer costs each call its whole
+// operation timeout.
 package etcd

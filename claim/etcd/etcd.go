@@ -10,7 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/stampede-go/stampede/claim"
@@ -29,10 +28,12 @@ const (
 	// DefaultMinTTL is the minimum lease TTL assumed when Options.MinTTL is
 	// zero: that of an etcd with its default 1 s election timeout.
 	DefaultMinTTL = 2 * time.Second
-	// DefaultDialTimeout bounds dialling and authenticating, and the round
-	// trip in which claim.Open learns the server's minimum lease TTL, when
-	// a URL gives no dial_timeout.
-	DefaultDialTimeout = 5 * time.Second
+	// DefaultDialTimeout bounds each connection attempt (TCP and the
+	// HTTP/2 handshake), authenticating, and the round trip in which
+	// claim.Open learns the server's minimum lease TTL, when a URL gives
+	// no dial_timeout. It is claim.DefaultOpTimeout: no longer than the
+	// Client's own bound on a call.
+	DefaultDialTimeout = claim.DefaultOpTimeout
 	// RequestLimit is etcd's default --max-request-bytes (1.5 MiB).
 	RequestLimit = 1572864
 	// DefaultMaxValueLen is the largest value Commit and Set accept by
@@ -78,18 +79,32 @@ type Options struct {
 }
 
 // New returns a Client using the caller's own configured etcd client (TLS,
-// auth, endpoints, dial options are the caller's). It does no I/O. Closing
-// the Client does not close client.
+// auth, endpoints, dial options are the caller's). Closing the Client does
+// not close client, and neither does a New that fails.
+//
+// New checks the server before it returns (claim.Connect: the driver's
+// Ping, one linearizable read under the prefix), within the operation
+// timeout (Options.Client.OpTimeout, default claim.DefaultOpTimeout): a
+// user without read access to the prefix, an expired or invalid token, or
+// a server that is not etcd fails with an error wrapping claim.ErrConfig,
+// a server that cannot be reached or does not answer with one wrapping
+// claim.ErrUnavailable. (A wrong password already failed clientv3.New,
+// which authenticates.) With Options.Client.Lazy it does no I/O, and the
+// first call meets those errors instead.
 func New(client *clientv3.Client, opt *Options) (*claim.Client, error) {
 	if client == nil {
 		return nil, errors.New("etcd: New: nil client")
 	}
 	o := cmp.Or(opt, &Options{})
-	b, err := newBackend(client, *o, false)
+	b, err := newBackend(client, nil, *o)
 	if err != nil {
 		return nil, err
 	}
-	return claim.NewClient(b, o.Client), nil
+	c, err := claim.Connect(context.Background(), b, o.Client)
+	if err != nil {
+		return nil, fmt.Errorf("etcd: New: %w", err)
+	}
+	return c, nil
 }
 
 // backend is one client of an etcd cluster: a driver.Driver with every
@@ -98,8 +113,11 @@ type backend struct {
 	driver.ClaimFunc  // b.tryClaim: TryClaim and TryClaimRead
 	driver.CommitFunc // b.commit: Commit and CommitRelease
 
-	cli    *clientv3.Client
-	own    bool // Close closes cli
+	// cli is the etcd client: the caller's (New), or the one OpenURL
+	// configured, made by connect on first use (conn.go).
+	cli    atomic.Pointer[clientv3.Client]
+	cfg    *clientv3.Config // nil: the caller's client (New), which Close leaves open
+	kind   *kindCheck       // with cfg: what the server at the address speaks
 	prefix string
 	minTTL int64 // seconds
 	maxVal int
@@ -107,25 +125,33 @@ type backend struct {
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	closed  bool
-	wg      sync.WaitGroup    // background goroutines
-	watches map[string]func() // watched etcd key (lock or topic key) -> stop and wait
+	mu        sync.Mutex
+	closed    bool
+	dialing   *dialing          // the connect under way, if any
+	refused   error             // the last connect's configuration error, if any
+	refusedAt time.Time         // when it failed
+	wg        sync.WaitGroup    // background goroutines
+	watches   map[string]func() // watched etcd key (lock or topic key) -> stop and wait
+	lost      map[string]func() // watched lock key -> its subscription's wake
 
-	watchGaps atomic.Int64 // broken watches (for tests)
+	watchGaps  atomic.Int64 // broken watches (for tests)
+	connLosses atomic.Int64 // connection failures that woke the watched keys (for tests)
 
 	gcMu sync.Mutex
 	gc   map[int64]gcLease // TTL class (seconds) -> shared value lease
 }
 
 var (
+	_ driver.Pinger         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 )
 
-func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
+// newBackend returns the driver of cli (New), or, with cli nil, of the
+// client cfg configures, made on first use (OpenURL).
+func newBackend(cli *clientv3.Client, cfg *clientv3.Config, o Options) (*backend, error) {
 	prefix := cmp.Or(strings.TrimRight(o.Prefix, "/"), DefaultPrefix)
 	if len(prefix) > MaxPrefixLen {
 		return nil, fmt.Errorf("etcd: prefix of %d bytes: limit %d", len(prefix), MaxPrefixLen)
@@ -135,15 +161,23 @@ func newBackend(cli *clientv3.Client, o Options, own bool) (*backend, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &backend{
-		cli:     cli,
-		own:     own,
+		cfg:     cfg,
 		prefix:  prefix,
 		minTTL:  ceilSeconds(cmp.Or(o.MinTTL, DefaultMinTTL)),
 		maxVal:  cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
 		ctx:     ctx,
 		cancel:  cancel,
 		watches: map[string]func(){},
+		lost:    map[string]func(){},
 		gc:      map[int64]gcLease{},
+	}
+	if cfg != nil {
+		// The client's own context ends with the driver: Close aborts a
+		// connect under way.
+		cfg.Context = ctx
+	} else {
+		b.cli.Store(cli)
+		b.monitor(cli)
 	}
 	b.ClaimFunc = b.tryClaim
 	b.CommitFunc = func(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration, release bool) error {
@@ -166,25 +200,30 @@ func (b *backend) Features() driver.Features {
 	}
 }
 
-// Close implements driver.Driver: it stops every watch and background
-// revocation, and closes the etcd client if Open made it (a client given
-// to New is the caller's to close).
+// Close implements driver.Driver: it stops every watch, background
+// revocation and connect under way, and closes the etcd client if Open
+// made it (a client given to New is the caller's to close).
 func (b *backend) Close() error {
 	b.mu.Lock()
 	b.closed = true
 	b.mu.Unlock()
 	b.cancel()
 	b.wg.Wait()
-	if b.own {
-		if err := b.cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
+	if cli := b.cli.Load(); cli != nil && b.cfg != nil {
+		if err := cli.Close(); err != nil && !errors.Is(err, context.Canceled) {
 			return err
 		}
 	}
 	return nil
 }
 
-// As implements driver.Aser for a **clientv3.Client.
-func (b *backend) As(i any) bool { return driver.SetAs(i, b.cli) }
+// As implements driver.Aser for a **clientv3.Client. A Client opened with
+// lazy=true has none until its first call has connected: As then returns
+// false.
+func (b *backend) As(i any) bool {
+	cli := b.cli.Load()
+	return cli != nil && driver.SetAs(i, cli)
+}
 
 func (b *backend) lockKey(key string) string    { return b.prefix + "/c/" + keys.Encode(key) }
 func (b *backend) valueKey(key string) string   { return b.prefix + "/v/" + keys.Encode(key) }
@@ -194,22 +233,6 @@ func (b *backend) topicKey(topic string) string { return b.prefix + "/t/" + keys
 // lock key: [lock, lock+"\x01") holds exactly the two (encoded keys have no
 // control characters).
 const notifySuffix = "\x00n"
-
-// fail maps the error of a call made with ctx: nil stays nil; ctx's error
-// if ctx is done (the call was abandoned); etcd's request-too-large wraps
-// driver.ErrTooLarge.
-func fail(ctx context.Context, err error) error {
-	if err == nil {
-		return nil
-	}
-	if c := ctx.Err(); c != nil {
-		return c
-	}
-	if errors.Is(err, rpctypes.ErrRequestTooLarge) || errors.Is(err, rpctypes.ErrGRPCRequestTooLarge) {
-		return fmt.Errorf("%w: %w", driver.ErrTooLarge, err)
-	}
-	return err
-}
 
 // ceilSeconds is d in whole seconds, rounded up; 0 if d <= 0.
 func ceilSeconds(d time.Duration) int64 { return int64((max(d, 0) + time.Second - 1) / time.Second) }
@@ -225,7 +248,8 @@ func (b *backend) leaseSeconds(ttl time.Duration) int64 {
 func (b *backend) revokeLater(id clientv3.LeaseID) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if b.closed {
+	cli := b.cli.Load()
+	if b.closed || cli == nil {
 		return
 	}
 	b.wg.Add(1)
@@ -233,6 +257,6 @@ func (b *backend) revokeLater(id clientv3.LeaseID) {
 		defer b.wg.Done()
 		ctx, cancel := context.WithTimeout(b.ctx, revokeTimeout)
 		defer cancel()
-		_, _ = b.cli.Revoke(ctx, id)
+		_, _ = cli.Revoke(ctx, id)
 	}()
 }

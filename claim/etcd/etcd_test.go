@@ -122,11 +122,11 @@ func TestNew(t *testing.T) {
 func TestMinTTL(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
 	c := backendtest.Open(t, srv.URL())
-	g, err := drv(c).cli.Grant(context.Background(), 1)
+	g, err := drv(c).cli.Load().Grant(context.Background(), 1)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, _ = drv(c).cli.Revoke(context.Background(), g.ID)
+	_, _ = drv(c).cli.Load().Revoke(context.Background(), g.ID)
 	if got, want := c.Features().MinTTL, time.Duration(g.TTL)*time.Second; got != want {
 		t.Errorf("MinTTL = %s, want %s (granted for a 1 s request)", got, want)
 	}
@@ -291,7 +291,8 @@ func TestValueTTL(t *testing.T) {
 	}
 }
 
-// TestWatchCompacted: a client is cut off while it waits, the key is
+// TestWatchCompacted: a client is cut off while it waits (which wakes
+// it: its connection is gone and cannot be re-established), the key is
 // released and the revision of the release compacted away; when the client
 // reconnects its watch cannot resume (ErrCompacted). The driver must
 // re-watch, wake the waiter (no lost release), and keep delivering later
@@ -309,27 +310,35 @@ func TestWatchCompacted(t *testing.T) {
 	}
 
 	p.Cut()
+	if !backendtest.Woken(sub, 30*time.Second) {
+		t.Fatal("the lost connection did not wake the waiter")
+	}
+	if n := drv(waiter).connLosses.Load(); n == 0 {
+		t.Errorf("woken, but no lost connection seen")
+	}
 	if err := holder.Release(ctx, l); err != nil {
 		t.Fatal(err)
 	}
 	var rev int64
 	for i := range 10 {
-		r, err := drv(holder).cli.Put(ctx, fmt.Sprint("compact/filler/", i), "x")
+		r, err := drv(holder).cli.Load().Put(ctx, fmt.Sprint("compact/filler/", i), "x")
 		if err != nil {
 			t.Fatal(err)
 		}
 		rev = r.Header.Revision
 	}
-	if _, err := drv(holder).cli.Compact(ctx, rev); err != nil {
+	if _, err := drv(holder).cli.Load().Compact(ctx, rev); err != nil {
 		t.Fatal(err)
 	}
 	p.Restore()
 
-	if !backendtest.Woken(sub, 60*time.Second) {
-		t.Fatal("the release during the outage never woke the waiter")
+	for deadline := time.Now().Add(60 * time.Second); drv(waiter).watchGaps.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("no broken watch seen after the reconnection (was the revision not compacted?)")
+		}
 	}
-	if n := drv(waiter).watchGaps.Load(); n == 0 {
-		t.Errorf("woken, but no broken watch seen (was the revision not compacted?)")
+	if !backendtest.Woken(sub, 15*time.Second) {
+		t.Fatal("the release during the outage never woke the waiter")
 	}
 	l2, err := waiter.TryClaim(ctx, "k", 30*time.Second)
 	if err != nil {
@@ -351,8 +360,11 @@ func TestWatchCompacted(t *testing.T) {
 }
 
 // TestRestart: etcd keeps leases and revisions across a crash (kill -9)
-// and restart: the holder can still release, the waiter's watch resumes
-// and sees the release, and the next token is larger (DurableFence).
+// and restart. The crash wakes the waiter (its connection is gone and
+// cannot be re-established: it must not wait for a wake-up that cannot
+// come); after the restart the holder can still release, the waiter's
+// watch resumes and sees the release, and the next token is larger
+// (DurableFence).
 func TestRestart(t *testing.T) {
 	srv := testserver.RequireWith(t, testserver.Etcd, nil)
 	ctx := context.Background()
@@ -360,6 +372,12 @@ func TestRestart(t *testing.T) {
 	l, sub := backendtest.Claim(t, holder, "k", 30*time.Second), backendtest.Subscribe(t, waiter, "k")
 	if err := srv.Kill(); err != nil {
 		t.Fatal(err)
+	}
+	if !backendtest.Woken(sub, 30*time.Second) {
+		t.Fatal("the server's crash did not wake the waiter")
+	}
+	if _, err := waiter.Get(ctx, "k"); !errors.Is(err, claim.ErrUnavailable) {
+		t.Errorf("Get with the server down: %v, want ErrUnavailable", err)
 	}
 	if err := srv.Restart(ctx); err != nil {
 		t.Fatal(err)

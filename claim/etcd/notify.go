@@ -18,11 +18,14 @@ const notifyTTL = time.Minute
 
 // Subscribe implements driver.Notifier: a watch of the key's lock and
 // notify keys; a delete of the one (release, lease expiry) or a put of the
-// other (Notify) wakes.
+// other (Notify) wakes, and so does a connection to etcd lost and not
+// re-established at once (see monitor) or a broken watch (see watch). An
+// error the server answers the watch with (no permission to read the
+// key, an expired token) is returned, classified (ErrConfig).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
 	lk := b.lockKey(key)
 	nk := lk + notifySuffix
-	return b.watch(ctx, lk, lk+"\x01", func(evs []*clientv3.Event) {
+	return b.watch(ctx, lk, lk+"\x01", wake, func(evs []*clientv3.Event) {
 		for _, ev := range evs {
 			k := string(ev.Kv.Key)
 			if (k == lk && ev.Type == mvccpb.DELETE) || (k == nk && ev.Type == mvccpb.PUT) {
@@ -39,11 +42,15 @@ func (b *backend) Unsubscribe(key string) { b.unwatch(b.lockKey(key)) }
 // Notify implements driver.Notifier: a put of the key's notify key, which
 // every watch of the key sees.
 func (b *backend) Notify(ctx context.Context, key string) error {
-	gc, err := b.gcLease(ctx, time.Now(), notifyTTL)
+	cli, err := b.client(ctx)
 	if err != nil {
-		return fail(ctx, err)
+		return err
 	}
-	_, err = b.cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc))
+	gc, err := b.gcLease(ctx, cli, time.Now(), notifyTTL)
+	if err != nil {
+		return b.fail(ctx, err)
+	}
+	_, err = cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc))
 	return b.putFailed(ctx, gc, err)
 }
 
@@ -53,15 +60,19 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if len(msg) > b.maxVal {
 		return &driver.TooLargeError{What: "message", Size: len(msg), Limit: b.maxVal}
 	}
-	_, err := b.cli.Put(ctx, b.topicKey(topic), string(msg))
-	return fail(ctx, err)
+	cli, err := b.client(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Put(ctx, b.topicKey(topic), string(msg))
+	return b.fail(ctx, err)
 }
 
 // SubscribeTopic implements driver.Broadcaster: a watch of the topic's
 // key; each put is a message, a broken watch a reset.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
 	tk := b.topicKey(topic)
-	return b.watch(ctx, tk, tk+"\x00", func(evs []*clientv3.Event) {
+	return b.watch(ctx, tk, tk+"\x00", nil, func(evs []*clientv3.Event) {
 		for _, ev := range evs {
 			if ev.Type == mvccpb.PUT {
 				deliver(ev.Kv.Value, false)
@@ -81,13 +92,14 @@ func (b *backend) UnsubscribeTopic(topic string) { b.unwatch(b.topicKey(topic)) 
 // unwatch(from) or Close, a goroutine hands every response's events to
 // events; if the watch breaks (compacted, cancelled by the server), it
 // calls gap(false), re-watches from the current revision (retrying with
-// backoff), and calls gap(true) once the new watch is live.
-func (b *backend) watch(ctx context.Context, from, end string, events func([]*clientv3.Event), gap func(resumed bool)) error {
+// backoff), and calls gap(true) once the new watch is live. lost, if not
+// nil, is called when the connection is lost (monitor).
+func (b *backend) watch(ctx context.Context, from, end string, lost func(), events func([]*clientv3.Event), gap func(resumed bool)) error {
 	wctx, cancel := context.WithCancel(b.ctx)
 	wch, stop, err := b.startWatch(ctx, wctx, from, end)
 	if err != nil {
 		cancel()
-		return err
+		return b.fail(ctx, err)
 	}
 	done := make(chan struct{})
 	b.mu.Lock()
@@ -97,6 +109,9 @@ func (b *backend) watch(ctx context.Context, from, end string, events func([]*cl
 		return driver.ErrClosed
 	}
 	b.watches[from] = func() { cancel(); <-done }
+	if lost != nil {
+		b.lost[from] = lost
+	}
 	b.wg.Add(1)
 	b.mu.Unlock()
 	go func() {
@@ -136,6 +151,7 @@ func (b *backend) unwatch(from string) {
 	b.mu.Lock()
 	stop := b.watches[from]
 	delete(b.watches, from)
+	delete(b.lost, from)
 	b.mu.Unlock()
 	if stop != nil {
 		stop()
@@ -146,7 +162,8 @@ func (b *backend) unwatch(from string) {
 // etcd confirmed the watch (or ctx is done). The watch lives until wctx is
 // cancelled or stop is called.
 func (b *backend) startWatch(ctx, wctx context.Context, from, end string) (wch clientv3.WatchChan, stop func(), err error) {
-	if err := ctx.Err(); err != nil {
+	cli, err := b.client(ctx)
+	if err != nil {
 		return nil, nil, err
 	}
 	// WithRequireLeader: a member cut off from its cluster's leader
@@ -157,7 +174,7 @@ func (b *backend) startWatch(ctx, wctx context.Context, from, end string) (wch c
 	// blocks until its request is on a stream, which it is not while the
 	// client is disconnected.
 	unbind := context.AfterFunc(ctx, stop)
-	wch = b.cli.Watch(clientv3.WithRequireLeader(actx), from, clientv3.WithRange(end), clientv3.WithCreatedNotify())
+	wch = cli.Watch(clientv3.WithRequireLeader(actx), from, clientv3.WithRange(end), clientv3.WithCreatedNotify())
 	select {
 	case r, ok := <-wch:
 		switch {

@@ -71,7 +71,7 @@ func TestLimits(t *testing.T) {
 		t.Errorf("Get of DefaultMaxValueLen: %d bytes, %v", len(got), err)
 	}
 	securitytest.PublishLimit(t, c, backendtest.Open(t, long), func(string) int { return DefaultMaxValueLen })
-	if _, err := drv(c).cli.Put(ctx, "raw", strings.Repeat("x", RequestLimit)); err == nil {
+	if _, err := drv(c).cli.Load().Put(ctx, "raw", strings.Repeat("x", RequestLimit)); err == nil {
 		t.Errorf("etcd accepted a request over %d bytes: RequestLimit is not the server's", RequestLimit)
 	}
 }

@@ -16,7 +16,7 @@ import (
 // putValue returns the put of an encoded value: a version byte, the expiry
 // (Unix nanoseconds, 0: none), the bytes; attached to the shared lease of
 // its TTL class, if any, whose ID it also returns.
-func (b *backend) putValue(ctx context.Context, key string, value []byte, ttl time.Duration) (clientv3.Op, clientv3.LeaseID, error) {
+func (b *backend) putValue(ctx context.Context, cli *clientv3.Client, key string, value []byte, ttl time.Duration) (clientv3.Op, clientv3.LeaseID, error) {
 	buf := make([]byte, valueHeader, valueHeader+len(value))
 	buf[0] = 1
 	gc := clientv3.NoLease
@@ -24,7 +24,7 @@ func (b *backend) putValue(ctx context.Context, key string, value []byte, ttl ti
 		now := time.Now()
 		binary.BigEndian.PutUint64(buf[1:], uint64(now.Add(ttl).UnixNano()))
 		var err error
-		if gc, err = b.gcLease(ctx, now, ttl); err != nil {
+		if gc, err = b.gcLease(ctx, cli, now, ttl); err != nil {
 			return clientv3.Op{}, 0, err
 		}
 	}
@@ -57,7 +57,7 @@ type gcLease struct {
 // one TTL class (the next power of two seconds): the class's lease is
 // granted for twice the class, so one grant serves at least a class's
 // worth of writes. Values live on the server at most about twice their TTL.
-func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration) (clientv3.LeaseID, error) {
+func (b *backend) gcLease(ctx context.Context, cli *clientv3.Client, now time.Time, ttl time.Duration) (clientv3.LeaseID, error) {
 	class := int64(1)
 	for class < ceilSeconds(ttl) {
 		class <<= 1
@@ -73,7 +73,7 @@ func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration)
 		return g.id, nil
 	}
 	start := time.Now()
-	r, err := b.cli.Grant(ctx, 2*class)
+	r, err := cli.Grant(ctx, 2*class)
 	if err != nil {
 		return 0, err
 	}
@@ -86,7 +86,7 @@ func (b *backend) gcLease(ctx context.Context, now time.Time, ttl time.Duration)
 	return g.id, nil
 }
 
-// putFailed returns fail(ctx, err) for a write, first forgetting its
+// putFailed returns b.fail(ctx, err) for a write, first forgetting its
 // shared lease gc if the server no longer knows it.
 func (b *backend) putFailed(ctx context.Context, gc clientv3.LeaseID, err error) error {
 	if gc != clientv3.NoLease && errors.Is(err, rpctypes.ErrLeaseNotFound) {
@@ -98,30 +98,42 @@ func (b *backend) putFailed(ctx context.Context, gc clientv3.LeaseID, err error)
 		}
 		b.gcMu.Unlock()
 	}
-	return fail(ctx, err)
+	return b.fail(ctx, err)
 }
 
 // Get implements driver.Store.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
-	r, err := b.cli.Get(ctx, b.valueKey(key))
+	cli, err := b.client(ctx)
 	if err != nil {
-		return nil, fail(ctx, err)
+		return nil, err
+	}
+	r, err := cli.Get(ctx, b.valueKey(key))
+	if err != nil {
+		return nil, b.fail(ctx, err)
 	}
 	return decodeValue(r.Kvs, time.Now())
 }
 
 // Set implements driver.Store.
 func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	put, gc, err := b.putValue(ctx, key, value, ttl)
+	cli, err := b.client(ctx)
 	if err != nil {
-		return fail(ctx, err)
+		return err
 	}
-	_, err = b.cli.Do(ctx, put)
+	put, gc, err := b.putValue(ctx, cli, key, value, ttl)
+	if err != nil {
+		return b.fail(ctx, err)
+	}
+	_, err = cli.Do(ctx, put)
 	return b.putFailed(ctx, gc, err)
 }
 
 // Delete implements driver.Store.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	_, err := b.cli.Delete(ctx, b.valueKey(key))
-	return fail(ctx, err)
+	cli, err := b.client(ctx)
+	if err != nil {
+		return err
+	}
+	_, err = cli.Delete(ctx, b.valueKey(key))
+	return b.fail(ctx, err)
 }

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -13,13 +14,17 @@ import (
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // URLOpener opens etcd:// and etcds:// URLs (see the package doc). Opening
-// dials (and authenticates) once, asks the server for its minimum lease
-// TTL unless minttl is given, and the driver's Close closes the client.
+// connects (and authenticates, when the URL has a user) and asks the
+// server for its minimum lease TTL unless minttl is given, within ctx and
+// dial_timeout; with lazy=true it does neither, and the first call
+// connects. The driver's Close closes the client.
 type URLOpener struct{}
 
 // OpenURL implements driver.URLOpener.
@@ -28,22 +33,70 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 	if err != nil {
 		return nil, err
 	}
-	cli, err := clientv3.New(cfg)
+	kind := dialOptions(&cfg)
+	b, err := newBackend(nil, &cfg, opt)
 	if err != nil {
-		return nil, fmt.Errorf("etcd: connect: %w", err)
-	}
-	if opt.MinTTL == 0 {
-		if opt.MinTTL, err = askMinTTL(ctx, cli, cfg.DialTimeout); err != nil {
-			cli.Close()
-			return nil, fmt.Errorf("etcd: asking the server for its minimum lease TTL: %w", err)
-		}
-	}
-	b, err := newBackend(cli, opt, true)
-	if err != nil {
-		cli.Close()
 		return nil, err
 	}
+	b.kind = kind
+	if driver.NewParams(u).Lazy() {
+		return b, nil
+	}
+	cli, err := b.client(ctx)
+	if err == nil && opt.MinTTL == 0 {
+		var ttl time.Duration
+		gctx, release := kind.guard(ctx)
+		ttl, err = askMinTTL(gctx, cli, cfg.DialTimeout)
+		release()
+		if err != nil {
+			err = fmt.Errorf("asking the server for its minimum lease TTL: %w", b.fail(ctx, err))
+		}
+		b.minTTL = ceilSeconds(ttl)
+	}
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("etcd: %w", err)
+	}
 	return b, nil
+}
+
+// Connection settings of a URL-opened client.
+const (
+	// keepAliveTime is how long a connection with watches or lease
+	// keep-alives on it may stay silent before the client pings the
+	// server (etcd refuses pings more frequent than every 5 s); a ping
+	// unanswered within the dial timeout closes the connection, so a
+	// peer gone without a word is noticed.
+	keepAliveTime = 10 * time.Second
+	// reconnectMax caps gRPC's backoff between connection attempts
+	// (2 minutes by default), so a client finds its server again within
+	// seconds of its return.
+	reconnectMax = 5 * time.Second
+)
+
+// dialOptions completes a URL's client config: each connection attempt
+// bounded by the dial timeout, reconnection backoff capped at
+// reconnectMax, keep-alive pings, and, unless an HTTPS proxy from the
+// environment is in the way (gRPC dials through it only with its own
+// dialer), a dialer that checks what the server speaks, which it returns
+// (nil when none).
+func dialOptions(cfg *clientv3.Config) *kindCheck {
+	cfg.DialKeepAliveTime, cfg.DialKeepAliveTimeout = keepAliveTime, cfg.DialTimeout
+	bo := backoff.DefaultConfig
+	bo.MaxDelay = reconnectMax
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithConnectParams(grpc.ConnectParams{Backoff: bo, MinConnectTimeout: cfg.DialTimeout}))
+	for _, ep := range cfg.Endpoints {
+		eu, err := url.Parse(ep)
+		if err != nil {
+			return nil
+		}
+		if p, err := http.ProxyFromEnvironment(&http.Request{URL: &url.URL{Scheme: "https", Host: eu.Host}}); p != nil || err != nil {
+			return nil
+		}
+	}
+	k := &kindCheck{tls: cfg.TLS != nil, d: net.Dialer{Timeout: cfg.DialTimeout}}
+	cfg.DialOptions = append(cfg.DialOptions, grpc.WithContextDialer(k.dial))
+	return k
 }
 
 // askMinTTL learns the server's minimum lease TTL, within timeout (0:
