@@ -167,9 +167,9 @@ func NoHang(t *testing.T, rawURL string) {
 	within(t, "Close", start)
 }
 
-// AnswersHTTP starts a loopback listener that answers every connection at
-// once the way an HTTP server refuses a request it cannot parse, and
-// closes it: a server of another kind for a backend's URL. It returns its
+// AnswersHTTP starts a loopback listener that answers the first bytes of
+// every connection the way an HTTP server refuses a request it cannot
+// parse, and closes it: a server of another kind for a backend's URL. It returns its
 // address, host:port; it is closed when the test ends.
 func AnswersHTTP(t testing.TB) string {
 	t.Helper()
@@ -186,8 +186,16 @@ func AnswersHTTP(t testing.TB) string {
 			if err != nil {
 				return
 			}
-			_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
-			c.Close()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				// Like an HTTP server: read (part of) the request, then
+				// refuse it. Every client of ours speaks first.
+				_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+				_, _ = c.Read(make([]byte, 4096))
+				_, _ = c.Write([]byte("HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n"))
+			}()
 		}
 	}()
 	t.Cleanup(func() {
