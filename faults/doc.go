@@ -27,7 +27,12 @@
 //     server applied the request, or the request delivered late);
 //   - linearizability of claims, fenced commits and reads under random
 //     faults, checked with porcupine against a fenced-register model;
-//   - connection-pool starvation (tiny pools, many waiters).
+//   - connection-pool starvation (tiny pools, many waiters);
+//   - the server killed mid-stampede (8 flight caches, a 1 s loader):
+//     every caller answered within LoadTimeout + OpTimeout of the kill, at
+//     most one load per key per process;
+//   - an error herd: 8 processes, a loader failing after 200 ms: one
+//     load fleet-wide, every caller has the error within two load times.
 //
 // Run them from this directory (make test and make chaos do):
 //
