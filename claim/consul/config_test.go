@@ -2,7 +2,6 @@ package consul_test
 
 import (
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -187,8 +186,7 @@ func TestSubscribeBadToken(t *testing.T) {
 func TestSubscriptionCut(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	p := securitytest.NewProxy(t, srv.Addr())
-	waiter := backendtest.Open(t, uniq(t, srv)+"&"+"lazy=false")
-	waiter = backendtest.Open(t, strings.Replace(uniq(t, srv), srv.Addr(), p.Addr(), 1))
+	waiter := backendtest.Open(t, strings.Replace(uniq(t, srv), srv.Addr(), p.Addr(), 1))
 	holder := backendtest.Open(t, uniq(t, srv))
 	s := backendtest.Subscribe(t, waiter, "k")
 	p.Cut()
@@ -234,7 +232,7 @@ func TestNewVerifies(t *testing.T) {
 	if _, err := anon.Status().Leader(); err != nil {
 		t.Errorf("the caller's client after a failed New: %v", err)
 	}
-	c, err = consul.New(client(srv.Addr(), mgmt), &consul.Options{Prefix: fmt.Sprint("newverifies")})
+	c, err = consul.New(client(srv.Addr(), mgmt), &consul.Options{Prefix: "newverifies"})
 	if err != nil {
 		t.Fatal(err)
 	}

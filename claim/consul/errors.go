@@ -1,12 +1,9 @@
 package consul
 
 import (
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/http"
 	"strings"
 
@@ -74,24 +71,11 @@ func isConfig(err error) bool {
 		return se.Code == http.StatusUnauthorized || se.Code == http.StatusForbidden
 	}
 	var (
-		syntax    *json.SyntaxError
-		typ       *json.UnmarshalTypeError
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		header    tls.RecordHeaderError
-		alert     tls.AlertError
-		op        *net.OpError
+		syntax *json.SyntaxError
+		typ    *json.UnmarshalTypeError
 	)
-	switch {
-	case errors.As(err, &syntax), errors.As(err, &typ),
-		errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid),
-		errors.As(err, &verify), errors.As(err, &header), errors.As(err, &alert):
+	if errors.As(err, &syntax) || errors.As(err, &typ) || driver.TLSRefused(err) {
 		return true
-	case errors.As(err, &op) && op.Op == "remote error":
-		// A TLS alert from the server (crypto/tls's type is unexported).
-		return strings.HasPrefix(op.Err.Error(), "tls: ")
 	}
 	if speaksFirst(err) {
 		return true

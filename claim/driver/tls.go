@@ -5,7 +5,9 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"net"
 	"os"
+	"strings"
 )
 
 // TLSFiles are a URL's TLS parameters (see Params.TLS), for drivers that
@@ -47,4 +49,31 @@ func (f TLSFiles) Config() (*tls.Config, error) {
 		c.Certificates = []tls.Certificate{cert}
 	}
 	return c, nil
+}
+
+// TLSRefused reports whether err is a TLS handshake that failed for a
+// reason that persists, a configuration error (wrap it with
+// Misconfigured): a server certificate the client does not trust or that
+// does not name the host, a server that does not speak TLS, or an alert
+// from the server (no client certificate, an unknown CA, no common
+// version).
+func TLSRefused(err error) bool {
+	var (
+		unknownCA x509.UnknownAuthorityError
+		hostname  x509.HostnameError
+		invalid   x509.CertificateInvalidError
+		verify    *tls.CertificateVerificationError
+		header    tls.RecordHeaderError
+		alert     tls.AlertError
+		op        *net.OpError
+	)
+	switch {
+	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid),
+		errors.As(err, &verify), errors.As(err, &header), errors.As(err, &alert):
+		return true
+	case errors.As(err, &op) && op.Op == "remote error":
+		// An alert from the server (crypto/tls's type is unexported).
+		return strings.HasPrefix(op.Err.Error(), "tls: ")
+	}
+	return false
 }

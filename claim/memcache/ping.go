@@ -2,9 +2,7 @@ package memcache
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
-	"net"
 	"strconv"
 	"strings"
 
@@ -43,7 +41,7 @@ func classify(err error) error {
 	if err == nil || errors.Is(err, driver.ErrConfig) {
 		return err
 	}
-	if notMemcached(err) || tlsRefused(err) || errors.Is(err, gomemcache.ErrNoServers) {
+	if notMemcached(err) || driver.TLSRefused(err) || errors.Is(err, gomemcache.ErrNoServers) {
 		return driver.Misconfigured(err)
 	}
 	return err
@@ -60,13 +58,4 @@ func notMemcached(err error) bool {
 		return false
 	}
 	return strings.HasPrefix(msg, "memcache: unexpected ") || strings.HasPrefix(msg, "memcache: corrupt get result")
-}
-
-// tlsRefused reports a TLS handshake that failed for a reason of
-// configuration (certificates, or no TLS at the other end).
-func tlsRefused(err error) bool {
-	var cve *tls.CertificateVerificationError
-	var rhe tls.RecordHeaderError
-	var oe *net.OpError
-	return errors.As(err, &cve) || errors.As(err, &rhe) || (errors.As(err, &oe) && oe.Op == "remote error")
 }

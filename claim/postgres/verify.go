@@ -56,7 +56,8 @@ const undefinedTable = "42P01"
 
 // classify marks err as a configuration error (driver.Misconfigured, the
 // *pgconn.PgError or the dial's error still underneath) if its SQLSTATE
-// is one of configCodes, or if the server is not a PostgreSQL server.
+// is one of configCodes, if the server is not a PostgreSQL server, or if
+// the TLS handshake was refused (driver.TLSRefused).
 // After a missing table, the next call checks the tables again (and
 // creates them, unless SkipMigrate).
 func (b *backend) classify(err error) error {
@@ -70,7 +71,7 @@ func (b *backend) classify(err error) error {
 			b.migrated.Store(false)
 		}
 		return driver.Misconfigured(err)
-	case errors.Is(err, errNotPostgres):
+	case errors.Is(err, errNotPostgres), driver.TLSRefused(err):
 		return driver.Misconfigured(err)
 	}
 	return err

@@ -2,10 +2,7 @@ package redis
 
 import (
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
-	"net"
 	"strings"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -78,30 +75,5 @@ func isConfig(err error) bool {
 	if msg := err.Error(); strings.Contains(msg, "redis: invalid reply") || strings.Contains(msg, "redis: can't parse") {
 		return true
 	}
-	return isTLSConfig(err)
-}
-
-// isTLSConfig reports a TLS handshake that failed for a reason that
-// persists: a certificate the client does not trust (or that does not
-// name the host), a plain-text server on the other end, or an alert from
-// the server (no client certificate, an unknown CA, no common version).
-func isTLSConfig(err error) bool {
-	var (
-		unknownCA x509.UnknownAuthorityError
-		hostname  x509.HostnameError
-		invalid   x509.CertificateInvalidError
-		verify    *tls.CertificateVerificationError
-		header    tls.RecordHeaderError
-		alert     tls.AlertError
-		op        *net.OpError
-	)
-	switch {
-	case errors.As(err, &unknownCA), errors.As(err, &hostname), errors.As(err, &invalid),
-		errors.As(err, &verify), errors.As(err, &header), errors.As(err, &alert):
-		return true
-	case errors.As(err, &op) && op.Op == "remote error":
-		// A TLS alert from the server (crypto/tls's type is unexported).
-		return strings.HasPrefix(op.Err.Error(), "tls: ")
-	}
-	return false
+	return driver.TLSRefused(err)
 }
