@@ -22,7 +22,7 @@ const (
 	outageKeys    = 5
 	outageCallers = 5
 	outageLoad    = time.Second
-	outageLoadTO  = 2 * time.Second // flight.Options.LoadTimeout
+	outageLoadTO  = 3 * time.Second // flight.Options.LoadTimeout (3 loads)
 	outageOpTO    = time.Second     // flight.Options.OpTimeout
 )
 
@@ -72,7 +72,7 @@ func outageOnce(t *testing.T, b backend) {
 	type answer struct {
 		start, end time.Time
 		err        error
-		value      string
+		src        flight.Source
 	}
 	answers := make(chan answer, outageProcs*outageKeys*outageCallers)
 	var wg sync.WaitGroup
@@ -85,8 +85,8 @@ func outageOnce(t *testing.T, b backend) {
 					start := time.Now()
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					defer cancel()
-					v, err := caches[p].Get(ctx, fmt.Sprint("k", k), nil)
-					answers <- answer{start, time.Now(), err, v}
+					r, err := caches[p].Fetch(ctx, fmt.Sprint("k", k), nil)
+					answers <- answer{start, time.Now(), err, r.Source}
 				}()
 			}
 		}
@@ -107,11 +107,13 @@ func outageOnce(t *testing.T, b backend) {
 	close(answers)
 
 	var (
-		after  []time.Duration // from the later of call and kill to the answer
-		errs   int
-		firstE error
+		after   []time.Duration // from the later of call and kill to the answer
+		errs    int
+		firstE  error
+		sources = map[flight.Source]int{}
 	)
 	for a := range answers {
+		sources[a.src]++
 		from := a.start
 		if from.Before(killedAt) {
 			from = killedAt
@@ -137,6 +139,7 @@ func outageOnce(t *testing.T, b backend) {
 	}
 	figure(t, "outage", "p99 / max answer after the kill (bound LoadTimeout+OpTimeout "+bound.String()+")", b.name, "%s / %s", ms(p99), ms(worst))
 	figure(t, "outage", fmt.Sprintf("loads (%d keys × %d processes: at most %d)", outageKeys, outageProcs, outageKeys*outageProcs), b.name, "%d", total)
+	t.Logf("answers by source: %v", sources)
 	if errs > 0 {
 		t.Errorf("%d of %d callers got an error, want the value (fail open); first: %v", errs, len(after), firstE)
 	}
