@@ -143,4 +143,80 @@
 // Options.OnHealthChange is called with it, in order, on a goroutine of
 // the Cache. Recovery is noticed by the next backend call, so by the next
 // L1 miss: a Cache serving only L1 hits stays Degraded until one.
+//
+// # Metrics and traces
+//
+// A Cache records through the OpenTelemetry API only, under the
+// instrumentation scope InstrumentationScope, into Options.MeterProvider
+// and Options.TracerProvider, else the global providers (otel.SetMeterProvider,
+// otel.SetTracerProvider; one installed after New is used from then on).
+// With none installed nothing is recorded and nothing is traced. Every
+// instrument and span has the attribute stampede.cache (Options.Name);
+// keys are not recorded (they may be personal data), but an error span's
+// status message is the error's text, which names the key.
+//
+// The counters are observable: the provider reads them from Stats when it
+// collects, through a callback that New registers and Close unregisters,
+// so the paths that count pay nothing for the metrics, and the L1 hit
+// path (which records nothing else) stays as fast and allocation-free
+// with an SDK installed. Caches sharing a provider and a Name add up. In
+// Prometheus the counters get the suffix _total, the histograms
+// _seconds; dots become underscores.
+//
+//	instrument                       kind       unit      what (attributes besides stampede.cache)
+//	stampede.flight.answers          counter    {answer}  Get and Fetch callers, by stampede.source: the tier
+//	                                                      that answered (l1, l2, loaded, remote, stale,
+//	                                                      fallback) or error (Stats.L1Hits ... Stats.Errors)
+//	stampede.flight.coalesced        counter    {call}    Stats.Coalesced
+//	stampede.flight.misses           counter    {flight}  Stats.Misses
+//	stampede.flight.loads            counter    {load}    Stats.Loads
+//	stampede.flight.load_errors      counter    {load}    Stats.LoadErrors
+//	stampede.flight.waits            counter    {flight}  Stats.Waits
+//	stampede.flight.takeovers        counter    {claim}   Stats.Takeovers
+//	stampede.flight.commits          counter    {commit}  Stats.Commits
+//	stampede.flight.error_commits    counter    {commit}  Stats.ErrorCommits
+//	stampede.flight.error_hits       counter    {answer}  Stats.ErrorHits
+//	stampede.flight.lost_commits     counter    {commit}  Stats.LostCommits (lease losses)
+//	stampede.flight.refreshes        counter    {flight}  Stats.Refreshes
+//	stampede.flight.fail_open        counter    {flight}  Stats.FailOpen
+//	stampede.flight.decode_errors    counter    {value}   Stats.DecodeErrors
+//	stampede.flight.invalidations    counter    {drop}    Stats.Invalidated
+//	stampede.flight.degraded         gauge      {state}   two series, error.type config and unavailable:
+//	                                                      1 in the one of Health.Class while Degraded, else 0
+//	stampede.flight.wait.duration    histogram  s         a flight's wait for another process's holder, from
+//	                                                      its first claim found held to the value, the
+//	                                                      takeover or the error; error.type on failure
+//	stampede.flight.load.duration    histogram  s         each loader call; error.type on failure
+//
+// The histograms use the buckets of the claim Client's operation
+// histogram (50 µs to 10 s). error.type is one of the claim Client's
+// classes (config, unavailable, timeout, canceled, closed ...) or flight's
+// own: load (the loader returned an error), panic (it panicked or called
+// runtime.Goexit), timeout (Options.LoadTimeout), remote_load (a load
+// error another flight published, ErrRemoteLoad), wait_timeout
+// (ErrWaitTimeout). A not-found is an answer: not_found, no Error status.
+//
+// Traces: a Get or Fetch that misses L1 is a span "flight get", a child
+// of the span in the caller's context, with stampede.source (the tier that
+// answered), stampede.shared (it joined another caller's flight), and
+// error.type and an Error status on failure. The flight that a caller
+// starts runs under its span: the claim Client's spans for the flight's
+// backend calls (when the Client traces too), "flight wait" (the wait
+// for another process's holder) and "flight load" (the loader call, the
+// parent of the loader's own spans) are its children. A caller that joins
+// a flight links to the span that started it (link attribute
+// stampede.link = "flight"). A background refresh is a span "flight
+// refresh". L1 hits are not traced: a span costs more than the hit.
+//
+// The holder writes the span context of its "flight load" (trace id, span
+// id, trace flags: 25 bytes, only when the span is sampled) into the
+// value's L2 envelope. A process that answers with that value from L2 (a
+// waiter, SourceRemote, or a reader, SourceL2) links its "flight get" and
+// "flight wait" spans to the holder's load (stampede.link = "holder"), so
+// a trace of a waiter leads to the load, in another process, whose value
+// it got. Without a tracer provider, or with the load not sampled, the
+// envelope is the one earlier releases write. A process running a
+// release from before the span context reads a traced value as a miss
+// (it loads, and commits an untraced value): in a rolling upgrade,
+// install the tracer provider once every process runs this release.
 package flight

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"go.opentelemetry.io/otel/trace"
 )
 
 // Codec encodes values for L2. Implementations must be safe for concurrent
@@ -31,28 +33,37 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 //	byte 1      envelope version (1)
 //	byte 2      flags: bit 0 not found (a cached negative answer);
 //	            bit 1 failed (a published load error, Options.ErrorTTL);
-//	            bit 2 timed out (with bit 1 only: the load timed out)
+//	            bit 2 timed out (with bit 1 only: the load timed out);
+//	            bit 3 traced (the holder's span context follows)
 //	bytes 3-10  written: Unix nanoseconds, big endian
 //	bytes 11-18 fresh: nanoseconds after written the value is fresh
 //	bytes 19-26 load: nanoseconds the load took (for early refresh)
+//	25 bytes    only with bit 3: the span context of the holder's load
+//	            (W3C trace context): trace id (16 bytes, not all zero),
+//	            span id (8 bytes, not all zero), trace flags (1 byte)
 //	uvarint     length of the schema, then the schema
 //	rest        the value, encoded by the Codec; empty when not found;
 //	            when failed, the holder's error text (UTF-8, at most 512
 //	            bytes)
 //
 // A value that does not parse, or has another schema, is a miss. A reader
-// refuses flags it does not know: the failed entries (bits 1 and 2) came
-// without a new version number, so that a release that predates them reads
-// them as misses (and loads) while it still reads every value the same.
+// refuses flags it does not know: the failed entries (bits 1 and 2) and
+// the span context (bit 3) came without a new version number, so that a
+// release that predates them reads them as misses (and loads) while it
+// still reads every other value the same. A holder writes bit 3 only when
+// a tracer provider is installed and its load span is sampled; without
+// one, the bytes are what earlier releases wrote.
 const (
 	envMagic      = 0xF1
 	envVersion    = 1
 	envHeaderLen  = 27
+	envTraceLen   = 16 + 8 + 1
 	flagNotFound  = 1
 	flagFailed    = 2
 	flagTimedOut  = 4
+	flagTraced    = 8
 	maxSchemaLen  = 1 << 10
-	knownEnvFlags = flagNotFound | flagFailed | flagTimedOut
+	knownEnvFlags = flagNotFound | flagFailed | flagTimedOut | flagTraced
 )
 
 var (
@@ -73,6 +84,11 @@ type envelope struct {
 	load     time.Duration
 	schema   string
 	payload  []byte
+	// traced (bit 3): origin holds the holder's load span as written
+	// (traceBytes). Bytes, not a trace.SpanContext: the envelope lives in
+	// the frame of every L2 read, on the flight's young stack.
+	traced bool
+	origin [envTraceLen]byte
 }
 
 func appendEnvelope(dst []byte, e envelope) []byte {
@@ -86,10 +102,16 @@ func appendEnvelope(dst []byte, e envelope) []byte {
 	if e.timedOut {
 		flags |= flagTimedOut
 	}
+	if e.traced {
+		flags |= flagTraced
+	}
 	dst = append(dst, envMagic, envVersion, flags)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.written.UnixNano()))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.fresh))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.load))
+	if e.traced {
+		dst = append(dst, e.origin[:]...)
+	}
 	dst = binary.AppendUvarint(dst, uint64(len(e.schema)))
 	dst = append(dst, e.schema...)
 	return append(dst, e.payload...)
@@ -124,11 +146,23 @@ func parseEnvelope(b []byte) (envelope, error) {
 	e.written = time.Unix(0, written)
 	e.fresh = time.Duration(fresh)
 	e.load = time.Duration(load)
-	n, k := binary.Uvarint(b[envHeaderLen:])
-	if k <= 0 || n > maxSchemaLen || uint64(len(b)-envHeaderLen-k) < n {
+	b = b[envHeaderLen:]
+	if flags&flagTraced != 0 {
+		if len(b) < envTraceLen {
+			return e, fmt.Errorf("%w: short span context", errCorrupt)
+		}
+		e.traced = true
+		e.origin = [envTraceLen]byte(b)
+		if !validTrace(&e.origin) {
+			return e, fmt.Errorf("%w: invalid span context", errCorrupt)
+		}
+		b = b[envTraceLen:]
+	}
+	n, k := binary.Uvarint(b)
+	if k <= 0 || n > maxSchemaLen || uint64(len(b)-k) < n {
 		return e, fmt.Errorf("%w: bad schema length", errCorrupt)
 	}
-	rest := b[envHeaderLen+k:]
+	rest := b[k:]
 	e.schema = string(rest[:n])
 	e.payload = rest[n:]
 	if e.notFound && len(e.payload) != 0 {
@@ -150,6 +184,10 @@ type entry[V any] struct {
 	freshTil time.Time     // fresh until
 	staleTil time.Time     // may be served stale until
 	load     time.Duration // how long the load took
+	// origin is the span of the load that produced a value read from L2,
+	// when its holder was traced (the envelope's span context); nil
+	// otherwise. Callers answered with it from L2 link their span to it.
+	origin *trace.SpanContext
 }
 
 type freshness uint8
@@ -170,8 +208,9 @@ func (e *entry[V]) state(now time.Time) freshness {
 	return expired
 }
 
-// encode builds the L2 bytes of e.
-func (c *Cache[V]) encode(e *entry[V]) ([]byte, error) {
+// encode builds the L2 bytes of e; origin, if not nil, is the span of
+// the load that produced it (see the envelope).
+func (c *Cache[V]) encode(e *entry[V], origin *trace.SpanContext) ([]byte, error) {
 	var payload []byte
 	switch {
 	case e.failed != nil:
@@ -193,7 +232,13 @@ func (c *Cache[V]) encode(e *entry[V]) ([]byte, error) {
 		schema:   c.cfg.Schema,
 		payload:  payload,
 	}
-	return appendEnvelope(make([]byte, 0, envHeaderLen+2+len(env.schema)+len(payload)), env), nil
+	n := envHeaderLen + 2 + len(env.schema) + len(payload)
+	if origin != nil {
+		env.traced = true
+		traceBytes(&env.origin, origin)
+		n += envTraceLen
+	}
+	return appendEnvelope(make([]byte, 0, n), env), nil
 }
 
 // decode parses L2 bytes into an entry. Any failure (corrupt envelope,
@@ -211,6 +256,9 @@ func (c *Cache[V]) decode(b []byte) (*entry[V], error) {
 		written:  env.written,
 		freshTil: env.written.Add(env.fresh),
 		load:     env.load,
+	}
+	if env.traced {
+		e.origin = spanContextOf(&env.origin)
 	}
 	e.staleTil = e.freshTil
 	switch {

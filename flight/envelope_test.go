@@ -13,7 +13,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	c := &Cache[map[string]int]{cfg: (&Options[map[string]int]{StaleTTL: time.Minute}).withDefaults()}
 	now := time.Unix(1700000000, 123)
 	in := &entry[map[string]int]{value: map[string]int{"a": 1}, written: now, freshTil: now.Add(time.Hour), load: 150 * time.Millisecond}
-	b, err := c.encode(in)
+	b, err := c.encode(in, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -26,7 +26,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 		t.Fatalf("round trip: %+v -> %+v", in, out)
 	}
 	neg := &entry[map[string]int]{notFound: true, written: now, freshTil: now.Add(time.Second)}
-	b, _ = c.encode(neg)
+	b, _ = c.encode(neg, nil)
 	out, err = c.decode(b)
 	if err != nil || !out.notFound || !out.staleTil.Equal(out.freshTil) {
 		t.Fatalf("negative round trip: %+v, %v", out, err)
@@ -37,7 +37,7 @@ func TestEnvelopeRoundTrip(t *testing.T) {
 	for _, timedOut := range []bool{false, true} {
 		failed := &entry[map[string]int]{failed: &RemoteError{Key: "k", Text: "db down", TimedOut: timedOut, Written: now, err: errTest},
 			written: now, freshTil: now.Add(time.Second), staleTil: now.Add(time.Second)}
-		b, _ = c.encode(failed)
+		b, _ = c.encode(failed, nil)
 		out, err = c.decode(b)
 		if err != nil || out.failed == nil || out.notFound || out.value != nil || !out.staleTil.Equal(out.freshTil) ||
 			!out.freshTil.Equal(failed.freshTil) || out.failed.Text != "db down" || out.failed.TimedOut != timedOut ||
@@ -82,7 +82,7 @@ func TestEnvelopeFailedIsMissForOlderReaders(t *testing.T) {
 		{&entry[string]{failed: &RemoteError{Text: "boom"}, written: now, freshTil: now.Add(time.Second)}, true},
 		{&entry[string]{failed: &RemoteError{Text: "slow", TimedOut: true}, written: now, freshTil: now.Add(time.Second)}, true},
 	} {
-		b, err := c.encode(tc.e)
+		b, err := c.encode(tc.e, nil)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -99,7 +99,7 @@ func TestEnvelopeBadFlags(t *testing.T) {
 	for name, flags := range map[string]byte{
 		"failed and not found": flagFailed | flagNotFound,
 		"timed out alone":      flagTimedOut,
-		"unknown":              8,
+		"unknown":              16,
 	} {
 		b := bytes.Clone(ok)
 		b[2] = flags
@@ -120,6 +120,8 @@ func FuzzDecodeEnvelope(f *testing.F) {
 	f.Add(appendEnvelope(nil, envelope{written: now, schema: "v0", payload: []byte(`"x"`)}))
 	f.Add(appendEnvelope(nil, envelope{failed: true, written: now, fresh: time.Second, schema: "string", payload: []byte("db down")}))
 	f.Add(appendEnvelope(nil, envelope{failed: true, timedOut: true, written: now, fresh: time.Second, schema: "string"}))
+	f.Add(appendEnvelope(nil, envelope{written: now, fresh: time.Hour, schema: "string", payload: []byte(`"x"`),
+		traced: true, origin: [envTraceLen]byte{1, 15: 2, 16: 3, 23: 4, 24: 1}}))
 	f.Add([]byte{})
 	f.Add([]byte("\xf1\x01"))
 	c := &Cache[string]{cfg: (&Options[string]{}).withDefaults()}
@@ -130,7 +132,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			again, err := parseEnvelope(appendEnvelope(nil, env))
 			if err != nil || again.notFound != env.notFound || again.failed != env.failed || again.timedOut != env.timedOut || !again.written.Equal(env.written) ||
 				again.fresh != env.fresh || again.load != env.load || again.schema != env.schema ||
-				!bytes.Equal(again.payload, env.payload) {
+				!bytes.Equal(again.payload, env.payload) || again.traced != env.traced || again.origin != env.origin {
 				t.Fatalf("re-encoding changed %+v into %+v (%v)", env, again, err)
 			}
 		}
@@ -140,6 +142,9 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		}
 		if err == nil && e.failed != nil && (e.notFound || len(e.failed.Text) > maxErrorText || !e.staleTil.Equal(e.freshTil)) {
 			t.Fatalf("decode: failed entry %+v (%+v)", e, e.failed)
+		}
+		if err == nil && e.origin != nil && (!e.origin.IsValid() || !e.origin.IsRemote()) {
+			t.Fatalf("decode: span context %v", e.origin)
 		}
 	})
 }

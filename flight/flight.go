@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/maypok86/otter/v2"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stampede-go/stampede/claim"
 )
@@ -94,6 +95,7 @@ type Cache[V any] struct {
 	closed atomic.Bool // read by every hit: kept off mu's cache line
 	stats  counters
 	health health
+	tel    telemetry // metrics and traces (otel.go)
 
 	mu      sync.Mutex
 	flights map[string]*flight[V]
@@ -133,6 +135,22 @@ type flight[V any] struct {
 	res  *entry[V]
 	src  Source
 	err  error
+
+	// waitStart is when the flight began waiting for another process's
+	// holder (zero: it did not); tr its trace state, nil if it is not
+	// traced. Both belong to the flight's goroutine, except tr itself and
+	// tr.sc: set before the goroutine starts, tr under c.mu (the callers
+	// that join read tr.sc under c.mu).
+	waitStart time.Time
+	tr        *flightTrace
+}
+
+// flightTrace is a traced flight's spans (otel.go).
+type flightTrace struct {
+	sc       trace.SpanContext // the starting caller's "flight get", or the refresh's span
+	span     trace.Span        // the refresh's span, which the flight ends; nil otherwise
+	loadSpan trace.SpanContext // the span of the flight's load, once it ran
+	waitSpan trace.Span        // "flight wait", while the flight waits
 }
 
 // New returns a Cache of V on b. b is not closed by the Cache. The Cache
@@ -168,6 +186,7 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 		}
 		c.l1 = l1
 	}
+	c.initTelemetry()
 	c.root, c.cancel = context.WithCancel(context.Background())
 	ctx, cancel := context.WithTimeout(c.root, c.cfg.OpTimeout)
 	stop, err := b.SubscribeTopic(ctx, c.cfg.topic, c.onInvalidate)
@@ -377,32 +396,45 @@ func (c *Cache[V]) earlyRefreshDue(e *entry[V], now time.Time) bool {
 }
 
 // join makes the caller wait on the key's flight, starting it if there is
-// none.
+// none. With a tracer provider installed, the call is a "flight get"
+// span: the flight this caller starts runs under it (its backend calls
+// and its load are its children); a caller that joins a running flight
+// links to the span that started it.
 func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, old *entry[V]) (answer[V], error) {
+	ctx, span := c.startSpan(ctx, spanGet)
 	c.mu.Lock()
 	if c.closed.Load() {
 		c.mu.Unlock()
-		return answer[V]{}, ErrClosed
+		return joined(span, answer[V]{}, ErrClosed)
 	}
 	f, shared := c.flights[k]
+	var tr *flightTrace // set before the flight was published, or under c.mu
 	if shared {
 		c.stats.coalesced.Add(1)
+		tr = f.tr
 	} else {
 		// A flight for k may have finished between our L1 miss and now:
 		// it filled L1 before leaving the map, so look again.
 		if c.l1 != nil {
 			if e, ok := c.l1.GetIfPresent(k); ok && e.state(time.Now()) == fresh {
 				c.mu.Unlock()
-				return hit(e, SourceL1, false)
+				a, err := hit(e, SourceL1, false)
+				return joined(span, a, err)
 			}
 		}
 		f = c.newFlightLocked(k, load, old)
+		if span != nil {
+			f.tr = traceFlight(span)
+		}
 	}
 	c.mu.Unlock()
 	if !shared {
 		go c.run(context.WithoutCancel(ctx), f)
+	} else if span != nil && tr != nil {
+		linkFlight(span, tr)
 	}
-	return c.await(ctx, f, p, shared)
+	a, err := c.await(ctx, f, p, shared)
+	return joined(span, a, err)
 }
 
 // flightCtx is a flight's context: the values of the caller that started
@@ -427,6 +459,9 @@ func (f *flightCtx) Value(key any) any {
 
 // detached returns ctx's values without the root's cancellation: for the
 // calls that must run after Close cancelled the flight (Commit, Release).
+// The values include the span the flight runs under (the starting
+// caller's "flight get", or the refresh's), so those calls' spans are
+// its children like the flight's other backend calls.
 func detached(ctx context.Context) context.Context {
 	if f, ok := ctx.(*flightCtx); ok {
 		return f.vals
@@ -457,6 +492,14 @@ func (c *Cache[V]) refresh(ctx context.Context, k string, e *entry[V], load Load
 	f.after, f.bg = e.written, true
 	c.mu.Unlock()
 	c.stats.refreshes.Add(1)
+	// The refresh's span, ended by the flight: started only once the
+	// flight is known to start (the hit that triggers it is not traced).
+	ctx, span := c.startSpan(ctx, spanRefresh)
+	if span != nil {
+		c.mu.Lock()
+		f.tr = &flightTrace{sc: span.SpanContext(), span: span}
+		c.mu.Unlock()
+	}
 	go c.run(context.WithoutCancel(ctx), f)
 }
 
@@ -483,7 +526,7 @@ func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, shared boo
 		}
 		select {
 		case <-f.done:
-			return c.result(f, shared)
+			return c.result(f, p, shared)
 		default:
 		}
 		// Pending, not done: a stale value, or the fallback.
@@ -497,8 +540,17 @@ func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, shared boo
 	}
 }
 
-func (c *Cache[V]) result(f *flight[V], shared bool) (answer[V], error) {
+// result is the answer of a caller with policy p from finished flight f.
+// A caller that may take a stale value (Block, Fallback) gets the one f
+// knew of rather than f's error (unless the Cache closed): whether it
+// woke before or after the flight failed must not decide, and the stale
+// value stays servable after a failed refresh.
+func (c *Cache[V]) result(f *flight[V], p Policy, shared bool) (answer[V], error) {
 	if f.err != nil {
+		if s := f.stale; p != Fresh && !isNotFound(f.err) && !errors.Is(f.err, ErrClosed) &&
+			s != nil && !s.notFound && s.state(time.Now()) != expired {
+			return hit(s, SourceStale, shared)
+		}
 		a := answer[V]{shared: shared}
 		if isNotFound(f.err) {
 			a.src = f.src
@@ -533,6 +585,9 @@ func (c *Cache[V]) run(vals context.Context, f *flight[V]) {
 			c.log.Error("flight: resolving a key failed abnormally", "key", f.key, "err", err)
 		}
 		c.finish(f, e, src, err)
+		if f.tr != nil && f.tr.span != nil {
+			endSpan(f.tr.span, e, src, false, err)
+		}
 	}()
 	e, src, err = c.resolve(ctx, f)
 	normal = true
@@ -648,6 +703,7 @@ func (c *Cache[V]) Close() error {
 	c.cancel()
 	c.wg.Wait()
 	c.health.close()
+	c.closeTelemetry()
 	if c.stopTopic != nil {
 		c.stopTopic()
 	}

@@ -5,6 +5,9 @@ import (
 	"log/slog"
 	"reflect"
 	"time"
+
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/trace"
 )
 
 // LoadFunc computes the value of a key from the system of record (L3). It
@@ -153,6 +156,23 @@ type Options[V any] struct {
 	// only the callbacks after it. Close waits for the calls already
 	// queued; the callback must not call Close.
 	OnHealthChange func(Health)
+
+	// MeterProvider receives the Cache's metrics: answers by tier, loads,
+	// waits and the other Stats counters, the wait and load durations,
+	// the degraded state, each with the attribute stampede.cache = Name
+	// (see "Metrics and traces" in the package doc). Default: the global
+	// provider (otel.GetMeterProvider); one installed after New is used
+	// from then on. With none installed nothing is recorded, at almost no
+	// cost, and the L1 hit path costs nothing either way (the counters are
+	// read from Stats when the metrics are collected).
+	MeterProvider metric.MeterProvider
+	// TracerProvider receives a span per Get or Fetch that misses L1
+	// ("flight get"), with the flight's backend calls and its load as
+	// children, and links from the processes that answer with a value to
+	// the span of the process that loaded it. Default: the global provider
+	// (otel.GetTracerProvider), looked up per flight; with none installed
+	// no span is started and the values written to L2 are unchanged.
+	TracerProvider trace.TracerProvider
 
 	// noKeepAlive is a test hook: the holder does not renew its lease,
 	// like a process that stopped.

@@ -60,7 +60,7 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	wctx, cancel := context.WithDeadline(ctx, until)
 	got, err := c.b.GetOrAcquire(wctx, bk, c.cfg.LeaseTTL, &claim.GetOrAcquireOptions{
 		Accept: accept, SkipGet: true, OpTimeout: c.cfg.OpTimeout,
-		OnWait: func() { c.stats.waits.Add(1) },
+		OnWait: func() { c.startWait(ctx, f) },
 	})
 	cancel()
 	over := err != nil && waitOver(ctx, until)
@@ -68,6 +68,13 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		// A wait that WaitTimeout or Close ended says nothing of the
 		// backend; any other outcome does.
 		c.observe(ctx, err)
+	}
+	if !f.waitStart.IsZero() {
+		werr := err
+		if over {
+			_, _, werr = c.waitEnded(ctx, f)
+		}
+		c.endWait(ctx, f, found, werr)
 	}
 	switch {
 	case over:
@@ -85,6 +92,29 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		c.stats.takeovers.Add(1)
 	}
 	return c.hold(ctx, f, got.Lease)
+}
+
+// startWait marks the start of f's wait for another process's holder
+// (the first claim found held): it counts it, and starts the "flight
+// wait" span if traced.
+func (c *Cache[V]) startWait(ctx context.Context, f *flight[V]) {
+	c.stats.waits.Add(1)
+	f.waitStart = time.Now()
+	if f.tr != nil {
+		_, f.tr.waitSpan = c.startSpan(ctx, spanWait)
+	}
+}
+
+// endWait ends f's wait, which got e (a fresh value from L2; nil: a
+// takeover or an error) or err: the wait-time histogram, and the wait's
+// span, linked to the load that produced e.
+func (c *Cache[V]) endWait(ctx context.Context, f *flight[V], e *entry[V], err error) {
+	c.recordWait(ctx, f, err)
+	if f.tr != nil && f.tr.waitSpan != nil {
+		linkOrigin(f.tr.waitSpan, e, SourceRemote)
+		finishSpan(f.tr.waitSpan, err)
+		f.tr.waitSpan = nil
+	}
 }
 
 // waitOver: the Cache closed or the flight's WaitTimeout passed.
@@ -187,7 +217,9 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 			c.log.Debug("flight: release failed; waiters take over when the lease expires", "key", f.key, "err", rerr)
 		}
 	}()
-	v, dur, lerr := c.callLoader(ctx, f, &lease)
+	lctx, span := c.startLoad(ctx, f)
+	v, dur, lerr := c.callLoader(ctx, lctx, f, &lease)
+	c.loaded(lctx, span, dur, lerr)
 	e, ttl, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		if e = c.failedEntry(ctx, f, err, dur); e == nil {
@@ -195,7 +227,7 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 		}
 		ttl = c.cfg.ErrorTTL
 	}
-	data, eerr := c.encode(e)
+	data, eerr := c.encode(e, f.origin())
 	if eerr != nil {
 		c.log.Error("flight: value not committed", "key", f.key, "err", eerr)
 		return e, SourceLoaded, err
@@ -260,11 +292,14 @@ func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration) (*entry[V], tim
 // The loader's deadline is an opCtx (no timer unless the loader waits on
 // Done); the wait uses one pooled timer, for the keeper's start and then
 // for LoadTimeout.
-func (c *Cache[V]) callLoader(ctx context.Context, f *flight[V], lease *claim.Lease) (V, time.Duration, error) {
+//
+// The loader runs under parent: ctx, or ctx with the load's span
+// (startLoad); the caller records the call (loaded).
+func (c *Cache[V]) callLoader(ctx, parent context.Context, f *flight[V], lease *claim.Lease) (V, time.Duration, error) {
 	c.stats.loads.Add(1)
 	start := time.Now()
 	deadline := start.Add(c.cfg.LoadTimeout)
-	base, bcancel := context.WithCancelCause(ctx)
+	base, bcancel := context.WithCancelCause(parent)
 	defer bcancel(context.Canceled)
 	lctx := opctx.New(base, deadline)
 	type out struct {
@@ -429,7 +464,9 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 		return c.waitEnded(ctx, f)
 	}
 	defer func() { <-c.sem }()
-	v, dur, lerr := c.callLoader(ctx, f, nil)
+	lctx, span := c.startLoad(ctx, f)
+	v, dur, lerr := c.callLoader(ctx, lctx, f, nil)
+	c.loaded(lctx, span, dur, lerr)
 	e, _, err := c.makeEntry(v, lerr, dur)
 	if err != nil {
 		return c.failedEntry(ctx, f, err, dur), SourceLoaded, err

@@ -35,7 +35,11 @@ type demoConfig struct {
 	MaxDelay time.Duration
 	JSON     bool
 	Metrics  string         // -metrics ADDR: serve /metrics there
-	Client   *claim.Options // every simulated process's Client (-metrics: its meter provider)
+	Client   *claim.Options // every simulated process's Client (-metrics: its meter provider, the caches' too)
+	// Linger, if set, is called with the report before the simulated
+	// processes are closed (-metrics: print the report and serve until
+	// interrupted, so that the caches' counters are still read).
+	Linger func(*demoReport) error
 }
 
 func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -47,7 +51,7 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.MinDelay, "min", 100*time.Millisecond, "shortest loader call (a slow database upsert)")
 	fs.DurationVar(&cfg.MaxDelay, "max", 300*time.Millisecond, "longest loader call")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON report instead of text")
-	fs.StringVar(&cfg.Metrics, "metrics", "", "serve the backend clients' metrics in the Prometheus format on `ADDR`/metrics (e.g. 127.0.0.1:9464) while the demo runs, and after it until interrupted")
+	fs.StringVar(&cfg.Metrics, "metrics", "", "serve the backend clients' and the caches' metrics in the Prometheus format on `ADDR`/metrics (e.g. 127.0.0.1:9464) while the demo runs, and after it until interrupted")
 	fs.Usage = func() {
 		fmt.Fprintln(stderr, "Usage: stampede demo [flags]")
 		fmt.Fprintln(stderr)
@@ -78,22 +82,29 @@ func demoCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		cfg.Client = &claim.Options{MeterProvider: ms.mp}
 		fmt.Fprintf(notes, "stampede demo: metrics at %s\n", ms.URL())
 	}
-	rep, err := runDemo(ctx, cfg, text, stderr)
-	if err != nil {
-		return err
-	}
-	if cfg.JSON {
+	report := func(rep *demoReport) error {
+		if !cfg.JSON {
+			return nil
+		}
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
-			return err
-		}
+		return enc.Encode(rep)
 	}
 	if ms != nil {
-		fmt.Fprintf(notes, "stampede demo: done; serving metrics at %s until interrupted (Ctrl-C)\n", ms.URL())
-		<-ctx.Done()
+		cfg.Linger = func(rep *demoReport) error {
+			if err := report(rep); err != nil {
+				return err
+			}
+			fmt.Fprintf(notes, "stampede demo: done; serving metrics at %s until interrupted (Ctrl-C)\n", ms.URL())
+			<-ctx.Done()
+			return nil
+		}
 	}
-	return nil
+	rep, err := runDemo(ctx, cfg, text, stderr)
+	if err != nil || ms != nil {
+		return err
+	}
+	return report(rep)
 }
 
 // Entity is what the demo's loader resolves a company name to.
@@ -295,6 +306,11 @@ func runDemo(ctx context.Context, cfg demoConfig, out, stderr io.Writer) (*demoR
 	if t.Errors > 0 {
 		fmt.Fprintf(out, "  errors        %d\n", t.Errors)
 	}
+	if cfg.Linger != nil {
+		if err := cfg.Linger(&d.rep); err != nil {
+			return nil, err
+		}
+	}
 	return &d.rep, nil
 }
 
@@ -323,13 +339,19 @@ func (d *demo) start(ctx context.Context, p *process) error {
 	// The round trips are counted under the client, at its driver.
 	counted, calls := countdriver.Wrap(raw.Driver(), nil, countdriver.Options{})
 	b := claim.NewClient(counted, d.cfg.Client)
-	c, err := flight.New(b, &flight.Options[Entity]{
+	opt := &flight.Options[Entity]{
 		Name:        d.name,
 		Loader:      d.db.upsert,
 		TTL:         time.Hour,
 		LoadTimeout: 10*d.cfg.MaxDelay + 10*time.Second,
 		Logger:      d.log,
-	})
+	}
+	if d.cfg.Client != nil {
+		// The caches of every simulated process record into one provider,
+		// under one name: their counters add up while they are open.
+		opt.MeterProvider = d.cfg.Client.MeterProvider
+	}
+	c, err := flight.New(b, opt)
 	if err != nil {
 		b.Close()
 		return err

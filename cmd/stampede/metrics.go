@@ -13,7 +13,8 @@ import (
 )
 
 // metricsServer serves a meter provider's metrics (the demo's backend
-// clients record into it) in the Prometheus text format on /metrics.
+// clients and flight caches record into it) in the Prometheus text
+// format on /metrics.
 type metricsServer struct {
 	mp     *sdkmetric.MeterProvider
 	ln     net.Listener

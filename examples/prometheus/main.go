@@ -1,16 +1,21 @@
-// Command prometheus is a runnable example: a stampede claim.Client whose
-// metrics are exported in the Prometheus text format on /metrics, through
-// the OpenTelemetry SDK and its Prometheus exporter.
+// Command prometheus is a runnable example: a stampede claim.Client and a
+// flight.Cache on it whose metrics are exported in the Prometheus text
+// format on /metrics, through the OpenTelemetry SDK and its Prometheus
+// exporter.
 //
 //	go run . -addr 127.0.0.1:9464 &
-//	curl -s 127.0.0.1:9464/metrics | grep stampede_claim
+//	curl -s 127.0.0.1:9464/metrics | grep stampede_
 //
-// The Client records through the OpenTelemetry API only; this program
-// brings the SDK. It hands its meter provider to the Client in
-// claim.Options; installing it as the global one (otel.SetMeterProvider)
-// works as well, for every Client opened with no provider of its own.
-// The histogram is stampede_claim_operation_duration_seconds, labelled by
-// stampede_operation, stampede_backend and, on errors, error_type.
+// The Client and the Cache record through the OpenTelemetry API only;
+// this program brings the SDK. It hands its meter provider to both, in
+// claim.Options and flight.Options; installing it as the global one
+// (otel.SetMeterProvider) works as well, for every Client and Cache opened
+// with no provider of their own. The Client's histogram is
+// stampede_claim_operation_duration_seconds, labelled by
+// stampede_operation, stampede_backend and, on errors, error_type; the
+// Cache's series are stampede_flight_*, labelled by stampede_cache (its
+// answers by tier, stampede_flight_answers_total{stampede_source=...},
+// its loads, waits and load and wait times, and stampede_flight_degraded).
 package main
 
 import (
@@ -33,6 +38,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	_ "github.com/stampede-go/stampede/claim/memory" // mem://; import your backend's package instead
+	"github.com/stampede-go/stampede/flight"
 )
 
 func main() {
@@ -63,8 +69,9 @@ func newMetrics() (*sdkmetric.MeterProvider, http.Handler, error) {
 	return mp, promhttp.HandlerFor(reg, promhttp.HandlerOpts{}), nil
 }
 
-// run serves /metrics on ln (and closes it) and, until ctx ends, reads,
-// claims and commits a key every period on the backend at rawURL.
+// run serves /metrics on ln (and closes it) and, until ctx ends, every
+// period reads, claims and commits a key on the backend at rawURL, and
+// gets a key from a flight.Cache on it.
 func run(ctx context.Context, ln net.Listener, rawURL string, period time.Duration, out io.Writer) error {
 	defer ln.Close()
 	mp, metrics, err := newMetrics()
@@ -89,6 +96,17 @@ func run(ctx context.Context, ln net.Listener, rawURL string, period time.Durati
 		return err
 	}
 	defer c.Close()
+	reports, err := flight.New(c, &flight.Options[string]{
+		Name:          "reports",
+		MeterProvider: mp,
+		TTL:           3 * period, // reloaded now and then: answers from L1 and from the loader
+		TTLJitter:     -1,
+		L1TTL:         3 * period,
+	})
+	if err != nil {
+		return err
+	}
+	defer reports.Close()
 	fmt.Fprintf(out, "metrics: http://%s/metrics\n", ln.Addr())
 
 	t := time.NewTicker(period)
@@ -96,6 +114,9 @@ func run(ctx context.Context, ln net.Listener, rawURL string, period time.Durati
 	for n := 0; ; n++ {
 		if err := work(ctx, c, fmt.Sprintf("report-%d", n%3)); err != nil && ctx.Err() == nil {
 			fmt.Fprintf(out, "work: %v\n", err)
+		}
+		if _, err := reports.Get(ctx, fmt.Sprintf("summary-%d", n%2), summarise); err != nil && ctx.Err() == nil {
+			fmt.Fprintf(out, "flight: %v\n", err)
 		}
 		select {
 		case <-ctx.Done():
@@ -116,4 +137,10 @@ func work(ctx context.Context, c *claim.Client, key string) error {
 		return err
 	}
 	return c.CommitRelease(ctx, l, []byte("computed at "+time.Now().Format(time.RFC3339)), 2*time.Second)
+}
+
+// summarise is the flight cache's loader: called once per key (fleet-wide)
+// each time the key's value expires.
+func summarise(_ context.Context, key string) (string, error) {
+	return key + " computed at " + time.Now().Format(time.RFC3339Nano), nil
 }

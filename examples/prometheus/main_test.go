@@ -16,7 +16,8 @@ import (
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // The example serves the Client's histogram on /metrics: a series per
-// operation and outcome, with the backend and the documented buckets.
+// operation and outcome, with the backend and the documented buckets;
+// and the flight Cache's series, labelled by the cache's name.
 func TestScrape(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -40,6 +41,20 @@ func TestScrape(t *testing.T) {
 		`stampede_claim_operation_duration_seconds_bucket{otel_scope_name="github.com/stampede-go/stampede/claim",otel_scope_schema_url="",otel_scope_version="",stampede_backend="mem",stampede_operation="claim",le="5e-05"}`,
 		`stampede_claim_operation_duration_seconds_bucket{otel_scope_name="github.com/stampede-go/stampede/claim",otel_scope_schema_url="",otel_scope_version="",stampede_backend="mem",stampede_operation="claim",le="10"}`,
 	}
+	const flightScope = `otel_scope_name="github.com/stampede-go/stampede/flight",otel_scope_schema_url="",otel_scope_version="",stampede_cache="reports"`
+	for _, source := range []string{"l1", "l2", "loaded", "remote", "stale", "fallback", "error"} {
+		want = append(want, `stampede_flight_answers_total{`+flightScope+`,stampede_source="`+source+`"}`)
+	}
+	for _, name := range []string{"coalesced", "misses", "loads", "load_errors", "waits", "takeovers", "commits",
+		"error_commits", "error_hits", "lost_commits", "refreshes", "fail_open", "decode_errors", "invalidations"} {
+		want = append(want, "stampede_flight_"+name+"_total{"+flightScope+"}")
+	}
+	want = append(want,
+		`stampede_flight_degraded{error_type="config",`+flightScope+`}`,
+		`stampede_flight_degraded{error_type="unavailable",`+flightScope+`}`,
+		`stampede_flight_load_duration_seconds_count{`+flightScope+`}`,
+		`stampede_flight_load_duration_seconds_bucket{`+flightScope+`,le="10"}`,
+	)
 	url := "http://" + ln.Addr().String() + "/metrics"
 	var missing []string
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
