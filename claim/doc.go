@@ -54,8 +54,19 @@
 //
 // Every error reads "claim: OP KEY: ..." and wraps one of the sentinels
 // ErrHeld, ErrLost, ErrNotFound, ErrTooLarge, ErrInvalidKey and ErrClosed
-// (errors.Is), or the context's error, or the backend's own error
-// underneath. *HeldError and *TooLargeError carry details (errors.As).
+// (errors.Is), or the context's error, or one of the two classes of
+// failure: ErrConfig (wrong credentials, a missing permission, table or
+// schema, a server of another kind: waiting will not fix it) and
+// ErrUnavailable (the backend did not answer, or not within
+// Options.OpTimeout), with the backend's own error underneath.
+// *HeldError and *TooLargeError carry details (errors.As).
+//
+// # Bounds and checks
+//
+// Every backend call is bounded by Options.OpTimeout (default 5 s, URL
+// op_timeout=), even under context.Background(); so are Open and Close.
+// Open, Connect and every backend package's New check the server (Ping)
+// before they return, unless Options.Lazy (URL lazy=true).
 //
 // # Metrics and traces
 //
