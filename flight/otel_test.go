@@ -79,7 +79,7 @@ func collectFrom(t *testing.T, r sdkmetric.Reader, cache string) otelMetrics {
 		var kv []string
 		for _, a := range set.ToSlice() {
 			if a.Key != attrCache {
-				kv = append(kv, string(a.Key)+"="+a.Value.Emit())
+				kv = append(kv, string(a.Key)+"="+a.Value.String())
 			}
 		}
 		sort.Strings(kv)
@@ -442,7 +442,7 @@ func (s *otelSDK) one(t *testing.T, who, name string) sdktrace.ReadOnlySpan {
 func attrOf(sp sdktrace.ReadOnlySpan, key attribute.Key) string {
 	for _, a := range sp.Attributes() {
 		if a.Key == key {
-			return a.Value.Emit()
+			return a.Value.String()
 		}
 	}
 	return ""
