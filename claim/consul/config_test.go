@@ -101,13 +101,8 @@ func TestConfigErrors(t *testing.T) {
 			if !errors.Is(err, claim.ErrConfig) || strings.Contains(err.Error(), others) {
 				t.Errorf("Open: %v, want ErrConfig (without the token)", err)
 			}
-			c = backendtest.Open(t, u+"&lazy=true")
-			if s, err := c.Subscribe(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
-				if err == nil {
-					s.Close()
-				}
-				t.Errorf("Subscribe: %v, want ErrConfig", err)
-			}
+			securitytest.SubscribeRefused(t, u)
+			c = backendtest.Open(t, backendtest.WithQuery(t, u, "lazy", "true"))
 			if err := c.Set(ctx, "k", []byte("v"), 0); !errors.Is(err, claim.ErrConfig) {
 				t.Errorf("Set: %v, want ErrConfig", err)
 			}

@@ -93,13 +93,8 @@ func TestConfigErrors(t *testing.T) {
 			if !errors.Is(err, claim.ErrConfig) {
 				t.Errorf("Open: %v, want ErrConfig", err)
 			}
-			c = backendtest.Open(t, u+map[bool]string{true: "&", false: "?"}[strings.Contains(u, "?")]+"lazy=true")
-			if s, err := c.Subscribe(ctx, "k"); !errors.Is(err, claim.ErrConfig) {
-				if err == nil {
-					s.Close()
-				}
-				t.Errorf("Subscribe: %v, want ErrConfig", err)
-			}
+			securitytest.SubscribeRefused(t, u)
+			c = backendtest.Open(t, backendtest.WithQuery(t, u, "lazy", "true"))
 			if err := c.Set(ctx, "k", []byte("v"), 0); !errors.Is(err, claim.ErrConfig) {
 				t.Errorf("Set: %v, want ErrConfig", err)
 			}
