@@ -353,6 +353,12 @@ func (c *Cache[V]) callLoader(ctx, parent context.Context, f *flight[V], lease *
 		select {
 		case o := <-ch:
 			dur := time.Since(start)
+			if o.err != nil && ctx.Err() != nil {
+				// Close cancelled the load, and the loader returned
+				// before this select saw ctx: the same answer as if it
+				// had (ErrClosed), never a load error to publish.
+				return c.loadTimedOut(ctx, f, start)
+			}
 			if o.err != nil {
 				if !isNotFound(o.err) {
 					c.stats.loadErrors.Add(1)
