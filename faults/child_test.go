@@ -143,13 +143,59 @@ func childMain() int {
 
 // child is a holder process seen from the test.
 type child struct {
-	t      testing.TB
+	*proc[childMsg]
+	t     testing.TB
+	lease claim.Lease
+}
+
+// proc is a re-execution of the test binary (-test.run=^$, so TestMain
+// runs only what env selects) that reads commands on stdin and writes
+// JSON messages of type M on stdout: the holder and the herd worker.
+type proc[M any] struct {
 	cmd    *exec.Cmd
 	stdin  *os.File
-	msgs   chan childMsg
+	msgs   chan M
 	stderr *syncBuffer
-	lease  claim.Lease
 	done   chan struct{} // closed when stdout reached EOF
+}
+
+// startProc starts a process of the test binary with env added, its
+// messages queued in a channel of buffer; what names it in failures. The
+// caller registers its cleanup (killing it, closing stdin, waiting for
+// done).
+func startProc[M any](t testing.TB, what string, buffer int, env ...string) *proc[M] {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^$")
+	cmd.Env = append(os.Environ(), env...)
+	dieWithParent(cmd)
+	inR, inW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	outR, outW, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc[M]{cmd: cmd, stdin: inW, msgs: make(chan M, buffer), stderr: &syncBuffer{}, done: make(chan struct{})}
+	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, p.stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s process: %v", what, err)
+	}
+	inR.Close()
+	outW.Close()
+	go func() {
+		defer close(p.done)
+		defer outR.Close()
+		dec := json.NewDecoder(outR)
+		for {
+			var m M
+			if err := dec.Decode(&m); err != nil {
+				return
+			}
+			p.msgs <- m
+		}
+	}()
+	return p
 }
 
 type syncBuffer struct {
@@ -174,36 +220,9 @@ func (s *syncBuffer) String() string {
 // continued (in case it was stopped), killed and reaped.
 func startHolder(t testing.TB, rawURL, key string, ttl time.Duration) *child {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), childEnv+"=holder", urlEnv+"="+rawURL, keyEnv+"="+key, ttlEnv+"="+ttl.String())
-	dieWithParent(cmd)
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &child{t: t, cmd: cmd, stdin: inW, msgs: make(chan childMsg, 4), stderr: &syncBuffer{}, done: make(chan struct{})}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, c.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start holder process: %v", err)
-	}
-	inR.Close()
-	outW.Close()
-	go func() {
-		defer close(c.done)
-		defer outR.Close()
-		dec := json.NewDecoder(outR)
-		for {
-			var m childMsg
-			if err := dec.Decode(&m); err != nil {
-				return
-			}
-			c.msgs <- m
-		}
-	}()
+	c := &child{t: t, proc: startProc[childMsg](t, "holder", 4,
+		childEnv+"=holder", urlEnv+"="+rawURL, keyEnv+"="+key, ttlEnv+"="+ttl.String())}
+	cmd, inW := c.cmd, c.stdin
 	t.Cleanup(func() {
 		_ = syscall.Kill(cmd.Process.Pid, syscall.SIGCONT)
 		_ = cmd.Process.Kill()

@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -196,47 +195,16 @@ func runHerd(c *flight.Cache[string], key string) herdMsg {
 
 // herdWorker is a worker process seen from the test.
 type herdWorker struct {
+	*proc[herdMsg]
 	t      testing.TB
-	cmd    *exec.Cmd
-	stdin  *os.File
-	msgs   chan herdMsg
-	stderr *syncBuffer
-	done   chan struct{} // closed when stdout reached EOF
 	exited chan error
 }
 
 func startHerdWorker(t testing.TB, rawURL, name, loads string) *herdWorker {
 	t.Helper()
-	cmd := exec.Command(os.Args[0], "-test.run=^$")
-	cmd.Env = append(os.Environ(), errHerdEnv+"=1", errHerdURLEnv+"="+rawURL, errHerdNameEnv+"="+name, errHerdLoadsEnv+"="+loads)
-	dieWithParent(cmd)
-	inR, inW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	outR, outW, err := os.Pipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	w := &herdWorker{t: t, cmd: cmd, stdin: inW, msgs: make(chan herdMsg, 2), stderr: &syncBuffer{}, done: make(chan struct{}), exited: make(chan error, 1)}
-	cmd.Stdin, cmd.Stdout, cmd.Stderr = inR, outW, w.stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start worker process: %v", err)
-	}
-	inR.Close()
-	outW.Close()
-	go func() {
-		defer close(w.done)
-		defer outR.Close()
-		dec := json.NewDecoder(outR)
-		for {
-			var m herdMsg
-			if err := dec.Decode(&m); err != nil {
-				return
-			}
-			w.msgs <- m
-		}
-	}()
+	w := &herdWorker{t: t, exited: make(chan error, 1), proc: startProc[herdMsg](t, "worker", 2,
+		errHerdEnv+"=1", errHerdURLEnv+"="+rawURL, errHerdNameEnv+"="+name, errHerdLoadsEnv+"="+loads)}
+	cmd, inW := w.cmd, w.stdin
 	go func() { w.exited <- cmd.Wait() }()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
