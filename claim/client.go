@@ -74,6 +74,7 @@ type Client struct {
 	lazy      bool
 	cr        driver.ClaimReader    // nil: TryClaim + Get
 	crl       driver.CommitReleaser // nil: Commit + Release
+	bat       driver.Batcher        // nil: single-key calls, concurrently
 	bc        driver.Broadcaster    // the driver's, or logTopics
 	log       *slog.Logger
 	keys      *fanout // wake-ups, per key
@@ -105,9 +106,21 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	c.tel.init(&o, c.feat.Name)
 	c.cr, _ = d.(driver.ClaimReader)
 	c.crl, _ = d.(driver.CommitReleaser)
+	c.bat, _ = d.(driver.Batcher)
 	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
 		return d.Subscribe(ctx, key, func() { fire(nil, false) })
 	}, d.Unsubscribe)
+	if c.bat != nil {
+		c.keys.subscribeMany = func(ctx context.Context, keys []string, fires []func([]byte, bool)) error {
+			wakes := make([]func(), len(fires))
+			for i, f := range fires {
+				wakes[i] = func() { f(nil, false) }
+			}
+			return c.chunks(len(keys), func(lo, hi int) error {
+				return c.bat.SubscribeMany(ctx, keys[lo:hi], wakes[lo:hi])
+			})
+		}
+	}
 	var ok bool
 	if c.bc, ok = d.(driver.Broadcaster); !ok {
 		c.logTopics = &logTopics{c: c, subs: map[string]*topicFollower{}}

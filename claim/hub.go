@@ -2,6 +2,7 @@ package claim
 
 import (
 	"context"
+	"errors"
 	"sync"
 )
 
@@ -19,6 +20,10 @@ type fanout struct {
 	// same name.
 	subscribe   func(ctx context.Context, name string, fire func(msg []byte, reset bool)) error
 	unsubscribe func(name string)
+	// subscribeMany, if set, makes the substrate subscriptions of several
+	// names in one call (joinMany); on an error it may have made some,
+	// which joinMany drops with unsubscribe.
+	subscribeMany func(ctx context.Context, names []string, fires []func(msg []byte, reset bool)) error
 
 	mu     sync.Mutex
 	names  map[string]*entry
@@ -114,9 +119,113 @@ func (f *fanout) join(ctx context.Context, m *member) error {
 	}
 }
 
+// joinMany joins every member of ms (distinct names), as join does, and
+// returns when all their subscriptions are live. The names without a
+// subscription yet are subscribed together (subscribeMany), or one by one
+// concurrently without it. On an error no member of ms is left joined.
+func (f *fanout) joinMany(ctx context.Context, ms []*member) error {
+	if len(ms) == 1 || f.subscribeMany == nil {
+		errs := make([]error, len(ms))
+		each(len(ms), func(i int) { errs[i] = f.join(ctx, ms[i]) })
+		if err := errors.Join(errs...); err != nil {
+			for _, m := range ms {
+				m.leave()
+			}
+			return err
+		}
+		return nil
+	}
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		return ErrClosed
+	}
+	var fresh, joined, slow []*member
+	for _, m := range ms {
+		m.f = f
+		e := f.names[m.name]
+		switch {
+		case e != nil && e.closing != nil:
+			slow = append(slow, m) // its last unsubscribe is running: join waits for it
+		case e != nil:
+			e.members[m] = struct{}{}
+			m.e = e
+			joined = append(joined, m)
+		default:
+			e = &entry{members: map[*member]struct{}{m: {}}, ready: make(chan struct{})}
+			m.e = e
+			f.names[m.name] = e
+			fresh = append(fresh, m)
+		}
+	}
+	f.mu.Unlock()
+	fail := func(err error) error {
+		for _, m := range ms {
+			m.leave()
+		}
+		return err
+	}
+	if len(fresh) > 0 {
+		names := make([]string, len(fresh))
+		fires := make([]func([]byte, bool), len(fresh))
+		for i, m := range fresh {
+			name := m.name
+			names[i] = name
+			fires[i] = func(msg []byte, reset bool) { f.fire(name, msg, reset) }
+		}
+		err := f.subscribeMany(ctx, names, fires)
+		if err != nil {
+			// Dropped while the entries still stand, so no other join
+			// subscribes a name concurrently with its unsubscribe.
+			for _, n := range names {
+				f.unsubscribe(n)
+			}
+		}
+		f.mu.Lock()
+		for _, m := range fresh {
+			e := m.e
+			e.err = err
+			close(e.ready)
+			if err != nil {
+				if f.names[m.name] == e {
+					delete(f.names, m.name)
+				}
+				for o := range e.members {
+					delete(e.members, o)
+					o.gone()
+				}
+			}
+		}
+		f.mu.Unlock()
+		if err != nil {
+			return fail(err)
+		}
+	}
+	for _, m := range slow {
+		if err := f.join(ctx, m); err != nil {
+			return fail(err)
+		}
+	}
+	for _, m := range joined {
+		select {
+		case <-m.e.ready:
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		}
+		if m.e.err != nil {
+			return fail(m.e.err)
+		}
+	}
+	return nil
+}
+
 func (f *fanout) leave(m *member) {
 	f.mu.Lock()
 	e := m.e
+	if e == nil {
+		f.mu.Unlock()
+		return
+	}
 	if _, ok := e.members[m]; !ok {
 		f.mu.Unlock()
 		return

@@ -173,6 +173,16 @@ func (m *mapDriver) Commit(_ context.Context, l driver.Lease, v []byte, _ time.D
 	return nil
 }
 
+func (m *mapDriver) Revoke(_ context.Context, key string, v []byte, _ time.Duration) error {
+	delete(m.locks, key)
+	if v == nil {
+		delete(m.vals, key)
+	} else {
+		m.vals[key] = append([]byte(nil), v...)
+	}
+	return nil
+}
+
 func (m *mapDriver) Subscribe(context.Context, string, func()) error { return nil }
 func (m *mapDriver) Unsubscribe(string)                              {}
 func (m *mapDriver) Notify(context.Context, string) error            { return nil }

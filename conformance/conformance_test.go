@@ -2,6 +2,7 @@ package conformance_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"sync"
 	"testing"
@@ -69,6 +70,12 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{falseMaxValue, []string{"TooLarge"}},
 		{fencesLostOnRestart, []string{"DurableFence"}},
 		{sharedNamespace, []string{"Isolation"}},
+		{revokeKeepsLease, []string{"Revoke", "RevokeSet", "RevokeWakes"}},
+		{revokeResetsFence, []string{"Revoke", "RevokeSet"}},
+		{revokeWakesNobody, []string{"RevokeWakes"}},
+		{claimManyIgnoresHeld, []string{"Batch"}},
+		{commitManyWithoutTokenCheck, []string{"Batch"}},
+		{getManyShifted, []string{"Batch", "BatchWait"}},
 	}
 	for _, c := range cases {
 		t.Run(c.bug.String(), func(t *testing.T) {
@@ -167,6 +174,12 @@ const (
 	falseMaxValue
 	fencesLostOnRestart
 	sharedNamespace
+	revokeKeepsLease
+	revokeResetsFence
+	revokeWakesNobody
+	claimManyIgnoresHeld
+	commitManyWithoutTokenCheck
+	getManyShifted
 )
 
 func (b bug) String() string {
@@ -176,20 +189,26 @@ func (b bug) String() string {
 		repeatsTokens: "tokens repeat", neverExpires: "leases never expire", wakesOneWaiter: "wakes one waiter",
 		commitReleaseWithoutTokenCheck: "commit-release without token check", commitReleaseDropsWakeups: "commit-release wakes nobody",
 		claimReadMissesValue: "claim-read misses the value", claimReadReturnsExpired: "claim-read returns expired values",
-		releasesExpired:       "releases expired leases",
-		acceptsServerExpired:  "commit and extend not judged on the server's expiry",
-		wakesBeforeChange:     "wakes before the release is visible",
-		appliesCancelled:      "applies calls whose context is done",
-		releaseReadThenDelete: "release reads, then deletes",
-		remainingWrongUnit:    "HeldError.Remaining in the wrong unit",
-		subscribeNotLive:      "Subscribe returns before the subscription is live",
-		unsubscribeIgnored:    "Unsubscribe keeps waking",
-		busDeliversNowhere:    "declares Broadcast, delivers to nobody",
-		falseAtomicCommit:     "declares AtomicCommit, checks then writes",
-		falseMinTTL:           "declares MinTTL, grants less",
-		falseMaxValue:         "declares MaxValueLen, stores less",
-		fencesLostOnRestart:   "declares DurableFence, loses fences on restart",
-		sharedNamespace:       "namespaces share keys",
+		releasesExpired:             "releases expired leases",
+		acceptsServerExpired:        "commit and extend not judged on the server's expiry",
+		wakesBeforeChange:           "wakes before the release is visible",
+		appliesCancelled:            "applies calls whose context is done",
+		releaseReadThenDelete:       "release reads, then deletes",
+		remainingWrongUnit:          "HeldError.Remaining in the wrong unit",
+		subscribeNotLive:            "Subscribe returns before the subscription is live",
+		unsubscribeIgnored:          "Unsubscribe keeps waking",
+		busDeliversNowhere:          "declares Broadcast, delivers to nobody",
+		falseAtomicCommit:           "declares AtomicCommit, checks then writes",
+		falseMinTTL:                 "declares MinTTL, grants less",
+		falseMaxValue:               "declares MaxValueLen, stores less",
+		fencesLostOnRestart:         "declares DurableFence, loses fences on restart",
+		sharedNamespace:             "namespaces share keys",
+		revokeKeepsLease:            "revoke deletes the value, keeps the lease",
+		revokeResetsFence:           "revoke resets the fence",
+		revokeWakesNobody:           "revoke wakes nobody",
+		claimManyIgnoresHeld:        "batched claim ignores held keys",
+		commitManyWithoutTokenCheck: "batched commit without token check",
+		getManyShifted:              "batched read returns values out of order",
 	}[b]
 }
 
@@ -478,6 +497,89 @@ func (d *naiveDriver) CommitRelease(ctx context.Context, l driver.Lease, v []byt
 	n.mu.Unlock()
 	if n.bugs&commitReleaseDropsWakeups == 0 {
 		n.wake(subs)
+	}
+	return nil
+}
+
+func (d *naiveDriver) Revoke(ctx context.Context, key string, v []byte, ttl time.Duration) error {
+	if err := d.ctx(ctx); err != nil {
+		return err
+	}
+	n, k := d.n, d.ns+key
+	n.mu.Lock()
+	if n.bugs&revokeKeepsLease == 0 {
+		delete(n.locks, k)
+	}
+	if n.bugs&revokeResetsFence != 0 {
+		delete(n.fence, k)
+	}
+	if v != nil {
+		if err := n.set(k, v, ttl); err != nil {
+			n.mu.Unlock()
+			return err
+		}
+	} else {
+		delete(n.vals, k)
+	}
+	subs := n.wakesLocked(k)
+	n.mu.Unlock()
+	if n.bugs&revokeWakesNobody == 0 {
+		n.wake(subs)
+	}
+	return nil
+}
+
+func (d *naiveDriver) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
+	out := make([][]byte, len(keys))
+	for i, k := range keys {
+		v, err := d.Get(ctx, k)
+		switch {
+		case errors.Is(err, driver.ErrNotFound):
+		case err != nil:
+			return nil, err
+		default:
+			out[i] = v
+		}
+	}
+	if d.n.bugs&getManyShifted != 0 && len(out) > 1 {
+		out = append(out[1:], out[0])
+	}
+	return out, nil
+}
+
+func (d *naiveDriver) TryClaimMany(ctx context.Context, keys, holders []string, ttl time.Duration) ([]driver.Claimed, error) {
+	out := make([]driver.Claimed, len(keys))
+	for i, k := range keys {
+		o := &out[i]
+		if d.n.bugs&claimManyIgnoresHeld != 0 {
+			d.n.mu.Lock()
+			delete(d.n.locks, d.ns+k)
+			d.n.mu.Unlock()
+		}
+		o.Lease, o.Value, o.Found, o.Err = d.TryClaimRead(ctx, k, holders[i], ttl)
+	}
+	return out, nil
+}
+
+func (d *naiveDriver) CommitReleaseMany(ctx context.Context, commits []driver.Commit) ([]error, error) {
+	errs := make([]error, len(commits))
+	for i, c := range commits {
+		if d.n.bugs&commitManyWithoutTokenCheck != 0 {
+			d.n.mu.Lock()
+			d.n.locks[d.ns+c.Lease.Key] = c.Lease
+			d.n.exp[d.ns+c.Lease.Key] = time.Now().Add(time.Minute)
+			d.n.mu.Unlock()
+		}
+		errs[i] = d.CommitRelease(ctx, c.Lease, c.Value, c.TTL)
+	}
+	return errs, nil
+}
+
+func (d *naiveDriver) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
+	for i, k := range keys {
+		if err := d.Subscribe(ctx, k, wakes[i]); err != nil {
+			return err
+		}
 	}
 	return nil
 }

@@ -16,8 +16,9 @@
 //
 // Required: Driver (Claimer, Notifier and Store, plus Features and
 // Close). Optional, found by type assertion: ClaimReader and
-// CommitReleaser (one round trip saved each), Broadcaster (a native
-// topic bus), Aser (the native client). What the client does without
+// CommitReleaser (one round trip saved each), Batcher (many keys per
+// round trip), Broadcaster (a native topic bus), Aser (the native
+// client). What the client does without
 // each is said on the interface.
 package driver
 
@@ -105,6 +106,23 @@ type Claimer interface {
 	// Otherwise it returns ErrLost and writes nothing that could be read
 	// as current. Commit does not release the lease. value is not retained.
 	Commit(ctx context.Context, l Lease, value []byte, ttl time.Duration) error
+
+	// Revoke ends key's current lease, whoever holds it, and replaces
+	// key's stored value: with value for ttl (0: no expiry) if value is
+	// not nil, else by deleting it. Then it wakes every subscriber of the
+	// key in every process (after the change is visible to TryClaim and
+	// Get). A revoked lease is lost: Extend, Commit, Release and
+	// CommitRelease with it return ErrLost and change nothing, even
+	// before the lease would have expired, and a later TryClaim may grant
+	// the key at once. Revoke never lowers the fence: the next lease of
+	// the key gets a token greater than the revoked one's. A key with no
+	// lease has only its value replaced. Where the substrate allows, the
+	// lease and the value change in one atomic step; otherwise the lease
+	// ends first, so that a Commit racing Revoke either lands before the
+	// value is replaced (and is replaced) or fails. Revoking twice is
+	// harmless. Revoke is the fenced invalidation of flight's Invalidate
+	// and Set: a load that started before it cannot publish after it.
+	Revoke(ctx context.Context, key string, value []byte, ttl time.Duration) error
 }
 
 // Notifier delivers wake-ups. The client keeps one substrate subscription
@@ -325,4 +343,7 @@ type Features struct {
 	MaxValueLen int
 	// Broadcast is true if the driver implements Broadcaster.
 	Broadcast bool
+	// MaxBatch is the largest batch a Batcher method takes (0: no limit
+	// of the driver's own); the client splits larger ones.
+	MaxBatch int
 }

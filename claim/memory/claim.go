@@ -84,3 +84,22 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 	sp.mu.Unlock()
 	return nil
 }
+
+// Revoke implements driver.Claimer: the lease goes (its fence counter
+// stays) and the value is replaced, under one lock of the Space.
+func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	sp := b.sp
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	delete(sp.locks, key)
+	if val != nil {
+		sp.setLocked(key, val, ttl, sp.now())
+	} else {
+		delete(sp.values, key)
+	}
+	sp.wakeLocked(key)
+	return nil
+}

@@ -106,6 +106,7 @@ var (
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 )
 
 // New returns a new Client of space (a fresh private Space if nil), as if

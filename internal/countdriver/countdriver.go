@@ -31,11 +31,17 @@ const (
 	CommitRelease // driver.CommitReleaser's CommitRelease
 	Publish       // driver.Broadcaster's Publish
 	SubscribeTopic
+	Revoke
+	GetMany           // driver.Batcher's methods
+	ClaimMany         //
+	CommitReleaseMany //
+	SubscribeMany     //
 	NumMethods
 )
 
 var names = [NumMethods]string{"get", "subscribe", "claim", "commit", "release", "extend", "notify",
-	"set", "delete", "claim+read", "commit+release", "publish", "subscribe-topic"}
+	"set", "delete", "claim+read", "commit+release", "publish", "subscribe-topic", "revoke",
+	"get-many", "claim-many", "commit-release-many", "subscribe-many"}
 
 func (m Method) String() string { return names[m] }
 
@@ -102,6 +108,8 @@ type Options struct {
 	NoFastPaths bool
 	// NoBroadcast hides driver.Broadcaster.
 	NoBroadcast bool
+	// NoBatch hides driver.Batcher.
+	NoBatch bool
 }
 
 // Wrap returns d counted by c (a new Counter if nil), with the optional
@@ -113,16 +121,29 @@ func Wrap(d driver.Driver, c *Counter, opt Options) (driver.Driver, *Counter) {
 	cr, _ := d.(driver.ClaimReader)
 	crl, _ := d.(driver.CommitReleaser)
 	bc, _ := d.(driver.Broadcaster)
+	ba, _ := d.(driver.Batcher)
 	withFast := !opt.NoFastPaths && cr != nil && crl != nil
 	withBus := !opt.NoBroadcast && bc != nil
+	withBatch := !opt.NoBatch && ba != nil
 	b := &base{d: d, c: c, bus: withBus}
+	f := fastPaths{b, cr, crl}
+	x := bus{b, bc}
+	y := batch{b, ba}
 	switch {
+	case withFast && withBus && withBatch:
+		return &fastBusBatch{f, x, y}, c
 	case withFast && withBus:
-		return &fastBus{fastPaths{b, cr, crl}, bus{b, bc}}, c
+		return &fastBus{f, x}, c
+	case withFast && withBatch:
+		return &fastBatch{f, y}, c
+	case withBus && withBatch:
+		return &busBatch{b, x, y}, c
 	case withFast:
-		return &fastPaths{b, cr, crl}, c
+		return &f, c
 	case withBus:
-		return &busOnly{b, bus{b, bc}}, c
+		return &busOnly{b, x}, c
+	case withBatch:
+		return &batchOnly{b, y}, c
 	}
 	return b, c
 }
@@ -151,6 +172,11 @@ func (b *base) Release(ctx context.Context, l driver.Lease) error {
 func (b *base) Commit(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {
 	b.c.add(Commit)
 	return b.d.Commit(ctx, l, v, ttl)
+}
+
+func (b *base) Revoke(ctx context.Context, key string, v []byte, ttl time.Duration) error {
+	b.c.add(Revoke)
+	return b.d.Revoke(ctx, key, v, ttl)
 }
 
 func (b *base) Subscribe(ctx context.Context, key string, wake func()) error {
@@ -235,6 +261,53 @@ type busOnly struct {
 type fastBus struct {
 	fastPaths
 	bus
+}
+
+type batch struct {
+	b  *base
+	ba driver.Batcher
+}
+
+func (x batch) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
+	x.b.c.add(GetMany)
+	return x.ba.GetMany(ctx, keys)
+}
+
+func (x batch) TryClaimMany(ctx context.Context, keys, holders []string, ttl time.Duration) ([]driver.Claimed, error) {
+	x.b.c.add(ClaimMany)
+	return x.ba.TryClaimMany(ctx, keys, holders, ttl)
+}
+
+func (x batch) CommitReleaseMany(ctx context.Context, commits []driver.Commit) ([]error, error) {
+	x.b.c.add(CommitReleaseMany)
+	return x.ba.CommitReleaseMany(ctx, commits)
+}
+
+func (x batch) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
+	x.b.c.add(SubscribeMany)
+	return x.ba.SubscribeMany(ctx, keys, wakes)
+}
+
+type batchOnly struct {
+	*base
+	batch
+}
+
+type fastBatch struct {
+	fastPaths
+	batch
+}
+
+type busBatch struct {
+	*base
+	bus
+	batch
+}
+
+type fastBusBatch struct {
+	fastPaths
+	bus
+	batch
 }
 
 // ByName returns the non-zero counts by method name.
