@@ -80,6 +80,12 @@ type Result[V any] struct {
 	Shared bool
 	// Written is when the value was loaded (zero for a fallback).
 	Written time.Time
+	// Superseded is true if the value came from a load whose result was
+	// not cached: an Invalidate, Set or InvalidateAll ran while it was
+	// under way, or its lease was lost. It answers this call only.
+	Superseded bool
+	// Err is the key's error, in GetMany's results only.
+	Err error
 }
 
 // Cache is a tiered, stampede-proof cache of V on a *claim.Client: an
@@ -99,6 +105,9 @@ type Cache[V any] struct {
 
 	mu      sync.Mutex
 	flights map[string]*flight[V]
+	// gen is the name's generation (InvalidateAll): the key space of L2.
+	// Written under mu.
+	gen atomic.Uint64
 
 	root      context.Context
 	cancel    context.CancelFunc
@@ -116,6 +125,16 @@ type flight[V any] struct {
 	// refresh of that value was asked for). Zero: any fresh value does.
 	after time.Time
 	bg    bool
+	// gen is the Cache's generation when the flight started: its L2 key
+	// space. superseded: an Invalidate, Set or InvalidateAll ran while
+	// the flight was under way, so its answer must not fill L1.
+	// unpublished: its value was not stored in L2 (the commit was refused
+	// or the flight was superseded); its callers' answers say so
+	// (Result.Superseded). unpublished is the flight goroutine's, read by
+	// callers after done.
+	gen         uint64
+	superseded  atomic.Bool
+	unpublished bool
 
 	// stale is an old value callers may be given; it is set before
 	// pending is closed, which happens when the flight found no fresh
@@ -197,6 +216,9 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	} else {
 		c.stopTopic = stop
 	}
+	// The generation is read after the subscription is live, so an
+	// InvalidateAll is either read here or announced.
+	c.syncGen(c.root)
 	return c, nil
 }
 
@@ -262,12 +284,15 @@ type answer[V any] struct {
 	src    Source
 	shared bool
 	noKey  bool // the call failed before its key was checked: Result.Key is ""
+	// superseded: the answer came from a flight whose value was not
+	// cached (Result.Superseded).
+	superseded bool
 }
 
 // result is the Result of answer a to a call with normalised key k and
 // options opts.
 func (a answer[V]) result(k string, opts []CallOption) Result[V] {
-	r := Result[V]{Source: a.src, Shared: a.shared}
+	r := Result[V]{Source: a.src, Shared: a.shared, Superseded: a.superseded}
 	if !a.noKey {
 		r.Key = k
 	}
@@ -472,7 +497,7 @@ func detached(ctx context.Context) context.Context {
 // newFlightLocked registers a flight; c.mu must be held and the Cache
 // open. The caller starts c.run.
 func (c *Cache[V]) newFlightLocked(k string, load LoadFunc[V], old *entry[V]) *flight[V] {
-	f := &flight[V]{key: k, load: load, stale: old, pending: make(chan struct{}), blockWake: make(chan struct{}), done: make(chan struct{})}
+	f := &flight[V]{key: k, load: load, stale: old, gen: c.gen.Load(), pending: make(chan struct{}), blockWake: make(chan struct{}), done: make(chan struct{})}
 	c.flights[k] = f
 	c.wg.Add(1)
 	return f
@@ -557,7 +582,9 @@ func (c *Cache[V]) result(f *flight[V], p Policy, shared bool) (answer[V], error
 		}
 		return a, f.err
 	}
-	return hit(f.res, f.src, shared)
+	a, err := hit(f.res, f.src, shared)
+	a.superseded = f.unpublished
+	return a, err
 }
 
 // run resolves flight f on its own goroutine, detached from every caller:
@@ -601,9 +628,18 @@ func (c *Cache[V]) run(vals context.Context, f *flight[V]) {
 // error). A load error does not replace a value L1 may still serve.
 func (c *Cache[V]) finish(f *flight[V], e *entry[V], src Source, err error) {
 	now := time.Now()
-	if e != nil && c.l1 != nil && now.Before(e.staleTil) && !c.closed.Load() &&
+	if f.superseded.Load() || f.gen != c.gen.Load() {
+		f.unpublished = true
+	}
+	if e != nil && c.l1 != nil && now.Before(e.staleTil) && !c.closed.Load() && !f.unpublished &&
 		(e.failed == nil || f.stale == nil || f.stale.state(now) == expired) {
-		c.l1.Set(f.key, e)
+		c.l1.Set(f.key, c.l1Entry(e))
+		// An Invalidate that marked f after the check above dropped L1
+		// before or after this Set: if before, drop again.
+		if f.superseded.Load() || f.gen != c.gen.Load() {
+			c.l1.Invalidate(f.key)
+			f.unpublished = true
+		}
 	}
 	f.res, f.src, f.err = e, src, err
 	c.mu.Lock()
@@ -628,62 +664,6 @@ func (c *Cache[V]) markPending(f *flight[V]) {
 		}
 		close(f.pending)
 	}
-}
-
-// Invalidate removes key from L2 and from this process's L1, then drops
-// it from every other process's L1 (through claim.Client.Publish on the
-// Cache's topic). It also notifies the key, so processes waiting on it
-// re-check. A load of
-// key already under way when Invalidate runs may still publish its value.
-func (c *Cache[V]) Invalidate(ctx context.Context, key string) error {
-	if c.closed.Load() {
-		return ErrClosed
-	}
-	k := c.cfg.Normalize(key)
-	if k == "" {
-		return fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
-	}
-	bk := c.cfg.prefix + k
-	var errs []error
-	err := c.b.Delete(ctx, bk)
-	c.observe(ctx, err)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("flight: invalidate %q: %w", k, err))
-	}
-	c.dropL1(k)
-	err = c.b.Publish(ctx, c.cfg.topic, []byte(k))
-	c.observe(ctx, err)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("flight: invalidate %q: publish: %w", k, err))
-	}
-	err = c.b.Notify(ctx, bk)
-	c.observe(ctx, err)
-	if err != nil {
-		errs = append(errs, fmt.Errorf("flight: invalidate %q: notify: %w", k, err))
-	}
-	return errors.Join(errs...)
-}
-
-func (c *Cache[V]) dropL1(k string) {
-	if c.l1 != nil {
-		c.l1.Invalidate(k)
-		c.stats.invalidated.Add(1)
-	}
-}
-
-// onInvalidate handles the invalidation topic: a message is a normalised
-// key; a reset (messages may have been missed) drops the whole L1.
-func (c *Cache[V]) onInvalidate(msg []byte, reset bool) {
-	if c.l1 == nil {
-		return
-	}
-	if reset {
-		c.l1.InvalidateAll()
-		c.stats.invalidated.Add(1)
-		c.log.Debug("flight: invalidation stream reset: L1 dropped")
-		return
-	}
-	c.dropL1(string(msg))
 }
 
 // Close stops the Cache: flights under way end (their callers get

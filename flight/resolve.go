@@ -25,9 +25,9 @@ import (
 // every call is bounded by OpTimeout too.
 func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
 	until := time.Now().Add(c.cfg.WaitTimeout)
-	bk := c.cfg.prefix + f.key
+	bk := c.bkey(f.gen, f.key)
 
-	e, err := c.l2Get(ctx, bk, until)
+	e, err := c.l2Get(ctx, bk, f.key, until)
 	if err != nil {
 		return c.backendDown(ctx, f, "get", err)
 	}
@@ -46,7 +46,7 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 	// (kept decoded in found); a stale one is offered to Fallback callers.
 	var found *entry[V]
 	accept := func(b []byte) bool {
-		e := c.l2Decode(bk, b)
+		e := c.l2Decode(f.key, b)
 		if e == nil {
 			return false
 		}
@@ -162,9 +162,9 @@ func (c *Cache[V]) usable(f *flight[V], e *entry[V]) freshness {
 	return s
 }
 
-// l2Get reads and decodes key from L2. A missing value is (nil, nil); so
+// l2Get reads and decodes bk (normalised key k) from L2. A missing value is (nil, nil); so
 // is one that fails to decode or has another schema (logged, counted).
-func (c *Cache[V]) l2Get(ctx context.Context, bk string, until time.Time) (*entry[V], error) {
+func (c *Cache[V]) l2Get(ctx context.Context, bk, k string, until time.Time) (*entry[V], error) {
 	octx := c.opContext(ctx, until)
 	defer octx.Stop()
 	b, err := c.b.Get(octx, bk)
@@ -175,20 +175,20 @@ func (c *Cache[V]) l2Get(ctx context.Context, bk string, until time.Time) (*entr
 	if err != nil {
 		return nil, err
 	}
-	return c.l2Decode(bk, b), nil
+	return c.l2Decode(k, b), nil
 }
 
-// l2Decode decodes an L2 value; one that fails to decode or has another
-// schema is nil (logged, counted).
-func (c *Cache[V]) l2Decode(bk string, b []byte) *entry[V] {
+// l2Decode decodes the L2 value of normalised key k; one that fails to
+// decode or has another schema is nil (logged, counted).
+func (c *Cache[V]) l2Decode(k string, b []byte) *entry[V] {
 	e, err := c.decode(b)
 	if err != nil {
 		c.stats.decodeErrors.Add(1)
-		c.log.Warn("flight: unreadable L2 value, treated as a miss", "key", bk, "err", err)
+		c.log.Warn("flight: unreadable L2 value, treated as a miss", "key", k, "err", err)
 		return nil
 	}
 	if e.failed != nil {
-		e.failed.Key = bk[len(c.cfg.prefix):]
+		e.failed.Key = k
 	}
 	return e
 }
@@ -248,8 +248,11 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 		released = true
 		c.stats.commits.Add(1)
 	case errors.Is(cerr, claim.ErrLost):
+		// Revoked (Invalidate, Set) or expired: a newer holder or writer
+		// owns the key, so the value is not cached here either.
+		f.unpublished = true
 		c.stats.lostCommits.Add(1)
-		c.log.Warn("flight: lease lost during the load; value returned to this process only", "key", f.key, "err", cerr)
+		c.log.Debug("flight: lease lost or revoked during the load; value returned to this flight's callers only, not cached", "key", f.key, "err", cerr)
 	default:
 		c.log.Debug("flight: commit failed; value returned to this process only", "key", f.key, "err", cerr)
 	}
