@@ -165,3 +165,33 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 	_, err := b.update(ctx, l.Key, "SET "+set+" REMOVE "+rem, current, vals, types.ReturnValueNone)
 	return lost(err)
 }
+
+// Revoke implements driver.Claimer: one unconditional UpdateItem of the
+// key's item that removes the holder and its expiry, stores or removes
+// the value, and bumps the notify counter. The fence (f) stays, so the
+// next claim's token is greater than the revoked one's. Lease, value and
+// counter live in one item, so the change is atomic: a Commit or
+// CommitRelease with the revoked lease either landed before it (and its
+// value is replaced) or fails its condition on the holder (ErrLost), and
+// a poller sees the lease gone, the new value and the bump in one read,
+// which wakes it (the counter changed). Revoking twice rewrites the same
+// state and bumps the counter again.
+func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	now := time.Now()
+	vals := map[string]types.AttributeValue{}
+	var set, rem string
+	if val != nil {
+		set, rem = b.valueExpr(val, ttl, now, vals)
+		set, rem = set+", ", rem+", "
+	} else {
+		rem = "#v, #ve, #vp, "
+		if b.retention > 0 {
+			// Nothing live is left in the item: no lease, no value.
+			vals[":reap"] = num(now.Add(b.retention).Unix())
+			set = "#exp = :reap, "
+		}
+	}
+	expr := "SET " + set + bumpNotify(vals) + " REMOVE " + rem + "#h, #le"
+	_, err := b.update(ctx, key, expr, "", vals, types.ReturnValueNone)
+	return err
+}

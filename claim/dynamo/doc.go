@@ -80,7 +80,18 @@
 // success. TryClaimRead is the
 // claim's UpdateItem returning the whole new item (ALL_NEW); CommitRelease
 // is one UpdateItem, conditional like Commit, that writes the value,
-// removes the holder and bumps the notify counter.
+// removes the holder and bumps the notify counter. Revoke is one
+// unconditional UpdateItem that removes the holder and its expiry (the
+// fence stays), stores or removes the value and bumps the notify counter,
+// atomic since all of it is in the key's item.
+//
+// Batches (driver.Batcher, Features.MaxBatch 100): GetMany and
+// SubscribeMany are one strongly consistent BatchGetItem (another only
+// for keys DynamoDB leaves unprocessed: a reply over 16 MB, throttling);
+// TryClaimMany and CommitReleaseMany send each key's single conditional
+// UpdateItem concurrently: one request per key, the latency of one, each
+// atomic on its key and nothing across keys (DynamoDB has no conditional
+// batch write).
 //
 // DynamoDB has no server clock in conditions: expiry is judged on the
 // clients' clocks. A holder records its lease's expiry as request time +
@@ -96,11 +107,11 @@
 //
 // Notification polls (Features.Notify is Poll, see driver.Poller): a poll
 // is one strongly consistent GetItem of the lease attributes. A changed
-// notify counter (Release, CommitRelease and Notify bump it; a missing one
-// starts at the current Unix time in microseconds, so it never comes back
-// to a value a poller saw), or the lease seen last running out or taken
-// over, wakes the key's waiters; a claim on a free key does not. Topics
-// use the Client's topic log.
+// notify counter (Release, CommitRelease, Revoke and Notify bump it; a
+// missing one starts at the current Unix time in microseconds, so it
+// never comes back to a value a poller saw), or the lease seen last
+// running out or taken over, wakes the key's waiters; a claim on a free
+// key does not. Topics use the Client's topic log.
 //
 // # Errors
 //

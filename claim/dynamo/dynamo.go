@@ -94,6 +94,7 @@ var (
 	_ driver.Driver         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 )
 
@@ -156,6 +157,7 @@ func (b *backend) Features() driver.Features {
 		MinTTL:         time.Millisecond,
 		TTLGranularity: time.Millisecond,
 		MaxValueLen:    MaxValueLen,
+		MaxBatch:       MaxBatch,
 	}
 }
 

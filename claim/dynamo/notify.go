@@ -23,23 +23,43 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 	return err
 }
 
+// pollAttrs are the attributes a poll reads.
+var pollAttrs = []string{"h", "le", "f", "n"}
+
+// preRead is the context key under which SubscribeMany hands readState
+// the states its one BatchGetItem read (a map[string]driver.PollState by
+// key), so that Poller.Subscribe's first read costs no request.
+type preRead struct{}
+
 // readState is the poll: one strongly consistent GetItem of the lease
-// attributes. The token is the notify counter (see bumpNotify), the holder
-// the live lease's fence ("" when there is none or it ran out, which is
-// also when the state is due to change by itself).
+// attributes (pollState), or, for a key SubscribeMany has just read, that
+// state.
 func (b *backend) readState(ctx context.Context, key string) (driver.PollState, error) {
-	item, err := b.getItem(ctx, key, "h", "le", "f", "n")
+	if pre, ok := ctx.Value(preRead{}).(map[string]driver.PollState); ok {
+		if st, ok := pre[key]; ok {
+			return st, nil
+		}
+	}
+	item, err := b.getItem(ctx, key, pollAttrs...)
 	if err != nil {
 		return driver.PollState{}, err
 	}
+	return b.pollState(item, time.Now()), nil
+}
+
+// pollState is the state of an item (nil if absent) read at now. The
+// token is the notify counter (see bumpNotify), the holder the live
+// lease's fence ("" when there is none or it ran out, which is also when
+// the state is due to change by itself).
+func (b *backend) pollState(item map[string]types.AttributeValue, now time.Time) driver.PollState {
 	var st driver.PollState
 	n, _ := attr(item, "n")
 	st.Token = strconv.FormatInt(n, 10)
 	if le, ok := attr(item, "le"); ok && item["h"] != nil {
-		if exp := b.expiry(le); time.Now().Before(exp) {
+		if exp := b.expiry(le); now.Before(exp) {
 			f, _ := attr(item, "f")
 			st.Holder, st.Expires = strconv.FormatInt(f, 10), exp
 		}
 	}
-	return st, nil
+	return st
 }

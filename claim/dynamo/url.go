@@ -85,6 +85,12 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		tr.DialContext = (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext
 	}
 	tr.TLSHandshakeTimeout = dialTimeout
+	// A batch sends up to MaxBatch writes at once, a connection each:
+	// keep that many idle for the next one instead of handshaking again.
+	if tr.MaxIdleConns > 0 { // 0: no limit
+		tr.MaxIdleConns = max(tr.MaxIdleConns, MaxBatch)
+	}
+	tr.MaxIdleConnsPerHost = max(tr.MaxIdleConnsPerHost, MaxBatch)
 	cfg.HTTPClient = &http.Client{Transport: tr}
 	client := dynamodb.NewFromConfig(cfg, func(do *dynamodb.Options) {
 		if endpoint != "" {
