@@ -34,13 +34,20 @@ func (JSON) Unmarshal(data []byte, v any) error { return json.Unmarshal(data, v)
 //	byte 2      flags: bit 0 not found (a cached negative answer);
 //	            bit 1 failed (a published load error, Options.ErrorTTL);
 //	            bit 2 timed out (with bit 1 only: the load timed out);
-//	            bit 3 traced (the holder's span context follows)
+//	            bit 3 traced (the holder's span context follows);
+//	            bit 4 stale window follows (the loader set it: SetExpiry);
+//	            bit 5 fail-safe (an expired value published again for
+//	            Options.FailSafeThrottle because the load failed)
 //	bytes 3-10  written: Unix nanoseconds, big endian
 //	bytes 11-18 fresh: nanoseconds after written the value is fresh
 //	bytes 19-26 load: nanoseconds the load took (for early refresh)
 //	25 bytes    only with bit 3: the span context of the holder's load
 //	            (W3C trace context): trace id (16 bytes, not all zero),
 //	            span id (8 bytes, not all zero), trace flags (1 byte)
+//	8 bytes     only with bit 4: nanoseconds after fresh the value may be
+//	            served stale, big endian
+//	8 bytes     only with bit 5: nanoseconds after written the value may
+//	            be answered fail-safe, big endian
 //	uvarint     length of the schema, then the schema
 //	rest        the value, encoded by the Codec; empty when not found;
 //	            when failed, the holder's error text (UTF-8, at most 512
@@ -62,8 +69,10 @@ const (
 	flagFailed    = 2
 	flagTimedOut  = 4
 	flagTraced    = 8
+	flagStale     = 16
+	flagFailSafe  = 32
 	maxSchemaLen  = 1 << 10
-	knownEnvFlags = flagNotFound | flagFailed | flagTimedOut | flagTraced
+	knownEnvFlags = flagNotFound | flagFailed | flagTimedOut | flagTraced | flagStale | flagFailSafe
 )
 
 var (
@@ -89,6 +98,11 @@ type envelope struct {
 	// the frame of every L2 read, on the flight's young stack.
 	traced bool
 	origin [envTraceLen]byte
+	// hasStale (bit 4): stale is the value's own stale window.
+	hasStale bool
+	stale    time.Duration
+	failSafe bool          // bit 5
+	failFor  time.Duration // with failSafe
 }
 
 func appendEnvelope(dst []byte, e envelope) []byte {
@@ -105,12 +119,24 @@ func appendEnvelope(dst []byte, e envelope) []byte {
 	if e.traced {
 		flags |= flagTraced
 	}
+	if e.hasStale {
+		flags |= flagStale
+	}
+	if e.failSafe {
+		flags |= flagFailSafe
+	}
 	dst = append(dst, envMagic, envVersion, flags)
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.written.UnixNano()))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.fresh))
 	dst = binary.BigEndian.AppendUint64(dst, uint64(e.load))
 	if e.traced {
 		dst = append(dst, e.origin[:]...)
+	}
+	if e.hasStale {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(e.stale))
+	}
+	if e.failSafe {
+		dst = binary.BigEndian.AppendUint64(dst, uint64(e.failFor))
 	}
 	dst = binary.AppendUvarint(dst, uint64(len(e.schema)))
 	dst = append(dst, e.schema...)
@@ -158,6 +184,28 @@ func parseEnvelope(b []byte) (envelope, error) {
 		}
 		b = b[envTraceLen:]
 	}
+	if flags&flagStale != 0 {
+		if len(b) < 8 {
+			return e, fmt.Errorf("%w: short stale window", errCorrupt)
+		}
+		st := int64(binary.BigEndian.Uint64(b))
+		if st < 0 || e.notFound || e.failed {
+			return e, fmt.Errorf("%w: stale window %d with flags %#x", errCorrupt, st, flags)
+		}
+		e.hasStale, e.stale = true, time.Duration(st)
+		b = b[8:]
+	}
+	if flags&flagFailSafe != 0 {
+		if len(b) < 8 || e.notFound || e.failed {
+			return e, fmt.Errorf("%w: fail-safe value with flags %#x", errCorrupt, flags)
+		}
+		ff := int64(binary.BigEndian.Uint64(b))
+		if ff < 0 {
+			return e, fmt.Errorf("%w: negative fail-safe window", errCorrupt)
+		}
+		e.failSafe, e.failFor = true, time.Duration(ff)
+		b = b[8:]
+	}
 	n, k := binary.Uvarint(b)
 	if k <= 0 || n > maxSchemaLen || uint64(len(b)-k) < n {
 		return e, fmt.Errorf("%w: bad schema length", errCorrupt)
@@ -184,6 +232,13 @@ type entry[V any] struct {
 	freshTil time.Time     // fresh until
 	staleTil time.Time     // may be served stale until
 	load     time.Duration // how long the load took
+	// failSafe: an expired value answered (and published for
+	// Options.FailSafeThrottle) because its refresh failed: callers get
+	// it with Source FailSafe.
+	failSafe bool
+	// failSafeTil, if set, is when the value stops being a fail-safe
+	// answer (a fail-safe copy's limit, or an L1 copy's: failSafeLimit).
+	failSafeTil time.Time
 	// origin is the span of the load that produced a value read from L2,
 	// when its holder was traced (the envelope's span context); nil
 	// otherwise. Callers answered with it from L2 link their span to it.
@@ -231,8 +286,16 @@ func (c *Cache[V]) encode(e *entry[V], origin *trace.SpanContext) ([]byte, error
 		load:     e.load,
 		schema:   c.cfg.Schema,
 		payload:  payload,
+		failSafe: e.failSafe,
 	}
-	n := envHeaderLen + 2 + len(env.schema) + len(payload)
+	if e.failSafe {
+		env.failFor = e.failSafeTil.Sub(e.written)
+	}
+	n := envHeaderLen + 8 + 2 + len(env.schema) + len(payload)
+	if st := e.staleTil.Sub(e.freshTil); e.failed == nil && !e.notFound && st != c.cfg.StaleTTL && st >= 0 {
+		env.hasStale, env.stale = true, st
+		n += 8
+	}
 	if origin != nil {
 		env.traced = true
 		traceBytes(&env.origin, origin)
@@ -256,6 +319,10 @@ func (c *Cache[V]) decode(b []byte) (*entry[V], error) {
 		written:  env.written,
 		freshTil: env.written.Add(env.fresh),
 		load:     env.load,
+		failSafe: env.failSafe,
+	}
+	if env.failSafe {
+		e.failSafeTil = env.written.Add(env.failFor)
 	}
 	if env.traced {
 		e.origin = spanContextOf(&env.origin)
@@ -280,6 +347,9 @@ func (c *Cache[V]) decode(b []byte) (*entry[V], error) {
 		e.failed = &RemoteError{Text: string(env.payload), TimedOut: env.timedOut, Written: env.written}
 	case !e.notFound:
 		e.staleTil = e.freshTil.Add(c.cfg.StaleTTL)
+		if env.hasStale {
+			e.staleTil = e.freshTil.Add(env.stale)
+		}
 		if err := c.cfg.Codec.Unmarshal(env.payload, &e.value); err != nil {
 			return nil, fmt.Errorf("%w: codec: %v", errCorrupt, err)
 		}

@@ -135,6 +135,9 @@ type flight[V any] struct {
 	gen         uint64
 	superseded  atomic.Bool
 	unpublished bool
+	// failSafe is the newest expired value within its fail-safe window
+	// that the flight's callers or reads came across (offerFailSafe).
+	failSafe atomic.Pointer[entry[V]]
 
 	// stale is an old value callers may be given; it is set before
 	// pending is closed, which happens when the flight found no fresh
@@ -183,14 +186,22 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	c := &Cache[V]{b: b, cfg: opt.withDefaults(), flights: map[string]*flight[V]{}}
 	c.health.cur = Health{Since: time.Now()}
 	c.log = c.cfg.Logger.With("cache", c.cfg.Name)
-	c.timed = c.cfg.StaleTTL > 0 || c.cfg.EarlyRefresh > 0
+	c.timed = c.cfg.StaleTTL > 0 || c.cfg.EarlyRefresh > 0 || c.cfg.FailSafeTTL > 0
 	c.sem = make(chan struct{}, c.cfg.MaxFailOpenLoads)
 	if c.cfg.L1Size > 0 {
-		l1TTL := c.cfg.L1TTL
+		l1TTL, timed := c.cfg.L1TTL, c.timed
 		l1, err := otter.New(&otter.Options[string, *entry[V]]{
 			MaximumSize: c.cfg.L1Size,
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, *entry[V]]) time.Duration {
-				d := time.Until(en.Value.staleTil)
+				if t := en.Value.failSafeTil; !t.IsZero() {
+					// An L1 copy (l1Entry): L1TTL is in its freshness.
+					return max(time.Until(t), 1)
+				}
+				til := en.Value.staleTil
+				if !timed {
+					til = en.Value.freshTil
+				}
+				d := time.Until(til)
 				if d > l1TTL {
 					d = l1TTL
 				}
@@ -369,7 +380,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 			return answer[V]{}, ErrNoLoader
 		}
 	}
-	var old *entry[V]
+	var old, fs *entry[V]
 	if c.l1 != nil {
 		if !looked {
 			e, _ = c.l1.GetIfPresent(k)
@@ -392,14 +403,23 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 					return hit(e, SourceStale, false)
 				}
 				old = e
+			default:
+				// Past its stale window: kept only as a fail-safe answer.
+				fs = e
 			}
 		}
 	}
-	return c.join(ctx, k, load, cc.policy, old)
+	if fs == nil {
+		fs = old
+	}
+	return c.join(ctx, k, load, cc.policy, old, fs)
 }
 
 // hit is the answer from entry e.
 func hit[V any](e *entry[V], src Source, shared bool) (answer[V], error) {
+	if e.failSafe && src != SourceStale {
+		src = SourceFailSafe
+	}
 	a := answer[V]{e: e, src: src, shared: shared}
 	switch {
 	case e.notFound:
@@ -425,7 +445,7 @@ func (c *Cache[V]) earlyRefreshDue(e *entry[V], now time.Time) bool {
 // span: the flight this caller starts runs under it (its backend calls
 // and its load are its children); a caller that joins a running flight
 // links to the span that started it.
-func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, old *entry[V]) (answer[V], error) {
+func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Policy, old, fs *entry[V]) (answer[V], error) {
 	ctx, span := c.startSpan(ctx, spanGet)
 	c.mu.Lock()
 	if c.closed.Load() {
@@ -451,6 +471,9 @@ func (c *Cache[V]) join(ctx context.Context, k string, load LoadFunc[V], p Polic
 		if span != nil {
 			f.tr = traceFlight(span)
 		}
+	}
+	if fs != nil {
+		c.offerFailSafe(f, fs)
 	}
 	c.mu.Unlock()
 	if !shared {
@@ -539,14 +562,25 @@ func (c *Cache[V]) await(ctx context.Context, f *flight[V], p Policy, shared boo
 		wake = f.done
 	}
 	cancel := ctx.Done()
+	soft, softC := c.softTimer(p)
+	if soft != nil {
+		defer soft.Stop()
+	}
 	for {
-		if cancel == nil {
+		switch {
+		case cancel == nil && softC == nil:
 			<-wake
-		} else {
+		default:
 			select {
 			case <-wake:
 			case <-cancel:
 				return answer[V]{shared: shared}, ctx.Err()
+			case <-softC:
+				softC = nil
+				if a, ok := c.softAnswer(f, shared); ok {
+					return a, nil
+				}
+				continue
 			}
 		}
 		select {
@@ -617,6 +651,7 @@ func (c *Cache[V]) run(vals context.Context, f *flight[V]) {
 		}
 	}()
 	e, src, err = c.resolve(ctx, f)
+	e, src, err = c.failSafeAnswer(ctx, f, e, src, err)
 	normal = true
 }
 

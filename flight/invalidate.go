@@ -252,8 +252,27 @@ func (c *Cache[V]) onInvalidate(msg []byte, reset bool) {
 	}
 }
 
-// l1Entry is what L1 keeps of e.
-func (c *Cache[V]) l1Entry(e *entry[V]) *entry[V] { return e }
+// l1Entry is what L1 keeps of e: e itself, or with Options.FailSafeTTL a
+// copy that L1 keeps until the end of e's fail-safe window, but fresh and
+// stale no longer than L1TTL from now (which bounds how long L1 serves a
+// value another process may have replaced), a fail-safe answer after.
+func (c *Cache[V]) l1Entry(e *entry[V]) *entry[V] {
+	if c.cfg.FailSafeTTL <= 0 || e.notFound || e.failed != nil {
+		return e
+	}
+	cp := *e
+	cp.failSafeTil = c.failSafeLimit(e)
+	if limit := time.Now().Add(c.cfg.L1TTL); cp.staleTil.After(limit) {
+		cp.staleTil = limit
+		if cp.freshTil.After(limit) {
+			cp.freshTil = limit
+		}
+	}
+	return &cp
+}
 
-// l2TTL is the L2 lifetime of a value fresh for ttl and stale for stale.
-func (c *Cache[V]) l2TTL(ttl, stale time.Duration) time.Duration { return ttl + stale }
+// l2TTL is the L2 lifetime of a value fresh for ttl and stale for stale,
+// kept Options.FailSafeTTL longer for fail-safe answers.
+func (c *Cache[V]) l2TTL(ttl, stale time.Duration) time.Duration {
+	return ttl + stale + c.cfg.FailSafeTTL
+}

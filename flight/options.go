@@ -109,6 +109,28 @@ type Options[V any] struct {
 	// said. Default 1 second; negative: off (errors are neither published
 	// nor read: waiting processes load in turn).
 	ErrorTTL time.Duration
+	// FailSafeTTL keeps values this long past their stale window (in L1
+	// and L2) as fail-safe answers: when refreshing an expired value
+	// fails (the loader returns an error, panics or times out; the
+	// backend is unavailable; the wait for another process's holder times
+	// out; another process published a load error), callers get the
+	// expired value (Source FailSafe) instead of the error. The failing
+	// loader is then not called again for FailSafeThrottle: the fail-safe
+	// answer is kept as fresh that long in L1 and, committed by the holder
+	// in place of the error, in L2 for every process. Not-founds,
+	// configuration errors and Close are answered as they are. Default 0:
+	// off.
+	FailSafeTTL time.Duration
+	// FailSafeThrottle is how long a fail-safe answer is served before the
+	// loader is tried again. Default 5 seconds.
+	FailSafeThrottle time.Duration
+	// SoftTimeout, with FailSafeTTL, bounds how long a caller waits for a
+	// load (or another process's) when an expired value within its
+	// fail-safe window is at hand: after SoftTimeout it is answered with
+	// that value (Source FailSafe), and the load goes on in the background
+	// and fills the cache. Default 0: callers wait for the load (bounded by
+	// LoadTimeout and WaitTimeout).
+	SoftTimeout time.Duration
 	// EarlyRefresh is the β of probabilistic early refresh (XFetch,
 	// Vattani et al., VLDB 2015): a fresh hit refreshes the value in the
 	// background with a probability that grows as its expiry nears,
@@ -236,6 +258,15 @@ func (o *Options[V]) withDefaults() config[V] {
 		c.ErrorTTL = time.Second
 	case c.ErrorTTL < 0:
 		c.ErrorTTL = 0
+	}
+	if c.FailSafeTTL < 0 {
+		c.FailSafeTTL = 0
+	}
+	if c.FailSafeThrottle <= 0 {
+		c.FailSafeThrottle = 5 * time.Second
+	}
+	if c.SoftTimeout < 0 {
+		c.SoftTimeout = 0
 	}
 	if c.EarlyRefresh < 0 {
 		c.EarlyRefresh = 0

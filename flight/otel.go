@@ -53,7 +53,7 @@ const (
 )
 
 // sourceAttr are the values of stampede.source, by Source.
-var sourceAttr = [...]string{"none", "l1", "l2", "loaded", "remote", "stale", "fallback"}
+var sourceAttr = [...]string{"none", "l1", "l2", "loaded", "remote", "stale", "fallback", "fail_safe"}
 
 // sourceName is s's stampede.source value.
 func sourceName(s Source) string {
@@ -65,10 +65,10 @@ func sourceName(s Source) string {
 
 // answerSources are the series of stampede.flight.answers: the Stats
 // fields of Requests, in that order.
-var answerSources = [...]string{"l1", "l2", "loaded", "remote", "stale", "fallback", "error"}
+var answerSources = [...]string{"l1", "l2", "loaded", "remote", "stale", "fallback", "fail_safe", "error"}
 
 func answerCounts(s *Stats) [len(answerSources)]uint64 {
-	return [...]uint64{s.L1Hits, s.L2Hits, s.Loaded, s.Remote, s.Stale, s.Fallbacks, s.Errors}
+	return [...]uint64{s.L1Hits, s.L2Hits, s.Loaded, s.Remote, s.Stale, s.Fallbacks, s.FailSafe, s.Errors}
 }
 
 // counterDefs are the observable counters other than answers, one per
@@ -168,7 +168,7 @@ func (c *Cache[V]) initTelemetry() {
 func (c *Cache[V]) registerObservables(m metric.Meter) (metric.Registration, error) {
 	var errs []error
 	answers, err := m.Int64ObservableCounter(metricAnswers, metric.WithUnit("{answer}"),
-		metric.WithDescription("Get and Fetch callers, by the tier that answered (stampede.source: l1, l2, loaded, remote, stale, fallback) or error."))
+		metric.WithDescription("Get and Fetch callers, by the tier that answered (stampede.source: l1, l2, loaded, remote, stale, fallback, fail_safe) or error."))
 	errs = append(errs, err)
 	var counters [len(counterDefs)]metric.Int64ObservableCounter
 	for i, d := range counterDefs {

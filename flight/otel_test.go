@@ -216,8 +216,8 @@ func TestMetrics(t *testing.T) {
 	idle(t, b)
 
 	ma, mb := sa.collect(t, "m"), sb.collect(t, "m")
-	wantA := map[string]int64{"l1": 1, "l2": 0, "loaded": 2, "remote": 0, "stale": 0, "fallback": 1, "error": 1}
-	wantB := map[string]int64{"l1": 1, "l2": 1, "loaded": 0, "remote": 2, "stale": 0, "fallback": 0, "error": 1}
+	wantA := map[string]int64{"l1": 1, "l2": 0, "loaded": 2, "remote": 0, "stale": 0, "fallback": 1, "fail_safe": 0, "error": 1}
+	wantB := map[string]int64{"l1": 1, "l2": 1, "loaded": 0, "remote": 2, "stale": 0, "fallback": 0, "fail_safe": 0, "error": 1}
 	if got := ma.answers(); !mapsEqual(got, wantA) {
 		t.Errorf("A's answers %v, want %v", got, wantA)
 	}

@@ -36,6 +36,7 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 			return e, SourceL2, nil
 		}
 		c.offerStale(f, e)
+		c.offerFailSafe(f, e)
 	}
 	if !f.bg {
 		c.stats.misses.Add(1)
@@ -55,6 +56,7 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 			return true
 		}
 		c.offerStale(f, e)
+		c.offerFailSafe(f, e)
 		return false
 	}
 	wctx, cancel := context.WithDeadline(ctx, until)
@@ -218,19 +220,30 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 		}
 	}()
 	lctx, span := c.startLoad(ctx, f)
-	v, dur, lerr := c.callLoader(ctx, lctx, f, &lease)
+	ex := &loadExpiry{}
+	v, dur, lerr := c.callLoader(ctx, withExpiry(lctx, ex), f, &lease)
 	c.loaded(lctx, span, dur, lerr)
-	e, ttl, err := c.makeEntry(v, lerr, dur)
+	e, ttl, err := c.makeEntry(v, lerr, dur, ex, f.key)
+	src = SourceLoaded
 	if err != nil {
-		if e = c.failedEntry(ctx, f, err, dur); e == nil {
+		now := time.Now()
+		if fs := f.failSafe.Load(); ctx.Err() == nil && !isNotFound(err) && c.failSafeUsable(fs, now) {
+			// Fail-safe: the expired value is published again for
+			// FailSafeThrottle instead of the error, so no process calls
+			// the failing loader before then, and none loses the value.
+			e, src, err = c.failSafeCopy(fs, now), SourceFailSafe, nil
+			ttl = c.failSafeLimit(fs).Sub(now)
+			c.log.Debug("flight: load failed; answering with the expired value (fail-safe)", "key", f.key, "err", lerr)
+		} else if e = c.failedEntry(ctx, f, err, dur); e == nil {
 			return nil, SourceLoaded, err
+		} else {
+			ttl = c.cfg.ErrorTTL
 		}
-		ttl = c.cfg.ErrorTTL
 	}
 	data, eerr := c.encode(e, f.origin())
 	if eerr != nil {
 		c.log.Error("flight: value not committed", "key", f.key, "err", eerr)
-		return e, SourceLoaded, err
+		return e, src, err
 	}
 	dctx := detached(ctx)
 	cctx := c.opContext(dctx, time.Time{})
@@ -256,27 +269,39 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 	default:
 		c.log.Debug("flight: commit failed; value returned to this process only", "key", f.key, "err", cerr)
 	}
-	return e, SourceLoaded, err
+	return e, src, err
 }
 
-// makeEntry turns a loader's answer into an entry and its L2 TTL; a
+// makeEntry turns a loader's answer for key k into an entry and its L2
+// TTL, with the lifetime the load set (SetExpiry) or the Options'; a
 // loader error (other than a not-found that is cached) is returned.
-func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration) (*entry[V], time.Duration, error) {
+func (c *Cache[V]) makeEntry(v V, lerr error, dur time.Duration, ex *loadExpiry, k string) (*entry[V], time.Duration, error) {
 	now := time.Now()
+	set, hasSet := ex.of(k)
 	if lerr != nil {
-		if !isNotFound(lerr) || c.cfg.NegativeTTL <= 0 {
+		neg := c.cfg.NegativeTTL
+		if hasSet && set.TTL > 0 {
+			neg = set.TTL
+		}
+		if !isNotFound(lerr) || neg <= 0 {
 			return nil, 0, lerr
 		}
-		t := now.Add(c.cfg.NegativeTTL)
-		return &entry[V]{notFound: true, written: now, freshTil: t, staleTil: t, load: dur}, c.cfg.NegativeTTL, nil
+		t := now.Add(neg)
+		return &entry[V]{notFound: true, written: now, freshTil: t, staleTil: t, load: dur}, neg, nil
 	}
-	ttl := c.cfg.TTL
-	if j := c.cfg.TTLJitter; j > 0 {
-		ttl -= time.Duration(rand.Float64() * j * float64(ttl))
+	ttl, staleTTL := c.cfg.TTL, c.cfg.StaleTTL
+	switch {
+	case hasSet && set.TTL > 0:
+		ttl = set.TTL
+	case c.cfg.TTLJitter > 0:
+		ttl -= time.Duration(rand.Float64() * c.cfg.TTLJitter * float64(ttl))
+	}
+	if hasSet && set.StaleTTL != 0 {
+		staleTTL = max(set.StaleTTL, 0)
 	}
 	e := &entry[V]{value: v, written: now, freshTil: now.Add(ttl), load: dur}
-	e.staleTil = e.freshTil.Add(c.cfg.StaleTTL)
-	return e, ttl + c.cfg.StaleTTL, nil
+	e.staleTil = e.freshTil.Add(staleTTL)
+	return e, c.l2TTL(ttl, staleTTL), nil
 }
 
 // callLoader runs f's loader on a goroutine of its own, under a context
@@ -474,9 +499,10 @@ func (c *Cache[V]) backendDown(ctx context.Context, f *flight[V], op string, err
 	}
 	defer func() { <-c.sem }()
 	lctx, span := c.startLoad(ctx, f)
-	v, dur, lerr := c.callLoader(ctx, lctx, f, nil)
+	ex := &loadExpiry{}
+	v, dur, lerr := c.callLoader(ctx, withExpiry(lctx, ex), f, nil)
 	c.loaded(lctx, span, dur, lerr)
-	e, _, err := c.makeEntry(v, lerr, dur)
+	e, _, err := c.makeEntry(v, lerr, dur, ex, f.key)
 	if err != nil {
 		return c.failedEntry(ctx, f, err, dur), SourceLoaded, err
 	}

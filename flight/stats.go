@@ -28,9 +28,13 @@ const (
 	// SourceFallback: the caller's fallback (Policy Fallback), returned
 	// at once while the load runs in the background.
 	SourceFallback
+	// SourceFailSafe: an expired value, within Options.FailSafeTTL,
+	// returned because refreshing it failed (the loader or the backend),
+	// or took longer than Options.SoftTimeout.
+	SourceFailSafe
 )
 
-var sourceNames = [...]string{"none", "L1", "L2", "loaded", "remote", "stale", "fallback"}
+var sourceNames = [...]string{"none", "L1", "L2", "loaded", "remote", "stale", "fallback", "fail-safe"}
 
 func (s Source) String() string {
 	if int(s) < len(sourceNames) {
@@ -53,6 +57,7 @@ type Stats struct {
 	Remote    uint64
 	Stale     uint64
 	Fallbacks uint64
+	FailSafe  uint64 // answered with an expired value (Options.FailSafeTTL)
 	Errors    uint64 // callers that got an error other than ErrNotFound
 
 	Coalesced uint64 // callers that joined a flight another caller started
@@ -79,6 +84,7 @@ type Stats struct {
 type counters struct {
 	l1                                          hitCounter
 	l2, loaded, remote, stale, fallback, errors atomic.Uint64
+	failSafe                                    atomic.Uint64
 	coalesced                                   atomic.Uint64
 	misses, loads, loadErrors, waits, takeovers atomic.Uint64
 	commits, lostCommits, refreshes, failOpen   atomic.Uint64
@@ -96,6 +102,7 @@ func (c *Cache[V]) Stats() Stats {
 		Remote:       s.remote.Load(),
 		Stale:        s.stale.Load(),
 		Fallbacks:    s.fallback.Load(),
+		FailSafe:     s.failSafe.Load(),
 		Errors:       s.errors.Load(),
 		Coalesced:    s.coalesced.Load(),
 		Misses:       s.misses.Load(),
@@ -113,7 +120,7 @@ func (c *Cache[V]) Stats() Stats {
 		Invalidated:  s.invalidated.Load(),
 		Health:       c.health.snapshot(),
 	}
-	st.Requests = st.L1Hits + st.L2Hits + st.Loaded + st.Remote + st.Stale + st.Fallbacks + st.Errors
+	st.Requests = st.L1Hits + st.L2Hits + st.Loaded + st.Remote + st.Stale + st.Fallbacks + st.FailSafe + st.Errors
 	return st
 }
 
@@ -143,6 +150,8 @@ func (s *counters) count(src Source, err error) {
 		s.stale.Add(1)
 	case SourceFallback:
 		s.fallback.Add(1)
+	case SourceFailSafe:
+		s.failSafe.Add(1)
 	default:
 		s.errors.Add(1)
 	}
