@@ -349,7 +349,7 @@ func (c *Cache[V]) quick(k string, load LoadFunc[V]) (e *entry[V], ok, looked bo
 	if e == nil {
 		return nil, false, true
 	}
-	if e.failed != nil || (c.timed && (c.cfg.EarlyRefresh > 0 || e.state(time.Now()) != fresh)) {
+	if e.failed != nil || e.failSafe || (c.timed && (c.cfg.EarlyRefresh > 0 || e.state(time.Now()) != fresh)) {
 		return e, false, true
 	}
 	c.stats.l1.add()
