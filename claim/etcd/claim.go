@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
@@ -82,15 +83,33 @@ func remaining(ctx context.Context, cli *clientv3.Client, id clientv3.LeaseID) t
 
 func handle(id clientv3.LeaseID) string { return strconv.FormatInt(int64(id), 16) }
 
-// parseHandle returns the etcd lease ID in l.Handle, or 0 if it holds
-// none: the lease is then judged by its token and holder alone (Extend
-// moves the lock key to a new lease, Release revokes nothing).
+// sharedPrefix marks the handle of a lease whose etcd lease holds the lock
+// keys of every key of one TryClaimMany: renewing or revoking that etcd
+// lease would renew or end the other keys' claims too.
+const sharedPrefix = "shared:"
+
+func sharedHandle(id clientv3.LeaseID) string { return sharedPrefix + handle(id) }
+
+// parseHandle returns the etcd lease ID in l.Handle if it is the claim's
+// own, or 0 if it holds none or a shared one: the lease is then judged by
+// its token and holder alone (Extend moves the lock key to a lease of its
+// own, Release revokes nothing).
 func parseHandle(l driver.Lease) clientv3.LeaseID {
 	id, err := strconv.ParseInt(l.Handle, 16, 64)
 	if err != nil {
 		return 0
 	}
 	return clientv3.LeaseID(id)
+}
+
+// sharedLease returns the shared etcd lease in l.Handle, or 0 if it names
+// none.
+func sharedLease(l driver.Lease) clientv3.LeaseID {
+	h, ok := strings.CutPrefix(l.Handle, sharedPrefix)
+	if !ok {
+		return 0
+	}
+	return parseHandle(driver.Lease{Handle: h})
 }
 
 // owned compares the lock key with the lease's token and holder.
@@ -148,8 +167,10 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 		return driver.Lease{}, driver.ErrLost
 	}
 	// The lease the lock key was on is detached now: revoking it deletes
-	// nothing.
-	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != int64(g.ID) {
+	// nothing, unless it is a batch's shared lease, which other keys'
+	// claims may still be on (it expires by its TTL).
+	if kvs := resp.Responses[0].GetResponseRange().GetKvs(); len(kvs) == 1 && kvs[0].Lease != int64(g.ID) &&
+		kvs[0].Lease != int64(sharedLease(l)) {
 		b.revokeLater(clientv3.LeaseID(kvs[0].Lease))
 	}
 	l.TTL = time.Duration(g.TTL) * time.Second
@@ -186,7 +207,7 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 	}
 	resp, err := cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
 	if err != nil {
-		return b.putFailed(ctx, gc, err)
+		return b.putFailed(ctx, err, gc)
 	}
 	if !resp.Succeeded {
 		// A stale lease is expired or was revoked by its own Release; a
@@ -197,4 +218,40 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 		b.revokeLater(id)
 	}
 	return nil
+}
+
+// Revoke implements driver.Claimer in one transaction that always
+// applies, so the lease ends and the value changes in one atomic step: the
+// lock key is deleted if it exists (its watchers wake), else the notify
+// key is put (so they wake all the same), and the value key is put or
+// deleted. Every
+// later Extend, Commit, Release or CommitRelease of the revoked lease
+// compares the lock key, which is gone or another claim's, and fails
+// (ErrLost). The token was the lock key's CreateRevision; the next claim
+// creates it at a later revision, so the fence only rises. The revoked
+// claim's etcd lease is left to expire by its TTL rather than revoked
+// (one raft write saved): no key is on it any more, except the other
+// keys' claims of a batch that shared it.
+func (b *backend) Revoke(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	cli, err := b.client(ctx)
+	if err != nil {
+		return err
+	}
+	vk := clientv3.OpDelete(b.valueKey(key))
+	gc := clientv3.NoLease
+	if value != nil {
+		if vk, gc, err = b.putValue(ctx, cli, key, value, ttl); err != nil {
+			return b.fail(ctx, err)
+		}
+	}
+	ngc, err := b.gcLease(ctx, cli, time.Now(), notifyTTL)
+	if err != nil {
+		return b.fail(ctx, err)
+	}
+	lk := b.lockKey(key)
+	_, err = cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(lk), ">", 0)).
+		Then(clientv3.OpDelete(lk), vk).
+		Else(clientv3.OpPut(lk+notifySuffix, "", clientv3.WithLease(ngc)), vk).
+		Commit()
+	return b.putFailed(ctx, err, gc, ngc)
 }

@@ -53,6 +53,27 @@
 // and etcd deletes the lock key with it; leases nothing needs any more are
 // revoked in the background.
 //
+// Revoke is one transaction that always applies: delete the lock key if it
+// exists, else put the key's notify key (either wakes the key's watches),
+// and put or delete the value key, so the lease ends and the value changes
+// in one atomic step; the revoked holder's fenced transactions then fail,
+// and the next claim's token, a later CreateRevision, is larger. The
+// revoked claim's etcd lease, which no key is on any more, expires by its
+// TTL.
+//
+// Batches (driver.Batcher, at most 126 keys: etcd's default --max-txn-ops
+// of 128 less the 2 operations of each nested transaction) are single
+// transactions of one nested transaction per key, each the single-key
+// method's own, atomic per key only: GetMany one read-only transaction;
+// TryClaimMany one lease grant for the batch and one transaction (and a
+// TimeToLive per distinct holder lease, concurrently, if keys are held);
+// CommitReleaseMany one transaction, or several sent concurrently when the
+// values would not fit in one request. The claims of a TryClaimMany share
+// its etcd lease: Extend moves a key to a lease of its own, and neither
+// Release nor Revoke revokes the shared one. SubscribeMany makes its
+// watches concurrently on the one watch stream, where clientv3 has them
+// confirmed one at a time.
+//
 // Lease TTLs are whole seconds, at least the server's minimum (1.5 × its
 // election timeout rounded up: 2 s by default). etcd revokes expired
 // leases every 500 ms, so a lock key may outlive its lease by about half a

@@ -147,6 +147,7 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 )
 
 // newBackend returns the driver of cli (New), or, with cli nil, of the
@@ -197,6 +198,7 @@ func (b *backend) Features() driver.Features {
 		TTLGranularity: time.Second,
 		MaxValueLen:    b.maxVal,
 		Broadcast:      true,
+		MaxBatch:       maxBatch,
 	}
 }
 

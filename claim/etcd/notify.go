@@ -51,7 +51,7 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 		return b.fail(ctx, err)
 	}
 	_, err = cli.Put(ctx, b.lockKey(key)+notifySuffix, "", clientv3.WithLease(gc))
-	return b.putFailed(ctx, gc, err)
+	return b.putFailed(ctx, err, gc)
 }
 
 // Publish implements driver.Broadcaster: a put of the topic's key. A

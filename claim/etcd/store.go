@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"slices"
 	"time"
 
 	"go.etcd.io/etcd/api/v3/mvccpb"
@@ -86,13 +87,14 @@ func (b *backend) gcLease(ctx context.Context, cli *clientv3.Client, now time.Ti
 	return g.id, nil
 }
 
-// putFailed returns b.fail(ctx, err) for a write, first forgetting its
-// shared lease gc if the server no longer knows it.
-func (b *backend) putFailed(ctx context.Context, gc clientv3.LeaseID, err error) error {
-	if gc != clientv3.NoLease && errors.Is(err, rpctypes.ErrLeaseNotFound) {
+// putFailed returns b.fail(ctx, err) for a write, first forgetting the
+// shared leases it used (gcs) if the server no longer knows one of them:
+// etcd does not say which.
+func (b *backend) putFailed(ctx context.Context, err error, gcs ...clientv3.LeaseID) error {
+	if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 		b.gcMu.Lock()
 		for c, g := range b.gc {
-			if g.id == gc {
+			if slices.Contains(gcs, g.id) {
 				delete(b.gc, c)
 			}
 		}
@@ -125,7 +127,7 @@ func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Du
 		return b.fail(ctx, err)
 	}
 	_, err = cli.Do(ctx, put)
-	return b.putFailed(ctx, gc, err)
+	return b.putFailed(ctx, err, gc)
 }
 
 // Delete implements driver.Store.

@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -46,6 +47,8 @@ func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gom
 	return &gomemcache.Item{Key: b.item('l', key), Value: []byte(v), Expiration: exp}, nil
 }
 
+// parseLock reads a lock item's value, "HOLDER UNIXMS" (see lockItem;
+// HOLDER is "~NONCE:HOLDER" in a Revoke's tombstone, see entomb).
 func parseLock(v []byte) (holder string, latest time.Time) {
 	h, ms, ok := strings.Cut(string(v), " ")
 	if !ok {
@@ -83,7 +86,7 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	if err != nil {
 		// No token, no lease: free the key again if we still can (else
 		// the lock expires by its TTL).
-		_, _ = b.swapLock(ctx, driver.Lease{Key: key, Holder: holder}, false, func(it *gomemcache.Item) { it.Expiration = -1 })
+		_, _ = b.swapLock(ctx, driver.Lease{Key: key, Holder: holder}, false, nil, func(it *gomemcache.Item) { it.Expiration = -1 })
 		return driver.Lease{}, err
 	}
 	return driver.Lease{Key: key, Holder: holder, Token: token, TTL: time.Duration(sec) * time.Second}, nil
@@ -144,12 +147,19 @@ func (b *backend) ownLock(ctx context.Context, l driver.Lease, endedOK bool) (it
 }
 
 // swapLock replaces l's lock item, read with ownLock, by the item next
-// returns, with CompareAndSwap. A CAS conflict caused by the same holder
-// (a concurrent Extend of this lease) is retried; one by another holder
-// means the lease was lost.
-func (b *backend) swapLock(ctx context.Context, l driver.Lease, endedOK bool, next func(it *gomemcache.Item)) (ended bool, err error) {
+// returns, with CompareAndSwap. first, if not nil, is the lock item as a
+// multi-get just read it: the first attempt uses it instead of reading
+// again. A CAS conflict caused by the same holder (a concurrent Extend of
+// this lease) is retried; one by another holder means the lease was lost.
+func (b *backend) swapLock(ctx context.Context, l driver.Lease, endedOK bool, first *gomemcache.Item, next func(it *gomemcache.Item)) (ended bool, err error) {
 	for range 3 {
-		it, ended, err := b.ownLock(ctx, l, endedOK)
+		it := first
+		if it != nil {
+			first = nil
+			ended, err = checkLock(it, l, endedOK)
+		} else {
+			it, ended, err = b.ownLock(ctx, l, endedOK)
+		}
 		if err != nil {
 			return false, err
 		}
@@ -175,7 +185,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	if err != nil {
 		return driver.Lease{}, err
 	}
-	_, err = b.swapLock(ctx, l, false, func(it *gomemcache.Item) { it.Value, it.Expiration = lock.Value, lock.Expiration })
+	_, err = b.swapLock(ctx, l, false, nil, func(it *gomemcache.Item) { it.Value, it.Expiration = lock.Value, lock.Expiration })
 	if err != nil {
 		return driver.Lease{}, err
 	}
@@ -189,7 +199,13 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // once the key is free. A lease past its recorded end still frees its
 // lock, and gets ErrLost.
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
-	ended, err := b.swapLock(ctx, l, true, func(it *gomemcache.Item) { it.Expiration = -1 })
+	return b.release(ctx, l, nil)
+}
+
+// release is Release, starting from lock, l's lock item as just read, if
+// not nil (see swapLock).
+func (b *backend) release(ctx context.Context, l driver.Lease, lock *gomemcache.Item) error {
+	ended, err := b.swapLock(ctx, l, true, lock, func(it *gomemcache.Item) { it.Expiration = -1 })
 	if err != nil {
 		return err
 	}
@@ -220,30 +236,60 @@ func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 	if err != nil {
 		return err
 	}
+	return b.commit(ctx, l, it, nil)
+}
+
+// commit is Commit of the value item it. read, if not nil, holds the lock
+// and the value item as a multi-get just read them: the first attempt
+// uses it instead of reading again.
+func (b *backend) commit(ctx context.Context, l driver.Lease, it *gomemcache.Item, read map[string]*gomemcache.Item) error {
 	lk := b.item('l', l.Key)
 	for range commitTries {
-		items, err := do(ctx, b, func() (map[string]*gomemcache.Item, error) { return b.c.GetMulti([]string{lk, it.Key}) })
-		if err != nil {
-			return err
+		items := read
+		if items != nil {
+			read = nil
+		} else {
+			var err error
+			if items, err = b.getMulti(ctx, lk, it.Key); err != nil {
+				return err
+			}
 		}
 		if _, err := checkLock(items[lk], l, false); err != nil {
 			return err
 		}
-		write := b.c.Add
-		if cur := items[it.Key]; cur != nil {
-			it.CasID, write = cur.CasID, b.c.CompareAndSwap
-		}
-		err = do0(ctx, b, func() error { return write(it) })
+		err := b.writeOver(ctx, it, items[it.Key])
 		switch {
 		case err == nil:
 			return b.landed(ctx, l, it)
-		case errors.Is(err, gomemcache.ErrNotStored), errors.Is(err, gomemcache.ErrCASConflict), errors.Is(err, gomemcache.ErrCacheMiss):
+		case errors.Is(err, errRaced):
 			continue // written or deleted since the read: read again
 		default:
-			return serverErr(err)
+			return err
 		}
 	}
 	return fmt.Errorf("the value was written by others %d times during the commit (unfenced Set calls?)", commitTries)
+}
+
+// errRaced is writeOver's refusal: the item changed since it was read.
+var errRaced = errors.New("the item changed since it was read")
+
+// writeOver stores it in place of cur, the item as read (nil: missing),
+// only if it is still that item: a cas with cur's CAS id, or an add where
+// there was none. A refusal (EXISTS, NOT_FOUND, NOT_STORED: written or
+// deleted since the read) is errRaced. So a write that reaches the server
+// late never replaces an item written after the read.
+func (b *backend) writeOver(ctx context.Context, it, cur *gomemcache.Item) error {
+	write := b.c.Add
+	if cur != nil {
+		it.CasID, write = cur.CasID, b.c.CompareAndSwap
+	}
+	err := do0(ctx, b, func() error { return write(it) })
+	switch {
+	case errors.Is(err, gomemcache.ErrNotStored), errors.Is(err, gomemcache.ErrCASConflict), errors.Is(err, gomemcache.ErrCacheMiss):
+		return errRaced
+	default:
+		return serverErr(err)
+	}
 }
 
 // landed judges Commit's acknowledged write of it: before the lease's
@@ -261,4 +307,165 @@ func (b *backend) landed(ctx context.Context, l driver.Lease, it *gomemcache.Ite
 		_ = do0(ctx, b, func() error { return b.c.CompareAndSwap(cur) })
 	}
 	return fmt.Errorf("%w (write acknowledged after the local deadline, withdrawn)", driver.ErrLost)
+}
+
+// tombMark starts the holder of a Revoke's tombstone (see entomb). Holder
+// ids are hexadecimal digits, so no lease's holder matches a tombstone's.
+const tombMark = "~"
+
+// deletedHold is how long memcached keeps the value item Revoke writes in
+// place of a deleted value (deletedItem), in seconds.
+const deletedHold = 60
+
+// Revoke implements driver.Claimer. memcached has no multi-key step, so
+// it ends the lease first and then replaces the value, and blocks the key
+// in between, so that nobody claims it or is woken before the value is
+// replaced:
+//
+//  1. one multi-get reads the lock and the value item, with CAS ids;
+//  2. the lock, if any, is swapped (cas) for a tombstone, or a tombstone
+//     is added where there was none (entomb): the lease is lost from
+//     then on (Extend, Commit and Release compare holders and find the
+//     tombstone's), TryClaim finds the key held, and pollers still see
+//     the holder the tombstone replaced;
+//  3. the value item is written over what step 1 read (writeOver, read
+//     again on a conflict): value, or, for a nil value, an item Get reads
+//     as absent (deletedItem) rather than nothing, so that a write
+//     conditional on an earlier read fails even where there was no value;
+//  4. the tombstone, if still Revoke's own, is swapped for an expired
+//     item (gets, then cas): the key is free, and pollers that saw the
+//     lock see it gone;
+//  5. the notify counter is bumped, waking pollers that saw no lock.
+//
+// Six round trips (seven when the notify counter is created), one after
+// the other. The fence counter is not touched, so the next lease's token
+// is larger. A Commit of the revoked lease that read the lock before step
+// 2 writes conditionally on the value it read with it: it lands before
+// step 3 (which then fails its cas, reads again and replaces it) or is
+// refused on the server, reads again and finds the tombstone (ErrLost).
+// The tombstone records an end about 3 × 5 × io_timeout away, after which
+// memcached drops it: a Revoke that fails after step 2 (or a revoker that
+// dies) blocks the key until then at most, and a Revoke slower than that
+// lets a claim in before step 3 (which still replaces the value).
+func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	it := b.deletedItem(key)
+	if val != nil {
+		var err error
+		if it, err = b.valueItem(key, val, ttl); err != nil {
+			return err
+		}
+	}
+	lk := b.item('l', key)
+	read, err := b.getMulti(ctx, lk, it.Key)
+	if err != nil {
+		return err
+	}
+	tomb, err := b.entomb(ctx, key, read[lk])
+	if err != nil {
+		return err
+	}
+	if err := b.replace(ctx, it, read[it.Key]); err != nil {
+		// Free the key again (the lease stays ended) rather than block
+		// it until the tombstone expires.
+		_ = b.unblock(ctx, tomb)
+		return err
+	}
+	if err := b.unblock(ctx, tomb); err != nil {
+		return fmt.Errorf("lease ended and value replaced, but the key stays held for up to %s: %w",
+			time.Duration(seconds(3*b.slowest)+lockSlack)*time.Second, err)
+	}
+	if _, err := b.incr(ctx, b.item('n', key)); err != nil {
+		return fmt.Errorf("revoked, but the notify counter was not bumped (a poller that never saw the lock misses it): %w", err)
+	}
+	return nil
+}
+
+// entomb puts a tombstone in place of key's lock item, read as cur (nil:
+// missing), with a cas of cur or an add where there was none, and returns
+// it. A tombstone is a lock item (lockItem) whose holder is
+// "~NONCE:HOLDER": HOLDER is cur's holder (empty without a lock; the one
+// it names if cur is another Revoke's tombstone), and NONCE makes it this
+// call's own (see unblock). It records an end about 3 × 5 × io_timeout
+// away. A lock that changed since it was read (an Extend, a Release, a
+// claim) is read again, at most three times.
+func (b *backend) entomb(ctx context.Context, key string, cur *gomemcache.Item) (*gomemcache.Item, error) {
+	lk := b.item('l', key)
+	mark := tombMark + strconv.FormatUint(rand.Uint64(), 16) + ":"
+	for range 3 {
+		var h string
+		if cur != nil {
+			h, _ = parseLock(cur.Value)
+			h = revokedHolder(h)
+		}
+		tomb, err := b.lockItem(key, mark+h, seconds(3*b.slowest), time.Now())
+		if err != nil {
+			return nil, err
+		}
+		err = b.writeOver(ctx, tomb, cur)
+		if !errors.Is(err, errRaced) {
+			return tomb, err
+		}
+		cur, err = do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(lk) })
+		if errors.Is(err, gomemcache.ErrCacheMiss) {
+			cur, err = nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+	return nil, fmt.Errorf("the lock changed 3 times during the revoke")
+}
+
+// revokedHolder is the holder a tombstone's holder h names (see entomb),
+// or h itself if it is not a tombstone's.
+func revokedHolder(h string) string {
+	if rest, ok := strings.CutPrefix(h, tombMark); ok {
+		_, revoked, _ := strings.Cut(rest, ":")
+		return revoked
+	}
+	return h
+}
+
+// replace writes it over key's value item, read as cur (nil: missing),
+// with writeOver, reading it again after a conflict (a Commit that read
+// the lock before the tombstone, an unfenced Set), at most commitTries
+// times.
+func (b *backend) replace(ctx context.Context, it, cur *gomemcache.Item) error {
+	for range commitTries {
+		err := b.writeOver(ctx, it, cur)
+		if !errors.Is(err, errRaced) {
+			return err
+		}
+		cur, err = do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(it.Key) })
+		if errors.Is(err, gomemcache.ErrCacheMiss) {
+			cur, err = nil, nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return fmt.Errorf("the value was written by others %d times during the revoke (unfenced Set calls?)", commitTries)
+}
+
+// unblock frees the key of tomb, a tombstone entomb wrote: gets the lock,
+// and if it is still tomb (same bytes, nonce included), cas it to an
+// already-expired item. A tombstone gone (expired) or replaced (by
+// another Revoke, which frees the key itself) is left alone.
+func (b *backend) unblock(ctx context.Context, tomb *gomemcache.Item) error {
+	cur, err := do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(tomb.Key) })
+	if errors.Is(err, gomemcache.ErrCacheMiss) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(cur.Value, tomb.Value) {
+		return nil
+	}
+	cur.Expiration = -1
+	err = do0(ctx, b, func() error { return b.c.CompareAndSwap(cur) })
+	if errors.Is(err, gomemcache.ErrCASConflict) || errors.Is(err, gomemcache.ErrCacheMiss) {
+		return nil
+	}
+	return err
 }

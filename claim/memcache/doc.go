@@ -106,6 +106,44 @@
 // Eviction of the lock, and a Release of the same lease during its
 // Commit, are not covered.
 //
+// Revoke is NOT atomic either: it ends the lease first, then replaces the
+// value, and blocks the key in between. One multi-get reads the lock and
+// the value item; the lock is swapped (cas) for a tombstone, or one is
+// added where there was none: a lock item whose holder, "~NONCE:HOLDER",
+// matches no lease, so the revoked lease is lost and TryClaim finds the
+// key held, while pollers still see the old holder; the value item is
+// written conditionally on the read (cas, or add; read again on a
+// conflict): the new value, or for a deletion an item every reader takes
+// as absent, kept 60 s, so that a write conditional on an earlier read
+// fails even where there was no value; the tombstone, if still this
+// call's, is swapped for an expired item (gets, cas), which frees the key
+// and wakes pollers that saw the lock; an incr of the notify counter wakes
+// the others. Six round trips. The fence counter is untouched. A Commit
+// racing Revoke lands before the value is replaced (and is replaced), or
+// is refused on the server and then finds the tombstone (ErrLost). Windows
+// left: the tombstone records an end 3 × 5 × io_timeout away (dropped 2 s
+// later), so a Revoke that fails half-way, or whose revoker dies, blocks
+// the key that long at most, and one slower than that lets a claim in
+// before the value is replaced; with several servers, a Commit whose
+// multi-get reached the lock's server before the tombstone and the value's
+// server after the replacement writes over it; eviction of the tombstone
+// or of the deleted-value item; a Commit's add held on the network over
+// 60 s after the Revoke of a key without a value.
+//
+// Batches (driver.Batcher): every read of a batch is one multi-get (one
+// gets per server, all at once), whatever its size; writes are one key
+// each, sent concurrently, at most max_idle_conns at once (gomemcache
+// neither pipelines nor multiplexes a connection, and this never dials
+// beyond its pool). GetMany: one multi-get. TryClaimMany: each key's
+// TryClaim, then one multi-get of the claimed keys' values (TryClaim then
+// Get, as the Client's TryClaimRead is here). CommitReleaseMany: one
+// multi-get of every lock and value, then each key's conditional write,
+// cas of the lock read to expired, and incr (Commit then Release).
+// SubscribeMany: one multi-get of every lock and notify counter, from
+// which each poll loop starts. Each key has its single-key method's
+// guarantees; nothing is atomic across keys. Features.MaxBatch is 0:
+// memcached takes a multi-get of any length.
+//
 // Values carry their expiry (client clock, Unix ms) in an 8-byte header and
 // are stored with exptime TTL+1s: Get never returns an expired value.
 //

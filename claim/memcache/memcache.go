@@ -66,13 +66,20 @@ type backend struct {
 	prefix string
 	enc    driver.KeyEncoder
 	maxVal int
-	// slowest is how long one gomemcache call can take at most (see do).
-	slowest time.Duration
+	// timeout is gomemcache's Timeout: the dial, and each read and write
+	// of a call; slowest is how long one call on one or two items can
+	// take at most (see do).
+	timeout, slowest time.Duration
+	// par bounds the requests one batch has in flight at once (see
+	// batch.go): the client's idle connections per server, so that a
+	// batch reuses pooled connections instead of dialling more.
+	par int
 }
 
 var (
-	_ driver.Driver = (*backend)(nil)
-	_ driver.Aser   = (*backend)(nil)
+	_ driver.Driver  = (*backend)(nil)
+	_ driver.Aser    = (*backend)(nil)
+	_ driver.Batcher = (*backend)(nil)
 )
 
 // New returns a Client on client, which the caller configured (servers,
@@ -107,6 +114,11 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		return nil, fmt.Errorf("memcache: value limit %d (maxvalue, or ItemSizeMax less %d) too small: want at least %d",
 			o.ItemSizeMax-itemOverhead, itemOverhead, itemOverhead)
 	}
+	timeout := cmp.Or(client.Timeout, gomemcache.DefaultTimeout)
+	par := client.MaxIdleConns
+	if par < 1 {
+		par = gomemcache.DefaultMaxIdleConns
+	}
 	b := &backend{
 		c:      client,
 		prefix: o.Prefix,
@@ -115,7 +127,9 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		maxVal: o.ItemSizeMax - itemOverhead,
 		// A dial, then a deadline for the request and one per line of
 		// the reply (a multi-get of two items has three).
-		slowest: 5 * cmp.Or(client.Timeout, gomemcache.DefaultTimeout),
+		timeout: timeout,
+		slowest: 5 * timeout,
+		par:     par,
 	}
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil
@@ -163,12 +177,17 @@ func (b *backend) item(role byte, key string) string {
 // background (a write it made may still land: see Commit). A call whose
 // ctx is done is not made.
 func do[T any](ctx context.Context, b *backend, fn func() (T, error)) (T, error) {
+	return within(ctx, b.slowest, fn)
+}
+
+// within is do for a call that can take at most slowest.
+func within[T any](ctx context.Context, slowest time.Duration, fn func() (T, error)) (T, error) {
 	var zero T
 	if err := ctx.Err(); err != nil {
 		return zero, err
 	}
 	dl, ok := ctx.Deadline()
-	if ctx.Done() == nil || (ok && time.Until(dl) > b.slowest) {
+	if ctx.Done() == nil || (ok && time.Until(dl) > slowest) {
 		v, err := fn()
 		return v, classify(err)
 	}
@@ -187,6 +206,16 @@ func do[T any](ctx context.Context, b *backend, fn func() (T, error)) (T, error)
 	case <-ctx.Done():
 		return zero, ctx.Err()
 	}
+}
+
+// getMulti reads items with one multi-get: gomemcache sends one gets per
+// server, to every server at once, so it costs one round trip whatever
+// the number of keys. Each line of a reply gets its own deadline: the
+// call is bounded by a dial, the request and a line per item (and END).
+func (b *backend) getMulti(ctx context.Context, keys ...string) (map[string]*gomemcache.Item, error) {
+	return within(ctx, time.Duration(3+len(keys))*b.timeout, func() (map[string]*gomemcache.Item, error) {
+		return b.c.GetMulti(keys)
+	})
 }
 
 // do0 is do for a call that returns only an error.

@@ -14,6 +14,7 @@ import (
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
@@ -376,6 +377,143 @@ func TestLateWriteLoses(t *testing.T) {
 		}
 		if err := cur.Release(ctx, nl); err != nil {
 			t.Error(err)
+		}
+	}
+}
+
+// TestRevokeTombstone: between the lease's end and the value's
+// replacement, Revoke's tombstone holds the key (TryClaim: ErrHeld), has
+// ended the lease (Extend, Commit, Release: ErrLost), and wakes no poller;
+// freeing it does. Also on a key without a lease.
+func TestRevokeTombstone(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
+	ctx := backendtest.Context(t)
+	d := drv(b)
+	for _, held := range []bool{true, false} {
+		key := fmt.Sprintf("%stomb-%v", securitytest.Unique(t), held)
+		var l claim.Lease
+		if held {
+			l = backendtest.Claim(t, a, key, 10*time.Second)
+		}
+		before, err := d.readState(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lock, err := d.c.Get(d.item('l', key))
+		if errors.Is(err, gomemcache.ErrCacheMiss) {
+			lock, err = nil, nil
+		}
+		if err != nil || (lock == nil) == held {
+			t.Fatalf("lock of a key held %v: %v, %v", held, lock, err)
+		}
+		tomb, err := d.entomb(ctx, key, lock)
+		if err != nil {
+			t.Fatal(err)
+		}
+		during, err := d.readState(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if driver.Wakes(before, during) {
+			t.Errorf("held %v: the tombstone wakes pollers (state %+v, then %+v)", held, before, during)
+		}
+		if _, err := a.TryClaim(ctx, key, time.Second); !errors.Is(err, claim.ErrHeld) {
+			t.Errorf("held %v: TryClaim of a tombstoned key: %v, want ErrHeld", held, err)
+		}
+		if held {
+			if _, err := a.Extend(ctx, l, 10*time.Second); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("Extend of a tombstoned lease: %v, want ErrLost", err)
+			}
+			if err := a.Commit(ctx, l, []byte("stale"), 0); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("Commit of a tombstoned lease: %v, want ErrLost", err)
+			}
+			if err := a.Release(ctx, l); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("Release of a tombstoned lease: %v, want ErrLost", err)
+			}
+		}
+		if err := d.unblock(ctx, tomb); err != nil {
+			t.Fatal(err)
+		}
+		after, err := d.readState(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !driver.Wakes(during, after) {
+			t.Errorf("held %v: freeing the tombstone wakes no poller (state %+v, then %+v)", held, during, after)
+		}
+		nl := backendtest.Claim(t, a, key, 10*time.Second)
+		if held && nl.Token <= l.Token {
+			t.Errorf("token %d after the tombstone, %d before", nl.Token, l.Token)
+		}
+		if err := a.Release(ctx, nl); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestRevokeRacesCommit: a Commit of the revoked lease that read the lock
+// before Revoke, and whose write is held on the way until after Revoke
+// returned (past its own I/O timeout), is refused when it lands: Revoke's
+// value (RevokeSet) or absence (Revoke) stays. With and without a value
+// stored before: the late write is a cas, or an add that Revoke's
+// deleted-value item makes fail.
+func TestRevokeRacesCommit(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	for _, stored := range []bool{false, true} {
+		for _, set := range []bool{false, true} {
+			t.Run(fmt.Sprintf("stored=%v/set=%v", stored, set), func(t *testing.T) {
+				t.Parallel()
+				p := securitytest.NewDelayProxy(t, srv.Addr())
+				old := backendtest.Open(t, "memcache://"+p.Addr()+"?io_timeout=300ms")
+				cur := backendtest.Open(t, srv.URL())
+				ctx := backendtest.Context(t)
+				key := securitytest.Unique(t) + "revoke-race"
+				if stored {
+					if err := cur.Set(ctx, key, []byte("before"), 0); err != nil {
+						t.Fatal(err)
+					}
+				}
+				l := backendtest.Claim(t, old, key, 10*time.Second)
+				released := p.Released()
+				p.Set(securitytest.Delay{Up: 2 * time.Second, Match: storageCommand})
+				err := old.Commit(ctx, l, []byte("old"), 0)
+				p.Set(securitytest.Delay{})
+				if err == nil {
+					t.Fatal("a Commit whose write was held past the I/O timeout succeeded")
+				}
+				if set {
+					err = cur.RevokeSet(ctx, key, []byte("new"), 0)
+				} else {
+					err = cur.Revoke(ctx, key)
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				if p.Released() != released {
+					t.Fatal("the held write reached the server before Revoke returned: the test proves nothing")
+				}
+				if err := p.Wait(ctx); err != nil {
+					t.Fatal(err)
+				}
+				if p.Released() != released+1 {
+					t.Fatalf("%d writes held and passed on, want 1", p.Released()-released)
+				}
+				v, err := cur.Get(ctx, key)
+				switch {
+				case set && (err != nil || string(v) != "new"):
+					t.Errorf("after the revoked holder's late write: Get = %q, %v; want RevokeSet's value", v, err)
+				case !set && !errors.Is(err, claim.ErrNotFound):
+					t.Errorf("after the revoked holder's late write: Get = %q, %v; want ErrNotFound", v, err)
+				}
+				nl := backendtest.Claim(t, cur, key, 10*time.Second)
+				if nl.Token <= l.Token {
+					t.Errorf("token %d after Revoke, %d before", nl.Token, l.Token)
+				}
+				if err := cur.Release(ctx, nl); err != nil {
+					t.Error(err)
+				}
+			})
 		}
 	}
 }

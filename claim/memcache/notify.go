@@ -1,6 +1,7 @@
 package memcache
 
 import (
+	"cmp"
 	"context"
 	"strings"
 	"time"
@@ -17,20 +18,43 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 	return err
 }
 
+// preRead is the context key under which SubscribeMany hands readState
+// the states its one multi-get read (a map[string]driver.PollState by
+// key), so that Poller.Subscribe's first read costs no request.
+type preRead struct{}
+
 // readState is the poll: the lock and the notify counter in one
-// multi-get. The token is the notify counter (see incr), the holder the
-// lock's. The state may change by itself a second before the end the lock
-// records (memcached's clock ticks once a second).
+// multi-get (pollState), or, for a key SubscribeMany has just read, that
+// state.
 func (b *backend) readState(ctx context.Context, key string) (driver.PollState, error) {
+	if pre, ok := ctx.Value(preRead{}).(map[string]driver.PollState); ok {
+		if st, ok := pre[key]; ok {
+			return st, nil
+		}
+	}
 	lk, nk := b.item('l', key), b.item('n', key)
-	items, err := do(ctx, b, func() (map[string]*gomemcache.Item, error) { return b.c.GetMulti([]string{lk, nk}) })
+	items, err := b.getMulti(ctx, lk, nk)
 	if err != nil {
 		return driver.PollState{}, err
 	}
+	return pollState(items[lk], items[nk]), nil
+}
+
+// pollState is the state of a key whose lock and notify counter items
+// were read as lock and n (nil: missing). The token is the notify counter
+// (see incr), the holder the lock's. A Revoke's tombstone (see entomb)
+// shows as the holder it replaced, so replacing the lock by it wakes
+// nobody: the waiters are woken once the tombstone is gone, after the
+// value was replaced. The state may change by itself a second before the
+// end the lock records (memcached's clock ticks once a second).
+func pollState(lock, n *gomemcache.Item) driver.PollState {
 	var st driver.PollState
-	if it := items[lk]; it != nil {
+	if lock != nil {
 		var latest time.Time
-		st.Holder, latest = parseLock(it.Value)
+		st.Holder, latest = parseLock(lock.Value)
+		if strings.HasPrefix(st.Holder, tombMark) {
+			st.Holder = cmp.Or(revokedHolder(st.Holder), tombMark)
+		}
 		if st.Holder == "" {
 			st.Holder = "?" // not written by this package: held all the same
 		}
@@ -39,8 +63,8 @@ func (b *backend) readState(ctx context.Context, key string) (driver.PollState, 
 		}
 	}
 	st.Token = "-"
-	if it := items[nk]; it != nil {
-		st.Token = strings.TrimSpace(string(it.Value))
+	if n != nil {
+		st.Token = strings.TrimSpace(string(n.Value))
 	}
-	return st, nil
+	return st
 }

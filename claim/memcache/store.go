@@ -42,6 +42,28 @@ func serverErr(err error) error {
 	return err
 }
 
+// deletedItem is key's value item as Revoke leaves it for a nil value:
+// an expiry header of 1 ms after the epoch, long past, so every reader
+// finds it absent, kept by memcached for deletedHold seconds, so that a
+// commit's add held on the way (see Revoke) finds it there and fails.
+func (b *backend) deletedItem(key string) *gomemcache.Item {
+	it := &gomemcache.Item{Key: b.item('v', key), Value: make([]byte, valueHeader), Expiration: deletedHold}
+	binary.BigEndian.PutUint64(it.Value, 1)
+	return it
+}
+
+// decodeValue returns the caller's bytes in a value item read at now, or
+// found false if it is past its TTL (by this client's clock).
+func decodeValue(v []byte, now time.Time) (val []byte, found bool, err error) {
+	if len(v) < valueHeader {
+		return nil, false, fmt.Errorf("malformed value item (%d bytes)", len(v))
+	}
+	if ms := binary.BigEndian.Uint64(v); ms != 0 && now.UnixMilli() >= int64(ms) {
+		return nil, false, nil
+	}
+	return v[valueHeader:], true, nil
+}
+
 // Get implements driver.Store. A value past its TTL (by this client's
 // clock) is never returned.
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
@@ -52,13 +74,11 @@ func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(it.Value) < valueHeader {
-		return nil, fmt.Errorf("malformed value item (%d bytes)", len(it.Value))
+	v, found, err := decodeValue(it.Value, time.Now())
+	if err == nil && !found {
+		err = driver.ErrNotFound
 	}
-	if ms := binary.BigEndian.Uint64(it.Value); ms != 0 && time.Now().UnixMilli() >= int64(ms) {
-		return nil, driver.ErrNotFound
-	}
-	return it.Value[valueHeader:], nil
+	return v, err
 }
 
 // Set implements driver.Store.

@@ -282,3 +282,98 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, guard, after []any
 	}
 	return b.write(ctx, l.Key, guard, after, encodeValue(val, ttl), true)
 }
+
+// Revoke implements driver.Claimer: one multi-op ends the key's claim and
+// replaces its value together, so a Commit of the revoked lease (guarded
+// by its owner node) lands before it, and is replaced, or fails after it.
+// Its claim part is releaseOps of the holder the lock node names, or, for
+// a free key, a create and delete of the lock node (which proves the key
+// free, as in Notify); either fires the lock node's watches, after the
+// commit, in every process. Its value part is setData or create of the
+// value node, or for a nil value its delete, or a create and delete that
+// proves it absent. Both parts start from a guess (the key is free, the
+// value exists), and a multi-op that fails on one of them says which: the
+// lock node is then read (its holder) or the value guess flipped, and the
+// multi-op sent again. So Revoke is one round trip on a free key whose
+// value node exists, one more if it does not, and two more on a held key
+// (the read of its lock node, the multi-op again). The fence needs
+// nothing: tokens are the czxids of claims, and any later claim has a
+// higher zxid. A revoked holder's Extend, Commit, CommitRelease and
+// Release fail on its missing owner node (ErrLost).
+func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	lock := b.lockPath(key)
+	var data []byte
+	if val != nil {
+		data = encodeValue(val, ttl)
+	}
+	holder := ""        // the claim to end, as last read ("": none)
+	valueExists := true // a key is usually revoked to drop its value
+	for range 2 * attempts {
+		ops := append(b.revokeLeaseOps(key, holder), b.revokeValueOps(key, data, valueExists)...)
+		_, failed, err := b.multi(ctx, ops...)
+		wrongGuess := errors.Is(err, zk.ErrNoNode) || errors.Is(err, zk.ErrNodeExists)
+		switch {
+		case err == nil:
+			return nil
+		case wrongGuess && failed >= 0 && failed < 2: // the claim part
+			if holder, err = b.lockHolder(ctx, lock); err != nil {
+				return err
+			}
+		case wrongGuess && failed >= 2: // the value part
+			valueExists = !valueExists
+		default:
+			return err
+		}
+	}
+	return errors.New("key kept changing under concurrent claims and writers")
+}
+
+// revokeLeaseOps are the two ops that end holder's claim on key, or, with
+// no holder, prove key free; both fire the lock node's watches.
+func (b *backend) revokeLeaseOps(key, holder string) []any {
+	if holder != "" {
+		return b.releaseOps(key, holder)
+	}
+	lock := b.lockPath(key)
+	return []any{
+		&zk.CreateRequest{Path: lock, Acl: b.acl, Flags: zk.FlagEphemeral},
+		&zk.DeleteRequest{Path: lock, Version: -1},
+	}
+}
+
+// revokeValueOps store data (nil: none) as key's value node, which exists
+// or not as guessed; they fail on ErrNoNode or ErrNodeExists if it was
+// guessed wrong.
+func (b *backend) revokeValueOps(key string, data []byte, exists bool) []any {
+	path := b.valuePath(key)
+	switch {
+	case data != nil && exists:
+		return []any{&zk.SetDataRequest{Path: path, Data: data, Version: -1}}
+	case data != nil:
+		return []any{&zk.CreateRequest{Path: path, Data: data, Acl: b.acl}}
+	case exists:
+		return []any{&zk.DeleteRequest{Path: path, Version: -1}}
+	default:
+		return []any{&zk.CreateRequest{Path: path, Acl: b.acl}, &zk.DeleteRequest{Path: path, Version: -1}}
+	}
+}
+
+// lockHolder returns the holder the lock node names, "" if there is none.
+func (b *backend) lockHolder(ctx context.Context, lock string) (string, error) {
+	data, err := call(ctx, b, func() ([]byte, error) {
+		data, _, err := b.conn.Get(lock)
+		return data, err
+	})
+	switch {
+	case errors.Is(err, zk.ErrNoNode):
+		return "", nil
+	case err != nil:
+		return "", err
+	case !validHolder(string(data)):
+		return "", fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
+	}
+	return string(data), nil
+}

@@ -63,7 +63,18 @@
 // Commit is multi(check o/HOLDER, write the value): a stale holder's
 // request fails on the missing owner node and changes nothing, even if the
 // key was re-claimed since. CommitRelease is multi(delete o/HOLDER, write
-// the value, delete l/ENC).
+// the value, delete l/ENC). Revoke is multi(delete o/HOLDER, delete l/ENC,
+// write or delete the value), HOLDER read from the lock node when the key
+// turns out held (for a free key, a create and delete of l/ENC in its
+// place): the claim ends and the value changes in one step, and the
+// revoked holder's requests fail on its missing owner node.
+//
+// The batched calls (driver.Batcher: GetMany, TryClaimMany,
+// CommitReleaseMany, SubscribeMany) make each key's single-key requests,
+// with the same atomicity per key, concurrently on the one connection:
+// go-zk sends each request as soon as it is queued and matches replies by
+// xid, so a batch costs the round trips of one key, not of all of them.
+// Nothing is atomic across keys (a multi-op would be all-or-nothing).
 //
 // The fencing token is the czxid of the claim's nodes: ZooKeeper's
 // transaction id, global, strictly increasing and persisted in its

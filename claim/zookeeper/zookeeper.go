@@ -106,6 +106,7 @@ var (
 	_ driver.Driver         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Pinger         = (*backend)(nil)
