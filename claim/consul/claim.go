@@ -60,6 +60,12 @@ func parseRecord(v []byte) (record, bool) {
 // (403) and a server of another kind (404) from an outage. Its errors are
 // classified.
 func (b *backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *capi.TxnResponse, error) {
+	return b.txnIf(ctx, ops, func(i int) bool { return i < nCond })
+}
+
+// txnIf is txn with the conditions where cond says (a batch's
+// transaction interleaves the conditions of its keys).
+func (b *backend) txnIf(ctx context.Context, ops capi.TxnOps, cond func(i int) bool) (bool, *capi.TxnResponse, error) {
 	var resp capi.TxnResponse
 	_, err := b.c.Raw().Write("/v1/txn", ops, &resp, wo(ctx))
 	var se capi.StatusError
@@ -78,7 +84,7 @@ func (b *backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *c
 		if strings.Contains(e.What, "Permission denied") || strings.Contains(e.What, "ACL not found") {
 			return false, nil, driver.Misconfigured(fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What))
 		}
-		if e.OpIndex >= nCond {
+		if !cond(e.OpIndex) {
 			return false, nil, fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What)
 		}
 	}
@@ -182,27 +188,34 @@ func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Dur
 	if err != nil || !ok {
 		return l, nil, false, false, err
 	}
-	w := written(resp, lk)
+	l, val, found, err = b.claimed(ctx, key, holder, ttl, start, exp, written(resp, lk), written(resp, vk), read)
+	return l, val, found, true, err
+}
+
+// claimed returns the lease that a committed claiming transaction,
+// started at start, granted (w: the lock key it created, with the record
+// expiring at exp) and, with read, the value it read (p).
+func (b *backend) claimed(ctx context.Context, key, holder string, ttl time.Duration, start time.Time, exp int64, w, p *capi.KVPair, read bool) (driver.Lease, []byte, bool, error) {
 	if w == nil {
-		return l, nil, false, false, errors.New("transaction result lacks the lock key")
+		return driver.Lease{}, nil, false, errors.New("transaction result lacks the lock key")
 	}
-	l = driver.Lease{Key: key, Holder: holder, Token: w.CreateIndex, TTL: ttl, Handle: handle(w.ModifyIndex, exp, w.CreateIndex, holder)}
+	l := driver.Lease{Key: key, Holder: holder, Token: w.CreateIndex, TTL: ttl, Handle: handle(w.ModifyIndex, exp, w.CreateIndex, holder)}
 	// get-or-empty of an absent key answers the key with no value and
 	// index 0; a stored value has at least a header.
-	if p := written(resp, vk); read && p != nil && p.ModifyIndex != 0 {
+	if read && p != nil && p.ModifyIndex != 0 {
 		v, expired, wellFormed := decodeValue(p.Value, time.Now())
 		if !wellFormed {
 			// The caller gets no lease: give it back (best effort).
 			rl := l
 			rl.Deadline = start.Add(ttl)
 			_ = b.Release(ctx, rl)
-			return driver.Lease{}, nil, false, false, fmt.Errorf("malformed stored value (%d bytes)", len(p.Value))
+			return driver.Lease{}, nil, false, fmt.Errorf("malformed stored value (%d bytes)", len(p.Value))
 		}
 		if !expired {
-			return l, v, true, true, nil
+			return l, v, true, nil
 		}
 	}
-	return l, nil, false, true, nil
+	return l, nil, false, nil
 }
 
 // read returns the lock key and l's lease record as the server has them
@@ -326,5 +339,27 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 	_, err := b.fenced(ctx, l, write, func(idx uint64) (capi.TxnOps, int) {
 		return append(capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil)}, then...), 1
 	})
+	return err
+}
+
+// Revoke implements driver.Claimer: one transaction, with no condition,
+// deletes the lock key (whoever holds it), sets or deletes the value key
+// and writes the notify key, so the lease and the value change in one
+// atomic step and the key's blocking queries (and poll reads) wake its
+// subscribers once it is visible. A revoked holder's Extend, Commit and
+// Release find the lock key gone, or created anew with another
+// CreateIndex: ErrLost. The fence needs nothing kept: the token is the
+// raft index of the claiming write, and every later claim is a later
+// write.
+func (b *backend) Revoke(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	vop := kvOp(capi.KVDelete, b.valueKey(key), 0, nil)
+	if value != nil {
+		vop = kvOp(capi.KVSet, b.valueKey(key), 0, encodeValue(value, ttl, time.Now()))
+	}
+	ops := capi.TxnOps{kvOp(capi.KVDelete, b.lockKey(key), 0, nil), vop, kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue())}
+	_, _, err := b.txn(ctx, ops, 0)
 	return err
 }

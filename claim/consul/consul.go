@@ -110,6 +110,7 @@ var (
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 )
 
 // New returns a Client using the caller's Consul client (its address, TLS,
@@ -200,7 +201,7 @@ func (b *backend) String() string { return fmt.Sprintf("consul driver (prefix %q
 // Features implements driver.Driver.
 func (b *backend) Features() driver.Features {
 	return driver.Features{Name: Scheme, Notify: driver.Push, AtomicCommit: true, DurableFence: true,
-		MinTTL: time.Millisecond, TTLGranularity: time.Millisecond, MaxValueLen: b.o.MaxValueLen}
+		MinTTL: time.Millisecond, TTLGranularity: time.Millisecond, MaxValueLen: b.o.MaxValueLen, MaxBatch: maxTxnOps}
 }
 
 // Key layout.

@@ -63,6 +63,23 @@
 //     out of date, after a retried Extend, costs one read), and Extend,
 //     Commit and CommitRelease of a lease whose record has expired answer
 //     ErrLost, whatever its Deadline says.
+//   - Revoke: one transaction, with no condition, deletes the lock key,
+//     sets or deletes the value key and writes the notify key (which wakes
+//     the key's subscribers): the lease and the value change atomically,
+//     and the revoked holder's calls find no lock key of its token
+//     (ErrLost). The next claim's token, a later raft index, is greater.
+//   - Batches (driver.Batcher, Features.MaxBatch 64, Consul's documented
+//     operations per transaction): GetMany is one read-only transaction;
+//     TryClaimMany, CommitReleaseMany and SubscribeMany send transactions
+//     of at most 64 operations (and 512 KiB) concurrently, two or four for
+//     a full batch. A transaction is all or nothing, and Consul's answer
+//     when it rolls back names every condition that failed: the next
+//     round sends the others again, with a read-only transaction of the
+//     failed keys' lock records. A batch costs one round of requests when
+//     every key is free (every lease current), two when some are held
+//     (or lost), three with expired leases to take over (or Handles out
+//     of date), whatever its size; keys still unsettled after 8 rounds go
+//     through the single-key call.
 //
 // Clocks: Consul KV has no server clock, so expiry is judged on client
 // clocks. A holder records expiry = (its clock before sending) + TTL and

@@ -14,64 +14,28 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// Subscribe implements driver.Notifier: the blocking query (or, with every
-// slot taken, the poll loop) starts from the state of one read, whose
-// error (classified: a token refused is ErrConfig) Subscribe returns. The
-// read is a transaction (as the poll loop's) rather than the list the
-// blocking query makes: Consul filters a list by the token's read
-// permission without a word, a transaction's read is refused. The
-// blocking query then starts with a list that does not block, for its
-// index.
+// Subscribe implements driver.Notifier: SubscribeMany of one key.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	pairs, err := b.readState(ctx, key)
-	if err != nil {
-		return err
-	}
-	dir := b.dir(key)
-	st := b.stateOf(key, pairs)
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.closed {
-		return driver.ErrClosed
-	}
+	return b.SubscribeMany(ctx, []string{key}, []func(){wake})
+}
+
+// watchLocked starts watching key from st, the state its subscriber
+// read: a blocking query (which starts with a list that does not block,
+// for its index, and wakes if the state moved from st), or, with every
+// slot taken, the poll loop. b.mu is held.
+func (b *backend) watchLocked(key string, st state, wake func()) {
 	if b.o.MaxWatches >= 0 && len(b.watchers) >= b.o.MaxWatches {
 		b.polled[key] = &polledKey{st: st, wake: wake}
 		if b.pollDone == nil {
 			b.pollDone = make(chan struct{})
 			go b.pollLoop(b.ctx, b.pollDone)
 		}
-		return nil
+		return
 	}
 	wctx, cancel := context.WithCancel(b.ctx)
 	w := &watcher{cancel: cancel, done: make(chan struct{})}
 	b.watchers[key] = w
-	go b.watch(wctx, key, dir, 0, st, wake, w.done)
-	return nil
-}
-
-// readState reads key's lock and notify keys in one read-only
-// transaction.
-func (b *backend) readState(ctx context.Context, key string) (capi.KVPairs, error) {
-	ops := capi.TxnOps{kvOp(capi.KVGetOrEmpty, b.lockKey(key), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(key), 0, nil)}
-	_, resp, err := b.txn(ctx, ops, 0)
-	if err != nil {
-		return nil, err
-	}
-	if len(resp.Results) != len(ops) {
-		// A read-only transaction leaves out what the token may not
-		// read, without an error.
-		return nil, driver.Misconfigured(errUnreadable)
-	}
-	var pairs capi.KVPairs
-	for _, r := range resp.Results {
-		if r.KV != nil {
-			pairs = append(pairs, r.KV)
-		}
-	}
-	return pairs, nil
+	go b.watch(wctx, key, b.dir(key), 0, st, wake, w.done)
 }
 
 // Unsubscribe implements driver.Notifier. The poll loop ends by itself

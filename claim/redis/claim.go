@@ -11,16 +11,22 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// compareAndSet starts commitScript and commitReleaseScript: compare the
-// lock, then SET the value (PX when ARGV[3] is not '0').
-const compareAndSet = `
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+// setValue SETs the value key KEYS[2] to ARGV[2] (PX ARGV[3] when it is
+// not '0'): the write of commitScript, commitReleaseScript and
+// revokeScript, which therefore agree on ARGV[2] to ARGV[5].
+const setValue = `
 if ARGV[3] == '0' then
   redis.call('SET', KEYS[2], ARGV[2])
 else
   redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
 end
 `
+
+// compareAndSet starts commitScript and commitReleaseScript: compare the
+// lock, then SET the value.
+const compareAndSet = `
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+` + setValue
 
 var (
 	// claimScript reads the value key too when it is given (TryClaimRead).
@@ -46,6 +52,17 @@ return 1`)
 	commitScript        = goredis.NewScript(compareAndSet + `return 1`)
 	commitReleaseScript = goredis.NewScript(compareAndSet + `redis.call('DEL', KEYS[1])
 redis.call(ARGV[5], ARGV[4], 'release')
+return 1`)
+	// revokeScript deletes the lock whoever holds it (never the fence
+	// counter), then deletes the value (ARGV[1] 'del') or sets it, and
+	// publishes, all in one script: no command runs in between, so
+	// nothing can see the lock gone and the old value still there.
+	revokeScript = goredis.NewScript(`
+redis.call('DEL', KEYS[1])
+if ARGV[1] == 'del' then
+  redis.call('DEL', KEYS[2])
+else` + setValue + `end
+redis.call(ARGV[5], ARGV[4], 'revoke')
 return 1`)
 )
 
@@ -82,6 +99,12 @@ func (b *backend) claim(ctx context.Context, key, holder string, ttl time.Durati
 	if err != nil {
 		return driver.Lease{}, nil, false, err
 	}
+	return claimed(key, holder, ms, res)
+}
+
+// claimed is the outcome of claimScript's reply res to holder's claim of
+// key for ms milliseconds.
+func claimed(key, holder string, ms int64, res []any) (driver.Lease, []byte, bool, error) {
 	ok, n, v, found, err := claimReply(res)
 	if err != nil {
 		return driver.Lease{}, nil, false, err
@@ -155,4 +178,23 @@ func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
 	return b.compare(ctx, commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd())
+}
+
+// Revoke implements driver.Claimer: one script (one round trip) that
+// deletes the lock whoever holds it, deletes or sets the value and
+// publishes, atomically. The fence counter stays, so the next claim's
+// INCR is above the revoked token; a revoked holder's compare scripts
+// then find the lock gone or another holder's, and answer ErrLost. The
+// publish runs inside the script, after the writes: a woken subscriber
+// that re-checks sees them.
+func (b *backend) Revoke(ctx context.Context, key string, value []byte, ttl time.Duration) error {
+	mode := "set"
+	if value == nil {
+		mode = "del"
+	}
+	keys := []string{b.lockKey(key), b.valKey(key)}
+	_, err := call(b, ctx, func(ctx context.Context) (int64, error) {
+		return revokeScript.Run(ctx, b.rdb, keys, mode, value, expiry(ttl), b.channel(key), b.publishCmd()).Int64()
+	})
+	return err
 }

@@ -51,6 +51,24 @@
 // have millisecond granularity and a 1 ms minimum; expiry is judged by
 // the server's clock.
 //
+// Revoke is one script too: DEL of the lock whoever holds it (never of
+// the fence counter, so the next token is higher), DEL or SET of the
+// value key, then the publish. A revoked holder's compare scripts find
+// the lock gone or another holder's (ErrLost), and nothing can see the
+// lock gone with the old value still there.
+//
+// Batches (driver.Batcher) are go-redis pipelines: GetMany is one GET per
+// key, TryClaimMany the claim-and-read script per key, CommitReleaseMany
+// the commit-and-release script per key, all written before any reply is
+// read. A batch costs one round trip, or one per master it touches on a
+// cluster (go-redis runs the masters' parts concurrently), plus one the
+// first time a server lacks the script (NOSCRIPT: those commands go again
+// as EVAL). Each key is exactly its single-key call, atomic as that is;
+// nothing is atomic across keys. SubscribeMany writes one SUBSCRIBE
+// naming every channel (one SSUBSCRIBE per channel on a cluster) and one
+// barrier per pub/sub connection, and returns when every barrier is
+// answered. Features.MaxBatch is 0: Redis bounds neither.
+//
 // Wake-ups: Release and Notify publish on the key's channel (SPUBLISH on a
 // *ClusterClient, so a release reaches only the key's shard; PUBLISH
 // otherwise). Each Client keeps one dedicated pub/sub connection (one per

@@ -192,33 +192,69 @@ func (n *notifier) subscribe(ctx context.Context, s *shard, sts ...*chanState) e
 // has confirmed the subscription. The Client joins a name at most once
 // until it leaves it.
 func (n *notifier) join(ctx context.Context, name string, fire func([]byte, bool)) error {
+	return n.joinMany(ctx, []string{name}, []func([]byte, bool){fire})
+}
+
+// joinMany is join of every names[i] with fires[i]. The channels are
+// grouped by shard; each shard's are written at once (subscribe: one
+// SUBSCRIBE and one barrier), one shard after another without waiting
+// for replies, and then it waits for every confirmation: one round trip
+// per shard, overlapping (plus the connection's set-up where a shard has
+// none yet). A shard's sem is held only while writing to it, never two at
+// once. If any channel fails, every name is left and the error returned.
+func (n *notifier) joinMany(ctx context.Context, names []string, fires []func([]byte, bool)) error {
 	if err := ctx.Err(); err != nil {
 		return err // not even the slot lookup of a cluster
 	}
-	s, err := n.shardFor(ctx, name)
-	if err != nil {
+	var order []*shard
+	byShard := map[*shard][]int{}
+	for i, name := range names {
+		s, err := n.shardFor(ctx, name)
+		if err != nil {
+			return err
+		}
+		if byShard[s] == nil {
+			order = append(order, s)
+		}
+		byShard[s] = append(byShard[s], i)
+	}
+	sts := make([]*chanState, 0, len(names))
+	fail := func(err error) error {
+		for _, st := range sts {
+			n.leave(st.name)
+		}
 		return err
 	}
-	if err := s.lock(ctx); err != nil {
-		return err
+	for _, s := range order {
+		if err := s.lock(ctx); err != nil {
+			return fail(err)
+		}
+		group := make([]*chanState, 0, len(byShard[s]))
+		n.mu.Lock()
+		for _, i := range byShard[s] {
+			st := &chanState{name: names[i], fire: fires[i], sh: s, ready: make(chan struct{})}
+			n.chans[st.name] = st
+			group = append(group, st)
+		}
+		n.mu.Unlock()
+		sts = append(sts, group...)
+		err := n.subscribe(ctx, s, group...) // ErrClosed if closed meanwhile
+		s.unlock()
+		if err != nil {
+			return fail(err)
+		}
 	}
-	n.mu.Lock()
-	st := &chanState{name: name, fire: fire, sh: s, ready: make(chan struct{})}
-	n.chans[name] = st
-	n.mu.Unlock()
-	err = n.subscribe(ctx, s, st) // ErrClosed if closed meanwhile
-	s.unlock()
-	if err != nil {
-		n.leave(name)
-		return err
+	for _, st := range sts {
+		select {
+		case <-st.ready:
+			if st.err != nil { // written before ready was closed
+				return fail(st.err)
+			}
+		case <-ctx.Done():
+			return fail(ctx.Err())
+		}
 	}
-	select {
-	case <-st.ready:
-		return st.err // written before ready was closed
-	case <-ctx.Done():
-		n.leave(name)
-		return ctx.Err()
-	}
+	return nil
 }
 
 // leave drops channel name: it is forgotten at once, and UNSUBSCRIBE

@@ -75,6 +75,7 @@ var (
 	_ driver.Pinger         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 )
@@ -155,6 +156,9 @@ func (b *backend) Features() driver.Features {
 		TTLGranularity: time.Millisecond,
 		MaxValueLen:    b.opt.MaxValueLen,
 		Broadcast:      true,
+		// Redis bounds neither a pipeline's length nor the channels of
+		// one SUBSCRIBE: batches are as long as the caller makes them.
+		MaxBatch: 0,
 	}
 }
 
