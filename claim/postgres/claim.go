@@ -111,3 +111,33 @@ func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte,
 	enc := b.keys.Encode(l.Key)
 	return b.classify(b.wrote(b.fenced(ctx, b.q.commitRelease, enc, nonNil(val), micros(ttl), int64(l.Token), l.Holder, b.channel, keyPayload(enc))))
 }
+
+// Revoke implements driver.Claimer: two statements sent together (one
+// pipeline, one round trip) and run as one implicit transaction, so the
+// lease and the value change atomically and the NOTIFY goes out on
+// commit. The first ends the lease (revoke in schema.go; the row and its
+// token stay, so the fence never goes back), the second writes or deletes
+// the value. Two statements, not one: a statement reads with the snapshot
+// it started with, so a DELETE in the same statement as the UPDATE would
+// miss a value that a Commit inserted while the UPDATE waited for that
+// Commit's lock on the claim row; the second statement's snapshot sees
+// it. Revoke stays synchronous with AsyncRelease: a revocation a crash
+// forgot would leave a stale value readable.
+func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
+	if err := b.ensure(ctx); err != nil {
+		return b.classify(err)
+	}
+	enc := b.keys.Encode(key)
+	var batch pgx.Batch
+	batch.Queue(b.q.revoke, enc, b.channel, keyPayload(enc))
+	if val != nil {
+		batch.Queue(b.q.set, enc, val, micros(ttl))
+	} else {
+		batch.Queue(b.q.del, enc)
+	}
+	err := b.pool.SendBatch(ctx, &batch).Close()
+	if val != nil {
+		err = b.wrote(err)
+	}
+	return b.classify(err)
+}

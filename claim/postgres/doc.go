@@ -89,6 +89,19 @@
 // committed is not in the statement's snapshot, and a second statement
 // reads it.
 //
+// Revoke ends the lease (clears the holder; the row and its token stay)
+// and replaces or deletes the value in one transaction of two statements
+// sent as one pipeline (one round trip); it waits for a Commit in
+// progress, whose value it then replaces, and its NOTIFY goes out on
+// commit. The batch calls (Client.GetMany, TryClaimMany,
+// CommitReleaseMany) are one statement each over arrays of keys, key by
+// key the single-key statement, and lock claim rows in key order so
+// concurrent batches cannot deadlock; CommitReleaseMany sends values over
+// 64 MiB in several statements of one pipeline. Batches of more than
+// MaxBatch keys are split by the Client. SubscribeMany, like Subscribe,
+// registers the keys in the process and sends nothing once the LISTEN
+// connection (below) is up.
+//
 // Each Client opens one dedicated connection (not from the pool, so
 // waiting never takes pool connections) that LISTENs on one channel for
 // all keys and topics; notifications carry the encoded key. When the

@@ -234,6 +234,36 @@ func TestAsyncRelease(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// CommitReleaseMany's statement runs as CommitRelease's does;
+	// Revoke's stays synchronous.
+	crm := func(b *backend) []any {
+		return []any{[]string{enc}, []int64{int64(l3.Token)}, []string{l3.Holder}, [][]byte{[]byte("w")}, []int64{0}, b.channel}
+	}
+	for _, tc := range []struct {
+		name string
+		sql  string
+		args []any
+		want string
+	}{
+		{"commit-release-many, async", ad.q.commitReleaseMany, crm(ad), "off"},
+		{"commit-release-many", wd.q.commitReleaseMany, crm(wd), "on"},
+		{"revoke, async", ad.q.revoke, []any{enc, ad.channel, keyPayload(enc)}, "on"},
+	} {
+		tx, err := conn.Begin(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tag, err := tx.Exec(ctx, tc.sql, tc.args...)
+		if err != nil || tag.RowsAffected() != 1 {
+			t.Fatalf("%s: %v, %v", tc.name, tag, err)
+		}
+		if got := show(tx); got != tc.want {
+			t.Errorf("synchronous_commit in the transaction of %s: %s, want %s", tc.name, got, tc.want)
+		}
+		if err := tx.Rollback(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// As an autocommit statement, as Release sends it.
 	tag, err := conn.Exec(ctx, ad.q.release, enc, int64(l3.Token), l3.Holder, ad.channel, keyPayload(enc))
 	if err != nil || tag.RowsAffected() != 1 {

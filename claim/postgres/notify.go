@@ -261,33 +261,38 @@ func (b *backend) dispatch(p string) {
 	}
 }
 
-// join adds f under name to one of the listener's tables, then waits until
-// the LISTEN is live; on failure it takes f out again. f is in the table
-// first, so a reconnect that happens before join returns still reaches it.
-func join[F any](ctx context.Context, b *backend, table map[string]F, name string, f F) error {
+// join adds fs[i] under names[i] to one of the listener's tables, then
+// waits until the LISTEN is live; on failure it takes them out again. They
+// are in the table first, so a reconnect that happens before join returns
+// still reaches them.
+func join[F any](ctx context.Context, b *backend, table map[string]F, names []string, fs []F) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
 	b.l.mu.Lock()
-	table[name] = f
+	for i, name := range names {
+		table[name] = fs[i]
+	}
 	b.l.mu.Unlock()
 	if err := b.waitLive(ctx); err != nil {
-		leave(b, table, name)
+		leave(b, table, names...)
 		return err
 	}
 	return nil
 }
 
-func leave[F any](b *backend, table map[string]F, name string) {
+func leave[F any](b *backend, table map[string]F, names ...string) {
 	b.l.mu.Lock()
-	delete(table, name)
+	for _, name := range names {
+		delete(table, name)
+	}
 	b.l.mu.Unlock()
 }
 
 // Subscribe implements driver.Notifier on the one LISTEN connection, which
 // the first subscription opens (see join).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return b.classify(join(ctx, b, b.l.keys, b.keys.Encode(key), wake))
+	return b.classify(join(ctx, b, b.l.keys, []string{b.keys.Encode(key)}, []func(){wake}))
 }
 
 // Unsubscribe implements driver.Notifier. The LISTEN connection stays.
@@ -316,7 +321,7 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 // SubscribeTopic implements driver.Broadcaster on the same LISTEN
 // connection as Subscribe. After a reconnect, deliver gets a reset.
 func (b *backend) SubscribeTopic(ctx context.Context, topic string, deliver func(msg []byte, reset bool)) error {
-	return b.classify(join(ctx, b, b.l.topics, b.keys.Encode(topic), deliver))
+	return b.classify(join(ctx, b, b.l.topics, []string{b.keys.Encode(topic)}, []func([]byte, bool){deliver}))
 }
 
 // UnsubscribeTopic implements driver.Broadcaster.

@@ -140,6 +140,9 @@ type backend struct {
 	q       queries // schema.go
 	channel string
 	lockID  int64
+	// chunkBytes bounds the values of one CommitReleaseMany statement
+	// (maxChunkBytes; tests lower it).
+	chunkBytes int
 
 	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
@@ -161,6 +164,7 @@ var (
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Pinger         = (*backend)(nil)
+	_ driver.Batcher        = (*backend)(nil)
 )
 
 // New returns a Client using pool for claims and values. The pool stays
@@ -201,11 +205,12 @@ func newBackend(pool *pgxpool.Pool, opt *Options) (*backend, error) {
 		return nil, fmt.Errorf("postgres: %w", err)
 	}
 	b := &backend{
-		pool:   pool,
-		opt:    o,
-		keys:   driver.KeyEncoder{MaxLen: maxKeyLen, Safe: driver.PrintableASCII},
-		q:      buildQueries(o),
-		migSem: make(chan struct{}, 1),
+		pool:       pool,
+		opt:        o,
+		keys:       driver.KeyEncoder{MaxLen: maxKeyLen, Safe: driver.PrintableASCII},
+		q:          buildQueries(o),
+		migSem:     make(chan struct{}, 1),
+		chunkBytes: maxChunkBytes,
 	}
 	b.ClaimFunc = b.tryClaim
 	b.ctx, b.cancel = context.WithCancel(context.Background())
@@ -243,6 +248,7 @@ func (b *backend) Features() driver.Features {
 		TTLGranularity: time.Microsecond,
 		MaxValueLen:    b.opt.MaxValueLen,
 		Broadcast:      true,
+		MaxBatch:       MaxBatch,
 	}
 }
 

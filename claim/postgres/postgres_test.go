@@ -534,8 +534,15 @@ func TestHeldRemainingFromServer(t *testing.T) {
 // A TryClaimRead that waits for the claim row lock of a CommitRelease
 // still in progress, and wins the claim when it commits, returns the value
 // that CommitRelease wrote, although that value is not in the snapshot the
-// claim statement started with.
+// claim statement started with. So does TryClaimMany, for that key, with
+// another key in the same batch.
 func TestClaimReadSeesReleaseDuringWait(t *testing.T) {
+	for _, batch := range []bool{false, true} {
+		t.Run(fmt.Sprintf("batch=%v", batch), func(t *testing.T) { claimReadSeesReleaseDuringWait(t, batch) })
+	}
+}
+
+func claimReadSeesReleaseDuringWait(t *testing.T, batch bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	prefix := "fp" + randID() + "_"
@@ -543,6 +550,9 @@ func TestClaimReadSeesReleaseDuringWait(t *testing.T) {
 	b, _ := newClient(t, nil, "prefix", prefix)
 	l, err := a.TryClaim(ctx, "k", time.Minute)
 	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Set(ctx, "other", []byte("o"), 0); err != nil {
 		t.Fatal(err)
 	}
 	// a's CommitRelease, held open in a transaction.
@@ -561,35 +571,44 @@ func TestClaimReadSeesReleaseDuringWait(t *testing.T) {
 		found bool
 		err   error
 	}
-	done := make(chan res, 1)
+	done := make(chan error, 1)
+	var r res
 	go func() {
-		l, v, found, err := b.TryClaimRead(ctx, "k", time.Minute)
-		if err == nil {
-			_ = b.Release(context.Background(), l)
+		if !batch {
+			l, v, found, err := b.TryClaimRead(ctx, "k", time.Minute)
+			if err == nil {
+				_ = b.Release(context.Background(), l)
+			}
+			r = res{v, found, err}
+			done <- err
+			return
 		}
-		done <- res{v, found, err}
+		got, err := b.TryClaimMany(ctx, []string{"other", "k"}, time.Minute)
+		if err == nil {
+			for _, g := range got {
+				if g.Err == nil {
+					_ = b.Release(context.Background(), g.Lease)
+				}
+			}
+			if o := got[0]; o.Err != nil || !o.Found || string(o.Value) != "o" {
+				t.Errorf("TryClaimMany: the other key: %q, found %v, %v; want its value", o.Value, o.Found, o.Err)
+			}
+			r = res{got[1].Value, got[1].Found, got[1].Err}
+		}
+		done <- err
 	}()
 	// Wait until the claim statement is blocked on the row lock.
-	for {
-		var n int
-		err := ad.pool.QueryRow(ctx, `SELECT count(*) FROM pg_stat_activity
-WHERE wait_event_type = 'Lock' AND query LIKE 'WITH snap AS%' AND strpos(query, $1) > 0`, prefix+"claims").Scan(&n)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if n > 0 {
-			break
-		}
-		select {
-		case r := <-done:
-			t.Fatalf("TryClaimRead did not wait for the row lock: %q, %v, %v", r.v, r.found, r.err)
-		case <-time.After(5 * time.Millisecond):
-		}
+	start := "WITH snap AS"
+	if batch {
+		start = "WITH req AS"
 	}
+	awaitLockWait(ctx, t, ad, start, prefix, done)
 	if err := tx.Commit(ctx); err != nil {
 		t.Fatal(err)
 	}
-	r := <-done
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
 	if r.err != nil || !r.found || string(r.v) != "committed" {
 		t.Fatalf("TryClaimRead after a concurrent CommitRelease: %q, found %v, %v; want the committed value", r.v, r.found, r.err)
 	}

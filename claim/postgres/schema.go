@@ -13,7 +13,8 @@ import (
 // TablePrefix (the tables themselves: migrate).
 type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
-	claimRead, commitRelease                                     string
+	claimRead, commitRelease, revoke                             string
+	getMany, claimMany, commitReleaseMany                        string // batch.go
 	tables                                                       string
 	tableArgs                                                    []any // the names tables looks up: claims, values, index
 	migrate                                                      []string
@@ -35,23 +36,36 @@ func buildQueries(o Options) queries {
   WHERE ` + current(tok, h) + `
   RETURNING key)`
 	}
-	ins := `ins AS (
-  INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1, $2, 1, ` + exp("$3") + `)
+	// claimInto inserts the claim rows src selects (key, holder) or takes
+	// over a free or expired lease's row, bumping its token; it returns
+	// the key and token of each row claimed.
+	claimInto := func(src string) string {
+		return `INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) ` + src + `
   ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, token = c.token + 1, expires_at = ` + exp("$3") + `
   WHERE c.holder IS NULL OR c.expires_at <= clock_timestamp()
-  RETURNING token)`
-	held := `SELECT false, token, (extract(epoch FROM expires_at - clock_timestamp()) * 1000000)::bigint`
+  RETURNING key, token`
+	}
+	ins := `ins AS (
+  ` + claimInto(`VALUES ($1, $2, 1, `+exp("$3")+`)`) + `)`
+	// remaining is the remaining lifetime, in microseconds, of the lease
+	// in the claim row whose columns are qualified by q.
+	remaining := func(q string) string {
+		return `(extract(epoch FROM ` + q + `expires_at - clock_timestamp()) * 1000000)::bigint`
+	}
+	held := `SELECT false, token, ` + remaining("")
 	commit := `INSERT INTO ` + v + ` (key, value, expires_at) SELECT $1, $2, ` + vexp + ` FROM c` + upsert
+	// async, with AsyncRelease, turns synchronous_commit off for the
+	// statement's transaction (set_config's is_local) as a FROM item, so
+	// the commit, and the NOTIFY sent after it, do not wait for the WAL
+	// flush.
+	async := ""
+	if o.AsyncRelease {
+		async = `, (SELECT set_config('synchronous_commit', 'off', true)) a`
+	}
 	// notifyFrom sends the wake-up for each row of the CTE (the released
-	// claim row); with AsyncRelease it also turns synchronous_commit off
-	// for this statement's transaction (set_config's is_local), so the
-	// commit, and the NOTIFY sent after it, do not wait for the WAL flush.
+	// claim row), under async.
 	notifyFrom := func(ch, payload, cte string) string {
-		s := `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte
-		if o.AsyncRelease {
-			s += `, (SELECT set_config('synchronous_commit', 'off', true)) a`
-		}
-		return s
+		return `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte + async
 	}
 	return queries{
 		claim: `WITH ` + ins + `
@@ -88,6 +102,53 @@ WHERE ` + current("$2", "$3"),
   ` + release("$4", "$5") + `,
 w AS (` + commit + `)
 ` + notifyFrom("$6", "$7", "c"),
+		// revoke ends whatever lease key $1 has (the row, and so the
+		// token, stays) and sends the wake-up on commit; Revoke runs the
+		// value's write (set or del) after it in the same transaction.
+		// The UPDATE takes the row whether or not it is held: a lease
+		// granted after the statement's snapshot is ended too (the row
+		// is re-read once its lock is free), and a Commit in progress,
+		// which holds the row's share lock, finishes first.
+		revoke: `WITH r AS (UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp() WHERE key = $1)
+SELECT pg_notify($2, $3)`,
+		// getMany: get of every key in the array $1.
+		getMany: `SELECT key, value FROM ` + v + ` WHERE key = ANY($1::text[]) AND ` + unexpired,
+		// claimMany: claimRead of each (key, holder) of the arrays $1, $2,
+		// one row per key in the order given (i). The rows are claimed in
+		// key order, as commitReleaseMany locks them, so two batches
+		// never wait for each other in a cycle. A held key's remaining
+		// time comes from its row in the statement's snapshot, as in
+		// claim (0 if the row is not in it); the last column is
+		// claimRead's: whether the value read is as of the claim.
+		claimMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS req (key, holder, i)),
+snap AS (SELECT key, token, holder, expires_at FROM ` + c + ` WHERE key = ANY($1::text[])),
+ins AS (
+  ` + claimInto(`SELECT key, holder, 1, `+exp("$3")+` FROM req ORDER BY key`) + `)
+SELECT req.i, ins.token IS NOT NULL, coalesce(ins.token, 0), coalesce(` + remaining("snap.") + `, 0),
+  val.value, val.value IS NOT NULL,
+  ins.token IS NULL OR coalesce(snap.token + 1 = ins.token AND snap.holder IS NULL, snap.key IS NULL AND ins.token = 1)
+FROM req LEFT JOIN ins ON ins.key = req.key LEFT JOIN snap ON snap.key = req.key
+LEFT JOIN ` + v + ` val ON val.key = req.key AND ins.token IS NOT NULL
+  AND (val.expires_at IS NULL OR val.expires_at > clock_timestamp())`,
+		// commitReleaseMany: commitRelease of each (key, token, holder,
+		// value, ttl) of the arrays $1…$5, returning the keys released
+		// (the others' leases were not current). cur locks the current
+		// leases' rows in key order (see claimMany) before any is
+		// released, then the values are written in key order, and the
+		// NOTIFY of each released key is sent on commit.
+		commitReleaseMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS req (key, token, holder, value, ttl)),
+cur AS (
+  SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
+  WHERE c.token = req.token AND c.holder = req.holder AND c.expires_at > clock_timestamp()
+  ORDER BY c.key FOR NO KEY UPDATE OF c),
+r AS (
+  UPDATE ` + c + ` c SET holder = NULL, expires_at = clock_timestamp() FROM cur WHERE c.key = cur.key
+  RETURNING c.key),
+w AS (
+  INSERT INTO ` + v + ` (key, value, expires_at)
+  SELECT req.key, req.value, CASE WHEN req.ttl > 0 THEN ` + exp("req.ttl") + ` END
+  FROM req JOIN r ON r.key = req.key ORDER BY req.key` + upsert + `)
+SELECT r.key, pg_notify($6, '` + string(tagKey) + `' || r.key) FROM r` + async,
 		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired,
 		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)` + upsert,
 		del: `DELETE FROM ` + v + ` WHERE key = $1`,
