@@ -53,7 +53,12 @@ func TestSetExpiry(t *testing.T) {
 	wantSource(t, fetchOK(t, b, ctx, "long", noLoad(t)), SourceL2)
 	// "stale": past its own TTL, within its own stale window, though the
 	// Options have none: B answers it stale (and refreshes it).
-	wantSource(t, fetchOK(t, b, ctx, "stale", adaptive), SourceStale)
+	gate := make(chan struct{})
+	wantSource(t, fetchOK(t, b, ctx, "stale", func(context.Context, string) (string, error) {
+		<-gate // the stale answer comes first
+		return "v2", nil
+	}), SourceStale)
+	close(gate)
 	// "gone": a not-found cached for the hour the loader said.
 	if _, err := b.Get(ctx, "gone", noLoad(t)); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("cached not-found: %v", err)

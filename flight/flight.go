@@ -386,26 +386,13 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 			e, _ = c.l1.GetIfPresent(k)
 		}
 		if e != nil {
-			if !c.timed {
-				// L1 entries expire at the end of their TTL.
-				return hit(e, SourceL1, false)
-			}
-			now := time.Now()
-			switch e.state(now) {
-			case fresh:
-				if c.cfg.EarlyRefresh > 0 && c.earlyRefreshDue(e, now) {
-					c.refresh(ctx, k, e, load)
-				}
-				return hit(e, SourceL1, false)
-			case stale:
-				if cc.policy != Fresh {
-					c.refresh(ctx, k, e, load)
-					return hit(e, SourceStale, false)
-				}
-				old = e
-			default:
-				// Past its stale window: kept only as a fail-safe answer.
-				fs = e
+			var (
+				a   answer[V]
+				err error
+				ok  bool
+			)
+			if a, err, ok, old, fs = c.fromL1(ctx, k, e, cc.policy, load); ok {
+				return a, err
 			}
 		}
 	}
@@ -413,6 +400,37 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 		fs = old
 	}
 	return c.join(ctx, k, load, cc.policy, old, fs)
+}
+
+// fromL1 judges e, L1's entry for k, for a caller with policy p: ok if
+// it answers the call (fresh; stale under Block or Fallback, with a
+// refresh started); otherwise old is a stale value a Fresh caller's flight
+// keeps, fs a value past its stale window kept only as a fail-safe
+// answer.
+func (c *Cache[V]) fromL1(ctx context.Context, k string, e *entry[V], p Policy, load LoadFunc[V]) (a answer[V], err error, ok bool, old, fs *entry[V]) {
+	if !c.timed {
+		// L1 entries expire at the end of their TTL.
+		a, err = hit(e, SourceL1, false)
+		return a, err, true, nil, nil
+	}
+	now := time.Now()
+	switch e.state(now) {
+	case fresh:
+		if c.cfg.EarlyRefresh > 0 && c.earlyRefreshDue(e, now) {
+			c.refresh(ctx, k, e, load)
+		}
+		a, err = hit(e, SourceL1, false)
+		return a, err, true, nil, nil
+	case stale:
+		if p != Fresh {
+			c.refresh(ctx, k, e, load)
+			a, err = hit(e, SourceStale, false)
+			return a, err, true, nil, nil
+		}
+		return a, nil, false, e, e
+	}
+	// Past its stale window: kept only as a fail-safe answer.
+	return a, nil, false, nil, e
 }
 
 // hit is the answer from entry e.

@@ -32,6 +32,7 @@ type memDriver interface {
 	driver.ClaimReader
 	driver.CommitReleaser
 	driver.Broadcaster
+	driver.Batcher
 }
 
 // mem is one process's memory driver, telling what countdriver's call
@@ -90,6 +91,36 @@ func (d *mem) TryClaimRead(ctx context.Context, key, holder string, ttl time.Dur
 		d.held.Add(1)
 	}
 	return l, v, found, err
+}
+
+func (d *mem) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
+	if err := d.failing(); err != nil {
+		return nil, err
+	}
+	return d.memDriver.GetMany(ctx, keys)
+}
+
+func (d *mem) TryClaimMany(ctx context.Context, keys, holders []string, ttl time.Duration) ([]driver.Claimed, error) {
+	if err := d.failing(); err != nil {
+		return nil, err
+	}
+	out, err := d.memDriver.TryClaimMany(ctx, keys, holders, ttl)
+	for _, o := range out {
+		if errors.Is(o.Err, driver.ErrHeld) {
+			d.held.Add(1)
+		}
+	}
+	return out, err
+}
+
+func (d *mem) CommitReleaseMany(ctx context.Context, commits []driver.Commit) ([]error, error) {
+	errs, err := d.memDriver.CommitReleaseMany(ctx, commits)
+	for _, e := range errs {
+		if e == nil {
+			d.commits.Add(1)
+		}
+	}
+	return errs, err
 }
 
 func (d *mem) Commit(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration) error {

@@ -223,22 +223,9 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 	ex := &loadExpiry{}
 	v, dur, lerr := c.callLoader(ctx, withExpiry(lctx, ex), f, &lease)
 	c.loaded(lctx, span, dur, lerr)
-	e, ttl, err := c.makeEntry(v, lerr, dur, ex, f.key)
-	src = SourceLoaded
-	if err != nil {
-		now := time.Now()
-		if fs := f.failSafe.Load(); ctx.Err() == nil && !isNotFound(err) && c.failSafeUsable(fs, now) {
-			// Fail-safe: the expired value is published again for
-			// FailSafeThrottle instead of the error, so no process calls
-			// the failing loader before then, and none loses the value.
-			e, src, err = c.failSafeCopy(fs, now), SourceFailSafe, nil
-			ttl = c.failSafeLimit(fs).Sub(now)
-			c.log.Debug("flight: load failed; answering with the expired value (fail-safe)", "key", f.key, "err", lerr)
-		} else if e = c.failedEntry(ctx, f, err, dur); e == nil {
-			return nil, SourceLoaded, err
-		} else {
-			ttl = c.cfg.ErrorTTL
-		}
+	e, ttl, src, err := c.outcome(ctx, f, v, lerr, dur, ex)
+	if e == nil {
+		return nil, src, err
 	}
 	data, eerr := c.encode(e, f.origin())
 	if eerr != nil {
@@ -253,23 +240,57 @@ func (c *Cache[V]) hold(ctx context.Context, f *flight[V], l claim.Lease) (e *en
 	// gone).
 	cerr := c.b.CommitRelease(cctx, lease, data, ttl)
 	c.observe(dctx, cerr)
+	released = c.committed(f, e, cerr)
+	return e, src, err
+}
+
+// committed counts and logs the commit of e by holder flight f, which
+// returned cerr, and reports whether it landed (the lease is released).
+// A refused commit marks f unpublished: its value is not cached here
+// either.
+func (c *Cache[V]) committed(f *flight[V], e *entry[V], cerr error) bool {
 	switch {
 	case cerr == nil && e.failed != nil:
-		released = true
 		c.stats.errorCommits.Add(1)
+		return true
 	case cerr == nil:
-		released = true
 		c.stats.commits.Add(1)
+		return true
 	case errors.Is(cerr, claim.ErrLost):
 		// Revoked (Invalidate, Set) or expired: a newer holder or writer
-		// owns the key, so the value is not cached here either.
+		// owns the key.
 		f.unpublished = true
 		c.stats.lostCommits.Add(1)
 		c.log.Debug("flight: lease lost or revoked during the load; value returned to this flight's callers only, not cached", "key", f.key, "err", cerr)
 	default:
 		c.log.Debug("flight: commit failed; value returned to this process only", "key", f.key, "err", cerr)
 	}
-	return e, src, err
+	return false
+}
+
+// outcome is what holder flight f publishes of its load (v, lerr, which
+// took dur, with the Expiry the loader set in ex): the entry to commit for
+// ttl, the callers' source and error. A value or a cached not-found is
+// itself; a failed load is f's fail-safe value published again for
+// FailSafeThrottle if it has one, else an error entry for ErrorTTL (with
+// the callers' error), else nothing (e nil: nothing to commit).
+func (c *Cache[V]) outcome(ctx context.Context, f *flight[V], v V, lerr error, dur time.Duration, ex *loadExpiry) (e *entry[V], ttl time.Duration, src Source, err error) {
+	e, ttl, err = c.makeEntry(v, lerr, dur, ex, f.key)
+	if err == nil {
+		return e, ttl, SourceLoaded, nil
+	}
+	now := time.Now()
+	if fs := f.failSafe.Load(); ctx.Err() == nil && !isNotFound(err) && c.failSafeUsable(fs, now) {
+		// Fail-safe: the expired value is published again for
+		// FailSafeThrottle instead of the error, so no process calls the
+		// failing loader before then, and none loses the value.
+		c.log.Debug("flight: load failed; answering with the expired value (fail-safe)", "key", f.key, "err", lerr)
+		return c.failSafeCopy(fs, now), c.failSafeLimit(fs).Sub(now), SourceFailSafe, nil
+	}
+	if e = c.failedEntry(ctx, f, err, dur); e == nil {
+		return nil, 0, SourceLoaded, err
+	}
+	return e, c.cfg.ErrorTTL, SourceLoaded, err
 }
 
 // makeEntry turns a loader's answer for key k into an entry and its L2
