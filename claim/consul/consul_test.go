@@ -85,6 +85,12 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, harness(t, testserver.Shared(t, testserver.Consul)))
 }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1 (through the topic log), on this backend.
+func TestFlight(t *testing.T) {
+	backendtest.FlightOn(t, harness(t, testserver.Shared(t, testserver.Consul)))
+}
+
 func BenchmarkConformance(b *testing.B) {
 	conformance.Bench(b, harness(b, testserver.Shared(b, testserver.Consul)))
 }

@@ -68,6 +68,12 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, harness(t, testserver.Require(t, testserver.Dynamo)))
 }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1 (through the topic log, polled), on this backend.
+func TestFlight(t *testing.T) {
+	backendtest.FlightOn(t, harness(t, testserver.Shared(t, testserver.Dynamo)))
+}
+
 func TestURL(t *testing.T) {
 	// No error shows the credentials.
 	securitytest.OpenFails(t, "hunter",

@@ -52,6 +52,13 @@ func TestConformance(t *testing.T) {
 	}))
 }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1, on this backend.
+func TestFlight(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Etcd)
+	backendtest.FlightOn(t, backendtest.Harness(srv, func(string) string { return withPrefix(t, srv, "flight") }))
+}
+
 func BenchmarkConformance(b *testing.B) {
 	srv := testserver.Shared(b, testserver.Etcd)
 	conformance.Bench(b, backendtest.Harness(srv, func(string) string { return withPrefix(b, srv, "bench") }))

@@ -41,6 +41,10 @@ func harness(tb testing.TB) conformance.Harness {
 
 func TestConformance(t *testing.T) { conformance.Run(t, harness(t)) }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1 (through the topic log, polled), on this backend.
+func TestFlight(t *testing.T) { backendtest.FlightOn(t, harness(t)) }
+
 func TestURL(t *testing.T) {
 	ctx := context.Background()
 	// No error shows a password or a secret-named parameter.

@@ -117,6 +117,15 @@ func TestConformance(t *testing.T) {
 	}))
 }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1, on this backend.
+func TestFlight(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Postgres)
+	backendtest.FlightOn(t, backendtest.Harness(srv, func(string) string {
+		return backendtest.WithQuery(t, srv.URL(), "pool_max_conns", "4", "schema", "flight")
+	}))
+}
+
 func TestParseURL(t *testing.T) {
 	for _, tc := range []struct {
 		in, conn string

@@ -45,6 +45,10 @@ func harness(tb testing.TB) conformance.Harness {
 
 func TestConformance(t *testing.T) { conformance.Run(t, harness(t)) }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1, on this backend.
+func TestFlight(t *testing.T) { backendtest.FlightOn(t, harness(t)) }
+
 func BenchmarkConformance(b *testing.B) { conformance.Bench(b, harness(b)) }
 
 // native returns the go-redis client under c.

@@ -38,6 +38,12 @@ func TestConformance(t *testing.T) {
 	conformance.Run(t, harness(t, testserver.Require(t, testserver.ZooKeeper), "conformance"))
 }
 
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1, on this backend.
+func TestFlight(t *testing.T) {
+	backendtest.FlightOn(t, harness(t, testserver.Shared(t, testserver.ZooKeeper), "flight"))
+}
+
 func BenchmarkConformance(b *testing.B) {
 	conformance.Bench(b, harness(b, testserver.Shared(b, testserver.ZooKeeper), "bench"))
 }
