@@ -243,7 +243,7 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 // one process share one load (the first caller's load function and
 // context values, never its cancellation). A not-found is returned as an
 // error wrapping ErrNotFound.
-func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (V, error) {
+func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption[V]) (V, error) {
 	k := c.normalize(key)
 	var e *entry[V]
 	looked := false
@@ -271,7 +271,7 @@ func (c *Cache[V]) Get(ctx context.Context, key string, load LoadFunc[V], opts .
 
 // Fetch is Get, also telling where the answer came from (Result.Source)
 // and whether this caller shared another caller's flight.
-func (c *Cache[V]) Fetch(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) (Result[V], error) {
+func (c *Cache[V]) Fetch(ctx context.Context, key string, load LoadFunc[V], opts ...CallOption[V]) (Result[V], error) {
 	k := c.normalize(key)
 	var e *entry[V]
 	looked := false
@@ -302,7 +302,7 @@ type answer[V any] struct {
 
 // result is the Result of answer a to a call with normalised key k and
 // options opts.
-func (a answer[V]) result(k string, opts []CallOption) Result[V] {
+func (a answer[V]) result(k string, opts []CallOption[V]) Result[V] {
 	r := Result[V]{Source: a.src, Shared: a.shared, Superseded: a.superseded}
 	if !a.noKey {
 		r.Key = k
@@ -319,11 +319,10 @@ func (a answer[V]) result(k string, opts []CallOption) Result[V] {
 	return r
 }
 
-// fallbackValue is the value of the call's WithFallback option (checked
-// by fetch), or the zero value.
-func fallbackValue[V any](opts []CallOption) V {
-	v, _ := applyOptions(callConfig{}, opts).fallback.(V)
-	return v
+// fallbackValue is the value of the call's WithFallback option, or the
+// zero value.
+func fallbackValue[V any](opts []CallOption[V]) V {
+	return applyOptions(callConfig[V]{}, opts).fallback
 }
 
 func (c *Cache[V]) normalize(key string) string {
@@ -358,22 +357,16 @@ func (c *Cache[V]) quick(k string, load LoadFunc[V]) (e *entry[V], ok, looked bo
 
 // fetch is the full path of Get and Fetch; k is the normalised key. If
 // looked, e is L1's entry for k (nil: none), already looked up by quick.
-func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], opts []CallOption, e *entry[V], looked bool) (answer[V], error) {
+func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], opts []CallOption[V], e *entry[V], looked bool) (answer[V], error) {
 	if c.closed.Load() {
 		return answer[V]{noKey: true}, ErrClosed
 	}
 	if k == "" {
 		return answer[V]{noKey: true}, fmt.Errorf("flight: key %q: %w", key, ErrInvalidKey)
 	}
-	cc := callConfig{policy: c.cfg.Wait}
+	policy := c.cfg.Wait
 	if len(opts) > 0 {
-		cc = applyOptions(cc, opts) // out of line: &cc escapes
-		if cc.fallback != nil {
-			if _, ok := cc.fallback.(V); !ok {
-				var fb V
-				return answer[V]{}, fmt.Errorf("flight: fallback of type %T for a cache of %T", cc.fallback, fb)
-			}
-		}
+		policy = applyOptions(callConfig[V]{policy: policy}, opts).policy // out of line: the config escapes
 	}
 	if load == nil {
 		if load = c.cfg.Loader; load == nil {
@@ -391,7 +384,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 				err error
 				ok  bool
 			)
-			if a, err, ok, old, fs = c.fromL1(ctx, k, e, cc.policy, load); ok {
+			if a, err, ok, old, fs = c.fromL1(ctx, k, e, policy, load); ok {
 				return a, err
 			}
 		}
@@ -399,7 +392,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 	if fs == nil {
 		fs = old
 	}
-	return c.join(ctx, k, load, cc.policy, old, fs)
+	return c.join(ctx, k, load, policy, old, fs)
 }
 
 // fromL1 judges e, L1's entry for k, for a caller with policy p: ok if

@@ -328,7 +328,7 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
-func fetchOK[V any](t testing.TB, c *Cache[V], ctx context.Context, key string, load LoadFunc[V], opts ...CallOption) Result[V] {
+func fetchOK[V any](t testing.TB, c *Cache[V], ctx context.Context, key string, load LoadFunc[V], opts ...CallOption[V]) Result[V] {
 	t.Helper()
 	r, err := c.Fetch(ctx, key, load, opts...)
 	if err != nil {

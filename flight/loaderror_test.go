@@ -283,7 +283,7 @@ func TestErrorNotPublished(t *testing.T) {
 		fail.Store(true)
 		time.Sleep(30 * time.Millisecond) // past the TTL: a lower bound
 		// A Fresh caller waits for the refresh, and gets its error.
-		if _, err := a.Fetch(ctx, "k", nil, WithPolicy(Fresh)); !errors.Is(err, errTest) {
+		if _, err := a.Fetch(ctx, "k", nil, WithPolicy[string](Fresh)); !errors.Is(err, errTest) {
 			t.Fatalf("Fresh caller: %v, want the loader's error", err)
 		}
 		// The stale value is still served, here and elsewhere.

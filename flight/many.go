@@ -32,20 +32,11 @@ type BatchFunc[V any] func(ctx context.Context, keys []string) (map[string]V, er
 // Options.Loader for each key, concurrently. The error is for the call as
 // a whole (ErrClosed, ErrNoLoader); a repeated key gets the same answer
 // at each of its places.
-func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V], opts ...CallOption) ([]Result[V], error) {
+func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V], opts ...CallOption[V]) ([]Result[V], error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
-	cc := callConfig{policy: c.cfg.Wait}
-	if len(opts) > 0 {
-		cc = applyOptions(cc, opts)
-		if cc.fallback != nil {
-			if _, ok := cc.fallback.(V); !ok {
-				var fb V
-				return nil, fmt.Errorf("flight: fallback of type %T for a cache of %T", cc.fallback, fb)
-			}
-		}
-	}
+	cc := applyOptions(callConfig[V]{policy: c.cfg.Wait}, opts)
 	if load == nil {
 		if c.cfg.Loader == nil {
 			return nil, ErrNoLoader
@@ -342,18 +333,22 @@ func (c *Cache[V]) runMany(vals context.Context, fs []*flight[V], load BatchFunc
 // released one by one.
 func (c *Cache[V]) holdMany(ctx context.Context, fs []*flight[V], leases []claim.Lease, load BatchFunc[V], finish func(*flight[V], *entry[V], Source, error)) {
 	released := make([]bool, len(fs))
-	defer func() {
+	// release releases the leases not released by their commit; it runs
+	// before the callers are answered, and on every way out.
+	release := func() {
 		dctx := detached(ctx)
 		for i, l := range leases {
 			if released[i] {
 				continue
 			}
+			released[i] = true
 			rctx := c.opContext(dctx, time.Time{})
 			rerr := c.b.Release(rctx, l)
 			rctx.Stop()
 			c.observe(dctx, rerr)
 		}
-	}()
+	}
+	defer release()
 	keys := make([]string, len(fs))
 	for i, f := range fs {
 		keys[i] = f.key
@@ -401,6 +396,7 @@ func (c *Cache[V]) holdMany(ctx context.Context, fs []*flight[V], leases []claim
 			released[i] = c.committed(fs[i], outs[i].e, e)
 		}
 	}
+	release()
 	for i, f := range fs {
 		finish(f, outs[i].e, outs[i].src, outs[i].err)
 	}

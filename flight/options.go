@@ -294,37 +294,38 @@ func (o *Options[V]) withDefaults() config[V] {
 	return c
 }
 
-// CallOption tunes one Get or Fetch call.
-type CallOption interface{ apply(*callConfig) }
+// CallOption tunes one Get, Fetch or GetMany call of a Cache of V. The
+// options are typed by the Cache's value type, so a fallback of another
+// type does not compile.
+type CallOption[V any] interface{ apply(*callConfig[V]) }
 
-type callConfig struct {
-	policy    Policy
-	hasPolicy bool
-	fallback  any
+type callConfig[V any] struct {
+	policy      Policy
+	fallback    V
+	hasFallback bool
 }
 
-func applyOptions(cc callConfig, opts []CallOption) callConfig {
+func applyOptions[V any](cc callConfig[V], opts []CallOption[V]) callConfig[V] {
 	for _, o := range opts {
 		o.apply(&cc)
 	}
 	return cc
 }
 
-type policyOption Policy
+type policyOption[V any] Policy
 
-func (p policyOption) apply(c *callConfig) { c.policy, c.hasPolicy = Policy(p), true }
+func (p policyOption[V]) apply(c *callConfig[V]) { c.policy = Policy(p) }
 
-// WithPolicy sets the Policy for one call.
-func WithPolicy(p Policy) CallOption { return policyOption(p) }
+// WithPolicy sets the Policy for one call of a Cache of V, e.g.
+// flight.WithPolicy[Price](flight.Fresh).
+func WithPolicy[V any](p Policy) CallOption[V] { return policyOption[V](p) }
 
 type fallbackOption[V any] struct{ v V }
 
-func (f fallbackOption[V]) apply(c *callConfig) {
-	c.policy, c.hasPolicy = Fallback, true
-	c.fallback = f.v
+func (f fallbackOption[V]) apply(c *callConfig[V]) {
+	c.policy, c.fallback, c.hasFallback = Fallback, f.v, true
 }
 
 // WithFallback makes one call use the Fallback policy with v as the
-// answer when no value (fresh or stale) is at hand. v must be of the
-// cache's value type; otherwise the call fails.
-func WithFallback[V any](v V) CallOption { return fallbackOption[V]{v} }
+// answer when no value (fresh or stale) is at hand.
+func WithFallback[V any](v V) CallOption[V] { return fallbackOption[V]{v} }
