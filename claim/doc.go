@@ -46,6 +46,20 @@
 // holder's lease. Every wait in this package is bounded by ctx and by the
 // holder's lease expiry.
 //
+// Revoke ends a key's current lease whoever holds it and deletes its
+// value (RevokeSet stores a new one), then wakes the key's subscribers:
+// the revoked holder's Commit, Extend and Release fail with ErrLost from
+// then on, so work started before a revocation can never publish after
+// it (flight's Invalidate and Set are built on it), and the fence keeps
+// rising.
+//
+// Batches (GetMany, TryClaimMany, CommitReleaseMany, SubscribeMany, and
+// the batch waiting engine GetOrAcquireMany) do, key by key, what the
+// single-key calls do, in as few round trips as the backend allows
+// whatever the number of keys (a pipeline, one statement, one
+// transaction: driver.Batcher); on a backend without one the Client runs
+// the single-key calls concurrently. Nothing is atomic across keys.
+//
 // Topics (Publish, SubscribeTopic) carry messages to every process: on a
 // backend's native bus where it has one (Features.Broadcast), otherwise
 // through a short log kept under a reserved key, on every backend.
@@ -86,7 +100,8 @@
 //     stampede_claim_operation_duration_seconds in Prometheus), with the
 //     attributes stampede.operation (claim, claim-read, extend, release,
 //     commit, commit-release, get, set, delete, subscribe, notify,
-//     publish, subscribe-topic, ping), stampede.backend (Features.Name)
+//     publish, subscribe-topic, ping, revoke, get-many, claim-many,
+//     commit-release-many, subscribe-many), stampede.backend (Features.Name)
 //     and, when the call returned an error, error.type;
 //   - a span "claim OP" of kind client, a child of the span in the
 //     caller's context, with the same attributes. The backend's context
