@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
@@ -58,25 +57,6 @@ func (c *Client) chunks(n int, fn func(lo, hi int) error) error {
 	return nil
 }
 
-// each runs fn(i) for i in [0, n), batchConcurrency at a time, and waits.
-func each(n int, fn func(i int)) {
-	if n == 1 {
-		fn(0)
-		return
-	}
-	sem := make(chan struct{}, batchConcurrency)
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			fn(i)
-		}()
-	}
-	wg.Wait()
-}
-
 // batchOpKey names a batch in errors: its first key, and how many more.
 func batchOpKey(keys []string) string {
 	if len(keys) <= 1 {
@@ -106,7 +86,7 @@ func (c *Client) getMany(ctx context.Context, keys []string) ([][]byte, error) {
 	}
 	if c.bat == nil {
 		errs := make([]error, len(keys))
-		each(len(keys), func(i int) {
+		driver.Each(len(keys), batchConcurrency, func(i int) {
 			v, err := c.get(ctx, keys[i])
 			if err != nil && !errors.Is(err, ErrNotFound) {
 				errs[i] = err
@@ -161,7 +141,7 @@ func (c *Client) tryClaimMany(ctx context.Context, keys []string, ttl time.Durat
 		return out, nil
 	}
 	if c.bat == nil {
-		each(len(keys), func(i int) {
+		driver.Each(len(keys), batchConcurrency, func(i int) {
 			o := &out[i]
 			o.Lease, o.Value, o.Found, o.Err = c.tryClaimRead(ctx, keys[i], ttl)
 		})
@@ -225,7 +205,7 @@ func (c *Client) commitReleaseMany(ctx context.Context, commits []Commit) ([]err
 	const op = "commit-release"
 	errs := make([]error, len(commits))
 	if c.bat == nil {
-		each(len(commits), func(i int) {
+		driver.Each(len(commits), batchConcurrency, func(i int) {
 			cm := commits[i]
 			errs[i] = c.commitRelease(ctx, cm.Lease, cm.Value, cm.TTL)
 		})

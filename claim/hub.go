@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"sync"
+
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // fanout keeps one substrate subscription per name (a key, or a topic) for
@@ -126,7 +128,7 @@ func (f *fanout) join(ctx context.Context, m *member) error {
 func (f *fanout) joinMany(ctx context.Context, ms []*member) error {
 	if len(ms) == 1 || f.subscribeMany == nil {
 		errs := make([]error, len(ms))
-		each(len(ms), func(i int) { errs[i] = f.join(ctx, ms[i]) })
+		driver.Each(len(ms), batchConcurrency, func(i int) { errs[i] = f.join(ctx, ms[i]) })
 		if err := errors.Join(errs...); err != nil {
 			for _, m := range ms {
 				m.leave()

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -117,7 +116,7 @@ func (b *backend) runParts(ctx context.Context, parts []part) []outcome {
 	}
 	txns := append(writes, reads...)
 	out := make([]outcome, len(parts))
-	parallel(len(txns), func(k int) {
+	driver.Each(len(txns), batchParallel, func(k int) {
 		t := txns[k]
 		ok, resp, err := b.txnIf(ctx, t.ops, func(i int) bool { return t.cond[i] })
 		if err == nil && t.read && len(resp.Results) != len(t.ops) {
@@ -156,26 +155,6 @@ func (b *backend) runParts(ctx context.Context, parts []part) []outcome {
 		}
 	})
 	return out
-}
-
-// parallel runs fn(i) for i in [0, n), batchParallel at a time, and
-// waits.
-func parallel(n int, fn func(i int)) {
-	if n == 1 {
-		fn(0)
-		return
-	}
-	sem := make(chan struct{}, batchParallel)
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			fn(i)
-		}()
-	}
-	wg.Wait()
 }
 
 // GetMany implements driver.Batcher: a read-only transaction of one
@@ -322,7 +301,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		}
 		pending = next
 	}
-	parallel(len(pending), func(j int) {
+	driver.Each(len(pending), batchParallel, func(j int) {
 		i := pending[j]
 		c := &out[i]
 		c.Lease, c.Value, c.Found, c.Err = b.tryClaim(ctx, keys[i], holders[i], ttl, true)
@@ -417,7 +396,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		}
 		pending = next
 	}
-	parallel(len(pending), func(j int) {
+	driver.Each(len(pending), batchParallel, func(j int) {
 		c := commits[pending[j]]
 		errs[pending[j]] = b.commit(ctx, c.Lease, c.Value, c.TTL, true, true)
 	})

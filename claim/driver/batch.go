@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"sync"
 	"time"
 )
 
@@ -60,4 +61,30 @@ type Commit struct {
 	Lease Lease
 	Value []byte
 	TTL   time.Duration // 0: no expiry
+}
+
+// Each runs fn(i) for every i in [0, n), each on a goroutine of its own,
+// at most limit at a time (limit <= 0: all at once), and returns when all
+// have returned; n == 1 runs on the caller's goroutine. It is how a
+// Batcher without a batch primitive sends a batch's requests
+// concurrently, and how the client runs single-key calls for a driver
+// without a Batcher.
+func Each(n, limit int, fn func(i int)) {
+	if n == 1 {
+		fn(0)
+		return
+	}
+	if limit <= 0 || limit > n {
+		limit = n
+	}
+	sem := make(chan struct{}, limit)
+	var wg sync.WaitGroup
+	for i := range n {
+		sem <- struct{}{}
+		wg.Go(func() {
+			defer func() { <-sem }()
+			fn(i)
+		})
+	}
+	wg.Wait()
 }

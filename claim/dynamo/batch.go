@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/aws"
@@ -53,7 +52,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		return nil, err
 	}
 	out := make([]driver.Claimed, len(keys))
-	concurrently(len(keys), func(i int) {
+	driver.Each(len(keys), 0, func(i int) {
 		c := &out[i]
 		c.Lease, c.Value, c.Found, c.Err = b.tryClaim(ctx, keys[i], holders[i], ttl, true)
 	})
@@ -71,7 +70,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		return nil, err
 	}
 	errs := make([]error, len(commits))
-	concurrently(len(commits), func(i int) {
+	driver.Each(len(commits), 0, func(i int) {
 		c := commits[i]
 		errs[i] = b.commit(ctx, c.Lease, c.Value, c.TTL, true)
 	})
@@ -158,23 +157,4 @@ func (b *backend) batchGet(ctx context.Context, keys []string, attrs ...string) 
 		pending = append(left, pending[n:]...)
 	}
 	return items, nil
-}
-
-// concurrently runs fn(i) for every i in [0, n), each in a goroutine of
-// its own, and waits for them: n is at most MaxBatch (the Client splits
-// larger batches), and every request of a batch is in flight at once.
-func concurrently(n int, fn func(i int)) {
-	if n == 1 {
-		fn(0)
-		return
-	}
-	var wg sync.WaitGroup
-	wg.Add(n)
-	for i := range n {
-		go func() {
-			defer wg.Done()
-			fn(i)
-		}()
-	}
-	wg.Wait()
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
@@ -73,7 +72,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		return nil, err
 	}
 	out := make([]driver.Claimed, len(keys))
-	b.each(len(keys), func(i int) {
+	driver.Each(len(keys), b.par, func(i int) {
 		out[i].Lease, out[i].Err = b.TryClaim(ctx, keys[i], holders[i], ttl)
 	})
 	var vks []string
@@ -99,7 +98,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		}
 	}
 	if err != nil {
-		b.each(len(claimed), func(j int) { _ = b.Release(ctx, out[claimed[j]].Lease) })
+		driver.Each(len(claimed), b.par, func(j int) { _ = b.Release(ctx, out[claimed[j]].Lease) })
 		return nil, err
 	}
 	return out, nil
@@ -139,7 +138,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	if err != nil {
 		return nil, err
 	}
-	b.each(len(commits), func(i int) {
+	driver.Each(len(commits), b.par, func(i int) {
 		if its[i] == nil {
 			return
 		}
@@ -185,24 +184,4 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 		}
 	}
 	return nil
-}
-
-// each runs fn(i) for every i in [0, n), at most b.par at once, and
-// waits for them.
-func (b *backend) each(n int, fn func(i int)) {
-	if n == 1 {
-		fn(0)
-		return
-	}
-	sem := make(chan struct{}, b.par)
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Add(1)
-		go func() {
-			defer func() { <-sem; wg.Done() }()
-			fn(i)
-		}()
-	}
-	wg.Wait()
 }

@@ -2,7 +2,6 @@ package zookeeper
 
 import (
 	"context"
-	"sync"
 	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
@@ -31,25 +30,6 @@ import (
 // into round trips (so Features.MaxBatch is not set).
 const inFlight = 1000
 
-// perKey runs fn(i) for every i in [0, n), at most inFlight at a time, and
-// returns when all have returned.
-func perKey(n int, fn func(i int)) {
-	if n == 1 {
-		fn(0)
-		return
-	}
-	sem := make(chan struct{}, min(n, inFlight))
-	var wg sync.WaitGroup
-	for i := range n {
-		sem <- struct{}{}
-		wg.Go(func() {
-			defer func() { <-sem }()
-			fn(i)
-		})
-	}
-	wg.Wait()
-}
-
 // firstErr returns the first non-nil error of errs.
 func firstErr(errs []error) error {
 	for _, err := range errs {
@@ -72,7 +52,7 @@ func (b *backend) GetMany(ctx context.Context, keys []string) ([][]byte, error) 
 	}
 	vals := make([][]byte, len(keys))
 	errs := make([]error, len(keys))
-	perKey(len(keys), func(i int) { vals[i], _, errs[i] = b.getValue(ctx, keys[i]) })
+	driver.Each(len(keys), inFlight, func(i int) { vals[i], _, errs[i] = b.getValue(ctx, keys[i]) })
 	if err := firstErr(errs); err != nil {
 		return nil, err
 	}
@@ -93,7 +73,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		return nil, err
 	}
 	out := make([]driver.Claimed, len(keys))
-	perKey(len(keys), func(i int) {
+	driver.Each(len(keys), inFlight, func(i int) {
 		c := &out[i]
 		c.Lease, c.Value, c.Found, c.Err = b.tryClaim(ctx, keys[i], holders[i], ttl, true)
 	})
@@ -114,7 +94,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		return nil, err
 	}
 	errs := make([]error, len(commits))
-	perKey(len(commits), func(i int) {
+	driver.Each(len(commits), inFlight, func(i int) {
 		c := commits[i]
 		errs[i] = b.CommitRelease(ctx, c.Lease, c.Value, c.TTL)
 	})
@@ -133,6 +113,6 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 		return err
 	}
 	errs := make([]error, len(keys))
-	perKey(len(keys), func(i int) { errs[i] = b.Subscribe(ctx, keys[i], wakes[i]) })
+	driver.Each(len(keys), inFlight, func(i int) { errs[i] = b.Subscribe(ctx, keys[i], wakes[i]) })
 	return firstErr(errs)
 }
