@@ -42,20 +42,33 @@ func (c *Client) checkKeys(ctx context.Context, op string, keys []string) error 
 }
 
 // chunks calls fn on consecutive slices [lo, hi) of n items, each at most
-// the driver's Features.MaxBatch long, one after another; it stops at the
-// first error.
+// the driver's Features.MaxBatch long, a few at a time concurrently, and
+// returns the first error (by position) once all have returned.
 func (c *Client) chunks(n int, fn func(lo, hi int) error) error {
 	size := n
 	if m := c.feat.MaxBatch; m > 0 && m < size {
 		size = m
 	}
-	for lo := 0; lo < n; lo += size {
-		if err := fn(lo, min(lo+size, n)); err != nil {
+	if size == 0 {
+		return nil
+	}
+	count := (n + size - 1) / size
+	errs := make([]error, count)
+	driver.Each(count, chunkConcurrency, func(i int) {
+		lo := i * size
+		errs[i] = fn(lo, min(lo+size, n))
+	})
+	for _, err := range errs {
+		if err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// chunkConcurrency bounds the parts of a batch larger than
+// Features.MaxBatch that are sent at once.
+const chunkConcurrency = 4
 
 // batchOpKey names a batch in errors: its first key, and how many more.
 func batchOpKey(keys []string) string {

@@ -132,7 +132,6 @@ func errHerdWorker() int {
 		Normalize: flight.Identity,
 		ErrorTTL:  errHerdTTL,
 		Logger:    slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn})),
-		Loader:    herdLoad,
 	})
 	if err != nil {
 		return fail(err)
@@ -168,7 +167,7 @@ func runHerd(c *flight.Cache[string], key string) herdMsg {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
 			start := time.Now()
-			v, err := c.Get(ctx, key, nil)
+			v, err := c.Get(ctx, key, herdLoad)
 			r.Latencies[i] = time.Since(start)
 			var re *flight.RemoteError
 			switch {

@@ -47,20 +47,21 @@ func outageOnce(t *testing.T, b backend) {
 		started atomic.Int64
 	)
 	caches := make([]*flight.Cache[string], outageProcs)
+	loaders := make([]flight.LoadFunc[string], outageProcs) // loaders[p]: process p's loader
 	for p := range caches {
+		loaders[p] = func(ctx context.Context, key string) (string, error) {
+			mu.Lock()
+			loads[fmt.Sprint(p, "/", key)]++
+			mu.Unlock()
+			started.Add(1)
+			select {
+			case <-time.After(outageLoad):
+			case <-ctx.Done():
+			}
+			return "v:" + key, nil
+		}
 		c, err := flight.New(open(t, u), &flight.Options[string]{
 			Name: name, LoadTimeout: outageLoadTO, OpTimeout: outageOpTO, WaitTimeout: time.Minute,
-			Loader: func(ctx context.Context, key string) (string, error) {
-				mu.Lock()
-				loads[fmt.Sprint(p, "/", key)]++
-				mu.Unlock()
-				started.Add(1)
-				select {
-				case <-time.After(outageLoad):
-				case <-ctx.Done():
-				}
-				return "v:" + key, nil
-			},
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -85,7 +86,7 @@ func outageOnce(t *testing.T, b backend) {
 					start := time.Now()
 					ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 					defer cancel()
-					r, err := caches[p].Fetch(ctx, fmt.Sprint("k", k), nil)
+					r, err := caches[p].Fetch(ctx, fmt.Sprint("k", k), loaders[p])
 					answers <- answer{start, time.Now(), err, r.Source}
 				}()
 			}

@@ -28,29 +28,29 @@ func constLoad(context.Context, string) (string, error) { return "value", nil }
 
 // BenchmarkL1Hit: a Get answered by L1 (key already normal).
 func BenchmarkL1Hit(b *testing.B) {
-	c := benchCache(b, &Options[string]{Loader: constLoad})
+	c := benchCache(b, &Options[string]{})
 	ctx := context.Background()
-	if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+	if _, err := c.Get(ctx, "apple inc", constLoad); err != nil {
 		b.Fatal(err)
 	}
 	b.Run("serial", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			c.Get(ctx, "apple inc", nil)
+			c.Get(ctx, "apple inc", constLoad)
 		}
 	})
 	b.Run("parallel", func(b *testing.B) {
 		b.ReportAllocs()
 		b.RunParallel(func(pb *testing.PB) {
 			for pb.Next() {
-				c.Get(ctx, "apple inc", nil)
+				c.Get(ctx, "apple inc", constLoad)
 			}
 		})
 	})
 	b.Run("unnormalised", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			c.Get(ctx, "Apple Inc.", nil)
+			c.Get(ctx, "Apple Inc.", constLoad)
 		}
 	})
 }
@@ -80,7 +80,7 @@ const herdSize = 16
 // callers of one process: one flight, one L2 read, claim, load, commit,
 // release on the in-process backend.
 func BenchmarkCoalescedMiss(b *testing.B) {
-	c := benchCache(b, &Options[string]{Loader: constLoad, L1Size: 1 << 20})
+	c := benchCache(b, &Options[string]{L1Size: 1 << 20})
 	ctx := context.Background()
 	b.ReportAllocs()
 	i := 0
@@ -89,7 +89,7 @@ func BenchmarkCoalescedMiss(b *testing.B) {
 		key := "key " + strconv.Itoa(i)
 		var wg sync.WaitGroup
 		for range herdSize {
-			wg.Go(func() { c.Get(ctx, key, nil) })
+			wg.Go(func() { c.Get(ctx, key, constLoad) })
 		}
 		wg.Wait()
 	}
@@ -130,9 +130,9 @@ func BenchmarkSingleflight(b *testing.B) {
 // BenchmarkJoin isolates the join itself.
 func BenchmarkMissSplit(b *testing.B) {
 	b.Run("flight", func(b *testing.B) {
-		c := benchCache(b, &Options[string]{L1Size: 1 << 20, Loader: constLoad})
+		c := benchCache(b, &Options[string]{L1Size: 1 << 20})
 		ctx := context.Background()
-		benchSplit(b, func(key string) { c.Get(ctx, key, nil) })
+		benchSplit(b, func(key string) { c.Get(ctx, key, constLoad) })
 	})
 	b.Run("singleflight", func(b *testing.B) {
 		var g singleflight.Group
@@ -290,13 +290,13 @@ func benchJoin(b *testing.B, mk func(load func()) func(key string) (shared bool)
 
 // BenchmarkL2Hit: L1 off; every Get reads and decodes the in-process L2.
 func BenchmarkL2Hit(b *testing.B) {
-	c := benchCache(b, &Options[string]{Loader: constLoad, L1Size: -1})
+	c := benchCache(b, &Options[string]{L1Size: -1})
 	ctx := context.Background()
-	if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+	if _, err := c.Get(ctx, "apple inc", constLoad); err != nil {
 		b.Fatal(err)
 	}
 	b.ReportAllocs()
 	for b.Loop() {
-		c.Get(ctx, "apple inc", nil)
+		c.Get(ctx, "apple inc", constLoad)
 	}
 }

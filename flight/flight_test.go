@@ -19,39 +19,39 @@ func TestScenarios(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
 	ld := newLoader()
-	a, pa := newCache(f, &Options[string]{Loader: ld.load})
+	a, pa := newCache(f, &Options[string]{})
 
 	// One process asks twice: the second is an L1 hit, no backend call.
-	r := fetchOK(t, a, ctx, "Apple Inc.", nil)
+	r := fetchOK(t, a, ctx, "Apple Inc.", ld.load)
 	wantSource(t, r, SourceLoaded)
 	before := pa.calls()
-	r2 := fetchOK(t, a, ctx, "apple  inc", nil)
+	r2 := fetchOK(t, a, ctx, "apple  inc", ld.load)
 	wantSource(t, r2, SourceL1)
 	if r2.Value != r.Value || pa.calls() != before {
 		t.Fatalf("second ask: %q (backend calls %d -> %d), want %q from L1 alone", r2.Value, before, pa.calls(), r.Value)
 	}
 
 	// A then B: B hits L2 and fills its L1.
-	b, pb := newCache(f, &Options[string]{Loader: ld.load})
-	wantSource(t, fetchOK(t, b, ctx, "APPLE INC.", nil), SourceL2)
+	b, pb := newCache(f, &Options[string]{})
+	wantSource(t, fetchOK(t, b, ctx, "APPLE INC.", ld.load), SourceL2)
 	before = pb.calls()
-	wantSource(t, fetchOK(t, b, ctx, "Apple Inc", nil), SourceL1)
+	wantSource(t, fetchOK(t, b, ctx, "Apple Inc", ld.load), SourceL1)
 	if pb.calls() != before {
 		t.Fatal("B's second ask reached the backend")
 	}
 
 	// Restart: a new process has an empty L1; L2 answers.
 	a.Close()
-	a2, _ := newCache(f, &Options[string]{Loader: ld.load})
-	r = fetchOK(t, a2, ctx, "apple inc", nil)
+	a2, _ := newCache(f, &Options[string]{})
+	r = fetchOK(t, a2, ctx, "apple inc", ld.load)
 	wantSource(t, r, SourceL2)
 
 	// L2 gone: the loader answers again (idempotently, in the real world).
 	if err := pa.Delete(ctx, "default:apple inc"); err != nil {
 		t.Fatal(err)
 	}
-	c, _ := newCache(f, &Options[string]{Loader: ld.load})
-	wantSource(t, fetchOK(t, c, ctx, "Apple Inc.", nil), SourceLoaded)
+	c, _ := newCache(f, &Options[string]{})
+	wantSource(t, fetchOK(t, c, ctx, "Apple Inc.", ld.load), SourceLoaded)
 	if n := ld.count("apple inc"); n != 2 {
 		t.Fatalf("loader calls after L2 loss: %d, want 2", n)
 	}
@@ -59,14 +59,14 @@ func TestScenarios(t *testing.T) {
 	// Thundering herd across processes: one load.
 	var caches []*Cache[string]
 	for range 4 {
-		c, _ := newCache(f, &Options[string]{Loader: ld.load})
+		c, _ := newCache(f, &Options[string]{})
 		caches = append(caches, c)
 	}
 	var wg sync.WaitGroup
 	for _, c := range caches {
 		for range 50 {
 			wg.Go(func() {
-				if _, err := c.Get(ctx, "Globex Corp", nil); err != nil {
+				if _, err := c.Get(ctx, "Globex Corp", ld.load); err != nil {
 					t.Error(err)
 				}
 			})
@@ -89,7 +89,7 @@ func herd(t *testing.T, slow bool, procs, callers int, keys []string) {
 	ld.delay = 5 * time.Millisecond
 	var caches []*Cache[string]
 	for range procs {
-		c, _ := newCache(f, &Options[string]{Loader: ld.load})
+		c, _ := newCache(f, &Options[string]{})
 		caches = append(caches, c)
 	}
 	start := make(chan struct{})
@@ -103,7 +103,7 @@ func herd(t *testing.T, slow bool, procs, callers int, keys []string) {
 			key := keys[(i+j)%len(keys)]
 			wg.Go(func() {
 				<-start
-				v, err := c.Get(ctx, key, nil)
+				v, err := c.Get(ctx, key, ld.load)
 				if err != nil {
 					t.Error(err)
 					return
@@ -270,22 +270,22 @@ func TestFallbackAcrossProcesses(t *testing.T) {
 	ld := newLoader()
 	ld.gate = make(chan struct{})
 	ld.called = make(chan string, 1)
-	a, _ := newCache(f, &Options[string]{Loader: ld.load})
-	b, _ := newCache(f, &Options[string]{Loader: ld.load, Wait: Fallback})
+	a, _ := newCache(f, &Options[string]{})
+	b, _ := newCache(f, &Options[string]{Wait: Fallback})
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		a.Get(ctx, "k", nil)
+		a.Get(ctx, "k", ld.load)
 	}()
 	<-ld.called
-	r := fetchOK(t, b, ctx, "k", nil)
+	r := fetchOK(t, b, ctx, "k", ld.load)
 	if r.Source != SourceFallback || r.Value != "" {
 		t.Fatalf("B: %q from %v, want the zero fallback", r.Value, r.Source)
 	}
 	close(ld.gate)
 	<-done
 	idle(t, b)
-	r = fetchOK(t, b, ctx, "k", nil)
+	r = fetchOK(t, b, ctx, "k", ld.load)
 	if r.Source != SourceL1 || r.Value != "v1:k" {
 		t.Fatalf("B afterwards: %q from %v", r.Value, r.Source)
 	}
@@ -499,10 +499,11 @@ func TestNegativeCaching(t *testing.T) {
 	t.Run("cached", func(t *testing.T) {
 		f := newFleet(t)
 		calls := 0
-		a, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour, Loader: notFound(&calls)})
-		b, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour, Loader: notFound(&calls)})
+		load := notFound(&calls)
+		a, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour})
+		b, _ := newCache(f, &Options[string]{NegativeTTL: time.Hour})
 		for i, c := range []*Cache[string]{a, a, b} {
-			r, err := c.Fetch(ctx, "nobody", nil)
+			r, err := c.Fetch(ctx, "nobody", load)
 			if !errors.Is(err, ErrNotFound) {
 				t.Fatalf("ask %d: %v, want ErrNotFound", i, err)
 			}
@@ -520,9 +521,10 @@ func TestNegativeCaching(t *testing.T) {
 	t.Run("not cached by default", func(t *testing.T) {
 		f := newFleet(t)
 		calls := 0
-		a, _ := newCache(f, &Options[string]{Loader: notFound(&calls)})
+		load := notFound(&calls)
+		a, _ := newCache(f, &Options[string]{})
 		for range 2 {
-			if _, err := a.Get(ctx, "nobody", nil); !errors.Is(err, ErrNotFound) {
+			if _, err := a.Get(ctx, "nobody", load); !errors.Is(err, ErrNotFound) {
 				t.Fatal(err)
 			}
 		}
@@ -570,14 +572,15 @@ func TestLoaderNotFoundIsClaimNotFound(t *testing.T) {
 					}
 				}
 				pa, pb := f.proc(), f.proc()
-				a := openProcCache(t, pa, &Options[string]{NegativeTTL: negative, Loader: mk(pa)})
-				b := openProcCache(t, pb, &Options[string]{NegativeTTL: negative, Loader: mk(pb)})
+				a := openProcCache(t, pa, &Options[string]{NegativeTTL: negative})
+				b := openProcCache(t, pb, &Options[string]{NegativeTTL: negative})
+				load := map[*Cache[string]]LoadFunc[string]{a: mk(pa), b: mk(pb)} // each process's loader reads through it
 				want := []Source{SourceLoaded, SourceL1, SourceL2}
 				if negative == 0 {
 					want = []Source{SourceLoaded, SourceLoaded, SourceLoaded}
 				}
 				for i, c := range []*Cache[string]{a, a, b} {
-					r, err := c.Fetch(ctx, "nobody", nil)
+					r, err := c.Fetch(ctx, "nobody", load[c])
 					if !errors.Is(err, ErrNotFound) || !errors.Is(err, claim.ErrNotFound) {
 						t.Fatalf("NegativeTTL %v, ask %d: %v, want a not-found", negative, i, err)
 					}
@@ -607,16 +610,16 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	f := newFleet(t)
 	ld := newLoader()
 	opt := func() *Options[string] {
-		return &Options[string]{Loader: ld.load, TTL: 300 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
+		return &Options[string]{TTL: 300 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
 	}
 	var caches []*Cache[string]
 	for range 4 {
 		c, _ := newCache(f, opt())
 		caches = append(caches, c)
 	}
-	first := fetchOK(t, caches[0], ctx, "k", nil).Value
+	first := fetchOK(t, caches[0], ctx, "k", ld.load).Value
 	for _, c := range caches[1:] {
-		fetchOK(t, c, ctx, "k", nil)
+		fetchOK(t, c, ctx, "k", ld.load)
 	}
 	time.Sleep(350 * time.Millisecond) // past the TTL: every copy is stale
 	ld.gate = make(chan struct{})
@@ -624,7 +627,7 @@ func TestStaleWhileRevalidate(t *testing.T) {
 	for _, c := range caches {
 		for range 10 {
 			wg.Go(func() {
-				r, err := c.Fetch(ctx, "k", nil)
+				r, err := c.Fetch(ctx, "k", ld.load)
 				if err != nil || r.Source != SourceStale || r.Value != first {
 					t.Errorf("got %q from %v (%v), want the stale %q at once", r.Value, r.Source, err, first)
 				}
@@ -640,14 +643,14 @@ func TestStaleWhileRevalidate(t *testing.T) {
 		t.Fatalf("%d loads, want 2 (one refresh fleet-wide)", n)
 	}
 	for _, c := range caches {
-		r := fetchOK(t, c, ctx, "k", nil)
+		r := fetchOK(t, c, ctx, "k", ld.load)
 		if r.Value == first {
 			t.Fatalf("still stale after the refresh: %q from %v", r.Value, r.Source)
 		}
 	}
 	// The Fresh policy waits for a fresh value.
 	time.Sleep(350 * time.Millisecond)
-	r := fetchOK(t, caches[0], ctx, "k", nil, WithPolicy[string](Fresh))
+	r := fetchOK(t, caches[0], ctx, "k", ld.load, WithPolicy[string](Fresh))
 	if r.Source == SourceStale {
 		t.Fatalf("Fresh policy got a stale value")
 	}
@@ -659,20 +662,20 @@ func TestEarlyRefresh(t *testing.T) {
 	ld := newLoader()
 	ld.delay = time.Millisecond
 	// A huge β makes every fresh hit refresh.
-	a, _ := newCache(f, &Options[string]{Loader: ld.load, EarlyRefresh: 1e12})
-	b, _ := newCache(f, &Options[string]{Loader: ld.load, EarlyRefresh: 1e12})
-	first := fetchOK(t, a, ctx, "k", nil)
-	wantSource(t, fetchOK(t, a, ctx, "k", nil), SourceL1) // triggers a refresh
+	a, _ := newCache(f, &Options[string]{EarlyRefresh: 1e12})
+	b, _ := newCache(f, &Options[string]{EarlyRefresh: 1e12})
+	first := fetchOK(t, a, ctx, "k", ld.load)
+	wantSource(t, fetchOK(t, a, ctx, "k", ld.load), SourceL1) // triggers a refresh
 	idle(t, a)
 	if n := ld.count("k"); n != 2 {
 		t.Fatalf("%d loads, want 2", n)
 	}
-	r := fetchOK(t, a, ctx, "k", nil)
+	r := fetchOK(t, a, ctx, "k", ld.load)
 	if r.Value == first.Value {
 		t.Fatal("refresh did not replace the value in L1")
 	}
 	idle(t, a)
-	r = fetchOK(t, b, ctx, "k", nil)
+	r = fetchOK(t, b, ctx, "k", ld.load)
 	if r.Source != SourceL2 {
 		t.Fatalf("B: %v", r.Source)
 	}
@@ -688,8 +691,8 @@ func TestInvalidate(t *testing.T) {
 		ld := newLoader()
 		var caches []*Cache[string]
 		for range 4 {
-			c, _ := newCache(f, &Options[string]{Loader: ld.load, L1TTL: time.Hour})
-			fetchOK(t, c, ctx, "k", nil)
+			c, _ := newCache(f, &Options[string]{L1TTL: time.Hour})
+			fetchOK(t, c, ctx, "k", ld.load)
 			caches = append(caches, c)
 		}
 		if err := caches[0].Invalidate(ctx, "K."); err != nil {
@@ -702,7 +705,7 @@ func TestInvalidate(t *testing.T) {
 			})
 		}
 		for _, c := range caches {
-			r := fetchOK(t, c, ctx, "k", nil)
+			r := fetchOK(t, c, ctx, "k", ld.load)
 			if r.Value != "v2:k" {
 				t.Fatalf("after invalidation: %q from %v", r.Value, r.Source)
 			}
@@ -724,7 +727,7 @@ func TestInvalidate(t *testing.T) {
 		var caches []*Cache[string]
 		var procs []*proc
 		for range 3 {
-			c, p := newCache(f, &Options[string]{Loader: ld.load, L1TTL: time.Hour})
+			c, p := newCache(f, &Options[string]{L1TTL: time.Hour})
 			if p.Features().Broadcast {
 				t.Fatal("the Client sees a native bus")
 			}
@@ -736,7 +739,7 @@ func TestInvalidate(t *testing.T) {
 		for round := 1; round <= 2; round++ {
 			want := fmt.Sprintf("v%d:k", round)
 			for i, c := range caches {
-				if r := fetchOK(t, c, ctx, "k", nil); r.Value != want {
+				if r := fetchOK(t, c, ctx, "k", ld.load); r.Value != want {
 					t.Fatalf("round %d, process %d: %q from %v, want %q", round, i, r.Value, r.Source, want)
 				}
 				if _, ok := c.l1.GetIfPresent("k"); !ok {
@@ -753,7 +756,7 @@ func TestInvalidate(t *testing.T) {
 				})
 			}
 		}
-		r := fetchOK(t, caches[1], ctx, "k", nil)
+		r := fetchOK(t, caches[1], ctx, "k", ld.load)
 		if r.Value != "v3:k" || r.Source != SourceLoaded {
 			t.Fatalf("after the invalidations: %q from %v, want a third load", r.Value, r.Source)
 		}
@@ -773,8 +776,8 @@ func TestFallbackPolicy(t *testing.T) {
 	f := newFleet(t)
 	ld := newLoader()
 	ld.gate = make(chan struct{})
-	c, _ := newCache(f, &Options[string]{Loader: ld.load})
-	r, err := c.Fetch(ctx, "k", nil, WithFallback("guess"))
+	c, _ := newCache(f, &Options[string]{})
+	r, err := c.Fetch(ctx, "k", ld.load, WithFallback("guess"))
 	if err != nil || r.Value != "guess" || r.Source != SourceFallback {
 		t.Fatalf("got %q from %v, %v", r.Value, r.Source, err)
 	}
@@ -782,7 +785,7 @@ func TestFallbackPolicy(t *testing.T) {
 	// CallOption[int].
 	close(ld.gate)
 	idle(t, c)
-	wantSource(t, fetchOK(t, c, ctx, "k", nil), SourceL1)
+	wantSource(t, fetchOK(t, c, ctx, "k", ld.load), SourceL1)
 	if ld.count("k") != 1 {
 		t.Fatal("the background load did not fill the cache")
 	}
@@ -793,12 +796,12 @@ func TestFailOpen(t *testing.T) {
 	f := newFleet(t)
 	ld := newLoader()
 	ld.gate = make(chan struct{})
-	c, p := newCache(f, &Options[string]{Loader: ld.load})
+	c, p := newCache(f, &Options[string]{})
 	p.Close() // unreachable
 	var wg sync.WaitGroup
 	for range 100 {
 		wg.Go(func() {
-			r, err := c.Fetch(ctx, "k", nil)
+			r, err := c.Fetch(ctx, "k", ld.load)
 			if err != nil || r.Source != SourceLoaded {
 				t.Errorf("fail open: %q from %v, %v", r.Value, r.Source, err)
 			}
@@ -816,9 +819,9 @@ func TestFailOpen(t *testing.T) {
 		t.Fatalf("stats %+v", st)
 	}
 
-	closed, p2 := newCache(f, &Options[string]{Loader: ld.load, FailClosed: true})
+	closed, p2 := newCache(f, &Options[string]{FailClosed: true})
 	p2.Close()
-	if _, err := closed.Get(ctx, "k", nil); !errors.Is(err, ErrBackend) || !errors.Is(err, claim.ErrClosed) {
+	if _, err := closed.Get(ctx, "k", ld.load); !errors.Is(err, ErrBackend) || !errors.Is(err, claim.ErrClosed) {
 		t.Fatalf("fail closed: %v", err)
 	}
 }
@@ -868,19 +871,19 @@ func TestKeyNormalisation(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
 	ld := newLoader()
-	c, _ := newCache(f, &Options[string]{Loader: ld.load})
+	c, _ := newCache(f, &Options[string]{})
 	for _, k := range []string{"Apple Inc.", "Apple Inc", "APPLE INC.", "apple  inc", " apple\tinc! "} {
-		fetchOK(t, c, ctx, k, nil)
+		fetchOK(t, c, ctx, k, ld.load)
 	}
 	if ld.total.Load() != 1 {
 		t.Fatalf("%d loads, want 1", ld.total.Load())
 	}
-	if _, err := c.Get(ctx, " ...", nil); !errors.Is(err, ErrInvalidKey) {
+	if _, err := c.Get(ctx, " ...", ld.load); !errors.Is(err, ErrInvalidKey) {
 		t.Fatalf("got %v, want ErrInvalidKey", err)
 	}
-	id, _ := newCache(f, &Options[string]{Loader: ld.load, Normalize: Identity, Name: "raw"})
-	fetchOK(t, id, ctx, "Apple Inc.", nil)
-	fetchOK(t, id, ctx, "apple inc", nil)
+	id, _ := newCache(f, &Options[string]{Normalize: Identity, Name: "raw"})
+	fetchOK(t, id, ctx, "Apple Inc.", ld.load)
+	fetchOK(t, id, ctx, "apple inc", ld.load)
 	if ld.total.Load() != 3 {
 		t.Fatalf("Identity: %d loads, want 3", ld.total.Load())
 	}
@@ -953,18 +956,18 @@ func TestRoundTrips(t *testing.T) {
 			ld := newLoader()
 			ld.gate = make(chan struct{})
 			ld.called = make(chan string, 1)
-			holder, ph := newCache(f, &Options[string]{Loader: ld.load})
-			waiter, pw := newCache(f, &Options[string]{Loader: ld.load})
+			holder, ph := newCache(f, &Options[string]{})
+			waiter, pw := newCache(f, &Options[string]{})
 			var wg sync.WaitGroup
 			wg.Go(func() {
-				if _, err := holder.Get(ctx, "k", nil); err != nil {
+				if _, err := holder.Get(ctx, "k", ld.load); err != nil {
 					t.Error(err)
 				}
 			})
 			<-ld.called
 			for range 100 {
 				wg.Go(func() {
-					if r, err := waiter.Fetch(ctx, "k", nil); err != nil || r.Source != SourceRemote {
+					if r, err := waiter.Fetch(ctx, "k", ld.load); err != nil || r.Source != SourceRemote {
 						t.Errorf("waiter: %v, %v", r.Source, err)
 					}
 				})
@@ -1011,7 +1014,7 @@ func holderAdopts(t *testing.T, slow, otherSchema bool) {
 	f := newFleet(t)
 	f.slow = slow
 	ld := newLoader()
-	aopt := &Options[string]{Loader: ld.load}
+	aopt := &Options[string]{}
 	if otherSchema {
 		aopt.Schema = "v0"
 	}
@@ -1022,11 +1025,11 @@ func holderAdopts(t *testing.T, slow, otherSchema bool) {
 	var aerr error
 	pb := f.procWith(func(m countdriver.Method) {
 		if m == countdriver.Subscribe {
-			once.Do(func() { _, aerr = a.Get(ctx, "k", nil) })
+			once.Do(func() { _, aerr = a.Get(ctx, "k", ld.load) })
 		}
 	})
-	b := openProcCache(t, pb, &Options[string]{Loader: ld.load})
-	r := fetchOK(t, b, ctx, "k", nil)
+	b := openProcCache(t, pb, &Options[string]{})
+	r := fetchOK(t, b, ctx, "k", ld.load)
 	if aerr != nil {
 		t.Fatalf("A: %v", aerr)
 	}

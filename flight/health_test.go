@@ -110,13 +110,13 @@ func TestHealthTransitions(t *testing.T) {
 	ld := newLoader()
 	p := f.proc()
 	opened := time.Now()
-	c := openProcCache(t, p, &Options[string]{Loader: ld.load, Logger: slog.New(logs), OnHealthChange: hl.on})
+	c := openProcCache(t, p, &Options[string]{Logger: slog.New(logs), OnHealthChange: hl.on})
 
 	st := c.Stats()
 	if h := st.Health; h.State != Healthy || h.Err != nil || h.Since.Before(opened) || h.Since.After(time.Now()) {
 		t.Fatalf("a new Cache: %+v, want healthy since New", h)
 	}
-	fetchOK(t, c, ctx, "before", nil)
+	fetchOK(t, c, ctx, "before", ld.load)
 
 	// An outage: 400 callers on 100 keys, each key a flight whose read of
 	// L2 fails; every caller is answered (fail open).
@@ -128,7 +128,7 @@ func TestHealthTransitions(t *testing.T) {
 		for k := range 100 {
 			for range 4 {
 				wg.Go(func() {
-					if _, err := c.Get(ctx, fmt.Sprintf("%s %d", round, k), nil); err != nil {
+					if _, err := c.Get(ctx, fmt.Sprintf("%s %d", round, k), ld.load); err != nil {
 						t.Errorf("fail open: %v", err)
 					}
 				})
@@ -155,7 +155,7 @@ func TestHealthTransitions(t *testing.T) {
 	// Recovery: the next backend call that succeeds.
 	p.mem.setFault(nil)
 	recovering := time.Now()
-	fetchOK(t, c, ctx, "after", nil)
+	fetchOK(t, c, ctx, "after", ld.load)
 	h = c.Stats().Health
 	if h.State != Healthy || h.Err != nil || h.Since.Before(recovering) || h.Lasted <= 0 || h.Lasted > h.Since.Sub(failing) {
 		t.Fatalf("after recovery: %+v", h)
@@ -171,7 +171,7 @@ func TestHealthTransitions(t *testing.T) {
 	var wg sync.WaitGroup
 	for k := range 50 {
 		wg.Go(func() {
-			if _, err := c.Get(ctx, fmt.Sprint("config ", k), nil); !errors.Is(err, claim.ErrConfig) {
+			if _, err := c.Get(ctx, fmt.Sprint("config ", k), ld.load); !errors.Is(err, claim.ErrConfig) {
 				t.Errorf("configuration error: got %v, want ErrConfig", err)
 			}
 		})
@@ -184,7 +184,7 @@ func TestHealthTransitions(t *testing.T) {
 		t.Fatalf("misconfigured: %+v", h)
 	}
 	p.mem.setFault(nil)
-	fetchOK(t, c, ctx, "fixed", nil)
+	fetchOK(t, c, ctx, "fixed", ld.load)
 
 	if n := logs.count(slog.LevelError, msgDegraded); n != 2 {
 		t.Fatalf("%d ERROR records %q, want 2", n, msgDegraded)
@@ -223,12 +223,12 @@ func TestHealthCallbackOffCallerPath(t *testing.T) {
 	hl := &healthLog{t: t, gate: make(chan struct{})}
 	p := f.proc()
 	ld := newLoader()
-	c := openProcCache(t, p, &Options[string]{Loader: ld.load, OnHealthChange: hl.on})
+	c := openProcCache(t, p, &Options[string]{OnHealthChange: hl.on})
 	for i := range 3 {
 		p.mem.setFault(errors.New("down"))
-		fetchOK(t, c, ctx, fmt.Sprint("down ", i), nil) // fails open
+		fetchOK(t, c, ctx, fmt.Sprint("down ", i), ld.load) // fails open
 		p.mem.setFault(nil)
-		fetchOK(t, c, ctx, fmt.Sprint("up ", i), nil)
+		fetchOK(t, c, ctx, fmt.Sprint("up ", i), ld.load)
 	}
 	eventually(t, "the first change reached the callback", func() bool { return len(hl.got()) == 1 })
 	close(hl.gate)

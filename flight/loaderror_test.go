@@ -35,7 +35,7 @@ func errorTravels(t *testing.T, slow bool) {
 		<-gate
 		return "", errTest
 	}
-	opt := &Options[string]{Loader: load, ErrorTTL: time.Hour}
+	opt := &Options[string]{ErrorTTL: time.Hour}
 	caches := make([]*Cache[string], procs)
 	for i := range caches {
 		caches[i], _ = newCache(f, opt)
@@ -50,7 +50,7 @@ func errorTravels(t *testing.T, slow bool) {
 	for i, c := range caches {
 		for range callers {
 			wg.Go(func() {
-				r, err := c.Fetch(ctx, "k", nil)
+				r, err := c.Fetch(ctx, "k", load)
 				answers <- answer{i, r, err}
 			})
 		}
@@ -110,19 +110,19 @@ func errorTravels(t *testing.T, slow bool) {
 	// loader is never called.
 	late, pl := newCache(f, opt)
 	for i, want := range []Source{SourceL2, SourceL1} {
-		r, err := late.Fetch(ctx, "K", nil)
+		r, err := late.Fetch(ctx, "K", load)
 		if !errors.Is(err, ErrRemoteLoad) || r.Source != want {
 			t.Fatalf("late ask %d: %v from %v, want ErrRemoteLoad from %v", i, err, r.Source, want)
 		}
 	}
-	if _, err := late.Get(ctx, "k", nil); !errors.Is(err, ErrRemoteLoad) {
+	if _, err := late.Get(ctx, "k", load); !errors.Is(err, ErrRemoteLoad) {
 		t.Fatalf("Get: %v", err)
 	}
 	if n := loads.Load(); n != 1 || pl.claims() != 0 {
 		t.Fatalf("%d loads, %d claims by the late process; want 1 load, no claim", n, pl.claims())
 	}
 	// The holder's process: from L1, the loader's error still underneath.
-	_, err := caches[holder].Get(ctx, "k", nil)
+	_, err := caches[holder].Get(ctx, "k", load)
 	if !errors.Is(err, ErrRemoteLoad) || !errors.Is(err, errTest) {
 		t.Fatalf("holder's process afterwards: %v", err)
 	}
@@ -145,9 +145,9 @@ func TestErrorTTLExpires(t *testing.T) {
 		}
 		return ld.load(ctx, key)
 	}
-	a, _ := newCache(f, &Options[string]{Loader: load, ErrorTTL: ttl})
-	b, _ := newCache(f, &Options[string]{Loader: load, ErrorTTL: ttl})
-	if _, err := a.Get(ctx, "k", nil); !errors.Is(err, errTest) {
+	a, _ := newCache(f, &Options[string]{ErrorTTL: ttl})
+	b, _ := newCache(f, &Options[string]{ErrorTTL: ttl})
+	if _, err := a.Get(ctx, "k", load); !errors.Is(err, errTest) {
 		t.Fatal(err)
 	}
 	fail.Store(false)
@@ -155,7 +155,7 @@ func TestErrorTTLExpires(t *testing.T) {
 	var wg sync.WaitGroup
 	for _, c := range []*Cache[string]{a, b, a, b} {
 		wg.Go(func() {
-			if _, err := c.Get(ctx, "k", nil); err != nil {
+			if _, err := c.Get(ctx, "k", load); err != nil {
 				t.Error(err)
 			}
 		})
@@ -192,14 +192,14 @@ func TestErrorTravelsPanicAndTimeout(t *testing.T) {
 			defer close(stop)
 			var loads atomic.Int64
 			opt := tc.opt
-			opt.Loader = func(ctx context.Context, _ string) (string, error) {
+			load := func(ctx context.Context, _ string) (string, error) {
 				loads.Add(1)
 				return tc.load(ctx, stop)
 			}
 			a, _ := newCache(f, &opt)
 			b, _ := newCache(f, &opt)
-			_, aerr := a.Get(ctx, "k", nil)
-			_, berr := b.Get(ctx, "k", nil)
+			_, aerr := a.Get(ctx, "k", load)
+			_, berr := b.Get(ctx, "k", load)
 			var re *RemoteError
 			if !errors.As(berr, &re) || re.Text != tc.text || re.TimedOut != tc.timeout || re.Timeout() != tc.timeout {
 				t.Fatalf("other process: %v (%#v), want text %q, timed out %v", berr, re, tc.text, tc.timeout)
@@ -227,8 +227,8 @@ func TestErrorNotPublished(t *testing.T) {
 
 	t.Run("not found", func(t *testing.T) {
 		f := newFleet(t)
-		a, p := newCache(f, &Options[string]{Loader: notFound})
-		if _, err := a.Get(ctx, "k", nil); !errors.Is(err, ErrNotFound) {
+		a, p := newCache(f, &Options[string]{})
+		if _, err := a.Get(ctx, "k", notFound); !errors.Is(err, ErrNotFound) {
 			t.Fatal(err)
 		}
 		if _, err := p.Get(ctx, "default:k"); !errors.Is(err, ErrNotFound) {
@@ -237,8 +237,8 @@ func TestErrorNotPublished(t *testing.T) {
 	})
 	t.Run("off", func(t *testing.T) {
 		f := newFleet(t)
-		a, p := newCache(f, &Options[string]{Loader: failing, ErrorTTL: -1})
-		if _, err := a.Get(ctx, "k", nil); !errors.Is(err, errTest) {
+		a, p := newCache(f, &Options[string]{ErrorTTL: -1})
+		if _, err := a.Get(ctx, "k", failing); !errors.Is(err, errTest) {
 			t.Fatal(err)
 		}
 		if _, err := p.Get(ctx, "default:k"); !errors.Is(err, ErrNotFound) {
@@ -248,14 +248,15 @@ func TestErrorNotPublished(t *testing.T) {
 	t.Run("close", func(t *testing.T) {
 		f := newFleet(t)
 		started := make(chan struct{})
-		a, p := newCache(f, &Options[string]{Loader: func(ctx context.Context, _ string) (string, error) {
+		load := func(ctx context.Context, _ string) (string, error) {
 			close(started)
 			<-ctx.Done()
 			return "", ctx.Err()
-		}})
+		}
+		a, p := newCache(f, &Options[string]{})
 		done := make(chan error, 1)
 		go func() {
-			_, err := a.Get(ctx, "k", nil)
+			_, err := a.Get(ctx, "k", load)
 			done <- err
 		}()
 		<-started
@@ -277,21 +278,21 @@ func TestErrorNotPublished(t *testing.T) {
 			}
 			return "old", nil
 		}
-		opt := &Options[string]{Loader: load, TTL: 20 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
+		opt := &Options[string]{TTL: 20 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
 		a, _ := newCache(f, opt)
-		fetchOK(t, a, ctx, "k", nil)
+		fetchOK(t, a, ctx, "k", load)
 		fail.Store(true)
 		time.Sleep(30 * time.Millisecond) // past the TTL: a lower bound
 		// A Fresh caller waits for the refresh, and gets its error.
-		if _, err := a.Fetch(ctx, "k", nil, WithPolicy[string](Fresh)); !errors.Is(err, errTest) {
+		if _, err := a.Fetch(ctx, "k", load, WithPolicy[string](Fresh)); !errors.Is(err, errTest) {
 			t.Fatalf("Fresh caller: %v, want the loader's error", err)
 		}
 		// The stale value is still served, here and elsewhere.
-		if r := fetchOK(t, a, ctx, "k", nil); r.Value != "old" || r.Source != SourceStale {
+		if r := fetchOK(t, a, ctx, "k", load); r.Value != "old" || r.Source != SourceStale {
 			t.Fatalf("after the failed refresh: %q from %v", r.Value, r.Source)
 		}
 		b, _ := newCache(f, opt)
-		if r := fetchOK(t, b, ctx, "k", nil); r.Value != "old" {
+		if r := fetchOK(t, b, ctx, "k", load); r.Value != "old" {
 			t.Fatalf("another process: %q from %v", r.Value, r.Source)
 		}
 		idle(t, a)
@@ -308,10 +309,10 @@ func TestErrorTextBounded(t *testing.T) {
 	f := newFleet(t)
 	long := strings.Repeat("é", 1000) // 2000 bytes
 	load := func(context.Context, string) (string, error) { return "", errors.New(long) }
-	a, _ := newCache(f, &Options[string]{Loader: load})
-	b, _ := newCache(f, &Options[string]{Loader: load})
-	a.Get(ctx, "k", nil)
-	_, err := b.Get(ctx, "k", nil)
+	a, _ := newCache(f, &Options[string]{})
+	b, _ := newCache(f, &Options[string]{})
+	a.Get(ctx, "k", load)
+	_, err := b.Get(ctx, "k", load)
 	var re *RemoteError
 	if !errors.As(err, &re) {
 		t.Fatalf("got %v", err)
@@ -327,8 +328,8 @@ func TestErrorTTLReaderBound(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
 	ld := newLoader()
-	short, p := newCache(f, &Options[string]{Loader: ld.load, ErrorTTL: 20 * time.Millisecond})
-	off, _ := newCache(f, &Options[string]{Loader: ld.load, ErrorTTL: -1})
+	short, p := newCache(f, &Options[string]{ErrorTTL: 20 * time.Millisecond})
+	off, _ := newCache(f, &Options[string]{ErrorTTL: -1})
 	// An error entry written as if fresh for an hour.
 	forever := appendEnvelope(nil, envelope{failed: true, written: time.Now(), fresh: time.Hour, schema: "string", payload: []byte("stuck")})
 	for _, k := range []string{"a", "b"} {
@@ -337,14 +338,14 @@ func TestErrorTTLReaderBound(t *testing.T) {
 		}
 	}
 	var re *RemoteError
-	if _, err := short.Get(ctx, "a", nil); !errors.As(err, &re) || re.Text != "stuck" || re.Key != "a" {
+	if _, err := short.Get(ctx, "a", ld.load); !errors.As(err, &re) || re.Text != "stuck" || re.Key != "a" {
 		t.Fatalf("got %v, want the published error", err)
 	}
 	time.Sleep(30 * time.Millisecond) // past the reader's ErrorTTL: a lower bound
-	if v, err := short.Get(ctx, "a", nil); err != nil || v != "v1:a" {
+	if v, err := short.Get(ctx, "a", ld.load); err != nil || v != "v1:a" {
 		t.Fatalf("after the reader's ErrorTTL: %q, %v; want a load", v, err)
 	}
-	if v, err := off.Get(ctx, "b", nil); err != nil || v != "v2:b" {
+	if v, err := off.Get(ctx, "b", ld.load); err != nil || v != "v2:b" {
 		t.Fatalf("ErrorTTL off: %q, %v; want a load", v, err)
 	}
 }

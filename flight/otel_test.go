@@ -309,7 +309,8 @@ func TestMetricsDegraded(t *testing.T) {
 	ctx := context.Background()
 	f := newFleet(t)
 	s := newOtelSDK(t)
-	c, p := newCache(f, &Options[string]{Name: "d", MeterProvider: s.mp, Loader: func(_ context.Context, k string) (string, error) { return k, nil }})
+	load := func(_ context.Context, k string) (string, error) { return k, nil }
+	c, p := newCache(f, &Options[string]{Name: "d", MeterProvider: s.mp})
 	check := func(when string, wantConfig, wantUnavailable int64) {
 		t.Helper()
 		cfg, un, ok := s.collect(t, "d").degraded()
@@ -319,18 +320,18 @@ func TestMetricsDegraded(t *testing.T) {
 		}
 	}
 	check("new", 0, 0)
-	fetchOK(t, c, ctx, "before", nil)
+	fetchOK(t, c, ctx, "before", load)
 	check("healthy", 0, 0)
 
 	p.mem.setFault(errors.New("connection refused"))
-	wantSource(t, fetchOK(t, c, ctx, "outage", nil), SourceLoaded) // fail open
+	wantSource(t, fetchOK(t, c, ctx, "outage", load), SourceLoaded) // fail open
 	check("outage", 0, 1)
 	p.mem.setFault(nil)
-	fetchOK(t, c, ctx, "recovered", nil)
+	fetchOK(t, c, ctx, "recovered", load)
 	check("recovered", 0, 0)
 
 	p.mem.setFault(driver.Misconfigured(errors.New("WRONGPASS")))
-	if _, err := c.Get(ctx, "misconfigured", nil); !errors.Is(err, claim.ErrConfig) {
+	if _, err := c.Get(ctx, "misconfigured", load); !errors.Is(err, claim.ErrConfig) {
 		t.Fatalf("misconfigured: %v", err)
 	}
 	check("misconfigured", 1, 0)
@@ -338,7 +339,7 @@ func TestMetricsDegraded(t *testing.T) {
 		t.Fatalf("fail_open = %d, want 1", n)
 	}
 	p.mem.setFault(nil)
-	fetchOK(t, c, ctx, "fixed", nil)
+	fetchOK(t, c, ctx, "fixed", load)
 	check("fixed", 0, 0)
 }
 
@@ -401,9 +402,10 @@ func TestMetricsGlobalProvider(t *testing.T) {
 		otel.SetMeterProvider(mp)
 	}
 	f := newFleet(t)
-	c, _ := newCache(f, &Options[string]{Name: "g", Loader: func(context.Context, string) (string, error) { return "v", nil }})
-	fetchOK(t, c, ctx, "k", nil)
-	fetchOK(t, c, ctx, "k", nil)
+	load := func(context.Context, string) (string, error) { return "v", nil }
+	c, _ := newCache(f, &Options[string]{Name: "g"})
+	fetchOK(t, c, ctx, "k", load)
+	fetchOK(t, c, ctx, "k", load)
 	if delegating {
 		otel.SetMeterProvider(mp)
 	}
@@ -612,10 +614,10 @@ func TestTraceRefresh(t *testing.T) {
 		calls++
 		return fmt.Sprint("v", calls), nil
 	}
-	c := openCache(t, b, &Options[string]{Name: "r", TracerProvider: s.tp, Loader: load, TTL: 10 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour})
-	fetchOK(t, c, ctx, "k", nil)
+	c := openCache(t, b, &Options[string]{Name: "r", TracerProvider: s.tp, TTL: 10 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour})
+	fetchOK(t, c, ctx, "k", load)
 	time.Sleep(20 * time.Millisecond) // past the TTL: a lower bound
-	wantSource(t, fetchOK(t, c, ctx, "k", nil), SourceStale)
+	wantSource(t, fetchOK(t, c, ctx, "k", load), SourceStale)
 	idle(t, c)
 	r := s.one(t, "refresh", spanRefresh)
 	if attrOf(r, attrSource) != "loaded" || attrOf(r, attrCache) != "r" {

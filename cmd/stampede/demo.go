@@ -341,7 +341,6 @@ func (d *demo) start(ctx context.Context, p *process) error {
 	b := claim.NewClient(counted, d.cfg.Client)
 	opt := &flight.Options[Entity]{
 		Name:        d.name,
-		Loader:      d.db.upsert,
 		TTL:         time.Hour,
 		LoadTimeout: 10*d.cfg.MaxDelay + 10*time.Second,
 		Logger:      d.log,
@@ -383,7 +382,7 @@ func (d *demo) steps(ctx context.Context, title string, reqs ...any) error {
 		p, input := reqs[i].(*process), reqs[i+1].(string)
 		calls := p.calls.Total()
 		start := time.Now()
-		r, err := p.c.Fetch(ctx, input, nil)
+		r, err := p.c.Fetch(ctx, input, d.db.upsert)
 		lat := time.Since(start)
 		calls = p.calls.Total() - calls
 		st := step{Process: p.name, Input: input, Key: r.Key, ID: r.Value.ID, Source: r.Source.String(), LatencyMS: cli.Millis(lat), BackendCalls: calls}
@@ -448,7 +447,7 @@ func (d *demo) herd(ctx context.Context, title string, inputs []string) error {
 			wg.Go(func() {
 				<-start
 				t := time.Now()
-				r, err := p.c.Fetch(ctx, input, nil)
+				r, err := p.c.Fetch(ctx, input, d.db.upsert)
 				answers[idx] = answer{r.Source, r.Key, time.Since(t), err}
 			})
 		}

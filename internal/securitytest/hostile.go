@@ -110,6 +110,10 @@ func Hostile(t *testing.T, b *claim.Client) {
 	t.Helper()
 	name := Unique(t) + "hostile"
 	var loads atomic.Int64
+	load := func(ctx context.Context, key string) (Item, error) {
+		loads.Add(1)
+		return Item{N: 42, Name: "loaded"}, nil
+	}
 	c, err := flight.New[Item](b, &flight.Options[Item]{
 		Name:      name,
 		Schema:    hostileSchema,
@@ -118,10 +122,6 @@ func Hostile(t *testing.T, b *claim.Client) {
 		LeaseTTL:  10 * time.Second,
 		TTL:       time.Minute,
 		Logger:    slog.New(slog.NewTextHandler(io.Discard, nil)),
-		Loader: func(ctx context.Context, key string) (Item, error) {
-			loads.Add(1)
-			return Item{N: 42, Name: "loaded"}, nil
-		},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -149,7 +149,7 @@ func Hostile(t *testing.T, b *claim.Client) {
 					t.Errorf("%s: Get panicked: %v", hv.Name, p)
 				}
 			}()
-			r, gerr = c.Fetch(ctx, key, nil)
+			r, gerr = c.Fetch(ctx, key, load)
 		}()
 		cancel()
 		if !hv.Miss {
