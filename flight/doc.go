@@ -49,7 +49,14 @@
 //
 // Result.Source tells each caller which tier answered: SourceL1,
 // SourceL2, SourceLoaded (this process called the loader), SourceRemote
-// (another process did), SourceStale, SourceFallback. Stats counts them.
+// (another process did), SourceStale, SourceFallback, SourceFailSafe.
+// Stats counts them.
+//
+// The loader is passed per call: Get and Fetch take a LoadFunc, GetMany a
+// BatchFunc. Options of one call are typed by the Cache's value type
+// (CallOption[V]): WithPolicy[V](p) sets the Policy (Block, Fresh,
+// Fallback), WithFallback(v) the Fallback policy with v as the answer
+// when no value is at hand; a fallback of another type does not compile.
 //
 // # What is guaranteed, and what is not
 //
@@ -82,8 +89,10 @@
 // time after the herd began, not one load time per process. Panics,
 // Goexit and timeouts are published; a not-found is not (NegativeTTL
 // decides), nor a load that Close ended, nor the failed refresh of a
-// value that can still be served (the value stays, see below).
-// Invalidate drops a published error like a value. With ErrorTTL
+// value that can still be served (the value stays, see below); with
+// Options.FailSafeTTL, an expired value within its fail-safe window is
+// published in place of the error (see Fail-safe). Invalidate drops a
+// published error like a value. With ErrorTTL
 // negative, errors are not kept: waiting processes then try the claim
 // when the holder releases it, so the next one loads, one at a time.
 // Error entries are marked by an envelope flag that earlier releases do
@@ -101,17 +110,135 @@
 //
 // # Invalidation
 //
-// Invalidate deletes the key from L2, drops it from this process's L1,
-// notifies the key's waiters, and publishes the key on the topic
-// "flight:" + Name (claim.Client.Publish) so every process drops it from
-// L1; a process that may have missed messages drops its whole L1. Topics
-// work on every backend: over the backend's native bus where it has one
-// (Features.Broadcast), otherwise through the Client's topic log, which
-// costs Invalidate a few more round trips and reaches the other
-// processes a little later. Only if the Cache could not subscribe to the
-// topic when it was opened (logged), or a publication failed (Invalidate
-// returns the error), do other processes serve their L1 copy until it
-// expires (Options.L1TTL).
+// Invalidate is fenced. It drops the key from this process's L1, revokes
+// the key's lease (claim.Client.Revoke: the lease ends whoever holds it,
+// the value is deleted from L2 and the key's waiters in every process are
+// woken, in one step where the backend allows), then publishes the key
+// on the topic "flight:" + Name (claim.Client.Publish), so every process
+// drops it from its L1. A load of the key under way anywhere when
+// Invalidate runs can no longer store its value: its commit is refused
+// (claim.ErrLost, counted in Stats.LostCommits) and it fills no L1. Its
+// callers in its own process still get its value, marked
+// Result.Superseded (Fetch shows it, Get cannot), and so do the callers
+// that join it there before it ends, even after Invalidate returned;
+// nobody else gets it. The processes that were waiting for it are woken,
+// find no value and claim the key: one loads anew, the others wait for
+// it. Superseded is conservative: a flight under way in a process when
+// the invalidation message reaches it is marked too, and does not fill
+// that process's L1, even if it loaded after the revocation (its value
+// is in L2).
+//
+// Set is a write-through Invalidate: the value replaces L2's in the same
+// revocation (claim.Client.RevokeSet), fresh for Options.TTL (no jitter),
+// and the other processes drop their L1 copy and read the new value from
+// L2 on their next call, without a load. A load under way is superseded
+// as by Invalidate, so a value computed from older data cannot replace
+// the one set. Set also fills this process's L1, but the process gets
+// its own invalidation message too, which drops that copy: its next call
+// may read L2.
+//
+// InvalidateAll invalidates every key of the Cache's Name at once: it
+// moves the name to a new generation, a key space of its own in the
+// backend (stored under a reserved key, announced on the topic). Every
+// process drops its whole L1 on the announcement and uses the new key
+// space from then on. Nothing is deleted: the old generation's values
+// are never read again and expire by their TTL, using the backend's
+// memory until then. Loads under way store their values in the old key
+// space, where nobody reads them, and no L1 keeps them past the
+// announcement. It costs a claim, a read and a commit of the generation
+// key and one publication, whatever the number of keys; New reads the
+// generation once.
+//
+// Topics work on every backend: over the backend's native bus where it
+// has one (Features.Broadcast), otherwise through the Client's topic log,
+// which costs the publication three or four round trips instead of one
+// and reaches the other processes later (within the poll interval on a
+// polled backend). Invalidate and Set cost the revocation (one round trip
+// on most backends; see each backend's page) and the publication. Other
+// processes drop their copies when the message arrives, milliseconds
+// later (the README has the figures per backend): until then they may
+// serve the old value from L1. A process whose Cache could not subscribe
+// to the topic when it was opened (logged) hears of no invalidation: it
+// serves its L1 copies until they expire (Options.L1TTL) and keeps the
+// generation it read at New. A process that may have missed messages (a
+// reconnect) drops its whole L1 and reads the generation again. If the
+// publication fails, Invalidate and Set return the error, L2 being
+// already changed.
+//
+// # Batches
+//
+// GetMany answers many keys in one call, with a BatchFunc: one call of
+// the loader (one query) for the keys this process has to load, returning
+// the values it found (a key left out is not found). Each key gets its
+// own Result, its error in Result.Err; GetMany's own error is for the
+// call as a whole (ErrClosed). Keys are normalised; a key given twice is
+// answered once, with the same Result at each place. A batch costs one
+// L1 pass; one batched L2 read of the misses; one batched subscription
+// and claim (with the values read) of those still missing; one call of
+// the loader for the keys this process won, committed and released
+// together (claim.Client.CommitReleaseMany); and for keys other processes
+// hold, a pushed wait, the keys woken together read together. Keys under
+// way in this process (a Get, another GetMany) are joined, not loaded
+// again, and a Get of a key a GetMany is loading joins it.
+//
+// On a backend with driver.Batcher each batched call is about one round
+// trip whatever the number of keys: a batch this process loads costs 4
+// (get, subscribe, claim+read, commit+release) and one release per key it
+// does not commit (an uncached not-found); a batch other processes load,
+// about 4 as well (more when their holders finish at different times).
+// Without it the Client runs the single-key calls, 16 at a time; batches
+// over the driver's Features.MaxBatch are split. Keys won at different
+// steps (a takeover, a holder that left without a value) are loaded by
+// separate calls. A failing batch load fails every key of the
+// call (each published for Options.ErrorTTL, or answered fail-safe).
+// Keys whose backend calls fail go their own way (fail open or closed),
+// each loaded alone, by the BatchFunc with that one key, as is a stale
+// key's background refresh. Nothing is atomic across keys. GetMany's
+// answers are counted in Stats (one per distinct key); its flights are
+// not traced.
+//
+// # Lifetimes set by the loader
+//
+// A loader may set the lifetime of what it loaded, from what it loaded,
+// with SetExpiry(ctx, Expiry{TTL, StaleTTL}, keys...) called with its
+// context: a quote fresh for a second, a profile for a day, a value with
+// an expiry date of its own. TTL is used as given (no jitter), zero
+// meaning Options.TTL; StaleTTL zero means Options.StaleTTL, negative
+// none. For a not-found, TTL is how long it is cached, even with
+// Options.NegativeTTL off. Without keys it applies to every key of the
+// load; a BatchFunc names keys (normalised, as it got them) to set some
+// apart, over a call without keys; the last call wins. A published load
+// error ignores it, and SetExpiry reports false outside a load. The
+// lifetime travels with the value in the L2 envelope, so every process
+// serves it the same way; L1 keeps its Options.L1TTL bound. A stale
+// window other than the writer's Options.StaleTTL is a new envelope
+// flag: a process running an earlier release reads such a value as a
+// miss, and loads.
+//
+// # Fail-safe
+//
+// With Options.FailSafeTTL, values are kept that much longer past their
+// stale window, in L1 and L2, as fail-safe answers: when refreshing an
+// expired value fails, callers get the expired value (SourceFailSafe,
+// Stats.FailSafe) instead of the error. It answers for a loader error,
+// panic or timeout; the backend unavailable, failing open (and the
+// loader failing too) or closed (the loader is not called); a wait for
+// another process's holder that timed out (ErrWaitTimeout); a load error
+// another process published (ErrRemoteLoad). A not-found, a configuration
+// error (claim.ErrConfig) and Close are answered as they are. The failing
+// loader is then not called again for Options.FailSafeThrottle (default
+// 5 s): the fail-safe answer is kept as fresh that long in L1 and, when
+// the holder's own load failed, committed to L2 in place of the error
+// entry, so that every process answers with it without loading. It is
+// never served past its fail-safe window, and Invalidate removes it like
+// any value. The cost is storage: every value stays FailSafeTTL longer
+// in L2, and L1 keeps expired values (within Options.L1Size).
+//
+// With Options.SoftTimeout too, a caller that has such an expired value
+// at hand and has waited SoftTimeout for a load (this process's or
+// another's) is answered with it (SourceFailSafe); the load goes on in
+// the background and fills the cache. Fallback callers answer at once
+// anyway.
 //
 // # Backend failures
 //
@@ -166,7 +293,8 @@
 //	instrument                       kind       unit      what (attributes besides stampede.cache)
 //	stampede.flight.answers          counter    {answer}  Get and Fetch callers, by stampede.source: the tier
 //	                                                      that answered (l1, l2, loaded, remote, stale,
-//	                                                      fallback) or error (Stats.L1Hits ... Stats.Errors)
+//	                                                      fallback, fail_safe) or error (Stats.L1Hits ...
+//	                                                      Stats.Errors)
 //	stampede.flight.coalesced        counter    {call}    Stats.Coalesced
 //	stampede.flight.misses           counter    {flight}  Stats.Misses
 //	stampede.flight.loads            counter    {load}    Stats.Loads
@@ -176,7 +304,7 @@
 //	stampede.flight.commits          counter    {commit}  Stats.Commits
 //	stampede.flight.error_commits    counter    {commit}  Stats.ErrorCommits
 //	stampede.flight.error_hits       counter    {answer}  Stats.ErrorHits
-//	stampede.flight.lost_commits     counter    {commit}  Stats.LostCommits (lease losses)
+//	stampede.flight.lost_commits     counter    {commit}  Stats.LostCommits (lease losses, revocations)
 //	stampede.flight.refreshes        counter    {flight}  Stats.Refreshes
 //	stampede.flight.fail_open        counter    {flight}  Stats.FailOpen
 //	stampede.flight.decode_errors    counter    {value}   Stats.DecodeErrors
