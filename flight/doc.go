@@ -119,23 +119,21 @@
 // Invalidate runs can no longer store its value: its commit is refused
 // (claim.ErrLost, counted in Stats.LostCommits) and it fills no L1. Its
 // callers in its own process still get its value, marked
-// Result.Superseded (Fetch shows it, Get cannot), and so do the callers
-// that join it there before it ends, even after Invalidate returned;
-// nobody else gets it. The processes that were waiting for it are woken,
+// Result.Superseded (Fetch shows it, Get cannot); a caller that comes
+// after Invalidate starts a flight of its own. Nobody else gets the
+// superseded value. The processes that were waiting for it are woken,
 // find no value and claim the key: one loads anew, the others wait for
-// it. Superseded is conservative: a flight under way in a process when
-// the invalidation message reaches it is marked too, and does not fill
-// that process's L1, even if it loaded after the revocation (its value
-// is in L2).
+// it. Superseded is conservative in the other processes: a flight under
+// way there when the invalidation message arrives is marked too, and
+// does not fill that process's L1, even if it loaded after the
+// revocation (its value is in L2). A process skips its own messages.
 //
 // Set is a write-through Invalidate: the value replaces L2's in the same
 // revocation (claim.Client.RevokeSet), fresh for Options.TTL (no jitter),
 // and the other processes drop their L1 copy and read the new value from
 // L2 on their next call, without a load. A load under way is superseded
 // as by Invalidate, so a value computed from older data cannot replace
-// the one set. Set also fills this process's L1, but the process gets
-// its own invalidation message too, which drops that copy: its next call
-// may read L2.
+// the one set. Set also fills this process's L1.
 //
 // InvalidateAll invalidates every key of the Cache's Name at once: it
 // moves the name to a new generation, a key space of its own in the

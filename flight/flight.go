@@ -108,6 +108,8 @@ type Cache[V any] struct {
 	// gen is the name's generation (InvalidateAll): the key space of L2.
 	// Written under mu.
 	gen atomic.Uint64
+	// origin tells this Cache's invalidation messages from the others'.
+	origin string
 
 	root      context.Context
 	cancel    context.CancelFunc
@@ -183,7 +185,7 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	if b == nil {
 		return nil, errors.New("flight: nil backend")
 	}
-	c := &Cache[V]{b: b, cfg: opt.withDefaults(), flights: map[string]*flight[V]{}}
+	c := &Cache[V]{b: b, cfg: opt.withDefaults(), flights: map[string]*flight[V]{}, origin: newOrigin()}
 	c.health.cur = Health{Since: time.Now()}
 	c.log = c.cfg.Logger.With("cache", c.cfg.Name)
 	c.timed = c.cfg.StaleTTL > 0 || c.cfg.EarlyRefresh > 0 || c.cfg.FailSafeTTL > 0

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"time"
@@ -11,10 +12,21 @@ import (
 	"github.com/stampede-go/stampede/claim"
 )
 
-// Invalidation messages on the Cache's topic: a normalised key (drop it
-// from L1), or genMsg followed by a generation in decimal (InvalidateAll:
-// drop the whole L1 and use that generation's key space).
-const genMsg = "\x00gen:"
+// Invalidation messages on the Cache's topic: keyMsg, the publishing
+// Cache's origin (16 hexadecimal digits), ":" and a normalised key (drop
+// it from L1; the publisher skips its own); genMsg followed by a
+// generation in decimal (InvalidateAll: drop the whole L1 and use that
+// generation's key space); anything else is a bare normalised key, as
+// releases before the origin was added published.
+const (
+	keyMsg = "\x00key:"
+	genMsg = "\x00gen:"
+)
+
+// keyMessage is the invalidation message of normalised key k from c.
+func (c *Cache[V]) keyMessage(k string) []byte {
+	return []byte(keyMsg + c.origin + ":" + k)
+}
 
 // genKey is where a Cache name's generation is stored in the backend.
 func genKey(name string) string { return "\x00flight:gen:" + name }
@@ -105,7 +117,7 @@ func (c *Cache[V]) supersede(ctx context.Context, op, k string, data []byte, ttl
 	if err != nil {
 		return fmt.Errorf("flight: %s %q: %w", op, k, err)
 	}
-	err = c.b.Publish(ctx, c.cfg.topic, []byte(k))
+	err = c.b.Publish(ctx, c.cfg.topic, c.keyMessage(k))
 	c.observe(ctx, err)
 	if err != nil {
 		return fmt.Errorf("flight: %s %q: publish: %w", op, k, err)
@@ -114,11 +126,14 @@ func (c *Cache[V]) supersede(ctx context.Context, op, k string, data []byte, ttl
 }
 
 // dropLocal drops k from L1 and marks its flight, if one is under way in
-// this process, superseded: it will not fill L1 (finish).
+// this process, superseded: it will not fill L1 (finish), and it leaves
+// the flights map, so that the next caller starts a flight of its own
+// rather than joining the superseded one.
 func (c *Cache[V]) dropLocal(k string) {
 	c.mu.Lock()
 	if f := c.flights[k]; f != nil {
 		f.superseded.Store(true)
+		delete(c.flights, k)
 	}
 	c.mu.Unlock()
 	c.dropL1(k)
@@ -198,8 +213,9 @@ func (c *Cache[V]) useGen(g uint64) {
 		return
 	}
 	c.gen.Store(g)
-	for _, f := range c.flights {
+	for k, f := range c.flights {
 		f.superseded.Store(true)
+		delete(c.flights, k)
 	}
 	c.mu.Unlock()
 	if c.l1 != nil {
@@ -247,6 +263,14 @@ func (c *Cache[V]) onInvalidate(msg []byte, reset bool) {
 		if g, err := strconv.ParseUint(string(msg[len(genMsg):]), 10, 64); err == nil {
 			c.useGen(g)
 		}
+	case strings.HasPrefix(string(msg), keyMsg):
+		rest := string(msg[len(keyMsg):])
+		origin, k, ok := strings.Cut(rest, ":")
+		if !ok || origin == c.origin {
+			// Our own: supersede already did what it asks.
+			return
+		}
+		c.dropLocal(k)
 	default:
 		c.dropLocal(string(msg))
 	}
@@ -275,4 +299,9 @@ func (c *Cache[V]) l1Entry(e *entry[V]) *entry[V] {
 // kept Options.FailSafeTTL longer for fail-safe answers.
 func (c *Cache[V]) l2TTL(ttl, stale time.Duration) time.Duration {
 	return ttl + stale + c.cfg.FailSafeTTL
+}
+
+// newOrigin is a Cache's random origin: 16 hexadecimal digits.
+func newOrigin() string {
+	return fmt.Sprintf("%016x", rand.Uint64())
 }
