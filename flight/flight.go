@@ -386,7 +386,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 				err error
 				ok  bool
 			)
-			if a, err, ok, old, fs = c.fromL1(ctx, k, e, policy, load); ok {
+			if a, ok, old, fs, err = c.fromL1(ctx, k, e, policy, load); ok {
 				return a, err
 			}
 		}
@@ -402,11 +402,11 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 // refresh started); otherwise old is a stale value a Fresh caller's flight
 // keeps, fs a value past its stale window kept only as a fail-safe
 // answer.
-func (c *Cache[V]) fromL1(ctx context.Context, k string, e *entry[V], p Policy, load LoadFunc[V]) (a answer[V], err error, ok bool, old, fs *entry[V]) {
+func (c *Cache[V]) fromL1(ctx context.Context, k string, e *entry[V], p Policy, load LoadFunc[V]) (a answer[V], ok bool, old, fs *entry[V], err error) {
 	if !c.timed {
 		// L1 entries expire at the end of their TTL.
 		a, err = hit(e, SourceL1, false)
-		return a, err, true, nil, nil
+		return a, true, nil, nil, err
 	}
 	now := time.Now()
 	switch e.state(now) {
@@ -415,17 +415,17 @@ func (c *Cache[V]) fromL1(ctx context.Context, k string, e *entry[V], p Policy, 
 			c.refresh(ctx, k, e, load)
 		}
 		a, err = hit(e, SourceL1, false)
-		return a, err, true, nil, nil
+		return a, true, nil, nil, err
 	case stale:
 		if p != Fresh {
 			c.refresh(ctx, k, e, load)
 			a, err = hit(e, SourceStale, false)
-			return a, err, true, nil, nil
+			return a, true, nil, nil, err
 		}
-		return a, nil, false, e, e
+		return a, false, e, e, nil
 	}
 	// Past its stale window: kept only as a fail-safe answer.
-	return a, nil, false, nil, e
+	return a, false, nil, e, nil
 }
 
 // hit is the answer from entry e.

@@ -76,7 +76,7 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V]
 	for _, k := range order {
 		if c.l1 != nil {
 			if e, ok := c.l1.GetIfPresent(k); ok {
-				a, err, done, old, fs := c.fromL1(ctx, k, e, cc.policy, single)
+				a, done, old, fs, err := c.fromL1(ctx, k, e, cc.policy, single)
 				if done {
 					answer1(k, a, err)
 					continue
