@@ -46,6 +46,8 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.DurationVar(&cfg.Load, "load", 200*time.Millisecond, "the loader's latency (a slow upsert)")
 	fs.DurationVar(&cfg.Lease, "lease", 0, "flight's lease TTL (default flight's 5s; 1s with -kill-holder)")
 	fs.BoolVar(&cfg.KillHolder, "kill-holder", false, "kill the first process whose loader starts, mid-load; the others take over after its lease")
+	fs.IntVar(&cfg.Batch, "batch", 0, "each caller asks this many distinct keys of -keys at once, with one GetMany (keys drawn per process and caller); 0: one key with a Get")
+	fs.BoolVar(&cfg.Loop, "loop", false, "with -batch: each caller asks its keys with a loop of Gets, one after another, instead of a GetMany (the comparison)")
 	fs.BoolVar(&cfg.Sim, "sim", false, "simulate the processes inside this one (always so for mem://)")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "bound on the whole run")
 	fs.BoolVar(&cfg.JSON, "json", false, "print one JSON report instead of text")
@@ -58,6 +60,8 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintln(stderr, "Prints loader calls per key, requests per tier, backend round trips per")
 		fmt.Fprintln(stderr, "process (counted), latency, takeovers and errors. On the in-process backend")
 		fmt.Fprintln(stderr, "(no -backend, or mem://) the processes are simulated inside this one.")
+		fmt.Fprintln(stderr, "With -batch N each caller asks N keys at once (one GetMany, or with -loop")
+		fmt.Fprintln(stderr, "a loop of N Gets), and round trips and latency are reported per batch.")
 		fmt.Fprintln(stderr)
 		fs.PrintDefaults()
 	}
@@ -67,6 +71,14 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if cfg.Procs < 1 || cfg.Callers < 1 || cfg.Keys < 1 || cfg.Rounds < 1 || cfg.Load < 0 || cfg.Lease < 0 ||
 		(cfg.Zipf != 0 && cfg.Zipf <= 1) {
 		fmt.Fprintln(stderr, "stampede-bench herd: need -procs, -callers, -keys, -rounds >= 1, -load, -lease >= 0, and -zipf 0 or > 1")
+		return cli.ErrUsage
+	}
+	if cfg.Batch < 0 || (cfg.Batch > 0 && cfg.Keys < cfg.Batch) || (cfg.Loop && cfg.Batch == 0) {
+		fmt.Fprintln(stderr, "stampede-bench herd: need -batch >= 0, -keys >= -batch (a batch is distinct keys), and -batch with -loop")
+		return cli.ErrUsage
+	}
+	if cfg.Batch > 0 && (cfg.Zipf != 0 || cfg.KillHolder) {
+		fmt.Fprintln(stderr, "stampede-bench herd: -batch draws its keys uniformly and does not combine with -zipf or -kill-holder")
 		return cli.ErrUsage
 	}
 	if cfg.KillHolder && cfg.Procs < 2 {
@@ -487,17 +499,29 @@ type herdSummary struct {
 	LoadMS     float64 `json:"load_ms"`
 	LeaseMS    float64 `json:"lease_ms,omitempty"`
 	KillHolder bool    `json:"kill_holder,omitempty"`
+	Batch      int     `json:"batch,omitempty"`
+	Loop       bool    `json:"loop,omitempty"`
 
-	Requests int            `json:"requests"`
-	BySource map[string]int `json:"by_source"`
-	Errors   int            `json:"errors"`
-	ErrorEg  string         `json:"error_example,omitempty"`
+	// Requests counts the callers' asks (Gets; batches in batch mode, a
+	// loop of Gets being one), KeyRequests the keys of the batches.
+	// BySource counts keys answered, by tier. Errors counts the asks with
+	// an error (in batch mode: a batch with at least one failed or wrong
+	// key), KeyErrors the keys.
+	Requests    int            `json:"requests"`
+	KeyRequests int            `json:"key_requests,omitempty"`
+	BySource    map[string]int `json:"by_source"`
+	Errors      int            `json:"errors"`
+	KeyErrors   int            `json:"key_errors,omitempty"`
+	ErrorEg     string         `json:"error_example,omitempty"`
 
 	// KeysAsked is the number of distinct keys callers asked for, all
 	// rounds together; LoaderCalls counts every loader call (reported by
 	// the loader as it starts, so a killed holder's count too).
 	KeysAsked   int `json:"keys_asked"`
 	LoaderCalls int `json:"loader_calls"`
+	// BatchLoaderCalls counts GetMany's BatchFunc calls (each loads one
+	// key or more), in batch mode without -loop.
+	BatchLoaderCalls uint64 `json:"batch_loader_calls,omitempty"`
 	// LoadsPerKey: how many keys were loaded 0, 1, 2... times.
 	LoadsPerKey map[int]int `json:"loads_per_key"`
 	Commits     uint64      `json:"commits"`
@@ -509,14 +533,18 @@ type herdSummary struct {
 	// Per-process round trips (all rounds) and round trips per key.
 	PerProc []procTotals `json:"per_proc"`
 	// Calls sums every process's round trips by method.
-	Calls     map[string]int64 `json:"calls"`
-	RTPerKey  stat3            `json:"round_trips_per_proc_per_key"`
-	P50MS     float64          `json:"p50_ms"`
-	P99MS     float64          `json:"p99_ms"`
-	MaxMS     float64          `json:"max_ms"`
-	RoundMS   []float64        `json:"round_ms"`
-	Kill      *killReport      `json:"kill,omitempty"`
-	ElapsedMS float64          `json:"elapsed_ms"`
+	Calls    map[string]int64 `json:"calls"`
+	RTPerKey stat3            `json:"round_trips_per_proc_per_key"`
+	// RTPerBatch, in batch mode: each process's round trips over the
+	// batches it asked (its callers x rounds).
+	RTPerBatch *stat3 `json:"round_trips_per_proc_per_batch,omitempty"`
+	// Latencies: of a Get, or of a whole batch in batch mode.
+	P50MS     float64     `json:"p50_ms"`
+	P99MS     float64     `json:"p99_ms"`
+	MaxMS     float64     `json:"max_ms"`
+	RoundMS   []float64   `json:"round_ms"`
+	Kill      *killReport `json:"kill,omitempty"`
+	ElapsedMS float64     `json:"elapsed_ms"`
 
 	loads    map[string][]time.Time
 	lats     []int64
@@ -533,6 +561,7 @@ type procTotals struct {
 	Calls    map[string]int64 `json:"calls"`
 	Total    int64            `json:"round_trips"`
 	PerKey   float64          `json:"round_trips_per_key"`
+	PerBatch float64          `json:"round_trips_per_batch,omitempty"`
 	Loads    uint64           `json:"loads"`
 	Errors   int              `json:"errors"`
 	calls    countdriver.Counts
@@ -564,6 +593,7 @@ func newHerdSummary(cfg herdConfig) *herdSummary {
 	h := &herdSummary{
 		Backend: backend, Mode: mode, Procs: cfg.Procs, Callers: cfg.Callers, Keys: cfg.Keys,
 		Zipf: cfg.Zipf, Rounds: cfg.Rounds, LoadMS: cli.Millis(cfg.Load), LeaseMS: cli.Millis(cfg.Lease), KillHolder: cfg.KillHolder,
+		Batch: cfg.Batch, Loop: cfg.Loop,
 		BySource: map[string]int{}, LoadsPerKey: map[int]int{}, loads: map[string][]time.Time{}, started: time.Now(),
 	}
 	for i := range cfg.Procs {
@@ -595,7 +625,9 @@ func (h *herdSummary) add(proc int, r *procRound) {
 		h.BySource[s] += n
 	}
 	h.Requests += r.Requests
+	h.KeyRequests += r.KeyRequests
 	h.Errors += r.Errors
+	h.KeyErrors += r.KeyErrors
 	if h.ErrorEg == "" {
 		h.ErrorEg = r.ErrorEg
 	}
@@ -612,8 +644,10 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	asked := map[string]bool{}
 	for round := 1; round <= cfg.Rounds; round++ {
 		for p := range cfg.Procs {
-			for _, k := range herdAssign(cfg, p, round) {
-				asked[herdKey(round, k)] = true
+			for _, ks := range herdAsks(cfg, p, round) {
+				for _, k := range ks {
+					asked[herdKey(round, k)] = true
+				}
 			}
 		}
 	}
@@ -621,9 +655,7 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	for k := range asked {
 		h.LoadsPerKey[len(h.loads[k])]++
 	}
-	first := true
-	var sum float64
-	var n int
+	var perKey, perBatch []float64
 	for i := range h.PerProc {
 		p := &h.PerProc[i]
 		p.Calls = p.calls.ByName()
@@ -633,18 +665,19 @@ func (h *herdSummary) finish(cfg herdConfig) {
 			continue // killed before reporting
 		}
 		p.PerKey = float64(p.Total) / float64(p.Keys)
-		if first || p.PerKey < h.RTPerKey.Min {
-			h.RTPerKey.Min = p.PerKey
+		perKey = append(perKey, p.PerKey)
+		if cfg.Batch > 0 {
+			p.PerBatch = float64(p.Total) / float64(p.Requests)
+			perBatch = append(perBatch, p.PerBatch)
 		}
-		if first || p.PerKey > h.RTPerKey.Max {
-			h.RTPerKey.Max = p.PerKey
+		if cfg.Batch > 0 && !cfg.Loop {
+			h.BatchLoaderCalls += p.Loads
 		}
-		first = false
-		sum += p.PerKey
-		n++
 	}
-	if n > 0 {
-		h.RTPerKey.Avg = sum / float64(n)
+	h.RTPerKey = stats3(perKey)
+	if cfg.Batch > 0 {
+		s := stats3(perBatch)
+		h.RTPerBatch = &s
 	}
 	h.Calls = h.calls.ByName()
 	slices.Sort(h.lats)
@@ -655,18 +688,44 @@ func (h *herdSummary) finish(cfg herdConfig) {
 	}
 }
 
+// stats3 returns the minimum, mean and maximum of vs (zeros if empty).
+func stats3(vs []float64) stat3 {
+	if len(vs) == 0 {
+		return stat3{}
+	}
+	s := stat3{Min: vs[0], Max: vs[0]}
+	var sum float64
+	for _, v := range vs {
+		s.Min, s.Max = min(s.Min, v), max(s.Max, v)
+		sum += v
+	}
+	s.Avg = sum / float64(len(vs))
+	return s
+}
+
 func (h *herdSummary) print(w io.Writer) {
 	fmt.Fprintf(w, "stampede-bench herd: %s, %d %s x %d callers, %d key(s)", h.Backend, h.Procs,
 		map[string]string{"processes": "OS processes", "simulated": "simulated processes"}[h.Mode], h.Callers, h.Keys)
 	if h.Zipf > 0 {
 		fmt.Fprintf(w, " (zipf s=%g)", h.Zipf)
 	}
+	if h.Batch > 0 {
+		how := "one GetMany"
+		if h.Loop {
+			how = fmt.Sprintf("a loop of %d Gets", h.Batch)
+		}
+		fmt.Fprintf(w, ", batches of %d keys (%s each)", h.Batch, how)
+	}
 	fmt.Fprintf(w, ", %d round(s), loader %s", h.Rounds, cli.FormatDuration(time.Duration(h.LoadMS*float64(time.Millisecond))))
 	if h.KillHolder {
 		fmt.Fprintf(w, ", -kill-holder (lease %s)", cli.FormatDuration(time.Duration(h.LeaseMS*float64(time.Millisecond))))
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "  requests      %d, errors %d\n", h.Requests, h.Errors)
+	if h.Batch > 0 {
+		fmt.Fprintf(w, "  batches       %d (%d keys), errors %d (%d keys)\n", h.Requests, h.KeyRequests, h.Errors, h.KeyErrors)
+	} else {
+		fmt.Fprintf(w, "  requests      %d, errors %d\n", h.Requests, h.Errors)
+	}
 	var parts []string
 	for _, s := range []flight.Source{flight.SourceL1, flight.SourceL2, flight.SourceLoaded, flight.SourceRemote, flight.SourceStale, flight.SourceFallback} {
 		if k := h.BySource[s.String()]; k > 0 {
@@ -678,12 +737,23 @@ func (h *herdSummary) print(w io.Writer) {
 	for _, n := range sortedKeys(h.LoadsPerKey) {
 		lpk = append(lpk, fmt.Sprintf("%d key(s) loaded %dx", h.LoadsPerKey[n], n))
 	}
-	fmt.Fprintf(w, "  loader calls  %d for %d key(s) asked: %s\n", h.LoaderCalls, h.KeysAsked, strings.Join(lpk, ", "))
+	fmt.Fprintf(w, "  loader calls  %d for %d key(s) asked: %s", h.LoaderCalls, h.KeysAsked, strings.Join(lpk, ", "))
+	if h.BatchLoaderCalls > 0 {
+		fmt.Fprintf(w, "; in %d batch loader calls", h.BatchLoaderCalls)
+	}
+	fmt.Fprintln(w)
 	fmt.Fprintf(w, "  flights       commits %d, lost commits %d, waits %d, takeovers %d, fail-open %d\n",
 		h.Commits, h.LostCommits, h.Waits, h.Takeovers, h.FailOpen)
-	fmt.Fprintf(w, "  round trips   per process per key: min %.2f, avg %.2f, max %.2f  (all: %s)\n",
-		h.RTPerKey.Min, h.RTPerKey.Avg, h.RTPerKey.Max, fmtCalls(h.calls))
-	fmt.Fprintf(w, "  latency       p50 %s, p99 %s, max %s\n", fmtMS(h.P50MS), fmtMS(h.P99MS), fmtMS(h.MaxMS))
+	if b := h.RTPerBatch; b != nil {
+		fmt.Fprintf(w, "  round trips   per process per batch: min %.2f, avg %.2f, max %.2f\n", b.Min, b.Avg, b.Max)
+		fmt.Fprintf(w, "                per process per key: min %.2f, avg %.2f, max %.2f  (all: %s)\n",
+			h.RTPerKey.Min, h.RTPerKey.Avg, h.RTPerKey.Max, fmtCalls(h.calls))
+		fmt.Fprintf(w, "  latency       per batch: p50 %s, p99 %s, max %s\n", fmtMS(h.P50MS), fmtMS(h.P99MS), fmtMS(h.MaxMS))
+	} else {
+		fmt.Fprintf(w, "  round trips   per process per key: min %.2f, avg %.2f, max %.2f  (all: %s)\n",
+			h.RTPerKey.Min, h.RTPerKey.Avg, h.RTPerKey.Max, fmtCalls(h.calls))
+		fmt.Fprintf(w, "  latency       p50 %s, p99 %s, max %s\n", fmtMS(h.P50MS), fmtMS(h.P99MS), fmtMS(h.MaxMS))
+	}
 	if h.Kill != nil {
 		fmt.Fprintf(w, "  kill-holder   process %d killed %s after the release, loading %q; takeover load %s after the kill\n",
 			h.Kill.Proc, fmtMS(h.Kill.AfterMS), h.Kill.Key, fmtMS(h.Kill.TakeoverMS))
@@ -694,7 +764,11 @@ func (h *herdSummary) print(w io.Writer) {
 	}
 	fmt.Fprintf(w, "  rounds        %s\n", strings.Join(rms, ", "))
 	fmt.Fprintln(w)
-	fmt.Fprintln(w, "  proc  requests  answered by                       keys  loads  round trips  per key  by method")
+	asks, perBatch := "requests", ""
+	if h.Batch > 0 {
+		asks, perBatch = " batches", "  per batch"
+	}
+	fmt.Fprintf(w, "  proc  %s  answered by                       keys  loads  round trips  per key%s  by method\n", asks, perBatch)
 	for _, p := range h.PerProc {
 		if p.Requests == 0 && p.Keys == 0 {
 			fmt.Fprintf(w, "  %4d  (killed: no report)\n", p.Proc)
@@ -706,8 +780,12 @@ func (h *herdSummary) print(w io.Writer) {
 				src = append(src, fmt.Sprintf("%s %d", s, k))
 			}
 		}
-		fmt.Fprintf(w, "  %4d  %8d  %-32s  %4d  %5d  %11d  %7.2f  %s\n", p.Proc, p.Requests, strings.Join(src, ", "),
-			p.Keys, p.Loads, p.Total, p.PerKey, fmtCalls(p.calls))
+		pb := ""
+		if h.Batch > 0 {
+			pb = fmt.Sprintf("  %9.2f", p.PerBatch)
+		}
+		fmt.Fprintf(w, "  %4d  %8d  %-32s  %4d  %5d  %11d  %7.2f%s  %s\n", p.Proc, p.Requests, strings.Join(src, ", "),
+			p.Keys, p.Loads, p.Total, p.PerKey, pb, fmtCalls(p.calls))
 	}
 }
 

@@ -30,8 +30,11 @@ func TestHerdWorker(t *testing.T) {
 }
 
 // useTestBinary makes herd start its worker processes from this test
-// binary (TestHerdWorker).
+// binary (TestHerdWorker). Under the race detector, the workers skip its
+// one-second sleep at exit (GORACE atexit_sleep_ms), which every herd
+// would otherwise wait for.
 func useTestBinary(t *testing.T) {
+	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	old := herdWorkerCommand
 	herdWorkerCommand = func() (string, []string, error) {
 		return os.Args[0], []string{"-test.run=^TestHerdWorker$", "-test.count=1"}, nil
@@ -73,15 +76,7 @@ func callersOfKilled(h *herdSummary, cfg herdConfig) int {
 // per key do not grow with its callers.
 func oneLoadPerKey(t *testing.T, h *herdSummary) {
 	t.Helper()
-	if h.LoaderCalls != h.KeysAsked || len(h.LoadsPerKey) != 1 || h.LoadsPerKey[1] != h.KeysAsked {
-		t.Errorf("loader calls = %d for %d keys (loads per key: %v), want exactly 1 per key", h.LoaderCalls, h.KeysAsked, h.LoadsPerKey)
-	}
-	if h.Commits != uint64(h.KeysAsked) {
-		t.Errorf("commits = %d, want %d", h.Commits, h.KeysAsked)
-	}
-	if h.Takeovers != 0 || h.FailOpen != 0 {
-		t.Errorf("takeovers = %d, fail-open = %d, want 0", h.Takeovers, h.FailOpen)
-	}
+	loadedOnce(t, h)
 	for _, p := range h.PerProc {
 		// get, subscribe, claim, get; the holder also commits and
 		// releases: 6 at most per key, whatever the callers.
@@ -96,6 +91,106 @@ func oneLoadPerKey(t *testing.T, h *herdSummary) {
 		}
 		if p.Calls["subscribe"] > int64(p.Keys) {
 			t.Errorf("process %d: %d subscriptions for %d keys, want at most one per key", p.Proc, p.Calls["subscribe"], p.Keys)
+		}
+	}
+}
+
+// loadedOnce checks that every key asked was loaded exactly once and
+// committed once, with no takeover and no load without a claim.
+func loadedOnce(t *testing.T, h *herdSummary) {
+	t.Helper()
+	if h.LoaderCalls != h.KeysAsked || len(h.LoadsPerKey) != 1 || h.LoadsPerKey[1] != h.KeysAsked {
+		t.Errorf("loader calls = %d for %d keys (loads per key: %v), want exactly 1 per key", h.LoaderCalls, h.KeysAsked, h.LoadsPerKey)
+	}
+	if h.Commits != uint64(h.KeysAsked) || h.LostCommits != 0 {
+		t.Errorf("commits = %d, lost commits = %d, want %d, 0", h.Commits, h.LostCommits, h.KeysAsked)
+	}
+	if h.Takeovers != 0 || h.FailOpen != 0 {
+		t.Errorf("takeovers = %d, fail-open = %d, want 0", h.Takeovers, h.FailOpen)
+	}
+}
+
+// batchSizes runs the batch herd at two batch sizes, 10 and 50 keys: 4
+// processes x 50 callers, each asking one batch of a cold key space of
+// 200, much smaller than processes x callers x batch, so batches overlap
+// within each process and across processes. Both load every key once;
+// with batches of 50 (the acceptance run's size) every process makes at
+// most 6 round trips per batch, and no more than 1 more than with
+// batches of 10.
+func batchSizes(t *testing.T, backend string) (small, large *herdSummary) {
+	t.Helper()
+	cfg := herdConfig{Backend: backend, Procs: 4, Callers: 50, Keys: 200, Rounds: 1, Load: 50 * time.Millisecond}
+	cfg.Batch = 10
+	small = herdRun(t, cfg)
+	cfg.Batch = 50
+	large = herdRun(t, cfg)
+	for _, h := range []*herdSummary{small, large} {
+		onePerBatchKey(t, h)
+	}
+	atMostPerBatch(t, large, 6)
+	// The per-batch figure does not grow with the batch: a GetMany is a
+	// handful of batched calls whatever its size.
+	if large.RTPerBatch.Max > small.RTPerBatch.Max+1 {
+		t.Errorf("round trips per process per batch: max %.2f with batches of %d, %.2f with batches of %d; want no more than 1 more",
+			large.RTPerBatch.Max, large.Batch, small.RTPerBatch.Max, small.Batch)
+	}
+	return small, large
+}
+
+// onePerBatchKey checks a batch herd (GetMany, or a loop of Gets with
+// Loop): every key of every batch answered with its own value, every key
+// asked loaded exactly once; with GetMany, only the batched calls claim
+// and commit.
+func onePerBatchKey(t *testing.T, h *herdSummary) {
+	t.Helper()
+	loadedOnce(t, h)
+	if h.RTPerBatch == nil {
+		t.Fatal("no round trips per batch in a batch herd's report")
+	}
+	if h.KeyRequests != h.Requests*h.Batch || h.KeyErrors != 0 {
+		t.Errorf("%d keys asked in %d batches of %d, %d answered with an error; want %d, 0",
+			h.KeyRequests, h.Requests, h.Batch, h.KeyErrors, h.Requests*h.Batch)
+	}
+	answered := 0
+	for _, n := range h.BySource {
+		answered += n
+	}
+	if answered != h.KeyRequests {
+		t.Errorf("%d keys answered (%v), want %d", answered, h.BySource, h.KeyRequests)
+	}
+	if h.Loop {
+		return
+	}
+	if h.BatchLoaderCalls == 0 || h.BatchLoaderCalls > uint64(h.KeysAsked) {
+		t.Errorf("%d batch loader calls for %d keys", h.BatchLoaderCalls, h.KeysAsked)
+	}
+	for _, p := range h.PerProc {
+		if p.Requests != h.Callers*h.Rounds {
+			t.Errorf("process %d: %d batches, want %d", p.Proc, p.Requests, h.Callers*h.Rounds)
+			continue
+		}
+		// Not "get": a reset of the invalidation topic (a Redis pub/sub
+		// connection rebuilt on a loaded machine) makes flight read its
+		// generation key with one Get, whatever the batches.
+		for _, single := range []string{"claim", "claim+read", "commit", "commit+release"} {
+			if p.Calls[single] != 0 {
+				t.Errorf("process %d: %d single-key %s calls (%v), want the batched calls only", p.Proc, p.Calls[single], single, p.Calls)
+			}
+		}
+		if p.Calls["get-many"] == 0 {
+			t.Errorf("process %d: no get-many (%v)", p.Proc, p.Calls)
+		}
+	}
+}
+
+// atMostPerBatch checks that each process of a batch herd made at most
+// max round trips per batch it asked.
+func atMostPerBatch(t *testing.T, h *herdSummary, max float64) {
+	t.Helper()
+	for _, p := range h.PerProc {
+		if p.PerBatch > max {
+			t.Errorf("process %d: %d round trips for %d batches of %d (%.2f per batch: %v), want at most %g per batch",
+				p.Proc, p.Total, p.Requests, h.Batch, p.PerBatch, p.Calls, max)
 		}
 	}
 }
@@ -119,6 +214,28 @@ func TestHerdSimulatedManyKeys(t *testing.T) {
 	oneLoadPerKey(t, h)
 	h = herdRun(t, herdConfig{Procs: 3, Callers: 100, Keys: 30, Zipf: 1.3, Rounds: 1, Load: 20 * time.Millisecond})
 	oneLoadPerKey(t, h)
+}
+
+// The batch herd in process: GetMany at two batch sizes, then the same
+// batches with a loop of Gets (every key loaded once there too, at more
+// round trips per batch).
+func TestHerdSimulatedBatch(t *testing.T) {
+	_, large := batchSizes(t, "")
+	if large.Mode != "simulated" {
+		t.Errorf("mode = %q, want simulated", large.Mode)
+	}
+	loop := herdRun(t, herdConfig{Procs: 4, Callers: 50, Keys: 200, Batch: 50, Loop: true, Rounds: 1, Load: 20 * time.Millisecond})
+	onePerBatchKey(t, loop)
+	if loop.RTPerBatch.Avg <= large.RTPerBatch.Avg {
+		t.Errorf("round trips per process per batch: a loop of Gets %.2f, a GetMany %.2f; want the loop's higher",
+			loop.RTPerBatch.Avg, large.RTPerBatch.Avg)
+	}
+	if loop.BatchLoaderCalls != 0 || loop.Calls["get-many"] != 0 {
+		t.Errorf("a loop of Gets made %d batch loader calls, %d get-many; want 0, 0", loop.BatchLoaderCalls, loop.Calls["get-many"])
+	}
+	// Two rounds: new keys each round, each loaded once.
+	h := herdRun(t, herdConfig{Procs: 4, Callers: 20, Keys: 100, Batch: 20, Rounds: 2, Load: 20 * time.Millisecond})
+	onePerBatchKey(t, h)
 }
 
 func TestHerdSimulatedKillHolder(t *testing.T) {
@@ -156,6 +273,24 @@ func TestHerdProcessesRedis(t *testing.T) {
 	oneLoadPerKey(t, h)
 }
 
+func TestHerdProcessesBatchRedis(t *testing.T) {
+	srv := testserver.Require(t, testserver.Redis)
+	useTestBinary(t)
+	_, large := batchSizes(t, srv.URL())
+	if large.Mode != "processes" {
+		t.Errorf("mode = %q, want processes", large.Mode)
+	}
+}
+
+func TestHerdProcessesBatchPostgres(t *testing.T) {
+	srv := testserver.Require(t, testserver.Postgres)
+	useTestBinary(t)
+	_, large := batchSizes(t, srv.URL())
+	if large.Mode != "processes" {
+		t.Errorf("mode = %q, want processes", large.Mode)
+	}
+}
+
 func TestHerdKillHolderRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
 	useTestBinary(t)
@@ -177,7 +312,20 @@ func TestHerdCommand(t *testing.T) {
 	if rep["loader_calls"] != 1.0 || rep["requests"] != 20.0 {
 		t.Errorf("loader_calls %v, requests %v; want 1, 20", rep["loader_calls"], rep["requests"])
 	}
-	for _, bad := range [][]string{{"-procs", "0"}, {"-zipf", "0.5"}, {"-kill-holder", "-procs", "1"}, {"extra"}} {
+	out.Reset()
+	if code := run(ctx, []string{"herd", "-procs", "2", "-callers", "10", "-batch", "5", "-keys", "20", "-load", "1ms", "-json"}, &out, &errb); code != 0 {
+		t.Fatalf("-batch: exit %d: %s", code, errb.String())
+	}
+	rep = nil
+	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+		t.Fatalf("-batch: not JSON: %v\n%s", err, out.String())
+	}
+	if rep["loader_calls"] != rep["keys_asked"] || rep["requests"] != 20.0 || rep["key_requests"] != 100.0 || rep["round_trips_per_proc_per_batch"] == nil {
+		t.Errorf("-batch: loader_calls %v for keys_asked %v, requests %v, key_requests %v, round_trips_per_proc_per_batch %v; want equal, 20, 100, present",
+			rep["loader_calls"], rep["keys_asked"], rep["requests"], rep["key_requests"], rep["round_trips_per_proc_per_batch"])
+	}
+	for _, bad := range [][]string{{"-procs", "0"}, {"-zipf", "0.5"}, {"-kill-holder", "-procs", "1"}, {"extra"},
+		{"-batch", "-1"}, {"-batch", "5"}, {"-loop"}, {"-batch", "2", "-keys", "4", "-zipf", "1.5"}, {"-batch", "2", "-keys", "4", "-kill-holder"}} {
 		errb.Reset()
 		if code := run(ctx, append([]string{"herd"}, bad...), &out, &errb); code != 2 {
 			t.Errorf("herd %s: exit %d, want 2", strings.Join(bad, " "), code)

@@ -22,9 +22,9 @@ import (
 // `stampede-bench herd`, or a simulated one inside it). It opens its own backend
 // client and its own cache (its own L1), and for each round starts its
 // callers, says it is ready, waits for the start barrier, releases all of
-// them at once and reports what they got. The loader reports every call
-// to the parent as it starts, so a holder that is killed mid-load is
-// still counted.
+// them at once and reports what they got. The loaders (one key, or a
+// batch) report every key to the parent as they start, so a holder that
+// is killed mid-load is still counted.
 
 // herdWorkerEnv carries a worker's configuration (JSON) to a child
 // process: `stampede-bench herd` with it set runs one worker, speaking the
@@ -50,8 +50,12 @@ type herdConfig struct {
 	Lease      time.Duration `json:"lease_ns,omitempty"`
 	KillHolder bool          `json:"kill_holder,omitempty"`
 	Sim        bool          `json:"simulated"`
-	Timeout    time.Duration `json:"-"`
-	JSON       bool          `json:"-"`
+	// Batch > 0: each caller asks Batch distinct keys at once, with one
+	// GetMany (a BatchFunc loader), or with Loop a loop of Batch Gets.
+	Batch   int           `json:"batch,omitempty"`
+	Loop    bool          `json:"loop,omitempty"`
+	Timeout time.Duration `json:"-"`
+	JSON    bool          `json:"-"`
 	// Name is the cache's name: unique per run, so the backend starts
 	// empty for it.
 	Name string `json:"name"`
@@ -78,19 +82,28 @@ type herdEvent struct {
 
 // procRound is one worker's report of one round.
 type procRound struct {
-	Requests int            `json:"requests"`
-	BySource map[string]int `json:"by_source"`
-	Errors   int            `json:"errors"`
-	ErrorEg  string         `json:"error_example,omitempty"`
+	// Requests counts the callers' asks: Gets, or batches in batch mode
+	// (a loop of Gets is one batch); KeyRequests the keys they asked,
+	// in batch mode. BySource counts keys answered, by tier.
+	Requests    int            `json:"requests"`
+	KeyRequests int            `json:"key_requests,omitempty"`
+	BySource    map[string]int `json:"by_source"`
+	// Errors counts the asks answered with an error (a batch with one
+	// failed key or more, or a wrong value); KeyErrors the keys.
+	Errors    int    `json:"errors"`
+	KeyErrors int    `json:"key_errors,omitempty"`
+	ErrorEg   string `json:"error_example,omitempty"`
 	// Keys is the number of distinct keys this worker's callers asked for.
 	Keys int `json:"keys"`
 	// Calls are this worker's backend round trips during the round, by
 	// method (counted at the driver under its *claim.Client).
 	Calls countdriver.Counts `json:"calls"`
-	// Latencies of every caller, from the barrier to its answer, in µs.
+	// Latencies of every caller answered without error, from the barrier
+	// to its answer (to its whole batch's), in µs.
 	LatUS     []int64 `json:"lat_us"`
 	ElapsedUS int64   `json:"elapsed_us"`
-	// flight.Stats deltas.
+	// flight.Stats deltas (Loads counts loader calls: batches for
+	// GetMany's BatchFunc).
 	Loads       uint64 `json:"loads"`
 	Commits     uint64 `json:"commits"`
 	LostCommits uint64 `json:"lost_commits"`
@@ -129,10 +142,50 @@ func herdAssign(cfg herdConfig, proc, round int) []int {
 	return ks
 }
 
-func (cfg herdConfig) cacheOptions(loader flight.LoadFunc[herdValue], log *slog.Logger) *flight.Options[herdValue] {
+// herdAsks returns the key indexes each caller of proc asks in round:
+// one key per caller (herdAssign), or Batch keys per caller in batch mode
+// (herdBatch).
+func herdAsks(cfg herdConfig, proc, round int) [][]int {
+	asks := make([][]int, cfg.Callers)
+	if cfg.Batch > 0 {
+		for j := range asks {
+			asks[j] = herdBatch(cfg, proc, j, round)
+		}
+		return asks
+	}
+	ks := herdAssign(cfg, proc, round)
+	for j := range asks {
+		asks[j] = ks[j : j+1 : j+1]
+	}
+	return asks
+}
+
+// herdBatch returns the batch caller asks in round: Batch distinct key
+// indexes drawn uniformly from [0, Keys) (Floyd's sampling, then
+// shuffled), seeded by the run's seed, the process, the caller and the
+// round, so the parent can recompute it. Batches overlap by chance only:
+// with Callers×Batch well above Keys, every process asks nearly every key
+// and every key is in many batches of every process, as records of a page
+// reference the same few companies.
+func herdBatch(cfg herdConfig, proc, caller, round int) []int {
+	r := rand.New(rand.NewPCG(cfg.Seed, uint64(round)<<48|uint64(proc)<<32|uint64(caller)))
+	picked := make(map[int]bool, cfg.Batch)
+	ks := make([]int, 0, cfg.Batch)
+	for j := cfg.Keys - cfg.Batch; j < cfg.Keys; j++ {
+		k := r.IntN(j + 1)
+		if picked[k] {
+			k = j
+		}
+		picked[k] = true
+		ks = append(ks, k)
+	}
+	r.Shuffle(len(ks), func(a, b int) { ks[a], ks[b] = ks[b], ks[a] })
+	return ks
+}
+
+func (cfg herdConfig) cacheOptions(log *slog.Logger) *flight.Options[herdValue] {
 	return &flight.Options[herdValue]{
 		Name:        cfg.Name,
-		Loader:      loader,
 		Normalize:   flight.Identity,
 		TTL:         time.Hour,
 		TTLJitter:   -1,
@@ -150,39 +203,101 @@ func (cfg herdConfig) cacheOptions(loader flight.LoadFunc[herdValue], log *slog.
 // worker).
 func runWorker(ctx context.Context, cfg workerConfig, b *claim.Client, calls *countdriver.Counter, emit func(herdEvent), barrier func(round int) error, log *slog.Logger) error {
 	defer b.Close()
-	load := func(ctx context.Context, key string) (herdValue, error) {
-		emit(herdEvent{Ev: "load", Proc: cfg.Proc, Round: roundOf(key), Key: key})
+	pause := func(ctx context.Context) error {
 		t := time.NewTimer(cfg.Load) // a slow upsert
 		defer t.Stop()
 		select {
 		case <-t.C:
+			return nil
 		case <-ctx.Done():
-			return herdValue{}, ctx.Err()
+			return ctx.Err()
+		}
+	}
+	load := func(ctx context.Context, key string) (herdValue, error) {
+		emit(herdEvent{Ev: "load", Proc: cfg.Proc, Round: roundOf(key), Key: key})
+		if err := pause(ctx); err != nil {
+			return herdValue{}, err
 		}
 		return herdValue{Key: key, Proc: cfg.Proc}, nil
 	}
-	c, err := flight.New(b, cfg.cacheOptions(load, log))
+	// loadMany is load for many keys in one call (one query, one -load
+	// latency), counted key by key like load.
+	loadMany := func(ctx context.Context, keys []string) (map[string]herdValue, error) {
+		for _, key := range keys {
+			emit(herdEvent{Ev: "load", Proc: cfg.Proc, Round: roundOf(key), Key: key})
+		}
+		if err := pause(ctx); err != nil {
+			return nil, err
+		}
+		m := make(map[string]herdValue, len(keys))
+		for _, key := range keys {
+			m[key] = herdValue{Key: key, Proc: cfg.Proc}
+		}
+		return m, nil
+	}
+	c, err := flight.New(b, cfg.cacheOptions(log))
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	for round := 1; round <= cfg.Rounds; round++ {
-		assign := herdAssign(cfg.herdConfig, cfg.Proc, round)
-		type answer struct {
-			src flight.Source
-			lat time.Duration
-			err error
+	// answer is one caller's: the tier of each key answered, its latency,
+	// its errors (a key's error, or a value of another key).
+	type answer struct {
+		srcs []flight.Source
+		lat  time.Duration
+		errs int
+		err  error
+	}
+	check := func(a *answer, key string, r flight.Result[herdValue], err error) {
+		if err == nil && r.Value.Key != key {
+			err = fmt.Errorf("herd: key %q answered with the value of %q", key, r.Value.Key)
 		}
-		answers := make([]answer, len(assign))
+		if err != nil {
+			a.errs++
+			if a.err == nil {
+				a.err = err
+			}
+			return
+		}
+		a.srcs = append(a.srcs, r.Source)
+	}
+	ask := func(keys []string) answer {
+		a := answer{srcs: make([]flight.Source, 0, len(keys))}
+		switch {
+		case cfg.Batch == 0 || cfg.Loop:
+			// One Get per key, one after another (a loop of Gets).
+			for _, key := range keys {
+				r, err := c.Fetch(ctx, key, load)
+				check(&a, key, r, err)
+			}
+		default:
+			rs, err := c.GetMany(ctx, keys, loadMany)
+			if err != nil {
+				a.errs, a.err = len(keys), err
+				break
+			}
+			for i, r := range rs {
+				check(&a, keys[i], r, r.Err)
+			}
+		}
+		return a
+	}
+	for round := 1; round <= cfg.Rounds; round++ {
+		asks := herdAsks(cfg.herdConfig, cfg.Proc, round)
+		answers := make([]answer, len(asks))
 		start := make(chan struct{})
 		var t0 time.Time
 		var wg sync.WaitGroup
-		for j, k := range assign {
-			key := herdKey(round, k)
+		for j, ks := range asks {
+			keys := make([]string, len(ks))
+			for i, k := range ks {
+				keys[i] = herdKey(round, k)
+			}
 			wg.Go(func() {
 				<-start
-				r, err := c.Fetch(ctx, key, nil)
-				answers[j] = answer{r.Source, time.Since(t0), err}
+				a := ask(keys)
+				a.lat = time.Since(t0)
+				answers[j] = a
 			})
 		}
 		emit(herdEvent{Ev: "ready", Proc: cfg.Proc, Round: round})
@@ -212,15 +327,23 @@ func runWorker(ctx context.Context, cfg workerConfig, b *claim.Client, calls *co
 		}
 		keys := map[int]bool{}
 		for j, a := range answers {
-			keys[assign[j]] = true
-			if a.err != nil {
+			for _, k := range asks[j] {
+				keys[k] = true
+			}
+			if cfg.Batch > 0 {
+				rep.KeyRequests += len(asks[j])
+				rep.KeyErrors += a.errs
+			}
+			for _, src := range a.srcs {
+				rep.BySource[src.String()]++
+			}
+			if a.errs > 0 {
 				rep.Errors++
 				if rep.ErrorEg == "" {
 					rep.ErrorEg = a.err.Error()
 				}
 				continue
 			}
-			rep.BySource[a.src.String()]++
 			rep.LatUS = append(rep.LatUS, a.lat.Microseconds())
 		}
 		rep.Keys = len(keys)

@@ -5,6 +5,7 @@
 //
 //	stampede-bench herd [-backend URL|KIND] [-procs M] [-callers N] [-keys K] [-kill-holder] ...
 //	                                       a real multi-process stampede, counted
+//	stampede-bench herd ... -batch B [-loop] each caller asks B keys at once (GetMany, or a loop of Gets)
 //	stampede-bench bench [-backends all|URL,...] backends side by side: tables and SVG charts
 //	stampede-bench help [command]
 //
