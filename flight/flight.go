@@ -31,7 +31,7 @@ var (
 	ErrNotFound = claim.ErrNotFound
 	// ErrInvalidKey: the key normalises to "" (claim.ErrInvalidKey).
 	ErrInvalidKey = claim.ErrInvalidKey
-	// ErrNoLoader: Get was given no LoadFunc and Options.Loader is nil.
+	// ErrNoLoader: Get, Fetch or GetMany was given a nil loader.
 	ErrNoLoader = errors.New("flight: no loader")
 	// ErrLoadTimeout: the loader did not return within Options.LoadTimeout.
 	ErrLoadTimeout = errors.New("flight: load timed out")
@@ -236,7 +236,7 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 }
 
 // Get returns the value of key: from L1, else from L2, else from load
-// (or Options.Loader if load is nil), called once per key across every
+// (a nil load is ErrNoLoader), called once per key across every
 // process sharing the backend. See Fetch for where the answer came from.
 //
 // Get blocks until the value is known, ctx is done, or the policy says to
@@ -343,7 +343,7 @@ func (c *Cache[V]) normalize(key string) string {
 // need not look again. It checks what fetch checks before L1, so the
 // answer is the same.
 func (c *Cache[V]) quick(k string, load LoadFunc[V]) (e *entry[V], ok, looked bool) {
-	if c.l1 == nil || k == "" || (load == nil && c.cfg.Loader == nil) || c.closed.Load() {
+	if c.l1 == nil || k == "" || load == nil || c.closed.Load() {
 		return nil, false, false
 	}
 	e, _ = c.l1.GetIfPresent(k)
@@ -371,9 +371,7 @@ func (c *Cache[V]) fetch(ctx context.Context, key, k string, load LoadFunc[V], o
 		policy = applyOptions(callConfig[V]{policy: policy}, opts).policy // out of line: the config escapes
 	}
 	if load == nil {
-		if load = c.cfg.Loader; load == nil {
-			return answer[V]{}, ErrNoLoader
-		}
+		return answer[V]{}, ErrNoLoader
 	}
 	var old, fs *entry[V]
 	if c.l1 != nil {

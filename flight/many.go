@@ -2,7 +2,6 @@ package flight
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"runtime/debug"
 	"sync"
@@ -28,20 +27,16 @@ type BatchFunc[V any] func(ctx context.Context, keys []string) (map[string]V, er
 // way in this process (a Get, another GetMany) are joined, not loaded
 // again, and concurrent Gets of the keys this call loads join it. On a
 // backend with a batch primitive (claim/driver.Batcher) a batch costs a
-// handful of round trips whatever its size. A nil load uses
-// Options.Loader for each key, concurrently. The error is for the call as
-// a whole (ErrClosed, ErrNoLoader); a repeated key gets the same answer
-// at each of its places.
+// handful of round trips whatever its size. The error is for the call as
+// a whole (ErrClosed, ErrNoLoader for a nil load); a repeated key gets the
+// same answer at each of its places.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V], opts ...CallOption[V]) ([]Result[V], error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}
 	cc := applyOptions(callConfig[V]{policy: c.cfg.Wait}, opts)
 	if load == nil {
-		if c.cfg.Loader == nil {
-			return nil, ErrNoLoader
-		}
-		load = c.perKey(c.cfg.Loader)
+		return nil, ErrNoLoader
 	}
 	single := singleOf(load)
 	res := make([]Result[V], len(keys))
@@ -121,31 +116,6 @@ func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V]
 		answer1(m.k, a, err)
 	}
 	return res, nil
-}
-
-// perKey is a BatchFunc calling load for each key, concurrently.
-func (c *Cache[V]) perKey(load LoadFunc[V]) BatchFunc[V] {
-	return func(ctx context.Context, keys []string) (map[string]V, error) {
-		var mu sync.Mutex
-		out := make(map[string]V, len(keys))
-		var errs []error
-		var wg sync.WaitGroup
-		for _, k := range keys {
-			wg.Go(func() {
-				v, err := load(ctx, k)
-				mu.Lock()
-				defer mu.Unlock()
-				switch {
-				case err == nil:
-					out[k] = v
-				case !isNotFound(err):
-					errs = append(errs, err)
-				}
-			})
-		}
-		wg.Wait()
-		return out, errors.Join(errs...)
-	}
 }
 
 // singleOf is load as a LoadFunc of one key: what a flight that GetMany

@@ -57,8 +57,6 @@ type Options[V any] struct {
 	// the topic "flight:" + Name. Caches of different value types on one
 	// backend need different names. Default "default".
 	Name string
-	// Loader is used by Get and Fetch when they are given a nil LoadFunc.
-	Loader LoadFunc[V]
 	// Normalize maps a caller's key to the cache key, identically in every
 	// process. Default NormalizeKey. Use Identity to keep keys as given.
 	Normalize func(string) string

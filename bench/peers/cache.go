@@ -49,15 +49,15 @@ const herdSize = 16
 
 var l1Benches = []cacheBench{
 	{"flight Get, L1 hit", "flight L1 hit", true, func(b *testing.B) {
-		c := flightCache(b, &flight.Options[string]{Loader: constLoad})
+		c := flightCache(b, &flight.Options[string]{})
 		ctx := context.Background()
-		if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+		if _, err := c.Get(ctx, "apple inc", constLoad); err != nil {
 			b.Fatal(err)
 		}
 		b.ReportAllocs()
 		b.ResetTimer()
 		for b.Loop() {
-			c.Get(ctx, "apple inc", nil)
+			c.Get(ctx, "apple inc", constLoad)
 		}
 	}},
 	{"otter GetIfPresent (size + per-entry expiry, as flight configures it)", "otter Get", false, func(b *testing.B) {
@@ -93,10 +93,11 @@ func sleepy(d time.Duration) {
 
 func flightMiss(d time.Duration) func(b *testing.B) {
 	return func(b *testing.B) {
-		c := flightCache(b, &flight.Options[string]{L1Size: 1 << 20, Loader: func(context.Context, string) (string, error) {
+		load := func(context.Context, string) (string, error) {
 			sleepy(d)
 			return "value", nil
-		}})
+		}
+		c := flightCache(b, &flight.Options[string]{L1Size: 1 << 20})
 		ctx := context.Background()
 		b.ReportAllocs()
 		i := 0
@@ -105,7 +106,7 @@ func flightMiss(d time.Duration) func(b *testing.B) {
 			key := "key " + strconv.Itoa(i)
 			var wg sync.WaitGroup
 			for range herdSize {
-				wg.Go(func() { c.Get(ctx, key, nil) })
+				wg.Go(func() { c.Get(ctx, key, load) })
 			}
 			wg.Wait()
 		}

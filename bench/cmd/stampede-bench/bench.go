@@ -335,7 +335,7 @@ func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 		return c
 	}
 	cache := func(b *testing.B, be *claim.Client, name string, l1 int) *flight.Cache[string] {
-		c, err := flight.New(be, &flight.Options[string]{Name: ns + "-" + name, Loader: benchLoad, L1Size: l1})
+		c, err := flight.New(be, &flight.Options[string]{Name: ns + "-" + name, L1Size: l1})
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -346,24 +346,24 @@ func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 	bs = append(bs,
 		bench{"FlightL1Hit", false, func(b *testing.B) {
 			c := cache(b, open(b), "l1", 0)
-			if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+			if _, err := c.Get(ctx, "apple inc", benchLoad); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
-				c.Get(ctx, "apple inc", nil)
+				c.Get(ctx, "apple inc", benchLoad)
 			}
 		}},
 		bench{"FlightL2Hit", false, func(b *testing.B) {
 			c := cache(b, open(b), "l2", -1)
-			if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+			if _, err := c.Get(ctx, "apple inc", benchLoad); err != nil {
 				b.Fatal(err)
 			}
 			b.ReportAllocs()
 			b.ResetTimer()
 			for b.Loop() {
-				if _, err := c.Get(ctx, "apple inc", nil); err != nil {
+				if _, err := c.Get(ctx, "apple inc", benchLoad); err != nil {
 					b.Fatal(err)
 				}
 			}
