@@ -8,6 +8,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/internal/opctx"
 )
 
@@ -171,12 +172,18 @@ func (w *manyWaiter) claim(ctx context.Context, idx []int) error {
 		return err
 	}
 	now := time.Now()
+	var unneeded []Lease
+	defer func() {
+		// The claims that found a value need no lease: released
+		// together, before the keys are reported.
+		driver.Each(len(unneeded), batchConcurrency, func(j int) { w.c.cleanupRelease(ctx, unneeded[j]) })
+	}()
 	for j, i := range idx {
 		r := res[j]
 		switch {
 		case r.Err == nil && r.Found && w.opt.Accept(i, r.Value):
 			// A value landed between the read and the claim: adopt it.
-			w.c.cleanupRelease(ctx, r.Lease)
+			unneeded = append(unneeded, r.Lease)
 			w.settle(i, Got{Found: true, Value: r.Value}, nil)
 		case r.Err == nil:
 			w.settle(i, Got{Lease: r.Lease}, nil)

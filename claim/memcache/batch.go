@@ -17,8 +17,10 @@ import (
 // whatever the number of keys. Writes (add, cas, incr) are one key each,
 // and gomemcache neither pipelines nor multiplexes a connection: a batch
 // sends them concurrently, each on a pooled connection, at most par at
-// once (max_idle_conns, 16 by default), so that a batch never dials more
-// connections than the pool keeps. A batch of n keys therefore costs its
+// once for all of the client's batches together (max_idle_conns, 16 by
+// default), so that batches never dial more connections than the pool
+// keeps (a herd of concurrent batches otherwise runs memcached out of
+// connections). A batch of n keys therefore costs its
 // writes' round trips ⌈n/par⌉ times in latency. memcached takes a
 // multi-get of any length (5000 keys of 250 bytes checked), so
 // Features.MaxBatch is 0: the Client does not split batches. Nothing is
@@ -72,7 +74,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		return nil, err
 	}
 	out := make([]driver.Claimed, len(keys))
-	driver.Each(len(keys), b.par, func(i int) {
+	b.each(len(keys), func(i int) {
 		out[i].Lease, out[i].Err = b.TryClaim(ctx, keys[i], holders[i], ttl)
 	})
 	var vks []string
@@ -98,7 +100,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		}
 	}
 	if err != nil {
-		driver.Each(len(claimed), b.par, func(j int) { _ = b.Release(ctx, out[claimed[j]].Lease) })
+		b.each(len(claimed), func(j int) { _ = b.Release(ctx, out[claimed[j]].Lease) })
 		return nil, err
 	}
 	return out, nil
@@ -138,7 +140,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	if err != nil {
 		return nil, err
 	}
-	driver.Each(len(commits), b.par, func(i int) {
+	b.each(len(commits), func(i int) {
 		if its[i] == nil {
 			return
 		}
@@ -184,4 +186,14 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 		}
 	}
 	return nil
+}
+
+// each runs fn(i) for every i in [0, n) concurrently, each holding one of
+// the client's b.par write tokens while it runs, and waits for them.
+func (b *backend) each(n int, fn func(i int)) {
+	driver.Each(n, b.par, func(i int) {
+		b.writes <- struct{}{}
+		defer func() { <-b.writes }()
+		fn(i)
+	})
 }

@@ -70,10 +70,12 @@ type backend struct {
 	// of a call; slowest is how long one call on one or two items can
 	// take at most (see do).
 	timeout, slowest time.Duration
-	// par bounds the requests one batch has in flight at once (see
-	// batch.go): the client's idle connections per server, so that a
-	// batch reuses pooled connections instead of dialling more.
-	par int
+	// par bounds the batch requests this client has in flight at once,
+	// across all its batches (writes holds a token per request; see
+	// batch.go): the client's idle connections per server, so that
+	// batches reuse pooled connections instead of dialling more.
+	par    int
+	writes chan struct{}
 }
 
 var (
@@ -130,6 +132,7 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		timeout: timeout,
 		slowest: 5 * timeout,
 		par:     par,
+		writes:  make(chan struct{}, par),
 	}
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
 	return b, nil

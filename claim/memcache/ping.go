@@ -27,7 +27,8 @@ func (b *backend) Ping(ctx context.Context) error {
 //     kind of server at the address (gomemcache's "unexpected response
 //     line", "unexpected line in get response", "corrupt get result",
 //     or a counter reply that is not a number, *strconv.NumError);
-//     memcached's own SERVER_ERROR and CLIENT_ERROR replies are not;
+//     memcached's own SERVER_ERROR and CLIENT_ERROR replies are not,
+//     nor its "ERROR Too many open connections" (unavailability);
 //   - TLS refused: a certificate that does not verify
 //     (*tls.CertificateVerificationError), a server that does not speak
 //     TLS (tls.RecordHeaderError), an alert from the server such as
@@ -54,7 +55,9 @@ func notMemcached(err error) bool {
 		return true
 	}
 	msg := err.Error()
-	if strings.Contains(msg, "SERVER_ERROR") || strings.Contains(msg, "CLIENT_ERROR") {
+	if strings.Contains(msg, "SERVER_ERROR") || strings.Contains(msg, "CLIENT_ERROR") ||
+		strings.Contains(msg, "Too many open connections") {
+		// memcached's own replies: a refusal, not another server.
 		return false
 	}
 	return strings.HasPrefix(msg, "memcache: unexpected ") || strings.HasPrefix(msg, "memcache: corrupt get result")
