@@ -227,6 +227,11 @@ func (w *waiter) run(ctx context.Context, accept func([]byte) bool) (Got, error)
 			return Got{Waited: true}, opError("acquire", w.key, ctx.Err())
 		}
 		if accept != nil {
+			// A wake-up that carried the holder's value answers without
+			// a read (driver.ValueNotifier).
+			if v := sub.takeValue(); v != nil && accept(v) {
+				return Got{Found: true, Value: v, Waited: true}, nil
+			}
 			v, ok, err := w.read(ctx, accept)
 			if err != nil || ok {
 				return Got{Found: ok, Value: v, Waited: true}, err

@@ -2,11 +2,12 @@ package claim
 
 import (
 	"context"
-	"crypto/rand"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -110,6 +111,12 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
 		return d.Subscribe(ctx, key, func() { fire(nil, false) })
 	}, d.Unsubscribe)
+	if vn, ok := d.(driver.ValueNotifier); ok {
+		// A wake-up's message is the value it carries (nil: none).
+		c.keys.subscribe = func(ctx context.Context, key string, fire func([]byte, bool)) error {
+			return vn.SubscribeValue(ctx, key, func(v []byte) { fire(v, false) })
+		}
+	}
 	if c.bat != nil {
 		c.keys.subscribeMany = func(ctx context.Context, keys []string, fires []func([]byte, bool)) error {
 			wakes := make([]func(), len(fires))
@@ -173,10 +180,18 @@ func checkLive(op string, l Lease, now time.Time) error {
 	return nil
 }
 
+// newHolder returns a new Holder: 96 random bits from math/rand/v2's
+// generator (ChaCha8, seeded from the OS per thread), in hex. A Holder
+// must be unique, not secret (whoever can read it can read the backend);
+// crypto/rand cost a getrandom system call, and the stack growth it
+// causes, on every claim.
 func newHolder() string {
-	var b [12]byte
-	_, _ = rand.Read(b[:])
-	return hex.EncodeToString(b[:])
+	var raw [12]byte
+	binary.LittleEndian.PutUint64(raw[:8], rand.Uint64())
+	binary.LittleEndian.PutUint32(raw[8:], rand.Uint32())
+	var b [24]byte
+	hex.Encode(b[:], raw[:])
+	return string(b[:])
 }
 
 // claimError wraps a TryClaim error, naming the key in a *HeldError.
@@ -424,7 +439,7 @@ func (c *Client) get(ctx context.Context, key string) ([]byte, error) {
 	cl := c.begin(ctx, "get")
 	v, err := c.d.Get(cl.ctx, key)
 	if err = c.end(ctx, cl, err); err != nil {
-		return nil, opError("get", key, err)
+		return nil, &keyError{"get", key, err}
 	}
 	return v, nil
 }

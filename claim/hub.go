@@ -1,9 +1,11 @@
 package claim
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 
 	"github.com/stampede-go/stampede/claim/driver"
 )
@@ -321,6 +323,19 @@ func (f *fanout) close() {
 type Subscription struct {
 	m  member
 	ch chan struct{}
+	// value is what the latest wake-up carried (driver.ValueNotifier):
+	// the value a CommitRelease stored; nil if it carried none.
+	value atomic.Pointer[[]byte]
+}
+
+// takeValue returns a copy of the value the latest wake-up carried, and
+// forgets it (nil: none, or taken already). The driver's slice is shared
+// by every subscriber of the key in this process.
+func (s *Subscription) takeValue() []byte {
+	if p := s.value.Swap(nil); p != nil {
+		return bytes.Clone(*p)
+	}
+	return nil
 }
 
 // C returns the wake-up channel. A wake-up means "the key was released or
@@ -340,7 +355,12 @@ func (s *Subscription) Close() error {
 
 func newSubscription(key string) *Subscription {
 	s := &Subscription{ch: make(chan struct{}, 1)}
-	s.m = member{name: key, gone: func() { close(s.ch) }, deliver: func([]byte, bool) {
+	s.m = member{name: key, gone: func() { close(s.ch) }, deliver: func(msg []byte, _ bool) {
+		if msg != nil {
+			s.value.Store(&msg)
+		} else {
+			s.value.Store(nil)
+		}
 		select {
 		case s.ch <- struct{}{}:
 		default:

@@ -700,3 +700,26 @@ func (d *naiveDriver) UnsubscribeTopic(topic string) {
 	defer d.n.mu.Unlock()
 	delete(d.n.topics[d.ns+topic], d)
 }
+
+// A driver.ValueNotifier whose wake-ups carry a wrong value (or one where
+// none is due) is caught by WakeValue.
+func TestCatchesWrongWakeValue(t *testing.T) {
+	sp := memory.NewSpace(nil)
+	h := conformance.Harness{Open: func(context.Context) (*claim.Client, error) {
+		c, err := memory.New(sp, nil)
+		if err != nil {
+			return nil, err
+		}
+		return claim.NewClient(wrongValue{c.Driver()}, nil), nil
+	}}
+	if err := conformance.Test(context.Background(), h, "WakeValue"); err == nil {
+		t.Fatal("WakeValue passed a driver whose wake-ups carry a wrong value")
+	}
+}
+
+// wrongValue carries "stale" in every wake-up.
+type wrongValue struct{ driver.Driver }
+
+func (w wrongValue) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
+	return w.Driver.Subscribe(ctx, key, func() { wake([]byte("stale")) })
+}

@@ -939,20 +939,26 @@ func TestNoLoaderAndNoL1(t *testing.T) {
 // claim+read, commit+release (4) on a driver with the fast paths
 // (driver.ClaimReader, driver.CommitReleaser), and get, subscribe, claim,
 // get, commit, release (6) on one without (the Client's fallbacks); a
-// waiting process costs get, subscribe, claim, get (4) on either. A
-// driver without a native bus changes nothing here: the Client's topic
-// log costs round trips when the Cache opens and on Invalidate, never per
-// key.
+// waiting process costs get, subscribe, claim (3) when the holder's
+// wake-up carries its value (driver.ValueNotifier and CommitRelease), and
+// one get more (4) when it does not. A driver without a native bus
+// changes nothing here: the Client's topic log costs round trips when the
+// Cache opens and on Invalidate, never per key.
 func TestRoundTrips(t *testing.T) {
 	for _, tc := range []struct {
-		name        string
-		slow, noBus bool
-		holder      int64
-	}{{"fast", false, false, 4}, {"slow", true, false, 6}, {"topic log", false, true, 4}} {
+		name                 string
+		slow, noBus, noValue bool
+		holder, waiter       int64
+	}{
+		{"fast", false, false, false, 4, 3},
+		{"slow", true, false, false, 6, 4}, // commit, then a release that carries no value
+		{"topic log", false, true, false, 4, 3},
+		{"no value in wake-ups", false, false, true, 4, 4},
+	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx := context.Background()
 			f := newFleet(t)
-			f.slow, f.noBus = tc.slow, tc.noBus
+			f.slow, f.noBus, f.noValue = tc.slow, tc.noBus, tc.noValue
 			ld := newLoader()
 			ld.gate = make(chan struct{})
 			ld.called = make(chan string, 1)
@@ -980,8 +986,8 @@ func TestRoundTrips(t *testing.T) {
 			if st := waiter.Stats(); st.Waits != 1 || st.Remote != 100 {
 				t.Fatalf("waiter stats %+v: want 1 wait, 100 remote answers", st)
 			}
-			if h, w := ph.trips(), pw.trips(); h != tc.holder || w != 4 {
-				t.Fatalf("round trips: holder %d %v, waiter %d %v; want %d and 4", h, named(ph.counts()), w, named(pw.counts()), tc.holder)
+			if h, w := ph.trips(), pw.trips(); h != tc.holder || w != tc.waiter {
+				t.Fatalf("round trips: holder %d %v, waiter %d %v; want %d and %d", h, named(ph.counts()), w, named(pw.counts()), tc.holder, tc.waiter)
 			}
 			if ph.commits() != 1 {
 				t.Fatalf("holder commits: %d, want 1", ph.commits())

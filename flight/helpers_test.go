@@ -33,6 +33,7 @@ type memDriver interface {
 	driver.CommitReleaser
 	driver.Broadcaster
 	driver.Batcher
+	driver.ValueNotifier
 }
 
 // mem is one process's memory driver, telling what countdriver's call
@@ -197,6 +198,8 @@ type fleet struct {
 	// noBus: caches see drivers without a native topic bus
 	// (countdriver.Options.NoBroadcast: the Client's topic log).
 	noBus bool
+	// noValue: wake-ups carry no value (countdriver.Options.NoValueWake).
+	noValue bool
 }
 
 func newFleet(t testing.TB) *fleet { return &fleet{t: t, space: memory.NewSpace(nil)} }
@@ -219,7 +222,7 @@ func (f *fleet) procWith(onCall func(countdriver.Method)) *proc {
 	// driver closes the driver. NewClient starts nothing.
 	d := &mem{memDriver: m.Driver().(memDriver)}
 	n := &countdriver.Counter{OnCall: onCall}
-	wd, _ := countdriver.Wrap(d, n, countdriver.Options{NoFastPaths: f.slow, NoBroadcast: f.noBus})
+	wd, _ := countdriver.Wrap(d, n, countdriver.Options{NoFastPaths: f.slow, NoBroadcast: f.noBus, NoValueWake: f.noValue})
 	p := &proc{Client: claim.NewClient(wd, nil), n: n, mem: d}
 	f.procs = append(f.procs, p)
 	f.t.Cleanup(func() { p.Close() })

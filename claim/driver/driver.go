@@ -16,9 +16,9 @@
 //
 // Required: Driver (Claimer, Notifier and Store, plus Features and
 // Close). Optional, found by type assertion: ClaimReader and
-// CommitReleaser (one round trip saved each), Batcher (many keys per
-// round trip), Broadcaster (a native topic bus), Aser (the native
-// client). What the client does without
+// CommitReleaser (one round trip saved each), ValueNotifier (the value
+// in the wake-up: one more), Batcher (many keys per round trip),
+// Broadcaster (a native topic bus), Aser (the native client). What the client does without
 // each is said on the interface.
 package driver
 
@@ -255,6 +255,20 @@ type CommitReleaser interface {
 	// subscriber of the key in every process, after the value is visible
 	// to Get. value is not retained.
 	CommitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error
+}
+
+// ValueNotifier is optional: wake-ups that carry the value a
+// CommitRelease stored, so that a woken waiter answers without reading it
+// (one round trip saved per waiting process). Without it, the client
+// subscribes with Subscribe and waiters read the key after every wake-up.
+type ValueNotifier interface {
+	// SubscribeValue is Subscribe (same liveness, same wake-ups), whose
+	// wake is called with the value a CommitRelease (or CommitReleaseMany)
+	// of key stored, exactly as stored, when the driver carries it (up to
+	// a size bound of its own); with nil for every other wake-up (Release,
+	// Notify, Revoke, a reconnect, a value over the bound). The client
+	// calls SubscribeValue instead of Subscribe, under the same rules.
+	SubscribeValue(ctx context.Context, key string, wake func(value []byte)) error
 }
 
 // Broadcaster is optional: a native topic bus over the substrate. The

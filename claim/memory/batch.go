@@ -57,7 +57,8 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 	b.sp.mu.Lock()
 	defer b.sp.mu.Unlock()
 	for i, k := range keys {
-		b.sp.subs.add(k, b, wakes[i])
+		wake := wakes[i]
+		b.sp.subs.add(k, b, func([]byte) { wake() })
 	}
 	return nil
 }

@@ -80,7 +80,11 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl ti
 		return nil
 	}
 	delete(sp.locks, l.Key)
-	sp.wakeLocked(l.Key)
+	var carried []byte
+	if write {
+		carried = append([]byte{}, val...)
+	}
+	sp.wakeLocked(l.Key, carried)
 	sp.mu.Unlock()
 	return nil
 }
@@ -100,6 +104,6 @@ func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.D
 	} else {
 		delete(sp.values, key)
 	}
-	sp.wakeLocked(key)
+	sp.wakeLocked(key, nil)
 	return nil
 }

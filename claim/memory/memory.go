@@ -33,7 +33,7 @@ type Space struct {
 	locks  map[string]lock
 	fences map[string]uint64
 	values map[string]value
-	subs   registry[func()]             // key -> subscribed clients' wake
+	subs   registry[func([]byte)]       // key -> subscribed clients' wake (with a CommitRelease's value)
 	topics registry[func([]byte, bool)] // topic -> subscribed clients' deliver
 }
 
@@ -55,7 +55,7 @@ func NewSpace(opt *SpaceOptions) *Space {
 		locks:  map[string]lock{},
 		fences: map[string]uint64{},
 		values: map[string]value{},
-		subs:   registry[func()]{},
+		subs:   registry[func([]byte)]{},
 		topics: registry[func([]byte, bool)]{},
 	}
 	if opt != nil {
@@ -107,6 +107,7 @@ var (
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
+	_ driver.ValueNotifier  = (*backend)(nil)
 )
 
 // New returns a new Client of space (a fresh private Space if nil), as if

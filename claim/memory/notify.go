@@ -42,6 +42,12 @@ func unsubscribe[F any](b *backend, r registry[F], name string) {
 // Subscribe implements driver.Notifier: the Client's wake joins the
 // Space's subscribers of key.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	return subscribe(ctx, b, b.sp.subs, key, func([]byte) { wake() })
+}
+
+// SubscribeValue implements driver.ValueNotifier: a CommitRelease's
+// wake-up carries its value, whatever its size.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
 	return subscribe(ctx, b, b.sp.subs, key, wake)
 }
 
@@ -54,7 +60,7 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 		return err
 	}
 	b.sp.mu.Lock()
-	b.sp.wakeLocked(key)
+	b.sp.wakeLocked(key, nil)
 	b.sp.mu.Unlock()
 	return nil
 }
@@ -62,9 +68,9 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 // wakeLocked wakes key's subscribers; sp.mu must be held. Waking under the
 // lock means no wake-up comes after an Unsubscribe has returned. (A wake
 // function only signals: it never calls back into the Space.)
-func (sp *Space) wakeLocked(key string) {
+func (sp *Space) wakeLocked(key string, value []byte) {
 	for _, w := range sp.subs[key] {
-		w()
+		w(value)
 	}
 }
 

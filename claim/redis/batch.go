@@ -88,7 +88,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	cmds, err := b.scripts(ctx, commitReleaseScript, len(commits), func(i int) ([]string, []any) {
 		c := commits[i]
 		k := c.Lease.Key
-		return []string{b.lockKey(k), b.valKey(k)}, []any{lockValue(c.Lease), c.Value, expiry(c.TTL), b.channel(k), cmd}
+		return []string{b.lockKey(k), b.valKey(k)}, []any{lockValue(c.Lease), c.Value, expiry(c.TTL), b.channel(k), cmd, carried(c.Value)}
 	})
 	if err != nil {
 		return nil, err

@@ -50,8 +50,14 @@ redis.call('DEL', KEYS[1])
 redis.call(ARGV[3], ARGV[2], 'release')
 return 1`)
 	commitScript        = goredis.NewScript(compareAndSet + `return 1`)
+	// commitReleaseScript's wake-up carries the value ('v' .. value) when
+	// ARGV[6] is '1' (driver.ValueNotifier).
 	commitReleaseScript = goredis.NewScript(compareAndSet + `redis.call('DEL', KEYS[1])
-redis.call(ARGV[5], ARGV[4], 'release')
+if ARGV[6] == '1' then
+  redis.call(ARGV[5], ARGV[4], 'v' .. ARGV[2])
+else
+  redis.call(ARGV[5], ARGV[4], 'release')
+end
 return 1`)
 	// revokeScript deletes the lock whoever holds it (never the fence
 	// counter), then deletes the value (ARGV[1] 'del') or sets it, and
@@ -177,7 +183,21 @@ func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 // publish in one script.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
-	return b.compare(ctx, commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd())
+	return b.compare(ctx, commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd(), carried(value))
+}
+
+// maxWakeValue is the largest value a CommitRelease's wake-up carries
+// (driver.ValueNotifier): a larger one is published to every subscriber
+// of the key in every process, which costs more than their reads save.
+const maxWakeValue = 16 << 10
+
+// carried is the commit scripts' ARGV that says whether the wake-up
+// carries value.
+func carried(value []byte) string {
+	if len(value) <= maxWakeValue {
+		return "1"
+	}
+	return "0"
 }
 
 // Revoke implements driver.Claimer: one script (one round trip) that

@@ -10,6 +10,20 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	return classify(b.n.join(ctx, b.channel(key), func([]byte, bool) { wake() }))
 }
 
+// SubscribeValue implements driver.ValueNotifier: a CommitRelease's
+// message is 'v' and the value (up to maxWakeValue); every other message
+// of the key's channel ("release", "revoke", "notify", a reset) carries
+// none.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
+	return classify(b.n.join(ctx, b.channel(key), func(msg []byte, reset bool) {
+		if !reset && len(msg) > 0 && msg[0] == 'v' {
+			wake(msg[1:])
+			return
+		}
+		wake(nil)
+	}))
+}
+
 // Unsubscribe implements driver.Notifier: it waits at most leaveTimeout
 // for the pub/sub connection.
 func (b *backend) Unsubscribe(key string) { b.n.leave(b.channel(key)) }

@@ -75,6 +75,7 @@ var (
 	_ driver.Pinger         = (*backend)(nil)
 	_ driver.ClaimReader    = (*backend)(nil)
 	_ driver.CommitReleaser = (*backend)(nil)
+	_ driver.ValueNotifier  = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)

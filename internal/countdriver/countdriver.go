@@ -110,6 +110,8 @@ type Options struct {
 	NoBroadcast bool
 	// NoBatch hides driver.Batcher.
 	NoBatch bool
+	// NoValueWake hides driver.ValueNotifier: wake-ups carry no value.
+	NoValueWake bool
 }
 
 // Wrap returns d counted by c (a new Counter if nil), with the optional
@@ -126,6 +128,9 @@ func Wrap(d driver.Driver, c *Counter, opt Options) (driver.Driver, *Counter) {
 	withBus := !opt.NoBroadcast && bc != nil
 	withBatch := !opt.NoBatch && ba != nil
 	b := &base{d: d, c: c, bus: withBus}
+	if vn, ok := d.(driver.ValueNotifier); ok && !opt.NoValueWake {
+		b.vn = vn
+	}
 	f := fastPaths{b, cr, crl}
 	x := bus{b, bc}
 	y := batch{b, ba}
@@ -151,7 +156,8 @@ func Wrap(d driver.Driver, c *Counter, opt Options) (driver.Driver, *Counter) {
 type base struct {
 	d   driver.Driver
 	c   *Counter
-	bus bool // the wrapper shows the driver's Broadcaster
+	bus bool                 // the wrapper shows the driver's Broadcaster
+	vn  driver.ValueNotifier // the driver's, if shown
 }
 
 func (b *base) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
@@ -182,6 +188,18 @@ func (b *base) Revoke(ctx context.Context, key string, v []byte, ttl time.Durati
 func (b *base) Subscribe(ctx context.Context, key string, wake func()) error {
 	b.c.add(Subscribe)
 	return b.d.Subscribe(ctx, key, wake)
+}
+
+// SubscribeValue counts as Subscribe. Every wrapper has it: it reaches
+// the driver's driver.ValueNotifier when the driver has one and the
+// options show it, and is Subscribe with value-less wake-ups otherwise
+// (what the Client does without one).
+func (b *base) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
+	b.c.add(Subscribe)
+	if b.vn != nil {
+		return b.vn.SubscribeValue(ctx, key, wake)
+	}
+	return b.d.Subscribe(ctx, key, func() { wake(nil) })
 }
 
 func (b *base) Unsubscribe(key string) { b.d.Unsubscribe(key) }
