@@ -49,7 +49,7 @@ if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call(ARGV[3], ARGV[2], 'release')
 return 1`)
-	commitScript        = goredis.NewScript(compareAndSet + `return 1`)
+	commitScript = goredis.NewScript(compareAndSet + `return 1`)
 	// commitReleaseScript's wake-up carries the value ('v' .. value) when
 	// ARGV[6] is '1' (driver.ValueNotifier).
 	commitReleaseScript = goredis.NewScript(compareAndSet + `redis.call('DEL', KEYS[1])
