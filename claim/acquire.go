@@ -88,9 +88,11 @@ type Got struct {
 // returned and the lease released at once; otherwise the caller holds the
 // lease. While another holder has the key it waits for a wake-up (the
 // holder's release) or the holder's lease to run out, reads the key
-// again, and tries again, like Acquire. A process waiting for another's
-// holder makes 4 round trips in the usual case (get, subscribe,
-// claim+read, get); a holder 3 (get, subscribe, claim+read). Cancelling
+// again (unless the wake-up carried the holder's value:
+// driver.ValueNotifier), and tries again, like Acquire. A process waiting
+// for another's holder makes 4 round trips in the usual case (get,
+// subscribe, claim+read, get), 3 when the wake-up carries the value; a
+// holder 3 (get, subscribe, claim+read). Cancelling
 // ctx returns ctx's error promptly; no lease is held then.
 func (c *Client) GetOrAcquire(ctx context.Context, key string, ttl time.Duration, opt *GetOrAcquireOptions) (Got, error) {
 	if err := c.check(ctx, "get-or-acquire", key); err != nil {

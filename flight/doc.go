@@ -40,7 +40,8 @@
 //
 // Backend round trips per process per key do not depend on the number of
 // callers in the process: an L2 hit costs 1; a waiting process 4 (get,
-// subscribe, claim, get after the wake-up); the holder 4 (get, subscribe,
+// subscribe, claim, get after the wake-up), 3 when the holder's wake-up
+// carries its value (driver.ValueNotifier); the holder 4 (get, subscribe,
 // claim+read, commit+release) when the backend's driver has both
 // one-round-trip fast paths, else 6 (get, subscribe, claim, get, commit,
 // release: the Client's fallbacks), or 5 with one of the two. A holder
