@@ -271,6 +271,28 @@ func TestHerdProcessesRedis(t *testing.T) {
 		t.Errorf("keys asked = %d, want 6", h.KeysAsked)
 	}
 	oneLoadPerKey(t, h)
+	waitersTakeTheWakeValue(t, h)
+}
+
+// waitersTakeTheWakeValue: on a backend whose wake-ups carry the holder's
+// value (driver.ValueNotifier: Redis), a process that loaded nothing
+// reads each key once (before it waits) and never after its wake-up: 3
+// round trips per key (get, subscribe, claim+read). One more get is
+// allowed: the read of the cache's generation after a reset of the
+// invalidation topic.
+func waitersTakeTheWakeValue(t *testing.T, h *herdSummary) {
+	t.Helper()
+	for _, p := range h.PerProc {
+		if p.Loads != 0 || p.Keys == 0 {
+			continue
+		}
+		if g := p.Calls["get"]; g > int64(p.Keys)+1 {
+			t.Errorf("waiting process %d: %d gets for %d keys (%v), want one per key: the wake-up carries the value", p.Proc, g, p.Keys, p.Calls)
+		}
+		if p.Total > int64(3*p.Keys)+1 {
+			t.Errorf("waiting process %d: %d round trips for %d keys (%v), want 3 per key", p.Proc, p.Total, p.Keys, p.Calls)
+		}
+	}
 }
 
 func TestHerdProcessesBatchRedis(t *testing.T) {
