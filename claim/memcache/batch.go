@@ -176,8 +176,9 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 		return err
 	}
 	pre := make(map[string]driver.PollState, len(keys))
+	now := time.Now()
 	for i, k := range keys {
-		pre[k] = pollState(items[ks[2*i]], items[ks[2*i+1]])
+		pre[k] = b.pollState(items[ks[2*i]], items[ks[2*i+1]], now)
 	}
 	sctx := context.WithValue(ctx, preRead{}, pre)
 	for i, k := range keys {

@@ -35,10 +35,11 @@ func exptime(sec int64, now time.Time) (int32, error) {
 }
 
 // lockItem is holder's lock item for a lease of sec seconds from start.
-// Its value is "HOLDER UNIXMS", UNIXMS being the latest time (holder's
-// clock) the server can keep the item: start + exptime.
+// Its value is "HOLDER UNIXMS", UNIXMS being the lease's end (holder's
+// clock: start + sec) plus lockSlack; memcached keeps it lockKeep
+// seconds past that end.
 func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gomemcache.Item, error) {
-	exp, err := exptime(sec+lockSlack, start)
+	exp, err := exptime(sec+lockKeep, start)
 	if err != nil {
 		return nil, err
 	}
@@ -58,30 +59,22 @@ func parseLock(v []byte) (holder string, latest time.Time) {
 	return h, time.UnixMilli(n)
 }
 
-// TryClaim implements driver.Claimer: add of the lock item, then incr of
-// the fence counter (two round trips; three when the counter must be
-// created). ttl is rounded up to whole seconds.
+// TryClaim implements driver.Claimer: add of the lock item (or, where a
+// lock whose lease ended is still stored, a gets and a cas over it: see
+// takeLock), then incr of the fence counter. Two round trips on a free
+// key, four on a dead holder's; one more when the fence counter is
+// created. ttl is rounded up to whole seconds.
 func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
 	sec := seconds(ttl)
 	lock, err := b.lockItem(key, holder, sec, time.Now())
 	if err != nil {
 		return driver.Lease{}, err
 	}
-	err = do0(ctx, b, func() error { return b.c.Add(lock) })
-	if errors.Is(err, gomemcache.ErrNotStored) {
-		he := &driver.HeldError{}
-		if it, err := do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(lock.Key) }); err == nil {
-			if _, latest := parseLock(it.Value); !latest.IsZero() {
-				he.Remaining = max(0, time.Until(latest))
-			}
-		}
-		return driver.Lease{}, he
-	}
-	if err != nil {
+	if err := b.takeLock(ctx, lock); err != nil {
 		return driver.Lease{}, err
 	}
-	// The token is drawn after the add succeeded, so tokens are issued in
-	// the order the leases were granted.
+	// The token is drawn after the lock was stored, so tokens are issued
+	// in the order the leases were granted.
 	token, err := b.incr(ctx, b.item('f', key))
 	if err != nil {
 		// No token, no lease: free the key again if we still can (else
@@ -90,6 +83,59 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		return driver.Lease{}, err
 	}
 	return driver.Lease{Key: key, Holder: holder, Token: token, TTL: time.Duration(sec) * time.Second}, nil
+}
+
+// takeTries bounds takeLock's attempts when the lock changes (or
+// vanishes) between its read and its write.
+const takeTries = 3
+
+// freeAt is when other clients may take over a lock that records latest
+// (see lockItem): b.skew after the end of its lease (latest less
+// lockSlack), by their own clocks. Its holder gave up at that end by its
+// own clock (checkLock, and its Deadline is no later), so two holders
+// never overlap while the clients' clocks differ by less than b.skew.
+func (b *backend) freeAt(latest time.Time) time.Time {
+	return latest.Add(-lockSlack*time.Second + b.skew)
+}
+
+// takeLock stores lock, a new holder's lock item: an add where the key
+// has no lock, or, where it has one whose lease is over (freeAt passed,
+// by this client's clock: a holder that died or gave up without a
+// release, its item still kept by memcached for up to lockKeep seconds
+// past its end), a cas over the lock as just read. The cas
+// fails if anything changed the lock since the read (a late Extend or
+// Release of its holder, a rival's takeover), so exactly one of them
+// wins. Otherwise it answers a HeldError whose Remaining runs to the
+// lock's freeAt. A lock that changed or vanished between the read and
+// the write is looked at again, at most takeTries times in all.
+func (b *backend) takeLock(ctx context.Context, lock *gomemcache.Item) error {
+	for range takeTries {
+		err := do0(ctx, b, func() error { return b.c.Add(lock) })
+		if !errors.Is(err, gomemcache.ErrNotStored) {
+			return err
+		}
+		cur, err := do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(lock.Key) })
+		if errors.Is(err, gomemcache.ErrCacheMiss) {
+			continue // dropped since the add: add again
+		}
+		if err != nil {
+			return &driver.HeldError{}
+		}
+		_, latest := parseLock(cur.Value)
+		if latest.IsZero() {
+			return &driver.HeldError{} // not written by this package: held, end unknown
+		}
+		free := b.freeAt(latest)
+		if now := time.Now(); now.Before(free) {
+			return &driver.HeldError{Remaining: free.Sub(now)}
+		}
+		lock.CasID = cur.CasID
+		err = do0(ctx, b, func() error { return b.c.CompareAndSwap(lock) })
+		if !errors.Is(err, gomemcache.ErrCASConflict) && !errors.Is(err, gomemcache.ErrCacheMiss) {
+			return err
+		}
+	}
+	return &driver.HeldError{}
 }
 
 // incr increments a counter that never expires, creating it (at the
@@ -117,15 +163,14 @@ func (b *backend) incr(ctx context.Context, k string) (uint64, error) {
 // checkLock checks it, l's lock item as read (nil: missing): ErrLost if
 // it is gone or another holder's, or (unless endedOK) if the lease's
 // recorded end has passed. ended reports that it has: the lease is no
-// longer current, though memcached (whole seconds, and lockSlack) may not
-// have dropped the item yet.
+// longer current, though memcached (lockKeep) may not have dropped the
+// item yet.
 func checkLock(it *gomemcache.Item, l driver.Lease, endedOK bool) (ended bool, err error) {
 	if it == nil {
 		return false, driver.ErrLost
 	}
 	h, latest := parseLock(it.Value)
-	// latest is when memcached drops the item at the latest: the lease's
-	// own end plus lockSlack.
+	// latest is the lease's own end plus lockSlack.
 	ended = !latest.IsZero() && !time.Now().Before(latest.Add(-lockSlack*time.Second))
 	if h != l.Holder || (ended && !endedOK) {
 		return false, driver.ErrLost
@@ -344,7 +389,8 @@ const deletedHold = 60
 // step 3 (which then fails its cas, reads again and replaces it) or is
 // refused on the server, reads again and finds the tombstone (ErrLost).
 // The tombstone records an end about 3 × 5 × io_timeout away, after which
-// memcached drops it: a Revoke that fails after step 2 (or a revoker that
+// (plus ClockSkew) a claim takes it over as it takes over a dead holder's
+// lock (takeLock): a Revoke that fails after step 2 (or a revoker that
 // dies) blocks the key until then at most, and a Revoke slower than that
 // lets a claim in before step 3 (which still replaces the value).
 func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
@@ -372,7 +418,7 @@ func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.D
 	}
 	if err := b.unblock(ctx, tomb); err != nil {
 		return fmt.Errorf("lease ended and value replaced, but the key stays held for up to %s: %w",
-			time.Duration(seconds(3*b.slowest)+lockSlack)*time.Second, err)
+			time.Duration(seconds(3*b.slowest))*time.Second+b.skew, err)
 	}
 	if _, err := b.incr(ctx, b.item('n', key)); err != nil {
 		return fmt.Errorf("revoked, but the notify counter was not bumped (a poller that never saw the lock misses it): %w", err)

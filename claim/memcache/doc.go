@@ -16,6 +16,8 @@
 //	max_idle_conns  idle connections kept per server (default 16)
 //	poll_min        first polling interval after a change (default 2ms)
 //	poll_max        polling interval cap (default 50ms)
+//	clock_skew      Options.ClockSkew: margin for clients' clock differences
+//	                (default 100ms; see Semantics)
 //	tls             true: connect with TLS (memcached -Z); default false
 //	cacert, cert, key, servername, skip_verify
 //	                TLS, read by driver.Params.TLS (need tls=true;
@@ -62,7 +64,8 @@
 // to memcached's rules (250 bytes with the prefix, no space or control
 // byte; other keys are hashed).
 //
-// Claim is an add of the lock, then an incr of the fence counter, which is
+// Claim is an add of the lock (or the takeover of an ended one, below),
+// then an incr of the fence counter, which is
 // created when missing at the current Unix time in microseconds: tokens
 // keep increasing after the counter was evicted or the server restarted, as
 // long as the clients' clocks do not step back. Features.DurableFence is
@@ -71,10 +74,23 @@
 //
 // TTLs are whole seconds, rounded up (MinTTL and TTLGranularity are 1s).
 // memcached's clock ticks once a second and may run late, so the lock is
-// stored with exptime TTL+2s: the server never drops it before its holder's
-// Deadline (clocks running at the same rate), and a crashed holder's key is
-// free again about two seconds after its TTL. Lifetimes over 30 days are
+// stored with exptime TTL+10s: the server never drops it before its
+// holder's Deadline (clocks running at the same rate), and nobody waits
+// for it to (below). Lifetimes over 30 days are
 // sent as absolute Unix times, which then depend on the server's clock.
+//
+// Expiry is judged on the clients' clocks, not by memcached dropping the
+// item: the lock records the end of its lease (the claimer's clock read
+// before the request, plus the TTL), its holder gives up at that end by
+// its own clock (Extend, Commit), and a claimer finding the lock still
+// stored ClockSkew (100 ms by default) past that end, by its own clock,
+// takes it over with a cas on the lock it just read (gets): a late
+// Extend or Release of the old holder, or a rival's takeover, changes the
+// lock and fails the cas, so one of them wins. Two holders never overlap
+// while the clients' clocks differ by less than ClockSkew. A crashed
+// holder's key is thus taken over ClockSkew after its lease's end (four
+// round trips: add, gets, cas, incr), and pollers look at the key at that
+// moment (PollState.Expires), not when memcached drops the item.
 //
 // Release and Extend get the lock, compare its holder id and swap it with
 // CompareAndSwap (Release: for an item already expired, then incr the
@@ -121,8 +137,8 @@
 // the others. Six round trips. The fence counter is untouched. A Commit
 // racing Revoke lands before the value is replaced (and is replaced), or
 // is refused on the server and then finds the tombstone (ErrLost). Windows
-// left: the tombstone records an end 3 × 5 × io_timeout away (dropped 2 s
-// later), so a Revoke that fails half-way, or whose revoker dies, blocks
+// left: the tombstone records an end 3 × 5 × io_timeout away (taken over
+// ClockSkew later, like a dead holder's lock), so a Revoke that fails half-way, or whose revoker dies, blocks
 // the key that long at most, and one slower than that lets a claim in
 // before the value is replaced; with several servers, a Commit whose
 // multi-get reached the lock's server before the tombstone and the value's
@@ -150,13 +166,16 @@
 // Notification polls (Features.Notify is Poll, see driver.Poller): a poll
 // reads the lock and the notify counter in one multi-get. Release (once
 // the lock is gone) and Notify bump the counter; a changed counter, or the
-// lock seen at the previous poll gone or replaced, wakes the key's
-// waiters; a claim of a free key does not. Topics use the Client's topic
-// log.
+// lock seen at the previous poll gone, replaced or past its end plus
+// ClockSkew (a dead holder's, which the waiters take over), wakes the
+// key's waiters; a claim of a free key does not. The loop reads the key
+// at that moment (PollState.Expires), whatever its backoff. Topics use
+// the Client's topic log.
 //
 // # Errors
 //
-// ErrHeld (Remaining from the lock's recorded end), ErrLost, ErrNotFound,
+// ErrHeld (Remaining until the lock may be taken over: its recorded end
+// plus ClockSkew), ErrLost, ErrNotFound,
 // ErrTooLarge (over maxvalue, refused before any I/O; or from a server
 // whose item size limit is smaller), and gomemcache's own errors
 // underneath.

@@ -25,15 +25,27 @@ const (
 	DefaultItemSizeMax  = 1 << 20
 	DefaultTimeout      = 500 * time.Millisecond
 	DefaultMaxIdleConns = 16
+	// DefaultClockSkew is Options.ClockSkew's default.
+	DefaultClockSkew = 100 * time.Millisecond
 	// itemOverhead is what an item needs besides its value: memcached's
 	// item header, a key of up to 250 bytes, and the value header (8).
 	itemOverhead = 1024
 	maxKeyLen    = 250
-	// lockSlack is how many seconds past its TTL the lock item is kept,
-	// so memcached's coarse, possibly late clock never frees a lock
-	// before its holder's Deadline (a fault test saw a rival get in
-	// early at load 20 with a one-second slack).
+	// lockSlack is how many seconds past its lease's end a lock item
+	// records as its "latest" time (lockItem): the lock's end is that
+	// less lockSlack. Earlier versions also kept the item exactly that
+	// long and waited for memcached to drop it; the value is kept so
+	// that every version reads the same end from the same lock.
 	lockSlack = 2
+	// lockKeep is how many seconds past its lease's end memcached keeps
+	// a lock item, so that memcached's coarse, possibly late clock never
+	// drops a lock before its holder's Deadline: a fault test saw a
+	// rival get in early at load 20 with one second, and a 3-second
+	// item (lockSlack) was seen dropped 1.05 s after it was set at load
+	// 3. Nobody waits for the drop (rivals take a lock over by the end
+	// it records, see takeLock), so a generous keep costs only the
+	// memory of a dead holder's lock for that long.
+	lockKeep = 10
 	// maxRelative is the longest exptime memcached reads as relative.
 	maxRelative = 30 * 24 * 3600
 )
@@ -49,6 +61,11 @@ type Options struct {
 	// (default 1 MiB). Values up to ItemSizeMax - 1 KiB are accepted
 	// (Features.MaxValueLen; the URL parameter maxvalue sets that).
 	ItemSizeMax int
+	// ClockSkew is the margin for the difference between clients' clocks
+	// (default 100 ms): a lease whose holder did not release it is
+	// taken over ClockSkew after the end its lock records, by the
+	// claimer's clock. Negative is an error.
+	ClockSkew time.Duration
 	// PollMin and PollMax bound the polling interval (defaults 2 ms and
 	// 50 ms, see driver.PollOptions).
 	PollMin, PollMax time.Duration
@@ -70,6 +87,9 @@ type backend struct {
 	// of a call; slowest is how long one call on one or two items can
 	// take at most (see do).
 	timeout, slowest time.Duration
+	// skew is Options.ClockSkew: how long after the end a lock records
+	// another client may take it over (freeAt).
+	skew time.Duration
 	// par bounds the batch requests this client has in flight at once,
 	// across all its batches (writes holds a token per request; see
 	// batch.go): the client's idle connections per server, so that
@@ -116,6 +136,10 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		return nil, fmt.Errorf("memcache: value limit %d (maxvalue, or ItemSizeMax less %d) too small: want at least %d",
 			o.ItemSizeMax-itemOverhead, itemOverhead, itemOverhead)
 	}
+	if o.ClockSkew < 0 {
+		return nil, fmt.Errorf("memcache: negative clock skew %s", o.ClockSkew)
+	}
+	o.ClockSkew = cmp.Or(o.ClockSkew, DefaultClockSkew)
 	timeout := cmp.Or(client.Timeout, gomemcache.DefaultTimeout)
 	par := client.MaxIdleConns
 	if par < 1 {
@@ -131,6 +155,7 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		// the reply (a multi-get of two items has three).
 		timeout: timeout,
 		slowest: 5 * timeout,
+		skew:    o.ClockSkew,
 		par:     par,
 		writes:  make(chan struct{}, par),
 	}

@@ -6,6 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
+	"slices"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -65,16 +68,17 @@ func TestURL(t *testing.T) {
 		// The names before the shared vocabulary.
 		"memcache://127.0.0.1:1?timeout=1s",
 		"memcache://127.0.0.1:1?item_size_max=2097152",
+		"memcache://127.0.0.1:1?clock_skew=-1ms",
 	)
 	// lazy: nothing listens there.
-	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152&lazy=true")
+	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152&clock_skew=250ms&lazy=true")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	b := drv(c)
-	if b.prefix != "app" || b.c.Timeout != time.Second || b.c.MaxIdleConns != 4 {
-		t.Errorf("options not applied: prefix %q timeout %s idle %d", b.prefix, b.c.Timeout, b.c.MaxIdleConns)
+	if b.prefix != "app" || b.c.Timeout != time.Second || b.c.MaxIdleConns != 4 || b.skew != 250*time.Millisecond {
+		t.Errorf("options not applied: prefix %q timeout %s idle %d clock skew %s", b.prefix, b.c.Timeout, b.c.MaxIdleConns, b.skew)
 	}
 	if got := c.Features().MaxValueLen; got != 2097152 {
 		t.Errorf("MaxValueLen = %d with maxvalue=2097152", got)
@@ -520,4 +524,169 @@ func TestRevokeRacesCommit(t *testing.T) {
 			})
 		}
 	}
+}
+
+// TestTakeoverByRecordedEnd: a lock memcached still keeps (a dead
+// holder's: its item lives lockKeep seconds past the lease) is taken over as soon as the end it records plus ClockSkew has
+// passed by the claimer's clock, not when memcached drops it; before
+// that the claim answers ErrHeld with Remaining up to that moment, and
+// the poll shows the holder until then and wakes when it passes. The
+// old holder's Extend and Release then answer ErrLost, and the new token
+// is larger.
+func TestTakeoverByRecordedEnd(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
+	ctx := context.Background()
+	k := fmt.Sprintf("takeover-%d", time.Now().UnixNano())
+	old, err := a.TryClaim(ctx, k, time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db := drv(b)
+	// Rewrite the lock as the dead holder's would be once its lease of a
+	// minute has ended by the clocks, while memcached keeps the item a
+	// minute longer.
+	setEnd := func(end time.Time) {
+		t.Helper()
+		v := old.Holder + " " + strconv.FormatInt(end.Add(lockSlack*time.Second).UnixMilli(), 10)
+		if err := db.c.Set(&gomemcache.Item{Key: db.item('l', k), Value: []byte(v), Expiration: 60}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Ended, but not ClockSkew ago: held, for at most ClockSkew more.
+	setEnd(time.Now())
+	_, err = b.TryClaim(ctx, k, time.Minute)
+	var he *claim.HeldError
+	if !errors.As(err, &he) || he.Remaining <= 0 || he.Remaining > db.skew {
+		t.Fatalf("claim within ClockSkew of the recorded end: %v, want ErrHeld with 0 < Remaining <= %s", err, db.skew)
+	}
+	st, err := db.readState(ctx, k)
+	if err != nil || st.Holder != old.Holder || st.Expires.IsZero() {
+		t.Fatalf("poll within ClockSkew of the end: %+v, %v; want the holder, and when it may be taken over", st, err)
+	}
+	// Ended more than ClockSkew ago: the poll shows no holder (which
+	// wakes the waiters) and the claim takes the lock over.
+	setEnd(time.Now().Add(-db.skew - time.Millisecond))
+	ns, err := db.readState(ctx, k)
+	if err != nil || ns.Holder != "" || !driver.Wakes(st, ns) {
+		t.Fatalf("poll past the end + ClockSkew: %+v, %v; want no holder, waking", ns, err)
+	}
+	nl, err := b.TryClaim(ctx, k, time.Minute)
+	if err != nil {
+		t.Fatalf("takeover past the end + ClockSkew: %v", err)
+	}
+	if nl.Token <= old.Token {
+		t.Errorf("takeover token %d not above the old holder's %d", nl.Token, old.Token)
+	}
+	if _, err := a.Extend(ctx, old, time.Minute); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("old holder's Extend after the takeover: %v, want ErrLost", err)
+	}
+	if err := a.Release(ctx, old); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("old holder's Release after the takeover: %v, want ErrLost", err)
+	}
+	if _, err := a.TryClaim(ctx, k, time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("claim of the new holder's live lease: %v, want ErrHeld", err)
+	}
+	if err := b.Release(ctx, nl); err != nil {
+		t.Errorf("new holder's Release: %v", err)
+	}
+}
+
+// BenchmarkPollHandoff is conformance's Handoff benchmark (a holder holds
+// the key for hold, then releases it while a waiter in another client
+// blocks in Acquire; from the start of Release to Acquire returning) with
+// the waiter's polls counted: reported as handoff-p50-µs, polls/s (poll
+// reads of the waiting process per second of waiting, Subscribe's first
+// read included) and polls/wait. poll_min and poll_max come from the
+// environment variables STAMPEDE_POLL_MIN and STAMPEDE_POLL_MAX (unset:
+// the defaults).
+func BenchmarkPollHandoff(b *testing.B) {
+	for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
+		b.Run("hold="+hold.String(), func(b *testing.B) {
+			ctx := context.Background()
+			env := func(name string) time.Duration {
+				d, _ := time.ParseDuration(os.Getenv(name))
+				return d
+			}
+			holder, waiter := backendtest.Open(b, testserver.Shared(b, testserver.Memcache).URL()), backendtest.Open(b, testserver.Shared(b, testserver.Memcache).URL())
+			var polls atomic.Int64
+			wb := drv(waiter)
+			wb.Poller.Close()
+			wb.Poller = driver.NewPoller(func(ctx context.Context, k string) (driver.PollState, error) {
+				polls.Add(1)
+				return wb.readState(ctx, k)
+			}, &driver.PollOptions{Min: env("STAMPEDE_POLL_MIN"), Max: env("STAMPEDE_POLL_MAX")})
+			key := fmt.Sprintf("poll-handoff-%s-%d", hold, time.Now().UnixNano())
+			lat := make([]time.Duration, 0, b.N)
+			var waited time.Duration
+			b.ResetTimer()
+			for range b.N {
+				l, err := holder.TryClaim(ctx, key, 30*time.Second)
+				if err != nil {
+					b.Fatal(err)
+				}
+				type result struct {
+					began, at time.Time
+					err       error
+				}
+				res := make(chan result, 1)
+				go func() {
+					began := time.Now()
+					wl, err := waiter.Acquire(ctx, key, 30*time.Second)
+					at := time.Now()
+					if err == nil {
+						err = waiter.Release(ctx, wl)
+					}
+					res <- result{began, at, err}
+				}()
+				time.Sleep(hold)
+				start := time.Now()
+				if err := holder.Release(ctx, l); err != nil {
+					b.Fatal(err)
+				}
+				r := <-res
+				if r.err != nil {
+					b.Fatal(r.err)
+				}
+				lat = append(lat, r.at.Sub(start))
+				waited += r.at.Sub(r.began)
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Microseconds()), "handoff-p50-µs")
+			b.ReportMetric(float64(polls.Load())/waited.Seconds(), "polls/s")
+			b.ReportMetric(float64(polls.Load())/float64(b.N), "polls/wait")
+		})
+	}
+}
+
+// BenchmarkTakeover: a holder claims a key for a second and never
+// releases it (as if killed); a waiter in another client, waiting from
+// 200 ms after the claim, takes it over. Reported as
+// takeover-after-deadline-ms: from the dead holder's local Deadline to
+// the waiter's Acquire returning (ClockSkew, 100 ms by default, is part
+// of it).
+func BenchmarkTakeover(b *testing.B) {
+	ctx := context.Background()
+	holder, waiter := backendtest.Open(b, testserver.Shared(b, testserver.Memcache).URL()), backendtest.Open(b, testserver.Shared(b, testserver.Memcache).URL())
+	var over time.Duration
+	for i := range b.N {
+		key := fmt.Sprintf("takeover-%d-%d", time.Now().UnixNano(), i)
+		l, err := holder.TryClaim(ctx, key, time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(200 * time.Millisecond)
+		wl, err := waiter.Acquire(ctx, key, time.Second)
+		if err != nil {
+			b.Fatal(err)
+		}
+		over += time.Since(l.Deadline)
+		if wl.Token <= l.Token {
+			b.Errorf("takeover token %d not above the dead holder's %d", wl.Token, l.Token)
+		}
+		if err := waiter.Release(ctx, wl); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(over.Microseconds())/1e3/float64(b.N), "takeover-after-deadline-ms")
 }

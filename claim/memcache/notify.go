@@ -37,29 +37,32 @@ func (b *backend) readState(ctx context.Context, key string) (driver.PollState, 
 	if err != nil {
 		return driver.PollState{}, err
 	}
-	return pollState(items[lk], items[nk]), nil
+	return b.pollState(items[lk], items[nk], time.Now()), nil
 }
 
 // pollState is the state of a key whose lock and notify counter items
-// were read as lock and n (nil: missing). The token is the notify counter
-// (see incr), the holder the lock's. A Revoke's tombstone (see entomb)
-// shows as the holder it replaced, so replacing the lock by it wakes
-// nobody: the waiters are woken once the tombstone is gone, after the
-// value was replaced. The state may change by itself a second before the
-// end the lock records (memcached's clock ticks once a second).
-func pollState(lock, n *gomemcache.Item) driver.PollState {
+// were read as lock and n (nil: missing) at now. The token is the notify
+// counter (see incr), the holder the lock's, or none once the lock's
+// lease is over and other clients may take it over (freeAt passed):
+// then the poll that sees it wakes the waiters, who take it over. The
+// state is due to change by itself at that freeAt, when the poller
+// looks again. A Revoke's tombstone (see entomb) shows as the holder it
+// replaced, so replacing the lock by it wakes nobody: the waiters are
+// woken once the tombstone is gone, after the value was replaced.
+func (b *backend) pollState(lock, n *gomemcache.Item, now time.Time) driver.PollState {
 	var st driver.PollState
 	if lock != nil {
-		var latest time.Time
-		st.Holder, latest = parseLock(lock.Value)
-		if strings.HasPrefix(st.Holder, tombMark) {
-			st.Holder = cmp.Or(revokedHolder(st.Holder), tombMark)
+		h, latest := parseLock(lock.Value)
+		if strings.HasPrefix(h, tombMark) {
+			h = cmp.Or(revokedHolder(h), tombMark)
 		}
-		if st.Holder == "" {
-			st.Holder = "?" // not written by this package: held all the same
+		if h == "" {
+			h = "?" // not written by this package: held all the same
 		}
-		if !latest.IsZero() {
-			st.Expires = latest.Add(-time.Second)
+		if latest.IsZero() {
+			st.Holder = h
+		} else if free := b.freeAt(latest); now.Before(free) {
+			st.Holder, st.Expires = h, free
 		}
 	}
 	st.Token = "-"

@@ -45,9 +45,10 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 	}
 	p := driver.NewParams(u)
 	o := Options{
-		Prefix:  p.String("prefix", DefaultPrefix),
-		PollMin: p.Duration("poll_min", 0),
-		PollMax: p.Duration("poll_max", 0),
+		Prefix:    p.String("prefix", DefaultPrefix),
+		ClockSkew: p.Duration("clock_skew", 0),
+		PollMin:   p.Duration("poll_min", 0),
+		PollMax:   p.Duration("poll_max", 0),
 	}
 	if n := p.Int("maxvalue", 0); n > 0 {
 		o.ItemSizeMax = n + itemOverhead
