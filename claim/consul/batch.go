@@ -321,7 +321,8 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 // lease, in rounds of concurrent transactions. The first round commits
 // every lease whose Handle is current (each a check-index of its lock
 // key on the ModifyIndex in the Handle, the set of the value key, the
-// delete of the lock key and the write of the notify key, as
+// delete of the lock key and the write of the notify key, with the copy
+// of a value of at most maxWakeValue bytes for SubscribeValue, as
 // CommitRelease's transaction): one round trip. A transaction that
 // rolled back names the leases whose lock key changed: the next round
 // reads their records (a read-only transaction: ErrLost for a lease
@@ -339,16 +340,17 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	}
 	errs := make([]error, len(commits))
 	type commitState struct {
-		read bool   // read the record first
-		idx  uint64 // the lock key's ModifyIndex to commit at
-		val  []byte // the value key's encoded value
+		read  bool   // read the record first
+		idx   uint64 // the lock key's ModifyIndex to commit at
+		val   []byte // the value key's encoded value
+		carry bool   // the notify key carries val (maxWakeValue)
 	}
 	now := time.Now()
 	st := make([]commitState, len(commits))
 	pending := make([]int, len(commits))
 	for i, c := range commits {
 		idx, exp := handleIndex(c.Lease)
-		st[i] = commitState{read: idx == 0 || !now.Before(exp), idx: idx, val: encodeValue(c.Value, c.TTL, now)}
+		st[i] = commitState{read: idx == 0 || !now.Before(exp), idx: idx, val: encodeValue(c.Value, c.TTL, now), carry: len(c.Value) <= maxWakeValue}
 		pending[i] = i
 	}
 	for round := 0; len(pending) > 0 && round < batchRounds; round++ {
@@ -360,11 +362,15 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 				parts[j] = part{ops: capi.TxnOps{kvOp(capi.KVGetOrEmpty, lk, 0, nil)}}
 				continue
 			}
+			nv := notifyValue()
+			if st[i].carry {
+				nv = notifyCarrying(st[i].val)
+			}
 			parts[j] = part{ops: capi.TxnOps{
 				kvOp(capi.KVCheckIndex, lk, st[i].idx, nil),
 				kvOp(capi.KVSet, b.valueKey(k), 0, st[i].val),
 				kvOp(capi.KVDelete, lk, 0, nil),
-				kvOp(capi.KVSet, b.notifyKey(k), 0, notifyValue()),
+				kvOp(capi.KVSet, b.notifyKey(k), 0, nv),
 			}, cond: 1}
 		}
 		res := b.runParts(ctx, parts)
@@ -422,6 +428,16 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 // every key in use: keys beyond MaxWatches are polled, 32 per read. On
 // an error no key is subscribed.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
+	vw := make([]func([]byte), len(wakes))
+	for i, w := range wakes {
+		vw[i] = func([]byte) { w() }
+	}
+	return b.subscribe(ctx, keys, vw)
+}
+
+// subscribe is SubscribeMany with wakes that take the value a wake-up
+// carries (SubscribeValue).
+func (b *backend) subscribe(ctx context.Context, keys []string, wakes []func([]byte)) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -441,7 +457,7 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 				pairs = append(pairs, p)
 			}
 		}
-		sts[i] = b.stateOf(k, pairs)
+		sts[i], _ = b.stateOf(k, pairs)
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -325,16 +325,26 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 // commit is one transaction conditioned on the lease's lock key (a
 // check-index on its ModifyIndex): the set of the value key (write), then
 // the delete of the lock key and a write of the notify key (release). A
-// write needs a live lease; a release alone frees an expired one too.
+// write needs a live lease; a release alone frees an expired one too. A
+// write with a release (CommitRelease) of at most maxWakeValue bytes
+// copies the stored value into the notify key, for SubscribeValue: the
+// value and its wake-up commit in the one transaction, so no read can see
+// one without the other.
 func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration, write, release bool) error {
 	lk := b.lockKey(l.Key)
 	var then capi.TxnOps
+	var stored []byte
 	if write {
-		then = append(then, kvOp(capi.KVSet, b.valueKey(l.Key), 0, encodeValue(value, ttl, time.Now())))
+		stored = encodeValue(value, ttl, time.Now())
+		then = append(then, kvOp(capi.KVSet, b.valueKey(l.Key), 0, stored))
 	}
 	if release {
+		nv := notifyValue()
+		if write && len(value) <= maxWakeValue {
+			nv = notifyCarrying(stored)
+		}
 		// delete-cas of an absent key succeeds: check-index first.
-		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), kvOp(capi.KVSet, b.notifyKey(l.Key), 0, notifyValue()))
+		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), kvOp(capi.KVSet, b.notifyKey(l.Key), 0, nv))
 	}
 	_, err := b.fenced(ctx, l, write, func(idx uint64) (capi.TxnOps, int) {
 		return append(capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil)}, then...), 1

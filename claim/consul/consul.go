@@ -111,6 +111,7 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
+	_ driver.ValueNotifier  = (*backend)(nil)
 )
 
 // New returns a Client using the caller's Consul client (its address, TLS,

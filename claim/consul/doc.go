@@ -110,6 +110,20 @@
 // poll loop, 32 keys per read-only transaction, every 2 to 50 ms. Consul
 // has no topic bus (Features.Broadcast is false).
 //
+// Values in wake-ups (driver.ValueNotifier): CommitRelease and
+// CommitReleaseMany of a value of at most 8 KiB also copy it, as the
+// value key stores it (its expiry included), into the notify key they
+// write, in the same transaction; the blocking query or poll read that
+// sees the notify key moved hands the copy to SubscribeValue's wake, so
+// a woken waiter answers without reading the value key. Release, Notify
+// and Revoke write the notify key without one (their wake-ups carry
+// nil), and so does a CommitRelease of a larger value; a read after a
+// failed one, or that finds the copy past its TTL, carries nil too. The
+// copy doubles the bytes such a commit writes and stays in the notify
+// key, read by every answer of the key's blocking queries, until the
+// key's next release or notification (or Sweep); at 8 KiB a full
+// CommitReleaseMany still takes 4 transactions.
+//
 // As accepts a **api.Client (github.com/hashicorp/consul/api): the Consul
 // client the driver sends its requests with (for a URL-opened Client, the
 // one that is not used for blocking queries).

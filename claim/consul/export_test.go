@@ -19,3 +19,6 @@ func WatchesForTest(c *claim.Client) (blocking, polled int) {
 	defer b.mu.Unlock()
 	return len(b.watchers), len(b.polled)
 }
+
+// MaxWakeValue is maxWakeValue, for the external tests.
+const MaxWakeValue = maxWakeValue

@@ -1,6 +1,7 @@
 package consul
 
 import (
+	"bytes"
 	"context"
 	crand "crypto/rand"
 	"encoding/hex"
@@ -16,14 +17,28 @@ import (
 
 // Subscribe implements driver.Notifier: SubscribeMany of one key.
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return b.SubscribeMany(ctx, []string{key}, []func(){wake})
+	return b.subscribe(ctx, []string{key}, []func([]byte){func([]byte) { wake() }})
+}
+
+// SubscribeValue implements driver.ValueNotifier: Subscribe, whose wake
+// gets the value a CommitRelease (or CommitReleaseMany) of up to
+// maxWakeValue bytes wrote into the notify key with its release, when
+// the read that woke it (blocking query or poll) found the notify key
+// moved since the last and holding such a value; nil otherwise (Release,
+// Notify, Revoke, a lease gone without a release, a failed or first read
+// after a failure, a larger value, a value whose TTL ran out before the
+// read). The notify key's latest write is the newest of the key's
+// releases and notifications: a CommitRelease followed by a Release or
+// Notify before the read wakes with nil, never with a superseded value.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func(value []byte)) error {
+	return b.subscribe(ctx, []string{key}, []func([]byte){wake})
 }
 
 // watchLocked starts watching key from st, the state its subscriber
 // read: a blocking query (which starts with a list that does not block,
 // for its index, and wakes if the state moved from st), or, with every
 // slot taken, the poll loop. b.mu is held.
-func (b *backend) watchLocked(key string, st state, wake func()) {
+func (b *backend) watchLocked(key string, st state, wake func([]byte)) {
 	if b.o.MaxWatches >= 0 && len(b.watchers) >= b.o.MaxWatches {
 		b.polled[key] = &polledKey{st: st, wake: wake}
 		if b.pollDone == nil {
@@ -65,10 +80,62 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 // part. Every write must differ from the last: Consul does not move a
 // key's ModifyIndex for a write of the value it already holds, and then
 // nobody would see that notification.
-func notifyValue() []byte {
+func notifyValue() []byte { return notifyCarrying(nil) }
+
+// maxWakeValue is the largest value a CommitRelease carries in its
+// notify key (driver.ValueNotifier). The copy doubles the bytes the
+// transaction writes and stays in the notify key (every answer of the
+// key's blocking queries and poll reads carries it) until the key's next
+// release or notification, or Sweep. At 8 KiB a full CommitReleaseMany of
+// 64 keys still fits the 4 transactions of 16 keys it takes without the
+// copy (16 keys × 2 base64 copies of 8 KiB stay under txnBudget), and a
+// single CommitRelease stays far below it whatever MaxValueLen allows.
+const maxWakeValue = 8 << 10
+
+// notifyCarrying is notifyValue, followed by a newline and stored (a
+// value as the value key holds it, header and expiry included) when
+// stored is not nil: the notify key of a CommitRelease whose wake-up
+// carries its value. Neither the time nor the random part holds a
+// newline, so the first one ends them.
+func notifyCarrying(stored []byte) []byte {
 	var r [8]byte
 	_, _ = crand.Read(r[:])
-	return []byte(strconv.FormatInt(time.Now().UnixMilli(), 10) + " " + hex.EncodeToString(r[:]))
+	v := make([]byte, 0, 48+len(stored))
+	v = strconv.AppendInt(v, time.Now().UnixMilli(), 10)
+	v = append(v, ' ')
+	v = hex.AppendEncode(v, r[:])
+	if stored != nil {
+		v = append(v, '\n')
+		v = append(v, stored...)
+	}
+	return v
+}
+
+// carried returns the value a notify key's content nv carries (see
+// notifyCarrying), or nil: none, malformed, or past its TTL at now (the
+// value key's copy would read as absent).
+func carried(nv []byte, now time.Time) []byte {
+	i := bytes.IndexByte(nv, '\n')
+	if i < 0 {
+		return nil
+	}
+	v, expired, ok := decodeValue(nv[i+1:], now)
+	if !ok || expired {
+		return nil
+	}
+	return v
+}
+
+// wakeValue is what a read that wakes a key from st to next (with nv,
+// the notify key's content it read) hands to the wake: the value carried
+// if the notify key was written after st was read (a later raft index),
+// else nil. An index lower than st's (a server whose state was reset or
+// restored) carries nothing: that write may predate the subscription.
+func wakeValue(st, next state, nv []byte) []byte {
+	if next.notify <= st.notify {
+		return nil
+	}
+	return carried(nv, time.Now())
 }
 
 // watcher is the blocking query of one key.
@@ -81,7 +148,7 @@ type watcher struct {
 // to call (under b.mu, so never after Unsubscribe returned).
 type polledKey struct {
 	st   state
-	wake func()
+	wake func([]byte)
 }
 
 // state is what a wake-up depends on: which lease holds the key (its
@@ -105,18 +172,21 @@ func (st state) wakes(next state) bool {
 	return next.notify != st.notify || (st.lease != 0 && next.lease != st.lease)
 }
 
-func (b *backend) stateOf(key string, pairs capi.KVPairs) state {
+// stateOf returns the state pairs (a read of key's lock and notify keys)
+// show, and the notify key's content.
+func (b *backend) stateOf(key string, pairs capi.KVPairs) (state, []byte) {
 	var s state
+	var nv []byte
 	lk, nk := b.lockKey(key), b.notifyKey(key)
 	for _, p := range pairs {
 		switch p.Key {
 		case lk:
 			s.lease = p.CreateIndex
 		case nk:
-			s.notify = p.ModifyIndex
+			s.notify, nv = p.ModifyIndex, p.Value
 		}
 	}
-	return s
+	return s, nv
 }
 
 // Blocking queries.
@@ -143,7 +213,7 @@ const (
 // lost or refused: they re-check, and meet the error or take over, rather
 // than wait for a wake-up that cannot come); the driver then backs off
 // (jittered, up to 5 s), re-reads without blocking and wakes them again.
-func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func(), done chan struct{}) {
+func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func([]byte), done chan struct{}) {
 	defer close(done)
 	bo := driver.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, Rand: rand.Float64}
 	gap := false
@@ -161,7 +231,7 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 		}
 		if err != nil {
 			if !gap {
-				wake()
+				wake(nil)
 			}
 			if !sleep(ctx, &bo) {
 				return
@@ -170,9 +240,16 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 			continue
 		}
 		bo.Reset()
-		next := b.stateOf(key, pairs)
+		next, nv := b.stateOf(key, pairs)
 		if gap || st.wakes(next) {
-			wake()
+			// After a gap (the agent may have restarted, its indexes
+			// with it) the wake carries nothing: the subscribers
+			// re-check.
+			var v []byte
+			if !gap {
+				v = wakeValue(st, next, nv)
+			}
+			wake(v)
 			wait = min(minWait, b.o.WaitTime)
 		} else if idx != 0 { // a blocking query, not the first read
 			wait = min(2*wait, b.o.WaitTime)
@@ -262,7 +339,7 @@ func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 			continue // unsubscribed meanwhile
 		}
 		if err != nil {
-			pk.wake()
+			pk.wake(nil)
 			continue
 		}
 		var pairs capi.KVPairs
@@ -271,9 +348,9 @@ func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 				pairs = append(pairs, r.KV)
 			}
 		}
-		next := b.stateOf(k, pairs)
+		next, nv := b.stateOf(k, pairs)
 		if pk.st.wakes(next) {
-			pk.wake()
+			pk.wake(wakeValue(pk.st, next, nv))
 			woke = true
 		}
 		pk.st = next

@@ -227,7 +227,11 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 // keys are added at once and, like Subscribe, it returns once that
 // connection is live: no round trip when it already is.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
-	return b.classify(join(ctx, b, b.l.keys, b.encodeAll(keys), wakes))
+	fs := make([]func([]byte), len(wakes))
+	for i, wake := range wakes {
+		fs[i] = func([]byte) { wake() }
+	}
+	return b.classify(join(ctx, b, b.l.keys, b.encodeAll(keys), fs))
 }
 
 func (b *backend) encodeAll(keys []string) []string {

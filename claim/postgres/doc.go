@@ -21,6 +21,7 @@
 //	migrate=BOOL         false sets Options.SkipMigrate
 //	sweep=DURATION       Options.SweepInterval (0: never)
 //	async_release=BOOL   Options.AsyncRelease
+//	value_wake=BOOL      false sets Options.NoValueWake
 //
 // A malformed or repeated one is an error, and so is a shared parameter
 // spelled the other backends' way, or one of ours under its old name
@@ -104,7 +105,9 @@
 //
 // Each Client opens one dedicated connection (not from the pool, so
 // waiting never takes pool connections) that LISTENs on one channel for
-// all keys and topics; notifications carry the encoded key. When the
+// all keys and topics; notifications carry the encoded key, and a
+// CommitRelease's also the value it stored when it fits in the payload
+// (SubscribeValue; not with Options.NoValueWake). When the
 // connection drops or goes silent (Options.HealthInterval), the driver
 // reconnects with backoff, LISTENs again and wakes every subscribed key
 // (every topic subscription gets a reset), and wakes them already when

@@ -17,10 +17,13 @@ import (
 )
 
 // Payloads on the driver's one channel: "k" + encoded key (a wake-up),
-// or "t" + encoded topic + " " + base64(message) (a broadcast). Encoded
-// keys never contain a space.
+// "v" + encoded key + " " + base64(value) (a CommitRelease's wake-up,
+// with the value it stored; see wakePayload in schema.go), or "t" +
+// encoded topic + " " + base64(message) (a broadcast). Encoded keys never
+// contain a space.
 const (
 	tagKey   = 'k'
+	tagValue = 'v'
 	tagTopic = 't'
 	// maxPayload is pg_notify's limit (payloads must be shorter than 8000
 	// bytes).
@@ -37,7 +40,9 @@ func keyPayload(enc string) string { return string(tagKey) + enc }
 
 // maxMessage is the longest message Publish sends on the topic encoded as
 // enc: the payload "t" + enc + " " + base64(message) must stay within
-// maxPayload.
+// maxPayload. It is also the longest value a CommitRelease of the key
+// encoded as enc sends in its wake-up (the same layout, tag "v"; the
+// statements compute the bound in SQL: wakePayload in schema.go).
 func maxMessage(enc string) int { return (maxPayload - 2 - len(enc)) / 4 * 3 }
 
 // listener is the state of a driver's one LISTEN connection, and the
@@ -49,13 +54,13 @@ type listener struct {
 	failures int                           // dial attempts that failed, ever
 	lastErr  error                         // the last dial error
 	changed  chan struct{}                 // closed and replaced on every state change
-	keys     map[string]func()             // encoded key -> the Client's wake
+	keys     map[string]func([]byte)       // encoded key -> the Client's wake (with the value carried, or nil)
 	topics   map[string]func([]byte, bool) // encoded topic -> the Client's deliver
 }
 
 func (l *listener) init() {
 	l.changed = make(chan struct{})
-	l.keys = map[string]func(){}
+	l.keys = map[string]func([]byte){}
 	l.topics = map[string]func([]byte, bool){}
 }
 
@@ -161,7 +166,7 @@ func (b *backend) listen() {
 // they may have missed events. Called under l.mu.
 func (l *listener) wakeAll() {
 	for _, wake := range l.keys {
-		wake()
+		wake(nil)
 	}
 	for _, deliver := range l.topics {
 		deliver(nil, true)
@@ -232,18 +237,29 @@ func (b *backend) serve(conn *pgx.Conn) {
 // dispatch hands a notification to the subscription it names. The wake
 // and deliver functions are called under the listener's lock, so none is
 // called after Unsubscribe or UnsubscribeTopic returned; they never
-// block.
+// block. A value payload whose value does not decode, or any value
+// payload with Options.NoValueWake, still wakes its key, without a value
+// (the waiter reads it).
 func (b *backend) dispatch(p string) {
 	if p == "" {
 		return
 	}
 	switch p[0] {
 	case tagKey:
-		b.l.mu.Lock()
-		if wake := b.l.keys[p[1:]]; wake != nil {
-			wake()
+		b.wake(p[1:], nil)
+	case tagValue:
+		key, enc, ok := strings.Cut(p[1:], " ")
+		if !ok {
+			return
 		}
-		b.l.mu.Unlock()
+		var val []byte
+		if !b.opt.NoValueWake {
+			v, err := base64.StdEncoding.DecodeString(enc)
+			if err == nil {
+				val = v
+			}
+		}
+		b.wake(key, val)
 	case tagTopic:
 		topic, enc, ok := strings.Cut(p[1:], " ")
 		if !ok {
@@ -259,6 +275,16 @@ func (b *backend) dispatch(p string) {
 		}
 		b.l.mu.Unlock()
 	}
+}
+
+// wake calls the wake function of the key encoded as enc, if subscribed,
+// with val (nil: none carried).
+func (b *backend) wake(enc string, val []byte) {
+	b.l.mu.Lock()
+	if wake := b.l.keys[enc]; wake != nil {
+		wake(val)
+	}
+	b.l.mu.Unlock()
 }
 
 // join adds fs[i] under names[i] to one of the listener's tables, then
@@ -292,7 +318,20 @@ func leave[F any](b *backend, table map[string]F, names ...string) {
 // Subscribe implements driver.Notifier on the one LISTEN connection, which
 // the first subscription opens (see join).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
-	return b.classify(join(ctx, b, b.l.keys, []string{b.keys.Encode(key)}, []func(){wake}))
+	return b.SubscribeValue(ctx, key, func([]byte) { wake() })
+}
+
+// SubscribeValue implements driver.ValueNotifier: Subscribe, whose wake
+// gets the value a CommitRelease or CommitReleaseMany stored when it fits
+// in the NOTIFY payload with the key (maxMessage: at least 5,805 bytes,
+// for the longest encoded key; 5,997 for a key of one byte), nil for
+// every other wake-up (Release, Revoke, Notify, a larger value, a
+// reconnect; every wake-up with Options.NoValueWake). The server encodes
+// the value (base64) in the statement that stores it, so a CommitRelease
+// stays one statement; the listener decodes it once per notification,
+// whoever subscribed.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
+	return b.classify(join(ctx, b, b.l.keys, []string{b.keys.Encode(key)}, []func([]byte){wake}))
 }
 
 // Unsubscribe implements driver.Notifier. The LISTEN connection stays.

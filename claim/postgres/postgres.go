@@ -93,6 +93,15 @@ type Options struct {
 	// Extend and Commit stay synchronous, and a claim's commit makes every
 	// earlier release durable, so tokens and exclusion are unaffected.
 	AsyncRelease bool
+	// NoValueWake, if true, keeps values out of wake-ups: a CommitRelease
+	// sends the key alone in its NOTIFY, and the listener takes no value
+	// from a payload that carries one (sent by a Client without
+	// NoValueWake, or by anyone else), so every woken waiter reads the
+	// key (one round trip more per waiting process). PostgreSQL has no privilege for NOTIFY: any role
+	// that can connect to the database can send a payload on the
+	// driver's channel, and without NoValueWake a forged value payload
+	// is a value a waiter may answer with, without reading the tables.
+	NoValueWake bool
 	// Client configures the Client New returns.
 	Client *claim.Options
 }

@@ -138,6 +138,8 @@ func TestParseURL(t *testing.T) {
 			"postgres://h/db?sslrootcert=%2Fca.pem", Options{MaxValueLen: 1024, SkipMigrate: true, SweepInterval: 10 * time.Second}},
 		{"postgres://h/db?sweep=0", "postgres://h/db", Options{SweepInterval: -1}},
 		{"postgres://h/db?async_release=true", "postgres://h/db", Options{AsyncRelease: true}},
+		{"postgres://h/db?value_wake=false", "postgres://h/db", Options{NoValueWake: true}},
+		{"postgres://h/db?value_wake=true", "postgres://h/db", Options{}},
 	} {
 		u, _ := url.Parse(tc.in)
 		o, conn, err := ParseURL(u)
@@ -161,6 +163,7 @@ func TestParseURL(t *testing.T) {
 		"postgres://h/db?migrate=maybe",
 		"postgres://h/db?sweep=soon",
 		"postgres://h/db?async_release=sometimes",
+		"postgres://h/db?value_wake=sometimes",
 		"postgres://h/db?schema=a&schema=b",
 		"postgres://h/db?prefix=a;sslmode=disable",
 		"postgres://h/db?prefix=%zz",

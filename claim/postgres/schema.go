@@ -67,6 +67,21 @@ func buildQueries(o Options) queries {
 	notifyFrom := func(ch, payload, cte string) string {
 		return `SELECT pg_notify(` + ch + `, ` + payload + `) FROM ` + cte + async
 	}
+	// wakePayload is the SQL expression of a CommitRelease's NOTIFY
+	// payload for the value val stored under the encoded key key:
+	// "v" key " " base64(val) when val is at most maxMessage(key) bytes
+	// long (so the payload fits in pg_notify's limit), else the expression
+	// otherwise. encode's base64 breaks lines every 76 characters: they are
+	// taken out, so the payload is as long as maxMessage reckons. With
+	// NoValueWake, always otherwise.
+	wakePayload := func(key, val, otherwise string) string {
+		if o.NoValueWake {
+			return otherwise
+		}
+		return `CASE WHEN octet_length(` + val + `) <= (` + fmt.Sprint(maxPayload-2) + ` - octet_length(` + key + `)) / 4 * 3
+  THEN '` + string(tagValue) + `' || ` + key + ` || ' ' || translate(encode(` + val + `, 'base64'), E'\n', '')
+  ELSE ` + otherwise + ` END`
+	}
 	return queries{
 		claim: `WITH ` + ins + `
 SELECT true, token, 0::bigint FROM ins
@@ -97,11 +112,12 @@ WHERE ` + current("$2", "$3"),
 ` + commit,
 		// commitRelease: the release's UPDATE locks the claim row; the
 		// value is written only if it released, and the NOTIFY is sent
-		// (on commit) only then.
+		// (on commit) only then, with the value if it fits (else the
+		// payload $7, the key's).
 		commitRelease: `WITH c AS (
   ` + release("$4", "$5") + `,
 w AS (` + commit + `)
-` + notifyFrom("$6", "$7", "c"),
+` + notifyFrom("$6", wakePayload("$1::text", "$2::bytea", "$7"), "c"),
 		// revoke ends whatever lease key $1 has (the row, and so the
 		// token, stays) and sends the wake-up on commit; Revoke runs the
 		// value's write (set or del) after it in the same transaction.
@@ -135,7 +151,8 @@ LEFT JOIN ` + v + ` val ON val.key = req.key AND ins.token IS NOT NULL
 		// (the others' leases were not current). cur locks the current
 		// leases' rows in key order (see claimMany) before any is
 		// released, then the values are written in key order, and the
-		// NOTIFY of each released key is sent on commit.
+		// NOTIFY of each released key is sent on commit, with its value
+		// as commitRelease's.
 		commitReleaseMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS req (key, token, holder, value, ttl)),
 cur AS (
   SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
@@ -148,7 +165,8 @@ w AS (
   INSERT INTO ` + v + ` (key, value, expires_at)
   SELECT req.key, req.value, CASE WHEN req.ttl > 0 THEN ` + exp("req.ttl") + ` END
   FROM req JOIN r ON r.key = req.key ORDER BY req.key` + upsert + `)
-SELECT r.key, pg_notify($6, '` + string(tagKey) + `' || r.key) FROM r` + async,
+SELECT r.key, pg_notify($6, ` + wakePayload("r.key", "req.value", `'`+string(tagKey)+`' || r.key`) + `)
+FROM r JOIN req ON req.key = r.key` + async,
 		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired,
 		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)` + upsert,
 		del: `DELETE FROM ` + v + ` WHERE key = $1`,

@@ -60,7 +60,7 @@ func scrub(op string, err error, secret string) error {
 
 // ourParams are the query parameters this package reads (the last two
 // are the Client's: Options.Client); the others are libpq's, for pgx.
-var ourParams = []string{"schema", "prefix", "maxvalue", "migrate", "sweep", "async_release", "op_timeout", "lazy"}
+var ourParams = []string{"schema", "prefix", "maxvalue", "migrate", "sweep", "async_release", "value_wake", "op_timeout", "lazy"}
 
 // misnamed are parameters a postgres URL spells otherwise: this package's
 // names before they lost their stampede_ prefix, and the TLS and timeout
@@ -105,6 +105,7 @@ func ParseURL(u *url.URL) (*Options, string, error) {
 		SkipMigrate:   !p.Bool("migrate", true),
 		SweepInterval: p.Duration("sweep", 0),
 		AsyncRelease:  p.Bool("async_release", false),
+		NoValueWake:   !p.Bool("value_wake", true),
 	}
 	if ours.Has("op_timeout") || ours.Has("lazy") {
 		o.Client = &claim.Options{OpTimeout: p.Duration("op_timeout", 0), Lazy: p.Bool("lazy", false)}
