@@ -41,17 +41,45 @@
 //
 // # Semantics
 //
-// TryClaim grants an etcd lease of its own for the claim, then runs one
-// transaction: if the lock key does not exist (CreateRevision == 0), put it
-// with the holder's ID, attached to that lease; otherwise read it
-// (TryClaimRead also gets the value key in it). The fencing token is the
-// lock key's CreateRevision: etcd's revision counter is cluster-wide,
-// strictly increasing and persisted in the raft log (DurableFence).
-// Release, Commit (AtomicCommit), CommitRelease and Extend's ownership
-// check are transactions comparing the lock key's CreateRevision with the
-// token and its value with the holder. A crashed holder's lease expires
-// and etcd deletes the lock key with it; leases nothing needs any more are
-// revoked in the background.
+// TryClaim is one transaction: if the lock key does not exist
+// (CreateRevision == 0), put it with the holder's ID, attached to an etcd
+// lease of the claim's own; otherwise read it (TryClaimRead also gets the
+// value key in it). The fencing token is the lock key's CreateRevision:
+// etcd's revision counter is cluster-wide, strictly increasing and
+// persisted in the raft log (DurableFence). The etcd lease is granted ahead:
+// a released claim's lease (and that of a claim attempt that found the key
+// held) is kept by the process, up to 64 per TTL, and carries its next
+// claim of the same TTL, renewed by a keep-alive sent alongside the
+// transaction on one long-lived LeaseKeepAlive stream (a leader-local
+// call, not a raft write), so a claim is one raft write; only a process
+// with no idle lease of that TTL left with at least half its TTL grants
+// one first. One etcd lease never carries two live claims, so a claim
+// nobody extends still ends with its own lease. Release, Commit
+// (AtomicCommit), CommitRelease and Extend are transactions comparing the
+// lock key's CreateRevision with the token and its value with the holder.
+// A crashed holder's lease expires and etcd deletes the lock key with it;
+// leases nothing needs any more are revoked in the background.
+//
+// Takeover does not wait for etcd's lease-expiry loop (every 500 ms): a
+// process that finds a key held remembers the lock key's ModRevision and
+// when it first learned of it (the claim attempt's answer, or its watch's
+// event), and learns the granted TTL of the key's etcd lease (TimeToLive,
+// once per lease). Every write of a lock key (the claim, each Extend) is
+// made by a request its holder sent after the clock reading its Deadline
+// is counted from, for a TTL no longer than that lease's, so once the
+// process's own clock shows that TTL (plus 1 ms and 500 ppm) elapsed since
+// it learned of the revision, the holder's Deadline has passed, on clocks
+// that run at the same rate (the assumption Lease.Deadline already makes;
+// no synchronised clocks). The claim attempt then deletes the lock key in
+// a transaction on that ModRevision, so not if an Extend landed since, and
+// claims again; an Extend or Commit the holder sent in time and that lands
+// after the delete compares the CreateRevision, which is gone or the next
+// claim's, and fails (ErrLost). A process that first sees the claim late
+// waits a whole TTL from then (or for etcd's expiry): waiters that were
+// already waiting take over within a few milliseconds of the Deadline.
+// Holders of versions before this one renewed by keep-alive alone, which a
+// waiter cannot see: every process sharing a prefix must run this version
+// before any claims with it.
 //
 // Revoke is one transaction that always applies: delete the lock key if it
 // exists, else put the key's notify key (either wakes the key's watches),
@@ -77,10 +105,13 @@
 // Lease TTLs are whole seconds, at least the server's minimum (1.5 × its
 // election timeout rounded up: 2 s by default). etcd revokes expired
 // leases every 500 ms, so a lock key may outlive its lease by about half a
-// second. Extend with the lease's own TTL is a keep-alive plus an
-// ownership check; otherwise, or if the lease is gone, it moves the lock
-// key to a new lease in one fenced transaction. HeldError.Remaining comes
-// from TimeToLive, rounded up to the second.
+// second (takeover by a waiting process does not wait for that, above).
+// Extend with the lease's own TTL is one fenced transaction that puts the
+// lock key again on its lease (so waiting processes see it renewed), with
+// a keep-alive of the lease alongside; otherwise, or if the lock key is no
+// longer on that lease, it moves the lock key to a new lease in one fenced
+// transaction. HeldError.Remaining is when this process may take over
+// (above), at most the lease's TimeToLive rounded up to the second.
 //
 // Values carry their own expiry (the writer's wall clock plus the TTL, so
 // clock skew between processes shifts it) and share one lease per TTL

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	pb "go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/stampede-go/stampede/claim"
@@ -139,6 +140,16 @@ type backend struct {
 
 	gcMu sync.Mutex
 	gc   map[int64]gcLease // TTL class (seconds) -> shared value lease
+
+	idleMu sync.Mutex
+	idle   map[int64][]idleLease // TTL (seconds) -> etcd leases no key is on
+
+	renewMu  sync.Mutex
+	renewing pb.Lease_LeaseKeepAliveClient       // the renewal stream, if open (renew)
+	waiting  map[clientv3.LeaseID][]chan renewal // renewals sent on it, not yet answered
+
+	seenMu sync.Mutex
+	seen   map[string]seenClaim // lock key -> its claim as this process knows it
 }
 
 var (
@@ -171,6 +182,9 @@ func newBackend(cli *clientv3.Client, cfg *clientv3.Config, o Options) (*backend
 		watches: map[string]func(){},
 		lost:    map[string]func(){},
 		gc:      map[int64]gcLease{},
+		idle:    map[int64][]idleLease{},
+		seen:    map[string]seenClaim{},
+		waiting: map[clientv3.LeaseID][]chan renewal{},
 	}
 	if cfg != nil {
 		// The client's own context ends with the driver: Close aborts a

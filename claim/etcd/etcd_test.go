@@ -264,6 +264,20 @@ func TestAuth(t *testing.T) {
 	if err := c.Set(ctx, "k", []byte("v"), 0); err != nil {
 		t.Errorf("Set with auth: %v", err)
 	}
+	// The second claim reuses the first's lease, renewed on the driver's
+	// own keep-alive stream, which must carry the token too.
+	for i := range 2 {
+		l, err := c.TryClaim(ctx, "k", time.Second)
+		if err != nil {
+			t.Fatalf("claim %d with auth: %v", i, err)
+		}
+		if l, err = c.Extend(ctx, l, l.TTL); err != nil {
+			t.Errorf("Extend %d with auth: %v", i, err)
+		}
+		if err := c.Release(ctx, l); err != nil {
+			t.Errorf("Release %d with auth: %v", i, err)
+		}
+	}
 	if _, err := claim.Open(ctx, "etcd://root:wr0ng-pw@"+base+"?prefix=authed"); err == nil || strings.Contains(err.Error(), "wr0ng-pw") {
 		t.Errorf("Open with a wrong password: err = %v", err)
 	}

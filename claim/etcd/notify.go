@@ -17,8 +17,9 @@ import (
 const notifyTTL = time.Minute
 
 // Subscribe implements driver.Notifier: a watch of the key's lock and
-// notify keys; a delete of the one (release, lease expiry) or a put of the
-// other (Notify) wakes, and so does a connection to etcd lost and not
+// notify keys; a delete of the one (release, lease expiry, takeover) or a
+// put of the other (Notify) wakes, a put of the lock key (a claim, an
+// Extend) is remembered for takeoverAfter, and so does a connection to etcd lost and not
 // re-established at once (see monitor) or a broken watch (see watch). An
 // error the server answers the watch with (no permission to read the
 // key, an expired token) is returned, classified (ErrConfig).
@@ -26,12 +27,23 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	lk := b.lockKey(key)
 	nk := lk + notifySuffix
 	return b.watch(ctx, lk, lk+"\x01", wake, func(evs []*clientv3.Event) {
+		woke := false
 		for _, ev := range evs {
 			k := string(ev.Kv.Key)
-			if (k == lk && ev.Type == mvccpb.DELETE) || (k == nk && ev.Type == mvccpb.PUT) {
-				wake()
-				return
+			switch {
+			case k == lk && ev.Type == mvccpb.PUT:
+				// A claim or Extend: the time it is learned is what a
+				// takeover is judged by (takeoverAfter).
+				b.saw(lk, ev.Kv.ModRevision, ev.Kv.Lease, time.Now())
+			case k == lk:
+				b.forget(lk)
+				woke = true
+			case k == nk && ev.Type == mvccpb.PUT:
+				woke = true
 			}
+		}
+		if woke {
+			wake()
 		}
 	}, func(bool) { wake() })
 }
