@@ -21,6 +21,19 @@ type call struct {
 	start time.Time
 }
 
+// keyError is opError's error with its message formatted only when
+// asked for: a read of a missing key is an answer, not a failure, and
+// callers that only test it with errors.Is (flight's L2 read, on every
+// miss) need not pay for formatting it.
+type keyError struct {
+	op, key string
+	err     error
+}
+
+func (e *keyError) Error() string { return opError(e.op, e.key, e.err).Error() }
+
+func (e *keyError) Unwrap() error { return e.err }
+
 // begin starts backend call op: its context is ctx bounded by the
 // Client's operation timeout (ctx's own deadline, if earlier, stays),
 // with the call's span in it when a tracer provider is installed (see

@@ -85,11 +85,16 @@ func (c *Cache[V]) failSafeAnswer(ctx context.Context, f *flight[V], e *entry[V]
 // softTimer is a caller's soft timeout (Options.SoftTimeout): the channel
 // fires when the caller has waited that long; nil when there is none.
 func (c *Cache[V]) softTimer(p Policy) (*time.Timer, <-chan time.Time) {
-	if c.cfg.SoftTimeout <= 0 || p == Fallback || c.cfg.FailSafeTTL <= 0 {
+	if !c.softTimed(p) {
 		return nil, nil
 	}
 	t := time.NewTimer(c.cfg.SoftTimeout)
 	return t, t.C
+}
+
+// softTimed: a caller with policy p has a soft timeout.
+func (c *Cache[V]) softTimed(p Policy) bool {
+	return c.cfg.SoftTimeout > 0 && p != Fallback && c.cfg.FailSafeTTL > 0
 }
 
 // softAnswer is the answer of a caller whose soft timeout fired while f

@@ -1082,3 +1082,34 @@ func TestL1HitDoesNotAllocate(t *testing.T) {
 		t.Fatalf("L1 hit: %v allocations, want 0", n)
 	}
 }
+
+// TestStarterHandsOff: a Block caller whose context cannot be cancelled
+// runs the flight it starts on its own goroutine; when the L2 read finds a
+// stale value, it answers with it at once and the rest of the flight (the
+// claim and the load) goes on without it, finished on a goroutine of its
+// own.
+func TestStarterHandsOff(t *testing.T) {
+	ctx := context.Background()
+	f := newFleet(t)
+	ld := newLoader()
+	opt := func() *Options[string] {
+		return &Options[string]{TTL: 100 * time.Millisecond, TTLJitter: -1, StaleTTL: time.Hour}
+	}
+	a, _ := newCache(f, opt())
+	b, _ := newCache(f, opt())
+	first := fetchOK(t, a, ctx, "k", ld.load).Value
+	time.Sleep(150 * time.Millisecond) // past the TTL: L2's copy is stale
+	ld.gate = make(chan struct{})
+	r := fetchOK(t, b, ctx, "k", ld.load) // b's L1 is empty: b starts the flight
+	if r.Source != SourceStale || r.Value != first {
+		t.Fatalf("got %q from %v, want the stale %q at once", r.Value, r.Source, first)
+	}
+	close(ld.gate)
+	idle(t, b)
+	if n := ld.count("k"); n != 2 {
+		t.Fatalf("%d loads, want 2", n)
+	}
+	if r := fetchOK(t, b, ctx, "k", ld.load); r.Value == first || r.Source != SourceL1 {
+		t.Fatalf("after the refresh: %q from %v, want the new value from L1", r.Value, r.Source)
+	}
+}

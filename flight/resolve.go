@@ -12,9 +12,10 @@ import (
 	"github.com/stampede-go/stampede/internal/opctx"
 )
 
-// resolve is one flight, on its own goroutine: L2, then the client's
-// waiting engine (claim.Client.GetOrAcquire: subscribe, claim with the
-// value, wait for the holder and read again), then loading as the holder.
+// Resolving a flight (Cache.drive, on the goroutine that runs it) is
+// lookup, then acquire: L2, then the client's waiting engine
+// (claim.Client.GetOrAcquire: subscribe, claim with the value, wait for
+// the holder and read again), then loading as the holder.
 // In the usual cases it costs this process, whatever its number of
 // callers: an L2 hit, 1 backend round trip; a waiter, 4 (get, subscribe,
 // claim, get); the holder, 4 (get, subscribe, claim+read, commit+release)
@@ -23,17 +24,23 @@ import (
 //
 // The flight's waiting (its backend calls included) ends at WaitTimeout;
 // every call is bounded by OpTimeout too.
-func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
-	until := time.Now().Add(c.cfg.WaitTimeout)
-	bk := c.bkey(f.gen, f.key)
+//
+// lookup is the first part: the L2 read. ok: it is f's answer
+// (a fresh value, or what the backend's failure led to); otherwise f is
+// pending (its stale value, if any, known: Block and Fallback callers may
+// answer now) and acquire goes on.
+func (c *Cache[V]) lookup(ctx context.Context, f *flight[V]) (e *entry[V], src Source, ok bool, err error) {
+	f.until = time.Now().Add(c.cfg.WaitTimeout)
+	f.bk = c.bkey(f.gen, f.key)
 
-	e, err := c.l2Get(ctx, bk, f.key, until)
+	e, err = c.l2Get(ctx, f.bk, f.key, f.until)
 	if err != nil {
-		return c.backendDown(ctx, f, "get", err)
+		e, src, err = c.backendDown(ctx, f, "get", err)
+		return e, src, true, err
 	}
 	if e != nil {
 		if c.usable(f, e) == fresh {
-			return e, SourceL2, nil
+			return e, SourceL2, true, nil
 		}
 		c.offerStale(f, e)
 		c.offerFailSafe(f, e)
@@ -42,6 +49,13 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		c.stats.misses.Add(1)
 	}
 	c.markPending(f)
+	return nil, SourceNone, false, nil
+}
+
+// acquire is the rest of a flight's resolution, after lookup: the claim, the wait for
+// another holder, or the load as the holder.
+func (c *Cache[V]) acquire(ctx context.Context, f *flight[V]) (*entry[V], Source, error) {
+	until, bk := f.until, f.bk
 
 	// accept judges what the engine reads: a fresh value ends the wait
 	// (kept decoded in found); a stale one is offered to Fallback callers.
@@ -59,12 +73,14 @@ func (c *Cache[V]) resolve(ctx context.Context, f *flight[V]) (*entry[V], Source
 		c.offerFailSafe(f, e)
 		return false
 	}
-	wctx, cancel := context.WithDeadline(ctx, until)
+	// The wait's deadline is an opctx: no timer, and no registration on
+	// the Cache's root context, unless the engine waits (Done).
+	wctx := opctx.New(ctx, until)
 	got, err := c.b.GetOrAcquire(wctx, bk, c.cfg.LeaseTTL, &claim.GetOrAcquireOptions{
 		Accept: accept, SkipGet: true, OpTimeout: c.cfg.OpTimeout,
 		OnWait: func() { c.startWait(ctx, f) },
 	})
-	cancel()
+	wctx.Stop()
 	over := err != nil && waitOver(ctx, until)
 	if !over {
 		// A wait that WaitTimeout or Close ended says nothing of the
