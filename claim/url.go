@@ -2,6 +2,7 @@ package claim
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
 	"slices"
@@ -96,7 +97,11 @@ func OpenOptions(ctx context.Context, rawURL string, opt *Options) (*Client, err
 	defer cancel()
 	d, err := op.OpenURL(octx, u)
 	if err != nil {
-		if ctx.Err() == nil && octx.Err() != nil {
+		// The open's bound, or the driver's own connect timeout (which may
+		// fire first when the two are equal), is unavailability; a
+		// configuration error stays one.
+		if ctx.Err() == nil && !errors.Is(err, ErrConfig) && !errors.Is(err, ErrUnavailable) &&
+			(octx.Err() != nil || errors.Is(err, context.DeadlineExceeded)) {
 			err = fmt.Errorf("%w: %w", ErrUnavailable, err)
 		}
 		return nil, fmt.Errorf("claim: open %q: %w", RedactURL(rawURL), err)
