@@ -87,6 +87,7 @@ type Client struct {
 	closeErr  error
 	logTopics *logTopics // topics of a driver without a Broadcaster
 	tel       telemetry  // metrics and traces (otel.go)
+	fairState            // AcquireFair (fair.go)
 }
 
 // NewClient returns a Client in front of d. It does no I/O and starts no
@@ -134,6 +135,7 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 		c.bc = c.logTopics
 	}
 	c.topics = newFanout(c.bc.SubscribeTopic, c.bc.UnsubscribeTopic)
+	c.initFair(d)
 	return c
 }
 
@@ -314,7 +316,7 @@ func (c *Client) Extend(ctx context.Context, l Lease, ttl time.Duration) (Lease,
 	if err = c.end(ctx, cl, err); err != nil {
 		return Lease{}, opError("extend", l.Key, err)
 	}
-	nl.Token = l.Token
+	nl.Token, nl.Fair = l.Token, l.Fair
 	return stamp(nl, l.Key, l.Holder, cl.start), nil
 }
 
@@ -338,6 +340,9 @@ func (c *Client) Release(ctx context.Context, l Lease) error {
 }
 
 func (c *Client) release(ctx context.Context, l Lease) error {
+	if l.Fair && c.q != nil {
+		return c.handOff(ctx, l)
+	}
 	cl := c.begin(ctx, "release")
 	if err := c.end(ctx, cl, c.d.Release(cl.ctx, l)); err != nil {
 		return opError("release", l.Key, err)
@@ -401,6 +406,17 @@ func (c *Client) CommitRelease(ctx context.Context, l Lease, value []byte, ttl t
 
 func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl time.Duration) error {
 	const op = "commit-release"
+	if l.Fair && c.q != nil {
+		// The value, then the hand-over (the next holder is granted the
+		// key, not woken to read it).
+		if err := c.commit(ctx, op, l, value, ttl); err != nil {
+			return err
+		}
+		if err := c.handOff(ctx, l); err != nil && !errors.Is(err, ErrLost) {
+			return opError(op, l.Key, fmt.Errorf("value committed, hand-over failed: %w", err))
+		}
+		return nil
+	}
 	if c.crl == nil {
 		if err := c.commit(ctx, op, l, value, ttl); err != nil {
 			return err
@@ -552,6 +568,9 @@ func (c *Client) Close() error {
 				c.logTopics.close()
 			}
 			c.keys.close()
+			if c.grants != nil {
+				c.grants.close()
+			}
 			done <- c.d.Close()
 		}()
 		t := time.NewTimer(c.opTimeout)

@@ -1,6 +1,7 @@
 package claim
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/stampede-go/stampede/claim/driver"
@@ -60,6 +61,11 @@ var (
 	// sentinels above nor ErrConfig matches it, the backend's own error
 	// wrapped underneath.
 	ErrUnavailable = driver.ErrUnavailable
+
+	// ErrUnsupported: the backend's driver lacks what the call needs and
+	// the Client cannot build it from the rest (AcquireFair on a driver
+	// without driver.Queuer). It is errors.ErrUnsupported.
+	ErrUnsupported = errors.ErrUnsupported
 )
 
 // maxKeyShown is how much of a key an error message quotes.

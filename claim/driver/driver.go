@@ -17,8 +17,8 @@
 // Required: Driver (Claimer, Notifier and Store, plus Features and
 // Close). Optional, found by type assertion: ClaimReader and
 // CommitReleaser (one round trip saved each), ValueNotifier (the value
-// in the wake-up: one more), Batcher (many keys per round trip),
-// Broadcaster (a native topic bus), Aser (the native client). What the client does without
+// in the wake-up: one more), Batcher (many keys per round trip), Queuer
+// (fair acquisition, the lease handed over in the wake-up), Broadcaster (a native topic bus), Aser (the native client). What the client does without
 // each is said on the interface.
 package driver
 
@@ -56,6 +56,10 @@ type Lease struct {
 	// Handle is driver-specific data that Extend, Release and Commit need
 	// (an etcd lease ID, a Consul modify index, ...). Opaque to callers.
 	Handle string
+	// Fair is set by the client on a lease from claim.Client.AcquireFair:
+	// its release hands the key over to the next waiter in the queue
+	// (Queuer.HandOff). Drivers ignore it.
+	Fair bool
 }
 
 // Expired reports whether the lease's local deadline has passed at now.

@@ -33,7 +33,9 @@ type Space struct {
 	locks  map[string]lock
 	fences map[string]uint64
 	values map[string]value
+	queues map[string][]waiter          // key -> its fair queue (driver.Queuer), first first
 	subs   registry[func([]byte)]       // key -> subscribed clients' wake (with a CommitRelease's value)
+	grants registry[func(driver.Lease)] // key -> subscribed clients' grant
 	topics registry[func([]byte, bool)] // topic -> subscribed clients' deliver
 }
 
@@ -55,7 +57,9 @@ func NewSpace(opt *SpaceOptions) *Space {
 		locks:  map[string]lock{},
 		fences: map[string]uint64{},
 		values: map[string]value{},
+		queues: map[string][]waiter{},
 		subs:   registry[func([]byte)]{},
+		grants: registry[func(driver.Lease)]{},
 		topics: registry[func([]byte, bool)]{},
 	}
 	if opt != nil {
@@ -108,6 +112,7 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
 	_ driver.ValueNotifier  = (*backend)(nil)
+	_ driver.Queuer         = (*backend)(nil)
 )
 
 // New returns a new Client of space (a fresh private Space if nil), as if
@@ -154,6 +159,9 @@ func (b *backend) Close() error {
 	defer sp.mu.Unlock()
 	for k := range sp.subs {
 		sp.subs.remove(k, b)
+	}
+	for k := range sp.grants {
+		sp.grants.remove(k, b)
 	}
 	for t := range sp.topics {
 		sp.topics.remove(t, b)
