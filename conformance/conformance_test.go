@@ -76,6 +76,10 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{claimManyIgnoresHeld, []string{"Batch"}},
 		{commitManyWithoutTokenCheck, []string{"Batch"}},
 		{getManyShifted, []string{"Batch", "BatchWait"}},
+		{grantsLIFO, []string{"FairOrder"}},
+		{grantsDeadWaiters, []string{"FairSkipsDead"}},
+		{grantKeepsToken, []string{"FairOrder", "FairFence"}},
+		{dropsGrants, []string{"FairOrder", "FairFence", "FairTakeover"}},
 	}
 	for _, c := range cases {
 		t.Run(c.bug.String(), func(t *testing.T) {
@@ -180,6 +184,10 @@ const (
 	claimManyIgnoresHeld
 	commitManyWithoutTokenCheck
 	getManyShifted
+	grantsLIFO
+	grantsDeadWaiters
+	grantKeepsToken
+	dropsGrants
 )
 
 func (b bug) String() string {
@@ -209,6 +217,10 @@ func (b bug) String() string {
 		claimManyIgnoresHeld:        "batched claim ignores held keys",
 		commitManyWithoutTokenCheck: "batched commit without token check",
 		getManyShifted:              "batched read returns values out of order",
+		grantsLIFO:                  "hand-over grants the last waiter",
+		grantsDeadWaiters:           "hand-over grants expired waiters",
+		grantKeepsToken:             "hand-over keeps the released token",
+		dropsGrants:                 "grants reach nobody",
 	}[b]
 }
 
@@ -224,12 +236,16 @@ type naive struct {
 	vexp   map[string]time.Time
 	subs   map[string]map[*naiveDriver]func()
 	topics map[string]map[*naiveDriver]func([]byte, bool)
+
+	queues    map[string][]naiveWaiter                       // fair_test.go
+	grantSubs map[string]map[*naiveDriver]func(driver.Lease) // fair_test.go
 }
 
 func newNaive(b bug) *naive {
 	return &naive{bugs: b, locks: map[string]driver.Lease{}, exp: map[string]time.Time{}, fence: map[string]uint64{},
 		vals: map[string][]byte{}, vexp: map[string]time.Time{}, subs: map[string]map[*naiveDriver]func(){},
-		topics: map[string]map[*naiveDriver]func([]byte, bool){}}
+		topics: map[string]map[*naiveDriver]func([]byte, bool){}, queues: map[string][]naiveWaiter{},
+		grantSubs: map[string]map[*naiveDriver]func(driver.Lease){}}
 }
 
 func (n *naive) harness() conformance.Harness {
@@ -288,6 +304,9 @@ func (d *naiveDriver) Close() error {
 		delete(m, d)
 	}
 	for _, m := range n.topics {
+		delete(m, d)
+	}
+	for _, m := range n.grantSubs {
 		delete(m, d)
 	}
 	return nil

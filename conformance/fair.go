@@ -112,6 +112,7 @@ func holderID(n int) string { return fmt.Sprintf("%024x", 0xfa17000000+n) }
 func checkFairOrder(t *T) {
 	ctx := t.Context()
 	c0 := t.Client()
+	queuer(t, c0)
 	k := t.Key("k")
 	ttl := t.LongTTL()
 	l0, err := c0.AcquireFair(ctx, k, ttl)
@@ -174,6 +175,7 @@ func checkFairOrder(t *T) {
 func checkFairFence(t *T) {
 	ctx := t.Context()
 	c0, c1, c2 := t.Client(), t.Client(), t.Client()
+	queuer(t, c0)
 	k := t.Key("k")
 	ttl := t.LongTTL()
 	l0, err := c0.AcquireFair(ctx, k, ttl)
@@ -233,6 +235,7 @@ func checkFairFence(t *T) {
 func checkFairSkipsDead(t *T) {
 	ctx := t.Context()
 	c0, c1, c2 := t.Client(), t.Client(), t.Client()
+	queuer(t, c0)
 	k := t.Key("k")
 	l0, err := c0.AcquireFair(ctx, k, t.LongTTL())
 	if err != nil {
@@ -262,6 +265,7 @@ func checkFairSkipsDead(t *T) {
 func checkFairTakeover(t *T) {
 	ctx := t.Context()
 	c0, c1, c2 := t.Client(), t.Client(), t.Client()
+	queuer(t, c0)
 	k := t.Key("k")
 	short := t.ShortTTL()
 	l0, err := c0.AcquireFair(ctx, k, short)
@@ -309,6 +313,7 @@ func checkFairTakeover(t *T) {
 func checkFairDequeue(t *T) {
 	ctx := t.Context()
 	c0, c1, c2, c3 := t.Client(), t.Client(), t.Client(), t.Client()
+	queuer(t, c0)
 	k := t.Key("k")
 	ttl := t.LongTTL()
 	l0, err := c0.AcquireFair(ctx, k, ttl)
@@ -361,6 +366,7 @@ func checkFairClients(t *T) {
 	var mu sync.Mutex
 	var tokens []uint64
 	holder := t.Client()
+	queuer(t, holder)
 	l0, err := holder.AcquireFair(ctx, k, ttl)
 	if err != nil {
 		t.Fatalf("AcquireFair: %v", err)
