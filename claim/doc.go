@@ -53,6 +53,17 @@
 // it (flight's Invalidate and Set are built on it), and the fence keeps
 // rising.
 //
+// Two ways to wait for a held key. Acquire (and GetOrAcquire, flight's
+// engine) is wake-all: a release wakes every waiter in every process and
+// the first claim wins, which is what a herd that wants one answer needs.
+// AcquireFair is first come, first served: waiters queue in the backend,
+// and a release hands the lease over to the first live waiter in the same
+// atomic step, the lease itself (token and all) riding in that waiter's
+// wake-up, so it holds the key without a claim of its own and nobody else
+// wakes (driver.Queuer; ErrUnsupported on a backend without it). A waiter
+// that leaves or dies is skipped; a holder that dies is followed by the
+// first waiter once its lease runs out. Use a key with one mode only.
+//
 // Batches (GetMany, TryClaimMany, CommitReleaseMany, SubscribeMany, and
 // the batch waiting engine GetOrAcquireMany) do, key by key, what the
 // single-key calls do, in as few round trips as the backend allows

@@ -83,3 +83,35 @@ func ExampleClient_Publish() {
 	fmt.Println(<-got)
 	// Output: company:apple
 }
+
+// AcquireFair serves waiters in the order they came: a release hands the
+// lease to the next one, whose wake-up carries it.
+func ExampleClient_AcquireFair() {
+	ctx := context.Background()
+	c, err := claim.Open(ctx, "mem://fair-example")
+	if err != nil {
+		panic(err)
+	}
+	defer c.Close()
+
+	first, err := c.AcquireFair(ctx, "printer", 10*time.Second)
+	if err != nil {
+		panic(err)
+	}
+	next := make(chan claim.Lease)
+	go func() {
+		l, err := c.AcquireFair(ctx, "printer", 10*time.Second) // queued behind first
+		if err != nil {
+			panic(err)
+		}
+		next <- l
+	}()
+	time.Sleep(10 * time.Millisecond) // (for the example: let it queue)
+	if err := c.Release(ctx, first); err != nil { // hands the lease over
+		panic(err)
+	}
+	l := <-next
+	fmt.Println("next holder's token is higher:", l.Token > first.Token)
+	_ = c.Release(ctx, l)
+	// Output: next holder's token is higher: true
+}

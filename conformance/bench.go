@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 )
 
 // Bench runs the backend benchmarks as sub-benchmarks of b:
@@ -18,6 +19,9 @@ import (
 //     Acquire; reported as handoff-p50-µs and handoff-p99-µs, from the
 //     start of Release to Acquire returning. Each op includes the hold, so
 //     use -benchtime=Nx (e.g. 30x).
+//   - HandOver/hold=20ms, HandOver/hold=300ms: the same with AcquireFair
+//     on both sides (the release hands the lease over in the waiter's
+//     wake-up); skipped without a driver.Queuer.
 //   - FanOut100: one Release wakes 100 subscribers spread over two
 //     clients; fanout-p50-µs is the time until the last one is woken.
 //   - StoreSetGet: Set then Get of a 100-byte value (ns/op).
@@ -64,7 +68,16 @@ func Benchmarks(h Harness) []Benchmark {
 		}
 	}}}
 	for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
-		bms = append(bms, Benchmark{fmt.Sprintf("Handoff/hold=%s", hold), func(b *testing.B) { benchHandoff(b, open(b), open(b), ns, hold) }})
+		bms = append(bms, Benchmark{fmt.Sprintf("Handoff/hold=%s", hold), func(b *testing.B) { benchHandoff(b, open(b), open(b), ns, hold, false) }})
+	}
+	for _, hold := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
+		bms = append(bms, Benchmark{fmt.Sprintf("HandOver/hold=%s", hold), func(b *testing.B) {
+			holder := open(b)
+			if _, ok := holder.Driver().(driver.Queuer); !ok {
+				b.Skip("the driver has no fair queue (driver.Queuer)")
+			}
+			benchHandoff(b, holder, open(b), ns, hold, true)
+		}})
 	}
 	bms = append(bms,
 		Benchmark{"FanOut100", func(b *testing.B) { benchFanOut(b, open(b), open(b), open(b), ns) }},
@@ -95,16 +108,22 @@ func percentile(ds []time.Duration, p float64) float64 {
 	return float64(s[i].Nanoseconds()) / 1e3
 }
 
-func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold time.Duration) {
+// benchHandoff measures Release → the waiter holding the key: Acquire
+// (wake-all), or with fair AcquireFair on both sides (the hand-over).
+func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold time.Duration, fair bool) {
 	ctx := context.Background()
-	key := fmt.Sprintf("%shandoff-%s", ns, hold)
+	key := fmt.Sprintf("%shandoff-%s-%v", ns, hold, fair)
+	claimKey, acquire := holder.TryClaim, waiter.Acquire
+	if fair {
+		claimKey, acquire = holder.AcquireFair, waiter.AcquireFair
+	}
 	ttl := max(holder.Features().MinTTL, 30*time.Second)
 	lat := make([]time.Duration, 0, b.N)
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		l, err := holder.TryClaim(ctx, key, ttl)
+		l, err := claimKey(ctx, key, ttl)
 		if err != nil {
-			b.Fatalf("TryClaim: %v", err)
+			b.Fatalf("claim: %v", err)
 		}
 		type result struct {
 			at         time.Time
@@ -112,7 +131,7 @@ func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold ti
 		}
 		res := make(chan result, 1)
 		go func() {
-			wl, err := waiter.Acquire(ctx, key, ttl)
+			wl, err := acquire(ctx, key, ttl)
 			if err != nil {
 				res <- result{acq: err}
 				return

@@ -64,6 +64,20 @@ func (o oursAcquire) lock(ctx context.Context, key string) (func(context.Context
 
 func (o oursAcquire) close() { o.c.Close() }
 
+// oursFair: Client.AcquireFair (queue in the backend; the release hands
+// the lease over in the waiter's wake-up) + Release.
+type oursFair struct{ c *claim.Client }
+
+func (o oursFair) lock(ctx context.Context, key string) (func(context.Context) error, error) {
+	l, err := o.c.AcquireFair(ctx, key, leaseTTL)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context) error { return o.c.Release(ctx, l) }, nil
+}
+
+func (o oursFair) close() { o.c.Close() }
+
 // oursTry: one TryClaim + Release, what flight does on a miss (no
 // subscription); uncontended only.
 type oursTry struct{ c *claim.Client }
@@ -89,6 +103,14 @@ func oursContenders(substrate, rawURL string) []contender {
 					return nil, err
 				}
 				return oursAcquire{c}, nil
+			}},
+		{substrate: substrate, name: "stampede claim.AcquireFair + Release (hand-over)", short: "stampede fair", ours: true, blocking: true,
+			open: func(ctx context.Context) (locker, error) {
+				c, err := claim.Open(ctx, rawURL)
+				if err != nil {
+					return nil, err
+				}
+				return oursFair{c}, nil
 			}},
 		{substrate: substrate, name: "stampede TryClaim + Release (no subscription)", short: "stampede try", ours: true,
 			open: func(ctx context.Context) (locker, error) {

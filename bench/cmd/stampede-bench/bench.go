@@ -304,6 +304,9 @@ func runBench(ctx context.Context, cfg benchConfig, targets []*benchTarget, filt
 			progress("")
 			return nil, ctx.Err()
 		}
+		if tb != nil && tb.Skipped() {
+			continue // not applicable to this backend (e.g. no fair queue)
+		}
 		res := benchResult{Backend: j.t.Name, Bench: j.b.name, N: r.N, AllocsPerOp: r.AllocsPerOp(), Metrics: r.Extra}
 		if r.N > 0 {
 			res.NsPerOp = float64(r.T.Nanoseconds()) / float64(r.N)
@@ -320,7 +323,7 @@ func runBench(ctx context.Context, cfg benchConfig, targets []*benchTarget, filt
 func benchesFor(t *benchTarget, cfg benchConfig) []bench {
 	var bs []bench
 	for _, b := range conformance.Benchmarks(conformance.Harness{Open: t.open}) {
-		counted := strings.HasPrefix(b.Name, "Handoff") || strings.HasPrefix(b.Name, "FanOut")
+		counted := strings.HasPrefix(b.Name, "Handoff") || strings.HasPrefix(b.Name, "HandOver") || strings.HasPrefix(b.Name, "FanOut")
 		bs = append(bs, bench{b.Name, counted, b.F})
 	}
 	var rnd [4]byte
@@ -510,6 +513,10 @@ var figures = []figure{
 	{"handoff p99, hold 20 ms (ms)", "Handoff/hold=20ms", metric("handoff-p99-µs", 1e-3), nil},
 	{"handoff p50, hold 300 ms (ms)", "Handoff/hold=300ms", metric("handoff-p50-µs", 1e-3), nil},
 	{"handoff p99, hold 300 ms (ms)", "Handoff/hold=300ms", metric("handoff-p99-µs", 1e-3), nil},
+	{"fair hand-over p50, hold 20 ms (ms)", "HandOver/hold=20ms", metric("handoff-p50-µs", 1e-3), nil},
+	{"fair hand-over p99, hold 20 ms (ms)", "HandOver/hold=20ms", metric("handoff-p99-µs", 1e-3), nil},
+	{"fair hand-over p50, hold 300 ms (ms)", "HandOver/hold=300ms", metric("handoff-p50-µs", 1e-3), nil},
+	{"fair hand-over p99, hold 300 ms (ms)", "HandOver/hold=300ms", metric("handoff-p99-µs", 1e-3), nil},
 	{"notify fan-out to 100 waiters, p50 (ms)", "FanOut100", metric("fanout-p50-µs", 1e-3), nil},
 	{"store set+get (µs)", "StoreSetGet", nsPerOp(1e-3), nil},
 	{"flight L1 hit (ns; allocs)", "FlightL1Hit", nsPerOp(1), func(x benchResult, v float64) string {
@@ -575,7 +582,9 @@ var chartSpecs = []chartSpec{
 	{"claim-release.svg", "Uncontended TryClaim + Release", "µs per claim+release", []seriesSpec{{"", "ClaimRelease", nsPerOp(1e-3)}}, false},
 	{"handoff.svg", "Handoff: Release → the waiter's Acquire returns (p50)", "ms", []seriesSpec{
 		{"lock held 20 ms", "Handoff/hold=20ms", metric("handoff-p50-µs", 1e-3)},
-		{"lock held 300 ms", "Handoff/hold=300ms", metric("handoff-p50-µs", 1e-3)}}, false},
+		{"lock held 300 ms", "Handoff/hold=300ms", metric("handoff-p50-µs", 1e-3)},
+		{"fair hand-over, held 20 ms", "HandOver/hold=20ms", metric("handoff-p50-µs", 1e-3)},
+		{"fair hand-over, held 300 ms", "HandOver/hold=300ms", metric("handoff-p50-µs", 1e-3)}}, false},
 	{"fanout.svg", "One Release wakes 100 waiters in 2 clients (p50, last woken)", "ms", []seriesSpec{{"", "FanOut100", metric("fanout-p50-µs", 1e-3)}}, false},
 	{"store.svg", "Store Set + Get, 100 bytes", "µs", []seriesSpec{{"", "StoreSetGet", nsPerOp(1e-3)}}, false},
 	{"flight-l1-hit.svg", "flight L1 hit", "ns per Get", []seriesSpec{{"", "FlightL1Hit", nsPerOp(1)}}, true},
