@@ -54,7 +54,7 @@ func TestElectRedis(t *testing.T) {
 	for _, ms := range rep.FailoverMs {
 		// The dead leader's lease ran out at most ttl after the kill;
 		// the bound leaves a wide margin for a loaded machine.
-		if ms > float64((ttl+5*time.Second).Milliseconds()) {
+		if ms > float64((ttl + 5*time.Second).Milliseconds()) {
 			t.Errorf("a new leader %v ms after the kill, lease %s", ms, ttl)
 		}
 	}
