@@ -154,10 +154,26 @@ type demoReport struct {
 }
 
 type scenario struct {
-	Title       string      `json:"title"`
-	Steps       []step      `json:"steps,omitempty"`
-	Herd        *herdReport `json:"herd,omitempty"`
-	LoaderCalls int64       `json:"loader_calls"`
+	Title       string          `json:"title"`
+	Steps       []step          `json:"steps,omitempty"`
+	Herd        *herdReport     `json:"herd,omitempty"`
+	Election    *electionReport `json:"election,omitempty"`
+	LoaderCalls int64           `json:"loader_calls"`
+}
+
+// electionReport is the election scenario's outcome.
+type electionReport struct {
+	Processes int    `json:"processes"`
+	LeaseMS   int64  `json:"lease_ms"`
+	First     string `json:"first_leader"`
+	FirstTerm uint64 `json:"first_term"`
+	Next      string `json:"next_leader"`
+	NextTerm  uint64 `json:"next_term"`
+	// FailoverMS: from the leader's process being killed to the next
+	// leader's announcement.
+	FailoverMS float64 `json:"failover_ms"`
+	// Observed: the terms each surviving process's Observe delivered.
+	Observed map[string][]uint64 `json:"observed"`
 }
 
 type step struct {
@@ -290,6 +306,10 @@ func runDemo(ctx context.Context, cfg demoConfig, out, stderr io.Writer) (*demoR
 		many = append(many, n, strings.ToUpper(n)+".", strings.ReplaceAll(strings.ToLower(n), " ", "  "))
 	}
 	if err := d.herd(ctx, "Herd on many names: one load per name", many); err != nil {
+		return nil, err
+	}
+
+	if err := d.election(ctx); err != nil {
 		return nil, err
 	}
 

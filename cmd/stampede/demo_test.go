@@ -51,6 +51,18 @@ func TestDemo(t *testing.T) {
 			t.Errorf("herd %q: %d backend calls, want at most 4 per process per name (%d)", sc.Title, sc.Herd.BackendCalls, 4*sc.Herd.Processes*names)
 		}
 	}
+	el := rep.Scenarios[6].Election
+	if el == nil {
+		t.Fatalf("scenario 7 is not the election: %+v", rep.Scenarios[6])
+	}
+	if el.NextTerm <= el.FirstTerm || el.Next == el.First {
+		t.Errorf("election: %+v, want another leader with a higher term", el)
+	}
+	for p, obs := range el.Observed {
+		if len(obs) != 2 || obs[0] != el.FirstTerm || obs[1] != el.NextTerm {
+			t.Errorf("election: process %s observed %v, want [%d %d]", p, obs, el.FirstTerm, el.NextTerm)
+		}
+	}
 	tot := rep.Totals
 	if tot.DistinctNames != 11 || tot.IDsIssued != tot.DistinctNames || tot.LoaderCalls != int64(tot.DistinctNames+tot.Reloads) || tot.Errors != 0 {
 		t.Errorf("totals %+v: want one loader call per distinct name (+1 after the L2 loss), one ID per name", tot)
@@ -72,7 +84,7 @@ func TestDemoJSON(t *testing.T) {
 	if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out.String())
 	}
-	if len(rep.Scenarios) != 6 || rep.Totals.LoaderCalls != 12 {
+	if len(rep.Scenarios) != 7 || rep.Totals.LoaderCalls != 12 {
 		t.Fatalf("report: %+v", rep.Totals)
 	}
 }
