@@ -295,6 +295,21 @@ func waitersTakeTheWakeValue(t *testing.T, h *herdSummary) {
 	}
 }
 
+// On every push backend a waiting process costs 3 round trips per key
+// (get, subscribe, claim+read; the wake-up carries the value), counted
+// in real processes.
+func TestHerdProcessesWakeValue(t *testing.T) {
+	for _, kind := range []testserver.Kind{testserver.Postgres, testserver.Etcd, testserver.Consul, testserver.ZooKeeper} {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := testserver.Require(t, kind)
+			useTestBinary(t)
+			h := herdRun(t, herdConfig{Backend: srv.URL(), Procs: 3, Callers: 20, Keys: 2, Rounds: 2, Load: 100 * time.Millisecond})
+			oneLoadPerKey(t, h)
+			waitersTakeTheWakeValue(t, h)
+		})
+	}
+}
+
 func TestHerdProcessesBatchRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
 	useTestBinary(t)
