@@ -107,7 +107,9 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 }
 
 // CommitReleaseMany implements driver.Batcher: each commit's Commit then
-// Release, as the Client makes CommitRelease on this driver (Release
+// Release (HandOff for a lease of Client.AcquireFair, Lease.Fair: a gets,
+// an incr and a cas, the grant delivered by the waiters' polls), as the
+// Client makes CommitRelease on this driver (Release
 // finding the lease lost after the value landed is not an error), with
 // the reads shared: one multi-get of every lock and value item, then,
 // concurrently, each key's conditional write of its value (commit, which
@@ -152,7 +154,13 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		if errs[i] = b.commit(ctx, l, its[i], mine); errs[i] != nil {
 			return
 		}
-		if err := b.release(ctx, l, mine[lk]); err != nil && !errors.Is(err, driver.ErrLost) {
+		release := func() error { return b.release(ctx, l, mine[lk]) }
+		if l.Fair {
+			// A fair lease (Client.AcquireFair) is handed over, its queue
+			// kept; the grant reaches its waiter by the polls.
+			release = func() error { _, err := b.HandOff(ctx, l); return err }
+		}
+		if err := release(); err != nil && !errors.Is(err, driver.ErrLost) {
 			errs[i] = fmt.Errorf("value committed, release failed: %w", err)
 		}
 	})

@@ -49,9 +49,12 @@ func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gom
 }
 
 // parseLock reads a lock item's value, "HOLDER UNIXMS" (see lockItem;
-// HOLDER is "~NONCE:HOLDER" in a Revoke's tombstone, see entomb).
+// HOLDER is "~NONCE:HOLDER" in a Revoke's tombstone, see entomb), or
+// "HOLDER;FAIR... UNIXMS" where the lock holds a fair queue (see
+// parseState): it returns the holder and the recorded end.
 func parseLock(v []byte) (holder string, latest time.Time) {
 	h, ms, ok := strings.Cut(string(v), " ")
+	h, _, _ = strings.Cut(h, ";")
 	if !ok {
 		return h, time.Time{}
 	}
@@ -194,10 +197,13 @@ func (b *backend) ownLock(ctx context.Context, l driver.Lease, endedOK bool) (it
 // swapLock replaces l's lock item, read with ownLock, by the item next
 // returns, with CompareAndSwap. first, if not nil, is the lock item as a
 // multi-get just read it: the first attempt uses it instead of reading
-// again. A CAS conflict caused by the same holder (a concurrent Extend of
-// this lease) is retried; one by another holder means the lease was lost.
+// again. A CAS conflict is read again and checked: one caused by the same
+// holder (a concurrent Extend of this lease) or by waiters queueing into
+// a fair lock (queue.go) is tried again, at most fairTries times in all,
+// and then fails without ErrLost (the lease is still held); one by
+// another holder means the lease was lost.
 func (b *backend) swapLock(ctx context.Context, l driver.Lease, endedOK bool, first *gomemcache.Item, next func(it *gomemcache.Item)) (ended bool, err error) {
-	for range 3 {
+	for range fairTries {
 		it := first
 		if it != nil {
 			first = nil
@@ -219,18 +225,31 @@ func (b *backend) swapLock(ctx context.Context, l driver.Lease, endedOK bool, fi
 			return false, err
 		}
 	}
-	return false, driver.ErrLost
+	return false, fmt.Errorf("the lock changed %d times during the call (waiters queueing into it?); the lease is still held", fairTries)
 }
 
 // Extend implements driver.Claimer: gets the lock, check the holder and
-// the lease's recorded end, CAS it with the new expiry.
+// the lease's recorded end, CAS it with the new expiry. A fair lock's
+// token and queue (see queue.go) are kept.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	sec := seconds(ttl)
-	lock, err := b.lockItem(l.Key, l.Holder, sec, time.Now())
+	now := time.Now()
+	lock, err := b.lockItem(l.Key, l.Holder, sec, now)
 	if err != nil {
 		return driver.Lease{}, err
 	}
-	_, err = b.swapLock(ctx, l, false, nil, func(it *gomemcache.Item) { it.Value, it.Expiration = lock.Value, lock.Expiration })
+	_, err = b.swapLock(ctx, l, false, nil, func(it *gomemcache.Item) {
+		st := parseState(it.Value)
+		it.Value, it.Expiration = lock.Value, lock.Expiration
+		if !st.fair {
+			return
+		}
+		st.sec, st.latest = sec, now.Add(time.Duration(sec+lockSlack)*time.Second)
+		it.Value = st.encode()
+		if exp, err := st.expiration(now); err == nil {
+			it.Expiration = exp // else the lease's own (entries past 2038)
+		}
+	})
 	if err != nil {
 		return driver.Lease{}, err
 	}

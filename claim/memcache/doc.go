@@ -154,7 +154,8 @@
 // TryClaim, then one multi-get of the claimed keys' values (TryClaim then
 // Get, as the Client's TryClaimRead is here). CommitReleaseMany: one
 // multi-get of every lock and value, then each key's conditional write,
-// cas of the lock read to expired, and incr (Commit then Release).
+// cas of the lock read to expired, and incr (Commit then Release; for a
+// fair lease, Commit then HandOff).
 // SubscribeMany: one multi-get of every lock and notify counter, from
 // which each poll loop starts. Each key has its single-key method's
 // guarantees; nothing is atomic across keys. Features.MaxBatch is 0:
@@ -171,6 +172,87 @@
 // key's waiters; a claim of a free key does not. The loop reads the key
 // at that moment (PollState.Expires), whatever its backoff. Topics use
 // the Client's topic log.
+//
+// # Fair acquisition (hand-over)
+//
+// The driver is a driver.Queuer (Client.AcquireFair). A key's queue lives
+// in its lock item, next to the holder: a fair lock's value is
+// "HOLDER;TOKEN;TTL{;WAITER,TTL,END} UNIXMS" (the lease's fencing token
+// and TTL, then each waiter's holder ID, the TTL it asked for and when
+// its entry lapses, in order). The fair fields ride before the first
+// space, so readers of the plain format "HOLDER UNIXMS" (earlier
+// versions of this package included) read the lease's end as before and
+// take the whole head for a holder that is not theirs. Every operation
+// is a gets of the lock, a decision on what it read, and a write
+// conditional on that read (cas; an add where there was no lock); a
+// grant's token comes from the fence counter TryClaim uses (incr). One
+// cas replaces the old holder by the first live waiter and removes its
+// entry, so a grant is atomic with the end of the lease before it.
+// Round trips: Enqueue 1 when holder already holds the key (step 2), 2
+// to queue or renew (gets, cas), 3 with a grant (gets, incr, then cas,
+// or add on a key without a lock); HandOff 2 with a waiter (gets and
+// incr sent at once, then cas), 3 without (gets, cas to expired, incr
+// of the notify counter, as Release); Dequeue 1 to 3.
+//
+// A cas refused because the lock changed since it was read (a waiter
+// joined, renewed or left, a rival's grant) wrote nothing; the operation
+// reads again, at most 8 times (Enqueue, Dequeue) or 16 (HandOff), each
+// time deciding on the new read, so an outcome is applied exactly when
+// its write is. After that many conflicts Enqueue answers from one more
+// read (holder's lease, or ErrHeld, with a Remaining of a millisecond if
+// no lease is live so that the client enqueues again soon; holder's
+// entry may then not have been renewed); HandOff fails and the lease
+// stays held; Dequeue fails and the entry lapses by its TTL. Extend and
+// Release, whose cas can lose to the waiters' renewals as well, read
+// again likewise (at most 8 times) and then fail without ErrLost: the
+// lease is still held. Two leases
+// are never live at once: the lock item is the one record of who holds
+// the key, every write is conditional on the read it was decided on,
+// and a lease another holder did not end is taken over (Enqueue's step
+// 4, TryClaim) only ClockSkew past the end it records, as any claim
+// here. What is not atomic, precisely: the token is drawn (incr) before
+// the cas that grants it, so a lost cas leaves a gap in the tokens (never
+// a repeat, never a decrease: HandOff's is drawn together with its read,
+// yet after the lease it ends was granted; the others' after the read);
+// the granted lease's end is recorded by the granter's clock (its time
+// before the read, plus the waiter's TTL), while the waiter's client
+// counts its Deadline from the start of its last Enqueue answered
+// ErrHeld, which preceded the granter's read (such an Enqueue wrote the
+// lock, so a grant decided on an earlier read fails its cas; or, after
+// the conflicts, read it last), so the two agree while clocks differ by
+// less than ClockSkew; a write that reaches the server after its call
+// gave up (io_timeout, the context) still lands if the lock is unchanged
+// since its read: a HandOff's grant (as if in time, though its caller saw
+// an error), or an Enqueue's entry or grant for a waiter that has left
+// meanwhile (its Dequeue found nothing): that entry lapses by its TTL,
+// that grant holds the key until its TTL ends and the next waiter takes
+// over (step 4). Eviction of the lock item loses the lease and the
+// queue, as it loses any lock here.
+//
+// Grants reach the waiters by polling (SubscribeGrants): one loop per
+// key per process, one get of the lock per poll, with the cadence of the
+// notification polls (poll_min after a change, doubling up to
+// poll_max). A poll that sees a new holder with a new token delivers
+// that lease to the process (the Client picks out its own holders), with
+// the TTL it was granted for, or what was left of it when the read was
+// sent if less, and none if nothing was; a poll that sees the key freed
+// or taken by TryClaim, or fails, delivers a zero Lease (the waiters
+// enqueue again). The grant costs the waiter no round trip of its own.
+// HandOff returns the lease it granted, which the Client hands to a
+// waiter in its own process at once. A waiter in another process sees
+// its grant at its next poll: the hand-over takes as long as Acquire's
+// wake-up does here (a poll interval, ~20 ms p50 after a 300 ms hold with
+// the defaults), one claim round trip less.
+//
+// Limits: memcached's item size bounds a queue (about 50 bytes a waiter:
+// some 20,000 waiters in 1 MiB). Each renewal of an entry (every TTL/3
+// per waiter) is a cas on the lock and can make a HandOff's cas lose: at
+// thousands of renewals a second on one key (many waiters with short
+// TTLs) a HandOff can lose 16 times, fail, and the key then passes when
+// the lease runs out (step 4). TryClaim, Release and Revoke do not keep
+// the queue (a key is used in one mode): the waiters are told (a zero
+// grant) and enqueue again, in whatever order they come. An Enqueue
+// finding a Revoke's tombstone answers ErrHeld without queueing.
 //
 // # Errors
 //

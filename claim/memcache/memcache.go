@@ -96,12 +96,15 @@ type backend struct {
 	// batches reuse pooled connections instead of dialling more.
 	par    int
 	writes chan struct{}
+	// grants runs the grant subscriptions (SubscribeGrants, queue.go).
+	grants *grantPoller
 }
 
 var (
 	_ driver.Driver  = (*backend)(nil)
 	_ driver.Aser    = (*backend)(nil)
 	_ driver.Batcher = (*backend)(nil)
+	_ driver.Queuer  = (*backend)(nil)
 )
 
 // New returns a Client on client, which the caller configured (servers,
@@ -160,6 +163,10 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		writes:  make(chan struct{}, par),
 	}
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.grants = &grantPoller{
+		Poller: driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax}),
+		subs:   map[string]*grantSub{},
+	}
 	return b, nil
 }
 
@@ -180,10 +187,12 @@ func (b *backend) Features() driver.Features {
 	}
 }
 
-// Close implements driver.Driver: it stops the poll loops, and closes the
-// gomemcache client if it was opened by URL.
+// Close implements driver.Driver: it stops the poll loops (the grant
+// subscriptions' too), and closes the gomemcache client if it was opened
+// by URL.
 func (b *backend) Close() error {
 	b.Poller.Close()
+	b.grants.Close()
 	if b.own {
 		return b.c.Close()
 	}
