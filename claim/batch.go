@@ -228,8 +228,12 @@ func (c *Client) commitReleaseMany(ctx context.Context, commits []Commit) ([]err
 	// to the driver.
 	now := time.Now()
 	var send []Commit
-	var idx []int
+	var idx, fair []int
 	for i, cm := range commits {
+		if cm.Lease.Fair && c.q != nil {
+			fair = append(fair, i) // handed over, not released: below
+			continue
+		}
 		if err := c.checkValue(op, cm.Lease.Key, cm.Value, cm.TTL); err != nil {
 			errs[i] = err
 			continue
@@ -241,6 +245,13 @@ func (c *Client) commitReleaseMany(ctx context.Context, commits []Commit) ([]err
 		send = append(send, cm)
 		idx = append(idx, i)
 	}
+	// A fair lease (AcquireFair) is committed, then handed over to the
+	// next waiter in its queue, one by one: a batch release would drop
+	// the queue.
+	driver.Each(len(fair), batchConcurrency, func(j int) {
+		cm := commits[fair[j]]
+		errs[fair[j]] = c.commitRelease(ctx, cm.Lease, cm.Value, cm.TTL)
+	})
 	err := c.chunks(len(send), func(lo, hi int) error {
 		cl := c.begin(ctx, "commit-release-many")
 		res, err := c.bat.CommitReleaseMany(cl.ctx, send[lo:hi])

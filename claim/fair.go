@@ -32,7 +32,11 @@ const fairRefresh = 3
 // round trip of its deadline, no release needed). The lease's Deadline is
 // conservative: it counts from the last moment the waiter knew it was
 // still queued (at most ttl/3 before the grant), since the grant's own
-// time is the backend's; renew with KeepAlive or Extend as usual.
+// time is the backend's; renew with KeepAlive or Extend as usual. (One
+// case escapes that bound: a grant delivered more than a whole lease late,
+// after the waiter's own renewal found the lease over, which needs every
+// poll of a poll backend to fail for a TTL; the poll drivers cap a grant's
+// TTL at what was left when they read it.)
 //
 // Backends without a fair queue (no driver.Queuer) return an error
 // wrapping ErrUnsupported. Cancelling ctx returns ctx's error promptly; no

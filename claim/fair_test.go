@@ -142,3 +142,39 @@ func TestAcquireFairClose(t *testing.T) {
 		t.Fatal("AcquireFair did not return after Close")
 	}
 }
+
+// CommitReleaseMany of a fair lease commits and hands it over (a batch
+// release would drop the queue).
+func TestCommitReleaseManyFair(t *testing.T) {
+	ctx := context.Background()
+	sp := memory.NewSpace(nil)
+	a, _ := memory.New(sp, nil)
+	b, _ := memory.New(sp, nil)
+	defer a.Close()
+	defer b.Close()
+	l0, err := a.AcquireFair(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan claim.Lease, 1)
+	go func() {
+		l, err := b.AcquireFair(ctx, "k", time.Minute)
+		if err != nil {
+			t.Errorf("waiter: %v", err)
+		}
+		got <- l
+	}()
+	waitQueued(t, a, "k")
+	errs, err := a.CommitReleaseMany(ctx, []claim.Commit{{Lease: l0, Value: []byte("v"), TTL: time.Minute}})
+	if err != nil || errs[0] != nil {
+		t.Fatalf("CommitReleaseMany: %v, %v", err, errs)
+	}
+	l := <-got
+	if l.Token <= l0.Token {
+		t.Errorf("granted token %d <= %d", l.Token, l0.Token)
+	}
+	if v, err := b.Get(ctx, "k"); err != nil || string(v) != "v" {
+		t.Errorf("Get: %q, %v", v, err)
+	}
+	_ = b.Release(ctx, l)
+}
