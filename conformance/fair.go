@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,8 +103,13 @@ func enqueue(t *T, q driver.Queuer, k, holder string, ttl time.Duration) {
 	}
 }
 
-// holderID is a holder ID in the client's format (24 hex digits).
-func holderID(n int) string { return fmt.Sprintf("%024x", 0xfa17000000+n) }
+// holderID is a holder ID in the client's format (24 hex digits), unique
+// to the check's run and n (checks run in parallel on one server).
+func holderID(t *T, n int) string {
+	h := fnv.New64a()
+	h.Write([]byte(t.ns))
+	return fmt.Sprintf("%016x%08x", h.Sum64(), n)
+}
 
 // checkFairOrder: a release hands the key to the waiters in the order they
 // enqueued (renewing an entry keeps its place), each grant delivered in
@@ -126,7 +132,7 @@ func checkFairOrder(t *T) {
 	for i := range n {
 		cs[i] = t.Client()
 		gs[i] = subscribeGrants(t, cs[i], k)
-		ids[i] = holderID(i)
+		ids[i] = holderID(t, i)
 		enqueue(t, queuer(t, cs[i]), k, ids[i], ttl)
 	}
 	enqueue(t, queuer(t, cs[0]), k, ids[0], ttl) // renewed: keeps its place
@@ -183,7 +189,7 @@ func checkFairFence(t *T) {
 		t.Fatalf("AcquireFair: %v", err)
 	}
 	g1s, g2s := subscribeGrants(t, c1, k), subscribeGrants(t, c2, k)
-	h1, h2 := holderID(1), holderID(2)
+	h1, h2 := holderID(t, 1), holderID(t, 2)
 	enqueue(t, queuer(t, c1), k, h1, ttl)
 	enqueue(t, queuer(t, c2), k, h2, ttl)
 	start := time.Now()
@@ -241,7 +247,7 @@ func checkFairSkipsDead(t *T) {
 	if err != nil {
 		t.Fatalf("AcquireFair: %v", err)
 	}
-	dead, live := holderID(1), holderID(2)
+	dead, live := holderID(t, 1), holderID(t, 2)
 	deadGrants, liveGrants := subscribeGrants(t, c1, k), subscribeGrants(t, c2, k)
 	short := t.ShortTTL()
 	enqueue(t, queuer(t, c1), k, dead, short)
@@ -272,7 +278,7 @@ func checkFairTakeover(t *T) {
 	if err != nil {
 		t.Fatalf("AcquireFair: %v", err)
 	}
-	first, second := holderID(1), holderID(2)
+	first, second := holderID(t, 1), holderID(t, 2)
 	firstGrants := subscribeGrants(t, c1, k)
 	enqueue(t, queuer(t, c1), k, first, t.LongTTL())
 	enqueue(t, queuer(t, c2), k, second, t.LongTTL())
@@ -320,7 +326,7 @@ func checkFairDequeue(t *T) {
 	if err != nil {
 		t.Fatalf("AcquireFair: %v", err)
 	}
-	h1, h2, h3 := holderID(1), holderID(2), holderID(3)
+	h1, h2, h3 := holderID(t, 1), holderID(t, 2), holderID(t, 3)
 	g1s, g2s, g3s := subscribeGrants(t, c1, k), subscribeGrants(t, c2, k), subscribeGrants(t, c3, k)
 	enqueue(t, queuer(t, c1), k, h1, ttl)
 	enqueue(t, queuer(t, c2), k, h2, ttl)
@@ -346,7 +352,7 @@ func checkFairDequeue(t *T) {
 	if _, err := c2.Extend(ctx, g2, ttl); !errors.Is(err, claim.ErrLost) {
 		t.Errorf("Extend of the lease handed on by Dequeue: %v, want ErrLost", err)
 	}
-	if err := queuer(t, c1).Dequeue(ctx, k, holderID(99)); err != nil {
+	if err := queuer(t, c1).Dequeue(ctx, k, holderID(t, 99)); err != nil {
 		t.Errorf("Dequeue of a holder never queued: %v", err)
 	}
 	_ = c3.Release(ctx, g3)

@@ -25,29 +25,46 @@ func ceilMS(d time.Duration) int64 { return int64((d + time.Millisecond - 1) / t
 
 func ttlData(ms int64) []byte { return []byte(strconv.FormatInt(ms, 10)) }
 
+// parseLock reads a lock node's data: the holder's ID, and for a lease
+// granted to a waiter (Queuer: HandOff, Dequeue, Enqueue's step 4) "/"
+// and the TTL granted in ms (grantTTL 0 otherwise). ok is false if it was
+// not written by this package.
+func parseLock(data []byte) (holder string, grantTTL int64, ok bool) {
+	h, t, granted := strings.Cut(string(data), "/")
+	if granted {
+		ms, err := strconv.ParseInt(t, 10, 64)
+		if err != nil || ms <= 0 {
+			return "", 0, false
+		}
+		grantTTL = ms
+	}
+	return h, grantTTL, validHolder(h)
+}
+
 // claimOps creates the lock and owner nodes; the final setData reports the
 // owner's stat, whose czxid (this transaction's zxid) is the token. With
 // prev, it first deletes an expired claim: its owner node at the version
 // read (so a racing Extend wins) and, since that owner exists, its lock.
-func (b *backend) claimOps(lock, holder string, ttlMS int64, prev *holderState) []any {
+func (b *backend) claimOps(key, holder string, ttlMS int64, prev *holderState) []any {
+	lock := b.lockPath(key)
 	var ops []any
 	if prev != nil {
 		ops = append(ops,
-			&zk.DeleteRequest{Path: b.ownerPath(prev.holder), Version: prev.ownerVersion},
+			&zk.DeleteRequest{Path: b.ownerPath(key, prev.holder), Version: prev.ownerVersion},
 			&zk.DeleteRequest{Path: lock, Version: -1})
 	}
 	d := ttlData(ttlMS)
 	return append(ops,
 		&zk.CreateRequest{Path: lock, Data: []byte(holder), Acl: b.acl, Flags: zk.FlagEphemeral},
-		&zk.CreateRequest{Path: b.ownerPath(holder), Data: d, Acl: b.acl, Flags: zk.FlagEphemeral},
-		&zk.SetDataRequest{Path: b.ownerPath(holder), Data: d, Version: 0})
+		&zk.CreateRequest{Path: b.ownerPath(key, holder), Data: d, Acl: b.acl, Flags: zk.FlagEphemeral},
+		&zk.SetDataRequest{Path: b.ownerPath(key, holder), Data: d, Version: 0})
 }
 
 // releaseOps ends the claim of holder on key: they fail as a whole, on
 // the first op (ErrNoNode), if that claim is not current.
 func (b *backend) releaseOps(key, holder string) []any {
 	return []any{
-		&zk.DeleteRequest{Path: b.ownerPath(holder), Version: -1},
+		&zk.DeleteRequest{Path: b.ownerPath(key, holder), Version: -1},
 		&zk.DeleteRequest{Path: b.lockPath(key), Version: -1},
 	}
 }
@@ -58,20 +75,28 @@ type holderState struct {
 	ownerVersion int32
 	ttl          int64 // ms
 	expires      int64 // leader's clock, Unix ms
+	owner        *zk.Stat
 }
 
-// inspect reads the claim on lock. ok is false if there is none to judge
+// lease is s as the Lease of key it is.
+func (s holderState) lease(key string) driver.Lease {
+	return driver.Lease{Key: key, Holder: s.holder, Token: uint64(s.owner.Czxid), TTL: time.Duration(s.ttl) * time.Millisecond, Handle: handle(s.owner)}
+}
+
+// inspect reads the claim on key. ok is false if there is none to judge
 // (no lock node, or it vanished between the two reads).
-func (b *backend) inspect(ctx context.Context, lock string) (holderState, bool, error) {
+func (b *backend) inspect(ctx context.Context, key string) (holderState, bool, error) {
+	lock := b.lockPath(key)
 	s, err := call(ctx, b, func() (holderState, error) {
 		data, _, err := b.conn.Get(lock)
 		if err != nil {
 			return holderState{}, err
 		}
-		if !validHolder(string(data)) {
+		h, _, ok := parseLock(data)
+		if !ok {
 			return holderState{}, fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
 		}
-		od, ost, err := b.conn.Get(b.ownerPath(string(data)))
+		od, ost, err := b.conn.Get(b.ownerPath(key, h))
 		if err != nil {
 			return holderState{}, err
 		}
@@ -79,7 +104,7 @@ func (b *backend) inspect(ctx context.Context, lock string) (holderState, bool, 
 		if err != nil {
 			return holderState{}, fmt.Errorf("owner node of %s holds %q, not a TTL", lock, od)
 		}
-		return holderState{holder: string(data), ownerVersion: ost.Version, ttl: ms, expires: ost.Mtime + ms}, nil
+		return holderState{holder: h, ownerVersion: ost.Version, ttl: ms, expires: ost.Mtime + ms, owner: ost}, nil
 	})
 	if errors.Is(err, zk.ErrNoNode) {
 		return holderState{}, false, nil
@@ -118,12 +143,11 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		return driver.Lease{}, nil, false, err
 	}
 	ttlMS := ceilMS(ttl)
-	lock := b.lockPath(key)
 	var prev *holderState
 	held := &driver.HeldError{}
 	probe := read // the key has no value, as far as we know
 	for round := 0; round < attempts; round++ {
-		ops := b.claimOps(lock, holder, ttlMS, prev)
+		ops := b.claimOps(key, holder, ttlMS, prev)
 		nClaim := len(ops)
 		if probe {
 			vp := b.valuePath(key)
@@ -158,7 +182,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			return driver.Lease{}, nil, false, err
 		}
 		// Held, or changed under us: read the current claim.
-		s, ok, err := b.inspect(ctx, lock)
+		s, ok, err := b.inspect(ctx, key)
 		if err != nil {
 			return driver.Lease{}, nil, false, err
 		}
@@ -208,7 +232,7 @@ func (b *backend) lapsed(ctx context.Context, l driver.Lease) (bool, error) {
 	if !l.Expired(now) && err == nil && now.UnixMilli() < granted+ceilMS(l.TTL) {
 		return false, nil
 	}
-	s, ok, err := b.inspect(ctx, b.lockPath(l.Key))
+	s, ok, err := b.inspect(ctx, l.Key)
 	if err != nil || !ok || s.holder != l.Holder {
 		return false, err // not holding the key: left to the write
 	}
@@ -226,7 +250,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 		return driver.Lease{}, err
 	}
 	ttlMS := ceilMS(ttl)
-	st, err := call(ctx, b, func() (*zk.Stat, error) { return b.conn.Set(b.ownerPath(l.Holder), ttlData(ttlMS), -1) })
+	st, err := call(ctx, b, func() (*zk.Stat, error) { return b.conn.Set(b.ownerPath(l.Key, l.Holder), ttlData(ttlMS), -1) })
 	if errors.Is(err, zk.ErrNoNode) || (err == nil && uint64(st.Czxid) != l.Token) {
 		return driver.Lease{}, driver.ErrLost
 	}
@@ -262,15 +286,22 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 
 // Commit implements driver.Claimer: multi(check o/HOLDER, write v/KEY).
 func (b *backend) Commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
-	guard := []any{&zk.CheckVersionRequest{Path: b.ownerPath(l.Holder), Version: -1}}
+	guard := []any{&zk.CheckVersionRequest{Path: b.ownerPath(l.Key, l.Holder), Version: -1}}
 	return b.commit(ctx, l, guard, nil, val, ttl)
 }
 
 // CommitRelease implements driver.CommitReleaser: multi(delete o/HOLDER,
-// write v/KEY, delete l/KEY); the lock node's watchers see the release.
+// write v/KEY, create and delete v/KEY/r, delete l/KEY); the lock node's
+// watchers see the release. The child created and deleted marks the value
+// node as written by a CommitRelease (see releasedValue).
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration) error {
 	rel := b.releaseOps(l.Key, l.Holder)
-	return b.commit(ctx, l, rel[:1], rel[1:], val, ttl)
+	mark := b.valuePath(l.Key) + "/r"
+	after := append([]any{
+		&zk.CreateRequest{Path: mark, Acl: b.acl},
+		&zk.DeleteRequest{Path: mark, Version: -1},
+	}, rel[1:]...)
+	return b.commit(ctx, l, rel[:1], after, val, ttl)
 }
 
 // commit writes l's value between guard, which fails (ErrLost) if l is not
@@ -372,8 +403,10 @@ func (b *backend) lockHolder(ctx context.Context, lock string) (string, error) {
 		return "", nil
 	case err != nil:
 		return "", err
-	case !validHolder(string(data)):
+	}
+	h, _, ok := parseLock(data)
+	if !ok {
 		return "", fmt.Errorf("lock node %s holds %q, not a holder ID: not written by this package", lock, data)
 	}
-	return string(data), nil
+	return h, nil
 }

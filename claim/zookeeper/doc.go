@@ -28,7 +28,7 @@
 // within the operation timeout, op_timeout, 5 s by default): they wait
 // for the session, add the URL's credentials to it (digest), and make one
 // multi-op that creates and deletes a node in each directory under the
-// root (l, o, v, t) and writes its clock node, creating the root first if
+// root (l, o, v, t, q) and writes its clock node, creating the root first if
 // it is missing. ZooKeeper accepts any digest password at connect and
 // checks ACLs only when they are used, so this write is what finds a
 // wrong password, or a prefix whose ACL refuses this user. It leaves
@@ -54,16 +54,18 @@
 //
 // Under the root, a claim on key K is two ephemeral znodes created in one
 // multi-op: the lock node l/ENC(K), holding the holder's ID, and the owner
-// node o/HOLDER, holding the lease TTL. The lock node gives mutual
-// exclusion (create-if-absent); the owner node's path is unique to the
-// claim, and every operation that ends a claim deletes both in one
-// multi-op (Release, takeover, and ZooKeeper itself when the session ends),
-// so "o/HOLDER exists" means "this claim is current". Release is
-// multi(delete o/HOLDER, delete l/ENC), Extend is setData(o/HOLDER), and
-// Commit is multi(check o/HOLDER, write the value): a stale holder's
-// request fails on the missing owner node and changes nothing, even if the
-// key was re-claimed since. CommitRelease is multi(delete o/HOLDER, write
-// the value, delete l/ENC). Revoke is multi(delete o/HOLDER, delete l/ENC,
+// node o/HOLDER ENC(K) (the holder's ID and the encoded key, one name),
+// holding the lease TTL. The lock node gives mutual exclusion
+// (create-if-absent); the owner node's path is unique to the claim, and
+// every operation that ends a claim deletes both in one multi-op (Release,
+// takeover, and ZooKeeper itself when the session ends), so "the owner node
+// exists" means "this claim is current". Below, o/HOLDER stands for it.
+// Release is multi(delete o/HOLDER, delete l/ENC), Extend is
+// setData(o/HOLDER), and Commit is multi(check o/HOLDER, write the value):
+// a stale holder's request fails on the missing owner node and changes
+// nothing, even if the key was re-claimed since. CommitRelease is
+// multi(delete o/HOLDER, write the value, create and delete a child of
+// the value node, delete l/ENC). Revoke is multi(delete o/HOLDER, delete l/ENC,
 // write or delete the value), HOLDER read from the lock node when the key
 // turns out held (for a free key, a create and delete of l/ENC in its
 // place): the claim ends and the value changes in one step, and the
@@ -96,7 +98,8 @@
 // clocks; HeldError.Remaining is estimated with the local clock.
 //
 // A lease also ends when its holder's session expires (ZooKeeper deletes
-// the nodes), which may be before its TTL, and, for a holder cut off for
+// the nodes; not a lease granted by a hand-over, whose nodes are
+// persistent: see Fair acquisition), which may be before its TTL, and, for a holder cut off for
 // longer than the session timeout, before its local Deadline; its Extend,
 // Commit and Release then fail with ErrLost. Close drops a connection
 // opened from a URL without ending the session, so, as for a crashed
@@ -116,7 +119,17 @@
 // owner node, or a create+delete in one multi-op if the key is free). A
 // watch is one-shot: the driver re-arms it and then wakes the key's
 // subscribers, so no event after the wake-up is missed; after a session
-// expiry every subscriber is woken. Messages of the topic bus
+// expiry every subscriber is woken. Wake-ups carry a CommitRelease's value
+// (driver.ValueNotifier, which the Client uses): the re-arm reads the
+// value node in the same round trip (the two requests pipelined), and the
+// wake-up carries it if a CommitRelease wrote it since the value last
+// seen, which the value node's stat tells exactly: the CommitRelease's
+// multi-op creates and deletes a child of the value node, so its pzxid
+// equals its mzxid (and its cversion is positive) exactly when its last
+// write was a CommitRelease's. Any other wake-up carries none; a value
+// whose TTL ran out is not carried; there is no size bound (the read is
+// the one the woken waiter would make). There, a claim's wake-up is held
+// back 100 ms, and dropped if the release ending the claim wakes first. Messages of the topic bus
 // (Broadcaster) are ephemeral sequential znodes under t/ENC(TOPIC), with
 // one child watch per subscribed topic; a message over MaxValueLen is a
 // *claim.TooLargeError before any I/O.
@@ -139,6 +152,59 @@
 // Close waits for them on a connection opened from a URL (go-zk answers
 // every call once closed); on New's, they end when that connection
 // answers or is closed.
+//
+// # Fair acquisition (hand-over)
+//
+// The driver implements driver.Queuer (claim.Client's AcquireFair). A
+// key's queue is the node q/ENC(K), whose children are the waiters'
+// entries: ephemeral sequential nodes HOLDER-SEQUENCE, created by the
+// waiter's own session (so a dead process's entries go with its session),
+// holding the waiter's TTL; an entry expires at its mtime (its last
+// Enqueue, the leader's clock) plus that TTL, judged as leases are (the
+// local clock, and the leader's when that says it ran out), so a waiter
+// that stops renewing is skipped within its TTL even while its session
+// lives. Queue order is the sequence order. Each entry added also bumps
+// the queue node's data version.
+//
+// A grant is one multi-op that ends the previous claim (or proves the key
+// free), deletes the waiter's entry, drops the expired entries ahead of
+// it (each at the version read, so a renewal in between fails the whole),
+// and creates the waiter's lock and owner nodes: the token is that
+// transaction's zxid, above every earlier one. The end of the old lease
+// and the grant are one transaction. The granted nodes are persistent,
+// not ephemeral (the granting process's session did not take the lease,
+// and must not end it): a granted lease ends by its TTL, by its holder's
+// release, or by a takeover, never with a session, and its lock node
+// holds "HOLDER/TTL". A release that grants nobody deletes the queue node
+// at the version it read (or proves it absent), so a waiter queued in
+// between fails it, and it reads again.
+//
+// HandOff is that multi-op, guarded by the deletion of the releasing
+// lease's owner node (ErrLost if it is gone). Its process learns the head
+// of the queue from a listing it keeps while it holds the key (a child
+// watch on q/ENC, re-read when it fires, in the background, from the
+// moment the lease was granted to one of its own waiters or Enqueue
+// returned it, until the lease's TTL): then HandOff is one round trip. A
+// listing out of date only fails the multi-op (each part is guarded);
+// without one, or after a failure, it lists the queue and reads the
+// entries (two round trips, the reads pipelined) first. Enqueue tries to
+// claim a free key with no queue in one multi-op, and otherwise reads the
+// claim and the queue (two round trips) and makes the step the contract
+// says (grant to itself, grant to the first waiter and queue, or queue
+// behind a live lease guarded by its owner node) in one multi-op. Dequeue
+// reads the same way and deletes the entry, handing a lease granted
+// meanwhile on in the same multi-op. Multi-ops that fail on a change in
+// between read again, up to six times.
+//
+// The grant reaches the waiter through a watch on the lock node
+// (SubscribeGrants: a data watch, an existence watch while it is absent):
+// the grant's multi-op deletes and re-creates the lock node, the watch
+// fires, and its re-arm (a getData) reads the new lock node, whose data
+// names the holder and TTL and whose stat gives the token (czxid) and the
+// handle (mtime): one round trip for the waiter, no claim of its own. A
+// lock found absent after the watch fired, a session whose watches were
+// lost, and a connection lost for longer than a moment are delivered as a
+// zero Lease, and the waiters enqueue again.
 //
 // # Errors
 //

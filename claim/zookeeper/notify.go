@@ -2,6 +2,7 @@ package zookeeper
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"slices"
@@ -125,14 +126,130 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 	}
 	err := b.subscribe(ctx, b.watches, key, func([]byte, bool) { wake() }, arm,
 		func(w *watcher, _ zk.Event, _ time.Time) bool { return w.call(nil, false) })
-	if err == nil && b.own == nil {
-		b.polling.Do(func() {
-			// The watch was just set: the session is up.
-			b.sessionEvent(zk.Event{Type: zk.EventSession, State: zk.StateHasSession})
-			b.goOwn(b.pollSession)
-		})
+	if err == nil {
+		b.pollNewConn()
 	}
 	return err
+}
+
+// SubscribeValue implements driver.ValueNotifier: Subscribe, whose every
+// re-arm also reads the key's value node, in the same round trip
+// (pipelined), and wakes with the value if a CommitRelease wrote it since
+// the value last seen (see releasedValue); with nil otherwise. There is
+// no size bound: the read is the one a woken waiter would make. A claim
+// (the watch fired on the lock node's creation, and the re-arm found it
+// there) wakes claimWakeDelay later, unless a wake-up for a change after
+// it (its release) comes first and takes its place.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
+	if err := b.setup(ctx); err != nil {
+		return err
+	}
+	v := &valueWatch{b: b, lock: b.lockPath(key), path: b.valuePath(key)}
+	err := b.subscribe(ctx, b.watches, key, func(val []byte, _ bool) { wake(val) }, v.arm, v.fired)
+	if err == nil {
+		b.pollNewConn()
+	}
+	return err
+}
+
+// claimWakeDelay is how long SubscribeValue holds back the wake-up of a
+// claim. A claim needs no wake-up, but the re-arm after it cannot rule
+// out a release in between (see "Why a claim still wakes" in
+// docs/zookeeper.md); held back, it is usually replaced by the wake-up of
+// the release that ends the claim (which carries a CommitRelease's
+// value), instead of coming first with none.
+const claimWakeDelay = 100 * time.Millisecond
+
+// valueWatch is the state of one key's value-carrying watch, used by its
+// goroutine only (after the first arm, made by SubscribeValue).
+type valueWatch struct {
+	b          *backend
+	lock, path string
+	locked     bool        // the lock node existed at the last arm
+	val        node        // the value node as the last arm read it (st nil: absent)
+	seen       int64       // mzxid of the last value delivered, or seen at the first arm
+	armed      bool        // the first arm is done
+	claim      *time.Timer // a claim's wake-up, held back
+}
+
+// arm sets the existence watch on the lock node and reads the value node,
+// concurrently (go-zk pipelines them: one round trip).
+func (v *valueWatch) arm() (<-chan zk.Event, error) {
+	var wg sync.WaitGroup
+	var val node
+	var verr error
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		val.d, val.st, verr = v.b.conn.Get(v.path)
+	}()
+	locked, _, ch, err := v.b.conn.ExistsW(v.lock)
+	wg.Wait()
+	if err != nil {
+		return nil, err
+	}
+	if verr != nil {
+		val = node{}
+	}
+	v.val, v.locked = val, locked
+	if !v.armed && val.st != nil {
+		v.seen = val.st.Mzxid // written before the subscription: not news
+	}
+	v.armed = true
+	return ch, nil
+}
+
+// fired wakes with the value the re-arm read if it is released (a
+// CommitRelease's, not seen before); holds a claim's wake-up back.
+func (v *valueWatch) fired(w *watcher, ev zk.Event, _ time.Time) bool {
+	if v.claim != nil {
+		v.claim.Stop() // this wake-up takes its place
+		v.claim = nil
+	}
+	val, ok := releasedValue(v.val, v.seen)
+	if ok {
+		v.seen = v.val.st.Mzxid
+		return w.call(val, false)
+	}
+	if ev.Type == zk.EventNodeCreated && v.locked {
+		v.claim = time.AfterFunc(claimWakeDelay, func() { w.call(nil, false) })
+		return true
+	}
+	return w.call(nil, false)
+}
+
+// releasedValue returns the value of the value node n (read after a
+// watch fired) if it was written by a CommitRelease after the version
+// whose mzxid is seen, and has not expired. A CommitRelease creates and
+// deletes a child of the value node in its multi-op, so the node's pzxid
+// (the zxid of its last child change) equals its mzxid (of its last
+// write) exactly when its last write was a CommitRelease's, and cversion
+// is then positive (a node only created has pzxid = mzxid too, but
+// cversion 0; Commit, Set and Revoke change neither pzxid nor cversion).
+func releasedValue(n node, seen int64) ([]byte, bool) {
+	st := n.st
+	if st == nil || st.Mzxid <= seen || st.Pzxid != st.Mzxid || st.Cversion == 0 {
+		return nil, false
+	}
+	if len(n.d) < valueHeader || n.d[0] != 1 {
+		return nil, false
+	}
+	if ms := int64(binary.BigEndian.Uint64(n.d[1:valueHeader])); ms > 0 && time.Now().UnixMilli() >= st.Mtime+ms {
+		return nil, false
+	}
+	return append([]byte{}, n.d[valueHeader:]...), true
+}
+
+// pollNewConn starts pollSession, once, on New's connection: a watch was
+// just set, so the session is up.
+func (b *backend) pollNewConn() {
+	if b.own != nil {
+		return
+	}
+	b.polling.Do(func() {
+		b.sessionEvent(zk.Event{Type: zk.EventSession, State: zk.StateHasSession})
+		b.goOwn(b.pollSession)
+	})
 }
 
 // Unsubscribe implements driver.Notifier.
@@ -158,12 +275,13 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 		data, _, err := b.conn.Get(lock)
 		return data, err
 	})
-	if err == nil && !validHolder(string(data)) {
+	h, _, ok := parseLock(data)
+	if err == nil && !ok {
 		return fmt.Errorf("lock node %s was not written by this package", lock)
 	}
 	if err == nil {
 		_, _, err = b.multi(ctx,
-			&zk.CheckVersionRequest{Path: b.ownerPath(string(data)), Version: -1},
+			&zk.CheckVersionRequest{Path: b.ownerPath(key, h), Version: -1},
 			&zk.SetDataRequest{Path: lock, Data: data, Version: -1})
 	}
 	if errors.Is(err, zk.ErrNoNode) {
@@ -395,16 +513,24 @@ func (b *backend) pollSession() {
 	}
 }
 
-// wakeKeys wakes every key subscriber.
+// wakeKeys wakes every key subscriber, and tells every grant subscriber
+// that a grant may have been missed.
 func (b *backend) wakeKeys() {
 	b.mu.Lock()
 	ws := make([]*watcher, 0, len(b.watches))
 	for _, w := range b.watches {
 		ws = append(ws, w)
 	}
+	gs := make([]*watcher, 0, len(b.grants))
+	for _, w := range b.grants {
+		gs = append(gs, w)
+	}
 	b.mu.Unlock()
 	for _, w := range ws {
 		w.call(nil, false)
+	}
+	for _, w := range gs {
+		w.call(nil, true)
 	}
 }
 

@@ -11,8 +11,9 @@ import (
 	"github.com/stampede-go/stampede/claim/driver"
 )
 
-// dirs are the directories under the root: locks, owners, values, topics.
-var dirs = []string{"l", "o", "v", "t"}
+// dirs are the directories under the root: locks, owners, values, topics,
+// fair queues.
+var dirs = []string{"l", "o", "v", "t", "q"}
 
 // probeName is the node Ping creates and deletes in each directory: no
 // encoded key (they start with '=' or '#') and no holder ID can be it.

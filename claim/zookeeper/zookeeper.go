@@ -99,6 +99,9 @@ type backend struct {
 	wg      sync.WaitGroup      // the driver's own goroutines
 	watches map[string]*watcher // key -> its existence watch
 	topics  map[string]*watcher // topic -> its child watch
+	grants  map[string]*watcher // key -> its grant watch (queue.go)
+	tracks  map[string]*tracker // key -> its queue, kept read while held (track.go)
+	waiting map[string]struct{} // holders this process queued (track.go)
 	pub     []published         // own messages, oldest first
 }
 
@@ -110,6 +113,7 @@ var (
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Pinger         = (*backend)(nil)
+	_ driver.ValueNotifier  = (*backend)(nil)
 )
 
 // New returns a Client using the caller's own connection (servers, auth,
@@ -161,6 +165,9 @@ func newBackend(o Options, own *dialer) (*backend, error) {
 		done:    make(chan struct{}),
 		watches: map[string]*watcher{},
 		topics:  map[string]*watcher{},
+		grants:  map[string]*watcher{},
+		tracks:  map[string]*tracker{},
+		waiting: map[string]struct{}{},
 	}
 	if b.acl == nil {
 		b.acl = zk.WorldACL(zk.PermAll)
@@ -202,7 +209,10 @@ func (b *backend) As(i any) bool { return driver.SetAs(i, b.conn) }
 
 func (b *backend) lockPath(key string) string  { return b.root + "/l/" + keys.Encode(key) }
 func (b *backend) valuePath(key string) string { return b.root + "/v/" + keys.Encode(key) }
-func (b *backend) ownerPath(h string) string   { return b.root + "/o/" + h }
+
+// ownerPath is the owner node of holder h's claim on key (see claimOps):
+// the holder's ID, then the encoded key (which starts with '=' or '#').
+func (b *backend) ownerPath(key, h string) string { return b.root + "/o/" + h + keys.Encode(key) }
 
 // call runs f, one blocking zk call, unless ctx is already done, and
 // returns its result, its error classified (classify). It abandons f
@@ -281,11 +291,15 @@ func (b *backend) Close() error {
 	}
 	b.closed = true
 	close(b.done)
-	for _, m := range []map[string]*watcher{b.watches, b.topics} {
+	for _, m := range []map[string]*watcher{b.watches, b.topics, b.grants} {
 		for name, w := range m {
 			w.end()
 			delete(m, name)
 		}
+	}
+	for key, t := range b.tracks {
+		t.stop()
+		delete(b.tracks, key)
 	}
 	b.mu.Unlock()
 	if b.own != nil {

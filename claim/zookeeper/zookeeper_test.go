@@ -145,15 +145,14 @@ func TestTakeoverLosesToExtend(t *testing.T) {
 	a, b := open(t, srv, "race"), open(t, srv, "race")
 	l := backendtest.Claim(t, a, "k", time.Minute)
 	bd := drv(b)
-	lock := bd.lockPath("k")
-	s, ok, err := bd.inspect(ctx, lock)
+	s, ok, err := bd.inspect(ctx, "k")
 	if err != nil || !ok || s.holder != l.Holder {
 		t.Fatalf("inspect = %+v, %v, %v", s, ok, err)
 	}
 	if _, err := a.Extend(ctx, l, time.Minute); err != nil {
 		t.Fatal(err)
 	}
-	if _, _, err := bd.multi(ctx, bd.claimOps(lock, "taker", 1000, &s)...); !errors.Is(err, zk.ErrBadVersion) {
+	if _, _, err := bd.multi(ctx, bd.claimOps("k", "taker", 1000, &s)...); !errors.Is(err, zk.ErrBadVersion) {
 		t.Fatalf("takeover after the holder's Extend: %v, want ErrBadVersion", err)
 	}
 	if err := a.Release(ctx, l); err != nil {
