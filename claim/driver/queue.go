@@ -27,6 +27,12 @@ import (
 // not look at the queue. Without Queuer, AcquireFair returns an error
 // wrapping claim.ErrUnsupported: fair order cannot be built from the
 // required methods.
+//
+// A driver whose atomic step is a read and then a conditional write (a
+// cas on memcached, a conditional UpdateItem on DynamoDB) may repeat the
+// pair when the condition failed only because another client's write
+// landed in between (a lost race, not an error), a bounded number of
+// times, and documents it: the client does not retry HandOff.
 type Queuer interface {
 	// Enqueue is the fair claim, one atomic step on the substrate:
 	//  1. it drops key's queue entries whose TTL has run out;
@@ -76,7 +82,9 @@ type Queuer interface {
 	// and the client enqueues again (step 2 finds a lease granted
 	// meanwhile). grant never blocks. The client calls it at most once
 	// per key until the matching UnsubscribeGrants, never concurrently
-	// for one key. A poll driver polls the key's lease.
+	// for one key. A poll driver polls the key's lease; it may return
+	// before its first poll if that poll delivers a lease granted before
+	// it (the grant is then not missed).
 	SubscribeGrants(ctx context.Context, key string, grant func(Lease)) error
 
 	// UnsubscribeGrants drops key's grant subscription; after it returns,

@@ -58,8 +58,11 @@
 // Items have these attributes: k (PREFIX:KEY), h (holder id, present while
 // claimed), le (lease expiry, Unix ms, holder's clock), f (fencing
 // counter), n (notify counter), v (value, binary), ve (value expiry, Unix
-// ms; absent: none), vp (present when the value has no expiry) and exp
-// (Unix seconds, the attribute DynamoDB's TTL reaps by). Keys are mapped
+// ms; absent: none), vp (present when the value has no expiry), exp
+// (Unix seconds, the attribute DynamoDB's TTL reaps by), and for fair
+// acquisition (below) qs, qt, qe (maps from holder id to the entry's
+// place, TTL in ms and expiry in Unix ms), qn (the next place) and lt
+// (the TTL of the lease last granted from the queue, ms). Keys are mapped
 // with driver.KeyEncoder: at most 2048 bytes including the prefix, valid
 // UTF-8 without control characters, others hashed.
 //
@@ -112,6 +115,79 @@
 // never comes back to a value a poller saw), or the lease seen last
 // running out or taken over, wakes the key's waiters; a claim on a free
 // key does not. Topics use the Client's topic log.
+//
+// # Fair acquisition (hand-over)
+//
+// The driver implements driver.Queuer (claim.Client.AcquireFair). A key's
+// queue lives in its item, next to its lease: an entry per waiter in the
+// maps qs, qt and qe, keyed by holder id, its place a number from the
+// counter qn, which only grows. An UpdateItem cannot search a map, so a
+// queue operation is one strongly consistent GetItem of the lease and the
+// queue, then one UpdateItem whose condition holds exactly when what the
+// decision rested on is unchanged:
+//
+//   - Enqueue: a holder's first Enqueue (this process has not queued it)
+//     tries the uncontended case first, one UpdateItem without a read that
+//     grants the key if no lease is live and nobody is queued: 1 request,
+//     as TryClaim. Otherwise (that claim failed, or a renewal) 2 requests,
+//     the GetItem and the write (the GetItem alone when it finds the lease
+//     granted to the caller already): the write grants the key to the
+//     caller (a free key, the caller first or nobody queued alive), or
+//     grants it to the first live waiter (a lease run out: takeover) and
+//     queues the caller, or queues the caller behind the live lease, on
+//     condition that the lease is still live and not the caller's; it
+//     drops expired entries (at most 16 a write). Queueing behind a holder
+//     the first time is thus 3 requests.
+//   - HandOff: 2 requests. The write, conditional on the lease's holder
+//     and token, ends it and grants the key to the first live waiter
+//     (token + 1, the waiter's TTL, its entry removed on condition that it
+//     was not renewed or replaced since the read), atomically since both
+//     are in the one item; with no live waiter it releases the key as
+//     Release does, on condition that nobody was queued since the read
+//     (qn unchanged).
+//   - Dequeue: 2 requests (1 if the caller is neither queued nor holding):
+//     the entry removed, or, if the lease had been granted to the caller,
+//     the hand-over as HandOff makes it.
+//
+// Entries are added or renewed only while a live lease is held, and a
+// place is never reused, so the conditions stay narrow: a renewal does not
+// fail a HandOff unless it is the renewal of the very entry granted. If a
+// write's condition fails while the operation still applies (another
+// client's write to the key landed between the read and the write), the
+// method reads and writes again, at most 8 rounds, each lost only to
+// another writer's success; this is the one exception to one attempt per
+// method, and a lost race is not an error the client could act on.
+//
+// Expiry of entries is judged as lease expiry is: an entry lives for its
+// TTL from its Enqueue by its waiter's clock, and others skip it only
+// ClockSkew after that. A waiter renews its entry in place only while it
+// is unexpired by its own clock; an expired entry is queued anew at the
+// tail, so an entry others skipped never comes back at its old place. A
+// grant's lease counts from a clock read after the GetItem, so after
+// every Enqueue that queued the waiter: the waiter's Deadline (counted
+// from its last Enqueue) is never after the recorded expiry.
+//
+// Grants reach waiters by polling (SubscribeGrants): one loop per key per
+// process, the same cadence as Subscribe's (PollMin, doubling to PollMax,
+// and a read at the lease's expiry), each poll one GetItem of the lease
+// attributes. A live lease with a new fence is delivered as the grant
+// (TTL: lt, the TTL granted). A lease gone with no new one (released with
+// no waiter, or run out) and a failed poll are delivered as the zero
+// Lease, so the waiters enqueue again; so are fences skipped between two
+// polls, unless the polls were closer together than the shortest TTL of
+// the process's own waiters for the key (the driver keeps them from
+// their Enqueue calls): a grant missed that way went to a waiter that
+// never learned of it, so its lease ran out between the polls. Fast
+// hand-overs (several between two polls) thus wake nobody but their
+// grantees. SubscribeGrants sends nothing before it returns (the loop's
+// first poll, within PollMin, delivers the lease live then), so an
+// uncontended AcquireFair is 1 request (and the grant poll it leaves,
+// sent within PollMin, may complete after it). A hand-over is the
+// holder's 2 requests, then the waiter's next poll: no claim of its own
+// (TestHandOverRequests counts it), and no other client writes at all
+// (TestHandOverWakesOne). Without Streams nothing can push: the waiter
+// learns of its grant up to PollMax after it; a waiter in the holder's
+// own process gets it from HandOff at once.
 //
 // # Errors
 //

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"regexp"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -75,6 +77,13 @@ type backend struct {
 
 	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
 
+	grants  *driver.Poller                     // SubscribeGrants: one poll loop per key (readGrant)
+	gmu     sync.Mutex                         // guards gsubs
+	gsubs   map[string]*grantSub               // SubscribeGrants by key
+	races   atomic.Int64                       // queue writes whose condition a concurrent write failed (tests)
+	qmu     sync.Mutex                         // guards waiters
+	waiters map[string]map[string]*localWaiter // by key and holder: this process's waiters (Enqueue)
+
 	c         *dynamodb.Client
 	table     string
 	prefix    string
@@ -96,6 +105,7 @@ var (
 	_ driver.CommitReleaser = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
+	_ driver.Queuer         = (*backend)(nil)
 )
 
 // New returns a Client on the table opt.Table using client, which the
@@ -144,6 +154,9 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 	}
 	b.ClaimFunc, b.CommitFunc = b.tryClaim, b.commit
 	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.grants = driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.gsubs = map[string]*grantSub{}
+	b.waiters = map[string]map[string]*localWaiter{}
 	return b, nil
 }
 
@@ -161,10 +174,11 @@ func (b *backend) Features() driver.Features {
 	}
 }
 
-// Close implements driver.Driver: it stops the poll loops (and closes idle
-// connections of a client the URL opener made).
+// Close implements driver.Driver: it stops the poll loops, grant polls
+// included (and closes idle connections of a client the URL opener made).
 func (b *backend) Close() error {
 	b.Poller.Close()
+	b.grants.Close()
 	if b.closeIdle != nil {
 		b.closeIdle()
 	}
@@ -217,14 +231,22 @@ func names(exprs ...string) map[string]string {
 // configuration error as one wrapping ErrConfig (classify). Nothing is
 // sent if ctx is done.
 func (b *backend) update(ctx context.Context, key, expr, cond string, vals map[string]types.AttributeValue, ret types.ReturnValue) (*dynamodb.UpdateItemOutput, error) {
+	return b.updateNamed(ctx, key, expr, cond, nil, vals, ret)
+}
+
+// updateNamed is update with more attribute name placeholders (extra,
+// such as the queue's #W0 for a holder's entry) besides the #name ones.
+func (b *backend) updateNamed(ctx context.Context, key, expr, cond string, extra map[string]string, vals map[string]types.AttributeValue, ret types.ReturnValue) (*dynamodb.UpdateItemOutput, error) {
 	if err := b.ensureTable(ctx); err != nil {
 		return nil, err
 	}
+	nm := names(expr, cond)
+	maps.Copy(nm, extra)
 	in := &dynamodb.UpdateItemInput{
 		TableName:                 aws.String(b.table),
 		Key:                       b.itemKey(key),
 		UpdateExpression:          aws.String(expr),
-		ExpressionAttributeNames:  names(expr, cond),
+		ExpressionAttributeNames:  nm,
 		ExpressionAttributeValues: vals,
 		ReturnValues:              ret,
 	}
