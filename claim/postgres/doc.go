@@ -40,7 +40,8 @@
 // connection from the pool (the server kind, TLS, the credentials, the
 // database), then one statement that reads whether the tables exist and
 // whether the role may use them (SELECT, INSERT and UPDATE on
-// PREFIXclaims; SELECT, INSERT, UPDATE and DELETE on PREFIXvalues).
+// PREFIXclaims; SELECT, INSERT, UPDATE and DELETE on PREFIXvalues and
+// PREFIXqueue).
 // Missing tables are created then, unless migrate=false
 // (Options.SkipMigrate), when they fail the check. Client.Ping runs the
 // same check.
@@ -65,7 +66,8 @@
 //
 // Two tables, PREFIXclaims (key, holder, token, expires_at) and
 // PREFIXvalues (key, value, expires_at), live in Options.Schema, created
-// by Open's check, on first use or by Migrate.
+// by Open's check, on first use or by Migrate, with a third for fair
+// acquisition (below).
 //
 // TryClaim is one INSERT … ON CONFLICT DO UPDATE that takes the row only
 // if it has no holder or its lease has expired, and bumps the row's token;
@@ -114,6 +116,37 @@
 // the first attempt fails (see Errors). Publish sends the message in
 // the NOTIFY payload, which must stay under 8000 bytes. Expired values are
 // never read, and deleted in the background (Options.SweepInterval, Sweep).
+//
+// # Fair acquisition (hand-over)
+//
+// The driver is a driver.Queuer, so Client.AcquireFair works: waiters
+// queue in a third table, PREFIXqueue (key, holder, seq, ttl,
+// expires_at), in arrival order (seq, an identity column); an entry lives
+// for its waiter's TTL from its last Enqueue, and expired entries are
+// skipped, and deleted by the key's next queue operation. Enqueue,
+// HandOff and Dequeue are two statements sent as one pipeline (one round
+// trip, one transaction): the first locks the key's claim row (inserting
+// a free one if the key was never claimed), so the second, whose
+// snapshot is taken after the lock, sees every queue change committed
+// before it (a single statement would read the queue with the snapshot
+// it took before waiting for the lock). HandOff's second statement ends
+// the lease and grants the key to the first live waiter in one UPDATE of
+// the claim row (the token bumped as a claim bumps it, the waiter's TTL
+// from now), deletes the waiter's entry and sends the grant in a NOTIFY
+// on the driver's channel ("g" + encoded key, token, TTL and holder),
+// delivered on commit only; with nobody queued it is Release. Enqueue
+// does the contract's five steps in its second statement (takeover of an
+// expired lease by the first waiter included, with the grant's NOTIFY),
+// and Dequeue hands on a lease granted to the departing waiter in the
+// same statement. The LISTEN connection passes each grant to the grant
+// subscription of its key (SubscribeGrants), so the granted waiter holds
+// the key with no request of its own; plain subscribers of the key are
+// not woken by a grant. After the LISTEN connection was lost, every grant
+// subscription is told it may have missed one (a zero Lease), with the
+// usual wake-ups. HandOff and Dequeue commit synchronously even with
+// Options.AsyncRelease (a grant issues a token). A holder ID too long to
+// fit in a NOTIFY payload with its key is refused by Enqueue
+// (*driver.TooLargeError). Figures: docs/postgres.md.
 //
 // # Errors
 //

@@ -18,13 +18,16 @@ import (
 
 // Payloads on the driver's one channel: "k" + encoded key (a wake-up),
 // "v" + encoded key + " " + base64(value) (a CommitRelease's wake-up,
-// with the value it stored; see wakePayload in schema.go), or "t" +
-// encoded topic + " " + base64(message) (a broadcast). Encoded keys never
-// contain a space.
+// with the value it stored; see wakePayload in schema.go), "t" +
+// encoded topic + " " + base64(message) (a broadcast), or "g" + encoded
+// key + " " + token + " " + TTL in µs + " " + holder (a fair grant, see
+// queue.go; decimal numbers, the holder last and verbatim). Encoded keys
+// never contain a space.
 const (
 	tagKey   = 'k'
 	tagValue = 'v'
 	tagTopic = 't'
+	tagGrant = 'g'
 	// maxPayload is pg_notify's limit (payloads must be shorter than 8000
 	// bytes).
 	maxPayload = 7999
@@ -56,12 +59,14 @@ type listener struct {
 	changed  chan struct{}                 // closed and replaced on every state change
 	keys     map[string]func([]byte)       // encoded key -> the Client's wake (with the value carried, or nil)
 	topics   map[string]func([]byte, bool) // encoded topic -> the Client's deliver
+	grants   map[string]grantSub           // encoded key -> the Client's grant subscription (queue.go)
 }
 
 func (l *listener) init() {
 	l.changed = make(chan struct{})
 	l.keys = map[string]func([]byte){}
 	l.topics = map[string]func([]byte, bool){}
+	l.grants = map[string]grantSub{}
 }
 
 // update changes the listener's state with f, under its lock, and wakes
@@ -162,11 +167,15 @@ func (b *backend) listen() {
 	}
 }
 
-// wakeAll wakes every subscribed key and resets every subscribed topic:
-// they may have missed events. Called under l.mu.
+// wakeAll wakes every subscribed key, resets every subscribed topic and
+// tells every grant subscription it may have missed a grant (a zero
+// Lease): they may have missed events. Called under l.mu.
 func (l *listener) wakeAll() {
 	for _, wake := range l.keys {
 		wake(nil)
+	}
+	for _, g := range l.grants {
+		g.grant(driver.Lease{})
 	}
 	for _, deliver := range l.topics {
 		deliver(nil, true)
@@ -274,6 +283,8 @@ func (b *backend) dispatch(p string) {
 			deliver(msg, false)
 		}
 		b.l.mu.Unlock()
+	case tagGrant:
+		b.dispatchGrant(p[1:])
 	}
 }
 

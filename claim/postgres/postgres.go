@@ -56,9 +56,10 @@ type Options struct {
 	// Schema holds the tables (default "public"). It is created if it
 	// does not exist (needs CREATE on the database then).
 	Schema string
-	// TablePrefix names the tables TablePrefix+"claims" and
-	// TablePrefix+"values" (default "stampede_"). Clients with
-	// different Schema or TablePrefix share nothing, not even wake-ups.
+	// TablePrefix names the tables TablePrefix+"claims",
+	// TablePrefix+"values" and TablePrefix+"queue" (default
+	// "stampede_"). Clients with different Schema or TablePrefix share
+	// nothing, not even wake-ups.
 	TablePrefix string
 	// MaxValueLen limits values (default DefaultMaxValueLen, at most
 	// MaxValueLimit).
@@ -174,6 +175,7 @@ var (
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Pinger         = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
+	_ driver.Queuer         = (*backend)(nil)
 )
 
 // New returns a Client using pool for claims and values. The pool stays

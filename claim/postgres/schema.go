@@ -15,14 +15,15 @@ type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
 	claimRead, commitRelease, revoke                             string
 	getMany, claimMany, commitReleaseMany                        string // batch.go
+	lockKey, enqueue, dequeue, handOff                           string // queue.go
 	tables                                                       string
-	tableArgs                                                    []any // the names tables looks up: claims, values, index
+	tableArgs                                                    []any // the names tables looks up: claims, values, queue, indexes
 	migrate                                                      []string
 }
 
 func buildQueries(o Options) queries {
 	id := func(name string) string { return pgx.Identifier{o.Schema, o.TablePrefix + name}.Sanitize() }
-	c, v := id("claims"), id("values")
+	c, v, fq := id("claims"), id("values"), id("queue")
 	exp := func(p string) string { return "clock_timestamp() + " + p + "::bigint * interval '1 microsecond'" }
 	vexp := "CASE WHEN $3::bigint > 0 THEN " + exp("$3") + " END"
 	unexpired := "(expires_at IS NULL OR expires_at > clock_timestamp())"
@@ -82,6 +83,29 @@ func buildQueries(o Options) queries {
   THEN '` + string(tagValue) + `' || ` + key + ` || ' ' || translate(encode(` + val + `, 'base64'), E'\n', '')
   ELSE ` + otherwise + ` END`
 	}
+	// qexp is the instant µs microseconds after t.
+	qexp := func(t, us string) string { return t + " + " + us + " * interval '1 microsecond'" }
+	// grantPayload is a grant's NOTIFY payload (see tagGrant) for the
+	// claim row returned by the CTE u (holder, token, ttl) of key $1.
+	grantPayload := func(u string) string {
+		return `'` + string(tagGrant) + `' || $1::text || ' ' || ` + u + `.token || ' ' || ` + u + `.ttl || ' ' || ` + u + `.holder`
+	}
+	// pass is the CTEs w (the first live waiter that qualifies by
+	// waiter) and u, the UPDATE that passes key $1's lease, current and
+	// qualified by lease, on to w (token + 1, w's TTL from now) or, with
+	// no such waiter, releases it; u returns the row's new holder (NULL
+	// if released), token and TTL.
+	pass := func(waiter, lease string) string {
+		return `w AS (
+  SELECT w.holder, w.ttl FROM ` + fq + ` w, now WHERE w.key = $1::text AND w.expires_at > now.t AND ` + waiter + `
+  ORDER BY w.seq LIMIT 1),
+u AS (
+  UPDATE ` + c + ` c SET holder = w.holder, token = c.token + (w.holder IS NOT NULL)::int,
+    expires_at = ` + qexp("now.t", "coalesce(w.ttl, 0)") + `
+  FROM now LEFT JOIN w ON true
+  WHERE c.key = $1::text AND ` + lease + ` AND c.expires_at > now.t
+  RETURNING c.holder, c.token, w.ttl)`
+	}
 	return queries{
 		claim: `WITH ` + ins + `
 SELECT true, token, 0::bigint FROM ins
@@ -127,6 +151,80 @@ w AS (` + commit + `)
 		// which holds the row's share lock, finishes first.
 		revoke: `WITH r AS (UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp() WHERE key = $1)
 SELECT pg_notify($2, $3)`,
+		// lockKey, the first statement of every queue operation (Enqueue,
+		// Dequeue, HandOff), locks key $1's claim row, inserting a free
+		// one (token 0) if the key has none: ON CONFLICT DO UPDATE locks
+		// the row even when its WHERE is false, and so changes nothing.
+		// The operation's second statement, in the same transaction (one
+		// pipeline), then starts with a snapshot taken after the lock was
+		// granted, so it sees everything the key's previous queue
+		// operation committed; a single statement could not (it would read
+		// the queue with the snapshot it took before waiting). Every other
+		// writer of the row (TryClaim, Extend, Release, Commit) waits for
+		// the lock too.
+		lockKey: `INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1::text, NULL, 0, clock_timestamp())
+ON CONFLICT (key) DO UPDATE SET holder = c.holder WHERE false`,
+		// enqueue is Queuer.Enqueue's steps 1 to 5 for key $1, holder $2,
+		// ttl $3 (µs), once lockKey holds the row. cur is the claim row,
+		// first the first live waiter, g whom the key is granted to now
+		// (if no lease is live: holder $2 if it is first or the queue is
+		// empty, else the first waiter), d drops the expired entries
+		// (holder $2's is renewed in place instead, below) and the
+		// grantee's, ins adds or renews holder $2's entry (a new seq, so
+		// the tail, if its entry had expired). One row: whether $2 holds
+		// the key, the token, the lease's remaining µs, and the grant's
+		// NOTIFY (step 4), sent on commit.
+		enqueue: `WITH now AS (SELECT clock_timestamp() AS t),
+cur AS (
+  SELECT c.holder, c.token, c.expires_at, c.holder IS NOT NULL AND c.expires_at > now.t AS live
+  FROM ` + c + ` c, now WHERE c.key = $1::text),
+first AS (
+  SELECT w.holder, w.ttl FROM ` + fq + ` w, now WHERE w.key = $1::text AND w.expires_at > now.t ORDER BY w.seq LIMIT 1),
+g AS (
+  SELECT coalesce(first.holder, $2::text) AS holder,
+    CASE WHEN first.holder IS NULL OR first.holder = $2::text THEN $3::bigint ELSE first.ttl END AS ttl
+  FROM cur LEFT JOIN first ON true WHERE NOT cur.live),
+u AS (
+  UPDATE ` + c + ` c SET holder = g.holder, token = c.token + 1, expires_at = ` + qexp("now.t", "g.ttl") + `
+  FROM g, now WHERE c.key = $1::text AND (c.holder IS NULL OR c.expires_at <= now.t)
+  RETURNING c.holder, c.token, g.ttl),
+d AS (
+  DELETE FROM ` + fq + ` w USING now WHERE w.key = $1::text
+  AND ((w.holder <> $2::text AND w.expires_at <= now.t) OR w.holder IN (SELECT holder FROM g))),
+ins AS (
+  INSERT INTO ` + fq + ` AS w (key, holder, ttl, expires_at)
+  SELECT $1::text, $2::text, $3::bigint, ` + qexp("now.t", "$3::bigint") + ` FROM now
+  WHERE NOT EXISTS (SELECT 1 FROM g WHERE g.holder = $2::text)
+    AND NOT EXISTS (SELECT 1 FROM cur WHERE cur.live AND cur.holder = $2::text)
+  ON CONFLICT (key, holder) DO UPDATE SET ttl = excluded.ttl, expires_at = excluded.expires_at,
+    seq = CASE WHEN w.expires_at <= (SELECT t FROM now) THEN excluded.seq ELSE w.seq END)
+SELECT coalesce(u.holder = $2::text, cur.live AND cur.holder = $2::text), coalesce(u.token, cur.token),
+  coalesce(u.ttl, ` + remaining("cur.") + `),
+  CASE WHEN u.holder <> $2::text THEN pg_notify($4::text, ` + grantPayload("u") + `)::text END
+FROM cur LEFT JOIN u ON true`,
+		// dequeue drops holder $2's entry from key $1's queue (and the
+		// expired ones); if $2 holds the key's live lease, it hands it
+		// over as handOff does (the NOTIFY: the grant, or the wake-up $4
+		// if nobody is queued).
+		dequeue: `WITH now AS (SELECT clock_timestamp() AS t),
+` + pass("w.holder <> $2::text", "c.holder = $2::text") + `,
+d AS (
+  DELETE FROM ` + fq + ` w USING now WHERE w.key = $1::text
+  AND (w.holder = $2::text OR w.expires_at <= now.t OR w.holder IN (SELECT holder FROM u)))
+SELECT pg_notify($3::text, CASE WHEN u.holder IS NULL THEN $4::text ELSE ` + grantPayload("u") + ` END)::text FROM u`,
+		// handOff ends the lease of key $1 (token $2, holder $3) if it is
+		// current and grants the key, in the same UPDATE, to the first
+		// live waiter (its entry is deleted, with the expired ones), or
+		// releases it if nobody is queued. One row if the lease was
+		// current: the new holder (NULL if released), its token and TTL;
+		// the NOTIFY, sent on commit, is the grant or the wake-up $5.
+		handOff: `WITH now AS (SELECT clock_timestamp() AS t),
+` + pass("true", "c.token = $2::bigint AND c.holder = $3::text") + `,
+d AS (
+  DELETE FROM ` + fq + ` w USING now, u WHERE w.key = $1::text AND (w.expires_at <= now.t OR w.holder = u.holder))
+SELECT u.holder, u.token, coalesce(u.ttl, 0),
+  pg_notify($4::text, CASE WHEN u.holder IS NULL THEN $5::text ELSE ` + grantPayload("u") + ` END)::text
+FROM u`,
 		// getMany: get of every key in the array $1.
 		getMany: `SELECT key, value FROM ` + v + ` WHERE key = ANY($1::text[]) AND ` + unexpired,
 		// claimMany: claimRead of each (key, holder) of the arrays $1, $2,
@@ -174,16 +272,17 @@ FROM r JOIN req ON req.key = r.key` + async,
   SELECT key FROM ` + v + ` WHERE expires_at <= clock_timestamp() LIMIT $1 FOR UPDATE SKIP LOCKED))
 AND expires_at <= clock_timestamp()`,
 		notify: `SELECT pg_notify($1, $2)`,
-		// tables: whether the tables and the index exist, whether this
+		// tables: whether the tables and the indexes exist, whether this
 		// role has the privileges the driver uses on them (NULL, so
 		// false, if they do not exist), and the role.
-		tables: `WITH t (c, v, i) AS (SELECT to_regclass($1), to_regclass($2), to_regclass($3))
-SELECT c IS NOT NULL AND v IS NOT NULL AND i IS NOT NULL,
+		tables: `WITH t (c, v, i, q, qi) AS (SELECT to_regclass($1), to_regclass($2), to_regclass($3), to_regclass($4), to_regclass($5))
+SELECT c IS NOT NULL AND v IS NOT NULL AND i IS NOT NULL AND q IS NOT NULL AND qi IS NOT NULL,
   coalesce((SELECT bool_and(has_table_privilege(r, p)) FROM (VALUES
-    (c, 'SELECT'), (c, 'INSERT'), (c, 'UPDATE'), (v, 'SELECT'), (v, 'INSERT'), (v, 'UPDATE'), (v, 'DELETE')) x (r, p)), false),
+    (c, 'SELECT'), (c, 'INSERT'), (c, 'UPDATE'), (v, 'SELECT'), (v, 'INSERT'), (v, 'UPDATE'), (v, 'DELETE'),
+    (q, 'SELECT'), (q, 'INSERT'), (q, 'UPDATE'), (q, 'DELETE')) x (r, p)), false),
   current_user::text
 FROM t`,
-		tableArgs: []any{c, v, id("values_expires_idx")},
+		tableArgs: []any{c, v, id("values_expires_idx"), fq, id("queue_seq_idx")},
 		migrate: []string{
 			`CREATE TABLE IF NOT EXISTS ` + c + ` (
   key text PRIMARY KEY,
@@ -196,6 +295,19 @@ FROM t`,
   expires_at timestamptz)`,
 			`CREATE INDEX IF NOT EXISTS ` + pgx.Identifier{o.TablePrefix + "values_expires_idx"}.Sanitize() +
 				` ON ` + v + ` (expires_at) WHERE expires_at IS NOT NULL`,
+			// The fair queue (queue.go): one row per waiter, in arrival
+			// order (seq; an identity, so INSERT alone is needed, no
+			// privilege on a sequence); ttl in µs. Renewals change
+			// expires_at only, which no index holds (HOT updates).
+			`CREATE TABLE IF NOT EXISTS ` + fq + ` (
+  key text NOT NULL,
+  holder text NOT NULL,
+  seq bigint GENERATED BY DEFAULT AS IDENTITY,
+  ttl bigint NOT NULL,
+  expires_at timestamptz NOT NULL,
+  PRIMARY KEY (key, holder)) WITH (fillfactor = 70)`,
+			`CREATE INDEX IF NOT EXISTS ` + pgx.Identifier{o.TablePrefix + "queue_seq_idx"}.Sanitize() +
+				` ON ` + fq + ` (key, seq)`,
 		},
 	}
 }

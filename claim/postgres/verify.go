@@ -27,14 +27,14 @@ func (b *backend) ping(ctx context.Context) error {
 	case err != nil:
 		return err
 	case !exist && b.opt.SkipMigrate:
-		return driver.Misconfigured(fmt.Errorf("tables %s and %s (and their index) do not exist, and migrate=false: create them with postgres.Migrate or your migration tool",
-			b.q.tableArgs[0], b.q.tableArgs[1]))
+		return driver.Misconfigured(fmt.Errorf("tables %s, %s and %s (and their indexes) do not all exist, and migrate=false: create them with postgres.Migrate or your migration tool",
+			b.q.tableArgs[0], b.q.tableArgs[1], b.q.tableArgs[3]))
 	case !exist:
 		b.migrated.Store(false)
 		return b.ensure(ctx)
 	case !usable:
-		return driver.Misconfigured(fmt.Errorf("role %q lacks SELECT, INSERT or UPDATE on %s, or SELECT, INSERT, UPDATE or DELETE on %s",
-			role, b.q.tableArgs[0], b.q.tableArgs[1]))
+		return driver.Misconfigured(fmt.Errorf("role %q lacks SELECT, INSERT or UPDATE on %s, or SELECT, INSERT, UPDATE or DELETE on %s or %s",
+			role, b.q.tableArgs[0], b.q.tableArgs[1], b.q.tableArgs[3]))
 	}
 	b.migrated.Store(true)
 	return nil
