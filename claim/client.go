@@ -136,6 +136,11 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	}
 	c.topics = newFanout(c.bc.SubscribeTopic, c.bc.UnsubscribeTopic)
 	c.initFair(d)
+	for _, f := range []*fanout{c.keys, c.topics, c.grants} {
+		if f != nil {
+			f.timeout = c.opTimeout
+		}
+	}
 	return c
 }
 

@@ -545,3 +545,59 @@ func TestAs(t *testing.T) {
 		t.Error("Driver() is nil")
 	}
 }
+
+// A subscription's first caller whose context ends while the substrate
+// subscription is being made returns its own error; callers that joined
+// it meanwhile still get a live subscription (the subscription is made
+// again for them), not the first caller's cancellation.
+func TestSubscribeCreatorCancelled(t *testing.T) {
+	m, _ := memory.New(nil, nil)
+	started := make(chan struct{})
+	release := make(chan struct{})
+	var calls atomic.Int32
+	s := &script{Driver: m.Driver()}
+	s.subscribe = func(ctx context.Context, key string, wake func()) error {
+		if calls.Add(1) == 1 {
+			close(started)
+			select {
+			case <-release:
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		return m.Driver().Subscribe(ctx, key, wake)
+	}
+	c := claim.NewClient(s, nil)
+	defer c.Close()
+	ctx1, cancel1 := context.WithCancel(context.Background())
+	first := make(chan error, 1)
+	go func() {
+		_, err := c.Subscribe(ctx1, "k")
+		first <- err
+	}()
+	<-started
+	second := make(chan error, 1)
+	var sub *claim.Subscription
+	go func() {
+		var err error
+		sub, err = c.Subscribe(context.Background(), "k")
+		second <- err
+	}()
+	time.Sleep(20 * time.Millisecond) // the second joins the pending subscription
+	cancel1()
+	if err := <-first; !errors.Is(err, context.Canceled) {
+		t.Errorf("first caller: %v, want its own context's error", err)
+	}
+	if err := <-second; err != nil {
+		t.Fatalf("second caller got %v: the first caller's cancellation", err)
+	}
+	defer sub.Close()
+	if err := c.Notify(context.Background(), "k"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-sub.C():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the second caller's subscription is not live")
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
 )
@@ -28,6 +29,10 @@ type fanout struct {
 	// names in one call (joinMany); on an error it may have made some,
 	// which joinMany drops with unsubscribe.
 	subscribeMany func(ctx context.Context, names []string, fires []func(msg []byte, reset bool)) error
+
+	// timeout bounds a subscription made again after its creator left
+	// (join); 0: DefaultOpTimeout.
+	timeout time.Duration
 
 	mu     sync.Mutex
 	names  map[string]*entry
@@ -102,24 +107,62 @@ func (f *fanout) join(ctx context.Context, m *member) error {
 		f.names[m.name] = e
 		f.mu.Unlock()
 		name := m.name
-		err := f.subscribe(ctx, name, func(msg []byte, reset bool) { f.fire(name, msg, reset) })
-		f.mu.Lock()
-		e.err = err
-		close(e.ready)
-		if err != nil {
-			// Nobody may join a failed entry any more.
-			if f.names[name] == e {
-				delete(f.names, name)
-			}
-			for o := range e.members {
-				delete(e.members, o)
-				o.gone()
-			}
+		fire := func(msg []byte, reset bool) { f.fire(name, msg, reset) }
+		err := f.subscribe(ctx, name, fire)
+		if err != nil && ctx.Err() != nil {
+			// The creator's own context ended: that is its error, not
+			// the others'. If members joined meanwhile, the subscription
+			// is made again for them, bounded by the fanout's timeout
+			// but not by the creator's context (the pitfall of a shared
+			// call failing with its first caller's cancellation).
+			f.mu.Lock()
+			delete(e.members, m)
+			m.e = nil
+			others := len(e.members) > 0
 			f.mu.Unlock()
-			return err
+			if others {
+				f.unsubscribe(name) // the abandoned call may have landed
+				go func() {
+					rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), f.retryTimeout())
+					defer cancel()
+					f.finish(name, e, f.subscribe(rctx, name, fire))
+				}()
+				return ctx.Err()
+			}
+			f.finish(name, e, err)
+			return ctx.Err()
 		}
-		f.mu.Unlock()
-		return nil
+		f.finish(name, e, err)
+		return err
+	}
+}
+
+// retryTimeout bounds a subscription made again for the members of a
+// creator that left.
+func (f *fanout) retryTimeout() time.Duration {
+	if f.timeout > 0 {
+		return f.timeout
+	}
+	return DefaultOpTimeout
+}
+
+// finish settles e, name's pending entry, with the outcome of its
+// substrate subscription: live, or failed (then every member is removed
+// and nobody may join it any more).
+func (f *fanout) finish(name string, e *entry, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	e.err = err
+	close(e.ready)
+	if err == nil {
+		return
+	}
+	if f.names[name] == e {
+		delete(f.names, name)
+	}
+	for o := range e.members {
+		delete(e.members, o)
+		o.gone()
 	}
 }
 
