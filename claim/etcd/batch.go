@@ -202,12 +202,17 @@ func (b *backend) fenced(ctx context.Context, cli *clientv3.Client, commits []dr
 	// from, less room for the outer transaction. A commit that alone
 	// exceeds it is sent alone, as CommitRelease would send it.
 	limit := b.maxVal + valueHeader + requestOverhead/2
+	// A nested transaction may hold maxTxnOps less the outer one's ops:
+	// the put of the notify key that carries a value in the wake-up
+	// (SubscribeValue) is a third op, so only batches of up to
+	// maxTxnOps-3 keys carry values.
+	carries := write && len(commits)+3 <= maxTxnOps
 	var parts []*part
 	for i, c := range commits {
 		lk := b.lockKey(c.Lease.Key)
 		then := []clientv3.Op{clientv3.OpDelete(lk)}
 		size := 3*len(lk) + len(c.Lease.Holder) + opOverhead
-		gc := clientv3.NoLease
+		gc, carry := clientv3.NoLease, clientv3.NoLease
 		if write {
 			put, lease, err := b.putValue(ctx, cli, c.Lease.Key, c.Value, c.TTL)
 			if err != nil {
@@ -215,6 +220,15 @@ func (b *backend) fenced(ctx context.Context, cli *clientv3.Client, commits []dr
 			}
 			then = []clientv3.Op{put, then[0]}
 			gc = lease
+			if carries && len(c.Value) <= maxWakeValue {
+				ngc, err := b.gcLease(ctx, cli, time.Now(), notifyTTL)
+				if err != nil {
+					return nil, b.putFailed(ctx, err, gc)
+				}
+				then = append(then, carryValue(lk, c.Value, ngc))
+				size += len(lk) + len(c.Value) + opOverhead
+				carry = ngc
+			}
 			size += len(b.valueKey(c.Lease.Key)) + valueHeader + len(c.Value)
 		}
 		if len(parts) == 0 || parts[len(parts)-1].size+size > limit {
@@ -224,8 +238,10 @@ func (b *backend) fenced(ctx context.Context, cli *clientv3.Client, commits []dr
 		p.idx = append(p.idx, i)
 		p.ops = append(p.ops, clientv3.OpTxn(owned(lk, c.Lease), then, nil))
 		p.size += size
-		if gc != clientv3.NoLease {
-			p.gcs = append(p.gcs, gc)
+		for _, g := range []clientv3.LeaseID{gc, carry} {
+			if g != clientv3.NoLease {
+				p.gcs = append(p.gcs, g)
+			}
 		}
 	}
 	run := func(p *part) {
@@ -264,6 +280,9 @@ func (b *backend) fenced(ctx context.Context, cli *clientv3.Client, commits []dr
 			}
 			if id := parseHandle(commits[i].Lease); id != 0 {
 				b.revokeLater(id)
+			}
+			if l := commits[i].Lease; isFair(l) {
+				b.releasedQueue(l.Key, l.Holder)
 			}
 		}
 	}

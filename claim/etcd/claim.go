@@ -159,7 +159,7 @@ func sharedHandle(id clientv3.LeaseID) string { return sharedPrefix + handle(id)
 // its token and holder alone (Extend moves the lock key to a lease of its
 // own, Release revokes nothing).
 func parseHandle(l driver.Lease) clientv3.LeaseID {
-	id, err := strconv.ParseInt(l.Handle, 16, 64)
+	id, err := strconv.ParseInt(strings.TrimPrefix(l.Handle, fairPrefix), 16, 64)
 	if err != nil {
 		return 0
 	}
@@ -176,8 +176,22 @@ func sharedLease(l driver.Lease) clientv3.LeaseID {
 	return parseHandle(driver.Lease{Handle: h})
 }
 
-// owned compares the lock key with the lease's token and holder.
+// owned compares the lock key with the lease's token and holder. A lease
+// the fair queue granted (queue.go) put the lock key without creating it,
+// so its token is the ModRevision of the grant key its grant put: it is
+// current while the grant key still has that revision (no grant since)
+// and the lock key still holds its holder. That is enough: every grant
+// puts the grant key, and a TryClaim that created the lock key anew
+// since wrote another holder (holders are unique per claim). Two
+// compares, as for any lease, so a batch's nested transactions stay
+// within etcd's --max-txn-ops (see maxBatch).
 func owned(lk string, l driver.Lease) []clientv3.Cmp {
+	if isFair(l) {
+		return []clientv3.Cmp{
+			clientv3.Compare(clientv3.ModRevision(lk+grantSuffix), "=", int64(l.Token)),
+			clientv3.Compare(clientv3.Value(lk), "=", l.Holder),
+		}
+	}
 	return []clientv3.Cmp{
 		clientv3.Compare(clientv3.CreateRevision(lk), "=", int64(l.Token)),
 		clientv3.Compare(clientv3.Value(lk), "=", l.Holder),
@@ -246,7 +260,11 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 		b.revokeLater(clientv3.LeaseID(kvs[0].Lease))
 	}
 	l.TTL = time.Duration(g.TTL) * time.Second
-	l.Handle = handle(g.ID)
+	if isFair(l) {
+		l.Handle = fairHandle(int64(g.ID))
+	} else {
+		l.Handle = handle(g.ID)
+	}
 	return l, nil
 }
 
@@ -277,27 +295,33 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 		}
 		then, gc = append(then, put), lease
 	}
+	ngc := clientv3.NoLease
+	if write && release && len(value) <= maxWakeValue {
+		// The wake-up carries the value (SubscribeValue).
+		if ngc, err = b.gcLease(ctx, cli, time.Now(), notifyTTL); err != nil {
+			return b.putFailed(ctx, err, gc)
+		}
+		then = append(then, carryValue(lk, value, ngc))
+	}
+	if release && isFair(l) {
+		then = append(then, clientv3.OpDelete(lk+grantSuffix))
+	}
 	if release {
 		then = append(then, clientv3.OpGet(lk, clientv3.WithKeysOnly()), clientv3.OpDelete(lk))
 	}
 	resp, err := cli.Txn(ctx).If(owned(lk, l)...).Then(then...).Commit()
 	if err != nil {
-		return b.putFailed(ctx, err, gc)
+		return b.putFailed(ctx, err, gc, ngc)
 	}
 	if !resp.Succeeded {
 		// A stale lease is expired or was revoked by its own Release; a
 		// forged one may name the current holder's lease: revoke nothing.
 		return driver.ErrLost
 	}
-	if id := parseHandle(l); release && id != 0 {
-		kvs := resp.Responses[len(resp.Responses)-2].GetResponseRange().GetKvs()
-		if len(kvs) == 1 && kvs[0].Lease == int64(id) {
-			// The client's Deadline is no later than etcd's expiry of
-			// the lease it was counted for (an earlier copy's is
-			// earlier still).
-			b.putIdle(idleLease{id: id, ttl: ceilSeconds(l.TTL), exp: l.Deadline})
-		} else {
-			b.revokeLater(id)
+	if release {
+		b.released(l, resp.Responses[len(resp.Responses)-2].GetResponseRange().GetKvs())
+		if isFair(l) {
+			b.releasedQueue(l.Key, l.Holder)
 		}
 	}
 	return nil

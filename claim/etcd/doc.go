@@ -56,7 +56,9 @@
 // one first. One etcd lease never carries two live claims, so a claim
 // nobody extends still ends with its own lease. Release, Commit
 // (AtomicCommit), CommitRelease and Extend are transactions comparing the
-// lock key's CreateRevision with the token and its value with the holder.
+// lock key's CreateRevision with the token and its value with the holder
+// (for a lease the fair queue granted, the grant key's ModRevision: see
+// Fair acquisition).
 // A crashed holder's lease expires and etcd deletes the lock key with it;
 // leases nothing needs any more are revoked in the background.
 //
@@ -130,6 +132,64 @@
 // resumes the watches by itself once it is back, from the revision each
 // had reached. Topics are puts of a topic key and watches of it; a broken
 // one delivers a reset.
+//
+// CommitRelease (and CommitReleaseMany of up to 125 keys) also puts the
+// key's notify key with the value (values up to 8 KiB), in the same
+// transaction, so the wake-ups of SubscribeValue (driver.ValueNotifier)
+// carry the value stored; every other wake-up carries none.
+//
+// # Fair acquisition (hand-over)
+//
+// The driver is a driver.Queuer (claim.Client.AcquireFair). A key's
+// waiters are keys under PREFIX/q/KEY\x00, one per waiter (its holder ID),
+// ordered by CreateRevision (renewing an entry re-puts it and keeps its
+// place), each on an etcd lease of its own that only its waiter's Enqueue
+// renews: etcd deletes the entry of a waiter that stopped renewing when
+// that lease runs out (its TTL in whole seconds, at least the server's
+// minimum, plus etcd's 500 ms expiry loop), so the first entry is the
+// first live waiter. A grant is one transaction that puts the lock key
+// for the waiter on the waiter's own etcd lease, deletes its entry, and
+// puts the grant key (the lock key + "\x00g", no lease) with the grant
+// record (holder, etcd lease, TTL). A put cannot give the lock key a new
+// CreateRevision, so the token of a granted lease is the grant key's
+// ModRevision (the grant's revision: above every earlier token of the
+// key, TryClaim's included), its Handle is marked "q:", and its Extend,
+// Commit, Release and CommitRelease compare the grant key's ModRevision
+// with the token and the lock key's value with the holder.
+//
+// HandOff is one transaction, compared on the lease's token and holder,
+// on the first waiter's entry (unchanged, and no entry created before
+// it), granting it the key, or, with nobody queued (compared too),
+// deleting the lock key as Release does: the end of the lease and the
+// grant are one atomic step. The holder's process learns the first
+// waiter ahead: from the moment it is granted the key it watches the
+// queue (one watch, a read of its first 16 entries, in the background),
+// so the hand-off reads nothing on its way; without that cache (not yet
+// loaded, or over 1024 keys held in the process) it reads the queue's
+// first entry first (a serializable read: no consensus round). If the
+// queue changed meanwhile, the transaction's failure branch reads it and
+// the transaction is tried again. The grant reaches the waiter's process
+// on its watch of the grant key (SubscribeGrants), which etcd pushes at
+// the revision of the grant: the waiter makes no request of its own. A
+// broken watch or a lost connection calls grant with a zero Lease (the
+// client enqueues again, which finds a grant made meanwhile).
+//
+// Enqueue is one transaction in the common cases (holder's lease
+// returned if it holds the key; else its entry put or renewed behind a
+// live lease; or the key granted to it when free and nobody else
+// queued), with a keep-alive of the entry's etcd lease sent alongside;
+// when the key is free and someone else is first it grants the key to
+// that waiter in a second transaction and then queues. A holder whose
+// deadline has passed (takeoverAfter) has its lock key deleted on its
+// ModRevision, and the first waiter is granted the key. Dequeue is one
+// transaction; if the key had been granted to the departing waiter,
+// HandOff follows (two transactions, the lease fenced and the waiter's in
+// between). Limits: a waiter whose etcd lease has run out but which etcd
+// has not yet deleted may be granted the key (the grant then ends with
+// that lease, and the next waiter is served by the next Enqueue of any
+// waiter, within a third of its TTL); Revoke of a fairly held key
+// deletes the lock key without a grant (likewise); a grant key whose
+// last holder died stays until the key's next fair release.
 //
 // # Errors
 //

@@ -128,12 +128,13 @@ type backend struct {
 
 	mu        sync.Mutex
 	closed    bool
-	dialing   *dialing          // the connect under way, if any
-	refused   error             // the last connect's configuration error, if any
-	refusedAt time.Time         // when it failed
-	wg        sync.WaitGroup    // background goroutines
-	watches   map[string]func() // watched etcd key (lock or topic key) -> stop and wait
-	lost      map[string]func() // watched lock key -> its subscription's wake
+	dialing   *dialing             // the connect under way, if any
+	refused   error                // the last connect's configuration error, if any
+	refusedAt time.Time            // when it failed
+	wg        sync.WaitGroup       // background goroutines
+	watches   map[string]func()    // watched etcd key (lock or topic key) -> stop and wait
+	lost      map[string]func()    // watched lock key -> its subscription's wake
+	grantSubs map[string]*grantSub // grant key -> its subscription (queue.go)
 
 	watchGaps  atomic.Int64 // broken watches (for tests)
 	connLosses atomic.Int64 // connection failures that woke the watched keys (for tests)
@@ -150,6 +151,13 @@ type backend struct {
 
 	seenMu sync.Mutex
 	seen   map[string]seenClaim // lock key -> its claim as this process knows it
+
+	entMu   sync.Mutex
+	entries map[string]idleLease // queue entry of a local waiter -> the etcd lease it is on (queue.go)
+
+	qcMu    sync.Mutex
+	qcaches map[string]*queueCache // lock key of a key held here fairly -> its queue (qcache.go)
+	noCache bool                   // no queue caches (for tests)
 }
 
 var (
@@ -159,6 +167,8 @@ var (
 	_ driver.Broadcaster    = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
+	_ driver.ValueNotifier  = (*backend)(nil)
+	_ driver.Queuer         = (*backend)(nil)
 )
 
 // newBackend returns the driver of cli (New), or, with cli nil, of the
@@ -173,18 +183,21 @@ func newBackend(cli *clientv3.Client, cfg *clientv3.Config, o Options) (*backend
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	b := &backend{
-		cfg:     cfg,
-		prefix:  prefix,
-		minTTL:  ceilSeconds(cmp.Or(o.MinTTL, DefaultMinTTL)),
-		maxVal:  cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
-		ctx:     ctx,
-		cancel:  cancel,
-		watches: map[string]func(){},
-		lost:    map[string]func(){},
-		gc:      map[int64]gcLease{},
-		idle:    map[int64][]idleLease{},
-		seen:    map[string]seenClaim{},
-		waiting: map[clientv3.LeaseID][]chan renewal{},
+		cfg:       cfg,
+		prefix:    prefix,
+		minTTL:    ceilSeconds(cmp.Or(o.MinTTL, DefaultMinTTL)),
+		maxVal:    cmp.Or(o.MaxValueLen, DefaultMaxValueLen),
+		ctx:       ctx,
+		cancel:    cancel,
+		watches:   map[string]func(){},
+		lost:      map[string]func(){},
+		grantSubs: map[string]*grantSub{},
+		gc:        map[int64]gcLease{},
+		idle:      map[int64][]idleLease{},
+		seen:      map[string]seenClaim{},
+		entries:   map[string]idleLease{},
+		qcaches:   map[string]*queueCache{},
+		waiting:   map[clientv3.LeaseID][]chan renewal{},
 	}
 	if cfg != nil {
 		// The client's own context ends with the driver: Close aborts a

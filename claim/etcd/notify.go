@@ -1,6 +1,7 @@
 package etcd
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -24,10 +25,34 @@ const notifyTTL = time.Minute
 // error the server answers the watch with (no permission to read the
 // key, an expired token) is returned, classified (ErrConfig).
 func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error {
+	return b.SubscribeValue(ctx, key, func([]byte) { wake() })
+}
+
+// maxWakeValue is the largest value a CommitRelease's wake-up carries
+// (driver.ValueNotifier): the value is then written twice (the value key
+// and the notify key) and sent to every watcher of the key.
+const maxWakeValue = 8 << 10
+
+// carryValue is the put of the notify key that makes a CommitRelease's
+// wake-up carry value: 'v' and the value, in the same transaction as the
+// release, so its watchers see both at one revision. Notify and Revoke put
+// the notify key empty.
+func carryValue(lk string, value []byte, gc clientv3.LeaseID) clientv3.Op {
+	return clientv3.OpPut(lk+notifySuffix, "v"+string(value), clientv3.WithLease(gc))
+}
+
+// SubscribeValue implements driver.ValueNotifier: Subscribe, whose wake
+// gets the value a CommitRelease (or CommitReleaseMany) carried in the
+// notify key it put at the revision of its release (values up to
+// maxWakeValue); every other wake-up carries nil. If one watch response
+// holds several revisions, the wake-up carries the value only if the last
+// revision that wakes is such a release.
+func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]byte)) error {
 	lk := b.lockKey(key)
 	nk := lk + notifySuffix
-	return b.watch(ctx, lk, lk+"\x01", wake, func(evs []*clientv3.Event) {
-		woke := false
+	return b.watch(ctx, lk, lk+"\x01", func() { wake(nil) }, func(evs []*clientv3.Event) {
+		var woke, carried int64 // revisions of the last wake-up, of the last value carried
+		var val []byte
 		for _, ev := range evs {
 			k := string(ev.Kv.Key)
 			switch {
@@ -37,15 +62,22 @@ func (b *backend) Subscribe(ctx context.Context, key string, wake func()) error 
 				b.saw(lk, ev.Kv.ModRevision, ev.Kv.Lease, time.Now())
 			case k == lk:
 				b.forget(lk)
-				woke = true
+				woke = ev.Kv.ModRevision
 			case k == nk && ev.Type == mvccpb.PUT:
-				woke = true
+				woke = ev.Kv.ModRevision
+				if v, ok := bytes.CutPrefix(ev.Kv.Value, []byte("v")); ok {
+					carried, val = woke, v
+				}
 			}
 		}
-		if woke {
-			wake()
+		switch {
+		case woke == 0:
+		case woke == carried:
+			wake(val)
+		default:
+			wake(nil)
 		}
-	}, func(bool) { wake() })
+	}, func(bool) { wake(nil) })
 }
 
 // Unsubscribe implements driver.Notifier.
@@ -107,6 +139,11 @@ func (b *backend) UnsubscribeTopic(topic string) { b.unwatch(b.topicKey(topic)) 
 // backoff), and calls gap(true) once the new watch is live. lost, if not
 // nil, is called when the connection is lost (monitor).
 func (b *backend) watch(ctx context.Context, from, end string, lost func(), events func([]*clientv3.Event), gap func(resumed bool)) error {
+	return b.watchAs(ctx, from, from, end, lost, events, gap)
+}
+
+// watchAs is watch, registered as id (for unwatch) rather than from.
+func (b *backend) watchAs(ctx context.Context, id, from, end string, lost func(), events func([]*clientv3.Event), gap func(resumed bool)) error {
 	wctx, cancel := context.WithCancel(b.ctx)
 	wch, stop, err := b.startWatch(ctx, wctx, from, end)
 	if err != nil {
@@ -120,9 +157,9 @@ func (b *backend) watch(ctx context.Context, from, end string, lost func(), even
 		cancel()
 		return driver.ErrClosed
 	}
-	b.watches[from] = func() { cancel(); <-done }
+	b.watches[id] = func() { cancel(); <-done }
 	if lost != nil {
-		b.lost[from] = lost
+		b.lost[id] = lost
 	}
 	b.wg.Add(1)
 	b.mu.Unlock()
@@ -158,7 +195,8 @@ func (b *backend) watch(ctx context.Context, from, end string, lost func(), even
 	return nil
 }
 
-// unwatch stops the watch of from and waits for its goroutine.
+// unwatch stops the watch of from (or registered as from: watchAs) and
+// waits for its goroutine.
 func (b *backend) unwatch(from string) {
 	b.mu.Lock()
 	stop := b.watches[from]
