@@ -87,6 +87,45 @@
 // a cluster slot moves away, it subscribes on the new master and wakes
 // them once that is confirmed (or at once if it fails).
 //
+// # Fair acquisition (hand-over)
+//
+// The driver implements driver.Queuer (claim.Client's AcquireFair). A
+// key's queue lives next to its lock, under the same hash tag (one
+// cluster slot): PREFIX:{E}:queue, a list of holder IDs in arrival
+// order, and PREFIX:{E}:waiters, a hash from holder ID to
+// "DEADLINE:TTL" (DEADLINE in Unix milliseconds of the server's clock,
+// TIME; TTL in ms); a holder is in the list once, exactly when it is in
+// the hash. Both keys expire with their latest entry, and vanish when
+// the queue empties. Grants are published on PREFIX:{E}:grant as
+// "TOKEN:TTL:HOLDER".
+//
+// Enqueue, Dequeue and HandOff are one Lua script each, one round trip
+// (plus an EVAL after NOSCRIPT, as for every script), atomic on the
+// server. A grant (HandOff, Dequeue of a waiter holding the lease, or
+// Enqueue's step 4) pops the first live waiter, INCRs the key's fence
+// counter (the one TryClaim uses, so its token is above every earlier
+// one), SETs the lock to "TOKEN:HOLDER" with PX of the waiter's TTL
+// (overwriting the previous holder's: the old lease ends in the same
+// step) and publishes the grant (PUBLISH, SPUBLISH on a cluster), all in
+// one script. HandOff with nobody live queued deletes the lock and
+// publishes "release" on the key's channel, as Release does.
+// Expired entries are skipped and dropped when they reach the front,
+// when their holder enqueues again (to the tail: a lapsed entry loses
+// its place) or with the keys; an entry behind a live one changes
+// nothing any step looks at. Scripts read the clock with TIME, so they
+// need effects replication (the only mode from Redis 7, the default
+// from 5).
+//
+// SubscribeGrants subscribes to the grant channel on the driver's
+// pub/sub connection, as Subscribe does (confirmed by a barrier); every
+// process subscribed sees every grant of the key and the client picks
+// out its own holders. A gap of the connection (drop, silence, rebuild,
+// slot migration) calls grant with a zero Lease, at the gap and again
+// once resubscribed, so waiters enqueue again and find a grant they
+// missed (Enqueue's step 2). UnsubscribeGrants returns at once: the
+// UNSUBSCRIBE is written in the background, skipped if the key was
+// subscribed again meanwhile.
+//
 // Client.As sets a *goredis.UniversalClient, and a **goredis.Client or
 // **goredis.ClusterClient when the client is one.
 //

@@ -17,10 +17,13 @@ func ParseURLForTest(u *url.URL) (*goredis.Options, error) {
 	return o.Simple(), nil
 }
 
-// NamesForTest returns every Redis name derived from key.
+// NamesForTest returns every Redis name derived from key: the lock, the
+// fence counter, the value, the channel, then the fair queue's two keys
+// (queue, entries) and the grant channel.
 func NamesForTest(prefix, key string) []string {
 	b := &backend{opt: Options{Prefix: prefix}}
-	return []string{b.lockKey(key), b.fenceKey(key), b.valKey(key), b.channel(key)}
+	return []string{b.lockKey(key), b.fenceKey(key), b.valKey(key), b.channel(key),
+		b.queueKey(key), b.entriesKey(key), b.grantChannel(key)}
 }
 
 // PubSubConns returns how many pub/sub connections c's driver has open

@@ -300,6 +300,50 @@ func (n *notifier) leave(name string) {
 	}
 }
 
+// leaveAsync is leave for a caller that must not wait for the pub/sub
+// connection: name is forgotten at once (its fire is never called
+// again), and the UNSUBSCRIBE is written by a goroutine of its own,
+// bounded by leaveTimeout and by close, unless name has been joined again
+// by then (the new subscription needs the server's: the write is
+// skipped). The shard's sem orders it with joins: either the UNSUBSCRIBE
+// comes first and the join's SUBSCRIBE after it, or the join has added
+// name before the check.
+func (n *notifier) leaveAsync(name string) {
+	n.mu.Lock()
+	st := n.chans[name]
+	if st == nil || n.closed {
+		n.mu.Unlock()
+		return
+	}
+	delete(n.chans, name)
+	st.settle(driver.ErrClosed)
+	s := st.sh
+	n.wg.Add(1)
+	n.mu.Unlock()
+	go func() {
+		defer n.wg.Done()
+		ctx, cancel := context.WithTimeout(n.ctx, leaveTimeout)
+		defer cancel()
+		if s.lock(ctx) != nil {
+			return
+		}
+		defer s.unlock()
+		n.mu.Lock()
+		ps := s.ps
+		if n.chans[name] != nil || ps == nil {
+			n.mu.Unlock()
+			return
+		}
+		s.unsub[name]++
+		n.mu.Unlock()
+		if n.b.cc != nil {
+			_ = ps.SUnsubscribe(ctx, name)
+		} else {
+			_ = ps.Unsubscribe(ctx, name)
+		}
+	}()
+}
+
 // run is the receiver of one shard: it reads the shard's PubSub, wakes
 // subscribers, checks health, and rebuilds the connection after any gap.
 func (n *notifier) run(s *shard) {
