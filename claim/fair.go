@@ -75,7 +75,9 @@ func (c *Client) AcquireFair(ctx context.Context, key string, ttl time.Duration)
 	if err != nil {
 		return Lease{}, opError("acquire-fair", key, err)
 	}
-	defer m.leave()
+	// Left in the background: a granted waiter does not wait for the
+	// substrate's unsubscribe before it returns with the lease.
+	defer func() { go m.leave() }()
 
 	// queued is when the latest Enqueue answered "queued" was sent: the
 	// grant came after it, so the lease lasts at least until queued+TTL.
