@@ -465,7 +465,7 @@ func (b *backend) subscribe(ctx context.Context, keys []string, wakes []func([]b
 		return driver.ErrClosed
 	}
 	for i, k := range keys {
-		b.watchLocked(k, sts[i], wakes[i])
+		b.watchLocked(subID{key: k}, &wakeSub{b: b, key: k, st: sts[i], wake: wakes[i]})
 	}
 	return nil
 }

@@ -20,12 +20,23 @@ type record struct {
 	Holder string `json:"h"`
 	Expiry int64  `json:"e"` // Unix ms by the holder's clock, rounded up
 	TTL    int64  `json:"t"` // ms, informational
+	// A lease handed over by HandOff (queue.go) leaves the queue key as
+	// it was: the first SN entries of the queue key written at index SQ
+	// have been served (or skipped). Extend keeps both.
+	SQ uint64 `json:"sq,omitempty"`
+	SN int    `json:"sn,omitempty"`
 }
 
 // newRecord returns the record of a lease written at start for ttl, and
 // its expiry.
 func newRecord(holder string, start time.Time, ttl time.Duration) ([]byte, int64) {
-	r := record{Holder: holder, Expiry: ceilMs(start.Add(ttl)), TTL: ttl.Milliseconds()}
+	return newRecordServed(holder, start, ttl, 0, 0)
+}
+
+// newRecordServed is newRecord with the queue entries served (see
+// record).
+func newRecordServed(holder string, start time.Time, ttl time.Duration, sq uint64, sn int) ([]byte, int64) {
+	r := record{Holder: holder, Expiry: ceilMs(start.Add(ttl)), TTL: ttl.Milliseconds(), SQ: sq, SN: sn}
 	v, _ := json.Marshal(r)
 	return v, r.Expiry
 }
@@ -117,7 +128,16 @@ func written(resp *capi.TxnResponse, key string) *capi.KVPair {
 // handle encodes the lock key's ModifyIndex after the holder's last write
 // and the expiry that write recorded, bound to the lease it belongs to.
 func handle(modIdx uint64, expiry int64, token uint64, holder string) string {
-	return fmt.Sprintf("%d:%d:%d:%s", modIdx, expiry, token, holder)
+	return handleServed(modIdx, expiry, 0, 0, token, holder)
+}
+
+// handleServed is handle with the record's served queue entries (SQ,
+// SN), as "EXPIRY/SQ/SN" when SQ is set.
+func handleServed(modIdx uint64, expiry int64, sq uint64, sn int, token uint64, holder string) string {
+	if sq == 0 {
+		return fmt.Sprintf("%d:%d:%d:%s", modIdx, expiry, token, holder)
+	}
+	return fmt.Sprintf("%d:%d/%d/%d:%d:%s", modIdx, expiry, sq, sn, token, holder)
 }
 
 // handleIndex returns the index and the record's expiry in l.Handle if the
@@ -128,8 +148,32 @@ func handleIndex(l driver.Lease) (uint64, time.Time) {
 		return 0, time.Time{}
 	}
 	n, _ := strconv.ParseUint(f[0], 10, 64)
-	exp, _ := strconv.ParseInt(f[1], 10, 64)
+	e, _, _ := strings.Cut(f[1], "/")
+	exp, err := strconv.ParseInt(e, 10, 64)
+	if err != nil {
+		return 0, time.Time{}
+	}
 	return n, time.UnixMilli(exp)
+}
+
+// handleQueue returns the served queue entries (SQ, SN) in l.Handle, if
+// it belongs to l (0, 0 if none).
+func handleQueue(l driver.Lease) (uint64, int) {
+	if n, _ := handleIndex(l); n == 0 {
+		return 0, 0
+	}
+	f := strings.SplitN(l.Handle, ":", 4)
+	_, rest, ok := strings.Cut(f[1], "/")
+	if !ok {
+		return 0, 0
+	}
+	a, b, _ := strings.Cut(rest, "/")
+	sq, err1 := strconv.ParseUint(a, 10, 64)
+	sn, err2 := strconv.Atoi(b)
+	if err1 != nil || err2 != nil {
+		return 0, 0
+	}
+	return sq, sn
 }
 
 // tryClaim is a create-if-absent transaction; if the key exists, a read
@@ -247,7 +291,7 @@ func (b *backend) read(ctx context.Context, l driver.Lease) (*capi.KVPair, recor
 // (by this client's clock, whatever l.Deadline says) gets ErrLost; past
 // the expiry in l.Handle, fenced reads the record, which a later Extend
 // may have renewed.
-func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func(idx uint64) (capi.TxnOps, int)) (*capi.TxnResponse, error) {
+func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func(idx uint64, cur *record) (capi.TxnOps, int)) (*capi.TxnResponse, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -255,9 +299,10 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func
 	if live && !time.Now().Before(exp) {
 		idx = 0
 	}
+	var rec *record // the record read, after the first round
 	for round := 0; round < 8; round++ {
 		if idx != 0 {
-			ops, nCond := op(idx)
+			ops, nCond := op(idx, rec)
 			ok, resp, err := b.txn(ctx, ops, nCond)
 			if err != nil || ok {
 				return resp, err
@@ -270,7 +315,7 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func
 		if live && !time.Now().Before(time.UnixMilli(r.Expiry)) {
 			return nil, driver.ErrLost
 		}
-		idx = cur.ModifyIndex
+		idx, rec = cur.ModifyIndex, &r
 	}
 	return nil, errors.New("lock record keeps changing under its own holder (concurrent Extend of one lease?)")
 }
@@ -280,9 +325,13 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	ttl = roundTTL(ttl)
 	lk := b.lockKey(l.Key)
 	var exp int64
-	resp, err := b.fenced(ctx, l, true, func(idx uint64) (capi.TxnOps, int) {
+	sq, sn := handleQueue(l) // a fair lease's served queue entries: kept
+	resp, err := b.fenced(ctx, l, true, func(idx uint64, cur *record) (capi.TxnOps, int) {
+		if cur != nil {
+			sq, sn = cur.SQ, cur.SN
+		}
 		var rec []byte
-		rec, exp = newRecord(l.Holder, time.Now(), ttl)
+		rec, exp = newRecordServed(l.Holder, time.Now(), ttl, sq, sn)
 		return capi.TxnOps{kvOp(capi.KVCAS, lk, idx, rec)}, 1
 	})
 	if err != nil {
@@ -292,7 +341,8 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	if w == nil {
 		return driver.Lease{}, errors.New("transaction result lacks the lock key")
 	}
-	l.TTL, l.Handle = ttl, handle(w.ModifyIndex, exp, l.Token, l.Holder)
+	l.TTL, l.Handle = ttl, handleServed(w.ModifyIndex, exp, sq, sn, l.Token, l.Holder)
+	b.extendQueue(l.Key, l.Token, time.UnixMilli(exp)) // a fair lease's queue watch, if any
 	return l, nil
 }
 
@@ -346,15 +396,15 @@ func (b *backend) commit(ctx context.Context, l driver.Lease, value []byte, ttl 
 		// delete-cas of an absent key succeeds: check-index first.
 		then = append(then, kvOp(capi.KVDelete, lk, 0, nil), kvOp(capi.KVSet, b.notifyKey(l.Key), 0, nv))
 	}
-	_, err := b.fenced(ctx, l, write, func(idx uint64) (capi.TxnOps, int) {
+	_, err := b.fenced(ctx, l, write, func(idx uint64, _ *record) (capi.TxnOps, int) {
 		return append(capi.TxnOps{kvOp(capi.KVCheckIndex, lk, idx, nil)}, then...), 1
 	})
 	return err
 }
 
 // Revoke implements driver.Claimer: one transaction, with no condition,
-// deletes the lock key (whoever holds it), sets or deletes the value key
-// and writes the notify key, so the lease and the value change in one
+// deletes the lock key (whoever holds it) and the fair queue, sets or
+// deletes the value key and writes the notify key, so the lease and the value change in one
 // atomic step and the key's blocking queries (and poll reads) wake its
 // subscribers once it is visible. A revoked holder's Extend, Commit and
 // Release find the lock key gone, or created anew with another
@@ -369,7 +419,14 @@ func (b *backend) Revoke(ctx context.Context, key string, value []byte, ttl time
 	if value != nil {
 		vop = kvOp(capi.KVSet, b.valueKey(key), 0, encodeValue(value, ttl, time.Now()))
 	}
-	ops := capi.TxnOps{kvOp(capi.KVDelete, b.lockKey(key), 0, nil), vop, kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue())}
+	// The fair queue goes too: its head may be marked served only in the
+	// lock record (see record); its waiters, told by a zero Lease,
+	// enqueue again.
+	ops := capi.TxnOps{kvOp(capi.KVDelete, b.lockKey(key), 0, nil), vop, kvOp(capi.KVSet, b.notifyKey(key), 0, notifyValue()),
+		kvOp(capi.KVDelete, b.queueKey(key), 0, nil)}
 	_, _, err := b.txn(ctx, ops, 0)
+	if err == nil {
+		b.dropQueue(key, 0) // a fair lease's queue watch, if any
+	}
 	return err
 }

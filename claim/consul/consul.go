@@ -73,9 +73,11 @@ type Options struct {
 	// (Unsubscribe, Close) keeps its connection open on the agent until
 	// its wait ends, counting against http_max_conns_per_client.
 	WaitTime time.Duration
-	// MaxWatches is the most blocking queries (one per watched key, each
-	// holding an HTTP connection) this Client keeps open at once; keys
-	// subscribed beyond it are polled (see the package doc). Zero means
+	// MaxWatches is the most blocking queries (one per subscription of a
+	// key, wake-ups or grants, and one per fair lease held, each holding
+	// an HTTP connection) this Client keeps open at once; subscriptions
+	// beyond it are polled (see the package doc), and a fair lease held
+	// beyond it is handed over with a read first. Zero means
 	// DefaultMaxWatches; negative means no limit.
 	MaxWatches int
 	// Client configures the Client New returns.
@@ -97,11 +99,13 @@ type backend struct {
 	cancel  context.CancelFunc
 	cleanup func() // closes idle connections of a client we made
 
-	mu       sync.Mutex
-	closed   bool
-	watchers map[string]*watcher
-	polled   map[string]*polledKey // keys watched by the poll loop
-	pollDone chan struct{}         // closed when the poll loop ends; nil when none runs
+	mu        sync.Mutex
+	closed    bool
+	watchers  map[subID]*watcher
+	polled    map[subID]sub  // subscriptions read by the poll loop
+	pollDone  chan struct{}  // closed when the poll loop ends; nil when none runs
+	fairLocal                // fair acquisition: queuewatch.go
+	watchWG   sync.WaitGroup // the blocking queries' goroutines (notify.go)
 }
 
 var (
@@ -159,7 +163,8 @@ func newBackend(client *capi.Client, o Options) (*backend, error) {
 	b := &backend{
 		c: client, kv: client.KV(), watchKV: client.KV(), prefix: prefix, o: o,
 		enc:      driver.KeyEncoder{MaxLen: 256, Safe: safeKeyByte},
-		watchers: map[string]*watcher{}, polled: map[string]*polledKey{},
+		watchers: map[subID]*watcher{}, polled: map[subID]sub{},
+		fairLocal: fairLocal{locals: map[string]map[string]time.Time{}, qwatches: map[string]*queueWatch{}, ended: map[string]uint64{}},
 	}
 	b.ClaimFunc = b.tryClaim
 	b.CommitFunc = func(ctx context.Context, l driver.Lease, v []byte, ttl time.Duration, release bool) error {
@@ -223,14 +228,12 @@ func (b *backend) Close() error {
 		return nil
 	}
 	b.closed = true
-	ws := b.watchers
 	b.watchers = nil
 	pd := b.pollDone
 	b.mu.Unlock()
 	b.cancel()
-	for _, w := range ws {
-		<-w.done
-	}
+	b.watchWG.Wait()
+	b.qwg.Wait()
 	if pd != nil {
 		<-pd
 	}

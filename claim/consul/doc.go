@@ -38,8 +38,8 @@
 // # Semantics
 //
 // Key K (mapped by driver.KeyEncoder: readable if short and plain, else
-// hashed) owns PREFIX/c/K/lock (the lease record), PREFIX/c/K/notify and
-// PREFIX/v/K (the stored value). Consul sessions are not used (their TTL
+// hashed) owns PREFIX/c/K/lock (the lease record), PREFIX/c/K/notify,
+// PREFIX/v/K (the stored value) and, used fairly, PREFIX/q/K (its queue). Consul sessions are not used (their TTL
 // is 10 s to 24 h, enforced loosely, and they can be invalidated early):
 // the driver enforces leases itself, so leases from 1 ms work.
 //
@@ -63,9 +63,9 @@
 //     out of date, after a retried Extend, costs one read), and Extend,
 //     Commit and CommitRelease of a lease whose record has expired answer
 //     ErrLost, whatever its Deadline says.
-//   - Revoke: one transaction, with no condition, deletes the lock key,
-//     sets or deletes the value key and writes the notify key (which wakes
-//     the key's subscribers): the lease and the value change atomically,
+//   - Revoke: one transaction, with no condition, deletes the lock key
+//     (and the fair queue, PREFIX/q/K), sets or deletes the value key and
+//     writes the notify key (which wakes the key's subscribers): the lease and the value change atomically,
 //     and the revoked holder's calls find no lock key of its token
 //     (ErrLost). The next claim's token, a later raft index, is greater.
 //   - Batches (driver.Batcher, Features.MaxBatch 64, Consul's documented
@@ -123,6 +123,34 @@
 // key, read by every answer of the key's blocking queries, until the
 // key's next release or notification (or Sweep); at 8 KiB a full
 // CommitReleaseMany still takes 4 transactions.
+//
+// Fair acquisition (driver.Queuer, claim.Client's AcquireFair): key K's
+// waiters queue in PREFIX/q/K, one JSON array of entries (holder, expiry
+// by the waiter's clock, TTL), outside K's directory so that enqueuing
+// does not answer the directory's blocking queries. Enqueue, Dequeue and
+// HandOff read the lock and queue keys (one read-only transaction) and
+// write one transaction conditioned on both as read (their ModifyIndex,
+// or their absence), again from the read if another client wrote either
+// in between; entries past their expiry plus ClockSkew are skipped. A
+// grant replaces the lock key (delete-cas, create: a new CreateIndex, so
+// a token above every earlier one) with the waiter's record, so the old
+// lease ends and the new one starts in one transaction. HandOff leaves
+// the queue key as it read it (checked, not written): the new record
+// names the queue key's index and how many of its entries are served
+// (Extend keeps both), and the next write of the queue drops them. The
+// process that holds a fair lease keeps a blocking query on the queue key
+// (one of its MaxWatches) until the lease ends, so its HandOff writes at
+// once, conditioned on what that query last saw and on the ModifyIndex in
+// the lease's Handle, without a read; only a waiter that enqueued since
+// costs a read and a second write. The grant reaches the waiter's
+// process in the answer of its grant subscription's blocking query on
+// K's directory (a new lock key: its record names the holder), with no
+// request of the waiter's own. A failed query, the first read after one,
+// and a lock key gone without a hand-over (released with nobody live
+// queued, revoked, swept) deliver a zero Lease: the waiters enqueue
+// again. Revoke deletes the queue with the lease (its waiters, told by
+// the zero Lease, enqueue again). A key is used fairly or not: Release
+// and TryClaim ignore the queue.
 //
 // As accepts a **api.Client (github.com/hashicorp/consul/api): the Consul
 // client the driver sends its requests with (for a URL-opened Client, the

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"strconv"
+	"sync"
 	"time"
 
 	capi "github.com/hashicorp/consul/api"
@@ -34,13 +35,16 @@ func (b *backend) SubscribeValue(ctx context.Context, key string, wake func(valu
 	return b.subscribe(ctx, []string{key}, []func([]byte){wake})
 }
 
-// watchLocked starts watching key from st, the state its subscriber
-// read: a blocking query (which starts with a list that does not block,
-// for its index, and wakes if the state moved from st), or, with every
-// slot taken, the poll loop. b.mu is held.
-func (b *backend) watchLocked(key string, st state, wake func([]byte)) {
-	if b.o.MaxWatches >= 0 && len(b.watchers) >= b.o.MaxWatches {
-		b.polled[key] = &polledKey{st: st, wake: wake}
+// watchLocked starts watching id's key for s, which holds the state its
+// subscriber read: a blocking query (which starts with a list that does
+// not block, for its index, and hands s the state if it moved), or, with
+// every slot taken, the poll loop. b.mu is held.
+func (b *backend) watchLocked(id subID, s sub) {
+	if b.o.MaxWatches >= 0 && len(b.watchers)+len(b.qwatches) >= b.o.MaxWatches {
+		if g, ok := s.(*grantSub); ok {
+			g.polled = true
+		}
+		b.polled[id] = s
 		if b.pollDone == nil {
 			b.pollDone = make(chan struct{})
 			go b.pollLoop(b.ctx, b.pollDone)
@@ -48,24 +52,33 @@ func (b *backend) watchLocked(key string, st state, wake func([]byte)) {
 		return
 	}
 	wctx, cancel := context.WithCancel(b.ctx)
-	w := &watcher{cancel: cancel, done: make(chan struct{})}
-	b.watchers[key] = w
-	go b.watch(wctx, key, b.dir(key), 0, st, wake, w.done)
+	w := &watcher{cancel: cancel}
+	b.watchers[id] = w
+	b.watchWG.Add(1)
+	go b.watch(wctx, b.dir(id.key), s, w)
+}
+
+// unwatch stops watching for id: after it returns, id's sub is not
+// called again. It does not wait for the blocking query's goroutine to
+// end (Close does): a waiter that got its lease from a wake-up or grant
+// leaves at once.
+func (b *backend) unwatch(id subID) {
+	b.mu.Lock()
+	w := b.watchers[id]
+	delete(b.watchers, id)
+	delete(b.polled, id)
+	b.mu.Unlock()
+	if w != nil {
+		w.mu.Lock()
+		w.stopped = true
+		w.mu.Unlock()
+		w.cancel()
+	}
 }
 
 // Unsubscribe implements driver.Notifier. The poll loop ends by itself
 // once no key is left.
-func (b *backend) Unsubscribe(key string) {
-	b.mu.Lock()
-	w := b.watchers[key]
-	delete(b.watchers, key)
-	delete(b.polled, key)
-	b.mu.Unlock()
-	if w != nil {
-		w.cancel()
-		<-w.done
-	}
-}
+func (b *backend) Unsubscribe(key string) { b.unwatch(subID{key: key}) }
 
 // Notify implements driver.Notifier: a write of the key's notify key.
 func (b *backend) Notify(ctx context.Context, key string) error {
@@ -140,16 +153,73 @@ func wakeValue(st, next state, nv []byte) []byte {
 
 // watcher is the blocking query of one key.
 type watcher struct {
-	cancel context.CancelFunc
-	done   chan struct{}
+	cancel  context.CancelFunc
+	mu      sync.Mutex // held while the sub is called
+	stopped bool       // unwatched: the sub is not called again
 }
 
-// polledKey is a key of the poll loop: the state last seen, and the wake
-// to call (under b.mu, so never after Unsubscribe returned).
-type polledKey struct {
+// seen hands a read to s unless w was stopped.
+func (w *watcher) seen(s sub, pairs capi.KVPairs, gap bool) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return !w.stopped && s.seen(pairs, gap)
+}
+
+// failed hands a failed read to s unless w was stopped.
+func (w *watcher) failed(s sub) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.stopped {
+		s.failed()
+	}
+}
+
+// subID names one subscription of a key: its wake-ups (Subscribe,
+// SubscribeValue, SubscribeMany) or its grants (SubscribeGrants). Each
+// has a blocking query (or a place in the poll loop) of its own.
+type subID struct {
+	key    string
+	grants bool
+}
+
+// sub is what a subscription does with the reads of its key's lock and
+// notify keys (a blocking query's, or the poll loop's). Its methods are
+// never called concurrently, nor after the subscription is dropped
+// (the poll loop calls them under b.mu).
+type sub interface {
+	// seen takes a read (gap: the first after a failed one) and reports
+	// whether it woke the subscriber.
+	seen(pairs capi.KVPairs, gap bool) bool
+	// failed takes a failed read.
+	failed()
+}
+
+// wakeSub is the sub of a key's wake-ups: it wakes by state.wakes,
+// from the state last seen.
+type wakeSub struct {
+	b    *backend
+	key  string
 	st   state
 	wake func([]byte)
 }
+
+func (s *wakeSub) seen(pairs capi.KVPairs, gap bool) bool {
+	next, nv := s.b.stateOf(s.key, pairs)
+	woke := gap || s.st.wakes(next)
+	if woke {
+		// After a gap (the agent may have restarted, its indexes with
+		// it) the wake carries nothing: the subscribers re-check.
+		var v []byte
+		if !gap {
+			v = wakeValue(s.st, next, nv)
+		}
+		s.wake(v)
+	}
+	s.st = next
+	return woke
+}
+
+func (s *wakeSub) failed() { s.wake(nil) }
 
 // state is what a wake-up depends on: which lease holds the key (its
 // CreateIndex, 0 if none) and the last notification (the notify key's
@@ -207,16 +277,18 @@ const (
 	queryGrace = 5 * time.Second
 )
 
-// watch runs the blocking query of one key until ctx is cancelled
-// (Unsubscribe, or Close), with waits from minWait up to WaitTime. A
-// failed query wakes the key's subscribers at once (the connection is
-// lost or refused: they re-check, and meet the error or take over, rather
-// than wait for a wake-up that cannot come); the driver then backs off
-// (jittered, up to 5 s), re-reads without blocking and wakes them again.
-func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st state, wake func([]byte), done chan struct{}) {
-	defer close(done)
+// watch runs the blocking query of one key (its directory dir) for s
+// until ctx is cancelled (Unsubscribe, or Close), with waits from minWait
+// up to WaitTime. A failed query is handed to s at once (the connection
+// is lost or refused: the subscribers re-check, and meet the error or
+// take over, rather than wait for a wake-up that cannot come); the
+// driver then backs off (jittered, up to 5 s), re-reads without blocking
+// and hands s that read as the end of a gap.
+func (b *backend) watch(ctx context.Context, dir string, s sub, w *watcher) {
+	defer b.watchWG.Done()
 	bo := driver.Backoff{Min: 50 * time.Millisecond, Max: 5 * time.Second, Rand: rand.Float64}
 	gap := false
+	var idx uint64
 	wait := min(minWait, b.o.WaitTime)
 	for {
 		q := &capi.QueryOptions{WaitIndex: idx, WaitTime: wait}
@@ -231,7 +303,7 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 		}
 		if err != nil {
 			if !gap {
-				wake(nil)
+				w.failed(s)
 			}
 			if !sleep(ctx, &bo) {
 				return
@@ -240,21 +312,12 @@ func (b *backend) watch(ctx context.Context, key, dir string, idx uint64, st sta
 			continue
 		}
 		bo.Reset()
-		next, nv := b.stateOf(key, pairs)
-		if gap || st.wakes(next) {
-			// After a gap (the agent may have restarted, its indexes
-			// with it) the wake carries nothing: the subscribers
-			// re-check.
-			var v []byte
-			if !gap {
-				v = wakeValue(st, next, nv)
-			}
-			wake(v)
+		if w.seen(s, pairs, gap) {
 			wait = min(minWait, b.o.WaitTime)
 		} else if idx != 0 { // a blocking query, not the first read
 			wait = min(2*wait, b.o.WaitTime)
 		}
-		st, gap = next, false
+		gap = false
 		// An index that goes backwards (server state reset) restarts
 		// from a non-blocking read.
 		if meta.LastIndex < idx {
@@ -285,17 +348,17 @@ func (b *backend) pollLoop(ctx context.Context, done chan struct{}) {
 			b.mu.Unlock()
 			return
 		}
-		keys := make([]string, 0, len(b.polled))
-		for k := range b.polled {
-			keys = append(keys, k)
+		ids := make([]subID, 0, len(b.polled))
+		for id := range b.polled {
+			ids = append(ids, id)
 		}
 		b.mu.Unlock()
-		for len(keys) > 0 {
-			n := min(len(keys), pollBatch)
-			if woke, err := b.pollRead(ctx, keys[:n]); woke && err == nil {
+		for len(ids) > 0 {
+			n := min(len(ids), pollBatch)
+			if woke, err := b.pollRead(ctx, ids[:n]); woke && err == nil {
 				bo.Reset() // after a failure, keep backing off
 			}
-			keys = keys[n:]
+			ids = ids[n:]
 		}
 	}
 }
@@ -313,13 +376,13 @@ func sleep(ctx context.Context, bo *driver.Backoff) bool {
 	return ctx.Err() == nil
 }
 
-// pollRead reads keys in one transaction, wakes those whose state calls
-// for it and records the new states; it reports whether a change woke
-// any, and the read's failure.
-func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
-	ops := make(capi.TxnOps, 0, 2*len(keys))
-	for _, k := range keys {
-		ops = append(ops, kvOp(capi.KVGetOrEmpty, b.lockKey(k), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(k), 0, nil))
+// pollRead reads the keys of ids in one transaction and hands each
+// subscription its read; it reports whether any woke its subscriber, and
+// the read's failure.
+func (b *backend) pollRead(ctx context.Context, ids []subID) (bool, error) {
+	ops := make(capi.TxnOps, 0, 2*len(ids))
+	for _, id := range ids {
+		ops = append(ops, kvOp(capi.KVGetOrEmpty, b.lockKey(id.key), 0, nil), kvOp(capi.KVGetOrEmpty, b.notifyKey(id.key), 0, nil))
 	}
 	rctx, cancel := context.WithTimeout(ctx, driver.DefaultPollReadTimeout)
 	_, resp, err := b.txn(rctx, ops, 0)
@@ -333,13 +396,13 @@ func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	woke := false
-	for i, k := range keys {
-		pk := b.polled[k]
-		if pk == nil {
+	for i, id := range ids {
+		s := b.polled[id]
+		if s == nil {
 			continue // unsubscribed meanwhile
 		}
 		if err != nil {
-			pk.wake(nil)
+			s.failed()
 			continue
 		}
 		var pairs capi.KVPairs
@@ -348,12 +411,9 @@ func (b *backend) pollRead(ctx context.Context, keys []string) (bool, error) {
 				pairs = append(pairs, r.KV)
 			}
 		}
-		next, nv := b.stateOf(k, pairs)
-		if pk.st.wakes(next) {
-			pk.wake(wakeValue(pk.st, next, nv))
+		if s.seen(pairs, false) {
 			woke = true
 		}
-		pk.st = next
 	}
 	return woke, err
 }

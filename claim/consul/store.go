@@ -3,8 +3,10 @@ package consul
 import (
 	"context"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -91,7 +93,8 @@ const sweepListTimeout = time.Minute
 
 // Sweep deletes what expired under the prefix of c, a Client of this
 // package: stored values past their TTL, lease records expired for longer
-// than ClockSkew (crashed holders'), and notify keys older than a minute,
+// than ClockSkew (crashed holders'), fair queues whose every entry has
+// expired (plus ClockSkew), and notify keys older than a minute,
 // which Consul KV (no TTL of its own) otherwise keeps. It lists the whole
 // prefix: run it now and then from one process, not from every instance.
 // Each deletion is a compare-and-delete on the index read, so a concurrent
@@ -130,6 +133,10 @@ func Sweep(ctx context.Context, c *claim.Client) (int, error) {
 		case strings.HasPrefix(rest, "v/"):
 			_, expired, ok := decodeValue(p.Value, now)
 			stale = ok && expired
+		case strings.HasPrefix(rest, "q/"):
+			// A fair queue whose every entry has expired.
+			var q []entry
+			stale = json.Unmarshal(p.Value, &q) == nil && !slices.ContainsFunc(q, func(e entry) bool { return b.live(e, now) })
 		case strings.HasSuffix(rest, "/lock"):
 			r, ok := parseRecord(p.Value)
 			stale = ok && now.After(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew))
