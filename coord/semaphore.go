@@ -37,6 +37,10 @@ type Semaphore struct {
 	n    int
 	ttl  time.Duration
 	keys []string
+	// turn is held by the one Acquire of this Semaphore that is trying
+	// the slots; the others wait for it here, in process, so a release
+	// wakes one waiter per process, not every goroutine of every process.
+	turn chan struct{}
 }
 
 // NewSemaphore returns the semaphore called name, of count n (1 to
@@ -54,7 +58,8 @@ func NewSemaphore(ctx context.Context, c *claim.Client, name string, n int, opt 
 	if err := agree(ctx, c, base, "count", n); err != nil {
 		return nil, fmt.Errorf("coord: semaphore %q: %w", name, err)
 	}
-	s := &Semaphore{c: c, name: name, n: n, ttl: DefaultTTL, keys: slotKeys(base, n)}
+	s := &Semaphore{c: c, name: name, n: n, ttl: DefaultTTL, keys: slotKeys(base, n), turn: make(chan struct{}, 1)}
+	s.turn <- struct{}{}
 	if opt != nil && opt.TTL > 0 {
 		s.ttl = opt.TTL
 	}
@@ -93,9 +98,18 @@ func (s *Semaphore) Count() int { return s.n }
 // ctx is done. A free slot costs one claim per slot tried (slots are
 // tried from a random one on); when every slot is held the caller
 // subscribes to them all and waits for a release's wake-up or the end of
-// a holder's lease, whichever comes first, then tries again.
+// a holder's lease, whichever comes first, then tries again. Within one
+// Semaphore value the callers of Acquire take turns: one of them tries
+// the slots while the others wait in process (share one Semaphore per
+// name in a process, so that a release does not wake all its goroutines).
 func (s *Semaphore) Acquire(ctx context.Context) (*Permit, error) {
+	select {
+	case <-s.turn:
+	case <-ctx.Done():
+		return nil, fmt.Errorf("coord: semaphore %q: %w", s.name, ctx.Err())
+	}
 	l, slot, err := takeSlot(ctx, s.c, s.keys, s.ttl, true)
+	s.turn <- struct{}{}
 	if err != nil {
 		return nil, fmt.Errorf("coord: semaphore %q: %w", s.name, err)
 	}

@@ -64,9 +64,19 @@ type coordEvent struct {
 	Slots []string `json:"slots,omitempty"`
 }
 
-var coordCommand = func(sub string) (string, []string, error) {
+// childCommand is how takeover, elect and sem start their child
+// processes: this binary, re-executed with the subcommand (tests replace
+// it with the test binary).
+var childCommand = func(sub string) (string, []string, error) {
 	exe, err := os.Executable()
 	return exe, []string{sub}, err
+}
+
+// printJSON writes v indented: a command's -json report.
+func printJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 type child struct {
@@ -81,7 +91,7 @@ func (c *child) kill() { _ = c.cmd.Process.Kill(); <-c.exited }
 func startCoordChildren(sub string, cfgs []coordConfig, ev chan<- coordEvent, stderr io.Writer) ([]*child, error) {
 	var cs []*child
 	for _, cfg := range cfgs {
-		exe, args, err := coordCommand(sub)
+		exe, args, err := childCommand(sub)
 		if err != nil {
 			return cs, err
 		}
@@ -163,9 +173,7 @@ func electCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "elect (%s, %d processes, lease %s): %d leaders killed; terms %v; failover after SIGKILL (ms) %v; overlaps %d; observers with a missed or disordered term %d\n",
 		rep.Backend, rep.Procs, time.Duration(rep.TTLMs)*time.Millisecond, rep.Kills, rep.Terms, rep.FailoverMs, rep.Overlaps, rep.BadObservers)
@@ -410,9 +418,7 @@ func semCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "sem (%s, N=%d, %d processes x %d goroutines, hold %s, %s): %d permits, %.0f/s; peak holders %d; over N %d; duplicate tokens %d\n",
 		rep.Backend, rep.N, rep.Procs, rep.Workers, *hold, *dur, rep.Permits, rep.PerSec, rep.Peak, rep.Over, rep.DupToken)

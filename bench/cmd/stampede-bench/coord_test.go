@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -23,21 +22,12 @@ func TestCoordChild(t *testing.T) {
 	}
 }
 
-func useTestBinaryForCoord(t *testing.T) {
-	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	old := coordCommand
-	coordCommand = func(string) (string, []string, error) {
-		return os.Args[0], []string{"-test.run=^TestCoordChild$", "-test.count=1"}, nil
-	}
-	t.Cleanup(func() { coordCommand = old })
-}
-
 // Processes campaign; leaders are SIGKILLed one after another: one leader
 // at a time, terms up, a new leader within the lease (+ margin) of each
 // kill, every live observer sees every term in order.
 func TestElectRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
-	useTestBinaryForCoord(t)
+	useTestBinaryFor(t, "TestCoordChild")
 	var stderr bytes.Buffer
 	ttl := time.Second
 	rep, err := runElect(context.Background(), srv.URL(), 5, 2, ttl, &stderr)
@@ -64,7 +54,7 @@ func TestElectRedis(t *testing.T) {
 // holders by the file-lock counter, no token twice.
 func TestSemRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
-	useTestBinaryForCoord(t)
+	useTestBinaryFor(t, "TestCoordChild")
 	var stderr bytes.Buffer
 	rep, err := runSem(context.Background(), srv.URL(), 3, 4, 10, 2*time.Second, time.Millisecond, &stderr)
 	if err != nil {

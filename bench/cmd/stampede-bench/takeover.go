@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
@@ -60,11 +59,6 @@ type TakeoverReport struct {
 	BadTokens int `json:"bad_tokens"`
 }
 
-var takeoverCommand = func() (string, []string, error) {
-	exe, err := os.Executable()
-	return exe, []string{"takeover"}, err
-}
-
 func takeoverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if conf := os.Getenv(takeoverChildEnv); conf != "" {
 		return takeoverChild(ctx, conf, os.Stdin, stdout)
@@ -82,28 +76,17 @@ func takeoverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		fmt.Fprintln(stderr, "stampede-bench takeover: need -rounds >= 1 and -ttl > 0")
 		return cli.ErrUsage
 	}
-	url := *backend
-	if kind, ok := benchKinds[url]; ok {
-		u, stop, err := kindServer(ctx, kind, stderr)
-		if err != nil {
-			return fmt.Errorf("takeover: %w", err)
-		}
-		if stop != nil {
-			defer stop()
-		}
-		url = u
+	url, stop, err := resolveBackend(ctx, *backend, stderr)
+	if err != nil {
+		return fmt.Errorf("takeover: %w", err)
 	}
-	if strings.HasPrefix(url, "mem:") {
-		return fmt.Errorf("takeover: the in-process backend cannot be shared with another process; use a server")
-	}
+	defer stop()
 	rep, err := runTakeover(ctx, url, *rounds, *ttl, *fair, stderr)
 	if err != nil {
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(stdout)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rep)
+		return printJSON(stdout, rep)
 	}
 	fmt.Fprintf(stdout, "takeover after SIGKILL (%s, %s, lease %s, %d rounds): past the dead holder's deadline p50 %.1f ms, max %.1f ms; all: %v\n",
 		rep.Backend, rep.Mode, time.Duration(rep.TTLMs*1e6), rep.Rounds, rep.P50Ms, rep.MaxMs, rep.PastMs)
@@ -128,7 +111,7 @@ func runTakeover(ctx context.Context, url string, rounds int, ttl time.Duration,
 	for i := range rounds {
 		key := fmt.Sprintf("takeover/%d/%d", time.Now().UnixNano(), i)
 		cfg, _ := json.Marshal(takeoverConfig{Backend: url, Key: key, TTL: ttl, Fair: fair})
-		exe, args, err := takeoverCommand()
+		exe, args, err := childCommand("takeover")
 		if err != nil {
 			return nil, err
 		}

@@ -24,20 +24,22 @@ func TestTakeoverHolder(t *testing.T) {
 	}
 }
 
-func useTestBinaryForTakeover(t *testing.T) {
+// useTestBinaryFor makes takeover, elect and sem start their child
+// processes from this test binary, running the test named test.
+func useTestBinaryFor(t *testing.T, test string) {
 	t.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
-	old := takeoverCommand
-	takeoverCommand = func() (string, []string, error) {
-		return os.Args[0], []string{"-test.run=^TestTakeoverHolder$", "-test.count=1"}, nil
+	old := childCommand
+	childCommand = func(string) (string, []string, error) {
+		return os.Args[0], []string{"-test.run=^" + test + "$", "-test.count=1"}, nil
 	}
-	t.Cleanup(func() { takeoverCommand = old })
+	t.Cleanup(func() { childCommand = old })
 }
 
 // A SIGKILLed holder's key is taken over, in both modes, with a higher
 // token, after its deadline (never before: that would be two holders).
 func TestTakeoverRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
-	useTestBinaryForTakeover(t)
+	useTestBinaryFor(t, "TestTakeoverHolder")
 	for _, fair := range []bool{false, true} {
 		var stderr bytes.Buffer
 		rep, err := runTakeover(context.Background(), srv.URL(), 2, 500*time.Millisecond, fair, &stderr)
