@@ -360,7 +360,7 @@ func (r *report) markdown() string {
 			}
 			// A lock library against Client.Acquire; the raw SET NX + DEL
 			// floor against one TryClaim + Release too.
-			ours := []string{"stampede"}
+			ours := []string{"stampede", "stampede fair"}
 			if strings.HasPrefix(l.Short, "raw") {
 				ours = []string{"stampede try", "stampede"}
 			}
