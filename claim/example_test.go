@@ -106,7 +106,7 @@ func ExampleClient_AcquireFair() {
 		}
 		next <- l
 	}()
-	time.Sleep(10 * time.Millisecond) // (for the example: let it queue)
+	time.Sleep(10 * time.Millisecond)             // (for the example: let it queue)
 	if err := c.Release(ctx, first); err != nil { // hands the lease over
 		panic(err)
 	}
