@@ -52,19 +52,6 @@ func (c *Client) AcquireFair(ctx context.Context, key string, ttl time.Duration)
 		return Lease{}, opError("acquire-fair", key, fmt.Errorf("%w: the %s driver has no fair queue (driver.Queuer)", ErrUnsupported, c.feat.Name))
 	}
 	holder := newHolder()
-	// A free key with nobody queued costs one Enqueue, no subscription.
-	cl := c.begin(ctx, "enqueue")
-	l, err := c.q.Enqueue(cl.ctx, key, holder, ttl)
-	if err = c.end(ctx, cl, err); err == nil {
-		return fairLease(l, key, holder, cl.start), nil
-	}
-	if !errors.Is(err, ErrHeld) {
-		c.leaveQueue(ctx, key, holder)
-		return Lease{}, claimError("acquire-fair", key, err)
-	}
-	// Queued. From here grants are pushed: subscribe, then enqueue again
-	// (which keeps the place, and returns a lease granted before the
-	// subscription was live: step 2).
 	w := &fairWaiter{grant: make(chan Lease, 1), reset: make(chan struct{}, 1)}
 	c.fairMu.Lock()
 	c.fairWaiters[holder] = w
@@ -74,6 +61,7 @@ func (c *Client) AcquireFair(ctx context.Context, key string, ttl time.Duration)
 		delete(c.fairWaiters, holder)
 		c.fairMu.Unlock()
 	}()
+	// Subscribed before the first Enqueue, so no grant can come unseen.
 	signal := func() {
 		select {
 		case w.reset <- struct{}{}:
@@ -82,10 +70,9 @@ func (c *Client) AcquireFair(ctx context.Context, key string, ttl time.Duration)
 	}
 	m := &member{name: key, gone: signal, deliver: func([]byte, bool) { signal() }}
 	sctx, stop := c.opCtx(ctx)
-	err = c.grants.join(sctx, m)
+	err := c.grants.join(sctx, m)
 	stop()
 	if err != nil {
-		c.leaveQueue(ctx, key, holder)
 		return Lease{}, opError("acquire-fair", key, err)
 	}
 	// Left in the background: a granted waiter does not wait for the
@@ -94,7 +81,7 @@ func (c *Client) AcquireFair(ctx context.Context, key string, ttl time.Duration)
 
 	// queued is when the latest Enqueue answered "queued" was sent: the
 	// grant came after it, so the lease lasts at least until queued+TTL.
-	queued := cl.start
+	var queued time.Time
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {

@@ -127,10 +127,10 @@ func (f *fanout) join(ctx context.Context, m *member) error {
 					defer cancel()
 					f.finish(name, e, f.subscribe(rctx, name, fire))
 				}()
-				return ctx.Err()
+				return err
 			}
 			f.finish(name, e, err)
-			return ctx.Err()
+			return err
 		}
 		f.finish(name, e, err)
 		return err

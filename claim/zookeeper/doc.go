@@ -129,7 +129,7 @@
 // write was a CommitRelease's. Any other wake-up carries none; a value
 // whose TTL ran out is not carried; there is no size bound (the read is
 // the one the woken waiter would make). There, a claim's wake-up is held
-// back 100 ms, and dropped if the release ending the claim wakes first. Messages of the topic bus
+// back 1 s, and dropped if the release ending the claim wakes first. Messages of the topic bus
 // (Broadcaster) are ephemeral sequential znodes under t/ENC(TOPIC), with
 // one child watch per subscribed topic; a message over MaxValueLen is a
 // *claim.TooLargeError before any I/O.

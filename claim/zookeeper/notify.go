@@ -158,7 +158,7 @@ func (b *backend) SubscribeValue(ctx context.Context, key string, wake func([]by
 // docs/zookeeper.md); held back, it is usually replaced by the wake-up of
 // the release that ends the claim (which carries a CommitRelease's
 // value), instead of coming first with none.
-const claimWakeDelay = 100 * time.Millisecond
+const claimWakeDelay = time.Second
 
 // valueWatch is the state of one key's value-carrying watch, used by its
 // goroutine only (after the first arm, made by SubscribeValue).

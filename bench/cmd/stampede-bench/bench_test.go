@@ -27,7 +27,7 @@ func TestBenchMem(t *testing.T) {
 			t.Errorf("table lacks %q", want)
 		}
 	}
-	if !strings.Contains(stderr.String(), "[8/8] mem: FlightHerd") {
+	if !strings.Contains(stderr.String(), "[10/10] mem: FlightHerd") {
 		t.Errorf("no progress line for the last benchmark in stderr:\n%s", stderr.String())
 	}
 	for _, f := range []string{"claim-release.svg", "handoff.svg", "fanout.svg", "store.svg", "flight-l1-hit.svg", "flight-l2-hit.svg", "herd.svg"} {
@@ -44,8 +44,8 @@ func TestBenchMem(t *testing.T) {
 	if err := json.Unmarshal(data, &rep); err != nil {
 		t.Fatal(err)
 	}
-	if len(rep.Results) != 8 || rep.failed() != 0 {
-		t.Errorf("results.json: %d results, %d failed; want 8, 0", len(rep.Results), rep.failed())
+	if len(rep.Results) != 10 || rep.failed() != 0 {
+		t.Errorf("results.json: %d results, %d failed; want 10, 0", len(rep.Results), rep.failed())
 	}
 }
 

@@ -89,6 +89,7 @@ func (c *child) kill() { _ = c.cmd.Process.Kill(); <-c.exited }
 
 // startCoordChildren starts one child per config; their events go to ev.
 func startCoordChildren(sub string, cfgs []coordConfig, ev chan<- coordEvent, stderr io.Writer) ([]*child, error) {
+	stderr = &syncWriter{w: stderr} // the children's logs, from several goroutines
 	var cs []*child
 	for _, cfg := range cfgs {
 		exe, args, err := childCommand(sub)
