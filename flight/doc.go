@@ -333,7 +333,10 @@
 // parent of the loader's own spans) are its children. A caller that joins
 // a flight links to the span that started it (link attribute
 // stampede.link = "flight"). A background refresh is a span "flight
-// refresh". L1 hits are not traced: a span costs more than the hit.
+// refresh". A GetMany is a span "flight get-many" with stampede.keys (the
+// keys asked) and stampede.failed_keys (how many Results have an Err);
+// its backend calls are its children. L1 hits are not traced: a span
+// costs more than the hit.
 //
 // The holder writes the span context of its "flight load" (trace id, span
 // id, trace flags: 25 bytes, only when the span is sampled) into the

@@ -31,6 +31,27 @@ type BatchFunc[V any] func(ctx context.Context, keys []string) (map[string]V, er
 // a whole (ErrClosed, ErrNoLoader for a nil load); a repeated key gets the
 // same answer at each of its places.
 func (c *Cache[V]) GetMany(ctx context.Context, keys []string, load BatchFunc[V], opts ...CallOption[V]) ([]Result[V], error) {
+	ctx, span := c.startSpan(ctx, spanGetMany)
+	if span == nil {
+		return c.getMany(ctx, keys, load, opts)
+	}
+	span.SetAttributes(attrKeys.Int(len(keys)))
+	res, err := c.getMany(ctx, keys, load, opts)
+	failed := 0
+	for _, r := range res {
+		if r.Err != nil {
+			failed++
+		}
+	}
+	if failed > 0 {
+		span.SetAttributes(attrFailedKeys.Int(failed))
+	}
+	finishSpan(span, err)
+	return res, err
+}
+
+// getMany is GetMany, under its span (if traced).
+func (c *Cache[V]) getMany(ctx context.Context, keys []string, load BatchFunc[V], opts []CallOption[V]) ([]Result[V], error) {
 	if c.closed.Load() {
 		return nil, ErrClosed
 	}

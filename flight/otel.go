@@ -32,6 +32,7 @@ const (
 // The spans' names.
 const (
 	spanGet     = "flight get"
+	spanGetMany = "flight get-many"
 	spanRefresh = "flight refresh"
 	spanWait    = "flight wait"
 	spanLoad    = "flight load"
@@ -50,6 +51,10 @@ const (
 	// any process, that produced the value) or "flight" (the span of the
 	// caller that started the flight this caller joined).
 	attrLink = attribute.Key("stampede.link")
+	// attrKeys is the number of keys a GetMany asked; attrFailedKeys how
+	// many of them have an error in their Result.
+	attrKeys       = attribute.Key("stampede.keys")
+	attrFailedKeys = attribute.Key("stampede.failed_keys")
 )
 
 // sourceAttr are the values of stampede.source, by Source.

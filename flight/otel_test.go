@@ -738,3 +738,42 @@ func TestErrorType(t *testing.T) {
 		}
 	}
 }
+
+// A GetMany is one "flight get-many" span with the keys asked and how many
+// failed; its loads are spans of their own under the trace.
+func TestTraceGetMany(t *testing.T) {
+	ctx := context.Background()
+	s := newOtelSDK(t)
+	b, err := memory.New(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	c := openCache(t, b, &Options[string]{Name: "m", TracerProvider: s.tp})
+	load := func(_ context.Context, keys []string) (map[string]string, error) {
+		out := map[string]string{}
+		for _, k := range keys {
+			if k != "missing" {
+				out[k] = "v " + k
+			}
+		}
+		return out, nil
+	}
+	res, err := c.GetMany(ctx, []string{"a", "b", "missing"}, load)
+	if err != nil || len(res) != 3 {
+		t.Fatalf("GetMany: %v, %v", res, err)
+	}
+	sp := s.one(t, "GetMany", spanGetMany)
+	var keys, failed int64
+	for _, a := range sp.Attributes() {
+		switch a.Key {
+		case attrKeys:
+			keys = a.Value.AsInt64()
+		case attrFailedKeys:
+			failed = a.Value.AsInt64()
+		}
+	}
+	if keys != 3 || failed != 1 || attrOf(sp, attrCache) != "m" {
+		t.Errorf("get-many span: keys %d failed %d, attributes %v; want 3 and 1 (the missing key)", keys, failed, sp.Attributes())
+	}
+}
