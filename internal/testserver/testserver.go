@@ -279,20 +279,33 @@ func (s *Server) resetData(ctx context.Context) error {
 // launch starts the process and waits for readiness; on failure the process
 // is gone when it returns.
 func (s *Server) launch(ctx context.Context) error {
-	args, err := s.spec.args(s)
+	p, err := s.spawn()
 	if err != nil {
 		return err
 	}
+	return s.await(ctx, p)
+}
+
+// spawn starts the process, with its output appended to the log, and does
+// not wait for it.
+func (s *Server) spawn() (*proc, error) {
+	args, err := s.spec.args(s)
+	if err != nil {
+		return nil, err
+	}
 	logf, err := os.OpenFile(s.LogPath(), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	fmt.Fprintf(logf, "\n=== testserver: %s %s on %s\n", time.Now().Format(time.RFC3339Nano), s.kind, s.addr)
 	p, err := spawn(s.bin, args, s.dir, s.spec.env, s.spec.asPostgres, logf)
 	logf.Close()
-	if err != nil {
-		return err
-	}
+	return p, err
+}
+
+// await waits for p, just spawned, to be ready and makes it the server's
+// process; on failure p is gone when it returns.
+func (s *Server) await(ctx context.Context, p *proc) error {
 	rctx, cancel := context.WithTimeout(ctx, s.opts.StartTimeout)
 	defer cancel()
 	if err := s.waitReady(rctx, p); err != nil {

@@ -1,0 +1,313 @@
+//go:build unix
+
+package testserver
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// EtcdCluster is an etcd cluster of a few members on loopback, for fault
+// tests: each member is a [Server] of kind [Etcd] with its own ports (client
+// and peer), temporary directory, process group and log, so a test kills,
+// restarts or stops one member through that Server ([Server.Kill],
+// [Server.Restart], [Server.Shutdown]). Members run the binary and the
+// settings of the single server (500 ms election timeout, no fsync, no
+// authentication, no TLS). Its methods are safe for concurrent use.
+type EtcdCluster struct {
+	members []*Server
+	ids     []string // raft member IDs, as /v3/maintenance/status gives them
+	token   string   // --initial-cluster-token, unique per cluster
+}
+
+// StartEtcdCluster starts an n-member etcd cluster on free loopback ports,
+// each member with a new temporary directory, and returns once every
+// member answers /health (the cluster has a leader). It blocks until then,
+// until the start timeout, or until ctx is done. Of opts only Args (for
+// every member) and StartTimeout are supported. When a member exits during
+// start (most likely a port taken first by another process), the whole
+// cluster is started again, twice at most, on new ports with fresh data.
+// A missing etcd binary returns an error wrapping [ErrMissing].
+func StartEtcdCluster(ctx context.Context, n int, opts *Options) (*EtcdCluster, error) {
+	if n < 1 {
+		return nil, fmt.Errorf("testserver: etcd cluster of %d members", n)
+	}
+	var o Options
+	if opts != nil {
+		o = *opts
+		o.Args = append([]string(nil), opts.Args...)
+	}
+	if o.Password != "" || o.User != "" || o.TLS || o.AppendOnly {
+		return nil, errors.New("testserver: etcd cluster: only Options.Args and StartTimeout are supported")
+	}
+	if o.StartTimeout <= 0 {
+		o.StartTimeout = 60 * time.Second
+	}
+	base := specs[Etcd]
+	bin, err := base.binary(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("testserver: etcd cluster: %w", err)
+	}
+	sweepOnce.Do(sweep)
+	c := &EtcdCluster{}
+	sp := &spec{
+		nports:     2, // client, peer
+		binary:     base.binary,
+		stopSignal: base.stopSignal,
+		args:       c.args,
+		ready:      readyEtcd,
+		url:        base.url,
+	}
+	for range n {
+		s := &Server{kind: Etcd, spec: sp, opts: o, bin: bin}
+		c.members = append(c.members, s)
+		if s.dir, err = os.MkdirTemp("", "stampede-etcd-*"); err == nil {
+			if err = os.WriteFile(filepath.Join(s.dir, ownerFile), []byte(selfTag()+"\n"), 0o644); err == nil {
+				err = s.prepare(ctx)
+			}
+		}
+		if err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("testserver: etcd cluster: %w", err)
+		}
+	}
+	c.token = filepath.Base(c.members[0].dir)
+	const attempts = 3
+	for i := 1; ; i++ {
+		ports := freePorts(2 * n)
+		for j, s := range c.members {
+			s.ports = ports[2*j : 2*j+2]
+			s.setAddr()
+		}
+		err = c.launch(ctx)
+		if err == nil {
+			break
+		}
+		var ee *exitedError
+		if i == attempts || !errors.As(err, &ee) || ctx.Err() != nil {
+			c.Stop()
+			return nil, fmt.Errorf("testserver: start etcd cluster: %w", err)
+		}
+		for _, s := range c.members {
+			if err := s.resetData(ctx); err != nil {
+				c.Stop()
+				return nil, fmt.Errorf("testserver: start etcd cluster: %w", err)
+			}
+		}
+	}
+	c.ids = make([]string, n)
+	for i, s := range c.members {
+		st, err := etcdStatus(ctx, s)
+		if err != nil {
+			c.Stop()
+			return nil, fmt.Errorf("testserver: etcd cluster: member %d status: %w", i, err)
+		}
+		c.ids[i] = st.MemberID
+	}
+	return c, nil
+}
+
+// RequireEtcdCluster starts an n-member cluster for the test t, as
+// [RequireWith] does a server: it is stopped by t.Cleanup (after logging
+// each member's log tail if the test failed), and a missing etcd skips the
+// test, or fails it when STAMPEDE_TEST_REQUIRE=1. STAMPEDE_TEST_ETCD_URL
+// is not used: the test controls the members.
+func RequireEtcdCluster(t testing.TB, n int) *EtcdCluster {
+	t.Helper()
+	c, err := StartEtcdCluster(context.Background(), n, nil)
+	if err != nil {
+		failStart(t, Etcd, err)
+		return nil
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for i, s := range c.members {
+				t.Logf("testserver: etcd member %d at %s, log tail:\n%s", i, s.Addr(), s.logTail(30))
+			}
+		}
+		if err := c.Stop(); err != nil {
+			t.Errorf("testserver: stop etcd cluster: %v", err)
+		}
+	})
+	return c
+}
+
+// args are a member's command line: its name is m<index>, and the initial
+// cluster lists every member's peer URL.
+func (c *EtcdCluster) args(s *Server) ([]string, error) {
+	var initial []string
+	name := ""
+	for i, m := range c.members {
+		initial = append(initial, fmt.Sprintf("m%d=http://127.0.0.1:%d", i, m.ports[1]))
+		if m == s {
+			name = fmt.Sprintf("m%d", i)
+		}
+	}
+	client := "http://" + s.addr
+	peer := fmt.Sprintf("http://127.0.0.1:%d", s.ports[1])
+	a := []string{
+		"--name", name, "--data-dir", s.dataDir(),
+		"--listen-client-urls", client, "--advertise-client-urls", client,
+		"--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+		"--initial-cluster", strings.Join(initial, ","), "--initial-cluster-state", "new",
+		"--initial-cluster-token", c.token,
+		"--heartbeat-interval", "50", "--election-timeout", "500",
+		"--unsafe-no-fsync", "--log-level", "warn",
+	}
+	return append(a, s.opts.Args...), nil
+}
+
+// launch spawns every member, then waits for each to be ready (none is
+// before a quorum runs); on failure no member is left running.
+func (c *EtcdCluster) launch(ctx context.Context) error {
+	procs := make([]*proc, len(c.members))
+	for i, s := range c.members {
+		p, err := s.spawn()
+		if err != nil {
+			for _, p := range procs[:i] {
+				p.kill()
+			}
+			return err
+		}
+		procs[i] = p
+	}
+	for i, s := range c.members {
+		if err := s.await(ctx, procs[i]); err != nil {
+			for _, m := range c.members[:i] {
+				m.Kill()
+			}
+			for _, p := range procs[i+1:] {
+				p.kill()
+			}
+			return fmt.Errorf("member %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+// Members returns the members, in a fixed order (member i is named m<i>).
+func (c *EtcdCluster) Members() []*Server { return append([]*Server(nil), c.members...) }
+
+// Member returns member i.
+func (c *EtcdCluster) Member(i int) *Server { return c.members[i] }
+
+// Endpoints returns every member's client address, host:port, in member
+// order.
+func (c *EtcdCluster) Endpoints() []string {
+	eps := make([]string, len(c.members))
+	for i, s := range c.members {
+		eps[i] = s.Addr()
+	}
+	return eps
+}
+
+// URL returns a stampede URL listing every member, for claim.Open:
+// etcd://127.0.0.1:P0,127.0.0.1:P1,...
+func (c *EtcdCluster) URL() string { return "etcd://" + strings.Join(c.Endpoints(), ",") }
+
+// Leader asks every running member for its status (/v3/maintenance/status,
+// each within 2 s) and returns the index of the leader, when the members
+// that answered are a majority of the cluster, all name the same leader,
+// and that leader is running. Otherwise (an election under way, a leader
+// just killed that the others still name) it returns an error; see
+// [EtcdCluster.WaitLeader].
+func (c *EtcdCluster) Leader(ctx context.Context) (int, error) {
+	var leader string
+	answered := 0
+	for i, s := range c.members {
+		if !s.Running() {
+			continue
+		}
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := etcdStatus(sctx, s)
+		cancel()
+		if err != nil {
+			continue
+		}
+		answered++
+		if st.Leader == "" || st.Leader == "0" {
+			return -1, fmt.Errorf("testserver: etcd member %d has no leader", i)
+		}
+		if leader != "" && st.Leader != leader {
+			return -1, fmt.Errorf("testserver: etcd members disagree on the leader (%s, %s)", leader, st.Leader)
+		}
+		leader = st.Leader
+	}
+	if answered <= len(c.members)/2 {
+		return -1, fmt.Errorf("testserver: %d of %d etcd members answered", answered, len(c.members))
+	}
+	for i, id := range c.ids {
+		if id == leader {
+			if !c.members[i].Running() {
+				return -1, fmt.Errorf("testserver: etcd leader m%d is not running", i)
+			}
+			return i, nil
+		}
+	}
+	return -1, fmt.Errorf("testserver: etcd leader %s is not a member", leader)
+}
+
+// WaitLeader calls Leader every 50 ms until it names a leader or ctx is
+// done (then it returns Leader's last error).
+func (c *EtcdCluster) WaitLeader(ctx context.Context) (int, error) {
+	for {
+		i, err := c.Leader(ctx)
+		if err == nil {
+			return i, nil
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return -1, fmt.Errorf("%w (%v)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// Stop stops every member and removes their directories (see
+// [Server.Stop]). It is idempotent.
+func (c *EtcdCluster) Stop() error {
+	var errs []error
+	for _, s := range c.members {
+		errs = append(errs, s.Stop())
+	}
+	return errors.Join(errs...)
+}
+
+// etcdStatusReply is the part of /v3/maintenance/status this package
+// reads; etcd's JSON gateway prints 64-bit integers as strings.
+type etcdStatusReply struct {
+	MemberID string
+	Leader   string
+}
+
+func etcdStatus(ctx context.Context, s *Server) (etcdStatusReply, error) {
+	code, body, err := httpDo(ctx, s, "POST", "/v3/maintenance/status", map[string]string{"Content-Type": "application/json"}, "{}")
+	if err != nil {
+		return etcdStatusReply{}, err
+	}
+	if code != 200 {
+		return etcdStatusReply{}, fmt.Errorf("etcd /v3/maintenance/status: %d %s", code, strings.TrimSpace(body))
+	}
+	var r struct {
+		Header struct {
+			MemberID json.Number `json:"member_id"`
+		} `json:"header"`
+		Leader json.Number `json:"leader"`
+	}
+	if err := json.Unmarshal([]byte(body), &r); err != nil {
+		return etcdStatusReply{}, fmt.Errorf("etcd /v3/maintenance/status: %v in %q", err, body)
+	}
+	if r.Header.MemberID == "" {
+		return etcdStatusReply{}, fmt.Errorf("etcd /v3/maintenance/status: no member ID in %q", body)
+	}
+	return etcdStatusReply{MemberID: r.Header.MemberID.String(), Leader: r.Leader.String()}, nil
+}
