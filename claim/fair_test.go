@@ -32,11 +32,7 @@ func TestAcquireFairUnsupported(t *testing.T) {
 // holder committed with CommitRelease; the waiter's next Release hands on.
 func TestAcquireFairHandOver(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := twoProcesses(t)
 	ttl := time.Minute
 	l0, err := a.AcquireFair(ctx, "k", ttl)
 	if err != nil {
@@ -53,7 +49,7 @@ func TestAcquireFairHandOver(t *testing.T) {
 		}
 		got <- l
 	}()
-	waitQueued(t, a, "k")
+	waitQueued()
 	l0, err = a.Extend(ctx, l0, ttl) // Extend keeps the lease fair
 	if err != nil || !l0.Fair {
 		t.Fatalf("Extend: %v, fair %v", err, l0.Fair)
@@ -82,23 +78,27 @@ func TestAcquireFairHandOver(t *testing.T) {
 	}
 }
 
-// waitQueued gives a waiter time to queue for key. Whether it has or not,
-// the test's outcome is the same (a key released before the waiter queued
-// is claimed by it at once); only the path differs.
-func waitQueued(t *testing.T, _ *claim.Client, _ string) {
+// waitQueued gives a waiter time to queue. Whether it has or not, the
+// test's outcome is the same (a key released before the waiter queued is
+// claimed by it at once); only the path differs.
+func waitQueued() { time.Sleep(30 * time.Millisecond) }
+
+// twoProcesses returns two clients of one in-process space, as if in two
+// processes, closed when the test ends (Close is idempotent).
+func twoProcesses(t *testing.T) (a, b *claim.Client) {
 	t.Helper()
-	time.Sleep(30 * time.Millisecond)
+	sp := memory.NewSpace(nil)
+	a, _ = memory.New(sp, nil)
+	b, _ = memory.New(sp, nil)
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
 }
 
 // A waiter whose context ends leaves the queue: the holder's release then
 // frees the key instead of granting it to nobody.
 func TestAcquireFairCancel(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := twoProcesses(t)
 	l0, err := a.AcquireFair(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -119,10 +119,7 @@ func TestAcquireFairCancel(t *testing.T) {
 // Close while waiting ends AcquireFair with ErrClosed.
 func TestAcquireFairClose(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
+	a, b := twoProcesses(t)
 	if _, err := a.AcquireFair(ctx, "k", time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -147,11 +144,7 @@ func TestAcquireFairClose(t *testing.T) {
 // release would drop the queue).
 func TestCommitReleaseManyFair(t *testing.T) {
 	ctx := context.Background()
-	sp := memory.NewSpace(nil)
-	a, _ := memory.New(sp, nil)
-	b, _ := memory.New(sp, nil)
-	defer a.Close()
-	defer b.Close()
+	a, b := twoProcesses(t)
 	l0, err := a.AcquireFair(ctx, "k", time.Minute)
 	if err != nil {
 		t.Fatal(err)
@@ -164,7 +157,7 @@ func TestCommitReleaseManyFair(t *testing.T) {
 		}
 		got <- l
 	}()
-	waitQueued(t, a, "k")
+	waitQueued()
 	errs, err := a.CommitReleaseMany(ctx, []claim.Commit{{Lease: l0, Value: []byte("v"), TTL: time.Minute}})
 	if err != nil || errs[0] != nil {
 		t.Fatalf("CommitReleaseMany: %v, %v", err, errs)
