@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Claimed is one key's outcome of TryClaimMany: a lease (Err nil), with
@@ -165,7 +166,7 @@ func (c *Client) tryClaimMany(ctx context.Context, keys []string, ttl time.Durat
 		for i := range holders {
 			holders[i] = newHolder()
 		}
-		start := time.Now()
+		start := clock.Now()
 		cl := c.begin(ctx, "claim-many")
 		res, err := c.bat.TryClaimMany(cl.ctx, keys[lo:hi], holders, ttl)
 		if err = c.end(ctx, cl, err); err != nil {
@@ -226,7 +227,7 @@ func (c *Client) commitReleaseMany(ctx context.Context, commits []Commit) ([]err
 	}
 	// What the client refuses without I/O is answered here; the rest goes
 	// to the driver.
-	now := time.Now()
+	now := clock.Now()
 	var send []Commit
 	var idx, fair []int
 	for i, cm := range commits {

@@ -17,6 +17,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Options configure a Client. nil, and every zero field, means the default.
@@ -313,7 +314,7 @@ func (c *Client) Extend(ctx context.Context, l Lease, ttl time.Duration) (Lease,
 	if err := c.checkTTL("extend", l.Key, ttl); err != nil {
 		return Lease{}, err
 	}
-	if err := checkLive("extend", l, time.Now()); err != nil {
+	if err := checkLive("extend", l, clock.Now()); err != nil {
 		return Lease{}, err
 	}
 	cl := c.begin(ctx, "extend")
@@ -384,7 +385,7 @@ func (c *Client) commit(ctx context.Context, op string, l Lease, value []byte, t
 	if err := c.checkValue(op, l.Key, value, ttl); err != nil {
 		return err
 	}
-	if err := checkLive(op, l, time.Now()); err != nil {
+	if err := checkLive(op, l, clock.Now()); err != nil {
 		return err
 	}
 	cl := c.begin(ctx, "commit")
@@ -436,7 +437,7 @@ func (c *Client) commitRelease(ctx context.Context, l Lease, value []byte, ttl t
 	if err := c.checkValue(op, l.Key, value, ttl); err != nil {
 		return err
 	}
-	if err := checkLive(op, l, time.Now()); err != nil {
+	if err := checkLive(op, l, clock.Now()); err != nil {
 		return err
 	}
 	cl := c.begin(ctx, op)

@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"sync"
 	"time"
+
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // KeepAliveOptions tune KeepAlive. The zero value (or nil) is the default.
@@ -131,7 +133,7 @@ func (k *Keeper) run() {
 	var lastErr error
 	for {
 		cur := k.Lease()
-		deadline := time.NewTimer(time.Until(k.fence(cur)))
+		deadline := time.NewTimer(clock.Until(k.fence(cur)))
 		select {
 		case <-k.stop:
 			deadline.Stop()
@@ -148,7 +150,7 @@ func (k *Keeper) run() {
 		case <-next.C:
 		}
 		deadline.Stop()
-		if !time.Now().Before(k.fence(cur)) {
+		if !clock.Now().Before(k.fence(cur)) {
 			if lastErr == nil {
 				lastErr = errors.New("no renewal before the deadline")
 			}
@@ -160,7 +162,7 @@ func (k *Keeper) run() {
 		// goroutine so that the loss is reported at the deadline even if
 		// the driver overruns its context (a client whose I/O timeout
 		// does not follow the context, a connection gone silent).
-		rctx, cancel := context.WithDeadline(k.ctx, k.fence(cur))
+		rctx, cancel := context.WithTimeout(k.ctx, clock.Until(k.fence(cur)))
 		type renewal struct {
 			l   Lease
 			err error
@@ -170,7 +172,7 @@ func (k *Keeper) run() {
 			nl, err := k.c.Extend(rctx, cur, k.opt.TTL)
 			rc <- renewal{nl, err}
 		}()
-		deadline = time.NewTimer(time.Until(k.fence(cur)))
+		deadline = time.NewTimer(clock.Until(k.fence(cur)))
 		var r renewal
 		select {
 		case r = <-rc:

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/stampede-go/stampede/internal/clock"
 	"github.com/stampede-go/stampede/internal/opctx"
 )
 
@@ -18,7 +19,7 @@ const DefaultOpTimeout = 5 * time.Second
 type call struct {
 	op    string
 	ctx   stopCtx
-	start time.Time
+	start time.Time // the lease clock (internal/clock) when the call began
 }
 
 // keyError is opError's error with its message formatted only when
@@ -40,11 +41,11 @@ func (e *keyError) Unwrap() error { return e.err }
 // otel.go). end must follow, with the caller's ctx; a call abandoned
 // before any I/O calls cl.ctx.Stop instead.
 func (c *Client) begin(ctx context.Context, op string) call {
-	now := time.Now()
+	now := time.Now() // the timeout runs on real time; leases on the lease clock
 	if tr := c.tel.tracer.Tracer(); tr != nil {
-		return call{op: op, ctx: c.startSpan(ctx, tr, op, now.Add(c.opTimeout)), start: now}
+		return call{op: op, ctx: c.startSpan(ctx, tr, op, now.Add(c.opTimeout)), start: clock.At(now)}
 	}
-	return call{op: op, ctx: opctx.New(ctx, now.Add(c.opTimeout)), start: now}
+	return call{op: op, ctx: opctx.New(ctx, now.Add(c.opTimeout)), start: clock.At(now)}
 }
 
 // end finishes cl: it stops its context, returns err classified

@@ -12,6 +12,7 @@ import (
 	mnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stampede-go/stampede/internal/clock"
 	"github.com/stampede-go/stampede/internal/opctx"
 	"github.com/stampede-go/stampede/internal/otelx"
 )
@@ -215,6 +216,6 @@ func (c *Client) record(ctx context.Context, cl call, err error) {
 	if inst == nil || !inst.duration.Enabled(ctx) {
 		return
 	}
-	d := time.Since(cl.start).Seconds()
+	d := clock.Since(cl.start).Seconds()
 	inst.duration.Record(ctx, d, c.tel.recordOptions(cl.op, otelx.ErrorClass(err))...)
 }

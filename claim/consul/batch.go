@@ -9,6 +9,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Batches. Every Batcher method sends Consul transactions, as many as its
@@ -241,7 +242,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		pending[i] = i
 	}
 	for round := 0; len(pending) > 0 && round < batchRounds; round++ {
-		start := time.Now()
+		start := clock.Now()
 		parts := make([]part, len(pending))
 		for j, i := range pending {
 			s := &st[i]
@@ -279,7 +280,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 					break
 				}
 				if rec, ok := parseRecord(cur.Value); ok {
-					if left := time.Until(time.UnixMilli(rec.Expiry).Add(b.o.ClockSkew)); left > 0 {
+					if left := clock.Until(time.UnixMilli(rec.Expiry).Add(b.o.ClockSkew)); left > 0 {
 						c.Err = &driver.HeldError{Remaining: left}
 						break
 					}
@@ -345,7 +346,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		val   []byte // the value key's encoded value
 		carry bool   // the notify key carries val (maxWakeValue)
 	}
-	now := time.Now()
+	now := clock.Now()
 	st := make([]commitState, len(commits))
 	pending := make([]int, len(commits))
 	for i, c := range commits {
@@ -387,7 +388,7 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 					break
 				}
 				rec, ok := parseRecord(cur.Value)
-				if !ok || rec.Holder != l.Holder || !time.Now().Before(time.UnixMilli(rec.Expiry)) {
+				if !ok || rec.Holder != l.Holder || !clock.Now().Before(time.UnixMilli(rec.Expiry)) {
 					errs[i] = driver.ErrLost
 					break
 				}

@@ -13,6 +13,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // record is the lease record stored in the lock key.
@@ -202,7 +203,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			continue // released meanwhile: try to create it again
 		}
 		if r, ok := parseRecord(cur.Value); ok {
-			if left := time.Until(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew)); left > 0 {
+			if left := clock.Until(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew)); left > 0 {
 				return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
 			}
 		}
@@ -221,7 +222,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 // key. ok is false, with no error, if a condition failed.
 func (b *backend) claimTxn(ctx context.Context, key, holder string, ttl time.Duration, read bool, conds ...*capi.TxnOp) (l driver.Lease, val []byte, found, ok bool, err error) {
 	lk, vk := b.lockKey(key), b.valueKey(key)
-	start := time.Now()
+	start := clock.Now()
 	rec, exp := newRecord(holder, start, ttl)
 	ops := append(capi.TxnOps(conds), kvOp(capi.KVCAS, lk, 0, rec))
 	nCond := len(ops)
@@ -296,7 +297,7 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func
 		return nil, err
 	}
 	idx, exp := handleIndex(l)
-	if live && !time.Now().Before(exp) {
+	if live && !clock.Now().Before(exp) {
 		idx = 0
 	}
 	var rec *record // the record read, after the first round
@@ -312,7 +313,7 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, op func
 		if err != nil {
 			return nil, err
 		}
-		if live && !time.Now().Before(time.UnixMilli(r.Expiry)) {
+		if live && !clock.Now().Before(time.UnixMilli(r.Expiry)) {
 			return nil, driver.ErrLost
 		}
 		idx, rec = cur.ModifyIndex, &r
@@ -331,7 +332,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 			sq, sn = cur.SQ, cur.SN
 		}
 		var rec []byte
-		rec, exp = newRecordServed(l.Holder, time.Now(), ttl, sq, sn)
+		rec, exp = newRecordServed(l.Holder, clock.Now(), ttl, sq, sn)
 		return capi.TxnOps{kvOp(capi.KVCAS, lk, idx, rec)}, 1
 	})
 	if err != nil {
@@ -355,12 +356,12 @@ func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	// may have renewed the lease: read the record to tell, and release at
 	// the index just read.
 	var expired bool
-	if _, exp := handleIndex(l); l.Expired(time.Now()) || !time.Now().Before(exp) {
+	if _, exp := handleIndex(l); l.Expired(clock.Now()) || !clock.Now().Before(exp) {
 		cur, r, err := b.read(ctx, l)
 		if err != nil {
 			return err
 		}
-		expired = !time.Now().Before(time.UnixMilli(r.Expiry))
+		expired = !clock.Now().Before(time.UnixMilli(r.Expiry))
 		l.Handle = handle(cur.ModifyIndex, r.Expiry, l.Token, l.Holder)
 	}
 	if err := b.commit(ctx, l, nil, 0, false, true); err != nil {

@@ -9,6 +9,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // tryClaim is the driver's claim (driver.ClaimFunc): one conditional
@@ -19,7 +20,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		return driver.Lease{}, nil, false, err
 	}
 	ttl = ms(ttl)
-	start := time.Now()
+	start := clock.Now()
 	le := leaseEnd(start, ttl)
 	vals := map[string]types.AttributeValue{
 		":h": str(holder), ":le": num(le), ":one": num(1),
@@ -34,7 +35,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	if item, ok := conditionFailed(err); ok {
 		he := &driver.HeldError{}
 		if old, ok := attr(item, "le"); ok {
-			he.Remaining = max(0, time.Until(b.expiry(old)))
+			he.Remaining = max(0, clock.Until(b.expiry(old)))
 		}
 		return driver.Lease{}, nil, false, he
 	}
@@ -109,7 +110,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	if err := b.checkRetention(ttl); err != nil {
 		return driver.Lease{}, err
 	}
-	start := time.Now()
+	start := clock.Now()
 	ttl = ms(ttl)
 	le := leaseEnd(start, ttl)
 	vals := leaseVals(l, start)
@@ -126,7 +127,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 // removes the holder and bumps the notify counter (for the pollers).
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
 	vals := map[string]types.AttributeValue{":h": str(l.Holder), ":tok": num(int64(l.Token))}
-	start := time.Now()
+	start := clock.Now()
 	// UPDATED_OLD returns the lease's expiry as last extended (#le,
 	// removed here): past it when the request was sent, the lease was no
 	// longer current.
@@ -156,7 +157,7 @@ func bumpNotify(vals map[string]types.AttributeValue) string {
 // and bumps the notify counter, as Release, so pollers see the release and
 // the value together).
 func (b *backend) commit(ctx context.Context, l driver.Lease, val []byte, ttl time.Duration, release bool) error {
-	now := time.Now()
+	now := clock.Now()
 	vals := leaseVals(l, now)
 	set, rem := b.valueExpr(val, ttl, now, vals)
 	if release {

@@ -13,6 +13,7 @@ import (
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // seconds rounds ttl up to whole seconds, at least one.
@@ -69,7 +70,7 @@ func parseLock(v []byte) (holder string, latest time.Time) {
 // created. ttl is rounded up to whole seconds.
 func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Duration) (driver.Lease, error) {
 	sec := seconds(ttl)
-	lock, err := b.lockItem(key, holder, sec, time.Now())
+	lock, err := b.lockItem(key, holder, sec, clock.Now())
 	if err != nil {
 		return driver.Lease{}, err
 	}
@@ -129,7 +130,7 @@ func (b *backend) takeLock(ctx context.Context, lock *gomemcache.Item) error {
 			return &driver.HeldError{} // not written by this package: held, end unknown
 		}
 		free := b.freeAt(latest)
-		if now := time.Now(); now.Before(free) {
+		if now := clock.Now(); now.Before(free) {
 			return &driver.HeldError{Remaining: free.Sub(now)}
 		}
 		lock.CasID = cur.CasID
@@ -174,7 +175,7 @@ func checkLock(it *gomemcache.Item, l driver.Lease, endedOK bool) (ended bool, e
 	}
 	h, latest := parseLock(it.Value)
 	// latest is the lease's own end plus lockSlack.
-	ended = !latest.IsZero() && !time.Now().Before(latest.Add(-lockSlack*time.Second))
+	ended = !latest.IsZero() && !clock.Now().Before(latest.Add(-lockSlack*time.Second))
 	if h != l.Holder || (ended && !endedOK) {
 		return false, driver.ErrLost
 	}
@@ -233,7 +234,7 @@ func (b *backend) swapLock(ctx context.Context, l driver.Lease, endedOK bool, fi
 // token and queue (see queue.go) are kept.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	sec := seconds(ttl)
-	now := time.Now()
+	now := clock.Now()
 	lock, err := b.lockItem(l.Key, l.Holder, sec, now)
 	if err != nil {
 		return driver.Lease{}, err
@@ -362,7 +363,7 @@ func (b *backend) writeOver(ctx context.Context, it, cur *gomemcache.Item) error
 // (gets, compare the bytes, CAS to expired; within ctx) unless someone
 // replaced it, and the lease is reported lost.
 func (b *backend) landed(ctx context.Context, l driver.Lease, it *gomemcache.Item) error {
-	if !l.Expired(time.Now()) {
+	if !l.Expired(clock.Now()) {
 		return nil
 	}
 	cur, err := do(ctx, b, func() (*gomemcache.Item, error) { return b.c.Get(it.Key) })
