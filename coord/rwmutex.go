@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // DefaultReaders is a read/write lock's reader slots when the options
@@ -183,7 +184,7 @@ func (m *RWMutex) takeAll(ctx context.Context, tk *claim.Keeper) ([]claim.Lease,
 		// The slots already taken must not expire while the rest wait:
 		// renew them (one Extend each per wait, well within their TTL).
 		for i, l := range held {
-			if l.Key != "" && time.Until(l.Deadline) < m.ttl/2 {
+			if l.Key != "" && clock.Until(l.Deadline) < m.ttl/2 {
 				nl, err := m.c.Extend(ctx, l, m.ttl)
 				if err != nil {
 					return collect(), err

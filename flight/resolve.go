@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/clock"
 	"github.com/stampede-go/stampede/internal/opctx"
 )
 
@@ -498,7 +499,7 @@ func (c *Cache[V]) loadTimedOut(ctx context.Context, f *flight[V], start time.Ti
 // the keeper starts).
 func keeperDelay(l claim.Lease) time.Duration {
 	d := l.TTL / 12
-	if time.Until(l.Deadline)-d < l.TTL*3/4 {
+	if clock.Until(l.Deadline)-d < l.TTL*3/4 {
 		return 0
 	}
 	return d
