@@ -78,6 +78,9 @@ func (b *backend) txn(ctx context.Context, ops capi.TxnOps, nCond int) (bool, *c
 // txnIf is txn with the conditions where cond says (a batch's
 // transaction interleaves the conditions of its keys).
 func (b *backend) txnIf(ctx context.Context, ops capi.TxnOps, cond func(i int) bool) (bool, *capi.TxnResponse, error) {
+	if readOnly(ops) {
+		return b.readTxn(ctx, ops, cond)
+	}
 	var resp capi.TxnResponse
 	_, err := b.c.Raw().Write("/v1/txn", ops, &resp, wo(ctx))
 	var se capi.StatusError
@@ -101,6 +104,55 @@ func (b *backend) txnIf(ctx context.Context, ops capi.TxnOps, cond func(i int) b
 		}
 	}
 	return false, &resp, nil
+}
+
+// readOnly reports whether ops only read (KV get operations). Consul
+// serves such a transaction without raft, from the server's own state, in
+// the read consistency the request names.
+func readOnly(ops capi.TxnOps) bool {
+	for _, op := range ops {
+		if op.KV == nil {
+			return false
+		}
+		switch op.KV.Verb {
+		case capi.KVGet, capi.KVGetOrEmpty, capi.KVGetTree:
+		default:
+			return false
+		}
+	}
+	return true
+}
+
+// readTxn runs a read-only transaction as a consistent read (see qo):
+// through consul/api's Txn, the one way to put ?consistent on /v1/txn.
+// Its failures carry the body but not the status code, which tells a
+// server of another kind (404, 400) or a refused token (403) from an
+// outage; so a failed read is sent once more the way writes are, for its
+// status code only (what it reads is never used: it may be stale).
+func (b *backend) readTxn(ctx context.Context, ops capi.TxnOps, cond func(i int) bool) (bool, *capi.TxnResponse, error) {
+	ok, resp, _, err := b.c.Txn().Txn(ops, qo(ctx))
+	if err != nil {
+		if msg := err.Error(); strings.Contains(msg, "Permission denied") || strings.Contains(msg, "ACL not found") {
+			return false, nil, driver.Misconfigured(err)
+		}
+		if ctx.Err() == nil {
+			var probe capi.TxnResponse
+			_, perr := b.c.Raw().Write("/v1/txn", ops, &probe, wo(ctx))
+			if cerr := classify(perr); errors.Is(cerr, driver.ErrConfig) || errors.Is(cerr, driver.ErrTooLarge) {
+				return false, nil, cerr
+			}
+		}
+		return false, nil, classify(err)
+	}
+	if ok {
+		return true, resp, nil
+	}
+	for _, e := range resp.Errors {
+		if !cond(e.OpIndex) {
+			return false, nil, fmt.Errorf("transaction op %d: %s", e.OpIndex, e.What)
+		}
+	}
+	return false, resp, nil
 }
 
 // write runs one unconditional write as a transaction: unlike consul/api's

@@ -50,6 +50,7 @@
 package testserver
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -159,6 +160,12 @@ type Server struct {
 	dir   string // temporary directory: data/, server.log, configs
 	ports []int  // ports[0] is the client port of Addr
 
+	// host is the address it listens on ("": 127.0.0.1); wrap is a command
+	// line its binary runs behind. A member of a [Net] has its address
+	// there and [Net.Member]'s wrapper (ip netns exec NAME).
+	host string
+	wrap []string
+
 	tls *TLSFiles // Options.TLS
 
 	mu      sync.Mutex
@@ -253,7 +260,7 @@ func Start(ctx context.Context, kind Kind, opts *Options) (*Server, error) {
 }
 
 func (s *Server) setAddr() {
-	s.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(s.ports[0]))
+	s.addr = net.JoinHostPort(cmp.Or(s.host, "127.0.0.1"), strconv.Itoa(s.ports[0]))
 	s.url = s.spec.url(s)
 }
 
@@ -298,7 +305,11 @@ func (s *Server) spawn() (*proc, error) {
 		return nil, err
 	}
 	fmt.Fprintf(logf, "\n=== testserver: %s %s on %s\n", time.Now().Format(time.RFC3339Nano), s.kind, s.addr)
-	p, err := spawn(s.bin, args, s.dir, s.spec.env, s.spec.asPostgres, logf)
+	bin := s.bin
+	if len(s.wrap) > 0 {
+		bin, args = s.wrap[0], append(append(append([]string(nil), s.wrap[1:]...), s.bin), args...)
+	}
+	p, err := spawn(bin, args, s.dir, s.spec.env, s.spec.asPostgres, logf)
 	logf.Close()
 	return p, err
 }
