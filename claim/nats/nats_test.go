@@ -1,0 +1,325 @@
+package nats
+
+import (
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	natsgo "github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/conformance"
+	"github.com/stampede-go/stampede/internal/backendtest"
+	"github.com/stampede-go/stampede/internal/securitytest"
+	"github.com/stampede-go/stampede/internal/testserver"
+)
+
+func TestMain(m *testing.M) { backendtest.Main(m) }
+
+// drv is the driver behind c.
+func drv(c *claim.Client) *backend { return c.Driver().(*backend) }
+
+// prefix is the test's own key prefix.
+func prefix(t testing.TB) string {
+	return "test." + strings.NewReplacer("/", "-", ".", "-", "=", "-", "#", "-").Replace(t.Name())
+}
+
+// uniq returns srv's URL with the test's prefix (plus suffix) and the
+// given query parameters (name, value, ...) added.
+func uniq(t testing.TB, srv *testserver.Server, suffix string, params ...string) string {
+	p := prefix(t)
+	if suffix != "" {
+		p += "." + suffix
+	}
+	return backendtest.WithQuery(t, srv.URL(), append([]string{"prefix", p}, params...)...)
+}
+
+// TestConformance runs the suite on a server of its own, which its
+// DurableFence check kills and restarts.
+func TestConformance(t *testing.T) {
+	srv := testserver.Require(t, testserver.NATS)
+	conformance.Run(t, backendtest.Harness(srv, func(ns string) string { return uniq(t, srv, ns) }))
+}
+
+// TestFlight: flight's fenced invalidation, and invalidation reaching
+// every process's L1, on this backend.
+func TestFlight(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	backendtest.FlightOn(t, backendtest.Harness(srv, func(ns string) string { return uniq(t, srv, ns) }))
+}
+
+func BenchmarkConformance(b *testing.B) {
+	srv := testserver.Shared(b, testserver.NATS)
+	conformance.Bench(b, backendtest.Harness(srv, func(ns string) string { return uniq(b, srv, ns) }))
+}
+
+// TestNew: a Client on the caller's own connection, with no I/O at New
+// when lazy, leaves the connection open when closed; As reaches the
+// connection and the bucket.
+func TestNew(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	nc := userConn(t, srv.Addr())
+	ctx := backendtest.Context(t)
+	if _, err := New(nil, nil); err == nil {
+		t.Error("New(nil connection) succeeded")
+	}
+	if _, err := New(nc, &Options{Prefix: "a..b"}); err == nil {
+		t.Error("New with a malformed prefix succeeded")
+	}
+	c, err := New(nc, &Options{Prefix: prefix(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := c.Features()
+	if !f.AtomicCommit || !f.DurableFence || f.Notify != claim.Push || !f.Broadcast || f.MaxValueLen != DefaultMaxValueLen {
+		t.Errorf("Features = %+v", f)
+	}
+	var got *natsgo.Conn
+	if !c.As(&got) || got != nc {
+		t.Errorf("As(**nats.Conn) = %p, want the connection given to New", got)
+	}
+	var kv jetstream.KeyValue
+	if !c.As(&kv) || kv.Bucket() != DefaultBucket {
+		t.Errorf("As(*jetstream.KeyValue) = %v", kv)
+	}
+	l, err := c.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The record lives under the prefix, its revision is the token.
+	e, err := kv.Get(ctx, prefix(t)+".=k.r")
+	if err != nil || e.Revision() != l.Token {
+		t.Errorf("record under the prefix: %v, %v (token %d)", e, err, l.Token)
+	}
+	if err := c.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if nc.IsClosed() {
+		t.Error("the caller's connection was closed by the Client's Close")
+	}
+}
+
+// outMsgs returns how many messages c's connection has sent.
+func outMsgs(c *claim.Client) uint64 { return drv(c).nc.Stats().OutMsgs }
+
+// TestRoundTrips counts the messages each call sends (every request and
+// every publish is one; each waits for one answer): Get, Notify, Revoke,
+// and the holder's Extend, Commit, CommitRelease and Release are one
+// round trip (the holder remembers its record's revision); TryClaim and
+// Set, which read the record first, two.
+func TestRoundTrips(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	c := backendtest.Open(t, uniq(t, srv, ""))
+	ctx := backendtest.Context(t)
+	count := func(what string, want uint64, op func() error) {
+		t.Helper()
+		before := outMsgs(c)
+		if err := op(); err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+		if got := outMsgs(c) - before; got != want {
+			t.Errorf("%s sent %d messages, want %d", what, got, want)
+		}
+	}
+	var l claim.Lease
+	count("TryClaim", 2, func() (err error) { l, err = c.TryClaim(ctx, "k", time.Minute); return err })
+	count("Extend", 1, func() (err error) { l, err = c.Extend(ctx, l, time.Minute); return err })
+	count("Commit", 1, func() error { return c.Commit(ctx, l, []byte("v"), time.Minute) })
+	count("Release", 1, func() error { return c.Release(ctx, l) })
+	count("TryClaim", 2, func() (err error) { l, err = c.TryClaim(ctx, "k", time.Minute); return err })
+	count("CommitRelease", 1, func() error { return c.CommitRelease(ctx, l, []byte("w"), time.Minute) })
+	count("Get", 1, func() error { _, err := c.Get(ctx, "k"); return err })
+	count("Set", 2, func() error { return c.Set(ctx, "k", []byte("x"), time.Minute) })
+	count("Notify", 1, func() error { return c.Notify(ctx, "k") })
+	count("Revoke", 1, func() error { return c.Revoke(ctx, "k") })
+}
+
+// TestFenceAcrossRestart: the server is killed (SIGKILL) and restarted
+// on its data: a live lease is still held, a stored value is still
+// there, the next claim's token is greater than every earlier one, and
+// the earlier holder's calls fail with ErrLost.
+func TestFenceAcrossRestart(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.NATS, nil)
+	ctx := backendtest.Context(t)
+	a := backendtest.Open(t, uniq(t, srv, ""))
+	short, err := a.TryClaim(ctx, "short", 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Commit(ctx, short, []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	long, err := a.TryClaim(ctx, "long", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := backendtest.Open(t, uniq(t, srv, ""))
+	if _, err := b.TryClaim(ctx, "long", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim of a key leased for a minute, after the restart: %v, want ErrHeld", err)
+	}
+	var next claim.Lease
+	for {
+		next, err = b.TryClaim(ctx, "short", time.Minute)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, claim.ErrHeld) || ctx.Err() != nil {
+			t.Fatalf("TryClaim after the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if next.Token <= short.Token || next.Token <= long.Token {
+		t.Errorf("token after the restart %d, before %d and %d: the fence went back", next.Token, short.Token, long.Token)
+	}
+	if v, err := b.Get(ctx, "short"); err != nil || string(v) != "v" {
+		t.Errorf("Get after the restart = %q, %v", v, err)
+	}
+	// a reconnects by itself; its old lease is lost.
+	for {
+		err := a.Commit(ctx, short, []byte("late"), 0)
+		if errors.Is(err, claim.ErrLost) {
+			break
+		}
+		if !errors.Is(err, claim.ErrUnavailable) || ctx.Err() != nil {
+			t.Fatalf("Commit of the lease taken over: %v, want ErrLost", err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if err := a.Release(ctx, long); err != nil {
+		t.Errorf("Release of the minute's lease after the restart: %v", err)
+	}
+}
+
+// TestSweep: Sweep deletes the records that hold nothing live (a
+// released key without a value, an expired value) and keeps a held key,
+// a live value and a key written after the listing; a swept key can be
+// claimed again with a greater token.
+func TestSweep(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	c := backendtest.Open(t, uniq(t, srv, ""))
+	ctx := backendtest.Context(t)
+	l, err := c.TryClaim(ctx, "released", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "expired", []byte("v"), time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Set(ctx, "live", []byte("v"), time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	held, err := c.TryClaim(ctx, "held", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * time.Millisecond)
+	n, err := Sweep(ctx, c)
+	if err != nil || n != 2 {
+		t.Errorf("Sweep = %d, %v; want 2 (released, expired)", n, err)
+	}
+	if v, err := c.Get(ctx, "live"); err != nil || string(v) != "v" {
+		t.Errorf("live value after Sweep: %q, %v", v, err)
+	}
+	if _, err := c.TryClaim(ctx, "held", time.Minute); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("held key after Sweep: %v, want ErrHeld", err)
+	}
+	l2, err := c.TryClaim(ctx, "released", time.Minute)
+	if err != nil || l2.Token <= held.Token {
+		t.Errorf("claim of a swept key: %v, %v (token must pass %d)", l2, err, held.Token)
+	}
+}
+
+// TestWatchAcrossRestart: a subscription outlives a restart of the server
+// (SIGKILL; the watch's consumer is gone with it): the reconnection wakes
+// the subscriber, and a release after the restart wakes it again.
+func TestWatchAcrossRestart(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.NATS, nil)
+	ctx := backendtest.Context(t)
+	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, ""))
+	s, err := b.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-ctx.Done():
+		t.Fatal("the reconnection did not wake the subscriber")
+	}
+	var l claim.Lease
+	for {
+		if l, err = a.TryClaim(ctx, "k", time.Minute); err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// The watch is made again at the reconnection: a release wakes the
+	// subscriber at once, not once nats.go has missed the old consumer's
+	// heartbeats.
+	time.Sleep(time.Second)
+	select {
+	case <-s.C():
+	default:
+	}
+	start := time.Now()
+	if err := a.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+		t.Logf("a release after the restart woke the subscriber in %s", time.Since(start).Round(time.Millisecond))
+	case <-time.After(5 * time.Second):
+		t.Fatal("a release after the restart did not wake the subscriber within 5 s")
+	}
+}
+
+// TestLeaderReads: the reads a replicated bucket makes through the
+// stream's leader (not a direct get, which a lagging follower may answer)
+// see what direct gets see: records, values, absent and deleted keys.
+func TestLeaderReads(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	c := backendtest.Open(t, uniq(t, srv, ""))
+	drv(c).leaderReads = true
+	securitytest.Roundtrip(t, c)
+	ctx := backendtest.Context(t)
+	if _, err := c.Get(ctx, "absent"); !errors.Is(err, claim.ErrNotFound) {
+		t.Errorf("Get of an absent key: %v, want ErrNotFound", err)
+	}
+	l, err := c.TryClaim(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Release(ctx, l); err != nil {
+		t.Fatal(err)
+	}
+	if n, err := Sweep(ctx, c); err != nil || n < 1 {
+		t.Fatalf("Sweep = %d, %v", n, err)
+	}
+	l2, err := c.TryClaim(ctx, "k", time.Minute) // over a delete marker
+	if err != nil || l2.Token <= l.Token {
+		t.Errorf("TryClaim of a deleted record: %v, %v", l2, err)
+	}
+}
