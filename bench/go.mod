@@ -23,6 +23,16 @@ require (
 )
 
 require (
+	filippo.io/edwards25519 v1.2.0 // indirect
+	github.com/go-sql-driver/mysql v1.10.2 // indirect
+	github.com/klauspost/compress v1.20.0 // indirect
+	github.com/nats-io/nats.go v1.56.0 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+)
+
+require (
 	codeberg.org/go-fonts/liberation v0.5.0 // indirect
 	codeberg.org/go-latex/latex v0.2.0 // indirect
 	codeberg.org/go-pdf/fpdf v0.11.1 // indirect
@@ -73,6 +83,8 @@ require (
 	github.com/mattn/go-colorable v0.1.15 // indirect
 	github.com/mattn/go-isatty v0.0.22 // indirect
 	github.com/mitchellh/go-homedir v1.1.0 // indirect
+	github.com/stampede-go/stampede/claim/mysql v0.0.0-00010101000000-000000000000
+	github.com/stampede-go/stampede/claim/nats v0.0.0-00010101000000-000000000000
 	go.etcd.io/etcd/api/v3 v3.7.4 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.7.4 // indirect
 	go.opentelemetry.io/auto/sdk v1.2.1 // indirect
@@ -109,3 +121,7 @@ replace github.com/stampede-go/stampede/claim/postgres => ../claim/postgres
 replace github.com/stampede-go/stampede/claim/redis => ../claim/redis
 
 replace github.com/stampede-go/stampede/claim/zookeeper => ../claim/zookeeper
+
+replace github.com/stampede-go/stampede/claim/mysql => ../claim/mysql
+
+replace github.com/stampede-go/stampede/claim/nats => ../claim/nats

@@ -18,6 +18,16 @@ require (
 )
 
 require (
+	filippo.io/edwards25519 v1.2.0 // indirect
+	github.com/go-sql-driver/mysql v1.10.2 // indirect
+	github.com/klauspost/compress v1.20.1 // indirect
+	github.com/nats-io/nats.go v1.56.0 // indirect
+	github.com/nats-io/nkeys v0.4.16 // indirect
+	github.com/nats-io/nuid v1.0.1 // indirect
+	golang.org/x/crypto v0.58.0 // indirect
+)
+
+require (
 	github.com/armon/go-metrics v0.4.1 // indirect
 	github.com/aws/aws-sdk-go-v2 v1.48.0 // indirect
 	github.com/aws/aws-sdk-go-v2/config v1.33.21 // indirect
@@ -72,6 +82,8 @@ require (
 	github.com/prometheus/otlptranslator v1.0.0 // indirect
 	github.com/prometheus/procfs v0.22.0 // indirect
 	github.com/redis/go-redis/v9 v9.23.0 // indirect
+	github.com/stampede-go/stampede/claim/mysql v0.0.0-00010101000000-000000000000
+	github.com/stampede-go/stampede/claim/nats v0.0.0-00010101000000-000000000000
 	go.etcd.io/etcd/api/v3 v3.7.4 // indirect
 	go.etcd.io/etcd/client/pkg/v3 v3.7.4 // indirect
 	go.etcd.io/etcd/client/v3 v3.7.4 // indirect
@@ -105,3 +117,7 @@ replace (
 	github.com/stampede-go/stampede/claim/redis => ../../claim/redis
 	github.com/stampede-go/stampede/claim/zookeeper => ../../claim/zookeeper
 )
+
+replace github.com/stampede-go/stampede/claim/mysql => ../../claim/mysql
+
+replace github.com/stampede-go/stampede/claim/nats => ../../claim/nats

@@ -26,6 +26,8 @@ import (
 	_ "github.com/stampede-go/stampede/claim/etcd"
 	_ "github.com/stampede-go/stampede/claim/memcache"
 	_ "github.com/stampede-go/stampede/claim/memory"
+	_ "github.com/stampede-go/stampede/claim/mysql"
+	_ "github.com/stampede-go/stampede/claim/nats"
 	_ "github.com/stampede-go/stampede/claim/postgres"
 	_ "github.com/stampede-go/stampede/claim/redis"
 	_ "github.com/stampede-go/stampede/claim/zookeeper"
@@ -172,6 +174,18 @@ func targets(t *testing.T) []target {
 	mc := testserver.Shared(t, testserver.Memcache)
 	add("memcache user info", "memcache://u:"+sentinel+"@"+mc.Addr())
 	add("memcache unknown param", "memcache://"+mc.Addr()+"?password="+sentinel)
+
+	ns := testserver.RequireWith(t, testserver.NATS, &testserver.Options{User: "alice", Password: sentinel})
+	add("nats ok", ns.URL())
+	add("nats wrong password", wrongPW(ns.URL()))
+	add("nats token param", "nats://"+ns.Addr()+"?token=wrong-"+sentinel)
+	add("nats closed", "nats://alice:"+sentinel+"@"+closed+"?dial_timeout=500ms")
+
+	my := testserver.RequireWith(t, testserver.MySQL, &testserver.Options{User: "alice", Password: sentinel})
+	add("mysql ok", my.URL())
+	add("mysql wrong password", wrongPW(my.URL()))
+	add("mysql closed", "mysql://alice:"+sentinel+"@"+closed+"/db?dial_timeout=500ms")
+	add("mysql bad param", "mysql://alice:"+sentinel+"@"+closed+"/db?bogus=1")
 	add("mem user info", "mem://u:"+sentinel+"@secrettest")
 	add("unknown scheme", "nosuch://u:"+sentinel+"@host/?token="+sentinel)
 	add("malformed", "redis://u:"+sentinel+"@[::1/0")

@@ -16,4 +16,6 @@ var ComposeURLs = map[Kind]string{
 	Consul:    "consul://127.0.0.1:18500",
 	Dynamo:    "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A18000",
 	ZooKeeper: "zookeeper://127.0.0.1:12181",
+	NATS:      "nats://127.0.0.1:14222",
+	MySQL:     "mysql://root:stampede@127.0.0.1:13306/stampede",
 }

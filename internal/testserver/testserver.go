@@ -79,7 +79,7 @@ const (
 )
 
 // Kinds lists every kind, in a fixed order.
-var Kinds = []Kind{Redis, Postgres, Memcache, Etcd, Consul, Dynamo, ZooKeeper}
+var Kinds = []Kind{Redis, Postgres, Memcache, Etcd, Consul, Dynamo, ZooKeeper, NATS, MySQL}
 
 // EnvVar returns the environment variable that points tests at an existing
 // server of this kind: "STAMPEDE_TEST_<KIND>_URL", e.g.

@@ -34,7 +34,8 @@ func TestEnvVar(t *testing.T) {
 		Redis: "STAMPEDE_TEST_REDIS_URL", Postgres: "STAMPEDE_TEST_POSTGRES_URL",
 		Memcache: "STAMPEDE_TEST_MEMCACHE_URL", Etcd: "STAMPEDE_TEST_ETCD_URL",
 		Consul: "STAMPEDE_TEST_CONSUL_URL", Dynamo: "STAMPEDE_TEST_DYNAMO_URL",
-		ZooKeeper: "STAMPEDE_TEST_ZOOKEEPER_URL",
+		ZooKeeper: "STAMPEDE_TEST_ZOOKEEPER_URL", NATS: "STAMPEDE_TEST_NATS_URL",
+		MySQL: "STAMPEDE_TEST_MYSQL_URL",
 	}
 	if len(Kinds) != len(want) {
 		t.Fatalf("Kinds has %d entries, want %d", len(Kinds), len(want))
@@ -54,6 +55,8 @@ var urlPrefix = map[Kind]string{
 	Consul:    "consul://127.0.0.1:",
 	Dynamo:    "dynamodb://stampede?region=us-east-1&endpoint=http%3A%2F%2F127.0.0.1%3A",
 	ZooKeeper: "zookeeper://127.0.0.1:",
+	NATS:      "nats://127.0.0.1:",
+	MySQL:     "mysql://stampede:stampede@127.0.0.1:",
 }
 
 // TestEveryKind starts each kind for real (through RequireWith, so a missing
@@ -234,7 +237,7 @@ func TestExternalAddr(t *testing.T) {
 	want := map[Kind]string{
 		Redis: "127.0.0.1:16379", Postgres: "127.0.0.1:15432", Memcache: "127.0.0.1:21211",
 		Etcd: "127.0.0.1:12379", Consul: "127.0.0.1:18500", Dynamo: "127.0.0.1:18000",
-		ZooKeeper: "127.0.0.1:12181",
+		ZooKeeper: "127.0.0.1:12181", NATS: "127.0.0.1:14222", MySQL: "127.0.0.1:13306",
 	}
 	for _, k := range Kinds {
 		s, err := External(k, ComposeURLs[k])

@@ -49,7 +49,7 @@ type benchConfig struct {
 func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := app.Flags("bench", stderr)
 	var cfg benchConfig
-	fs.StringVar(&cfg.Backends, "backends", "mem", "comma-separated backend URLs or kinds (mem, redis, postgres, memcache, etcd, consul, dynamo, zookeeper), or all; "+
+	fs.StringVar(&cfg.Backends, "backends", "mem", "comma-separated backend URLs or kinds (mem, redis, postgres, memcache, etcd, consul, dynamo, zookeeper, nats, mysql), or all; "+
 		"a kind uses $STAMPEDE_TEST_<KIND>_URL if set, else starts a test server on loopback (scripts/install-backends installs them)")
 	fs.DurationVar(&cfg.BenchTime, "benchtime", time.Second, "run time of each per-operation benchmark (claim+release, store, L1 and L2 hits)")
 	fs.IntVar(&cfg.Rounds, "rounds", 30, "handoffs per hold time, fan-outs and herds per backend")
@@ -130,6 +130,7 @@ type benchTarget struct {
 var benchKinds = map[string]testserver.Kind{
 	"redis": testserver.Redis, "postgres": testserver.Postgres, "memcache": testserver.Memcache, "etcd": testserver.Etcd,
 	"consul": testserver.Consul, "dynamo": testserver.Dynamo, "zookeeper": testserver.ZooKeeper,
+	"nats": testserver.NATS, "mysql": testserver.MySQL,
 }
 
 // benchTargets resolves -backends: URLs are used as given; a kind uses

@@ -36,7 +36,7 @@ func herdCmd(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	fs := app.Flags("herd", stderr)
 	var cfg herdConfig
-	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME), or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper: "+
+	fs.StringVar(&cfg.Backend, "backend", "", "backend URL (redis://..., etcd://..., mem://NAME), or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper, nats, mysql: "+
 		"$STAMPEDE_TEST_<KIND>_URL, else a test server started here); default: the embedded in-process backend (processes simulated)")
 	fs.IntVar(&cfg.Procs, "procs", 8, "processes (each its own OS process, backend client and L1)")
 	fs.IntVar(&cfg.Callers, "callers", 1000, "concurrent callers per process, released at once")

@@ -310,6 +310,19 @@ func TestHerdProcessesWakeValue(t *testing.T) {
 	}
 }
 
+// The backends of issue 18 in the full herd: 8 processes × 1000 callers,
+// one load per key.
+func TestHerdProcessesNewBackends(t *testing.T) {
+	for _, kind := range []testserver.Kind{testserver.NATS, testserver.MySQL} {
+		t.Run(string(kind), func(t *testing.T) {
+			srv := testserver.Require(t, kind)
+			useTestBinary(t)
+			h := herdRun(t, herdConfig{Backend: srv.URL(), Procs: 8, Callers: 1000, Keys: 1, Rounds: 1, Load: 100 * time.Millisecond})
+			oneLoadPerKey(t, h)
+		})
+	}
+}
+
 func TestHerdProcessesBatchRedis(t *testing.T) {
 	srv := testserver.Require(t, testserver.Redis)
 	useTestBinary(t)

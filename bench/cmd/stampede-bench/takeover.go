@@ -64,7 +64,7 @@ func takeoverCmd(ctx context.Context, args []string, stdout, stderr io.Writer) e
 		return takeoverChild(ctx, conf, os.Stdin, stdout)
 	}
 	fs := app.Flags("takeover", stderr)
-	backend := fs.String("backend", "redis", "backend URL, or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper: $STAMPEDE_TEST_<KIND>_URL, else a test server started here)")
+	backend := fs.String("backend", "redis", "backend URL, or a kind (redis, postgres, memcache, etcd, consul, dynamo, zookeeper, nats, mysql: $STAMPEDE_TEST_<KIND>_URL, else a test server started here)")
 	rounds := fs.Int("rounds", 10, "holders killed, one per round")
 	ttl := fs.Duration("ttl", time.Second, "the holder's lease TTL")
 	fair := fs.Bool("fair", false, "holder and waiter use AcquireFair (the queue's takeover) instead of TryClaim and Acquire")
