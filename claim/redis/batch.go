@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -61,7 +62,7 @@ func (b *backend) GetMany(ctx context.Context, keys []string) ([][]byte, error) 
 // script, with the read (TryClaimRead), once per key.
 func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl time.Duration) ([]driver.Claimed, error) {
 	ms := millis(ttl)
-	cmds, err := b.scripts(ctx, claimScript, len(keys), func(i int) ([]string, []any) {
+	cmds, acked, err := b.scripts(ctx, claimScript, len(keys), func(i int) ([]string, []any) {
 		k := keys[i]
 		return []string{b.lockKey(k), b.fenceKey(k), b.valKey(k)}, []any{holders[i], ms}
 	})
@@ -69,6 +70,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 		return nil, err
 	}
 	out := make([]driver.Claimed, len(keys))
+	var abandoned []driver.Lease
 	for i, c := range cmds {
 		o := &out[i]
 		res, err := c.Slice()
@@ -77,7 +79,14 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 			continue
 		}
 		o.Lease, o.Value, o.Found, o.Err = claimed(keys[i], holders[i], ms, res)
+		if o.Err == nil {
+			if err := b.replicated("claim", acked); err != nil {
+				abandoned = append(abandoned, o.Lease)
+				*o = driver.Claimed{Err: err}
+			}
+		}
 	}
+	b.abandon(ctx, abandoned...)
 	return out, nil
 }
 
@@ -85,7 +94,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 // commit-and-release script, once per commit.
 func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit) ([]error, error) {
 	cmd := b.publishCmd()
-	cmds, err := b.scripts(ctx, commitReleaseScript, len(commits), func(i int) ([]string, []any) {
+	cmds, acked, err := b.scripts(ctx, commitReleaseScript, len(commits), func(i int) ([]string, []any) {
 		c := commits[i]
 		k := c.Lease.Key
 		return []string{b.lockKey(k), b.valKey(k)}, []any{lockValue(c.Lease), c.Value, expiry(c.TTL), b.channel(k), cmd, carried(c.Value)}
@@ -100,6 +109,8 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 			errs[i] = classify(err)
 		case ok != 1:
 			errs[i] = driver.ErrLost
+		default:
+			errs[i] = b.replicated("commit-release", acked)
 		}
 	}
 	return errs, nil
@@ -129,18 +140,55 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 // if no command got a reply from Redis (the connections failed, or ctx
 // ended); otherwise each command carries its own reply or error (on a
 // cluster, a master that could not be reached fails only its keys).
-func (b *backend) scripts(ctx context.Context, script *goredis.Script, n int, args func(i int) ([]string, []any)) ([]*goredis.Cmd, error) {
+//
+// In the WAIT mode each pipeline ends with WAIT (on its own connection,
+// the one its scripts ran on), and acked is the least count of the two
+// (-1 outside the WAIT mode); a WAIT that failed fails every command
+// that had succeeded, as eval does.
+func (b *backend) scripts(ctx context.Context, script *goredis.Script, n int, args func(i int) ([]string, []any)) ([]*goredis.Cmd, int64, error) {
 	if err := ctx.Err(); err != nil {
-		return nil, err // nothing sent
+		return nil, -1, err // nothing sent
 	}
-	return call(b, ctx, func(ctx context.Context) ([]*goredis.Cmd, error) {
-		cmds := make([]*goredis.Cmd, n)
+	type result struct {
+		cmds  []*goredis.Cmd
+		acked int64
+	}
+	r, err := call(b, ctx, func(ctx context.Context) (result, error) {
+		var cmds []*goredis.Cmd
+		acked := int64(-1)
+		// exec runs pipe, with WAIT in the WAIT mode, and lowers acked
+		// (or fails cmds[idx...]) by WAIT's reply.
+		exec := func(pipe goredis.Pipeliner, idx []int) {
+			var w *goredis.Cmd
+			if b.waiting() {
+				w = b.wait(ctx, pipe)
+			}
+			_, _ = pipe.Exec(ctx) // each command's outcome is read below
+			if w == nil {
+				return
+			}
+			a, err := w.Int64()
+			if err != nil {
+				for _, i := range idx {
+					if cmds[i].Err() == nil {
+						cmds[i].SetErr(fmt.Errorf("WAIT after the write: %w", err))
+					}
+				}
+				return
+			}
+			if acked < 0 || a < acked {
+				acked = a
+			}
+		}
+		cmds = make([]*goredis.Cmd, n)
+		all := make([]int, n)
 		pipe := b.rdb.Pipeline()
 		for i := range n {
 			keys, argv := args(i)
 			cmds[i] = script.EvalSha(ctx, pipe, keys, argv...)
+			all[i] = i
 		}
-		_, _ = pipe.Exec(ctx) // each command's outcome is read below
+		exec(pipe, all)
 		var again []int
 		for i, c := range cmds {
 			if goredis.HasErrorPrefix(c.Err(), "NOSCRIPT") {
@@ -153,19 +201,20 @@ func (b *backend) scripts(ctx context.Context, script *goredis.Script, n int, ar
 				keys, argv := args(i)
 				cmds[i] = script.Eval(ctx, pipe, keys, argv...)
 			}
-			_, _ = pipe.Exec(ctx)
+			exec(pipe, again)
 		}
 		var first error
 		for _, c := range cmds {
 			err := c.Err()
 			var re goredis.Error
 			if err == nil || errors.As(err, &re) {
-				return cmds, nil // Redis answered
+				return result{cmds, acked}, nil // Redis answered
 			}
 			if first == nil {
 				first = err
 			}
 		}
-		return nil, first
+		return result{}, first
 	})
+	return r.cmds, r.acked, err
 }

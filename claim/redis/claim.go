@@ -99,13 +99,18 @@ func (b *backend) TryClaimRead(ctx context.Context, key, holder string, ttl time
 // it as well, the value key.
 func (b *backend) claim(ctx context.Context, key, holder string, ttl time.Duration, keys ...string) (driver.Lease, []byte, bool, error) {
 	ms := millis(ttl)
-	res, err := call(b, ctx, func(ctx context.Context) ([]any, error) {
-		return claimScript.Run(ctx, b.rdb, keys, holder, ms).Slice()
-	})
+	res, acked, err := evalCall(b, ctx, claimScript, keys, slice, holder, ms)
 	if err != nil {
 		return driver.Lease{}, nil, false, err
 	}
-	return claimed(key, holder, ms, res)
+	l, v, found, err := claimed(key, holder, ms, res)
+	if err == nil {
+		if err = b.replicated("claim", acked); err != nil {
+			b.abandon(ctx, l)
+			return driver.Lease{}, nil, false, err
+		}
+	}
+	return l, v, found, err
 }
 
 // claimed is the outcome of claimScript's reply res to holder's claim of
@@ -146,21 +151,33 @@ func claimReply(res []any) (ok bool, n int64, v []byte, found bool, err error) {
 }
 
 // compare runs one of the compare scripts (bounded by call): nil if it
-// answers 1, ErrLost if 0.
-func (b *backend) compare(ctx context.Context, s *goredis.Script, keys []string, args ...any) error {
-	ok, err := call(b, ctx, func(ctx context.Context) (int64, error) {
-		return s.Run(ctx, b.rdb, keys, args...).Int64()
-	})
-	if err == nil && ok != 1 {
-		err = driver.ErrLost
+// answers 1, ErrLost if 0. op names it for a *ReplicationError; "" runs
+// it without WAIT (Release).
+func (b *backend) compare(ctx context.Context, op string, s *goredis.Script, keys []string, args ...any) error {
+	var ok, acked int64
+	var err error
+	if op == "" {
+		ok, err = call(b, ctx, func(ctx context.Context) (int64, error) {
+			return s.Run(ctx, b.rdb, keys, args...).Int64()
+		})
+	} else {
+		ok, acked, err = evalCall(b, ctx, s, keys, int64Of, args...)
 	}
-	return err
+	switch {
+	case err != nil:
+		return err
+	case ok != 1:
+		return driver.ErrLost
+	case op != "":
+		return b.replicated(op, acked)
+	}
+	return nil
 }
 
 // Extend implements driver.Claimer: compare and PEXPIRE in one script.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	ms := millis(ttl)
-	if err := b.compare(ctx, extendScript, []string{b.lockKey(l.Key)}, lockValue(l), ms); err != nil {
+	if err := b.compare(ctx, "extend", extendScript, []string{b.lockKey(l.Key)}, lockValue(l), ms); err != nil {
 		return driver.Lease{}, err
 	}
 	l.TTL = time.Duration(ms) * time.Millisecond
@@ -168,22 +185,25 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 }
 
 // Release implements driver.Claimer: compare, delete and publish in one
-// script.
+// script. It does not WAIT in the WAIT mode: a release a failover loses
+// brings the lease back until its TTL, which delays the next holder and
+// overlaps no one (the next claim's WAIT covers the release too, as
+// replication keeps each connection's order).
 func (b *backend) Release(ctx context.Context, l driver.Lease) error {
-	return b.compare(ctx, releaseScript, []string{b.lockKey(l.Key)}, lockValue(l), b.channel(l.Key), b.publishCmd())
+	return b.compare(ctx, "", releaseScript, []string{b.lockKey(l.Key)}, lockValue(l), b.channel(l.Key), b.publishCmd())
 }
 
 // Commit implements driver.Claimer: compare and SET in one script.
 func (b *backend) Commit(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
-	return b.compare(ctx, commitScript, keys, lockValue(l), value, expiry(ttl))
+	return b.compare(ctx, "commit", commitScript, keys, lockValue(l), value, expiry(ttl))
 }
 
 // CommitRelease implements driver.CommitReleaser: compare, SET, DEL and
 // publish in one script.
 func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, value []byte, ttl time.Duration) error {
 	keys := []string{b.lockKey(l.Key), b.valKey(l.Key)}
-	return b.compare(ctx, commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd(), carried(value))
+	return b.compare(ctx, "commit-release", commitReleaseScript, keys, lockValue(l), value, expiry(ttl), b.channel(l.Key), b.publishCmd(), carried(value))
 }
 
 // maxWakeValue is the largest value a CommitRelease's wake-up carries
@@ -213,8 +233,9 @@ func (b *backend) Revoke(ctx context.Context, key string, value []byte, ttl time
 		mode = "del"
 	}
 	keys := []string{b.lockKey(key), b.valKey(key)}
-	_, err := call(b, ctx, func(ctx context.Context) (int64, error) {
-		return revokeScript.Run(ctx, b.rdb, keys, mode, value, expiry(ttl), b.channel(key), b.publishCmd()).Int64()
-	})
-	return err
+	_, acked, err := evalCall(b, ctx, revokeScript, keys, int64Of, mode, value, expiry(ttl), b.channel(key), b.publishCmd())
+	if err != nil {
+		return err
+	}
+	return b.replicated("revoke", acked)
 }

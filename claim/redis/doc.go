@@ -8,21 +8,63 @@
 //	redis://[USER[:PASSWORD]@]HOST[:PORT][/DB][?PARAMS]
 //	rediss://...   the same over TLS (server name checked against HOST)
 //
+//	redis://[USER[:PASSWORD]@]SENTINEL[:PORT][/DB]?master=NAME[&addrs=SENTINEL2:PORT,...][&PARAMS]
+//	                 through Redis Sentinel (go-redis's failover client)
+//
 // PORT defaults to 6379 and DB to 0. Parameters: prefix, maxvalue (bytes)
 // and health_check set the Options fields Prefix, MaxValueLen and
-// HealthCheckInterval; go-redis settings client_name, pool_size,
-// min_idle_conns, max_retries (default 0: one attempt per call), protocol
-// (2 or 3, default 3), dial_timeout (default DefaultDialTimeout, 5s),
-// read_timeout, write_timeout; cluster (true: a Redis Cluster client
-// seeded with HOST and addrs) and addrs (more HOST:PORT seeds,
-// comma-separated); for rediss only, the TLS parameters every driver
-// shares (cacert, cert, key, servername, skip_verify: see Params.TLS in
-// package claim/driver); and the Client's own, op_timeout and lazy (see
-// claim.Open). An unknown, repeated or malformed parameter is an error.
-// The opener does not dial; claim.Open then checks the server (see
-// Errors) unless lazy=true. For Sentinel, custom dialers or anything
-// else, build the client yourself and call New, which checks it the same
-// way unless Options.Client.Lazy.
+// HealthCheckInterval; wait_replicas and wait_timeout set WaitReplicas
+// and WaitTimeout (the WAIT mode, below); go-redis settings client_name,
+// pool_size, min_idle_conns, max_retries (default 0: one attempt per
+// call), protocol (2 or 3, default 3), dial_timeout (default
+// DefaultDialTimeout, 5s), read_timeout, write_timeout; cluster (true: a
+// Redis Cluster client seeded with HOST and addrs) and addrs (more
+// HOST:PORT seeds, comma-separated); master (the name the Sentinels
+// monitor: HOST:PORT, whose PORT then defaults to Sentinel's 26379, and
+// addrs are Sentinels, and the client follows the primary they name
+// through failovers), with sentinel_user and sentinel_password for
+// Sentinels that want their own credentials (USER and PASSWORD are the
+// data nodes'); for rediss only, the TLS parameters every driver shares
+// (cacert, cert, key, servername, skip_verify: see Params.TLS in package
+// claim/driver), which apply to the Sentinels too; and the Client's own,
+// op_timeout and lazy (see claim.Open). An unknown, repeated or
+// malformed parameter is an error, and so are master with cluster=true,
+// an empty master, addrs without cluster or master, sentinel_user or
+// sentinel_password without master, wait_timeout without wait_replicas,
+// wait_replicas with cluster=true, and a wait_timeout not below
+// read_timeout (go-redis's default 5s). The opener does not dial;
+// claim.Open then checks the server (see Errors) unless lazy=true. For
+// custom dialers or anything else, build the client yourself and call
+// New, which checks it the same way unless Options.Client.Lazy.
+//
+// # WAIT mode
+//
+// Replication in Redis is asynchronous: a claim or a fence increment the
+// primary acknowledged can be lost by a failover, and then two holders
+// coexist and tokens repeat (docs/redis.md has the measured figures).
+// With wait_replicas=N (Options.WaitReplicas) every write but Release and
+// the publishes (TryClaim, TryClaimRead, Extend, Commit, CommitRelease,
+// Revoke, Set, Delete, and the batches' claims and commits) is followed
+// by WAIT N TIMEOUT in the same pipeline, so on the same connection and
+// in the same round trip. When fewer than N replicas acknowledged within
+// wait_timeout (default DefaultWaitTimeout, 1s), the call fails with a
+// *ReplicationError (claim.ErrUnavailable to the client), never silently:
+// a claim is not reported as held (the driver releases it, best effort,
+// and a lease it could not release expires by its TTL), a renewal leaves
+// the lease's local deadline where it was (not ErrLost: the lease may
+// still be held), and a commit or revoke is ambiguous (the primary has
+// it; a failover may drop it), like any commit whose reply was lost.
+// Release does not wait: a release a failover loses brings the lease back
+// until its TTL, which delays the next holder and overlaps no one, and
+// the next claim's WAIT covers it (replication keeps order). The WAIT
+// mode has no fair queue (driver.Queuer, so AcquireFair fails with
+// claim.ErrUnsupported): a grant is published from inside its script,
+// before a WAIT could confirm it. It is refused on a cluster client
+// (WAIT has no key to route it by). WAIT is not consensus: with more
+// replicas than wait_replicas, Sentinel may promote one that had not
+// acknowledged; reads (Get, the value a wake-up carries) may see a write
+// that a failover then loses; and a replica that restarts without
+// persistence forgets what it acknowledged.
 //
 // # Semantics
 //
@@ -132,7 +174,8 @@
 // # Errors
 //
 // A held key is a *HeldError with the lock's PTTL; I/O failures are
-// go-redis's errors, wrapped. Passwords never appear in errors.
+// go-redis's errors, wrapped; in the WAIT mode, a write too few replicas
+// acknowledged is a *ReplicationError. Passwords never appear in errors.
 //
 // Opening checks the server (the driver's Ping, which claim.Open, New and
 // Client.Ping call): go-redis connects (dial, TLS handshake, HELLO with

@@ -43,3 +43,9 @@ func PubSubConns(c *claim.Client) int {
 
 // ClassifyForTest exposes the error classification to the external tests.
 var ClassifyForTest = classify
+
+// ParseUniversalForTest exposes the URL mapping (all of go-redis's
+// options, Sentinel's among them) and Options to the external tests.
+func ParseUniversalForTest(u *url.URL) (*goredis.UniversalOptions, Options, error) {
+	return parseURL(u)
+}

@@ -26,6 +26,7 @@ const (
 	DefaultPrefix              = "stampede"
 	DefaultMaxValueLen         = 512 << 20 // Redis's proto-max-bulk-len default
 	DefaultHealthCheckInterval = 3 * time.Second
+	DefaultWaitTimeout         = time.Second
 )
 
 func init() {
@@ -51,6 +52,18 @@ type Options struct {
 	// false: the caller owns it). Clients opened by URL close theirs. A New
 	// that fails never closes it.
 	CloseClient bool
+	// WaitReplicas, when positive, turns on the WAIT mode (see "WAIT
+	// mode" in the package doc): every write but Release and the
+	// publishes is followed, in the same pipeline on the same
+	// connection, by WAIT WaitReplicas WaitTimeout, and a write that
+	// fewer replicas acknowledged fails with a *ReplicationError (a claim
+	// is then released, best effort). Default 0: no WAIT. Not supported
+	// on a *ClusterClient, nor with fair acquisition (the driver then
+	// lacks driver.Queuer).
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT (default DefaultWaitTimeout, 1s; Redis
+	// rounds it to whole milliseconds). Used only with WaitReplicas.
+	WaitTimeout time.Duration
 	// Client configures the Client New returns: its operation timeout
 	// (OpTimeout, which also bounds New's check of the server) and Lazy
 	// (New does not check the server).
@@ -105,7 +118,7 @@ func New(client goredis.UniversalClient, opt *Options) (*claim.Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := claim.Connect(context.Background(), b, b.opt.Client)
+	c, err := claim.Connect(context.Background(), b.driver(), b.opt.Client)
 	if err != nil {
 		return nil, fmt.Errorf("redis: New: %w", err)
 	}
@@ -135,12 +148,27 @@ func newBackend(client goredis.UniversalClient, opt *Options) (*backend, error) 
 	if o.HealthCheckInterval <= 0 {
 		o.HealthCheckInterval = DefaultHealthCheckInterval
 	}
+	if o.WaitReplicas < 0 {
+		return nil, fmt.Errorf("redis: WaitReplicas %d: want 0 (no WAIT) or more", o.WaitReplicas)
+	}
+	if o.WaitTimeout < 0 || (o.WaitTimeout > 0 && o.WaitTimeout < time.Millisecond) {
+		return nil, fmt.Errorf("redis: WaitTimeout %v: want at least 1ms (0: the default, %v)", o.WaitTimeout, DefaultWaitTimeout)
+	}
+	if o.WaitTimeout == 0 {
+		o.WaitTimeout = DefaultWaitTimeout
+	}
 	b := &backend{rdb: client, opt: o}
 	switch c := client.(type) {
 	case *goredis.Client:
 		b.deadlines = c.Options().ContextTimeoutEnabled
+		if rt := c.Options().ReadTimeout; o.WaitReplicas > 0 && rt > 0 && o.WaitTimeout >= rt {
+			return nil, fmt.Errorf("redis: WaitTimeout %v: want it below the client's ReadTimeout, %v (read_timeout), which bounds WAIT's reply", o.WaitTimeout, rt)
+		}
 	case *goredis.ClusterClient:
 		b.cc, b.deadlines = c, c.Options().ContextTimeoutEnabled
+		if o.WaitReplicas > 0 {
+			return nil, errors.New("redis: WAIT mode (WaitReplicas, wait_replicas) is not supported on a cluster client: WAIT must follow the write on its master's connection")
+		}
 	}
 	b.n = newNotifier(b, o.HealthCheckInterval)
 	return b, nil

@@ -3,6 +3,7 @@ package redis
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	goredis "github.com/redis/go-redis/v9"
@@ -26,16 +27,41 @@ func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 
 // Set implements driver.Store: SET of the value key, PX when ttl > 0.
 func (b *backend) Set(ctx context.Context, key string, value []byte, ttl time.Duration) error {
-	_, err := call(b, ctx, func(ctx context.Context) (string, error) {
-		return b.rdb.Set(ctx, b.valKey(key), value, time.Duration(expiry(ttl))*time.Millisecond).Result()
+	_, err := call(b, ctx, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, b.write(ctx, "set", func(c goredis.Cmdable) goredis.Cmder {
+			return c.Set(ctx, b.valKey(key), value, time.Duration(expiry(ttl))*time.Millisecond)
+		})
 	})
 	return err
 }
 
 // Delete implements driver.Store: DEL of the value key.
 func (b *backend) Delete(ctx context.Context, key string) error {
-	_, err := call(b, ctx, func(ctx context.Context) (int64, error) {
-		return b.rdb.Del(ctx, b.valKey(key)).Result()
+	_, err := call(b, ctx, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, b.write(ctx, "delete", func(c goredis.Cmdable) goredis.Cmder {
+			return c.Del(ctx, b.valKey(key))
+		})
 	})
 	return err
+}
+
+// write runs one plain write command, which cmd queues on c: alone, or in
+// the WAIT mode followed by WAIT in one pipeline (one round trip). Its
+// error is the command's, WAIT's, or a *ReplicationError.
+func (b *backend) write(ctx context.Context, op string, cmd func(c goredis.Cmdable) goredis.Cmder) error {
+	if !b.waiting() {
+		return cmd(b.rdb).Err()
+	}
+	pipe := b.rdb.Pipeline()
+	c := cmd(pipe)
+	w := b.wait(ctx, pipe)
+	_, _ = pipe.Exec(ctx) // each command's outcome is read below
+	if err := c.Err(); err != nil {
+		return err
+	}
+	acked, err := w.Int64()
+	if err != nil {
+		return fmt.Errorf("WAIT after the write: %w", err)
+	}
+	return b.replicated(op, acked)
 }

@@ -36,7 +36,7 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 		return nil, err
 	}
 	b.owns.Store(true)
-	return b, nil
+	return b.driver(), nil
 }
 
 // DefaultDialTimeout bounds each connection attempt of a client opened
@@ -79,6 +79,8 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		Prefix:              p.String("prefix", ""),
 		MaxValueLen:         p.Int("maxvalue", 0),
 		HealthCheckInterval: p.Duration("health_check", 0),
+		WaitReplicas:        p.Int("wait_replicas", 0),
+		WaitTimeout:         p.Duration("wait_timeout", 0),
 		CloseClient:         true,
 	}
 	o := &goredis.UniversalOptions{
@@ -94,6 +96,9 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		ReadTimeout:           p.Duration("read_timeout", 0),
 		WriteTimeout:          p.Duration("write_timeout", 0),
 		IsClusterMode:         p.Bool("cluster", false),
+		MasterName:            p.String("master", ""),
+		SentinelUsername:      p.String("sentinel_user", ""),
+		SentinelPassword:      p.String("sentinel_password", ""),
 		// One dial per attempt (go-redis's default is 5, 100 ms apart): a
 		// server that is down is reported at once.
 		DialerRetries: 1,
@@ -105,6 +110,9 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		return nil, Options{}, fmt.Errorf("redis: %w", err)
 	}
 	o.TLSConfig = tc
+	if p.Has("wait_timeout") && opt.WaitReplicas == 0 {
+		return nil, Options{}, errors.New("redis: URL parameter wait_timeout needs wait_replicas")
+	}
 	o.Dialer = dialer(o.DialTimeout, tc)
 	if o.MaxRetries == 0 {
 		o.MaxRetries = -1 // go-redis: -1 disables retries
@@ -112,7 +120,24 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 	if o.Protocol != 2 && o.Protocol != 3 {
 		return nil, Options{}, fmt.Errorf("redis: URL parameter protocol=%d: want 2 or 3", o.Protocol)
 	}
-	o.Addrs = []string{net.JoinHostPort(host, cmp.Or(u.Port(), "6379"))}
+	sentinel := p.Has("master")
+	if sentinel && o.MasterName == "" {
+		return nil, Options{}, errors.New("redis: URL parameter master: want the Sentinels' name of the master, not empty")
+	}
+	if !sentinel && (p.Has("sentinel_user") || p.Has("sentinel_password")) {
+		return nil, Options{}, errors.New("redis: URL parameters sentinel_user and sentinel_password need master=NAME")
+	}
+	if sentinel && o.IsClusterMode {
+		return nil, Options{}, errors.New("redis: URL parameters master (Sentinel) and cluster=true exclude each other")
+	}
+	if o.IsClusterMode && opt.WaitReplicas > 0 {
+		return nil, Options{}, errors.New("redis: URL parameter wait_replicas is not supported with cluster=true (WAIT must follow the write on its master's connection)")
+	}
+	port := "6379"
+	if sentinel {
+		port = "26379" // HOST:PORT is a Sentinel
+	}
+	o.Addrs = []string{net.JoinHostPort(host, cmp.Or(u.Port(), port))}
 	if u.User != nil {
 		o.Username = u.User.Username()
 		o.Password, _ = u.User.Password()
@@ -124,11 +149,11 @@ func parseURL(u *url.URL) (*goredis.UniversalOptions, Options, error) {
 		}
 		o.DB = db
 	}
-	if addrs != "" && !o.IsClusterMode {
-		return nil, Options{}, errors.New("redis: URL parameter addrs needs cluster=true")
+	if addrs != "" && !o.IsClusterMode && !sentinel {
+		return nil, Options{}, errors.New("redis: URL parameter addrs needs cluster=true or master=NAME (Sentinel)")
 	}
-	if o.IsClusterMode {
-		if o.DB != 0 {
+	if o.IsClusterMode || sentinel {
+		if o.IsClusterMode && o.DB != 0 {
 			return nil, Options{}, errors.New("redis: a cluster has only database 0")
 		}
 		for _, a := range strings.Split(addrs, ",") {
