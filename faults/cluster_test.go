@@ -1,11 +1,9 @@
 package faults
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,6 +15,7 @@ import (
 	"github.com/anishathalye/porcupine"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/internal/backendtest"
 )
 
 // The cluster fault harness (issue 17). Each cluster backend registers a
@@ -154,64 +153,15 @@ type clusterLease struct {
 	commit    error // CommitRelease's result
 }
 
-// overlaps checks leases, per key: tokens are distinct, and sorted by
-// token each lease's [acquired, end] ends no later than every later
-// token's lease was acquired (so token order is grant order too). It
-// returns one line per violation.
+// overlaps checks leases with backendtest.Overlaps (proven by its
+// TestOverlaps): tokens distinct, and no lease acquired before an earlier
+// token's lease ended.
 func overlaps(leases []clusterLease) []string {
-	byKey := map[string][]clusterLease{}
-	for _, l := range leases {
-		byKey[l.key] = append(byKey[l.key], l)
+	spans := make([]backendtest.LeaseSpan, len(leases))
+	for i, l := range leases {
+		spans[i] = backendtest.LeaseSpan{Key: l.key, Token: l.token, Holder: l.holder, Worker: l.worker, Acquired: l.acquired, End: l.end}
 	}
-	var bad []string
-	for _, key := range slices.Sorted(maps.Keys(byKey)) {
-		ls := byKey[key]
-		slices.SortFunc(ls, func(a, b clusterLease) int { return cmp.Compare(a.token, b.token) })
-		var prev *clusterLease // the earlier lease that ended last
-		for i := range ls {
-			l := &ls[i]
-			if i > 0 && ls[i-1].token == l.token {
-				bad = append(bad, fmt.Sprintf("%s: token %d granted twice (workers %d and %d)", key, l.token, ls[i-1].worker, l.worker))
-			}
-			if prev != nil && l.acquired.Before(prev.end) {
-				bad = append(bad, fmt.Sprintf("%s: token %d (worker %d) acquired %v before token %d (worker %d) ended",
-					key, l.token, l.worker, prev.end.Sub(l.acquired), prev.token, prev.worker))
-			}
-			if prev == nil || l.end.After(prev.end) {
-				prev = l
-			}
-		}
-	}
-	return bad
-}
-
-// TestClusterOverlapChecker: the checker catches an overlap, a reused
-// token and a token granted out of order, and passes a clean history.
-func TestClusterOverlapChecker(t *testing.T) {
-	t0 := time.Now()
-	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
-	clean := []clusterLease{
-		{key: "a", token: 5, acquired: at(0), end: at(10)},
-		{key: "a", token: 9, acquired: at(10), end: at(20)},
-		{key: "b", token: 7, acquired: at(5), end: at(30)},
-		{key: "a", token: 12, acquired: at(25), end: at(26)},
-	}
-	if bad := overlaps(clean); len(bad) != 0 {
-		t.Errorf("clean history: %q", bad)
-	}
-	for name, ls := range map[string][]clusterLease{
-		"overlap": {{key: "a", token: 5, acquired: at(0), end: at(10)}, {key: "a", token: 9, acquired: at(9), end: at(20)}},
-		// The middle lease is clean against the first, not the third
-		// against the first.
-		"overlap with an older lease": {{key: "a", token: 1, acquired: at(0), end: at(50)}, {key: "a", token: 2, acquired: at(60), end: at(70)},
-			{key: "a", token: 3, acquired: at(40), end: at(45)}},
-		"token reused":         {{key: "a", token: 5, acquired: at(0), end: at(10)}, {key: "a", token: 5, acquired: at(20), end: at(30)}},
-		"token order inverted": {{key: "a", token: 9, acquired: at(0), end: at(10)}, {key: "a", token: 5, acquired: at(20), end: at(30)}},
-	} {
-		if bad := overlaps(ls); len(bad) == 0 {
-			t.Errorf("%s: not caught", name)
-		}
-	}
+	return backendtest.Overlaps(spans)
 }
 
 // leaseLoad is the lease workload's shared record.

@@ -268,36 +268,7 @@ func indexOf(ss []*Server, s *Server) int {
 // leader); on failure no process is left running.
 func (c *ConsulCluster) launch(ctx context.Context) error {
 	group := c.all()
-	procs := make([]*proc, len(group))
-	for i, s := range group {
-		p, err := s.spawn()
-		if err != nil {
-			for _, p := range procs[:i] {
-				p.kill()
-			}
-			return err
-		}
-		procs[i] = p
-	}
-	for i, s := range group {
-		if err := s.await(ctx, procs[i]); err != nil {
-			for _, p := range procs[i+1:] {
-				p.kill()
-			}
-			c.killAll()
-			return fmt.Errorf("%s: %w", c.name(s), err)
-		}
-	}
-	return nil
-}
-
-// killAll kills every process that runs.
-func (c *ConsulCluster) killAll() {
-	for _, s := range c.all() {
-		if s.Running() {
-			s.Kill()
-		}
-	}
+	return launchGroup(ctx, group, func(i int) string { return c.name(group[i]) })
 }
 
 func (c *ConsulCluster) name(s *Server) string {
@@ -364,12 +335,8 @@ func (c *ConsulCluster) signal(i int, sig syscall.Signal) error {
 	s := c.servers[i]
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	pid := s.Pid()
-	if pid == 0 {
-		return fmt.Errorf("testserver: consul server %d: %v: not running", i, sig)
-	}
-	if err := syscall.Kill(-pid, sig); err != nil {
-		return fmt.Errorf("testserver: consul server %d: %v: %w", i, sig, err)
+	if err := signalGroup(s, sig); err != nil {
+		return fmt.Errorf("testserver: consul server %d: %w", i, err)
 	}
 	if sig == syscall.SIGSTOP {
 		c.paused[s] = true
@@ -454,21 +421,7 @@ func (c *ConsulCluster) Leader(ctx context.Context) (int, error) {
 
 // WaitLeader calls Leader every 50 ms until it names a leader or ctx is
 // done (then it returns Leader's last error).
-func (c *ConsulCluster) WaitLeader(ctx context.Context) (int, error) {
-	for {
-		i, err := c.Leader(ctx)
-		if err == nil {
-			return i, nil
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return -1, fmt.Errorf("%w (%v)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
+func (c *ConsulCluster) WaitLeader(ctx context.Context) (int, error) { return pollIndex(ctx, c.Leader) }
 
 // Stop resumes paused servers, stops every process, removes their
 // directories (see [Server.Stop]) and then the Net. It is idempotent.

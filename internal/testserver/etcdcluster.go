@@ -220,29 +220,7 @@ func (c *EtcdCluster) args(s *Server) ([]string, error) {
 // launch spawns every member, then waits for each to be ready (none is
 // before a quorum runs); on failure no member is left running.
 func (c *EtcdCluster) launch(ctx context.Context) error {
-	procs := make([]*proc, len(c.members))
-	for i, s := range c.members {
-		p, err := s.spawn()
-		if err != nil {
-			for _, p := range procs[:i] {
-				p.kill()
-			}
-			return err
-		}
-		procs[i] = p
-	}
-	for i, s := range c.members {
-		if err := s.await(ctx, procs[i]); err != nil {
-			for _, m := range c.members[:i] {
-				m.Kill()
-			}
-			for _, p := range procs[i+1:] {
-				p.kill()
-			}
-			return fmt.Errorf("member %d: %w", i, err)
-		}
-	}
-	return nil
+	return launchGroup(ctx, c.members, func(i int) string { return fmt.Sprintf("member %d", i) })
 }
 
 // Members returns the members, in a fixed order (member i is named m<i>).
@@ -328,21 +306,7 @@ func (c *EtcdCluster) Leader(ctx context.Context) (int, error) {
 
 // WaitLeader calls Leader every 50 ms until it names a leader or ctx is
 // done (then it returns Leader's last error).
-func (c *EtcdCluster) WaitLeader(ctx context.Context) (int, error) {
-	for {
-		i, err := c.Leader(ctx)
-		if err == nil {
-			return i, nil
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return -1, fmt.Errorf("%w (%v)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
-}
+func (c *EtcdCluster) WaitLeader(ctx context.Context) (int, error) { return pollIndex(ctx, c.Leader) }
 
 // Stop stops every member (resumed first if paused) and removes their
 // directories (see [Server.Stop]), then the [Net] if there is one. It is
@@ -398,16 +362,12 @@ func (c *EtcdCluster) signal(i int, pause bool) error {
 	if c.paused[i] == pause {
 		return fmt.Errorf("testserver: etcd member %d: paused is %v already", i, pause)
 	}
-	pid := c.members[i].Pid()
-	if pid == 0 {
-		return fmt.Errorf("testserver: etcd member %d is not running", i)
-	}
 	sig := syscall.SIGSTOP
 	if !pause {
 		sig = syscall.SIGCONT
 	}
-	if err := syscall.Kill(-pid, sig); err != nil {
-		return fmt.Errorf("testserver: etcd member %d: %v: %w", i, sig, err)
+	if err := signalGroup(c.members[i], sig); err != nil {
+		return fmt.Errorf("testserver: etcd member %d: %w", i, err)
 	}
 	c.paused[i] = pause
 	return nil

@@ -481,15 +481,7 @@ func (c *RedisSentinel) sentinelPrimary(ctx context.Context) (string, error) {
 // WaitPrimary calls Primary every 50 ms until it names the primary or
 // ctx is done (then it returns Primary's last error).
 func (c *RedisSentinel) WaitPrimary(ctx context.Context) (int, error) {
-	for {
-		i, err := c.Primary(ctx)
-		if err == nil {
-			return i, nil
-		}
-		if serr := redisSentinelSleep(ctx, 50*time.Millisecond); serr != nil {
-			return -1, fmt.Errorf("%w (%v)", err, serr)
-		}
-	}
+	return pollIndex(ctx, c.Primary)
 }
 
 // Kill sends SIGKILL to data node i (see [Server.Kill]).
@@ -497,21 +489,10 @@ func (c *RedisSentinel) Kill(i int) error { return c.data[i].Kill() }
 
 // Pause stops data node i with SIGSTOP (its process group): it keeps its
 // connections and answers nothing until Resume.
-func (c *RedisSentinel) Pause(i int) error { return redisSentinelSignal(c.data[i], syscall.SIGSTOP) }
+func (c *RedisSentinel) Pause(i int) error { return signalGroup(c.data[i], syscall.SIGSTOP) }
 
 // Resume continues data node i after Pause (SIGCONT).
-func (c *RedisSentinel) Resume(i int) error { return redisSentinelSignal(c.data[i], syscall.SIGCONT) }
-
-func redisSentinelSignal(s *Server, sig syscall.Signal) error {
-	pid := s.Pid()
-	if pid == 0 {
-		return fmt.Errorf("testserver: signal %v: %s is not running", sig, s.Addr())
-	}
-	if err := syscall.Kill(-pid, sig); err != nil {
-		return fmt.Errorf("testserver: signal %v to %s: %w", sig, s.Addr(), err)
-	}
-	return nil
-}
+func (c *RedisSentinel) Resume(i int) error { return signalGroup(c.data[i], syscall.SIGCONT) }
 
 // Restart starts data node i again, after Kill or Shutdown, as a replica
 // of the primary the Sentinels name, and returns once its replication

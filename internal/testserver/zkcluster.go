@@ -256,29 +256,7 @@ func (c *ZooKeeperCluster) args(s *Server) ([]string, error) {
 // launch spawns every member, then waits for each to be ready (none is
 // before a quorum runs); on failure no member is left running.
 func (c *ZooKeeperCluster) launch(ctx context.Context) error {
-	procs := make([]*proc, len(c.members))
-	for i, s := range c.members {
-		p, err := s.spawn()
-		if err != nil {
-			for _, p := range procs[:i] {
-				p.kill()
-			}
-			return err
-		}
-		procs[i] = p
-	}
-	for i, s := range c.members {
-		if err := s.await(ctx, procs[i]); err != nil {
-			for _, m := range c.members[:i] {
-				m.Kill()
-			}
-			for _, p := range procs[i+1:] {
-				p.kill()
-			}
-			return fmt.Errorf("member %d: %w", i, err)
-		}
-	}
-	return nil
+	return launchGroup(ctx, c.members, func(i int) string { return fmt.Sprintf("member %d", i) })
 }
 
 // Len returns the number of members.
@@ -379,8 +357,8 @@ func (c *ZooKeeperCluster) signal(i int, pause bool) error {
 	if !pause {
 		sig = syscall.SIGCONT
 	}
-	if err := syscall.Kill(-pid, sig); err != nil {
-		return fmt.Errorf("testserver: zookeeper member %d: %v: %w", i, sig, err)
+	if err := signalGroup(c.members[i], sig); err != nil {
+		return fmt.Errorf("testserver: zookeeper member %d: %w", i, err)
 	}
 	if pause {
 		c.paused[i] = pid
@@ -485,19 +463,7 @@ func zkMode(ctx context.Context, addr string) (string, error) {
 // WaitLeader calls Leader every 50 ms until it names a leader or ctx is
 // done (then it returns Leader's last error).
 func (c *ZooKeeperCluster) WaitLeader(ctx context.Context) (int, error) {
-	for {
-		i, err := c.Leader(ctx)
-		if err == nil {
-			return i, nil
-		}
-		t := time.NewTimer(50 * time.Millisecond)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return -1, fmt.Errorf("%w (%v)", err, ctx.Err())
-		case <-t.C:
-		}
-	}
+	return pollIndex(ctx, c.Leader)
 }
 
 // Stop resumes the paused members, stops every member and removes their

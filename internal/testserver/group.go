@@ -1,0 +1,73 @@
+//go:build unix
+
+package testserver
+
+import (
+	"context"
+	"fmt"
+	"syscall"
+	"time"
+)
+
+// What the cluster launchers (etcdcluster.go, zkcluster.go,
+// consulcluster.go, redissentinel.go) share.
+
+// launchGroup spawns every server of group, then waits for each to be
+// ready (a cluster member is not before a quorum runs); on failure none is
+// left running. name(i) names server i in the error.
+func launchGroup(ctx context.Context, group []*Server, name func(i int) string) error {
+	procs := make([]*proc, len(group))
+	for i, s := range group {
+		p, err := s.spawn()
+		if err != nil {
+			for _, p := range procs[:i] {
+				p.kill()
+			}
+			return err
+		}
+		procs[i] = p
+	}
+	for i, s := range group {
+		if err := s.await(ctx, procs[i]); err != nil {
+			for _, m := range group[:i] {
+				m.Kill()
+			}
+			for _, p := range procs[i+1:] {
+				p.kill()
+			}
+			return fmt.Errorf("%s: %w", name(i), err)
+		}
+	}
+	return nil
+}
+
+// pollIndex calls f every 50 ms until it names a server (a leader, a
+// primary) or ctx is done; then it returns f's last error.
+func pollIndex(ctx context.Context, f func(ctx context.Context) (int, error)) (int, error) {
+	for {
+		i, err := f(ctx)
+		if err == nil {
+			return i, nil
+		}
+		t := time.NewTimer(50 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return -1, fmt.Errorf("%w (%v)", err, ctx.Err())
+		case <-t.C:
+		}
+	}
+}
+
+// signalGroup sends sig to s's process group (SIGSTOP/SIGCONT reach the
+// server behind a wrapper such as ip netns exec, and its children).
+func signalGroup(s *Server, sig syscall.Signal) error {
+	pid := s.Pid()
+	if pid == 0 {
+		return fmt.Errorf("testserver: signal %v: %s is not running", sig, s.Addr())
+	}
+	if err := syscall.Kill(-pid, sig); err != nil {
+		return fmt.Errorf("testserver: signal %v to %s: %w", sig, s.Addr(), err)
+	}
+	return nil
+}
