@@ -9,10 +9,11 @@ PKGS ?= github.com/stampede-go/stampede/...
 export STAMPEDE_TEST_REQUIRE ?= 1
 # Packages whose TestReconnect* tests are built without -race (a data race
 # inside a dependency, not ours: see claim/zookeeper/reconnect_test.go);
-# make test runs them in a second pass.
+# make test runs them in a second pass, and the ZooKeeper ensemble's fault
+# tests (faults/cluster_zookeeper_test.go, built without -race) in a third.
 NORACE_PKGS ?= github.com/stampede-go/stampede/claim/zookeeper
 
-.PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo chaos reliability
+.PHONY: test test-short servers lint fmt vet staticcheck bench bench-all bench-peers fuzz demo chaos reliability soak
 
 # Installs the servers when missing (no Docker needed), then runs every
 # test of every module with the race detector against real servers on
@@ -20,6 +21,7 @@ NORACE_PKGS ?= github.com/stampede-go/stampede/claim/zookeeper
 test: servers vet
 	$(GO) test -race -count=1 -timeout 20m $(PKGS)
 	$(GO) test -count=1 -timeout 5m -run '^TestReconnect' $(NORACE_PKGS)
+	$(GO) test -count=1 -timeout 10m -run '^(TestCluster|TestZooKeeperEnsemble|TestReconnectSoakZooKeeper)$$/^(zookeeper|.*-ttl.*)$$' github.com/stampede-go/stampede/faults
 
 # The in-process parts only (no servers): claim, memory, conformance, flight.
 test-short:
@@ -48,10 +50,21 @@ bench: servers
 # The longer fault runs (faults/); the gating set runs in make test.
 chaos: servers
 	STAMPEDE_CHAOS=1 $(GO) test -race -count=1 -timeout 30m github.com/stampede-go/stampede/faults
+	STAMPEDE_CHAOS=1 $(GO) test -count=1 -timeout 30m -run '^(TestCluster|TestZooKeeperEnsemble)$$/^(zookeeper|.*-ttl.*)$$' github.com/stampede-go/stampede/faults
 
 # Regenerates the figures table for docs/reliability.md.
 reliability: servers
 	STAMPEDE_CHAOS=1 STAMPEDE_FAULTS_REPORT=$(CURDIR)/docs/reliability-figures.md $(GO) test -race -count=1 -timeout 30m github.com/stampede-go/stampede/faults
+
+# The soak: a mixed workload (flight herds, GetMany, Invalidate and Set, an
+# election, a semaphore) under random faults on every backend at once, for
+# STAMPEDE_SOAK (30m here; the 10 s version runs in make test), with its
+# report in docs/soak-report.md. ZooKeeper's part runs alongside without
+# -race (go-zk races on reconnection; make test's no-race pass runs it too).
+soak: servers
+	cd faults && export STAMPEDE_SOAK=$${STAMPEDE_SOAK:-30m} STAMPEDE_SOAK_REPORT=$(CURDIR)/docs/soak-report.md && \
+	{ $(GO) test -count=1 -timeout 90m -run '^TestReconnectSoakZooKeeper$$' . & zk=$$!; \
+	$(GO) test -race -count=1 -timeout 90m -run '^TestSoak$$' .; rc=$$?; wait $$zk || rc=1; exit $$rc; }
 
 # Every BENCHMARKS.md figure in one run (about 12 minutes), and the rivals.
 bench-all: servers

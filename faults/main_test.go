@@ -132,7 +132,7 @@ func writeReport() error {
 	return os.WriteFile(path, []byte(sb.String()), 0o644)
 }
 
-var faultNames = []string{"pause", "crash", "notify drop", "partition", "bounded errors", "restart", "ambiguous", "linearizability", "pool", "outage", "error herd"}
+var faultNames = []string{"pause", "crash", "notify drop", "partition", "bounded errors", "restart", "ambiguous", "linearizability", "pool", "outage", "error herd", "cluster", "clock skew", "soak"}
 
 func faultOrder(k string) int {
 	for i, f := range faultNames {
