@@ -16,6 +16,8 @@ import (
 	_ "github.com/stampede-go/stampede/claim/etcd"
 	_ "github.com/stampede-go/stampede/claim/memcache"
 	_ "github.com/stampede-go/stampede/claim/memory"
+	_ "github.com/stampede-go/stampede/claim/mysql"
+	_ "github.com/stampede-go/stampede/claim/nats"
 	_ "github.com/stampede-go/stampede/claim/postgres"
 	_ "github.com/stampede-go/stampede/claim/redis"
 	_ "github.com/stampede-go/stampede/claim/zookeeper"
@@ -96,6 +98,16 @@ var backends = []backend{
 	{
 		name: "zookeeper", kind: testserver.ZooKeeper,
 		ttl: time.Second, durable: true,
+	},
+	{
+		name: "nats", kind: testserver.NATS,
+		params: "dial_timeout=2s",
+		ttl:    time.Second, slack: 100 * time.Millisecond, durable: true,
+	},
+	{
+		name: "mysql", kind: testserver.MySQL,
+		params: "dial_timeout=2s",
+		ttl:    time.Second, pool: "max_conns=1", durable: true,
 	},
 }
 

@@ -214,7 +214,12 @@ func (b *backend) read(ctx context.Context, key string) (rev uint64, r record, f
 	if err != nil {
 		return 0, record{}, false, err
 	}
-	m, err := b.lastMsg(ctx, st, b.subject(b.recKey(key)))
+	rctx, end, err := b.begin(ctx)
+	if err != nil {
+		return 0, record{}, false, err
+	}
+	m, err := b.lastMsg(rctx, st, b.subject(b.recKey(key)))
+	err = end(err)
 	switch {
 	case errors.Is(err, jetstream.ErrMsgNotFound):
 		return 0, record{}, false, nil
@@ -296,8 +301,12 @@ func (b *backend) publish(ctx context.Context, kvKey string, data []byte, opts .
 	if _, _, err := b.bucket(ctx); err != nil {
 		return 0, err
 	}
-	ack, err := b.js.PublishMsg(ctx, &natsgo.Msg{Subject: b.subject(kvKey), Data: data}, opts...)
+	rctx, end, err := b.begin(ctx)
 	if err != nil {
+		return 0, err
+	}
+	ack, err := b.js.PublishMsg(rctx, &natsgo.Msg{Subject: b.subject(kvKey), Data: data}, opts...)
+	if err = end(err); err != nil {
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence || apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
 			return 0, errConflict

@@ -16,15 +16,29 @@
 // Options.NoCreate), replicas (Options.Replicas), clock_skew
 // (Options.ClockSkew; clock_skew=0: no margin), maxvalue
 // (Options.MaxValueLen), token, dial_timeout (each connection attempt and
-// the server's INFO, default DefaultDialTimeout, 5 s), tls=true with
+// the server's INFO, default DefaultDialTimeout, 5 s), ping_interval
+// (default DefaultPingInterval, 5 s) and max_pings_out (pings left
+// unanswered before the connection is dropped and made again, default
+// DefaultMaxPingsOut, 2), tls=true with
 // cacert (CA certificates to trust instead of the system roots), cert and
 // key (client certificate), servername and skip_verify (testing only),
 // and the Client's own op_timeout and lazy (claim.Open). NATS's own
 // convention of a token as the URL's user name is refused (errors print a
 // URL's user name): give it as token=. The URL's path must be empty. A
 // URL-opened Client reconnects for ever (every 250 ms) and pings the
-// server every 5 s, so a server gone without a word is noticed in about
-// 15 s.
+// server every ping_interval, so a server gone without a word is noticed
+// in about (max_pings_out+1) × ping_interval, 15 s by default.
+//
+// Connection loss: while the connection is down (reconnecting), every
+// call fails at once (the Client reports claim.ErrUnavailable) rather
+// than waiting in nats.go's reconnect buffer until its timeout, and
+// Publish sends nothing (a URL-opened Client's connection keeps no
+// reconnect buffer: nothing is sent later, after its call has given up).
+// A URL-opened Client also ends every request in
+// flight when its connection drops (a request written to a connection
+// that drops is never answered; its outcome is unknown, as a timeout's)
+// and wakes every subscriber, so that waiters re-check at once and learn
+// that the server is gone.
 //
 // Opening connects (unless lazy=true) within ctx and dial_timeout, and
 // claim.Open then checks the server (the driver's Ping): JetStream

@@ -99,6 +99,12 @@ type backend struct {
 	stopWG  sync.WaitGroup // watcher goroutines
 	permErr error          // the last permissions violation the server reported
 	permAt  time.Time      // when
+
+	// live ends (cause errConnLost) when a URL-opened connection drops:
+	// the requests sent on it before are then never answered (begin).
+	liveMu     sync.Mutex
+	live       context.Context
+	liveCancel context.CancelCauseFunc
 }
 
 var (
@@ -172,6 +178,7 @@ func newBackend(o Options) (*backend, error) {
 		topicPre: "_stampede." + o.Bucket + "." + prefix + ".t.",
 		subs:     map[string]*sub{}, grants: map[string]*sub{}, topics: map[string]*topic{}, held: map[string]heldRec{},
 	}
+	b.live, b.liveCancel = context.WithCancelCause(context.Background())
 	b.ClaimFunc = b.tryClaim
 	b.CommitFunc = b.commit
 	return b, nil

@@ -185,7 +185,8 @@ func TestFenceAcrossRestart(t *testing.T) {
 	if v, err := b.Get(ctx, "short"); err != nil || string(v) != "v" {
 		t.Errorf("Get after the restart = %q, %v", v, err)
 	}
-	// a reconnects by itself; its old lease is lost.
+	// a reconnects by itself (until then its calls fail at once,
+	// ErrUnavailable); its old lease is lost.
 	for {
 		err := a.Commit(ctx, short, []byte("late"), 0)
 		if errors.Is(err, claim.ErrLost) {
@@ -196,8 +197,16 @@ func TestFenceAcrossRestart(t *testing.T) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	if err := a.Release(ctx, long); err != nil {
-		t.Errorf("Release of the minute's lease after the restart: %v", err)
+	// Calls fail at once until a has reconnected (ErrUnavailable).
+	for {
+		err := a.Release(ctx, long)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, claim.ErrUnavailable) || ctx.Err() != nil {
+			t.Fatalf("Release of the minute's lease after the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }
 
@@ -321,5 +330,66 @@ func TestLeaderReads(t *testing.T) {
 	l2, err := c.TryClaim(ctx, "k", time.Minute) // over a delete marker
 	if err != nil || l2.Token <= l.Token {
 		t.Errorf("TryClaim of a deleted record: %v, %v", l2, err)
+	}
+}
+
+// TestServerDown: while the server is down (SIGKILL), the disconnection
+// wakes a subscriber (it re-checks, and learns that the server is gone),
+// and calls fail at once with ErrUnavailable instead of at the operation
+// timeout (nats.go would hold them in its reconnect buffer); after the
+// restart calls succeed again.
+func TestServerDown(t *testing.T) {
+	srv := testserver.RequireWith(t, testserver.NATS, nil)
+	ctx := backendtest.Context(t)
+	const opTimeout = 30 * time.Second
+	c := backendtest.Open(t, uniq(t, srv, "", "op_timeout", opTimeout.String()))
+	s, err := c.Subscribe(ctx, "k")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := srv.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-s.C():
+	case <-time.After(opTimeout / 2):
+		t.Fatal("the disconnection did not wake the subscriber")
+	}
+	for _, op := range []struct {
+		name string
+		f    func() error
+	}{
+		{"TryClaim", func() error { _, err := c.TryClaim(ctx, "k", time.Minute); return err }},
+		{"Get", func() error { _, err := c.Get(ctx, "k"); return err }},
+		{"Set", func() error { return c.Set(ctx, "k", []byte("v"), 0) }},
+		{"Publish", func() error { return c.Publish(ctx, "topic", []byte("m")) }},
+	} {
+		start := time.Now()
+		err := op.f()
+		took := time.Since(start)
+		t.Logf("%s while the server is down: %v (%s)", op.name, err, took.Round(time.Microsecond))
+		if !errors.Is(err, claim.ErrUnavailable) {
+			t.Errorf("%s while the server is down: %v, want ErrUnavailable", op.name, err)
+		}
+		if took >= opTimeout/3 {
+			t.Errorf("%s while the server is down took %s, want far less than the operation timeout %s", op.name, took, opTimeout)
+		}
+	}
+	if err := srv.Restart(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for {
+		l, err := c.TryClaim(ctx, "k", time.Minute)
+		if err == nil {
+			if err := c.Release(ctx, l); err != nil {
+				t.Fatal(err)
+			}
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("no claim after the restart: %v", err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 }

@@ -116,11 +116,16 @@ func (b *backend) unsubscribe(key string, m map[string]*sub) {
 // key's current state. The watch's consumer lives until s.cancel (nats.go
 // unsubscribes a JetStream subscription when the context it was made with
 // ends): ctx, and a default bound if ctx has none, bound only its making.
-func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) error {
+func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) (err error) {
+	rctx, end, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer func() { err = end(err) }()
 	wctx, wcancel := context.WithCancel(context.Background())
 	var fired atomic.Bool
 	abort := func() { fired.Store(true); wcancel() }
-	detach := context.AfterFunc(ctx, abort)
+	detach := context.AfterFunc(rctx, abort)
 	var timer *time.Timer
 	if _, ok := ctx.Deadline(); !ok {
 		timer = time.AfterFunc(DefaultDialTimeout, abort)
@@ -131,7 +136,7 @@ func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) erro
 		timer.Stop()
 	}
 	if err == nil && fired.Load() {
-		err = cmp.Or(ctx.Err(), context.DeadlineExceeded)
+		err = cmp.Or(rctx.Err(), context.DeadlineExceeded)
 	}
 	if err != nil {
 		wcancel()
@@ -151,9 +156,9 @@ func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) erro
 	select {
 	case <-ready:
 		return nil
-	case <-ctx.Done():
+	case <-rctx.Done():
 		wcancel()
-		return ctx.Err()
+		return rctx.Err()
 	}
 }
 
@@ -332,6 +337,9 @@ func (b *backend) Publish(ctx context.Context, topic string, msg []byte) error {
 	if err != nil {
 		return err
 	}
+	if err := b.down(); err != nil {
+		return err // not buffered for a reconnection: reported as failed, never sent
+	}
 	if err := nc.Publish(b.topicSubject(topic), msg); err != nil {
 		return b.classify(err)
 	}
@@ -346,7 +354,11 @@ func (b *backend) flush(ctx context.Context, nc *natsgo.Conn) error {
 		ctx, cancel = context.WithTimeout(ctx, DefaultDialTimeout)
 		defer cancel()
 	}
-	if err := nc.FlushWithContext(ctx); err != nil {
+	rctx, end, err := b.begin(ctx)
+	if err != nil {
+		return err
+	}
+	if err := end(nc.FlushWithContext(rctx)); err != nil {
 		if ctx.Err() != nil {
 			return fmt.Errorf("flush: %w", ctx.Err())
 		}

@@ -115,24 +115,20 @@ func (b *backend) Ping(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if _, err := st.Info(ctx); err != nil {
-		return b.classify(err)
+	rctx, end, err := b.begin(ctx)
+	if err != nil {
+		return err
 	}
-	return nil
+	_, err = st.Info(rctx)
+	return b.classify(end(err))
 }
 
 // reconnected wakes every subscriber, makes every watch again and tells
 // every topic subscriber of a gap: something may have been missed while
 // the connection was down.
 func (b *backend) reconnected() {
+	subs := b.allSubs()
 	b.mu.Lock()
-	subs := make([]*sub, 0, len(b.subs)+len(b.grants))
-	for _, s := range b.subs {
-		subs = append(subs, s)
-	}
-	for _, s := range b.grants {
-		subs = append(subs, s)
-	}
 	topics := make([]*topic, 0, len(b.topics))
 	for _, t := range b.topics {
 		topics = append(topics, t)
@@ -214,4 +210,78 @@ func (b *backend) classify(err error) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// errConnLost ends a request whose connection dropped after it was sent:
+// NATS does not resend it, and its answer, if the server sent one, is
+// lost with the connection. Its outcome is unknown (as a timeout's).
+var errConnLost = errors.New("connection lost with the request in flight (outcome unknown)")
+
+// begin starts one request: it fails at once while the connection is
+// down (reconnecting: nats.go would hold the request in its reconnect
+// buffer until the context ends, so that a dead server costs every call
+// its whole timeout), and otherwise returns ctx, also ended when a
+// URL-opened connection drops with the request in flight (a request
+// written to a connection that then drops is never answered), and the
+// function that ends the request and turns that into errConnLost.
+func (b *backend) begin(ctx context.Context) (context.Context, func(error) error, error) {
+	if err := b.down(); err != nil {
+		return nil, nil, err
+	}
+	b.liveMu.Lock()
+	live := b.live
+	b.liveMu.Unlock()
+	rctx, cancel := context.WithCancelCause(ctx)
+	stop := context.AfterFunc(live, func() { cancel(context.Cause(live)) })
+	end := func(err error) error {
+		stop()
+		if err != nil && ctx.Err() == nil && errors.Is(context.Cause(rctx), errConnLost) {
+			err = errConnLost
+		}
+		cancel(nil)
+		return err
+	}
+	return rctx, end, nil
+}
+
+// down returns an error while the connection is down (reconnecting).
+func (b *backend) down() error {
+	b.connMu.Lock()
+	nc := b.nc
+	b.connMu.Unlock()
+	if nc != nil {
+		if st := nc.Status(); st == natsgo.RECONNECTING || st == natsgo.DISCONNECTED {
+			return fmt.Errorf("not connected (%s)", strings.ToLower(st.String()))
+		}
+	}
+	return nil
+}
+
+// disconnected ends every request in flight on the connection that
+// dropped (begin) and wakes every subscriber: a waiter re-checks at once,
+// and learns that the server is gone (its call fails while the
+// connection is down) instead of waiting for a wake-up that cannot come.
+func (b *backend) disconnected() {
+	b.liveMu.Lock()
+	cancel := b.liveCancel
+	b.live, b.liveCancel = context.WithCancelCause(context.Background())
+	b.liveMu.Unlock()
+	cancel(errConnLost)
+	for _, s := range b.allSubs() {
+		s.fire(nil)
+	}
+}
+
+// allSubs returns every wake-up and grant subscription.
+func (b *backend) allSubs() []*sub {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	subs := make([]*sub, 0, len(b.subs)+len(b.grants))
+	for _, s := range b.subs {
+		subs = append(subs, s)
+	}
+	for _, s := range b.grants {
+		subs = append(subs, s)
+	}
+	return subs
 }

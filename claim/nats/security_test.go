@@ -160,6 +160,9 @@ func TestURLs(t *testing.T) {
 		"nats://"+srv.Addr()+"?cacert=/x",
 		"nats://:S3cret@"+srv.Addr(),
 		"nats://"+srv.Addr()+"?token=S3cret&clock_skew=x",
+		"nats://"+srv.Addr()+"?token=S3cret&ping_interval=1ms",
+		"nats://"+srv.Addr()+"?token=S3cret&ping_interval=x",
+		"nats://"+srv.Addr()+"?token=S3cret&max_pings_out=0",
 	)
 }
 

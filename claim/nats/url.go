@@ -23,10 +23,14 @@ type URLOpener struct{}
 
 // Connection settings of a URL-opened client.
 const (
-	// pingInterval and maxPingsOut: a server gone without a word is
-	// noticed within about 3 pings, and the client reconnects.
-	pingInterval = 5 * time.Second
-	maxPingsOut  = 2
+	// DefaultPingInterval and DefaultMaxPingsOut (URL parameters
+	// ping_interval and max_pings_out): the client pings the server every
+	// DefaultPingInterval, and a connection with more than
+	// DefaultMaxPingsOut pings unanswered is dropped and made again: a
+	// server gone without a word (a partition, a paused process) is
+	// noticed within (DefaultMaxPingsOut+1) × DefaultPingInterval, 15 s.
+	DefaultPingInterval = 5 * time.Second
+	DefaultMaxPingsOut  = 2
 	// reconnectWait is the pause between reconnection attempts (for
 	// ever: a Client finds its server again whenever it returns).
 	reconnectWait = 250 * time.Millisecond
@@ -53,6 +57,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 			return nil, err
 		}
 		opts = append(opts, natsgo.Timeout(max(timeout, time.Millisecond)),
+			natsgo.DisconnectErrHandler(func(*natsgo.Conn, error) { b.disconnected() }),
 			natsgo.ReconnectHandler(func(*natsgo.Conn) { b.reconnected() }),
 			natsgo.ErrorHandler(func(_ *natsgo.Conn, _ *natsgo.Subscription, err error) { b.asyncError(err) }))
 		return natsgo.Connect(servers, opts...)
@@ -90,6 +95,14 @@ func parseURL(u *url.URL) (string, connOpts, Options, error) {
 	if co.dialTimeout == 0 {
 		co.dialTimeout = DefaultDialTimeout
 	}
+	pingInterval := p.Duration("ping_interval", DefaultPingInterval)
+	maxPingsOut := p.Int("max_pings_out", DefaultMaxPingsOut)
+	switch {
+	case pingInterval < 10*time.Millisecond:
+		return "", co, Options{}, fmt.Errorf("nats: ping_interval %s: want at least 10ms", pingInterval)
+	case maxPingsOut < 1:
+		return "", co, Options{}, fmt.Errorf("nats: max_pings_out %d: want at least 1", maxPingsOut)
+	}
 	o := Options{
 		Bucket:      p.String("bucket", ""),
 		Prefix:      p.String("prefix", ""),
@@ -108,7 +121,10 @@ func parseURL(u *url.URL) (string, connOpts, Options, error) {
 		return "", co, o, fmt.Errorf("nats: %w", err)
 	}
 	co.opts = []natsgo.Option{natsgo.Name("stampede"), natsgo.MaxReconnects(-1), natsgo.ReconnectWait(reconnectWait),
-		natsgo.PingInterval(pingInterval), natsgo.MaxPingsOutstanding(maxPingsOut), natsgo.NoCallbacksAfterClientClose()}
+		natsgo.PingInterval(pingInterval), natsgo.MaxPingsOutstanding(maxPingsOut), natsgo.NoCallbacksAfterClientClose(),
+		// Nothing is kept for the next connection: a request the driver
+		// has given up on (see begin) must not be sent after it.
+		natsgo.ReconnectBufSize(-1)}
 	if tc != nil {
 		co.opts = append(co.opts, natsgo.Secure(tc))
 	}
