@@ -145,4 +145,3 @@ func readyNATS(ctx context.Context, s *Server) error {
 		}
 	}
 }
-
