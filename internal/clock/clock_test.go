@@ -47,7 +47,7 @@ func TestOffsetAndRate(t *testing.T) {
 		t.Fatalf("Since(now-1s) = %v", d)
 	}
 	Reset()
-	if n := Now(); n.Sub(time.Now()) > time.Second || time.Since(n) > time.Second {
+	if n := Now(); time.Until(n) > time.Second || time.Since(n) > time.Second {
 		t.Fatalf("after Reset, Now = %v, not the real clock", n)
 	}
 }
