@@ -72,23 +72,11 @@ func StartConsulCluster(ctx context.Context, n int, opts *Options) (*ConsulClust
 	if n < 1 {
 		return nil, fmt.Errorf("testserver: consul cluster of %d servers", n)
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-		o.Args = append([]string(nil), opts.Args...)
-	}
-	if o.Password != "" || o.User != "" || o.TLS || o.AppendOnly {
-		return nil, errors.New("testserver: consul cluster: only Options.Args and StartTimeout are supported")
-	}
-	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+	o, bin, err := groupSetup(ctx, Consul, "consul cluster", opts, false)
+	if err != nil {
+		return nil, err
 	}
 	base := specs[Consul]
-	bin, err := base.binary(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("testserver: consul cluster: %w", err)
-	}
-	sweepOnce.Do(sweep)
 	nw, err := NewNet(ctx, n)
 	if err != nil {
 		return nil, fmt.Errorf("testserver: consul cluster: %v: %w", err, ErrMissing)

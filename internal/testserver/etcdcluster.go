@@ -69,23 +69,11 @@ func startEtcdCluster(ctx context.Context, n int, opts *Options, nw *Net) (*Etcd
 	if n < 1 {
 		return nil, fmt.Errorf("testserver: etcd cluster of %d members", n)
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-		o.Args = append([]string(nil), opts.Args...)
-	}
-	if o.Password != "" || o.User != "" || o.TLS || o.AppendOnly {
-		return nil, errors.New("testserver: etcd cluster: only Options.Args and StartTimeout are supported")
-	}
-	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+	o, bin, err := groupSetup(ctx, Etcd, "etcd cluster", opts, false)
+	if err != nil {
+		return nil, err
 	}
 	base := specs[Etcd]
-	bin, err := base.binary(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("testserver: etcd cluster: %w", err)
-	}
-	sweepOnce.Do(sweep)
 	c := &EtcdCluster{net: nw, paused: make([]bool, n)}
 	sp := &spec{
 		nports:     2, // client, peer

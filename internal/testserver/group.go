@@ -71,3 +71,32 @@ func signalGroup(s *Server, sig syscall.Signal) error {
 	}
 	return nil
 }
+
+// groupSetup is what every cluster launcher does first: a copy of opts
+// (nil: the zero Options) refusing what a group does not support
+// (appendOnly: whether Options.AppendOnly is), StartTimeout defaulting to
+// 60 s, the kind's binary, and the sweep of leftovers from killed runs.
+// what names the group in errors ("etcd cluster").
+func groupSetup(ctx context.Context, kind Kind, what string, opts *Options, appendOnly bool) (Options, string, error) {
+	var o Options
+	if opts != nil {
+		o = *opts
+		o.Args = append([]string(nil), opts.Args...)
+	}
+	if o.Password != "" || o.User != "" || o.TLS || (o.AppendOnly && !appendOnly) {
+		supported := "Options.Args and StartTimeout"
+		if appendOnly {
+			supported = "Options.Args, AppendOnly and StartTimeout"
+		}
+		return o, "", fmt.Errorf("testserver: %s: only %s are supported", what, supported)
+	}
+	if o.StartTimeout <= 0 {
+		o.StartTimeout = 60 * time.Second
+	}
+	bin, err := specs[kind].binary(ctx)
+	if err != nil {
+		return o, "", fmt.Errorf("testserver: %s: %w", what, err)
+	}
+	sweepOnce.Do(sweep)
+	return o, bin, nil
+}

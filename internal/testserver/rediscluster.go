@@ -65,23 +65,11 @@ func StartRedisCluster(ctx context.Context, masters, replicas int, opts *Options
 	if masters < 3 || replicas < 0 {
 		return nil, fmt.Errorf("testserver: redis cluster of %d masters with %d replicas each: want at least 3 masters (a failover needs a majority of them) and replicas >= 0", masters, replicas)
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-		o.Args = append([]string(nil), opts.Args...)
-	}
-	if o.Password != "" || o.User != "" || o.TLS {
-		return nil, errors.New("testserver: redis cluster: only Options.Args, AppendOnly and StartTimeout are supported")
-	}
-	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+	o, bin, err := groupSetup(ctx, Redis, "redis cluster", opts, true)
+	if err != nil {
+		return nil, err
 	}
 	base := specs[Redis]
-	bin, err := base.binary(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("testserver: redis cluster: %w", err)
-	}
-	sweepOnce.Do(sweep)
 	n := masters * (1 + replicas)
 	c := &RedisCluster{masters: masters, replicas: replicas, mu: make(chan struct{}, 1), syncing: make([]bool, n)}
 	sp := &spec{nports: 2, binary: base.binary, stopSignal: syscall.SIGTERM, args: c.nodeArgs, ready: readyRedis, url: base.url}

@@ -92,23 +92,11 @@ func startRedisSentinel(ctx context.Context, replicas int, opts *Options, nw *Ne
 	if replicas < 1 {
 		return nil, fmt.Errorf("testserver: redis sentinel with %d replicas: want at least 1", replicas)
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-		o.Args = append([]string(nil), opts.Args...)
-	}
-	if o.Password != "" || o.User != "" || o.TLS {
-		return nil, errors.New("testserver: redis sentinel: only Options.Args, AppendOnly and StartTimeout are supported")
-	}
-	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+	o, bin, err := groupSetup(ctx, Redis, "redis sentinel", opts, true)
+	if err != nil {
+		return nil, err
 	}
 	base := specs[Redis]
-	bin, err := base.binary(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("testserver: redis sentinel: %w", err)
-	}
-	sweepOnce.Do(sweep)
 	c := &RedisSentinel{mu: make(chan struct{}, 1), replicaOf: make([]string, replicas+1), syncing: make([]bool, replicas+1), net: nw}
 	dataSpec := &spec{nports: 1, binary: base.binary, stopSignal: syscall.SIGTERM, args: c.dataArgs, ready: readyRedis, url: base.url}
 	sentSpec := &spec{nports: 1, binary: base.binary, stopSignal: syscall.SIGTERM, args: c.sentinelArgs, ready: readyRedis, url: base.url}

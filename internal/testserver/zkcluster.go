@@ -82,23 +82,11 @@ func startZooKeeperCluster(ctx context.Context, n int, opts *Options, nw *Net) (
 	if n < 1 || n > 254 {
 		return nil, fmt.Errorf("testserver: zookeeper cluster of %d members (want 1 to 254)", n)
 	}
-	var o Options
-	if opts != nil {
-		o = *opts
-		o.Args = append([]string(nil), opts.Args...)
-	}
-	if o.Password != "" || o.User != "" || o.TLS || o.AppendOnly {
-		return nil, errors.New("testserver: zookeeper cluster: only Options.Args and StartTimeout are supported")
-	}
-	if o.StartTimeout <= 0 {
-		o.StartTimeout = 60 * time.Second
+	o, bin, err := groupSetup(ctx, ZooKeeper, "zookeeper cluster", opts, false)
+	if err != nil {
+		return nil, err
 	}
 	base := specs[ZooKeeper]
-	bin, err := base.binary(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("testserver: zookeeper cluster: %w", err)
-	}
-	sweepOnce.Do(sweep)
 	c := &ZooKeeperCluster{net: nw, paused: map[int]int{}}
 	sp := &spec{
 		nports:     3, // client, quorum, election
