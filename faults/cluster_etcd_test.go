@@ -34,9 +34,7 @@ func (c etcdCluster) Members() int { return len(c.EtcdCluster.Members()) }
 // URL lists every member, member first first, with a dial timeout of 2 s
 // (each connection attempt, and the keep-alive ping's answer).
 func (c etcdCluster) URL(first int) string {
-	eps := c.Endpoints()
-	rot := append(append([]string(nil), eps[first:]...), eps[:first]...)
-	return "etcd://" + strings.Join(rot, ",") + "?dial_timeout=2s"
+	return "etcd://" + strings.Join(testserver.Rotated(c.Endpoints(), first), ",") + "?dial_timeout=2s"
 }
 
 func (c etcdCluster) Leader(ctx context.Context) (int, error) { return c.WaitLeader(ctx) }

@@ -79,7 +79,7 @@ func TestClusterLeaderKill(t *testing.T) {
 	cls := make([]*claim.Client, clients)
 	for i := range cls {
 		// Each client lists the members starting with another one.
-		rot := append(append([]string(nil), eps[i:]...), eps[:i]...)
+		rot := testserver.Rotated(eps, i)
 		cls[i] = backendtest.Open(t, "etcd://"+strings.Join(rot, ",")+"?prefix="+prefix+"&dial_timeout=2s")
 	}
 	b := drv(cls[0])

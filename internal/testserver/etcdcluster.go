@@ -219,13 +219,7 @@ func (c *EtcdCluster) Member(i int) *Server { return c.members[i] }
 
 // Endpoints returns every member's client address, host:port, in member
 // order.
-func (c *EtcdCluster) Endpoints() []string {
-	eps := make([]string, len(c.members))
-	for i, s := range c.members {
-		eps[i] = s.Addr()
-	}
-	return eps
-}
+func (c *EtcdCluster) Endpoints() []string { return addrsOf(c.members) }
 
 // URL returns a stampede URL listing every member, for claim.Open:
 // etcd://127.0.0.1:P0,127.0.0.1:P1,...

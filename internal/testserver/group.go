@@ -100,3 +100,24 @@ func groupSetup(ctx context.Context, kind Kind, what string, opts *Options, appe
 	sweepOnce.Do(sweep)
 	return o, bin, nil
 }
+
+// addrsOf returns the servers' client addresses, host:port, in order.
+func addrsOf(servers []*Server) []string {
+	a := make([]string, len(servers))
+	for i, s := range servers {
+		a[i] = s.Addr()
+	}
+	return a
+}
+
+// Rotated returns a copy of list starting at element first (taken modulo
+// its length, negative too) and wrapping around: how a cluster's URL(first)
+// puts one member first, to spread clients over the members.
+func Rotated(list []string, first int) []string {
+	n := len(list)
+	if n == 0 {
+		return nil
+	}
+	first = ((first % n) + n) % n
+	return append(append([]string(nil), list[first:]...), list[:first]...)
+}

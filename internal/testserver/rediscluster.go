@@ -251,22 +251,13 @@ func (c *RedisCluster) Member(i int) *Server { return c.nodes[i] }
 func (c *RedisCluster) ID(i int) string { return c.ids[i] }
 
 // Addrs returns every node's client address, host:port, in order.
-func (c *RedisCluster) Addrs() []string {
-	a := make([]string, len(c.nodes))
-	for i, s := range c.nodes {
-		a[i] = s.Addr()
-	}
-	return a
-}
+func (c *RedisCluster) Addrs() []string { return addrsOf(c.nodes) }
 
 // URL returns a stampede URL for claim.Open naming every node, node
 // first%Members() first: redis://N1/0?cluster=true&addrs=N2,N3,... (the
 // client finds the masters from whichever node answers).
 func (c *RedisCluster) URL(first int) string {
-	addrs := c.Addrs()
-	n := len(addrs)
-	first = ((first % n) + n) % n
-	rot := append(addrs[first:], addrs[:first]...)
+	rot := Rotated(c.Addrs(), first)
 	q := url.Values{}
 	q.Set("cluster", "true")
 	q.Set("addrs", strings.Join(rot[1:], ","))

@@ -380,21 +380,12 @@ func (c *RedisSentinel) Member(i int) *Server { return c.data[i] }
 func (c *RedisSentinel) Sentinel(i int) *Server { return c.sentinels[i] }
 
 // SentinelAddrs returns the Sentinels' addresses, host:port, in order.
-func (c *RedisSentinel) SentinelAddrs() []string {
-	a := make([]string, len(c.sentinels))
-	for i, s := range c.sentinels {
-		a[i] = s.Addr()
-	}
-	return a
-}
+func (c *RedisSentinel) SentinelAddrs() []string { return addrsOf(c.sentinels) }
 
 // URL returns a stampede URL for claim.Open naming every Sentinel,
 // Sentinel first%3 first: redis://S1/0?master=mymaster&addrs=S2,S3.
 func (c *RedisSentinel) URL(first int) string {
-	addrs := c.SentinelAddrs()
-	n := len(addrs)
-	first = ((first % n) + n) % n
-	rot := append(addrs[first:], addrs[:first]...)
+	rot := Rotated(c.SentinelAddrs(), first)
 	q := url.Values{}
 	q.Set("master", RedisSentinelMaster)
 	q.Set("addrs", strings.Join(rot[1:], ","))

@@ -260,13 +260,7 @@ func (c *ZooKeeperCluster) Member(i int) *Server { return c.members[i] }
 
 // Endpoints returns every member's client address, host:port, in member
 // order.
-func (c *ZooKeeperCluster) Endpoints() []string {
-	eps := make([]string, len(c.members))
-	for i, s := range c.members {
-		eps[i] = s.Addr()
-	}
-	return eps
-}
+func (c *ZooKeeperCluster) Endpoints() []string { return addrsOf(c.members) }
 
 // URL returns a stampede URL listing every member, member first first
 // and the others in member order after it, for claim.Open:
@@ -275,10 +269,7 @@ func (c *ZooKeeperCluster) Endpoints() []string {
 // before it connects, so the order does not choose the member a client
 // talks to).
 func (c *ZooKeeperCluster) URL(first int) string {
-	eps := c.Endpoints()
-	n := len(eps)
-	first = ((first % n) + n) % n
-	return "zookeeper://" + strings.Join(append(eps[first:], eps[:first]...), ",")
+	return "zookeeper://" + strings.Join(Rotated(c.Endpoints(), first), ",")
 }
 
 // Kill sends SIGKILL to member i's process group, as in a crash (a
