@@ -45,7 +45,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 		val    []byte
 	)
 	if read {
-		err = b.db.QueryRowContext(ctx, b.q.claimRead, enc, holder, micros(ttl), enc).Scan(&token, &got, &remain, &val)
+		err = b.db.QueryRowContext(ctx, b.q.claimRead, enc, holder, micros(ttl)).Scan(&token, &got, &remain, &val)
 	} else {
 		err = b.db.QueryRowContext(ctx, b.q.claim, enc, holder, micros(ttl)).Scan(&token, &got, &remain)
 	}

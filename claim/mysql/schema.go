@@ -72,9 +72,14 @@ RETURNING token, holder, expires - ` + nowUS
 		// claimRead: claim, and the key's value in the same statement,
 		// read after the claim row was written (and so locked): a
 		// CommitRelease that released the row committed its value in the
-		// same transaction, before the lock was granted.
+		// same transaction, before the lock was granted. The subquery
+		// names the claim row's k, so it runs per row, after the row is
+		// locked; with the key as a constant MariaDB ran it first, taking
+		// a share lock on the value's gap before waiting for the claim
+		// row, the reverse of CommitRelease's order: InnoDB deadlocks in
+		// every herd on a new key (TestClaimReadLockOrder).
 		claimRead: strings.Replace(claim, "\nRETURNING token, holder, expires - "+nowUS,
-			"\nRETURNING token, holder, expires - "+nowUS+", (SELECT v FROM "+v+" WHERE k = ? AND (expires IS NULL OR expires > "+nowUS+") LOCK IN SHARE MODE)", 1),
+			"\nRETURNING token, holder, expires - "+nowUS+", (SELECT v FROM "+v+" WHERE "+v+".k = "+c+".k AND ("+v+".expires IS NULL OR "+v+".expires > "+nowUS+") LOCK IN SHARE MODE)", 1),
 		extend:  `UPDATE ` + c + ` SET expires = ` + nowUS + ` + ? WHERE ` + current,
 		release: `UPDATE ` + c + ` SET holder = NULL, expires = ` + nowUS + `, ev = ev + 1 WHERE ` + current,
 		// commit writes the value only while the lease is current: the
