@@ -200,24 +200,28 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 // For DynamoDB the URL asks for the table to be created when missing
 // (create_table=true), as the test servers start empty.
 func kindServer(ctx context.Context, kind testserver.Kind, stderr io.Writer) (url string, stop func(), err error) {
-	createTable := func(u string) string {
-		if kind == testserver.Dynamo && !strings.Contains(u, "create_table=") {
-			if strings.Contains(u, "?") {
-				return u + "&create_table=true"
-			}
-			return u + "?create_table=true"
-		}
-		return u
-	}
 	if url := os.Getenv(kind.EnvVar()); url != "" {
-		return createTable(url), nil, nil
+		return createTable(kind, url), nil, nil
 	}
 	fmt.Fprintf(stderr, "stampede-bench: starting the %s test server...\n", kind)
 	srv, err := testserver.Start(ctx, kind, nil)
 	if err != nil {
 		return "", nil, fmt.Errorf("starting %s: %w (scripts/install-backends installs the servers; or set %s)", kind, err, kind.EnvVar())
 	}
-	return createTable(srv.URL()), func() { srv.Stop() }, nil
+	return createTable(kind, srv.URL()), func() { srv.Stop() }, nil
+}
+
+// createTable adds create_table=true to a DynamoDB URL u that does not
+// say (test servers start empty); other kinds' URLs are returned as they
+// are.
+func createTable(kind testserver.Kind, u string) string {
+	if kind != testserver.Dynamo || strings.Contains(u, "create_table=") {
+		return u
+	}
+	if strings.Contains(u, "?") {
+		return u + "&create_table=true"
+	}
+	return u + "?create_table=true"
 }
 
 func mapKeys[K comparable, V any](m map[K]V) func(func(K) bool) {
