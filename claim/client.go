@@ -83,6 +83,9 @@ type Client struct {
 	topics    *fanout // messages, per topic
 
 	handlers  sync.WaitGroup // topic handlers' goroutines
+	cleanups  sync.WaitGroup // cleanups a caller's ctx cut short (cleanup)
+	cleanMu   sync.Mutex     // guards cleanups.Add against Close's Wait
+	noClean   bool           // Close has begun: no new background cleanup
 	closed    atomic.Bool
 	closeOnce sync.Once
 	closeErr  error
@@ -292,14 +295,49 @@ func (c *Client) tryClaimRead(ctx context.Context, key string, ttl time.Duration
 	return stamp(l, key, holder, cl.start), v, found, nil
 }
 
-// cleanupRelease releases a lease nobody will use, best effort.
+// cleanupRelease releases a lease nobody will use, best effort (cleanup).
 func (c *Client) cleanupRelease(ctx context.Context, l Lease) {
-	dctx := context.WithoutCancel(ctx)
-	cl := c.begin(dctx, "release")
-	err := c.end(dctx, cl, c.d.Release(cl.ctx, l))
-	if err != nil && !errors.Is(err, ErrLost) {
-		c.log.Warn("claim: release failed; the lease expires by its TTL", "key", l.Key, "err", err)
+	c.cleanup(ctx, "release", l.Key, "the lease expires by its TTL", func(ctx context.Context) error {
+		return c.d.Release(ctx, l)
+	})
+}
+
+// cleanup runs op, a best-effort backend call that undoes what a call
+// leaves behind (a release, leaving a fair queue): within ctx while ctx
+// lasts; if ctx has ended, or ends before op is done, op runs (again) in
+// the background, bounded by the operation timeout, so the caller never
+// waits past its ctx for it. Both are safe to repeat: a release of a
+// lease already released is ErrLost, a dequeue of an entry already gone
+// does nothing. Close waits for background cleanups (within its own
+// bound). A failure is logged; what op would have undone then ends by its
+// TTL (after, a note for the log).
+func (c *Client) cleanup(ctx context.Context, name, key, after string, op func(context.Context) error) {
+	report := func(err error) {
+		if err != nil && !errors.Is(err, ErrLost) {
+			c.log.Warn("claim: "+name+" failed; "+after, "key", key, "err", err)
+		}
 	}
+	if ctx.Err() == nil {
+		cl := c.begin(ctx, name)
+		err := c.end(ctx, cl, op(cl.ctx))
+		if err == nil || ctx.Err() == nil {
+			report(err)
+			return
+		}
+	}
+	c.cleanMu.Lock()
+	defer c.cleanMu.Unlock()
+	if c.noClean {
+		report(ErrClosed)
+		return
+	}
+	c.cleanups.Add(1)
+	go func() {
+		defer c.cleanups.Done()
+		dctx := context.WithoutCancel(ctx)
+		cl := c.begin(dctx, name)
+		report(c.end(dctx, cl, op(cl.ctx)))
+	}()
 }
 
 // Extend renews the caller's own lease for ttl from now and returns the
@@ -566,8 +604,12 @@ func (c *Client) Subscriptions() int { return c.keys.len() }
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		c.cleanMu.Lock()
+		c.noClean = true
+		c.cleanMu.Unlock()
 		done := make(chan error, 1)
 		go func() {
+			c.cleanups.Wait()
 			c.topics.close()
 			c.handlers.Wait()
 			if c.logTopics != nil {

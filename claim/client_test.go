@@ -28,6 +28,7 @@ type script struct {
 	subscribe   func(ctx context.Context, key string, wake func()) error
 	unsubscribe func(key string)
 	get         func(ctx context.Context, key string) ([]byte, error)
+	release     func(ctx context.Context, l driver.Lease) error
 }
 
 func newScript(t *testing.T) *script {
@@ -89,6 +90,14 @@ func (s *script) Get(ctx context.Context, key string) ([]byte, error) {
 		return s.get(ctx, key)
 	}
 	return s.Driver.Get(ctx, key)
+}
+
+func (s *script) Release(ctx context.Context, l driver.Lease) error {
+	s.note("release")
+	if s.release != nil {
+		return s.release(ctx, l)
+	}
+	return s.Driver.Release(ctx, l)
 }
 
 func (s *script) Features() driver.Features {

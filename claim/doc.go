@@ -90,6 +90,11 @@
 //
 // Every backend call is bounded by Options.OpTimeout (default 5 s, URL
 // op_timeout=), even under context.Background(); so are Open and Close.
+// No call waits past its ctx, not even for what it must undo when it
+// fails or is cancelled (releasing a lease it took and will not use,
+// leaving a fair queue): that is done within ctx while ctx lasts, and
+// otherwise in the background, bounded by the operation timeout; Close
+// waits for it.
 // Open, Connect and every backend package's New check the server (Ping)
 // before they return, unless Options.Lazy (URL lazy=true).
 //

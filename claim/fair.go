@@ -25,8 +25,9 @@ const fairRefresh = 3
 // (whoever claims first after a release wins). Use a key with one mode
 // only.
 //
-// A waiter that leaves (ctx done) is taken out of the queue, and a lease
-// that crossed its departure is handed on; the queue entry of a waiter
+// A waiter that leaves (ctx done) is taken out of the queue (in the
+// background: AcquireFair returns at ctx's end), and a lease that
+// crossed its departure is handed on; the queue entry of a waiter
 // that dies expires within ttl and is skipped. If the holder dies, the
 // first waiter gets the key once the holder's lease has run out (within a
 // round trip of its deadline, no release needed). The lease's Deadline is
@@ -166,13 +167,13 @@ func (c *Client) deliverGrant(key string, l Lease, fire func([]byte, bool)) {
 	}
 }
 
-// leaveQueue dequeues holder, best effort and bounded, whatever ctx.
+// leaveQueue dequeues holder, best effort and bounded, whatever ctx
+// (cleanup: in the background once ctx has ended; a grant that reaches
+// holder meanwhile is handed on by the Dequeue).
 func (c *Client) leaveQueue(ctx context.Context, key, holder string) {
-	dctx := context.WithoutCancel(ctx)
-	cl := c.begin(dctx, "dequeue")
-	if err := c.end(dctx, cl, c.q.Dequeue(cl.ctx, key, holder)); err != nil {
-		c.log.Warn("claim: leaving a fair queue failed; the entry expires by its TTL", "key", key, "err", err)
-	}
+	c.cleanup(ctx, "dequeue", key, "the queue entry expires by its TTL", func(ctx context.Context) error {
+		return c.q.Dequeue(ctx, key, holder)
+	})
 }
 
 // handOff releases a fair lease: the next waiter gets it.
