@@ -55,17 +55,12 @@ func BenchmarkL1Hit(b *testing.B) {
 	})
 }
 
-// BenchmarkOtterGet: the raw L1 library, for comparison: bounded; bounded
-// with a per-entry TTL (otter's default clock, the system clock read on
-// every Get); and bounded with a per-entry TTL on a coarse clock, as
-// flight configures it (l1clock.go).
+// BenchmarkOtterGet: the raw L1 library, for comparison: bounded, then
+// bounded with a per-entry TTL as flight configures it.
 func BenchmarkOtterGet(b *testing.B) {
-	coarse := otter.NewCoarseClock(l1ClockResolution)
-	defer coarse.Stop()
 	for name, opt := range map[string]*otter.Options[string, string]{
-		"size":            {MaximumSize: 10000},
-		"size+ttl":        {MaximumSize: 10000, ExpiryCalculator: otter.ExpiryWriting[string, string](time.Minute)},
-		"size+ttl+coarse": {MaximumSize: 10000, ExpiryCalculator: otter.ExpiryWriting[string, string](time.Minute), Clock: coarse},
+		"size":     {MaximumSize: 10000},
+		"size+ttl": {MaximumSize: 10000, ExpiryCalculator: otter.ExpiryWriting[string, string](time.Minute)},
 	} {
 		b.Run(name, func(b *testing.B) {
 			o := otter.Must(opt)

@@ -197,10 +197,8 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	c.sem = make(chan struct{}, c.cfg.MaxFailOpenLoads)
 	if c.cfg.L1Size > 0 {
 		l1TTL, timed := c.cfg.L1TTL, c.timed
-		clock := acquireL1Clock()
 		l1, err := otter.New(&otter.Options[string, *entry[V]]{
 			MaximumSize: c.cfg.L1Size,
-			Clock:       clock,
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, *entry[V]]) time.Duration {
 				if t := en.Value.failSafeTil; !t.IsZero() {
 					// An L1 copy (l1Entry): L1TTL is in its freshness.
@@ -221,7 +219,6 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 			}),
 		})
 		if err != nil {
-			releaseL1Clock()
 			return nil, fmt.Errorf("flight: L1: %w", err)
 		}
 		c.l1 = l1
@@ -805,7 +802,6 @@ func (c *Cache[V]) Close() error {
 	if c.l1 != nil {
 		c.l1.InvalidateAll()
 		c.l1.StopAllGoroutines()
-		releaseL1Clock()
 	}
 	return nil
 }

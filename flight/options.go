@@ -73,10 +73,7 @@ type Options[V any] struct {
 	// L1TTL is the longest an L1 entry lives (never past the value's own
 	// TTL). Default 1 minute. It bounds how long another process may keep
 	// serving a value after an Invalidate that could not reach it (see
-	// Invalidation in the package doc). L1 judges expiry on a clock that
-	// reads the time once a millisecond (an L1 hit then reads no system
-	// clock), so an entry may outlive its L1 expiry by up to 1 ms;
-	// invalidations remove entries whatever the clock says.
+	// Invalidation in the package doc).
 	L1TTL time.Duration
 	// TTL is how long a loaded value stays fresh in L2. Default 10 minutes.
 	TTL time.Duration

@@ -60,24 +60,12 @@ var l1Benches = []cacheBench{
 			c.Get(ctx, "apple inc", constLoad)
 		}
 	}},
-	{"otter GetIfPresent (size + per-entry expiry, otter's default clock: the system clock read on every Get)", "otter Get", false, otterGet(nil)},
-	{"otter GetIfPresent (size + per-entry expiry on a 1 ms coarse clock, as flight configures it)", "otter Get coarse", false, func(b *testing.B) {
-		clock := otter.NewCoarseClock(time.Millisecond)
-		defer clock.Stop()
-		otterGet(clock)(b)
-	}},
-}
-
-// otterGet benchmarks otter's GetIfPresent on a bounded cache with a
-// per-entry expiry, reading clock (nil: otter's default).
-func otterGet(clock otter.Clock) func(b *testing.B) {
-	return func(b *testing.B) {
+	{"otter GetIfPresent (size + per-entry expiry, as flight configures it)", "otter Get", false, func(b *testing.B) {
 		o := otter.Must(&otter.Options[string, string]{
 			MaximumSize: 10000,
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(otter.Entry[string, string]) time.Duration {
 				return time.Minute
 			}),
-			Clock: clock,
 		})
 		defer o.StopAllGoroutines()
 		o.Set("apple inc", "value")
@@ -86,7 +74,7 @@ func otterGet(clock otter.Clock) func(b *testing.B) {
 		for b.Loop() {
 			o.GetIfPresent("apple inc")
 		}
-	}
+	}},
 }
 
 var missBenches = []cacheBench{

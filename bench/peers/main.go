@@ -391,8 +391,7 @@ func (r *report) markdown() string {
 		b.WriteString(benchchart.Markdown(rows))
 		b.WriteString("\n")
 		rows = [][]string{{"ratio", "ns/op"}}
-		for _, pr := range [][3]string{{"flight L1 hit / otter Get (default clock)", "flight L1 hit", "otter Get"},
-			{"flight L1 hit / otter Get (coarse clock, as flight)", "flight L1 hit", "otter Get coarse"},
+		for _, pr := range [][3]string{{"flight L1 hit / otter Get", "flight L1 hit", "otter Get"},
 			{"flight coalesced miss / singleflight", "flight miss", "singleflight"},
 			{"flight coalesced miss / singleflight, 1 ms loader", "flight miss 1ms", "singleflight 1ms"}} {
 			a, c := r.cache(pr[1]), r.cache(pr[2])
@@ -447,7 +446,7 @@ func (r *report) writeFiles(dir string) error {
 			scale             float64
 			shorts            []string
 		}{
-			{"peers-l1-hit.svg", "L1 hit: flight Get against otter's own Get", "ns/op", 1, []string{"flight L1 hit", "otter Get", "otter Get coarse"}},
+			{"peers-l1-hit.svg", "L1 hit: flight Get against otter's own Get", "ns/op", 1, []string{"flight L1 hit", "otter Get"}},
 			{"peers-coalesced-miss.svg", "16 callers miss one new key: flight against singleflight", "µs/op", 1e-3,
 				[]string{"flight miss", "singleflight", "flight miss 1ms", "singleflight 1ms"}},
 		} {
