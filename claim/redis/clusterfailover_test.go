@@ -117,7 +117,7 @@ func measureClusterFailover(t *testing.T, c *testserver.RedisCluster, fault stri
 		for _, k := range shardKeys[shard] {
 			onShard[k] = true
 		}
-		var leases []failoverLease
+		var leases []backendtest.LeaseSpan
 		var stop atomic.Bool
 		var killed atomic.Int64 // UnixNano of the kill, 0 before it
 		firstAfter := time.Duration(0)
@@ -173,7 +173,7 @@ func measureClusterFailover(t *testing.T, c *testserver.RedisCluster, fault stri
 					}
 					err = cl.CommitRelease(ctx, l, []byte(strconv.FormatInt(n, 10)), 0)
 					mu.Lock()
-					leases = append(leases, failoverLease{key: key, token: l.Token, worker: w, acquired: got, end: end})
+					leases = append(leases, backendtest.LeaseSpan{Key: key, Token: l.Token, Holder: l.Holder, Worker: w, Acquired: got, End: end})
 					if err == nil {
 						st.commits++
 						acked[key] = max(acked[key], n)
@@ -265,14 +265,14 @@ func measureClusterFailover(t *testing.T, c *testserver.RedisCluster, fault stri
 		}
 		window := 0
 		for _, l := range leases {
-			if onShard[l.key] && l.acquired.After(lagged) && l.acquired.Before(start) {
+			if onShard[l.Key] && l.Acquired.After(lagged) && l.Acquired.Before(start) {
 				window++
 			}
 		}
 		if fault == "lag" {
 			t.Logf("round %d: %d leases of the shard's keys granted while the replica was paused, before the kill", round, window)
 		}
-		bad := leaseOverlaps(leases)
+		bad := backendtest.TimeOverlaps(leases)
 		st.overlaps += len(bad)
 		for _, b := range bad {
 			st.examples = append(st.examples, fmt.Sprintf("round %d: %s", round, b))

@@ -30,3 +30,22 @@ func TestOverlaps(t *testing.T) {
 		}
 	}
 }
+
+// TestTimeOverlaps: MeasureFailover's checker finds an intersection
+// whatever the tokens, and passes leases that touch.
+func TestTimeOverlaps(t *testing.T) {
+	t0 := time.Now()
+	at := func(ms int) time.Time { return t0.Add(time.Duration(ms) * time.Millisecond) }
+	ok := []LeaseSpan{
+		{Key: "a", Token: 5, Acquired: at(0), End: at(10)},
+		{Key: "a", Token: 1, Acquired: at(10), End: at(20)}, // token repeated lower, but no overlap
+		{Key: "b", Token: 1, Acquired: at(5), End: at(30)},
+	}
+	if bad := TimeOverlaps(ok); len(bad) != 0 {
+		t.Fatalf("false positives: %v", bad)
+	}
+	bad := TimeOverlaps(append(ok, LeaseSpan{Key: "a", Token: 9, Acquired: at(15), End: at(40)}))
+	if len(bad) != 1 {
+		t.Fatalf("found %v, want one overlap", bad)
+	}
+}
