@@ -165,33 +165,55 @@ func isExec(p string) bool {
 	return err == nil && !st.IsDir() && st.Mode()&0o111 != 0
 }
 
-func initdbPath(postgres string) string {
-	if p := filepath.Join(filepath.Dir(postgres), "initdb"); isExec(p) {
-		return p
+// pgDirs makes s's directories ready for a PostgreSQL server: the socket
+// directory made, and the server's, the data and the socket directories
+// owned by the postgres user when root (whose credential it returns, nil
+// otherwise); the data directory mode 0700.
+func pgDirs(s *Server) (*syscall.Credential, error) {
+	sock := filepath.Join(s.dir, "sock")
+	if err := os.MkdirAll(sock, 0o700); err != nil {
+		return nil, err
 	}
-	p, _ := exec.LookPath("initdb")
-	return p
+	cred, err := postgresCredential()
+	if err != nil {
+		return nil, err
+	}
+	if cred != nil {
+		for _, d := range []string{s.dir, s.dataDir(), sock} {
+			if err := os.Chown(d, int(cred.Uid), int(cred.Gid)); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return cred, os.Chmod(s.dataDir(), 0o700)
+}
+
+// pgTool runs PostgreSQL's program name (initdb, pg_basebackup, pg_ctl:
+// next to the server's binary, else on PATH) with args in s's directory,
+// as the postgres user when root.
+func pgTool(ctx context.Context, s *Server, cred *syscall.Credential, name string, args ...string) error {
+	bin := filepath.Join(filepath.Dir(s.bin), name)
+	if !isExec(bin) {
+		var err error
+		if bin, err = exec.LookPath(name); err != nil {
+			return fmt.Errorf("%s: %w", name, err)
+		}
+	}
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Dir = s.dir
+	cmd.SysProcAttr = sysProcAttr()
+	cmd.SysProcAttr.Credential = cred
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("%s: %v\n%s", name, err, out)
+	}
+	return nil
 }
 
 // preparePostgres runs initdb (as the postgres user when root) into
 // Dir()/data, with trust authentication for the postgres superuser.
 func preparePostgres(ctx context.Context, s *Server) error {
-	sock := filepath.Join(s.dir, "sock")
-	if err := os.MkdirAll(sock, 0o700); err != nil {
-		return err
-	}
-	cred, err := postgresCredential()
+	cred, err := pgDirs(s)
 	if err != nil {
-		return err
-	}
-	if cred != nil {
-		for _, d := range []string{s.dir, s.dataDir(), sock} {
-			if err := os.Chown(d, int(cred.Uid), int(cred.Gid)); err != nil {
-				return err
-			}
-		}
-	}
-	if err := os.Chmod(s.dataDir(), 0o700); err != nil {
 		return err
 	}
 	args := []string{"-D", s.dataDir(), "-U", s.pgUser(), "-A", "trust", "-E", "UTF8", "--no-locale", "-N"}
@@ -210,12 +232,8 @@ func preparePostgres(ctx context.Context, s *Server) error {
 		}
 		args = append(args, "--pwfile", pw)
 	}
-	cmd := exec.CommandContext(ctx, initdbPath(s.bin), args...)
-	cmd.Dir = s.dir
-	cmd.SysProcAttr = sysProcAttr()
-	cmd.SysProcAttr.Credential = cred
-	if out, err := cmd.CombinedOutput(); err != nil {
-		return fmt.Errorf("initdb: %v\n%s", err, out)
+	if err := pgTool(ctx, s, cred, "initdb", args...); err != nil {
+		return err
 	}
 	if s.pgLocalOnly() {
 		hba := filepath.Join(s.dataDir(), "pg_hba.conf")
