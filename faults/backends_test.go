@@ -95,10 +95,7 @@ var backends = []backend{
 		ttl: time.Second, slack: 2 * time.Second, pool: "max_idle_conns=1",
 		restartNote: "every lock and counter is lost; tokens still increase (a recreated counter starts at the current Unix time in µs)",
 	},
-	{
-		name: "zookeeper", kind: testserver.ZooKeeper,
-		ttl: time.Second, durable: true,
-	},
+	// zookeeper: backends_zookeeper_test.go, built without -race.
 	{
 		name: "nats", kind: testserver.NATS,
 		params: "dial_timeout=2s",
