@@ -2,6 +2,8 @@ package flight
 
 import (
 	"context"
+	"fmt"
+	"math"
 	"runtime"
 	"strconv"
 	"sync"
@@ -339,4 +341,41 @@ func processCPU() time.Duration {
 		return 0
 	}
 	return time.Duration(r.Utime.Nano() + r.Stime.Nano())
+}
+
+// BenchmarkClockAtRate: what L1's clock (clock.go) costs and saves at a
+// steady rate of L1 hits: per op, one second of hits paced in bursts
+// once a millisecond; cpu-%: the process's CPU time over the wall time,
+// with the clock as built (coarse above clockBusyRate) and held precise.
+// Where "adaptive" is not below "precise", clockBusyRate is too low.
+func BenchmarkClockAtRate(b *testing.B) {
+	for _, rate := range []int{100_000, 300_000, 500_000, 1_000_000, 2_000_000} {
+		for _, mode := range []string{"precise", "adaptive"} {
+			b.Run(fmt.Sprintf("hits=%dk/%s", rate/1000, mode), func(b *testing.B) {
+				c := benchCache(b, &Options[string]{})
+				if mode == "precise" {
+					c.clock.rate = math.MaxInt64 / uint64(time.Second)
+				}
+				ctx := context.Background()
+				if _, err := c.Get(ctx, "apple inc", constLoad); err != nil {
+					b.Fatal(err)
+				}
+				var cpu, wall time.Duration
+				for b.Loop() {
+					c0, t0 := processCPU(), time.Now()
+					for n := 0; time.Since(t0) < time.Second; {
+						// Hits due by now, then sleep to the next millisecond.
+						due := int(time.Since(t0).Nanoseconds() * int64(rate) / int64(time.Second))
+						for ; n < due; n++ {
+							c.Get(ctx, "apple inc", constLoad)
+						}
+						time.Sleep(time.Millisecond)
+					}
+					cpu += processCPU() - c0
+					wall += time.Since(t0)
+				}
+				b.ReportMetric(100*cpu.Seconds()/wall.Seconds(), "cpu-%")
+			})
+		}
+	}
 }

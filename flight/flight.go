@@ -97,6 +97,7 @@ type Cache[V any] struct {
 	cfg    config[V]
 	log    *slog.Logger
 	l1     *otter.Cache[string, *entry[V]]
+	clock  *l1Clock    // L1's clock (clock.go); nil without L1
 	timed  bool        // entries need a freshness check on L1 hits
 	closed atomic.Bool // read by every hit: kept off mu's cache line
 	stats  counters
@@ -197,8 +198,10 @@ func New[V any](b *claim.Client, opt *Options[V]) (*Cache[V], error) {
 	c.sem = make(chan struct{}, c.cfg.MaxFailOpenLoads)
 	if c.cfg.L1Size > 0 {
 		l1TTL, timed := c.cfg.L1TTL, c.timed
+		c.clock = newL1Clock(c.stats.l1.load)
 		l1, err := otter.New(&otter.Options[string, *entry[V]]{
 			MaximumSize: c.cfg.L1Size,
+			Clock:       c.clock,
 			ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[string, *entry[V]]) time.Duration {
 				if t := en.Value.failSafeTil; !t.IsZero() {
 					// An L1 copy (l1Entry): L1TTL is in its freshness.
@@ -802,6 +805,7 @@ func (c *Cache[V]) Close() error {
 	if c.l1 != nil {
 		c.l1.InvalidateAll()
 		c.l1.StopAllGoroutines()
+		c.clock.Close()
 	}
 	return nil
 }

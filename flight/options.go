@@ -73,7 +73,10 @@ type Options[V any] struct {
 	// L1TTL is the longest an L1 entry lives (never past the value's own
 	// TTL). Default 1 minute. It bounds how long another process may keep
 	// serving a value after an Invalidate that could not reach it (see
-	// Invalidation in the package doc).
+	// Invalidation in the package doc). While the Cache serves more than
+	// 500,000 L1 hits a second, L1 reads the time once a millisecond
+	// rather than on every hit, so an entry may then end up to a
+	// millisecond (or a goroutine's scheduling delay) off its L1TTL.
 	L1TTL time.Duration
 	// TTL is how long a loaded value stays fresh in L2. Default 10 minutes.
 	TTL time.Duration
