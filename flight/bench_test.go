@@ -309,18 +309,31 @@ func BenchmarkL2Hit(b *testing.B) {
 	}
 }
 
-// BenchmarkCoarseClockIdle: what otter's 1 ms CoarseClock costs a process
+// BenchmarkCoarseClockIdle: what a 1 ms coarse clock costs a process
 // that does nothing else: per op, 100 ms of sleep; cpu-%: the process's
-// CPU time (getrusage) over that time, without and with the clock's
-// goroutine running. Against the ~20 ns a hit would save (BenchmarkOtterGet),
-// it pays only above a rate of hits most services never reach, so flight's
-// L1 keeps otter's default clock.
+// CPU time (getrusage) over that time, with no clock goroutine (none),
+// with otter's CoarseClock running (coarse), and with an open Cache whose
+// L1 clock went coarse in a burst of hits just before (flight: its
+// goroutine stops once the hits stop, so it should cost what none does).
 func BenchmarkCoarseClockIdle(b *testing.B) {
-	for _, on := range []bool{false, true} {
-		b.Run(map[bool]string{false: "none", true: "coarse"}[on], func(b *testing.B) {
-			if on {
+	for _, mode := range []string{"none", "coarse", "flight"} {
+		b.Run(mode, func(b *testing.B) {
+			switch mode {
+			case "coarse":
 				c := otter.NewCoarseClock(time.Millisecond)
 				defer c.Stop()
+			case "flight":
+				c := benchCache(b, &Options[string]{})
+				ctx := context.Background()
+				for c.clock.now.Load() == 0 {
+					for range 10000 {
+						c.Get(ctx, "apple inc", constLoad)
+					}
+				}
+				time.Sleep(3 * clockWindow)
+				if c.clock.now.Load() != 0 {
+					b.Fatal("L1's clock still coarse after the hits stopped")
+				}
 			}
 			var cpu, wall time.Duration
 			for b.Loop() {
