@@ -42,6 +42,7 @@ type l1Clock struct {
 	lastCheck int64
 	stop      chan struct{}
 	wg        sync.WaitGroup
+	tickers   []*time.Ticker // Tick's, stopped by Close
 }
 
 const (
@@ -76,8 +77,20 @@ func (c *l1Clock) NowNano() int64 {
 	return n
 }
 
-// Tick is otter's ticker for its periodic clean-up.
-func (c *l1Clock) Tick(d time.Duration) <-chan time.Time { return time.Tick(d) }
+// Tick is otter's ticker for its periodic clean-up; Close stops it (so
+// that it is not left running for the life of the process where
+// unreferenced tickers are not collected: GODEBUG=asynctimerchan=1).
+func (c *l1Clock) Tick(d time.Duration) <-chan time.Time {
+	t := time.NewTicker(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		t.Stop()
+	} else {
+		c.tickers = append(c.tickers, t)
+	}
+	return t.C
+}
 
 // busy says whether hits in ns nanoseconds are at least c.rate per second.
 func (c *l1Clock) busy(hits uint64, ns int64) bool {
@@ -143,13 +156,18 @@ func (c *l1Clock) run(h uint64) {
 	}
 }
 
-// Close stops the goroutine, if it runs, and waits for it; the clock reads
-// the system clock on every call from then on.
+// Close stops the goroutine, if it runs, and waits for it, and stops
+// Tick's tickers; the clock reads the system clock on every call from
+// then on.
 func (c *l1Clock) Close() {
 	c.mu.Lock()
 	if !c.closed {
 		c.closed = true
 		close(c.stop)
+		for _, t := range c.tickers {
+			t.Stop()
+		}
+		c.tickers = nil
 	}
 	c.mu.Unlock()
 	c.wg.Wait()

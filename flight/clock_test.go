@@ -12,8 +12,8 @@ import (
 
 // TestL1ClockCoarseOnlyWhileBusy: the clock starts its goroutine only
 // once hits reach clockBusyRate, stops it when they fall below, stops it
-// on Close, and its readings never go back nor lag the time by more than
-// clockResolution.
+// (and Tick's ticker) on Close, and its readings never go back nor lag
+// the time by more than clockResolution.
 func TestL1ClockCoarseOnlyWhileBusy(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		var hits atomic.Uint64
@@ -76,9 +76,16 @@ func TestL1ClockCoarseOnlyWhileBusy(t *testing.T) {
 		if !running() {
 			t.Fatal("not coarse again after a busy window")
 		}
+		tick := c.Tick(time.Second) // otter's clean-up ticker
 		c.Close()
 		if c.now.Load() != 0 {
 			t.Fatal("coarse after Close")
+		}
+		time.Sleep(3 * time.Second)
+		select {
+		case <-tick:
+			t.Fatal("Tick's ticker still ticks after Close")
+		default:
 		}
 		step(clockBusyRate * 2)
 		step(clockBusyRate * 2)
