@@ -128,22 +128,37 @@ func TestL1ClockCache(t *testing.T) {
 	if n := loads.Load(); n != 1 {
 		t.Fatalf("%d loads while L1 held the value", n)
 	}
+	set := time.Now()
 	if _, err := c.Get(ctx, "k", load); err != nil {
 		t.Fatal(err)
 	}
-	set := time.Now()
 	if e, _ := c.l1.GetIfPresent("k"); e == nil {
 		t.Fatal("the value is not in L1")
 	}
-	// Keep the clock coarse past k's L1 TTL.
-	for time.Since(set) < ttl+2*clockResolution {
+	// Keep the clock coarse until k's L1 entry is gone: it must end,
+	// about ttl after it was set (a bound with room for a loaded machine,
+	// whose clock goroutine may run late).
+	coarse := 0
+	for {
 		hit(1000)
+		if c.clock.now.Load() != 0 {
+			coarse++
+		}
+		if e, _ := c.l1.GetIfPresent("k"); e == nil {
+			break
+		}
+		if time.Since(set) > ttl+2*time.Second {
+			t.Fatalf("the L1 entry outlived its L1 TTL (%v) by 2 s", ttl)
+		}
 	}
-	if c.clock.now.Load() == 0 {
-		t.Log("the clock went precise during the wait (a slow machine); expiry checked on the precise clock")
+	// Ends may come early by the clock's lag when the entry was set (up
+	// to its resolution, more when its goroutine ran late): only a gross
+	// error is one.
+	if gone := time.Since(set); gone < ttl/2 {
+		t.Fatalf("the L1 entry ended %v after it was set, long before its L1 TTL (%v)", gone, ttl)
 	}
-	if e, _ := c.l1.GetIfPresent("k"); e != nil {
-		t.Fatalf("the L1 entry outlived its L1 TTL (%v) by more than twice the clock's resolution", ttl)
+	if coarse == 0 {
+		t.Log("the clock was never coarse during the wait (a slow machine)")
 	}
 	if err := c.Close(); err != nil {
 		t.Fatal(err)
