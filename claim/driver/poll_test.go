@@ -369,3 +369,88 @@ func TestNoWakeAfterUnsubscribe(t *testing.T) {
 		}
 	})
 }
+
+// holdRounds runs rounds waits on p, each on a claim of the fake held
+// for hold(i) after the waiter subscribed 1 ms into it, and returns the
+// latency of each wake-up after the release and the reads of each wait.
+func holdRounds(t *testing.T, f *fake, p *Poller, rounds int, hold func(i int) time.Duration) (lat []time.Duration, reads []int) {
+	t.Helper()
+	woke := make(chan time.Time, 1)
+	for i := range rounds {
+		key := "k"
+		f.setHolder("claim"+string(rune('a'+i%26))+time.Duration(i).String(), "holder"+time.Duration(i).String())
+		time.Sleep(time.Millisecond)
+		r0, _ := f.counts(key)
+		if err := p.Subscribe(context.Background(), key, func() {
+			select {
+			case woke <- time.Now():
+			default:
+			}
+		}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(hold(i) - time.Millisecond)
+		released := time.Now()
+		f.setHolder("free"+time.Duration(i).String(), "")
+		at := <-woke
+		r1, _ := f.counts(key)
+		p.Unsubscribe(key)
+		lat = append(lat, at.Sub(released))
+		reads = append(reads, r1-r0)
+		time.Sleep(10 * time.Millisecond)
+	}
+	return lat, reads
+}
+
+// TestPollerHoldEstimate: with claims held alike, a Poller that learned
+// how long (the default) sees their ends within Min after a few rounds,
+// reading no more often than the backoff alone; with hold times spread
+// out, it is no slower and reads about as often as the backoff alone.
+func TestPollerHoldEstimate(t *testing.T) {
+	const lo, hi = 2 * time.Millisecond, 50 * time.Millisecond
+	const rounds, warm = 30, holdSamples + 2
+	run := func(t *testing.T, learn bool, hold func(int) time.Duration) (lat time.Duration, worst time.Duration, reads float64) {
+		var lats []time.Duration
+		var rs []int
+		synctest.Test(t, func(t *testing.T) {
+			f := newFake()
+			p := NewPoller(f.read, &PollOptions{Min: lo, Max: hi, Rand: func() float64 { return 0.5 }, NoHoldEstimate: !learn})
+			defer p.Close()
+			lats, rs = holdRounds(t, f, p, rounds, hold)
+		})
+		var sum time.Duration
+		n := 0
+		for i := warm; i < rounds; i++ {
+			sum += lats[i]
+			worst = max(worst, lats[i])
+			n += rs[i]
+		}
+		return sum / time.Duration(rounds-warm), worst, float64(n) / float64(rounds-warm)
+	}
+	for _, h := range []time.Duration{20 * time.Millisecond, 300 * time.Millisecond} {
+		fixed := func(int) time.Duration { return h }
+		bLat, bWorst, bReads := run(t, false, fixed)
+		lLat, lWorst, lReads := run(t, true, fixed)
+		t.Logf("hold %v: backoff alone: latency mean %v max %v, %.1f reads a wait; learned: mean %v max %v, %.1f reads", h, bLat, bWorst, bReads, lLat, lWorst, lReads)
+		if lWorst > lo {
+			t.Errorf("hold %v: a release seen %v after it, want within Min (%v) once learned", h, lWorst, lo)
+		}
+		if lReads > bReads {
+			t.Errorf("hold %v: %.1f reads a wait, more than the backoff alone (%.1f)", h, lReads, bReads)
+		}
+	}
+	// Spread: 200-400 ms, in a fixed pseudo-random order.
+	spread := func(i int) time.Duration { return 200*time.Millisecond + time.Duration((i*7919)%201)*time.Millisecond }
+	bLat, bWorst, bReads := run(t, false, spread)
+	lLat, lWorst, lReads := run(t, true, spread)
+	t.Logf("holds 200-400 ms: backoff alone: latency mean %v max %v, %.1f reads a wait; learned: mean %v max %v, %.1f reads", bLat, bWorst, bReads, lLat, lWorst, lReads)
+	if lWorst > hi {
+		t.Errorf("spread holds: a release seen %v after it, more than Max (%v)", lWorst, hi)
+	}
+	if lLat > bLat {
+		t.Errorf("spread holds: mean latency %v, slower than the backoff alone (%v)", lLat, bLat)
+	}
+	if lReads > bReads+1 {
+		t.Errorf("spread holds: %.1f reads a wait against %.1f for the backoff alone", lReads, bReads)
+	}
+}
