@@ -119,6 +119,13 @@ func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold ti
 	}
 	ttl := max(holder.Features().MinTTL, 30*time.Second)
 	lat := make([]time.Duration, 0, b.N)
+	// A polling driver's reads while its waiter waits (driver.PollCounter).
+	pc, polls := waiter.Driver().(driver.PollCounter)
+	var reads0 uint64
+	if polls {
+		reads0 = pc.PollReads()
+	}
+	var waited time.Duration
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		l, err := claimKey(ctx, key, ttl)
@@ -126,18 +133,19 @@ func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold ti
 			b.Fatalf("claim: %v", err)
 		}
 		type result struct {
-			at         time.Time
+			began, at  time.Time
 			acq, relse error
 		}
 		res := make(chan result, 1)
 		go func() {
+			began := time.Now()
 			wl, err := acquire(ctx, key, ttl)
 			if err != nil {
 				res <- result{acq: err}
 				return
 			}
 			at := time.Now()
-			res <- result{at: at, relse: waiter.Release(ctx, wl)}
+			res <- result{began: began, at: at, relse: waiter.Release(ctx, wl)}
 		}()
 		time.Sleep(hold)
 		start := time.Now()
@@ -152,9 +160,13 @@ func benchHandoff(b *testing.B, holder, waiter *claim.Client, ns string, hold ti
 			b.Fatalf("waiter Release: %v", r.relse)
 		}
 		lat = append(lat, r.at.Sub(start))
+		waited += r.at.Sub(r.began)
 	}
 	b.ReportMetric(percentile(lat, 0.5), "handoff-p50-µs")
 	b.ReportMetric(percentile(lat, 0.99), "handoff-p99-µs")
+	if polls && waited > 0 {
+		b.ReportMetric(float64(pc.PollReads()-reads0)/waited.Seconds(), "poll-reads/s")
+	}
 }
 
 func benchFanOut(b *testing.B, holder, w1, w2 *claim.Client, ns string) {

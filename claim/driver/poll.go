@@ -36,6 +36,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -163,7 +164,7 @@ type Poller struct {
 	// Reads in flight are not cut short by Unsubscribe (a request
 	// aborted mid-way costs the server more than finishing it, and
 	// crashes some emulators); Close cancels them after closeGrace.
-	reads       context.Context
+	readCtx     context.Context
 	cancelReads context.CancelFunc
 
 	mu     sync.Mutex
@@ -172,7 +173,19 @@ type Poller struct {
 	wg     sync.WaitGroup
 	nloops int // loops started, for tests
 
-	holds holdTimes // how long the claims this Poller's loops saw were held
+	holds holdTimes     // how long the claims this Poller's loops saw were held
+	reads atomic.Uint64 // reads made, for Reads
+}
+
+// Reads returns how many reads the Poller has made (Subscribe's and its
+// loops'), for metrics and benchmarks.
+func (p *Poller) Reads() uint64 { return p.reads.Load() }
+
+// PollCounter is optional, for a driver that polls: PollReads returns how
+// many reads its Pollers have made so far. Benchmarks (conformance.Bench)
+// report it per second of waiting.
+type PollCounter interface {
+	PollReads() uint64
 }
 
 // closeGrace is how long Close lets reads in flight finish.
@@ -183,7 +196,7 @@ const closeGrace = time.Second
 // and see the error themselves).
 func NewPoller(read PollReader, opt *PollOptions) *Poller {
 	reads, cancel := context.WithCancel(context.Background())
-	p := &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, reads: reads, cancelReads: cancel}
+	p := &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, readCtx: reads, cancelReads: cancel}
 	p.holds.step = p.opt.Min
 	return p
 }
@@ -220,6 +233,7 @@ func (p *Poller) Subscribe(ctx context.Context, key string, wake func()) error {
 	if p.isClosed() {
 		return ErrClosed
 	}
+	p.reads.Add(1)
 	st, err := p.read(ctx, key)
 	if err != nil {
 		return err
@@ -351,7 +365,8 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 			return
 		case <-timer.C:
 		}
-		rctx, cancel := context.WithTimeout(p.reads, p.opt.ReadTimeout)
+		rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
+		p.reads.Add(1)
 		ns, err := p.read(rctx, key)
 		cancel()
 		if ctx.Err() != nil {

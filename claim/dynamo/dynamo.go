@@ -66,6 +66,9 @@ type Options struct {
 	// PollMin and PollMax bound the polling interval (defaults 2 ms and
 	// 50 ms, see driver.PollOptions).
 	PollMin, PollMax time.Duration
+	// PollFixed, if true, polls on the backoff's schedule only, without
+	// learning how long claims are held (driver.PollOptions.NoHoldEstimate).
+	PollFixed bool
 	// Client configures the Client New returns.
 	Client *claim.Options
 }
@@ -106,6 +109,7 @@ var (
 	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Aser           = (*backend)(nil)
 	_ driver.Queuer         = (*backend)(nil)
+	_ driver.PollCounter    = (*backend)(nil)
 )
 
 // New returns a Client on the table opt.Table using client, which the
@@ -153,8 +157,8 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		creator:   make(chan struct{}, 1),
 	}
 	b.ClaimFunc, b.CommitFunc = b.tryClaim, b.commit
-	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
-	b.grants = driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
+	b.grants = driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
 	b.gsubs = map[string]*grantSub{}
 	b.waiters = map[string]map[string]*localWaiter{}
 	return b, nil
@@ -304,3 +308,7 @@ func conditionFailed(err error) (map[string]types.AttributeValue, bool) {
 func ms(d time.Duration) time.Duration {
 	return (d + time.Millisecond - 1).Truncate(time.Millisecond)
 }
+
+// PollReads implements driver.PollCounter: the reads of the wake-up and
+// grant polls.
+func (b *backend) PollReads() uint64 { return b.Poller.Reads() + b.grants.Reads() }

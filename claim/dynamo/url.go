@@ -42,6 +42,7 @@ func (*URLOpener) OpenURL(ctx context.Context, u *url.URL) (driver.Driver, error
 		ClockSkew: p.Duration("clock_skew", 0),
 		PollMin:   p.Duration("poll_min", 0),
 		PollMax:   p.Duration("poll_max", 0),
+		PollFixed: !p.Bool("poll_learn", true),
 	}
 	if r := p.String("retention", ""); r == "off" {
 		o.Retention = -1

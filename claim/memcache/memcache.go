@@ -69,6 +69,9 @@ type Options struct {
 	// PollMin and PollMax bound the polling interval (defaults 2 ms and
 	// 50 ms, see driver.PollOptions).
 	PollMin, PollMax time.Duration
+	// PollFixed, if true, polls on the backoff's schedule only, without
+	// learning how long claims are held (driver.PollOptions.NoHoldEstimate).
+	PollFixed bool
 	// Client configures the Client New returns.
 	Client *claim.Options
 }
@@ -101,10 +104,11 @@ type backend struct {
 }
 
 var (
-	_ driver.Driver  = (*backend)(nil)
-	_ driver.Aser    = (*backend)(nil)
-	_ driver.Batcher = (*backend)(nil)
-	_ driver.Queuer  = (*backend)(nil)
+	_ driver.Driver      = (*backend)(nil)
+	_ driver.Aser        = (*backend)(nil)
+	_ driver.Batcher     = (*backend)(nil)
+	_ driver.Queuer      = (*backend)(nil)
+	_ driver.PollCounter = (*backend)(nil)
 )
 
 // New returns a Client on client, which the caller configured (servers,
@@ -162,9 +166,9 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		par:     par,
 		writes:  make(chan struct{}, par),
 	}
-	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax})
+	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
 	b.grants = &grantPoller{
-		Poller: driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax}),
+		Poller: driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed}),
 		subs:   map[string]*grantSub{},
 	}
 	return b, nil
@@ -260,3 +264,7 @@ func do0(ctx context.Context, b *backend, fn func() error) error {
 	_, err := do(ctx, b, func() (struct{}, error) { return struct{}{}, fn() })
 	return err
 }
+
+// PollReads implements driver.PollCounter: the reads of the wake-up and
+// grant polls.
+func (b *backend) PollReads() uint64 { return b.Poller.Reads() + b.grants.Reads() }

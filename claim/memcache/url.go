@@ -49,6 +49,7 @@ func (*URLOpener) OpenURL(_ context.Context, u *url.URL) (driver.Driver, error) 
 		ClockSkew: p.Duration("clock_skew", 0),
 		PollMin:   p.Duration("poll_min", 0),
 		PollMax:   p.Duration("poll_max", 0),
+		PollFixed: !p.Bool("poll_learn", true),
 	}
 	if n := p.Int("maxvalue", 0); n > 0 {
 		o.ItemSizeMax = n + itemOverhead

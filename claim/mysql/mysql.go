@@ -138,6 +138,7 @@ var (
 	_ driver.Pinger         = (*backend)(nil)
 	_ driver.Batcher        = (*backend)(nil)
 	_ driver.Queuer         = (*backend)(nil)
+	_ driver.PollCounter    = (*backend)(nil)
 )
 
 // New returns a Client using db for claims and values. db stays the
@@ -246,3 +247,7 @@ func (b *backend) Close() error {
 
 // As implements driver.Aser: it sets a **sql.DB to the pool.
 func (b *backend) As(i any) bool { return driver.SetAs(i, b.db) }
+
+// PollReads implements driver.PollCounter: the reads of the wake-up and
+// grant polls.
+func (b *backend) PollReads() uint64 { return b.poll.Reads() + b.grants.Reads() }

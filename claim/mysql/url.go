@@ -94,9 +94,9 @@ func parseURL(u *url.URL) (*urlOptions, *gomysql.Config, error) {
 	if p.Has("sweep") && o.SweepInterval == 0 {
 		o.SweepInterval = -1 // sweep=0 disables sweeping
 	}
-	pollMin, pollMax := p.Duration("poll_min", 0), p.Duration("poll_max", 0)
-	if pollMin > 0 || pollMax > 0 {
-		o.Poll = &driver.PollOptions{Min: pollMin, Max: pollMax}
+	pollMin, pollMax, fixed := p.Duration("poll_min", 0), p.Duration("poll_max", 0), !p.Bool("poll_learn", true)
+	if pollMin > 0 || pollMax > 0 || fixed {
+		o.Poll = &driver.PollOptions{Min: pollMin, Max: pollMax, NoHoldEstimate: fixed}
 	}
 	o.maxConns = p.Int("max_conns", DefaultMaxConns)
 	dial := p.Duration("dial_timeout", DefaultDialTimeout)

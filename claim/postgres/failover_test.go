@@ -47,7 +47,15 @@ func (f *pairFault) Inject(ctx context.Context) (string, error) {
 		big := make([]byte, 1<<20)
 		rand.NewChaCha8([32]byte{}).Read(big)
 		var err error
-		fctx, cancel := context.WithTimeout(ctx, 3*time.Second) // with sync, the commits wait for the standby
+		// With sync the commits wait for the paused standby: the first
+		// waits out this bound. Without, 64 MiB may take a while on a
+		// loaded machine (a CI run with other tests running took more
+		// than 3 s): a bound that only catches a hang.
+		d := time.Minute
+		if f.p.Sync() {
+			d = 3 * time.Second
+		}
+		fctx, cancel := context.WithTimeout(ctx, d)
 		for i := 0; i < 64 && err == nil; i++ {
 			err = f.filler.Set(fctx, "filler"+strconv.Itoa(i), big, time.Minute)
 		}

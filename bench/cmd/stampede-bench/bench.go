@@ -50,7 +50,8 @@ func benchCmd(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs := app.Flags("bench", stderr)
 	var cfg benchConfig
 	fs.StringVar(&cfg.Backends, "backends", "mem", "comma-separated backend URLs or kinds (mem, redis, postgres, memcache, etcd, consul, dynamo, zookeeper, nats, mysql), or all; "+
-		"a kind uses $STAMPEDE_TEST_<KIND>_URL if set, else starts a test server on loopback (scripts/install-backends installs them)")
+		"a kind uses $STAMPEDE_TEST_<KIND>_URL if set, else starts a test server on loopback (scripts/install-backends installs them); "+
+		"a kind may add URL parameters (memcache?poll_learn=false)")
 	fs.DurationVar(&cfg.BenchTime, "benchtime", time.Second, "run time of each per-operation benchmark (claim+release, store, L1 and L2 hits)")
 	fs.IntVar(&cfg.Rounds, "rounds", 30, "handoffs per hold time, fan-outs and herds per backend")
 	fs.IntVar(&cfg.HerdProcs, "herd-procs", 8, "simulated processes in the herd benchmark")
@@ -153,7 +154,13 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 	}
 	var ts []*benchTarget
 	for _, n := range names {
-		switch kind, isKind := benchKinds[n]; {
+		// A kind may carry URL parameters for its test server
+		// ("memcache?poll_learn=false").
+		base, query, _ := strings.Cut(n, "?")
+		if strings.Contains(n, "://") {
+			base, query = n, ""
+		}
+		switch kind, isKind := benchKinds[base]; {
 		case n == "mem":
 			space := memory.NewSpace(nil)
 			ts = append(ts, &benchTarget{Name: "mem", URL: "in-process", open: func(context.Context) (*claim.Client, error) { return memory.New(space, nil) }})
@@ -161,6 +168,9 @@ func benchTargets(ctx context.Context, spec string, stderr io.Writer) ([]*benchT
 			url, stop, err := kindServer(ctx, kind, stderr)
 			if err != nil {
 				return ts, fmt.Errorf("bench: %w", err)
+			}
+			if query != "" {
+				url += map[bool]string{false: "?", true: "&"}[strings.Contains(url, "?")] + query
 			}
 			t := &benchTarget{Name: n, stop: stop}
 			t.URL = claim.RedactURL(url)
@@ -508,6 +518,15 @@ func metric(name string, scale float64) func(benchResult) float64 {
 	}
 }
 
+// orDash formats a figure that only some backends have (a metric the
+// others do not report: NaN) as a dash for those.
+func orDash(_ benchResult, v float64) string {
+	if math.IsNaN(v) {
+		return "–"
+	}
+	return benchchart.Num(v)
+}
+
 func nsPerOp(scale float64) func(benchResult) float64 {
 	return func(x benchResult) float64 { return x.NsPerOp * scale }
 }
@@ -522,6 +541,10 @@ var figures = []figure{
 	{"fair hand-over p99, hold 20 ms (ms)", "HandOver/hold=20ms", metric("handoff-p99-µs", 1e-3), nil},
 	{"fair hand-over p50, hold 300 ms (ms)", "HandOver/hold=300ms", metric("handoff-p50-µs", 1e-3), nil},
 	{"fair hand-over p99, hold 300 ms (ms)", "HandOver/hold=300ms", metric("handoff-p99-µs", 1e-3), nil},
+	{"handoff: the waiter's poll reads per second of waiting, hold 20 ms", "Handoff/hold=20ms", metric("poll-reads/s", 1), orDash},
+	{"handoff: the waiter's poll reads per second of waiting, hold 300 ms", "Handoff/hold=300ms", metric("poll-reads/s", 1), orDash},
+	{"fair hand-over: the waiter's poll reads per second of waiting, hold 20 ms", "HandOver/hold=20ms", metric("poll-reads/s", 1), orDash},
+	{"fair hand-over: the waiter's poll reads per second of waiting, hold 300 ms", "HandOver/hold=300ms", metric("poll-reads/s", 1), orDash},
 	{"notify fan-out to 100 waiters, p50 (ms)", "FanOut100", metric("fanout-p50-µs", 1e-3), nil},
 	{"store set+get (µs)", "StoreSetGet", nsPerOp(1e-3), nil},
 	{"flight L1 hit (ns; allocs)", "FlightL1Hit", nsPerOp(1), func(x benchResult, v float64) string {
