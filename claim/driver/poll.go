@@ -177,6 +177,9 @@ type Poller struct {
 	reads atomic.Uint64 // reads made, for Reads
 }
 
+// Options returns the Poller's options, defaults filled in.
+func (p *Poller) Options() PollOptions { return p.opt }
+
 // Reads returns how many reads the Poller has made (Subscribe's and its
 // loops'), for metrics and benchmarks.
 func (p *Poller) Reads() uint64 { return p.reads.Load() }

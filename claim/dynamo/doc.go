@@ -23,6 +23,9 @@
 //	              no TTL attribute)
 //	poll_min      first polling interval after a change (default 2ms)
 //	poll_max      polling interval cap (default 50ms)
+//	poll_learn    false: poll on the backoff alone (Options.PollFixed); by
+//	              default polls learn how long claims are held and read
+//	              around their likely end (driver.PollOptions)
 //
 // The Client's own parameters, op_timeout and lazy, work as on every
 // backend (see claim.Open). Credentials come from the SDK's default chain

@@ -90,9 +90,10 @@ func TestURL(t *testing.T) {
 		"dynamodb://tbl?region=us-east-1&prefix=a&prefix=b",
 		"dynamodb://tbl?region=us-east-1&cacert=ca.pem",
 		"dynamodb://tbl?region=us-east-1&dial_timeout=soon",
+		"dynamodb://tbl?region=us-east-1&poll_learn=maybe",
 	)
 	// lazy: nothing listens there.
-	b, err := claim.Open(context.Background(), "dynamodb://tbl?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&prefix=app&clock_skew=1s&retention=off&poll_min=1ms&poll_max=10ms&dial_timeout=2s&create_table=true&lazy=true")
+	b, err := claim.Open(context.Background(), "dynamodb://tbl?region=eu-west-1&endpoint=http%3A%2F%2F127.0.0.1%3A1&prefix=app&clock_skew=1s&retention=off&poll_min=1ms&poll_max=10ms&poll_learn=false&dial_timeout=2s&create_table=true&lazy=true")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -100,6 +101,11 @@ func TestURL(t *testing.T) {
 	db := drv(b)
 	if db.table != "tbl" || db.prefix != "app" || db.skew != time.Second || db.retention >= 0 || !db.create {
 		t.Errorf("options not applied: %+v", db)
+	}
+	for _, p := range []*driver.Poller{db.Poller, db.grants} {
+		if o := p.Options(); o.Min != time.Millisecond || o.Max != 10*time.Millisecond || !o.NoHoldEstimate {
+			t.Errorf("poll options not applied: %+v", o)
+		}
 	}
 }
 

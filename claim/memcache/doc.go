@@ -16,6 +16,9 @@
 //	max_idle_conns  idle connections kept per server (default 16)
 //	poll_min        first polling interval after a change (default 2ms)
 //	poll_max        polling interval cap (default 50ms)
+//	poll_learn      false: poll on the backoff alone (Options.PollFixed); by
+//	                default polls learn how long claims are held and read
+//	                around their likely end (driver.PollOptions)
 //	clock_skew      Options.ClockSkew: margin for clients' clock differences
 //	                (default 100ms; see Semantics)
 //	tls             true: connect with TLS (memcached -Z); default false

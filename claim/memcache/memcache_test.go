@@ -67,9 +67,10 @@ func TestURL(t *testing.T) {
 		"memcache://127.0.0.1:1?timeout=1s",
 		"memcache://127.0.0.1:1?item_size_max=2097152",
 		"memcache://127.0.0.1:1?clock_skew=-1ms",
+		"memcache://127.0.0.1:1?poll_learn=maybe",
 	)
 	// lazy: nothing listens there.
-	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&maxvalue=2097152&clock_skew=250ms&lazy=true")
+	c, err := claim.Open(ctx, "memcache://127.0.0.1:1,localhost:2?prefix=app&io_timeout=1s&max_idle_conns=4&poll_min=1ms&poll_max=20ms&poll_learn=false&maxvalue=2097152&clock_skew=250ms&lazy=true")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,6 +78,11 @@ func TestURL(t *testing.T) {
 	b := drv(c)
 	if b.prefix != "app" || b.c.Timeout != time.Second || b.c.MaxIdleConns != 4 || b.skew != 250*time.Millisecond {
 		t.Errorf("options not applied: prefix %q timeout %s idle %d clock skew %s", b.prefix, b.c.Timeout, b.c.MaxIdleConns, b.skew)
+	}
+	for _, p := range []*driver.Poller{b.Poller, b.grants.Poller} {
+		if o := p.Options(); o.Min != time.Millisecond || o.Max != 20*time.Millisecond || !o.NoHoldEstimate {
+			t.Errorf("poll options not applied: %+v", o)
+		}
 	}
 	if got := c.Features().MaxValueLen; got != 2097152 {
 		t.Errorf("MaxValueLen = %d with maxvalue=2097152", got)

@@ -21,6 +21,7 @@
 //	migrate=BOOL         false sets Options.SkipMigrate
 //	sweep=DURATION       Options.SweepInterval (0: never)
 //	poll_min, poll_max   Options.Poll (defaults 2ms and 50ms)
+//	poll_learn=false     Options.Poll.NoHoldEstimate: poll on the backoff alone
 //	max_conns=N          the pool's size (default 32)
 //	dial_timeout=D       each connection's TCP connect and greeting (default 5s)
 //	lock_wait_timeout=D  the server's innodb_lock_wait_timeout for the pool's

@@ -7,13 +7,13 @@ import (
 )
 
 func TestParseURL(t *testing.T) {
-	u, _ := url.Parse("mariadb://app:pw@db.internal/app?prefix=c_&maxvalue=1024&migrate=false&sweep=0&poll_max=10ms&max_conns=3&dial_timeout=2s&lock_wait_timeout=3s&lazy=true")
+	u, _ := url.Parse("mariadb://app:pw@db.internal/app?prefix=c_&maxvalue=1024&migrate=false&sweep=0&poll_max=10ms&poll_learn=false&max_conns=3&dial_timeout=2s&lock_wait_timeout=3s&lazy=true")
 	o, cfg, err := parseURL(u)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if o.TablePrefix != "c_" || o.MaxValueLen != 1024 || !o.SkipMigrate || o.SweepInterval != -1 ||
-		o.Poll == nil || o.Poll.Max != 10*time.Millisecond || o.maxConns != 3 {
+		o.Poll == nil || o.Poll.Max != 10*time.Millisecond || !o.Poll.NoHoldEstimate || o.maxConns != 3 {
 		t.Errorf("options %+v", o)
 	}
 	if cfg.Addr != "db.internal:3306" || cfg.User != "app" || cfg.Passwd != "pw" || cfg.DBName != "app" ||
@@ -31,6 +31,7 @@ func TestParseURL(t *testing.T) {
 		"mysql://h/db?maxvalue=-1",
 		"mysql://h/db?maxvalue=999999999999",
 		"mysql://h/db?migrate=maybe",
+		"mysql://h/db?poll_learn=maybe",
 		"mysql://h/db?prefix=a&prefix=b",
 		"mysql://h/db?prefix=a%60b",
 		"mysql://h/a/b",
