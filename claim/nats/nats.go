@@ -90,15 +90,19 @@ type backend struct {
 	kv     jetstream.KeyValue
 	stream jetstream.Stream
 
-	mu      sync.Mutex
-	closed  bool
-	subs    map[string]*sub   // wake-up subscriptions, by key
-	grants  map[string]*sub   // grant subscriptions, by key
-	topics  map[string]*topic // by topic
-	held    map[string]heldRec
-	stopWG  sync.WaitGroup // watcher goroutines
-	permErr error          // the last permissions violation the server reported
-	permAt  time.Time      // when
+	mu     sync.Mutex
+	closed bool
+	subs   map[string]*sub   // wake-up subscriptions, by key
+	grants map[string]*sub   // grant subscriptions, by key
+	topics map[string]*topic // by topic
+	held   map[string]heldRec
+	stopWG sync.WaitGroup // watcher goroutines
+	// closing is cancelled by Close: a watch being made again (rewatch)
+	// gives up at once, rather than Close waiting out its back-off.
+	closing     context.Context
+	stopClosing context.CancelFunc
+	permErr     error     // the last permissions violation the server reported
+	permAt      time.Time // when
 
 	// live ends (cause errConnLost) when a URL-opened connection drops:
 	// the requests sent on it before are then never answered (begin).
@@ -179,6 +183,7 @@ func newBackend(o Options) (*backend, error) {
 		subs:     map[string]*sub{}, grants: map[string]*sub{}, topics: map[string]*topic{}, held: map[string]heldRec{},
 	}
 	b.live, b.liveCancel = context.WithCancelCause(context.Background())
+	b.closing, b.stopClosing = context.WithCancel(context.Background())
 	b.ClaimFunc = b.tryClaim
 	b.CommitFunc = b.commit
 	return b, nil
@@ -266,6 +271,7 @@ func (b *backend) Close() error {
 		return nil
 	}
 	b.closed = true
+	b.stopClosing()
 	subs, topics := b.subs, b.topics
 	for k, s := range b.grants {
 		subs[k+"\x00grants"] = s

@@ -195,8 +195,9 @@ func (b *backend) watchLoop(s *sub, w jetstream.KeyWatcher, ready chan struct{})
 	go b.rewatch(s)
 }
 
-// rewatch makes s's watch again, backing off, until it is live or s is
-// stopped, and then tells the subscriber (it may have missed a change).
+// rewatch makes s's watch again, backing off, until it is live, s is
+// stopped or the driver closes, and then tells the subscriber (it may
+// have missed a change).
 func (b *backend) rewatch(s *sub) {
 	defer b.stopWG.Done()
 	delay := 50 * time.Millisecond
@@ -207,7 +208,7 @@ func (b *backend) rewatch(s *sub) {
 		if stopped {
 			return
 		}
-		ctx, cancel := context.WithTimeout(context.Background(), DefaultDialTimeout)
+		ctx, cancel := context.WithTimeout(b.closing, DefaultDialTimeout)
 		kv, _, err := b.bucket(ctx)
 		if err == nil {
 			err = b.watch(ctx, kv, s)
@@ -217,7 +218,13 @@ func (b *backend) rewatch(s *sub) {
 			s.fire(nil)
 			return
 		}
-		time.Sleep(delay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-b.closing.Done():
+			t.Stop()
+			return
+		}
 		delay = min(2*delay, 2*time.Second)
 	}
 }
