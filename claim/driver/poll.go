@@ -331,11 +331,11 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 		cur := bo.cur
 		if !p.opt.NoHoldEstimate {
 			// While a claim is expected to last E, the backoff starts
-			// at E/8 rather than Min: the reads saved early on pay for
-			// those of the window at its likely end.
+			// at E/2 (at most Max) rather than Min: the reads saved
+			// early on pay for those of the window at its likely end.
 			bo.Min = p.opt.Min
 			if e, ok := p.holds.estimate(); ok && st.Holder != "" && !searching {
-				bo.Min = min(max(bo.Min, e/8), p.opt.Max)
+				bo.Min = min(max(bo.Min, e/2), p.opt.Max)
 			}
 		}
 		d, atExpiry := bo.Next(now, st.Expires)
@@ -424,7 +424,9 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 // holdSamples samples (none before holdMinSamples).
 //
 // A loop whose claim it first saw at S, with an estimate E:
-//   - backs off from E/8 rather than Min (fewer reads early in the wait);
+//   - backs off from E/2 (at most Max) rather than Min: fewer reads
+//     early in the wait, where the claim is not expected to end, and no
+//     gap longer than Max, as without the estimate;
 //   - reads at S+E-Min/2 and S+E+Min/2, the first in place of the
 //     backoff's next read if that would come before it but the one after
 //     it would not (never more than Max after the last read, nor past a
@@ -437,9 +439,10 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 // similar cost), their ends are seen within about Min/2, and the gap
 // around each end is Min, so the samples are close and the estimate
 // settles within a few waits; a claim held for less or more is seen by
-// the backoff's reads, and its sample moves the estimate. The number of
-// reads stays about the backoff's alone: TestPollerHoldEstimate measures
-// both, with claims held alike and with holds spread over 200–400 ms.
+// the backoff's reads, and its sample moves the estimate. The reads per
+// wait, and per second of waiting, stay at or below the backoff's alone:
+// TestPollerHoldEstimate measures both, with claims held alike and with
+// holds spread over 200–400 ms.
 // PollOptions.NoHoldEstimate turns it off.
 type holdTimes struct {
 	mu      sync.Mutex

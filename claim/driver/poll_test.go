@@ -438,6 +438,13 @@ func TestPollerHoldEstimate(t *testing.T) {
 		if lReads > bReads {
 			t.Errorf("hold %v: %.1f reads a wait, more than the backoff alone (%.1f)", h, lReads, bReads)
 		}
+		// The waits are shorter too: the reads per second of waiting
+		// (the load on the server of a waiter always waiting) must not
+		// rise either.
+		perSec := func(reads float64, lat time.Duration) float64 { return reads / (h - time.Millisecond + lat).Seconds() }
+		if l, b := perSec(lReads, lLat), perSec(bReads, bLat); l > b {
+			t.Errorf("hold %v: %.0f reads per second of waiting, more than the backoff alone (%.0f)", h, l, b)
+		}
 	}
 	// Spread: 200-400 ms, in a fixed pseudo-random order.
 	spread := func(i int) time.Duration { return 200*time.Millisecond + time.Duration((i*7919)%201)*time.Millisecond }
