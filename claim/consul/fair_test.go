@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -316,5 +317,95 @@ func TestHandOffAfterExtend(t *testing.T) {
 	}
 	if l, err := a.TryClaim(ctx, k, ttl); err != nil {
 		t.Fatalf("TryClaim after the last release (a served waiter granted again?): %+v, %v", l, err)
+	}
+}
+
+// holdEnqueueWrite holds the answer of the third transaction of the call
+// named name (an AcquireFair: SubscribeGrants' read, then Enqueue's read
+// and write) until gate is closed: the write has landed, its answer has
+// not reached the driver.
+type holdEnqueueWrite struct {
+	base http.RoundTripper
+	name string
+	gate chan struct{}
+	mu   sync.Mutex
+	n    int
+}
+
+func (h *holdEnqueueWrite) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := h.base.RoundTrip(req)
+	if name, _ := req.Context().Value(callName{}).(string); name == h.name && req.URL.Path == "/v1/txn" {
+		h.mu.Lock()
+		h.n++
+		n := h.n
+		h.mu.Unlock()
+		if n == 3 {
+			<-h.gate
+		}
+	}
+	return resp, err
+}
+
+// TestGrantBeforeEnqueueAnswer: a waiter whose grant arrives (in its
+// grant watch's answer) before its own Enqueue's answer still watches
+// the queue as the new holder, so its hand-over is one transaction. The
+// driver noted the waiter's entry only after Enqueue's answer, so such a
+// grant started no queue watch (a CI run of TestHandOffRequests met it
+// on a loaded machine).
+func TestGrantBeforeEnqueueAnswer(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	pfx := fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
+	hold := &holdEnqueueWrite{base: http.DefaultTransport.(*http.Transport).Clone(), name: "waiter", gate: make(chan struct{})}
+	defer hold.base.(*http.Transport).CloseIdleConnections()
+	open := func() *claim.Client {
+		cfg := capi.DefaultConfig()
+		cfg.Address = srv.Addr()
+		cfg.HttpClient = &http.Client{Transport: hold}
+		c, err := capi.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl, err := consul.New(c, &consul.Options{Prefix: pfx})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close() })
+		return cl
+	}
+	holder, waiter := open(), open()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l, err := holder.AcquireFair(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan error, 1)
+	go func() {
+		_, err := waiter.AcquireFair(context.WithValue(ctx, callName{}, "waiter"), "k", time.Minute)
+		got <- err
+	}()
+	for deadline := time.Now().Add(30 * time.Second); consul.QueueSeenForTest(holder, "k") != 1; {
+		if time.Now().After(deadline) {
+			close(hold.gate)
+			t.Fatal("the holder's queue watch saw no waiter in 30 s")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The waiter's entry is in the queue; its Enqueue's answer is held.
+	if err := holder.Release(ctx, l); err != nil {
+		close(hold.gate)
+		t.Fatal(err)
+	}
+	// Let the grant reach the waiter's grant watch first.
+	time.Sleep(500 * time.Millisecond)
+	close(hold.gate)
+	if err := <-got; err != nil {
+		t.Fatalf("waiter's AcquireFair: %v", err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); consul.QueueSeenForTest(waiter, "k") == -1; {
+		if time.Now().After(deadline) {
+			t.Fatal("the new holder does not watch the queue: its hand-over will read first")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

@@ -269,6 +269,11 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			q = append(q, me)
 		}
 		c.q = q
+		// Noted before the write: a grant to holder can be seen (by this
+		// process's grant watch, which then starts the new holder's
+		// queue watch) before the write's answer is. A note for an entry
+		// that did not land expires with it.
+		b.noteLocal(key, holder, me.Expiry)
 		ok, g, _, err := b.fairWrite(ctx, key, f, c, now)
 		if err != nil {
 			return driver.Lease{}, err
@@ -276,7 +281,6 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if !ok {
 			continue
 		}
-		b.noteLocal(key, holder, me.Expiry)
 		left := time.Until(time.UnixMilli(f.rec.Expiry).Add(b.o.ClockSkew))
 		if c.grant != nil {
 			left = g.TTL + b.o.ClockSkew
