@@ -22,6 +22,29 @@ import (
 // loop's, which run under the driver's own context.
 type callName struct{}
 
+// openVia returns a function that opens Clients on srv with opt, under a
+// prefix of this test run's own (the shared agent keeps what earlier runs
+// stored), whose Consul API client sends every request through rt.
+func openVia(t *testing.T, srv *testserver.Server, rt http.RoundTripper, opt consul.Options) func() *claim.Client {
+	opt.Prefix = fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
+	return func() *claim.Client {
+		cfg := capi.DefaultConfig()
+		cfg.Address = srv.Addr()
+		cfg.HttpClient = &http.Client{Transport: rt}
+		c, err := capi.NewClient(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		o := opt
+		cl, err := consul.New(c, &o)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cl.Close() })
+		return cl
+	}
+}
+
 // requestCounter counts, by call name, the requests to Consul's
 // transaction endpoint and the others.
 type requestCounter struct {
@@ -75,26 +98,9 @@ func txnsFor(n, maxBatch, opsPerKey int) int {
 // leases costs one more transaction each, whatever the number of keys.
 func TestBatchRequests(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	// A prefix of this run's own: the shared agent keeps what earlier
-	// runs (-count) stored.
-	pfx := fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
 	rc := &requestCounter{base: http.DefaultTransport.(*http.Transport).Clone(), txns: map[string]int{}, rest: map[string]int{}}
 	defer rc.base.(*http.Transport).CloseIdleConnections()
-	open := func() *claim.Client {
-		cfg := capi.DefaultConfig()
-		cfg.Address = srv.Addr()
-		cfg.HttpClient = &http.Client{Transport: rc}
-		c, err := capi.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := consul.New(c, &consul.Options{Prefix: pfx, ClockSkew: -1})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cl.Close() })
-		return cl
-	}
+	open := openVia(t, srv, rc, consul.Options{ClockSkew: -1})
 	c1, c2 := open(), open()
 	maxBatch := c1.Driver().Features().MaxBatch
 	if maxBatch != 64 {

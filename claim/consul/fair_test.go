@@ -25,24 +25,9 @@ import (
 // one transaction and nothing else, and so is the next holder's.
 func TestHandOffRequests(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	pfx := fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
 	rc := &requestCounter{base: http.DefaultTransport.(*http.Transport).Clone(), txns: map[string]int{}, rest: map[string]int{}}
 	defer rc.base.(*http.Transport).CloseIdleConnections()
-	open := func() *claim.Client {
-		cfg := capi.DefaultConfig()
-		cfg.Address = srv.Addr()
-		cfg.HttpClient = &http.Client{Transport: rc}
-		c, err := capi.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := consul.New(c, &consul.Options{Prefix: pfx})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cl.Close() })
-		return cl
-	}
+	open := openVia(t, srv, rc, consul.Options{})
 	holder, waiter := open(), open()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
@@ -354,24 +339,9 @@ func (h *holdEnqueueWrite) RoundTrip(req *http.Request) (*http.Response, error) 
 // on a loaded machine).
 func TestGrantBeforeEnqueueAnswer(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	pfx := fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
 	hold := &holdEnqueueWrite{base: http.DefaultTransport.(*http.Transport).Clone(), name: "waiter", gate: make(chan struct{})}
 	defer hold.base.(*http.Transport).CloseIdleConnections()
-	open := func() *claim.Client {
-		cfg := capi.DefaultConfig()
-		cfg.Address = srv.Addr()
-		cfg.HttpClient = &http.Client{Transport: hold}
-		c, err := capi.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := consul.New(c, &consul.Options{Prefix: pfx})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cl.Close() })
-		return cl
-	}
+	open := openVia(t, srv, hold, consul.Options{})
 	holder, waiter := open(), open()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()

@@ -8,8 +8,6 @@ import (
 	"testing"
 	"time"
 
-	capi "github.com/hashicorp/consul/api"
-
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/consul"
 	"github.com/stampede-go/stampede/claim/driver"
@@ -125,24 +123,9 @@ func TestWakeValueBound(t *testing.T) {
 // key's value.
 func TestWakeValueBatch(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	pfx := fmt.Sprintf("%s-%d", prefix(t), time.Now().UnixNano())
 	rc := &requestCounter{base: http.DefaultTransport.(*http.Transport).Clone(), txns: map[string]int{}, rest: map[string]int{}}
 	defer rc.base.(*http.Transport).CloseIdleConnections()
-	open := func() *claim.Client {
-		cfg := capi.DefaultConfig()
-		cfg.Address = srv.Addr()
-		cfg.HttpClient = &http.Client{Transport: rc}
-		c, err := capi.NewClient(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cl, err := consul.New(c, &consul.Options{Prefix: pfx})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { _ = cl.Close() })
-		return cl
-	}
+	open := openVia(t, srv, rc, consul.Options{})
 	c, w := open(), open()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
