@@ -199,9 +199,7 @@ const closeGrace = time.Second
 // and see the error themselves).
 func NewPoller(read PollReader, opt *PollOptions) *Poller {
 	reads, cancel := context.WithCancel(context.Background())
-	p := &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, readCtx: reads, cancelReads: cancel}
-	p.holds.step = p.opt.Min
-	return p
+	return &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, readCtx: reads, cancelReads: cancel}
 }
 
 // pollLoop is one key's loop. Its wake is called under mu, and never once
@@ -329,23 +327,27 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 	for {
 		now := time.Now()
 		cur := bo.cur
+		est, learned := time.Duration(0), false
+		if !p.opt.NoHoldEstimate && st.Holder != "" {
+			est, learned = p.holds.estimate()
+		}
 		if !p.opt.NoHoldEstimate {
 			// While a claim is expected to last E, the backoff starts
 			// at E/2 (at most Max) rather than Min: the reads saved
 			// early on pay for those of the window at its likely end.
 			bo.Min = p.opt.Min
-			if e, ok := p.holds.estimate(); ok && st.Holder != "" && !searching {
-				bo.Min = min(max(bo.Min, e/2), p.opt.Max)
+			if learned && !searching {
+				bo.Min = min(max(bo.Min, est/2), p.opt.Max)
 			}
 		}
 		d, atExpiry := bo.Next(now, st.Expires)
-		if st.Holder != "" && !p.opt.NoHoldEstimate {
+		if learned {
 			// The reads of the window around the claim's likely end
 			// (holdTimes), the first in place of the backoff's next read
 			// if that would come before it but the one after it would
 			// not (never past a known expiry, nor more than Max after
 			// this read).
-			pd, first, ok := p.holds.probe(now, seen)
+			pd, first, ok := probe(now, seen, est, p.opt.Min)
 			switch {
 			case ok && (pd < d || first && !atExpiry && pd < 2*d && pd <= p.opt.Max):
 				// In place of the backoff's read, which stays due: the
@@ -450,7 +452,6 @@ type holdTimes struct {
 	n       int // samples taken, all time
 	est     time.Duration
 	ok      bool
-	step    time.Duration // Min
 }
 
 const (
@@ -477,19 +478,13 @@ func (h *holdTimes) add(d time.Duration) {
 }
 
 // probe returns how long from now until the next read of the window
-// around the likely end of a claim first seen at seen, if one is still to
-// come, and whether it is the window's first.
-func (h *holdTimes) probe(now, seen time.Time) (time.Duration, bool, bool) {
+// around the likely end (est, reads step apart) of a claim first seen at
+// seen, if one is still to come, and whether it is the window's first.
+func probe(now, seen time.Time, est, step time.Duration) (time.Duration, bool, bool) {
 	if seen.IsZero() {
 		return 0, false, false
 	}
-	h.mu.Lock()
-	est, ok := h.est, h.ok
-	h.mu.Unlock()
-	if !ok {
-		return 0, false, false
-	}
-	for i, t := range [...]time.Time{seen.Add(est - h.step/2), seen.Add(est + h.step/2)} {
+	for i, t := range [...]time.Time{seen.Add(est - step/2), seen.Add(est + step/2)} {
 		if t.After(now) {
 			return t.Sub(now), i == 0, true
 		}
