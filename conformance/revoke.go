@@ -3,6 +3,9 @@ package conformance
 import (
 	"bytes"
 	"errors"
+	"fmt"
+	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
@@ -12,6 +15,7 @@ func init() {
 	register("Revoke", checkRevoke)
 	register("RevokeSet", checkRevokeSet)
 	register("RevokeWakes", checkRevokeWakes)
+	register("RevokeRace", checkRevokeRace)
 }
 
 // checkRevoke: Revoke ends the holder's lease at once (every later use of
@@ -186,5 +190,125 @@ func checkRevokeWakes(t *T) {
 	case <-time.After(ttl / 2):
 		t.Errorf("Acquire still waiting %s after Revoke (the revoked lease's TTL is %s)", ttl/2, ttl)
 	case <-ctx.Done():
+	}
+}
+
+// checkRevokeRace: a claim-and-read (TryClaimRead, TryClaimMany) racing a
+// Revoke or RevokeSet of the key is on one side of it. Either the claim
+// came first, so the revocation ended its lease (its commit is ErrLost,
+// whatever it read), or it read what the revocation left (RevokeSet's
+// value; no value after Revoke), and then its commit may land. (A driver
+// that claims, then reads, may do both: a revoked lease and the new value;
+// that is safe.)
+// A driver that reads the value before it takes the claim (or in a
+// statement whose snapshot predates the claim's lock) can hand out a live
+// lease with the value from before the revocation: the holder then
+// commits a value computed from stale data over the revocation, the
+// stale write fenced invalidation exists to prevent. Each round starts
+// the two calls together at a random offset of up to half a millisecond,
+// on a key in one of three states: claimed once and released without a
+// value, holding a value, never claimed.
+func checkRevokeRace(t *T) {
+	ctx := t.Context()
+	revoker, claimer := t.Client(), t.Client()
+	ttl := t.LongTTL()
+	const rounds = 48
+	for i := range rounds {
+		k := t.Key(fmt.Sprintf("race-%d", i))
+		set := i%2 == 0               // RevokeSet; else Revoke of a key holding "old"
+		fresh := set && i%3 == 0      // a key never claimed before
+		batch := i%4 == 1 || i%4 == 2 // the claim by TryClaimMany
+		if !fresh {
+			l, err := revoker.TryClaim(ctx, k, ttl)
+			if err != nil {
+				t.Fatalf("TryClaim: %v", err)
+			}
+			if set {
+				err = revoker.Release(ctx, l)
+			} else {
+				err = revoker.CommitRelease(ctx, l, []byte("old"), ttl)
+			}
+			if err != nil {
+				t.Fatalf("preparing the key: %v", err)
+			}
+		}
+		skew := time.Duration(rand.Int64N(int64(time.Millisecond))) - 500*time.Microsecond
+		var (
+			wg     sync.WaitGroup
+			revErr error
+			start  = make(chan struct{})
+		)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			if skew > 0 {
+				time.Sleep(skew)
+			}
+			if set {
+				revErr = revoker.RevokeSet(ctx, k, []byte("new"), ttl)
+			} else {
+				revErr = revoker.Revoke(ctx, k)
+			}
+		}()
+		close(start)
+		if skew < 0 {
+			time.Sleep(-skew)
+		}
+		var (
+			l     claim.Lease
+			v     []byte
+			found bool
+			err   error
+		)
+		if batch {
+			var cs []claim.Claimed
+			if cs, err = claimer.TryClaimMany(ctx, []string{k}, ttl); err == nil {
+				l, v, found, err = cs[0].Lease, cs[0].Value, cs[0].Found, cs[0].Err
+			}
+		} else {
+			l, v, found, err = claimer.TryClaimRead(ctx, k, ttl)
+		}
+		wg.Wait()
+		if revErr != nil {
+			t.Fatalf("round %d: revocation: %v", i, revErr)
+		}
+		if errors.Is(err, claim.ErrHeld) {
+			continue // a driver may hold the key while it revokes
+		}
+		if err != nil {
+			t.Fatalf("round %d: claim racing the revocation: %v", i, err)
+		}
+		// What the claim read tells which side of the revocation it is on.
+		after := found && bytes.Equal(v, []byte("new")) || !set && !found
+		if !after && found && !bytes.Equal(v, []byte("old")) {
+			t.Fatalf("round %d: the claim read %q, a value nobody wrote", i, v)
+		}
+		what := "no value"
+		if found {
+			what = fmt.Sprintf("%q", v)
+		}
+		op := map[bool]string{true: "RevokeSet", false: "Revoke"}[set]
+		cerr := claimer.CommitRelease(ctx, l, []byte("mine"), ttl)
+		switch {
+		case after && cerr != nil && !errors.Is(cerr, claim.ErrLost):
+			t.Errorf("round %d: a claim that read %s, after %s: CommitRelease: %v", i, what, op, cerr)
+		case !after && !errors.Is(cerr, claim.ErrLost):
+			t.Errorf("round %d: a claim that read %s, from before %s, committed over it (err %v): the revocation did not end its lease", i, what, op, cerr)
+		}
+		want := "" // what the revocation left
+		if set {
+			want = "new"
+		}
+		if cerr == nil {
+			want = "mine"
+		}
+		got, gerr := revoker.Get(ctx, k)
+		if gerr != nil && !errors.Is(gerr, claim.ErrNotFound) {
+			t.Fatalf("round %d: Get: %v", i, gerr)
+		}
+		if string(got) != want {
+			t.Errorf("round %d: after %s and a racing claim that read %s, Get = %q (%v), want %q", i, op, what, got, gerr, want)
+		}
 	}
 }

@@ -187,7 +187,7 @@ func TestRevokeWaitsForCommit(t *testing.T) {
 					done <- c.Revoke(ctx, "k")
 				}
 			}()
-			awaitLockWait(ctx, t, d, "WITH r AS (UPDATE", prefix, done)
+			awaitLockWait(ctx, t, d, "WITH r AS (", prefix, done)
 			if err := tx.Commit(ctx); err != nil {
 				t.Fatal(err)
 			}

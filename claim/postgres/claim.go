@@ -115,8 +115,9 @@ func (b *backend) CommitRelease(ctx context.Context, l driver.Lease, val []byte,
 // Revoke implements driver.Claimer: two statements sent together (one
 // pipeline, one round trip) and run as one implicit transaction, so the
 // lease and the value change atomically and the NOTIFY goes out on
-// commit. The first ends the lease (revoke in schema.go; the row and its
-// token stay, so the fence never goes back), the second writes or deletes
+// commit. The first ends the lease (revoke in schema.go: the token moves
+// on, so the fence never goes back and a claim that raced it sees the
+// change), the second writes or deletes
 // the value. Two statements, not one: a statement reads with the snapshot
 // it started with, so a DELETE in the same statement as the UPDATE would
 // miss a value that a Commit inserted while the UPDATE waited for that

@@ -92,11 +92,14 @@
 // committed is not in the statement's snapshot, and a second statement
 // reads it.
 //
-// Revoke ends the lease (clears the holder; the row and its token stay)
-// and replaces or deletes the value in one transaction of two statements
-// sent as one pipeline (one round trip); it waits for a Commit in
-// progress, whose value it then replaces, and its NOTIFY goes out on
-// commit. The batch calls (Client.GetMany, TryClaimMany,
+// Revoke ends the lease (clears the holder and bumps the token; a key
+// never claimed gets its claim row here, token 1, so the row is locked
+// and the fence moves at every revocation: a claim racing it is either
+// ended by it or reads what it stored, never the value from before with
+// a live lease) and replaces or deletes the value in one transaction of
+// two statements sent as one pipeline (one round trip); it waits for a
+// Commit in progress, whose value it then replaces, and its NOTIFY goes
+// out on commit. The batch calls (Client.GetMany, TryClaimMany,
 // CommitReleaseMany) are one statement each over arrays of keys, key by
 // key the single-key statement, and lock claim rows in key order so
 // concurrent batches cannot deadlock; CommitReleaseMany sends values over

@@ -142,14 +142,25 @@ WHERE ` + current("$2", "$3"),
   ` + release("$4", "$5") + `,
 w AS (` + commit + `)
 ` + notifyFrom("$6", wakePayload("$1::text", "$2::bytea", "$7"), "c"),
-		// revoke ends whatever lease key $1 has (the row, and so the
-		// token, stays) and sends the wake-up on commit; Revoke runs the
-		// value's write (set or del) after it in the same transaction.
-		// The UPDATE takes the row whether or not it is held: a lease
-		// granted after the statement's snapshot is ended too (the row
-		// is re-read once its lock is free), and a Commit in progress,
-		// which holds the row's share lock, finishes first.
-		revoke: `WITH r AS (UPDATE ` + c + ` SET holder = NULL, expires_at = clock_timestamp() WHERE key = $1)
+		// revoke ends whatever lease key $1 has and bumps the token (a
+		// key without a claim row gets one, token 1), and sends the
+		// wake-up on commit; Revoke runs the value's write (set or del)
+		// after it in the same transaction. The upsert takes the row
+		// whether or not it is held: a lease granted after the
+		// statement's snapshot is ended too (the row is re-read once its
+		// lock is free), and a Commit in progress, which holds the row's
+		// share lock, finishes first. The token moves (and the row
+		// exists) so that a claimRead whose snapshot predates this
+		// transaction's commit, and whose claim waited for the row until
+		// it, sees that the row changed since its snapshot and reads the
+		// value again: with the token left as it was, a free key's claim
+		// looked unchanged and read the value from before the
+		// revocation, and a key without a row was not locked at all, so
+		// the claim went ahead of the revocation, which did not end it
+		// (a holder then committed a stale value over RevokeSet's).
+		revoke: `WITH r AS (
+  INSERT INTO ` + c + ` AS c (key, holder, token, expires_at) VALUES ($1, NULL, 1, clock_timestamp())
+  ON CONFLICT (key) DO UPDATE SET holder = NULL, token = c.token + 1, expires_at = clock_timestamp())
 SELECT pg_notify($2, $3)`,
 		// lockKey, the first statement of every queue operation (Enqueue,
 		// Dequeue, HandOff), locks key $1's claim row, inserting a free
