@@ -154,6 +154,10 @@ type backend struct {
 
 	entMu   sync.Mutex
 	entries map[string]idleLease // queue entry of a local waiter -> the etcd lease it is on (queue.go)
+	// enqueuing: the queue entries of Enqueue calls under way -> whether
+	// the grant watch saw the key granted to that entry's holder before
+	// the call returned (queue.go).
+	enqueuing map[string]bool
 
 	qcMu    sync.Mutex
 	qcaches map[string]*queueCache // lock key of a key held here fairly -> its queue (qcache.go)
@@ -196,6 +200,7 @@ func newBackend(cli *clientv3.Client, cfg *clientv3.Config, o Options) (*backend
 		idle:      map[int64][]idleLease{},
 		seen:      map[string]seenClaim{},
 		entries:   map[string]idleLease{},
+		enqueuing: map[string]bool{},
 		qcaches:   map[string]*queueCache{},
 		waiting:   map[clientv3.LeaseID][]chan renewal{},
 	}

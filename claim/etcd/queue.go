@@ -156,10 +156,15 @@ func (b *backend) entryLease(ctx context.Context, cli *clientv3.Client, ek strin
 }
 
 // keepEntry records that holder's entry ek is on il (queued), forget that
-// it is not (granted, dequeued).
+// it is not (granted, dequeued). An Enqueue records its entry once its
+// write's answer says it is queued; a grant that this process's grant
+// watch saw first (enqueuing) is not undone by that late record.
 func (b *backend) keepEntry(ek string, il idleLease, sec int64) {
 	b.entMu.Lock()
 	defer b.entMu.Unlock()
+	if b.enqueuing[ek] {
+		return // granted already: il is the lock's lease now
+	}
 	if len(b.entries) >= maxSeen {
 		now := time.Now()
 		for k, e := range b.entries {
@@ -183,6 +188,36 @@ func (b *backend) forgetEntry(ek string) (idleLease, bool) {
 	return il, ok
 }
 
+// startEnqueue notes that an Enqueue of entry ek is under way; the
+// function it returns ends the note.
+func (b *backend) startEnqueue(ek string) (done func()) {
+	b.entMu.Lock()
+	b.enqueuing[ek] = false
+	b.entMu.Unlock()
+	return func() {
+		b.entMu.Lock()
+		delete(b.enqueuing, ek)
+		b.entMu.Unlock()
+	}
+}
+
+// granted is the grant watch's: the key was granted to the holder of
+// entry ek. It reports whether that holder is a waiter of this process
+// (its entry recorded, or its Enqueue still under way: a grant can be
+// seen before the answer of the write that queued it), and forgets the
+// entry.
+func (b *backend) granted(ek string) bool {
+	b.entMu.Lock()
+	defer b.entMu.Unlock()
+	_, ok := b.entries[ek]
+	delete(b.entries, ek)
+	if _, under := b.enqueuing[ek]; under {
+		b.enqueuing[ek] = true
+		ok = true
+	}
+	return ok
+}
+
 // Enqueue implements driver.Queuer. The common cases are one transaction
 // (with a keep-alive of the entry's etcd lease sent alongside; a grant
 // first if this process has no lease for the entry): if the lock key
@@ -204,6 +239,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 	lk, gk, qp := b.lockKey(key), b.grantKey(key), b.queuePrefix(key)
 	ek := qp + holder
 	start := time.Now()
+	defer b.startEnqueue(ek)()
 	il, renewed, err := b.entryLease(ctx, cli, ek, sec, start)
 	if err != nil {
 		return driver.Lease{}, b.fail(ctx, err)
@@ -518,7 +554,7 @@ func (b *backend) SubscribeGrants(ctx context.Context, key string, grant func(dr
 				s.deliver(g)
 				// A local waiter's entry lease is the lock's now; and
 				// its release will want to know the queue.
-				if _, local := b.forgetEntry(qp + g.Holder); local {
+				if b.granted(qp + g.Holder) {
 					b.cacheQueue(key, g.Holder)
 				}
 			}

@@ -7,12 +7,14 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
+	"google.golang.org/grpc"
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
@@ -250,5 +252,117 @@ func BenchmarkHandOff(b *testing.B) {
 			b.ReportMetric(p50(ml), "mutex-p50-ms")
 			b.ReportMetric(0, "ns/op")
 		})
+	}
+}
+
+// enqueueMark marks the context of the waiter's AcquireFair in
+// TestGrantBeforeEnqueueAnswer.
+type enqueueMark struct{}
+
+// TestGrantBeforeEnqueueAnswer: a waiter whose grant reaches its grant
+// watch before its own Enqueue's answer reaches the driver still keeps a
+// queue cache as the new holder (so its hand-over is one Txn), and no
+// note of a queued entry is left behind for it. The waiter's Enqueue
+// write (its first Txn) lands, and its answer is held at a gRPC
+// interceptor until the holder has released and the grant has been
+// seen. The driver noted a local waiter only after that answer, so such a
+// grant started no queue cache, and the late note then stayed (Consul
+// had the same order; a CI run met it there).
+func TestGrantBeforeEnqueueAnswer(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Etcd)
+	prefix := fmt.Sprintf("gbea-%d", time.Now().UnixNano())
+	gate := make(chan struct{})
+	var once sync.Once
+	open := gatedOnce(gate, &once)
+	holder := backendtest.Open(t, withPrefix(t, srv, prefix))
+	cli := userClient(t, clientv3.Config{Endpoints: []string{srv.Addr()},
+		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(open)}})
+	waiter, err := New(cli, &Options{Prefix: prefix})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { waiter.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	l0, err := holder.AcquireFair(ctx, "k", time.Minute)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type res struct {
+		l   claim.Lease
+		err error
+	}
+	got := make(chan res, 1)
+	go func() {
+		l, err := waiter.AcquireFair(context.WithValue(ctx, enqueueMark{}, true), "k", time.Minute)
+		got <- res{l, err}
+	}()
+	release := func() { closeOnce(gate) }
+	defer release()
+	waitCached(t, holder, "k", 1) // the waiter's entry is in the queue
+	if err := holder.Release(ctx, l0); err != nil {
+		t.Fatal(err)
+	}
+	// The grant reaches the waiter's grant watch while its Enqueue's
+	// answer is held: wait until the watch has taken the waiter's queue
+	// cache (with the fix) or a second has passed (without).
+	b := drv(waiter)
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		b.qcMu.Lock()
+		_, ok := b.qcaches[b.lockKey("k")]
+		b.qcMu.Unlock()
+		if ok {
+			break
+		}
+	}
+	release()
+	r := <-got
+	if r.err != nil {
+		t.Fatal(r.err)
+	}
+	b.qcMu.Lock()
+	qc := b.qcaches[b.lockKey("k")]
+	b.qcMu.Unlock()
+	if qc == nil {
+		t.Fatal("the waiter, granted before its Enqueue's answer, keeps no queue cache as the key's holder")
+	}
+	qc.mu.Lock()
+	h := qc.holder
+	qc.mu.Unlock()
+	if h != r.l.Holder {
+		t.Errorf("queue cache for holder %q, want the granted waiter %q", h, r.l.Holder)
+	}
+	b.entMu.Lock()
+	_, stale := b.entries[b.queuePrefix("k")+r.l.Holder]
+	b.entMu.Unlock()
+	if stale {
+		t.Errorf("a note of the granted waiter's entry as queued was left")
+	}
+	if err := waiter.Release(ctx, r.l); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// gatedOnce is a gRPC interceptor that holds the answer of the first Txn
+// made on a context marked with enqueueMark until gate is closed.
+func gatedOnce(gate chan struct{}, once *sync.Once) grpc.UnaryClientInterceptor {
+	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+		err := invoker(ctx, method, req, reply, cc, opts...)
+		if method == "/etcdserverpb.KV/Txn" && ctx.Value(enqueueMark{}) != nil {
+			once.Do(func() { <-gate })
+		}
+		return err
+	}
+}
+
+var closeMu sync.Mutex
+
+func closeOnce(ch chan struct{}) {
+	closeMu.Lock()
+	defer closeMu.Unlock()
+	select {
+	case <-ch:
+	default:
+		close(ch)
 	}
 }
