@@ -55,11 +55,27 @@ type PollState struct {
 	// expiry as far as the backend can tell), or zero if nothing is due.
 	// The poller never sleeps past it.
 	Expires time.Time
+	// Value, when Valued, is the value stored by the CommitRelease that
+	// set Token, read in the same request as the rest (a
+	// PollValueReader's, for SubscribeWithValue): a wake-up it causes carries
+	// it, so that a woken waiter answers without reading the key.
+	Value  []byte
+	Valued bool
 }
 
 // PollReader reads the state of key. It is called from Subscribe (with the
 // subscriber's context) and from the key's loop.
 type PollReader func(ctx context.Context, key string) (PollState, error)
+
+// PollValueReader is a PollReader that can also read the value a
+// CommitRelease stored (PollState.Value), for a driver that can tell, in
+// the same request, that the state's Token was set by a CommitRelease.
+// since is the Token the key's previous read saw: the value is wanted
+// only when the Token differs from it (a wake-up), and not at all when
+// since is "" (a subscription's first read). A reader may leave Valued
+// false whenever it likes (a value over its size bound, say): waiters
+// then read the key.
+type PollValueReader func(ctx context.Context, key, since string) (PollState, error)
 
 // Defaults for PollOptions.
 const (
@@ -158,7 +174,7 @@ func Wakes(prev, next PollState) bool {
 // Poller implements Notifier's Subscribe and Unsubscribe by polling. It is
 // safe for concurrent use.
 type Poller struct {
-	read PollReader
+	read PollValueReader
 	opt  PollOptions
 
 	// Reads in flight are not cut short by Unsubscribe (a request
@@ -198,6 +214,12 @@ const closeGrace = time.Second
 // when its state changed, or when a read failed (so that waiters re-check
 // and see the error themselves).
 func NewPoller(read PollReader, opt *PollOptions) *Poller {
+	return NewValuePoller(func(ctx context.Context, key, _ string) (PollState, error) { return read(ctx, key) }, opt)
+}
+
+// NewValuePoller is NewPoller with a reader that can carry a
+// CommitRelease's value: SubscribeWithValue's wake-ups then carry it.
+func NewValuePoller(read PollValueReader, opt *PollOptions) *Poller {
 	reads, cancel := context.WithCancel(context.Background())
 	return &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, readCtx: reads, cancelReads: cancel}
 }
@@ -207,15 +229,15 @@ func NewPoller(read PollReader, opt *PollOptions) *Poller {
 type pollLoop struct {
 	cancel context.CancelFunc
 	mu     sync.Mutex
-	wake   func()
+	wake   func(value []byte)
 	off    bool
 }
 
-func (l *pollLoop) fire() {
+func (l *pollLoop) fire(value []byte) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if !l.off {
-		l.wake()
+		l.wake(value)
 	}
 }
 
@@ -231,11 +253,20 @@ func (l *pollLoop) stop() {
 // A failed read is returned and starts nothing. It fails with ErrClosed
 // after Close.
 func (p *Poller) Subscribe(ctx context.Context, key string, wake func()) error {
+	return p.SubscribeWithValue(ctx, key, func([]byte) { wake() })
+}
+
+// SubscribeWithValue is Subscribe for a driver's SubscribeValue
+// (driver.ValueNotifier): a wake-up caused by a read whose state carries
+// a value (a NewValuePoller's reader's PollState.Value) passes it to
+// wake, every other wake-up nil. (Not named SubscribeValue, so that a
+// driver embedding a Poller does not become a ValueNotifier by it.)
+func (p *Poller) SubscribeWithValue(ctx context.Context, key string, wake func(value []byte)) error {
 	if p.isClosed() {
 		return ErrClosed
 	}
 	p.reads.Add(1)
-	st, err := p.read(ctx, key)
+	st, err := p.read(ctx, key, "")
 	if err != nil {
 		return err
 	}
@@ -372,7 +403,7 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 		}
 		rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
 		p.reads.Add(1)
-		ns, err := p.read(rctx, key)
+		ns, err := p.read(rctx, key, st.Token)
 		cancel()
 		if ctx.Err() != nil {
 			return
@@ -382,7 +413,7 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 			// the error themselves. The last good state stays the
 			// reference, so a change hidden by the failures wakes too.
 			if !failing && !errors.Is(err, ErrClosed) {
-				l.fire()
+				l.fire(nil)
 			}
 			failing = true
 			continue
@@ -404,7 +435,14 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 			held = got
 		}
 		if Wakes(st, ns) {
-			l.fire()
+			var v []byte
+			if ns.Valued && ns.Token != st.Token {
+				v = ns.Value
+				if v == nil {
+					v = []byte{}
+				}
+			}
+			l.fire(v)
 			bo.Reset()
 		} else if atExpiry {
 			// Due to change and did not yet (server-side expiry lags

@@ -461,3 +461,87 @@ func TestPollerHoldEstimate(t *testing.T) {
 		t.Errorf("spread holds: %.1f reads a wait against %.1f for the backoff alone", lReads, bReads)
 	}
 }
+
+// TestPollerCarriesValue: with a PollValueReader, a wake-up caused by a
+// Token whose state carries a value passes it to SubscribeWithValue's wake
+// (an empty value as empty, not nil), every other wake-up nil; the reader
+// is asked for a value with the Token the previous read saw, never on the
+// subscription's first read; Subscribe's wake still works.
+func TestPollerCarriesValue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var (
+			mu     sync.Mutex
+			st     = PollState{Token: "1"}
+			sinces []string
+			got    [][]byte
+		)
+		read := func(ctx context.Context, key, since string) (PollState, error) {
+			if key != "k" {
+				return PollState{Token: "p"}, nil
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			sinces = append(sinces, since)
+			out := st
+			if !st.Valued || since == "" || since == st.Token {
+				out.Value, out.Valued = nil, false
+			}
+			return out, nil
+		}
+		set := func(s PollState) {
+			mu.Lock()
+			st = s
+			mu.Unlock()
+		}
+		p := NewValuePoller(read, &PollOptions{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond, NoHoldEstimate: true})
+		defer p.Close()
+		set(PollState{Token: "1", Value: []byte("old"), Valued: true})
+		if err := p.SubscribeWithValue(context.Background(), "k", func(v []byte) {
+			mu.Lock()
+			got = append(got, v)
+			mu.Unlock()
+		}); err != nil {
+			t.Fatal(err)
+		}
+		plain := 0
+		if err := p.Subscribe(context.Background(), "p", func() { plain++ }); err != nil {
+			t.Fatal(err)
+		}
+		step := func(s PollState) {
+			set(s)
+			time.Sleep(time.Second)
+		}
+		step(PollState{Token: "3", Value: []byte("v3"), Valued: true}) // a CommitRelease
+		step(PollState{Token: "4"})                                    // a Release
+		step(PollState{Token: "5", Value: []byte{}, Valued: true})     // an empty value committed
+		step(PollState{Token: "5", Holder: "h"})                       // claimed: no wake-up
+		step(PollState{Token: "5"})                                    // the claim ran out: a wake-up, no value
+		mu.Lock()
+		defer mu.Unlock()
+		want := []string{"v3", "<nil>", "", "<nil>"}
+		if len(got) != len(want) {
+			t.Fatalf("%d wake-ups %q, want %d", len(got), got, len(want))
+		}
+		for i, v := range got {
+			s := string(v)
+			if v == nil {
+				s = "<nil>"
+			}
+			if s != want[i] {
+				t.Errorf("wake-up %d carried %q, want %s", i, s, want[i])
+			}
+		}
+		if sinces[0] != "" {
+			t.Errorf("the first read was asked for a value since %q, want none", sinces[0])
+		}
+		for _, s := range sinces[1:] {
+			if s == "" {
+				t.Errorf("a loop's read was asked with since \"\": %q", sinces)
+				break
+			}
+		}
+		if plain != 0 {
+			t.Errorf("Subscribe's wake called %d times for a key nobody changed", plain)
+		}
+	})
+}

@@ -61,7 +61,7 @@ func buildQueueSQL(c, fq string) queueSQL {
 	}
 	// release ends the lease with nobody to grant it to, waking the key's
 	// subscribers.
-	release := `UPDATE ` + c + ` SET holder = NULL, expires = v_now, ev = ev + 1 WHERE k = p_k;
+	release := `UPDATE ` + c + ` SET holder = NULL, expires = v_now, ev = ` + evNext + ` WHERE k = p_k;
   `
 	// queue puts p_h at the tail (a new seq), or renews its entry, which
 	// keeps its place while it is alive. MySQL assigns left to right: seq

@@ -3,6 +3,7 @@ package mysql
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"strings"
 
 	"github.com/stampede-go/stampede/claim"
@@ -21,6 +22,7 @@ type queries struct {
 	claims, values, queue                                       string
 	claim, claimRead, extend, release, commit, commitRelease    string
 	revoke, revokeDel, notify, poll, get, set, del, sweep, ping string
+	pollValue                                                   string
 	tables                                                      string
 	migrate                                                     []string
 	getMany                                                     string // batch.go
@@ -28,6 +30,20 @@ type queries struct {
 
 // quote quotes a table name (the prefix is checked: letters, digits, _ $).
 func quote(name string) string { return "`" + name + "`" }
+
+// The wake-up counter (ev) of a claim row: every Release, Revoke, Notify
+// and hand-over moves it to the next even number (evNext), a
+// CommitRelease to the next odd one (evCommitted), so a poll can tell
+// that the last wake-up was a CommitRelease's and carry the value it
+// stored (pollValue). Nothing lowers it.
+const (
+	evNext      = `ev + 2 - ev % 2`
+	evCommitted = `ev + 1 + ev % 2`
+)
+
+// maxWakeValue bounds the values a poll carries (driver.ValueNotifier):
+// a waiter reads a larger one.
+const maxWakeValue = 64 << 10
 
 func buildQueries(prefix string) queries {
 	c, v, fq := quote(prefix+"claims"), quote(prefix+"values"), quote(prefix+"queue")
@@ -63,8 +79,8 @@ RETURNING token, holder, expires - ` + nowUS
 	lost := `IF ROW_COUNT() = 0 THEN SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '` + lostMessage + `'; END IF`
 	// endLease ends key ?'s lease, whoever holds it, bumping the wake-up
 	// counter (a row is made, token 0, for a key that has none).
-	endLease := `INSERT INTO ` + c + ` (k, holder, token, expires, ev) VALUES (?, NULL, 0, ` + nowUS + `, 1)
-  ON DUPLICATE KEY UPDATE holder = NULL, expires = ` + nowUS + `, ev = ev + 1`
+	endLease := `INSERT INTO ` + c + ` (k, holder, token, expires, ev) VALUES (?, NULL, 0, ` + nowUS + `, 2)
+  ON DUPLICATE KEY UPDATE holder = NULL, expires = ` + nowUS + `, ev = ` + evNext
 	set := `INSERT INTO ` + v + ` (k, v, expires) VALUES (?, ?, ` + vexp("?") + `)` + upsertValue
 	return queries{
 		claims: c, values: v, queue: fq,
@@ -81,7 +97,7 @@ RETURNING token, holder, expires - ` + nowUS
 		claimRead: strings.Replace(claim, "\nRETURNING token, holder, expires - "+nowUS,
 			"\nRETURNING token, holder, expires - "+nowUS+", (SELECT v FROM "+v+" WHERE "+v+".k = "+c+".k AND ("+v+".expires IS NULL OR "+v+".expires > "+nowUS+") LOCK IN SHARE MODE)", 1),
 		extend:  `UPDATE ` + c + ` SET expires = ` + nowUS + ` + ? WHERE ` + current,
-		release: `UPDATE ` + c + ` SET holder = NULL, expires = ` + nowUS + `, ev = ev + 1 WHERE ` + current,
+		release: `UPDATE ` + c + ` SET holder = NULL, expires = ` + nowUS + `, ev = ` + evNext + ` WHERE ` + current,
 		// commit writes the value only while the lease is current: the
 		// claim row is read with a share lock, so a takeover or a Revoke
 		// waits for the commit (and then replaces what it wrote), or the
@@ -89,17 +105,28 @@ RETURNING token, holder, expires - ` + nowUS
 		commit: `INSERT INTO ` + v + ` (k, v, expires) SELECT ?, ?, ` + vexp("?") + ` FROM ` + c + ` WHERE ` + current + ` LOCK IN SHARE MODE` + upsertValue,
 		// commitRelease: release (or signal lost) and write, one transaction.
 		commitRelease: compound(
-			`UPDATE `+c+` SET holder = NULL, expires = `+nowUS+`, ev = ev + 1 WHERE `+current,
+			`UPDATE `+c+` SET holder = NULL, expires = `+nowUS+`, ev = `+evCommitted+` WHERE `+current,
 			lost,
 			set),
 		revoke:    compound(endLease, set),
 		revokeDel: compound(endLease, `DELETE FROM `+v+` WHERE k = ?`),
-		notify:    `INSERT INTO ` + c + ` (k, holder, token, expires, ev) VALUES (?, NULL, 0, ` + nowUS + `, 1) ON DUPLICATE KEY UPDATE ev = ev + 1`,
+		notify:    `INSERT INTO ` + c + ` (k, holder, token, expires, ev) VALUES (?, NULL, 0, ` + nowUS + `, 2) ON DUPLICATE KEY UPDATE ev = ` + evNext,
 		poll:      `SELECT holder, token, ev, expires - ` + nowUS + ` FROM ` + c + ` WHERE k = ?`,
-		get:       `SELECT v FROM ` + v + ` WHERE k = ? AND (expires IS NULL OR expires > ` + nowUS + `)`,
-		set:       set,
-		del:       `DELETE FROM ` + v + ` WHERE k = ?`,
-		sweep:     `DELETE FROM ` + v + ` WHERE expires <= ` + nowUS + ` LIMIT ?`,
+		// pollValue is poll plus, when asked (the first ?) and the wake-up
+		// counter is odd (a CommitRelease set it) and differs from the
+		// one the previous poll saw (the second ?), the key's unexpired
+		// value if it is at most maxWakeValue bytes long, and whether
+		// there is one: one consistent read of both tables, so the value
+		// is the one the counter's CommitRelease stored (or a later
+		// Set's).
+		pollValue: `SELECT c.holder, c.token, c.ev, c.expires - ` + nowUS + `, w.v, w.k IS NOT NULL FROM ` + c + ` c
+LEFT JOIN ` + v + ` w ON ? AND c.ev % 2 = 1 AND c.ev <> ? AND w.k = c.k
+  AND (w.expires IS NULL OR w.expires > ` + nowUS + `) AND LENGTH(w.v) <= ` + strconv.Itoa(maxWakeValue) + `
+WHERE c.k = ?`,
+		get:   `SELECT v FROM ` + v + ` WHERE k = ? AND (expires IS NULL OR expires > ` + nowUS + `)`,
+		set:   set,
+		del:   `DELETE FROM ` + v + ` WHERE k = ?`,
+		sweep: `DELETE FROM ` + v + ` WHERE expires <= ` + nowUS + ` LIMIT ?`,
 		// ping: statements that change nothing but need every privilege
 		// the driver uses, one round trip.
 		ping: "BEGIN NOT ATOMIC\n  " + strings.Join([]string{

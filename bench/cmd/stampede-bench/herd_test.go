@@ -275,7 +275,7 @@ func TestHerdProcessesRedis(t *testing.T) {
 }
 
 // waitersTakeTheWakeValue: on a backend whose wake-ups carry the holder's
-// value (driver.ValueNotifier: Redis), a process that loaded nothing
+// value (driver.ValueNotifier: Redis, the other push backends, MariaDB), a process that loaded nothing
 // reads each key once (before it waits) and never after its wake-up: 3
 // round trips per key (get, subscribe, claim+read). One more get is
 // allowed: the read of the cache's generation after a reset of the
@@ -319,6 +319,9 @@ func TestHerdProcessesNewBackends(t *testing.T) {
 			useTestBinary(t)
 			h := herdRun(t, herdConfig{Backend: srv.URL(), Procs: 8, Callers: 1000, Keys: 1, Rounds: 1, Load: 100 * time.Millisecond})
 			oneLoadPerKey(t, h)
+			// NATS pushes the value; MariaDB is polled, but the poll
+			// that sees the release carries it (driver.PollValueReader).
+			waitersTakeTheWakeValue(t, h)
 			// Processes simulated in one start the same instant, and an
 			// instant loader puts the commit among the waiters' claims:
 			// MariaDB's claim statement once deadlocked here (fail-open
