@@ -56,9 +56,9 @@ type PollState struct {
 	// The poller never sleeps past it.
 	Expires time.Time
 	// Value, when Valued, is the value stored by the CommitRelease that
-	// set Token, read in the same request as the rest (a
-	// PollValueReader's, for SubscribeWithValue): a wake-up it causes carries
-	// it, so that a woken waiter answers without reading the key.
+	// set Token, read in the same request as the rest (by a
+	// PollValueReader, for SubscribeWithValue): the wake-up it causes
+	// carries it, so that a woken waiter answers without reading the key.
 	Value  []byte
 	Valued bool
 }
