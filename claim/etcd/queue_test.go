@@ -272,8 +272,8 @@ func TestGrantBeforeEnqueueAnswer(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Etcd)
 	prefix := fmt.Sprintf("gbea-%d", time.Now().UnixNano())
 	gate := make(chan struct{})
-	var once sync.Once
-	open := gatedOnce(gate, &once)
+	release := sync.OnceFunc(func() { close(gate) })
+	open := gatedOnce(gate)
 	holder := backendtest.Open(t, withPrefix(t, srv, prefix))
 	cli := userClient(t, clientv3.Config{Endpoints: []string{srv.Addr()},
 		DialOptions: []grpc.DialOption{grpc.WithUnaryInterceptor(open)}})
@@ -297,7 +297,6 @@ func TestGrantBeforeEnqueueAnswer(t *testing.T) {
 		l, err := waiter.AcquireFair(context.WithValue(ctx, enqueueMark{}, true), "k", time.Minute)
 		got <- res{l, err}
 	}()
-	release := func() { closeOnce(gate) }
 	defer release()
 	waitCached(t, holder, "k", 1) // the waiter's entry is in the queue
 	if err := holder.Release(ctx, l0); err != nil {
@@ -345,24 +344,13 @@ func TestGrantBeforeEnqueueAnswer(t *testing.T) {
 
 // gatedOnce is a gRPC interceptor that holds the answer of the first Txn
 // made on a context marked with enqueueMark until gate is closed.
-func gatedOnce(gate chan struct{}, once *sync.Once) grpc.UnaryClientInterceptor {
+func gatedOnce(gate <-chan struct{}) grpc.UnaryClientInterceptor {
+	var once sync.Once
 	return func(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
 		err := invoker(ctx, method, req, reply, cc, opts...)
 		if method == "/etcdserverpb.KV/Txn" && ctx.Value(enqueueMark{}) != nil {
 			once.Do(func() { <-gate })
 		}
 		return err
-	}
-}
-
-var closeMu sync.Mutex
-
-func closeOnce(ch chan struct{}) {
-	closeMu.Lock()
-	defer closeMu.Unlock()
-	select {
-	case <-ch:
-	default:
-		close(ch)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
@@ -170,14 +171,9 @@ func TestRevokeWaitsForCommit(t *testing.T) {
 			prefix := "rw" + randID() + "_"
 			c, d := newClient(t, nil, "prefix", prefix)
 			l := backendtest.Claim(t, c, "k", time.Hour)
-			tx, err := d.pool.Begin(ctx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer tx.Rollback(context.Background())
-			tag, err := tx.Exec(ctx, d.q.commit, d.keys.Encode("k"), []byte("stale"), int64(0), int64(l.Token), l.Holder)
-			if err != nil || tag.RowsAffected() != 1 {
-				t.Fatalf("commit in a transaction: %v, %v", tag, err)
+			tx, tag := openStatement(ctx, t, d, d.q.commit, d.keys.Encode("k"), []byte("stale"), int64(0), int64(l.Token), l.Holder)
+			if tag.RowsAffected() != 1 {
+				t.Fatalf("commit in a transaction changed %d rows", tag.RowsAffected())
 			}
 			done := make(chan error, 1)
 			go func() {
@@ -203,6 +199,22 @@ func TestRevokeWaitsForCommit(t *testing.T) {
 			}
 		})
 	}
+}
+
+// openStatement runs one of d's statements in a transaction it leaves
+// open (holding the statement's locks), rolled back when the test ends.
+func openStatement(ctx context.Context, t *testing.T, d *backend, sql string, args ...any) (pgx.Tx, pgconn.CommandTag) {
+	t.Helper()
+	tx, err := d.pool.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = tx.Rollback(context.Background()) })
+	tag, err := tx.Exec(ctx, sql, args...)
+	if err != nil {
+		t.Fatalf("a statement in a transaction: %v", err)
+	}
+	return tx, tag
 }
 
 // awaitLockWait returns once a statement starting with start, on the

@@ -568,15 +568,10 @@ func claimReadSeesReleaseDuringWait(t *testing.T, batch bool) {
 		t.Fatal(err)
 	}
 	// a's CommitRelease, held open in a transaction.
-	tx, err := ad.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
 	enc := ad.keys.Encode("k")
-	tag, err := tx.Exec(ctx, ad.q.commitRelease, enc, []byte("committed"), int64(0), int64(l.Token), l.Holder, ad.channel, keyPayload(enc))
-	if err != nil || tag.RowsAffected() != 1 {
-		t.Fatalf("commit-release in a transaction: %v, %v", tag, err)
+	tx, tag := openStatement(ctx, t, ad, ad.q.commitRelease, enc, []byte("committed"), int64(0), int64(l.Token), l.Holder, ad.channel, keyPayload(enc))
+	if tag.RowsAffected() != 1 {
+		t.Fatalf("commit-release in a transaction changed %d rows", tag.RowsAffected())
 	}
 	type res struct {
 		v     []byte
@@ -757,15 +752,8 @@ func claimReadAfterRevoke(t *testing.T, fresh, batch bool) {
 			t.Fatal(err)
 		}
 	}
-	tx, err := ad.pool.Begin(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer tx.Rollback(context.Background())
 	enc := ad.keys.Encode("k")
-	if _, err := tx.Exec(ctx, ad.q.revoke, enc, ad.channel, keyPayload(enc)); err != nil {
-		t.Fatalf("revoke's first statement in a transaction: %v", err)
-	}
+	tx, _ := openStatement(ctx, t, ad, ad.q.revoke, enc, ad.channel, keyPayload(enc))
 	type res struct {
 		l     claim.Lease
 		v     []byte
