@@ -33,6 +33,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"slices"
 	"sync"
@@ -76,6 +77,12 @@ type PollReader func(ctx context.Context, key string) (PollState, error)
 // false whenever it likes (a value over its size bound, say): waiters
 // then read the key.
 type PollValueReader func(ctx context.Context, key, since string) (PollState, error)
+
+// PollManyReader reads the states of many keys in one request (a
+// multi-get, a batch read), since[i] being keys[i]'s as for a
+// PollValueReader: it returns one state per key, in keys' order, or an
+// error for all of them. See NewBatchPoller.
+type PollManyReader func(ctx context.Context, keys, since []string) ([]PollState, error)
 
 // Defaults for PollOptions.
 const (
@@ -174,8 +181,9 @@ func Wakes(prev, next PollState) bool {
 // Poller implements Notifier's Subscribe and Unsubscribe by polling. It is
 // safe for concurrent use.
 type Poller struct {
-	read PollValueReader
-	opt  PollOptions
+	read  PollValueReader
+	opt   PollOptions
+	batch *pollBatcher // nil: each loop reads its key alone
 
 	// Reads in flight are not cut short by Unsubscribe (a request
 	// aborted mid-way costs the server more than finishing it, and
@@ -197,7 +205,8 @@ type Poller struct {
 func (p *Poller) Options() PollOptions { return p.opt }
 
 // Reads returns how many reads the Poller has made (Subscribe's and its
-// loops'), for metrics and benchmarks.
+// loops'), for metrics and benchmarks: requests to the backend, a batch
+// of keys read together (NewBatchPoller) counting as one.
 func (p *Poller) Reads() uint64 { return p.reads.Load() }
 
 // PollCounter is optional, for a driver that polls: PollReads returns how
@@ -222,6 +231,122 @@ func NewPoller(read PollReader, opt *PollOptions) *Poller {
 func NewValuePoller(read PollValueReader, opt *PollOptions) *Poller {
 	reads, cancel := context.WithCancel(context.Background())
 	return &Poller{read: read, opt: opt.withDefaults(), keys: map[string]*pollLoop{}, readCtx: reads, cancelReads: cancel}
+}
+
+// NewBatchPoller is NewValuePoller for a driver that can read many keys'
+// states in one request (readMany, at most maxKeys keys a request; less
+// than 1 means 1). Subscribe's first read is read's; the loops' reads go
+// together: a loop whose read falls due while pollSenders requests are
+// in flight queues it, and the next request carries every queued read
+// (up to maxKeys), so a process waiting on many keys at once (a batch herd:
+// hundreds of keys, each with its loop) sends a few requests per round of
+// polling instead of one per key, while a lone loop's read goes out at
+// once, as with NewValuePoller. A read waits at most for the requests
+// ahead of it, each bounded by ReadTimeout.
+func NewBatchPoller(read PollValueReader, readMany PollManyReader, maxKeys int, opt *PollOptions) *Poller {
+	p := NewValuePoller(read, opt)
+	p.batch = &pollBatcher{read: readMany, max: max(maxKeys, 1)}
+	return p
+}
+
+// pollSenders is how many batched reads a Poller has in flight at most.
+const pollSenders = 2
+
+// pollBatcher groups the loops' reads of a NewBatchPoller. A loop whose
+// read is due sends it, with whatever reads are queued, if fewer than
+// pollSenders requests are in flight (busy); else it queues its read and
+// waits. A sender that finds reads queued once its request is answered
+// hands the lead to the first of them (busy unchanged), whose loop sends
+// the next request: no goroutine of its own, and no loop sends for
+// others for longer than one request.
+type pollBatcher struct {
+	read PollManyReader
+	max  int
+
+	mu    sync.Mutex
+	queue []*pollReq
+	busy  int
+}
+
+// pollReq is one loop's read: its result, or lead (this loop sends the
+// next request), is set before done is closed.
+type pollReq struct {
+	key, since string
+	st         PollState
+	err        error
+	lead       bool
+	done       chan struct{}
+}
+
+// readBatched is a loop's read of key through p.batch.
+func (p *Poller) readBatched(key, since string) (PollState, error) {
+	b := p.batch
+	r := &pollReq{key: key, since: since}
+	b.mu.Lock()
+	if b.busy >= pollSenders {
+		r.done = make(chan struct{})
+		b.queue = append(b.queue, r)
+		b.mu.Unlock()
+		<-r.done
+		if !r.lead {
+			return r.st, r.err
+		}
+	} else {
+		b.busy++
+		b.mu.Unlock()
+	}
+	p.sendBatch(r)
+	return r.st, r.err
+}
+
+// sendBatch sends own's read and up to max-1 queued ones in one request,
+// answers them, and hands the lead on (or gives up its place in busy).
+func (p *Poller) sendBatch(own *pollReq) {
+	b := p.batch
+	b.mu.Lock()
+	n := min(len(b.queue), b.max-1)
+	reqs := make([]*pollReq, 0, n+1)
+	reqs = append(append(reqs, own), b.queue[:n]...)
+	b.queue = b.queue[:copy(b.queue, b.queue[n:])]
+	clear(b.queue[len(b.queue):cap(b.queue)])
+	b.mu.Unlock()
+
+	keys, since := make([]string, len(reqs)), make([]string, len(reqs))
+	for i, r := range reqs {
+		keys[i], since[i] = r.key, r.since
+	}
+	rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
+	p.reads.Add(1)
+	sts, err := b.read(rctx, keys, since)
+	cancel()
+	if err == nil && len(sts) != len(keys) {
+		err = fmt.Errorf("driver: a poll read returned %d states for %d keys", len(sts), len(keys))
+	}
+	for i, r := range reqs {
+		if err != nil {
+			r.err = err
+		} else {
+			r.st = sts[i]
+		}
+	}
+
+	b.mu.Lock()
+	var next *pollReq
+	if len(b.queue) > 0 {
+		next = b.queue[0]
+		next.lead = true
+		b.queue = b.queue[:copy(b.queue, b.queue[1:])]
+		clear(b.queue[len(b.queue):cap(b.queue)])
+	} else {
+		b.busy--
+	}
+	b.mu.Unlock()
+	for _, r := range reqs[1:] {
+		close(r.done)
+	}
+	if next != nil {
+		close(next.done)
+	}
 }
 
 // pollLoop is one key's loop. Its wake is called under mu, and never once
@@ -401,10 +526,7 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 			return
 		case <-timer.C:
 		}
-		rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
-		p.reads.Add(1)
-		ns, err := p.read(rctx, key, st.Token)
-		cancel()
+		ns, err := p.loopRead(key, st.Token)
 		if ctx.Err() != nil {
 			return
 		}
@@ -451,6 +573,18 @@ func (p *Poller) loop(ctx context.Context, l *pollLoop, key string, st PollState
 		}
 		st = ns
 	}
+}
+
+// loopRead is a loop's read of key, whose last read saw the Token since:
+// alone, or batched with other loops' (NewBatchPoller).
+func (p *Poller) loopRead(key, since string) (PollState, error) {
+	if p.batch != nil {
+		return p.readBatched(key, since)
+	}
+	rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
+	defer cancel()
+	p.reads.Add(1)
+	return p.read(rctx, key, since)
 }
 
 // holdTimes learns how long claims are held, as one Poller's loops see

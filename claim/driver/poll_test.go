@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"testing/synctest"
@@ -542,6 +543,156 @@ func TestPollerCarriesValue(t *testing.T) {
 		}
 		if plain != 0 {
 			t.Errorf("Subscribe's wake called %d times for a key nobody changed", plain)
+		}
+	})
+}
+
+// manyFake is a substrate of many keys for NewBatchPoller: each request
+// takes a millisecond; it records the requests' sizes and how many were
+// in flight at once.
+type manyFake struct {
+	mu       sync.Mutex
+	token    map[string]string
+	err      error
+	requests int
+	keyReads int
+	largest  int
+	inFlight int
+	peak     int
+	wakes    map[string]int
+}
+
+func (f *manyFake) readMany(ctx context.Context, keys, since []string) ([]PollState, error) {
+	f.mu.Lock()
+	f.requests++
+	f.keyReads += len(keys)
+	f.largest = max(f.largest, len(keys))
+	f.inFlight++
+	f.peak = max(f.peak, f.inFlight)
+	f.mu.Unlock()
+	time.Sleep(time.Millisecond)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.inFlight--
+	if f.err != nil {
+		return nil, f.err
+	}
+	out := make([]PollState, len(keys))
+	for i, k := range keys {
+		out[i] = PollState{Token: f.token[k]}
+	}
+	return out, nil
+}
+
+func (f *manyFake) readOne(ctx context.Context, key, since string) (PollState, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return PollState{Token: f.token[key]}, nil
+}
+
+func (f *manyFake) setAll(keys []string, token string, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, k := range keys {
+		f.token[k] = token
+	}
+	f.err = err
+}
+
+func (f *manyFake) woken(keys []string) (lo, hi int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	lo = 1 << 30
+	for _, k := range keys {
+		lo, hi = min(lo, f.wakes[k]), max(hi, f.wakes[k])
+	}
+	return lo, hi
+}
+
+// TestBatchPollerGroupsReads: 300 keys' loops on a NewBatchPoller whose
+// requests take 1 ms share at most pollSenders requests in flight, each
+// of at most maxKeys keys, and every key is still read at least once per
+// Max and woken once per change (and once per failing streak).
+func TestBatchPollerGroupsReads(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		const n, maxKeys = 300, 64
+		f := &manyFake{token: map[string]string{}, wakes: map[string]int{}}
+		keys := make([]string, n)
+		for i := range keys {
+			keys[i] = fmt.Sprint("k", i)
+		}
+		f.setAll(keys, "a", nil)
+		p := NewBatchPoller(f.readOne, f.readMany, maxKeys, &PollOptions{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond, NoHoldEstimate: true})
+		defer p.Close()
+		for _, k := range keys {
+			if err := p.Subscribe(context.Background(), k, func() {
+				f.mu.Lock()
+				f.wakes[k]++
+				f.mu.Unlock()
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		time.Sleep(10 * time.Second)
+		f.mu.Lock()
+		req, kr, largest, peak := f.requests, f.keyReads, f.largest, f.peak
+		f.mu.Unlock()
+		t.Logf("10 s: %d requests, %d key reads, largest %d keys, %d in flight at most", req, kr, largest, peak)
+		if kr < n*10*20 {
+			t.Errorf("%d key reads in 10 s, want at least %d (one per Max per key)", kr, n*10*20)
+		}
+		// Unbatched, every key read would be a request: at least 60,000.
+		// Batched, at most pollSenders 1 ms requests are in flight.
+		if req > pollSenders*10*1000+pollSenders {
+			t.Errorf("%d requests in 10 s of 1 ms requests, want at most %d", req, pollSenders*10*1000)
+		}
+		if largest > maxKeys {
+			t.Errorf("a request read %d keys, want at most %d", largest, maxKeys)
+		}
+		if peak > pollSenders {
+			t.Errorf("%d requests in flight at once, want at most %d", peak, pollSenders)
+		}
+		if reads := p.Reads(); reads != uint64(req+n) {
+			t.Errorf("Reads() = %d, want %d (the requests and the %d Subscribe reads)", reads, req+n, n)
+		}
+		if lo, hi := f.woken(keys); hi != 0 {
+			t.Fatalf("woken %d–%d times without a change", lo, hi)
+		}
+		f.setAll(keys, "b", nil)
+		time.Sleep(time.Second)
+		if lo, hi := f.woken(keys); lo != 1 || hi != 1 {
+			t.Fatalf("woken %d–%d times after one change, want 1", lo, hi)
+		}
+		// A failing streak wakes every key once; its end, with a change
+		// hidden by it, once more.
+		f.setAll(keys, "b", errors.New("down"))
+		time.Sleep(time.Second)
+		if lo, hi := f.woken(keys); lo != 2 || hi != 2 {
+			t.Fatalf("woken %d–%d times after a failing streak, want 2", lo, hi)
+		}
+		f.setAll(keys, "c", nil)
+		time.Sleep(time.Second)
+		if lo, hi := f.woken(keys); lo != 3 || hi != 3 {
+			t.Fatalf("woken %d–%d times after the streak ended with a change, want 3", lo, hi)
+		}
+	})
+}
+
+// TestBatchPollerLoneLoop: a key polled alone by a NewBatchPoller is read
+// on its own schedule, as by NewPoller (no waiting for a batch).
+func TestBatchPollerLoneLoop(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		f := &manyFake{token: map[string]string{"k": "a"}, wakes: map[string]int{}}
+		p := NewBatchPoller(f.readOne, f.readMany, 64, &PollOptions{Min: 2 * time.Millisecond, Max: 50 * time.Millisecond, NoHoldEstimate: true})
+		defer p.Close()
+		if err := p.Subscribe(context.Background(), "k", func() {}); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(10 * time.Second)
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.requests < 10*20 || f.requests > 10*40+10 || f.keyReads != f.requests {
+			t.Fatalf("%d requests of %d key reads in 10 s with Max 50 ms, want within [200, 410], one key each", f.requests, f.keyReads)
 		}
 	})
 }

@@ -85,14 +85,13 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 // counter from what the loop holds, and its next poll wakes the key's
 // waiters, as with Subscribe. A failed read subscribes nothing.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
-	items, err := b.batchGet(ctx, keys, pollAttrs...)
+	sts, err := b.readStates(ctx, keys, nil)
 	if err != nil {
 		return err
 	}
-	now := time.Now()
 	pre := make(map[string]driver.PollState, len(keys))
 	for i, k := range keys {
-		pre[k] = b.pollState(items[i], now)
+		pre[k] = sts[i]
 	}
 	sctx := context.WithValue(ctx, preRead{}, pre)
 	for i, k := range keys {
@@ -101,6 +100,21 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 		}
 	}
 	return nil
+}
+
+// readStates is the batched poll (driver.NewBatchPoller): every key's
+// poll state in one strongly consistent BatchGetItem (batchGet).
+func (b *backend) readStates(ctx context.Context, keys, _ []string) ([]driver.PollState, error) {
+	items, err := b.batchGet(ctx, keys, pollAttrs...)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	out := make([]driver.PollState, len(keys))
+	for i := range keys {
+		out[i] = b.pollState(items[i], now)
+	}
+	return out, nil
 }
 
 // batchGet reads attrs of the items of keys, strongly consistent, with

@@ -157,7 +157,10 @@ func newBackend(client *dynamodb.Client, o Options) (*backend, error) {
 		creator:   make(chan struct{}, 1),
 	}
 	b.ClaimFunc, b.CommitFunc = b.tryClaim, b.commit
-	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
+	// The loops' reads go together, MaxBatch keys a BatchGetItem: a
+	// process waiting on hundreds of keys polls them in a few requests.
+	b.Poller = driver.NewBatchPoller(func(ctx context.Context, key, _ string) (driver.PollState, error) { return b.readState(ctx, key) },
+		b.readStates, MaxBatch, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
 	b.grants = driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
 	b.gsubs = map[string]*grantSub{}
 	b.waiters = map[string]map[string]*localWaiter{}

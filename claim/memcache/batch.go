@@ -175,18 +175,13 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 // its next poll wakes the key's waiters, as with Subscribe. A failed read
 // subscribes nothing.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
-	ks := make([]string, 0, 2*len(keys))
-	for _, k := range keys {
-		ks = append(ks, b.item('l', k), b.item('n', k))
-	}
-	items, err := b.getMulti(ctx, ks...)
+	sts, err := b.readStates(ctx, keys, nil)
 	if err != nil {
 		return err
 	}
 	pre := make(map[string]driver.PollState, len(keys))
-	now := time.Now()
 	for i, k := range keys {
-		pre[k] = b.pollState(items[ks[2*i]], items[ks[2*i+1]], now)
+		pre[k] = sts[i]
 	}
 	sctx := context.WithValue(ctx, preRead{}, pre)
 	for i, k := range keys {

@@ -48,6 +48,10 @@ const (
 	lockKeep = 10
 	// maxRelative is the longest exptime memcached reads as relative.
 	maxRelative = 30 * 24 * 3600
+	// pollBatchKeys is how many keys' states one batched poll reads (a
+	// multi-get of twice as many items): a process waiting on hundreds
+	// of keys polls them in a few requests (driver.NewBatchPoller).
+	pollBatchKeys = 100
 )
 
 // Options configure New. nil means defaults; every zero field is the
@@ -79,7 +83,7 @@ type Options struct {
 // backend is one memcached client's driver; it is safe for concurrent
 // use.
 type backend struct {
-	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState)
+	*driver.Poller // Subscribe and Unsubscribe: one poll loop per key (readState), their reads batched (readStates)
 
 	c      *gomemcache.Client
 	own    bool // Close closes c
@@ -166,7 +170,8 @@ func newBackend(client *gomemcache.Client, o Options) (*backend, error) {
 		par:     par,
 		writes:  make(chan struct{}, par),
 	}
-	b.Poller = driver.NewPoller(b.readState, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
+	b.Poller = driver.NewBatchPoller(func(ctx context.Context, key, _ string) (driver.PollState, error) { return b.readState(ctx, key) },
+		b.readStates, pollBatchKeys, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed})
 	b.grants = &grantPoller{
 		Poller: driver.NewPoller(b.readGrant, &driver.PollOptions{Min: o.PollMin, Max: o.PollMax, NoHoldEstimate: o.PollFixed}),
 		subs:   map[string]*grantSub{},

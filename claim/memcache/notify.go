@@ -40,6 +40,25 @@ func (b *backend) readState(ctx context.Context, key string) (driver.PollState, 
 	return b.pollState(items[lk], items[nk], time.Now()), nil
 }
 
+// readStates is the batched poll (driver.NewBatchPoller): every key's
+// lock and notify counter in one multi-get.
+func (b *backend) readStates(ctx context.Context, keys, _ []string) ([]driver.PollState, error) {
+	ks := make([]string, 0, 2*len(keys))
+	for _, k := range keys {
+		ks = append(ks, b.item('l', k), b.item('n', k))
+	}
+	items, err := b.getMulti(ctx, ks...)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	out := make([]driver.PollState, len(keys))
+	for i := range keys {
+		out[i] = b.pollState(items[ks[2*i]], items[ks[2*i+1]], now)
+	}
+	return out, nil
+}
+
 // pollState is the state of a key whose lock and notify counter items
 // were read as lock and n (nil: missing) at now. The token is the notify
 // counter (see incr), the holder the lock's, or none once the lock's

@@ -84,17 +84,35 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	return errs, nil
 }
 
-// SubscribeMany implements driver.Batcher: Subscribe of each key, its
-// first reads eachLimit at a time.
+// SubscribeMany implements driver.Batcher: one SELECT reads every key's
+// claim row (pollStates, up to pollBatchKeys keys a statement), and each
+// key's poll loop starts from that state (its first read answered from
+// it without a statement). Every state is read before SubscribeMany
+// returns, so a release or notification after that moves the counter
+// from what the loop holds, and its next poll wakes the key's waiters, as
+// with Subscribe. A failed read subscribes nothing.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
-	errs := make([]error, len(keys))
-	driver.Each(len(keys), eachLimit, func(i int) {
-		errs[i] = b.Subscribe(ctx, keys[i], wakes[i])
-	})
-	for _, err := range errs {
+	pre := make(map[string]driver.PollState, len(keys))
+	for lo := 0; lo < len(keys); lo += pollBatchKeys {
+		part := keys[lo:min(lo+pollBatchKeys, len(keys))]
+		sts, err := b.pollStates(ctx, part, nil)
 		if err != nil {
+			return err
+		}
+		for i, k := range part {
+			pre[k] = sts[i]
+		}
+	}
+	sctx := context.WithValue(ctx, preRead{}, pre)
+	for i, k := range keys {
+		if err := b.Subscribe(sctx, k, wakes[i]); err != nil {
 			return err
 		}
 	}
 	return nil
 }
+
+// pollBatchKeys is how many keys one batched poll reads (pollMany): a
+// process waiting on hundreds of keys polls them in a few statements
+// (driver.NewBatchPoller).
+const pollBatchKeys = 100

@@ -194,7 +194,7 @@ func newBackend(db *sql.DB, opt *Options) (*backend, error) {
 	}
 	b.ClaimFunc = b.tryClaim
 	b.ctx, b.cancel = context.WithCancel(context.Background())
-	b.poll = driver.NewValuePoller(b.pollState, o.Poll)
+	b.poll = driver.NewBatchPoller(b.pollState, b.pollStates, pollBatchKeys, o.Poll)
 	b.grants = driver.NewPoller(b.readGrant, o.Poll)
 	b.gsubs = map[string]*grantSub{}
 	b.qq = buildQueueSQL(b.q.claims, b.q.queue)

@@ -26,6 +26,7 @@ type queries struct {
 	tables                                                      string
 	migrate                                                     []string
 	getMany                                                     string // batch.go
+	pollMany                                                    string // batch.go
 }
 
 // quote quotes a table name (the prefix is checked: letters, digits, _ $).
@@ -168,6 +169,15 @@ WHERE c.k = ?`,
 ) ENGINE=InnoDB`,
 		},
 		getMany: `SELECT k, v FROM ` + v + ` WHERE k IN (%s) AND (expires IS NULL OR expires > ` + nowUS + `)`,
+		// pollMany is pollValue for many keys (the batched poll): the
+		// value is joined where the counter is odd and not the one the
+		// key's previous poll saw, (k, ev) NOT IN its (key, counter)
+		// pairs; the first parameter says whether values are wanted at
+		// all. The first %s is the pairs, the second the keys.
+		pollMany: `SELECT c.k, c.holder, c.token, c.ev, c.expires - ` + nowUS + `, w.v, w.k IS NOT NULL FROM ` + c + ` c
+LEFT JOIN ` + v + ` w ON ? AND c.ev % 2 = 1 AND (c.k, c.ev) NOT IN (%s) AND w.k = c.k
+  AND (w.expires IS NULL OR w.expires > ` + nowUS + `) AND LENGTH(w.v) <= ` + strconv.Itoa(maxWakeValue) + `
+WHERE c.k IN (%s)`,
 	}
 }
 
