@@ -3,7 +3,9 @@ package driver
 // The poller is the Notifier of drivers whose substrate cannot push
 // (DynamoDB, memcached). The client asks it for one subscription per key
 // per process, however many waiters that process has, and the Poller runs
-// one loop per such key that reads a cheap state,
+// one loop per such key that reads a cheap state (a NewBatchPoller sends
+// the reads of loops due at about the same time together, one request
+// for many keys),
 // with jittered exponential backoff (a few milliseconds at first, capped)
 // that never sleeps past the holder's known lease expiry, and wakes the
 // key's subscribers on the first read that shows the key released,
@@ -241,7 +243,7 @@ func NewValuePoller(read PollValueReader, opt *PollOptions) *Poller {
 // (up to maxKeys), so a process waiting on many keys at once (a batch herd:
 // hundreds of keys, each with its loop) sends a few requests per round of
 // polling instead of one per key, while a lone loop's read goes out at
-// once, as with NewValuePoller. A read waits at most for the requests
+// once, and alone (read, not readMany), as with NewValuePoller. A read waits at most for the requests
 // ahead of it, each bounded by ReadTimeout.
 func NewBatchPoller(read PollValueReader, readMany PollManyReader, maxKeys int, opt *PollOptions) *Poller {
 	p := NewValuePoller(read, opt)
@@ -317,7 +319,16 @@ func (p *Poller) sendBatch(own *pollReq) {
 	}
 	rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
 	p.reads.Add(1)
-	sts, err := b.read(rctx, keys, since)
+	var sts []PollState
+	var err error
+	if len(reqs) == 1 {
+		// Alone: the single-key read, as NewValuePoller's loops make it.
+		var st PollState
+		st, err = p.read(rctx, own.key, own.since)
+		sts = []PollState{st}
+	} else {
+		sts, err = b.read(rctx, keys, since)
+	}
 	cancel()
 	if err == nil && len(sts) != len(keys) {
 		err = fmt.Errorf("driver: a poll read returned %d states for %d keys", len(sts), len(keys))
