@@ -112,7 +112,10 @@
 // than Retention are refused.
 //
 // Notification polls (Features.Notify is Poll, see driver.Poller): a poll
-// is one strongly consistent GetItem of the lease attributes. A changed
+// is one strongly consistent GetItem of the lease attributes; polls of
+// keys due at about the same time go together, one BatchGetItem of up
+// to MaxBatch keys, at most two in flight per client
+// (driver.NewBatchPoller). A changed
 // notify counter (Release, CommitRelease, Revoke and Notify bump it; a
 // missing one starts at the current Unix time in microseconds, so it
 // never comes back to a value a poller saw), or the lease seen last

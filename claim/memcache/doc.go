@@ -168,7 +168,11 @@
 // are stored with exptime TTL+1s: Get never returns an expired value.
 //
 // Notification polls (Features.Notify is Poll, see driver.Poller): a poll
-// reads the lock and the notify counter in one multi-get. Release (once
+// reads the lock and the notify counter in one multi-get; polls of keys
+// due at about the same time go together, one multi-get of up to 100
+// keys' items, at most two in flight per client (driver.NewBatchPoller),
+// so a process waiting on hundreds of keys neither sends a request per
+// key nor dials past the connection pool. Release (once
 // the lock is gone) and Notify bump the counter; a changed counter, or the
 // lock seen at the previous poll gone, replaced or past its end plus
 // ClockSkew (a dead holder's, which the waiters take over), wakes the

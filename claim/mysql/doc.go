@@ -105,8 +105,12 @@
 // reading the key, 3 round trips per waiting process in a herd.
 // MariaDB has no LISTEN/NOTIFY; GET_LOCK would only add a connection held
 // per waiter. The batch calls: GetMany is one SELECT … IN of up to
-// MaxBatch keys; TryClaimMany, CommitReleaseMany and SubscribeMany run
-// the single-key statements, 16 at a time. Topics use the Client's
+// MaxBatch keys; TryClaimMany and CommitReleaseMany run the single-key
+// statements, 16 at a time; SubscribeMany reads up to 100 keys' claim
+// rows a statement. The poll loops' reads of keys due at about the same
+// time go together too (driver.NewBatchPoller: one SELECT of up to 100
+// claim rows, at most two in flight per client), so a process waiting on
+// hundreds of keys does not take a connection per key. Topics use the Client's
 // fallback (a message log in the store, read on wake-up). Expired values
 // are never read, and deleted in the background (Options.SweepInterval,
 // Sweep).
