@@ -222,3 +222,50 @@ func PollRestart(t *testing.T, srv *testserver.Server, b, w *claim.Client, keeps
 	}
 	_ = w.Release(ctx, l2)
 }
+
+// PollBatchMatches checks a poll driver's batched read (readMany, for
+// driver.NewBatchPoller) against its single-key read (read), both on c's
+// key space, key by key, on the real server: a key never used, one held,
+// one released, one notified; and what each should show (no holder, a
+// holder with its expiry, a counter moved from the unused key's). The
+// keys begin with "poll-many-".
+func PollBatchMatches(t *testing.T, c *claim.Client, read driver.PollReader, readMany driver.PollManyReader) {
+	t.Helper()
+	ctx := Context(t)
+	key := func(s string) string { return "poll-many-" + s + " " + t.Name() }
+	keys := []string{key("never"), key("held"), key("released"), key("notified")}
+	Claim(t, c, key("held"), time.Minute)
+	if err := c.Release(ctx, Claim(t, c, key("released"), time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Notify(ctx, key("notified")); err != nil {
+		t.Fatal(err)
+	}
+	sts, err := readMany(ctx, keys, make([]string, len(keys)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(sts) != len(keys) {
+		t.Fatalf("%d states for %d keys", len(sts), len(keys))
+	}
+	for i, k := range keys {
+		want, err := read(ctx, k)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := sts[i]
+		if got.Token != want.Token || got.Holder != want.Holder || got.Expires.IsZero() != want.Expires.IsZero() || got.Expires.Sub(want.Expires).Abs() > 5*time.Second {
+			t.Errorf("%q: batched %+v, single %+v", k, got, want)
+		}
+	}
+	never, held, released, notified := sts[0], sts[1], sts[2], sts[3]
+	if never.Holder != "" {
+		t.Errorf("never used: %+v, want no holder", never)
+	}
+	if held.Holder == "" || held.Expires.IsZero() {
+		t.Errorf("held: %+v, want its holder and expiry", held)
+	}
+	if released.Holder != "" || released.Token == never.Token || notified.Token == never.Token {
+		t.Errorf("released %+v, notified %+v (never used %+v): want no holder, a counter moved", released, notified, never)
+	}
+}
