@@ -110,6 +110,9 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	}
 	c := &Client{d: d, feat: d.Features(), log: o.Logger, opTimeout: o.OpTimeout, lazy: o.Lazy}
 	c.tel.init(&o, c.feat.Name)
+	if pc, ok := d.(driver.PollCounter); ok {
+		c.tel.registerPolls(&o, pc)
+	}
 	c.cr, _ = d.(driver.ClaimReader)
 	c.crl, _ = d.(driver.CommitReleaser)
 	c.bat, _ = d.(driver.Batcher)
@@ -604,6 +607,7 @@ func (c *Client) Subscriptions() int { return c.keys.len() }
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closed.Store(true)
+		c.tel.closePolls()
 		c.cleanMu.Lock()
 		c.noClean = true
 		c.cleanMu.Unlock()

@@ -138,6 +138,17 @@
 // lease's Deadline) are not backend calls and are not recorded. Keys are
 // not attributes.
 //
+// A backend that polls (memcached, DynamoDB, MariaDB: Features.Notify is
+// Poll, and the driver is a driver.PollCounter) also reports the
+// observable counter stampede.claim.poll.requests (MetricPollRequests;
+// unit {request}; stampede_claim_poll_requests_total in Prometheus), with
+// the attribute stampede.backend: the requests its poll loops have sent
+// to read the keys its waiters wait on, a batch of keys read together
+// counting once. Its rate is the load that waiting puts on the backend
+// (on DynamoDB, what it bills besides the claims). It is read when the
+// metrics are collected, registered by NewClient and unregistered by
+// Close.
+//
 // # Backend authors
 //
 // A backend implements the small interfaces of package

@@ -2,6 +2,7 @@ package claim
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -12,6 +13,7 @@ import (
 	mnoop "go.opentelemetry.io/otel/metric/noop"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/internal/clock"
 	"github.com/stampede-go/stampede/internal/opctx"
 	"github.com/stampede-go/stampede/internal/otelx"
@@ -24,6 +26,11 @@ const (
 	// in seconds ("stampede_claim_operation_duration_seconds" in
 	// Prometheus).
 	MetricOperationDuration = "stampede.claim.operation.duration"
+	// MetricPollRequests is the counter of the requests a polling
+	// backend (driver.PollCounter: memcached, DynamoDB, MariaDB) has
+	// sent to read the keys its waiters wait on
+	// ("stampede_claim_poll_requests_total" in Prometheus).
+	MetricPollRequests = "stampede.claim.poll.requests"
 	// InstrumentationScope is the name of the Client's meter and tracer.
 	InstrumentationScope = "github.com/stampede-go/stampede/claim"
 )
@@ -93,6 +100,7 @@ type telemetry struct {
 	tracer  *otelx.Tracer
 	once    sync.Once
 	tab     *attrTable
+	pollReg metric.Registration // the poll counter's callback (registerPolls); nil: none
 }
 
 // attrTable holds, per operation (and error class), the options every
@@ -108,6 +116,47 @@ func (t *telemetry) init(o *Options, backend string) {
 	t.backend = backend
 	t.meter = otelx.NewMeter(o.MeterProvider, InstrumentationScope, newInstruments)
 	t.tracer = otelx.NewTracer(o.TracerProvider, InstrumentationScope)
+}
+
+// registerPolls registers, on o.MeterProvider (else the global provider,
+// whose delegate forwards to a provider installed later), the observable
+// counter MetricPollRequests of pc, read when the metrics are collected,
+// with the attribute stampede.backend; closePolls unregisters it.
+func (t *telemetry) registerPolls(o *Options, pc driver.PollCounter) {
+	mp := o.MeterProvider
+	if mp == nil {
+		mp = otel.GetMeterProvider()
+	}
+	if _, off := mp.(mnoop.MeterProvider); off {
+		return
+	}
+	m := mp.Meter(InstrumentationScope)
+	ctr, err := m.Int64ObservableCounter(MetricPollRequests, metric.WithUnit("{request}"),
+		metric.WithDescription("Requests a polling backend has sent to read the keys its waiters wait on (a batch of keys read together counts once), by backend."))
+	if err != nil {
+		otel.Handle(fmt.Errorf("claim: metrics: %w", err))
+		return
+	}
+	opt := metric.WithAttributeSet(attribute.NewSet(otelx.Backend.String(t.backend)))
+	reg, err := m.RegisterCallback(func(_ context.Context, ob metric.Observer) error {
+		ob.ObserveInt64(ctr, int64(pc.PollReads()), opt)
+		return nil
+	}, ctr)
+	if err != nil {
+		otel.Handle(fmt.Errorf("claim: metrics: %w", err))
+		return
+	}
+	t.pollReg = reg
+}
+
+// closePolls unregisters registerPolls' callback.
+func (t *telemetry) closePolls() {
+	if t.pollReg == nil {
+		return
+	}
+	if err := t.pollReg.Unregister(); err != nil {
+		otel.Handle(fmt.Errorf("claim: metrics: %w", err))
+	}
 }
 
 func (t *telemetry) attrs(op, class string) []attribute.KeyValue {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -469,4 +470,66 @@ func benchOps(b *testing.B, mode string, opt *claim.Options) {
 			}
 		}
 	})
+}
+
+// pollCounting is a driver that says it polled n times.
+type pollCounting struct {
+	driver.Driver
+	n atomic.Uint64
+}
+
+func (p *pollCounting) PollReads() uint64 { return p.n.Load() }
+
+// pollRequests collects MetricPollRequests: its data points' values by
+// backend.
+func (s *sdk) pollRequests(t *testing.T) map[string]int64 {
+	t.Helper()
+	var rm metricdata.ResourceMetrics
+	if err := s.reader.Collect(context.Background(), &rm); err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]int64{}
+	for _, sm := range rm.ScopeMetrics {
+		for _, m := range sm.Metrics {
+			if m.Name != claim.MetricPollRequests {
+				continue
+			}
+			sum, ok := m.Data.(metricdata.Sum[int64])
+			if sm.Scope.Name != claim.InstrumentationScope || m.Unit != "{request}" || !ok || !sum.IsMonotonic || sum.Temporality != metricdata.CumulativeTemporality {
+				t.Fatalf("%s in scope %q, unit %q, %T; want a cumulative monotonic int64 sum in %q, unit {request}", m.Name, sm.Scope.Name, m.Unit, m.Data, claim.InstrumentationScope)
+			}
+			for _, dp := range sum.DataPoints {
+				be, _ := dp.Attributes.Value("stampede.backend")
+				got[be.AsString()] = dp.Value
+			}
+		}
+	}
+	return got
+}
+
+// A polling driver's requests (driver.PollCounter) are the observable
+// counter stampede.claim.poll.requests, read at collection, until Close;
+// a driver that does not poll has none.
+func TestPollRequestsMetric(t *testing.T) {
+	s := newSDK(t)
+	m, _ := memory.New(nil, nil)
+	defer m.Close()
+	pc := &pollCounting{Driver: m.Driver()}
+	pc.n.Store(7)
+	c := claim.NewClient(pc, s.options())
+	plain, _ := memory.New(nil, &memory.Options{Client: s.options()})
+	defer plain.Close()
+	if got := s.pollRequests(t); len(got) != 1 || got["mem"] != 7 {
+		t.Fatalf("poll requests %v, want mem: 7 (and no point for the driver that does not poll)", got)
+	}
+	pc.n.Store(12)
+	if got := s.pollRequests(t); got["mem"] != 12 {
+		t.Fatalf("poll requests %v after 5 more, want 12", got)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got := s.pollRequests(t); len(got) != 0 {
+		t.Fatalf("poll requests %v after Close, want none", got)
+	}
 }
