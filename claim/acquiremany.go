@@ -8,7 +8,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/internal/opctx"
 )
 
@@ -176,7 +175,7 @@ func (w *manyWaiter) claim(ctx context.Context, idx []int) error {
 	defer func() {
 		// The claims that found a value need no lease: released
 		// together, before the keys are reported.
-		driver.Each(len(unneeded), batchConcurrency, func(j int) { w.c.cleanupRelease(ctx, unneeded[j]) })
+		w.c.cleanupReleaseMany(ctx, unneeded)
 	}()
 	for j, i := range idx {
 		r := res[j]

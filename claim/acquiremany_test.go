@@ -7,7 +7,9 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/claim/memory"
+	"github.com/stampede-go/stampede/internal/countdriver"
 )
 
 // GetOrAcquireMany reports every key exactly once, also when ctx ends or
@@ -85,3 +87,73 @@ func TestBatchRefusesBadKeys(t *testing.T) {
 		}
 	}
 }
+
+// The leases GetOrAcquireMany's claims took on keys whose value they
+// found (committed since the caller's read) are given back in one
+// ReleaseMany where the driver has a driver.ReleaseBatcher, else (the
+// counting wrapper's stand-in for a driver without one) one Release each;
+// either way the keys are free again.
+func TestGetOrAcquireManyReleasesUnneededTogether(t *testing.T) {
+	for _, batched := range []bool{true, false} {
+		t.Run(map[bool]string{true: "ReleaseBatcher", false: "Release each"}[batched], func(t *testing.T) {
+			ctx := context.Background()
+			sp := memory.NewSpace(nil)
+			m, _ := memory.New(sp, nil)
+			defer m.Close()
+			var d driver.Driver = m.Driver()
+			if !batched {
+				d = noReleaseBatcher{d.(batchDriver)}
+			}
+			cd, n := countdriver.Wrap(d, nil, countdriver.Options{})
+			c := claim.NewClient(cd, nil)
+			defer c.Close()
+			keys := []string{"a", "b", "c", "absent"}
+			for _, k := range keys[:3] {
+				if err := c.Set(ctx, k, []byte("v-"+k), time.Hour); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := n.Snapshot()
+			var got []claim.Resolved
+			err := c.GetOrAcquireMany(ctx, keys, time.Hour, &claim.GetOrAcquireManyOptions{SkipGet: true},
+				func(rs []claim.Resolved) { got = append(got, rs...) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			calls := n.Snapshot().Sub(before)
+			if len(got) != 4 {
+				t.Fatalf("%d keys reported, want 4", len(got))
+			}
+			for _, r := range got {
+				if r.Err != nil || r.Got.Found != (r.Index < 3) {
+					t.Errorf("key %q: %+v", keys[r.Index], r)
+				}
+			}
+			wantMany, wantSingle := int64(1), int64(0)
+			if !batched {
+				wantMany, wantSingle = 0, 3
+			}
+			if calls[countdriver.ReleaseMany] != wantMany || calls[countdriver.Release] != wantSingle {
+				t.Errorf("calls %v: want %d release-many, %d release", calls.ByName(), wantMany, wantSingle)
+			}
+			for _, k := range keys[:3] {
+				l, err := c.TryClaim(ctx, k, time.Hour)
+				if err != nil {
+					t.Errorf("%q not free after GetOrAcquireMany found its value: %v", k, err)
+					continue
+				}
+				_ = c.Release(ctx, l)
+			}
+		})
+	}
+}
+
+// batchDriver is a driver with a Batcher.
+type batchDriver interface {
+	driver.Driver
+	driver.Batcher
+}
+
+// noReleaseBatcher hides a driver's ReleaseBatcher (and every other
+// optional interface but the Batcher).
+type noReleaseBatcher struct{ batchDriver }

@@ -77,6 +77,7 @@ type Client struct {
 	cr        driver.ClaimReader    // nil: TryClaim + Get
 	crl       driver.CommitReleaser // nil: Commit + Release
 	bat       driver.Batcher        // nil: single-key calls, concurrently
+	rbat      driver.ReleaseBatcher // nil: releases one key at a time
 	bc        driver.Broadcaster    // the driver's, or logTopics
 	log       *slog.Logger
 	keys      *fanout // wake-ups, per key
@@ -116,6 +117,7 @@ func NewClient(d driver.Driver, opt *Options) *Client {
 	c.cr, _ = d.(driver.ClaimReader)
 	c.crl, _ = d.(driver.CommitReleaser)
 	c.bat, _ = d.(driver.Batcher)
+	c.rbat, _ = d.(driver.ReleaseBatcher)
 	c.keys = newFanout(func(ctx context.Context, key string, fire func([]byte, bool)) error {
 		return d.Subscribe(ctx, key, func() { fire(nil, false) })
 	}, d.Unsubscribe)
@@ -303,6 +305,41 @@ func (c *Client) cleanupRelease(ctx context.Context, l Lease) {
 	c.cleanup(ctx, "release", l.Key, "the lease expires by its TTL", func(ctx context.Context) error {
 		return c.d.Release(ctx, l)
 	})
+}
+
+// cleanupReleaseMany releases leases (of distinct keys) nobody will
+// use, best effort (cleanup): in one ReleaseMany per Features.MaxBatch
+// leases where the driver has one, else one key at a time, concurrently.
+func (c *Client) cleanupReleaseMany(ctx context.Context, leases []Lease) {
+	if c.rbat == nil || len(leases) == 1 {
+		driver.Each(len(leases), batchConcurrency, func(i int) { c.cleanupRelease(ctx, leases[i]) })
+		return
+	}
+	_ = c.chunks(len(leases), func(lo, hi int) error {
+		part := leases[lo:hi]
+		c.cleanup(ctx, "release-many", batchOpKey(leaseKeys(part)), "the leases expire by their TTL", func(ctx context.Context) error {
+			errs, err := c.rbat.ReleaseMany(ctx, part)
+			if err != nil {
+				return err
+			}
+			for _, err := range errs {
+				if err != nil && !errors.Is(err, ErrLost) {
+					return err
+				}
+			}
+			return nil
+		})
+		return nil
+	})
+}
+
+// leaseKeys returns the leases' keys.
+func leaseKeys(leases []Lease) []string {
+	ks := make([]string, len(leases))
+	for i, l := range leases {
+		ks[i] = l.Key
+	}
+	return ks
 }
 
 // cleanup runs op, a best-effort backend call that undoes what a call

@@ -117,7 +117,7 @@
 //     attributes stampede.operation (claim, claim-read, extend, release,
 //     commit, commit-release, get, set, delete, subscribe, notify,
 //     publish, subscribe-topic, ping, revoke, get-many, claim-many,
-//     commit-release-many, subscribe-many), stampede.backend (Features.Name)
+//     commit-release-many, subscribe-many, release-many), stampede.backend (Features.Name)
 //     and, when the call returned an error, error.type;
 //   - a span "claim OP" of kind client, a child of the span in the
 //     caller's context, with the same attributes. The backend's context

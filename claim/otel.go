@@ -40,7 +40,7 @@ const (
 // too, at the cost of building its attributes per call.
 var opNames = [...]string{"claim", "claim-read", "extend", "release", "commit", "commit-release",
 	"get", "set", "delete", "subscribe", "notify", "publish", "subscribe-topic", "ping",
-	"revoke", "get-many", "claim-many", "commit-release-many", "subscribe-many"}
+	"revoke", "get-many", "claim-many", "commit-release-many", "subscribe-many", "release-many"}
 
 // spanNames are the spans' names, "claim OP", in opNames' order.
 var spanNames = func() (n [len(opNames)]string) {

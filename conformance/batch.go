@@ -13,6 +13,75 @@ import (
 func init() {
 	register("Batch", checkBatch)
 	register("BatchWait", checkBatchWait)
+	register("ReleaseMany", checkReleaseMany)
+}
+
+// checkReleaseMany (drivers with driver.ReleaseBatcher): ReleaseMany
+// releases, key by key, what Release releases: current leases (their
+// keys free again, their subscribers woken), and never a key whose lease
+// was taken over since (ErrLost, the new holder's lease untouched).
+func checkReleaseMany(t *T) {
+	c1, c2 := t.Client(), t.Client()
+	rb, ok := c1.Driver().(driver.ReleaseBatcher)
+	if !ok {
+		t.Skipf("the driver has no driver.ReleaseBatcher")
+	}
+	ctx := t.Context()
+	ttl := t.LongTTL()
+	a, s, b := t.Key("a"), t.Key("stale"), t.Key("b")
+	res, err := c1.TryClaimMany(ctx, []string{a, s, b}, ttl)
+	if err != nil {
+		t.Fatalf("TryClaimMany: %v", err)
+	}
+	for i, r := range res {
+		if r.Err != nil {
+			t.Fatalf("TryClaimMany: key %d: %v", i, r.Err)
+		}
+	}
+	// The stale lease: released and taken over by c2 before the batch
+	// releases it.
+	if err := c1.Release(ctx, res[1].Lease); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	ls2, err := c2.TryClaim(ctx, s, ttl)
+	if err != nil {
+		t.Fatalf("TryClaim: %v", err)
+	}
+	defer c2.Release(ctx, ls2)
+	sub, err := c2.Subscribe(ctx, b)
+	if err != nil {
+		t.Fatalf("Subscribe: %v", err)
+	}
+	defer sub.Close()
+	errs, err := rb.ReleaseMany(ctx, []driver.Lease{res[0].Lease, res[1].Lease, res[2].Lease})
+	if err != nil {
+		t.Fatalf("ReleaseMany: %v", err)
+	}
+	if len(errs) != 3 || errs[0] != nil || !errors.Is(errs[1], driver.ErrLost) || errs[2] != nil {
+		t.Errorf("ReleaseMany([current, taken over, current]) = %v, want [nil ErrLost nil]", errs)
+	}
+	if !woken(t, sub) {
+		t.Errorf("ReleaseMany woke no subscriber within %s", wakeBound)
+	}
+	for _, k := range []string{a, b} {
+		l, err := c2.TryClaim(ctx, k, ttl)
+		if err != nil {
+			t.Errorf("TryClaim after ReleaseMany released %s: %v", k, err)
+			continue
+		}
+		_ = c2.Release(ctx, l)
+	}
+	if _, err := c1.TryClaim(ctx, s, ttl); !errors.Is(err, claim.ErrHeld) {
+		t.Errorf("TryClaim of the key whose stale lease ReleaseMany was given: err = %v, want ErrHeld (the new holder's lease kept)", err)
+	}
+	if _, err := c2.Extend(ctx, ls2, ttl); err != nil {
+		t.Errorf("the new holder's Extend after a ReleaseMany of the stale lease: %v, want its lease current", err)
+	}
+	// Released twice: ErrLost, nothing else changes.
+	errs, err = rb.ReleaseMany(ctx, []driver.Lease{res[0].Lease})
+	if err != nil || len(errs) != 1 || !errors.Is(errs[0], driver.ErrLost) {
+		t.Errorf("ReleaseMany of a released lease = %v, %v; want [ErrLost]", errs, err)
+	}
 }
 
 // checkBatch: GetMany, TryClaimMany, CommitReleaseMany and SubscribeMany

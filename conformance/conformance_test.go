@@ -77,6 +77,7 @@ func TestCatchesBrokenBackends(t *testing.T) {
 		{claimManyIgnoresHeld, []string{"Batch"}},
 		{commitManyWithoutTokenCheck, []string{"Batch"}},
 		{getManyShifted, []string{"Batch", "BatchWait"}},
+		{releaseManyWithoutTokenCheck, []string{"ReleaseMany"}},
 		{grantsLIFO, []string{"FairOrder"}},
 		{grantsDeadWaiters, []string{"FairSkipsDead"}},
 		{grantKeepsToken, []string{"FairOrder", "FairFence"}},
@@ -186,6 +187,7 @@ const (
 	claimManyIgnoresHeld
 	commitManyWithoutTokenCheck
 	getManyShifted
+	releaseManyWithoutTokenCheck
 	grantsLIFO
 	grantsDeadWaiters
 	grantKeepsToken
@@ -199,31 +201,32 @@ func (b bug) String() string {
 		repeatsTokens: "tokens repeat", neverExpires: "leases never expire", wakesOneWaiter: "wakes one waiter",
 		commitReleaseWithoutTokenCheck: "commit-release without token check", commitReleaseDropsWakeups: "commit-release wakes nobody",
 		claimReadMissesValue: "claim-read misses the value", claimReadReturnsExpired: "claim-read returns expired values",
-		releasesExpired:             "releases expired leases",
-		acceptsServerExpired:        "commit and extend not judged on the server's expiry",
-		wakesBeforeChange:           "wakes before the release is visible",
-		appliesCancelled:            "applies calls whose context is done",
-		releaseReadThenDelete:       "release reads, then deletes",
-		remainingWrongUnit:          "HeldError.Remaining in the wrong unit",
-		subscribeNotLive:            "Subscribe returns before the subscription is live",
-		unsubscribeIgnored:          "Unsubscribe keeps waking",
-		busDeliversNowhere:          "declares Broadcast, delivers to nobody",
-		falseAtomicCommit:           "declares AtomicCommit, checks then writes",
-		falseMinTTL:                 "declares MinTTL, grants less",
-		falseMaxValue:               "declares MaxValueLen, stores less",
-		fencesLostOnRestart:         "declares DurableFence, loses fences on restart",
-		sharedNamespace:             "namespaces share keys",
-		revokeKeepsLease:            "revoke deletes the value, keeps the lease",
-		revokeResetsFence:           "revoke resets the fence",
-		revokeWakesNobody:           "revoke wakes nobody",
-		claimReadReadsFirst:         "claim-read reads the value, then claims",
-		claimManyIgnoresHeld:        "batched claim ignores held keys",
-		commitManyWithoutTokenCheck: "batched commit without token check",
-		getManyShifted:              "batched read returns values out of order",
-		grantsLIFO:                  "hand-over grants the last waiter",
-		grantsDeadWaiters:           "hand-over grants expired waiters",
-		grantKeepsToken:             "hand-over keeps the released token",
-		dropsGrants:                 "grants reach nobody",
+		releasesExpired:              "releases expired leases",
+		acceptsServerExpired:         "commit and extend not judged on the server's expiry",
+		wakesBeforeChange:            "wakes before the release is visible",
+		appliesCancelled:             "applies calls whose context is done",
+		releaseReadThenDelete:        "release reads, then deletes",
+		remainingWrongUnit:           "HeldError.Remaining in the wrong unit",
+		subscribeNotLive:             "Subscribe returns before the subscription is live",
+		unsubscribeIgnored:           "Unsubscribe keeps waking",
+		busDeliversNowhere:           "declares Broadcast, delivers to nobody",
+		falseAtomicCommit:            "declares AtomicCommit, checks then writes",
+		falseMinTTL:                  "declares MinTTL, grants less",
+		falseMaxValue:                "declares MaxValueLen, stores less",
+		fencesLostOnRestart:          "declares DurableFence, loses fences on restart",
+		sharedNamespace:              "namespaces share keys",
+		revokeKeepsLease:             "revoke deletes the value, keeps the lease",
+		revokeResetsFence:            "revoke resets the fence",
+		revokeWakesNobody:            "revoke wakes nobody",
+		claimReadReadsFirst:          "claim-read reads the value, then claims",
+		claimManyIgnoresHeld:         "batched claim ignores held keys",
+		commitManyWithoutTokenCheck:  "batched commit without token check",
+		getManyShifted:               "batched read returns values out of order",
+		releaseManyWithoutTokenCheck: "batched release without token check",
+		grantsLIFO:                   "hand-over grants the last waiter",
+		grantsDeadWaiters:            "hand-over grants expired waiters",
+		grantKeepsToken:              "hand-over keeps the released token",
+		dropsGrants:                  "grants reach nobody",
 	}[b]
 }
 
@@ -603,6 +606,21 @@ func (d *naiveDriver) CommitReleaseMany(ctx context.Context, commits []driver.Co
 			d.n.mu.Unlock()
 		}
 		errs[i] = d.CommitRelease(ctx, c.Lease, c.Value, c.TTL)
+	}
+	return errs, nil
+}
+
+func (d *naiveDriver) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]error, error) {
+	errs := make([]error, len(leases))
+	for i, l := range leases {
+		if d.n.bugs&releaseManyWithoutTokenCheck != 0 {
+			d.n.mu.Lock()
+			if cur, ok := d.n.locks[d.ns+l.Key]; ok {
+				l = cur
+			}
+			d.n.mu.Unlock()
+		}
+		errs[i] = d.Release(ctx, l)
 	}
 	return errs, nil
 }

@@ -56,6 +56,20 @@ type Claimed struct {
 	Err error
 }
 
+// ReleaseBatcher is optional, for a Batcher whose substrate can release
+// many leases in one request (one transaction, one statement, one
+// pipeline). ReleaseMany is Release of each lease: errs[i] is nil if
+// leases[i] was current and is released (waking the key's subscribers),
+// ErrLost if it was not (nothing changed for that key: a stale lease
+// never ends a newer holder's), or another error. A failure of the whole
+// call returns an error and no errs. The leases are of distinct keys.
+// The client releases this way the leases a batch's claims took and
+// will not use (a claim that found the value committed meanwhile:
+// claim.Client.GetOrAcquireMany), one key at a time otherwise.
+type ReleaseBatcher interface {
+	ReleaseMany(ctx context.Context, leases []Lease) (errs []error, err error)
+}
+
 // Commit is one fenced write of Batcher.CommitReleaseMany.
 type Commit struct {
 	Lease Lease

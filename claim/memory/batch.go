@@ -49,6 +49,18 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	return errs, nil
 }
 
+// ReleaseMany implements driver.ReleaseBatcher: each lease as in Release.
+func (b *backend) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(leases))
+	for i, l := range leases {
+		errs[i] = b.commit(ctx, l, nil, 0, false, true)
+	}
+	return errs, nil
+}
+
 // SubscribeMany implements driver.Batcher.
 func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func()) error {
 	if err := ctx.Err(); err != nil {

@@ -222,6 +222,46 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	return errs, nil
 }
 
+// ReleaseMany implements driver.ReleaseBatcher: releaseMany in
+// schema.go, which is, lease by lease, Release's statement (release only
+// a current lease, one NOTIFY per released key on commit), in one
+// statement: one round trip and one commit for the batch.
+func (b *backend) ReleaseMany(ctx context.Context, leases []driver.Lease) (_ []error, err error) {
+	defer func() { err = b.classify(err) }()
+	if err := b.ensure(ctx); err != nil {
+		return nil, err
+	}
+	encs := make([]string, len(leases))
+	tokens := make([]int64, len(leases))
+	holders := make([]string, len(leases))
+	index := make(map[string]int, len(leases))
+	for i, l := range leases {
+		encs[i], tokens[i], holders[i] = b.keys.Encode(l.Key), int64(l.Token), l.Holder
+		index[encs[i]] = i
+	}
+	rows, err := b.pool.Query(ctx, b.q.releaseMany, encs, tokens, holders, b.channel)
+	if err != nil {
+		return nil, err
+	}
+	released := make([]bool, len(leases))
+	var k string
+	if _, err := pgx.ForEachRow(rows, []any{&k, nil}, func() error {
+		if i, ok := index[k]; ok {
+			released[i] = true
+		}
+		return nil
+	}); err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(leases))
+	for i, ok := range released {
+		if !ok {
+			errs[i] = driver.ErrLost
+		}
+	}
+	return errs, nil
+}
+
 // SubscribeMany implements driver.Batcher. Subscriptions are local, on
 // the driver's one LISTEN connection (one channel for every key), so the
 // keys are added at once and, like Subscribe, it returns once that

@@ -14,7 +14,7 @@ import (
 type queries struct {
 	claim, extend, release, commit, get, set, del, sweep, notify string
 	claimRead, commitRelease, revoke                             string
-	getMany, claimMany, commitReleaseMany                        string // batch.go
+	getMany, claimMany, commitReleaseMany, releaseMany           string // batch.go
 	lockKey, enqueue, dequeue, handOff                           string // queue.go
 	tables                                                       string
 	tableArgs                                                    []any // the names tables looks up: claims, values, queue, indexes
@@ -276,6 +276,20 @@ w AS (
   FROM req JOIN r ON r.key = req.key ORDER BY req.key` + upsert + `)
 SELECT r.key, pg_notify($6, ` + wakePayload("r.key", "req.value", `'`+string(tagKey)+`' || r.key`) + `)
 FROM r JOIN req ON req.key = r.key` + async,
+		// releaseMany: release of each (key, token, holder) of the
+		// arrays $1…$3, returning the keys released (the others' leases
+		// were not current): the current leases' rows locked in key
+		// order (see claimMany), then released, and the NOTIFY of each
+		// released key sent on commit, as release's.
+		releaseMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS req (key, token, holder)),
+cur AS (
+  SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
+  WHERE c.token = req.token AND c.holder = req.holder AND c.expires_at > clock_timestamp()
+  ORDER BY c.key FOR NO KEY UPDATE OF c),
+r AS (
+  UPDATE ` + c + ` c SET holder = NULL, expires_at = clock_timestamp() FROM cur WHERE c.key = cur.key
+  RETURNING c.key)
+SELECT r.key, pg_notify($4, '` + string(tagKey) + `' || r.key) FROM r` + async,
 		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired,
 		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)` + upsert,
 		del: `DELETE FROM ` + v + ` WHERE key = $1`,

@@ -116,6 +116,29 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	return errs, nil
 }
 
+// ReleaseMany implements driver.ReleaseBatcher: one pipeline of the
+// release script, once per lease.
+func (b *backend) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]error, error) {
+	cmd := b.publishCmd()
+	cmds, _, err := b.scripts(ctx, releaseScript, len(leases), func(i int) ([]string, []any) {
+		l := leases[i]
+		return []string{b.lockKey(l.Key)}, []any{lockValue(l), b.channel(l.Key), cmd}
+	})
+	if err != nil {
+		return nil, err
+	}
+	errs := make([]error, len(leases))
+	for i, c := range cmds {
+		switch ok, err := c.Int64(); {
+		case err != nil:
+			errs[i] = classify(err)
+		case ok != 1:
+			errs[i] = driver.ErrLost
+		}
+	}
+	return errs, nil
+}
+
 // SubscribeMany implements driver.Batcher: every key's channel goes to
 // the pub/sub connection (one SUBSCRIBE naming them all; on a cluster one
 // SSUBSCRIBE per channel, as a sharded subscription stays within a slot,

@@ -36,12 +36,13 @@ const (
 	ClaimMany         //
 	CommitReleaseMany //
 	SubscribeMany     //
+	ReleaseMany       // driver.ReleaseBatcher's
 	NumMethods
 )
 
 var names = [NumMethods]string{"get", "subscribe", "claim", "commit", "release", "extend", "notify",
 	"set", "delete", "claim+read", "commit+release", "publish", "subscribe-topic", "revoke",
-	"get-many", "claim-many", "commit-release-many", "subscribe-many"}
+	"get-many", "claim-many", "commit-release-many", "subscribe-many", "release-many"}
 
 func (m Method) String() string { return names[m] }
 
@@ -133,7 +134,8 @@ func Wrap(d driver.Driver, c *Counter, opt Options) (driver.Driver, *Counter) {
 	}
 	f := fastPaths{b, cr, crl}
 	x := bus{b, bc}
-	y := batch{b, ba}
+	rb, _ := d.(driver.ReleaseBatcher)
+	y := batch{b, ba, rb}
 	switch {
 	case withFast && withBus && withBatch:
 		return &fastBusBatch{f, x, y}, c
@@ -284,6 +286,21 @@ type fastBus struct {
 type batch struct {
 	b  *base
 	ba driver.Batcher
+	rb driver.ReleaseBatcher // nil: ReleaseMany is Release of each lease
+}
+
+// ReleaseMany is the driver's ReleaseMany where it has one; otherwise
+// Release of each lease, concurrently (counted as such), as the client
+// releases them without a ReleaseBatcher, so that a wrapper with the
+// driver's Batcher need not come in two kinds.
+func (x batch) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]error, error) {
+	if x.rb != nil {
+		x.b.c.add(ReleaseMany)
+		return x.rb.ReleaseMany(ctx, leases)
+	}
+	errs := make([]error, len(leases))
+	driver.Each(len(leases), 16, func(i int) { errs[i] = x.b.Release(ctx, leases[i]) })
+	return errs, nil
 }
 
 func (x batch) GetMany(ctx context.Context, keys []string) ([][]byte, error) {
