@@ -50,8 +50,10 @@ type Resolved struct {
 // On a backend with driver.Batcher, a batch whose keys another process
 // holds costs about four round trips whatever its size (get, subscribe,
 // claim, get after the holders' releases; more when the holders finish at
-// different times). Cancelling ctx reports the unsettled keys with ctx's
-// error.
+// different times). A claim that finds a value committed since the read
+// gives its lease back at once: the leases of one step together, in one
+// request on a backend with driver.ReleaseBatcher (etcd, PostgreSQL,
+// Redis). Cancelling ctx reports the unsettled keys with ctx's error.
 func (c *Client) GetOrAcquireMany(ctx context.Context, keys []string, ttl time.Duration, opt *GetOrAcquireManyOptions, resolved func([]Resolved)) error {
 	if err := c.checkKeys(ctx, "get-or-acquire-many", keys); err != nil {
 		return err
@@ -174,7 +176,8 @@ func (w *manyWaiter) claim(ctx context.Context, idx []int) error {
 	var unneeded []Lease
 	defer func() {
 		// The claims that found a value need no lease: released
-		// together, before the keys are reported.
+		// together (one ReleaseMany where the driver has one), before
+		// the keys are reported.
 		w.c.cleanupReleaseMany(ctx, unneeded)
 	}()
 	for j, i := range idx {
