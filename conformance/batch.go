@@ -16,6 +16,32 @@ func init() {
 	register("ReleaseMany", checkReleaseMany)
 }
 
+// takeOver makes l stale: from releases it and to claims its key again;
+// it returns to's lease.
+func takeOver(t *T, from, to *claim.Client, l claim.Lease, ttl time.Duration) claim.Lease {
+	if err := from.Release(t.Context(), l); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	l2, err := to.TryClaim(t.Context(), l.Key, ttl)
+	if err != nil {
+		t.Fatalf("TryClaim: %v", err)
+	}
+	return l2
+}
+
+// freeAgain checks that c can claim (and then releases) each key, which
+// call released.
+func freeAgain(t *T, c *claim.Client, keys []string, ttl time.Duration, call string) {
+	for _, k := range keys {
+		l, err := c.TryClaim(t.Context(), k, ttl)
+		if err != nil {
+			t.Errorf("TryClaim after %s released %s: %v", call, k, err)
+			continue
+		}
+		_ = c.Release(t.Context(), l)
+	}
+}
+
 // checkReleaseMany (drivers with driver.ReleaseBatcher): ReleaseMany
 // releases, key by key, what Release releases: current leases (their
 // keys free again, their subscribers woken), and never a key whose lease
@@ -40,13 +66,7 @@ func checkReleaseMany(t *T) {
 	}
 	// The stale lease: released and taken over by c2 before the batch
 	// releases it.
-	if err := c1.Release(ctx, res[1].Lease); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
-	ls2, err := c2.TryClaim(ctx, s, ttl)
-	if err != nil {
-		t.Fatalf("TryClaim: %v", err)
-	}
+	ls2 := takeOver(t, c1, c2, res[1].Lease, ttl)
 	defer c2.Release(ctx, ls2)
 	sub, err := c2.Subscribe(ctx, b)
 	if err != nil {
@@ -63,14 +83,7 @@ func checkReleaseMany(t *T) {
 	if !woken(t, sub) {
 		t.Errorf("ReleaseMany woke no subscriber within %s", wakeBound)
 	}
-	for _, k := range []string{a, b} {
-		l, err := c2.TryClaim(ctx, k, ttl)
-		if err != nil {
-			t.Errorf("TryClaim after ReleaseMany released %s: %v", k, err)
-			continue
-		}
-		_ = c2.Release(ctx, l)
-	}
+	freeAgain(t, c2, []string{a, b}, ttl, "ReleaseMany")
 	if _, err := c1.TryClaim(ctx, s, ttl); !errors.Is(err, claim.ErrHeld) {
 		t.Errorf("TryClaim of the key whose stale lease ReleaseMany was given: err = %v, want ErrHeld (the new holder's lease kept)", err)
 	}
@@ -149,13 +162,7 @@ func checkBatch(t *T) {
 	}
 	// The stale lease: taken over (released, claimed again) before the
 	// batch commits with it.
-	if err := c2.Release(ctx, ls); err != nil {
-		t.Fatalf("Release: %v", err)
-	}
-	ls2, err := c2.TryClaim(ctx, s, ttl)
-	if err != nil {
-		t.Fatalf("TryClaim: %v", err)
-	}
+	ls2 := takeOver(t, c2, c2, ls, ttl)
 	defer c2.Release(ctx, ls2)
 
 	sub, err := c2.Subscribe(ctx, b)
@@ -184,14 +191,7 @@ func checkBatch(t *T) {
 	if !woken(t, sub) {
 		t.Errorf("CommitReleaseMany woke no subscriber within %s", wakeBound)
 	}
-	for _, k := range []string{a, b} {
-		l, err := c2.TryClaim(ctx, k, ttl)
-		if err != nil {
-			t.Errorf("TryClaim after CommitReleaseMany released %s: %v", k, err)
-			continue
-		}
-		_ = c2.Release(ctx, l)
-	}
+	freeAgain(t, c2, []string{a, b}, ttl, "CommitReleaseMany")
 
 	// SubscribeMany: each subscription live when it returns, each woken
 	// by its own key.

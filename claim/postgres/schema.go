@@ -106,6 +106,17 @@ u AS (
   WHERE c.key = $1::text AND ` + lease + ` AND c.expires_at > now.t
   RETURNING c.holder, c.token, w.ttl)`
 	}
+	// releaseReq is the CTEs cur (the rows of the CTE req's (key, token,
+	// holder) whose lease is current, locked in key order: see claimMany)
+	// and r (those leases released, returning their keys), which
+	// commitReleaseMany and releaseMany share.
+	releaseReq := `cur AS (
+  SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
+  WHERE c.token = req.token AND c.holder = req.holder AND c.expires_at > clock_timestamp()
+  ORDER BY c.key FOR NO KEY UPDATE OF c),
+r AS (
+  UPDATE ` + c + ` c SET holder = NULL, expires_at = clock_timestamp() FROM cur WHERE c.key = cur.key
+  RETURNING c.key)`
 	return queries{
 		claim: `WITH ` + ins + `
 SELECT true, token, 0::bigint FROM ins
@@ -263,13 +274,7 @@ LEFT JOIN ` + v + ` val ON val.key = req.key AND ins.token IS NOT NULL
 		// NOTIFY of each released key is sent on commit, with its value
 		// as commitRelease's.
 		commitReleaseMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::bytea[], $5::bigint[]) AS req (key, token, holder, value, ttl)),
-cur AS (
-  SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
-  WHERE c.token = req.token AND c.holder = req.holder AND c.expires_at > clock_timestamp()
-  ORDER BY c.key FOR NO KEY UPDATE OF c),
-r AS (
-  UPDATE ` + c + ` c SET holder = NULL, expires_at = clock_timestamp() FROM cur WHERE c.key = cur.key
-  RETURNING c.key),
+` + releaseReq + `,
 w AS (
   INSERT INTO ` + v + ` (key, value, expires_at)
   SELECT req.key, req.value, CASE WHEN req.ttl > 0 THEN ` + exp("req.ttl") + ` END
@@ -282,13 +287,7 @@ FROM r JOIN req ON req.key = r.key` + async,
 		// order (see claimMany), then released, and the NOTIFY of each
 		// released key sent on commit, as release's.
 		releaseMany: `WITH req AS (SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[]) AS req (key, token, holder)),
-cur AS (
-  SELECT c.key FROM ` + c + ` c JOIN req ON req.key = c.key
-  WHERE c.token = req.token AND c.holder = req.holder AND c.expires_at > clock_timestamp()
-  ORDER BY c.key FOR NO KEY UPDATE OF c),
-r AS (
-  UPDATE ` + c + ` c SET holder = NULL, expires_at = clock_timestamp() FROM cur WHERE c.key = cur.key
-  RETURNING c.key)
+` + releaseReq + `
 SELECT r.key, pg_notify($4, '` + string(tagKey) + `' || r.key) FROM r` + async,
 		get: `SELECT value FROM ` + v + ` WHERE key = $1 AND ` + unexpired,
 		set: `INSERT INTO ` + v + ` (key, value, expires_at) VALUES ($1, $2, ` + vexp + `)` + upsert,

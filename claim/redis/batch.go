@@ -102,7 +102,14 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 	if err != nil {
 		return nil, err
 	}
-	errs := make([]error, len(commits))
+	return fencedResults(cmds, func() error { return b.replicated("commit-release", acked) }), nil
+}
+
+// fencedResults reads the replies of a pipeline of fenced scripts (1:
+// done, else the lease was not current: ErrLost); done is a done
+// script's outcome (nil, or the replication's).
+func fencedResults(cmds []*goredis.Cmd, done func() error) []error {
+	errs := make([]error, len(cmds))
 	for i, c := range cmds {
 		switch ok, err := c.Int64(); {
 		case err != nil:
@@ -110,10 +117,10 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		case ok != 1:
 			errs[i] = driver.ErrLost
 		default:
-			errs[i] = b.replicated("commit-release", acked)
+			errs[i] = done()
 		}
 	}
-	return errs, nil
+	return errs
 }
 
 // ReleaseMany implements driver.ReleaseBatcher: one pipeline of the
@@ -127,16 +134,7 @@ func (b *backend) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]err
 	if err != nil {
 		return nil, err
 	}
-	errs := make([]error, len(leases))
-	for i, c := range cmds {
-		switch ok, err := c.Int64(); {
-		case err != nil:
-			errs[i] = classify(err)
-		case ok != 1:
-			errs[i] = driver.ErrLost
-		}
-	}
-	return errs, nil
+	return fencedResults(cmds, func() error { return nil }), nil
 }
 
 // SubscribeMany implements driver.Batcher: every key's channel goes to
