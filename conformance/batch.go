@@ -95,6 +95,18 @@ func checkReleaseMany(t *T) {
 	if err != nil || len(errs) != 1 || !errors.Is(errs[0], driver.ErrLost) {
 		t.Errorf("ReleaseMany of a released lease = %v, %v; want [ErrLost]", errs, err)
 	}
+	// Every lease current (the usual case: a batch's claims that found
+	// values, given back at once).
+	x, y := t.Key("x"), t.Key("y")
+	res, err = c1.TryClaimMany(ctx, []string{x, y}, ttl)
+	if err != nil || res[0].Err != nil || res[1].Err != nil {
+		t.Fatalf("TryClaimMany: %v, %+v", err, res)
+	}
+	errs, err = rb.ReleaseMany(ctx, []driver.Lease{res[0].Lease, res[1].Lease})
+	if err != nil || len(errs) != 2 || errs[0] != nil || errs[1] != nil {
+		t.Errorf("ReleaseMany([current, current]) = %v, %v; want [nil nil]", errs, err)
+	}
+	freeAgain(t, c2, []string{x, y}, ttl, "ReleaseMany")
 }
 
 // checkBatch: GetMany, TryClaimMany, CommitReleaseMany and SubscribeMany

@@ -2,7 +2,11 @@ package zookeeper
 
 import (
 	"context"
+	"errors"
+	"strconv"
 	"time"
+
+	"github.com/go-zookeeper/zk"
 
 	"github.com/stampede-go/stampede/claim/driver"
 )
@@ -115,4 +119,50 @@ func (b *backend) SubscribeMany(ctx context.Context, keys []string, wakes []func
 	errs := make([]error, len(keys))
 	driver.Each(len(keys), inFlight, func(i int) { errs[i] = b.Subscribe(ctx, keys[i], wakes[i]) })
 	return firstErr(errs)
+}
+
+// releaseManyOps bounds the keys of one ReleaseMany's multi-op (two
+// deletes each): well within jute.maxbuffer (1 MiB by default) for keys of
+// any length the driver accepts.
+const releaseManyOps = 200
+
+// ReleaseMany implements driver.ReleaseBatcher: the leases a batch's
+// claims have just taken, released in one multi-op of every lease's
+// Release deletes (its owner node, then its lock node): one transaction
+// instead of one per key. A multi-op is all or nothing, so it is tried
+// only while every lease is surely live by its grant (no lease that may
+// have lapsed, which Release judges with reads first), and if it fails
+// because a lease was not current (a node gone), or the batch is larger
+// than releaseManyOps keys, every lease is released on its own, as
+// Release: each key's answer is then Release's.
+func (b *backend) ReleaseMany(ctx context.Context, leases []driver.Lease) ([]error, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	if err := b.setup(ctx); err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	together := len(leases) <= releaseManyOps
+	var ops []any
+	for _, l := range leases {
+		granted, err := strconv.ParseInt(l.Handle, 10, 64)
+		if !together || !validHolder(l.Holder) || l.Expired(now) || err != nil || now.UnixMilli() >= granted+ceilMS(l.TTL) {
+			together = false
+			break
+		}
+		ops = append(ops, b.releaseOps(l.Key, l.Holder)...)
+	}
+	if together {
+		_, _, err := b.multi(ctx, ops...)
+		if err == nil {
+			return make([]error, len(leases)), nil
+		}
+		if !errors.Is(err, zk.ErrNoNode) {
+			return nil, err
+		}
+	}
+	errs := make([]error, len(leases))
+	driver.Each(len(leases), inFlight, func(i int) { errs[i] = b.Release(ctx, leases[i]) })
+	return errs, nil
 }
