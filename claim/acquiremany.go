@@ -53,7 +53,8 @@ type Resolved struct {
 // different times). A claim that finds a value committed since the read
 // gives its lease back at once: the leases of one step together, in one
 // request on a backend with driver.ReleaseBatcher (etcd, PostgreSQL,
-// Redis). Cancelling ctx reports the unsettled keys with ctx's error.
+// Redis, ZooKeeper). Cancelling ctx reports the unsettled keys with ctx's
+// error.
 func (c *Client) GetOrAcquireMany(ctx context.Context, keys []string, ttl time.Duration, opt *GetOrAcquireManyOptions, resolved func([]Resolved)) error {
 	if err := c.checkKeys(ctx, "get-or-acquire-many", keys); err != nil {
 		return err
