@@ -151,8 +151,12 @@ func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) (err
 		wcancel()
 		return driver.ErrClosed
 	}
+	prev := s.cancel
 	s.cancel = wcancel
 	s.mu.Unlock()
+	if prev != nil {
+		prev() // an ended watch's (watchLoop cancels it first; never leave one)
+	}
 	select {
 	case <-ready:
 		return nil
@@ -184,11 +188,21 @@ func (b *backend) watchLoop(s *sub, w jetstream.KeyWatcher, ready chan struct{})
 	}
 	// The watch ended: stopped (Unsubscribe, Close), or its consumer lost
 	// for good. Then tell the subscriber and watch again.
+	// Its context ends too: nats.go keeps a goroutine per JetStream
+	// subscription until the context it was made with ends (found as a
+	// leaked goroutine after the fault tests restarted the server).
 	s.mu.Lock()
 	stopped := s.stopped
+	cancel := s.cancel
+	if !stopped {
+		s.cancel = nil
+	}
 	s.mu.Unlock()
 	if stopped {
 		return
+	}
+	if cancel != nil {
+		cancel()
 	}
 	s.fire(nil)
 	b.stopWG.Add(1)
