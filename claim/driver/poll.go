@@ -313,10 +313,6 @@ func (p *Poller) sendBatch(own *pollReq) {
 	clear(b.queue[len(b.queue):cap(b.queue)])
 	b.mu.Unlock()
 
-	keys, since := make([]string, len(reqs)), make([]string, len(reqs))
-	for i, r := range reqs {
-		keys[i], since[i] = r.key, r.since
-	}
 	rctx, cancel := context.WithTimeout(p.readCtx, p.opt.ReadTimeout)
 	p.reads.Add(1)
 	var sts []PollState
@@ -327,11 +323,15 @@ func (p *Poller) sendBatch(own *pollReq) {
 		st, err = p.read(rctx, own.key, own.since)
 		sts = []PollState{st}
 	} else {
+		keys, since := make([]string, len(reqs)), make([]string, len(reqs))
+		for i, r := range reqs {
+			keys[i], since[i] = r.key, r.since
+		}
 		sts, err = b.read(rctx, keys, since)
 	}
 	cancel()
-	if err == nil && len(sts) != len(keys) {
-		err = fmt.Errorf("driver: a poll read returned %d states for %d keys", len(sts), len(keys))
+	if err == nil && len(sts) != len(reqs) {
+		err = fmt.Errorf("driver: a poll read returned %d states for %d keys", len(sts), len(reqs))
 	}
 	for i, r := range reqs {
 		if err != nil {

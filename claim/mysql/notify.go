@@ -88,7 +88,7 @@ func (b *backend) pollStates(ctx context.Context, keys, since []string) ([]drive
 		enc := b.keys.Encode(k)
 		index[enc] = i
 		if since != nil {
-			if prev, err := strconv.ParseUint(since[i], 10, 64); err == nil && since[i] != "" {
+			if prev, err := strconv.ParseUint(since[i], 10, 64); err == nil {
 				want[i] = true
 				pairs = append(pairs, enc, prev)
 			}
