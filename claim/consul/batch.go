@@ -280,7 +280,7 @@ func (b *backend) TryClaimMany(ctx context.Context, keys, holders []string, ttl 
 					break
 				}
 				if rec, ok := parseRecord(cur.Value); ok {
-					if left := clock.Until(time.UnixMilli(rec.Expiry).Add(b.o.ClockSkew)); left > 0 {
+					if left := clock.Until(b.heldUntil(lk, cur, rec, clock.Now())); left > 0 {
 						c.Err = &driver.HeldError{Remaining: left}
 						break
 					}

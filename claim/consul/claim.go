@@ -229,8 +229,18 @@ func handleQueue(l driver.Lease) (uint64, int) {
 	return sq, sn
 }
 
+// heldUntil returns when the claim in the lock key lk, read as kv (with
+// its record rec) at now, may be taken over: its recorded expiry plus
+// ClockSkew, or sooner if this process has watched that write of the
+// record since about when it was made (driver.Sightings: its first
+// sighting plus the record's TTL, whatever the clocks read).
+func (b *backend) heldUntil(lk string, kv *capi.KVPair, rec record, now time.Time) time.Time {
+	end := b.seen.End(lk, driver.Rev{kv.ModifyIndex}, time.Duration(rec.TTL)*time.Millisecond, now)
+	return driver.TakeoverAt(time.UnixMilli(rec.Expiry), b.o.ClockSkew, end)
+}
+
 // tryClaim is a create-if-absent transaction; if the key exists, a read
-// and, when the record read has expired (plus ClockSkew), a takeover
+// and, when the record read has expired (see heldUntil), a takeover
 // transaction conditioned on it. If the key was released between the
 // failed create and the read, it tries once more.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
@@ -255,7 +265,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			continue // released meanwhile: try to create it again
 		}
 		if r, ok := parseRecord(cur.Value); ok {
-			if left := clock.Until(time.UnixMilli(r.Expiry).Add(b.o.ClockSkew)); left > 0 {
+			if left := clock.Until(b.heldUntil(lk, cur, r, clock.Now())); left > 0 {
 				return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
 			}
 		}

@@ -105,6 +105,7 @@ type backend struct {
 	polled    map[subID]sub  // subscriptions read by the poll loop
 	pollDone  chan struct{}  // closed when the poll loop ends; nil when none runs
 	fairLocal                // fair acquisition: queuewatch.go
+	seen      driver.Sightings // the claims seen, for takeovers (heldUntil)
 	watchWG   sync.WaitGroup // the blocking queries' goroutines (notify.go)
 }
 

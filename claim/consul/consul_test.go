@@ -196,13 +196,15 @@ func TestTakeoverRace(t *testing.T) {
 	}
 }
 
-// A waiter must not take over before the lease's recorded expiry plus
-// the clock-skew margin; HeldError.Remaining includes the margin.
+// A waiter that first sees a lease after it expired takes it over only
+// at the lease's recorded expiry plus the clock-skew margin (when that
+// comes before its own sighting plus the TTL); HeldError.Remaining
+// includes the margin.
 func TestSkewMargin(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
 	ctx := context.Background()
-	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "2s"))
-	l, err := a.TryClaim(ctx, "k", 50*time.Millisecond)
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "300ms"))
+	l, err := a.TryClaim(ctx, "k", time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,8 +214,8 @@ func TestSkewMargin(t *testing.T) {
 	if !errors.As(err, &he) {
 		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
 	}
-	if he.Remaining <= time.Second || he.Remaining > 2*time.Second {
-		t.Errorf("Remaining = %s, want about 2s (the margin)", he.Remaining)
+	if he.Remaining <= 0 || he.Remaining > 300*time.Millisecond {
+		t.Errorf("Remaining = %s, want at most the margin's 300ms", he.Remaining)
 	}
 	// The driver judges expiry by the record, whatever the lease's
 	// Deadline says: a forged one neither commits nor escapes ErrLost on
@@ -230,6 +232,46 @@ func TestSkewMargin(t *testing.T) {
 		t.Errorf("TryClaim after the expired lock was released: %v", err)
 	} else {
 		_ = b.Release(ctx, l2)
+	}
+}
+
+// A waiter that saw a claim being made takes it over within a round
+// trip of the holder's Deadline, not its recorded expiry plus
+// clock_skew: it judges by its own first sighting of the record plus the
+// TTL the record names (driver.Sightings), which the holder's Deadline
+// precedes whatever the two clocks read.
+func TestTakeoverBySighting(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := context.Background()
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "2s"))
+	const ttl = time.Second
+	l, err := a.TryClaim(ctx, "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TryClaim(ctx, "k", time.Minute)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim of a held key: %v, want HeldError", err)
+	}
+	if he.Remaining <= 0 || he.Remaining > ttl+100*time.Millisecond {
+		t.Fatalf("Remaining = %s for a claim seen as it was made, want at most the TTL (%s) and a little, not the TTL plus clock_skew", he.Remaining, ttl)
+	}
+	time.Sleep(he.Remaining + 20*time.Millisecond)
+	nl, err := b.TryClaim(ctx, "k", time.Minute)
+	got := time.Now()
+	if err != nil {
+		t.Fatalf("TryClaim past the sighting's end (%s before the recorded expiry plus clock_skew): %v", time.Until(l.Deadline.Add(2*time.Second)), err)
+	}
+	defer func() { _ = b.Release(ctx, nl) }()
+	if nl.Token <= l.Token {
+		t.Errorf("token %d after the holder's %d", nl.Token, l.Token)
+	}
+	if got.Before(l.Deadline) {
+		t.Errorf("taken over %s before the holder's Deadline", l.Deadline.Sub(got))
+	}
+	if err := a.Driver().Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("the old holder's Commit after the takeover: %v, want ErrLost", err)
 	}
 }
 

@@ -44,8 +44,10 @@
 // the driver enforces leases itself, so leases from 1 ms work.
 //
 //   - Claim: one transaction creates the lock key only if it is absent
-//     (cas with index 0). If it exists and its recorded expiry plus
-//     Options.ClockSkew has passed, a second transaction deletes it if it
+//     (cas with index 0). If it exists and its lease has ended (its
+//     recorded expiry plus Options.ClockSkew has passed, or its TTL since
+//     this process first saw that write of the record: see Clocks), a
+//     second transaction deletes it if it
 //     is unchanged (delete-cas on the ModifyIndex read) and creates it
 //     afresh: of two takers only one can win. TryClaimRead adds a
 //     get-or-empty of the value key to the claiming transaction.
@@ -84,9 +86,16 @@
 // Clocks: Consul KV has no server clock, so expiry is judged on client
 // clocks. A holder records expiry = (its clock before sending) + TTL and
 // stops at its Deadline, which is no later; another client takes over
-// only once its own clock passes expiry + ClockSkew. Exclusion therefore
-// holds as long as clients' clocks differ by less than ClockSkew; a
-// waiter may wait up to ClockSkew longer than the lease. Stored values
+// once its own clock passes expiry + ClockSkew, which holds exclusion as
+// long as clients' clocks differ by less than ClockSkew. A client that
+// saw the write of the record (its ModifyIndex) takes over sooner, once
+// the record's TTL (plus 1 ms and 500 ppm) has passed since its first
+// sighting of that write (driver.Sightings): the holder's Deadline counts
+// from before it sent the write, which Consul applied before the client
+// saw it, so this needs clocks that run at the same rate, not clocks that
+// agree. A waiter that watched the claim being made thus takes over
+// within a round trip of the holder's Deadline; one that first saw it
+// late waits up to ClockSkew longer than the lease. Stored values
 // expire by the reader's clock and are deleted lazily when read; Sweep
 // removes leftovers.
 //
@@ -158,7 +167,8 @@
 //
 // # Errors
 //
-// A *claim.HeldError's Remaining includes ClockSkew. A 413 from Consul
+// A *claim.HeldError's Remaining includes ClockSkew, unless the sighting
+// rule above ends the lease sooner. A 413 from Consul
 // (Options.MaxValueLen raised past the server's limits) is ErrTooLarge.
 // Configuration errors wrap claim.ErrConfig, in every call (Open and Ping
 // included), consul/api's error underneath (errors.As with

@@ -109,9 +109,9 @@ func (b *backend) pruned(f fairState, now time.Time) []entry {
 }
 
 // leaseLive reports whether f holds a lease another client may not take
-// over at now (its expiry plus ClockSkew not passed).
+// over at now (see heldUntil).
 func (b *backend) leaseLive(f fairState, now time.Time) bool {
-	return f.lock != nil && f.recOK && now.Before(time.UnixMilli(f.rec.Expiry).Add(b.o.ClockSkew))
+	return f.lock != nil && f.recOK && now.Before(b.heldUntil(f.lock.Key, f.lock, f.rec, now))
 }
 
 // holds reports whether holder holds f's lease.
@@ -281,7 +281,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if !ok {
 			continue
 		}
-		left := time.Until(time.UnixMilli(f.rec.Expiry).Add(b.o.ClockSkew))
+		left := time.Until(b.heldUntil(f.lock.Key, f.lock, f.rec, now))
 		if c.grant != nil {
 			left = g.TTL + b.o.ClockSkew
 		}

@@ -466,10 +466,6 @@ func (b *backend) forget(lk string) {
 	b.seenMu.Unlock()
 }
 
-// takeoverMargin is how much longer than the holder's TTL a takeover waits,
-// for clocks that do not run at quite the same rate: 1 ms plus 500 ppm.
-func takeoverMargin(ttl time.Duration) time.Duration { return time.Millisecond + ttl/2000 }
-
 // takeoverAfter returns how long until the claim kv of the lock key lk (as
 // read at got) may be taken over, and whether it may be now.
 //
@@ -507,7 +503,7 @@ func (b *backend) takeoverAfter(ctx context.Context, cli *clientv3.Client, lk st
 		leaseLeft = time.Duration(r.TTL+1) * time.Second
 		b.learned(lk, s)
 	}
-	left := time.Until(s.at.Add(s.ttl + takeoverMargin(s.ttl)))
+	left := time.Until(s.at.Add(s.ttl + driver.TakeoverMargin(s.ttl)))
 	if left <= 0 {
 		return 0, true
 	}
