@@ -102,11 +102,11 @@ type backend struct {
 	mu        sync.Mutex
 	closed    bool
 	watchers  map[subID]*watcher
-	polled    map[subID]sub  // subscriptions read by the poll loop
-	pollDone  chan struct{}  // closed when the poll loop ends; nil when none runs
-	fairLocal                // fair acquisition: queuewatch.go
+	polled    map[subID]sub    // subscriptions read by the poll loop
+	pollDone  chan struct{}    // closed when the poll loop ends; nil when none runs
+	fairLocal                  // fair acquisition: queuewatch.go
 	seen      driver.Sightings // the claims seen, for takeovers (heldUntil)
-	watchWG   sync.WaitGroup // the blocking queries' goroutines (notify.go)
+	watchWG   sync.WaitGroup   // the blocking queries' goroutines (notify.go)
 }
 
 var (
