@@ -11,6 +11,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // MaxBatch is the most keys one BatchGetItem request may name, and so
@@ -109,10 +110,10 @@ func (b *backend) readStates(ctx context.Context, keys, _ []string) ([]driver.Po
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	at := clock.Now()
 	out := make([]driver.PollState, len(keys))
-	for i := range keys {
-		out[i] = b.pollState(items[i], now)
+	for i, k := range keys {
+		out[i] = b.pollState(k, items[i], at)
 	}
 	return out, nil
 }

@@ -59,7 +59,8 @@
 //
 // The table's partition key is the string attribute "k" (no sort key).
 // Items have these attributes: k (PREFIX:KEY), h (holder id, present while
-// claimed), le (lease expiry, Unix ms, holder's clock), f (fencing
+// claimed), le (lease expiry, Unix ms, holder's clock), lw (a map: e, the
+// le it was written with, and t, that write's TTL in ms), f (fencing
 // counter), n (notify counter), v (value, binary), ve (value expiry, Unix
 // ms; absent: none), vp (present when the value has no expiry), exp
 // (Unix seconds, the attribute DynamoDB's TTL reaps by), and for fair
@@ -72,7 +73,8 @@
 // # Semantics
 //
 // TryClaim is one conditional UpdateItem (no holder, or the holder's lease
-// expired) that sets the holder and its expiry and increments the fence.
+// expired: see below) that sets the holder and its expiry and increments
+// the fence.
 // The item outlives releases, and a fence is created at the current Unix
 // time in microseconds, so tokens keep increasing even after the item was
 // reaped by TTL or the table recreated (Features.DurableFence). Release,
@@ -101,9 +103,22 @@
 //
 // DynamoDB has no server clock in conditions: expiry is judged on the
 // clients' clocks. A holder records its lease's expiry as request time +
-// TTL (millisecond granularity, rounded up); another client takes the lease over only
-// ClockSkew after that time by its own clock. Two holders never overlap
-// while the clients' clocks differ by less than ClockSkew.
+// TTL (millisecond granularity, rounded up), and the TTL itself (lw);
+// another client takes the lease over ClockSkew after that time by its
+// own clock (the condition le < now - ClockSkew), or sooner if it watched
+// the lease being written: from its first read that showed that write
+// (poll, queue read, a claim's own reply, or the old item DynamoDB
+// returns on a failed claim; dynalite returns none) plus the TTL recorded
+// and driver.TakeoverMargin, whichever comes first. The claim then adds
+// to its condition the alternative "the item still holds that very
+// write" (the same fence and le), and a poll wakes the waiters at that
+// time. That is safe whatever the clocks read: the holder counts its
+// Deadline from a clock reading taken before it sent the write, and the
+// reader saw the write after it was applied (driver.Sightings). Two
+// holders never overlap while the clients' clocks differ by less than
+// ClockSkew and run at the same rate (500 ppm allowed). A lease whose lw
+// is missing or names another le (written by an earlier version) is
+// taken over by the clock rule alone.
 //
 // The TTL attribute exp only reclaims space: an item is reaped no earlier
 // than Retention after its lease's and its value's expiry (never while it
@@ -119,7 +134,8 @@
 // notify counter (Release, CommitRelease, Revoke and Notify bump it; a
 // missing one starts at the current Unix time in microseconds, so it
 // never comes back to a value a poller saw), or the lease seen last
-// running out or taken over, wakes the key's waiters; a claim on a free
+// running out (at the time it may be taken over, above) or taken over,
+// wakes the key's waiters; a claim on a free
 // key does not. Topics use the Client's topic log.
 //
 // # Fair acquisition (hand-over)
@@ -164,18 +180,22 @@
 // another writer's success; this is the one exception to one attempt per
 // method, and a lost race is not an error the client could act on.
 //
-// Expiry of entries is judged as lease expiry is: an entry lives for its
+// Expiry of entries is judged by the clock rule: an entry lives for its
 // TTL from its Enqueue by its waiter's clock, and others skip it only
 // ClockSkew after that. A waiter renews its entry in place only while it
 // is unexpired by its own clock; an expired entry is queued anew at the
 // tail, so an entry others skipped never comes back at its old place. A
 // grant's lease counts from a clock read after the GetItem, so after
 // every Enqueue that queued the waiter: the waiter's Deadline (counted
-// from its last Enqueue) is never after the recorded expiry.
+// from its last Enqueue) is never after the recorded expiry, nor after
+// the grant was sent plus its TTL (lw). A dead holder's lease is taken
+// over (Enqueue's grant) as TryClaim takes it: by the clock rule, or by
+// this process's sightings of its write, on condition that the item
+// still holds it (same fence and le).
 //
 // Grants reach waiters by polling (SubscribeGrants): one loop per key per
 // process, the same cadence as Subscribe's (PollMin, doubling to PollMax,
-// and a read at the lease's expiry), each poll one GetItem of the lease
+// and a read when the lease may be taken over), each poll one GetItem of the lease
 // attributes. A live lease with a new fence is delivered as the grant
 // (TTL: lt, the TTL granted). A lease gone with no new one (released with
 // no waiter, or run out) and a failed poll are delivered as the zero
@@ -197,7 +217,7 @@
 //
 // # Errors
 //
-// ErrHeld (Remaining from the holder's recorded expiry where DynamoDB
+// ErrHeld (Remaining until the lease may be taken over where DynamoDB
 // returns the item on a failed condition, 0 on dynalite), ErrLost,
 // ErrNotFound, and ErrTooLarge for values over MaxValueLen or an item
 // DynamoDB finds too large. A lease longer than Retention is an error of

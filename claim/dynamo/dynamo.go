@@ -57,7 +57,9 @@ type Options struct {
 	Prefix string
 	// ClockSkew is the margin for the difference between clients' clocks
 	// (default 100 ms): a lease is taken over only ClockSkew after its
-	// recorded expiry.
+	// recorded expiry, unless this process saw the write that recorded it
+	// early enough to take it over sooner (see the package documentation,
+	// "Semantics").
 	ClockSkew time.Duration
 	// Retention is how long an item is kept after its lease and value
 	// expired before DynamoDB's TTL may reap it (default 7 days), and the
@@ -86,6 +88,9 @@ type backend struct {
 	races   atomic.Int64                       // queue writes whose condition a concurrent write failed (tests)
 	qmu     sync.Mutex                         // guards waiters
 	waiters map[string]map[string]*localWaiter // by key and holder: this process's waiters (Enqueue)
+	seen    driver.Sightings                   // the lease writes seen, for takeovers (sight)
+	smu     sync.Mutex                         // guards last
+	last    map[string]sighted                 // by key: the lease read last (sight), for the claims' conditions
 
 	c         *dynamodb.Client
 	table     string

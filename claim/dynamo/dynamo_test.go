@@ -162,19 +162,32 @@ func TestMaxValueUnderLongestKey(t *testing.T) {
 }
 
 // TestClockSkewMargin: a lease is taken over only ClockSkew after its
-// recorded expiry, and HeldError.Remaining says so where DynamoDB returns
-// the old item (dynalite does not: 0).
+// recorded expiry by a client that first saw it late (after it expired:
+// its sighting plus the TTL is later than that), and HeldError.Remaining
+// says so where DynamoDB returns the old item (dynalite does not: 0).
 func TestClockSkewMargin(t *testing.T) {
-	url := server(t)
-	a, b := backendtest.Open(t, backendtest.WithQuery(t, url, "clock_skew", "400ms")), backendtest.Open(t, backendtest.WithQuery(t, url, "clock_skew", "400ms"))
+	url := backendtest.WithQuery(t, server(t), "clock_skew", "400ms")
+	a, b := backendtest.Open(t, url), backendtest.Open(t, url)
 	ctx := context.Background()
-	l, err := a.TryClaim(ctx, "skew", 100*time.Millisecond)
+	key := securitytest.Unique(t) + "skew"
+	l, err := a.TryClaim(ctx, key, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	time.Sleep(time.Until(l.Deadline) + 50*time.Millisecond)
+	// b first sees the lease now (its poll read), past the holder's
+	// deadline: its sighting says nothing before 1 s from now, the clock
+	// rule 400 ms after the recorded expiry, which is the poll's takeover
+	// time.
+	st, err := drv(b).readState(ctx, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Holder == "" || st.Expires.Before(l.Deadline.Add(400*time.Millisecond)) || st.Expires.After(l.Deadline.Add(500*time.Millisecond)) {
+		t.Errorf("late poll: holder %q, takeover %s after the Deadline, want the recorded expiry + 400ms", st.Holder, st.Expires.Sub(l.Deadline))
+	}
 	// Past the holder's deadline but within the margin: still held.
-	_, err = b.TryClaim(ctx, "skew", time.Second)
+	_, err = b.TryClaim(ctx, key, time.Second)
 	var he *claim.HeldError
 	if !errors.As(err, &he) {
 		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
@@ -182,8 +195,9 @@ func TestClockSkewMargin(t *testing.T) {
 	if he.Remaining > 400*time.Millisecond {
 		t.Errorf("Remaining = %s, more than the margin left", he.Remaining)
 	}
-	time.Sleep(500 * time.Millisecond)
-	l2, err := b.TryClaim(ctx, "skew", time.Second)
+	// After the margin, long before the late sighting's end.
+	time.Sleep(time.Until(l.Deadline.Add(550 * time.Millisecond)))
+	l2, err := b.TryClaim(ctx, key, time.Second)
 	if err != nil {
 		t.Fatalf("TryClaim after the margin: %v", err)
 	}
@@ -191,6 +205,115 @@ func TestClockSkewMargin(t *testing.T) {
 		t.Errorf("token %d after %d", l2.Token, l.Token)
 	}
 	_ = b.Release(ctx, l2)
+}
+
+// TestTakeoverBySighting: a client that saw a claim being made takes it
+// over once its sighting plus the claim's TTL has passed, whatever
+// clock_skew says (2 s here, so the clock rule would wait until 2 s after
+// the recorded expiry), and never before the holder's Deadline (one
+// process: one clock). dynalite returns no item on a failed claim, so the
+// sighting comes from the poll's read: the driver's readState, a
+// subscription's poller (Acquire), the queue's read (AcquireFair).
+func TestTakeoverBySighting(t *testing.T) {
+	raw := server(t)
+	const ttl = time.Second
+	for _, mode := range []string{"TryClaim", "Acquire", "AcquireFair"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			a, b := backendtest.Open(t, raw), backendtest.Open(t, backendtest.WithQuery(t, raw, "clock_skew", "2s"))
+			ctx := backendtest.Context(t)
+			key := securitytest.Unique(t) + "sighted"
+			var l claim.Lease
+			var err error
+			if mode == "AcquireFair" {
+				l, err = a.AcquireFair(ctx, key, ttl)
+			} else {
+				l, err = a.TryClaim(ctx, key, ttl)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var l2 claim.Lease
+			switch mode {
+			case "TryClaim":
+				if st, err := drv(b).readState(ctx, key); err != nil || st.Holder == "" {
+					t.Fatalf("poll read after the claim: %+v, %v", st, err)
+				}
+				for {
+					l2, err = b.TryClaim(ctx, key, ttl)
+					if !errors.Is(err, claim.ErrHeld) || time.Now().After(l.Deadline.Add(2*time.Second)) {
+						break
+					}
+					time.Sleep(10 * time.Millisecond)
+				}
+			case "Acquire":
+				l2, err = b.Acquire(ctx, key, ttl)
+			case "AcquireFair":
+				l2, err = b.AcquireFair(ctx, key, ttl)
+			}
+			got := time.Now()
+			if err != nil {
+				t.Fatalf("%s: %v", mode, err)
+			}
+			defer b.Release(context.Background(), l2)
+			if l2.Token <= l.Token {
+				t.Errorf("token %d after %d", l2.Token, l.Token)
+			}
+			if !got.After(l.Deadline) {
+				t.Errorf("took over %s before the holder's Deadline", l.Deadline.Sub(got))
+			}
+			// The clock rule would wait past Deadline + 2 s.
+			if past := got.Sub(l.Deadline); past > 1500*time.Millisecond {
+				t.Errorf("took over %s after the holder's Deadline, want well within clock_skew (2s)", past)
+			} else {
+				t.Logf("took over %s after the holder's Deadline", past)
+			}
+		})
+	}
+}
+
+// TestTakeoverNeedsRecordedTTL: a lease whose item records no TTL for its
+// expiry (no lw: written by an earlier version; an lw of another expiry:
+// left behind by an earlier version's Extend; an lw of another holder:
+// left behind, and the key claimed since by an earlier version) is taken
+// over by the clock rule alone, however early it was seen.
+func TestTakeoverNeedsRecordedTTL(t *testing.T) {
+	raw := server(t)
+	a, b := backendtest.Open(t, raw), backendtest.Open(t, backendtest.WithQuery(t, raw, "clock_skew", "2s"))
+	ctx := backendtest.Context(t)
+	da := drv(a)
+	for _, c := range []struct{ name, expr string }{
+		{"none", "REMOVE #lw"},
+		{"stale", "SET #le = #le + :one"},
+		{"other holder", "SET #h = :other"},
+	} {
+		key := securitytest.Unique(t) + c.name
+		l, err := a.TryClaim(ctx, key, 300*time.Millisecond)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var vals map[string]types.AttributeValue
+		switch c.name {
+		case "stale":
+			vals = map[string]types.AttributeValue{":one": num(1)}
+		case "other holder":
+			vals = map[string]types.AttributeValue{":other": str("an earlier version's holder")}
+		}
+		if _, err := da.update(ctx, key, c.expr, "", vals, types.ReturnValueNone); err != nil {
+			t.Fatal(err)
+		}
+		st, err := drv(b).readState(ctx, key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.Holder == "" || st.Expires.Before(l.Deadline.Add(2*time.Second)) {
+			t.Errorf("%s: poll takeover %s after the Deadline, want the recorded expiry + 2s", c.name, st.Expires.Sub(l.Deadline))
+		}
+		time.Sleep(time.Until(l.Deadline.Add(100 * time.Millisecond)))
+		if _, err := b.TryClaim(ctx, key, time.Second); !errors.Is(err, claim.ErrHeld) {
+			t.Errorf("%s: TryClaim past the sighting's end: %v, want ErrHeld (no TTL recorded)", c.name, err)
+		}
+	}
 }
 
 // TestFenceSurvivesItemLoss: tokens keep increasing after the item was
@@ -360,3 +483,30 @@ func BenchmarkTakeover(b *testing.B) { backendtest.Takeover(b, open) }
 
 // open opens a client of the shared test server for a benchmark.
 var open = func(t testing.TB) *claim.Client { return backendtest.Open(t, server(t)) }
+
+// TestTakeoverNeedsTheWriteSeen: a takeover by sightings replaces only the
+// very write of the lease that was seen. A write since (here lw.n
+// changed, as a renewal that recorded the same expiry and TTL on another
+// clock would) is another write, and the claim is refused until it has
+// been seen for its own TTL.
+func TestTakeoverNeedsTheWriteSeen(t *testing.T) {
+	raw := server(t)
+	a, b := backendtest.Open(t, raw), backendtest.Open(t, backendtest.WithQuery(t, raw, "clock_skew", "2s"))
+	ctx := backendtest.Context(t)
+	key := securitytest.Unique(t)
+	l, err := a.TryClaim(ctx, key, 300*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := drv(b).readState(ctx, key) // b sees the claim's write
+	if err != nil || st.Holder == "" || !st.Expires.Before(l.Deadline.Add(time.Second)) {
+		t.Fatalf("poll: %+v, %v; want the key held, to be taken over by the sighting (before the clock rule's 2s past %s)", st, err, l.Deadline)
+	}
+	if _, err := drv(a).update(ctx, key, "SET #lw.#n = :n", "", map[string]types.AttributeValue{":n": num(7)}, types.ReturnValueNone); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(st.Expires.Add(50 * time.Millisecond)))
+	if _, err := b.TryClaim(ctx, key, time.Second); !errors.Is(err, claim.ErrHeld) {
+		t.Fatalf("TryClaim past the seen write's end, after an unseen write: %v, want ErrHeld", err)
+	}
+}

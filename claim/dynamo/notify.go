@@ -8,6 +8,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Notify implements driver.Notifier: one UpdateItem that bumps the key's
@@ -24,7 +25,7 @@ func (b *backend) Notify(ctx context.Context, key string) error {
 }
 
 // pollAttrs are the attributes a poll reads.
-var pollAttrs = []string{"h", "le", "f", "n"}
+var pollAttrs = []string{"h", "le", "f", "lw", "n"}
 
 // preRead is the context key under which SubscribeMany hands readState
 // the states its one BatchGetItem read (a map[string]driver.PollState by
@@ -44,22 +45,22 @@ func (b *backend) readState(ctx context.Context, key string) (driver.PollState, 
 	if err != nil {
 		return driver.PollState{}, err
 	}
-	return b.pollState(item, time.Now()), nil
+	return b.pollState(key, item, clock.Now()), nil
 }
 
-// pollState is the state of an item (nil if absent) read at now. The
-// token is the notify counter (see bumpNotify), the holder the live
-// lease's fence ("" when there is none or it ran out, which is also when
-// the state is due to change by itself).
-func (b *backend) pollState(item map[string]types.AttributeValue, now time.Time) driver.PollState {
+// pollState is the state of key's item (nil if absent) read at at (a
+// clock.Now reading after the answer), a sighting of its lease (sight).
+// The token is the notify counter (see bumpNotify), the holder the live
+// lease's fence ("" when there is none or it may be taken over, which is
+// also when the state is due to change by itself: Expires, the lease's
+// takeover time).
+func (b *backend) pollState(key string, item map[string]types.AttributeValue, at time.Time) driver.PollState {
 	var st driver.PollState
 	n, _ := attr(item, "n")
 	st.Token = strconv.FormatInt(n, 10)
-	if le, ok := attr(item, "le"); ok && item["h"] != nil {
-		if exp := b.expiry(le); now.Before(exp) {
-			f, _ := attr(item, "f")
-			st.Holder, st.Expires = strconv.FormatInt(f, 10), exp
-		}
+	if until, held := b.observe(key, item, at); held && at.Before(until) {
+		f, _ := attr(item, "f")
+		st.Holder, st.Expires = strconv.FormatInt(f, 10), until
 	}
 	return st
 }

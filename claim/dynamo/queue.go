@@ -15,6 +15,7 @@ import (
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // The fair queue of a key lives in its item, next to the lease (see the
@@ -26,6 +27,8 @@ import (
 //	qn  the next seq
 //	lt  the TTL of the lease last granted from the queue, ms
 //
+// A grant records the lease as TryClaim does (h, le, lw, f).
+//
 // Every queue operation reads the item (one strongly consistent GetItem)
 // and makes one UpdateItem whose condition holds exactly when what the
 // decision rested on is unchanged. Entries are added or renewed only while
@@ -35,7 +38,7 @@ import (
 // ends with nobody to grant it to, qn (no waiter came meanwhile).
 
 // queueAttrs are the attributes a queue operation reads.
-var queueAttrs = []string{"h", "le", "f", "lt", "qs", "qt", "qe", "qn"}
+var queueAttrs = []string{"h", "le", "f", "lt", "lw", "qs", "qt", "qe", "qn"}
 
 // maxAttempts bounds the read-and-write rounds of one queue operation: a
 // round is repeated only when its write's condition failed because
@@ -60,10 +63,13 @@ type entry struct {
 type queueState struct {
 	holder      string // "" if no lease is recorded
 	le, f, lt   int64
+	n           int64 // the lease write's lw.n (leaseSeen), 0 if unknown
 	hasF, hasLT bool
 	maps        bool // qs, qt, qe and qn exist
 	qn          int64
-	q           []entry // by seq
+	q           []entry   // by seq
+	at          time.Time // when the read was answered (clock.Now)
+	until       time.Time // when the lease read may be taken over (sight); zero if none
 }
 
 // entry returns holder's entry.
@@ -133,6 +139,11 @@ func (b *backend) readQueue(ctx context.Context, key string) (queueState, error)
 		s.q = append(s.q, entry{holder: h, seq: seq, ttl: qt[h], exp: qe[h]})
 	}
 	slices.SortFunc(s.q, func(a, b entry) int { return cmp.Or(cmp.Compare(a.seq, b.seq), strings.Compare(a.holder, b.holder)) })
+	if ls, ok := seenLease(item); ok {
+		s.n = ls.n
+	}
+	s.at = clock.Now()
+	s.until, _ = b.observe(key, item, s.at)
 	return s, nil
 }
 
@@ -197,7 +208,7 @@ func (w *write) prune(s *queueState, cut int64, skip ...string) {
 func (w *write) grant(holder string, ttl int64, now time.Time) int64 {
 	le := leaseEnd(now, time.Duration(ttl)*time.Millisecond)
 	w.set = append(w.set, "#h = "+w.val(str(holder)), "#le = "+w.val(num(le)), "#lt = "+w.val(num(ttl)),
-		"#f = if_not_exists(#f, "+w.val(num(now.UnixMicro()))+") + "+w.val(num(1)))
+		"#lw = "+w.val(lwValue(holder, le, time.Duration(ttl)*time.Millisecond)), "#f = if_not_exists(#f, "+w.val(num(now.UnixMicro()))+") + "+w.val(num(1)))
 	w.reap = le
 	return le
 }
@@ -357,8 +368,13 @@ func (b *backend) minLocalTTL(key string) (time.Duration, bool) {
 func (b *backend) claimFree(ctx context.Context, key, holder string, ttl time.Duration) (l driver.Lease, ok bool, err error) {
 	start := time.Now()
 	w := newWrite()
-	w.cond = append(w.cond, "(attribute_not_exists(#h) OR #le < "+w.val(num(start.Add(-b.skew).UnixMilli()))+")",
-		"(attribute_not_exists(#qs) OR size(#qs) = "+w.val(num(0))+")")
+	free := "attribute_not_exists(#h) OR #le < " + w.val(num(start.Add(-b.skew).UnixMilli()))
+	if sd, ok := b.takeover(key, clock.At(start)); ok {
+		// A lease this process saw written long enough ago, if the item
+		// still holds that write (see tryClaim).
+		free += " OR (#f = " + w.val(num(sd.f)) + " AND #le = " + w.val(num(sd.le)) + " AND #lw.#n = " + w.val(num(sd.n)) + ")"
+	}
+	w.cond = append(w.cond, "("+free+")", "(attribute_not_exists(#qs) OR size(#qs) = "+w.val(num(0))+")")
 	w.grant(holder, ttl.Milliseconds(), start)
 	out, err := b.send(ctx, key, w, types.ReturnValueUpdatedNew)
 	if _, failed := conditionFailed(err); failed {
@@ -367,6 +383,7 @@ func (b *backend) claimFree(ctx context.Context, key, holder string, ttl time.Du
 	if err != nil {
 		return driver.Lease{}, false, err
 	}
+	b.observe(key, out.Attributes, clock.Now())
 	token, valid := attr(out.Attributes, "f")
 	if !valid || token <= 0 {
 		return driver.Lease{}, false, errors.New("no valid fence in the reply")
@@ -393,21 +410,32 @@ func (b *backend) enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			return s.lease(key, now), nil // step 2
 		}
 		w := newWrite()
-		var held int64 // the expiry of the lease holder waits behind
+		var held time.Time // when the lease holder waits behind may be taken over
 		first, queued := s.first(cut)
+		// live: a lease others may not take over yet, by the clock rule
+		// (judged at start) and by this process's sightings of its write
+		// (judged at the read's answer, s.at; see sight).
+		live := s.holder != "" && s.le >= cut && s.at.Before(s.until)
 		switch {
-		case s.holder == holder && s.le >= cut:
+		case s.holder == holder && live:
 			// Its own lease, expired by its clock but not by others':
 			// it waits behind it.
 			w.cond = append(w.cond, "#h = "+w.val(str(holder)), "#f = "+w.val(num(s.f)), "#le >= "+w.val(num(cut)))
-			held = s.le
-		case s.holder != "" && s.le >= cut:
+			held = s.until
+		case live:
 			w.cond = append(w.cond, "#h <> "+w.val(str(holder)), "#le >= "+w.val(num(cut)))
-			held = s.le
+			held = s.until
 		default:
 			// No live lease (and, with the fence unchanged, none granted
-			// since: the queue only lost entries).
-			w.cond = append(w.cond, "(attribute_not_exists(#h) OR #le < "+w.val(num(cut))+")")
+			// since: the queue only lost entries). A lease live by the
+			// clock rule but not by the sightings is taken over only if
+			// the item still holds the write read (the fence, below, and
+			// its expiry).
+			free := "attribute_not_exists(#h) OR #le < " + w.val(num(cut))
+			if s.holder != "" && s.le >= cut {
+				free += " OR (#le = " + w.val(num(s.le)) + " AND #lw.#n = " + w.val(num(s.n)) + ")"
+			}
+			w.cond = append(w.cond, "("+free+")")
 			if s.hasF {
 				w.cond = append(w.cond, "#f = "+w.val(num(s.f)))
 			} else {
@@ -426,6 +454,7 @@ func (b *backend) enqueue(ctx context.Context, key, holder string, ttl time.Dura
 				if err != nil {
 					return driver.Lease{}, err
 				}
+				b.observe(key, out.Attributes, clock.Now())
 				token, ok := attr(out.Attributes, "f")
 				if !ok || token <= 0 {
 					return driver.Lease{}, errors.New("no valid fence in the reply")
@@ -433,7 +462,7 @@ func (b *backend) enqueue(ctx context.Context, key, holder string, ttl time.Dura
 				return driver.Lease{Key: key, Holder: holder, Token: uint64(token), TTL: ttl}, nil
 			}
 			w.removeEntry(first) // step 4
-			held = w.grant(first.holder, first.ttl, at)
+			held = b.expiry(w.grant(first.holder, first.ttl, at))
 		}
 		w.prune(&s, cut, holder, first.holder)
 		w.queue(&s, holder, t, start) // step 5
@@ -442,7 +471,7 @@ func (b *backend) enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		} else if err != nil {
 			return driver.Lease{}, err
 		}
-		return driver.Lease{}, &driver.HeldError{Remaining: max(0, time.Until(b.expiry(held)))}
+		return driver.Lease{}, &driver.HeldError{Remaining: max(0, clock.Until(held))}
 	}
 	return driver.Lease{}, errQueueBusy
 }
@@ -462,7 +491,7 @@ func (b *backend) handOver(ctx context.Context, key string, s *queueState, start
 		w.grant(first.holder, first.ttl, at)
 	} else {
 		w.set = append(w.set, bumpNotify(w.vals))
-		w.rem = append(w.rem, "#h", "#le", "#lt")
+		w.rem = append(w.rem, "#h", "#le", "#lt", "#lw")
 		if s.maps {
 			w.cond = append(w.cond, "#qn = "+w.val(num(s.qn)))
 		} else {
@@ -551,7 +580,7 @@ func (b *backend) Dequeue(ctx context.Context, key, holder string) error {
 }
 
 // grantAttrs are the attributes a grant poll reads.
-var grantAttrs = []string{"h", "le", "f", "lt", "n"}
+var grantAttrs = []string{"h", "le", "f", "lt", "lw", "n"}
 
 // grantRead is one grant poll's result.
 type grantRead struct {
@@ -669,7 +698,7 @@ func (b *backend) readGrant(ctx context.Context, key string) (driver.PollState, 
 		}
 		return driver.PollState{}, err
 	}
-	st := b.pollState(item, now)
+	st := b.pollState(key, item, clock.At(now))
 	f, _ := attr(item, "f")
 	st.Token = strconv.FormatInt(f, 10) + "/" + st.Token
 	r := grantRead{f: f, sent: sent, reply: now}
