@@ -36,8 +36,12 @@ func exptime(sec int64, now time.Time) (int32, error) {
 }
 
 // lockItem is holder's lock item for a lease of sec seconds from start.
-// Its value is "HOLDER UNIXMS", UNIXMS being the lease's end (holder's
-// clock: start + sec) plus lockSlack; memcached keeps it lockKeep
+// Its value is "HOLDER;0;SEC UNIXMS", UNIXMS being the lease's end
+// (holder's clock: start + sec) plus lockSlack: the fair format
+// (queue.go) with no token and no queue, so that the lock records its
+// lease's TTL (for takeovers by sightings, heldUntil), while readers of
+// the plain format "HOLDER UNIXMS" (parseLock; earlier versions, which
+// wrote it) read the same holder and end. memcached keeps it lockKeep
 // seconds past that end.
 func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gomemcache.Item, error) {
 	exp, err := exptime(sec+lockKeep, start)
@@ -45,14 +49,15 @@ func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gom
 		return nil, err
 	}
 	latest := start.Add(time.Duration(sec+lockSlack) * time.Second)
-	v := holder + " " + strconv.FormatInt(latest.UnixMilli(), 10)
+	v := holder + ";0;" + strconv.FormatInt(sec, 10) + " " + strconv.FormatInt(latest.UnixMilli(), 10)
 	return &gomemcache.Item{Key: b.item('l', key), Value: []byte(v), Expiration: exp}, nil
 }
 
-// parseLock reads a lock item's value, "HOLDER UNIXMS" (see lockItem;
-// HOLDER is "~NONCE:HOLDER" in a Revoke's tombstone, see entomb), or
-// "HOLDER;FAIR... UNIXMS" where the lock holds a fair queue (see
-// parseState): it returns the holder and the recorded end.
+// parseLock reads a lock item's value, "HOLDER UNIXMS" (as earlier
+// versions wrote it; HOLDER is "~NONCE:HOLDER" in a Revoke's tombstone,
+// see entomb), or "HOLDER;FAIR... UNIXMS" (see lockItem, and parseState
+// where the lock holds a fair queue): it returns the holder and the
+// recorded end.
 func parseLock(v []byte) (holder string, latest time.Time) {
 	h, ms, ok := strings.Cut(string(v), " ")
 	h, _, _ = strings.Cut(h, ";")
@@ -74,7 +79,7 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	if err != nil {
 		return driver.Lease{}, err
 	}
-	if err := b.takeLock(ctx, lock); err != nil {
+	if err := b.takeLock(ctx, key, lock); err != nil {
 		return driver.Lease{}, err
 	}
 	// The token is drawn after the lock was stored, so tokens are issued
@@ -94,25 +99,41 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 const takeTries = 3
 
 // freeAt is when other clients may take over a lock that records latest
-// (see lockItem): b.skew after the end of its lease (latest less
-// lockSlack), by their own clocks. Its holder gave up at that end by its
-// own clock (checkLock, and its Deadline is no later), so two holders
-// never overlap while the clients' clocks differ by less than b.skew.
+// (see lockItem) by the clock rule: b.skew after the end of its lease
+// (latest less lockSlack), by their own clocks. Its holder gave up at
+// that end by its own clock (checkLock, and its Deadline is no later), so
+// two holders never overlap while the clients' clocks differ by less
+// than b.skew. heldUntil may allow it sooner.
 func (b *backend) freeAt(latest time.Time) time.Time {
 	return latest.Add(-lockSlack*time.Second + b.skew)
 }
 
+// heldUntil returns when the lease that key's lock records as st, in an
+// answer that arrived at at (clock.Now), may be taken over: freeAt, or
+// sooner if this process has watched that write of the lock since about
+// when it was made (driver.Sightings: its first sighting plus the TTL
+// the lock records, plus driver.TakeoverMargin, whatever the clocks
+// read; the holder's Deadline counts from before it sent the write). A
+// lock that does not record its TTL (written by an earlier version) is
+// judged by freeAt alone. The judgement is about the lease the lock
+// records, not the item, which memcached keeps lockKeep seconds longer
+// by its own whole-second clock.
+func (b *backend) heldUntil(key string, st *lockState, at time.Time) time.Time {
+	end := b.seen.End(key, st.rev(), time.Duration(st.sec)*time.Second, at)
+	return driver.TakeoverAt(st.end(), b.skew, end)
+}
+
 // takeLock stores lock, a new holder's lock item: an add where the key
-// has no lock, or, where it has one whose lease is over (freeAt passed,
-// by this client's clock: a holder that died or gave up without a
-// release, its item still kept by memcached for up to lockKeep seconds
+// has no lock, or, where it has one whose lease is over (heldUntil
+// passed, by this client's clock: a holder that died or gave up without
+// a release, its item still kept by memcached for up to lockKeep seconds
 // past its end), a cas over the lock as just read. The cas
 // fails if anything changed the lock since the read (a late Extend or
 // Release of its holder, a rival's takeover), so exactly one of them
 // wins. Otherwise it answers a HeldError whose Remaining runs to the
-// lock's freeAt. A lock that changed or vanished between the read and
+// lock's heldUntil. A lock that changed or vanished between the read and
 // the write is looked at again, at most takeTries times in all.
-func (b *backend) takeLock(ctx context.Context, lock *gomemcache.Item) error {
+func (b *backend) takeLock(ctx context.Context, key string, lock *gomemcache.Item) error {
 	for range takeTries {
 		err := do0(ctx, b, func() error { return b.c.Add(lock) })
 		if !errors.Is(err, gomemcache.ErrNotStored) {
@@ -125,12 +146,12 @@ func (b *backend) takeLock(ctx context.Context, lock *gomemcache.Item) error {
 		if err != nil {
 			return &driver.HeldError{}
 		}
-		_, latest := parseLock(cur.Value)
-		if latest.IsZero() {
+		now := clock.Now()
+		st := parseState(cur.Value)
+		if st.latest.IsZero() {
 			return &driver.HeldError{} // not written by this package: held, end unknown
 		}
-		free := b.freeAt(latest)
-		if now := clock.Now(); now.Before(free) {
+		if free := b.heldUntil(key, &st, now); now.Before(free) {
 			return &driver.HeldError{Remaining: free.Sub(now)}
 		}
 		lock.CasID = cur.CasID
@@ -242,10 +263,23 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	_, err = b.swapLock(ctx, l, false, nil, func(it *gomemcache.Item) {
 		st := parseState(it.Value)
 		it.Value, it.Expiration = lock.Value, lock.Expiration
+		latest := now.Add(time.Duration(sec+lockSlack) * time.Second)
+		if latest.UnixMilli() <= st.latest.UnixMilli() {
+			// Every write of one lease records a later end than the
+			// write before it, so that each is a write of its own to
+			// the takeovers by sightings (lockState.rev): a renewal on
+			// a clock behind the one that granted the lease (or a step
+			// of this one) could record the same end. The end recorded
+			// is then later than this holder's Deadline (by as much as
+			// the granting clock was ahead), which only delays a
+			// takeover by the clock rule.
+			latest = time.UnixMilli(st.latest.UnixMilli() + 1)
+		}
 		if !st.fair {
+			it.Value = []byte(l.Holder + ";0;" + strconv.FormatInt(sec, 10) + " " + strconv.FormatInt(latest.UnixMilli(), 10))
 			return
 		}
-		st.sec, st.latest = sec, now.Add(time.Duration(sec+lockSlack)*time.Second)
+		st.sec, st.latest = sec, latest
 		it.Value = st.encode()
 		if exp, err := st.expiration(now); err == nil {
 			it.Expiration = exp // else the lease's own (entries past 2038)
@@ -409,10 +443,11 @@ const deletedHold = 60
 // step 3 (which then fails its cas, reads again and replaces it) or is
 // refused on the server, reads again and finds the tombstone (ErrLost).
 // The tombstone records an end about 3 × 5 × io_timeout away, after which
-// (plus ClockSkew) a claim takes it over as it takes over a dead holder's
-// lock (takeLock): a Revoke that fails after step 2 (or a revoker that
-// dies) blocks the key until then at most, and a Revoke slower than that
-// lets a claim in before step 3 (which still replaces the value).
+// (plus ClockSkew, or its TTL after a claimer first saw it: heldUntil) a
+// claim takes it over as it takes over a dead holder's lock (takeLock): a
+// Revoke that fails after step 2 (or a revoker that dies) blocks the key
+// until then at most, and a Revoke slower than that lets a claim in
+// before step 3 (which still replaces the value).
 func (b *backend) Revoke(ctx context.Context, key string, val []byte, ttl time.Duration) error {
 	it := b.deletedItem(key)
 	if val != nil {

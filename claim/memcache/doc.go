@@ -95,6 +95,25 @@
 // round trips: add, gets, cas, incr), and pollers look at the key at that
 // moment (PollState.Expires), not when memcached drops the item.
 //
+// A client that saw the lock written when it was made takes it over
+// sooner: the lease's TTL (recorded in the lock, "HOLDER;0;TTL UNIXMS")
+// plus 1 ms and 500 ppm after its first sighting of that write (the
+// first reply that showed it, to a claim, an Enqueue or a poll), by its
+// own clock, if that comes before the recorded end plus ClockSkew
+// (driver.Sightings). That is safe whatever the clocks read: the holder
+// counts its Deadline from before it sent the write, so the Deadline
+// passes before the sighting plus the TTL on clocks that run at the same
+// rate (within 500 ppm: a holder whose clock runs slower reaches its
+// Deadline late by the difference, which only KeepAlive's margin, TTL/10,
+// absorbs; the clock rule also absorbed up to ClockSkew of it). Every
+// later write of the lease (Extend, a grant) is another write, judged
+// from its own first sighting. A client that first saw the lock late (it
+// started waiting after the claim) learns nothing early and waits for
+// the recorded end plus ClockSkew. Waiters that poll from the start of a
+// claim thus take a crashed holder's key over within a few milliseconds
+// of its Deadline. Locks written by earlier versions record no TTL and
+// are judged by the clock rule alone.
+//
 // Release and Extend get the lock, compare its holder id and swap it with
 // CompareAndSwap (Release: for an item already expired, then incr the
 // notify counter). The lock records the end of its lease: past it (by the
@@ -141,7 +160,8 @@
 // racing Revoke lands before the value is replaced (and is replaced), or
 // is refused on the server and then finds the tombstone (ErrLost). Windows
 // left: the tombstone records an end 3 × 5 × io_timeout away (taken over
-// ClockSkew later, like a dead holder's lock), so a Revoke that fails half-way, or whose revoker dies, blocks
+// ClockSkew later, or its TTL after a claimer first saw it, like a dead
+// holder's lock), so a Revoke that fails half-way, or whose revoker dies, blocks
 // the key that long at most, and one slower than that lets a claim in
 // before the value is replaced; with several servers, a Commit whose
 // multi-get reached the lock's server before the tombstone and the value's
@@ -174,9 +194,10 @@
 // so a process waiting on hundreds of keys neither sends a request per
 // key nor dials past the connection pool. Release (once
 // the lock is gone) and Notify bump the counter; a changed counter, or the
-// lock seen at the previous poll gone, replaced or past its end plus
-// ClockSkew (a dead holder's, which the waiters take over), wakes the
-// key's waiters; a claim of a free key does not. The loop reads the key
+// lock seen at the previous poll gone, replaced or past the moment it
+// may be taken over (its end plus ClockSkew, or sooner by the sightings
+// above: a dead holder's, which the waiters take over), wakes the key's
+// waiters; a claim of a free key does not. The loop reads the key
 // at that moment (PollState.Expires), whatever its backoff. Topics use
 // the Client's topic log.
 //
@@ -186,7 +207,8 @@
 // in its lock item, next to the holder: a fair lock's value is
 // "HOLDER;TOKEN;TTL{;WAITER,TTL,END} UNIXMS" (the lease's fencing token
 // and TTL, then each waiter's holder ID, the TTL it asked for and when
-// its entry lapses, in order). The fair fields ride before the first
+// its entry lapses, in order; a TryClaim's lock is one with token 0 and
+// no queue). The fair fields ride before the first
 // space, so readers of the plain format "HOLDER UNIXMS" (earlier
 // versions of this package included) read the lease's end as before and
 // take the whole head for a holder that is not theirs. Every operation
@@ -216,8 +238,11 @@
 // are never live at once: the lock item is the one record of who holds
 // the key, every write is conditional on the read it was decided on,
 // and a lease another holder did not end is taken over (Enqueue's step
-// 4, TryClaim) only ClockSkew past the end it records, as any claim
-// here. What is not atomic, precisely: the token is drawn (incr) before
+// 4, TryClaim) only ClockSkew past the end it records, or its TTL after
+// the taker first saw its grant written, as any claim here (an Enqueue
+// that finds its holder granted, step 2, reports at most the granted TTL,
+// so its Deadline, counted from before the grant, holds under both
+// rules). What is not atomic, precisely: the token is drawn (incr) before
 // the cas that grants it, so a lost cas leaves a gap in the tokens (never
 // a repeat, never a decrease: HandOff's is drawn together with its read,
 // yet after the lease it ends was granted; the others' after the read);
@@ -264,7 +289,7 @@
 // # Errors
 //
 // ErrHeld (Remaining until the lock may be taken over: its recorded end
-// plus ClockSkew), ErrLost, ErrNotFound,
+// plus ClockSkew, or sooner by the sightings, see Semantics), ErrLost, ErrNotFound,
 // ErrTooLarge (over maxvalue, refused before any I/O; or from a server
 // whose item size limit is smaller), and gomemcache's own errors
 // underneath.

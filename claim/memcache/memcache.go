@@ -68,7 +68,10 @@ type Options struct {
 	// ClockSkew is the margin for the difference between clients' clocks
 	// (default 100 ms): a lease whose holder did not release it is
 	// taken over ClockSkew after the end its lock records, by the
-	// claimer's clock. Negative is an error.
+	// claimer's clock, or sooner by a process that saw the lock written
+	// when it was made: its TTL (and 1 ms and 500 ppm) after that
+	// sighting, whatever the clocks read (see the package's Semantics).
+	// Negative is an error.
 	ClockSkew time.Duration
 	// PollMin and PollMax bound the polling interval (defaults 2 ms and
 	// 50 ms, see driver.PollOptions).
@@ -97,6 +100,9 @@ type backend struct {
 	// skew is Options.ClockSkew: how long after the end a lock records
 	// another client may take it over (freeAt).
 	skew time.Duration
+	// seen is the locks this client saw written, and when it first saw
+	// each write, for earlier takeovers (heldUntil).
+	seen driver.Sightings
 	// par bounds the batch requests this client has in flight at once,
 	// across all its batches (writes holds a token per request; see
 	// batch.go): the client's idle connections per server, so that

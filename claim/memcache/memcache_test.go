@@ -531,68 +531,141 @@ func TestRevokeRacesCommit(t *testing.T) {
 }
 
 // TestTakeoverByRecordedEnd: a lock memcached still keeps (a dead
-// holder's: its item lives lockKeep seconds past the lease) is taken over as soon as the end it records plus ClockSkew has
-// passed by the claimer's clock, not when memcached drops it; before
-// that the claim answers ErrHeld with Remaining up to that moment, and
-// the poll shows the holder until then and wakes when it passes. The
-// old holder's Extend and Release then answer ErrLost, and the new token
-// is larger.
+// holder's: its item lives lockKeep seconds past the lease) is taken
+// over as soon as the end it records plus ClockSkew has passed by the
+// claimer's clock, not when memcached drops it; before that the claim
+// answers ErrHeld with Remaining up to that moment, and the poll shows
+// the holder until then and wakes when it passes. The claimer is a late
+// observer: it first sees the lock after its lease ended, so its own
+// sighting plus the TTL the lock records (a minute) is later than that,
+// and the clock rule decides (heldUntil); so too for a lock that records
+// no TTL (the format of earlier versions). The old holder's Extend and
+// Release then answer ErrLost, and the new token is larger.
 func TestTakeoverByRecordedEnd(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
-	a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
-	ctx := context.Background()
-	k := fmt.Sprintf("takeover-%d", time.Now().UnixNano())
-	old, err := a.TryClaim(ctx, k, time.Minute)
-	if err != nil {
-		t.Fatal(err)
+	for _, format := range []string{"ttl", "plain"} {
+		t.Run(format, func(t *testing.T) {
+			a, b := backendtest.Open(t, srv.URL()), backendtest.Open(t, srv.URL())
+			ctx := context.Background()
+			k := fmt.Sprintf("takeover-%s-%d", format, time.Now().UnixNano())
+			old, err := a.TryClaim(ctx, k, time.Minute)
+			if err != nil {
+				t.Fatal(err)
+			}
+			db := drv(b)
+			// Rewrite the lock as the dead holder's would be once its
+			// lease of a minute has ended by the clocks, while memcached
+			// keeps the item a minute longer.
+			setEnd := func(end time.Time) {
+				t.Helper()
+				h := old.Holder
+				if format == "ttl" {
+					h += ";0;60"
+				}
+				v := h + " " + strconv.FormatInt(end.Add(lockSlack*time.Second).UnixMilli(), 10)
+				if err := db.c.Set(&gomemcache.Item{Key: db.item('l', k), Value: []byte(v), Expiration: 60}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			// Ended, but not ClockSkew ago: held, for at most ClockSkew more.
+			setEnd(time.Now())
+			_, err = b.TryClaim(ctx, k, time.Minute)
+			var he *claim.HeldError
+			if !errors.As(err, &he) || he.Remaining <= 0 || he.Remaining > db.skew {
+				t.Fatalf("claim within ClockSkew of the recorded end: %v, want ErrHeld with 0 < Remaining <= %s", err, db.skew)
+			}
+			st, err := db.readState(ctx, k)
+			if err != nil || st.Holder != old.Holder || st.Expires.IsZero() || st.Expires.After(time.Now().Add(db.skew)) {
+				t.Fatalf("poll within ClockSkew of the end: %+v, %v; want the holder, and when it may be taken over (within %s)", st, err, db.skew)
+			}
+			// Ended more than ClockSkew ago: the poll shows no holder
+			// (which wakes the waiters) and the claim takes the lock over.
+			setEnd(time.Now().Add(-db.skew - time.Millisecond))
+			ns, err := db.readState(ctx, k)
+			if err != nil || ns.Holder != "" || !driver.Wakes(st, ns) {
+				t.Fatalf("poll past the end + ClockSkew: %+v, %v; want no holder, waking", ns, err)
+			}
+			nl, err := b.TryClaim(ctx, k, time.Minute)
+			if err != nil {
+				t.Fatalf("takeover past the end + ClockSkew: %v", err)
+			}
+			if nl.Token <= old.Token {
+				t.Errorf("takeover token %d not above the old holder's %d", nl.Token, old.Token)
+			}
+			if _, err := a.Extend(ctx, old, time.Minute); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("old holder's Extend after the takeover: %v, want ErrLost", err)
+			}
+			if err := a.Release(ctx, old); !errors.Is(err, claim.ErrLost) {
+				t.Errorf("old holder's Release after the takeover: %v, want ErrLost", err)
+			}
+			if _, err := a.TryClaim(ctx, k, time.Minute); !errors.Is(err, claim.ErrHeld) {
+				t.Errorf("claim of the new holder's live lease: %v, want ErrHeld", err)
+			}
+			if err := b.Release(ctx, nl); err != nil {
+				t.Errorf("new holder's Release: %v", err)
+			}
+		})
 	}
-	db := drv(b)
-	// Rewrite the lock as the dead holder's would be once its lease of a
-	// minute has ended by the clocks, while memcached keeps the item a
-	// minute longer.
-	setEnd := func(end time.Time) {
-		t.Helper()
-		v := old.Holder + " " + strconv.FormatInt(end.Add(lockSlack*time.Second).UnixMilli(), 10)
-		if err := db.c.Set(&gomemcache.Item{Key: db.item('l', k), Value: []byte(v), Expiration: 60}); err != nil {
-			t.Fatal(err)
-		}
-	}
-	// Ended, but not ClockSkew ago: held, for at most ClockSkew more.
-	setEnd(time.Now())
-	_, err = b.TryClaim(ctx, k, time.Minute)
-	var he *claim.HeldError
-	if !errors.As(err, &he) || he.Remaining <= 0 || he.Remaining > db.skew {
-		t.Fatalf("claim within ClockSkew of the recorded end: %v, want ErrHeld with 0 < Remaining <= %s", err, db.skew)
-	}
-	st, err := db.readState(ctx, k)
-	if err != nil || st.Holder != old.Holder || st.Expires.IsZero() {
-		t.Fatalf("poll within ClockSkew of the end: %+v, %v; want the holder, and when it may be taken over", st, err)
-	}
-	// Ended more than ClockSkew ago: the poll shows no holder (which
-	// wakes the waiters) and the claim takes the lock over.
-	setEnd(time.Now().Add(-db.skew - time.Millisecond))
-	ns, err := db.readState(ctx, k)
-	if err != nil || ns.Holder != "" || !driver.Wakes(st, ns) {
-		t.Fatalf("poll past the end + ClockSkew: %+v, %v; want no holder, waking", ns, err)
-	}
-	nl, err := b.TryClaim(ctx, k, time.Minute)
-	if err != nil {
-		t.Fatalf("takeover past the end + ClockSkew: %v", err)
-	}
-	if nl.Token <= old.Token {
-		t.Errorf("takeover token %d not above the old holder's %d", nl.Token, old.Token)
-	}
-	if _, err := a.Extend(ctx, old, time.Minute); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("old holder's Extend after the takeover: %v, want ErrLost", err)
-	}
-	if err := a.Release(ctx, old); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("old holder's Release after the takeover: %v, want ErrLost", err)
-	}
-	if _, err := a.TryClaim(ctx, k, time.Minute); !errors.Is(err, claim.ErrHeld) {
-		t.Errorf("claim of the new holder's live lease: %v, want ErrHeld", err)
-	}
-	if err := b.Release(ctx, nl); err != nil {
-		t.Errorf("new holder's Release: %v", err)
+}
+
+// TestTakeoverBySightings: a client that saw a lease's lock written when
+// it was made (its first TryClaim, or Enqueue, came right after the
+// claim) takes the lease over the lease's TTL after that first sighting
+// (driver.Sightings), long before the recorded end plus its ClockSkew of
+// 2 s: ErrHeld with Remaining within the TTL and a little, the poll's
+// takeover time as early, then the takeover, with a larger token, after
+// the holder's Deadline (one process, one clock). For TryClaim and for
+// the fair queue (Enqueue's takeover of a holder that died).
+func TestTakeoverBySightings(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Memcache)
+	const ttl = time.Second
+	for _, fair := range []bool{false, true} {
+		t.Run(fmt.Sprintf("fair=%v", fair), func(t *testing.T) {
+			a := backendtest.Open(t, srv.URL())
+			b := backendtest.Open(t, backendtest.WithQuery(t, srv.URL(), "clock_skew", "2s"))
+			db := drv(b)
+			ctx := backendtest.Context(t)
+			k := fmt.Sprintf("%ssight-%v", securitytest.Unique(t), fair)
+			var old claim.Lease
+			var err error
+			try := func() (claim.Lease, error) { return b.TryClaim(ctx, k, ttl) }
+			if fair {
+				old, err = a.AcquireFair(ctx, k, ttl)
+				try = func() (claim.Lease, error) { return db.Enqueue(ctx, k, "b0b0", ttl) }
+			} else {
+				old, err = a.TryClaim(ctx, k, ttl)
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = try()
+			seen := time.Now() // after the answer that showed b the lock
+			var he *claim.HeldError
+			if !errors.As(err, &he) || he.Remaining <= 0 || he.Remaining > ttl+100*time.Millisecond {
+				t.Fatalf("claim right after the holder's: %v, want ErrHeld with 0 < Remaining <= TTL + 100ms (the clock rule: about TTL + %s)", err, db.skew)
+			}
+			st, err := db.readState(ctx, k)
+			if err != nil || st.Holder != old.Holder {
+				t.Fatalf("poll of the held key: %+v, %v; want holder %s", st, err, old.Holder)
+			}
+			if latest := seen.Add(ttl + driver.TakeoverMargin(ttl)); st.Expires.After(latest) || !st.Expires.After(old.Deadline) {
+				t.Errorf("poll's takeover time %s after the holder's Deadline, want after it and by the first sighting + TTL (%s after)",
+					st.Expires.Sub(old.Deadline), latest.Sub(old.Deadline))
+			}
+			time.Sleep(he.Remaining + 20*time.Millisecond)
+			sent := time.Now()
+			nl, err := try()
+			if err != nil {
+				t.Fatalf("claim %s after the holder's Deadline, past the first sighting + TTL: %v", sent.Sub(old.Deadline), err)
+			}
+			if !sent.After(old.Deadline) {
+				t.Errorf("taken over %s before the holder's Deadline", old.Deadline.Sub(sent))
+			}
+			if nl.Token <= old.Token {
+				t.Errorf("takeover token %d not above the old holder's %d", nl.Token, old.Token)
+			}
+			t.Logf("taken over %s after the holder's Deadline (clock rule: %s)", sent.Sub(old.Deadline), db.skew)
+		})
 	}
 }
 
@@ -617,4 +690,41 @@ func BenchmarkTakeover(b *testing.B) { backendtest.Takeover(b, open) }
 // open opens a client of the shared test server for a benchmark.
 var open = func(t testing.TB) *claim.Client {
 	return backendtest.Open(t, testserver.Shared(t, testserver.Memcache).URL())
+}
+
+// TestExtendRecordsLaterEnd: every write of one lease records a later end
+// than the write before it, even when the renewing client's clock is
+// behind the one that wrote the lock (here the lock says an end ten
+// minutes away), so that each write is one of its own to the takeovers
+// by sightings (lockState.rev): a renewal that repeated the grant's end
+// would be judged from the grant's sighting, before the renewed Deadline.
+func TestExtendRecordsLaterEnd(t *testing.T) {
+	b := backendtest.Open(t, testserver.Shared(t, testserver.Memcache).URL())
+	db := drv(b)
+	ctx := backendtest.Context(t)
+	k := securitytest.Unique(t) + "later-end"
+	l := backendtest.Claim(t, b, k, time.Minute)
+	ahead, err := db.lockItem(k, l.Holder, 60, time.Now().Add(10*time.Minute))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := db.c.Set(ahead); err != nil {
+		t.Fatal(err)
+	}
+	before := parseState(ahead.Value)
+	if _, err := b.Extend(ctx, l, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	it, err := db.c.Get(db.item('l', k))
+	if err != nil {
+		t.Fatal(err)
+	}
+	after := parseState(it.Value)
+	if after.holder != l.Holder || after.latest.UnixMilli() != before.latest.UnixMilli()+1 {
+		t.Errorf("after Extend the lock records %q ending %s, want %q ending 1 ms after the %s it recorded", after.holder, after.latest, l.Holder, before.latest)
+	}
+	if after.rev() == before.rev() {
+		t.Errorf("Extend's write has the same rev as the write before it: %v", after.rev())
+	}
+	_ = b.Release(ctx, l)
 }

@@ -9,6 +9,7 @@ import (
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Notify implements driver.Notifier: incr of the key's notify counter,
@@ -37,7 +38,7 @@ func (b *backend) readState(ctx context.Context, key string) (driver.PollState, 
 	if err != nil {
 		return driver.PollState{}, err
 	}
-	return b.pollState(items[lk], items[nk], time.Now()), nil
+	return b.pollState(key, items[lk], items[nk], clock.Now()), nil
 }
 
 // readStates is the batched poll (driver.NewBatchPoller): every key's
@@ -51,38 +52,44 @@ func (b *backend) readStates(ctx context.Context, keys, _ []string) ([]driver.Po
 	if err != nil {
 		return nil, err
 	}
-	now := time.Now()
+	now := clock.Now()
 	out := make([]driver.PollState, len(keys))
-	for i := range keys {
-		out[i] = b.pollState(items[ks[2*i]], items[ks[2*i+1]], now)
+	for i, k := range keys {
+		out[i] = b.pollState(k, items[ks[2*i]], items[ks[2*i+1]], now)
 	}
 	return out, nil
 }
 
-// pollState is the state of a key whose lock and notify counter items
-// were read as lock and n (nil: missing) at now. The token is the notify
-// counter (see incr), the holder the lock's, or none once the lock's
-// lease is over and other clients may take it over (freeAt passed):
-// then the poll that sees it wakes the waiters, who take it over. The
-// state is due to change by itself at that freeAt, when the poller
-// looks again. A Revoke's tombstone (see entomb) shows as the holder it
-// replaced, so replacing the lock by it wakes nobody: the waiters are
-// woken once the tombstone is gone, after the value was replaced.
-func (b *backend) pollState(lock, n *gomemcache.Item, now time.Time) driver.PollState {
+// pollState is the state of key, whose lock and notify counter items
+// were read as lock and n (nil: missing) in an answer that arrived at now
+// (clock.Now). The token is the notify counter (see incr), the holder the
+// lock's, or none once the lock's lease is over and this client may take
+// it over (heldUntil passed: its recorded end plus ClockSkew, or sooner
+// if this client saw the lock written when it was made): then the poll
+// that sees it wakes the waiters, who take it over (TryClaim judges by
+// the same sightings). The state is due to change by itself at that
+// time, when the poller looks again. A Revoke's tombstone (see entomb)
+// shows as the holder it replaced, so replacing the lock by it wakes
+// nobody: the waiters are woken once the tombstone is gone, after the
+// value was replaced.
+func (b *backend) pollState(key string, lock, n *gomemcache.Item, now time.Time) driver.PollState {
 	var st driver.PollState
 	if lock != nil {
-		h, latest := parseLock(lock.Value)
+		ls := parseState(lock.Value)
+		h := ls.holder
 		if strings.HasPrefix(h, tombMark) {
 			h = cmp.Or(revokedHolder(h), tombMark)
 		}
 		if h == "" {
 			h = "?" // not written by this package: held all the same
 		}
-		if latest.IsZero() {
+		if ls.latest.IsZero() {
 			st.Holder = h
-		} else if free := b.freeAt(latest); now.Before(free) {
+		} else if free := b.heldUntil(key, &ls, now); now.Before(free) {
 			st.Holder, st.Expires = h, free
 		}
+	} else {
+		b.seen.Forget(key) // the key is free: what was seen of it is over
 	}
 	st.Token = "-"
 	if n != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 	gomemcache "github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Fair acquisition (driver.Queuer). A key's queue lives in its lock item,
@@ -34,11 +36,13 @@ import (
 //	HOLDER;TOKEN;TTLSEC{;WAITER,TTLSEC,ENDMS} UNIXMS
 //
 // TOKEN is the lease's fencing token (0 where not recorded: a TryClaim's
-// lock into which waiters queued), TTLSEC the TTL it was granted or last
-// extended for, and each WAITER,TTLSEC,ENDMS a queue entry in order: the
-// waiter's holder ID, the TTL it asked for (the lease it will be
-// granted), and when the entry lapses (the Unix ms of its last Enqueue,
-// by its clock, plus that TTL).
+// lock, which lockItem writes in this format without a queue), TTLSEC the
+// TTL it was granted, claimed or last extended for (0 where not recorded:
+// a plain lock of an earlier version into which waiters queued), and
+// each WAITER,TTLSEC,ENDMS a queue entry in order: the waiter's holder
+// ID, the TTL it asked for (the lease it will be granted), and when the
+// entry lapses (the Unix ms of its last Enqueue, by its clock, plus that
+// TTL).
 
 // fairTries bounds the reads of one Enqueue or Dequeue, handOffTries
 // those of one HandOff, when the lock changes between a read and its cas
@@ -123,6 +127,25 @@ func (st *lockState) encode() []byte {
 
 // end is the end of the lease the lock records.
 func (st *lockState) end() time.Time { return st.latest.Add(-lockSlack * time.Second) }
+
+// rev identifies the write of the lease st records (driver.Rev, for
+// heldUntil): its recorded end, and a hash of its holder, token and TTL.
+// Every write of a lease (a claim, an Extend, a grant, a tombstone)
+// records a new end, or, for the same holder, token and TTL, the same
+// end to the millisecond only when its writer read the clock within a
+// millisecond of the first's: its Deadline is then at most a millisecond
+// later, which driver.TakeoverMargin covers. A waiter's entry written into the
+// lock (Enqueue) leaves the lease's fields as they were: the same rev,
+// so waiters renewing their entries do not restart the sightings.
+func (st *lockState) rev() driver.Rev {
+	h := fnv.New64a()
+	h.Write([]byte(st.holder))
+	h.Write([]byte{0})
+	h.Write(strconv.AppendUint(nil, st.token, 10))
+	h.Write([]byte{0})
+	h.Write(strconv.AppendInt(nil, st.sec, 10))
+	return driver.Rev{uint64(st.latest.UnixMilli()), h.Sum64()}
+}
 
 // expiration is the exptime for the lock item holding st, written at
 // now: lockKeep seconds past the lease's end or the last entry's,
@@ -256,12 +279,14 @@ func (b *backend) grantNext(ctx context.Context, key string, cur *gomemcache.Ite
 // Enqueue implements driver.Queuer: gets of the lock, then the step's
 // write conditional on that read (see driver.Queuer for the steps):
 //   - step 2, holder holds the lock: nothing written (one round trip);
-//     the lease's TTL is what remains of it by this client's clock;
+//     the lease's TTL is what remains of it by this client's clock, at
+//     most the TTL it was granted for (the client counts its Deadline
+//     from a time before the grant was written, as heldUntil assumes);
 //   - step 5, queued or renewed: a cas (two round trips);
 //   - step 3 on a key without a lock: incr of the fence counter, then an
 //     add of the lock (three round trips; four when the counter is
-//     created); where a lock ended (another holder's, past its end plus
-//     ClockSkew as TryClaim judges it; holder's own, past its end):
+//     created); where a lock ended (another holder's, past heldUntil
+//     as TryClaim judges it; holder's own, past its end):
 //     incr, then a cas (three);
 //   - step 4: incr, then one cas that grants the first waiter and queues
 //     holder (three).
@@ -313,25 +338,31 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if st.latest.IsZero() {
 			return driver.Lease{}, &driver.HeldError{} // not written by this package: held, end unknown
 		}
-		free := b.freeAt(st.latest)
-		live := now.Before(free)
+		at := clock.Now()
+		free := b.heldUntil(key, &st, at)
+		live := at.Before(free)
 		if st.holder == holder && st.token != 0 {
 			// Step 2: granted to holder. Once its end passed (by this
 			// clock) nobody else can hold it and holder does not use
-			// it: not live, as a free key.
+			// it: not live, as a free key. Its TTL is at most the
+			// granted one: the client counts it from before the grant
+			// was written (from its last Enqueue answered ErrHeld), so
+			// its Deadline precedes the end other processes see by
+			// their sightings of the grant (heldUntil), whatever the
+			// clocks read.
 			if end := st.end(); now.Before(end) {
 				l := st.lease(key)
-				l.TTL = end.Sub(now)
+				l.TTL = min(l.TTL, end.Sub(now))
 				return l, nil
 			}
 			live = false
 		}
 		if strings.HasPrefix(st.holder, tombMark) {
 			// A Revoke's tombstone: Revoke frees it by its exact bytes.
-			return driver.Lease{}, &driver.HeldError{Remaining: max(free.Sub(now), time.Millisecond)}
+			return driver.Lease{}, &driver.HeldError{Remaining: max(free.Sub(at), time.Millisecond)}
 		}
 		if last {
-			held := &driver.HeldError{Remaining: free.Sub(now)}
+			held := &driver.HeldError{Remaining: free.Sub(at)}
 			if !live {
 				held.Remaining = time.Millisecond
 			}
@@ -375,7 +406,10 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if err != nil {
 			return driver.Lease{}, err
 		}
-		return driver.Lease{}, &driver.HeldError{Remaining: b.freeAt(st.latest).Sub(now)}
+		// A grant in this write (step 4) is a write this client saw
+		// once the cas was answered.
+		at = clock.Now()
+		return driver.Lease{}, &driver.HeldError{Remaining: b.heldUntil(key, &st, at).Sub(at)}
 	}
 }
 
