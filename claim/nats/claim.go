@@ -14,6 +14,7 @@ import (
 
 	"github.com/stampede-go/stampede/claim"
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // A key's record, the value of its KV key PREFIX.TOKEN.r, holds its lease,
@@ -28,7 +29,8 @@ import (
 //	H     holder
 //	8     token (0: the record's own revision)
 //	8     lease expiry (0: no lease)
-//	8     lease TTL in ms
+//	8     lease TTL in ms (with the token and the expiry, it identifies
+//	      the write that made or renewed the lease: leaseRev)
 //	2     queue length Q, then Q entries of:
 //	        1 holder length, holder, 8 expiry, 8 TTL in ms
 //	1     1 if a value is stored, else 0
@@ -187,6 +189,54 @@ func (r record) withoutLease() record {
 func (r record) withLease(holder string, ttl time.Duration, now time.Time) record {
 	r.holder, r.token, r.leaseExp, r.leaseTTL = holder, 0, ceilMs(now.Add(ttl)), ttl.Milliseconds()
 	return r
+}
+
+// extended returns r (which holds a lease) with its lease renewed for
+// ttl from now. Its expiry less its TTL (the ms the write is sent, by
+// the writer's clock) is made to exceed the previous write's, so that
+// every write of one lease has its own leaseRev, even from a clock that
+// reads behind the one that wrote the lease before (a grant's): the
+// recorded expiry is then a little later than the holder's Deadline,
+// which only delays a takeover by the clock rule.
+func (r record) extended(ttl time.Duration, now time.Time) record {
+	exp := ceilMs(now.Add(ttl))
+	if prev := r.leaseExp - r.leaseTTL; exp-ttl.Milliseconds() <= prev {
+		exp = prev + 1 + ttl.Milliseconds()
+	}
+	r.leaseExp, r.leaseTTL = exp, ttl.Milliseconds()
+	return r
+}
+
+// leaseRev identifies the write that made or last renewed r's lease: its
+// token (the revision of the write that claimed it, or of the grant) and
+// its expiry less its TTL, which withLease and extended make differ
+// between writes of one token. Writes that leave the lease as it was (a
+// Commit, a Set, an Enqueue) keep it: they move no holder's Deadline,
+// so a takeover still counts from the first sighting of the lease's own
+// write (heldUntil), where the record's revision would start again at
+// each of them (a fair queue's waiters rewrite the record every TTL/3).
+func leaseRev(r record) driver.Rev {
+	return driver.Rev{r.token, uint64(r.leaseExp - r.leaseTTL)}
+}
+
+// heldUntil returns when another client may take over the lease in r,
+// read (or delivered by a watch) at now: its recorded expiry plus
+// ClockSkew, or sooner if this process has seen that write of the lease
+// since about when it was made: its first sighting plus the lease's TTL
+// (driver.Sightings), which the holder's Deadline precedes whatever the
+// two clocks read. now is a reading of the lease clock (internal/clock,
+// the one Deadlines are on) taken after the answer arrived. Records keep
+// time.Now's time, as before: the two differ only in a test process
+// that skews its lease clock (the faults' holders), whose records stay
+// on the real clock.
+func (b *backend) heldUntil(key string, r record, now time.Time) time.Time {
+	return driver.TakeoverAt(time.UnixMilli(r.leaseExp), b.o.ClockSkew, b.sight(key, r, now))
+}
+
+// sight records that r, which holds a lease, was seen at now (lease
+// clock) and returns driver.Sightings.End for its lease write.
+func (b *backend) sight(key string, r record, now time.Time) time.Time {
+	return b.seen.End(key, leaseRev(r), time.Duration(r.leaseTTL)*time.Millisecond, now)
 }
 
 // ceilMs returns t in Unix milliseconds, rounded up.
@@ -363,10 +413,11 @@ func (b *backend) cached(l driver.Lease) (uint64, record, bool) {
 	return h.rev, h.rec, true
 }
 
-// tryClaim reads the key's record and, if it holds no lease (or one past
-// its expiry plus ClockSkew), writes a record with the new lease (and the
-// stored value, as it was) conditioned on the revision read. A record
-// that changed in between (another claim, a Set) is read again, once.
+// tryClaim reads the key's record and, if it holds no lease (or one this
+// client may take over: heldUntil), writes a record with the new lease
+// (and the stored value, as it was) conditioned on the revision read. A
+// record that changed in between (another claim, a Set) is read again,
+// once.
 func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Duration, read bool) (driver.Lease, []byte, bool, error) {
 	if err := ctx.Err(); err != nil {
 		return driver.Lease{}, nil, false, err
@@ -378,7 +429,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			return driver.Lease{}, nil, false, err
 		}
 		if found && cur.held() {
-			if left := time.Until(time.UnixMilli(cur.leaseExp).Add(b.o.ClockSkew)); left > 0 {
+			if left := clock.Until(b.heldUntil(key, cur, clock.Now())); left > 0 {
 				return driver.Lease{}, nil, false, &driver.HeldError{Remaining: left}
 			}
 		}
@@ -464,7 +515,8 @@ func (b *backend) fenced(ctx context.Context, l driver.Lease, live bool, build f
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	ttl = roundTTL(ttl)
 	_, _, err := b.fenced(ctx, l, true, func(cur record) record {
-		cur.op, cur.leaseExp, cur.leaseTTL = opExtend, ceilMs(time.Now().Add(ttl)), ttl.Milliseconds()
+		cur = cur.extended(ttl, time.Now())
+		cur.op = opExtend
 		return cur
 	})
 	if err != nil {

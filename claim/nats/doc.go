@@ -60,8 +60,9 @@
 //
 //   - Claim: one read of the record (a direct get of the subject's last
 //     message; on a bucket of more than one replica, a get answered by
-//     the stream's leader, which has everything a watch delivered) and, if it holds no lease, or one past its recorded expiry
-//     plus Options.ClockSkew, one write of the record with the new lease
+//     the stream's leader, which has everything a watch delivered) and, if
+//     it holds no lease, or one this client may take over (see Clocks),
+//     one write of the record with the new lease
 //     and the stored value as it was, conditioned on the revision read
 //     (JetStream's expected last subject sequence): of two claimants only
 //     one can win. Two round trips; TryClaimRead returns the value read
@@ -99,11 +100,20 @@
 //
 // Clocks: leases are judged on client clocks, as JetStream KV (before
 // per-message TTLs in nats-server 2.11) has no server-side expiry per
-// key. A holder records expiry = (its clock before sending) + TTL and
-// stops at its Deadline, which is no later; another client takes over
-// only once its own clock passes expiry + ClockSkew. Exclusion holds as
-// long as clients' clocks differ by less than ClockSkew (default 50 ms);
-// a waiter may wait up to ClockSkew longer than the lease. Stored values
+// key. A holder records expiry = (its clock before sending) + TTL, and
+// the TTL, and stops at its Deadline, which is no later. Another client
+// takes over at the earlier of two times: once its own clock passes
+// expiry + ClockSkew (safe while clients' clocks differ by less than
+// ClockSkew, default 50 ms), or a TTL (and 1 ms + 500 ppm) after it first
+// saw the write that made or renewed the lease (a read or its watch of
+// the key delivered it), whatever the clocks read: the holder counted its
+// Deadline from before it sent that write, which the server applied
+// before anyone saw it (clocks assumed to run at the same rate;
+// driver.Sightings). A write that leaves the lease as it was (a Commit,
+// a Set, an Enqueue) does not start that count again. So a waiter that
+// watched a lease being made or renewed takes it over within about a
+// round trip of the holder's Deadline; one that first saw it late (after
+// it was written) waits up to ClockSkew past the lease's end. Stored values
 // expire by the reader's clock; an expired value stays in the record
 // until the key's next write, and records stay in the bucket (Sweep
 // removes the idle ones).
@@ -135,7 +145,9 @@
 //
 // # Errors
 //
-// A *claim.HeldError's Remaining includes ClockSkew. Open refuses
+// A *claim.HeldError's Remaining is the time until this client may take
+// the lease over (see Clocks): it includes ClockSkew unless the client
+// saw the lease's write as it was made. Open refuses
 // (ErrConfig) a MaxValueLen that leaves less than 1 KiB under the
 // server's max_payload; a record that still exceeds it (a long fair queue
 // beside a value near the limit) is ErrTooLarge. Configuration errors wrap claim.ErrConfig, in every call

@@ -52,8 +52,10 @@ type Options struct {
 	// same bucket and prefix.
 	Prefix string
 	// ClockSkew is the largest clock difference assumed between clients:
-	// a lease is taken over only ClockSkew after its recorded expiry.
-	// Zero means DefaultClockSkew (50 ms); negative means none.
+	// a lease is taken over ClockSkew after its recorded expiry, or
+	// sooner by a client that saw it being written (a TTL after that
+	// first sighting; see the package doc's Clocks). Zero means
+	// DefaultClockSkew (50 ms); negative means none.
 	ClockSkew time.Duration
 	// MaxValueLen is the largest value Commit and Set accept (default
 	// DefaultMaxValueLen). Raise it only with the server's max_payload.
@@ -96,7 +98,8 @@ type backend struct {
 	grants map[string]*sub   // grant subscriptions, by key
 	topics map[string]*topic // by topic
 	held   map[string]heldRec
-	stopWG sync.WaitGroup // watcher goroutines
+	seen   driver.Sightings // the leases seen, for takeovers (heldUntil)
+	stopWG sync.WaitGroup   // watcher goroutines
 	// closing is cancelled by Close: a watch being made again (rewatch)
 	// gives up at once, rather than Close waiting out its back-off.
 	closing     context.Context

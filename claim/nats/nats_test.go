@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stampede-go/stampede/claim"
+	"github.com/stampede-go/stampede/claim/driver"
 	"github.com/stampede-go/stampede/conformance"
 	"github.com/stampede-go/stampede/internal/backendtest"
 	"github.com/stampede-go/stampede/internal/securitytest"
@@ -137,6 +138,178 @@ func TestRoundTrips(t *testing.T) {
 	count("Set", 2, func() error { return c.Set(ctx, "k", []byte("x"), time.Minute) })
 	count("Notify", 1, func() error { return c.Notify(ctx, "k") })
 	count("Revoke", 1, func() error { return c.Revoke(ctx, "k") })
+}
+
+// TestSkewMargin: a waiter that first sees a lease after it expired takes
+// it over only at its recorded expiry plus clock_skew (which comes
+// before its own sighting plus the TTL); HeldError.Remaining includes
+// the margin. The driver judges expiry by the record, whatever the
+// lease's Deadline says.
+func TestSkewMargin(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	ctx := backendtest.Context(t)
+	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "300ms"))
+	l, err := a.TryClaim(ctx, "k", time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Until(l.Deadline) + 20*time.Millisecond)
+	_, err = b.TryClaim(ctx, "k", time.Second)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
+	}
+	if he.Remaining <= 0 || he.Remaining > 300*time.Millisecond {
+		t.Errorf("Remaining = %s, want at most the margin's 300ms", he.Remaining)
+	}
+	forged := l
+	forged.Deadline = time.Now().Add(time.Hour)
+	if err := a.Driver().Commit(ctx, forged, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("driver Commit of an expired lease: %v, want ErrLost", err)
+	}
+	if err := a.Driver().Release(ctx, forged); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("driver Release of an expired lease: %v, want ErrLost", err)
+	}
+	if l2, err := b.TryClaim(ctx, "k", time.Second); err != nil {
+		t.Errorf("TryClaim after the expired lease was released: %v", err)
+	} else {
+		_ = b.Release(ctx, l2)
+	}
+}
+
+// TestTakeoverBySighting: a waiter that saw a claim being made takes it
+// over about a TTL after it saw it, not at its recorded expiry plus
+// clock_skew (2 s here): the holder's Deadline precedes the first
+// sighting plus the TTL the record names, whatever the clocks read
+// (driver.Sightings). A write that leaves the lease as it was (a Set)
+// does not start the count again: a HeldError read after it, pause
+// later, has at least pause less Remaining (the count's end is the same,
+// read later).
+func TestTakeoverBySighting(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	ctx := backendtest.Context(t)
+	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "2s"))
+	const ttl = time.Second
+	l, err := a.TryClaim(ctx, "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TryClaim(ctx, "k", time.Minute)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim of a held key: %v, want HeldError", err)
+	}
+	if he.Remaining <= 0 || he.Remaining > ttl+100*time.Millisecond {
+		t.Fatalf("Remaining = %s for a claim seen as it was made, want at most the TTL (%s) and a little, not the TTL plus clock_skew", he.Remaining, ttl)
+	}
+	const pause = 200 * time.Millisecond
+	time.Sleep(pause)
+	if err := a.Set(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	_, err = b.TryClaim(ctx, "k", time.Minute)
+	var he2 *claim.HeldError
+	if !errors.As(err, &he2) {
+		t.Fatalf("TryClaim of a held key after a Set: %v, want HeldError", err)
+	}
+	if he2.Remaining > he.Remaining-pause {
+		t.Errorf("Remaining = %s after a Set, %s before it (%s earlier): the Set started the count again", he2.Remaining, he.Remaining, pause)
+	}
+	time.Sleep(he2.Remaining + 20*time.Millisecond)
+	nl, err := b.TryClaim(ctx, "k", time.Minute)
+	got := time.Now()
+	if err != nil {
+		t.Fatalf("TryClaim past the sighting's end (%s before the recorded expiry plus clock_skew): %v", time.Until(l.Deadline.Add(2*time.Second)), err)
+	}
+	defer func() { _ = b.Release(ctx, nl) }()
+	if nl.Token <= l.Token {
+		t.Errorf("token %d after the holder's %d", nl.Token, l.Token)
+	}
+	if got.Before(l.Deadline) {
+		t.Errorf("taken over %s before the holder's Deadline", l.Deadline.Sub(got))
+	}
+	if err := a.Driver().Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
+		t.Errorf("the old holder's Commit after the takeover: %v, want ErrLost", err)
+	}
+}
+
+// TestFairTakeoverBySighting: the fair queue's takeover of a dead
+// holder's lease counts from the first sighting too, though every
+// Enqueue rewrites the record (a new revision, the same lease write):
+// after another waiter's Enqueue, pause later, Remaining is at least
+// pause less.
+func TestFairTakeoverBySighting(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	ctx := backendtest.Context(t)
+	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "2s"))
+	const ttl = time.Second
+	l, err := a.TryClaim(ctx, "k", ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q, other := drv(b), drv(backendtest.Open(t, uniq(t, srv, "")))
+	const pause = 200 * time.Millisecond
+	var remaining time.Duration
+	for i := range 2 {
+		_, err := q.Enqueue(ctx, "k", "waiter", time.Minute)
+		var he *driver.HeldError
+		if !errors.As(err, &he) {
+			t.Fatalf("Enqueue %d behind a live lease: %v, want HeldError", i, err)
+		}
+		if he.Remaining <= 0 || he.Remaining > ttl+100*time.Millisecond || (i > 0 && he.Remaining > remaining-pause) {
+			t.Fatalf("Enqueue %d: Remaining = %s (before: %s, %s earlier), want at most the TTL (%s) and a little, not the TTL plus clock_skew, nor counted from the other waiter's write", i, he.Remaining, remaining, pause, ttl)
+		}
+		remaining = he.Remaining
+		if i == 0 {
+			time.Sleep(pause)
+			var he *driver.HeldError
+			if _, err := other.Enqueue(ctx, "k", "other", time.Minute); !errors.As(err, &he) {
+				t.Fatalf("another waiter's Enqueue: %v, want HeldError", err)
+			}
+		}
+	}
+	defer func() { _ = other.Dequeue(ctx, "k", "other") }()
+	time.Sleep(remaining + 20*time.Millisecond)
+	nl, err := q.Enqueue(ctx, "k", "waiter", time.Minute)
+	got := time.Now()
+	if err != nil {
+		t.Fatalf("Enqueue past the sighting's end: %v", err)
+	}
+	defer func() { _ = q.Dequeue(ctx, "k", "waiter") }()
+	if nl.Token <= l.Token {
+		t.Errorf("token %d after the holder's %d", nl.Token, l.Token)
+	}
+	if got.Before(l.Deadline) {
+		t.Errorf("taken over %s before the holder's Deadline", l.Deadline.Sub(got))
+	}
+}
+
+// TestLeaseRev: every write of one lease has its own leaseRev, even a
+// renewal from a clock that reads behind the grant's writer; a write
+// that keeps the lease keeps it.
+func TestLeaseRev(t *testing.T) {
+	now := time.UnixMilli(1_800_000_000_000)
+	r := record{op: opGrant}.withLease("h", time.Second, now)
+	r.token = 42
+	seen := map[driver.Rev]bool{leaseRev(r): true}
+	for _, at := range []time.Time{now.Add(-time.Minute), now, now.Add(300 * time.Microsecond), now.Add(time.Millisecond), now.Add(time.Second)} {
+		for _, ttl := range []time.Duration{time.Second, 500 * time.Millisecond} {
+			n := r.extended(ttl, at)
+			if seen[leaseRev(n)] {
+				t.Fatalf("extended(%s, %s): leaseRev %v seen before", ttl, at, leaseRev(n))
+			}
+			if n.leaseExp < ceilMs(at.Add(ttl)) || n.leaseTTL != ttl.Milliseconds() {
+				t.Fatalf("extended(%s, %s): expiry %d TTL %d ms, want expiry >= %d", ttl, at, n.leaseExp, n.leaseTTL, ceilMs(at.Add(ttl)))
+			}
+			seen[leaseRev(n)] = true
+			r = n
+		}
+	}
+	kept := r.withValue([]byte("v"), 0, now)
+	kept.queue = append(kept.queue, entry{holder: "w", exp: 1, ttl: 1})
+	if leaseRev(kept) != leaseRev(r) {
+		t.Error("a write that keeps the lease changed its leaseRev")
+	}
 }
 
 // TestFenceAcrossRestart: the server is killed (SIGKILL) and restarted

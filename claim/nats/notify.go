@@ -14,6 +14,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // sub is one key's subscription, to wake-ups (wake) or to grants
@@ -168,6 +169,9 @@ func (b *backend) watch(ctx context.Context, kv jetstream.KeyValue, s *sub) (err
 
 // watchLoop reads w's entries until it ends. Entries before the first nil
 // (the key's state when the watch started) only set what was seen last.
+// Every record that holds a lease is a sighting of its write (heldUntil):
+// a waiter that watches the key then counts a renewed lease from the
+// renewal, not from its own next read.
 func (b *backend) watchLoop(s *sub, w jetstream.KeyWatcher, ready chan struct{}) {
 	defer b.stopWG.Done()
 	initial := true
@@ -179,7 +183,10 @@ func (b *backend) watchLoop(s *sub, w jetstream.KeyWatcher, ready chan struct{})
 			}
 			continue
 		}
-		s.see(s.key, e, initial)
+		at := clock.Now()
+		if r, ok := s.see(s.key, e, initial); ok && r.held() {
+			b.sight(s.key, r, at)
+		}
 	}
 	if initial {
 		// Ended before it was live: the Subscribe that waits for it has
@@ -245,12 +252,13 @@ func (b *backend) rewatch(s *sub) {
 
 // see takes in one entry of the watch and delivers what it means to the
 // subscriber. Entries of the initial state only set what was seen last.
-func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) {
+// It returns the record the entry holds, if it is one (a record's put).
+func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) (record, bool) {
 	if strings.HasSuffix(e.Key(), ".n") {
 		if !initial {
 			s.fire(nil)
 		}
-		return
+		return record{}, false
 	}
 	var r record
 	if e.Operation() == jetstream.KeyValuePut {
@@ -259,7 +267,7 @@ func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) {
 			if !initial {
 				s.fire(nil)
 			}
-			return
+			return record{}, false
 		}
 	}
 	s.mu.Lock()
@@ -267,7 +275,7 @@ func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) {
 	s.holder, s.token = r.holder, r.token
 	s.mu.Unlock()
 	if initial {
-		return
+		return r, true
 	}
 	changed := prevHolder != "" && (prevHolder != r.holder || prevToken != r.token)
 	if s.grant != nil {
@@ -283,7 +291,7 @@ func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) {
 		case r.op == opRevoke, changed && !r.held(), e.Operation() != jetstream.KeyValuePut:
 			s.fire(nil)
 		}
-		return
+		return r, true
 	}
 	switch {
 	case r.op == opCommitRelease:
@@ -292,6 +300,7 @@ func (s *sub) see(key string, e jetstream.KeyValueEntry, initial bool) {
 	case r.op == opRelease, r.op == opRevoke, changed, e.Operation() != jetstream.KeyValuePut:
 		s.fire(nil)
 	}
+	return r, true
 }
 
 // stopSub marks s stopped (no wake from now on) and ends its watch:

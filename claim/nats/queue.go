@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 var _ driver.Queuer = (*backend)(nil)
@@ -17,16 +18,20 @@ var _ driver.Queuer = (*backend)(nil)
 // race, not an error).
 const maxQueueRounds = 8
 
-// live reports whether a queue entry is still live at now (plus
+// liveEntry reports whether a queue entry is still live at now (plus
 // ClockSkew: the waiter's clock may be behind).
 func (b *backend) liveEntry(e entry, now time.Time) bool {
 	return now.Before(time.UnixMilli(e.exp).Add(b.o.ClockSkew))
 }
 
-// leaseLive reports whether r's lease is live at now for another client:
-// before its expiry plus ClockSkew.
-func (b *backend) leaseLive(r record, now time.Time) bool {
-	return r.held() && now.Before(time.UnixMilli(r.leaseExp).Add(b.o.ClockSkew))
+// leaseLive reports whether key's record r, just read, holds a lease
+// another client may not take over yet (see heldUntil).
+func (b *backend) leaseLive(key string, r record) bool {
+	if !r.held() {
+		return false
+	}
+	now := clock.Now()
+	return now.Before(b.heldUntil(key, r, now))
 }
 
 // pruned returns q without the entries that have expired at now.
@@ -75,9 +80,10 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		nr := cur
 		nr.queue = b.pruned(cur.queue, now)
 		mine := slices.IndexFunc(nr.queue, func(e entry) bool { return e.holder == holder })
-		var held error
+		held := false
+		live := b.leaseLive(key, cur)
 		switch {
-		case !b.leaseLive(cur, now) && (len(nr.queue) == 0 || mine == 0):
+		case !live && (len(nr.queue) == 0 || mine == 0):
 			// Step 3: the key is holder's.
 			if mine == 0 {
 				nr.queue = nr.queue[1:]
@@ -85,7 +91,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			nr = nr.withLease(holder, ttl, now)
 			nr.op = opClaim
 		default:
-			if !b.leaseLive(cur, now) {
+			if !live {
 				grantNext(&nr, now) // step 4
 				mine = slices.IndexFunc(nr.queue, func(e entry) bool { return e.holder == holder })
 			} else {
@@ -98,7 +104,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			} else {
 				nr.queue = append(nr.queue, e)
 			}
-			held = &driver.HeldError{Remaining: time.Until(time.UnixMilli(nr.leaseExp).Add(b.o.ClockSkew))}
+			held = true
 		}
 		newRev, err := b.cas(ctx, key, nr, rev)
 		if errors.Is(err, errConflict) {
@@ -107,10 +113,14 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if err != nil {
 			return driver.Lease{}, err
 		}
-		if held != nil {
-			return driver.Lease{}, held
+		if nr.token == 0 {
+			nr.token = newRev // a new lease: this Enqueue's, or a grant
 		}
-		nr.token = newRev
+		if held {
+			// The lease of another holder: cur's, or the one granted now,
+			// seen at the answer to this write at the latest.
+			return driver.Lease{}, &driver.HeldError{Remaining: clock.Until(b.heldUntil(key, nr, clock.Now()))}
+		}
 		b.remember(key, newRev, nr)
 		return leaseOf(key, nr), nil
 	}

@@ -145,7 +145,10 @@ list:
 			case strings.HasSuffix(e.Key(), ".r"):
 				r, ok := decodeRecord(e.Value(), e.Revision())
 				_, live := r.liveValue(now)
-				if ok && !live && !b.leaseLive(r, now) && len(b.pruned(r.queue, now)) == 0 {
+				// A lease counts until its recorded expiry plus ClockSkew
+				// (no sightings: deleting a record is never urgent).
+				held := r.held() && now.Before(time.UnixMilli(r.leaseExp).Add(b.o.ClockSkew))
+				if ok && !live && !held && len(b.pruned(r.queue, now)) == 0 {
 					del = append(del, stale{e.Key(), e.Revision()})
 				}
 			}
