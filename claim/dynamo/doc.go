@@ -59,8 +59,9 @@
 //
 // The table's partition key is the string attribute "k" (no sort key).
 // Items have these attributes: k (PREFIX:KEY), h (holder id, present while
-// claimed), le (lease expiry, Unix ms, holder's clock), lw (a map: e, the
-// le it was written with, and t, that write's TTL in ms), f (fencing
+// claimed), le (lease expiry, Unix ms, holder's clock), lw (a map: e and
+// h, the le and holder it was written with, t, that write's TTL in ms, and
+// n, a random id of that write), f (fencing
 // counter), n (notify counter), v (value, binary), ve (value expiry, Unix
 // ms; absent: none), vp (present when the value has no expiry), exp
 // (Unix seconds, the attribute DynamoDB's TTL reaps by), and for fair
@@ -111,14 +112,14 @@
 // returns on a failed claim; dynalite returns none) plus the TTL recorded
 // and driver.TakeoverMargin, whichever comes first. The claim then adds
 // to its condition the alternative "the item still holds that very
-// write" (the same fence and le), and a poll wakes the waiters at that
+// write" (the same fence, le and lw.n), and a poll wakes the waiters at that
 // time. That is safe whatever the clocks read: the holder counts its
 // Deadline from a clock reading taken before it sent the write, and the
 // reader saw the write after it was applied (driver.Sightings). Two
 // holders never overlap while the clients' clocks differ by less than
 // ClockSkew and run at the same rate (500 ppm allowed). A lease whose lw
-// is missing or names another le (written by an earlier version) is
-// taken over by the clock rule alone.
+// is missing or names another le or holder (written by an earlier
+// version) is taken over by the clock rule alone.
 //
 // The TTL attribute exp only reclaims space: an item is reaped no earlier
 // than Retention after its lease's and its value's expiry (never while it
