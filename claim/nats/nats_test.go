@@ -147,34 +147,7 @@ func TestRoundTrips(t *testing.T) {
 // lease's Deadline says.
 func TestSkewMargin(t *testing.T) {
 	srv := testserver.Shared(t, testserver.NATS)
-	ctx := backendtest.Context(t)
-	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "300ms"))
-	l, err := a.TryClaim(ctx, "k", time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Until(l.Deadline) + 20*time.Millisecond)
-	_, err = b.TryClaim(ctx, "k", time.Second)
-	var he *claim.HeldError
-	if !errors.As(err, &he) {
-		t.Fatalf("TryClaim within the skew margin: %v, want HeldError", err)
-	}
-	if he.Remaining <= 0 || he.Remaining > 300*time.Millisecond {
-		t.Errorf("Remaining = %s, want at most the margin's 300ms", he.Remaining)
-	}
-	forged := l
-	forged.Deadline = time.Now().Add(time.Hour)
-	if err := a.Driver().Commit(ctx, forged, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("driver Commit of an expired lease: %v, want ErrLost", err)
-	}
-	if err := a.Driver().Release(ctx, forged); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("driver Release of an expired lease: %v, want ErrLost", err)
-	}
-	if l2, err := b.TryClaim(ctx, "k", time.Second); err != nil {
-		t.Errorf("TryClaim after the expired lease was released: %v", err)
-	} else {
-		_ = b.Release(ctx, l2)
-	}
+	backendtest.SkewMargin(t, backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "300ms")))
 }
 
 // TestTakeoverBySighting: a waiter that saw a claim being made takes it
@@ -187,50 +160,24 @@ func TestSkewMargin(t *testing.T) {
 // read later).
 func TestTakeoverBySighting(t *testing.T) {
 	srv := testserver.Shared(t, testserver.NATS)
-	ctx := backendtest.Context(t)
 	a, b := backendtest.Open(t, uniq(t, srv, "")), backendtest.Open(t, uniq(t, srv, "", "clock_skew", "2s"))
-	const ttl = time.Second
-	l, err := a.TryClaim(ctx, "k", ttl)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, err = b.TryClaim(ctx, "k", time.Minute)
-	var he *claim.HeldError
-	if !errors.As(err, &he) {
-		t.Fatalf("TryClaim of a held key: %v, want HeldError", err)
-	}
-	if he.Remaining <= 0 || he.Remaining > ttl+100*time.Millisecond {
-		t.Fatalf("Remaining = %s for a claim seen as it was made, want at most the TTL (%s) and a little, not the TTL plus clock_skew", he.Remaining, ttl)
-	}
-	const pause = 200 * time.Millisecond
-	time.Sleep(pause)
-	if err := a.Set(ctx, "k", []byte("v"), 0); err != nil {
-		t.Fatal(err)
-	}
-	_, err = b.TryClaim(ctx, "k", time.Minute)
-	var he2 *claim.HeldError
-	if !errors.As(err, &he2) {
-		t.Fatalf("TryClaim of a held key after a Set: %v, want HeldError", err)
-	}
-	if he2.Remaining > he.Remaining-pause {
-		t.Errorf("Remaining = %s after a Set, %s before it (%s earlier): the Set started the count again", he2.Remaining, he.Remaining, pause)
-	}
-	time.Sleep(he2.Remaining + 20*time.Millisecond)
-	nl, err := b.TryClaim(ctx, "k", time.Minute)
-	got := time.Now()
-	if err != nil {
-		t.Fatalf("TryClaim past the sighting's end (%s before the recorded expiry plus clock_skew): %v", time.Until(l.Deadline.Add(2*time.Second)), err)
-	}
-	defer func() { _ = b.Release(ctx, nl) }()
-	if nl.Token <= l.Token {
-		t.Errorf("token %d after the holder's %d", nl.Token, l.Token)
-	}
-	if got.Before(l.Deadline) {
-		t.Errorf("taken over %s before the holder's Deadline", l.Deadline.Sub(got))
-	}
-	if err := a.Driver().Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("the old holder's Commit after the takeover: %v, want ErrLost", err)
-	}
+	backendtest.TakeoverBySighting(t, a, b, func(he *claim.HeldError) *claim.HeldError {
+		ctx := backendtest.Context(t)
+		const pause = 200 * time.Millisecond
+		time.Sleep(pause)
+		if err := a.Set(ctx, "k", []byte("v"), 0); err != nil {
+			t.Fatal(err)
+		}
+		_, err := b.TryClaim(ctx, "k", time.Minute)
+		var he2 *claim.HeldError
+		if !errors.As(err, &he2) {
+			t.Fatalf("TryClaim of a held key after a Set: %v, want HeldError", err)
+		}
+		if he2.Remaining > he.Remaining-pause {
+			t.Errorf("Remaining = %s after a Set, %s before it (%s earlier): the Set started the count again", he2.Remaining, he.Remaining, pause)
+		}
+		return he2
+	})
 }
 
 // TestFairTakeoverBySighting: the fair queue's takeover of a dead
