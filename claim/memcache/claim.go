@@ -98,24 +98,18 @@ func (b *backend) TryClaim(ctx context.Context, key, holder string, ttl time.Dur
 // vanishes) between its read and its write.
 const takeTries = 3
 
-// freeAt is when other clients may take over a lock that records latest
-// (see lockItem) by the clock rule: b.skew after the end of its lease
-// (latest less lockSlack), by their own clocks. Its holder gave up at
-// that end by its own clock (checkLock, and its Deadline is no later), so
-// two holders never overlap while the clients' clocks differ by less
-// than b.skew. heldUntil may allow it sooner.
-func (b *backend) freeAt(latest time.Time) time.Time {
-	return latest.Add(-lockSlack*time.Second + b.skew)
-}
-
 // heldUntil returns when the lease that key's lock records as st, in an
-// answer that arrived at at (clock.Now), may be taken over: freeAt, or
+// answer that arrived at at (clock.Now), may be taken over. By the clock
+// rule, b.skew after the end of its lease (st.end: latest less
+// lockSlack), by this client's clock: its holder gave up at that end by
+// its own clock (checkLock, and its Deadline is no later), so two holders
+// never overlap while the clients' clocks differ by less than b.skew. Or
 // sooner if this process has watched that write of the lock since about
 // when it was made (driver.Sightings: its first sighting plus the TTL
 // the lock records, plus driver.TakeoverMargin, whatever the clocks
 // read; the holder's Deadline counts from before it sent the write). A
 // lock that does not record its TTL (written by an earlier version) is
-// judged by freeAt alone. The judgement is about the lease the lock
+// judged by the clock rule alone. The judgement is about the lease the lock
 // records, not the item, which memcached keeps lockKeep seconds longer
 // by its own whole-second clock.
 func (b *backend) heldUntil(key string, st *lockState, at time.Time) time.Time {

@@ -98,7 +98,7 @@ type backend struct {
 	// take at most (see do).
 	timeout, slowest time.Duration
 	// skew is Options.ClockSkew: how long after the end a lock records
-	// another client may take it over (freeAt).
+	// another client may take it over by the clock rule (heldUntil).
 	skew time.Duration
 	// seen is the locks this client saw written, and when it first saw
 	// each write, for earlier takeovers (heldUntil).
