@@ -131,10 +131,9 @@ func (st *lockState) end() time.Time { return st.latest.Add(-lockSlack * time.Se
 // rev identifies the write of the lease st records (driver.Rev, for
 // heldUntil): its recorded end, and a hash of its holder, token and TTL.
 // Every write of a lease (a claim, an Extend, a grant, a tombstone)
-// records a new end, or, for the same holder, token and TTL, the same
-// end to the millisecond only when its writer read the clock within a
-// millisecond of the first's: its Deadline is then at most a millisecond
-// later, which driver.TakeoverMargin covers. A waiter's entry written into the
+// records a new end: a claim or a grant is another holder, and an Extend
+// records a later end than the write it replaces (Extend bumps it by a
+// millisecond where its clock would repeat it). A waiter's entry written into the
 // lock (Enqueue) leaves the lease's fields as they were: the same rev,
 // so waiters renewing their entries do not restart the sightings.
 func (st *lockState) rev() driver.Rev {
