@@ -56,7 +56,11 @@ func (b *backend) GetMany(ctx context.Context, keys []string) ([][]byte, error) 
 	}
 	vals := make([][]byte, len(keys))
 	errs := make([]error, len(keys))
-	driver.Each(len(keys), inFlight, func(i int) { vals[i], _, errs[i] = b.getValue(ctx, keys[i]) })
+	// One sync for every read after it (see Get).
+	if err := b.do(ctx, func() error { _, err := b.conn.Sync(b.root); return err }); err != nil {
+		return nil, err
+	}
+	driver.Each(len(keys), inFlight, func(i int) { vals[i], _, errs[i] = b.getValue(ctx, keys[i], false) })
 	if err := firstErr(errs); err != nil {
 		return nil, err
 	}

@@ -19,6 +19,7 @@ import (
 const (
 	opcodeExists  int32 = 3
 	opcodeGetData int32 = 4
+	opcodeSync    int32 = 9
 	opcodeMulti   int32 = 14
 )
 
@@ -91,11 +92,19 @@ func TestBatchPipelined(t *testing.T) {
 		return err
 	})
 
+	// GetMany syncs first (see Get), once for the batch, and waits for
+	// that reply (go-zk has no way to queue two requests in an order
+	// without waiting): the sync's reply is let through.
+	syncs := g.count(opcodeSync)
+	g.pass(opcodeSync)
 	var vals [][]byte
 	batch("GetMany", opcodeGetData, func() (err error) {
 		vals, err = c.GetMany(ctx, keys)
 		return err
 	})
+	if n := g.count(opcodeSync) - syncs; n != 1 {
+		t.Errorf("GetMany of %d keys: %d syncs, want 1", len(keys), n)
+	}
 	for i, v := range vals {
 		if string(v) != keys[i] {
 			t.Errorf("GetMany: key %q = %q, want the value committed", keys[i], v)
@@ -118,6 +127,8 @@ type gate struct {
 	closed bool
 	counts map[int32]int
 	conns  []net.Conn
+	passOp int32          // requests of this opcode have their replies let through while held
+	passed map[int32]bool // by xid: the requests of passOp seen
 }
 
 // newGate starts a gate to target, closed when the test ends.
@@ -127,7 +138,7 @@ func newGate(t *testing.T, target string) *gate {
 	if err != nil {
 		t.Fatal(err)
 	}
-	g := &gate{ln: ln, target: target, counts: map[int32]int{}}
+	g := &gate{ln: ln, target: target, counts: map[int32]int{}, passed: map[int32]bool{}}
 	g.cond = sync.NewCond(&g.mu)
 	g.wg.Go(g.accept)
 	t.Cleanup(g.close)
@@ -179,8 +190,12 @@ func (g *gate) requests(c, s net.Conn) {
 			return
 		}
 		if !first && len(frame) >= 12 { // length, xid, opcode
+			op := int32(binary.BigEndian.Uint32(frame[8:12]))
 			g.mu.Lock()
-			g.counts[int32(binary.BigEndian.Uint32(frame[8:12]))]++
+			g.counts[op]++
+			if g.passOp != 0 && op == g.passOp {
+				g.passed[int32(binary.BigEndian.Uint32(frame[4:8]))] = true
+			}
 			g.mu.Unlock()
 		}
 		if _, err := s.Write(frame); err != nil {
@@ -189,27 +204,44 @@ func (g *gate) requests(c, s net.Conn) {
 	}
 }
 
-// replies passes the server's bytes on to the client, except while held.
+// replies passes the server's frames on to the client, except while
+// held: then only the replies to requests of passOp go through (a reply
+// starts with its request's xid; the first frame, the session's, has
+// none of ours).
 func (g *gate) replies(s, c net.Conn) {
 	defer c.Close()
 	defer s.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := s.Read(buf)
-		if n > 0 {
-			g.mu.Lock()
-			for g.held && !g.closed {
-				g.cond.Wait()
-			}
-			g.mu.Unlock()
-			if _, werr := c.Write(buf[:n]); werr != nil {
-				return
-			}
+	r := bufio.NewReader(s)
+	for first := true; ; first = false {
+		var size [4]byte
+		if _, err := io.ReadFull(r, size[:]); err != nil {
+			return
 		}
-		if err != nil {
+		frame := make([]byte, 4+binary.BigEndian.Uint32(size[:]))
+		copy(frame, size[:])
+		if _, err := io.ReadFull(r, frame[4:]); err != nil {
+			return
+		}
+		pass := false
+		g.mu.Lock()
+		if !first && len(frame) >= 8 {
+			pass = g.passed[int32(binary.BigEndian.Uint32(frame[4:8]))]
+		}
+		for g.held && !g.closed && !pass {
+			g.cond.Wait()
+		}
+		g.mu.Unlock()
+		if _, err := c.Write(frame); err != nil {
 			return
 		}
 	}
+}
+
+// pass lets the replies to requests of opcode op through while held.
+func (g *gate) pass(op int32) {
+	g.mu.Lock()
+	g.passOp = op
+	g.mu.Unlock()
 }
 
 // hold starts (true) or ends (false) holding back the server's bytes.
@@ -249,4 +281,33 @@ func (g *gate) close() {
 	}
 	g.mu.Unlock()
 	g.wg.Wait()
+}
+
+// TestGetSyncs: Get sends a sync before its read, so that a server behind
+// the leader catches up first (see Get); TryClaimRead's read, which
+// follows the session's own claim, sends none.
+func TestGetSyncs(t *testing.T) {
+	srv := testserver.Shared(t, testserver.ZooKeeper)
+	ctx := backendtest.Context(t)
+	g := newGate(t, srv.Addr())
+	c := backendtest.Open(t, "zookeeper://"+g.addr()+chroot(t, "syncs"))
+	if err := c.Set(ctx, "k", []byte("v"), 0); err != nil {
+		t.Fatal(err)
+	}
+	syncs, reads := g.count(opcodeSync), g.count(opcodeGetData)
+	if v, err := c.Get(ctx, "k"); err != nil || string(v) != "v" {
+		t.Fatalf("Get = %q, %v", v, err)
+	}
+	if s, r := g.count(opcodeSync)-syncs, g.count(opcodeGetData)-reads; s != 1 || r != 1 {
+		t.Errorf("Get: %d syncs and %d reads, want 1 and 1", s, r)
+	}
+	syncs = g.count(opcodeSync)
+	l, v, found, err := c.TryClaimRead(ctx, "k", time.Minute)
+	if err != nil || !found || string(v) != "v" {
+		t.Fatalf("TryClaimRead = %q, %v, %v", v, found, err)
+	}
+	_ = c.Release(ctx, l)
+	if s := g.count(opcodeSync) - syncs; s != 0 {
+		t.Errorf("TryClaimRead: %d syncs, want none", s)
+	}
 }

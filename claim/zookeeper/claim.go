@@ -160,7 +160,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			if !read || probe {
 				return l, nil, false, nil // no value node at the claim
 			}
-			v, found, err := b.getValue(ctx, key)
+			v, found, err := b.getValue(ctx, key, false)
 			if err != nil {
 				// The caller gets no lease: give it back (best effort).
 				_, _, _ = b.multi(ctx, b.releaseOps(key, holder)...)

@@ -54,12 +54,19 @@ func (b *backend) write(ctx context.Context, key string, guard, after []any, dat
 	return errors.New("value node kept changing under concurrent writers")
 }
 
-// Get implements driver.Store.
+// Get implements driver.Store: a sync, then the read, in one call. A
+// ZooKeeper server answers reads from its own copy, which may lag the
+// leader: without the sync, a read on a follower could miss a write
+// another client's server had already acknowledged (the faults cluster
+// test's linearizability check found one: a value read 0.1 ms after the
+// next one was committed). The sync makes the session's server catch up
+// with the leader first, for one more round trip. A TryClaimRead's read
+// needs none: it follows the session's own claim (see getValue).
 func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 	if err := b.setup(ctx); err != nil {
 		return nil, err
 	}
-	v, found, err := b.getValue(ctx, key)
+	v, found, err := b.getValue(ctx, key, true)
 	if err == nil && !found {
 		err = driver.ErrNotFound
 	}
@@ -67,11 +74,19 @@ func (b *backend) Get(ctx context.Context, key string) ([]byte, error) {
 }
 
 // getValue reads key's value node: found is false if it is absent or
-// expired (then it is deleted, unless rewritten meanwhile).
-func (b *backend) getValue(ctx context.Context, key string) ([]byte, bool, error) {
+// expired (then it is deleted, unless rewritten meanwhile). With synced,
+// a sync goes first (see Get); without, the read is the session's own
+// (as TryClaimRead's, after its claim: the session's server has applied
+// that write, and everything committed before it, when it answers).
+func (b *backend) getValue(ctx context.Context, key string, synced bool) ([]byte, bool, error) {
 	path := b.valuePath(key)
 	var data []byte // read only once call returned the call's own result
 	st, err := call(ctx, b, func() (st *zk.Stat, err error) {
+		if synced {
+			if _, err := b.conn.Sync(path); err != nil {
+				return nil, err
+			}
+		}
 		data, st, err = b.conn.Get(path)
 		return st, err
 	})
