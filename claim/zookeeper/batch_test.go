@@ -180,13 +180,8 @@ func (g *gate) requests(c, s net.Conn) {
 	defer s.Close()
 	r := bufio.NewReader(c)
 	for first := true; ; first = false {
-		var size [4]byte
-		if _, err := io.ReadFull(r, size[:]); err != nil {
-			return
-		}
-		frame := make([]byte, 4+binary.BigEndian.Uint32(size[:]))
-		copy(frame, size[:])
-		if _, err := io.ReadFull(r, frame[4:]); err != nil {
+		frame, err := readFrame(r)
+		if err != nil {
 			return
 		}
 		if !first && len(frame) >= 12 { // length, xid, opcode
@@ -213,13 +208,8 @@ func (g *gate) replies(s, c net.Conn) {
 	defer s.Close()
 	r := bufio.NewReader(s)
 	for first := true; ; first = false {
-		var size [4]byte
-		if _, err := io.ReadFull(r, size[:]); err != nil {
-			return
-		}
-		frame := make([]byte, 4+binary.BigEndian.Uint32(size[:]))
-		copy(frame, size[:])
-		if _, err := io.ReadFull(r, frame[4:]); err != nil {
+		frame, err := readFrame(r)
+		if err != nil {
 			return
 		}
 		pass := false
@@ -235,6 +225,19 @@ func (g *gate) replies(s, c net.Conn) {
 			return
 		}
 	}
+}
+
+// readFrame reads one length-prefixed frame of the ZooKeeper protocol,
+// its length included.
+func readFrame(r *bufio.Reader) ([]byte, error) {
+	var size [4]byte
+	if _, err := io.ReadFull(r, size[:]); err != nil {
+		return nil, err
+	}
+	frame := make([]byte, 4+binary.BigEndian.Uint32(size[:]))
+	copy(frame, size[:])
+	_, err := io.ReadFull(r, frame[4:])
+	return frame, err
 }
 
 // pass lets the replies to requests of opcode op through while held.
