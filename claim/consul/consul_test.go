@@ -215,6 +215,37 @@ func TestTakeoverBySighting(t *testing.T) {
 	backendtest.TakeoverBySighting(t, backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "2s")), nil)
 }
 
+// A subscribed waiter sees an Extend through its blocking query (which
+// the Extend ends, though it wakes nobody) and counts the renewed lease
+// from about then, not from its own next read: read 600 ms after the
+// Extend, the renewed lease of 1 s has at most 400 ms and a little left
+// by its sighting (from its own read it would have the whole TTL; by
+// the clock rule, that plus the 2 s of clock_skew).
+func TestExtendSeenByWatch(t *testing.T) {
+	srv := testserver.Shared(t, testserver.Consul)
+	ctx := backendtest.Context(t)
+	a, b := backendtest.Open(t, uniq(t, srv)), backendtest.Open(t, uniq(t, srv, "clock_skew", "2s"))
+	const ttl = time.Second
+	l := backendtest.Claim(t, a, "k", ttl)
+	backendtest.Subscribe(t, b, "k")
+	time.Sleep(200 * time.Millisecond) // the blocking query is waiting
+	l, err := a.Extend(ctx, l, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	extended := time.Now()
+	time.Sleep(600 * time.Millisecond)
+	_, err = b.TryClaim(ctx, "k", time.Minute)
+	var he *claim.HeldError
+	if !errors.As(err, &he) {
+		t.Fatalf("TryClaim of a held key: %v, want HeldError", err)
+	}
+	if limit := ttl - time.Since(extended) + 300*time.Millisecond; he.Remaining > limit {
+		t.Errorf("Remaining = %s %s after the Extend, want at most %s: the Extend was not seen when it was made", he.Remaining, time.Since(extended), limit)
+	}
+	_ = a.Release(ctx, l)
+}
+
 // Neither a claim of a free key (waiters wait for its end, and checked
 // the key themselves after subscribing) nor Extend wakes a subscriber;
 // the release does.

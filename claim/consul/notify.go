@@ -14,6 +14,7 @@ import (
 	capi "github.com/hashicorp/consul/api"
 
 	"github.com/stampede-go/stampede/claim/driver"
+	"github.com/stampede-go/stampede/internal/clock"
 )
 
 // Subscribe implements driver.Notifier: SubscribeMany of one key.
@@ -312,6 +313,7 @@ func (b *backend) watch(ctx context.Context, dir string, s sub, w *watcher) {
 			continue
 		}
 		bo.Reset()
+		b.sightLock(dir+"lock", pairs, clock.Now())
 		if w.seen(s, pairs, gap) {
 			wait = min(minWait, b.o.WaitTime)
 		} else if idx != 0 { // a blocking query, not the first read
@@ -325,6 +327,23 @@ func (b *backend) watch(ctx context.Context, dir string, s sub, w *watcher) {
 		} else {
 			idx = meta.LastIndex
 		}
+	}
+}
+
+// sightLock records the blocking query's read of the lease record in
+// pairs (the lock key lk's, if there is one) as a sighting of its write
+// (see heldUntil): an Extend, which wakes nobody, still ends the query,
+// so a subscribed waiter counts a renewed lease from about when it was
+// renewed, not from its own next read.
+func (b *backend) sightLock(lk string, pairs capi.KVPairs, at time.Time) {
+	for _, p := range pairs {
+		if p.Key != lk {
+			continue
+		}
+		if r, ok := parseRecord(p.Value); ok {
+			b.heldUntil(lk, p, r, at)
+		}
+		return
 	}
 }
 
