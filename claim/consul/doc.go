@@ -94,8 +94,10 @@
 // from before it sent the write, which Consul applied before the client
 // saw it, so this needs clocks that run at the same rate, not clocks that
 // agree. A waiter that watched the claim being made thus takes over
-// within a round trip of the holder's Deadline; one that first saw it
-// late waits up to ClockSkew longer than the lease. Stored values
+// within a round trip of the holder's Deadline; so does a subscribed one
+// after an Extend, which ends its blocking query (waking nobody): the
+// query's read is a sighting too. One that first saw the lease late
+// waits up to ClockSkew longer than the lease. Stored values
 // expire by the reader's clock and are deleted lazily when read; Sweep
 // removes leftovers.
 //
