@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strconv"
 	"time"
 
 	"github.com/aws/aws-sdk-go-v2/service/dynamodb/types"
@@ -33,8 +34,11 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 	expr := b.leaseReap("SET #h = :h, #le = :le, "+leaseWrite(vals, holder, le, ttl)+", #f = if_not_exists(#f, :base) + :one", vals, le)
 	cond := "attribute_not_exists(#h) OR #le < :cut"
 	if s, ok := b.takeover(key, start); ok {
-		vals[":sf"], vals[":sle"], vals[":sn"] = num(s.f), num(s.le), num(s.n)
-		cond += " OR (#f = :sf AND #le = :sle AND #lw.#n = :sn)"
+		cond += " OR " + s.holds(func(v types.AttributeValue) string {
+			k := ":s" + strconv.Itoa(len(vals))
+			vals[k] = v
+			return k
+		})
 	}
 	ret := types.ReturnValueUpdatedNew
 	if read {
@@ -180,6 +184,13 @@ func (b *backend) sight(key string, s leaseSeen, at time.Time) time.Time {
 	b.last[key] = sighted{f: s.f, le: s.le, n: s.n, end: end}
 	b.smu.Unlock()
 	return driver.TakeoverAt(time.UnixMilli(s.le+1), b.skew, end)
+}
+
+// holds is the condition that the item still holds the lease write s:
+// its fence, recorded expiry and write id (lw.n), each value named by val
+// (which adds it to the request's values).
+func (s sighted) holds(val func(types.AttributeValue) string) string {
+	return "(#f = " + val(num(s.f)) + " AND #le = " + val(num(s.le)) + " AND #lw.#n = " + val(num(s.n)) + ")"
 }
 
 // maxSighted bounds the keys whose lease read last is remembered

@@ -372,7 +372,7 @@ func (b *backend) claimFree(ctx context.Context, key, holder string, ttl time.Du
 	if sd, ok := b.takeover(key, clock.At(start)); ok {
 		// A lease this process saw written long enough ago, if the item
 		// still holds that write (see tryClaim).
-		free += " OR (#f = " + w.val(num(sd.f)) + " AND #le = " + w.val(num(sd.le)) + " AND #lw.#n = " + w.val(num(sd.n)) + ")"
+		free += " OR " + sd.holds(w.val)
 	}
 	w.cond = append(w.cond, "("+free+")", "(attribute_not_exists(#qs) OR size(#qs) = "+w.val(num(0))+")")
 	w.grant(holder, ttl.Milliseconds(), start)
@@ -433,7 +433,7 @@ func (b *backend) enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			// its expiry).
 			free := "attribute_not_exists(#h) OR #le < " + w.val(num(cut))
 			if s.holder != "" && s.le >= cut {
-				free += " OR (#le = " + w.val(num(s.le)) + " AND #lw.#n = " + w.val(num(s.n)) + ")"
+				free += " OR " + sighted{f: s.f, le: s.le, n: s.n}.holds(w.val)
 			}
 			w.cond = append(w.cond, "("+free+")")
 			if s.hasF {
