@@ -133,7 +133,11 @@ func (w *waiter) op(ctx context.Context) (context.Context, func()) {
 	if w.opTimeout <= 0 {
 		return ctx, func() {}
 	}
-	o := opctx.New(ctx, time.Now().Add(w.opTimeout))
+	d := time.Now().Add(w.opTimeout)
+	if opctx.Within(ctx, d) {
+		return ctx, func() {}
+	}
+	o := opctx.New(ctx, d)
 	return o, o.Stop
 }
 

@@ -17,8 +17,11 @@ const DefaultOpTimeout = 5 * time.Second
 // call is one backend call in flight: the bounded context it runs under,
 // and what the Client records about it when it ends.
 type call struct {
-	op    string
-	ctx   stopCtx
+	op  string
+	ctx context.Context
+	// stop ends ctx (and its span); nil when ctx is the caller's own,
+	// which the operation timeout would not bound any further.
+	stop  stopCtx
 	start time.Time // the lease clock (internal/clock) when the call began
 }
 
@@ -39,13 +42,28 @@ func (e *keyError) Unwrap() error { return e.err }
 // Client's operation timeout (ctx's own deadline, if earlier, stays),
 // with the call's span in it when a tracer provider is installed (see
 // otel.go). end must follow, with the caller's ctx; a call abandoned
-// before any I/O calls cl.ctx.Stop instead.
+// before any I/O calls cl.abandon instead. A caller whose ctx ends no
+// later than the operation timeout (flight bounds each call itself)
+// costs no context of the call's own.
 func (c *Client) begin(ctx context.Context, op string) call {
 	now := time.Now() // the timeout runs on real time; leases on the lease clock
+	d := now.Add(c.opTimeout)
 	if tr := c.tel.tracer.Tracer(); tr != nil {
-		return call{op: op, ctx: c.startSpan(ctx, tr, op, now.Add(c.opTimeout)), start: clock.At(now)}
+		tc := c.startSpan(ctx, tr, op, d)
+		return call{op: op, ctx: tc, stop: tc, start: clock.At(now)}
 	}
-	return call{op: op, ctx: opctx.New(ctx, now.Add(c.opTimeout)), start: clock.At(now)}
+	if opctx.Within(ctx, d) {
+		return call{op: op, ctx: ctx, start: clock.At(now)}
+	}
+	oc := opctx.New(ctx, d)
+	return call{op: op, ctx: oc, stop: oc, start: clock.At(now)}
+}
+
+// abandon ends a call that made no I/O, without recording it.
+func (cl call) abandon() {
+	if cl.stop != nil {
+		cl.stop.Stop()
+	}
 }
 
 // end finishes cl: it stops its context, returns err classified
@@ -56,11 +74,11 @@ func (c *Client) end(ctx context.Context, cl call, err error) error {
 	if err != nil {
 		err = c.classify(ctx, err)
 	}
-	if tc, ok := cl.ctx.(*tracedCtx); ok {
+	if tc, ok := cl.stop.(*tracedCtx); ok {
 		tc.finish(err)
 		ctx = tc.sctx // exemplars point at the span
 	} else {
-		cl.ctx.Stop()
+		cl.abandon()
 	}
 	c.record(ctx, cl, err)
 	return err

@@ -37,6 +37,15 @@ type armedCtx struct {
 	cancel context.CancelFunc
 }
 
+// Within reports whether parent ends no later than deadline: a Ctx for
+// that deadline would bound nothing parent does not (whichever of the two
+// deadlines passes first, parent's Err is set at that moment too), so a
+// caller may run under parent itself and save the Ctx.
+func Within(parent context.Context, deadline time.Time) bool {
+	d, ok := parent.Deadline()
+	return ok && !d.After(deadline)
+}
+
 // New returns a context that is parent with deadline (no later than
 // parent's own); call Stop when the call returns.
 func New(parent context.Context, deadline time.Time) *Ctx {

@@ -123,3 +123,27 @@ func TestOpCtxDerivedNoGoroutine(t *testing.T) {
 		c()
 	}
 }
+
+func TestWithin(t *testing.T) {
+	now := time.Now()
+	d := now.Add(time.Second)
+	early, cancel := context.WithDeadline(context.Background(), now.Add(time.Millisecond))
+	defer cancel()
+	late, cancel2 := context.WithDeadline(context.Background(), now.Add(time.Hour))
+	defer cancel2()
+	for _, c := range []struct {
+		name   string
+		parent context.Context
+		want   bool
+	}{
+		{"no deadline", context.Background(), false},
+		{"earlier deadline", early, true},
+		{"same deadline", New(context.Background(), d), true},
+		{"later deadline", late, false},
+		{"an opctx under an earlier deadline", New(early, now.Add(time.Hour)), true},
+	} {
+		if got := Within(c.parent, d); got != c.want {
+			t.Errorf("%s: Within = %v, want %v", c.name, got, c.want)
+		}
+	}
+}
