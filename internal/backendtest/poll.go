@@ -3,6 +3,7 @@ package backendtest
 import (
 	"context"
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -232,7 +233,10 @@ func PollRestart(t *testing.T, srv *testserver.Server, b, w *claim.Client, keeps
 func PollBatchMatches(t *testing.T, c *claim.Client, read driver.PollReader, readMany driver.PollManyReader) {
 	t.Helper()
 	ctx := Context(t)
-	key := func(s string) string { return "poll-many-" + s + " " + t.Name() }
+	// Unique per run: the shared server keeps the last run's claims
+	// (held for a minute) under -count > 1.
+	run := strconv.FormatInt(time.Now().UnixNano(), 36)
+	key := func(s string) string { return "poll-many-" + s + " " + t.Name() + " " + run }
 	keys := []string{key("never"), key("held"), key("released"), key("notified")}
 	Claim(t, c, key("held"), time.Minute)
 	if err := c.Release(ctx, Claim(t, c, key("released"), time.Minute)); err != nil {
