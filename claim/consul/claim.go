@@ -389,12 +389,27 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	lk := b.lockKey(l.Key)
 	var exp int64
 	sq, sn := handleQueue(l) // a fair lease's served queue entries: kept
+	_, hexp := handleIndex(l)
 	resp, err := b.fenced(ctx, l, true, func(idx uint64, cur *record) (capi.TxnOps, int) {
+		prev := hexp.UnixMilli() // the expiry of the record at idx
 		if cur != nil {
-			sq, sn = cur.SQ, cur.SN
+			sq, sn, prev = cur.SQ, cur.SN, cur.Expiry
+		}
+		start := clock.Now()
+		if ceilMs(start.Add(ttl)) == prev {
+			// The record would come out byte for byte the one it
+			// replaces (a grant written on a clock ahead of this one by
+			// the time since), and Consul then keeps the key's
+			// ModifyIndex: the Rev a waiter's sighting is of
+			// (heldUntil) would not tell the two writes apart, and it
+			// would count this renewal from its sighting of the grant.
+			// A millisecond later in the record (not in the Deadline,
+			// which the client counts from before this call) makes it
+			// a write of its own.
+			start = start.Add(time.Millisecond)
 		}
 		var rec []byte
-		rec, exp = newRecordServed(l.Holder, clock.Now(), ttl, sq, sn)
+		rec, exp = newRecordServed(l.Holder, start, ttl, sq, sn)
 		return capi.TxnOps{kvOp(capi.KVCAS, lk, idx, rec)}, 1
 	})
 	if err != nil {

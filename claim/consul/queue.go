@@ -232,8 +232,19 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		}
 		now := time.Now()
 		if f.holds(holder) && now.Before(time.UnixMilli(f.rec.Expiry)) {
-			// Step 2: granted meanwhile.
-			l := driver.Lease{Key: key, Holder: holder, Token: f.lock.CreateIndex, TTL: time.UnixMilli(f.rec.Expiry).Sub(now),
+			// Step 2: granted meanwhile. The lease's TTL is what is
+			// left of the grant by this clock, but never more than the
+			// TTL the grant recorded: the client counts the Deadline
+			// from before this holder queued, before the grant was
+			// written, and a waiter that saw the grant takes over at
+			// its sighting plus the recorded TTL (heldUntil); an expiry
+			// written on a clock ahead of this one must not stretch
+			// the Deadline past that.
+			left := time.UnixMilli(f.rec.Expiry).Sub(now)
+			if f.rec.TTL > 0 {
+				left = min(left, time.Duration(f.rec.TTL)*time.Millisecond)
+			}
+			l := driver.Lease{Key: key, Holder: holder, Token: f.lock.CreateIndex, TTL: left,
 				Handle: handleServed(f.lock.ModifyIndex, f.rec.Expiry, f.rec.SQ, f.rec.SN, f.lock.CreateIndex, holder)}
 			b.takeLocal(key, holder)
 			b.holdQueue(l, &fairState{qidx: f.qidx, q: f.q})
@@ -281,9 +292,12 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		if !ok {
 			continue
 		}
-		left := time.Until(b.heldUntil(f.lock.Key, f.lock, f.rec, now))
-		if c.grant != nil {
+		var left time.Duration
+		switch {
+		case c.grant != nil:
 			left = g.TTL + b.o.ClockSkew
+		case f.lock != nil:
+			left = time.Until(b.heldUntil(f.lock.Key, f.lock, f.rec, now))
 		}
 		return driver.Lease{}, &driver.HeldError{Remaining: left}
 	}
