@@ -239,7 +239,15 @@ func lost(err error) error {
 }
 
 // Extend implements driver.Claimer: one conditional UpdateItem of the
-// lease's expiry.
+// lease's expiry, which never moves the recorded expiry earlier: an Extend
+// that reaches DynamoDB after a later one of the same lease (its call
+// timed out at the client, which renewed again) would otherwise write back
+// its earlier end, and other clients, judging expiry by it, take the key
+// over before the holder's Deadline. When the recorded end is later than
+// this Extend's (such a late Extend; one with a shorter TTL; a grant
+// written on a clock ahead of this one), the lease is renewed with that
+// end kept, in a second UpdateItem conditioned on it: a lease write of its
+// own all the same (a new lw), which waiters' sightings count from.
 func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration) (driver.Lease, error) {
 	if err := b.checkRetention(ttl); err != nil {
 		return driver.Lease{}, err
@@ -250,7 +258,31 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	vals := leaseVals(l, start)
 	vals[":le"] = num(le)
 	expr := b.leaseReap("SET #le = :le, "+leaseWrite(vals, l.Holder, le, ttl), vals, le)
-	if _, err := b.update(ctx, l.Key, expr, current, vals, types.ReturnValueNone); err != nil {
+	_, err := b.update(ctx, l.Key, expr, current+" AND #le <= :le", vals, types.ReturnValueNone)
+	if err == nil {
+		l.TTL = ttl
+		return l, nil
+	}
+	item, failed := conditionFailed(err)
+	if !failed {
+		return driver.Lease{}, err
+	}
+	if item == nil { // dynalite returns no old item
+		if item, err = b.getItem(ctx, l.Key, "h", "f", "le"); err != nil {
+			return driver.Lease{}, err
+		}
+	}
+	cur, ok := attr(item, "le")
+	if h, _ := item["h"].(*types.AttributeValueMemberS); !ok || h == nil || h.Value != l.Holder || cur <= le {
+		return driver.Lease{}, driver.ErrLost
+	}
+	if f, _ := attr(item, "f"); f != int64(l.Token) {
+		return driver.Lease{}, driver.ErrLost
+	}
+	vals = leaseVals(l, start)
+	vals[":cle"] = num(cur)
+	expr = b.leaseReap("SET "+leaseWrite(vals, l.Holder, cur, ttl), vals, cur)
+	if _, err := b.update(ctx, l.Key, expr, current+" AND #le = :cle", vals, types.ReturnValueNone); err != nil {
 		return driver.Lease{}, lost(err)
 	}
 	l.TTL = ttl
