@@ -26,20 +26,33 @@ type record struct {
 	// have been served (or skipped). Extend keeps both.
 	SQ uint64 `json:"sq,omitempty"`
 	SN int    `json:"sn,omitempty"`
+	// V is sightedV when the lease's holder runs a version that counts
+	// its Deadline so that a waiter may take the lease over by its own
+	// sighting of this write (heldUntil): its Extends always change the
+	// record, and a lease granted to it has no TTL beyond the recorded
+	// one. A record written by or granted to an earlier version has none
+	// (older versions ignore the field and drop it when they rewrite the
+	// record), and is judged by its recorded expiry plus ClockSkew, as
+	// before: safe during a rolling upgrade.
+	V int `json:"v,omitempty"`
 }
+
+// sightedV marks records and queue entries of holders whose leases may be
+// taken over by sightings (record.V).
+const sightedV = 1
 
 // newRecord returns the record of a lease written at start for ttl, and
 // its expiry.
 func newRecord(holder string, start time.Time, ttl time.Duration) ([]byte, int64) {
-	return newRecordServed(holder, start, ttl, 0, 0)
+	return newRecordServed(holder, start, ttl, 0, 0, sightedV)
 }
 
 // newRecordServed is newRecord with the queue entries served (see
-// record).
-func newRecordServed(holder string, start time.Time, ttl time.Duration, sq uint64, sn int) ([]byte, int64) {
-	r := record{Holder: holder, Expiry: ceilMs(start.Add(ttl)), TTL: ttl.Milliseconds(), SQ: sq, SN: sn}
-	v, _ := json.Marshal(r)
-	return v, r.Expiry
+// record), for a holder of rules version v (record.V).
+func newRecordServed(holder string, start time.Time, ttl time.Duration, sq uint64, sn int, v int) ([]byte, int64) {
+	r := record{Holder: holder, Expiry: ceilMs(start.Add(ttl)), TTL: ttl.Milliseconds(), SQ: sq, SN: sn, V: v}
+	out, _ := json.Marshal(r)
+	return out, r.Expiry
 }
 
 // ceilMs returns t in Unix milliseconds, rounded up.
@@ -235,6 +248,10 @@ func handleQueue(l driver.Lease) (uint64, int) {
 // record since about when it was made (driver.Sightings: its first
 // sighting plus the record's TTL, whatever the clocks read).
 func (b *backend) heldUntil(lk string, kv *capi.KVPair, rec record, now time.Time) time.Time {
+	if rec.V < sightedV {
+		// Its holder may count its Deadline as earlier versions did.
+		return driver.TakeoverAt(time.UnixMilli(rec.Expiry), b.o.ClockSkew, time.Time{})
+	}
 	end := b.seen.End(lk, driver.Rev{kv.ModifyIndex}, time.Duration(rec.TTL)*time.Millisecond, now)
 	return driver.TakeoverAt(time.UnixMilli(rec.Expiry), b.o.ClockSkew, end)
 }
@@ -409,7 +426,7 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 			start = start.Add(time.Millisecond)
 		}
 		var rec []byte
-		rec, exp = newRecordServed(l.Holder, start, ttl, sq, sn)
+		rec, exp = newRecordServed(l.Holder, start, ttl, sq, sn, sightedV)
 		return capi.TxnOps{kvOp(capi.KVCAS, lk, idx, rec)}, 1
 	})
 	if err != nil {

@@ -97,7 +97,10 @@
 // within a round trip of the holder's Deadline; so does a subscribed one
 // after an Extend, which ends its blocking query (waking nobody): the
 // query's read is a sighting too. One that first saw the lease late
-// waits up to ClockSkew longer than the lease. Stored values
+// waits up to ClockSkew longer than the lease, and so does every waiter
+// for a record without "v":1 (written by, or granted to, a process of an
+// earlier version, whose Deadline may run past a sighting plus the TTL):
+// a rolling upgrade is safe. Stored values
 // expire by the reader's clock and are deleted lazily when read; Sweep
 // removes leftovers.
 //

@@ -37,8 +37,9 @@ func (b *backend) queueKey(key string) string { return b.prefix + "/q/" + b.enc.
 // entry is one waiter of a fair queue.
 type entry struct {
 	Holder string `json:"h"`
-	Expiry int64  `json:"e"` // Unix ms by the waiter's clock, rounded up
-	TTL    int64  `json:"t"` // ms: the TTL of the lease it asks for
+	Expiry int64  `json:"e"`           // Unix ms by the waiter's clock, rounded up
+	TTL    int64  `json:"t"`           // ms: the TTL of the lease it asks for
+	V      int    `json:"v,omitempty"` // the waiter's rules version (record.V), which its grant records
 }
 
 // live reports whether e has not expired at now, by the ClockSkew margin.
@@ -159,7 +160,7 @@ func (b *backend) fairWrite(ctx context.Context, key string, f fairState, c chan
 		if c.keep {
 			sq, sn = f.qidx, c.served
 		}
-		rec, exp = newRecordServed(c.grant.Holder, start, ttl, sq, sn)
+		rec, exp = newRecordServed(c.grant.Holder, start, ttl, sq, sn, c.grant.V)
 		add(true, kvOp(capi.KVCAS, lk, 0, rec))
 	case c.release:
 		// delete-cas of an absent key succeeds: check-index first.
@@ -255,7 +256,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 		live := b.leaseLive(f, now)
 		if !live && (len(q) == 0 || q[0].Holder == holder) {
 			// Step 3: holder's turn.
-			c.grant = &entry{Holder: holder, TTL: ttl.Milliseconds()}
+			c.grant = &entry{Holder: holder, TTL: ttl.Milliseconds(), V: sightedV}
 			c.q = slices.DeleteFunc(q, func(e entry) bool { return e.Holder == holder })
 			ok, l, after, err := b.fairWrite(ctx, key, f, c, now)
 			if err != nil {
@@ -273,7 +274,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			c.grant, q = &q[0], q[1:]
 		}
 		// Step 5: queued, or renewed in place.
-		me := entry{Holder: holder, Expiry: ceilMs(now.Add(ttl)), TTL: ttl.Milliseconds()}
+		me := entry{Holder: holder, Expiry: ceilMs(now.Add(ttl)), TTL: ttl.Milliseconds(), V: sightedV}
 		if i := slices.IndexFunc(q, func(e entry) bool { return e.Holder == holder }); i >= 0 {
 			q[i] = me
 		} else {
