@@ -49,7 +49,7 @@ func (b *backend) lockItem(key, holder string, sec int64, start time.Time) (*gom
 		return nil, err
 	}
 	latest := start.Add(time.Duration(sec+lockSlack) * time.Second)
-	v := holder + ";0;" + strconv.FormatInt(sec, 10) + " " + strconv.FormatInt(latest.UnixMilli(), 10)
+	v := holder + ";0;" + secField(sec, true) + " " + strconv.FormatInt(latest.UnixMilli(), 10)
 	return &gomemcache.Item{Key: b.item('l', key), Value: []byte(v), Expiration: exp}, nil
 }
 
@@ -108,11 +108,15 @@ const takeTries = 3
 // when it was made (driver.Sightings: its first sighting plus the TTL
 // the lock records, plus driver.TakeoverMargin, whatever the clocks
 // read; the holder's Deadline counts from before it sent the write). A
-// lock that does not record its TTL (written by an earlier version) is
-// judged by the clock rule alone. The judgement is about the lease the lock
+// lock that does not record its TTL, or whose holder does not run this
+// rule (lockState.sighted: written by or granted to an earlier version),
+// is judged by the clock rule alone. The judgement is about the lease the lock
 // records, not the item, which memcached keeps lockKeep seconds longer
 // by its own whole-second clock.
 func (b *backend) heldUntil(key string, st *lockState, at time.Time) time.Time {
+	if !st.sighted {
+		return driver.TakeoverAt(st.end(), b.skew, time.Time{})
+	}
 	end := b.seen.End(key, st.rev(), time.Duration(st.sec)*time.Second, at)
 	return driver.TakeoverAt(st.end(), b.skew, end)
 }
@@ -270,10 +274,10 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 			latest = time.UnixMilli(st.latest.UnixMilli() + 1)
 		}
 		if !st.fair {
-			it.Value = []byte(l.Holder + ";0;" + strconv.FormatInt(sec, 10) + " " + strconv.FormatInt(latest.UnixMilli(), 10))
+			it.Value = []byte(l.Holder + ";0;" + secField(sec, true) + " " + strconv.FormatInt(latest.UnixMilli(), 10))
 			return
 		}
-		st.sec, st.latest = sec, latest
+		st.sec, st.latest, st.sighted = sec, latest, true
 		it.Value = st.encode()
 		if exp, err := st.expiration(now); err == nil {
 			it.Expiration = exp // else the lease's own (entries past 2038)

@@ -96,7 +96,7 @@
 // moment (PollState.Expires), not when memcached drops the item.
 //
 // A client that saw the lock written when it was made takes it over
-// sooner: the lease's TTL (recorded in the lock, "HOLDER;0;TTL UNIXMS")
+// sooner: the lease's TTL (recorded in the lock, "HOLDER;0;0TTL UNIXMS")
 // plus 1 ms and 500 ppm after its first sighting of that write (the
 // first reply that showed it, to a claim, an Enqueue or a poll), by its
 // own clock, if that comes before the recorded end plus ClockSkew
@@ -111,8 +111,14 @@
 // started waiting after the claim) learns nothing early and waits for
 // the recorded end plus ClockSkew. Waiters that poll from the start of a
 // claim thus take a crashed holder's key over within a few milliseconds
-// of its Deadline. Locks written by earlier versions record no TTL and
-// are judged by the clock rule alone.
+// of its Deadline. Locks written by earlier versions record no TTL, or
+// no leading 0 before it (the mark that the lease's holder runs this
+// rule: set by the holder's own writes, and by a grant from the
+// grantee's queue entry, which carries the same mark), and are judged by
+// the clock rule alone: a holder of an earlier version may count its
+// Deadline past a sighting plus the TTL (its lease from a grant carried
+// the granter's clock offset; its Extend could record the grant's end
+// again), so a rolling upgrade stays safe.
 //
 // Release and Extend get the lock, compare its holder id and swap it with
 // CompareAndSwap (Release: for an item already expired, then incr the

@@ -57,6 +57,8 @@ type fairEntry struct {
 	holder string
 	sec    int64     // the TTL it asked for, in seconds: its grant's
 	end    time.Time // when the entry lapses
+	// sighted: the waiter runs takeover by sightings (lockState.sighted)
+	sighted bool
 }
 
 // lockState is a lock item's value, parsed (parseState).
@@ -67,6 +69,31 @@ type lockState struct {
 	token  uint64    // 0: not recorded
 	sec    int64     // the lease's TTL, in seconds (0: not recorded)
 	queue  []fairEntry
+	// sighted: the lease's holder runs a version that counts its
+	// Deadline so that a waiter may take the lease over by its own
+	// sighting of the lock's write (heldUntil): each of its Extends
+	// records a later end, and a lease granted to it has no TTL beyond
+	// the recorded one. Recorded as a leading 0 of TTLSEC (and of an
+	// entry's, which its grant copies): earlier versions read the same
+	// number and write it back without the 0, so a lock written by or
+	// granted to an earlier version is judged by the clock rule, and a
+	// rolling upgrade stays safe.
+	sighted bool
+}
+
+// secField is TTLSEC as written: with a leading 0 when sighted.
+func secField(sec int64, sighted bool) string {
+	if sighted {
+		return "0" + strconv.FormatInt(sec, 10)
+	}
+	return strconv.FormatInt(sec, 10)
+}
+
+// parseSec reads a TTLSEC field: the seconds, and whether it was written
+// sighted (secField).
+func parseSec(f string) (int64, bool) {
+	n, _ := strconv.ParseInt(f, 10, 64)
+	return n, len(f) > 1 && f[0] == '0'
 }
 
 // parseState reads a lock item's value (see the format above; a plain
@@ -87,7 +114,7 @@ func parseState(v []byte) lockState {
 	tok, head, _ := strings.Cut(head, ";")
 	st.token, _ = strconv.ParseUint(tok, 10, 64)
 	sec, head, _ := strings.Cut(head, ";")
-	st.sec, _ = strconv.ParseInt(sec, 10, 64)
+	st.sec, st.sighted = parseSec(sec)
 	for head != "" {
 		var e string
 		e, head, _ = strings.Cut(head, ";")
@@ -96,9 +123,9 @@ func parseState(v []byte) lockState {
 		if h == "" {
 			continue
 		}
-		n, _ := strconv.ParseInt(s, 10, 64)
+		n, sighted := parseSec(s)
 		m, _ := strconv.ParseInt(end, 10, 64)
-		st.queue = append(st.queue, fairEntry{holder: h, sec: n, end: time.UnixMilli(m)})
+		st.queue = append(st.queue, fairEntry{holder: h, sec: n, end: time.UnixMilli(m), sighted: sighted})
 	}
 	return st
 }
@@ -111,12 +138,12 @@ func (st *lockState) encode() []byte {
 	sb.WriteByte(';')
 	sb.WriteString(strconv.FormatUint(st.token, 10))
 	sb.WriteByte(';')
-	sb.WriteString(strconv.FormatInt(st.sec, 10))
+	sb.WriteString(secField(st.sec, st.sighted))
 	for _, e := range st.queue {
 		sb.WriteByte(';')
 		sb.WriteString(e.holder)
 		sb.WriteByte(',')
-		sb.WriteString(strconv.FormatInt(e.sec, 10))
+		sb.WriteString(secField(e.sec, e.sighted))
 		sb.WriteByte(',')
 		sb.WriteString(strconv.FormatInt(e.end.UnixMilli(), 10))
 	}
@@ -185,7 +212,7 @@ func (st *lockState) remove(holder string) bool {
 // renew puts holder in the queue with an entry of sec seconds that lapses
 // ttl from now: in its place if it is queued, else at the tail.
 func (st *lockState) renew(holder string, sec int64, ttl time.Duration, now time.Time) {
-	e := fairEntry{holder: holder, sec: sec, end: now.Add(ttl)}
+	e := fairEntry{holder: holder, sec: sec, end: now.Add(ttl), sighted: true}
 	for i := range st.queue {
 		if st.queue[i].holder == holder {
 			st.queue[i] = e
@@ -196,10 +223,10 @@ func (st *lockState) renew(holder string, sec int64, ttl time.Duration, now time
 }
 
 // grantTo makes holder the lock's holder for sec seconds from now with
-// token, removing its entry.
-func (st *lockState) grantTo(holder string, token uint64, sec int64, now time.Time) {
+// token, removing its entry; sighted: holder runs takeover by sightings.
+func (st *lockState) grantTo(holder string, token uint64, sec int64, sighted bool, now time.Time) {
 	st.remove(holder)
-	st.holder, st.token, st.sec, st.fair = holder, token, sec, true
+	st.holder, st.token, st.sec, st.fair, st.sighted = holder, token, sec, true, sighted
 	st.latest = now.Add(time.Duration(sec+lockSlack) * time.Second)
 }
 
@@ -268,7 +295,7 @@ func (b *backend) grantNext(ctx context.Context, key string, cur *gomemcache.Ite
 			return driver.Lease{}, err
 		}
 	}
-	st.grantTo(w.holder, token, w.sec, now)
+	st.grantTo(w.holder, token, w.sec, w.sighted, now)
 	if err := b.writeLock(ctx, key, cur, st, now); err != nil {
 		return driver.Lease{}, err
 	}
@@ -323,7 +350,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 				return driver.Lease{}, err
 			}
 			var st lockState
-			st.grantTo(holder, token, sec, now)
+			st.grantTo(holder, token, sec, true, now)
 			err = b.writeLock(ctx, key, nil, &st, now)
 			if errors.Is(err, errConflict) {
 				continue
@@ -375,7 +402,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 				if err != nil {
 					return driver.Lease{}, err
 				}
-				st.grantTo(holder, token, sec, now)
+				st.grantTo(holder, token, sec, true, now)
 				err = b.writeLock(ctx, key, cur, &st, now)
 				if errors.Is(err, errConflict) {
 					continue
@@ -391,7 +418,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			if err != nil {
 				return driver.Lease{}, err
 			}
-			st.grantTo(st.queue[0].holder, token, st.queue[0].sec, now)
+			st.grantTo(st.queue[0].holder, token, st.queue[0].sec, st.queue[0].sighted, now)
 		}
 		// Step 5.
 		if !st.fair {

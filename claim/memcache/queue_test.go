@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -257,13 +259,22 @@ func TestFairConflicts(t *testing.T) {
 // in the holder field, before the first space.
 func TestFairLockFormat(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_123)
-	st := lockState{holder: "aa", latest: now.Add(12 * time.Second), fair: true, token: 42, sec: 10,
-		queue: []fairEntry{{"bb", 3, now.Add(3 * time.Second)}, {"cc", 60, now.Add(time.Minute)}}}
+	st := lockState{holder: "aa", latest: now.Add(12 * time.Second), fair: true, token: 42, sec: 10, sighted: true,
+		queue: []fairEntry{{"bb", 3, now.Add(3 * time.Second), true}, {"cc", 60, now.Add(time.Minute), false}}}
 	v := st.encode()
 	got := parseState(v)
-	if got.holder != st.holder || !got.latest.Equal(st.latest) || !got.fair || got.token != 42 || got.sec != 10 ||
-		!slices.EqualFunc(got.queue, st.queue, func(a, b fairEntry) bool { return a.holder == b.holder && a.sec == b.sec && a.end.Equal(b.end) }) {
+	if got.holder != st.holder || !got.latest.Equal(st.latest) || !got.fair || got.token != 42 || got.sec != 10 || !got.sighted ||
+		!slices.EqualFunc(got.queue, st.queue, func(a, b fairEntry) bool {
+			return a.holder == b.holder && a.sec == b.sec && a.end.Equal(b.end) && a.sighted == b.sighted
+		}) {
 		t.Errorf("round trip of %q: %+v", v, got)
+	}
+	// The sighted mark is a leading 0, which earlier versions' parsers
+	// (strconv.ParseInt) read as the same number.
+	if f := strings.Split(strings.Fields(string(v))[0], ";"); len(f) < 5 || f[2] != "010" || !strings.HasPrefix(f[3], "bb,03,") || !strings.HasPrefix(f[4], "cc,60,") {
+		t.Errorf("fields of %q: want TTLSEC 010, entries bb,03,… and cc,60,…", v)
+	} else if n, err := strconv.ParseInt(f[2], 10, 64); err != nil || n != 10 {
+		t.Errorf("ParseInt(%q) = %d, %v: earlier versions would misread it", f[2], n, err)
 	}
 	if h, latest := parseLock(v); h != "aa" || !latest.Equal(st.latest) {
 		t.Errorf("parseLock(%q) = %q, %v", v, h, latest)
