@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	natsgo "github.com/nats-io/nats.go"
@@ -26,13 +27,13 @@ import (
 //	1     version (1)
 //	1     op: the write that made the record (op* below)
 //	1     holder length H (0: no lease)
-//	H     holder
+//	H     holder (after a 0 byte, sightedMark, if it runs takeover by sightings)
 //	8     token (0: the record's own revision)
 //	8     lease expiry (0: no lease)
 //	8     lease TTL in ms (with the token and the expiry, it identifies
 //	      the write that made or renewed the lease: leaseRev)
 //	2     queue length Q, then Q entries of:
-//	        1 holder length, holder, 8 expiry, 8 TTL in ms
+//	        1 holder length, holder (marked alike), 8 expiry, 8 TTL in ms
 //	1     1 if a value is stored, else 0
 //	8     value expiry (0: none)
 //	...   value
@@ -56,10 +57,22 @@ const (
 
 // entry is a waiter in a key's fair queue.
 type entry struct {
-	holder string
-	exp    int64 // Unix ms by the waiter's clock
-	ttl    int64 // ms: the lease it asks for
+	holder  string
+	exp     int64 // Unix ms by the waiter's clock
+	ttl     int64 // ms: the lease it asks for
+	sighted bool  // the waiter runs takeover by sightings (record.sighted)
 }
+
+// sightedMark, before a holder ID in a record (the lease's holder, or a
+// waiter's), says that the holder runs a version whose Deadline a waiter
+// may take over by its own sighting of the lease's write (heldUntil):
+// each of its Extends starts later than the write before it (extended).
+// Earlier versions read the mark as part of an opaque holder ID (which is
+// never theirs) and copy it with a waiter's ID into its grant; a lease
+// written by or granted to an earlier version has none, and is judged by
+// the clock rule alone (its Extend could repeat the grant's leaseRev), so
+// a rolling upgrade stays safe.
+const sightedMark = "\x00"
 
 // record is a decoded record.
 type record struct {
@@ -69,26 +82,26 @@ type record struct {
 	leaseExp int64  // Unix ms
 	leaseTTL int64  // ms
 	queue    []entry
+	sighted  bool // the lease's holder runs takeover by sightings (sightedMark)
 	hasValue bool
 	valueExp int64 // Unix ms, 0: none
 	value    []byte
 }
 
 func (r record) encode() []byte {
-	n := 3 + len(r.holder) + 24 + 2 + 9 + len(r.value)
+	n := 4 + len(r.holder) + 24 + 2 + 9 + len(r.value)
 	for _, e := range r.queue {
-		n += 17 + len(e.holder)
+		n += 18 + len(e.holder)
 	}
 	out := make([]byte, 0, n)
-	out = append(out, recVersion, r.op, byte(len(r.holder)))
-	out = append(out, r.holder...)
+	out = append(out, recVersion, r.op)
+	out = appendHolder(out, r.holder, r.sighted)
 	out = binary.BigEndian.AppendUint64(out, r.token)
 	out = binary.BigEndian.AppendUint64(out, uint64(r.leaseExp))
 	out = binary.BigEndian.AppendUint64(out, uint64(r.leaseTTL))
 	out = binary.BigEndian.AppendUint16(out, uint16(len(r.queue)))
 	for _, e := range r.queue {
-		out = append(out, byte(len(e.holder)))
-		out = append(out, e.holder...)
+		out = appendHolder(out, e.holder, e.sighted)
 		out = binary.BigEndian.AppendUint64(out, uint64(e.exp))
 		out = binary.BigEndian.AppendUint64(out, uint64(e.ttl))
 	}
@@ -99,6 +112,26 @@ func (r record) encode() []byte {
 	}
 	out = binary.BigEndian.AppendUint64(out, uint64(r.valueExp))
 	return append(out, r.value...)
+}
+
+// appendHolder appends holder ID h, marked if sighted (and if the mark
+// fits the length byte; unmarked, it is only judged by the clock rule).
+func appendHolder(out []byte, h string, sighted bool) []byte {
+	if sighted && len(h) < 255 && h != "" {
+		out = append(out, byte(len(h)+1))
+		out = append(out, sightedMark...)
+		return append(out, h...)
+	}
+	out = append(out, byte(len(h)))
+	return append(out, h...)
+}
+
+// holderField splits a holder field into its ID and sightedMark.
+func holderField(f string) (string, bool) {
+	if h, ok := strings.CutPrefix(f, sightedMark); ok {
+		return h, true
+	}
+	return f, false
 }
 
 // reader reads a record's fields, remembering the first overrun.
@@ -130,7 +163,7 @@ func decodeRecord(b []byte, rev uint64) (record, bool) {
 		return record{}, false
 	}
 	r := record{op: d.u8()}
-	r.holder = d.str()
+	r.holder, r.sighted = holderField(d.str())
 	r.token, r.leaseExp, r.leaseTTL = d.u64(), d.i64(), d.i64()
 	if q := d.u16(); q > 0 && !d.bad {
 		if q > len(d.b)/17 {
@@ -138,7 +171,8 @@ func decodeRecord(b []byte, rev uint64) (record, bool) {
 		}
 		r.queue = make([]entry, q)
 		for i := range r.queue {
-			r.queue[i] = entry{holder: d.str(), exp: d.i64(), ttl: d.i64()}
+			h, sighted := holderField(d.str())
+			r.queue[i] = entry{holder: h, exp: d.i64(), ttl: d.i64(), sighted: sighted}
 		}
 	}
 	r.hasValue = d.u8() == 1
@@ -185,9 +219,11 @@ func (r record) withoutLease() record {
 }
 
 // withLease returns r with a new lease of holder for ttl from now (its
-// token: the revision that writes it).
-func (r record) withLease(holder string, ttl time.Duration, now time.Time) record {
+// token: the revision that writes it); sighted: holder runs takeover by
+// sightings (a waiter of this version, or this process).
+func (r record) withLease(holder string, ttl time.Duration, now time.Time, sighted bool) record {
 	r.holder, r.token, r.leaseExp, r.leaseTTL = holder, 0, ceilMs(now.Add(ttl)), ttl.Milliseconds()
+	r.sighted = sighted
 	return r
 }
 
@@ -230,6 +266,10 @@ func leaseRev(r record) driver.Rev {
 // that skews its lease clock (the faults' holders), whose records stay
 // on the real clock.
 func (b *backend) heldUntil(key string, r record, now time.Time) time.Time {
+	if !r.sighted {
+		// Its holder may count its Deadline as earlier versions did.
+		return driver.TakeoverAt(time.UnixMilli(r.leaseExp), b.o.ClockSkew, time.Time{})
+	}
 	return driver.TakeoverAt(time.UnixMilli(r.leaseExp), b.o.ClockSkew, b.sight(key, r, now))
 }
 
@@ -434,7 +474,7 @@ func (b *backend) tryClaim(ctx context.Context, key, holder string, ttl time.Dur
 			}
 		}
 		start := time.Now()
-		nr := record{op: opClaim, queue: cur.queue}.withLease(holder, ttl, start)
+		nr := record{op: opClaim, queue: cur.queue}.withLease(holder, ttl, start, true)
 		val, hasVal := cur.liveValue(start)
 		if found && hasVal {
 			nr.hasValue, nr.value, nr.valueExp = true, val, cur.valueExp

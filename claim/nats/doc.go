@@ -110,7 +110,10 @@
 // Deadline from before it sent that write, which the server applied
 // before anyone saw it (clocks assumed to run at the same rate;
 // driver.Sightings). A write that leaves the lease as it was (a Commit,
-// a Set, an Enqueue) does not start that count again. So a waiter that
+// a Set, an Enqueue) does not start that count again. A lease written by
+// or granted to an earlier version, whose Extend could repeat the write's
+// identity, is judged by the clock rule alone (the record marks holders
+// that run the new rule: a rolling upgrade stays safe). So a waiter that
 // watched a lease being made or renewed takes it over within about a
 // round trip of the holder's Deadline; one that first saw it late (after
 // it was written) waits up to ClockSkew past the lease's end. Stored values

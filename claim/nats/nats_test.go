@@ -2,6 +2,7 @@ package nats
 
 import (
 	"errors"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -236,7 +237,7 @@ func TestFairTakeoverBySighting(t *testing.T) {
 // that keeps the lease keeps it.
 func TestLeaseRev(t *testing.T) {
 	now := time.UnixMilli(1_800_000_000_000)
-	r := record{op: opGrant}.withLease("h", time.Second, now)
+	r := record{op: opGrant}.withLease("h", time.Second, now, true)
 	r.token = 42
 	seen := map[driver.Rev]bool{leaseRev(r): true}
 	for _, at := range []time.Time{now.Add(-time.Minute), now, now.Add(300 * time.Microsecond), now.Add(time.Millisecond), now.Add(time.Second)} {
@@ -511,5 +512,46 @@ func TestServerDown(t *testing.T) {
 			t.Fatalf("no claim after the restart: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestEarlierVersionsByClockRule: a record whose holder carries no
+// sightedMark was written by, or granted to, a process of a version
+// before takeover by sightings, whose Extend could repeat a grant's
+// leaseRev: a waiter that saw it written still waits for the recorded
+// expiry plus clock_skew. With the mark, the same record is taken over
+// by the sighting.
+func TestEarlierVersionsByClockRule(t *testing.T) {
+	srv := testserver.Shared(t, testserver.NATS)
+	const skew = 2 * time.Second
+	w := backendtest.Open(t, uniq(t, srv, "", "clock_skew", skew.String()))
+	b := drv(w)
+	ctx := backendtest.Context(t)
+	kv, _, err := b.bucket(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sighted := range []bool{false, true} {
+		key := "k-" + strconv.FormatBool(sighted)
+		r := record{op: opGrant}.withLease("old", time.Second, time.Now(), sighted)
+		if _, err := kv.Create(ctx, b.recKey(key), r.encode()); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := w.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
+			t.Fatalf("sighted=%v: first TryClaim %v, want ErrHeld", sighted, err)
+		}
+		time.Sleep(time.Second + 50*time.Millisecond)
+		l, err := w.TryClaim(ctx, key, time.Minute)
+		var he *claim.HeldError
+		switch {
+		case !sighted && !errors.As(err, &he):
+			t.Errorf("unmarked: TryClaim after the sighting plus TTL: %v, want still held (recorded expiry plus clock_skew)", err)
+		case !sighted && he.Remaining < skew/2:
+			t.Errorf("unmarked: Remaining %s, want about clock_skew (%s)", he.Remaining, skew)
+		case sighted && err != nil:
+			t.Errorf("marked: TryClaim after the sighting plus TTL: %v, want the takeover", err)
+		case err == nil:
+			_ = w.Release(ctx, l)
+		}
 	}
 }

@@ -48,7 +48,7 @@ func grantNext(r *record, now time.Time) bool {
 	}
 	w := r.queue[0]
 	r.queue = r.queue[1:]
-	*r = r.withLease(w.holder, time.Duration(w.ttl)*time.Millisecond, now)
+	*r = r.withLease(w.holder, time.Duration(w.ttl)*time.Millisecond, now, w.sighted)
 	r.op = opGrant
 	return true
 }
@@ -88,7 +88,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			if mine == 0 {
 				nr.queue = nr.queue[1:]
 			}
-			nr = nr.withLease(holder, ttl, now)
+			nr = nr.withLease(holder, ttl, now, true)
 			nr.op = opClaim
 		default:
 			if !live {
@@ -98,7 +98,7 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 				nr.op = opQueue
 			}
 			// Step 5: queue holder (or renew its entry in place).
-			e := entry{holder: holder, exp: ceilMs(now.Add(ttl)), ttl: ttl.Milliseconds()}
+			e := entry{holder: holder, exp: ceilMs(now.Add(ttl)), ttl: ttl.Milliseconds(), sighted: true}
 			if mine >= 0 {
 				nr.queue[mine] = e
 			} else {

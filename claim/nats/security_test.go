@@ -217,7 +217,7 @@ func TestLongKeys(t *testing.T) {
 // FuzzRecord: decodeRecord never panics, and what encode writes decodes
 // to the same record.
 func FuzzRecord(f *testing.F) {
-	f.Add(record{op: opClaim, holder: "h", leaseExp: 5, leaseTTL: 3, queue: []entry{{"w", 1, 2}}, hasValue: true, value: []byte("v")}.encode())
+	f.Add(record{op: opClaim, holder: "h", leaseExp: 5, leaseTTL: 3, queue: []entry{{"w", 1, 2, true}}, sighted: true, hasValue: true, value: []byte("v")}.encode())
 	f.Add([]byte{1, 1, 200})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		r, ok := decodeRecord(b, 7)
@@ -225,7 +225,8 @@ func FuzzRecord(f *testing.F) {
 			return
 		}
 		r2, ok := decodeRecord(r.encode(), 7)
-		if !ok || r2.holder != r.holder || r2.token != r.token || string(r2.value) != string(r.value) || len(r2.queue) != len(r.queue) {
+		if !ok || r2.holder != r.holder || r2.token != r.token || string(r2.value) != string(r.value) || len(r2.queue) != len(r.queue) ||
+			(r.holder != "" && r2.sighted != r.sighted) {
 			t.Fatalf("round trip: %+v -> %+v", r, r2)
 		}
 	})
