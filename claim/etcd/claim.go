@@ -245,11 +245,15 @@ func (b *backend) Extend(ctx context.Context, l driver.Lease, ttl time.Duration)
 	resp, err := cli.Txn(ctx).If(owned(lk, l)...).
 		Then(clientv3.OpGet(lk), clientv3.OpPut(lk, l.Holder, clientv3.WithLease(g.ID))).
 		Commit()
-	if err != nil || !resp.Succeeded {
+	if err != nil {
+		// The transaction may have landed (its answer lost), moving the
+		// lock key onto g: revoking g would delete it, and another
+		// client could claim the key long before the holder's Deadline,
+		// which it keeps (the Extend failed). g ends by its TTL.
+		return driver.Lease{}, b.fail(ctx, err)
+	}
+	if !resp.Succeeded {
 		b.revokeLater(g.ID)
-		if err != nil {
-			return driver.Lease{}, b.fail(ctx, err)
-		}
 		return driver.Lease{}, driver.ErrLost
 	}
 	// The lease the lock key was on is detached now: revoking it deletes
@@ -401,8 +405,13 @@ func (b *backend) takeIdle(sec int64, now time.Time) (idleLease, bool) {
 
 // putIdle keeps il for a later claim, or revokes it in the background if it
 // is about to end or enough are kept. Only a lease no key is on may be
-// kept: one a claim of unknown outcome may be on never is.
+// kept: one a claim of unknown outcome may be on never is, nor one an
+// Enqueue of unknown outcome may still put an entry on (tainted).
 func (b *backend) putIdle(il idleLease) {
+	if b.untaint(il.id) {
+		b.revokeLater(il.id)
+		return
+	}
 	if time.Until(il.exp) > time.Duration(il.ttl)*time.Second/2 {
 		b.idleMu.Lock()
 		if ls := b.idle[il.ttl]; len(ls) < maxIdle {
@@ -413,6 +422,34 @@ func (b *backend) putIdle(il idleLease) {
 		b.idleMu.Unlock()
 	}
 	b.revokeLater(il.id)
+}
+
+// taint notes that a write of unknown outcome may still land on lease id
+// (which lasts until exp, unless renewed): see tainted.
+func (b *backend) taint(id clientv3.LeaseID, exp time.Time) {
+	b.idleMu.Lock()
+	defer b.idleMu.Unlock()
+	if len(b.tainted) >= maxSeen {
+		now := time.Now()
+		for t, e := range b.tainted {
+			if e.Before(now) {
+				delete(b.tainted, t)
+			}
+		}
+	}
+	if e, ok := b.tainted[id]; !ok || e.Before(exp) {
+		b.tainted[id] = exp
+	}
+}
+
+// untaint reports whether lease id was tainted, and forgets it: the caller
+// revokes it.
+func (b *backend) untaint(id clientv3.LeaseID) bool {
+	b.idleMu.Lock()
+	defer b.idleMu.Unlock()
+	_, ok := b.tainted[id]
+	delete(b.tainted, id)
+	return ok
 }
 
 // seenClaim is what this process knows of the claim in a lock key.

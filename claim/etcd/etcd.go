@@ -144,6 +144,11 @@ type backend struct {
 
 	idleMu sync.Mutex
 	idle   map[int64][]idleLease // TTL (seconds) -> etcd leases no key is on
+	// tainted: etcd leases a write of unknown outcome (an Enqueue whose
+	// answer was lost) may still land on, until it ends -> the lease's
+	// expiry as last renewed: never kept idle (putIdle), revoked when
+	// its waiter leaves (Dequeue).
+	tainted map[clientv3.LeaseID]time.Time
 
 	renewMu  sync.Mutex
 	renewing pb.Lease_LeaseKeepAliveClient       // the renewal stream, if open (renew)
@@ -198,6 +203,7 @@ func newBackend(cli *clientv3.Client, cfg *clientv3.Config, o Options) (*backend
 		grantSubs: map[string]*grantSub{},
 		gc:        map[int64]gcLease{},
 		idle:      map[int64][]idleLease{},
+		tainted:   map[clientv3.LeaseID]time.Time{},
 		seen:      map[string]seenClaim{},
 		entries:   map[string]idleLease{},
 		enqueuing: map[string]bool{},

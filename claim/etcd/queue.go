@@ -180,6 +180,22 @@ func (b *backend) keepEntry(ek string, il idleLease, sec int64) {
 	b.entries[ek] = il
 }
 
+// abandoned records that an Enqueue of entry ek on lease il ended without
+// its answer: the write may land later (it may already have), putting the
+// entry, or the lock key of a grant to its holder, on il. The entry is
+// kept on il (a retry renews it in its place) and il is tainted: never
+// kept idle, and revoked when the waiter leaves (Dequeue), so that a late
+// write cannot queue, or hold the key for, a waiter that is gone.
+func (b *backend) abandoned(ek string, il idleLease, sec int64) {
+	b.taint(il.id, il.exp)
+	b.entMu.Lock()
+	defer b.entMu.Unlock()
+	if !b.enqueuing[ek] {
+		il.ttl = sec
+		b.entries[ek] = il
+	}
+}
+
 func (b *backend) forgetEntry(ek string) (idleLease, bool) {
 	b.entMu.Lock()
 	defer b.entMu.Unlock()
@@ -286,6 +302,8 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			_ = renewal()
 			if errors.Is(err, rpctypes.ErrLeaseNotFound) {
 				b.forgetEntry(ek) // the entry's lease ran out: a new one next time
+			} else {
+				b.abandoned(ek, il, sec)
 			}
 			return driver.Lease{}, b.fail(ctx, err)
 		}
@@ -367,6 +385,9 @@ func (b *backend) Enqueue(ctx context.Context, key, holder string, ttl time.Dura
 			}
 		case err != nil:
 			_ = renewal()
+			if string(w.Key) == ek {
+				b.abandoned(ek, il, sec) // it may have granted holder the key on il
+			}
 			return driver.Lease{}, b.fail(ctx, err)
 		case gr.Succeeded && string(w.Key) == ek:
 			l := mine(gr.Header.Revision)
@@ -409,6 +430,17 @@ func (b *backend) Dequeue(ctx context.Context, key, holder string) error {
 		return b.fail(ctx, err)
 	}
 	il, ok := b.forgetEntry(ek)
+	if ok && b.untaint(il.id) {
+		// An Enqueue on il lost its answer: revoked now, so that it
+		// cannot put the entry back once it lands (etcd refuses a put
+		// on a lease it no longer has), nor a grant made on it outlive
+		// the waiter. A lease holder was granted on goes with it: the
+		// HandOff below then finds it gone.
+		if _, err := cli.Revoke(ctx, il.id); err != nil {
+			b.revokeLater(il.id)
+		}
+		ok = false
+	}
 	if !resp.Succeeded {
 		if ok && resp.Responses[0].GetResponseDeleteRange().GetDeleted() == 1 {
 			b.putIdle(il) // nothing is on it now
