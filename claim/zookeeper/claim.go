@@ -45,6 +45,15 @@ func parseLock(data []byte) (holder string, grantTTL int64, ok bool) {
 // owner's stat, whose czxid (this transaction's zxid) is the token. With
 // prev, it first deletes an expired claim: its owner node at the version
 // read (so a racing Extend wins) and, since that owner exists, its lock.
+//
+// The nodes are persistent, like a hand-over's: the lease ends by its TTL
+// (the owner's mtime on the leader's clock) or its release, never with the
+// holder's session. Ephemeral nodes ended it when a holder cut off for
+// longer than the session timeout lost its session, which, for a TTL
+// longer than that timeout, was before the holder's Deadline: another
+// client then held the key while the cut-off holder still worked as its
+// holder (TestReconnectSessionExpiry). A crashed holder's key is
+// taken over by its TTL, as before; its nodes stay until then.
 func (b *backend) claimOps(key, holder string, ttlMS int64, prev *holderState) []any {
 	lock := b.lockPath(key)
 	var ops []any
@@ -55,8 +64,8 @@ func (b *backend) claimOps(key, holder string, ttlMS int64, prev *holderState) [
 	}
 	d := ttlData(ttlMS)
 	return append(ops,
-		&zk.CreateRequest{Path: lock, Data: []byte(holder), Acl: b.acl, Flags: zk.FlagEphemeral},
-		&zk.CreateRequest{Path: b.ownerPath(key, holder), Data: d, Acl: b.acl, Flags: zk.FlagEphemeral},
+		&zk.CreateRequest{Path: lock, Data: []byte(holder), Acl: b.acl},
+		&zk.CreateRequest{Path: b.ownerPath(key, holder), Data: d, Acl: b.acl},
 		&zk.SetDataRequest{Path: b.ownerPath(key, holder), Data: d, Version: 0})
 }
 
@@ -117,7 +126,12 @@ func (b *backend) inspect(ctx context.Context, key string) (holderState, bool, e
 // if that says it has run out, by the leader's, by which owner mtimes are
 // judged: the mtime of a write to the clock node (one more round trip).
 func (b *backend) remaining(ctx context.Context, s holderState) (time.Duration, error) {
-	left := func(now int64) time.Duration { return time.Duration(min(s.expires-now, s.ttl)) * time.Millisecond }
+	// ZooKeeper's mtime, and a clock reading, are truncated to the
+	// millisecond: a claim applied within the millisecond its holder
+	// counted its Deadline from has an mtime up to 1 ms before it, so
+	// the lease runs out only once now is past expires (a millisecond
+	// more), never at it.
+	left := func(now int64) time.Duration { return time.Duration(min(s.expires+1-now, s.ttl)) * time.Millisecond }
 	if rem := left(time.Now().UnixMilli()); rem > 0 {
 		return rem, nil
 	}

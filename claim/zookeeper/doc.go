@@ -1,5 +1,5 @@
 // Package zookeeper is the claim driver for Apache ZooKeeper: a claim is a
-// pair of ephemeral znodes created in one multi-op, its TTL is judged on
+// pair of persistent znodes created in one multi-op, its TTL is judged on
 // the ZooKeeper leader's clock, and waiters are woken by watches.
 //
 // # URLs
@@ -52,7 +52,7 @@
 //
 // # Semantics
 //
-// Under the root, a claim on key K is two ephemeral znodes created in one
+// Under the root, a claim on key K is two persistent znodes created in one
 // multi-op: the lock node l/ENC(K), holding the holder's ID, and the owner
 // node o/HOLDER ENC(K) (the holder's ID and the encoded key, one name),
 // holding the lease TTL. The lock node gives mutual exclusion
@@ -97,13 +97,14 @@
 // millisecond (MinTTL and TTLGranularity 1 ms) and needs no synchronized
 // clocks; HeldError.Remaining is estimated with the local clock.
 //
-// A lease also ends when its holder's session expires (ZooKeeper deletes
-// the nodes; not a lease granted by a hand-over, whose nodes are
-// persistent: see Fair acquisition), which may be before its TTL, and, for a holder cut off for
-// longer than the session timeout, before its local Deadline; its Extend,
-// Commit and Release then fail with ErrLost. Close drops a connection
-// opened from a URL without ending the session, so, as for a crashed
-// process, its leases stay held until their TTL or the session timeout.
+// A lease does not end with its holder's session: a holder cut off for
+// longer than the session timeout keeps its lease until its TTL, as on
+// every other backend (ephemeral nodes, which earlier versions used, ended
+// such a lease at the session's expiry, before the holder's Deadline
+// when the TTL was the longer). A crashed holder's key is taken over
+// once its TTL has run out; its nodes stay until then (or until the key
+// is claimed again). Close drops a connection opened from a URL without
+// ending the session.
 //
 // Values are persistent znodes v/ENC(K) holding a 9-byte header (format
 // and TTL) and the value; a reader judges expiry from the node's mtime

@@ -3,6 +3,7 @@ package zookeeper
 import (
 	"context"
 	"fmt"
+	"github.com/go-zookeeper/zk"
 	"slices"
 	"testing"
 	"time"
@@ -165,13 +166,17 @@ func TestGrantedLeaseOutlivesGranter(t *testing.T) {
 		t.Fatal(err)
 	}
 	l := <-got
-	if _, err := granter.TryClaim(ctx, "k2", time.Minute); err != nil { // ephemeral: ends with the session
+	// An ephemeral node of the granter's session, to see it end.
+	gb := drv(granter)
+	mark := gb.root + "/granter-session"
+	if _, err := gb.conn.Create(mark, nil, zk.FlagEphemeral, gb.acl); err != nil {
 		t.Fatal(err)
 	}
 	granter.Close()
+	ob := drv(other)
 	deadline := time.Now().Add(10 * time.Second)
 	for { // the granter's session expires
-		if _, err := other.TryClaim(ctx, "k2", time.Minute); err == nil {
+		if ok, _, err := ob.conn.Exists(mark); err == nil && !ok {
 			break
 		}
 		if time.Now().After(deadline) {

@@ -66,7 +66,7 @@ type leaderClock struct {
 // clock) has run out, as remaining judges a lease: by the local clock,
 // and if that says so, by the leader's.
 func (b *backend) over(ctx context.Context, c *leaderClock, expires, ttl int64) (bool, error) {
-	left := func(now int64) int64 { return min(expires-now, ttl) }
+	left := func(now int64) int64 { return min(expires+1-now, ttl) } // see remaining
 	if left(time.Now().UnixMilli()) > 0 {
 		return false, nil
 	}

@@ -23,30 +23,39 @@ import (
 // own (go test -run '^TestReconnect'); everything else in the package runs
 // with -race. docs/zookeeper.md says the same to users.
 
-// TestReconnectSessionExpiry: a holder cut off for longer than its session timeout
-// loses its leases (ZooKeeper deletes its ephemeral nodes): another client
-// claims the key at once, the holder's Extend reports ErrLost once it is
-// back, and its subscribers are woken while it is cut off, and again when
-// their watches are re-armed on the new session.
+// TestReconnectSessionExpiry: a holder cut off for longer than its
+// session timeout keeps its lease until the lease's TTL has run out (its
+// nodes are persistent): another client cannot claim the key before the
+// holder's Deadline, and claims it once the TTL is over; the holder's
+// Extend then reports ErrLost once it is back, and its subscribers are
+// woken while it is cut off, and again when their watches are re-armed on
+// the new session. (Claims were ephemeral nodes once: the session's
+// expiry ended the lease, before the holder's Deadline when the TTL was
+// the longer: found by review.)
 func TestReconnectSessionExpiry(t *testing.T) {
 	srv := testserver.Shared(t, testserver.ZooKeeper)
 	ctx := backendtest.Context(t)
 	a, p := openCut(t, srv, "expiry", "session", "500ms")
 	b := open(t, srv, "expiry")
-	l, s := backendtest.Claim(t, a, "held", time.Minute), backendtest.Subscribe(t, a, "watched")
+	l, s := backendtest.Claim(t, a, "held", 4*time.Second), backendtest.Subscribe(t, a, "watched")
 	p.Cut()
 	// Lost, and not back at the first attempt: subscribers are woken.
 	if !backendtest.Woken(s, 10*time.Second) {
 		t.Fatal("subscriber not woken while the connection is down")
 	}
-	deadline := time.Now().Add(20 * time.Second)
+	// The session expires (500 ms) long before the lease (4 s): the key
+	// stays the cut-off holder's until its Deadline, then is free.
+	deadline := l.Deadline.Add(20 * time.Second)
 	for {
-		_, err := b.TryClaim(ctx, "held", time.Minute)
+		l2, err := b.TryClaim(ctx, "held", time.Minute)
 		if err == nil {
+			if early := l.Deadline.Sub(time.Now()); early > 0 {
+				t.Fatalf("key taken over %s before the cut-off holder's Deadline (lease 4s, session 500ms): tokens %d, %d", early, l.Token, l2.Token)
+			}
 			break
 		}
 		if !errors.Is(err, claim.ErrHeld) || time.Now().After(deadline) {
-			t.Fatalf("TryClaim while the holder's session expires: %v", err)
+			t.Fatalf("TryClaim after the holder's lease ran out: %v", err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
@@ -55,7 +64,7 @@ func TestReconnectSessionExpiry(t *testing.T) {
 		t.Errorf("subscriber not woken after its session expired")
 	}
 	if _, err := a.Extend(ctx, l, time.Minute); !errors.Is(err, claim.ErrLost) {
-		t.Errorf("Extend after session expiry: %v, want ErrLost", err)
+		t.Errorf("Extend after the takeover: %v, want ErrLost", err)
 	}
 	// The re-armed watch works on the new session.
 	if err := b.Notify(ctx, "watched"); err != nil {
