@@ -517,24 +517,46 @@ func (n *notifier) replace(s *shard, sts []*chanState) []*chanState {
 	return stay
 }
 
-// adopt subscribes a channel that moved to shard t (cluster resharding).
+// adopt subscribes a channel that moved to shard t (cluster resharding),
+// until that succeeds or the channel is left. A failure on a connection
+// t had already made is t's receiver's to mend (it sees the broken
+// connection and rebuilds, st included); but a shard that never connected
+// (the new master's first dial failed) has no receiver reading yet, and
+// nothing else would ever subscribe st again: every wake-up of its key
+// would be lost for good. So adopt tries again, backing off; the barrier
+// that finally confirms st fires it with reset (anything may have been
+// missed meanwhile).
 func (n *notifier) adopt(t *shard, st *chanState) {
 	defer n.wg.Done()
-	if t.lock(n.ctx) != nil {
-		return
+	for wait := 50 * time.Millisecond; ; wait = min(2*wait, maxBackoff) {
+		if t.lock(n.ctx) != nil {
+			return
+		}
+		n.mu.Lock()
+		gone := n.chans[st.name] != st || st.sh != t
+		n.mu.Unlock()
+		if gone {
+			t.unlock()
+			return
+		}
+		ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
+		err := n.subscribe(ctx, t, st)
+		cancel()
+		n.mu.Lock()
+		mended := t.live // t's receiver rebuilds it, st included
+		n.mu.Unlock()
+		t.unlock()
+		if err == nil || mended {
+			return
+		}
+		timer := time.NewTimer(wait)
+		select {
+		case <-timer.C:
+		case <-n.ctx.Done():
+			timer.Stop()
+			return
+		}
 	}
-	defer t.unlock()
-	n.mu.Lock()
-	gone := n.chans[st.name] != st || st.sh != t
-	n.mu.Unlock()
-	if gone {
-		return
-	}
-	ctx, cancel := context.WithTimeout(n.ctx, max(n.health, 5*time.Second))
-	defer cancel()
-	_ = n.subscribe(ctx, t, st)
-	// On failure t's receiver sees the broken connection and rebuilds,
-	// st included.
 }
 
 // failPending fails the subscriptions of s not yet confirmed with cause
