@@ -95,7 +95,11 @@
 // may have run out: past its Deadline, or past the owner's mtime at its
 // grant (kept in Lease.Handle) plus its TTL. So expiry is exact to the
 // millisecond (MinTTL and TTLGranularity 1 ms) and needs no synchronized
-// clocks; HeldError.Remaining is estimated with the local clock.
+// client clocks; HeldError.Remaining is estimated with the local clock.
+// The ensemble's members' clocks should agree, though (NTP): an mtime is
+// the clock of the leader that applied the write, and after a leader
+// change it is judged against the new leader's, so a new leader whose
+// clock runs ahead of the old one's takes a lease over that much early.
 //
 // A lease does not end with its holder's session: a holder cut off for
 // longer than the session timeout keeps its lease until its TTL, as on
