@@ -35,6 +35,14 @@ func buildQueueSQL(c, fq string) queueSQL {
 			"DECLARE f_holder VARBINARY(64)",
 			"DECLARE f_ttl BIGINT",
 			"DECLARE EXIT HANDLER FOR SQLEXCEPTION BEGIN ROLLBACK; RESIGNAL; END",
+			// READ COMMITTED: under REPEATABLE READ, a scan of p_k's
+			// entries gap-locks the gap up to the next key's first
+			// entry, which a queue operation on that neighbouring key
+			// inserts into too: two Enqueues of different keys
+			// deadlocked (found by review). Every queue operation on
+			// p_k locks p_k's claim row first (lock, below), which
+			// orders them; no gap lock is needed.
+			"SET TRANSACTION ISOLATION LEVEL READ COMMITTED",
 			"START TRANSACTION"), ";\n  ") + ";\n  "
 	}
 	// lock locks (or makes) the claim row of p_k and reads it.
