@@ -3,6 +3,8 @@ package postgres
 import (
 	"context"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -179,25 +181,38 @@ func (b *backend) CommitReleaseMany(ctx context.Context, commits []driver.Commit
 		encs[i] = b.keys.Encode(c.Lease.Key)
 		index[encs[i]] = i
 	}
+	// The chunks go in key order: each statement locks its rows in key
+	// order, and so, chunk after chunk in the one transaction, does the
+	// batch, as every other batch does (doc.go: concurrent batches cannot
+	// deadlock). In the caller's order, a batch whose values fill several
+	// chunks deadlocked with a TryClaimMany of the same keys (found by
+	// review).
+	order := make([]int, len(commits))
+	for i := range order {
+		order[i] = i
+	}
+	slices.SortFunc(order, func(x, y int) int { return strings.Compare(encs[x], encs[y]) })
 	released := make([]bool, len(commits))
 	var batch pgx.Batch
-	for lo := 0; lo < len(commits); {
+	for lo := 0; lo < len(order); {
 		hi, size := lo, 0
-		for hi < len(commits) && (hi == lo || size+len(commits[hi].Value) <= b.chunkBytes) {
-			size += len(commits[hi].Value)
+		for hi < len(order) && (hi == lo || size+len(commits[order[hi]].Value) <= b.chunkBytes) {
+			size += len(commits[order[hi]].Value)
 			hi++
 		}
 		n := hi - lo
 		var (
+			keys    = make([]string, n)
 			tokens  = make([]int64, n)
 			holders = make([]string, n)
 			vals    = make([][]byte, n)
 			ttls    = make([]int64, n)
 		)
-		for j, c := range commits[lo:hi] {
-			tokens[j], holders[j], vals[j], ttls[j] = int64(c.Lease.Token), c.Lease.Holder, nonNil(c.Value), micros(c.TTL)
+		for j, i := range order[lo:hi] {
+			c := commits[i]
+			keys[j], tokens[j], holders[j], vals[j], ttls[j] = encs[i], int64(c.Lease.Token), c.Lease.Holder, nonNil(c.Value), micros(c.TTL)
 		}
-		batch.Queue(b.q.commitReleaseMany, encs[lo:hi], tokens, holders, vals, ttls, b.channel).Query(func(rows pgx.Rows) error {
+		batch.Queue(b.q.commitReleaseMany, keys, tokens, holders, vals, ttls, b.channel).Query(func(rows pgx.Rows) error {
 			var k string
 			_, err := pgx.ForEachRow(rows, []any{&k, nil}, func() error {
 				if i, ok := index[k]; ok {
