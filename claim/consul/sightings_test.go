@@ -106,7 +106,7 @@ func TestExtendMovesRev(t *testing.T) {
 	lk := consul.NamesForTest(a, key)[0]
 	// freeze stops the lease clock at t.
 	freeze := func(t0 time.Time) {
-		if err := clock.Set(t0.Sub(time.Now()), 1e-9); err != nil {
+		if err := clock.Set(time.Until(t0), 1e-9); err != nil {
 			t.Fatal(err)
 		}
 	}

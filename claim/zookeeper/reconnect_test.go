@@ -49,7 +49,7 @@ func TestReconnectSessionExpiry(t *testing.T) {
 	for {
 		l2, err := b.TryClaim(ctx, "held", time.Minute)
 		if err == nil {
-			if early := l.Deadline.Sub(time.Now()); early > 0 {
+			if early := time.Until(l.Deadline); early > 0 {
 				t.Fatalf("key taken over %s before the cut-off holder's Deadline (lease 4s, session 500ms): tokens %d, %d", early, l.Token, l2.Token)
 			}
 			break
