@@ -31,14 +31,8 @@ func TestSlotMigrationDialFailure(t *testing.T) {
 	ctx := context.Background()
 	key := "migrate-dial"
 	names := redis.NamesForTest("stampede", key)
-	s := slot(names[0])
-	src, dst := -1, -1
-	for i := range addrs {
-		lo, hi := i*16384/3, (i+1)*16384/3-1
-		if s >= lo && s <= hi {
-			src, dst = i, (i+1)%3
-		}
-	}
+	m := newSlotMove(t, ctx, addrs, names[0])
+	dst := m.dst
 
 	var block atomic.Bool
 	var refused atomic.Int64
@@ -67,31 +61,9 @@ func TestSlotMigrationDialFailure(t *testing.T) {
 		t.Fatalf("PubSubConns = %d, want 1 (the key's master only)", n)
 	}
 
-	nodes := make([]*goredis.Client, 3)
-	ids := make([]string, 3)
-	for i, addr := range addrs {
-		nodes[i] = goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-		defer nodes[i].Close()
-		id, err := nodes[i].Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[i] = id
-	}
-	must := func(c *goredis.Client, args ...any) {
-		t.Helper()
-		if err := c.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("%v: %v", args, err)
-		}
-	}
-
 	// The new master refuses this process's dials for a while.
 	block.Store(true)
-	must(nodes[dst], "CLUSTER", "SETSLOT", s, "IMPORTING", ids[src])
-	must(nodes[src], "CLUSTER", "SETSLOT", s, "MIGRATING", ids[dst])
-	for _, i := range []int{dst, src, 3 - src - dst} {
-		must(nodes[i], "CLUSTER", "SETSLOT", s, "NODE", ids[dst])
-	}
+	m.run(false)
 	eventually(t, "the notifier never tried to dial the new master", func() bool { return refused.Load() > 0 })
 	time.Sleep(3 * time.Second) // every retry the notifier makes happens here
 	block.Store(false)
@@ -112,7 +84,7 @@ func TestSlotMigrationDialFailure(t *testing.T) {
 		woken = backendtest.Woken(sub, time.Second)
 	}
 	if !woken {
-		n, _ := nodes[dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
+		n, _ := m.nodes[dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
 		t.Fatalf("lost wake-ups: no notify of %q reached the subscriber within 15s after the new master accepted dials again "+
 			"(PUBSUB SHARDNUMSUB on the new master: %v; the channel is subscribed nowhere)", key, n)
 	}

@@ -680,49 +680,10 @@ func TestClusterSlotMigration(t *testing.T) {
 	a, b := newClient(), newClient()
 	key := "migrate/k"
 	names := redis.NamesForTest("stampede", key)
-	s := slot(names[0])
-	src, dst := -1, -1
-	for i := range addrs {
-		lo, hi := i*16384/3, (i+1)*16384/3-1
-		if s >= lo && s <= hi {
-			src, dst = i, (i+1)%3
-		}
-	}
-	nodes := make([]*goredis.Client, 3)
-	ids := make([]string, 3)
-	for i, addr := range addrs {
-		nodes[i] = goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
-		defer nodes[i].Close()
-		id, err := nodes[i].Do(ctx, "CLUSTER", "MYID").Text()
-		if err != nil {
-			t.Fatal(err)
-		}
-		ids[i] = id
-	}
+	m := newSlotMove(t, ctx, addrs, names[0])
 
 	l, sub := backendtest.Claim(t, b, key, time.Minute), backendtest.Subscribe(t, a, key)
-
-	must := func(c *goredis.Client, args ...any) {
-		t.Helper()
-		if err := c.Do(ctx, args...).Err(); err != nil {
-			t.Fatalf("%v: %v", args, err)
-		}
-	}
-	must(nodes[dst], "CLUSTER", "SETSLOT", s, "IMPORTING", ids[src])
-	must(nodes[src], "CLUSTER", "SETSLOT", s, "MIGRATING", ids[dst])
-	keys, err := nodes[src].ClusterGetKeysInSlot(ctx, s, 100).Result()
-	if err != nil {
-		t.Fatal(err)
-	}
-	host, port, _ := net.SplitHostPort(addrs[dst])
-	args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
-	for _, k := range keys {
-		args = append(args, k)
-	}
-	must(nodes[src], args...)
-	for _, i := range []int{dst, src, 3 - src - dst} {
-		must(nodes[i], "CLUSTER", "SETSLOT", s, "NODE", ids[dst])
-	}
+	m.run(true)
 
 	// The holder's release now runs on the new master.
 	if err := b.Release(ctx, l); err != nil {
@@ -732,7 +693,7 @@ func TestClusterSlotMigration(t *testing.T) {
 	// Eventually the subscription lives on the new master only, and a
 	// notification there wakes the waiter.
 	eventually(t, "the subscription never moved to the new master", func() bool {
-		n, err := nodes[dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
+		n, err := m.nodes[m.dst].Do(ctx, "PUBSUB", "SHARDNUMSUB", names[3]).Slice()
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -745,6 +706,68 @@ func TestClusterSlotMigration(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitWake(t, sub, "notify on the new master")
+}
+
+// slotMove moves the slot of one name of a three-master cluster (started
+// by startCluster, slots split evenly) to the next master.
+type slotMove struct {
+	t        *testing.T
+	ctx      context.Context
+	addrs    []string
+	slot     int
+	src, dst int
+	nodes    []*goredis.Client
+	ids      []string
+}
+
+func newSlotMove(t *testing.T, ctx context.Context, addrs []string, name string) *slotMove {
+	m := &slotMove{t: t, ctx: ctx, addrs: addrs, slot: slot(name), src: -1, dst: -1,
+		nodes: make([]*goredis.Client, len(addrs)), ids: make([]string, len(addrs))}
+	for i := range addrs {
+		lo, hi := i*16384/3, (i+1)*16384/3-1
+		if m.slot >= lo && m.slot <= hi {
+			m.src, m.dst = i, (i+1)%3
+		}
+	}
+	for i, addr := range addrs {
+		m.nodes[i] = goredis.NewClient(&goredis.Options{Addr: addr, MaxRetries: -1})
+		t.Cleanup(func() { m.nodes[i].Close() })
+		id, err := m.nodes[i].Do(ctx, "CLUSTER", "MYID").Text()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m.ids[i] = id
+	}
+	return m
+}
+
+func (m *slotMove) must(c *goredis.Client, args ...any) {
+	m.t.Helper()
+	if err := c.Do(m.ctx, args...).Err(); err != nil {
+		m.t.Fatalf("%v: %v", args, err)
+	}
+}
+
+// run moves the slot to the destination master, its keys too if keys.
+func (m *slotMove) run(keys bool) {
+	m.t.Helper()
+	m.must(m.nodes[m.dst], "CLUSTER", "SETSLOT", m.slot, "IMPORTING", m.ids[m.src])
+	m.must(m.nodes[m.src], "CLUSTER", "SETSLOT", m.slot, "MIGRATING", m.ids[m.dst])
+	if keys {
+		ks, err := m.nodes[m.src].ClusterGetKeysInSlot(m.ctx, m.slot, 100).Result()
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		host, port, _ := net.SplitHostPort(m.addrs[m.dst])
+		args := []any{"MIGRATE", host, port, "", 0, 5000, "KEYS"}
+		for _, k := range ks {
+			args = append(args, k)
+		}
+		m.must(m.nodes[m.src], args...)
+	}
+	for _, i := range []int{m.dst, m.src, 3 - m.src - m.dst} {
+		m.must(m.nodes[i], "CLUSTER", "SETSLOT", m.slot, "NODE", m.ids[m.dst])
+	}
 }
 
 // FuzzParseURL: any path and query either parse or fail with an error
