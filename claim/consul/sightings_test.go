@@ -238,40 +238,23 @@ func TestEnqueueWithoutLockKey(t *testing.T) {
 // by or granted to a process of an earlier version, whose Deadline may
 // run past a waiter's sighting plus the recorded TTL (its Enqueue's
 // lease carried the granter's clock offset; its Extend could write the
-// grant's bytes again): a waiter that saw it write still waits for the
+// grant's bytes again): a waiter that saw it written still waits for the
 // recorded expiry plus clock_skew, as earlier versions did. With "v":1,
 // the same record is taken over by the sighting.
 func TestEarlierVersionsByClockRule(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Consul)
-	ctx := backendtest.Context(t)
 	api := apiClient(t, srv)
 	const skew = 2 * time.Second
 	w := backendtest.Open(t, uniq(t, srv, "clock_skew", skew.String()))
-	for _, c := range []struct {
-		v       string
-		byClock bool
-	}{{"", true}, {`,"v":1`, false}} {
-		key := "k" + c.v
+	backendtest.EarlierVersionsByClockRule(t, w, skew, func(key string, marked bool) {
+		v := ""
+		if marked {
+			v = `,"v":1`
+		}
+		rec := fmt.Sprintf(`{"h":"old","e":%d,"t":%d%s}`, ceilMsTest(time.Now().Add(time.Second)), time.Second.Milliseconds(), v)
 		lk := consul.NamesForTest(w, key)[0]
-		rec := fmt.Sprintf(`{"h":"old","e":%d,"t":%d%s}`, ceilMsTest(time.Now().Add(grantTTL)), grantTTL.Milliseconds(), c.v)
 		if ok, _, _, err := api.Txn().Txn(capi.TxnOps{{KV: &capi.KVTxnOp{Verb: capi.KVCAS, Key: lk, Index: 0, Value: []byte(rec)}}}, nil); err != nil || !ok {
 			t.Fatalf("write %s: %v %v", rec, ok, err)
 		}
-		if _, err := w.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
-			t.Fatalf("%s: first TryClaim %v, want ErrHeld", rec, err)
-		}
-		time.Sleep(grantTTL + 50*time.Millisecond)
-		l, err := w.TryClaim(ctx, key, time.Minute)
-		var he *claim.HeldError
-		switch {
-		case c.byClock && !errors.As(err, &he):
-			t.Errorf("%s: TryClaim after the sighting plus TTL: %v, want still held (recorded expiry plus clock_skew)", rec, err)
-		case c.byClock && he.Remaining < skew/2:
-			t.Errorf("%s: Remaining %s, want about clock_skew (%s)", rec, he.Remaining, skew)
-		case !c.byClock && err != nil:
-			t.Errorf("%s: TryClaim after the sighting plus TTL: %v, want the takeover", rec, err)
-		case err == nil:
-			_ = w.Release(ctx, l)
-		}
-	}
+	})
 }

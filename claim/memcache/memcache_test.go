@@ -735,37 +735,16 @@ func TestExtendRecordsLaterEnd(t *testing.T) {
 // plus the TTL (its Enqueue's lease carried the granter's clock offset,
 // its Extend could record the grant's end again): a waiter that saw it
 // written still waits for the recorded end plus clock_skew. With the
-// mark (";0;01"), the same lock is taken over by the sighting.
+// mark (";7;01"), the same lock is taken over by the sighting.
 func TestEarlierVersionsByClockRule(t *testing.T) {
 	srv := testserver.Shared(t, testserver.Memcache)
 	b := backendtest.Open(t, srv.URL()+"?clock_skew=2s")
 	db := drv(b)
-	ctx := context.Background()
-	for _, c := range []struct {
-		sec     string
-		byClock bool
-	}{{"1", true}, {"01", false}} {
-		k := fmt.Sprintf("earlier-%s-%d", c.sec, time.Now().UnixNano())
+	backendtest.EarlierVersionsByClockRule(t, b, 2*time.Second, func(k string, marked bool) {
 		end := time.Now().Add(time.Second)
-		v := "old;7;" + c.sec + " " + strconv.FormatInt(end.Add(lockSlack*time.Second).UnixMilli(), 10)
+		v := "old;7;" + secField(1, marked) + " " + strconv.FormatInt(end.Add(lockSlack*time.Second).UnixMilli(), 10)
 		if err := db.c.Set(&gomemcache.Item{Key: db.item('l', k), Value: []byte(v), Expiration: 60}); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := b.TryClaim(ctx, k, time.Minute); !errors.Is(err, claim.ErrHeld) {
-			t.Fatalf("%q: first TryClaim %v, want ErrHeld", v, err)
-		}
-		time.Sleep(time.Second + 50*time.Millisecond)
-		l, err := b.TryClaim(ctx, k, time.Minute)
-		var he *claim.HeldError
-		switch {
-		case c.byClock && !errors.As(err, &he):
-			t.Errorf("%q: TryClaim after the sighting plus TTL: %v, want still held (recorded end plus clock_skew)", v, err)
-		case c.byClock && he.Remaining < time.Second:
-			t.Errorf("%q: Remaining %s, want about clock_skew (2s)", v, he.Remaining)
-		case !c.byClock && err != nil:
-			t.Errorf("%q: TryClaim after the sighting plus TTL: %v, want the takeover", v, err)
-		case err == nil:
-			_ = b.Release(ctx, l)
-		}
-	}
+	})
 }

@@ -2,7 +2,6 @@ package nats
 
 import (
 	"errors"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -531,27 +530,10 @@ func TestEarlierVersionsByClockRule(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, sighted := range []bool{false, true} {
-		key := "k-" + strconv.FormatBool(sighted)
-		r := record{op: opGrant}.withLease("old", time.Second, time.Now(), sighted)
+	backendtest.EarlierVersionsByClockRule(t, w, skew, func(key string, marked bool) {
+		r := record{op: opGrant}.withLease("old", time.Second, time.Now(), marked)
 		if _, err := kv.Create(ctx, b.recKey(key), r.encode()); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := w.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
-			t.Fatalf("sighted=%v: first TryClaim %v, want ErrHeld", sighted, err)
-		}
-		time.Sleep(time.Second + 50*time.Millisecond)
-		l, err := w.TryClaim(ctx, key, time.Minute)
-		var he *claim.HeldError
-		switch {
-		case !sighted && !errors.As(err, &he):
-			t.Errorf("unmarked: TryClaim after the sighting plus TTL: %v, want still held (recorded expiry plus clock_skew)", err)
-		case !sighted && he.Remaining < skew/2:
-			t.Errorf("unmarked: Remaining %s, want about clock_skew (%s)", he.Remaining, skew)
-		case sighted && err != nil:
-			t.Errorf("marked: TryClaim after the sighting plus TTL: %v, want the takeover", err)
-		case err == nil:
-			_ = w.Release(ctx, l)
-		}
-	}
+	})
 }

@@ -2,6 +2,7 @@ package backendtest
 
 import (
 	"errors"
+	"strconv"
 	"testing"
 	"time"
 
@@ -98,5 +99,40 @@ func TakeoverBySighting(t *testing.T, a, b *claim.Client, meanwhile func(first *
 	}
 	if err := a.Driver().Commit(ctx, l, []byte("late"), 0); !errors.Is(err, claim.ErrLost) {
 		t.Errorf("the old holder's Commit after the takeover: %v, want ErrLost", err)
+	}
+}
+
+// EarlierVersionsByClockRule checks that takeover by sightings applies only
+// to leases whose holder runs it. write stores, in key's lock record, a
+// lease of holder "old" for a TTL of 1 s from now, marked as a holder that
+// runs the rule or not (as earlier versions wrote it: no mark). c, whose
+// URL sets a clock_skew of skew (at least 1 s), sees each record written
+// (a first TryClaim, held), and tries again once the TTL has passed since:
+// the marked lease is taken over by that sighting; the unmarked one only
+// at its recorded expiry plus clock_skew (still held, about skew left),
+// since its holder may count its Deadline past a sighting plus the TTL.
+func EarlierVersionsByClockRule(t *testing.T, c *claim.Client, skew time.Duration, write func(key string, marked bool)) {
+	t.Helper()
+	ctx := Context(t)
+	run := strconv.FormatInt(time.Now().UnixNano(), 36) // a shared server keeps the last run's
+	for _, marked := range []bool{false, true} {
+		key := "earlier-" + map[bool]string{false: "unmarked", true: "marked"}[marked] + "-" + run
+		write(key, marked)
+		if _, err := c.TryClaim(ctx, key, time.Minute); !errors.Is(err, claim.ErrHeld) {
+			t.Fatalf("%s: first TryClaim %v, want ErrHeld", key, err)
+		}
+		time.Sleep(time.Second + 50*time.Millisecond)
+		l, err := c.TryClaim(ctx, key, time.Minute)
+		var he *claim.HeldError
+		switch {
+		case !marked && !errors.As(err, &he):
+			t.Errorf("%s: TryClaim once the sighting plus the TTL passed: %v, want still held (recorded expiry plus clock_skew)", key, err)
+		case !marked && he.Remaining < skew/2:
+			t.Errorf("%s: Remaining %s, want about clock_skew (%s)", key, he.Remaining, skew)
+		case marked && err != nil:
+			t.Errorf("%s: TryClaim once the sighting plus the TTL passed: %v, want the takeover", key, err)
+		case err == nil:
+			_ = c.Release(ctx, l)
+		}
 	}
 }
