@@ -430,25 +430,28 @@ func (b *backend) Dequeue(ctx context.Context, key, holder string) error {
 		return b.fail(ctx, err)
 	}
 	il, ok := b.forgetEntry(ek)
-	if ok && b.untaint(il.id) {
-		// An Enqueue on il lost its answer: revoked now, so that it
-		// cannot put the entry back once it lands (etcd refuses a put
-		// on a lease it no longer has), nor a grant made on it outlive
-		// the waiter. A lease holder was granted on goes with it: the
-		// HandOff below then finds it gone.
+	// An Enqueue on il that lost its answer (il tainted) may still land:
+	// il is revoked once nothing of the waiter's is to be kept on it, so
+	// that etcd refuses that late write (a put on a lease it no longer
+	// has) instead of queueing the departed waiter again.
+	revokeTainted := func() bool {
+		if !ok || !b.untaint(il.id) {
+			return false
+		}
 		if _, err := cli.Revoke(ctx, il.id); err != nil {
 			b.revokeLater(il.id)
 		}
-		ok = false
+		return true
 	}
 	if !resp.Succeeded {
-		if ok && resp.Responses[0].GetResponseDeleteRange().GetDeleted() == 1 {
+		if !revokeTainted() && ok && resp.Responses[0].GetResponseDeleteRange().GetDeleted() == 1 {
 			b.putIdle(il) // nothing is on it now
 		}
 		return nil
 	}
-	l, ok := heldBy(key, holder, resp.Responses[0].GetResponseRange().GetKvs(), resp.Responses[1].GetResponseRange().GetKvs())
-	if !ok {
+	defer revokeTainted() // after the hand-over below: the key is on il until then
+	l, held := heldBy(key, holder, resp.Responses[0].GetResponseRange().GetKvs(), resp.Responses[1].GetResponseRange().GetKvs())
+	if !held {
 		return nil
 	}
 	l.Deadline = time.Now() // not kept for a claim: revoked once handed on
