@@ -111,8 +111,10 @@ func parseURL(u *url.URL) (urlConfig, error) {
 
 // dialer dials go-zk's connections of a Client opened from a URL. It
 // lets Close drop the connection without ending the session: go-zk's
-// Close sends closeSession, which would delete the leases' ephemeral
-// nodes. Once dropped, no dial succeeds and every write fails locally, so
+// Close sends closeSession, which would delete the session's ephemeral
+// nodes (its fair waiters' queue entries; leases were ephemeral too
+// before they became persistent, and this kept them to their TTL, as a
+// crashed process's). Once dropped, no dial succeeds and every write fails locally, so
 // that closeSession fails (and go-zk's Close returns at once) and the
 // server only sees the TCP connection go away. It also bounds each
 // session handshake (handshakeTimeout), and tells a server of another
