@@ -92,6 +92,11 @@ func TestHandOffRoundTrips(t *testing.T) {
 			got <- l
 		}()
 		waitCached(t, holder, "k", 1)
+		// The waiter's Enqueue has returned (its entry noted), so the
+		// keep-alive of a reused entry lease, sent alongside the Enqueue,
+		// was answered before the count below starts (a CI run counted
+		// one still on its way).
+		waitEntries(t, waiter, 1)
 		var l1 claim.Lease
 		calls(fmt.Sprintf("round %d: release to the waiter holding the key", round), map[string]int{"Txn": 1}, func() error {
 			if err := holder.Release(ctx, l0); err != nil {
@@ -339,6 +344,24 @@ func TestGrantBeforeEnqueueAnswer(t *testing.T) {
 	}
 	if err := waiter.Release(ctx, r.l); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// waitEntries waits until c's driver notes n queue entries of its own
+// waiters (their Enqueue answered: keepEntry).
+func waitEntries(t *testing.T, c *claim.Client, n int) {
+	t.Helper()
+	b := drv(c)
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		b.entMu.Lock()
+		got := len(b.entries)
+		b.entMu.Unlock()
+		if got == n {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d queue entries noted, want %d", got, n)
+		}
 	}
 }
 
