@@ -199,6 +199,24 @@ func TestFairGrantReconnect(t *testing.T) {
 	}
 	px.Restore()
 	wq.UnsubscribeGrants("sub")
+	// Live again before the second outage: a reconnect (and its wake-up
+	// of every grant subscription) still pending from the first would
+	// otherwise land in the second, and the waiter's re-Enqueue could
+	// find the release's grant while its listener is down (a CI run).
+	wd := waiter.Driver().(*backend)
+	for {
+		wd.l.mu.Lock()
+		live, changed := wd.l.live, wd.l.changed
+		wd.l.mu.Unlock()
+		if live {
+			break
+		}
+		select {
+		case <-changed:
+		case <-ctx.Done():
+			t.Fatal("the LISTEN connection did not come back")
+		}
+	}
 
 	// The Client: a grant lost in the outage is found by the re-Enqueue.
 	l, err := holder.AcquireFair(ctx, "k", ttl)
