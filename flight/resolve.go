@@ -298,16 +298,41 @@ func (c *Cache[V]) outcome(ctx context.Context, f *flight[V], v V, lerr error, d
 	}
 	now := time.Now()
 	if fs := f.failSafe.Load(); ctx.Err() == nil && !isNotFound(err) && c.failSafeUsable(fs, now) {
-		// Fail-safe: the expired value is published again for
-		// FailSafeThrottle instead of the error, so no process calls the
-		// failing loader before then, and none loses the value.
-		c.log.Debug("flight: load failed; answering with the expired value (fail-safe)", "key", f.key, "err", lerr)
-		return c.failSafeCopy(fs, now), c.failSafeLimit(fs).Sub(now), SourceFailSafe, nil
+		if c.failSafeCurrent(ctx, f, fs) {
+			// Fail-safe: the expired value is published again for
+			// FailSafeThrottle instead of the error, so no process
+			// calls the failing loader before then, and none loses
+			// the value.
+			c.log.Debug("flight: load failed; answering with the expired value (fail-safe)", "key", f.key, "err", lerr)
+			return c.failSafeCopy(fs, now), c.failSafeLimit(fs).Sub(now), SourceFailSafe, nil
+		}
+		// Invalidated (or replaced) since it was read: not this flight's
+		// to serve, nor to publish again.
+		f.failSafe.CompareAndSwap(fs, nil)
 	}
 	if e = c.failedEntry(ctx, f, err, dur); e == nil {
 		return nil, 0, SourceLoaded, err
 	}
 	return e, c.cfg.ErrorTTL, SourceLoaded, err
+}
+
+// failSafeCurrent reports whether L2 still holds fail-safe value fs
+// (the same write), read now, while flight f holds the key's lease. fs
+// was read before the claim (from L2, or this process's L1): an
+// Invalidate, Set or expiry in between deleted or replaced it, and
+// publishing it again would bring back a value that calls started after
+// the Invalidate must never see, in every process (found by review). A
+// revocation after this read ends f's lease, so the commit of the copy
+// fails (fenced). A failed read says nothing: fs is not used. (A batch's
+// flights read one key each here: only when their load failed and they
+// have a fail-safe value.)
+func (c *Cache[V]) failSafeCurrent(ctx context.Context, f *flight[V], fs *entry[V]) bool {
+	bk := f.bk
+	if bk == "" { // a GetMany flight
+		bk = c.bkey(f.gen, f.key)
+	}
+	cur, err := c.l2Get(ctx, bk, f.key, time.Time{})
+	return err == nil && cur != nil && cur.written.Equal(fs.written)
 }
 
 // makeEntry turns a loader's answer for key k into an entry and its L2
