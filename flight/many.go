@@ -216,6 +216,7 @@ func (c *Cache[V]) runMany(vals context.Context, fs []*flight[V], load BatchFunc
 	bks := make([]string, len(fs))
 	for i, f := range fs {
 		bks[i] = c.bkey(f.gen, f.key)
+		f.bk = bks[i] // as lookup sets a single flight's
 	}
 	octx := c.opContext(ctx, until)
 	raw, err := c.b.GetMany(octx, bks)

@@ -327,11 +327,7 @@ func (c *Cache[V]) outcome(ctx context.Context, f *flight[V], v V, lerr error, d
 // flights read one key each here: only when their load failed and they
 // have a fail-safe value.)
 func (c *Cache[V]) failSafeCurrent(ctx context.Context, f *flight[V], fs *entry[V]) bool {
-	bk := f.bk
-	if bk == "" { // a GetMany flight
-		bk = c.bkey(f.gen, f.key)
-	}
-	cur, err := c.l2Get(ctx, bk, f.key, time.Time{})
+	cur, err := c.l2Get(ctx, f.bk, f.key, time.Time{})
 	return err == nil && cur != nil && cur.written.Equal(fs.written)
 }
 
